@@ -11,7 +11,7 @@ does it look closer to choose between ``BAD_REQUEST``, ``UNKNOWN_TYPE`` and ``IN
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Final, Literal, TypeAlias, Union
+from typing import Annotated, Any, Final, Literal, TypeAlias, Union, cast
 
 import msgspec
 from msgspec import Meta, Struct
@@ -680,7 +680,8 @@ def decode_frame(frame: bytes | str, *, msgpack: bool = False) -> InboundMessage
     """
     decoder = _msgpack_decoder if msgpack else _json_decoder
     try:
-        return decoder.decode(frame)
+        message: InboundMessage = decoder.decode(cast(Any, frame))  # msgspec also decodes str
+        return message
     except (msgspec.DecodeError, msgspec.ValidationError):
         pass
     raise _classify(frame, msgpack)
@@ -689,7 +690,7 @@ def decode_frame(frame: bytes | str, *, msgpack: bool = False) -> InboundMessage
 def _classify(frame: bytes | str, msgpack: bool) -> FrameError:
     loose = _msgpack_any if msgpack else _json_any
     try:
-        value = loose.decode(frame)
+        value = loose.decode(cast(Any, frame))
     except msgspec.DecodeError:
         return FrameError("BAD_REQUEST", "frame is not valid " + ("MessagePack" if msgpack else "JSON"))
     if not isinstance(value, dict):
@@ -704,7 +705,7 @@ def _classify(frame: bytes | str, msgpack: bool) -> FrameError:
         return FrameError("UNKNOWN_TYPE", f"unknown message type {kind[:64]!r}", op_id)
     typed = (_typed_msgpack if msgpack else _typed_json)[kind]
     try:
-        typed.decode(frame)
+        typed.decode(cast(Any, frame))
     except msgspec.ValidationError as exc:
         text = str(exc)
         if "`$.id`" in text:

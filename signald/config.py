@@ -1,0 +1,280 @@
+"""The daemon's configuration: one frozen attrs ``Config`` filled by cattrs.
+
+Sources, later ones win: built-in defaults, a TOML file (``--config``), ``SIGNALD_<SECTION>_<KEY>``
+environment variables (e.g. ``SIGNALD_LIMITS_RATE_PER_S=50``), then command-line flags.
+Every key lives in a section (``[server]``, ``[limits]``, ``[auth]``, ``[presence]``, ``[history]``,
+``[calls]``, ``[log]``); ``docs/configuration.md`` lists them all.
+
+Error handling: any unknown key, wrong type or out-of-range value raises :class:`ConfigError`
+with one line that names the key (``limits.rate_per_s: expected a number, got 'fast'``); the CLI
+prints it and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import attrs
+import cattrs
+from attrs import field, frozen
+
+from signald.protocol import Limits
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot be used; the message names the key."""
+
+
+def _positive(instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
+    if value <= 0:
+        raise ValueError(f"{attribute.name}: must be greater than 0, got {value!r}")
+
+
+def _non_negative(instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
+    if value < 0:
+        raise ValueError(f"{attribute.name}: must be 0 or more, got {value!r}")
+
+
+def _port(instance: Any, attribute: attrs.Attribute[Any], value: int) -> None:
+    if not 0 <= value <= 65535:
+        raise ValueError(f"{attribute.name}: must be a TCP port 0-65535, got {value!r}")
+
+
+@frozen
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = field(default=8765, validator=_port)
+    db: str = "./signald.db"
+    insecure: bool = False
+    certfile: str | None = None
+    keyfile: str | None = None
+    allowed_origins: tuple[str, ...] = ()
+    heartbeat_s: float = field(default=20.0, validator=_positive)
+    heartbeat_timeout_s: float = field(default=10.0, validator=_positive)
+    max_transport_bytes: int = field(default=1 << 20, validator=_positive)
+    connect_timeout_s: float = field(default=10.0, validator=_positive)
+    shutdown_timeout_s: float = field(default=3.0, validator=_positive)
+    new_connections_per_ip_per_s: float = field(default=50.0, validator=_non_negative)
+    metrics_port: int | None = None
+
+
+@frozen
+class LimitsConfig:
+    max_frame_bytes: int = field(default=65536, validator=_positive)
+    max_body_chars: int = field(default=4000, validator=_positive)
+    rate_per_s: float = field(default=30.0, validator=_positive)
+    rate_burst: int = field(default=60, validator=_positive)
+    max_rooms: int = field(default=50, validator=_positive)
+    max_connections_per_user: int = field(default=10, validator=_positive)
+    send_queue: int = field(default=512, validator=_positive)
+    history_page_max: int = field(default=200, validator=_positive)
+    ring_timeout_s: float = field(default=30.0, validator=_positive)
+    typing_timeout_s: float = field(default=6.0, validator=_positive)
+
+    def to_wire(self) -> Limits:
+        """The ``limits`` object of ``welcome``: exactly the keys PROTOCOL.md lists."""
+        return Limits(**attrs.asdict(self))
+
+
+@frozen
+class AuthConfig:
+    mode: Literal["none", "jwt"] = "none"
+    jwt_secret: str | None = None
+    jwt_public_key_file: str | None = None
+    jwt_algorithms: tuple[str, ...] = ("HS256",)
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    leeway_s: float = field(default=30.0, validator=_non_negative)
+    admins: tuple[str, ...] = ()
+    mods: tuple[str, ...] = ()
+
+
+@frozen
+class PresenceConfig:
+    away_after_s: float = field(default=300.0, validator=_non_negative)
+
+
+@frozen
+class HistoryConfig:
+    synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
+    retention_max_age_s: float = field(default=0.0, validator=_non_negative)
+    retention_max_count: int = field(default=0, validator=_non_negative)
+
+
+@frozen
+class CallsConfig:
+    allow_concurrent_calls: bool = False
+    call_log: bool = True
+
+
+@frozen
+class LogConfig:
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["text", "json"] = "text"
+
+
+@frozen
+class Config:
+    """Everything the daemon needs to run; build one with :func:`load_config` or directly."""
+
+    server: ServerConfig = ServerConfig()
+    limits: LimitsConfig = LimitsConfig()
+    auth: AuthConfig = AuthConfig()
+    presence: PresenceConfig = PresenceConfig()
+    history: HistoryConfig = HistoryConfig()
+    calls: CallsConfig = CallsConfig()
+    log: LogConfig = LogConfig()
+
+    def replace(self, **sections: Mapping[str, Any]) -> Config:
+        """A copy with some keys of some sections changed: ``cfg.replace(limits={"max_rooms": 3})``."""
+        return load_config(overrides={k: dict(v) for k, v in sections.items()}, base=self, env={})
+
+
+_converter = cattrs.Converter(forbid_extra_keys=True)
+
+
+def _structure_bool(value: Any, _: type) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
+def _structure_number(kind: type) -> Any:
+    def structure(value: Any, _: type) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise ValueError(f"expected a number, got {value!r}")
+        try:
+            number = kind(value)
+        except ValueError:
+            raise ValueError(f"expected {'an integer' if kind is int else 'a number'}, got {value!r}") from None
+        if kind is int and isinstance(value, float) and value != number:
+            raise ValueError(f"expected an integer, got {value!r}")
+        return number
+    return structure
+
+
+def _structure_str(value: Any, _: type) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {value!r}")
+    return value
+
+
+def _structure_str_tuple(value: Any, _: type) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise ValueError(f"expected a list of strings, got {value!r}")
+
+
+def _structure_literal(value: Any, type_: Any) -> Any:
+    if value not in typing.get_args(type_):
+        raise ValueError(f"expected one of {', '.join(map(repr, typing.get_args(type_)))}, got {value!r}")
+    return value
+
+
+def _is_literal(type_: Any) -> bool:
+    origin: Any = typing.get_origin(type_)
+    return bool(origin is Literal)
+
+
+_converter.register_structure_hook_func(_is_literal, _structure_literal)
+_converter.register_structure_hook(bool, _structure_bool)
+_converter.register_structure_hook(int, _structure_number(int))
+_converter.register_structure_hook(float, _structure_number(float))
+_converter.register_structure_hook(str, _structure_str)
+_converter.register_structure_hook_func(lambda t: t == tuple[str, ...], _structure_str_tuple)
+
+SECTIONS: tuple[str, ...] = tuple(a.name for a in attrs.fields(Config))
+
+
+def _env_sections(env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    found: dict[str, dict[str, Any]] = {}
+    for name, value in env.items():
+        if not name.startswith("SIGNALD_"):
+            continue
+        section, _, key = name[len("SIGNALD_"):].lower().partition("_")
+        if section not in SECTIONS or not key:
+            raise ConfigError(f"{name}: not a configuration variable (SIGNALD_<SECTION>_<KEY>)")
+        found.setdefault(section, {})[key] = None if value == "" else value
+    return found
+
+
+def _merge(into: dict[str, dict[str, Any]], new: Mapping[str, Any], origin: str) -> None:
+    for section, values in new.items():
+        if section not in SECTIONS:
+            raise ConfigError(f"{section}: unknown section in {origin} (known: {', '.join(SECTIONS)})")
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"{section}: expected a table in {origin}")
+        into.setdefault(section, {}).update(values)
+
+
+def _describe(exc: BaseException, type_: Any) -> str:
+    if isinstance(exc, KeyError):
+        return "required"
+    if isinstance(exc, ValueError | TypeError) and str(exc):
+        return str(exc)
+    return f"invalid value ({exc.__class__.__name__})"
+
+
+def _first_error_line(exc: cattrs.BaseValidationError, section: str) -> str:
+    leaves = cattrs.transform_error(exc, path=section, format_exception=_describe)
+    message, _, where = (leaves[0] if leaves else f"invalid value @ {section}").rpartition(" @ ")
+    head, sep, rest = message.partition(": ")
+    if sep and where == section and head.isidentifier():
+        return f"{section}.{head}: {rest}"
+    return f"{where}: {message}"
+
+
+def _build_section(section: str, values: dict[str, Any], base: Any) -> Any:
+    cls = typing.get_type_hints(Config)[section]
+    known = {a.name for a in attrs.fields(cls)}
+    for key in values:
+        if key not in known:
+            raise ConfigError(f"{section}.{key}: unknown key (known: {', '.join(sorted(known))})")
+    merged = {**attrs.asdict(base, recurse=False), **values}
+    merged = {k: v for k, v in merged.items() if v is not None or k in values}
+    try:
+        return _converter.structure(merged, cls)
+    except cattrs.BaseValidationError as exc:
+        raise ConfigError(_first_error_line(exc, section)) from None
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    base: Config | None = None,
+) -> Config:
+    """Build a :class:`Config` from defaults, a TOML file, the environment and overrides.
+
+    ``env`` defaults to ``os.environ``; ``overrides`` (section → key → value, from CLI flags)
+    win over everything else. Raises :class:`ConfigError` naming the offending key.
+    """
+    base = base or Config()
+    layers: dict[str, dict[str, Any]] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"config file {os.fspath(path)}: {exc.strerror or exc}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {os.fspath(path)}: {exc}") from None
+        _merge(layers, data, os.fspath(path))
+    _merge(layers, _env_sections(os.environ if env is None else env), "the environment")
+    if overrides:
+        _merge(layers, overrides, "the command line")
+    sections = {name: getattr(base, name) for name in SECTIONS}
+    for name, values in layers.items():
+        sections[name] = _build_section(name, values, sections[name])
+    return Config(**sections)
