@@ -1,0 +1,151 @@
+"""Encode once, deliver to many: outbound frames, per-connection outboxes and the broker.
+
+A :class:`Frame` wraps one outbound message and encodes it at most once per wire format (JSON
+text or MessagePack binary), however many connections receive it. Every connection owns an
+:class:`Outbox`, a bounded queue of frames drained by that connection's writer task.
+:meth:`Outbox.push` never blocks and never awaits: when the queue is full the connection is
+closed with 1013 (the slow-consumer policy lives here and nowhere else), so one slow reader never
+stalls a room.
+
+Handlers never talk to outboxes directly: they publish through a :class:`Broker`.
+:class:`LocalBroker` delivers to the connections of this process; a multi-node backend
+implements the same three methods.
+"""
+
+from __future__ import annotations
+
+import abc
+import collections
+from collections.abc import Callable, Iterable
+from typing import Any, Final
+
+import trio
+
+from signald.protocol import Outbound, json_encoder, msgpack_encoder
+
+CLOSE_SLOW_CONSUMER: Final = 1013
+
+
+class Frame:
+    """One outbound message, encoded lazily and at most once per format."""
+
+    __slots__ = ("_binary", "_text", "message")
+
+    def __init__(self, message: Outbound | dict[str, Any]) -> None:
+        self.message = message
+        self._text: str | None = None
+        self._binary: bytes | None = None
+
+    @property
+    def text(self) -> str:
+        """The JSON text frame payload."""
+        if self._text is None:
+            self._text = json_encoder.encode(self.message).decode()
+        return self._text
+
+    @property
+    def binary(self) -> bytes:
+        """The MessagePack binary frame payload."""
+        if self._binary is None:
+            self._binary = msgpack_encoder.encode(self.message)
+        return self._binary
+
+
+class Outbox:
+    """The bounded send queue of one connection.
+
+    Resource handling: at most ``limit`` frames wait; the writer task takes them in order with
+    :meth:`get_batch`. Error handling: a push onto a full queue calls ``on_overflow`` once (the
+    connection then closes with 1013) and drops the frame; pushes after :meth:`close` are ignored.
+    """
+
+    __slots__ = ("_frames", "_has_frames", "binary", "closed", "limit", "on_overflow")
+
+    def __init__(self, limit: int, *, binary: bool, on_overflow: Callable[[], None]) -> None:
+        self.limit = limit
+        self.binary = binary
+        self.on_overflow = on_overflow
+        self.closed = False
+        self._frames: collections.deque[str | bytes] = collections.deque()
+        self._has_frames = trio.Event()
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    def push(self, frame: Frame) -> bool:
+        """Queue ``frame`` for this connection; False if it was not queued."""
+        if self.closed:
+            return False
+        if len(self._frames) >= self.limit:
+            self.close(drop=True)
+            self.on_overflow()
+            return False
+        self._frames.append(frame.binary if self.binary else frame.text)
+        self._has_frames.set()
+        return True
+
+    async def get_batch(self) -> list[str | bytes]:
+        """Wait until frames are queued, then take all of them in order.
+
+        Returns an empty list once the outbox is closed and drained: the writer then stops.
+        """
+        while not self._frames:
+            if self.closed:
+                return []
+            if self._has_frames.is_set():
+                self._has_frames = trio.Event()
+            await self._has_frames.wait()
+        batch = list(self._frames)
+        self._frames.clear()
+        return batch
+
+    def close(self, *, drop: bool) -> None:
+        """Accept no more frames; ``drop`` discards those still queued, else they are flushed."""
+        self.closed = True
+        if drop:
+            self._frames.clear()
+        self._has_frames.set()
+
+
+class Broker(abc.ABC):
+    """Where handlers publish events; resolves recipients to connection outboxes.
+
+    Connection ids are the session ids handed out in ``welcome``. An implementation must deliver
+    each frame to each recipient's outbox in the order ``deliver`` was called.
+    """
+
+    @abc.abstractmethod
+    def attach(self, session_id: str, outbox: Outbox) -> None:
+        """Start delivering to a connection of this node."""
+
+    @abc.abstractmethod
+    def detach(self, session_id: str) -> None:
+        """Stop delivering to a connection (it closed)."""
+
+    @abc.abstractmethod
+    def deliver(self, session_ids: Iterable[str], frame: Frame) -> int:
+        """Hand ``frame`` to every listed connection; returns how many queued it."""
+
+
+class LocalBroker(Broker):
+    """The in-memory broker: every connection lives in this process."""
+
+    def __init__(self) -> None:
+        self._outboxes: dict[str, Outbox] = {}
+        self.delivered = 0
+
+    def attach(self, session_id: str, outbox: Outbox) -> None:
+        self._outboxes[session_id] = outbox
+
+    def detach(self, session_id: str) -> None:
+        self._outboxes.pop(session_id, None)
+
+    def deliver(self, session_ids: Iterable[str], frame: Frame) -> int:
+        outboxes = self._outboxes
+        queued = 0
+        for session_id in session_ids:
+            outbox = outboxes.get(session_id)
+            if outbox is not None and outbox.push(frame):
+                queued += 1
+        self.delivered += queued
+        return queued

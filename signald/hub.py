@@ -1,0 +1,149 @@
+"""The state one daemon shares between its connections, and the context handlers get.
+
+The hub owns the session table, the broker and (as later modules attach them) the room
+registry, presence, calls and history store. Handlers receive a :class:`Context` — the hub
+plus the requesting session — and publish events through :meth:`Hub.send_to`, which encodes
+each event once whatever the number of recipients.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import attrs
+import trio
+
+from signald.config import Config
+from signald.fanout import Broker, Frame, LocalBroker
+from signald.protocol import Outbound, encode_app_event
+from signald.router import Router
+from signald.session import CLOSE_SESSION_REVOKED, Session
+
+log = logging.getLogger("signald.hub")
+
+
+@attrs.define
+class Counters:
+    messages_in: int = 0
+    messages_out: int = 0
+
+
+class Hub:
+    """Shared daemon state; every method runs in the Trio thread and never blocks."""
+
+    def __init__(
+        self,
+        config: Config,
+        router: Router,
+        *,
+        broker: Broker | None = None,
+        wall_clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.config = config
+        self.router = router
+        self.broker = broker or LocalBroker()
+        self.wall_clock: Callable[[], float] = wall_clock or time.time
+        self.sessions: dict[str, Session] = {}
+        self.sessions_by_user: dict[str, dict[str, Session]] = {}
+        self.counters = Counters()
+        self.started = time.monotonic()
+        self.nursery: trio.Nursery | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[Hub]:
+        """Open what the hub needs (history store, timers) and close it on the way out."""
+        async with trio.open_nursery() as nursery:
+            self.nursery = nursery
+            try:
+                yield self
+            finally:
+                nursery.cancel_scope.cancel()
+                self.nursery = None
+
+    def connect(self, session: Session) -> None:
+        """A handshake succeeded: the session starts receiving events."""
+        self.add_session(session)
+
+    def disconnect(self, session: Session) -> None:
+        """The connection ended: the session leaves everything it was part of."""
+        self.remove_session(session)
+
+    def on_activity(self, session: Session) -> None:
+        """An inbound message arrived from ``session`` (feeds automatic away)."""
+
+    def expire_session(self, session: Session) -> None:
+        """The session's token expired: ``session.expired`` then close 4001."""
+        from signald.protocol import ExpiredData, SessionExpiredEvent
+        from signald.session import CLOSE_SESSION_EXPIRED
+        from signald.timefmt import iso_utc
+
+        expired_at = iso_utc(session.expires_at)
+        session.send(Frame(SessionExpiredEvent(data=ExpiredData(expired_at=expired_at))))
+        session.close(CLOSE_SESSION_EXPIRED, "session expired")
+
+    # ------------------------------------------------------------------ sessions
+
+    def add_session(self, session: Session) -> None:
+        self.sessions[session.session_id] = session
+        self.sessions_by_user.setdefault(session.user_id, {})[session.session_id] = session
+        self.broker.attach(session.session_id, session.outbox)
+
+    def remove_session(self, session: Session) -> None:
+        self.broker.detach(session.session_id)
+        self.sessions.pop(session.session_id, None)
+        devices = self.sessions_by_user.get(session.user_id)
+        if devices is not None:
+            devices.pop(session.session_id, None)
+            if not devices:
+                del self.sessions_by_user[session.user_id]
+
+    def devices_of(self, user_id: str) -> list[str]:
+        """Session ids of the user's connected devices, oldest first."""
+        return list(self.sessions_by_user.get(user_id, ()))
+
+    def connection_count(self, user_id: str) -> int:
+        return len(self.sessions_by_user.get(user_id, ()))
+
+    # ------------------------------------------------------------------ delivery
+
+    def send_to(self, session_ids: Iterable[str], event: Outbound | Frame) -> int:
+        """Encode ``event`` once and queue it for every listed session."""
+        frame = event if isinstance(event, Frame) else Frame(event)
+        queued = self.broker.deliver(session_ids, frame)
+        self.counters.messages_out += queued
+        return queued
+
+    def reply(self, session: Session, message: Outbound) -> None:
+        """Queue a reply (ack, error, pong) for the requesting session."""
+        if session.send(Frame(message)):
+            self.counters.messages_out += 1
+
+    # ------------------------------------------------------------------ embedding API
+
+    def publish_to_user(self, user_id: str, event_type: str, data: Any) -> int:
+        """Send an ``app.*`` event to every connected device of ``user_id``."""
+        return self.send_to(self.devices_of(user_id), Frame(encode_app_event(event_type, data)))
+
+    def revoke_user(self, user_id: str, reason: str) -> int:
+        """End every session of ``user_id``: ``session.revoked`` then close 4003."""
+        from signald.protocol import RevokedData, SessionRevokedEvent
+
+        sessions = list(self.sessions_by_user.get(user_id, {}).values())
+        for session in sessions:
+            session.send(Frame(SessionRevokedEvent(data=RevokedData(reason=reason))))
+            session.close(CLOSE_SESSION_REVOKED, "session revoked")
+        return len(sessions)
+
+
+@attrs.frozen
+class Context:
+    """What a handler gets besides its message: the daemon and the requesting session."""
+
+    hub: Hub
+    session: Session

@@ -1,0 +1,171 @@
+"""From a decoded message to exactly one reply.
+
+The router maps each inbound message class to a handler ``async (ctx, msg) -> result``.
+Whatever happens, a message that carries an ``id`` gets exactly one reply: ``ack`` with the
+handler's result, ``error`` with the code of the :class:`SignalError` it raised, or ``INTERNAL``
+for any other exception (logged with its traceback; the connection stays open). A message
+without ``id`` gets no ack, but still gets an ``error`` (``op_id: null``) if it fails.
+
+A handler may return :class:`Reply` to answer with another message type instead of ``ack``
+(``presence.ping`` answers ``presence.pong``).
+
+Embedders add their own inbound types under the ``app.`` namespace with :meth:`Router.add_custom`;
+the frozen protocol types cannot be redefined.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
+
+import attrs
+import msgspec
+
+from signald.errors import SignalError
+from signald.protocol import (
+    APP_EVENT_PREFIX,
+    INBOUND_TYPES,
+    Ack,
+    AckData,
+    Error,
+    ErrorData,
+    FrameError,
+    Inbound,
+    OpId,
+    Outbound,
+    decode_frame,
+    type_of,
+)
+
+if TYPE_CHECKING:
+    from signald.hub import Context
+
+log = logging.getLogger("signald.router")
+
+M = TypeVar("M")
+Handler = Callable[["Context", Any], Awaitable[Any]]
+
+# Inbound types whose handlers arrive in a later issue. They answer UNKNOWN_TYPE with
+# "not implemented yet"; tests/test_frozen_surface.py keeps this set explicit so it only shrinks.
+NOT_YET_IMPLEMENTED: Final[frozenset[str]] = frozenset({
+    "auth.refresh", "room.join", "room.leave", "chat.send", "chat.edit", "chat.delete",
+    "chat.redact", "chat.read", "chat.reaction", "chat.typing", "chat.history", "call.offer",
+    "call.answer", "call.ice", "call.end", "presence.set", "room.signal", "room.kick",
+    "session.info", "system.stats",
+})
+
+
+@attrs.frozen
+class Reply:
+    """A handler result that is sent as-is instead of being wrapped in ``ack``."""
+
+    message: Outbound
+
+
+@attrs.frozen
+class CustomMessage:
+    """An embedder-defined inbound message (type under ``app.``) with its decoded ``data``."""
+
+    type: str
+    id: OpId
+    data: Any
+
+
+class Router:
+    """Dispatches inbound messages to handlers and builds the one reply each gets."""
+
+    def __init__(self) -> None:
+        self._handlers: dict[str, Handler] = {}
+        self._custom: dict[str, msgspec.json.Decoder[Any]] = {}
+        self._custom_msgpack: dict[str, msgspec.msgpack.Decoder[Any]] = {}
+
+    def add(self, message_type: type[M], handler: Callable[[Context, M], Awaitable[Any]]) -> None:
+        """Register ``handler`` for one protocol message class."""
+        kind = type_of(message_type)  # type: ignore[arg-type]
+        if kind not in INBOUND_TYPES:
+            raise ValueError(f"{kind!r} is not an inbound protocol type")
+        self._handlers[kind] = handler
+
+    def route(self, message_type: type[M]) -> Callable[[Callable[[Context, M], Awaitable[Any]]], Any]:
+        """Decorator form of :meth:`add`."""
+        def decorate(handler: Callable[[Context, M], Awaitable[Any]]) -> Any:
+            self.add(message_type, handler)
+            return handler
+        return decorate
+
+    def add_custom(
+        self, type_name: str, data_type: Any, handler: Callable[[Context, CustomMessage], Awaitable[Any]]
+    ) -> None:
+        """Register an embedder's inbound type ``app.<name>`` whose ``data`` decodes as ``data_type``.
+
+        ``data_type`` is anything msgspec can decode into (a ``msgspec.Struct``, ``dict``, ...);
+        validation failures answer ``INVALID_PAYLOAD`` naming the field like built-in types do.
+        """
+        if not type_name.startswith(APP_EVENT_PREFIX) or len(type_name) <= len(APP_EVENT_PREFIX):
+            raise ValueError(f"custom types must be named 'app.<name>', got {type_name!r}")
+        envelope = msgspec.defstruct(
+            "CustomEnvelope", [("type", str), ("id", OpId, None), ("data", data_type, None)]
+        )
+        self._custom[type_name] = msgspec.json.Decoder(envelope)
+        self._custom_msgpack[type_name] = msgspec.msgpack.Decoder(envelope)
+        self._handlers[type_name] = handler
+
+    @property
+    def handled_types(self) -> frozenset[str]:
+        return frozenset(self._handlers)
+
+    def decode(self, frame: str | bytes, *, binary: bool) -> Inbound | CustomMessage:
+        """Decode a frame into a protocol message or a registered custom message.
+
+        Raises :class:`FrameError` with the code the reply will carry.
+        """
+        try:
+            return decode_frame(frame, msgpack=binary)
+        except FrameError as exc:
+            if exc.code != "UNKNOWN_TYPE" or not self._custom:
+                raise
+            decoders = self._custom_msgpack if binary else self._custom
+            kind = self._peek_type(frame, binary)
+            decoder = decoders.get(kind or "")
+            if decoder is None:
+                raise
+            try:
+                envelope = decoder.decode(cast(Any, frame))
+            except msgspec.ValidationError as err:
+                raise FrameError("INVALID_PAYLOAD", str(err), exc.op_id) from None
+            return CustomMessage(envelope.type, envelope.id, envelope.data)
+
+    @staticmethod
+    def _peek_type(frame: str | bytes, binary: bool) -> str | None:
+        data = cast(Any, frame)
+        value = msgspec.msgpack.decode(data) if binary else msgspec.json.decode(data)
+        kind = value.get("type") if isinstance(value, dict) else None
+        return kind if isinstance(kind, str) else None
+
+    async def dispatch(self, ctx: Context, message: Inbound | CustomMessage) -> Outbound | None:
+        """Run the message's handler and return the reply to send, or None (no id, success)."""
+        op_id = message.id
+        kind = message.type if isinstance(message, CustomMessage) else type_of(type(message))
+        handler = self._handlers.get(kind)
+        try:
+            if handler is None:
+                if kind in NOT_YET_IMPLEMENTED:
+                    raise SignalError("UNKNOWN_TYPE", f"{kind}: not implemented yet")
+                raise SignalError("UNKNOWN_TYPE", f"unknown message type {kind!r}")
+            result = await handler(ctx, message)
+        except SignalError as exc:
+            return error_reply(op_id, exc.code, exc.message)
+        except Exception:
+            log.exception("handler for %s failed (session %s)", kind, ctx.session.session_id)
+            return error_reply(op_id, "INTERNAL", "internal error; the request was not completed")
+        if isinstance(result, Reply):
+            return result.message
+        if op_id is None:
+            return None
+        return Ack(data=AckData(op_id=op_id, data=result))
+
+
+def error_reply(op_id: OpId, code: str, message: str) -> Error:
+    """The ``error`` reply for ``op_id``."""
+    return Error(data=ErrorData(op_id=op_id, code=code, message=message))

@@ -1,0 +1,219 @@
+"""``serve_signald``: listen, vet each handshake, and run one connection nursery per client.
+
+Handshake checks, in order, each refusing with an HTTP status before any WebSocket frame:
+per-IP connection rate (429), ``Origin`` allowlist (403), subprotocol (400 when the client
+offers only subprotocols that are not ours), authentication (401), connections per user (429).
+Every refusal is logged on ``signald.audit`` with the peer address and reason, never the token.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio
+from trio_websocket import WebSocketRequest, serve_websocket
+
+from signald.auth import (
+    Authenticator,
+    AuthRefused,
+    HandshakeRequest,
+    JwtAuthenticator,
+    NoneAuthenticator,
+    origin_allowed,
+)
+from signald.config import Config
+from signald.connection import run_connection
+from signald.fanout import Frame
+from signald.handlers import default_router
+from signald.hub import Hub
+from signald.protocol import (
+    PROTOCOL_VERSION,
+    SUBPROTOCOL_JSON,
+    SUBPROTOCOL_MSGPACK,
+    Welcome,
+    WelcomeData,
+)
+from signald.ratelimit import ConnectionRateLimiter, FloodGuard
+from signald.router import Router
+from signald.session import CLOSE_GOING_AWAY, Session, new_session_id
+from signald.timefmt import iso_utc
+
+log = logging.getLogger("signald.server")
+audit = logging.getLogger("signald.audit")
+
+OUR_SUBPROTOCOLS = (SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK)
+
+
+@attrs.frozen
+class RunningServer:
+    """What :func:`serve_signald` reports once it listens: the bound port and the hub."""
+
+    host: str
+    port: int
+    hub: Hub
+    tls: bool = False
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'wss' if self.tls else 'ws'}://{host}:{self.port}/"
+
+
+def build_authenticator(config: Config) -> Authenticator:
+    """The authenticator ``auth.mode`` selects."""
+    auth = config.auth
+    if auth.mode == "none":
+        return NoneAuthenticator(admins=auth.admins, mods=auth.mods)
+    public_key = Path(auth.jwt_public_key_file).read_text() if auth.jwt_public_key_file else None
+    return JwtAuthenticator(
+        secret=auth.jwt_secret,
+        public_key=public_key,
+        algorithms=auth.jwt_algorithms,
+        audience=auth.jwt_audience,
+        issuer=auth.jwt_issuer,
+        leeway_s=auth.leeway_s,
+    )
+
+
+def build_ssl_context(config: Config) -> ssl.SSLContext | None:
+    server = config.server
+    if not server.certfile:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(server.certfile, server.keyfile)
+    return context
+
+
+async def serve_signald(
+    config: Config,
+    *,
+    authenticator: Authenticator | None = None,
+    router: Router | None = None,
+    wall_clock: Callable[[], float] | None = None,
+    task_status: trio.TaskStatus[RunningServer] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run a signald daemon until cancelled.
+
+    Binds ``config.server.host:port`` (port 0 picks a free one), opens the history store, then
+    reports a :class:`RunningServer` (bound port, URL, hub) through ``task_status``, so tests and
+    embedders can ``await nursery.start(serve_signald, config)``.
+
+    ``authenticator`` replaces the one ``config.auth.mode`` selects; ``router`` replaces the
+    default router (start from :func:`signald.handlers.default_router` to keep the protocol and
+    add ``app.*`` types); ``wall_clock`` replaces ``time.time`` for token expiry.
+
+    Resource handling: on cancellation the listener stops accepting, every connection is closed
+    with 1001 (each close bounded by ``server.shutdown_timeout_s``), and the history store is
+    flushed and closed before this function returns.
+
+    Error handling: a failing handler answers ``INTERNAL`` to its client and is logged; it never
+    ends the server or touches other connections. Bind errors raise ``OSError`` before
+    ``task_status.started``.
+    """
+    hub = Hub(config, router or default_router(), wall_clock=wall_clock)
+    authenticate = authenticator or build_authenticator(config)
+    ssl_context = build_ssl_context(config)
+    per_ip = ConnectionRateLimiter(
+        config.server.new_connections_per_ip_per_s, max(1, int(config.server.new_connections_per_ip_per_s))
+    ) if config.server.new_connections_per_ip_per_s > 0 else None
+    async with hub.running():
+        async with trio.open_nursery() as nursery:
+            handler = partial(_handle_request, hub, authenticate, per_ip)
+            listener = await nursery.start(partial(
+                serve_websocket, handler, config.server.host, config.server.port, ssl_context,
+                max_message_size=config.server.max_transport_bytes,
+                connect_timeout=config.server.connect_timeout_s,
+                disconnect_timeout=config.server.shutdown_timeout_s,
+            ))
+            running = RunningServer(config.server.host, listener.port, hub, ssl_context is not None)
+            log.info("signald listening on %s", running.url)
+            task_status.started(running)
+
+
+def _choose_subprotocol(offered: tuple[str, ...]) -> tuple[bool, str | None, bool]:
+    """(acceptable, subprotocol to select, binary frames)."""
+    for name in offered:
+        if name in OUR_SUBPROTOCOLS:
+            return True, name, name == SUBPROTOCOL_MSGPACK
+    return not offered, None, False
+
+
+async def _refuse(request: WebSocketRequest, status: int, reason: str, peer: str, user: str = "-") -> None:
+    audit.warning("refused status=%d user=%s peer=%s reason=%s", status, user, peer, reason)
+    with trio.move_on_after(5):
+        await request.reject(status, extra_headers=[(b"content-type", b"text/plain")],
+                             body=reason.encode() + b"\n")
+
+
+async def _handle_request(
+    hub: Hub, authenticate: Authenticator, per_ip: ConnectionRateLimiter | None, request: WebSocketRequest
+) -> None:
+    config = hub.config
+    remote = request.remote
+    peer = str(getattr(remote, "address", remote))
+    handshake = HandshakeRequest(
+        path=request.path,
+        headers=tuple((k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in request.headers),
+        remote=peer,
+    )
+    if per_ip is not None and not per_ip.allow(peer, trio.current_time()):
+        return await _refuse(request, 429, "too many new connections from this address", peer)
+    if not origin_allowed(handshake.header("origin"), config.server.allowed_origins):
+        return await _refuse(request, 403, "origin not allowed", peer)
+    acceptable, subprotocol, binary = _choose_subprotocol(request.proposed_subprotocols)
+    if not acceptable:
+        return await _refuse(request, 400, f"unsupported subprotocol; use {SUBPROTOCOL_JSON}", peer)
+    try:
+        identity = authenticate(handshake)
+    except AuthRefused as exc:
+        return await _refuse(request, exc.status, exc.reason, peer)
+    if hub.connection_count(identity.user_id) >= config.limits.max_connections_per_user:
+        return await _refuse(request, 429, "too many connections for this user", peer, identity.user_id)
+
+    ws = await request.accept(subprotocol=subprotocol)
+    limits = config.limits
+    session = Session(
+        session_id=new_session_id(),
+        user_id=identity.user_id,
+        roles=identity.roles,
+        rooms_allowed=identity.rooms,
+        expires_at=identity.expires_at,
+        remote=peer,
+        binary=binary,
+        connected_at=iso_utc(hub.wall_clock()),
+        send_queue=limits.send_queue,
+        flood=FloodGuard(limits.rate_per_s, limits.rate_burst),
+    )
+    session.send(Frame(Welcome(data=WelcomeData(
+        protocol_version=PROTOCOL_VERSION,
+        session_id=session.session_id,
+        user_id=session.user_id,
+        server_time=iso_utc(hub.wall_clock()),
+        heartbeat_s=config.server.heartbeat_s,
+        limits=limits.to_wire(),
+    ))))
+    hub.connect(session)
+    code, reason = 1000, ""
+    try:
+        await run_connection(hub, ws, session)
+    except trio.Cancelled:
+        if session.close_code is None:
+            session.close_code, session.close_reason = CLOSE_GOING_AWAY, "server shutting down"
+        raise
+    finally:
+        hub.disconnect(session)
+        code = session.close_code or code
+        reason = session.close_reason or reason
+        with trio.CancelScope(shield=True), trio.move_on_after(config.server.shutdown_timeout_s):
+            await ws.aclose(code, reason)
+
+
+def serve_forever(config: Config, **kwargs: Any) -> None:  # pragma: no cover - thin wrapper
+    """Run :func:`serve_signald` in a fresh Trio run (for scripts)."""
+    trio.run(partial(serve_signald, config, **kwargs))

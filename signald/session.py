@@ -1,0 +1,86 @@
+"""One connected device: who it is, what it may do, and its outbox.
+
+A ``Session`` is created after a successful handshake and lives as long as the WebSocket.
+Its ``session_id`` is also the ``device_id`` other clients see in ``device.*`` events and in
+``members[].devices``.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Final
+
+import attrs
+import trio
+
+from signald.ratelimit import FloodGuard
+from signald.fanout import CLOSE_SLOW_CONSUMER, Frame, Outbox
+
+CLOSE_GOING_AWAY: Final = 1001
+CLOSE_POLICY: Final = 1008
+CLOSE_TOO_BIG: Final = 1009
+CLOSE_SESSION_EXPIRED: Final = 4001
+CLOSE_SESSION_REVOKED: Final = 4003
+
+
+def new_session_id() -> str:
+    return "s-" + secrets.token_hex(8)
+
+
+@attrs.define(eq=False)
+class Session:
+    """State of one connection; mutated only from the Trio thread."""
+
+    session_id: str
+    user_id: str
+    roles: frozenset[str]
+    rooms_allowed: tuple[str, ...] | None
+    expires_at: float | None
+    remote: str
+    binary: bool
+    connected_at: str
+    send_queue: int
+    flood: FloodGuard
+    outbox: Outbox = attrs.field(init=False)
+    close_code: int | None = None
+    close_reason: str = ""
+    cancel_scope: trio.CancelScope | None = None
+
+    def __attrs_post_init__(self) -> None:
+        self.outbox = Outbox(self.send_queue, binary=self.binary, on_overflow=self._overflow)
+
+    @property
+    def device_id(self) -> str:
+        return self.session_id
+
+    @property
+    def is_moderator(self) -> bool:
+        return bool(self.roles & {"mod", "admin"})
+
+    @property
+    def is_admin(self) -> bool:
+        return "admin" in self.roles
+
+    def send(self, frame: Frame) -> bool:
+        """Queue a frame for this connection alone (replies go this way)."""
+        return self.outbox.push(frame)
+
+    def close(self, code: int, reason: str, *, flush: bool = True, grace_s: float = 5.0) -> None:
+        """Ask the connection to close with ``code``; never blocks. The first reason wins.
+
+        With ``flush`` the frames already queued (e.g. ``session.expired``) are written first,
+        for at most ``grace_s`` seconds; without it they are dropped and the connection's tasks
+        are cancelled at once.
+        """
+        if self.close_code is None:
+            self.close_code = code
+            self.close_reason = reason
+        self.outbox.close(drop=not flush)
+        if self.cancel_scope is not None:
+            if flush:
+                self.cancel_scope.deadline = min(self.cancel_scope.deadline, trio.current_time() + grace_s)
+            else:
+                self.cancel_scope.cancel()
+
+    def _overflow(self) -> None:
+        self.close(CLOSE_SLOW_CONSUMER, "send queue full", flush=False)

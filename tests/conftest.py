@@ -1,0 +1,51 @@
+"""Shared fixtures: an in-process daemon on port 0 with a real SQLite file, and clients."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from signald.client import SignaldClient, connect
+from signald.config import Config, load_config
+from signald.server import RunningServer, serve_signald
+
+
+def make_config(tmp_path: Path, **sections: dict[str, Any]) -> Config:
+    overrides: dict[str, dict[str, Any]] = {"server": {"port": 0, "db": str(tmp_path / "signald.db")}}
+    for name, values in sections.items():
+        overrides.setdefault(name, {}).update(values)
+    return load_config(env={}, overrides=overrides)
+
+
+async def start_server(nursery: trio.Nursery, config: Config, **kwargs: Any) -> RunningServer:
+    running: RunningServer = await nursery.start(lambda task_status: serve_signald(
+        config, task_status=task_status, **kwargs))
+    return running
+
+
+@pytest.fixture
+async def server(nursery: trio.Nursery, tmp_path: Path) -> RunningServer:
+    return await start_server(nursery, make_config(tmp_path))
+
+
+ClientFactory = Callable[..., AbstractAsyncContextManager[SignaldClient]]
+
+
+@pytest.fixture
+def client(server: RunningServer) -> ClientFactory:
+    """``async with client("alice") as c:`` connects to the fixture server as alice."""
+
+    def factory(user: str | None = None, **kwargs: Any) -> AbstractAsyncContextManager[SignaldClient]:
+        return connect(server.url, user=user, **kwargs)
+
+    return factory
+
+
+async def collect(client: SignaldClient) -> AsyncIterator[dict[str, Any]]:  # pragma: no cover
+    while True:
+        yield await client.next_event()

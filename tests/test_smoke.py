@@ -1,0 +1,12 @@
+from signald.client import connect
+
+
+async def test_welcome_and_ping(server):
+    async with connect(server.url, user="alice") as c:
+        assert c.welcome["type"] == "welcome"
+        assert c.user_id == "alice"
+        pong = await c.request_raw("presence.ping")
+        assert pong["type"] == "presence.pong"
+        assert pong["data"]["op_id"] == "c-1"
+        reply = await c.request_raw("room.join", {"room": "lobby"})
+        assert reply["data"]["code"] == "UNKNOWN_TYPE"
