@@ -1,0 +1,162 @@
+"""Command line: ``signald serve`` and ``signald history export|stats``.
+
+``main(argv=None) -> int`` never calls ``sys.exit`` itself, so tests call it directly.
+Exit status: 0 on a clean stop (SIGINT/SIGTERM), 2 for bad configuration or usage, 1 when the
+daemon cannot start (e.g. the port is taken).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from functools import partial
+from typing import Any
+
+import msgspec
+import trio
+
+from signald.auth import is_loopback
+from signald.config import Config, ConfigError, load_config
+from signald.server import RunningServer, serve_signald
+
+log = logging.getLogger("signald")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per log line: time, level, logger, message (and the traceback)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["traceback"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def setup_logging(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="signald", description="Real-time signalling daemon on Trio.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the daemon")
+    serve.add_argument("--config", help="TOML configuration file")
+    serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to bind; 0 picks a free one (default 8765)")
+    serve.add_argument("--db", help="SQLite history database (default ./signald.db)")
+    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--log-format", choices=["text", "json"])
+    serve.add_argument("--insecure", action="store_true", default=None,
+                       help="allow auth mode 'none' on a non-loopback address")
+    serve.add_argument("--certfile", help="TLS certificate chain (PEM)")
+    serve.add_argument("--keyfile", help="TLS private key (PEM)")
+    serve.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+
+    history = commands.add_parser("history", help="look at a history database")
+    history_commands = history.add_subparsers(dest="history_command", required=True)
+    export = history_commands.add_parser("export", help="print messages as JSON lines")
+    export.add_argument("--db", default="./signald.db")
+    export.add_argument("--room")
+    stats = history_commands.add_parser("stats", help="print counts per room as JSON")
+    stats.add_argument("--db", default="./signald.db")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    server = {
+        key: value for key, value in {
+            "host": args.host, "port": args.port, "db": args.db, "insecure": args.insecure,
+            "certfile": args.certfile, "keyfile": args.keyfile, "metrics_port": args.metrics_port,
+        }.items() if value is not None
+    }
+    log_section = {k: v for k, v in {"level": args.log_level, "format": args.log_format}.items() if v}
+    return load_config(args.config, overrides={"server": server, "log": log_section})
+
+
+def check_exposure(config: Config) -> str | None:
+    """Refuse auth mode none on a non-loopback address unless --insecure; None if fine."""
+    if config.auth.mode == "none" and not is_loopback(config.server.host):
+        if not config.server.insecure:
+            return (f"refusing to serve {config.server.host} with auth mode 'none' "
+                    "(anyone could connect as anyone); pass --insecure to do it anyway")
+        log.warning("serving %s with auth mode 'none': anyone can connect as anyone",
+                    config.server.host)
+    if bool(config.server.certfile) != bool(config.server.keyfile):
+        return "server.certfile and server.keyfile go together"
+    return None
+
+
+async def run_daemon(config: Config) -> int:
+    """Serve until SIGINT or SIGTERM, then shut down cleanly."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            running: RunningServer = await nursery.start(partial(serve_signald, config))
+            print(f"signald ready on {running.url}", file=sys.stderr, flush=True)
+            async for signum in signals:
+                log.info("received %s, shutting down", signal.Signals(signum).name)
+                nursery.cancel_scope.cancel()
+                break
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        config = config_from_args(args)
+    except ConfigError as exc:
+        print(f"signald: configuration error: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(config.log.level, config.log.format)
+    problem = check_exposure(config)
+    if problem:
+        print(f"signald: {problem}", file=sys.stderr)
+        return 2
+    try:
+        return trio.run(run_daemon, config)
+    except OSError as exc:
+        print(f"signald: cannot start: {exc}", file=sys.stderr)
+        return 1
+
+
+def _history(args: argparse.Namespace) -> int:
+    from signald.history import HistoryStore
+
+    async def export() -> None:
+        async with HistoryStore(args.db) as store:
+            for message in await store.export(args.room):
+                sys.stdout.write(msgspec.json.encode(message).decode() + "\n")
+
+    async def stats() -> None:
+        async with HistoryStore(args.db) as store:
+            sys.stdout.write(json.dumps(await store.stats(), indent=2) + "\n")
+
+    trio.run(export if args.history_command == "export" else stats)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``signald`` command; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    return _history(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
