@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
@@ -51,18 +52,16 @@ async def run_connection(hub: Hub, ws: WebSocketConnection, session: Session) ->
 
 
 async def _reader(hub: Hub, ws: WebSocketConnection, session: Session) -> None:
-    ctx = Context(hub, session)
     while True:
         try:
             frame = await ws.get_message()
         except ConnectionClosed:
             return
-        await handle_frame(ctx, frame)
+        await handle_frame(hub, session, frame)
 
 
-async def handle_frame(ctx: Context, frame: str | bytes) -> None:
+async def handle_frame(hub: Hub, session: Session, frame: str | bytes) -> None:
     """Carry out one inbound frame and queue its reply (if it gets one)."""
-    hub, session = ctx.hub, ctx.session
     hub.counters.messages_in += 1
     verdict = session.flood.check(trio.current_time())
     if verdict is not Verdict.ALLOW:
@@ -82,9 +81,12 @@ async def handle_frame(ctx: Context, frame: str | bytes) -> None:
         hub.reply(session, error_reply(exc.op_id, exc.code, exc.message))
         return
     hub.on_activity(session)
+    ctx = Context(hub, session)
     reply = await hub.router.dispatch(ctx, message)
     if reply is not None:
         hub.reply(session, reply)
+    if ctx.after_reply:
+        hub.publish(ctx.after_reply)
 
 
 async def _writer(ws: WebSocketConnection, session: Session, scope: trio.CancelScope) -> None:

@@ -9,19 +9,26 @@ each event once whatever the number of recipients.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
 
 from signald.config import Config
 from signald.fanout import Broker, Frame, LocalBroker
-from signald.protocol import Outbound, encode_app_event
+from signald.presence import PresenceTracker
+from signald.protocol import Member, Outbound, encode_app_event
+from signald.rooms import RoomRegistry, Send
 from signald.router import Router
 from signald.session import CLOSE_SESSION_REVOKED, Session
+from signald.timefmt import iso_utc
+
+if TYPE_CHECKING:
+    from signald.handlers.chat import HistoryService
 
 log = logging.getLogger("signald.hub")
 
@@ -50,16 +57,24 @@ class Hub:
         self.sessions: dict[str, Session] = {}
         self.sessions_by_user: dict[str, dict[str, Session]] = {}
         self.counters = Counters()
-        self.started = time.monotonic()
+        self.started_at = 0.0
         self.nursery: trio.Nursery | None = None
+        self.history: HistoryService | None = None
+        self.rooms = RoomRegistry()
+        self.presence = PresenceTracker(
+            self.rooms.peers_of_user, self.rooms.conns_in, away_after_s=config.presence.away_after_s
+        )
+        self._timers_changed = trio.Event()
 
     # ------------------------------------------------------------------ lifecycle
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Hub]:
         """Open what the hub needs (history store, timers) and close it on the way out."""
+        self.started_at = trio.current_time()
         async with trio.open_nursery() as nursery:
             self.nursery = nursery
+            nursery.start_soon(self._run_timers)
             try:
                 yield self
             finally:
@@ -69,13 +84,57 @@ class Hub:
     def connect(self, session: Session) -> None:
         """A handshake succeeded: the session starts receiving events."""
         self.add_session(session)
+        self.publish(self.presence.connect(session.session_id, session.user_id, trio.current_time()))
+        self.poke_timers()
 
     def disconnect(self, session: Session) -> None:
-        """The connection ended: the session leaves everything it was part of."""
+        """The connection ended: the session leaves every room, with the usual events."""
+        conn = session.session_id
+        self.publish(self.presence.disconnect(conn, trio.current_time(), self.wall_clock()))
+        self.publish(self.rooms.disconnect(conn))
         self.remove_session(session)
 
     def on_activity(self, session: Session) -> None:
-        """An inbound message arrived from ``session`` (feeds automatic away)."""
+        """An inbound message arrived from ``session`` (feeds automatic away and last seen)."""
+        self.publish(self.presence.activity(session.user_id, trio.current_time(), self.wall_clock()))
+        self.poke_timers()
+
+    # ------------------------------------------------------------------ timers
+
+    def poke_timers(self) -> None:
+        """A deadline may have moved earlier: let the timer task look again."""
+        self._timers_changed.set()
+
+    def next_deadline(self) -> float:
+        deadlines = [d for d in (self.presence.next_deadline(),) if d is not None]
+        return min(deadlines, default=math.inf)
+
+    def tick(self, now: float) -> None:
+        """Run every timer due at ``now``: typing expiry, automatic away."""
+        self.publish(self.presence.tick(now))
+
+    async def _run_timers(self) -> None:
+        while True:
+            with trio.move_on_at(self.next_deadline()):
+                await self._timers_changed.wait()
+            self._timers_changed = trio.Event()
+            self.tick(trio.current_time())
+
+    def active_calls(self) -> int:
+        return 0
+
+    # ------------------------------------------------------------------ rooms
+
+    def member_list(self, room: str) -> list[Member]:
+        """The ``members`` of a ``room.join`` ack: one entry per user, with status and devices."""
+        members = []
+        for user_id, devices in self.rooms.members(room):
+            seen = self.presence.last_seen(user_id)
+            members.append(Member(
+                user_id=user_id, status=self.presence.status_of(user_id), devices=devices,
+                last_seen=iso_utc(seen) if seen is not None else None,
+            ))
+        return members
 
     def expire_session(self, session: Session) -> None:
         """The session's token expired: ``session.expired`` then close 4001."""
@@ -119,6 +178,11 @@ class Hub:
         self.counters.messages_out += queued
         return queued
 
+    def publish(self, sends: Iterable[Send]) -> None:
+        """Deliver the events a state module returned, in order."""
+        for send in sends:
+            self.send_to(send.conns, send.event)
+
     def reply(self, session: Session, message: Outbound) -> None:
         """Queue a reply (ack, error, pong) for the requesting session."""
         if session.send(Frame(message)):
@@ -143,7 +207,12 @@ class Hub:
 
 @attrs.frozen
 class Context:
-    """What a handler gets besides its message: the daemon and the requesting session."""
+    """What a handler gets besides its message: the daemon and the requesting session.
+
+    ``after_reply`` collects events that must reach clients only after the reply
+    (``room.waiting`` after the ``room.join`` ack).
+    """
 
     hub: Hub
     session: Session
+    after_reply: list[Send] = attrs.field(factory=list)

@@ -6,6 +6,7 @@ embedders start from it and add their own ``app.*`` types.
 
 from __future__ import annotations
 
+from signald.handlers import rooms as room_handlers
 from signald.handlers import session as session_handlers
 from signald.router import Router
 
@@ -14,4 +15,5 @@ def default_router() -> Router:
     """A router that handles every implemented protocol type."""
     router = Router()
     session_handlers.register(router)
+    room_handlers.register(router)
     return router

@@ -1,0 +1,141 @@
+"""Rooms and presence: ``room.join``, ``room.leave``, ``room.kick``, ``room.signal``,
+``presence.set``, ``chat.typing``, ``session.info``, ``system.stats``."""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+
+import trio
+
+from signald.errors import SignalError
+from signald.hub import Context
+from signald.protocol import (
+    ChatTyping,
+    KickedData,
+    PresenceSet,
+    RoomJoin,
+    RoomJoinResult,
+    RoomKick,
+    RoomKickedEvent,
+    RoomLeave,
+    RoomSignal,
+    RoomSignalEvent,
+    RoomSignalEventData,
+    SessionInfo,
+    SessionInfoResult,
+    StatsResult,
+    SystemStats,
+)
+from signald.router import Router
+from signald.timefmt import iso_utc
+
+
+def require_member(ctx: Context, room: str) -> None:
+    """Raise ``NOT_IN_ROOM`` unless the requesting connection joined ``room``."""
+    if not ctx.hub.rooms.is_member(ctx.session.session_id, room):
+        raise SignalError("NOT_IN_ROOM", f"join {room!r} first")
+
+
+async def room_join(ctx: Context, msg: RoomJoin) -> RoomJoinResult:
+    hub, session, room = ctx.hub, ctx.session, msg.data.room
+    allowed = session.rooms_allowed
+    if allowed is not None and not any(fnmatch.fnmatchcase(room, pattern) for pattern in allowed):
+        raise SignalError("FORBIDDEN", f"your token does not allow joining {room!r}")
+    outcome = hub.rooms.join(session.session_id, session.user_id, room, max_rooms=hub.config.limits.max_rooms)
+    hub.publish(outcome.sends)
+    ctx.after_reply.extend(outcome.after_ack)
+    result = RoomJoinResult(room=room, members=hub.member_list(room), active=outcome.active)
+    if hub.history is not None:
+        await hub.history.fill_join_result(ctx, result, msg.data.since)
+    return result
+
+
+async def room_leave(ctx: Context, msg: RoomLeave) -> None:
+    hub, conn, room = ctx.hub, ctx.session.session_id, msg.data.room
+    require_member(ctx, room)
+    hub.publish(hub.presence.clear_typing(conn, room))
+    hub.publish(hub.rooms.leave(conn, room))
+
+
+async def room_kick(ctx: Context, msg: RoomKick) -> None:
+    hub, session, data = ctx.hub, ctx.session, msg.data
+    if not session.is_moderator:
+        raise SignalError("FORBIDDEN", "room.kick needs the mod or admin role")
+    require_member(ctx, data.room)
+    kicked = hub.rooms.devices_of(data.user_id, data.room)
+    if not kicked:
+        raise SignalError("NOT_IN_ROOM", f"{data.user_id!r} is not in {data.room!r}")
+    for conn in kicked:
+        hub.publish(hub.presence.clear_typing(conn, data.room))
+    hub.publish(hub.rooms.kick(data.room, data.user_id))
+    hub.send_to(kicked, RoomKickedEvent(data=KickedData(room=data.room, by=session.user_id, reason=data.reason)))
+
+
+async def room_signal(ctx: Context, msg: RoomSignal) -> None:
+    hub, session, data = ctx.hub, ctx.session, msg.data
+    require_member(ctx, data.room)
+    others = hub.rooms.conns_in(data.room) - {session.session_id}
+    event = RoomSignalEvent(data=RoomSignalEventData(
+        room=data.room, user_id=session.user_id, kind=data.kind, payload=data.payload))
+    hub.send_to(others, event)
+
+
+async def presence_set(ctx: Context, msg: PresenceSet) -> None:
+    hub, session = ctx.hub, ctx.session
+    hub.publish(hub.presence.set_status(session.session_id, session.user_id, msg.data.status, trio.current_time()))
+
+
+async def chat_typing(ctx: Context, msg: ChatTyping) -> None:
+    hub, session, data = ctx.hub, ctx.session, msg.data
+    require_member(ctx, data.scope)
+    hub.publish(hub.presence.typing(
+        session.session_id, session.user_id, data.scope, data.typing, trio.current_time(),
+        hub.config.limits.typing_timeout_s,
+    ))
+    hub.poke_timers()
+
+
+async def session_info(ctx: Context, msg: SessionInfo) -> SessionInfoResult:
+    hub, session = ctx.hub, ctx.session
+    return SessionInfoResult(
+        session_id=session.session_id,
+        user_id=session.user_id,
+        roles=sorted(session.roles),
+        rooms=sorted(hub.rooms.rooms_of(session.session_id)),
+        connected_at=session.connected_at,
+        expires_at=iso_utc(session.expires_at) if session.expires_at is not None else None,
+        devices=hub.devices_of(session.user_id),
+    )
+
+
+async def system_stats(ctx: Context, msg: SystemStats) -> StatsResult:
+    hub = ctx.hub
+    if not ctx.session.is_admin:
+        raise SignalError("FORBIDDEN", "system.stats needs the admin role")
+    db_bytes = 0
+    if hub.history is not None:
+        db_bytes = hub.history.store.db_bytes()
+    elif os.path.exists(hub.config.server.db):
+        db_bytes = os.path.getsize(hub.config.server.db)
+    return StatsResult(
+        connections=len(hub.sessions),
+        users=len(hub.sessions_by_user),
+        rooms=hub.rooms.room_count,
+        calls=hub.active_calls(),
+        messages_in=hub.counters.messages_in,
+        messages_out=hub.counters.messages_out,
+        uptime_s=round(trio.current_time() - hub.started_at, 3),
+        db_bytes=db_bytes,
+    )
+
+
+def register(router: Router) -> None:
+    router.add(RoomJoin, room_join)
+    router.add(RoomLeave, room_leave)
+    router.add(RoomKick, room_kick)
+    router.add(RoomSignal, room_signal)
+    router.add(PresenceSet, presence_set)
+    router.add(ChatTyping, chat_typing)
+    router.add(SessionInfo, session_info)
+    router.add(SystemStats, system_stats)
