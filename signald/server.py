@@ -9,6 +9,7 @@ Every refusal is logged on ``signald.audit`` with the peer address and reason, n
 from __future__ import annotations
 
 import logging
+import math
 import ssl
 from collections.abc import Callable
 from functools import partial
@@ -122,18 +123,17 @@ async def serve_signald(
     per_ip = ConnectionRateLimiter(
         config.server.new_connections_per_ip_per_s, max(1, int(config.server.new_connections_per_ip_per_s))
     ) if config.server.new_connections_per_ip_per_s > 0 else None
-    async with hub.running():
-        async with trio.open_nursery() as nursery:
-            handler = partial(_handle_request, hub, authenticate, per_ip)
-            listener = await nursery.start(partial(
-                serve_websocket, handler, config.server.host, config.server.port, ssl_context,
-                max_message_size=config.server.max_transport_bytes,
-                connect_timeout=config.server.connect_timeout_s,
-                disconnect_timeout=config.server.shutdown_timeout_s,
-            ))
-            running = RunningServer(config.server.host, listener.port, hub, ssl_context is not None)
-            log.info("signald listening on %s", running.url)
-            task_status.started(running)
+    async with hub.running(), trio.open_nursery() as nursery:
+        handler = partial(_handle_request, hub, authenticate, per_ip)
+        listener = await nursery.start(partial(
+            serve_websocket, handler, config.server.host, config.server.port, ssl_context,
+            max_message_size=config.server.max_transport_bytes,
+            connect_timeout=config.server.connect_timeout_s,
+            disconnect_timeout=config.server.shutdown_timeout_s,
+        ))
+        running = RunningServer(config.server.host, listener.port, hub, ssl_context is not None)
+        log.info("signald listening on %s", running.url)
+        task_status.started(running)
 
 
 def _choose_subprotocol(offered: tuple[str, ...]) -> tuple[bool, str | None, bool]:
@@ -199,19 +199,15 @@ async def _handle_request(
         limits=limits.to_wire(),
     ))))
     hub.connect(session)
-    code, reason = 1000, ""
     try:
         await run_connection(hub, ws, session)
-    except trio.Cancelled:
-        if session.close_code is None:
-            session.close_code, session.close_reason = CLOSE_GOING_AWAY, "server shutting down"
-        raise
     finally:
+        if session.close_code is None and trio.current_effective_deadline() == -math.inf:
+            # We are being cancelled from outside: the server is shutting down.
+            session.close_code, session.close_reason = CLOSE_GOING_AWAY, "server shutting down"
         hub.disconnect(session)
-        code = session.close_code or code
-        reason = session.close_reason or reason
         with trio.CancelScope(shield=True), trio.move_on_after(config.server.shutdown_timeout_s):
-            await ws.aclose(code, reason)
+            await ws.aclose(session.close_code or 1000, session.close_reason or None)
 
 
 def serve_forever(config: Config, **kwargs: Any) -> None:  # pragma: no cover - thin wrapper

@@ -1,0 +1,172 @@
+"""Rate limits: per-connection frame limiting with abuse detection, per-IP connection limiting (sans-IO).
+
+Nothing here reads a clock: every call takes ``now`` in seconds from one monotonic source (e.g.
+``trio.current_time()``). Rules and choices:
+
+- **TokenBucket**: holds up to ``burst`` tokens and starts full; tokens refill continuously at
+  ``rate_per_s``. :meth:`TokenBucket.allow` takes one token if at least one is there. A clock that
+  goes backwards refills nothing (and does not push the refill time back). Comparisons tolerate 1e-9
+  of float drift, so polling in steps that sum to one token's interval is not rounded down.
+- **FloodGuard** (PROTOCOL.md "Limits"): every inbound frame, garbage included, calls
+  :meth:`FloodGuard.check` once, before anything else is done with it. ``ALLOW``: carry it out.
+  ``LIMITED``: reply ``RATE_LIMITED`` and do not carry it out (a rejected frame costs no token).
+  ``CLOSE``: this rejection is the (``burst`` + 1)-th within a sliding window of 10 s (``window_s``;
+  a rejection at ``t`` counts while ``now - t < 10``); close the connection with 1008. ``CLOSE`` is
+  sticky: every later call returns it too. Memory is bounded: at most ``burst`` + 1 timestamps are kept.
+- **ConnectionRateLimiter**: one :class:`TokenBucket` per client address for new connections.
+  IPv6 addresses are keyed by their /64 (one subscriber usually owns a whole /64, so rotating through
+  it gains nothing); IPv4-mapped IPv6 counts as the IPv4 address; anything unparsable is keyed as
+  given. Memory stays bounded two ways: (1) a bucket that has refilled to full behaves exactly like a
+  fresh one, so it is forgotten (buckets are kept in least-recently-used order and the full ones at
+  the old end are dropped on every call, amortised O(1)); therefore only addresses seen within the
+  last ``burst / per_ip_per_s`` seconds are remembered; (2) a hard cap ``max_tracked`` (default
+  65,536) drops the least recently used address when exceeded — under a flood from more addresses
+  than that, a dropped address starts afresh (lenient, never wrongly strict).
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import math
+from collections import deque
+from typing import Final
+
+CLOSE_WINDOW_S: Final = 10.0
+DEFAULT_MAX_TRACKED: Final = 65_536
+_EPSILON: Final = 1e-9
+
+
+def _check_rate(rate_per_s: float, burst: int) -> None:
+    if not (rate_per_s > 0 and math.isfinite(rate_per_s)):
+        raise ValueError("rate_per_s must be a finite number > 0")
+    if burst < 1:
+        raise ValueError("burst must be >= 1")
+
+
+class TokenBucket:
+    """A token bucket of capacity ``burst`` refilled at ``rate_per_s`` tokens per second."""
+
+    __slots__ = ("_burst", "_last", "_rate", "_tokens")
+
+    def __init__(self, rate_per_s: float, burst: int) -> None:
+        _check_rate(rate_per_s, burst)
+        self._rate = float(rate_per_s)
+        self._burst = float(burst)
+        self._tokens = float(burst)
+        self._last: float | None = None
+
+    def tokens(self, now: float) -> float:
+        """The tokens available at ``now`` (without taking any)."""
+        if self._last is None or now <= self._last:
+            return self._tokens
+        return min(self._burst, self._tokens + (now - self._last) * self._rate)
+
+    def is_full(self, now: float) -> bool:
+        return self.tokens(now) >= self._burst - _EPSILON
+
+    def allow(self, now: float) -> bool:
+        """Take one token if available; True when the action may proceed."""
+        self._tokens = self.tokens(now)
+        if self._last is None or now > self._last:
+            self._last = now
+        if self._tokens >= 1.0 - _EPSILON:  # tolerate float drift from summed time steps
+            self._tokens -= 1.0
+            return True
+        return False
+
+
+class Verdict(enum.Enum):
+    """What to do with one inbound frame."""
+
+    ALLOW = "allow"  # carry it out
+    LIMITED = "limited"  # reply RATE_LIMITED, do not carry it out
+    CLOSE = "close"  # close the connection with 1008
+
+
+class FloodGuard:
+    """Per-connection frame limiter: a token bucket plus the "keeps sending while limited" rule."""
+
+    __slots__ = ("_bucket", "_closed", "_max_rejects", "_rejects", "_window")
+
+    def __init__(self, rate_per_s: float, burst: int, *, window_s: float = CLOSE_WINDOW_S) -> None:
+        if not (window_s > 0):
+            raise ValueError("window_s must be > 0")
+        self._bucket = TokenBucket(rate_per_s, burst)
+        self._max_rejects = burst
+        self._window = float(window_s)
+        self._rejects: deque[float] = deque(maxlen=burst + 1)
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`check` has returned ``CLOSE``."""
+        return self._closed
+
+    def check(self, now: float) -> Verdict:
+        """Account for one inbound frame received at ``now``."""
+        if self._closed:
+            return Verdict.CLOSE
+        if self._bucket.allow(now):
+            return Verdict.ALLOW
+        rejects = self._rejects
+        rejects.append(now)
+        while rejects and now - rejects[0] >= self._window:
+            rejects.popleft()
+        if len(rejects) > self._max_rejects:
+            self._closed = True
+            return Verdict.CLOSE
+        return Verdict.LIMITED
+
+
+def client_key(address: str) -> str:
+    """The rate-limit key of a peer address: IPv6 collapsed to its /64, IPv4-mapped to IPv4."""
+    try:
+        ip = ipaddress.ip_address(address.strip().strip("[]"))
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
+class ConnectionRateLimiter:
+    """Limits new connections per client address with bounded memory."""
+
+    __slots__ = ("_buckets", "_burst", "_max_tracked", "_rate")
+
+    def __init__(self, per_ip_per_s: float, burst: int, *, max_tracked: int = DEFAULT_MAX_TRACKED) -> None:
+        _check_rate(per_ip_per_s, burst)
+        if max_tracked < 1:
+            raise ValueError("max_tracked must be >= 1")
+        self._rate = per_ip_per_s
+        self._burst = burst
+        self._max_tracked = max_tracked
+        self._buckets: dict[str, TokenBucket] = {}  # least recently used first
+
+    def __len__(self) -> int:
+        """How many addresses are remembered."""
+        return len(self._buckets)
+
+    def allow(self, ip: str, now: float) -> bool:
+        """True if a new connection from ``ip`` may proceed at ``now`` (and count it)."""
+        self._forget_idle(now)
+        key = client_key(ip)
+        bucket = self._buckets.pop(key, None)
+        if bucket is None:
+            bucket = TokenBucket(self._rate, self._burst)
+        allowed = bucket.allow(now)
+        self._buckets[key] = bucket
+        while len(self._buckets) > self._max_tracked:
+            del self._buckets[next(iter(self._buckets))]
+        return allowed
+
+    def _forget_idle(self, now: float) -> None:
+        buckets = self._buckets
+        while buckets:
+            oldest = next(iter(buckets))
+            if not buckets[oldest].is_full(now):
+                return
+            del buckets[oldest]

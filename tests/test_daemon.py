@@ -1,0 +1,93 @@
+"""The real daemon process: ``python -m signald serve`` started, used and stopped by a signal."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+import trio
+from trio_websocket import ConnectionClosed
+
+from signald.cli import main
+from signald.client import connect
+
+READY = re.compile(rb"signald ready on (ws://[^\s]+)")
+
+
+@asynccontextmanager
+async def daemon(*args: str, cwd: Path) -> AsyncIterator[tuple[trio.Process, str]]:
+    """Start ``python -m signald serve`` and yield (process, url) once it is ready."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SIGNALD_")}
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "signald", "serve", "--port", "0", *args],
+        stderr=subprocess.PIPE, cwd=cwd, env=env,
+    )
+    assert process.stderr is not None
+    seen = b""
+    try:
+        with trio.fail_after(15):
+            while not (match := READY.search(seen)):
+                chunk = await process.stderr.receive_some()
+                if not chunk:
+                    raise AssertionError(f"daemon exited early: {seen.decode(errors='replace')}")
+                seen += chunk
+        yield process, match.group(1).decode()
+    finally:
+        if process.returncode is None:
+            process.kill()
+        with trio.move_on_after(5):
+            await process.wait()
+
+
+async def test_serve_then_sigterm_closes_clients_with_1001_and_exits_0(tmp_path: Path) -> None:
+    async with daemon("--db", str(tmp_path / "d.db"), cwd=tmp_path) as (process, url):
+        async with connect(url, user="alice") as client:
+            joined = await client.request("room.join", {"room": "lobby"})
+            assert joined["room"] == "lobby"
+            process.send_signal(signal.SIGTERM)
+            with trio.fail_after(10):
+                await client.closed.wait()
+            assert client.ws.closed is not None
+            assert client.ws.closed.code == 1001
+            with pytest.raises(ConnectionClosed):
+                await client.request("presence.ping")
+        with trio.fail_after(10):
+            assert await process.wait() == 0
+
+
+async def test_defaults_put_database_in_working_directory(tmp_path: Path) -> None:
+    async with daemon(cwd=tmp_path) as (process, url):
+        assert url.startswith("ws://127.0.0.1:")
+        async with connect(url, user="bob") as client:
+            assert client.user_id == "bob"
+        process.send_signal(signal.SIGINT)
+        with trio.fail_after(10):
+            assert await process.wait() == 0
+
+
+def test_bad_config_is_one_line_naming_the_key_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "signald.toml"
+    config.write_text("[limits]\nrate_per_s = 'fast'\n")
+    assert main(["serve", "--config", str(config)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0
+    assert "limits.rate_per_s" in err
+
+
+def test_unknown_key_is_rejected(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "signald.toml"
+    config.write_text("[server]\nprot = 1\n")
+    assert main(["serve", "--config", str(config)]) == 2
+    assert "server.prot" in capsys.readouterr().err
+
+
+def test_none_auth_on_public_address_needs_insecure(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", "--host", "0.0.0.0", "--port", "0"]) == 2
+    assert "--insecure" in capsys.readouterr().err
