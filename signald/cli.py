@@ -96,8 +96,6 @@ def check_exposure(config: Config) -> str | None:
         if not config.server.insecure:
             return (f"refusing to serve {config.server.host} with auth mode 'none' "
                     "(anyone could connect as anyone); pass --insecure to do it anyway")
-        log.warning("serving %s with auth mode 'none': anyone can connect as anyone",
-                    config.server.host)
     if bool(config.server.certfile) != bool(config.server.keyfile):
         return "server.certfile and server.keyfile go together"
     return None
@@ -122,11 +120,13 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"signald: configuration error: {exc}", file=sys.stderr)
         return 2
-    setup_logging(config.log.level, config.log.format)
     problem = check_exposure(config)
     if problem:
         print(f"signald: {problem}", file=sys.stderr)
         return 2
+    setup_logging(config.log.level, config.log.format)
+    if config.auth.mode == "none" and not is_loopback(config.server.host):
+        log.warning("serving %s with auth mode 'none': anyone can connect as anyone", config.server.host)
     try:
         return trio.run(run_daemon, config)
     except OSError as exc:
@@ -139,12 +139,12 @@ def _history(args: argparse.Namespace) -> int:
 
     async def export() -> None:
         async with HistoryStore(args.db) as store:
-            for message in await store.export(args.room):
+            async for message in store.export(args.room):
                 sys.stdout.write(msgspec.json.encode(message).decode() + "\n")
 
     async def stats() -> None:
         async with HistoryStore(args.db) as store:
-            sys.stdout.write(json.dumps(await store.stats(), indent=2) + "\n")
+            sys.stdout.write(json.dumps(dict(await store.stats()), indent=2) + "\n")
 
     trio.run(export if args.history_command == "export" else stats)
     return 0

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
+from signald.auth import Authenticator, NoneAuthenticator
 from signald.config import Config
 from signald.fanout import Broker, Frame, LocalBroker
 from signald.presence import PresenceTracker
@@ -60,6 +61,7 @@ class Hub:
         self.started_at = 0.0
         self.nursery: trio.Nursery | None = None
         self.history: HistoryService | None = None
+        self.authenticator: Authenticator = NoneAuthenticator()
         self.rooms = RoomRegistry()
         self.presence = PresenceTracker(
             self.rooms.peers_of_user, self.rooms.conns_in, away_after_s=config.presence.away_after_s
@@ -71,15 +73,31 @@ class Hub:
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Hub]:
         """Open what the hub needs (history store, timers) and close it on the way out."""
+        from signald.handlers.chat import HistoryService
+        from signald.history import HistoryStore
+
+        history = self.config.history
+        store = HistoryStore(
+            self.config.server.db, synchronous=history.synchronous,
+            retention_max_age_s=history.retention_max_age_s, retention_max_count=history.retention_max_count,
+            clock=self.wall_clock,
+        )
         self.started_at = trio.current_time()
-        async with trio.open_nursery() as nursery:
-            self.nursery = nursery
-            nursery.start_soon(self._run_timers)
+        async with store:
+            self.history = HistoryService(self, store)
             try:
-                yield self
+                async with trio.open_nursery() as nursery:
+                    self.nursery = nursery
+                    nursery.start_soon(self._run_timers)
+                    nursery.start_soon(self.history.run_last_seen_flusher)
+                    try:
+                        yield self
+                    finally:
+                        nursery.cancel_scope.cancel()
+                        self.nursery = None
             finally:
-                nursery.cancel_scope.cancel()
-                self.nursery = None
+                with trio.CancelScope(shield=True):
+                    await self.history.flush_last_seen()
 
     def connect(self, session: Session) -> None:
         """A handshake succeeded: the session starts receiving events."""

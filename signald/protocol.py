@@ -341,7 +341,7 @@ class RoomJoinResult(Struct, omit_defaults=True):
     room: str
     members: list[Member]
     active: bool
-    unread: int = 0
+    unread: int
     missed: list[ChatMessage] | None = None
     missed_truncated: bool | None = None
 

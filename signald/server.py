@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import ssl
+import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -66,7 +67,7 @@ class RunningServer:
         return f"{'wss' if self.tls else 'ws'}://{host}:{self.port}/"
 
 
-def build_authenticator(config: Config) -> Authenticator:
+def build_authenticator(config: Config, wall_clock: Callable[[], float] = time.time) -> Authenticator:
     """The authenticator ``auth.mode`` selects."""
     auth = config.auth
     if auth.mode == "none":
@@ -79,6 +80,7 @@ def build_authenticator(config: Config) -> Authenticator:
         audience=auth.jwt_audience,
         issuer=auth.jwt_issuer,
         leeway_s=auth.leeway_s,
+        now=wall_clock,
     )
 
 
@@ -118,7 +120,8 @@ async def serve_signald(
     ``task_status.started``.
     """
     hub = Hub(config, router or default_router(), wall_clock=wall_clock)
-    authenticate = authenticator or build_authenticator(config)
+    authenticate = authenticator or build_authenticator(config, hub.wall_clock)
+    hub.authenticator = authenticate
     ssl_context = build_ssl_context(config)
     per_ip = ConnectionRateLimiter(
         config.server.new_connections_per_ip_per_s, max(1, int(config.server.new_connections_per_ip_per_s))

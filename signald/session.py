@@ -13,8 +13,8 @@ from typing import Final
 import attrs
 import trio
 
-from signald.ratelimit import FloodGuard
 from signald.fanout import CLOSE_SLOW_CONSUMER, Frame, Outbox
+from signald.ratelimit import FloodGuard
 
 CLOSE_GOING_AWAY: Final = 1001
 CLOSE_POLICY: Final = 1008

@@ -45,7 +45,7 @@ async def room_join(ctx: Context, msg: RoomJoin) -> RoomJoinResult:
     outcome = hub.rooms.join(session.session_id, session.user_id, room, max_rooms=hub.config.limits.max_rooms)
     hub.publish(outcome.sends)
     ctx.after_reply.extend(outcome.after_ack)
-    result = RoomJoinResult(room=room, members=hub.member_list(room), active=outcome.active)
+    result = RoomJoinResult(room=room, members=hub.member_list(room), active=outcome.active, unread=0)
     if hub.history is not None:
         await hub.history.fill_join_result(ctx, result, msg.data.since)
     return result

@@ -1,0 +1,502 @@
+"""One-to-one call set-up: who rings, who answered, who gets which ``call.*`` event (sans-IO).
+
+:class:`CallRegistry` is plain synchronous state: no awaits, no sockets, no clock reads; callers
+pass ``now`` (monotonic seconds). Every operation returns a :class:`CallOutcome`: ``call_id`` (for
+the offer's ack), ``sends`` (events in delivery order, to be delivered *after* the request's ack),
+``busy_changed`` (users whose :meth:`CallRegistry.is_busy` flipped, for presence) and ``log``
+(``started`` / ``answered`` / ``ended`` entries for an optional call log). Failures raise
+:class:`~signald.errors.SignalError` and change nothing. A user is a ``str`` user id, a device a
+``str`` device id (one per connection). Target checks (offline, shares a room) are the caller's job.
+
+States
+    ``NONE`` no live call with that id: never offered, or ended (an ended call is freed at once, so
+    its id is unknown again and a later offer may reuse it). ``RINGING`` offered, not answered.
+    ``ACTIVE`` answered by one callee device (the *winner*). ``ENDED`` terminal, has no row.
+
+Transition table (:data:`TRANSITIONS`, which :func:`transition` reads for every step; a cell is
+the next state or the error code raised; tests check that this text equals the table)::
+
+    event               NONE        RINGING     ACTIVE
+    OFFER               RINGING     CONFLICT    CONFLICT
+    OFFER_BUSY          ENDED       CONFLICT    CONFLICT
+    OFFER_GLARE_LOST    ENDED       CONFLICT    CONFLICT
+    ANSWER              NOT_FOUND   ACTIVE      CONFLICT
+    ICE_FROM_CALLER     NOT_FOUND   RINGING     ACTIVE
+    ICE_FROM_CALLEE     NOT_FOUND   RINGING     ACTIVE
+    END_BY_CALLER       NOT_FOUND   ENDED       ENDED
+    END_BY_CALLEE       NOT_FOUND   ENDED       ENDED
+    TIMEOUT             NONE        ENDED       ACTIVE
+    GLARE               NONE        ENDED       ACTIVE
+    DISCONNECT_CALLER   NONE        ENDED       ENDED
+    DISCONNECT_CALLEE   NONE        ENDED       ENDED
+    RING_DEVICE_GONE    NONE        RINGING     ACTIVE
+
+The last five are server events: they never fail, and where they do not apply the state stays.
+``DISCONNECT_CALLEE`` is the winner or the *last* ringing device going away; ``RING_DEVICE_GONE``
+a ringing device going away while others still ring.
+
+Rules ("peer devices": of the caller, the ringing devices, or the winner once answered; of the
+callee, the offering device. Every event carries the ``call_id``; ``from_user`` is the recipient's
+other party, except where said. A :class:`Send` never has an empty ``devices``.)
+    * Offer checks, in order: calling yourself -> ``INVALID_PAYLOAD``; no callee device ->
+      ``TARGET_OFFLINE``; ``call_id`` in use by a live call -> ``CONFLICT`` (absent: one is generated).
+    * answer/ice/end without ``call_id`` take the only live call between the two users, in either
+      direction (none -> ``NOT_FOUND``, several -> ``INVALID_PAYLOAD``). Checks, in order:
+      ``target_id`` is the sender -> ``INVALID_PAYLOAD``; call unknown or ended -> ``NOT_FOUND``;
+      sender not caller or callee -> ``FORBIDDEN``; ``target_id`` not the other party ->
+      ``INVALID_PAYLOAD``; the caller answering -> ``FORBIDDEN``; then the table (a second answer,
+      from any callee device -> ``CONFLICT``); then the device: the caller's messages only from the
+      offering device, the callee's only from a ringing device (while ringing) or the winner (after)
+      -> ``FORBIDDEN``. ``device_gone`` and ``expire`` never raise.
+    * Offer: ``call.offer {from_user, call_id, call_type, sdp}`` to every callee device, sdp untouched.
+    * Answer: the first answer wins: ``call.answer`` to the caller's device, then ``call.end``
+      ``answered_elsewhere`` (``from_user`` = callee) to the other ringing devices, which leave the call.
+    * ICE flows both ways before and after the answer: caller -> peer devices, callee -> caller device.
+    * End: the caller's reason (default ``hangup``) goes to the peer devices; the callee's, once
+      answered, to the caller device. The callee ending while ringing is a reject: the caller gets
+      ``rejected`` (the client's reason is dropped) and the callee's other ringing devices also get
+      ``rejected`` with ``from_user`` = callee, so they stop ringing.
+    * Timeout: :meth:`CallRegistry.expire` ends calls still ringing at ``now >= offered_at +
+      ring_timeout_s`` with ``timeout``: caller device first, then the ringing devices.
+      :meth:`CallRegistry.next_deadline` is the earliest pending ring deadline, for a timer task.
+    * Busy: a user is busy while in an ACTIVE call. Unless ``allow_concurrent_calls``, an offer to a
+      busy callee is acked (``call_id``), then ``call.end busy`` (``from_user`` = callee) goes to the
+      caller device; nobody rings and the call is freed. Busy is checked only when an offer arrives:
+      a busy user may place a call and may answer another call that is ringing.
+    * Glare: A offers B while a call B -> A is RINGING: the lower call_id (string order) survives.
+      New one loses: acked, then ``call.end glare`` to its caller device, nothing rung. New one wins:
+      the older call(s) end with ``glare`` for their caller device and ringing devices, then the new
+      offer rings normally. Busy is decided before glare.
+    * Disconnect (:meth:`CallRegistry.device_gone`): for every call the device holds (offering,
+      winning or ringing device), the peer devices get ``call.end disconnected``, in call_id order;
+      a ringing device leaving while others still ring only stops ringing.
+    * The sender of a request never gets its own event (it gets the ack). Every call ends exactly
+      once for each party, and ``log`` has exactly one ``started`` and one ``ended`` per accepted
+      offer (``busy`` and ``glare`` included); ``duration_s`` is measured from the answer (``None``
+      if never answered). Ended calls leave nothing behind.
+"""
+
+from __future__ import annotations
+
+import enum
+import heapq
+from collections.abc import Callable, Iterable, Sequence
+from typing import Final, Literal, TypeAlias, TypeVar, Union
+from uuid import uuid4
+
+import attrs
+
+from signald.errors import ErrorCode, SignalError
+from signald.protocol import (
+    CallAnswerEvent,
+    CallAnswerEventData,
+    CallEndEvent,
+    CallEndEventData,
+    CallIceEvent,
+    CallIceEventData,
+    CallOfferEvent,
+    CallOfferEventData,
+    CallType,
+    JsonObject,
+)
+
+__all__ = [
+    "CallEventMessage", "CallLogEntry", "CallOutcome", "CallRegistry", "Event", "Send", "State",
+    "TRANSITIONS", "transition",
+]
+
+
+class State(enum.Enum):
+    NONE = "none"
+    RINGING = "ringing"
+    ACTIVE = "active"
+    ENDED = "ended"
+
+
+class Event(enum.Enum):
+    OFFER = "offer"
+    OFFER_BUSY = "offer_busy"
+    OFFER_GLARE_LOST = "offer_glare_lost"
+    ANSWER = "answer"
+    ICE_FROM_CALLER = "ice_from_caller"
+    ICE_FROM_CALLEE = "ice_from_callee"
+    END_BY_CALLER = "end_by_caller"
+    END_BY_CALLEE = "end_by_callee"
+    TIMEOUT = "timeout"
+    GLARE = "glare"
+    DISCONNECT_CALLER = "disconnect_caller"
+    DISCONNECT_CALLEE = "disconnect_callee"
+    RING_DEVICE_GONE = "ring_device_gone"
+
+
+Next: TypeAlias = Union[State, ErrorCode]
+SOURCE_STATES: Final = (State.NONE, State.RINGING, State.ACTIVE)
+_N, _R, _A, _X = State.NONE, State.RINGING, State.ACTIVE, State.ENDED
+_ROWS: Final[dict[Event, tuple[Next, Next, Next]]] = {
+    #                        NONE          RINGING      ACTIVE
+    Event.OFFER:             (_R,          "CONFLICT",  "CONFLICT"),
+    Event.OFFER_BUSY:        (_X,          "CONFLICT",  "CONFLICT"),
+    Event.OFFER_GLARE_LOST:  (_X,          "CONFLICT",  "CONFLICT"),
+    Event.ANSWER:            ("NOT_FOUND", _A,          "CONFLICT"),
+    Event.ICE_FROM_CALLER:   ("NOT_FOUND", _R,          _A),
+    Event.ICE_FROM_CALLEE:   ("NOT_FOUND", _R,          _A),
+    Event.END_BY_CALLER:     ("NOT_FOUND", _X,          _X),
+    Event.END_BY_CALLEE:     ("NOT_FOUND", _X,          _X),
+    Event.TIMEOUT:           (_N,          _X,          _A),
+    Event.GLARE:             (_N,          _X,          _A),
+    Event.DISCONNECT_CALLER: (_N,          _X,          _X),
+    Event.DISCONNECT_CALLEE: (_N,          _X,          _X),
+    Event.RING_DEVICE_GONE:  (_N,          _R,          _A),
+}
+TRANSITIONS: Final[dict[tuple[State, Event], Next]] = {
+    (state, event): row[i] for event, row in _ROWS.items() for i, state in enumerate(SOURCE_STATES)
+}
+
+
+def transition(state: State, event: Event) -> State:
+    """The state a call in ``state`` moves to on ``event``; raises the table's error code instead."""
+    nxt = TRANSITIONS.get((state, event), "NOT_FOUND")  # ENDED is terminal: no row, no such call
+    if isinstance(nxt, State):
+        return nxt
+    what = "no such call" if nxt == "NOT_FOUND" else f"call is {state.value}"
+    raise SignalError(nxt, f"{event.value}: {what}")
+
+
+CallEventMessage: TypeAlias = Union[CallOfferEvent, CallAnswerEvent, CallIceEvent, CallEndEvent]
+
+
+@attrs.frozen(slots=True)
+class Send:
+    """One event and the devices it goes to (encode once, deliver to each device)."""
+
+    devices: tuple[str, ...]
+    event: CallEventMessage
+
+
+@attrs.frozen(slots=True)
+class CallLogEntry:
+    kind: Literal["started", "answered", "ended"]
+    call_id: str
+    caller: str
+    callee: str
+    call_type: CallType
+    reason: str | None = None  # "ended" only
+    duration_s: float | None = None  # "ended" only: seconds since the answer, None if never answered
+
+
+@attrs.frozen(slots=True)
+class CallOutcome:
+    call_id: str | None = None
+    sends: list[Send] = attrs.Factory(list)
+    busy_changed: set[str] = attrs.Factory(set)
+    log: list[CallLogEntry] = attrs.Factory(list)
+
+
+@attrs.define(slots=True, eq=False)
+class _Call:
+    call_id: str
+    caller: str
+    caller_device: str
+    callee: str
+    call_type: CallType
+    ringing: dict[str, None]  # callee devices still ringing, in ring order (an ordered set)
+    deadline: float
+    serial: int  # tells this call's deadline entry from a stale one of an ended call with the same id
+    state: State = State.NONE
+    winner: str | None = None
+    answered_at: float | None = None
+
+    def devices(self) -> list[str]:
+        return [self.caller_device, *self.ringing, *([self.winner] if self.winner else [])]
+
+    def peer_devices(self, of_caller: bool) -> tuple[str, ...]:
+        if not of_caller:
+            return (self.caller_device,)
+        return tuple(self.ringing) if self.winner is None else (self.winner,)
+
+    def entry(self, kind: Literal["started", "answered", "ended"], reason: str | None = None,
+              duration_s: float | None = None) -> CallLogEntry:
+        return CallLogEntry(kind, self.call_id, self.caller, self.callee, self.call_type, reason, duration_s)
+
+
+_K = TypeVar("_K")
+
+
+def _link(index: dict[_K, dict[str, None]], key: _K, call_id: str) -> None:
+    index.setdefault(key, {})[call_id] = None
+
+
+def _unlink(index: dict[_K, dict[str, None]], key: _K, call_id: str) -> None:
+    ids = index.get(key)
+    if ids is not None:
+        ids.pop(call_id, None)
+        if not ids:
+            del index[key]
+
+
+def _pair(a: str, b: str) -> tuple[str, str]:
+    return (a, b) if a < b else (b, a)
+
+
+def _end_event(from_user: str, call_id: str, reason: str) -> CallEndEvent:
+    return CallEndEvent(data=CallEndEventData(from_user=from_user, call_id=call_id, reason=reason))
+
+
+class _Acc:
+    """What one operation produced so far."""
+
+    __slots__ = ("busy_before", "log", "sends")
+
+    def __init__(self) -> None:
+        self.sends: list[Send] = []
+        self.log: list[CallLogEntry] = []
+        self.busy_before: dict[str, bool] = {}
+
+    def send(self, devices: Iterable[str], event: CallEventMessage) -> None:
+        targets = tuple(devices)
+        if targets:
+            self.sends.append(Send(targets, event))
+
+
+class CallRegistry:
+    """Every live call, indexed by id, device, user and user pair. See the module docstring."""
+
+    def __init__(self, *, allow_concurrent_calls: bool = False,
+                 new_call_id: Callable[[], str] = lambda: uuid4().hex) -> None:
+        self._concurrent = allow_concurrent_calls
+        self._new_call_id = new_call_id
+        self._calls: dict[str, _Call] = {}
+        self._by_device: dict[str, dict[str, None]] = {}
+        self._by_user: dict[str, dict[str, None]] = {}
+        self._by_pair: dict[tuple[str, str], dict[str, None]] = {}
+        self._deadlines: list[tuple[float, int, str]] = []  # heap; stale entries are skipped lazily
+        self._serial = 0
+        self._ringing = 0
+        self._active = 0
+
+    # ------------------------------------------------------------------ queries
+
+    def __len__(self) -> int:
+        return len(self._calls)
+
+    @property
+    def active_count(self) -> int:
+        return self._active
+
+    @property
+    def ringing_count(self) -> int:
+        return self._ringing
+
+    def state_of(self, call_id: str) -> State:
+        call = self._calls.get(call_id)
+        return State.NONE if call is None else call.state
+
+    def calls_of(self, user: str) -> list[str]:
+        """Ids of the user's live calls, as caller or callee, oldest first."""
+        return list(self._by_user.get(user, ()))
+
+    def is_busy(self, user: str) -> bool:
+        return any(self._calls[c].state is State.ACTIVE for c in self._by_user.get(user, ()))
+
+    def next_deadline(self) -> float | None:
+        """The earliest ring deadline of a call still ringing, or ``None``."""
+        heap = self._deadlines
+        while heap and not self._pending(heap[0]):
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
+
+    # ------------------------------------------------------------------ client operations
+
+    def offer(self, *, caller: str, caller_device: str, callee: str, callee_devices: Sequence[str],
+              call_type: CallType, sdp: JsonObject, call_id: str | None, now: float,
+              ring_timeout_s: float) -> CallOutcome:
+        if caller == callee:
+            raise SignalError("INVALID_PAYLOAD", "cannot call yourself")
+        rung = dict.fromkeys(callee_devices)
+        if not rung:
+            raise SignalError("TARGET_OFFLINE", f"{callee!r} has no connected device")
+        cid = self._fresh_id() if call_id is None else call_id
+        event, rivals = Event.OFFER, list[_Call]()
+        if not self._concurrent and self.is_busy(callee):
+            event = Event.OFFER_BUSY
+        else:
+            rivals = [c for c in self._between(callee, caller) if c.caller == callee and c.state is _R]
+            if any(r.call_id < cid for r in rivals):
+                event, rivals = Event.OFFER_GLARE_LOST, []
+        nxt = transition(self.state_of(cid), event)
+        acc = _Acc()
+        for old in rivals:
+            self._end(old, Event.GLARE, acc, now, "glare", to_caller=True, to_callee=True)
+        self._serial += 1
+        call = _Call(cid, caller, caller_device, callee, call_type, rung, now + ring_timeout_s, self._serial)
+        self._calls[cid] = call
+        for device in call.devices():
+            _link(self._by_device, device, cid)
+        _link(self._by_user, caller, cid)
+        _link(self._by_user, callee, cid)
+        _link(self._by_pair, _pair(caller, callee), cid)
+        acc.log.append(call.entry("started"))
+        if nxt is _X:
+            reason = "busy" if event is Event.OFFER_BUSY else "glare"
+            self._end(call, event, acc, now, reason, to_caller=True, to_callee=False)
+        else:
+            self._set_state(call, nxt, acc)
+            heapq.heappush(self._deadlines, (call.deadline, call.serial, cid))
+            offer = CallOfferEventData(from_user=caller, call_id=cid, call_type=call_type, sdp=sdp)
+            acc.send(rung, CallOfferEvent(data=offer))
+        return self._outcome(acc, cid)
+
+    def answer(self, *, user: str, device: str, peer: str, sdp: JsonObject, call_id: str | None,
+               now: float) -> CallOutcome:
+        call = self._resolve(user, peer, call_id)
+        if user == call.caller:
+            raise SignalError("FORBIDDEN", "the caller cannot answer its own call")
+        nxt = transition(call.state, Event.ANSWER)
+        self._check_device(call, False, device)
+        acc = _Acc()
+        others = [d for d in call.ringing if d != device]
+        for other in others:
+            _unlink(self._by_device, other, call.call_id)
+        call.ringing, call.winner, call.answered_at = {}, device, now
+        self._set_state(call, nxt, acc)
+        data = CallAnswerEventData(from_user=call.callee, call_id=call.call_id, sdp=sdp)
+        acc.send((call.caller_device,), CallAnswerEvent(data=data))
+        acc.send(others, _end_event(call.callee, call.call_id, "answered_elsewhere"))
+        acc.log.append(call.entry("answered"))
+        return self._outcome(acc, call.call_id)
+
+    def ice(self, *, user: str, device: str, peer: str, candidate: JsonObject,
+            call_id: str | None) -> CallOutcome:
+        call = self._resolve(user, peer, call_id)
+        by_caller = user == call.caller
+        transition(call.state, Event.ICE_FROM_CALLER if by_caller else Event.ICE_FROM_CALLEE)
+        self._check_device(call, by_caller, device)
+        acc = _Acc()
+        data = CallIceEventData(from_user=user, call_id=call.call_id, candidate=candidate)
+        acc.send(call.peer_devices(by_caller), CallIceEvent(data=data))
+        return self._outcome(acc, call.call_id)
+
+    def end(self, *, user: str, device: str, peer: str, reason: str | None, call_id: str | None,
+            now: float) -> CallOutcome:
+        call = self._resolve(user, peer, call_id)
+        by_caller = user == call.caller
+        transition(call.state, Event.END_BY_CALLER if by_caller else Event.END_BY_CALLEE)
+        self._check_device(call, by_caller, device)
+        acc, given = _Acc(), reason or "hangup"
+        if by_caller:
+            self._end(call, Event.END_BY_CALLER, acc, now, given, to_caller=False, to_callee=True)
+        elif call.state is _R:  # a reject: the sender's other ringing devices stop ringing too
+            others = [d for d in call.ringing if d != device]
+            self._end(call, Event.END_BY_CALLEE, acc, now, "rejected", to_caller=True, to_callee=False)
+            acc.send(others, _end_event(call.callee, call.call_id, "rejected"))
+        else:
+            self._end(call, Event.END_BY_CALLEE, acc, now, given, to_caller=True, to_callee=False)
+        return self._outcome(acc, call.call_id)
+
+    # ------------------------------------------------------------------ server events
+
+    def device_gone(self, device: str, now: float) -> CallOutcome:
+        """A connection closed: end or update every call it held. Never raises."""
+        acc = _Acc()
+        for cid in sorted(self._by_device.get(device, ())):
+            call = self._calls[cid]
+            call.ringing.pop(device, None)
+            _unlink(self._by_device, device, cid)
+            by_caller = device == call.caller_device
+            if not by_caller and call.ringing:  # other devices of the callee still ring
+                self._set_state(call, Event.RING_DEVICE_GONE, acc)
+                continue
+            event = Event.DISCONNECT_CALLER if by_caller else Event.DISCONNECT_CALLEE  # winner, last ringer
+            self._end(call, event, acc, now, "disconnected", to_caller=not by_caller, to_callee=by_caller)
+        return self._outcome(acc, None)
+
+    def expire(self, now: float) -> CallOutcome:
+        """End every call whose ring deadline is at or before ``now`` with reason ``timeout``."""
+        acc = _Acc()
+        heap = self._deadlines
+        while heap and heap[0][0] <= now:
+            entry = heapq.heappop(heap)
+            if self._pending(entry):
+                call = self._calls[entry[2]]
+                self._end(call, Event.TIMEOUT, acc, now, "timeout", to_caller=True, to_callee=True)
+        return self._outcome(acc, None)
+
+    # ------------------------------------------------------------------ internals
+
+    def _fresh_id(self) -> str:
+        for _ in range(8):
+            cid = self._new_call_id()
+            if cid not in self._calls:
+                return cid
+        raise SignalError("INTERNAL", "could not generate a free call_id")
+
+    def _between(self, a: str, b: str) -> list[_Call]:
+        return [self._calls[c] for c in self._by_pair.get(_pair(a, b), ())]
+
+    def _pending(self, entry: tuple[float, int, str]) -> bool:
+        call = self._calls.get(entry[2])
+        return call is not None and call.serial == entry[1] and call.state is _R
+
+    def _resolve(self, user: str, peer: str, call_id: str | None) -> _Call:
+        if user == peer:
+            raise SignalError("INVALID_PAYLOAD", "target_id: cannot signal yourself")
+        if call_id is None:
+            live = self._between(user, peer)
+            if not live:
+                raise SignalError("NOT_FOUND", f"no call with {peer!r}")
+            if len(live) > 1:
+                raise SignalError("INVALID_PAYLOAD", f"several calls with {peer!r}: give call_id")
+            return live[0]
+        call = self._calls.get(call_id)
+        if call is None:
+            raise SignalError("NOT_FOUND", f"no call {call_id!r}")
+        if user not in (call.caller, call.callee):
+            raise SignalError("FORBIDDEN", f"not a party of call {call_id!r}")
+        if peer != (call.callee if user == call.caller else call.caller):
+            raise SignalError("INVALID_PAYLOAD", f"target_id is not the other party of call {call_id!r}")
+        return call
+
+    def _check_device(self, call: _Call, by_caller: bool, device: str) -> None:
+        if by_caller:
+            ok = device == call.caller_device
+        else:
+            ok = device in call.ringing if call.winner is None else device == call.winner
+        if not ok:
+            raise SignalError("FORBIDDEN", f"this device is not in call {call.call_id!r}")
+
+    def _set_state(self, call: _Call, event_or_state: Event | State, acc: _Acc) -> None:
+        new = event_or_state if isinstance(event_or_state, State) else transition(call.state, event_or_state)
+        old = call.state
+        if new is old:
+            return
+        for user in (call.caller, call.callee):
+            acc.busy_before.setdefault(user, self.is_busy(user))
+        call.state = new
+        self._ringing += (new is _R) - (old is _R)
+        self._active += (new is _A) - (old is _A)
+        if old is _R and len(self._deadlines) > 2 * self._ringing + 64:
+            ringing = (c for c in self._calls.values() if c.state is _R)
+            self._deadlines = [(c.deadline, c.serial, c.call_id) for c in ringing]
+            heapq.heapify(self._deadlines)
+
+    def _end(self, call: _Call, event: Event, acc: _Acc, now: float, reason: str, *,
+             to_caller: bool, to_callee: bool) -> None:
+        """Apply ``event`` (which must lead to ENDED), notify the chosen sides, log, free the call."""
+        if to_caller:
+            acc.send((call.caller_device,), _end_event(call.callee, call.call_id, reason))
+        if to_callee:
+            acc.send(call.peer_devices(True), _end_event(call.caller, call.call_id, reason))
+        self._set_state(call, event, acc)
+        assert call.state is _X, (call.state, event)
+        duration = None if call.answered_at is None else max(0.0, now - call.answered_at)
+        acc.log.append(call.entry("ended", reason, duration))
+        del self._calls[call.call_id]
+        for device in call.devices():
+            _unlink(self._by_device, device, call.call_id)
+        _unlink(self._by_user, call.caller, call.call_id)
+        _unlink(self._by_user, call.callee, call.call_id)
+        _unlink(self._by_pair, _pair(call.caller, call.callee), call.call_id)
+
+    def _outcome(self, acc: _Acc, call_id: str | None) -> CallOutcome:
+        changed = {u for u, was in acc.busy_before.items() if self.is_busy(u) != was}
+        return CallOutcome(call_id, acc.sends, changed, acc.log)

@@ -1,0 +1,204 @@
+"""Chat: every ``chat.*`` type except typing, on top of the durable :class:`HistoryStore`.
+
+Events are fanned out from the store's ``on_commit`` callbacks, which run in commit order in
+the Trio thread: every member of a room sees its messages in ``seq`` order, and an event never
+announces something that is not on disk. The requesting connection gets the ack with the
+result and not the event; the sender's other devices get the event.
+
+Edits, deletions and redactions are checked by role and authorship, not by room membership:
+an author may edit a message after leaving its room. Events still go to the room's members.
+"""
+
+from __future__ import annotations
+
+import trio
+
+from signald.errors import SignalError
+from signald.history import Deleted, HistoryStore
+from signald.hub import Context, Hub
+from signald.protocol import (
+    ChatDelete,
+    ChatDeletedEvent,
+    ChatEdit,
+    ChatEditedEvent,
+    ChatHistory,
+    ChatMessage,
+    ChatMessageEvent,
+    ChatReaction,
+    ChatReactionUpdateEvent,
+    ChatRead,
+    ChatReadUpdateEvent,
+    ChatRedact,
+    ChatRedactedEvent,
+    ChatSend,
+    DeletedData,
+    DeleteResult,
+    HistoryPage,
+    ReactionUpdateData,
+    ReadUpdateData,
+    RedactedData,
+    RedactResult,
+    RoomJoinResult,
+)
+from signald.router import Router
+from signald.timefmt import iso_utc
+
+LAST_SEEN_FLUSH_S = 30.0
+
+
+class HistoryService:
+    """The hub's view of the history store: rejoin data and last-seen persistence."""
+
+    def __init__(self, hub: Hub, store: HistoryStore) -> None:
+        self.hub = hub
+        self.store = store
+
+    async def fill_join_result(self, ctx: Context, result: RoomJoinResult, since: int | None) -> None:
+        """Add ``unread`` and, with ``since``, ``missed``/``missed_truncated`` to a join ack."""
+        rejoin = await self.store.rejoin(
+            user_id=ctx.session.user_id, room=result.room, since=since,
+            limit=self.hub.config.limits.history_page_max,
+        )
+        result.unread = rejoin.unread
+        if since is not None:
+            result.missed = rejoin.missed
+            result.missed_truncated = rejoin.truncated
+
+    async def flush_last_seen(self) -> None:
+        changed = self.hub.presence.drain_last_seen()
+        if changed:
+            await self.store.set_last_seen({user: iso_utc(when) for user, when in changed.items()})
+
+    async def run_last_seen_flusher(self) -> None:
+        """Persist last-seen times every ``LAST_SEEN_FLUSH_S`` seconds."""
+        while True:
+            await trio.sleep(LAST_SEEN_FLUSH_S)
+            await self.flush_last_seen()
+
+
+def _history(ctx: Context) -> HistoryStore:
+    if ctx.hub.history is None:  # pragma: no cover - the server always opens a store
+        raise SignalError("INTERNAL", "no history store")
+    return ctx.hub.history.store
+
+
+def _require_member(ctx: Context, room: str) -> None:
+    if not ctx.hub.rooms.is_member(ctx.session.session_id, room):
+        raise SignalError("NOT_IN_ROOM", f"join {room!r} first")
+
+
+def _check_body(ctx: Context, body: str, field: str) -> None:
+    limit = ctx.hub.config.limits.max_body_chars
+    if len(body) > limit:
+        raise SignalError("TOO_LARGE", f"`$.data.{field}` is longer than max_body_chars ({limit})")
+
+
+def _room_others(ctx: Context, room: str) -> frozenset[str]:
+    return ctx.hub.rooms.conns_in(room) - {ctx.session.session_id}
+
+
+async def chat_send(ctx: Context, msg: ChatSend) -> ChatMessage:
+    data = msg.data
+    _require_member(ctx, data.scope)
+    _check_body(ctx, data.body, "body")
+    if not data.body.strip() and not data.attachments:
+        raise SignalError("INVALID_PAYLOAD", "`$.data.body` is empty and there are no attachments")
+
+    def announce(message: ChatMessage) -> None:
+        ctx.hub.send_to(_room_others(ctx, message.room), ChatMessageEvent(data=message))
+
+    message, _created = await _history(ctx).send(
+        room=data.scope, user_id=ctx.session.user_id, body=data.body, attachments=data.attachments,
+        parent_id=data.parent_id, client_msg_id=data.client_msg_id, on_commit=announce,
+    )
+    return message
+
+
+async def chat_edit(ctx: Context, msg: ChatEdit) -> ChatMessage:
+    _check_body(ctx, msg.data.new_body, "new_body")
+
+    def announce(message: ChatMessage) -> None:
+        ctx.hub.send_to(_room_others(ctx, message.room), ChatEditedEvent(data=message))
+
+    return await _history(ctx).edit(
+        message_id=msg.data.message_id, user_id=ctx.session.user_id, new_body=msg.data.new_body,
+        on_commit=announce,
+    )
+
+
+async def chat_delete(ctx: Context, msg: ChatDelete) -> DeleteResult:
+    data = msg.data
+
+    def announce(deleted: Deleted) -> None:
+        event = ChatDeletedEvent(data=DeletedData(
+            message_id=data.message_id, room=deleted.room, deleted_at=deleted.deleted_at, mode=data.mode))
+        ctx.hub.send_to(_room_others(ctx, deleted.room), event)
+
+    deleted = await _history(ctx).delete(
+        message_id=data.message_id, user_id=ctx.session.user_id, mode=data.mode,
+        moderator=ctx.session.is_moderator, on_commit=announce,
+    )
+    return DeleteResult(message_id=data.message_id, deleted_at=deleted.deleted_at)
+
+
+async def chat_redact(ctx: Context, msg: ChatRedact) -> RedactResult:
+    if not ctx.session.is_moderator:
+        raise SignalError("FORBIDDEN", "chat.redact needs the mod or admin role")
+
+    def announce(message: ChatMessage) -> None:
+        event = ChatRedactedEvent(data=RedactedData(message_id=message.id, room=message.room, new_body=message.body))
+        ctx.hub.send_to(_room_others(ctx, message.room), event)
+
+    message = await _history(ctx).redact(message_id=msg.data.message_id, mask=msg.data.mask, on_commit=announce)
+    return RedactResult(message_id=message.id, new_body=message.body)
+
+
+async def chat_read(ctx: Context, msg: ChatRead) -> None:
+    data = msg.data
+    _require_member(ctx, data.room)
+
+    def announce(moved: bool) -> None:
+        event = ChatReadUpdateEvent(data=ReadUpdateData(
+            message_id=data.message_id, user_id=ctx.session.user_id, room=data.room))
+        ctx.hub.send_to(_room_others(ctx, data.room), event)
+
+    await _history(ctx).mark_read(
+        user_id=ctx.session.user_id, room=data.room, message_id=data.message_id, on_commit=announce)
+
+
+async def chat_reaction(ctx: Context, msg: ChatReaction) -> None:
+    data = msg.data
+    _require_member(ctx, data.scope)
+
+    def announce(changed: bool) -> None:
+        event = ChatReactionUpdateEvent(data=ReactionUpdateData(
+            message_id=data.message_id, user_id=ctx.session.user_id, reaction=data.reaction,
+            action=data.action, room=data.scope))
+        ctx.hub.send_to(_room_others(ctx, data.scope), event)
+
+    await _history(ctx).react(
+        message_id=data.message_id, user_id=ctx.session.user_id, reaction=data.reaction,
+        action=data.action, room=data.scope, on_commit=announce,
+    )
+
+
+async def chat_history(ctx: Context, msg: ChatHistory) -> HistoryPage:
+    data = msg.data
+    _require_member(ctx, data.room)
+    page_max = ctx.hub.config.limits.history_page_max
+    if data.limit > page_max:
+        raise SignalError("INVALID_PAYLOAD", f"`$.data.limit` must be at most history_page_max ({page_max})")
+    if data.before is not None and data.after is not None and data.before <= data.after + 1:
+        return HistoryPage(messages=[], has_more=False)
+    return await _history(ctx).history(room=data.room, before=data.before, after=data.after, limit=data.limit)
+
+
+def register(router: Router) -> None:
+    router.add(ChatSend, chat_send)
+    router.add(ChatEdit, chat_edit)
+    router.add(ChatDelete, chat_delete)
+    router.add(ChatRedact, chat_redact)
+    router.add(ChatRead, chat_read)
+    router.add(ChatReaction, chat_reaction)
+    router.add(ChatHistory, chat_history)
+

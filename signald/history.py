@@ -1,0 +1,1006 @@
+"""Durable chat history: SQLite behind one writer thread, driven from Trio.
+
+Design
+------
+One dedicated :class:`threading.Thread` owns the only ``sqlite3`` connection. Trio tasks put work
+items on a thread-safe queue (synchronously, when the call starts, so operations are applied in
+the order the calls were made) and wait on a :class:`trio.Event`. The thread takes everything
+queued (up to :data:`MAX_BATCH` items), runs it in ONE transaction (group commit), commits, and
+only then hands the whole batch back to Trio with one ``TrioToken.run_sync_soon`` call. There the
+``on_commit`` callbacks of the batch run in commit order, each just before its waiter is woken, so
+a caller that fans events out from ``on_commit`` delivers them in ``seq`` order even when many
+connections send at once (Trio does not wake tasks in FIFO order, so fan-out after ``await`` could
+reorder). ``on_commit`` runs only when the operation changed something: not for an idempotent
+``send`` retry, a repeated soft delete, or a reaction/read receipt that was already in place. It
+runs inside a ``run_sync_soon`` callback, so it must be quick and cannot await (it should queue
+events with ``send_nowait``-style calls).
+
+Each write runs inside a ``SAVEPOINT``: one that fails (e.g. ``SignalError("FORBIDDEN")``) is
+rolled back alone and the rest of the batch still commits. Reads go through the same thread, in
+order with the writes; they may run inside a batch's transaction but their result, too, is
+released only after that transaction committed.
+
+Durability
+----------
+The database runs in WAL mode. ``synchronous`` defaults to ``NORMAL``: a commit is written to the
+WAL with ``write()`` but not fsync'ed, so a committed (and therefore acked) message survives the
+process being killed, ``kill -9`` included, but the last commits before an OS crash or power loss
+may be lost (the database itself stays consistent). Only checkpoints fsync; they run automatically
+every :data:`WAL_CHECKPOINT_PAGES` WAL pages, so that cost is amortised over many commits.
+``FULL`` also survives power loss at the cost of one fsync per commit - with group commit that is
+one fsync per batch, not per message, but it still bounds throughput by the disk's fsync latency
+(see ``bench/history.py``). ``OFF`` and ``EXTRA`` are accepted too. ``":memory:"`` gives a
+non-durable store (tests, benchmarks).
+
+Semantics chosen where the protocol is silent
+---------------------------------------------
+- ``seq`` is assigned in the writer thread from a per-room counter (``rooms.last_seq``): gap-free
+  per room at assignment time, never reused after hard deletes or retention.
+- Message ids are 24 hex digits: 12 of creation time in milliseconds, 12 random.
+- ``send`` with a ``parent_id`` that is not a stored message of the same room: ``NOT_FOUND``.
+  A retry (same user, room and ``client_msg_id``) returns the original message, folded, with
+  ``created=False`` and no ``on_commit``; if the original was hard-deleted meanwhile: ``CONFLICT``
+  (never silently re-created).
+- ``edit``: author only (``FORBIDDEN``); unknown or hard-deleted: ``NOT_FOUND``; soft-deleted or
+  redacted: ``CONFLICT`` (an author cannot undo a moderator's redaction by editing).
+- ``delete``: author or moderator; a soft delete empties ``body``, ``attachments`` and
+  ``reactions`` and sets ``deleted_at``; repeating it returns the first ``deleted_at``.
+- ``redact``: sets ``body`` to the mask, empties ``attachments`` (the content being removed may be
+  the attachment), sets ``redacted``; a soft-deleted message: ``CONFLICT``.
+- ``react``: ``add`` on a soft-deleted message is ``CONFLICT``; reactions map each reaction to its
+  users in the order they reacted; keys are ordered by their earliest current reaction.
+- ``mark_read`` never moves a receipt backwards; ``unread`` counts not-deleted messages above it.
+
+Retention
+---------
+``retention_max_age_s`` and ``retention_max_count`` (0 = off) apply to every room. The writer
+thread enforces them in transactions of at most :data:`RETENTION_BATCH` rows: when the queue is
+idle, after every :data:`RETENTION_EVERY` write batches under sustained load, and at least every
+``retention_interval_s``. Removed messages take their reactions and idempotency keys with them.
+
+Resource handling
+-----------------
+:meth:`HistoryStore.open` (or ``async with``) starts the thread, which opens the connection and
+runs the migrations of :mod:`signald.schema`. :meth:`HistoryStore.aclose` refuses new work, lets
+the thread finish everything queued before it, commit, close the connection (SQLite checkpoints
+the WAL on the last close) and exit; it waits at most ``close_timeout_s`` and is shielded from
+cancellation. The thread is a daemon thread, so a wedged disk cannot keep the process alive. The
+queue is unbounded: callers are expected to be rate-limited (the server's token buckets). SQLite's
+page cache is capped at :data:`CACHE_KIB`; the WAL file is truncated to 64 MiB after checkpoints.
+A store is bound to the Trio run that opened it.
+
+Error handling
+--------------
+Expected failures raise :class:`~signald.errors.SignalError` (``NOT_FOUND``, ``FORBIDDEN``,
+``CONFLICT``, ``INVALID_PAYLOAD`` for a bad ``limit``). SQLite failures (disk full, I/O errors,
+a failed commit) raise :class:`StorageError` (a ``SignalError`` with code ``INTERNAL``); a failed
+commit fails every operation of its batch, none of which is then acked or announced. Using a
+closed store raises :class:`StorageError`. Opening a database written by a newer signald raises
+:class:`~signald.schema.SchemaError`. An exception from an ``on_commit`` callback is logged and
+does not affect the other callbacks or the waiter. Cancelling a waiting caller does not cancel its
+operation: once submitted it is carried out (and its ``on_commit`` runs), only the result is lost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import queue
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from typing import Any, Final, Generic, NamedTuple, TypedDict, TypeVar
+
+import msgspec
+import trio
+
+from signald.errors import SignalError
+from signald.protocol import Attachment, ChatMessage, DeleteMode, HistoryPage, ReactionAction
+from signald.schema import SCHEMA_VERSION, migrate
+
+__all__ = [
+    "MAX_BATCH",
+    "RETENTION_BATCH",
+    "RETENTION_EVERY",
+    "Deleted",
+    "HistoryStats",
+    "HistoryStore",
+    "Rejoin",
+    "StorageError",
+    "iso_utc",
+]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+MAX_BATCH: Final = 1024
+"""Most work items run in one transaction."""
+RETENTION_BATCH: Final = 500
+"""Most messages one retention transaction removes."""
+RETENTION_EVERY: Final = 64
+"""Under sustained load, one retention step runs after this many write batches."""
+CACHE_KIB: Final = 32 * 1024
+"""Upper bound of SQLite's page cache (it grows only as pages are used)."""
+WAL_CHECKPOINT_PAGES: Final = 10_000
+"""WAL pages (~40 MiB) that trigger an automatic checkpoint; fewer checkpoints = fewer fsyncs."""
+SYNCHRONOUS_MODES: Final = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
+_CHUNK: Final = 500  # bound variables per IN (...) query
+_SKIP: Final[Any] = object()  # "do not call on_commit"
+_COLUMNS: Final = (
+    "id, room, seq, user_id, body, attachments, parent_id, created_at, edited_at, deleted_at, redacted"
+)
+_attachments_decoder: Final = msgspec.json.Decoder(list[Attachment])
+
+
+class StorageError(SignalError):
+    """The database failed (or the store is closed); answered as ``INTERNAL``."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("INTERNAL", message)
+
+
+class Deleted(NamedTuple):
+    """Result of :meth:`HistoryStore.delete`."""
+
+    room: str
+    deleted_at: str
+
+
+class Rejoin(NamedTuple):
+    """What ``room.join`` needs from history: ``missed``/``truncated`` are None without ``since``."""
+
+    missed: list[ChatMessage] | None
+    truncated: bool | None
+    unread: int
+
+
+class HistoryStats(TypedDict):
+    rooms: int
+    messages: int
+    db_bytes: int
+    schema_version: int
+    commits: int
+    pending: int
+    synchronous: str
+
+
+def iso_utc(ts: float) -> str:
+    """``ts`` (epoch seconds) as ISO 8601 UTC with milliseconds, e.g. ``2026-11-26T12:00:00.000Z``."""
+    secs, ms = divmod(math.floor(ts * 1000), 1000)
+    t = time.gmtime(secs)
+    return (
+        f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T"
+        f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}.{ms:03d}Z"
+    )
+
+
+def _new_id(now: float) -> str:
+    return f"{math.floor(now * 1000) & 0xFFFFFFFFFFFF:012x}{secrets.token_hex(6)}"
+
+
+def _decode_attachments(text: str) -> list[Attachment]:
+    return [] if text == "[]" else _attachments_decoder.decode(text)
+
+
+def _message(row: Sequence[Any], reactions: dict[str, list[str]]) -> ChatMessage:
+    return ChatMessage(
+        id=row[0], room=row[1], seq=row[2], user_id=row[3], body=row[4],
+        attachments=_decode_attachments(row[5]), parent_id=row[6], created_at=row[7],
+        edited_at=row[8], deleted_at=row[9], redacted=bool(row[10]), reactions=reactions,
+    )
+
+
+def _storage_error(exc: BaseException) -> StorageError:
+    err = StorageError(f"history storage failed: {type(exc).__name__}: {exc}")
+    err.__cause__ = exc
+    return err
+
+
+class _Op(Generic[T]):
+    """One work item. ``fn`` runs in the writer thread and returns ``(value, on_commit argument)``."""
+
+    __slots__ = ("done", "error", "event", "fn", "kind", "on_commit", "value")
+
+    def __init__(
+        self,
+        kind: str,
+        fn: Callable[[sqlite3.Connection], tuple[T, Any]] | None = None,
+        on_commit: Callable[[Any], None] | None = None,
+    ) -> None:
+        self.kind = kind  # "read" | "write" | "open" | "close"
+        self.fn = fn
+        self.on_commit = on_commit
+        self.value: T | None = None
+        self.event: Any = _SKIP
+        self.error: BaseException | None = None
+        self.done = trio.Event()
+
+
+class HistoryStore:
+    """Chat history in one SQLite file (or ``":memory:"``); see the module docstring.
+
+    Methods prefixed ``_w_`` run only in the writer thread.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        synchronous: str = "NORMAL",
+        retention_max_age_s: float = 0,
+        retention_max_count: int = 0,
+        clock: Callable[[], float] = time.time,
+        retention_interval_s: float = 10.0,
+        busy_timeout_s: float = 5.0,
+        close_timeout_s: float = 10.0,
+    ) -> None:
+        sync = synchronous.upper()
+        if sync not in SYNCHRONOUS_MODES:
+            raise ValueError(f"synchronous must be one of {sorted(SYNCHRONOUS_MODES)}, got {synchronous!r}")
+        if retention_max_age_s < 0 or retention_max_count < 0 or retention_interval_s <= 0:
+            raise ValueError("retention settings must be >= 0 and the interval > 0")
+        self.path = os.fspath(path)
+        self.memory = self.path in ("", ":memory:")
+        self.synchronous = sync
+        self.retention_max_age_s = float(retention_max_age_s)
+        self.retention_max_count = int(retention_max_count)
+        self.retention_interval_s = float(retention_interval_s)
+        self._clock = clock
+        self._busy_timeout_s = busy_timeout_s
+        self._close_timeout_s = close_timeout_s
+        self._queue: queue.SimpleQueue[_Op[Any]] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._state = "new"  # new -> open -> closing -> closed (Trio thread only)
+        self._dead = False  # set by the writer thread when it stops; guarded by _lock
+        self._lock = threading.Lock()
+        self._closed = trio.Event()
+        self.commits = 0
+        """Committed transactions that contained writes (group commit makes it < writes)."""
+        self._w_due = True
+        self._w_batches_since = 0
+        self._w_rooms: set[str] | None = None  # rooms to check for count retention; None = all
+
+    # ------------------------------------------------------------------ lifecycle (Trio side)
+
+    async def open(self) -> None:
+        """Start the writer thread, open the database and run pending migrations."""
+        if self._state != "new":
+            raise RuntimeError(f"HistoryStore.open() on a store that is {self._state}")
+        self._token = trio.lowlevel.current_trio_token()
+        opener: _Op[None] = _Op("open")
+        self._thread = threading.Thread(
+            target=self._w_main, args=(opener,), name="signald-history", daemon=True
+        )
+        self._state = "open"
+        self._thread.start()
+        with trio.CancelScope(shield=True):  # bounded by busy_timeout_s plus the migrations
+            await opener.done.wait()
+        if opener.error is not None:
+            self._state = "closed"
+            self._closed.set()
+            await trio.to_thread.run_sync(self._thread.join, self._close_timeout_s)
+            raise opener.error
+
+    async def aclose(self) -> None:
+        """Finish and commit everything queued, close the database and stop the thread."""
+        if self._state in ("new", "closed"):
+            self._state = "closed"
+            return
+        if self._state == "closing":
+            await self._closed.wait()
+            return
+        self._state = "closing"
+        closer: _Op[None] = _Op("close")
+        try:
+            self._put(closer)
+        except StorageError:  # pragma: no cover - the thread is already gone
+            self._state = "closed"
+            self._closed.set()
+            return
+        with trio.move_on_after(self._close_timeout_s, shield=True) as scope:
+            await closer.done.wait()
+            assert self._thread is not None
+            await trio.to_thread.run_sync(self._thread.join, self._close_timeout_s, abandon_on_cancel=True)
+        if scope.cancelled_caught:
+            logger.error("history writer did not stop within %.1f s; abandoning it", self._close_timeout_s)
+        self._state = "closed"
+        self._closed.set()
+
+    async def __aenter__(self) -> HistoryStore:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def _put(self, op: _Op[Any]) -> None:
+        with self._lock:
+            if self._dead:
+                raise StorageError("history store is closed")
+            self._queue.put(op)
+
+    async def _call(
+        self,
+        fn: Callable[[sqlite3.Connection], tuple[T, Any]],
+        *,
+        write: bool,
+        on_commit: Callable[[Any], None] | None = None,
+    ) -> T:
+        if self._state != "open":
+            raise StorageError(f"history store is {self._state}")
+        op: _Op[T] = _Op("write" if write else "read", fn, on_commit)
+        self._put(op)
+        await op.done.wait()
+        if op.error is not None:
+            raise op.error
+        return op.value  # type: ignore[return-value]  # set whenever error is None
+
+    # ------------------------------------------------------------------ public API: writes
+
+    async def send(
+        self,
+        *,
+        room: str,
+        user_id: str,
+        body: str,
+        attachments: Sequence[Attachment] = (),
+        parent_id: str | None = None,
+        client_msg_id: str | None = None,
+        on_commit: Callable[[ChatMessage], None] | None = None,
+    ) -> tuple[ChatMessage, bool]:
+        """Store a message; returns ``(message, created)``. ``created`` is False for a retry."""
+        items = list(attachments)
+        encoded = msgspec.json.encode(items).decode() if items else "[]"
+
+        def fn(conn: sqlite3.Connection) -> tuple[tuple[ChatMessage, bool], Any]:
+            return self._w_send(conn, room, user_id, body, items, encoded, parent_id, client_msg_id)
+
+        return await self._call(fn, write=True, on_commit=on_commit)
+
+    async def edit(
+        self,
+        *,
+        message_id: str,
+        user_id: str,
+        new_body: str,
+        on_commit: Callable[[ChatMessage], None] | None = None,
+    ) -> ChatMessage:
+        """Replace the body of the author's message and set ``edited_at``."""
+
+        def fn(conn: sqlite3.Connection) -> tuple[ChatMessage, Any]:
+            row = conn.execute(
+                "SELECT user_id, deleted_at, redacted FROM messages WHERE id = ?", (message_id,)
+            ).fetchone()
+            if row is None:
+                raise SignalError("NOT_FOUND", f"message {message_id!r} not found")
+            if row[0] != user_id:
+                raise SignalError("FORBIDDEN", "only the author can edit a message")
+            if row[1] is not None:
+                raise SignalError("CONFLICT", "the message was deleted")
+            if row[2]:
+                raise SignalError("CONFLICT", "the message was redacted")
+            conn.execute(
+                "UPDATE messages SET body = ?, edited_at = ? WHERE id = ?",
+                (new_body, iso_utc(self._clock()), message_id),
+            )
+            message = self._w_get(conn, message_id)
+            assert message is not None
+            return message, message
+
+        return await self._call(fn, write=True, on_commit=on_commit)
+
+    async def delete(
+        self,
+        *,
+        message_id: str,
+        user_id: str,
+        mode: DeleteMode = "soft",
+        moderator: bool = False,
+        on_commit: Callable[[Deleted], None] | None = None,
+    ) -> Deleted:
+        """Soft- or hard-delete a message (author, or anyone with ``moderator``)."""
+        if mode not in ("soft", "hard"):
+            raise SignalError("INVALID_PAYLOAD", "`$.data.mode` must be 'soft' or 'hard'")
+
+        def fn(conn: sqlite3.Connection) -> tuple[Deleted, Any]:
+            row = conn.execute(
+                "SELECT room, seq, user_id, deleted_at FROM messages WHERE id = ?", (message_id,)
+            ).fetchone()
+            if row is None:
+                raise SignalError("NOT_FOUND", f"message {message_id!r} not found")
+            room, seq, author, deleted_at = row
+            if author != user_id and not moderator:
+                raise SignalError("FORBIDDEN", "only the author or a moderator can delete a message")
+            if mode == "soft" and deleted_at is not None:
+                return Deleted(room, deleted_at), _SKIP
+            now = iso_utc(self._clock())
+            conn.execute("DELETE FROM reactions WHERE room = ? AND seq = ?", (room, seq))
+            if mode == "soft":
+                conn.execute(
+                    "UPDATE messages SET body = '', attachments = '[]', deleted_at = ? WHERE id = ?",
+                    (now, message_id),
+                )
+            else:
+                conn.execute("DELETE FROM messages WHERE id = ?", (message_id,))
+                conn.execute("UPDATE rooms SET count = count - 1 WHERE room = ?", (room,))
+            result = Deleted(room, now)
+            return result, result
+
+        return await self._call(fn, write=True, on_commit=on_commit)
+
+    async def redact(
+        self, *, message_id: str, mask: str, on_commit: Callable[[ChatMessage], None] | None = None
+    ) -> ChatMessage:
+        """Replace the body with ``mask`` and mark it redacted (the caller checks permission)."""
+
+        def fn(conn: sqlite3.Connection) -> tuple[ChatMessage, Any]:
+            row = conn.execute("SELECT deleted_at FROM messages WHERE id = ?", (message_id,)).fetchone()
+            if row is None:
+                raise SignalError("NOT_FOUND", f"message {message_id!r} not found")
+            if row[0] is not None:
+                raise SignalError("CONFLICT", "the message was deleted")
+            conn.execute(
+                "UPDATE messages SET body = ?, attachments = '[]', redacted = 1 WHERE id = ?",
+                (mask, message_id),
+            )
+            message = self._w_get(conn, message_id)
+            assert message is not None
+            return message, message
+
+        return await self._call(fn, write=True, on_commit=on_commit)
+
+    async def react(
+        self,
+        *,
+        message_id: str,
+        user_id: str,
+        reaction: str,
+        action: ReactionAction,
+        room: str,
+        on_commit: Callable[[bool], None] | None = None,
+    ) -> bool:
+        """Add or remove a reaction (idempotent); returns whether anything changed."""
+        if action not in ("add", "remove"):
+            raise SignalError("INVALID_PAYLOAD", "`$.data.action` must be 'add' or 'remove'")
+
+        def fn(conn: sqlite3.Connection) -> tuple[bool, Any]:
+            row = conn.execute(
+                "SELECT room, seq, deleted_at FROM messages WHERE id = ?", (message_id,)
+            ).fetchone()
+            if row is None or row[0] != room:
+                raise SignalError("NOT_FOUND", f"message {message_id!r} not found in room {room!r}")
+            key = (room, row[1], reaction, user_id)
+            if action == "add":
+                if row[2] is not None:
+                    raise SignalError("CONFLICT", "the message was deleted")
+                cur = conn.execute(
+                    "INSERT OR IGNORE INTO reactions (room, seq, reaction, user_id) VALUES (?, ?, ?, ?)", key
+                )
+            else:
+                cur = conn.execute(
+                    "DELETE FROM reactions WHERE room = ? AND seq = ? AND reaction = ? AND user_id = ?", key
+                )
+            changed = cur.rowcount > 0
+            return changed, (True if changed else _SKIP)
+
+        return await self._call(fn, write=True, on_commit=on_commit)
+
+    async def mark_read(
+        self,
+        *,
+        user_id: str,
+        room: str,
+        message_id: str,
+        on_commit: Callable[[bool], None] | None = None,
+    ) -> bool:
+        """Move the user's read receipt in ``room`` up to the message; returns whether it moved."""
+
+        def fn(conn: sqlite3.Connection) -> tuple[bool, Any]:
+            row = conn.execute("SELECT room, seq FROM messages WHERE id = ?", (message_id,)).fetchone()
+            if row is None or row[0] != room:
+                raise SignalError("NOT_FOUND", f"message {message_id!r} not found in room {room!r}")
+            cur = conn.execute(
+                "INSERT INTO read_receipts (user_id, room, seq) VALUES (?, ?, ?) "
+                "ON CONFLICT (user_id, room) DO UPDATE SET seq = excluded.seq "
+                "WHERE excluded.seq > read_receipts.seq",
+                (user_id, room, row[1]),
+            )
+            moved = cur.rowcount > 0
+            return moved, (True if moved else _SKIP)
+
+        return await self._call(fn, write=True, on_commit=on_commit)
+
+    async def set_last_seen(self, entries: Mapping[str, str]) -> None:
+        """Record when users were last seen (user id -> ISO 8601 time)."""
+        rows = list(entries.items())
+
+        def fn(conn: sqlite3.Connection) -> tuple[None, Any]:
+            conn.executemany(
+                "INSERT INTO last_seen (user_id, at) VALUES (?, ?) "
+                "ON CONFLICT (user_id) DO UPDATE SET at = excluded.at",
+                rows,
+            )
+            return None, _SKIP
+
+        if rows:
+            await self._call(fn, write=True)
+
+    async def run_retention(self) -> int:
+        """Apply retention now, completely; returns how many messages were removed."""
+
+        def fn(conn: sqlite3.Connection) -> tuple[int, Any]:
+            total = 0
+            while True:
+                removed, more = self._w_expire(conn)
+                total += removed
+                if not more:
+                    return total, _SKIP
+
+        return await self._call(fn, write=True)
+
+    # ------------------------------------------------------------------ public API: reads
+
+    async def get(self, message_id: str) -> ChatMessage | None:
+        """The folded message, or None if it does not exist (or was hard-deleted)."""
+        return await self._call(lambda conn: (self._w_get(conn, message_id), _SKIP), write=False)
+
+    async def history(
+        self, *, room: str, before: int | None = None, after: int | None = None, limit: int = 50
+    ) -> HistoryPage:
+        """One page of ``room`` by PROTOCOL.md's ``chat.history`` rules, ascending ``seq``.
+
+        No bounds: the newest ``limit``; ``before``: the newest below it; ``after``: the oldest above
+        it; both: the oldest part of the open interval. ``has_more`` is about the paging direction
+        (older without ``after``, newer or the rest of the interval with it). The caller enforces
+        ``history_page_max``; ``limit < 1`` is ``INVALID_PAYLOAD``.
+        """
+        if limit < 1:
+            raise SignalError("INVALID_PAYLOAD", "`$.data.limit` must be >= 1")
+
+        def fn(conn: sqlite3.Connection) -> tuple[HistoryPage, Any]:
+            messages, more = self._w_page(conn, room, before, after, limit)
+            return HistoryPage(messages=messages, has_more=more), _SKIP
+
+        return await self._call(fn, write=False)
+
+    async def missed(self, *, room: str, since: int, limit: int) -> tuple[list[ChatMessage], bool]:
+        """Messages with ``seq > since``, ascending, at most ``limit``; the bool says truncated."""
+        page = await self.history(room=room, after=since, limit=limit)
+        return page.messages, page.has_more
+
+    async def unread(self, *, user_id: str, room: str) -> int:
+        """Not-deleted messages of ``room`` above the user's read receipt (all if none)."""
+        return await self._call(lambda conn: (self._w_unread(conn, user_id, room), _SKIP), write=False)
+
+    async def rejoin(self, *, user_id: str, room: str, since: int | None, limit: int) -> Rejoin:
+        """``missed`` (when ``since`` is given) and ``unread`` for ``room.join``, in one round trip."""
+        if limit < 1:
+            raise SignalError("INVALID_PAYLOAD", "`limit` must be >= 1")
+
+        def fn(conn: sqlite3.Connection) -> tuple[Rejoin, Any]:
+            unread = self._w_unread(conn, user_id, room)
+            if since is None:
+                return Rejoin(None, None, unread), _SKIP
+            messages, more = self._w_page(conn, room, None, since, limit)
+            return Rejoin(messages, more, unread), _SKIP
+
+        return await self._call(fn, write=False)
+
+    async def last_read(self, *, user_id: str, room: str) -> int | None:
+        """The ``seq`` of the user's read receipt in ``room``, or None."""
+
+        def fn(conn: sqlite3.Connection) -> tuple[int | None, Any]:
+            row = conn.execute(
+                "SELECT seq FROM read_receipts WHERE user_id = ? AND room = ?", (user_id, room)
+            ).fetchone()
+            return (None if row is None else int(row[0])), _SKIP
+
+        return await self._call(fn, write=False)
+
+    async def last_seen(self, user_ids: Iterable[str]) -> dict[str, str]:
+        """Last-seen times of those of ``user_ids`` that were ever recorded."""
+        ids = list(dict.fromkeys(user_ids))
+
+        def fn(conn: sqlite3.Connection) -> tuple[dict[str, str], Any]:
+            found: dict[str, str] = {}
+            for i in range(0, len(ids), _CHUNK):
+                chunk = ids[i : i + _CHUNK]
+                marks = ",".join("?" * len(chunk))
+                query = f"SELECT user_id, at FROM last_seen WHERE user_id IN ({marks})"
+                found.update(conn.execute(query, chunk))
+            return found, _SKIP
+
+        return await self._call(fn, write=False) if ids else {}
+
+    async def rooms(self) -> list[str]:
+        """Rooms that have stored messages, sorted by name."""
+
+        def fn(conn: sqlite3.Connection) -> tuple[list[str], Any]:
+            rows = conn.execute("SELECT room FROM rooms WHERE count > 0 ORDER BY room")
+            return [row[0] for row in rows], _SKIP
+
+        return await self._call(fn, write=False)
+
+    async def export(self, room: str | None = None, *, batch: int = 500) -> AsyncIterator[ChatMessage]:
+        """Every stored message of ``room`` (or of all rooms, by room name), ascending ``seq``."""
+        for name in [room] if room is not None else await self.rooms():
+            after = 0
+            while True:
+                page = await self.history(room=name, after=after, limit=batch)
+                for message in page.messages:
+                    yield message
+                if not page.has_more:
+                    break
+                after = page.messages[-1].seq
+
+    async def stats(self) -> HistoryStats:
+        """Counts for ``system.stats`` and operators."""
+
+        def fn(conn: sqlite3.Connection) -> tuple[tuple[int, int], Any]:
+            query = "SELECT count(*), coalesce(sum(count), 0) FROM rooms WHERE count > 0"
+            row = conn.execute(query).fetchone()
+            return (int(row[0]), int(row[1])), _SKIP
+
+        rooms, messages = await self._call(fn, write=False)
+        return HistoryStats(
+            rooms=rooms, messages=messages, db_bytes=self.db_bytes(), schema_version=SCHEMA_VERSION,
+            commits=self.commits, pending=self._queue.qsize(), synchronous=self.synchronous,
+        )
+
+    def db_bytes(self) -> int:
+        """Size of the database file plus its WAL (0 in memory); no round trip to the thread."""
+        if self.memory:
+            return 0
+        total = 0
+        for name in (self.path, self.path + "-wal"):
+            with contextlib.suppress(OSError):
+                total += os.path.getsize(name)
+        return total
+
+    # ------------------------------------------------------------------ writer thread
+
+    def _w_main(self, opener: _Op[None]) -> None:
+        try:
+            conn = self._w_connect()
+        except BaseException as exc:
+            opener.error = _storage_error(exc) if isinstance(exc, sqlite3.Error) else exc
+            self._w_stop(None, [opener])
+            return
+        self._w_deliver([opener])
+        closer: _Op[Any] | None = None
+        try:
+            closer = self._w_loop(conn)
+        except BaseException:  # pragma: no cover - a bug; fail what is queued rather than hang
+            logger.exception("history writer thread crashed")
+        finally:
+            try:
+                conn.close()
+            except sqlite3.Error:  # pragma: no cover
+                logger.exception("closing the history database failed")
+            self._w_stop(closer, [])
+
+    def _w_stop(self, closer: _Op[Any] | None, extra: list[_Op[Any]]) -> None:
+        with self._lock:
+            self._dead = True
+        leftovers = list(extra)
+        while True:
+            try:
+                op = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if op is not closer:
+                op.error = StorageError("history store is closed")
+            leftovers.append(op)
+        if closer is not None:
+            leftovers.append(closer)
+        self._w_deliver(leftovers)
+
+    def _w_connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self.path, timeout=self._busy_timeout_s, isolation_level=None, check_same_thread=True
+        )
+        try:
+            conn.execute("PRAGMA journal_mode = WAL").fetchone()
+            conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+            conn.execute(f"PRAGMA cache_size = -{CACHE_KIB:d}")
+            conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_CHECKPOINT_PAGES:d}")
+            conn.execute("PRAGMA journal_size_limit = 67108864")
+            conn.execute("PRAGMA temp_store = MEMORY")
+            migrate(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _w_loop(self, conn: sqlite3.Connection) -> _Op[Any] | None:
+        retention = self.retention_max_age_s > 0 or self.retention_max_count > 0
+        next_check = time.monotonic() + self.retention_interval_s
+        while True:
+            timeout: float | None = None
+            if retention:
+                now = time.monotonic()
+                if now >= next_check:
+                    self._w_due, next_check = True, now + self.retention_interval_s
+                if self._w_batches_since >= RETENTION_EVERY:
+                    self._w_due = True
+                if self._w_due and (self._queue.empty() or self._w_batches_since >= RETENTION_EVERY):
+                    self._w_retention_step(conn)
+                    continue
+                timeout = max(0.0, next_check - now)
+            try:
+                first = self._queue.get(timeout=timeout)
+            except queue.Empty:
+                continue
+            batch = [first]
+            closer = first if first.kind == "close" else None
+            while closer is None and len(batch) < MAX_BATCH:
+                try:
+                    op = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                batch.append(op)
+                if op.kind == "close":
+                    closer = op
+            work = batch if closer is None else batch[:-1]
+            if work:
+                self._w_execute(conn, work)
+            if closer is not None:
+                return closer
+
+    def _w_execute(self, conn: sqlite3.Connection, batch: list[_Op[Any]]) -> None:
+        writes = any(op.kind == "write" for op in batch)
+        try:
+            conn.execute("BEGIN IMMEDIATE" if writes else "BEGIN")
+            try:
+                for op in batch:
+                    self._w_run(conn, op)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            if writes:
+                self.commits += 1
+                self._w_batches_since += 1
+        except Exception as exc:
+            logger.exception("history transaction failed; failing its %d operations", len(batch))
+            for op in batch:
+                op.error, op.event = _storage_error(exc), _SKIP
+        finally:
+            self._w_deliver(batch)
+
+    def _w_run(self, conn: sqlite3.Connection, op: _Op[Any]) -> None:
+        assert op.fn is not None
+        if op.kind != "write":
+            try:
+                op.value, op.event = op.fn(conn)
+            except sqlite3.Error as exc:
+                op.error = _storage_error(exc)
+            except Exception as exc:
+                op.error = exc
+            return
+        conn.execute("SAVEPOINT op")
+        try:
+            op.value, op.event = op.fn(conn)
+        except Exception as exc:
+            conn.execute("ROLLBACK TO op")
+            conn.execute("RELEASE op")
+            op.error = _storage_error(exc) if isinstance(exc, sqlite3.Error) else exc
+            return
+        conn.execute("RELEASE op")
+
+    def _w_deliver(self, batch: list[_Op[Any]]) -> None:
+        assert self._token is not None
+        with contextlib.suppress(trio.RunFinishedError):  # the Trio run ended without closing us
+            self._token.run_sync_soon(_complete, batch)
+
+    # ------------------------------------------------------------------ writer thread: operations
+
+    def _w_send(
+        self,
+        conn: sqlite3.Connection,
+        room: str,
+        user_id: str,
+        body: str,
+        attachments: list[Attachment],
+        encoded: str,
+        parent_id: str | None,
+        client_msg_id: str | None,
+    ) -> tuple[tuple[ChatMessage, bool], Any]:
+        if client_msg_id is not None:
+            row = conn.execute(
+                "SELECT message_id FROM client_msgs WHERE user_id = ? AND room = ? AND client_msg_id = ?",
+                (user_id, room, client_msg_id),
+            ).fetchone()
+            if row is not None:
+                original = self._w_get(conn, row[0])
+                if original is None:
+                    raise SignalError("CONFLICT", "the message sent with this client_msg_id was deleted")
+                return (original, False), _SKIP
+        if parent_id is not None:
+            row = conn.execute("SELECT room FROM messages WHERE id = ?", (parent_id,)).fetchone()
+            if row is None or row[0] != room:
+                raise SignalError("NOT_FOUND", f"parent message {parent_id!r} not found in room {room!r}")
+        now = self._clock()
+        created_at = iso_utc(now)
+        seq = conn.execute(
+            "INSERT INTO rooms (room, last_seq, count) VALUES (?, 1, 1) ON CONFLICT (room) "
+            "DO UPDATE SET last_seq = last_seq + 1, count = count + 1 RETURNING last_seq",
+            (room,),
+        ).fetchall()[0][0]
+        for attempt in range(5):
+            message_id = _new_id(now)
+            try:
+                conn.execute(
+                    "INSERT INTO messages (id, room, seq, user_id, body, attachments, parent_id, created_at,"
+                    " created_ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (message_id, room, seq, user_id, body, encoded, parent_id, created_at, now),
+                )
+                break
+            except sqlite3.IntegrityError:  # pragma: no cover - a 48-bit random id collided
+                if attempt == 4:
+                    raise
+        if client_msg_id is not None:
+            conn.execute(
+                "INSERT INTO client_msgs (user_id, room, client_msg_id, message_id) VALUES (?, ?, ?, ?)",
+                (user_id, room, client_msg_id, message_id),
+            )
+        if self._w_rooms is not None:
+            self._w_rooms.add(room)
+        message = ChatMessage(
+            id=message_id, room=room, seq=seq, user_id=user_id, body=body, attachments=attachments,
+            parent_id=parent_id, created_at=created_at, edited_at=None, deleted_at=None, redacted=False,
+            reactions={},
+        )
+        return (message, True), message
+
+    def _w_get(self, conn: sqlite3.Connection, message_id: str) -> ChatMessage | None:
+        row = conn.execute(f"SELECT {_COLUMNS} FROM messages WHERE id = ?", (message_id,)).fetchone()
+        if row is None:
+            return None
+        reactions = self._w_reactions(conn, row[1], row[2], row[2])
+        return _message(row, reactions.get(row[2], {}))
+
+    def _w_reactions(
+        self, conn: sqlite3.Connection, room: str, lo: int, hi: int
+    ) -> dict[int, dict[str, list[str]]]:
+        found: dict[int, dict[str, list[str]]] = {}
+        for seq, reaction, user_id in conn.execute(
+            "SELECT seq, reaction, user_id FROM reactions"
+            " WHERE room = ? AND seq BETWEEN ? AND ? ORDER BY rowid",
+            (room, lo, hi),
+        ):
+            found.setdefault(seq, {}).setdefault(reaction, []).append(user_id)
+        return found
+
+    def _w_page(
+        self, conn: sqlite3.Connection, room: str, before: int | None, after: int | None, limit: int
+    ) -> tuple[list[ChatMessage], bool]:
+        select = f"SELECT {_COLUMNS} FROM messages WHERE room = ?"
+        if after is not None:  # oldest first: after alone, or the oldest part of (after, before)
+            if before is not None:
+                rows = conn.execute(
+                    f"{select} AND seq > ? AND seq < ? ORDER BY seq LIMIT ?", (room, after, before, limit + 1)
+                ).fetchall()
+            else:
+                rows = conn.execute(
+                    f"{select} AND seq > ? ORDER BY seq LIMIT ?", (room, after, limit + 1)
+                ).fetchall()
+            more = len(rows) > limit
+            del rows[limit:]
+        else:  # newest first, then reversed
+            if before is not None:
+                rows = conn.execute(
+                    f"{select} AND seq < ? ORDER BY seq DESC LIMIT ?", (room, before, limit + 1)
+                ).fetchall()
+            else:
+                rows = conn.execute(f"{select} ORDER BY seq DESC LIMIT ?", (room, limit + 1)).fetchall()
+            more = len(rows) > limit
+            del rows[limit:]
+            rows.reverse()
+        if not rows:
+            return [], more
+        reactions = self._w_reactions(conn, room, rows[0][2], rows[-1][2])
+        return [_message(row, reactions.get(row[2], {})) for row in rows], more
+
+    def _w_unread(self, conn: sqlite3.Connection, user_id: str, room: str) -> int:
+        row = conn.execute(
+            "SELECT seq FROM read_receipts WHERE user_id = ? AND room = ?", (user_id, room)
+        ).fetchone()
+        last = 0 if row is None else int(row[0])
+        count = conn.execute(
+            "SELECT count(*) FROM messages WHERE room = ? AND seq > ? AND deleted_at IS NULL", (room, last)
+        ).fetchone()
+        return int(count[0])
+
+    # ------------------------------------------------------------------ writer thread: retention
+
+    def _w_retention_step(self, conn: sqlite3.Connection) -> None:
+        self._w_batches_since = 0
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                removed, self._w_due = self._w_expire(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except Exception:
+            logger.exception("history retention failed")
+            self._w_due, self._w_rooms = False, None
+            return
+        if removed:
+            logger.debug("history retention removed %d messages", removed)
+
+    def _w_expire(self, conn: sqlite3.Connection) -> tuple[int, bool]:
+        """Remove at most RETENTION_BATCH expired messages; returns (removed, more to do)."""
+        budget = RETENTION_BATCH
+        if self.retention_max_age_s > 0:
+            cutoff = self._clock() - self.retention_max_age_s
+            rows = conn.execute(
+                "SELECT room, seq FROM messages WHERE created_ts < ? ORDER BY created_ts LIMIT ?",
+                (cutoff, budget),
+            ).fetchall()
+            self._w_remove(conn, rows)
+            budget -= len(rows)
+            if budget == 0:
+                return RETENTION_BATCH, True
+        if self.retention_max_count > 0:
+            keep = self.retention_max_count
+            if self._w_rooms is None:
+                over = conn.execute("SELECT room, count FROM rooms WHERE count > ?", (keep,)).fetchall()
+                self._w_rooms = set()
+            else:
+                over = []
+                for room in sorted(self._w_rooms):
+                    row = conn.execute("SELECT count FROM rooms WHERE room = ?", (room,)).fetchone()
+                    if row is not None and row[0] > keep:
+                        over.append((room, row[0]))
+                self._w_rooms.clear()
+            for room, count in over:
+                n = min(count - keep, budget)
+                if n > 0:
+                    rows = conn.execute(
+                        "SELECT room, seq FROM messages WHERE room = ? ORDER BY seq LIMIT ?", (room, n)
+                    ).fetchall()
+                    self._w_remove(conn, rows)
+                    budget -= len(rows)
+                if count - n > keep:
+                    self._w_rooms.add(room)  # not done with this room yet
+            if self._w_rooms:
+                return RETENTION_BATCH - budget, True
+        return RETENTION_BATCH - budget, False
+
+    def _w_remove(self, conn: sqlite3.Connection, rows: list[tuple[str, int]]) -> None:
+        if not rows:
+            return
+        conn.executemany(
+            "DELETE FROM client_msgs WHERE message_id = (SELECT id FROM messages WHERE room = ? AND seq = ?)",
+            rows,
+        )
+        conn.executemany("DELETE FROM reactions WHERE room = ? AND seq = ?", rows)
+        conn.executemany("DELETE FROM messages WHERE room = ? AND seq = ?", rows)
+        per_room: dict[str, int] = {}
+        for room, _seq in rows:
+            per_room[room] = per_room.get(room, 0) + 1
+        conn.executemany(
+            "UPDATE rooms SET count = count - ? WHERE room = ?", [(n, room) for room, n in per_room.items()]
+        )
+
+
+def _complete(batch: list[_Op[Any]]) -> None:
+    """In the Trio thread: run on_commit callbacks in commit order, then wake each waiter."""
+    for op in batch:
+        if op.error is None and op.on_commit is not None and op.event is not _SKIP:
+            try:
+                op.on_commit(op.event)
+            except Exception:
+                logger.exception("history on_commit callback failed")
+        op.done.set()

@@ -1,0 +1,127 @@
+"""SQLite schema of the chat history and its migrations.
+
+The schema version lives in ``PRAGMA user_version``. :data:`MIGRATIONS` is an ordered tuple of small
+functions; migration ``k`` (0-based) takes a database at version ``k`` to version ``k + 1``. A new
+version is added by appending a function, never by editing an old one, so every database ever
+written can be brought up to date. Each migration runs in its own transaction together with the
+``user_version`` bump, so a crash mid-migration leaves the previous version intact.
+
+Tables (version 1):
+
+- ``rooms``: per-room ``last_seq`` counter (never decreases, so hard deletes and retention never
+  cause a ``seq`` to be reused) and ``count`` of stored messages (used by count retention and stats).
+- ``messages``: one row per stored message, already folded (edits, redactions and soft deletes
+  update the row in place). ``created_ts`` is the creation time in epoch seconds for age retention.
+- ``reactions``: one row per (message, reaction, user); ``rowid`` order is reaction order.
+- ``read_receipts``: the highest ``seq`` each user has read in each room.
+- ``last_seen``: when each user was last seen (ISO 8601), for presence after a restart.
+- ``client_msgs``: idempotency keys, ``client_msg_id`` unique per (user, room).
+
+Error handling: :func:`migrate` raises :class:`SchemaError` when the file was written by a newer
+signald (``user_version`` above :data:`SCHEMA_VERSION`); sqlite errors propagate unchanged after
+the failed migration's transaction has been rolled back.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from typing import Final
+
+Migration = Callable[[sqlite3.Connection], None]
+
+
+class SchemaError(Exception):
+    """The database cannot be used by this version of signald."""
+
+
+def _v1_initial(conn: sqlite3.Connection) -> None:
+    statements = (
+        """CREATE TABLE rooms (
+            room TEXT PRIMARY KEY,
+            last_seq INTEGER NOT NULL,
+            count INTEGER NOT NULL
+        ) WITHOUT ROWID""",
+        """CREATE TABLE messages (
+            pk INTEGER PRIMARY KEY,
+            id TEXT NOT NULL UNIQUE,
+            room TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            user_id TEXT NOT NULL,
+            body TEXT NOT NULL,
+            attachments TEXT NOT NULL DEFAULT '[]',
+            parent_id TEXT,
+            created_at TEXT NOT NULL,
+            created_ts REAL NOT NULL,
+            edited_at TEXT,
+            deleted_at TEXT,
+            redacted INTEGER NOT NULL DEFAULT 0,
+            UNIQUE (room, seq)
+        )""",
+        "CREATE INDEX messages_created_ts ON messages (created_ts)",
+        """CREATE TABLE reactions (
+            room TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            reaction TEXT NOT NULL,
+            user_id TEXT NOT NULL,
+            UNIQUE (room, seq, reaction, user_id)
+        )""",
+        """CREATE TABLE read_receipts (
+            user_id TEXT NOT NULL,
+            room TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            PRIMARY KEY (user_id, room)
+        ) WITHOUT ROWID""",
+        """CREATE TABLE last_seen (
+            user_id TEXT PRIMARY KEY,
+            at TEXT NOT NULL
+        ) WITHOUT ROWID""",
+        """CREATE TABLE client_msgs (
+            user_id TEXT NOT NULL,
+            room TEXT NOT NULL,
+            client_msg_id TEXT NOT NULL,
+            message_id TEXT NOT NULL,
+            PRIMARY KEY (user_id, room, client_msg_id)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX client_msgs_message ON client_msgs (message_id)",
+    )
+    for statement in statements:
+        conn.execute(statement)
+
+
+MIGRATIONS: Final[tuple[Migration, ...]] = (_v1_initial,)
+SCHEMA_VERSION: Final = len(MIGRATIONS)
+
+
+def user_version(conn: sqlite3.Connection) -> int:
+    """The schema version stored in the database file (0 for a new file)."""
+    row = conn.execute("PRAGMA user_version").fetchone()
+    return int(row[0])
+
+
+def migrate(conn: sqlite3.Connection, target: int = SCHEMA_VERSION) -> tuple[int, int]:
+    """Bring the database up to ``target``; returns ``(version before, version after)``.
+
+    ``conn`` must be in autocommit mode (``isolation_level=None``) with no open transaction.
+    """
+    if not 0 <= target <= SCHEMA_VERSION:
+        raise ValueError(f"target version must be within 0..{SCHEMA_VERSION}, got {target}")
+    before = user_version(conn)
+    if before > SCHEMA_VERSION:
+        raise SchemaError(
+            f"database schema version {before} is newer than this signald supports ({SCHEMA_VERSION})"
+        )
+    while True:
+        # Re-read the version under the write lock: another process may have migrated meanwhile.
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = user_version(conn)
+            if version >= target:
+                conn.execute("COMMIT")
+                return before, version
+            MIGRATIONS[version](conn)
+            conn.execute(f"PRAGMA user_version = {version + 1:d}")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
