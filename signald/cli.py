@@ -92,10 +92,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 def check_exposure(config: Config) -> str | None:
     """Refuse auth mode none on a non-loopback address unless --insecure; None if fine."""
-    if config.auth.mode == "none" and not is_loopback(config.server.host):
-        if not config.server.insecure:
-            return (f"refusing to serve {config.server.host} with auth mode 'none' "
-                    "(anyone could connect as anyone); pass --insecure to do it anyway")
+    if config.auth.mode == "none" and not is_loopback(config.server.host) and not config.server.insecure:
+        return (f"refusing to serve {config.server.host} with auth mode 'none' "
+                "(anyone could connect as anyone); pass --insecure to do it anyway")
     if bool(config.server.certfile) != bool(config.server.keyfile):
         return "server.certfile and server.keyfile go together"
     return None

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import fnmatch
-import os
 
 import trio
 
@@ -113,11 +112,7 @@ async def system_stats(ctx: Context, msg: SystemStats) -> StatsResult:
     hub = ctx.hub
     if not ctx.session.is_admin:
         raise SignalError("FORBIDDEN", "system.stats needs the admin role")
-    db_bytes = 0
-    if hub.history is not None:
-        db_bytes = hub.history.store.db_bytes()
-    elif os.path.exists(hub.config.server.db):
-        db_bytes = os.path.getsize(hub.config.server.db)
+    db_bytes = hub.history.store.db_bytes() if hub.history is not None else 0
     return StatsResult(
         connections=len(hub.sessions),
         users=len(hub.sessions_by_user),
