@@ -62,6 +62,8 @@ async def _reader(hub: Hub, ws: WebSocketConnection, session: Session) -> None:
 
 async def handle_frame(hub: Hub, session: Session, frame: str | bytes) -> None:
     """Carry out one inbound frame and queue its reply (if it gets one)."""
+    if session.close_code is not None:
+        return  # closing: nothing more is carried out
     hub.counters.messages_in += 1
     verdict = session.flood.check(trio.current_time())
     if verdict is not Verdict.ALLOW:
@@ -80,6 +82,10 @@ async def handle_frame(hub: Hub, session: Session, frame: str | bytes) -> None:
     except FrameError as exc:
         hub.reply(session, error_reply(exc.op_id, exc.code, exc.message))
         return
+    except Exception:  # a decoder bug must not cost the connection (or the server)
+        log.exception("could not decode a frame from session %s", session.session_id)
+        hub.reply(session, error_reply(None, "BAD_REQUEST", "frame could not be decoded"))
+        return
     hub.on_activity(session)
     ctx = Context(hub, session)
     reply = await hub.router.dispatch(ctx, message)
@@ -97,7 +103,9 @@ async def _writer(ws: WebSocketConnection, session: Session, scope: trio.CancelS
             if not batch:
                 break
             for frame in batch:
+                session.writing = True
                 await ws.send_message(frame)
+                session.writing = False
     except ConnectionClosed:
         pass
     scope.cancel()

@@ -195,8 +195,10 @@ def _message(row: Sequence[Any], reactions: dict[str, list[str]]) -> ChatMessage
     )
 
 
-def _storage_error(exc: BaseException) -> StorageError:
-    err = StorageError(f"history storage failed: {type(exc).__name__}: {exc}")
+def _storage_error(exc: BaseException, *, detail: bool = False) -> StorageError:
+    """Wrap a sqlite error; the detail is for operators (logs, startup), not for clients."""
+    err = StorageError(f"history storage failed: {type(exc).__name__}: {exc}" if detail
+                       else "history storage failed")
     err.__cause__ = exc
     return err
 
@@ -669,7 +671,7 @@ class HistoryStore:
         try:
             conn = self._w_connect()
         except BaseException as exc:
-            opener.error = _storage_error(exc) if isinstance(exc, sqlite3.Error) else exc
+            opener.error = _storage_error(exc, detail=True) if isinstance(exc, sqlite3.Error) else exc
             self._w_stop(None, [opener])
             return
         self._w_deliver([opener])
@@ -777,23 +779,23 @@ class HistoryStore:
 
     def _w_run(self, conn: sqlite3.Connection, op: _Op[Any]) -> None:
         assert op.fn is not None
-        if op.kind != "write":
-            try:
-                op.value, op.event = op.fn(conn)
-            except sqlite3.Error as exc:
-                op.error = _storage_error(exc)
-            except Exception as exc:
-                op.error = exc
-            return
-        conn.execute("SAVEPOINT op")
+        write = op.kind == "write"
+        if write:
+            conn.execute("SAVEPOINT op")
         try:
             op.value, op.event = op.fn(conn)
         except Exception as exc:
-            conn.execute("ROLLBACK TO op")
-            conn.execute("RELEASE op")
-            op.error = _storage_error(exc) if isinstance(exc, sqlite3.Error) else exc
+            if write:  # undo this operation only; the rest of the batch goes on
+                conn.execute("ROLLBACK TO op")
+                conn.execute("RELEASE op")
+            if isinstance(exc, sqlite3.Error):
+                logger.error("history operation failed", exc_info=exc)
+                op.error = _storage_error(exc)
+            else:
+                op.error = exc
             return
-        conn.execute("RELEASE op")
+        if write:
+            conn.execute("RELEASE op")
 
     def _w_deliver(self, batch: list[_Op[Any]]) -> None:
         assert self._token is not None

@@ -19,6 +19,7 @@ import attrs
 import trio
 
 from signald.auth import Authenticator, NoneAuthenticator
+from signald.calls import CallRegistry
 from signald.config import Config
 from signald.fanout import Broker, Frame, LocalBroker
 from signald.presence import PresenceTracker
@@ -29,6 +30,7 @@ from signald.session import CLOSE_SESSION_REVOKED, Session
 from signald.timefmt import iso_utc
 
 if TYPE_CHECKING:
+    from signald.handlers.calls import CallLog
     from signald.handlers.chat import HistoryService
 
 log = logging.getLogger("signald.hub")
@@ -66,6 +68,8 @@ class Hub:
         self.presence = PresenceTracker(
             self.rooms.peers_of_user, self.rooms.conns_in, away_after_s=config.presence.away_after_s
         )
+        self.calls = CallRegistry(allow_concurrent_calls=config.calls.allow_concurrent_calls)
+        self.call_log: CallLog | None = None
         self._timers_changed = trio.Event()
 
     # ------------------------------------------------------------------ lifecycle
@@ -73,6 +77,7 @@ class Hub:
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Hub]:
         """Open what the hub needs (history store, timers) and close it on the way out."""
+        from signald.handlers.calls import CallLog
         from signald.handlers.chat import HistoryService
         from signald.history import HistoryStore
 
@@ -90,6 +95,9 @@ class Hub:
                     self.nursery = nursery
                     nursery.start_soon(self._run_timers)
                     nursery.start_soon(self.history.run_last_seen_flusher)
+                    if self.config.calls.call_log:
+                        self.call_log = CallLog(self)
+                        nursery.start_soon(self.call_log.run)
                     try:
                         yield self
                     finally:
@@ -100,14 +108,26 @@ class Hub:
                     await self.history.flush_last_seen()
 
     def connect(self, session: Session) -> None:
-        """A handshake succeeded: the session starts receiving events."""
+        """A handshake succeeded: the session starts receiving events.
+
+        Once the session is asked to close (slow consumer, expiry, revocation...) it leaves the
+        hub right away, before its socket is torn down, so its rooms are not kept waiting.
+        """
+        token = trio.lowlevel.current_trio_token()
+        session.on_close = lambda: token.run_sync_soon(self.disconnect, session)
         self.add_session(session)
         self.publish(self.presence.connect(session.session_id, session.user_id, trio.current_time()))
         self.poke_timers()
 
     def disconnect(self, session: Session) -> None:
         """The connection ended: the session leaves every room, with the usual events."""
+        from signald.handlers.calls import apply_outcome
+
+        if session.detached:
+            return
+        session.detached = True
         conn = session.session_id
+        apply_outcome(self, self.calls.device_gone(conn, trio.current_time()))
         self.publish(self.presence.disconnect(conn, trio.current_time(), self.wall_clock()))
         self.publish(self.rooms.disconnect(conn))
         self.remove_session(session)
@@ -124,22 +144,27 @@ class Hub:
         self._timers_changed.set()
 
     def next_deadline(self) -> float:
-        deadlines = [d for d in (self.presence.next_deadline(),) if d is not None]
+        candidates = (self.presence.next_deadline(), self.calls.next_deadline())
+        deadlines = [d for d in candidates if d is not None]
         return min(deadlines, default=math.inf)
 
     def tick(self, now: float) -> None:
-        """Run every timer due at ``now``: typing expiry, automatic away."""
+        """Run every timer due at ``now``: ring timeouts, typing expiry, automatic away."""
+        from signald.handlers.calls import apply_outcome
+
+        apply_outcome(self, self.calls.expire(now))
         self.publish(self.presence.tick(now))
 
     async def _run_timers(self) -> None:
         while True:
             with trio.move_on_at(self.next_deadline()):
                 await self._timers_changed.wait()
-            self._timers_changed = trio.Event()
             self.tick(trio.current_time())
+            # Reset after ticking: the tick's own pokes are covered by the next deadline lookup.
+            self._timers_changed = trio.Event()
 
     def active_calls(self) -> int:
-        return 0
+        return len(self.calls)
 
     # ------------------------------------------------------------------ rooms
 

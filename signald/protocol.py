@@ -11,6 +11,7 @@ does it look closer to choose between ``BAD_REQUEST``, ``UNKNOWN_TYPE`` and ``IN
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Final, Literal, TypeAlias, Union, cast
 
 import msgspec
@@ -26,7 +27,7 @@ SUBPROTOCOL_MSGPACK: Final = "signald.v1.msgpack"
 
 RoomName = Annotated[
     str,
-    Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:@-]+$",
+    Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:@-]+\Z",
          description="1-128 characters of [A-Za-z0-9._:@-]"),
 ]
 UserId = Annotated[str, Meta(min_length=1, max_length=128)]
@@ -671,6 +672,9 @@ def _readable_op_id(value: Any) -> OpId:
     return None
 
 
+_ROOM_PATTERN_TEXT: Final = re.compile(r"`str` matching regex '[^']*'")
+
+
 def decode_frame(frame: bytes | str, *, msgpack: bool = False) -> InboundMessage:
     """Decode one inbound frame into its typed message.
 
@@ -679,10 +683,12 @@ def decode_frame(frame: bytes | str, *, msgpack: bool = False) -> InboundMessage
     the field path, e.g. ``$.data.room``). ``op_id`` is set whenever the frame's ``id`` could be read.
     """
     decoder = _msgpack_decoder if msgpack else _json_decoder
+    if msgpack and isinstance(frame, str):
+        raise FrameError("BAD_REQUEST", "this connection speaks MessagePack: send binary frames")
     try:
         message: InboundMessage = decoder.decode(cast(Any, frame))  # msgspec also decodes str
         return message
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
         pass
     raise _classify(frame, msgpack)
 
@@ -691,7 +697,7 @@ def _classify(frame: bytes | str, msgpack: bool) -> FrameError:
     loose = _msgpack_any if msgpack else _json_any
     try:
         value = loose.decode(cast(Any, frame))
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError):
         return FrameError("BAD_REQUEST", "frame is not valid " + ("MessagePack" if msgpack else "JSON"))
     if not isinstance(value, dict):
         return FrameError("BAD_REQUEST", "frame must be an object")
@@ -707,13 +713,13 @@ def _classify(frame: bytes | str, msgpack: bool) -> FrameError:
     try:
         typed.decode(cast(Any, frame))
     except msgspec.ValidationError as exc:
-        text = str(exc)
-        if "`$.id`" in text:
+        text = _ROOM_PATTERN_TEXT.sub("a room name (1-128 characters of [A-Za-z0-9._:@-])", str(exc))
+        if text.endswith("- at `$.id`"):
             return FrameError("INVALID_PAYLOAD", text, None)
         if "data" in value and not isinstance(value["data"], dict) and value["data"] is not None:
             return FrameError("INVALID_PAYLOAD", "`$.data` must be an object", op_id)
         return FrameError("INVALID_PAYLOAD", text, op_id)
-    except msgspec.DecodeError as exc:  # pragma: no cover - loose decode succeeded above
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # pragma: no cover - loose decode succeeded
         return FrameError("BAD_REQUEST", str(exc), op_id)
     # The typed decoder accepts it alone, so the union refused it for another reason.
     return FrameError("INVALID_PAYLOAD", "message does not match its type", op_id)  # pragma: no cover

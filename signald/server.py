@@ -157,6 +157,16 @@ async def _refuse(request: WebSocketRequest, status: int, reason: str, peer: str
 async def _handle_request(
     hub: Hub, authenticate: Authenticator, per_ip: ConnectionRateLimiter | None, request: WebSocketRequest
 ) -> None:
+    """Serve one client; whatever goes wrong with it never reaches the listener (or other clients)."""
+    try:
+        await _serve_client(hub, authenticate, per_ip, request)
+    except Exception:
+        log.exception("connection from %s failed", request.remote)
+
+
+async def _serve_client(
+    hub: Hub, authenticate: Authenticator, per_ip: ConnectionRateLimiter | None, request: WebSocketRequest
+) -> None:
     config = hub.config
     remote = request.remote
     peer = str(getattr(remote, "address", remote))
@@ -210,7 +220,11 @@ async def _handle_request(
             session.close_code, session.close_reason = CLOSE_GOING_AWAY, "server shutting down"
         hub.disconnect(session)
         with trio.CancelScope(shield=True), trio.move_on_after(config.server.shutdown_timeout_s):
-            await ws.aclose(session.close_code or 1000, session.close_reason or None)
+            if session.writing:
+                # Cancelled in the middle of a frame: a close frame now would be garbage to the peer.
+                await trio.aclose_forcefully(ws._stream)
+            else:
+                await ws.aclose(session.close_code or 1000, session.close_reason or None)
 
 
 def serve_forever(config: Config, **kwargs: Any) -> None:  # pragma: no cover - thin wrapper

@@ -8,6 +8,7 @@ Its ``session_id`` is also the ``device_id`` other clients see in ``device.*`` e
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from typing import Final
 
 import attrs
@@ -44,6 +45,9 @@ class Session:
     outbox: Outbox = attrs.field(init=False)
     close_code: int | None = None
     close_reason: str = ""
+    writing: bool = False
+    detached: bool = False
+    on_close: Callable[[], None] | None = None
     cancel_scope: trio.CancelScope | None = None
 
     def __attrs_post_init__(self) -> None:
@@ -68,19 +72,19 @@ class Session:
     def close(self, code: int, reason: str, *, flush: bool = True, grace_s: float = 5.0) -> None:
         """Ask the connection to close with ``code``; never blocks. The first reason wins.
 
-        With ``flush`` the frames already queued (e.g. ``session.expired``) are written first,
-        for at most ``grace_s`` seconds; without it they are dropped and the connection's tasks
-        are cancelled at once.
+        With ``flush`` the frames already queued (e.g. ``session.expired``) are written first;
+        without it they are dropped, and only a frame already being written is finished (so the
+        close frame that follows is not garbled). Either way the connection is torn down after
+        at most ``grace_s`` seconds, cleanly or not.
         """
         if self.close_code is None:
             self.close_code = code
             self.close_reason = reason
+            if self.on_close is not None:
+                self.on_close()
         self.outbox.close(drop=not flush)
         if self.cancel_scope is not None:
-            if flush:
-                self.cancel_scope.deadline = min(self.cancel_scope.deadline, trio.current_time() + grace_s)
-            else:
-                self.cancel_scope.cancel()
+            self.cancel_scope.deadline = min(self.cancel_scope.deadline, trio.current_time() + grace_s)
 
     def _overflow(self) -> None:
         self.close(CLOSE_SLOW_CONSUMER, "send queue full", flush=False)

@@ -6,6 +6,7 @@ embedders start from it and add their own ``app.*`` types.
 
 from __future__ import annotations
 
+from signald.handlers import calls as call_handlers
 from signald.handlers import chat as chat_handlers
 from signald.handlers import rooms as room_handlers
 from signald.handlers import session as session_handlers
@@ -18,4 +19,5 @@ def default_router() -> Router:
     session_handlers.register(router)
     room_handlers.register(router)
     chat_handlers.register(router)
+    call_handlers.register(router)
     return router

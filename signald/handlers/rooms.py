@@ -67,7 +67,9 @@ async def room_kick(ctx: Context, msg: RoomKick) -> None:
         raise SignalError("NOT_IN_ROOM", f"{data.user_id!r} is not in {data.room!r}")
     for conn in kicked:
         hub.publish(hub.presence.clear_typing(conn, data.room))
-    hub.publish(hub.rooms.kick(data.room, data.user_id))
+    requester = session.session_id
+    for send in hub.rooms.kick(data.room, data.user_id):
+        hub.send_to(send.conns - {requester}, send.event)
     hub.send_to(kicked, RoomKickedEvent(data=KickedData(room=data.room, by=session.user_id, reason=data.reason)))
 
 
