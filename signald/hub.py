@@ -234,8 +234,12 @@ class Hub:
     # ------------------------------------------------------------------ embedding API
 
     def publish_to_user(self, user_id: str, event_type: str, data: Any) -> int:
-        """Send an ``app.*`` event to every connected device of ``user_id``."""
+        """Send an ``app.*`` event to every connected device of ``user_id``; returns how many got it."""
         return self.send_to(self.devices_of(user_id), Frame(encode_app_event(event_type, data)))
+
+    def publish_to_room(self, room: str, event_type: str, data: Any) -> int:
+        """Send an ``app.*`` event to every connection in ``room``; returns how many got it."""
+        return self.send_to(self.rooms.conns_in(room), Frame(encode_app_event(event_type, data)))
 
     def revoke_user(self, user_id: str, reason: str) -> int:
         """End every session of ``user_id``: ``session.revoked`` then close 4003."""

@@ -1,0 +1,46 @@
+"""Plug your own authenticator into signald: here, API keys looked up in a dict.
+
+Run:  python examples/custom_auth.py
+An authenticator is any callable that takes the handshake (path, headers, query, peer address)
+and returns an ``Identity`` or raises ``AuthRefused`` (the handshake then gets that HTTP status).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import trio
+from trio_websocket import ConnectionRejected
+
+from signald import AuthRefused, HandshakeRequest, Identity, connect, load_config, serve_signald
+
+API_KEYS = {"k-alice-123": Identity("alice", roles=frozenset({"mod"})), "k-bob-456": Identity("bob")}
+
+
+def api_key_authenticator(request: HandshakeRequest) -> Identity:
+    key = request.header("x-api-key") or request.query.get("key")
+    identity = API_KEYS.get(key or "")
+    if identity is None:
+        raise AuthRefused(401, "unknown API key")
+    return identity
+
+
+async def run() -> None:
+    config = load_config(env={}, overrides={"server": {"port": 0, "db": ":memory:"}})
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(lambda task_status: serve_signald(
+            config, authenticator=api_key_authenticator, task_status=task_status))
+        async with connect(server.url + "?key=k-alice-123") as alice:
+            info = await alice.request("session.info")
+            print(f"connected as {info['user_id']} with roles {info['roles']}")
+        try:
+            async with connect(server.url + "?key=wrong"):
+                pass
+        except ConnectionRejected as exc:
+            print(f"a wrong key is refused with HTTP {exc.status_code}")
+        nursery.cancel_scope.cancel()
+
+
+if __name__ == "__main__":
+    trio.run(run)
+    sys.exit(0)
