@@ -21,18 +21,41 @@ from typing import Any, Final
 
 import trio
 
-from signald.protocol import Outbound, json_encoder, msgpack_encoder
+from signald.protocol import (
+    ChatTypingUserEvent,
+    Outbound,
+    PresenceUpdateEvent,
+    RoomSignalEvent,
+    json_encoder,
+    msgpack_encoder,
+)
 
 CLOSE_SLOW_CONSUMER: Final = 1013
+
+
+def coalesce_key(message: Outbound | dict[str, Any]) -> tuple[str, ...] | None:
+    """Events of which a slow reader only needs the latest: same key, newer one supersedes.
+
+    ``presence.update`` per user, ``chat.typing.user`` per (room, user), ``room.signal`` per
+    (room, user, kind). Chat, call, membership, ack and error frames are never superseded.
+    """
+    if isinstance(message, PresenceUpdateEvent):
+        return ("presence", message.data.user_id)
+    if isinstance(message, ChatTypingUserEvent):
+        return ("typing", message.data.scope, message.data.user_id)
+    if isinstance(message, RoomSignalEvent):
+        return ("signal", message.data.room, message.data.user_id, message.data.kind)
+    return None
 
 
 class Frame:
     """One outbound message, encoded lazily and at most once per format."""
 
-    __slots__ = ("_binary", "_text", "message")
+    __slots__ = ("_binary", "_text", "key", "message")
 
     def __init__(self, message: Outbound | dict[str, Any]) -> None:
         self.message = message
+        self.key = coalesce_key(message)
         self._text: str | None = None
         self._binary: bytes | None = None
 
@@ -51,52 +74,97 @@ class Frame:
         return self._binary
 
 
-class Outbox:
-    """The bounded send queue of one connection.
+class _Slot:
+    """A queued frame that a newer one with the same key may supersede (payload set to None)."""
 
-    Resource handling: at most ``limit`` frames wait; the writer task takes them in order with
-    :meth:`get_batch`. Error handling: a push onto a full queue calls ``on_overflow`` once (the
+    __slots__ = ("payload",)
+
+    def __init__(self, payload: str | bytes) -> None:
+        self.payload: str | bytes | None = payload
+
+
+class Outbox:
+    """The bounded send queue of one connection, with type-aware backpressure.
+
+    At most ``limit`` frames wait; the writer task takes them in order with :meth:`get_batch`.
+    Once more than ``high_water`` (3/4 of ``limit``) wait, an ephemeral frame supersedes the queued
+    one with the same :func:`coalesce_key` (only the latest presence/typing per user and signal
+    per kind is kept, in the position of the newest); everything else is never dropped.
+
+    Error handling: a push onto a queue still full after that calls ``on_overflow`` once (the
     connection then closes with 1013) and drops the frame; pushes after :meth:`close` are ignored.
     """
 
-    __slots__ = ("_frames", "_has_frames", "binary", "closed", "limit", "on_overflow")
+    __slots__ = ("_frames", "_has_frames", "_keyed", "_live", "binary", "closed", "coalesced", "high_water",
+                 "limit", "on_overflow")
 
     def __init__(self, limit: int, *, binary: bool, on_overflow: Callable[[], None]) -> None:
         self.limit = limit
+        self.high_water = max(1, limit * 3 // 4)
         self.binary = binary
         self.on_overflow = on_overflow
         self.closed = False
-        self._frames: collections.deque[str | bytes] = collections.deque()
+        self.coalesced = 0
+        self._live = 0
+        self._frames: collections.deque[str | bytes | _Slot] = collections.deque()
+        self._keyed: dict[tuple[str, ...], _Slot] = {}
         self._has_frames = trio.Event()
 
     def __len__(self) -> int:
-        return len(self._frames)
+        return self._live
 
     def push(self, frame: Frame) -> bool:
         """Queue ``frame`` for this connection; False if it was not queued."""
         if self.closed:
             return False
-        if len(self._frames) >= self.limit:
+        key = frame.key
+        if key is not None and self._live >= self.high_water:
+            superseded = self._keyed.get(key)
+            if superseded is not None and superseded.payload is not None:
+                superseded.payload = None
+                self._live -= 1
+                self.coalesced += 1
+                if len(self._frames) > 2 * self.limit:
+                    self._compact()
+        if self._live >= self.limit:
             self.close(drop=True)
             self.on_overflow()
             return False
-        self._frames.append(frame.binary if self.binary else frame.text)
+        payload = frame.binary if self.binary else frame.text
+        if key is None:
+            self._frames.append(payload)
+        else:
+            slot = _Slot(payload)
+            self._keyed[key] = slot
+            self._frames.append(slot)
+        self._live += 1
         self._has_frames.set()
         return True
+
+    def _compact(self) -> None:
+        self._frames = collections.deque(f for f in self._frames if not isinstance(f, _Slot) or f.payload)
 
     async def get_batch(self) -> list[str | bytes]:
         """Wait until frames are queued, then take all of them in order.
 
         Returns an empty list once the outbox is closed and drained: the writer then stops.
         """
-        while not self._frames:
+        while not self._live:
             if self.closed:
                 return []
             if self._has_frames.is_set():
                 self._has_frames = trio.Event()
             await self._has_frames.wait()
-        batch = list(self._frames)
+        batch: list[str | bytes] = []
+        for item in self._frames:
+            if isinstance(item, _Slot):
+                if item.payload is not None:
+                    batch.append(item.payload)
+            else:
+                batch.append(item)
         self._frames.clear()
+        self._keyed.clear()
+        self._live = 0
         return batch
 
     def close(self, *, drop: bool) -> None:
@@ -104,6 +172,8 @@ class Outbox:
         self.closed = True
         if drop:
             self._frames.clear()
+            self._keyed.clear()
+            self._live = 0
         self._has_frames.set()
 
 

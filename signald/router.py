@@ -42,6 +42,8 @@ if TYPE_CHECKING:
     from signald.hub import Context
 
 log = logging.getLogger("signald.router")
+audit = logging.getLogger("signald.audit")
+AUDITED_CODES: Final = frozenset({"FORBIDDEN", "UNAUTHORIZED"})
 
 M = TypeVar("M")
 Handler = Callable[["Context", Any], Awaitable[Any]]
@@ -150,6 +152,9 @@ class Router:
                 raise SignalError("UNKNOWN_TYPE", f"unknown message type {kind!r}")
             result = await handler(ctx, message)
         except SignalError as exc:
+            if exc.code in AUDITED_CODES:
+                audit.warning("refused code=%s type=%s user=%s peer=%s reason=%s", exc.code, kind,
+                              ctx.session.user_id, ctx.session.remote, exc.message)
             return error_reply(op_id, exc.code, exc.message)
         except Exception:
             log.exception("handler for %s failed (session %s)", kind, ctx.session.session_id)
