@@ -21,7 +21,7 @@ import trio
 
 from signald.auth import is_loopback
 from signald.config import Config, ConfigError, load_config
-from signald.server import RunningServer, serve_signald
+from signald.server import RunningServer, build_authenticator, serve_signald
 
 log = logging.getLogger("signald")
 
@@ -123,6 +123,11 @@ def _serve(args: argparse.Namespace) -> int:
     if problem:
         print(f"signald: {problem}", file=sys.stderr)
         return 2
+    try:
+        build_authenticator(config)
+    except (ValueError, OSError) as exc:
+        print(f"signald: configuration error: auth: {exc}", file=sys.stderr)
+        return 2
     setup_logging(config.log.level, config.log.format)
     if config.auth.mode == "none" and not is_loopback(config.server.host):
         log.warning("serving %s with auth mode 'none': anyone can connect as anyone", config.server.host)
@@ -131,6 +136,20 @@ def _serve(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"signald: cannot start: {exc}", file=sys.stderr)
         return 1
+    except BaseExceptionGroup as group:
+        errors = group.subgroup(OSError)
+        if errors is None:
+            raise
+        first = next(iter(_leaves(errors)))
+        print(f"signald: cannot start: {first}", file=sys.stderr)
+        return 1
+
+
+def _leaves(group: BaseExceptionGroup[Any]) -> list[BaseException]:
+    found: list[BaseException] = []
+    for exc in group.exceptions:
+        found.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return found
 
 
 def _history(args: argparse.Namespace) -> int:

@@ -144,7 +144,7 @@ class ChatHistoryData(Struct):
     room: RoomName
     before: Seq | None = None
     after: Seq | None = None
-    limit: Annotated[int, Meta(ge=1)] = 50
+    limit: Annotated[int, Meta(ge=1)] | None = None
 
 
 class CallOfferData(Struct):

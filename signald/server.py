@@ -50,6 +50,7 @@ log = logging.getLogger("signald.server")
 audit = logging.getLogger("signald.audit")
 
 OUR_SUBPROTOCOLS = (SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK)
+RESERVED_USER_PREFIX = "$"  # "$system" writes the call log; no client may be it
 
 
 @attrs.frozen
@@ -184,6 +185,8 @@ async def _serve_client(
         return await _refuse(request, 400, f"unsupported subprotocol; use {SUBPROTOCOL_JSON}", peer)
     try:
         identity = authenticate(handshake)
+        if identity.user_id.startswith(RESERVED_USER_PREFIX):
+            raise AuthRefused(401, "reserved user id")
     except AuthRefused as exc:
         return await _refuse(request, exc.status, exc.reason, peer)
     if hub.connection_count(identity.user_id) >= config.limits.max_connections_per_user:

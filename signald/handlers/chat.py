@@ -44,6 +44,7 @@ from signald.router import Router
 from signald.timefmt import iso_utc
 
 LAST_SEEN_FLUSH_S = 30.0
+DEFAULT_HISTORY_LIMIT = 50  # chat.history without limit: 50, or history_page_max if that is lower
 
 
 class HistoryService:
@@ -186,11 +187,12 @@ async def chat_history(ctx: Context, msg: ChatHistory) -> HistoryPage:
     data = msg.data
     _require_member(ctx, data.room)
     page_max = ctx.hub.config.limits.history_page_max
-    if data.limit > page_max:
+    limit = min(DEFAULT_HISTORY_LIMIT, page_max) if data.limit is None else data.limit
+    if limit > page_max:
         raise SignalError("INVALID_PAYLOAD", f"`$.data.limit` must be at most history_page_max ({page_max})")
     if data.before is not None and data.after is not None and data.before <= data.after + 1:
         return HistoryPage(messages=[], has_more=False)
-    return await _history(ctx).history(room=data.room, before=data.before, after=data.after, limit=data.limit)
+    return await _history(ctx).history(room=data.room, before=data.before, after=data.after, limit=limit)
 
 
 def register(router: Router) -> None:

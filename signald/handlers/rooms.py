@@ -46,7 +46,13 @@ async def room_join(ctx: Context, msg: RoomJoin) -> RoomJoinResult:
     ctx.after_reply.extend(outcome.after_ack)
     result = RoomJoinResult(room=room, members=hub.member_list(room), active=outcome.active, unread=0)
     if hub.history is not None:
-        await hub.history.fill_join_result(ctx, result, msg.data.since)
+        try:
+            await hub.history.fill_join_result(ctx, result, msg.data.since)
+        except BaseException:
+            if not outcome.already_member and hub.rooms.is_member(session.session_id, room):
+                ctx.after_reply.clear()
+                hub.publish(hub.rooms.leave(session.session_id, room))  # no half-done join
+            raise
     return result
 
 

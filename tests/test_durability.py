@@ -1,0 +1,142 @@
+"""Durability with a real daemon process: an acked ``chat.send`` survives ``kill -9``, and the
+``signald history export|stats`` commands read what a server stored.
+
+The daemon's stderr goes to a file (not a pipe nobody drains), which is polled for the ready line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import trio
+from conftest import make_config, start_server
+
+from signald.cli import main
+from signald.client import SignaldClient, connect
+
+READY = re.compile(r"signald ready on (ws://\S+)")
+N = 300
+
+
+@asynccontextmanager
+async def daemon(tmp_path: Path, name: str, *args: str, port: int = 0) -> AsyncIterator[tuple[trio.Process, str]]:
+    """Start ``python -m signald serve`` and yield (process, url) once it is ready; killed on exit.
+
+    Its stderr goes to ``<tmp_path>/<name>.log``.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SIGNALD_")}
+    config = tmp_path / "signald.toml"
+    config.write_text("[limits]\nrate_per_s = 100000.0\nrate_burst = 100000\n")  # 300 frames at once
+    log = tmp_path / f"{name}.log"
+    with log.open("wb") as stderr:
+        process = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "signald", "serve", "--port", str(port), "--config", str(config), *args],
+            stderr=stderr, cwd=tmp_path, env=env,
+        )
+    try:
+        with trio.fail_after(8):
+            while not (match := READY.search(log.read_text(errors="replace"))):
+                if process.poll() is not None:
+                    raise AssertionError(f"daemon exited early: {log.read_text(errors='replace')}")
+                await trio.sleep(0.01)
+        yield process, match.group(1)
+    finally:
+        if process.returncode is None:
+            process.kill()
+        with trio.move_on_after(5):
+            await process.wait()
+
+
+async def all_history(c: SignaldClient, room: str) -> list[dict[str, Any]]:
+    messages: list[dict[str, Any]] = []
+    after = 0
+    while True:
+        page = await c.request("chat.history", {"room": room, "after": after, "limit": 200})
+        messages += page["messages"]
+        if not page["has_more"]:
+            return messages
+        after = messages[-1]["seq"]
+
+
+async def test_every_acked_message_survives_kill_9_and_an_immediate_restart_on_the_same_port(tmp_path: Path) -> None:
+    db = str(tmp_path / "d.db")
+    with trio.fail_after(20):
+        async with daemon(tmp_path, "first", "--db", db) as (process, url):
+            port = urlsplit(url).port
+            assert port
+            async with connect(url, user="alice") as client:
+                await client.request("room.join", {"room": "lobby"})
+                for i in range(N):  # pipelined: every frame goes out before any ack is read
+                    await client.send({"type": "chat.send", "id": f"s-{i}",
+                                       "data": {"scope": "lobby", "body": f"message {i}"}})
+                acks: dict[str, dict[str, Any]] = {}
+                while len(acks) < N:
+                    reply = await client.next_event()
+                    assert reply["type"] != "error", reply
+                    if reply["type"] == "ack":
+                        acks[reply["data"]["op_id"]] = reply["data"]["data"]
+                process.kill()  # SIGKILL, right after the last ack arrived
+                await process.wait()
+        assert process.returncode == -signal.SIGKILL
+        acked = [acks[f"s-{i}"] for i in range(N)]
+        assert [(m["seq"], m["body"]) for m in acked] == [(i + 1, f"message {i}") for i in range(N)]
+
+        async with daemon(tmp_path, "restarted", "--db", db, port=port) as (_, again):
+            assert again == url
+            async with connect(again, user="alice") as client:
+                assert (await client.request("room.join", {"room": "lobby"}))["unread"] == N
+                assert await all_history(client, "lobby") == acked
+                after_restart = await client.request("chat.send", {"scope": "lobby", "body": "still here"})
+                assert after_restart["seq"] == N + 1
+
+
+def test_history_export_and_stats_commands_print_what_a_server_stored(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = make_config(tmp_path)
+    db = config.server.db
+
+    async def fill() -> dict[str, list[dict[str, Any]]]:
+        stored: dict[str, list[dict[str, Any]]] = {"lobby": [], "dev": []}
+        async with trio.open_nursery() as nursery:
+            server = await start_server(nursery, config)
+            async with connect(server.url, user="alice") as alice, connect(server.url, user="bob") as bob:
+                for c in (alice, bob):
+                    for room in stored:
+                        await c.request("room.join", {"room": room})
+                for i, (c, room) in enumerate([(alice, "lobby"), (bob, "dev"), (bob, "lobby"), (alice, "dev"),
+                                               (alice, "lobby")]):
+                    stored[room].append(await c.request("chat.send", {"scope": room, "body": f"m{i}"}))
+                gone = await alice.request("chat.send", {"scope": "lobby", "body": "regret"})
+                await alice.request("chat.delete", {"message_id": gone["id"], "mode": "hard"})
+                first = stored["lobby"][0]
+                await bob.request("chat.reaction", {"message_id": first["id"], "reaction": "+1", "action": "add",
+                                                    "scope": "lobby"})
+                stored["lobby"][0] = {**first, "reactions": {"+1": ["bob"]}}
+            nursery.cancel_scope.cancel()
+        return stored
+
+    stored = trio.run(fill)
+    capsys.readouterr()
+
+    assert main(["history", "export", "--db", db]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [json.loads(line) for line in lines] == stored["dev"] + stored["lobby"]  # by room name, then seq
+
+    assert main(["history", "export", "--db", db, "--room", "lobby"]) == 0
+    assert [json.loads(line) for line in capsys.readouterr().out.splitlines()] == stored["lobby"]
+
+    assert main(["history", "stats", "--db", db]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert (stats["rooms"], stats["messages"]) == (2, 5)  # the hard-deleted one is not counted
+    assert stats["db_bytes"] > 0
