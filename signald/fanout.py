@@ -60,6 +60,14 @@ class Frame:
         self._binary: bytes | None = None
 
     @property
+    def kind(self) -> str:
+        """The frame's ``type``."""
+        message = self.message
+        if isinstance(message, dict):
+            return str(message.get("type"))
+        return str(message.__struct_config__.tag)
+
+    @property
     def text(self) -> str:
         """The JSON text frame payload."""
         if self._text is None:

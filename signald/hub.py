@@ -22,8 +22,9 @@ from signald.auth import Authenticator, NoneAuthenticator
 from signald.calls import CallRegistry
 from signald.config import Config
 from signald.fanout import Broker, Frame, LocalBroker
+from signald.metrics import Metrics
 from signald.presence import PresenceTracker
-from signald.protocol import Member, Outbound, encode_app_event
+from signald.protocol import Error, Member, Outbound, encode_app_event
 from signald.rooms import RoomRegistry, Send
 from signald.router import Router
 from signald.session import CLOSE_SESSION_REVOKED, Session
@@ -69,6 +70,8 @@ class Hub:
             self.rooms.peers_of_user, self.rooms.conns_in, away_after_s=config.presence.away_after_s
         )
         self.calls = CallRegistry(allow_concurrent_calls=config.calls.allow_concurrent_calls)
+        self.metrics = Metrics(self)
+        self.metrics_port: int | None = None
         self.call_log: CallLog | None = None
         self._timers_changed = trio.Event()
 
@@ -88,6 +91,8 @@ class Hub:
             clock=self.wall_clock,
         )
         self.started_at = trio.current_time()
+        if self.config.server.metrics_port is not None:
+            self.metrics_port = self.metrics.serve(self.config.server.metrics_port, self.config.server.host)
         async with store:
             self.history = HistoryService(self, store)
             try:
@@ -104,6 +109,7 @@ class Hub:
                         nursery.cancel_scope.cancel()
                         self.nursery = None
             finally:
+                self.metrics.close()
                 with trio.CancelScope(shield=True):
                     await self.history.flush_last_seen()
 
@@ -114,7 +120,12 @@ class Hub:
         hub right away, before its socket is torn down, so its rooms are not kept waiting.
         """
         token = trio.lowlevel.current_trio_token()
-        session.on_close = lambda: token.run_sync_soon(self.disconnect, session)
+
+        def closing() -> None:
+            self.metrics.closes.labels(str(session.close_code)).inc()
+            token.run_sync_soon(self.disconnect, session)
+
+        session.on_close = closing
         self.add_session(session)
         self.publish(self.presence.connect(session.session_id, session.user_id, trio.current_time()))
         self.poke_timers()
@@ -126,6 +137,8 @@ class Hub:
         if session.detached:
             return
         session.detached = True
+        if session.outbox.coalesced:
+            self.metrics.coalesced.inc(session.outbox.coalesced)
         conn = session.session_id
         apply_outcome(self, self.calls.device_gone(conn, trio.current_time()))
         self.publish(self.presence.disconnect(conn, trio.current_time(), self.wall_clock()))
@@ -219,6 +232,8 @@ class Hub:
         frame = event if isinstance(event, Frame) else Frame(event)
         queued = self.broker.deliver(session_ids, frame)
         self.counters.messages_out += queued
+        if queued:
+            self.metrics.messages_out.labels(frame.kind).inc(queued)
         return queued
 
     def publish(self, sends: Iterable[Send]) -> None:
@@ -228,8 +243,12 @@ class Hub:
 
     def reply(self, session: Session, message: Outbound) -> None:
         """Queue a reply (ack, error, pong) for the requesting session."""
-        if session.send(Frame(message)):
+        frame = Frame(message)
+        if session.send(frame):
             self.counters.messages_out += 1
+            self.metrics.messages_out.labels(frame.kind).inc()
+            if isinstance(message, Error):
+                self.metrics.errors.labels(message.data.code).inc()
 
     # ------------------------------------------------------------------ embedding API
 

@@ -145,6 +145,7 @@ class Router:
         op_id = message.id
         kind = message.type if isinstance(message, CustomMessage) else type_of(type(message))
         handler = self._handlers.get(kind)
+        ctx.hub.metrics.messages_in.labels(kind).inc()
         try:
             if handler is None:
                 if kind in NOT_YET_IMPLEMENTED:

@@ -63,6 +63,11 @@ class RunningServer:
     tls: bool = False
 
     @property
+    def metrics_port(self) -> int | None:
+        """Where ``/metrics`` is served (``server.metrics_port``), or None."""
+        return self.hub.metrics_port
+
+    @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{'wss' if self.tls else 'ws'}://{host}:{self.port}/"

@@ -11,6 +11,8 @@ an author may edit a message after leaving its room. Events still go to the room
 
 from __future__ import annotations
 
+import time
+
 import trio
 
 from signald.errors import SignalError
@@ -108,10 +110,12 @@ async def chat_send(ctx: Context, msg: ChatSend) -> ChatMessage:
     def announce(message: ChatMessage) -> None:
         ctx.hub.send_to(_room_others(ctx, message.room), ChatMessageEvent(data=message))
 
+    started = time.perf_counter()
     message, _created = await _history(ctx).send(
         room=data.scope, user_id=ctx.session.user_id, body=data.body, attachments=data.attachments,
         parent_id=data.parent_id, client_msg_id=data.client_msg_id, on_commit=announce,
     )
+    ctx.hub.metrics.history_seconds.observe(time.perf_counter() - started)
     return message
 
 
