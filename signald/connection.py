@@ -96,19 +96,40 @@ async def handle_frame(hub: Hub, session: Session, frame: str | bytes) -> None:
 
 
 async def _writer(ws: WebSocketConnection, session: Session, scope: trio.CancelScope) -> None:
+    """Write queued frames, each batch with one ``send_all``.
+
+    The outbox holds complete WebSocket frames built once per event, so they go straight to the
+    stream, bypassing trio-websocket's per-message encode. Writes take trio-websocket's stream lock,
+    so they never interleave with the frames it writes itself (pongs, the close frame).
+    """
     outbox = session.outbox
+    stream, lock = transport_of(ws)
     try:
         while True:
             batch = await outbox.get_batch()
-            if not batch:
+            if not batch or ws.closed is not None:
                 break
-            for frame in batch:
+            data = batch[0] if len(batch) == 1 else b"".join(batch)
+            async with lock:
                 session.writing = True
-                await ws.send_message(frame)
+                await stream.send_all(data)
                 session.writing = False
-    except ConnectionClosed:
-        pass
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        session.writing = False
     scope.cancel()
+
+
+def transport_of(ws: WebSocketConnection) -> tuple[trio.abc.SendStream, trio.StrictFIFOLock]:
+    """The byte stream under ``ws`` and the lock trio-websocket holds while writing to it.
+
+    These are trio-websocket internals (pinned to >=0.12,<0.13 in pyproject.toml);
+    tests/test_transport.py fails loudly if they change shape.
+    """
+    stream = ws._stream
+    lock = ws._stream_lock
+    if not isinstance(stream, trio.abc.SendStream) or not isinstance(lock, trio.StrictFIFOLock):
+        raise RuntimeError("trio-websocket internals changed: WebSocketConnection._stream/_stream_lock")
+    return stream, lock
 
 
 async def _heartbeat(hub: Hub, ws: WebSocketConnection, session: Session) -> None:

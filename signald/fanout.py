@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import abc
 import collections
+import struct
 from collections.abc import Callable, Iterable
 from typing import Any, Final
 
@@ -48,16 +49,61 @@ def coalesce_key(message: Outbound | dict[str, Any]) -> tuple[str, ...] | None:
     return None
 
 
-class Frame:
-    """One outbound message, encoded lazily and at most once per format."""
+OPCODE_TEXT: Final = 0x1
+OPCODE_BINARY: Final = 0x2
 
-    __slots__ = ("_binary", "_text", "key", "message")
+
+def websocket_frame(payload: bytes, opcode: int) -> bytes:
+    """One complete, unmasked (server-to-client) WebSocket frame carrying ``payload`` (RFC 6455 5.2)."""
+    size = len(payload)
+    first = 0x80 | opcode  # FIN + opcode; no extensions are negotiated, so RSV bits stay 0
+    if size < 126:
+        header = bytes((first, size))
+    elif size < 1 << 16:
+        header = struct.pack("!BBH", first, 126, size)
+    else:
+        header = struct.pack("!BBQ", first, 127, size)
+    return header + payload
+
+
+def websocket_payload(frame: bytes) -> bytes:
+    """The payload of a frame built by :func:`websocket_frame` (for tests and tools)."""
+    size = frame[1] & 0x7F
+    offset = 2 + {126: 2, 127: 8}.get(size, 0)
+    return frame[offset:]
+
+
+class Frame:
+    """One outbound message, encoded lazily and at most once per format.
+
+    ``text``/``binary`` are the JSON / MessagePack payloads; ``wire_text``/``wire_binary`` the
+    complete WebSocket frames around them. Server frames are unmasked, so the same frame bytes
+    serve every recipient: fan-out costs one encode per event and one buffer append per recipient.
+    """
+
+    __slots__ = ("_binary", "_text", "_wire_binary", "_wire_text", "key", "message")
 
     def __init__(self, message: Outbound | dict[str, Any]) -> None:
         self.message = message
         self.key = coalesce_key(message)
         self._text: str | None = None
         self._binary: bytes | None = None
+        self._wire_text: bytes | None = None
+        self._wire_binary: bytes | None = None
+
+    @property
+    def wire_text(self) -> bytes:
+        """The complete text frame (JSON)."""
+        if self._wire_text is None:
+            self._wire_text = websocket_frame(json_encoder.encode(self.message), OPCODE_TEXT)
+        return self._wire_text
+
+    @property
+    def wire_binary(self) -> bytes:
+        """The complete binary frame (MessagePack)."""
+        if self._wire_binary is None:
+            self._wire_binary = websocket_frame(self.binary, OPCODE_BINARY)
+        return self._wire_binary
 
     @property
     def kind(self) -> str:
@@ -87,8 +133,8 @@ class _Slot:
 
     __slots__ = ("payload",)
 
-    def __init__(self, payload: str | bytes) -> None:
-        self.payload: str | bytes | None = payload
+    def __init__(self, payload: bytes) -> None:
+        self.payload: bytes | None = payload
 
 
 class Outbox:
@@ -114,7 +160,7 @@ class Outbox:
         self.closed = False
         self.coalesced = 0
         self._live = 0
-        self._frames: collections.deque[str | bytes | _Slot] = collections.deque()
+        self._frames: collections.deque[bytes | _Slot] = collections.deque()
         self._keyed: dict[tuple[str, ...], _Slot] = {}
         self._has_frames = trio.Event()
 
@@ -138,7 +184,7 @@ class Outbox:
             self.close(drop=True)
             self.on_overflow()
             return False
-        payload = frame.binary if self.binary else frame.text
+        payload = frame.wire_binary if self.binary else frame.wire_text
         if key is None:
             self._frames.append(payload)
         else:
@@ -152,8 +198,8 @@ class Outbox:
     def _compact(self) -> None:
         self._frames = collections.deque(f for f in self._frames if not isinstance(f, _Slot) or f.payload)
 
-    async def get_batch(self) -> list[str | bytes]:
-        """Wait until frames are queued, then take all of them in order.
+    async def get_batch(self) -> list[bytes]:
+        """Wait until frames are queued, then take all of them (complete WebSocket frames) in order.
 
         Returns an empty list once the outbox is closed and drained: the writer then stops.
         """
@@ -163,7 +209,7 @@ class Outbox:
             if self._has_frames.is_set():
                 self._has_frames = trio.Event()
             await self._has_frames.wait()
-        batch: list[str | bytes] = []
+        batch: list[bytes] = []
         for item in self._frames:
             if isinstance(item, _Slot):
                 if item.payload is not None:

@@ -23,7 +23,7 @@ from conftest import make_config, start_server
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from signald.client import SignaldClient, connect
-from signald.fanout import Frame, Outbox
+from signald.fanout import Frame, Outbox, websocket_payload
 from signald.protocol import RoomActiveEvent, RoomData
 from signald.server import RunningServer
 
@@ -186,7 +186,7 @@ async def test_outbox_hands_out_queued_frames_in_order() -> None:
     assert box.push(frame("a")) and box.push(frame("b"))
     assert len(box) == 2
     batch = await box.get_batch()
-    assert [msgspec.json.decode(f)["data"]["room"] for f in batch] == ["a", "b"]
+    assert [msgspec.json.decode(websocket_payload(f))["data"]["room"] for f in batch] == ["a", "b"]
     assert len(box) == 0
 
 
@@ -208,7 +208,7 @@ async def test_outbox_close_without_drop_flushes_what_is_queued() -> None:
     box.push(frame("b"))
     box.close(drop=False)
     assert box.push(frame("late")) is False
-    assert [msgspec.json.decode(f)["data"]["room"] for f in await box.get_batch()] == ["a", "b"]
+    assert [msgspec.json.decode(websocket_payload(f))["data"]["room"] for f in await box.get_batch()] == ["a", "b"]
     assert await box.get_batch() == []
 
 
@@ -268,8 +268,8 @@ async def test_outbox_queues_json_text_or_msgpack_bytes_and_encodes_once() -> No
     (text,) = await text_box.get_batch()
     (binary,) = await binary_box.get_batch()
     (again,) = await other_text_box.get_batch()
-    assert isinstance(text, str) and isinstance(binary, bytes)
-    assert msgspec.json.decode(text) == msgspec.msgpack.decode(binary) == {
+    assert text[0] == 0x81 and binary[0] == 0x82  # FIN + text / binary opcode
+    assert msgspec.json.decode(websocket_payload(text)) == msgspec.msgpack.decode(websocket_payload(binary)) == {
         "type": "room.active", "data": {"room": "lobby"}}
     assert again is text  # encoded once, shared by every recipient
 
@@ -306,7 +306,7 @@ async def test_superseded_frames_are_not_written_and_the_latest_keeps_its_order(
     box.push(waiting)
     for status in ("away", "busy", "online", "away", "busy"):
         box.push(Frame(PresenceUpdateEvent(data=PresenceUpdateData(user_id="u", status=status))))  # type: ignore[arg-type]
-    batch = [msgspec.json.decode(f) for f in await box.get_batch()]
+    batch = [msgspec.json.decode(websocket_payload(f)) for f in await box.get_batch()]
     assert batch[0]["type"] == "room.waiting"
     statuses = [m["data"]["status"] for m in batch[1:]]
     assert statuses[-1] == "busy"
