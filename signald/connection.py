@@ -28,6 +28,7 @@ from signald.protocol import FrameError
 from signald.ratelimit import Verdict
 from signald.router import error_reply
 from signald.session import CLOSE_GOING_AWAY, CLOSE_POLICY, Session
+from signald.transport import attach
 
 log = logging.getLogger("signald.connection")
 audit = logging.getLogger("signald.audit")
@@ -96,40 +97,31 @@ async def handle_frame(hub: Hub, session: Session, frame: str | bytes) -> None:
 
 
 async def _writer(ws: WebSocketConnection, session: Session, scope: trio.CancelScope) -> None:
-    """Write queued frames, each batch with one ``send_all``.
+    """Write what the outbox could not write directly, each batch with one ``send_all``.
 
-    The outbox holds complete WebSocket frames built once per event, so they go straight to the
-    stream, bypassing trio-websocket's per-message encode. Writes take trio-websocket's stream lock,
-    so they never interleave with the frames it writes itself (pongs, the close frame).
+    This task is the connection's only writer (see :mod:`signald.transport`): trio-websocket's own
+    frames reach the socket through the same outbox, in order.
     """
     outbox = session.outbox
-    stream, lock = transport_of(ws)
+    routed = attach(ws, outbox)
+    routed.writer_running = True
     try:
         while True:
             batch = await outbox.get_batch()
-            if not batch or ws.closed is not None:
+            if not batch:
                 break
-            data = batch[0] if len(batch) == 1 else b"".join(batch)
-            async with lock:
-                session.writing = True
-                await stream.send_all(data)
-                session.writing = False
+            outbox.writing = True
+            await routed.real.send_all(batch[0] if len(batch) == 1 else b"".join(batch))
+            outbox.writing = False
+            outbox.batch_written()
     except (trio.BrokenResourceError, trio.ClosedResourceError):
-        session.writing = False
+        outbox.writing = False
+        routed.broken = True
+    finally:
+        routed.writer_running = False
+        outbox.direct_write = None
+        outbox.release_controls()
     scope.cancel()
-
-
-def transport_of(ws: WebSocketConnection) -> tuple[trio.abc.SendStream, trio.StrictFIFOLock]:
-    """The byte stream under ``ws`` and the lock trio-websocket holds while writing to it.
-
-    These are trio-websocket internals (pinned to >=0.12,<0.13 in pyproject.toml);
-    tests/test_transport.py fails loudly if they change shape.
-    """
-    stream = ws._stream
-    lock = ws._stream_lock
-    if not isinstance(stream, trio.abc.SendStream) or not isinstance(lock, trio.StrictFIFOLock):
-        raise RuntimeError("trio-websocket internals changed: WebSocketConnection._stream/_stream_lock")
-    return stream, lock
 
 
 async def _heartbeat(hub: Hub, ws: WebSocketConnection, session: Session) -> None:
@@ -149,10 +141,13 @@ async def _heartbeat(hub: Hub, ws: WebSocketConnection, session: Session) -> Non
 
 
 async def _expiry(hub: Hub, session: Session) -> None:
-    """Close the session when its token expires (unless ``auth.refresh`` moved the expiry)."""
+    """Close the session when its token expires; ``auth.refresh`` moves the expiry either way."""
     while session.expires_at is not None:
         delay = session.expires_at - hub.wall_clock()
         if delay <= 0:
             hub.expire_session(session)
             return
-        await trio.sleep(min(delay, 3600.0) if math.isfinite(delay) else 3600.0)
+        with trio.move_on_after(min(delay, 3600.0) if math.isfinite(delay) else 3600.0):
+            await session.expiry_changed.wait()
+        if session.expiry_changed.is_set():
+            session.expiry_changed = trio.Event()

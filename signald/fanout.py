@@ -137,35 +137,77 @@ class _Slot:
         self.payload: bytes | None = payload
 
 
+class Control:
+    """Bytes trio-websocket itself writes (pong, ping, close), queued behind our frames."""
+
+    __slots__ = ("data", "done", "written")
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.written = False
+        self.done = trio.Event()
+
+
+DirectWrite = Callable[[bytes], int]
+
+
 class Outbox:
     """The bounded send queue of one connection, with type-aware backpressure.
 
     At most ``limit`` frames wait; the writer task takes them in order with :meth:`get_batch`.
+    When nothing is queued and the writer is idle, :meth:`push` first tries ``direct_write`` (a
+    non-blocking socket write): a frame that fits in the socket buffer is sent at once, without a
+    task switch; only what did not fit is queued, ahead of everything else.
+
     Once more than ``high_water`` (3/4 of ``limit``) wait, an ephemeral frame supersedes the queued
     one with the same :func:`coalesce_key` (only the latest presence/typing per user and signal
     per kind is kept, in the position of the newest); everything else is never dropped.
 
     Error handling: a push onto a queue still full after that calls ``on_overflow`` once (the
     connection then closes with 1013) and drops the frame; pushes after :meth:`close` are ignored.
+    A partly written frame is never dropped, so the byte stream stays well-formed.
     """
 
-    __slots__ = ("_frames", "_has_frames", "_keyed", "_live", "binary", "closed", "coalesced", "high_water",
-                 "limit", "on_overflow")
+    __slots__ = ("_frames", "_has_frames", "_in_flight", "_keyed", "_live", "_partial", "binary", "closed",
+                 "coalesced", "direct_write", "high_water", "limit", "on_overflow", "writing")
 
     def __init__(self, limit: int, *, binary: bool, on_overflow: Callable[[], None]) -> None:
         self.limit = limit
         self.high_water = max(1, limit * 3 // 4)
         self.binary = binary
         self.on_overflow = on_overflow
+        self.direct_write: DirectWrite | None = None
         self.closed = False
+        self.writing = False
         self.coalesced = 0
         self._live = 0
-        self._frames: collections.deque[bytes | _Slot] = collections.deque()
+        self._partial: bytes | None = None  # the unsent tail of a frame written in part
+        self._frames: collections.deque[bytes | _Slot | Control] = collections.deque()
         self._keyed: dict[tuple[str, ...], _Slot] = {}
+        self._in_flight: list[Control] = []
         self._has_frames = trio.Event()
 
     def __len__(self) -> int:
         return self._live
+
+    @property
+    def mid_frame(self) -> bool:
+        """Part of a frame is on the wire and the rest is not: a close frame now would be garbage."""
+        return self.writing or self._partial is not None
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued and nothing being written: a direct write may go out now."""
+        return not self.writing and not self._frames and self._partial is None
+
+    def _try_direct(self, data: bytes) -> bytes | None:
+        """Write ``data`` directly if idle; the part left to queue (None: all written or not tried)."""
+        if self.direct_write is None or not self.idle:
+            return data
+        written = self.direct_write(data)
+        if written >= len(data):
+            return None
+        return data[written:] if written else data
 
     def push(self, frame: Frame) -> bool:
         """Queue ``frame`` for this connection; False if it was not queued."""
@@ -185,6 +227,14 @@ class Outbox:
             self.on_overflow()
             return False
         payload = frame.wire_binary if self.binary else frame.wire_text
+        if self.direct_write is not None and self.idle:
+            rest = self._try_direct(payload)
+            if rest is None:
+                return True
+            if len(rest) < len(payload):
+                self._partial = rest
+                self._has_frames.set()
+                return True
         if key is None:
             self._frames.append(payload)
         else:
@@ -195,37 +245,79 @@ class Outbox:
         self._has_frames.set()
         return True
 
+    def push_control(self, data: bytes) -> Control | None:
+        """Send trio-websocket's own bytes in order with ours; None if written at once.
+
+        The caller awaits ``control.done`` and then checks ``control.written``.
+        """
+        rest = self._try_direct(data)
+        if rest is None:
+            return None
+        if len(rest) < len(data):
+            self._partial = rest
+            self._has_frames.set()
+            return None
+        control = Control(data)
+        self._frames.append(control)
+        self._has_frames.set()
+        return control
+
     def _compact(self) -> None:
-        self._frames = collections.deque(f for f in self._frames if not isinstance(f, _Slot) or f.payload)
+        self._frames = collections.deque(
+            f for f in self._frames if not isinstance(f, _Slot) or f.payload is not None)
 
     async def get_batch(self) -> list[bytes]:
-        """Wait until frames are queued, then take all of them (complete WebSocket frames) in order.
+        """Wait until bytes are queued, then take all of them (complete WebSocket frames) in order.
 
         Returns an empty list once the outbox is closed and drained: the writer then stops.
+        Call :meth:`batch_written` after writing the batch.
         """
-        while not self._live:
+        while not self._frames and self._partial is None:
             if self.closed:
                 return []
             if self._has_frames.is_set():
                 self._has_frames = trio.Event()
             await self._has_frames.wait()
         batch: list[bytes] = []
+        if self._partial is not None:
+            batch.append(self._partial)
+            self._partial = None
         for item in self._frames:
-            if isinstance(item, _Slot):
+            if isinstance(item, bytes):
+                batch.append(item)
+            elif isinstance(item, _Slot):
                 if item.payload is not None:
                     batch.append(item.payload)
             else:
-                batch.append(item)
+                batch.append(item.data)
+                self._in_flight.append(item)
         self._frames.clear()
         self._keyed.clear()
         self._live = 0
         return batch
 
+    def batch_written(self) -> None:
+        """The last batch reached the socket: release trio-websocket's waiting writes."""
+        for control in self._in_flight:
+            control.written = True
+            control.done.set()
+        self._in_flight.clear()
+
+    def release_controls(self) -> None:
+        """The writer stopped: wake every waiting control write (it then writes for itself)."""
+        for control in self._in_flight:
+            control.done.set()
+        self._in_flight.clear()
+        for item in self._frames:
+            if isinstance(item, Control):
+                item.done.set()
+
     def close(self, *, drop: bool) -> None:
         """Accept no more frames; ``drop`` discards those still queued, else they are flushed."""
         self.closed = True
         if drop:
-            self._frames.clear()
+            controls = [item for item in self._frames if isinstance(item, Control)]
+            self._frames = collections.deque(controls)
             self._keyed.clear()
             self._live = 0
         self._has_frames.set()

@@ -60,6 +60,7 @@ class Hub:
         self.wall_clock: Callable[[], float] = wall_clock or time.time
         self.sessions: dict[str, Session] = {}
         self.sessions_by_user: dict[str, dict[str, Session]] = {}
+        self.handshaking: dict[str, int] = {}  # per user: accepted handshakes not yet connected
         self.counters = Counters()
         self.started_at = 0.0
         self.nursery: trio.Nursery | None = None

@@ -194,10 +194,16 @@ async def _serve_client(
             raise AuthRefused(401, "reserved user id")
     except AuthRefused as exc:
         return await _refuse(request, exc.status, exc.reason, peer)
-    if hub.connection_count(identity.user_id) >= config.limits.max_connections_per_user:
-        return await _refuse(request, 429, "too many connections for this user", peer, identity.user_id)
-
-    ws = await request.accept(subprotocol=subprotocol)
+    user = identity.user_id
+    if hub.connection_count(user) + hub.handshaking.get(user, 0) >= config.limits.max_connections_per_user:
+        return await _refuse(request, 429, "too many connections for this user", peer, user)
+    hub.handshaking[user] = hub.handshaking.get(user, 0) + 1  # hold the slot while we await accept()
+    try:
+        ws = await request.accept(subprotocol=subprotocol)
+    finally:
+        hub.handshaking[user] -= 1
+        if not hub.handshaking[user]:
+            del hub.handshaking[user]
     limits = config.limits
     session = Session(
         session_id=new_session_id(),
@@ -228,7 +234,7 @@ async def _serve_client(
             session.close_code, session.close_reason = CLOSE_GOING_AWAY, "server shutting down"
         hub.disconnect(session)
         with trio.CancelScope(shield=True), trio.move_on_after(config.server.shutdown_timeout_s):
-            if session.writing:
+            if session.outbox.mid_frame:
                 # Cancelled in the middle of a frame: a close frame now would be garbage to the peer.
                 await trio.aclose_forcefully(ws._stream)
             else:

@@ -45,8 +45,8 @@ class Session:
     outbox: Outbox = attrs.field(init=False)
     close_code: int | None = None
     close_reason: str = ""
-    writing: bool = False
     detached: bool = False
+    expiry_changed: trio.Event = attrs.field(factory=trio.Event)
     on_close: Callable[[], None] | None = None
     cancel_scope: trio.CancelScope | None = None
 

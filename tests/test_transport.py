@@ -16,9 +16,10 @@ from wsproto.connection import ConnectionType
 from wsproto.events import AcceptConnection, Request, TextMessage
 
 from signald.client import connect
-from signald.connection import transport_of
-from signald.fanout import OPCODE_BINARY, OPCODE_TEXT, websocket_frame, websocket_payload
+from signald.fanout import OPCODE_BINARY, OPCODE_TEXT, Frame, Outbox, websocket_frame, websocket_payload
+from signald.protocol import RoomActiveEvent, RoomData
 from signald.server import RunningServer
+from signald.transport import attach
 
 
 @pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65535, 65536, 70000])
@@ -41,13 +42,17 @@ def test_prebuilt_frames_parse_like_wsproto_frames(size: int, opcode: int) -> No
     assert isinstance(received[0], TextMessage) == (opcode == OPCODE_TEXT)
 
 
-async def test_trio_websocket_internals_we_write_through_still_exist(server: RunningServer) -> None:
-    captured: list[WebSocketConnection] = []
+async def test_trio_websocket_internals_we_route_through_still_exist(server: RunningServer) -> None:
     async with connect(server.url, user="alice") as client:
-        captured.append(client.ws)
-        stream, lock = transport_of(client.ws)
-        assert isinstance(stream, trio.abc.SendStream)
-        assert isinstance(lock, trio.StrictFIFOLock)
+        ws: WebSocketConnection = client.ws
+        assert isinstance(ws._stream, trio.abc.Stream)  # what signald.transport.attach replaces
+        assert isinstance(ws._stream_lock, trio.StrictFIFOLock)
+        outbox = Outbox(4, binary=False, on_overflow=lambda: None)
+        real = ws._stream
+        routed = attach(ws, outbox)
+        assert ws._stream is routed and routed.real is real
+        assert outbox.direct_write is not None  # plain TCP: direct writes are possible
+        ws._stream = real
 
 
 async def test_fan_out_frames_interleave_cleanly_with_pings(nursery: trio.Nursery, tmp_path: Path) -> None:
@@ -66,3 +71,39 @@ async def test_fan_out_frames_interleave_cleanly_with_pings(nursery: trio.Nurser
         with trio.fail_after(5):
             seen = [(await bob.next_event("room.signal"))["data"]["payload"] for _ in range(200)]
         assert seen == list(range(200))
+
+
+async def test_direct_writes_when_idle_and_queues_only_the_unsent_tail() -> None:
+    wire: list[bytes] = []
+    budget = [10**6]
+
+    def write(data: bytes) -> int:
+        n = min(len(data), budget[0])
+        wire.append(data[:n])
+        budget[0] -= n
+        return n
+
+    box = Outbox(8, binary=False, on_overflow=lambda: None)
+    box.direct_write = write
+    first, second, third = (Frame(RoomActiveEvent(data=RoomData(room=r))) for r in ("a", "b", "c"))
+    assert box.push(first)
+    assert wire == [first.wire_text] and len(box) == 0  # written at once, nothing queued
+    budget[0] = 5
+    assert box.push(second)  # only 5 bytes fit: the tail must go first once the socket drains
+    assert box.mid_frame
+    assert box.push(third)  # not idle any more: queued behind the tail, never written directly
+    control = box.push_control(b"PONG")
+    assert control is not None
+    batch = await box.get_batch()
+    assert b"".join(wire) + b"".join(batch) == first.wire_text + second.wire_text + third.wire_text + b"PONG"
+    box.batch_written()
+    assert control.written and control.done.is_set()
+
+
+async def test_a_partly_written_frame_survives_a_dropping_close() -> None:
+    box = Outbox(8, binary=False, on_overflow=lambda: None)
+    box.direct_write = lambda data: 3
+    frame = Frame(RoomActiveEvent(data=RoomData(room="a")))
+    box.push(frame)
+    box.close(drop=True)
+    assert await box.get_batch() == [frame.wire_text[3:]]
