@@ -141,7 +141,7 @@ async def serve_signald(
             disconnect_timeout=config.server.shutdown_timeout_s,
         ))
         running = RunningServer(config.server.host, listener.port, hub, ssl_context is not None)
-        log.info("signald listening on %s", running.url)
+        log.debug("signald listening on %s", running.url)
         task_status.started(running)
 
 
