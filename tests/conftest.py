@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager
+import math
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
+from trio.testing import MockClock
 
 from signald.client import SignaldClient, connect
 from signald.config import Config, load_config
@@ -49,3 +51,24 @@ def client(server: RunningServer) -> ClientFactory:
 async def collect(client: SignaldClient) -> AsyncIterator[dict[str, Any]]:  # pragma: no cover
     while True:
         yield await client.next_event()
+
+
+@contextmanager
+def time_flies(clock: MockClock) -> Iterator[None]:
+    """Let the mock clock jump to the next deadline whenever every task waits, only inside the block.
+
+    Outside it the clock stands still: a wait on the history database thread also counts as
+    "every task waits", and a jump there would fire the timers under test during the set-up.
+    """
+    clock.autojump_threshold = 0
+    try:
+        yield
+    finally:
+        clock.autojump_threshold = math.inf
+
+
+@pytest.fixture
+def frozen_clock(autojump_clock: MockClock) -> MockClock:
+    """The test's MockClock, standing still until a :func:`time_flies` block."""
+    autojump_clock.autojump_threshold = math.inf
+    return autojump_clock

@@ -9,16 +9,15 @@ inside :func:`time_flies` (see ``tests/test_rooms_ws.py`` for why).
 
 from __future__ import annotations
 
-import math
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
-from conftest import make_config, start_server
+from conftest import make_config, start_server, time_flies
 from trio.testing import MockClock
 
 from signald.client import SignaldClient, connect
@@ -48,21 +47,8 @@ async def serve(nursery: trio.Nursery, tmp_path: Path, **sections: dict[str, Any
     return await start_server(nursery, make_config(tmp_path, **sections))
 
 
-@contextmanager
-def time_flies(clock: MockClock) -> Iterator[None]:
-    """Let the mock clock jump to the next deadline whenever every task waits, only inside the block."""
-    clock.autojump_threshold = 0
-    try:
-        yield
-    finally:
-        clock.autojump_threshold = math.inf
 
 
-@pytest.fixture
-def frozen_clock(autojump_clock: MockClock) -> MockClock:
-    """The test's MockClock, standing still until a :func:`time_flies` block."""
-    autojump_clock.autojump_threshold = math.inf
-    return autojump_clock
 
 
 @pytest.fixture

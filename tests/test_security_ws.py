@@ -15,11 +15,10 @@ import hashlib
 import hmac
 import json
 import logging
-import math
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ import pytest
 import trio
 import trio_websocket
 import trustme
-from conftest import make_config, start_server
+from conftest import make_config, start_server, time_flies
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from trio.testing import MockClock
@@ -153,25 +152,8 @@ async def wait_for_count(server: RunningServer, user: str, count: int) -> None:
             await trio.sleep(0.01)
 
 
-@contextmanager
-def time_flies(clock: MockClock) -> Iterator[None]:
-    """Let the mock clock jump to the next deadline whenever every task waits, only inside the block.
-
-    Outside it the clock stands still: a wait on the network or a database thread also counts as
-    "every task waits", and a jump there would fire the timers under test during the set-up.
-    """
-    clock.autojump_threshold = 0
-    try:
-        yield
-    finally:
-        clock.autojump_threshold = math.inf
 
 
-@pytest.fixture
-def frozen_clock(autojump_clock: MockClock) -> MockClock:
-    """The test's MockClock, standing still until a :func:`time_flies` block."""
-    autojump_clock.autojump_threshold = math.inf
-    return autojump_clock
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ import time
 import trio
 
 from signald.errors import SignalError
+from signald.handlers.rooms import require_member
 from signald.history import Deleted, HistoryStore
 from signald.hub import Context, Hub
 from signald.protocol import (
@@ -85,11 +86,6 @@ def _history(ctx: Context) -> HistoryStore:
     return ctx.hub.history.store
 
 
-def _require_member(ctx: Context, room: str) -> None:
-    if not ctx.hub.rooms.is_member(ctx.session.session_id, room):
-        raise SignalError("NOT_IN_ROOM", f"join {room!r} first")
-
-
 def _check_body(ctx: Context, body: str, field: str) -> None:
     limit = ctx.hub.config.limits.max_body_chars
     if len(body) > limit:
@@ -102,7 +98,7 @@ def _room_others(ctx: Context, room: str) -> frozenset[str]:
 
 async def chat_send(ctx: Context, msg: ChatSend) -> ChatMessage:
     data = msg.data
-    _require_member(ctx, data.scope)
+    require_member(ctx, data.scope)
     _check_body(ctx, data.body, "body")
     if not data.body.strip() and not data.attachments:
         raise SignalError("INVALID_PAYLOAD", "`$.data.body` is empty and there are no attachments")
@@ -160,7 +156,7 @@ async def chat_redact(ctx: Context, msg: ChatRedact) -> RedactResult:
 
 async def chat_read(ctx: Context, msg: ChatRead) -> None:
     data = msg.data
-    _require_member(ctx, data.room)
+    require_member(ctx, data.room)
 
     def announce(moved: bool) -> None:
         event = ChatReadUpdateEvent(data=ReadUpdateData(
@@ -173,7 +169,7 @@ async def chat_read(ctx: Context, msg: ChatRead) -> None:
 
 async def chat_reaction(ctx: Context, msg: ChatReaction) -> None:
     data = msg.data
-    _require_member(ctx, data.scope)
+    require_member(ctx, data.scope)
 
     def announce(changed: bool) -> None:
         event = ChatReactionUpdateEvent(data=ReactionUpdateData(
@@ -189,7 +185,7 @@ async def chat_reaction(ctx: Context, msg: ChatReaction) -> None:
 
 async def chat_history(ctx: Context, msg: ChatHistory) -> HistoryPage:
     data = msg.data
-    _require_member(ctx, data.room)
+    require_member(ctx, data.room)
     page_max = ctx.hub.config.limits.history_page_max
     limit = min(DEFAULT_HISTORY_LIMIT, page_max) if data.limit is None else data.limit
     if limit > page_max:
