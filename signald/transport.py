@@ -25,6 +25,8 @@ from trio_websocket import WebSocketConnection
 
 from signald.fanout import DirectWrite, Outbox
 
+CLOSE_FRAME_START = b"\x88"  # FIN + opcode 0x8 (close), as wsproto frames it for a server
+
 
 def direct_writer(stream: trio.abc.Stream) -> DirectWrite | None:
     """A non-blocking ``send`` on the stream's socket, or None where bytes need a task (TLS)."""
@@ -58,6 +60,8 @@ class RoutedStream(trio.abc.Stream):
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         if self.broken:
             raise trio.BrokenResourceError("connection broken")
+        if data[:1] == CLOSE_FRAME_START:
+            self.outbox.closed = True  # RFC 6455 5.5.1: no data frames after our close frame
         if self.writer_running:
             control = self.outbox.push_control(bytes(data))
             if control is None:
