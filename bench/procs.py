@@ -1,0 +1,228 @@
+"""Server processes under test: start pinned to the server core, measure with psutil, stop.
+
+Every server is a separate ``python`` process started from the repository root. It is pinned to
+one core (``SERVER_CPU``) before ``exec`` (so threads it starts, like signald's SQLite thread,
+stay there too) and gets its file-descriptor soft limit raised to the hard limit. The load client
+(this process and any helper processes) runs on the other core.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+from bench.wsclient import DIALECTS, Dialect
+
+REPO = Path(__file__).resolve().parent.parent
+READY = re.compile(r"ready on ws://([0-9.]+):(\d+)/")
+
+# signald's per-connection limits are for abuse, not for a load client: raise them for the bench.
+SIGNALD_ENV = {
+    "SIGNALD_LIMITS_RATE_PER_S": "1000000",
+    "SIGNALD_LIMITS_RATE_BURST": "1000000",
+    "SIGNALD_LIMITS_SEND_QUEUE": "1000000",
+    "SIGNALD_SERVER_NEW_CONNECTIONS_PER_IP_PER_S": "0",
+}
+
+
+def cpus() -> tuple[int | None, int | None]:
+    """(server core, client core), or (None, None) when fewer than two cores are available."""
+    available = sorted(os.sched_getaffinity(0))
+    if len(available) < 2:
+        return None, None
+    return available[0], available[1]
+
+
+SERVER_CPU, CLIENT_CPU = cpus()
+
+
+def raise_nofile(wanted: int | None = None) -> int:
+    """Raise this process's open-file soft limit (to ``wanted`` or the hard limit); returns it.
+
+    Raising the hard limit itself needs CAP_SYS_RESOURCE; without it the hard limit is the cap.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if wanted is not None and wanted > hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, wanted))
+            return wanted
+    target = hard if wanted is None else min(wanted, hard)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def pin_to(cpu: int | None) -> None:
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
+
+
+@dataclass
+class ServerSpec:
+    """One way to run a server: a name, the load client dialect, and its command line."""
+
+    name: str
+    dialect_name: str
+    argv: Callable[[str], list[str]]  # tmpdir -> argv
+    env: dict[str, str] = field(default_factory=dict)
+    label: str = ""
+
+    @property
+    def dialect(self) -> Dialect:
+        return DIALECTS[self.dialect_name]
+
+
+PY = sys.executable
+
+SPECS: dict[str, ServerSpec] = {
+    "signald": ServerSpec(
+        "signald", "signald",
+        lambda tmp: [PY, "-m", "signald", "serve", "--port", "0", "--db", os.path.join(tmp, "bench.db"),
+                     "--log-level", "warning"],
+        SIGNALD_ENV, "signald (SQLite file, WAL, synchronous=NORMAL)",
+    ),
+    "signald-mem": ServerSpec(
+        "signald-mem", "signald",
+        lambda tmp: [PY, "-m", "signald", "serve", "--port", "0", "--db", ":memory:", "--log-level", "warning"],
+        SIGNALD_ENV, "signald with --db :memory:",
+    ),
+    "socketio": ServerSpec(
+        "socketio", "socketio",
+        lambda tmp: [PY, "-m", "bench.servers.socketio_server", "--port", "0"],
+        {}, "python-socketio AsyncServer on aiohttp",
+    ),
+    "websockets": ServerSpec(
+        "websockets", "websockets",
+        lambda tmp: [PY, "-m", "bench.servers.websockets_server", "--port", "0"],
+        {}, "asyncio websockets + broadcast()",
+    ),
+}
+
+
+@dataclass
+class Server:
+    """A running server process."""
+
+    spec: ServerSpec
+    proc: subprocess.Popen[bytes]
+    host: str
+    port: int
+    stderr_path: str
+    ps: psutil.Process
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the process so far (all its threads)."""
+        t = self.ps.cpu_times()
+        return float(t.user + t.system)
+
+    def rss(self) -> int:
+        return int(self.ps.memory_info().rss)
+
+    def nofile_limit(self) -> tuple[int, int]:
+        soft, hard = self.ps.rlimit(psutil.RLIMIT_NOFILE)
+        return int(soft), int(hard)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stderr_tail(self, lines: int = 20) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(Path(self.stderr_path).read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+
+def _preexec(nofile: int | None) -> Callable[[], None]:
+    def setup() -> None:
+        pin_to(SERVER_CPU)
+        raise_nofile(nofile)
+    return setup
+
+
+def _spawn(spec: ServerSpec, tmp: str, nofile: int | None, wrap: list[str] | None) -> tuple[
+        subprocess.Popen[bytes], str]:
+    argv = spec.argv(tmp)
+    if wrap:
+        argv = [argv[0], *wrap, *argv[1:]]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SIGNALD_")}
+    env.update(spec.env)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    stderr_path = os.path.join(tmp, "stderr.log")
+    with open(stderr_path, "wb") as err:
+        proc = subprocess.Popen(argv, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=err, preexec_fn=_preexec(nofile))
+    return proc, stderr_path
+
+
+def _ready(spec: ServerSpec, proc: subprocess.Popen[bytes], stderr_path: str, deadline: float) -> Server | None:
+    """The server once its ready line is out; None while still starting; raises if it never will."""
+    text = Path(stderr_path).read_text(errors="replace")
+    match = READY.search(text)
+    if match:
+        return Server(spec, proc, match.group(1), int(match.group(2)), stderr_path, psutil.Process(proc.pid))
+    if proc.poll() is not None or time.monotonic() > deadline:
+        raise RuntimeError(f"{spec.name} did not start (exit {proc.poll()}):\n{text[-2000:]}")
+    return None
+
+
+@contextlib.asynccontextmanager
+async def running(spec: ServerSpec, *, nofile: int | None = None, startup_s: float = 30.0,
+                  wrap: list[str] | None = None) -> AsyncIterator[Server]:
+    """Start ``spec`` pinned to the server core, wait for its ready line, stop it on exit.
+
+    ``wrap`` is put before the module arguments (e.g. ``["-m", "cProfile", "-o", PATH]``).
+    """
+    with tempfile.TemporaryDirectory(prefix=f"bench-{spec.name}-") as tmp:
+        proc, stderr_path = _spawn(spec, tmp, nofile, wrap)
+        try:
+            deadline = time.monotonic() + startup_s
+            server = _ready(spec, proc, stderr_path, deadline)
+            while server is None:
+                await asyncio.sleep(0.05)
+                server = _ready(spec, proc, stderr_path, deadline)
+            yield server
+        finally:
+            await stop(proc)
+
+
+async def stop(proc: subprocess.Popen[bytes], grace_s: float = 15.0) -> None:
+    """SIGTERM (the servers shut down cleanly, cProfile writes its stats), SIGKILL after ``grace_s``."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.to_thread(proc.wait, grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            await asyncio.to_thread(proc.wait)
+
+
+def client_cpu_seconds() -> float:
+    """CPU time of this (load client) process so far."""
+    t = os.times()
+    return t.user + t.system
+
+
+def machine_busy_seconds() -> float:
+    """CPU time spent by the whole machine so far (all cores, everything but idle and iowait)."""
+    t = psutil.cpu_times()
+    return float(sum(t) - t.idle - getattr(t, "iowait", 0.0) - getattr(t, "guest", 0.0)
+                 - getattr(t, "guest_nice", 0.0) - getattr(t, "steal", 0.0))
+
+
+def quiet_machine(threshold_pct: float = 10.0, sample_s: float = 1.0) -> bool:
+    """True if the machine's CPU use, beside this process, stayed under ``threshold_pct`` of one core."""
+    busy0, own0 = machine_busy_seconds(), client_cpu_seconds()
+    time.sleep(sample_s)
+    return ((machine_busy_seconds() - busy0) - (client_cpu_seconds() - own0)) / sample_s * 100 < threshold_pct

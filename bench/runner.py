@@ -1,0 +1,412 @@
+"""Run the workloads, servers interleaved (A B C, then C B A, ...), and judge the targets.
+
+Every (workload, round, server) gets a freshly started server process, so a server's earlier
+rounds never warm up (or fragment) a later one. The value shown per server is the median over
+rounds; ratios are signald's median over the peer's median.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime
+import json
+import math
+import os
+import platform
+import signal
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from bench.procs import (
+    CLIENT_CPU,
+    SERVER_CPU,
+    SPECS,
+    client_cpu_seconds,
+    machine_busy_seconds,
+    pin_to,
+    quiet_machine,
+    raise_nofile,
+    running,
+)
+from bench.workloads import FULL, QUICK, WORKLOADS, Sizes
+from bench.wsclient import run_loop
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+GB = 1.5 * 1024  # MiB: the (f) memory budget for 50,000 connections
+
+
+@dataclass(frozen=True)
+class Target:
+    """One target of the issue, judged on the medians of one run."""
+
+    workload: str
+    metric: str
+    text: str
+    op: str  # ">=", "<=", "<"
+    bound: float
+    peer: str | None = None  # ratio signald/peer when set, else an absolute value of signald's
+    server: str = "signald"
+    unit: str = ""
+
+
+def targets_for(sizes: Sizes) -> list[Target]:
+    out: list[Target] = []
+    for n in sizes.fanout_members:
+        out += [
+            Target("b", f"rate_{n}", f"fan-out delivered msgs/s, {n} members, vs python-socketio", ">=", 4.0,
+                   "socketio"),
+            Target("b", f"rate_{n}", f"fan-out delivered msgs/s, {n} members, vs websockets", ">=", 1.2,
+                   "websockets"),
+        ]
+    for n in sizes.fanout_members:  # the same, free of the load client's ceiling
+        out += [
+            Target("b", f"per_core_{n}", f"fan-out deliveries per server CPU-second, {n} members, vs python-socketio",
+                   ">=", 4.0, "socketio"),
+            Target("b", f"per_core_{n}", f"fan-out deliveries per server CPU-second, {n} members, vs websockets",
+                   ">=", 1.2, "websockets"),
+        ]
+    out += [
+        Target("a", "p50_ms", "ack round trip p50 (durable) vs python-socketio", "<=", 0.8, "socketio"),
+        Target("a", "p99_ms", "ack round trip p99 (durable) vs python-socketio", "<=", 0.8, "socketio"),
+    ]
+    out += [Target("c", f"rss_kb_{n}", f"idle memory per connection at {n} vs python-socketio", "<=", 0.6,
+                   "socketio") for n in sizes.idle_sizes]
+    out.append(Target("e", "rate", "durable acked chat.send/s vs the same with --db :memory:", ">=", 0.7,
+                      "signald-mem"))
+    n = sizes.scale_connections
+    out += [
+        Target("f", "held", f"{n:,} idle connections held by one process", ">=", n, unit="conns"),
+        Target("f", "rss_mb_at_50k", "RSS with 50,000 idle connections (linear from those held)", "<=", GB,
+               unit="MiB"),
+        Target("f", "idle_cpu_pct_at_50k", "idle CPU with 50,000 connections, % of one core (linear from those "
+               "held)", "<", 5.0, unit="%"),
+    ]
+    return out
+
+
+def _ok(value: float, op: str, bound: float) -> bool:
+    return {"<=": value <= bound, ">=": value >= bound, "<": value < bound}[op]
+
+
+def median_of(rounds: list[dict[str, Any]], metric: str) -> float | None:
+    values = [r[metric] for r in rounds if isinstance(r.get(metric), int | float) and not isinstance(
+        r.get(metric), bool) and math.isfinite(r[metric])]
+    return statistics.median(values) if values else None
+
+
+def summarize(raw: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, dict[str, dict[str, float]]]:
+    """workload -> server -> metric -> median over rounds."""
+    summary: dict[str, dict[str, dict[str, float]]] = {}
+    for wl, servers in raw.items():
+        for server, rounds in servers.items():
+            metrics = {k for r in rounds for k in r}
+            for metric in sorted(metrics):
+                value = median_of(rounds, metric)
+                if value is not None:
+                    summary.setdefault(wl, {}).setdefault(server, {})[metric] = value
+    return summary
+
+
+def judge(summary: dict[str, dict[str, dict[str, float]]], sizes: Sizes) -> list[dict[str, Any]]:
+    verdicts = []
+    for t in targets_for(sizes):
+        mine = summary.get(t.workload, {}).get(t.server, {}).get(t.metric)
+        entry: dict[str, Any] = {**asdict(t), "signald": mine, "peer_value": None, "value": None, "verdict": "n/a"}
+        if mine is not None:
+            if t.peer is not None:
+                peer = summary.get(t.workload, {}).get(t.peer, {}).get(t.metric)
+                entry["peer_value"] = peer
+                if peer:
+                    entry["value"] = mine / peer
+            else:
+                entry["value"] = mine
+            if entry["value"] is not None:
+                entry["verdict"] = "PASS" if _ok(entry["value"], t.op, t.bound) else "MISS"
+        verdicts.append(entry)
+    return verdicts
+
+
+# ------------------------------------------------------------------------------------ printing
+
+ROWS: dict[str, list[tuple[str, str, str]]] = {  # workload -> (metric, label, format)
+    "a": [("p50_ms", "ack p50 (ms)", ".3f"), ("p99_ms", "ack p99 (ms)", ".3f")],
+    "c": [],
+    "d": [("rate", "connections/s", ",.0f"), ("cpu_ms_per_conn", "server CPU per connection (ms)", ".2f")],
+    "e": [("rate", "acked chat.send/s", ",.0f"), ("cpu_us_per_send", "server CPU per send (µs)", ".0f")],
+    "f": [("held", "connections held", ",.0f"), ("rss_mb", "RSS (MiB)", ",.0f"),
+          ("rss_kb_per_conn", "RSS per connection (KiB)", ".1f"), ("idle_cpu_pct", "idle CPU (% of a core)", ".2f"),
+          ("rss_mb_at_50k", "RSS at 50,000, linear from held (MiB)", ",.0f"),
+          ("idle_cpu_pct_at_50k", "idle CPU at 50,000, linear from held (%)", ".2f"),
+          ("lost_while_idle", "connections lost while idle", ",.0f")],
+}
+
+
+def rows_for(workload: str, sizes: Sizes) -> list[tuple[str, str, str]]:
+    if workload == "b":
+        rows = []
+        for n in sizes.fanout_members:
+            rows += [(f"rate_{n}", f"delivered msgs/s, {n} members", ",.0f"),
+                     (f"cpu_us_{n}", f"server CPU per delivery, {n} members (µs)", ".2f"),
+                     (f"per_core_{n}", f"deliveries per server CPU-second, {n} members", ",.0f"),
+                     (f"client_cpu_pct_{n}", f"load client CPU, {n} members (% of a core)", ".0f")]
+        return rows
+    if workload == "c":
+        return [(f"rss_kb_{n}", f"RSS per idle connection at {n:,} (KiB)", ".1f") for n in sizes.idle_sizes] + [
+            (f"idle_cpu_pct_{sizes.idle_sizes[-1]}", f"idle CPU at {sizes.idle_sizes[-1]:,} (% of a core)", ".2f")]
+    return ROWS[workload]
+
+
+def fmt(value: float | None, spec: str) -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def table_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rows of the results table: workload, label, value per server, ratios vs the peers."""
+    sizes = Sizes(**{k: tuple(v) if isinstance(v, list) else v for k, v in result["sizes"].items()})
+    summary = result["summary"]
+    rows = []
+    for wl in result["workloads"]:
+        servers = WORKLOADS[wl].servers
+        for metric, label, spec in rows_for(wl, sizes):
+            values = {s: summary.get(wl, {}).get(s, {}).get(metric) for s in servers}
+            mine = values.get("signald")
+            ratios = {}
+            for peer in ("socketio", "websockets", "signald-mem"):
+                theirs = values.get(peer)
+                if peer in servers and mine is not None and theirs:
+                    ratios[peer] = mine / theirs
+            rows.append({"workload": wl, "metric": metric, "label": label, "format": spec, "values": values,
+                         "ratios": ratios})
+    return rows
+
+
+def print_table(result: dict[str, Any]) -> None:
+    columns = ["signald", "signald-mem", "socketio", "websockets"]
+    print(f"\n{'':4}{'metric':48}" + "".join(f"{c:>14}" for c in columns)
+          + f"{'÷socketio':>11}{'÷websockets':>13}{'÷mem':>7}")
+    for row in table_rows(result):
+        cells = "".join(f"{fmt(row['values'].get(c), row['format']):>14}" for c in columns)
+        ratios = row["ratios"]
+        print(f"({row['workload']}) {row['label']:48}{cells}"
+              f"{fmt(ratios.get('socketio'), '.2f'):>11}{fmt(ratios.get('websockets'), '.2f'):>13}"
+              f"{fmt(ratios.get('signald-mem'), '.2f'):>7}")
+    print("\ntargets:")
+    for v in result["verdicts"]:
+        what = f"signald/{v['peer']}" if v["peer"] else "signald"
+        value = fmt(v["value"], ".2f" if v["peer"] else ",.1f")
+        print(f"  {v['verdict']:5} ({v['workload']}) {v['text']}: {what} = {value} (target {v['op']} "
+              f"{v['bound']:g}{' ' + v['unit'] if v['unit'] else ''})")
+    for note in result.get("notes", []):
+        print(f"  note: {note}")
+
+
+# ------------------------------------------------------------------------------------ running
+
+def signald_source() -> dict[str, Any]:
+    """Which signald was measured: the commit, whether signald/ had local changes, a digest of its code."""
+    import hashlib
+    import subprocess
+
+    repo = RESULTS_DIR.parent.parent
+    digest = hashlib.sha256()
+    for path in sorted((repo / "signald").rglob("*.py")):
+        digest.update(path.relative_to(repo).as_posix().encode() + b"\0" + path.read_bytes())
+    info: dict[str, Any] = {"digest": digest.hexdigest()[:16]}
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        info["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True,
+                                        text=True, timeout=10).stdout.strip()
+        info["dirty"] = bool(subprocess.run(["git", "status", "--porcelain", "--", "signald"], cwd=repo,
+                                            capture_output=True, text=True, timeout=10).stdout.strip())
+    return info
+
+
+def environment() -> dict[str, Any]:
+    cpu_model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {}
+    for dist in ("trio", "trio-websocket", "wsproto", "msgspec", "python-socketio", "python-engineio", "aiohttp",
+                 "websockets", "psutil"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = None
+    mem_total = 0
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        mem_total = int(Path("/proc/meminfo").read_text().split()[1]) * 1024
+    return {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu_model": cpu_model, "cores": os.cpu_count(), "memory_gib": round(mem_total / 2**30, 1),
+        "python": platform.python_version(), "platform": platform.platform(terse=True),
+        "server_cpu": SERVER_CPU, "client_cpu": CLIENT_CPU, "versions": versions,
+        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
+        "signald_source": signald_source(),
+    }
+
+
+NOISY_PCT = 25.0  # other processes' CPU during a run, % of one core, above which the run is repeated
+
+
+async def run_all(keys: list[str], sizes: Sizes, log: Any = print, *, retries: int = 2,
+                  wait_quiet_s: float = 120.0) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """Every workload, its servers interleaved round by round.
+
+    Before each run, wait (at most ``wait_quiet_s``) for the machine to be idle; a run during
+    which other processes used more than ``NOISY_PCT`` of a core is repeated (``retries`` times).
+    """
+    raw: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for key in keys:
+        workload = WORKLOADS[key]
+        log(f"({key}) {workload.title}")
+        for round_no in range(sizes.rounds):
+            order = workload.servers if round_no % 2 == 0 else tuple(reversed(workload.servers))
+            for name in order:
+                for attempt in range(1, retries + 2):
+                    metrics = await run_one(key, name, sizes, round_no, wait_quiet_s, log)
+                    if metrics.get("foreign_cpu_pct", 0) <= NOISY_PCT or attempt > retries:
+                        break
+                    log(f"    round {round_no + 1} {name}: other processes used {metrics['foreign_cpu_pct']:.0f}% "
+                        "of a core meanwhile; running it again")
+                raw.setdefault(key, {}).setdefault(name, []).append(metrics)
+    return raw
+
+
+async def run_one(key: str, name: str, sizes: Sizes, round_no: int, wait_quiet_s: float, log: Any) -> dict[str, Any]:
+    """One workload against one fresh server; adds ``foreign_cpu_pct`` (other processes' CPU meanwhile)."""
+    deadline = time.monotonic() + wait_quiet_s
+    while wait_quiet_s and time.monotonic() < deadline and not await asyncio.to_thread(quiet_machine):
+        pass  # someone else is using the machine: give them a moment
+    nofile = sizes.scale_connections + 1000 if key == "f" else None
+    t0 = time.perf_counter()
+    try:
+        async with running(SPECS[name], nofile=nofile) as server:
+            busy0, own0, server0, w0 = (machine_busy_seconds(), client_cpu_seconds(), server.cpu_seconds(),
+                                        time.perf_counter())
+            metrics = await WORKLOADS[key].run(server, sizes, f"{round_no}")
+            if not server.alive():
+                raise RuntimeError(f"{name} died:\n{server.stderr_tail()}")
+            foreign = (machine_busy_seconds() - busy0) - (client_cpu_seconds() - own0) \
+                - (server.cpu_seconds() - server0) - metrics.get("helper_cpu_s", 0.0)
+            metrics["foreign_cpu_pct"] = max(0.0, foreign) / (time.perf_counter() - w0) * 100
+    except Exception as exc:  # one failed run is reported, the others go on
+        metrics = {"error": f"{type(exc).__name__}: {exc}"}
+    shown = {k: round(v, 3) if isinstance(v, float) else v for k, v in metrics.items()}
+    log(f"    round {round_no + 1}/{sizes.rounds} {name:12} {time.perf_counter() - t0:5.1f}s {shown}")
+    return metrics
+
+
+def notes_for(raw: dict[str, dict[str, list[dict[str, Any]]]]) -> list[str]:
+    notes = []
+    bound: dict[tuple[str, str, str], list[float]] = {}
+    for key, servers in raw.items():
+        for server, rounds in servers.items():
+            for i, r in enumerate(rounds):
+                if "error" in r:
+                    notes.append(f"({key}) {server} round {i + 1} failed: {r['error']}")
+                for metric, value in r.items():
+                    if metric.startswith("complete_") and value is False:
+                        notes.append(f"({key}) {server} round {i + 1}: {metric[9:]} members, only "
+                                     f"{r.get('delivered_' + metric[9:])} of {r.get('expected_' + metric[9:])} "
+                                     "deliveries arrived before the timeout")
+                    long_enough = r.get(f"elapsed_s_{metric[15:]}", 0) >= 2.0  # CPU clock ticks are 10 ms
+                    if metric.startswith("client_cpu_pct_") and isinstance(value, float) and value > 90 and long_enough:
+                        bound.setdefault((key, server, metric[15:]), []).append(value)
+                if r.get("foreign_cpu_pct", 0) > NOISY_PCT:
+                    notes.append(f"({key}) {server} round {i + 1}: other processes on the machine used "
+                                 f"{r['foreign_cpu_pct']:.0f}% of a core during the run (noise)")
+                if "limited_by" in r and i == 0:
+                    notes.append(f"({key}) {server}: attempted {r['attempted']:,} of {r['target']:,} connections: "
+                                 f"{r['limited_by']}")
+    for (key, server, members), values in bound.items():
+        notes.append(f"({key}) {server}, {members} members: the load client was at {min(values):.0f}-"
+                     f"{max(values):.0f}% of its core in {len(values)} of {len(raw[key][server])} rounds, so the "
+                     "delivered rate is (partly) the client's ceiling; server CPU per delivery still holds")
+    return notes
+
+
+def source_notes(env: dict[str, Any]) -> list[str]:
+    start, end = env.get("signald_source", {}), env.get("signald_source_at_end", {})
+    if start.get("digest") != end.get("digest"):
+        return ["signald's source changed while this run was going on (started at code digest "
+                f"{start.get('digest')}, ended at {end.get('digest')}): servers started later ran the newer code"]
+    return []
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="signald vs python-socketio vs websockets, same machine, same run, interleaved.",
+    )
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, one round (CI smoke, < 60 s)")
+    parser.add_argument("--only", help="comma-separated workloads to run, from a,b,c,d,e,f (default: all)")
+    parser.add_argument("--rounds", type=int, help="rounds per server (default 3; quick 1)")
+    parser.add_argument("--scale", type=int, help="connections to aim for in (f) (default 50000)")
+    parser.add_argument("--out", help="where to save the results JSON "
+                        "(default bench/results/latest.json; quick: bench/results/quick.json)")
+    parser.add_argument("--report", action="store_true",
+                        help="do not run: write docs/benchmarks.md and docs/benchmarks.png from the saved results")
+    parser.add_argument("--results", default=str(RESULTS_DIR / "latest.json"), help="results JSON for --report")
+    parser.add_argument("--profile", action="store_true",
+                        help="do not run the workloads: profile signald (cProfile) under the largest fan-out")
+    args = parser.parse_args(argv)
+
+    if args.report:
+        from bench.report import write_report
+
+        result = json.loads(Path(args.results).read_text())
+        for path in write_report(result):
+            print(f"wrote {path}")
+        return 0
+
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop the servers on the way out
+    pin_to(CLIENT_CPU)
+    raise_nofile()
+    sizes = QUICK if args.quick else FULL
+    if args.rounds:
+        sizes = Sizes(**{**asdict(sizes), "rounds": args.rounds})
+    if args.scale:
+        sizes = Sizes(**{**asdict(sizes), "scale_connections": args.scale})
+    if args.profile:
+        from bench.profile import profile_fanout
+
+        return run_loop(profile_fanout(sizes))
+    keys = [k.strip() for k in args.only.split(",")] if args.only else list(WORKLOADS)
+    unknown = [k for k in keys if k not in WORKLOADS]
+    if unknown:
+        parser.error(f"unknown workload(s) {', '.join(unknown)}; choose from {', '.join(WORKLOADS)}")
+
+    env = environment()
+    print(f"signald bench: {'quick' if args.quick else 'full'}, workloads {','.join(keys)}, {sizes.rounds} round(s); "
+          f"servers on CPU {SERVER_CPU}, load client on CPU {CLIENT_CPU}; {env['cpu_model']}, {env['cores']} cores")
+    started = time.perf_counter()
+    raw = run_loop(run_all(keys, sizes, log=lambda line: print(line, flush=True),
+                           retries=0 if args.quick else 2, wait_quiet_s=0 if args.quick else 120))
+    env["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    env["signald_source_at_end"] = signald_source()
+    summary = summarize(raw)
+    result = {
+        "mode": "quick" if args.quick else "full", "environment": env, "sizes": asdict(sizes), "workloads": keys,
+        "raw": raw, "summary": summary, "verdicts": judge(summary, sizes),
+        "notes": notes_for(raw) + source_notes(env),
+        "duration_s": round(time.perf_counter() - started, 1), "command": " ".join(["python -m bench", *sys.argv[1:]]),
+    }
+    print_table(result)
+    out = Path(args.out) if args.out else RESULTS_DIR / ("quick.json" if args.quick else "latest.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"\nsaved {out} ({result['duration_s']} s)")
+    errors = [n for n in result["notes"] if "failed:" in n]
+    return 1 if errors else 0

@@ -1,0 +1,352 @@
+"""Workloads (a) to (f). Each runs against one freshly started server and returns its metrics.
+
+All of them drive the server through :mod:`bench.wsclient` from this (load client) process,
+except (f), which spreads its connections over :mod:`bench.holder` processes. Names used:
+a distinct user per connection (signald limits connections per user), rooms unique per run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import psutil
+
+from bench.procs import REPO, Server, client_cpu_seconds
+from bench.wsclient import Conn, Stats, connect_many, quiet
+
+BODY = "the quick brown fox jumps over the lazy dog while the daemon fans it out"  # 72 chars
+LOCAL_HOSTS = [f"127.0.0.{i}" for i in range(2, 10)]  # source addresses for handshake-heavy runs
+
+Metrics = dict[str, Any]
+ISSUE_SCALE = 50_000  # (f): the connection count the issue's budget is stated for
+
+
+@dataclass(frozen=True)
+class Sizes:
+    rounds: int = 3
+    # (a) ack round trip
+    rtt_warmup: int = 200
+    rtt_messages: int = 3000
+    # (b) fan-out
+    fanout_members: tuple[int, ...] = (50, 500)
+    fanout_deliveries: int = 300_000
+    fanout_senders: int = 5
+    fanout_window: int = 8
+    # (c) idle memory
+    idle_sizes: tuple[int, ...] = (1000, 5000)
+    idle_room_size: int = 50
+    idle_cpu_window_s: float = 50.0  # at the largest size: two socket.io, 2.5 signald/websockets heartbeats
+    # (d) connection rate
+    connect_count: int = 2000
+    connect_concurrency: int = 50
+    # (e) durable acked sends
+    durable_senders: int = 50
+    durable_messages: int = 400  # per sender
+    # (f) scale
+    scale_connections: int = 50_000
+    scale_per_holder: int = 10_000
+    scale_window_s: float = 40.0  # two signald heartbeat intervals
+    scale_settle_s: float = 5.0
+
+
+FULL = Sizes()
+QUICK = Sizes(
+    rounds=1, rtt_warmup=5, rtt_messages=20, fanout_members=(5,), fanout_deliveries=80, fanout_senders=2,
+    idle_sizes=(50,), idle_room_size=10, idle_cpu_window_s=1.0, connect_count=50, connect_concurrency=10,
+    durable_senders=5, durable_messages=10, scale_connections=200, scale_per_holder=100, scale_window_s=2.0,
+    scale_settle_s=0.5,
+)
+
+
+def quantile(sorted_values: list[float], q: float) -> float:
+    """Nearest-rank quantile of an already sorted list."""
+    if not sorted_values:
+        return math.nan
+    rank = max(1, math.ceil(q * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+def abort_all(conns: list[Conn]) -> None:
+    """Reset every connection (no TIME_WAIT). Before stopping the server, also let it notice."""
+    for conn in conns:
+        conn.abort()
+
+
+async def drop_all(conns: list[Conn]) -> None:
+    """Reset every connection and give the server a moment to see the resets before it is stopped
+    (a daemon asked to stop while it still believes a client is there waits for that client's close)."""
+    abort_all(conns)
+    await asyncio.sleep(0.3)
+
+
+# ---------------------------------------------------------------------------------------- (a)
+
+async def ack_rtt(server: Server, sizes: Sizes, tag: str) -> Metrics:
+    """One client, sequential ``chat.send``: the time from send to ack, p50 and p99."""
+    stats = Stats()
+    conns, _ = await connect_many(server.spec.dialect, server.host, server.port, [f"rtt-{tag}"], stats,
+                                  rooms=[f"rtt-{tag}"])
+    conn = conns[0]
+    await quiet(stats, interval=0.2)
+    for _ in range(sizes.rtt_warmup):
+        await conn.chat(f"rtt-{tag}", BODY)
+    rtts: list[float] = []
+    for _ in range(sizes.rtt_messages):
+        start = time.perf_counter()
+        await conn.chat(f"rtt-{tag}", BODY)
+        rtts.append(time.perf_counter() - start)
+    await drop_all(conns)
+    rtts.sort()
+    return {"p50_ms": quantile(rtts, 0.50) * 1e3, "p99_ms": quantile(rtts, 0.99) * 1e3,
+            "mean_ms": sum(rtts) / len(rtts) * 1e3, "samples": len(rtts)}
+
+
+# ---------------------------------------------------------------------------------------- (b)
+
+async def fanout(server: Server, sizes: Sizes, tag: str) -> Metrics:
+    """N members in one room; a few of them send with a window of unacked messages each.
+
+    Delivered = chat events received by all connections (each message reaches N-1 of them).
+    Rate = delivered / time from the first send to the last delivery; server CPU per delivery
+    = the server process's CPU time over that interval / delivered.
+    """
+    metrics: Metrics = {}
+    for members in sizes.fanout_members:
+        metrics.update(await _fanout_one(server, sizes, tag, members))
+    return metrics
+
+
+async def _fanout_one(server: Server, sizes: Sizes, tag: str, members: int) -> Metrics:
+    stats = Stats()
+    room = f"fan{members}-{tag}"
+    users = [f"f{members}-{tag}-{i}" for i in range(members)]
+    conns, failed = await connect_many(server.spec.dialect, server.host, server.port, users, stats,
+                                       rooms=[room] * members, concurrency=50, timeout_s=120)
+    if failed:
+        abort_all(conns)
+        raise RuntimeError(f"fan-out {members}: {failed} connections failed")
+    await quiet(stats, interval=0.5)
+    senders = conns[:min(sizes.fanout_senders, members)]
+    per_sender = max(1, math.ceil(sizes.fanout_deliveries / (members - 1) / len(senders)))
+    expected = per_sender * len(senders) * (members - 1)
+    stats.expect(expected)
+
+    async def send_all(conn: Conn) -> None:
+        window = asyncio.Semaphore(sizes.fanout_window)
+        futures = []
+        for _ in range(per_sender):
+            await window.acquire()
+            future = conn.chat(room, BODY)
+            future.add_done_callback(lambda _f: window.release())
+            futures.append(future)
+        await asyncio.gather(*futures)
+
+    cpu0, client0, t0 = server.cpu_seconds(), client_cpu_seconds(), time.perf_counter()
+    complete = True
+    try:
+        await asyncio.wait_for(asyncio.gather(stats.done.wait(), *(send_all(c) for c in senders)),
+                               timeout=max(60.0, expected / 2000))
+    except TimeoutError:
+        complete = False
+    elapsed = time.perf_counter() - t0
+    cpu = server.cpu_seconds() - cpu0
+    client_cpu = client_cpu_seconds() - client0
+    delivered = stats.events
+    await drop_all(conns)
+    return {
+        f"rate_{members}": delivered / elapsed,
+        f"cpu_us_{members}": cpu / max(1, delivered) * 1e6,
+        f"per_core_{members}": delivered / cpu if cpu > 0 else math.nan,
+        f"server_cpu_pct_{members}": cpu / elapsed * 100,
+        f"client_cpu_pct_{members}": client_cpu / elapsed * 100,
+        f"elapsed_s_{members}": elapsed,
+        f"delivered_{members}": delivered,
+        f"expected_{members}": expected,
+        f"complete_{members}": complete and delivered == expected,
+    }
+
+
+# ---------------------------------------------------------------------------------------- (c)
+
+async def idle_memory(server: Server, sizes: Sizes, tag: str) -> Metrics:
+    """RSS growth per idle connection (handshake done, joined one room of ``idle_room_size``).
+
+    At the largest size the server's CPU is also sampled over ``idle_cpu_window_s`` of idleness:
+    what keeping those connections alive (heartbeats) costs.
+    """
+    stats = Stats()
+    dialect = server.spec.dialect
+    warm, _ = await connect_many(dialect, server.host, server.port, [f"w-{tag}-{i}" for i in range(20)], stats,
+                                 rooms=[f"warm-{tag}"] * 20)
+    await quiet(stats)
+    abort_all(warm)
+    await asyncio.sleep(1.0)
+    base = server.rss()
+    metrics: Metrics = {"base_rss_mb": base / 2**20}
+    conns: list[Conn] = []
+    for size in sizes.idle_sizes:
+        start = len(conns)
+        users = [f"i-{tag}-{i}" for i in range(start, size)]
+        rooms = [f"idle-{tag}-{i // sizes.idle_room_size}" for i in range(start, size)]
+        more, failed = await connect_many(dialect, server.host, server.port, users, stats, rooms=rooms,
+                                          concurrency=100, local_hosts=LOCAL_HOSTS, timeout_s=120)
+        conns += more
+        await quiet(stats, interval=0.5)
+        await asyncio.sleep(1.0)
+        rss = server.rss()
+        metrics[f"rss_kb_{size}"] = (rss - base) / max(1, len(conns)) / 1024
+        metrics[f"rss_mb_{size}"] = rss / 2**20
+        metrics[f"failed_{size}"] = failed
+    cpu0, t0 = server.cpu_seconds(), time.perf_counter()
+    await asyncio.sleep(sizes.idle_cpu_window_s)
+    window = time.perf_counter() - t0
+    metrics[f"idle_cpu_pct_{sizes.idle_sizes[-1]}"] = (server.cpu_seconds() - cpu0) / window * 100
+    metrics["lost"] = stats.closed - len(warm)  # connections that dropped by themselves
+    await drop_all(conns)
+    return metrics
+
+
+# ---------------------------------------------------------------------------------------- (d)
+
+async def connect_rate(server: Server, sizes: Sizes, tag: str) -> Metrics:
+    """Handshake + welcome per second with ``connect_concurrency`` handshakes in flight."""
+    stats = Stats()
+    users = [f"c-{tag}-{i}" for i in range(sizes.connect_count)]
+    cpu0, t0 = server.cpu_seconds(), time.perf_counter()
+    conns, failed = await connect_many(server.spec.dialect, server.host, server.port, users, stats,
+                                       concurrency=sizes.connect_concurrency, local_hosts=LOCAL_HOSTS)
+    elapsed = time.perf_counter() - t0
+    cpu = server.cpu_seconds() - cpu0
+    await drop_all(conns)
+    return {"rate": len(conns) / elapsed, "cpu_ms_per_conn": cpu / max(1, len(conns)) * 1e3, "failed": failed}
+
+
+# ---------------------------------------------------------------------------------------- (e)
+
+async def durable_sends(server: Server, sizes: Sizes, tag: str) -> Metrics:
+    """``durable_senders`` connections, each alone in its room, each awaiting every ack."""
+    stats = Stats()
+    n = sizes.durable_senders
+    rooms = [f"dur-{tag}-{i}" for i in range(n)]
+    conns, failed = await connect_many(server.spec.dialect, server.host, server.port,
+                                       [f"d-{tag}-{i}" for i in range(n)], stats, rooms=rooms)
+    if failed:
+        abort_all(conns)
+        raise RuntimeError(f"durable sends: {failed} connections failed")
+    await quiet(stats, interval=0.2)
+
+    async def send_all(conn: Conn, room: str) -> None:
+        for _ in range(sizes.durable_messages):
+            await conn.chat(room, BODY)
+
+    cpu0, t0 = server.cpu_seconds(), time.perf_counter()
+    await asyncio.gather(*(send_all(c, r) for c, r in zip(conns, rooms, strict=True)))
+    elapsed = time.perf_counter() - t0
+    cpu = server.cpu_seconds() - cpu0
+    await drop_all(conns)
+    total = n * sizes.durable_messages
+    return {"rate": total / elapsed, "cpu_us_per_send": cpu / total * 1e6}
+
+
+# ---------------------------------------------------------------------------------------- (f)
+
+async def scale(server: Server, sizes: Sizes, tag: str) -> Metrics:
+    """Many idle connections (rooms of 50) held by helper processes; RSS and heartbeat CPU."""
+    soft, hard = server.nofile_limit()
+    reserve = 100  # listener, database, pipes, epoll...
+    target = sizes.scale_connections
+    attempt = min(target, soft - reserve)
+    metrics: Metrics = {"target": target, "server_nofile_soft": soft, "server_nofile_hard": hard,
+                        "attempted": attempt}
+    if attempt < target:
+        metrics["limited_by"] = (f"the server's RLIMIT_NOFILE is {soft} (hard {hard}) and cannot be raised "
+                                 "without CAP_SYS_RESOURCE, so one process cannot hold more sockets")
+    await asyncio.sleep(1.0)
+    base = server.rss()
+    holders = math.ceil(attempt / sizes.scale_per_holder)
+    counts = [attempt // holders + (1 if i < attempt % holders else 0) for i in range(holders)]
+    procs = []
+    t0 = time.perf_counter()
+    for i, count in enumerate(counts):
+        procs.append(await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bench.holder", "--host", server.host, "--port", str(server.port),
+            "--dialect", server.spec.dialect_name, "--count", str(count), "--src", f"127.0.1.{i + 1}",
+            "--prefix", f"h{tag}-{i}", "--room-size", "50",
+            cwd=REPO, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        ))
+    try:
+        reports = await asyncio.wait_for(
+            asyncio.gather(*(_read_json(p) for p in procs)), timeout=max(300.0, attempt / 50))
+        metrics["connect_s"] = time.perf_counter() - t0
+        held = sum(r["held"] for r in reports)
+        metrics.update(held=held, failed=sum(r["failed"] for r in reports), holders=holders)
+        await asyncio.sleep(sizes.scale_settle_s)
+        rss = server.rss()
+        metrics.update(rss_mb=rss / 2**20, base_rss_mb=base / 2**20,
+                       rss_kb_per_conn=(rss - base) / max(1, held) / 1024, server_fds=server.ps.num_fds())
+        cpu0, w0 = server.cpu_seconds(), time.perf_counter()
+        await asyncio.sleep(sizes.scale_window_s)
+        window = time.perf_counter() - w0
+        metrics.update(idle_cpu_pct=(server.cpu_seconds() - cpu0) / window * 100, window_s=window)
+        if held:  # the issue's budget is for 50,000: scale linearly from what was held
+            per_conn_bytes = (rss - base) / held
+            metrics["rss_mb_at_50k"] = (base + per_conn_bytes * ISSUE_SCALE) / 2**20
+            metrics["idle_cpu_pct_at_50k"] = metrics["idle_cpu_pct"] * ISSUE_SCALE / held
+    finally:
+        helper_cpu = 0.0
+        for p in procs:
+            with contextlib.suppress(psutil.Error):
+                t = psutil.Process(p.pid).cpu_times()
+                helper_cpu += t.user + t.system
+        metrics["helper_cpu_s"] = helper_cpu
+        lost = 0
+        for p in procs:
+            if p.stdin is not None:
+                p.stdin.close()
+        for p in procs:
+            try:
+                lost += (await asyncio.wait_for(_read_json(p), 60))["lost"]
+            except (TimeoutError, ValueError, KeyError):
+                p.kill()
+            await p.wait()
+        metrics["lost_while_idle"] = lost
+    return metrics
+
+
+async def _read_json(proc: asyncio.subprocess.Process) -> dict[str, Any]:
+    assert proc.stdout is not None
+    line = await proc.stdout.readline()
+    if not line:
+        raise RuntimeError(f"holder {proc.pid} exited without reporting (exit {await proc.wait()})")
+    value = json.loads(line)
+    assert isinstance(value, dict)
+    return value
+
+
+@dataclass(frozen=True)
+class Workload:
+    key: str
+    title: str
+    servers: tuple[str, ...]
+    run: Callable[[Server, Sizes, str], Awaitable[Metrics]]
+
+
+PEERS = ("signald", "socketio", "websockets")
+
+WORKLOADS: dict[str, Workload] = {w.key: w for w in (
+    Workload("a", "ack round trip of chat.send (one client, sequential)", PEERS, ack_rtt),
+    Workload("b", "fan-out: delivered msgs/s and server CPU per delivery", PEERS, fanout),
+    Workload("c", "RSS per idle connection", PEERS, idle_memory),
+    Workload("d", "connection rate (handshake + welcome)", PEERS, connect_rate),
+    Workload("e", "acked chat.send/s from 50 senders, durable vs in-memory", (
+        "signald", "signald-mem", "socketio", "websockets"), durable_sends),
+    Workload("f", "scale: idle connections held by one daemon process", ("signald",), scale),
+)}
