@@ -50,6 +50,7 @@ log = logging.getLogger("signald.server")
 audit = logging.getLogger("signald.audit")
 
 OUR_SUBPROTOCOLS = (SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK)
+SHUTDOWN_CLOSE_WAIT_S = 0.5
 RESERVED_USER_PREFIX = "$"  # "$system" writes the call log; no client may be it
 
 
@@ -229,11 +230,15 @@ async def _serve_client(
     try:
         await run_connection(hub, ws, session)
     finally:
+        wait_s = config.server.shutdown_timeout_s
         if session.close_code is None and trio.current_effective_deadline() == -math.inf:
-            # We are being cancelled from outside: the server is shutting down.
+            # We are being cancelled from outside: the server is shutting down. trio-websocket's
+            # reader is cancelled too, so the peer's close reply cannot be read: send our close
+            # frame and do not wait long for a handshake that cannot complete.
             session.close_code, session.close_reason = CLOSE_GOING_AWAY, "server shutting down"
+            wait_s = min(wait_s, SHUTDOWN_CLOSE_WAIT_S)
         hub.disconnect(session)
-        with trio.CancelScope(shield=True), trio.move_on_after(config.server.shutdown_timeout_s):
+        with trio.CancelScope(shield=True), trio.move_on_after(wait_s):
             if session.outbox.mid_frame:
                 # Cancelled in the middle of a frame: a close frame now would be garbage to the peer.
                 await trio.aclose_forcefully(ws._stream)

@@ -91,3 +91,19 @@ def test_unknown_key_is_rejected(tmp_path: Path, capsys: pytest.CaptureFixture[s
 def test_none_auth_on_public_address_needs_insecure(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["serve", "--host", "0.0.0.0", "--port", "0"]) == 2
     assert "--insecure" in capsys.readouterr().err
+
+
+async def test_sigterm_does_not_wait_for_peers_that_never_answer_the_close(tmp_path: Path) -> None:
+    async with daemon("--db", str(tmp_path / "d.db"), cwd=tmp_path) as (process, url):
+        port = int(url.rsplit(":", 1)[1].strip("/"))
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        await stream.send_all(
+            b"GET /?user=mute HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        assert b"101" in await stream.receive_some(4096)  # upgraded; from now on it never answers
+        started = trio.current_time()
+        process.send_signal(signal.SIGTERM)
+        with trio.fail_after(10):
+            assert await process.wait() == 0
+        assert trio.current_time() - started < 2.5  # not the 3 s shutdown_timeout_s per connection
+        await stream.aclose()
