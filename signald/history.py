@@ -101,6 +101,7 @@ import trio
 from signald.errors import SignalError
 from signald.protocol import Attachment, ChatMessage, DeleteMode, HistoryPage, ReactionAction
 from signald.schema import SCHEMA_VERSION, migrate
+from signald.timefmt import iso_utc
 
 __all__ = [
     "MAX_BATCH",
@@ -167,16 +168,6 @@ class HistoryStats(TypedDict):
     commits: int
     pending: int
     synchronous: str
-
-
-def iso_utc(ts: float) -> str:
-    """``ts`` (epoch seconds) as ISO 8601 UTC with milliseconds, e.g. ``2026-11-26T12:00:00.000Z``."""
-    secs, ms = divmod(math.floor(ts * 1000), 1000)
-    t = time.gmtime(secs)
-    return (
-        f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T"
-        f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}.{ms:03d}Z"
-    )
 
 
 def _new_id(now: float) -> str:

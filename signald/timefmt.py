@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import time
-from datetime import UTC, datetime
 
 
 def iso_utc(epoch: float | None = None) -> str:
-    """``2026-11-26T12:00:00.000Z`` for ``epoch`` seconds (now if None)."""
-    moment = datetime.fromtimestamp(time.time() if epoch is None else epoch, UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    """``2026-11-26T12:00:00.000Z`` for ``epoch`` seconds (now if None), milliseconds truncated."""
+    secs, ms = divmod(math.floor((time.time() if epoch is None else epoch) * 1000), 1000)
+    t = time.gmtime(secs)
+    return (
+        f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T"
+        f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}.{ms:03d}Z"
+    )
