@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import AbstractAsyncContextManager, contextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -72,3 +72,25 @@ def frozen_clock(autojump_clock: MockClock) -> MockClock:
     """The test's MockClock, standing still until a :func:`time_flies` block."""
     autojump_clock.autojump_threshold = math.inf
     return autojump_clock
+
+
+Event = tuple[str, dict[str, Any]]
+
+
+@asynccontextmanager
+async def clients(server: RunningServer, *users: str) -> AsyncIterator[list[SignaldClient]]:
+    """One connected client per listed user name (repeat a name for a second device)."""
+    async with AsyncExitStack() as stack:
+        yield [await stack.enter_async_context(connect(server.url, user=u)) for u in users]
+
+
+async def events_of(c: SignaldClient) -> list[Event]:
+    """Every event that reached ``c`` so far, as ``(type, data)``; waits for in-flight ones.
+
+    The ``fail_after(5)`` guard would fire spuriously under a jumping MockClock, so the mock-clock
+    test files (rooms, calls) keep their own unguarded variant.
+    """
+    with trio.fail_after(5):
+        pong = await c.request_raw("presence.ping")
+    assert pong["type"] == "presence.pong"
+    return [(e["type"], e["data"]) for e in c.pending_events()]

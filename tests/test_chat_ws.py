@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
-from conftest import make_config, start_server
+from conftest import Event, clients, events_of, make_config, start_server
 
 from signald.client import SignaldClient, connect
 from signald.server import RunningServer
@@ -30,7 +30,6 @@ MESSAGE_KEYS = {
 UNKNOWN_ID = "f" * 24
 FAST = {"rate_per_s": 10_000.0, "rate_burst": 10_000}  # pipelining tests send faster than a person
 
-Event = tuple[str, dict[str, Any]]
 Msg = dict[str, Any]
 
 
@@ -44,21 +43,6 @@ async def serve(nursery: trio.Nursery, tmp_path: Path, **sections: dict[str, Any
 @pytest.fixture
 async def srv(nursery: trio.Nursery, tmp_path: Path) -> RunningServer:
     return await serve(nursery, tmp_path)
-
-
-@asynccontextmanager
-async def clients(server: RunningServer, *users: str) -> AsyncIterator[list[SignaldClient]]:
-    """One connected client per listed user name (repeat a name for a second device)."""
-    async with AsyncExitStack() as stack:
-        yield [await stack.enter_async_context(connect(server.url, user=u)) for u in users]
-
-
-async def events_of(c: SignaldClient) -> list[Event]:
-    """Every event that reached ``c`` so far, as ``(type, data)``; waits for in-flight ones."""
-    with trio.fail_after(5):
-        pong = await c.request_raw("presence.ping")
-    assert pong["type"] == "presence.pong"
-    return [(e["type"], e["data"]) for e in c.pending_events()]
 
 
 async def chat_events(c: SignaldClient) -> list[Event]:

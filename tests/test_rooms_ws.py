@@ -9,8 +9,6 @@ there are (:func:`events_of`).
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +16,7 @@ import msgspec
 import pytest
 import trio
 import trio_websocket
-from conftest import make_config, start_server, time_flies
+from conftest import clients, make_config, start_server, time_flies
 from trio.testing import MockClock
 
 from signald.client import SignaldClient, connect
@@ -38,13 +36,6 @@ async def serve(nursery: trio.Nursery, tmp_path: Path, **sections: dict[str, Any
 
 
 
-
-
-@asynccontextmanager
-async def clients(server: RunningServer, *users: str) -> AsyncIterator[list[SignaldClient]]:
-    """One connected client per listed user name (repeat a name for a second device)."""
-    async with AsyncExitStack() as stack:
-        yield [await stack.enter_async_context(connect(server.url, user=u)) for u in users]
 
 
 async def events_of(c: SignaldClient) -> list[Event]:

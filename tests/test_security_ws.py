@@ -17,8 +17,7 @@ import json
 import logging
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ import pytest
 import trio
 import trio_websocket
 import trustme
-from conftest import make_config, start_server, time_flies
+from conftest import clients, events_of, make_config, start_server, time_flies
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from trio.testing import MockClock
@@ -43,7 +42,6 @@ JWT_AUTH = {"mode": "jwt", "jwt_secret": SECRET}
 BASE = 2_000_000_000.0  # the wall clock (epoch s) at MockClock time 0 in the expiry tests
 DROP = object()  # a claim left out of the token
 
-Event = tuple[str, dict[str, Any]]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -93,21 +91,6 @@ async def refusal(url: str, **kwargs: Any) -> trio_websocket.ConnectionRejected:
 
 def body_of(rejection: trio_websocket.ConnectionRejected) -> str:
     return (rejection.body or b"").decode()
-
-
-@asynccontextmanager
-async def clients(server: RunningServer, *users: str) -> AsyncIterator[list[SignaldClient]]:
-    """One connected client per listed user name (repeat a name for a second device)."""
-    async with AsyncExitStack() as stack:
-        yield [await stack.enter_async_context(connect(server.url, user=u)) for u in users]
-
-
-async def events_of(c: SignaldClient) -> list[Event]:
-    """Every event that reached ``c`` so far, as ``(type, data)``; waits for in-flight ones."""
-    with trio.fail_after(5):
-        pong = await c.request_raw("presence.ping")
-    assert pong["type"] == "presence.pong"
-    return [(e["type"], e["data"]) for e in c.pending_events()]
 
 
 async def join(c: SignaldClient, room: str = "lobby") -> dict[str, Any]:
