@@ -24,10 +24,19 @@ from signald.config import Config
 from signald.fanout import Broker, Frame, LocalBroker
 from signald.metrics import Metrics
 from signald.presence import PresenceTracker
-from signald.protocol import Error, Member, Outbound, encode_app_event
+from signald.protocol import (
+    Error,
+    ExpiredData,
+    Member,
+    Outbound,
+    RevokedData,
+    SessionExpiredEvent,
+    SessionRevokedEvent,
+    encode_app_event,
+)
 from signald.rooms import RoomRegistry, Send
 from signald.router import Router
-from signald.session import CLOSE_SESSION_REVOKED, Session
+from signald.session import CLOSE_SESSION_EXPIRED, CLOSE_SESSION_REVOKED, Session
 from signald.timefmt import iso_utc
 
 if TYPE_CHECKING:
@@ -195,10 +204,6 @@ class Hub:
 
     def expire_session(self, session: Session) -> None:
         """The session's token expired: ``session.expired`` then close 4001."""
-        from signald.protocol import ExpiredData, SessionExpiredEvent
-        from signald.session import CLOSE_SESSION_EXPIRED
-        from signald.timefmt import iso_utc
-
         expired_at = iso_utc(session.expires_at)
         session.send(Frame(SessionExpiredEvent(data=ExpiredData(expired_at=expired_at))))
         session.close(CLOSE_SESSION_EXPIRED, "session expired")
@@ -263,11 +268,10 @@ class Hub:
 
     def revoke_user(self, user_id: str, reason: str) -> int:
         """End every session of ``user_id``: ``session.revoked`` then close 4003."""
-        from signald.protocol import RevokedData, SessionRevokedEvent
-
         sessions = list(self.sessions_by_user.get(user_id, {}).values())
+        frame = Frame(SessionRevokedEvent(data=RevokedData(reason=reason)))  # encoded once for all devices
         for session in sessions:
-            session.send(Frame(SessionRevokedEvent(data=RevokedData(reason=reason))))
+            session.send(frame)
             session.close(CLOSE_SESSION_REVOKED, "session revoked")
         return len(sessions)
 
