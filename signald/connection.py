@@ -1,13 +1,16 @@
-"""The life of one accepted WebSocket: a nursery of reader, writer and heartbeat.
+"""The life of one accepted WebSocket: a nursery of reader and writer.
 
-- The **reader** takes frames one at a time, checks rate and size, decodes, dispatches through the
-  router and queues the single reply. Frames of one connection are handled in order, so a client
-  may pipeline requests: their effects (and ``seq`` numbers) follow the order it sent them.
-- The **writer** drains the session's bounded outbox onto the socket.
-- The **heartbeat** pings every ``heartbeat_s``; no pong within ``heartbeat_timeout_s`` closes
-  the connection (1001, "heartbeat timeout").
+- The **reader** (the connection's own task) takes frames one at a time, checks rate and size,
+  decodes, dispatches through the router and queues the single reply. Frames of one connection are
+  handled in order, so a client may pipeline requests: their effects (and ``seq`` numbers) follow
+  the order it sent them.
+- The **writer** drains what the session's bounded outbox could not write directly.
+- The **heartbeat** is not a task here: the hub pings connections silent for ``heartbeat_s`` from
+  one sweep (:mod:`signald.heartbeat`); no sign of life within ``heartbeat_timeout_s`` after the
+  ping closes the connection (1001, "heartbeat timeout").
+- Sessions with a token expiry get an **expiry** task.
 
-Resource handling: when any of the three ends (peer closed, outbox overflow, heartbeat timeout,
+Resource handling: when any of them ends (peer closed, outbox overflow, heartbeat timeout,
 session expiry, server shutdown) the nursery is cancelled; the caller then closes the WebSocket
 with the recorded code within a bounded time.
 
@@ -21,14 +24,13 @@ import logging
 import math
 
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from signald.hub import Context, Hub
 from signald.protocol import FrameError
 from signald.ratelimit import Verdict
 from signald.router import error_reply
-from signald.session import CLOSE_GOING_AWAY, CLOSE_POLICY, Session
-from signald.transport import attach
+from signald.session import CLOSE_POLICY, Session
+from signald.websocket import ServerWebSocket, direct_writer
 
 log = logging.getLogger("signald.connection")
 audit = logging.getLogger("signald.audit")
@@ -40,23 +42,25 @@ def frame_size(frame: str | bytes) -> int:
     return len(frame.encode("utf-8", "surrogatepass"))
 
 
-async def run_connection(hub: Hub, ws: WebSocketConnection, session: Session) -> None:
+async def run_connection(hub: Hub, ws: ServerWebSocket, session: Session) -> None:
     """Serve ``session`` on ``ws`` until either side ends it."""
     async with trio.open_nursery() as nursery:
         session.cancel_scope = nursery.cancel_scope
         nursery.start_soon(_writer, ws, session, nursery.cancel_scope)
-        nursery.start_soon(_heartbeat, hub, ws, session)
         if session.expires_at is not None:
             nursery.start_soon(_expiry, hub, session)
         await _reader(hub, ws, session)
         nursery.cancel_scope.cancel()
 
 
-async def _reader(hub: Hub, ws: WebSocketConnection, session: Session) -> None:
+async def _reader(hub: Hub, ws: ServerWebSocket, session: Session) -> None:
     while True:
-        try:
-            frame = await ws.get_message()
-        except ConnectionClosed:
+        frame = await ws.receive_message()
+        if frame is None:
+            if ws.failure is not None:
+                code, reason = ws.failure
+                log.info("session %s: closing %d (%s)", session.session_id, code, reason)
+                session.close(code, reason, flush=False)
             return
         await handle_frame(hub, session, frame)
 
@@ -96,48 +100,28 @@ async def handle_frame(hub: Hub, session: Session, frame: str | bytes) -> None:
         hub.publish(ctx.after_reply)
 
 
-async def _writer(ws: WebSocketConnection, session: Session, scope: trio.CancelScope) -> None:
+async def _writer(ws: ServerWebSocket, session: Session, scope: trio.CancelScope) -> None:
     """Write what the outbox could not write directly, each batch with one ``send_all``.
 
-    This task is the connection's only writer (see :mod:`signald.transport`): trio-websocket's own
-    frames reach the socket through the same outbox, in order.
+    This task is the connection's only writer besides the outbox's direct writes, which only
+    happen while it is idle (see :class:`signald.fanout.Outbox`).
     """
     outbox = session.outbox
-    routed = attach(ws, outbox)
-    routed.writer_running = True
+    outbox.direct_write = direct_writer(ws.stream)
     try:
         while True:
             batch = await outbox.get_batch()
             if not batch:
                 break
             outbox.writing = True
-            await routed.real.send_all(batch[0] if len(batch) == 1 else b"".join(batch))
+            await ws.stream.send_all(batch[0] if len(batch) == 1 else b"".join(batch))
             outbox.writing = False
-            outbox.batch_written()
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         outbox.writing = False
-        routed.broken = True
+        ws.broken = True
     finally:
-        routed.writer_running = False
         outbox.direct_write = None
-        outbox.release_controls()
     scope.cancel()
-
-
-async def _heartbeat(hub: Hub, ws: WebSocketConnection, session: Session) -> None:
-    interval = hub.config.server.heartbeat_s
-    timeout = hub.config.server.heartbeat_timeout_s
-    while True:
-        await trio.sleep(interval)
-        with trio.move_on_after(timeout) as waited:
-            try:
-                await ws.ping()
-            except ConnectionClosed:
-                return
-        if waited.cancelled_caught:
-            log.info("session %s: no pong within %ss, closing", session.session_id, timeout)
-            session.close(CLOSE_GOING_AWAY, "heartbeat timeout", flush=False)
-            return
 
 
 async def _expiry(hub: Hub, session: Session) -> None:

@@ -137,17 +137,6 @@ class _Slot:
         self.payload: bytes | None = payload
 
 
-class Control:
-    """Bytes trio-websocket itself writes (pong, ping, close), queued behind our frames."""
-
-    __slots__ = ("data", "done", "written")
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.written = False
-        self.done = trio.Event()
-
-
 DirectWrite = Callable[[bytes], int]
 
 
@@ -168,7 +157,7 @@ class Outbox:
     A partly written frame is never dropped, so the byte stream stays well-formed.
     """
 
-    __slots__ = ("_frames", "_has_frames", "_in_flight", "_keyed", "_live", "_partial", "binary", "closed",
+    __slots__ = ("_frames", "_has_frames", "_keyed", "_live", "_partial", "binary", "closed",
                  "coalesced", "direct_write", "high_water", "limit", "on_overflow", "writing")
 
     def __init__(self, limit: int, *, binary: bool, on_overflow: Callable[[], None]) -> None:
@@ -182,9 +171,8 @@ class Outbox:
         self.coalesced = 0
         self._live = 0
         self._partial: bytes | None = None  # the unsent tail of a frame written in part
-        self._frames: collections.deque[bytes | _Slot | Control] = collections.deque()
+        self._frames: collections.deque[bytes | _Slot] = collections.deque()
         self._keyed: dict[tuple[str, ...], _Slot] = {}
-        self._in_flight: list[Control] = []
         self._has_frames = trio.Event()
 
     def __len__(self) -> int:
@@ -245,22 +233,22 @@ class Outbox:
         self._has_frames.set()
         return True
 
-    def push_control(self, data: bytes) -> Control | None:
-        """Send trio-websocket's own bytes in order with ours; None if written at once.
+    def push_control(self, data: bytes) -> None:
+        """Send a control frame (pong, heartbeat ping) in order with the rest.
 
-        The caller awaits ``control.done`` and then checks ``control.written``.
+        Control frames do not count against ``limit`` and are never coalesced; after
+        :meth:`close` they are not sent (the close frame is the last thing the peer gets).
         """
+        if self.closed:
+            return
         rest = self._try_direct(data)
         if rest is None:
-            return None
+            return
         if len(rest) < len(data):
             self._partial = rest
-            self._has_frames.set()
-            return None
-        control = Control(data)
-        self._frames.append(control)
+        else:
+            self._frames.append(data)
         self._has_frames.set()
-        return control
 
     def _compact(self) -> None:
         self._frames = collections.deque(
@@ -270,7 +258,6 @@ class Outbox:
         """Wait until bytes are queued, then take all of them (complete WebSocket frames) in order.
 
         Returns an empty list once the outbox is closed and drained: the writer then stops.
-        Call :meth:`batch_written` after writing the batch.
         """
         while not self._frames and self._partial is None:
             if self.closed:
@@ -285,39 +272,18 @@ class Outbox:
         for item in self._frames:
             if isinstance(item, bytes):
                 batch.append(item)
-            elif isinstance(item, _Slot):
-                if item.payload is not None:
-                    batch.append(item.payload)
-            else:
-                batch.append(item.data)
-                self._in_flight.append(item)
+            elif item.payload is not None:
+                batch.append(item.payload)
         self._frames.clear()
         self._keyed.clear()
         self._live = 0
         return batch
 
-    def batch_written(self) -> None:
-        """The last batch reached the socket: release trio-websocket's waiting writes."""
-        for control in self._in_flight:
-            control.written = True
-            control.done.set()
-        self._in_flight.clear()
-
-    def release_controls(self) -> None:
-        """The writer stopped: wake every waiting control write (it then writes for itself)."""
-        for control in self._in_flight:
-            control.done.set()
-        self._in_flight.clear()
-        for item in self._frames:
-            if isinstance(item, Control):
-                item.done.set()
-
     def close(self, *, drop: bool) -> None:
         """Accept no more frames; ``drop`` discards those still queued, else they are flushed."""
         self.closed = True
         if drop:
-            controls = [item for item in self._frames if isinstance(item, Control)]
-            self._frames = collections.deque(controls)
+            self._frames.clear()
             self._keyed.clear()
             self._live = 0
         self._has_frames.set()

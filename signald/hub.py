@@ -22,6 +22,7 @@ from signald.auth import Authenticator, NoneAuthenticator
 from signald.calls import CallRegistry
 from signald.config import Config
 from signald.fanout import Broker, Frame, LocalBroker
+from signald.heartbeat import Heartbeats, Monitored
 from signald.metrics import Metrics
 from signald.presence import PresenceTracker
 from signald.protocol import (
@@ -83,6 +84,7 @@ class Hub:
         self.metrics = Metrics(self)
         self.metrics_port: int | None = None
         self.call_log: CallLog | None = None
+        self.heartbeats = Heartbeats(config.server.heartbeat_s, config.server.heartbeat_timeout_s)
         self._timers_changed = trio.Event()
 
     # ------------------------------------------------------------------ lifecycle
@@ -109,6 +111,7 @@ class Hub:
                 async with trio.open_nursery() as nursery:
                     self.nursery = nursery
                     nursery.start_soon(self._run_timers)
+                    nursery.start_soon(self._run_heartbeats)
                     nursery.start_soon(self.history.run_last_seen_flusher)
                     if self.config.calls.call_log:
                         self.call_log = CallLog(self)
@@ -185,6 +188,17 @@ class Hub:
             self.tick(trio.current_time())
             # Reset after ticking: the tick's own pokes are covered by the next deadline lookup.
             self._timers_changed = trio.Event()
+
+    def watch(self, conn: Monitored) -> None:
+        """Keep a connection alive with heartbeats (see :mod:`signald.heartbeat`)."""
+        self.heartbeats.add(conn, trio.current_time())
+
+    async def _run_heartbeats(self) -> None:
+        heartbeats = self.heartbeats
+        while True:
+            # A connection added meanwhile is due ``interval`` from its start: never before this.
+            await trio.sleep_until(min(heartbeats.next_due(), trio.current_time() + heartbeats.interval))
+            heartbeats.tick(trio.current_time())
 
     def active_calls(self) -> int:
         return len(self.calls)

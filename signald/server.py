@@ -19,7 +19,6 @@ from typing import Any
 
 import attrs
 import trio
-from trio_websocket import WebSocketRequest, serve_websocket
 
 from signald.auth import (
     Authenticator,
@@ -45,6 +44,7 @@ from signald.ratelimit import ConnectionRateLimiter, FloodGuard
 from signald.router import Router
 from signald.session import CLOSE_GOING_AWAY, Session, new_session_id
 from signald.timefmt import iso_utc
+from signald.websocket import Handshake, ServerWebSocket, peer_address
 
 log = logging.getLogger("signald.server")
 audit = logging.getLogger("signald.audit")
@@ -134,16 +134,24 @@ async def serve_signald(
         config.server.new_connections_per_ip_per_s, max(1, int(config.server.new_connections_per_ip_per_s))
     ) if config.server.new_connections_per_ip_per_s > 0 else None
     async with hub.running(), trio.open_nursery() as nursery:
-        handler = partial(_handle_request, hub, authenticate, per_ip)
-        listener = await nursery.start(partial(
-            serve_websocket, handler, config.server.host, config.server.port, ssl_context,
-            max_message_size=config.server.max_transport_bytes,
-            connect_timeout=config.server.connect_timeout_s,
-            disconnect_timeout=config.server.shutdown_timeout_s,
-        ))
-        running = RunningServer(config.server.host, listener.port, hub, ssl_context is not None)
+        listeners: list[trio.SocketListener] | list[trio.SSLListener[trio.SocketStream]]
+        if ssl_context is None:
+            listeners = await trio.open_tcp_listeners(config.server.port, host=config.server.host)
+        else:
+            listeners = await trio.open_ssl_over_tcp_listeners(
+                config.server.port, ssl_context, host=config.server.host, https_compatible=True)
+        handler = partial(_handle_stream, hub, authenticate, per_ip)
+        await nursery.start(trio.serve_listeners, handler, listeners)
+        running = RunningServer(config.server.host, _bound_port(listeners[0]), hub, ssl_context is not None)
         log.debug("signald listening on %s", running.url)
         task_status.started(running)
+
+
+def _bound_port(listener: trio.SocketListener | trio.SSLListener[trio.SocketStream]) -> int:
+    inner = listener.transport_listener if isinstance(listener, trio.SSLListener) else listener
+    assert isinstance(inner, trio.SocketListener)
+    port: int = inner.socket.getsockname()[1]
+    return port
 
 
 def _choose_subprotocol(offered: tuple[str, ...]) -> tuple[bool, str | None, bool]:
@@ -154,53 +162,61 @@ def _choose_subprotocol(offered: tuple[str, ...]) -> tuple[bool, str | None, boo
     return not offered, None, False
 
 
-async def _refuse(request: WebSocketRequest, status: int, reason: str, peer: str, user: str = "-") -> None:
+async def _refuse(handshake: Handshake, status: int, reason: str, peer: str, user: str = "-") -> None:
     audit.warning("refused status=%d user=%s peer=%s reason=%s", status, user, peer, reason)
     with trio.move_on_after(5):
-        await request.reject(status, extra_headers=[(b"content-type", b"text/plain")],
-                             body=reason.encode() + b"\n")
+        await handshake.reject(status, reason.encode() + b"\n")
 
 
-async def _handle_request(
-    hub: Hub, authenticate: Authenticator, per_ip: ConnectionRateLimiter | None, request: WebSocketRequest
+async def _handle_stream(
+    hub: Hub, authenticate: Authenticator, per_ip: ConnectionRateLimiter | None, stream: trio.abc.Stream
 ) -> None:
-    """Serve one client; whatever goes wrong with it never reaches the listener (or other clients)."""
+    """Serve one client; whatever goes wrong with it never reaches the listener (or other clients).
+
+    Resource handling: the stream is closed on the way out, whatever happened.
+    """
     try:
-        await _serve_client(hub, authenticate, per_ip, request)
+        await _serve_client(hub, authenticate, per_ip, stream)
     except Exception:
-        log.exception("connection from %s failed", request.remote)
+        log.exception("connection from %s failed", peer_address(stream))
+    finally:
+        await trio.aclose_forcefully(stream)
 
 
 async def _serve_client(
-    hub: Hub, authenticate: Authenticator, per_ip: ConnectionRateLimiter | None, request: WebSocketRequest
+    hub: Hub, authenticate: Authenticator, per_ip: ConnectionRateLimiter | None, stream: trio.abc.Stream
 ) -> None:
     config = hub.config
-    remote = request.remote
-    peer = str(getattr(remote, "address", remote))
-    handshake = HandshakeRequest(
+    peer = peer_address(stream)
+    handshake = Handshake(stream)
+    with trio.move_on_after(config.server.connect_timeout_s):
+        request = await handshake.read_request()
+    if request is None:
+        return  # timed out, not a WebSocket upgrade (answered), or gone
+    handshake_request = HandshakeRequest(
         path=request.path,
         headers=tuple((k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in request.headers),
         remote=peer,
     )
     if per_ip is not None and not per_ip.allow(peer, trio.current_time()):
-        return await _refuse(request, 429, "too many new connections from this address", peer)
-    if not origin_allowed(handshake.header("origin"), config.server.allowed_origins):
-        return await _refuse(request, 403, "origin not allowed", peer)
-    acceptable, subprotocol, binary = _choose_subprotocol(request.proposed_subprotocols)
+        return await _refuse(handshake, 429, "too many new connections from this address", peer)
+    if not origin_allowed(handshake_request.header("origin"), config.server.allowed_origins):
+        return await _refuse(handshake, 403, "origin not allowed", peer)
+    acceptable, subprotocol, binary = _choose_subprotocol(request.subprotocols)
     if not acceptable:
-        return await _refuse(request, 400, f"unsupported subprotocol; use {SUBPROTOCOL_JSON}", peer)
+        return await _refuse(handshake, 400, f"unsupported subprotocol; use {SUBPROTOCOL_JSON}", peer)
     try:
-        identity = authenticate(handshake)
+        identity = authenticate(handshake_request)
         if identity.user_id.startswith(RESERVED_USER_PREFIX):
             raise AuthRefused(401, "reserved user id")
     except AuthRefused as exc:
-        return await _refuse(request, exc.status, exc.reason, peer)
+        return await _refuse(handshake, exc.status, exc.reason, peer)
     user = identity.user_id
     if hub.connection_count(user) + hub.handshaking.get(user, 0) >= config.limits.max_connections_per_user:
-        return await _refuse(request, 429, "too many connections for this user", peer, user)
-    hub.handshaking[user] = hub.handshaking.get(user, 0) + 1  # hold the slot while we await accept()
+        return await _refuse(handshake, 429, "too many connections for this user", peer, user)
+    hub.handshaking[user] = hub.handshaking.get(user, 0) + 1  # hold the slot while we answer
     try:
-        ws = await request.accept(subprotocol=subprotocol)
+        connection = await handshake.accept(subprotocol)
     finally:
         hub.handshaking[user] -= 1
         if not hub.handshaking[user]:
@@ -218,6 +234,8 @@ async def _serve_client(
         send_queue=limits.send_queue,
         flood=FloodGuard(limits.rate_per_s, limits.rate_burst),
     )
+    ws = ServerWebSocket(stream, connection, session.outbox, max_message_bytes=config.server.max_transport_bytes)
+    ws.on_silent = partial(_silent, session)
     session.send(Frame(Welcome(data=WelcomeData(
         protocol_version=PROTOCOL_VERSION,
         session_id=session.session_id,
@@ -227,23 +245,23 @@ async def _serve_client(
         limits=limits.to_wire(),
     ))))
     hub.connect(session)
+    hub.watch(ws)
     try:
         await run_connection(hub, ws, session)
     finally:
         wait_s = config.server.shutdown_timeout_s
         if session.close_code is None and trio.current_effective_deadline() == -math.inf:
-            # We are being cancelled from outside: the server is shutting down. trio-websocket's
-            # reader is cancelled too, so the peer's close reply cannot be read: send our close
-            # frame and do not wait long for a handshake that cannot complete.
+            # We are being cancelled from outside: the server is shutting down.
             session.close_code, session.close_reason = CLOSE_GOING_AWAY, "server shutting down"
             wait_s = min(wait_s, SHUTDOWN_CLOSE_WAIT_S)
         hub.disconnect(session)
         with trio.CancelScope(shield=True), trio.move_on_after(wait_s):
-            if session.outbox.mid_frame:
-                # Cancelled in the middle of a frame: a close frame now would be garbage to the peer.
-                await trio.aclose_forcefully(ws._stream)
-            else:
-                await ws.aclose(session.close_code or 1000, session.close_reason or None)
+            await ws.close(session.close_code or 1000, session.close_reason)
+
+
+def _silent(session: Session) -> None:
+    log.info("session %s: no sign of life after a heartbeat ping, closing", session.session_id)
+    session.close(CLOSE_GOING_AWAY, "heartbeat timeout", flush=False)
 
 
 def serve_forever(config: Config, **kwargs: Any) -> None:  # pragma: no cover - thin wrapper

@@ -1,7 +1,4 @@
-"""Our transport layer: frames built once per event, written under trio-websocket's lock.
-
-These tests fail loudly if trio-websocket's internals we rely on change shape.
-"""
+"""Our transport layer: frames built once per event, written directly when the socket is idle."""
 
 from __future__ import annotations
 
@@ -11,15 +8,12 @@ import pytest
 import trio
 import wsproto
 from conftest import make_config, start_server
-from trio_websocket import WebSocketConnection
 from wsproto.connection import ConnectionType
 from wsproto.events import AcceptConnection, Request, TextMessage
 
 from signald.client import connect
 from signald.fanout import OPCODE_BINARY, OPCODE_TEXT, Frame, Outbox, websocket_frame, websocket_payload
 from signald.protocol import RoomActiveEvent, RoomData
-from signald.server import RunningServer
-from signald.transport import attach
 
 
 @pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65535, 65536, 70000])
@@ -40,19 +34,6 @@ def test_prebuilt_frames_parse_like_wsproto_frames(size: int, opcode: int) -> No
     data = received[0].data
     assert (data.encode() if isinstance(received[0], TextMessage) else data) == payload
     assert isinstance(received[0], TextMessage) == (opcode == OPCODE_TEXT)
-
-
-async def test_trio_websocket_internals_we_route_through_still_exist(server: RunningServer) -> None:
-    async with connect(server.url, user="alice") as client:
-        ws: WebSocketConnection = client.ws
-        assert isinstance(ws._stream, trio.abc.Stream)  # what signald.transport.attach replaces
-        assert isinstance(ws._stream_lock, trio.StrictFIFOLock)
-        outbox = Outbox(4, binary=False, on_overflow=lambda: None)
-        real = ws._stream
-        routed = attach(ws, outbox)
-        assert ws._stream is routed and routed.real is real
-        assert outbox.direct_write is not None  # plain TCP: direct writes are possible
-        ws._stream = real
 
 
 async def test_fan_out_frames_interleave_cleanly_with_pings(nursery: trio.Nursery, tmp_path: Path) -> None:
@@ -92,12 +73,12 @@ async def test_direct_writes_when_idle_and_queues_only_the_unsent_tail() -> None
     assert box.push(second)  # only 5 bytes fit: the tail must go first once the socket drains
     assert box.mid_frame
     assert box.push(third)  # not idle any more: queued behind the tail, never written directly
-    control = box.push_control(b"PONG")
-    assert control is not None
+    box.push_control(b"PONG")  # a control frame keeps its place too
     batch = await box.get_batch()
     assert b"".join(wire) + b"".join(batch) == first.wire_text + second.wire_text + third.wire_text + b"PONG"
-    box.batch_written()
-    assert control.written and control.done.is_set()
+    box.close(drop=True)
+    box.push_control(b"PING")  # nothing follows a close
+    assert await box.get_batch() == []
 
 
 async def test_a_partly_written_frame_survives_a_dropping_close() -> None:

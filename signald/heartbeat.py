@@ -1,0 +1,77 @@
+"""Heartbeats for every connection of the hub, from one heap instead of a task per connection.
+
+A connection is pinged once it has been silent for ``interval`` seconds (any bytes received count:
+a busy connection is never pinged), and given up on when it stays silent for ``timeout`` seconds
+after that ping. An idle connection costs one heap entry and one ping per ``interval``; there is
+no task, timer or cancel scope per connection.
+
+Sans-IO: :meth:`Heartbeats.tick` is driven by the hub's heartbeat task (or by a test) with the
+current time; it calls :meth:`Monitored.send_ping` and :meth:`Monitored.silent`, which never block.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+from typing import Protocol
+
+
+class Monitored(Protocol):
+    """What a heartbeat needs of a connection (:class:`signald.websocket.ServerWebSocket`)."""
+
+    heard_at: float  # when bytes last arrived
+    ping_sent_at: float | None  # our ping that is still unanswered
+    gone: bool  # closed: forget it
+
+    def send_ping(self) -> None: ...
+
+    def silent(self) -> None: ...
+
+
+class Heartbeats:
+    """When each connection is next looked at, and what happens then."""
+
+    def __init__(self, interval: float, timeout: float) -> None:
+        self.interval = interval
+        self.timeout = timeout
+        self._due: list[tuple[float, int, Monitored]] = []
+        self._order = itertools.count()
+        self.pings_sent = 0
+        self.timeouts = 0
+
+    def __len__(self) -> int:
+        return len(self._due)
+
+    def add(self, conn: Monitored, now: float) -> None:
+        """Watch a new connection (its first look is ``interval`` from now)."""
+        self._push(now + self.interval, conn)
+
+    def next_due(self) -> float:
+        return self._due[0][0] if self._due else math.inf
+
+    def tick(self, now: float) -> None:
+        """Ping the connections silent for ``interval``; give up on those that did not answer."""
+        due = self._due
+        while due and due[0][0] <= now:
+            _, _, conn = heapq.heappop(due)
+            if conn.gone:
+                continue
+            sent = conn.ping_sent_at
+            if sent is None:
+                if now - conn.heard_at < self.interval:
+                    self._push(conn.heard_at + self.interval, conn)
+                else:
+                    conn.ping_sent_at = now
+                    conn.send_ping()
+                    self.pings_sent += 1
+                    self._push(now + self.timeout, conn)
+            elif conn.heard_at > sent:
+                conn.ping_sent_at = None
+                self._push(max(conn.heard_at + self.interval, now), conn)
+            else:
+                self.timeouts += 1
+                conn.silent()
+
+    def _push(self, when: float, conn: Monitored) -> None:
+        heapq.heappush(self._due, (when, next(self._order), conn))

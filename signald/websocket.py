@@ -1,0 +1,310 @@
+"""signald's server side of RFC 6455, on wsproto: the upgrade handshake, then one connection's frames.
+
+Why not trio-websocket on the server: per connection it runs a reader task beside the handler
+task, keeps the HTTP handshake state and a message channel for the connection's whole life, and
+writes every frame under a lock with a checkpoint. signald needs less, and idle connections are
+what a signalling server holds most of:
+
+- the connection's own task reads (:meth:`ServerWebSocket.receive_message`), answering pings
+  and noting when the peer was last heard from;
+- every outgoing byte (events, replies, pongs, heartbeat pings) goes through the connection's
+  :class:`signald.fanout.Outbox`, which writes directly when the socket is idle and leaves the
+  rest to the connection's writer task, so there is exactly one writer;
+- heartbeats are one hub-wide sweep (:mod:`signald.heartbeat`), not a task per connection;
+- only the close frame is written here, by :meth:`ServerWebSocket.close`, once the writer is gone.
+
+Clients (:mod:`signald.client`, the tests) keep using trio-websocket.
+
+Error handling: a protocol violation by the peer (bad framing, invalid UTF-8, ...) ends the
+connection with the close code wsproto names (1002, 1007, ...); a message over the transport cap
+with 1009. Neither raises: :meth:`ServerWebSocket.receive_message` returns None and
+:attr:`ServerWebSocket.failure` says why.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+from collections.abc import Callable
+
+import attrs
+import trio
+from wsproto.connection import Connection, ConnectionState, ConnectionType
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Event,
+    Ping,
+    RejectConnection,
+    RejectData,
+    Request,
+    TextMessage,
+)
+from wsproto.handshake import H11Handshake
+from wsproto.utilities import RemoteProtocolError
+
+from signald.fanout import DirectWrite, Outbox
+
+RECEIVE_BYTES = 16384
+PING_FRAME = b"\x89\x00"  # FIN + ping, empty payload, unmasked (server to client)
+CLOSE_ABNORMAL = 1006
+CLOSE_TOO_BIG = 1009
+
+
+@attrs.frozen
+class Upgrade:
+    """What the client's upgrade request asked for."""
+
+    path: str
+    headers: tuple[tuple[bytes, bytes], ...]  # lower-cased names; Host and Sec-WebSocket-Protocol excluded
+    subprotocols: tuple[str, ...]
+
+
+def peer_address(stream: trio.abc.Stream) -> str:
+    """The client's IP address (the TCP peer, under TLS too), or ``"-"``."""
+    inner = getattr(stream, "transport_stream", stream)
+    sock = getattr(inner, "socket", None)
+    try:
+        return str(sock.getpeername()[0]) if sock is not None else "-"
+    except OSError:
+        return "-"
+
+
+class Handshake:
+    """The HTTP/1.1 upgrade of one accepted stream (wsproto's :class:`H11Handshake`).
+
+    Resource handling: the handshake state is dropped once :meth:`accept` returns; the caller
+    bounds :meth:`read_request` with its connect timeout and closes the stream when refusing.
+    """
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self._h11 = H11Handshake(ConnectionType.SERVER)
+
+    async def read_request(self) -> Upgrade | None:
+        """Read until the client's upgrade request.
+
+        None if the stream ended first, or the request was not a WebSocket upgrade (it was
+        answered ``400``/``426`` as wsproto suggests).
+        """
+        while True:
+            for event in self._h11.events():
+                if isinstance(event, Request):
+                    return Upgrade(event.target, tuple(event.extra_headers), tuple(event.subprotocols))
+            try:
+                data = await _receive(self.stream)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return None
+            if not data:
+                return None
+            try:
+                self._h11.receive_data(data)
+            except RemoteProtocolError as exc:
+                if isinstance(exc.event_hint, RejectConnection):
+                    await self._send(self._h11.send(exc.event_hint))
+                return None
+
+    async def reject(self, status: int, body: bytes, content_type: bytes = b"text/plain") -> None:
+        """Refuse the upgrade with an HTTP status and a short body."""
+        headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
+        data = self._h11.send(RejectConnection(status_code=status, headers=headers, has_body=True))
+        data += self._h11.send(RejectData(data=body))
+        await self._send(data)
+
+    async def accept(self, subprotocol: str | None) -> Connection:
+        """Answer ``101 Switching Protocols``; the returned connection carries the frames."""
+        await self._send(self._h11.send(AcceptConnection(subprotocol=subprotocol)))
+        connection = self._h11.connection
+        assert connection is not None
+        del self._h11  # the HTTP state is not needed any more
+        return connection
+
+    async def _send(self, data: bytes) -> None:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await self.stream.send_all(data)
+
+
+def direct_writer(stream: trio.abc.Stream) -> DirectWrite | None:
+    """A non-blocking ``send`` on the stream's socket, or None where bytes need a task (TLS)."""
+    if not isinstance(stream, trio.SocketStream):
+        return None
+    sock = stream.socket
+
+    def write(data: bytes) -> int:
+        fd = sock.fileno()
+        if fd < 0:
+            return 0  # closed
+        try:
+            return os.write(fd, data)  # trio keeps its sockets non-blocking
+        except (BlockingIOError, InterruptedError):
+            return 0
+        except OSError:
+            return 0  # broken: the writer task meets the error and ends the connection
+
+    return write
+
+
+class ServerWebSocket:
+    """One accepted WebSocket: messages in, pongs out through the outbox, a clean close.
+
+    ``heard_at`` (``trio.current_time()`` of the last bytes received) and ``ping_sent_at`` are
+    what :class:`signald.heartbeat.Heartbeats` looks at; :meth:`send_ping` and ``on_silent``
+    are what it calls.
+    """
+
+    __slots__ = ("_conn", "_events", "_parts", "_peer_close", "_size", "broken", "failure", "gone", "heard_at",
+                 "max_message_bytes", "on_silent", "outbox", "ping_sent_at", "stream")
+
+    def __init__(self, stream: trio.abc.Stream, conn: Connection, outbox: Outbox, *, max_message_bytes: int) -> None:
+        self.stream = stream
+        self.outbox = outbox
+        self.max_message_bytes = max_message_bytes
+        self.heard_at = trio.current_time()
+        self.ping_sent_at: float | None = None
+        self.on_silent: Callable[[], None] | None = None
+        self.failure: tuple[int, str] | None = None  # a close this layer decided (1009, 1002, 1007...)
+        self.broken = False  # the TCP stream ended or failed: no close handshake is possible
+        self.gone = False  # closed: heartbeats forget it
+        self._conn = conn
+        self._events: collections.deque[Event] = collections.deque()
+        self._parts: list[str | bytes] = []
+        self._size = 0
+        self._peer_close: CloseConnection | None = None
+
+    # ------------------------------------------------------------------ reading
+
+    async def receive_message(self) -> str | bytes | None:
+        """The next complete message; None once the connection is ending.
+
+        It ends when the peer sent a close frame, the stream ended or failed (``broken``), or this
+        layer decided to close (``failure``: protocol error, message over ``max_message_bytes``).
+        """
+        events = self._events
+        conn = self._conn
+        while True:
+            while events:
+                event = events.popleft()
+                kind = type(event)
+                if kind is TextMessage or kind is BytesMessage:
+                    assert isinstance(event, (TextMessage, BytesMessage))
+                    message = self._add(event.data, event.message_finished)
+                    if message is not None:
+                        return message
+                    if self.failure is not None:
+                        return None
+                elif kind is Ping:
+                    assert isinstance(event, Ping)
+                    self.outbox.push_control(conn.send(event.response()))
+                elif kind is CloseConnection:
+                    assert isinstance(event, CloseConnection)
+                    if conn.state is ConnectionState.REMOTE_CLOSING:
+                        self._peer_close = event
+                    else:  # wsproto's ParseFailed: the peer broke the protocol
+                        self.failure = (event.code, event.reason or "protocol error")
+                    return None
+                # Pong: having heard from the peer is all it is for.
+            try:
+                data = await _receive(self.stream)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                data = b""
+            if not data:
+                self.broken = True
+                return None
+            self.heard_at = trio.current_time()
+            conn.receive_data(data)
+            events.extend(conn.events())
+
+    def _add(self, data: str | bytes | bytearray, finished: bool) -> str | bytes | None:
+        if isinstance(data, bytearray):
+            data = bytes(data)
+        if finished and not self._parts:
+            if len(data) > self.max_message_bytes:
+                self._too_big()
+                return None
+            return data
+        self._size += len(data)
+        if self._size > self.max_message_bytes:
+            self._too_big()
+            return None
+        self._parts.append(data)
+        if not finished:
+            return None
+        parts, self._parts, self._size = self._parts, [], 0
+        if isinstance(parts[0], str):
+            return "".join(parts)  # type: ignore[arg-type]
+        return b"".join(parts)  # type: ignore[arg-type]
+
+    def _too_big(self) -> None:
+        self._parts, self._size = [], 0
+        self.failure = (CLOSE_TOO_BIG, f"message over {self.max_message_bytes} bytes")
+
+    # ------------------------------------------------------------------ heartbeats
+
+    def send_ping(self) -> None:
+        self.outbox.push_control(PING_FRAME)
+
+    def silent(self) -> None:
+        if self.on_silent is not None:
+            self.on_silent()
+
+    # ------------------------------------------------------------------ closing
+
+    async def close(self, code: int, reason: str) -> None:
+        """Finish the connection: a close frame, the peer's close reply if we spoke first, the TCP close.
+
+        The reply to a peer's close echoes its code; a ``failure`` of this layer wins over
+        ``code``. Call it once the connection's writer has stopped; bound it with a cancel scope.
+
+        Resource handling: the stream is always closed on the way out, forcefully when a frame
+        was cut in the middle (a close frame then would be garbage) or the wait is cancelled.
+        """
+        self.gone = True
+        try:
+            if self.broken or self.outbox.mid_frame:
+                return
+            conn = self._conn
+            if conn.state is ConnectionState.REMOTE_CLOSING:
+                await self.stream.send_all(conn.send(CloseConnection(code=self._peer_close_code())))
+                return  # RFC 6455 7.1.1: the server closes TCP right after the closing handshake
+            if conn.state is not ConnectionState.OPEN:
+                return
+            if self.failure is not None:
+                code, reason = self.failure
+            await self.stream.send_all(conn.send(CloseConnection(code=code, reason=_short(reason))))
+            await self._await_close_reply()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            await trio.aclose_forcefully(self.stream)
+
+    def _peer_close_code(self) -> int:
+        """The code to echo: the peer's close may still wait in ``_events`` if the reader was cancelled."""
+        closes = [self._peer_close] + [e for e in self._events if isinstance(e, CloseConnection)]
+        for event in closes:
+            if event is not None:
+                return event.response().code
+        return 1000
+
+    async def _await_close_reply(self) -> None:
+        conn = self._conn
+        self._events.clear()
+        while conn.state is not ConnectionState.CLOSED:
+            data = await _receive(self.stream)
+            if not data:
+                return
+            conn.receive_data(data)
+            if any(isinstance(event, CloseConnection) for event in conn.events()):
+                return
+
+
+async def _receive(stream: trio.abc.Stream) -> bytes:
+    data = await stream.receive_some(RECEIVE_BYTES)
+    return data if isinstance(data, bytes) else bytes(data)
+
+
+def _short(reason: str) -> str:
+    """A close reason fits in 123 bytes of UTF-8 (RFC 6455 5.5: control frames carry at most 125)."""
+    encoded = reason.encode("utf-8")
+    return reason if len(encoded) <= 123 else encoded[:123].decode("utf-8", "ignore")
