@@ -66,7 +66,7 @@ class Heartbeats:
                     conn.send_ping()
                     self.pings_sent += 1
                     self._push(now + self.timeout, conn)
-            elif conn.heard_at > sent:
+            elif conn.heard_at >= sent:  # heard from at or after the ping (a mock clock may stand still)
                 conn.ping_sent_at = None
                 self._push(max(conn.heard_at + self.interval, now), conn)
             else:

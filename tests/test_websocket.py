@@ -1,0 +1,302 @@
+"""signald's own server side of RFC 6455 (signald.websocket) and the hub-wide heartbeats.
+
+The wire tests talk to a real daemon through a raw wsproto client, so they can do what a
+well-behaved client library never does: ignore pings, break the framing, fragment messages.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+import trio
+import trio_websocket
+from conftest import make_config, start_server, time_flies
+from trio.testing import MockClock
+from wsproto import WSConnection
+from wsproto.connection import ConnectionType
+from wsproto.events import (
+    AcceptConnection,
+    CloseConnection,
+    Event,
+    Ping,
+    Request,
+    TextMessage,
+)
+from wsproto.frame_protocol import Opcode
+
+from signald.client import connect
+from signald.heartbeat import Heartbeats
+from signald.server import RunningServer
+
+# ---------------------------------------------------------------------- heartbeats, sans-IO
+
+
+@attrs.define(eq=False)
+class FakeConn:
+    heard_at: float = 0.0
+    ping_sent_at: float | None = None
+    gone: bool = False
+    pings: list[float] = attrs.field(factory=list)
+    timed_out: bool = False
+    now: float = 0.0
+
+    def send_ping(self) -> None:
+        self.pings.append(self.now)
+
+    def silent(self) -> None:
+        self.timed_out = True
+
+
+def run(beats: Heartbeats, conns: list[FakeConn], until: float, *, answer: bool = True) -> None:
+    """Drive the heartbeats to ``until``, each conn answering its pings at once if ``answer``."""
+    while beats.next_due() <= until:
+        now = beats.next_due()
+        for conn in conns:
+            conn.now = now
+        before = {id(c): len(c.pings) for c in conns}
+        beats.tick(now)
+        if answer:
+            for conn in conns:
+                if len(conn.pings) > before[id(conn)]:
+                    conn.heard_at = now + 0.001
+
+
+def test_a_silent_connection_is_pinged_every_interval_and_kept_while_it_answers() -> None:
+    beats = Heartbeats(interval=20, timeout=10)
+    conn = FakeConn()
+    beats.add(conn, now=0)
+    run(beats, [conn], until=19.9)
+    assert conn.pings == []
+    run(beats, [conn], until=100)
+    assert len(conn.pings) == 4  # at 20, ~40, ~60, ~80 (each interval after the last answer)
+    assert all(19.9 < b - a < 20.1 for a, b in zip(conn.pings, conn.pings[1:], strict=False))
+    assert not conn.timed_out
+
+
+def test_a_connection_that_does_not_answer_is_given_up_after_the_timeout() -> None:
+    beats = Heartbeats(interval=20, timeout=10)
+    conn = FakeConn()
+    beats.add(conn, now=0)
+    run(beats, [conn], until=29.9, answer=False)
+    assert conn.pings == [20] and not conn.timed_out
+    run(beats, [conn], until=30, answer=False)
+    assert conn.timed_out
+    assert len(beats) == 0  # forgotten once given up on
+
+
+def test_a_busy_connection_is_never_pinged() -> None:
+    beats = Heartbeats(interval=20, timeout=10)
+    conn = FakeConn()
+    beats.add(conn, now=0)
+    for t in range(0, 200, 5):
+        conn.heard_at = float(t)
+        beats.tick(float(t))
+    assert conn.pings == [] and not conn.timed_out
+    assert len(beats) == 1
+
+
+def test_closed_connections_are_dropped_and_cost_nothing() -> None:
+    beats = Heartbeats(interval=20, timeout=10)
+    conns = [FakeConn() for _ in range(1000)]
+    for conn in conns:
+        beats.add(conn, now=0)
+        conn.gone = True
+    beats.tick(20)
+    assert len(beats) == 0 and beats.next_due() == math.inf
+    assert not any(c.pings for c in conns)
+
+
+# ---------------------------------------------------------------------- on the wire
+
+
+@attrs.define
+class RawClient:
+    """A WebSocket client that does only what the test tells it to."""
+
+    stream: trio.SocketStream
+    ws: WSConnection
+    pending: list[Event] = attrs.field(factory=list)
+
+    async def send_event(self, event: Event) -> None:
+        await self.stream.send_all(self.ws.send(event))
+
+    async def send_json(self, message: dict[str, Any]) -> None:
+        await self.send_event(TextMessage(data=json.dumps(message)))
+
+    async def next_event(self) -> Event | None:
+        """The next protocol event, or None when the server closed TCP."""
+        while not self.pending:
+            data = await self.stream.receive_some(65536)
+            if not data:
+                return None
+            self.ws.receive_data(data)
+            self.pending.extend(self.ws.events())
+        return self.pending.pop(0)
+
+    async def next_of(self, kind: type[Event]) -> Any:
+        while True:
+            event = await self.next_event()
+            assert event is not None, f"closed while waiting for {kind.__name__}"
+            if isinstance(event, kind):
+                return event
+
+    async def reply(self, op_id: str) -> dict[str, Any]:
+        """The decoded frame answering ``op_id``."""
+        while True:
+            message: TextMessage = await self.next_of(TextMessage)
+            decoded: dict[str, Any] = json.loads(message.data)
+            if decoded["data"].get("op_id") == op_id:
+                return decoded
+
+
+@asynccontextmanager
+async def raw_client(server: RunningServer, user: str) -> AsyncIterator[RawClient]:
+    stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+    client = RawClient(stream, WSConnection(ConnectionType.CLIENT))
+    await client.send_event(Request(host="localhost", target=f"/?user={user}"))
+    await client.next_of(AcceptConnection)
+    welcome: TextMessage = await client.next_of(TextMessage)
+    assert json.loads(welcome.data)["type"] == "welcome"
+    try:
+        yield client
+    finally:
+        await stream.aclose()
+
+
+async def test_a_client_that_ignores_pings_is_closed_with_1001_after_the_timeout(
+    autojump_clock: MockClock, tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    autojump_clock.autojump_threshold = math.inf
+    server = await start_server(nursery, make_config(
+        tmp_path, server={"heartbeat_s": 20, "heartbeat_timeout_s": 10}))
+    async with raw_client(server, "mute") as mute, connect(server.url, user="alive") as alive:
+        start = trio.current_time()
+        with time_flies(autojump_clock), trio.fail_after(60):  # virtual seconds
+            await mute.next_of(Ping)  # not answered
+            pinged = trio.current_time() - start
+            close: CloseConnection = await mute.next_of(CloseConnection)
+            closed = trio.current_time() - start
+        assert 20 <= pinged < 21 and 30 <= closed < 31
+        assert (close.code, close.reason) == (1001, "heartbeat timeout")
+        # trio-websocket answers pings: that client is still fine after several intervals.
+        assert (await alive.request_raw("presence.ping"))["type"] == "presence.pong"
+
+
+async def test_a_client_ping_gets_a_pong(server: RunningServer) -> None:
+    async with connect(server.url, user="alice") as alice:
+        with trio.fail_after(5):
+            await alice.ws.ping(b"are you there")  # returns when the matching pong arrives
+
+
+async def test_fragmented_messages_are_reassembled(server: RunningServer) -> None:
+    async with raw_client(server, "alice") as alice:
+        text = json.dumps({"type": "presence.ping", "id": "frag"})
+        for i, part in enumerate((text[:5], text[5:12], text[12:])):
+            await alice.send_event(TextMessage(data=part, message_finished=i == 2))
+        with trio.fail_after(5):
+            assert (await alice.reply("frag"))["type"] == "presence.pong"
+
+
+async def test_fragments_adding_up_over_the_transport_cap_close_with_1009(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    server = await start_server(nursery, make_config(tmp_path, server={"max_transport_bytes": 1000}))
+    async with raw_client(server, "alice") as alice, connect(server.url, user="bob") as bob:
+        for _ in range(3):
+            await alice.send_event(TextMessage(data="x" * 400, message_finished=False))
+        with trio.fail_after(5):
+            close: CloseConnection = await alice.next_of(CloseConnection)
+        assert close.code == 1009
+        assert (await bob.request_raw("presence.ping"))["type"] == "presence.pong"
+
+
+@pytest.mark.parametrize(("garbage", "code"), [
+    (b"\x81\x05hello", 1002),  # an unmasked client frame
+    (b"\x83\x80\x00\x00\x00\x00", 1002),  # a reserved opcode
+])
+async def test_a_protocol_violation_closes_with_its_code_and_nobody_else_notices(
+    server: RunningServer, garbage: bytes, code: int
+) -> None:
+    async with raw_client(server, "alice") as alice, connect(server.url, user="bob") as bob:
+        await alice.stream.send_all(garbage)
+        with trio.fail_after(5):
+            close: CloseConnection = await alice.next_of(CloseConnection)
+        assert close.code == code
+        assert (await bob.request_raw("presence.ping"))["type"] == "presence.pong"
+
+
+async def test_invalid_utf8_in_a_text_frame_closes_with_1007(server: RunningServer) -> None:
+    async with raw_client(server, "alice") as alice:
+        # FIN + text, masked with a zero key, one byte: a lone UTF-8 continuation byte.
+        await alice.stream.send_all(b"\x81\x81\x00\x00\x00\x00\x80")
+        with trio.fail_after(5):
+            close: CloseConnection = await alice.next_of(CloseConnection)
+        assert close.code == 1007
+
+
+async def test_the_server_echoes_a_client_close_and_ends_tcp(server: RunningServer) -> None:
+    async with raw_client(server, "alice") as alice:
+        await alice.send_event(CloseConnection(code=4321, reason="bye"))
+        with trio.fail_after(5):
+            close: CloseConnection = await alice.next_of(CloseConnection)
+            assert close.code == 4321
+            assert await alice.next_event() is None  # then TCP is closed by the server
+
+
+async def test_a_client_close_completes_the_closing_handshake(server: RunningServer) -> None:
+    async with connect(server.url, user="alice") as alice:
+        ws = alice.ws
+    assert ws.closed is not None and ws.closed.code == 1000
+
+
+@pytest.mark.parametrize(("request_bytes", "status"), [
+    (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"400"),  # plain HTTP, no upgrade
+    (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", b"400"),
+    (b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+     b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 8\r\n\r\n", b"426"),
+    (b"\x16\x03\x01 not http at all\r\n\r\n", b"400"),
+])
+async def test_requests_that_are_not_websocket_upgrades_get_an_http_error(
+    server: RunningServer, request_bytes: bytes, status: bytes
+) -> None:
+    stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+    await stream.send_all(request_bytes)
+    response = b""
+    with trio.fail_after(5):
+        while chunk := await stream.receive_some(4096):
+            response += chunk
+    assert response.split(b" ")[1] == status
+    async with connect(server.url, user="alice") as alice:  # and the server is fine
+        assert (await alice.request_raw("presence.ping"))["type"] == "presence.pong"
+
+
+async def test_a_client_that_never_finishes_its_handshake_is_dropped_after_connect_timeout(
+    autojump_clock: MockClock, tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    server = await start_server(nursery, make_config(tmp_path, server={"connect_timeout_s": 7}))
+    stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+    start = trio.current_time()
+    await stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n")  # and nothing more
+    assert await stream.receive_some(100) == b""
+    assert 7 <= trio.current_time() - start < 8
+
+
+async def test_handshake_refusals_still_carry_their_status_and_reason(server: RunningServer) -> None:
+    with trio.fail_after(5), pytest.raises(trio_websocket.ConnectionRejected) as refused:
+        async with trio_websocket.open_websocket_url(server.url + "?user=a%20b"):
+            pass  # pragma: no cover
+    assert refused.value.status_code == 401
+    assert refused.value.body is not None and b"user must be" in refused.value.body
+
+
+def test_opcode_constants_match_wsproto() -> None:
+    from signald.websocket import PING_FRAME
+
+    assert PING_FRAME[0] & 0x0F == Opcode.PING and PING_FRAME[0] & 0x80 and PING_FRAME[1] == 0
