@@ -63,6 +63,7 @@ async def _reader(hub: Hub, ws: ServerWebSocket, session: Session) -> None:
                 session.close(code, reason, flush=False)
             return
         await handle_frame(hub, session, frame)
+        del frame  # not kept alive while waiting for the next one (idle connections are most)
 
 
 async def handle_frame(hub: Hub, session: Session, frame: str | bytes) -> None:
@@ -116,6 +117,7 @@ async def _writer(ws: ServerWebSocket, session: Session, scope: trio.CancelScope
             outbox.writing = True
             await ws.stream.send_all(batch[0] if len(batch) == 1 else b"".join(batch))
             outbox.writing = False
+            del batch
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         outbox.writing = False
         ws.broken = True
@@ -131,7 +133,6 @@ async def _expiry(hub: Hub, session: Session) -> None:
         if delay <= 0:
             hub.expire_session(session)
             return
+        changed = session.expiry_changed = trio.Event()
         with trio.move_on_after(min(delay, 3600.0) if math.isfinite(delay) else 3600.0):
-            await session.expiry_changed.wait()
-        if session.expiry_changed.is_set():
-            session.expiry_changed = trio.Event()
+            await changed.wait()

@@ -15,7 +15,6 @@ implements the same three methods.
 from __future__ import annotations
 
 import abc
-import collections
 import struct
 from collections.abc import Callable, Iterable
 from typing import Any, Final
@@ -157,8 +156,21 @@ class Outbox:
     A partly written frame is never dropped, so the byte stream stays well-formed.
     """
 
-    __slots__ = ("_frames", "_has_frames", "_keyed", "_live", "_partial", "binary", "closed",
-                 "coalesced", "direct_write", "high_water", "limit", "on_overflow", "writing")
+    __slots__ = (
+        "_frames",
+        "_keyed",
+        "_live",
+        "_partial",
+        "_waiter",
+        "binary",
+        "closed",
+        "coalesced",
+        "direct_write",
+        "high_water",
+        "limit",
+        "on_overflow",
+        "writing",
+    )
 
     def __init__(self, limit: int, *, binary: bool, on_overflow: Callable[[], None]) -> None:
         self.limit = limit
@@ -171,9 +183,9 @@ class Outbox:
         self.coalesced = 0
         self._live = 0
         self._partial: bytes | None = None  # the unsent tail of a frame written in part
-        self._frames: collections.deque[bytes | _Slot] = collections.deque()
+        self._frames: list[bytes | _Slot] = []
         self._keyed: dict[tuple[str, ...], _Slot] = {}
-        self._has_frames = trio.Event()
+        self._waiter: trio.lowlevel.Task | None = None  # the writer task, parked in get_batch
 
     def __len__(self) -> int:
         return self._live
@@ -221,7 +233,7 @@ class Outbox:
                 return True
             if len(rest) < len(payload):
                 self._partial = rest
-                self._has_frames.set()
+                self._wake()
                 return True
         if key is None:
             self._frames.append(payload)
@@ -230,7 +242,7 @@ class Outbox:
             self._keyed[key] = slot
             self._frames.append(slot)
         self._live += 1
-        self._has_frames.set()
+        self._wake()
         return True
 
     def push_control(self, data: bytes) -> None:
@@ -248,11 +260,10 @@ class Outbox:
             self._partial = rest
         else:
             self._frames.append(data)
-        self._has_frames.set()
+        self._wake()
 
     def _compact(self) -> None:
-        self._frames = collections.deque(
-            f for f in self._frames if not isinstance(f, _Slot) or f.payload is not None)
+        self._frames = [f for f in self._frames if not isinstance(f, _Slot) or f.payload is not None]
 
     async def get_batch(self) -> list[bytes]:
         """Wait until bytes are queued, then take all of them (complete WebSocket frames) in order.
@@ -262,9 +273,7 @@ class Outbox:
         while not self._frames and self._partial is None:
             if self.closed:
                 return []
-            if self._has_frames.is_set():
-                self._has_frames = trio.Event()
-            await self._has_frames.wait()
+            await self._park()
         batch: list[bytes] = []
         if self._partial is not None:
             batch.append(self._partial)
@@ -279,6 +288,22 @@ class Outbox:
         self._live = 0
         return batch
 
+    def _wake(self) -> None:
+        task = self._waiter
+        if task is not None:
+            self._waiter = None
+            trio.lowlevel.reschedule(task)
+
+    async def _park(self) -> None:
+        """Sleep until :meth:`_wake` (one waiter only: the writer; lighter than a ``trio.Event``)."""
+        self._waiter = trio.lowlevel.current_task()
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            self._waiter = None
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+
     def close(self, *, drop: bool) -> None:
         """Accept no more frames; ``drop`` discards those still queued, else they are flushed."""
         self.closed = True
@@ -286,7 +311,7 @@ class Outbox:
             self._frames.clear()
             self._keyed.clear()
             self._live = 0
-        self._has_frames.set()
+        self._wake()
 
 
 class Broker(abc.ABC):

@@ -95,7 +95,7 @@ class FloodGuard:
         self._bucket = TokenBucket(rate_per_s, burst)
         self._max_rejects = burst
         self._window = float(window_s)
-        self._rejects: deque[float] = deque(maxlen=burst + 1)
+        self._rejects: deque[float] | None = None  # made on the first rejection (most never see one)
         self._closed = False
 
     @property
@@ -110,6 +110,8 @@ class FloodGuard:
         if self._bucket.allow(now):
             return Verdict.ALLOW
         rejects = self._rejects
+        if rejects is None:
+            rejects = self._rejects = deque(maxlen=self._max_rejects + 1)
         rejects.append(now)
         while rejects and now - rejects[0] >= self._window:
             rejects.popleft()

@@ -214,6 +214,7 @@ async def _serve_client(
     user = identity.user_id
     if hub.connection_count(user) + hub.handshaking.get(user, 0) >= config.limits.max_connections_per_user:
         return await _refuse(handshake, 429, "too many connections for this user", peer, user)
+    del request, handshake_request  # the headers are not kept for the connection's lifetime
     hub.handshaking[user] = hub.handshaking.get(user, 0) + 1  # hold the slot while we answer
     try:
         connection = await handshake.accept(subprotocol)

@@ -46,7 +46,7 @@ class Session:
     close_code: int | None = None
     close_reason: str = ""
     detached: bool = False
-    expiry_changed: trio.Event = attrs.field(factory=trio.Event)
+    expiry_changed: trio.Event | None = None  # made by the expiry task (only sessions with an expiry have one)
     on_close: Callable[[], None] | None = None
     cancel_scope: trio.CancelScope | None = None
 

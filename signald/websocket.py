@@ -23,7 +23,6 @@ with 1009. Neither raises: :meth:`ServerWebSocket.receive_message` returns None 
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import os
 from collections.abc import Callable
@@ -168,7 +167,7 @@ class ServerWebSocket:
         self.broken = False  # the TCP stream ended or failed: no close handshake is possible
         self.gone = False  # closed: heartbeats forget it
         self._conn = conn
-        self._events: collections.deque[Event] = collections.deque()
+        self._events: list[Event] = []
         self._parts: list[str | bytes] = []
         self._size = 0
         self._peer_close: CloseConnection | None = None
@@ -185,7 +184,7 @@ class ServerWebSocket:
         conn = self._conn
         while True:
             while events:
-                event = events.popleft()
+                event = events.pop(0)
                 kind = type(event)
                 if kind is TextMessage or kind is BytesMessage:
                     assert isinstance(event, (TextMessage, BytesMessage))
@@ -214,6 +213,7 @@ class ServerWebSocket:
                 return None
             self.heard_at = trio.current_time()
             conn.receive_data(data)
+            del data  # not kept alive while waiting for more
             events.extend(conn.events())
 
     def _add(self, data: str | bytes | bytearray, finished: bool) -> str | bytes | None:

@@ -24,7 +24,8 @@ async def auth_refresh(ctx: Context, msg: AuthRefresh) -> ExpiresResult:
     current = Identity(session.user_id, session.roles, session.rooms_allowed, session.expires_at)
     fresh = refresh_identity(ctx.hub.authenticator, current, msg.data.refresh_token)
     session.roles, session.rooms_allowed, session.expires_at = fresh.roles, fresh.rooms, fresh.expires_at
-    session.expiry_changed.set()
+    if session.expiry_changed is not None:
+        session.expiry_changed.set()
     return ExpiresResult(expires_at=iso_utc(fresh.expires_at) if fresh.expires_at is not None else None)
 
 
