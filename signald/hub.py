@@ -196,8 +196,11 @@ class Hub:
     async def _run_heartbeats(self) -> None:
         heartbeats = self.heartbeats
         while True:
-            # A connection added meanwhile is due ``interval`` from its start: never before this.
-            await trio.sleep_until(min(heartbeats.next_due(), trio.current_time() + heartbeats.interval))
+            now = trio.current_time()
+            # Batch what comes due within ``resolution``; a connection added meanwhile is due
+            # ``interval`` from its start, never before this wake-up.
+            wake = max(heartbeats.next_due(), now + heartbeats.resolution)
+            await trio.sleep_until(min(wake, now + heartbeats.interval))
             heartbeats.tick(trio.current_time())
 
     def active_calls(self) -> int:
