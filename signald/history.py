@@ -751,8 +751,9 @@ class HistoryStore:
         try:
             conn.execute("BEGIN IMMEDIATE" if writes else "BEGIN")
             try:
+                alone = len(batch) == 1  # its own transaction: no savepoint needed to undo it alone
                 for op in batch:
-                    self._w_run(conn, op)
+                    self._w_run(conn, op, alone=alone)
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
@@ -768,9 +769,17 @@ class HistoryStore:
         finally:
             self._w_deliver(batch)
 
-    def _w_run(self, conn: sqlite3.Connection, op: _Op[Any]) -> None:
+    def _w_run(self, conn: sqlite3.Connection, op: _Op[Any], *, alone: bool = False) -> None:
         assert op.fn is not None
         write = op.kind == "write"
+        if write and alone:
+            try:
+                op.value, op.event = op.fn(conn)
+            except Exception as exc:
+                conn.execute("ROLLBACK")  # the failed operation was the whole transaction
+                conn.execute("BEGIN")  # so that the COMMIT that follows has one to end
+                self._w_failed(op, exc)
+            return
         if write:
             conn.execute("SAVEPOINT op")
         try:
@@ -779,14 +788,18 @@ class HistoryStore:
             if write:  # undo this operation only; the rest of the batch goes on
                 conn.execute("ROLLBACK TO op")
                 conn.execute("RELEASE op")
-            if isinstance(exc, sqlite3.Error):
-                logger.error("history operation failed", exc_info=exc)
-                op.error = _storage_error(exc)
-            else:
-                op.error = exc
+            self._w_failed(op, exc)
             return
         if write:
             conn.execute("RELEASE op")
+
+    @staticmethod
+    def _w_failed(op: _Op[Any], exc: Exception) -> None:
+        if isinstance(exc, sqlite3.Error):
+            logger.error("history operation failed", exc_info=exc)
+            op.error = _storage_error(exc)
+        else:
+            op.error = exc
 
     def _w_deliver(self, batch: list[_Op[Any]]) -> None:
         assert self._token is not None

@@ -86,6 +86,7 @@ class Hub:
         self.call_log: CallLog | None = None
         self.heartbeats = Heartbeats(config.server.heartbeat_s, config.server.heartbeat_timeout_s)
         self._timers_changed = trio.Event()
+        self._timers_wake_at = math.inf  # when the timer task will next look
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -166,8 +167,13 @@ class Hub:
     # ------------------------------------------------------------------ timers
 
     def poke_timers(self) -> None:
-        """A deadline may have moved earlier: let the timer task look again."""
-        self._timers_changed.set()
+        """A deadline may have moved earlier: wake the timer task if it would now sleep too long.
+
+        Most pokes (every inbound message renews its user's away deadline) move nothing earlier
+        and cost no wake-up.
+        """
+        if self.next_deadline() < self._timers_wake_at:
+            self._timers_changed.set()
 
     def next_deadline(self) -> float:
         candidates = (self.presence.next_deadline(), self.calls.next_deadline())
@@ -183,7 +189,8 @@ class Hub:
 
     async def _run_timers(self) -> None:
         while True:
-            with trio.move_on_at(self.next_deadline()):
+            self._timers_wake_at = self.next_deadline()
+            with trio.move_on_at(self._timers_wake_at):
                 await self._timers_changed.wait()
             self.tick(trio.current_time())
             # Reset after ticking: the tick's own pokes are covered by the next deadline lookup.
