@@ -129,10 +129,10 @@ def direct_writer(stream: trio.abc.Stream) -> DirectWrite | None:
     """A non-blocking ``send`` on the stream's socket, or None where bytes need a task (TLS)."""
     if not isinstance(stream, trio.SocketStream):
         return None
-    sock = stream.socket
+    fileno = stream.socket.fileno
 
     def write(data: bytes) -> int:
-        fd = sock.fileno()
+        fd = fileno()
         if fd < 0:
             return 0  # closed
         try:
