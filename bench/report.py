@@ -174,7 +174,8 @@ def render(result: dict[str, Any], plot_name: str) -> str:
         f" {env['client_cpu']}. Load average {_load(env)}; a run during which other processes used more"
         " than a quarter of a core is repeated (up to twice).",
         f"- signald measured: {_source(env)}.",
-        f"- Python {env['python']}; trio {v.get('trio')}, trio-websocket {v.get('trio-websocket')} (clients only), wsproto"
+        f"- Python {env['python']}; trio {v.get('trio')}, trio-websocket {v.get('trio-websocket')} (clients only),"
+        " wsproto"
         f" {v.get('wsproto')}, msgspec {v.get('msgspec')}; python-socketio {v.get('python-socketio')} /"
         f" python-engineio {v.get('python-engineio')} on aiohttp {v.get('aiohttp')}; websockets {v.get('websockets')}.",
         "",
