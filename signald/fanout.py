@@ -195,19 +195,23 @@ class Outbox:
         """Part of a frame is on the wire and the rest is not: a close frame now would be garbage."""
         return self.writing or self._partial is not None
 
-    @property
-    def idle(self) -> bool:
-        """Nothing queued and nothing being written: a direct write may go out now."""
-        return not self.writing and not self._frames and self._partial is None
+    def _write_if_idle(self, data: bytes) -> bool:
+        """Write ``data`` straight into the socket if nothing is queued or being written.
 
-    def _try_direct(self, data: bytes) -> bytes | None:
-        """Write ``data`` directly if idle; the part left to queue (None: all written or not tried)."""
-        if self.direct_write is None or not self.idle:
-            return data
-        written = self.direct_write(data)
-        if written >= len(data):
-            return None
-        return data[written:] if written else data
+        True if that took care of it (all written, or the unsent tail kept to go out first);
+        False if it must be queued.
+        """
+        write = self.direct_write
+        if write is None or self.writing or self._frames or self._partial is not None:
+            return False
+        written = write(data)
+        if written == len(data):
+            return True
+        if written:
+            self._partial = data[written:]
+            self._wake()
+            return True
+        return False
 
     def push(self, frame: Frame) -> bool:
         """Queue ``frame`` for this connection; False if it was not queued."""
@@ -227,16 +231,8 @@ class Outbox:
             self.on_overflow()
             return False
         payload = frame.wire_binary if self.binary else frame.wire_text
-        write = self.direct_write
-        if write is not None and not self.writing and not self._frames and self._partial is None:
-            # Idle: straight into the socket (the hot path of fan-out, hence inlined).
-            written = write(payload)
-            if written == len(payload):
-                return True
-            if written:
-                self._partial = payload[written:]
-                self._wake()
-                return True
+        if self._write_if_idle(payload):
+            return True
         if key is None:
             self._frames.append(payload)
         else:
@@ -253,15 +249,9 @@ class Outbox:
         Control frames do not count against ``limit`` and are never coalesced; after
         :meth:`close` they are not sent (the close frame is the last thing the peer gets).
         """
-        if self.closed:
+        if self.closed or self._write_if_idle(data):
             return
-        rest = self._try_direct(data)
-        if rest is None:
-            return
-        if len(rest) < len(data):
-            self._partial = rest
-        else:
-            self._frames.append(data)
+        self._frames.append(data)
         self._wake()
 
     def _compact(self) -> None:

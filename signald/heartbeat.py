@@ -40,8 +40,6 @@ class Heartbeats:
         self.resolution = min(1.0, max(0.01, min(interval, timeout) / 20))
         self._due: list[tuple[float, int, Monitored]] = []
         self._order = itertools.count()
-        self.pings_sent = 0
-        self.timeouts = 0
 
     def __len__(self) -> int:
         return len(self._due)
@@ -67,13 +65,11 @@ class Heartbeats:
                 else:
                     conn.ping_sent_at = now
                     conn.send_ping()
-                    self.pings_sent += 1
                     self._push(now + self.timeout, conn)
             elif conn.heard_at >= sent:  # heard from at or after the ping (a mock clock may stand still)
                 conn.ping_sent_at = None
                 self._push(max(conn.heard_at + self.interval, now), conn)
             else:
-                self.timeouts += 1
                 conn.silent()
 
     def _push(self, when: float, conn: Monitored) -> None:
