@@ -1,9 +1,11 @@
-"""Heartbeats for every connection of the hub, from one heap instead of a task per connection.
+"""Heartbeats for every connection of the hub, from one timing wheel instead of a task per connection.
 
 A connection is pinged once it has been silent for ``interval`` seconds (any bytes received count:
 a busy connection is never pinged), and given up on when it stays silent for ``timeout`` seconds
-after that ping. An idle connection costs one heap entry and one ping per ``interval``; there is
-no task, timer or cancel scope per connection.
+after that ping. Due times are rounded up to ``resolution``: connections due in the same slot
+share one list (appending is all scheduling costs), and a small heap orders the slots. An idle
+connection costs one list entry and one ping per ``interval``; there is no task, timer or cancel
+scope per connection.
 
 Sans-IO: :meth:`Heartbeats.tick` is driven by the hub's heartbeat task (or by a test) with the
 current time; it calls :meth:`Monitored.send_ping` and :meth:`Monitored.silent`, which never block.
@@ -12,7 +14,6 @@ current time; it calls :meth:`Monitored.send_ping` and :meth:`Monitored.silent`,
 from __future__ import annotations
 
 import heapq
-import itertools
 import math
 from typing import Protocol
 
@@ -38,39 +39,48 @@ class Heartbeats:
         # Connections come due one by one; waking for each costs more than the ping. Ticks at most
         # this often handle all that came due together (their timing is that much less exact).
         self.resolution = min(1.0, max(0.01, min(interval, timeout) / 20))
-        self._due: list[tuple[float, int, Monitored]] = []
-        self._order = itertools.count()
+        self._slots: dict[int, list[Monitored]] = {}  # slot number -> connections due then
+        self._slot_order: list[int] = []  # heap of the slot numbers in _slots
+        self._count = 0
 
     def __len__(self) -> int:
-        return len(self._due)
+        return self._count
 
     def add(self, conn: Monitored, now: float) -> None:
         """Watch a new connection (its first look is ``interval`` from now)."""
         self._push(now + self.interval, conn)
 
     def next_due(self) -> float:
-        return self._due[0][0] if self._due else math.inf
+        return self._slot_order[0] * self.resolution if self._slot_order else math.inf
 
     def tick(self, now: float) -> None:
         """Ping the connections silent for ``interval``; give up on those that did not answer."""
-        due = self._due
-        while due and due[0][0] <= now:
-            _, _, conn = heapq.heappop(due)
-            if conn.gone:
-                continue
-            sent = conn.ping_sent_at
-            if sent is None:
-                if now - conn.heard_at < self.interval:
-                    self._push(conn.heard_at + self.interval, conn)
+        order, slots, resolution = self._slot_order, self._slots, self.resolution
+        while order and order[0] * resolution <= now:
+            due = slots.pop(heapq.heappop(order))
+            self._count -= len(due)
+            for conn in due:
+                if conn.gone:
+                    continue
+                sent = conn.ping_sent_at
+                if sent is None:
+                    if now - conn.heard_at < self.interval:
+                        self._push(conn.heard_at + self.interval, conn)
+                    else:
+                        conn.ping_sent_at = now
+                        conn.send_ping()
+                        self._push(now + self.timeout, conn)
+                elif conn.heard_at >= sent:  # heard from at or after the ping (a mock clock may stand still)
+                    conn.ping_sent_at = None
+                    self._push(max(conn.heard_at + self.interval, now), conn)
                 else:
-                    conn.ping_sent_at = now
-                    conn.send_ping()
-                    self._push(now + self.timeout, conn)
-            elif conn.heard_at >= sent:  # heard from at or after the ping (a mock clock may stand still)
-                conn.ping_sent_at = None
-                self._push(max(conn.heard_at + self.interval, now), conn)
-            else:
-                conn.silent()
+                    conn.silent()
 
     def _push(self, when: float, conn: Monitored) -> None:
-        heapq.heappush(self._due, (when, next(self._order), conn))
+        slot = math.ceil(when / self.resolution)
+        due = self._slots.get(slot)
+        if due is None:
+            self._slots[slot] = due = []
+            heapq.heappush(self._slot_order, slot)
+        due.append(conn)
+        self._count += 1

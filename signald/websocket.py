@@ -41,6 +41,7 @@ from wsproto.events import (
     Request,
     TextMessage,
 )
+from wsproto.frame_protocol import FrameDecoder
 from wsproto.handshake import H11Handshake
 from wsproto.utilities import RemoteProtocolError
 
@@ -48,6 +49,9 @@ from signald.fanout import DirectWrite, Outbox
 
 RECEIVE_BYTES = 16384
 PING_FRAME = b"\x89\x00"  # FIN + ping, empty payload, unmasked (server to client)
+# The answer to PING_FRAME: FIN + pong, masked, empty payload, then the 4-byte masking key.
+PONG_HEAD = b"\x8a\x80"
+PONG_SIZE = 6
 CLOSE_ABNORMAL = 1006
 CLOSE_TOO_BIG = 1009
 
@@ -153,8 +157,8 @@ class ServerWebSocket:
     are what it calls.
     """
 
-    __slots__ = ("_conn", "_events", "_parts", "_peer_close", "_size", "broken", "failure", "gone", "heard_at",
-                 "max_message_bytes", "on_silent", "outbox", "ping_sent_at", "stream")
+    __slots__ = ("_conn", "_decoder", "_drained", "_events", "_fileno", "_parts", "_peer_close", "_size", "broken",
+                 "failure", "gone", "heard_at", "max_message_bytes", "on_silent", "outbox", "ping_sent_at", "stream")
 
     def __init__(self, stream: trio.abc.Stream, conn: Connection, outbox: Outbox, *, max_message_bytes: int) -> None:
         self.stream = stream
@@ -171,6 +175,11 @@ class ServerWebSocket:
         self._parts: list[str | bytes] = []
         self._size = 0
         self._peer_close: CloseConnection | None = None
+        # Plain TCP is read with os.read after waiting for readability (see _read); TLS through
+        # the stream. The frame decoder is looked at only to tell a lone pong from a frame's tail.
+        self._fileno = stream.socket.fileno if isinstance(stream, trio.SocketStream) else None
+        self._drained = True
+        self._decoder = frame_decoder(conn)
 
     # ------------------------------------------------------------------ reading
 
@@ -204,17 +213,57 @@ class ServerWebSocket:
                         self.failure = (event.code, event.reason or "protocol error")
                     return None
                 # Pong: having heard from the peer is all it is for.
-            try:
-                data = await _receive(self.stream)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                data = b""
+            data = await self._read()
             if not data:
                 self.broken = True
                 return None
             self.heard_at = trio.current_time()
+            if len(data) == PONG_SIZE and data[:2] == PONG_HEAD and self._at_frame_boundary():
+                continue  # the answer to a heartbeat: having heard from the peer is all it is for
             conn.receive_data(data)
             del data  # not kept alive while waiting for more
             events.extend(conn.events())
+
+    async def _read(self) -> bytes:
+        """The next bytes from the peer; ``b""`` once the stream ended, failed or was closed.
+
+        On plain TCP an idle connection (its last read drained the socket) waits for readability
+        first instead of trying a read that would fail, and reads with ``os.read``: the pong of an
+        idle connection costs one wake-up and one system call. A connection that had more to read
+        checkpoints (lets other tasks run, may be cancelled) and reads straight away.
+        """
+        fileno = self._fileno
+        if fileno is None:
+            try:
+                return await _receive(self.stream)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return b""
+        wait = self._drained
+        if not wait:
+            await trio.lowlevel.checkpoint()
+        while True:
+            fd = fileno()
+            if fd < 0:
+                return b""  # closed by this side
+            if wait:
+                await _wait_readable(fd)
+                wait = False
+                continue
+            try:
+                data = os.read(fd, RECEIVE_BYTES)
+            except (BlockingIOError, InterruptedError):
+                wait = True
+                continue
+            except OSError:
+                return b""  # reset by the peer: broken
+            self._drained = len(data) < RECEIVE_BYTES
+            return data
+
+    def _at_frame_boundary(self) -> bool:
+        """No part of a frame is waiting in wsproto's decoder (so new bytes start a frame)."""
+        decoder = self._decoder
+        return decoder is not None and decoder.header is None and not len(decoder.buffer) \
+            and self._conn.state is ConnectionState.OPEN
 
     def _add(self, data: str | bytes | bytearray, finished: bool) -> str | bytes | None:
         if isinstance(data, bytearray):
@@ -297,6 +346,23 @@ class ServerWebSocket:
             conn.receive_data(data)
             if any(isinstance(event, CloseConnection) for event in conn.events()):
                 return
+
+
+async def _wait_readable(fd: int) -> None:
+    with contextlib.suppress(trio.ClosedResourceError):  # closed meanwhile: the next read sees fd -1
+        await trio.lowlevel.wait_readable(fd)
+
+
+def frame_decoder(conn: Connection) -> FrameDecoder | None:
+    """wsproto's frame decoder inside ``conn`` (its ``header`` and ``buffer``), or None if it moved.
+
+    Only the pong fast path of :class:`ServerWebSocket` uses it; without it every pong goes through
+    wsproto. tests/test_websocket.py fails if a wsproto release moves it.
+    """
+    decoder = getattr(getattr(conn, "_proto", None), "_frame_decoder", None)
+    if isinstance(decoder, FrameDecoder) and hasattr(decoder, "header") and hasattr(decoder, "buffer"):
+        return decoder
+    return None
 
 
 async def _receive(stream: trio.abc.Stream) -> bytes:

@@ -76,7 +76,8 @@ def test_a_silent_connection_is_pinged_every_interval_and_kept_while_it_answers(
     assert conn.pings == []
     run(beats, [conn], until=100)
     assert len(conn.pings) == 4  # at 20, ~40, ~60, ~80 (each interval after the last answer)
-    assert all(19.9 < b - a < 20.1 for a, b in zip(conn.pings, conn.pings[1:], strict=False))
+    # never early; late by at most the wheel's resolution (due times are rounded up to it)
+    assert all(20 < b - a <= 20 + beats.resolution for a, b in zip(conn.pings, conn.pings[1:], strict=False))
     assert not conn.timed_out
 
 
@@ -202,6 +203,46 @@ async def test_fragmented_messages_are_reassembled(server: RunningServer) -> Non
             await alice.send_event(TextMessage(data=part, message_finished=i == 2))
         with trio.fail_after(5):
             assert (await alice.reply("frag"))["type"] == "presence.pong"
+
+
+def test_the_pong_fast_path_recognises_what_wsproto_clients_send() -> None:
+    """The server skips wsproto for a lone 6-byte pong; it must be what clients really send."""
+    from wsproto.connection import Connection
+    from wsproto.events import Pong
+
+    from signald.websocket import PONG_HEAD, PONG_SIZE, frame_decoder
+
+    wire = Connection(ConnectionType.CLIENT).send(Pong())
+    assert len(wire) == PONG_SIZE and wire[:2] == PONG_HEAD
+    # wsproto's decoder is where the fast path looks for a half-received frame
+    server_side = Connection(ConnectionType.SERVER)
+    decoder = frame_decoder(server_side)
+    assert decoder is not None and decoder.header is None and not len(decoder.buffer)
+    server_side.receive_data(Connection(ConnectionType.CLIENT).send(TextMessage(data="hello"))[:4])
+    list(server_side.events())
+    assert decoder.header is not None or len(decoder.buffer)
+
+
+async def test_a_frame_whose_last_six_bytes_look_like_a_pong_is_not_taken_for_one(server: RunningServer) -> None:
+    """A frame split so its tail arrives alone, looking like a pong, is still parsed as a frame."""
+    async with raw_client(server, "alice") as alice:
+        text = json.dumps({"type": "presence.ping", "id": "tail"})
+        while (len(text) - 6) % 4:
+            text = text[:-1] + " }"
+        payload = text.encode()
+        n = len(payload)
+        assert n < 126
+        # a masking key that turns the payload's last six bytes into 8a 80 ...: a masked empty pong
+        key = bytes([payload[n - 6] ^ 0x8A, payload[n - 5] ^ 0x80, 0, 0])
+        masked = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+        wire = bytes([0x81, 0x80 | n]) + key + masked
+        head, tail = wire[:-6], wire[-6:]
+        assert tail[:2] == b"\x8a\x80"
+        await alice.stream.send_all(head)
+        await trio.testing.wait_all_tasks_blocked(0.01)  # the server has read the head alone
+        await alice.stream.send_all(tail)
+        with trio.fail_after(5):
+            assert (await alice.reply("tail"))["type"] == "presence.pong"
 
 
 async def test_fragments_adding_up_over_the_transport_cap_close_with_1009(
