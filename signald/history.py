@@ -132,6 +132,7 @@ WAL_CHECKPOINT_PAGES: Final = 10_000
 SYNCHRONOUS_MODES: Final = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
 _CHUNK: Final = 500  # bound variables per IN (...) query
 _SKIP: Final[Any] = object()  # "do not call on_commit"
+_NO_WAITER: Final = trio.Event()  # the ``done`` of ops completed by a callback: nobody waits on it
 _COLUMNS: Final = (
     "id, room, seq, user_id, body, attachments, parent_id, created_at, edited_at, deleted_at, redacted"
 )
@@ -197,13 +198,14 @@ def _storage_error(exc: BaseException, *, detail: bool = False) -> StorageError:
 class _Op(Generic[T]):
     """One work item. ``fn`` runs in the writer thread and returns ``(value, on_commit argument)``."""
 
-    __slots__ = ("done", "error", "event", "fn", "kind", "on_commit", "value")
+    __slots__ = ("done", "error", "event", "fn", "kind", "on_commit", "then", "value")
 
     def __init__(
         self,
         kind: str,
         fn: Callable[[sqlite3.Connection], tuple[T, Any]] | None = None,
         on_commit: Callable[[Any], None] | None = None,
+        then: Callable[[T | None, BaseException | None], None] | None = None,
     ) -> None:
         self.kind = kind  # "read" | "write" | "open" | "close"
         self.fn = fn
@@ -211,7 +213,10 @@ class _Op(Generic[T]):
         self.value: T | None = None
         self.event: Any = _SKIP
         self.error: BaseException | None = None
-        self.done = trio.Event()
+        # Completion: either ``then(value, error)`` is called in the Trio thread, or ``done`` is set
+        # for a task waiting on it.
+        self.then = then
+        self.done = trio.Event() if then is None else _NO_WAITER
 
 
 class HistoryStore:
@@ -348,13 +353,44 @@ class HistoryStore:
         on_commit: Callable[[ChatMessage], None] | None = None,
     ) -> tuple[ChatMessage, bool]:
         """Store a message; returns ``(message, created)``. ``created`` is False for a retry."""
+        fn = self._send_fn(room, user_id, body, attachments, parent_id, client_msg_id)
+        return await self._call(fn, write=True, on_commit=on_commit)
+
+    def send_nowait(
+        self,
+        *,
+        room: str,
+        user_id: str,
+        body: str,
+        then: Callable[[tuple[ChatMessage, bool] | None, BaseException | None], None],
+        attachments: Sequence[Attachment] = (),
+        parent_id: str | None = None,
+        client_msg_id: str | None = None,
+        on_commit: Callable[[ChatMessage], None] | None = None,
+    ) -> None:
+        """Queue :meth:`send` without waiting for it: ``then(result, error)`` runs once it is done.
+
+        ``then`` runs in the Trio thread right after ``on_commit``, once the transaction that
+        stored the message has committed (or with the error that failed it). Messages queued one
+        after the other are stored, and their callbacks run, in that order. Raises
+        :class:`StorageError` at once if the store is not open.
+        """
+        if self._state != "open":
+            raise StorageError(f"history store is {self._state}")
+        fn = self._send_fn(room, user_id, body, attachments, parent_id, client_msg_id)
+        self._put(_Op("write", fn, on_commit, then))
+
+    def _send_fn(
+        self, room: str, user_id: str, body: str, attachments: Sequence[Attachment],
+        parent_id: str | None, client_msg_id: str | None,
+    ) -> Callable[[sqlite3.Connection], tuple[tuple[ChatMessage, bool], Any]]:
         items = list(attachments)
         encoded = msgspec.json.encode(items).decode() if items else "[]"
 
         def fn(conn: sqlite3.Connection) -> tuple[tuple[ChatMessage, bool], Any]:
             return self._w_send(conn, room, user_id, body, items, encoded, parent_id, client_msg_id)
 
-        return await self._call(fn, write=True, on_commit=on_commit)
+        return fn
 
     async def edit(
         self,
@@ -1002,11 +1038,18 @@ class HistoryStore:
 
 
 def _complete(batch: list[_Op[Any]]) -> None:
-    """In the Trio thread: run on_commit callbacks in commit order, then wake each waiter."""
+    """In the Trio thread: in commit order, each op's on_commit callback, then its completion."""
     for op in batch:
         if op.error is None and op.on_commit is not None and op.event is not _SKIP:
             try:
                 op.on_commit(op.event)
             except Exception:
                 logger.exception("history on_commit callback failed")
-        op.done.set()
+        then = op.then
+        if then is None:
+            op.done.set()
+            continue
+        try:
+            then(op.value, op.error)
+        except Exception:
+            logger.exception("history completion callback failed")

@@ -13,6 +13,7 @@ import math
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -272,7 +273,14 @@ class Hub:
             self.send_to(send.conns, send.event)
 
     def reply(self, session: Session, message: Outbound) -> None:
-        """Queue a reply (ack, error, pong) for the requesting session."""
+        """Queue a reply (ack, error, pong) for the requesting session, in request order."""
+        if session.held is None:
+            self.reply_now(session, message)
+        else:
+            session.in_turn(partial(self.reply_now, session, message))
+
+    def reply_now(self, session: Session, message: Outbound) -> None:
+        """Queue a reply whose turn it is (see :meth:`Session.hold_reply`)."""
         frame = Frame(message)
         if session.send(frame):
             self.counters.messages_out += 1

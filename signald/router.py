@@ -7,7 +7,10 @@ for any other exception (logged with its traceback; the connection stays open). 
 without ``id`` gets no ack, but still gets an ``error`` (``op_id: null``) if it fails.
 
 A handler may return :class:`Reply` to answer with another message type instead of ``ack``
-(``presence.ping`` answers ``presence.pong``).
+(``presence.ping`` answers ``presence.pong``), or :data:`LATER` when it has held a place in the
+session's reply order and arranged for :meth:`Router.finish` to fill it once the work is done
+(``chat.send`` answers from the history store's commit callback, so the connection goes on
+reading meanwhile). Replies always leave in request order.
 
 Embedders add their own inbound types under the ``app.`` namespace with :meth:`Router.add_custom`;
 the frozen protocol types cannot be redefined.
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 
 import attrs
@@ -40,6 +44,7 @@ from signald.protocol import (
 
 if TYPE_CHECKING:
     from signald.hub import Context
+    from signald.session import HeldReply
 
 log = logging.getLogger("signald.router")
 audit = logging.getLogger("signald.audit")
@@ -58,6 +63,14 @@ class Reply:
     """A handler result that is sent as-is instead of being wrapped in ``ack``."""
 
     message: Outbound
+
+
+@attrs.frozen
+class Later:
+    """A handler result: the reply is sent later, once, through :meth:`Router.finish`."""
+
+
+LATER: Final = Later()
 
 
 @attrs.frozen
@@ -141,9 +154,8 @@ class Router:
         return kind if isinstance(kind, str) else None
 
     async def dispatch(self, ctx: Context, message: Inbound | CustomMessage) -> Outbound | None:
-        """Run the message's handler and return the reply to send, or None (no id, success)."""
-        op_id = message.id
-        kind = message.type if isinstance(message, CustomMessage) else type_of(type(message))
+        """Run the message's handler and return the reply to send, or None (no id, success, later)."""
+        kind = _kind(message)
         handler = self._handlers.get(kind)
         ctx.hub.metrics.messages_in.labels(kind).inc()
         try:
@@ -152,19 +164,48 @@ class Router:
                     raise SignalError("UNKNOWN_TYPE", f"{kind}: not implemented yet")
                 raise SignalError("UNKNOWN_TYPE", f"unknown message type {kind!r}")
             result = await handler(ctx, message)
-        except SignalError as exc:
-            if exc.code in AUDITED_CODES:
-                audit.warning("refused code=%s type=%s user=%s peer=%s reason=%s", exc.code, kind,
-                              ctx.session.user_id, ctx.session.remote, exc.message)
-            return error_reply(op_id, exc.code, exc.message)
-        except Exception:
-            log.exception("handler for %s failed (session %s)", kind, ctx.session.session_id)
-            return error_reply(op_id, "INTERNAL", "internal error; the request was not completed")
-        if isinstance(result, Reply):
-            return result.message
-        if op_id is None:
+        except Exception as exc:
+            return _failed(ctx, kind, message.id, exc)
+        if result is LATER:
             return None
-        return Ack(data=AckData(op_id=op_id, data=result))
+        return _succeeded(message.id, result)
+
+    @staticmethod
+    def finish(
+        ctx: Context, message: Inbound | CustomMessage, place: HeldReply, result: Any, error: BaseException | None
+    ) -> None:
+        """Send the reply of a message whose handler returned :data:`LATER`, in its ``place``.
+
+        ``place`` is what :meth:`Session.hold_reply` gave the handler; the reply (``ack`` with
+        ``result``, or the ``error`` for ``error``) goes out in request order.
+        """
+        if error is not None:
+            reply: Outbound | None = _failed(ctx, _kind(message), message.id, error)
+        else:
+            reply = _succeeded(message.id, result)
+        ctx.session.release(place, partial(ctx.hub.reply_now, ctx.session, reply) if reply is not None else None)
+
+
+def _kind(message: Inbound | CustomMessage) -> str:
+    return message.type if isinstance(message, CustomMessage) else type_of(type(message))
+
+
+def _failed(ctx: Context, kind: str, op_id: OpId, exc: BaseException) -> Error:
+    if isinstance(exc, SignalError):
+        if exc.code in AUDITED_CODES:
+            audit.warning("refused code=%s type=%s user=%s peer=%s reason=%s", exc.code, kind,
+                          ctx.session.user_id, ctx.session.remote, exc.message)
+        return error_reply(op_id, exc.code, exc.message)
+    log.error("handler for %s failed (session %s)", kind, ctx.session.session_id, exc_info=exc)
+    return error_reply(op_id, "INTERNAL", "internal error; the request was not completed")
+
+
+def _succeeded(op_id: OpId, result: Any) -> Outbound | None:
+    if isinstance(result, Reply):
+        return result.message
+    if op_id is None:
+        return None
+    return Ack(data=AckData(op_id=op_id, data=result))
 
 
 def error_reply(op_id: OpId, code: str, message: str) -> Error:

@@ -29,6 +29,14 @@ def new_session_id() -> str:
 
 
 @attrs.define(eq=False)
+class HeldReply:
+    """A place in a session's reply order, for a reply that comes later (``chat.send``'s ack)."""
+
+    ready: bool = False
+    run: Callable[[], None] | None = None  # what to do in its turn: send the reply, publish events
+
+
+@attrs.define(eq=False)
 class Session:
     """State of one connection; mutated only from the Trio thread."""
 
@@ -49,6 +57,10 @@ class Session:
     expiry_changed: trio.Event | None = None  # made by the expiry task (only sessions with an expiry have one)
     on_close: Callable[[], None] | None = None
     cancel_scope: trio.CancelScope | None = None
+    # Replies go out in request order: once a reply is held (its work is still going on), the
+    # replies after it wait here for their turn.
+    held: list[HeldReply] | None = None
+    _close_when_replied: bool = False
 
     def __attrs_post_init__(self) -> None:
         self.outbox = Outbox(self.send_queue, binary=self.binary, on_overflow=self._overflow)
@@ -69,6 +81,34 @@ class Session:
         """Queue a frame for this connection alone (replies go this way)."""
         return self.outbox.push(frame)
 
+    def hold_reply(self) -> HeldReply:
+        """Reserve the next place in the reply order; :meth:`release` fills it."""
+        place = HeldReply()
+        if self.held is None:
+            self.held = []
+        self.held.append(place)
+        return place
+
+    def in_turn(self, run: Callable[[], None]) -> None:
+        """Run ``run`` (which sends a reply) now, or after the held replies before it."""
+        if self.held is None:
+            run()
+        else:
+            self.held.append(HeldReply(True, run))
+
+    def release(self, place: HeldReply, run: Callable[[], None] | None) -> None:
+        """The held reply is ready: run it and whatever waited behind it, in order."""
+        place.ready, place.run = True, run
+        held = self.held
+        while held and held[0].ready:
+            turn = held.pop(0).run
+            if turn is not None:
+                turn()
+        if not held:
+            self.held = None
+            if self._close_when_replied:
+                self.outbox.close(drop=False)
+
     def close(self, code: int, reason: str, *, flush: bool = True, grace_s: float = 5.0) -> None:
         """Ask the connection to close with ``code``; never blocks. The first reason wins.
 
@@ -82,7 +122,11 @@ class Session:
             self.close_reason = reason
             if self.on_close is not None:
                 self.on_close()
-        self.outbox.close(drop=not flush)
+        if flush and self.held:
+            self._close_when_replied = True  # the held replies go out first (within grace_s)
+        else:
+            self.held = None
+            self.outbox.close(drop=not flush)
         if self.cancel_scope is not None:
             self.cancel_scope.deadline = min(self.cancel_scope.deadline, trio.current_time() + grace_s)
 

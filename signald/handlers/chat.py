@@ -43,7 +43,7 @@ from signald.protocol import (
     RedactResult,
     RoomJoinResult,
 )
-from signald.router import Router
+from signald.router import LATER, Later, Router
 from signald.timefmt import iso_utc
 
 LAST_SEEN_FLUSH_S = 30.0
@@ -96,23 +96,34 @@ def _room_others(ctx: Context, room: str) -> frozenset[str]:
     return ctx.hub.rooms.conns_in(room) - {ctx.session.session_id}
 
 
-async def chat_send(ctx: Context, msg: ChatSend) -> ChatMessage:
+async def chat_send(ctx: Context, msg: ChatSend) -> Later:
+    """Store and announce a message; the ack follows the commit (:meth:`Router.finish`).
+
+    The connection's reader does not wait for the commit: a client that pipelines sends has them
+    stored together (one transaction per batch). Its replies still leave in request order: the
+    replies to what it sent after this wait for this ack (:meth:`Session.hold_reply`).
+    """
     data = msg.data
     require_member(ctx, data.scope)
     _check_body(ctx, data.body, "body")
     if not data.body.strip() and not data.attachments:
         raise SignalError("INVALID_PAYLOAD", "`$.data.body` is empty and there are no attachments")
+    hub = ctx.hub
 
     def announce(message: ChatMessage) -> None:
-        ctx.hub.send_to(_room_others(ctx, message.room), ChatMessageEvent(data=message))
+        hub.send_to(_room_others(ctx, message.room), ChatMessageEvent(data=message))
+
+    def then(stored: tuple[ChatMessage, bool] | None, error: BaseException | None) -> None:
+        hub.metrics.history_seconds.observe(time.perf_counter() - started)
+        hub.router.finish(ctx, msg, place, stored[0] if stored is not None else None, error)
 
     started = time.perf_counter()
-    message, _created = await _history(ctx).send(
+    _history(ctx).send_nowait(
         room=data.scope, user_id=ctx.session.user_id, body=data.body, attachments=data.attachments,
-        parent_id=data.parent_id, client_msg_id=data.client_msg_id, on_commit=announce,
+        parent_id=data.parent_id, client_msg_id=data.client_msg_id, on_commit=announce, then=then,
     )
-    ctx.hub.metrics.history_seconds.observe(time.perf_counter() - started)
-    return message
+    place = ctx.session.hold_reply()  # queued: ``then`` runs in a later turn of the Trio loop
+    return LATER
 
 
 async def chat_edit(ctx: Context, msg: ChatEdit) -> ChatMessage:
