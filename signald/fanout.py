@@ -139,6 +139,36 @@ class _Slot:
 DirectWrite = Callable[[bytes], int]
 
 
+CORK_FLUSH: Final = 64  # frames one connection collects under a cork before they are written anyway
+
+
+class Cork:
+    """Holds direct writes back while a batch of events is delivered, then writes each connection's
+    share at once: ``with cork: ...``.
+
+    A committed batch of chat messages delivers several frames to every member of a room; under a
+    cork each member gets them in one ``write`` instead of one per frame. Nothing waits longer than
+    the ``with`` block (or :data:`CORK_FLUSH` frames). Corks nest; the outermost one writes.
+    """
+
+    __slots__ = ("depth", "held")
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.held: list[Outbox] = []
+
+    def __enter__(self) -> Cork:
+        self.depth += 1
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.depth -= 1
+        if self.depth == 0 and self.held:
+            held, self.held = self.held, []
+            for outbox in held:
+                outbox.uncork()
+
+
 class Outbox:
     """The bounded send queue of one connection, with type-aware backpressure.
 
@@ -151,12 +181,16 @@ class Outbox:
     one with the same :func:`coalesce_key` (only the latest presence/typing per user and signal
     per kind is kept, in the position of the newest); everything else is never dropped.
 
+    Under its ``cork`` (see :class:`Cork`) frames are queued without waking the writer, and
+    :meth:`uncork` writes them with one direct write (or hands them to the writer).
+
     Error handling: a push onto a queue still full after that calls ``on_overflow`` once (the
     connection then closes with 1013) and drops the frame; pushes after :meth:`close` are ignored.
     A partly written frame is never dropped, so the byte stream stays well-formed.
     """
 
     __slots__ = (
+        "_corked",
         "_frames",
         "_keyed",
         "_live",
@@ -165,6 +199,7 @@ class Outbox:
         "binary",
         "closed",
         "coalesced",
+        "cork",
         "direct_write",
         "high_water",
         "limit",
@@ -172,8 +207,12 @@ class Outbox:
         "writing",
     )
 
-    def __init__(self, limit: int, *, binary: bool, on_overflow: Callable[[], None]) -> None:
+    def __init__(
+        self, limit: int, *, binary: bool, on_overflow: Callable[[], None], cork: Cork | None = None
+    ) -> None:
         self.limit = limit
+        self.cork = cork
+        self._corked = False  # listed in cork.held
         self.high_water = max(1, limit * 3 // 4)
         self.binary = binary
         self.on_overflow = on_overflow
@@ -231,7 +270,9 @@ class Outbox:
             self.on_overflow()
             return False
         payload = frame.wire_binary if self.binary else frame.wire_text
-        if self._write_if_idle(payload):
+        cork = self.cork
+        corked = cork is not None and cork.depth > 0
+        if not corked and self._write_if_idle(payload):
             return True
         if key is None:
             self._frames.append(payload)
@@ -240,8 +281,29 @@ class Outbox:
             self._keyed[key] = slot
             self._frames.append(slot)
         self._live += 1
-        self._wake()
+        if not corked:
+            self._wake()
+        elif self._live >= CORK_FLUSH:
+            self.uncork()  # a long batch: this share goes now (still listed: the rest goes at the end)
+        elif not self._corked:
+            self._corked = True
+            cork.held.append(self)  # type: ignore[union-attr]  # corked implies a cork
         return True
+
+    def uncork(self) -> None:
+        """Write what the cork held back: one direct write if the socket is idle, else the writer's."""
+        self._corked = False
+        if not self._frames:
+            return
+        write = self.direct_write
+        if write is None or self.writing or self._partial is not None:
+            self._wake()
+            return
+        data = b"".join(self._take())
+        written = write(data)
+        if written < len(data):
+            self._partial = data[written:]  # the writer sends the rest first
+            self._wake()
 
     def push_control(self, data: bytes) -> None:
         """Send a control frame (pong, heartbeat ping) in order with the rest.
@@ -266,19 +328,18 @@ class Outbox:
             if self.closed:
                 return []
             await self._park()
-        batch: list[bytes] = []
-        if self._partial is not None:
-            batch.append(self._partial)
-            self._partial = None
-        for item in self._frames:
-            if isinstance(item, bytes):
-                batch.append(item)
-            elif item.payload is not None:
-                batch.append(item.payload)
+        if self._partial is None:
+            return self._take()
+        partial, self._partial = self._partial, None
+        return [partial, *self._take()]
+
+    def _take(self) -> list[bytes]:
+        """Everything queued, in order (coalesced slots left out); the queue is empty after."""
+        batch = [item if isinstance(item, bytes) else item.payload for item in self._frames]
         self._frames.clear()
         self._keyed.clear()
         self._live = 0
-        return batch
+        return [b for b in batch if b is not None]
 
     def _wake(self) -> None:
         task = self._waiter

@@ -93,6 +93,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from typing import Any, Final, Generic, NamedTuple, TypedDict, TypeVar
 
 import msgspec
@@ -236,6 +237,7 @@ class HistoryStore:
         retention_interval_s: float = 10.0,
         busy_timeout_s: float = 5.0,
         close_timeout_s: float = 10.0,
+        completion_scope: AbstractContextManager[Any] | None = None,
     ) -> None:
         sync = synchronous.upper()
         if sync not in SYNCHRONOUS_MODES:
@@ -251,6 +253,8 @@ class HistoryStore:
         self._clock = clock
         self._busy_timeout_s = busy_timeout_s
         self._close_timeout_s = close_timeout_s
+        # Each batch's callbacks run inside it (the hub's fan-out cork: one write per member per batch).
+        self._completion_scope = completion_scope
         self._queue: queue.SimpleQueue[_Op[Any]] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._token: trio.lowlevel.TrioToken | None = None
@@ -840,7 +844,15 @@ class HistoryStore:
     def _w_deliver(self, batch: list[_Op[Any]]) -> None:
         assert self._token is not None
         with contextlib.suppress(trio.RunFinishedError):  # the Trio run ended without closing us
-            self._token.run_sync_soon(_complete, batch)
+            self._token.run_sync_soon(self._complete, batch)
+
+    def _complete(self, batch: list[_Op[Any]]) -> None:
+        scope = self._completion_scope
+        if scope is None:
+            _complete(batch)
+            return
+        with scope:
+            _complete(batch)
 
     # ------------------------------------------------------------------ writer thread: operations
 

@@ -22,7 +22,7 @@ import trio
 from signald.auth import Authenticator, NoneAuthenticator
 from signald.calls import CallRegistry
 from signald.config import Config
-from signald.fanout import Broker, Frame, LocalBroker
+from signald.fanout import Broker, Cork, Frame, LocalBroker
 from signald.heartbeat import Heartbeats, Monitored
 from signald.metrics import Metrics
 from signald.presence import PresenceTracker
@@ -68,6 +68,7 @@ class Hub:
         self.config = config
         self.router = router
         self.broker = broker or LocalBroker()
+        self.cork = Cork()  # see signald.fanout.Cork; sessions' outboxes and the history store share it
         self.wall_clock: Callable[[], float] = wall_clock or time.time
         self.sessions: dict[str, Session] = {}
         self.sessions_by_user: dict[str, dict[str, Session]] = {}
@@ -102,7 +103,7 @@ class Hub:
         store = HistoryStore(
             self.config.server.db, synchronous=history.synchronous,
             retention_max_age_s=history.retention_max_age_s, retention_max_count=history.retention_max_count,
-            clock=self.wall_clock,
+            clock=self.wall_clock, completion_scope=self.cork,
         )
         self.started_at = trio.current_time()
         if self.config.server.metrics_port is not None:

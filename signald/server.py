@@ -234,6 +234,7 @@ async def _serve_client(
         connected_at=iso_utc(hub.wall_clock()),
         send_queue=limits.send_queue,
         flood=FloodGuard(limits.rate_per_s, limits.rate_burst),
+        cork=hub.cork,
     )
     ws = ServerWebSocket(stream, connection, session.outbox, max_message_bytes=config.server.max_transport_bytes)
     ws.on_silent = partial(_silent, session)

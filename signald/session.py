@@ -14,7 +14,7 @@ from typing import Final
 import attrs
 import trio
 
-from signald.fanout import CLOSE_SLOW_CONSUMER, Frame, Outbox
+from signald.fanout import CLOSE_SLOW_CONSUMER, Cork, Frame, Outbox
 from signald.ratelimit import FloodGuard
 
 CLOSE_GOING_AWAY: Final = 1001
@@ -50,6 +50,7 @@ class Session:
     connected_at: str
     send_queue: int
     flood: FloodGuard
+    cork: Cork | None = None
     outbox: Outbox = attrs.field(init=False)
     close_code: int | None = None
     close_reason: str = ""
@@ -63,7 +64,7 @@ class Session:
     _close_when_replied: bool = False
 
     def __attrs_post_init__(self) -> None:
-        self.outbox = Outbox(self.send_queue, binary=self.binary, on_overflow=self._overflow)
+        self.outbox = Outbox(self.send_queue, binary=self.binary, on_overflow=self._overflow, cork=self.cork)
 
     @property
     def device_id(self) -> str:
