@@ -7,6 +7,9 @@ text or MessagePack binary), however many connections receive it. Every connecti
 closed with 1013 (the slow-consumer policy lives here and nowhere else), so one slow reader never
 stalls a room.
 
+While a :class:`Cork` is held (the history store holds the hub's around each committed batch),
+outboxes collect frames instead of writing them, then write each connection's share at once.
+
 Handlers never talk to outboxes directly: they publish through a :class:`Broker`.
 :class:`LocalBroker` delivers to the connections of this process; a multi-node backend
 implements the same three methods.

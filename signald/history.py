@@ -10,7 +10,11 @@ only then hands the whole batch back to Trio with one ``TrioToken.run_sync_soon`
 ``on_commit`` callbacks of the batch run in commit order, each just before its waiter is woken, so
 a caller that fans events out from ``on_commit`` delivers them in ``seq`` order even when many
 connections send at once (Trio does not wake tasks in FIFO order, so fan-out after ``await`` could
-reorder). ``on_commit`` runs only when the operation changed something: not for an idempotent
+reorder). A caller that does not wait (:meth:`HistoryStore.send_nowait`, used by ``chat.send`` so
+a connection's reader can go on while its message is stored) gets a ``then(result, error)``
+callback there instead of a wake-up; the batch's callbacks run inside ``completion_scope`` (the
+hub's fan-out cork, so the batch reaches each connection in one write). ``on_commit`` runs only
+when the operation changed something: not for an idempotent
 ``send`` retry, a repeated soft delete, or a reaction/read receipt that was already in place. It
 runs inside a ``run_sync_soon`` callback, so it must be quick and cannot await (it should queue
 events with ``send_nowait``-style calls).
