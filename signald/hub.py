@@ -25,6 +25,7 @@ from signald.config import Config
 from signald.fanout import Broker, Cork, Frame, LocalBroker
 from signald.heartbeat import Heartbeats, Monitored
 from signald.metrics import Metrics
+from signald.parking import Parking
 from signald.presence import PresenceTracker
 from signald.protocol import (
     Error,
@@ -68,6 +69,7 @@ class Hub:
         self.config = config
         self.router = router
         self.broker = broker or LocalBroker()
+        self.parking = Parking()  # where idle connections wait for bytes (see signald.parking)
         self.cork = Cork()  # see signald.fanout.Cork; sessions' outboxes and the history store share it
         self.wall_clock: Callable[[], float] = wall_clock or time.time
         self.sessions: dict[str, Session] = {}
@@ -115,6 +117,7 @@ class Hub:
                     self.nursery = nursery
                     nursery.start_soon(self._run_timers)
                     nursery.start_soon(self._run_heartbeats)
+                    nursery.start_soon(self.parking.run)
                     nursery.start_soon(self.history.run_last_seen_flusher)
                     if self.config.calls.call_log:
                         self.call_log = CallLog(self)

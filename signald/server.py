@@ -238,6 +238,7 @@ async def _serve_client(
     )
     ws = ServerWebSocket(stream, connection, session.outbox, max_message_bytes=config.server.max_transport_bytes)
     ws.on_silent = partial(_silent, session)
+    ws.parking = hub.parking
     session.send(Frame(Welcome(data=WelcomeData(
         protocol_version=PROTOCOL_VERSION,
         session_id=session.session_id,

@@ -46,6 +46,7 @@ from wsproto.handshake import H11Handshake
 from wsproto.utilities import RemoteProtocolError
 
 from signald.fanout import DirectWrite, Outbox
+from signald.parking import Parking
 
 RECEIVE_BYTES = 16384
 PING_FRAME = b"\x89\x00"  # FIN + ping, empty payload, unmasked (server to client)
@@ -158,7 +159,8 @@ class ServerWebSocket:
     """
 
     __slots__ = ("_conn", "_decoder", "_drained", "_events", "_fileno", "_parts", "_peer_close", "_size", "broken",
-                 "failure", "gone", "heard_at", "max_message_bytes", "on_silent", "outbox", "ping_sent_at", "stream")
+                 "failure", "gone", "heard_at", "max_message_bytes", "on_silent", "outbox", "parking", "ping_sent_at",
+                 "stream")
 
     def __init__(self, stream: trio.abc.Stream, conn: Connection, outbox: Outbox, *, max_message_bytes: int) -> None:
         self.stream = stream
@@ -180,6 +182,7 @@ class ServerWebSocket:
         self._fileno = stream.socket.fileno if isinstance(stream, trio.SocketStream) else None
         self._drained = True
         self._decoder = frame_decoder(conn)
+        self.parking: Parking | None = None  # where the reader waits when idle (the hub's), if anywhere
 
     # ------------------------------------------------------------------ reading
 
@@ -246,9 +249,19 @@ class ServerWebSocket:
             if fd < 0:
                 return b""  # closed by this side
             if wait:
-                await _wait_readable(fd)
                 wait = False
-                continue
+                parking = self.parking
+                if parking is None or not parking.available:
+                    await _wait_readable(fd)
+                    continue
+                try:
+                    data = await parking.wait(self, fd)
+                except trio.ClosedResourceError:
+                    return b""
+                if data is None:
+                    continue  # readable: read it here
+                self._drained = len(data) < RECEIVE_BYTES
+                return data
             try:
                 data = os.read(fd, RECEIVE_BYTES)
             except (BlockingIOError, InterruptedError):
@@ -258,6 +271,13 @@ class ServerWebSocket:
                 return b""  # reset by the peer: broken
             self._drained = len(data) < RECEIVE_BYTES
             return data
+
+    def take_pong(self, data: bytes) -> bool:
+        """If ``data`` is a lone pong, note that the peer was heard from and say so (for :mod:`signald.parking`)."""
+        if len(data) == PONG_SIZE and data[:2] == PONG_HEAD and self._at_frame_boundary():
+            self.heard_at = trio.current_time()
+            return True
+        return False
 
     def _at_frame_boundary(self) -> bool:
         """No part of a frame is waiting in wsproto's decoder (so new bytes start a frame)."""
