@@ -24,7 +24,6 @@ with 1009. Neither raises: :meth:`ServerWebSocket.receive_message` returns None 
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 from collections.abc import Callable
 
@@ -54,9 +53,6 @@ PING_FRAME = b"\x89\x00"  # FIN + ping, empty payload, unmasked (server to clien
 # The answer to PING_FRAME: FIN + pong, masked, empty payload, then the 4-byte masking key.
 PONG_HEAD = b"\x8a\x80"
 PONG_SIZE = 6
-# A reader whose peer just sent a message waits in Trio (one hop to the reader) for this long
-# before it parks (signald.parking), where the peer's pongs cost no wake-up.
-TALKATIVE_S = 1.0
 CLOSE_ABNORMAL = 1006
 CLOSE_TOO_BIG = 1009
 
@@ -164,7 +160,7 @@ class ServerWebSocket:
 
     __slots__ = ("_conn", "_decoder", "_drained", "_events", "_fileno", "_parts", "_peer_close", "_size", "broken",
                  "failure", "gone", "heard_at", "max_message_bytes", "on_silent", "outbox", "parking", "ping_sent_at",
-                 "spoke_at", "stream")
+                 "stream")
 
     def __init__(self, stream: trio.abc.Stream, conn: Connection, outbox: Outbox, *, max_message_bytes: int) -> None:
         self.stream = stream
@@ -187,7 +183,6 @@ class ServerWebSocket:
         self._drained = True
         self._decoder = frame_decoder(conn)
         self.parking: Parking | None = None  # where the reader waits when idle (the hub's), if anywhere
-        self.spoke_at = -math.inf  # when the peer's last message (not a pong) arrived
 
     # ------------------------------------------------------------------ reading
 
@@ -207,7 +202,6 @@ class ServerWebSocket:
                     assert isinstance(event, (TextMessage, BytesMessage))
                     message = self._add(event.data, event.message_finished)
                     if message is not None:
-                        self.spoke_at = self.heard_at
                         return message
                     if self.failure is not None:
                         return None
@@ -260,13 +254,6 @@ class ServerWebSocket:
                 if parking is None or not parking.available:
                     await _wait_readable(fd)
                     continue
-                if self.heard_at - self.spoke_at < TALKATIVE_S:
-                    # A peer that just talked likely talks on: wait where its next message wakes
-                    # the reader directly, and park only once it has been quiet for a while.
-                    with trio.move_on_after(TALKATIVE_S) as quiet:
-                        await _wait_readable(fd)
-                    if not quiet.cancelled_caught:
-                        continue
                 try:
                     data = await parking.wait(self, fd)
                 except trio.ClosedResourceError:
