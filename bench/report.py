@@ -297,17 +297,16 @@ LIMITS = """## How signald gets its numbers, and what bounds them
   transaction per message, which the peers, storing nothing, do not pay. With the server pinned to
   one core, the SQLite thread runs only once the event loop waits, so the hand-offs are not free.
 - **(f) idle CPU.** Heartbeats are one timing wheel for the whole hub (no task or timer per
-  connection) that pings only connections silent for `heartbeat_s`. Readers that have been quiet
-  for a second park in one epoll set (`signald.parking`) whose single task reads what arrives and
-  takes a lone pong on the spot, without waking the reader or re-arming anything. What is left is
+  connection) that pings only connections silent for `heartbeat_s`. Readers that drained their
+  socket park in one epoll set (`signald.parking`) whose single task reads what arrives and takes a
+  lone pong on the spot, without waking the reader or re-arming anything. What is left is
   one ping written and one pong read per interval and connection (about 17 µs here): 2,500 round
   trips per second at 50,000 connections and the default 20 s. The sandbox's file limit (20,000)
   caps what one process can hold; (f) extrapolates linearly.
 - **(e) durable vs in-memory.** With the server pinned to one core, how many sends share a
   transaction depends on when the SQLite thread gets the core, so this ratio moves a lot from run
-  to run (0.52 to 0.98 across the runs of 2026-11-26, code changes in between; an A/B against the
-  commit before `signald.parking` gave 0.70-0.96 against 0.79-1.5). Every extra transaction also
-  costs a WAL append, and every 10,000 WAL pages a checkpoint."""
+  to run (0.52 to 0.98 across the full runs of 2026-11-26, with code changes in between). Every
+  extra transaction also costs a WAL append, and every 10,000 WAL pages a checkpoint."""
 
 
 def write_report(result: dict[str, Any]) -> list[Path]:
