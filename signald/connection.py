@@ -98,11 +98,8 @@ async def handle_frame(hub: Hub, session: Session, frame: str | bytes) -> None:
     reply = await hub.router.dispatch(ctx, message)
     if reply is not None:
         hub.reply(session, reply)
-    if ctx.after_reply:  # events that must follow the reply
-        if session.held is None:
-            hub.publish(ctx.after_reply)
-        else:
-            session.in_turn(partial(hub.publish, ctx.after_reply))
+    if ctx.after_reply:  # events that must follow the reply, in its turn
+        session.in_turn(partial(hub.publish, ctx.after_reply))
 
 
 async def _writer(ws: ServerWebSocket, session: Session, scope: trio.CancelScope) -> None:

@@ -221,7 +221,7 @@ class ServerWebSocket:
                 self.broken = True
                 return None
             self.heard_at = trio.current_time()
-            if len(data) == PONG_SIZE and data[:2] == PONG_HEAD and self._at_frame_boundary():
+            if self._is_lone_pong(data):
                 continue  # the answer to a heartbeat: having heard from the peer is all it is for
             conn.receive_data(data)
             del data  # not kept alive while waiting for more
@@ -274,13 +274,16 @@ class ServerWebSocket:
 
     def take_pong(self, data: bytes) -> bool:
         """If ``data`` is a lone pong, note that the peer was heard from and say so (for :mod:`signald.parking`)."""
-        if len(data) == PONG_SIZE and data[:2] == PONG_HEAD and self._at_frame_boundary():
+        if self._is_lone_pong(data):
             self.heard_at = trio.current_time()
             return True
         return False
 
-    def _at_frame_boundary(self) -> bool:
-        """No part of a frame is waiting in wsproto's decoder (so new bytes start a frame)."""
+    def _is_lone_pong(self, data: bytes) -> bool:
+        """``data`` is exactly the answer to :data:`PING_FRAME`, and starts a frame: no part of one
+        is waiting in wsproto's decoder."""
+        if len(data) != PONG_SIZE or data[:2] != PONG_HEAD:
+            return False
         decoder = self._decoder
         return decoder is not None and decoder.header is None and not len(decoder.buffer) \
             and self._conn.state is ConnectionState.OPEN
