@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterator
 
 import pytest
 import trio
@@ -26,20 +27,44 @@ class Conn:
         return False
 
 
-async def test_pongs_are_taken_without_waking_the_reader_and_other_bytes_wake_it(nursery: trio.Nursery) -> None:
+@pytest.fixture
+def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """(ours, peer): ours is the non-blocking server side a reader parks on."""
+    ours, peer = socket.socketpair()
+    ours.setblocking(False)
+    with ours, peer:
+        yield ours, peer
+
+
+@pytest.fixture
+async def parking(nursery: trio.Nursery) -> Parking:
+    """A Parking served by its task, as the hub runs it."""
     parking = Parking()
     nursery.start_soon(parking.run)
     await trio.testing.wait_all_tasks_blocked()
-    ours, peer = socket.socketpair()
-    ours.setblocking(False)
-    conn = Conn()
+    return parking
+
+
+async def park(
+    nursery: trio.Nursery, parking: Parking, ours: socket.socket, conn: Conn | None = None
+) -> list[bytes | None]:
+    """Start a reader parked on ``ours``; the returned list gets what it wakes with."""
     got: list[bytes | None] = []
 
     async def reader() -> None:
-        got.append(await parking.wait(conn, ours.fileno()))
+        got.append(await parking.wait(conn or Conn(), ours.fileno()))
 
     nursery.start_soon(reader)
     await trio.testing.wait_all_tasks_blocked()
+    return got
+
+
+async def test_pongs_are_taken_without_waking_the_reader_and_other_bytes_wake_it(
+    nursery: trio.Nursery, parking: Parking, pair: tuple[socket.socket, socket.socket]
+) -> None:
+    ours, peer = pair
+    conn = Conn()
+    got = await park(nursery, parking, ours, conn)
     assert len(parking) == 1
     for _ in range(3):
         peer.send(PONG)
@@ -48,51 +73,36 @@ async def test_pongs_are_taken_without_waking_the_reader_and_other_bytes_wake_it
     peer.send(b"hello")
     await trio.testing.wait_all_tasks_blocked()
     assert got == [b"hello"] and len(parking) == 0
-    ours.close()
-    peer.close()
 
 
-async def test_a_peer_that_goes_away_wakes_the_reader_to_find_out_itself(nursery: trio.Nursery) -> None:
-    parking = Parking()
-    nursery.start_soon(parking.run)
-    await trio.testing.wait_all_tasks_blocked()
-    ours, peer = socket.socketpair()
-    ours.setblocking(False)
-    got: list[bytes | None] = []
-
-    async def reader() -> None:
-        got.append(await parking.wait(Conn(), ours.fileno()))
-
-    nursery.start_soon(reader)
-    await trio.testing.wait_all_tasks_blocked()
+async def test_a_peer_that_goes_away_wakes_the_reader_to_find_out_itself(
+    nursery: trio.Nursery, parking: Parking, pair: tuple[socket.socket, socket.socket]
+) -> None:
+    ours, peer = pair
+    got = await park(nursery, parking, ours)
     peer.close()
     await trio.testing.wait_all_tasks_blocked()
     assert got in ([None], [b""])  # woken: the reader's own read then sees the end of the stream
     assert ours.recv(10) == b""
-    ours.close()
 
 
-async def test_a_cancelled_reader_leaves_the_set_and_its_socket_can_park_again(nursery: trio.Nursery) -> None:
-    parking = Parking()
-    nursery.start_soon(parking.run)
-    await trio.testing.wait_all_tasks_blocked()
-    ours, peer = socket.socketpair()
-    ours.setblocking(False)
-    with trio.move_on_after(0.01):
-        await parking.wait(Conn(), ours.fileno())
+async def test_a_cancelled_reader_leaves_the_set_and_its_socket_can_park_again(
+    parking: Parking, pair: tuple[socket.socket, socket.socket]
+) -> None:
+    ours, peer = pair
+    async with trio.open_nursery() as readers:
+        await park(readers, parking, ours)
+        assert len(parking) == 1
+        readers.cancel_scope.cancel()
     assert len(parking) == 0
     peer.send(b"x")
     with trio.fail_after(5):
         assert await parking.wait(Conn(), ours.fileno()) == b"x"
-    ours.close()
-    peer.close()
 
 
-async def test_readers_still_parked_when_the_hub_stops_are_let_go() -> None:
+async def test_readers_still_parked_when_the_hub_stops_are_let_go(pair: tuple[socket.socket, socket.socket]) -> None:
+    ours, _peer = pair
     parking = Parking()
-    ours, peer = socket.socketpair()
-    ours.setblocking(False)
-    got: list[bytes | None] = []
     async with trio.open_nursery() as nursery:
         serving = trio.CancelScope()
 
@@ -103,13 +113,6 @@ async def test_readers_still_parked_when_the_hub_stops_are_let_go() -> None:
         nursery.start_soon(serve)
         await trio.testing.wait_all_tasks_blocked()
         assert parking.available
-
-        async def reader() -> None:
-            got.append(await parking.wait(Conn(), ours.fileno()))
-
-        nursery.start_soon(reader)
-        await trio.testing.wait_all_tasks_blocked()
+        got = await park(nursery, parking, ours)
         serving.cancel()
     assert got == [None] and not parking.available  # it reads (or waits in Trio) by itself now
-    ours.close()
-    peer.close()
