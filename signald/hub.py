@@ -268,7 +268,7 @@ class Hub:
         queued = self.broker.deliver(session_ids, frame)
         self.counters.messages_out += queued
         if queued:
-            self.metrics.messages_out.labels(frame.kind).inc(queued)
+            self.metrics.messages_out_by[frame.kind].inc(queued)
         return queued
 
     def publish(self, sends: Iterable[Send]) -> None:
@@ -288,9 +288,9 @@ class Hub:
         frame = Frame(message)
         if session.send(frame):
             self.counters.messages_out += 1
-            self.metrics.messages_out.labels(frame.kind).inc()
+            self.metrics.messages_out_by[frame.kind].inc()
             if isinstance(message, Error):
-                self.metrics.errors.labels(message.data.code).inc()
+                self.metrics.errors_by[message.data.code].inc()
 
     # ------------------------------------------------------------------ embedding API
 

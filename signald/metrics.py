@@ -40,8 +40,25 @@ class _HubGauges(Collector):
             yield GaugeMetricFamily(name, text, value=value)
 
 
+class _ByLabel:
+    """The children of a one-label counter, looked up once per label value (``labels()`` is slow)."""
+
+    def __init__(self, counter: Counter) -> None:
+        self._counter = counter
+        self._children: dict[str, Counter] = {}
+
+    def __getitem__(self, value: str) -> Counter:
+        child = self._children.get(value)
+        if child is None:
+            child = self._children[value] = self._counter.labels(value)
+        return child
+
+
 class Metrics:
-    """The daemon's counters and histograms, on a registry of its own."""
+    """The daemon's counters and histograms, on a registry of its own.
+
+    The ``*_by`` attributes give a labelled counter's child for a label value (type, code).
+    """
 
     def __init__(self, hub: Hub) -> None:
         self.registry = CollectorRegistry()
@@ -61,6 +78,9 @@ class Metrics:
             registry=self.registry,
             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0),
         )
+        self.messages_in_by = _ByLabel(self.messages_in)
+        self.messages_out_by = _ByLabel(self.messages_out)
+        self.errors_by = _ByLabel(self.errors)
         self._server: Any = None
         self._thread: threading.Thread | None = None
 

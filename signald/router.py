@@ -157,7 +157,7 @@ class Router:
         """Run the message's handler and return the reply to send, or None (no id, success, later)."""
         kind = _kind(message)
         handler = self._handlers.get(kind)
-        ctx.hub.metrics.messages_in.labels(kind).inc()
+        ctx.hub.metrics.messages_in_by[kind].inc()
         try:
             if handler is None:
                 if kind in NOT_YET_IMPLEMENTED:
