@@ -2,8 +2,9 @@
 
 Design
 ------
-One dedicated :class:`threading.Thread` owns the only ``sqlite3`` connection. Trio tasks put work
-items on a thread-safe queue (synchronously, when the call starts, so operations are applied in
+One dedicated :class:`threading.Thread` opens the only ``sqlite3`` connection and runs everything
+on it, with one exception described below (a lone ``chat.send`` on an idle store). Trio tasks put
+work items on a thread-safe queue (synchronously, when the call starts, so operations are applied in
 the order the calls were made) and wait on a :class:`trio.Event`. The thread takes everything
 queued (up to :data:`MAX_BATCH` items), runs it in ONE transaction (group commit), commits, and
 only then hands the whole batch back to Trio with one ``TrioToken.run_sync_soon`` call. There the
@@ -18,6 +19,18 @@ when the operation changed something: not for an idempotent
 ``send`` retry, a repeated soft delete, or a reaction/read receipt that was already in place. It
 runs inside a ``run_sync_soon`` callback, so it must be quick and cannot await (it should queue
 events with ``send_nowait``-style calls).
+
+Inline commits. A message sent with :meth:`HistoryStore.send_nowait` while the store is idle
+(nothing queued, running or waiting for its callbacks) is stored and committed right in the Trio
+thread: handing it to the thread and back costs two context switches, more than the ~30-60 us the
+transaction itself takes, and that is the whole ack latency of a client sending one message at a
+time. Only one message per turn of the Trio loop goes inline; the others of that turn queue, so a
+burst still shares transactions. Inline commits never wait and never copy the WAL on the event
+loop: between the thread's transactions the connection has ``busy_timeout = 0`` (if another
+connection holds the write lock the message is queued instead) and ``wal_autocheckpoint = 0`` (the
+thread restores both for its own turns, and checkpoints after :data:`CHECKPOINT_INLINE` inline
+commits). With ``synchronous`` ``FULL`` or ``EXTRA`` (an fsync per commit) nothing is inline. A
+:class:`threading.Lock` keeps the two threads from ever using the connection at once.
 
 Each write runs inside a ``SAVEPOINT``: one that fails (e.g. ``SignalError("FORBIDDEN")``) is
 rolled back alone and the rest of the batch still commits. Reads go through the same thread, in
@@ -96,7 +109,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Final, Generic, NamedTuple, TypedDict, TypeVar
 
@@ -133,6 +146,11 @@ RETENTION_EVERY: Final = 64
 CACHE_KIB: Final = 32 * 1024
 """Upper bound of SQLite's page cache (it grows only as pages are used)."""
 WAL_CHECKPOINT_PAGES: Final = 10_000
+# Inline commits never checkpoint (that would copy the WAL on the event loop): after this many of
+# them the writer thread is asked to (its own commits checkpoint every WAL_CHECKPOINT_PAGES).
+CHECKPOINT_INLINE: Final = 1_000
+# ``synchronous`` modes whose commit does not fsync, so that a lone ``send`` may commit inline.
+INLINE_SYNC_MODES: Final = frozenset({"OFF", "NORMAL"})
 """WAL pages (~40 MiB) that trigger an automatic checkpoint; fewer checkpoints = fewer fsyncs."""
 SYNCHRONOUS_MODES: Final = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
 _CHUNK: Final = 500  # bound variables per IN (...) query
@@ -212,7 +230,7 @@ class _Op(Generic[T]):
         on_commit: Callable[[Any], None] | None = None,
         then: Callable[[T | None, BaseException | None], None] | None = None,
     ) -> None:
-        self.kind = kind  # "read" | "write" | "open" | "close"
+        self.kind = kind  # "read" | "write" | "open" | "close" | "checkpoint"
         self.fn = fn
         self.on_commit = on_commit
         self.value: T | None = None
@@ -268,6 +286,18 @@ class HistoryStore:
         self._closed = trio.Event()
         self.commits = 0
         """Committed transactions that contained writes (group commit makes it < writes)."""
+        self.inline_commits = 0
+        """Of ``commits``, those made in the Trio thread by :meth:`send_nowait` on an idle store."""
+        self.checkpoints = 0
+        """WAL checkpoints run by the writer thread."""
+        self._inline = self.memory or sync in INLINE_SYNC_MODES
+        self._inline_spent = False  # an inline commit ran in this turn of the Trio loop
+        self._turns: trio.lowlevel.Task | None = None  # clears _inline_spent in the next turn
+        self._turns_scope = trio.CancelScope()
+        self._in_flight = 0  # ops handed to the thread and not yet completed (Trio thread only)
+        self._conn: sqlite3.Connection | None = None  # set while the writer thread has it open
+        self._conn_lock = threading.Lock()  # held by whichever thread is using the connection
+        self._inline_since_checkpoint = 0  # inline commits since the thread last checkpointed
         self._w_due = True
         self._w_batches_since = 0
         self._w_rooms: set[str] | None = None  # rooms to check for count retention; None = all
@@ -284,10 +314,14 @@ class HistoryStore:
             target=self._w_main, args=(opener,), name="signald-history", daemon=True
         )
         self._state = "open"
+        self._in_flight = 1  # the opener
+        if self._inline:
+            trio.lowlevel.spawn_system_task(self._run_turns, name="signald-history-turns")
         self._thread.start()
         with trio.CancelScope(shield=True):  # bounded by busy_timeout_s plus the migrations
             await opener.done.wait()
         if opener.error is not None:
+            self._turns_scope.cancel()
             self._state = "closed"
             self._closed.set()
             await trio.to_thread.run_sync(self._thread.join, self._close_timeout_s)
@@ -302,6 +336,7 @@ class HistoryStore:
             await self._closed.wait()
             return
         self._state = "closing"
+        self._turns_scope.cancel()
         closer: _Op[None] = _Op("close")
         try:
             self._put(closer)
@@ -330,6 +365,7 @@ class HistoryStore:
             if self._dead:
                 raise StorageError("history store is closed")
             self._queue.put(op)
+        self._in_flight += 1
 
     async def _call(
         self,
@@ -376,17 +412,64 @@ class HistoryStore:
         client_msg_id: str | None = None,
         on_commit: Callable[[ChatMessage], None] | None = None,
     ) -> None:
-        """Queue :meth:`send` without waiting for it: ``then(result, error)`` runs once it is done.
+        """:meth:`send` without waiting for it: ``then(result, error)`` runs once it is done.
 
         ``then`` runs in the Trio thread right after ``on_commit``, once the transaction that
-        stored the message has committed (or with the error that failed it). Messages queued one
+        stored the message has committed (or with the error that failed it). Messages sent one
         after the other are stored, and their callbacks run, in that order. Raises
         :class:`StorageError` at once if the store is not open.
+
+        On an idle store (nothing queued or in progress, no inline commit yet in this turn of the
+        Trio loop, a ``synchronous`` mode that does not fsync, no other connection holding the
+        write lock) the message is stored and committed right here, in the Trio thread, and
+        ``on_commit`` and ``then`` have run when this returns: a lone message does not pay for
+        two thread hand-offs. Otherwise it is queued for the writer thread, which stores what
+        arrives together in one transaction.
         """
         if self._state != "open":
             raise StorageError(f"history store is {self._state}")
         fn = self._send_fn(room, user_id, body, attachments, parent_id, client_msg_id)
-        self._put(_Op("write", fn, on_commit, then))
+        op: _Op[tuple[ChatMessage, bool]] = _Op("write", fn, on_commit, then)
+        if self._in_flight == 0 and self._inline and not self._inline_spent and self._commit_inline(op):
+            return
+        self._put(op)
+
+    def _commit_inline(self, op: _Op[Any]) -> bool:
+        """Run ``op`` in its own transaction in the Trio thread; False if it has to be queued."""
+        conn = self._conn
+        if conn is None or not self._conn_lock.acquire(blocking=False):
+            return False
+        try:
+            # Between the thread's transactions the connection neither waits for another
+            # connection's write lock (busy_timeout 0: queue instead) nor checkpoints on commit.
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError:
+                return False
+            self._w_execute(conn, [op], begun=True)
+        finally:
+            self._conn_lock.release()
+        self.inline_commits += 1
+        if self._turns is not None:  # the next inline commit waits for the loop's next turn
+            self._inline_spent = True
+            trio.lowlevel.reschedule(self._turns)  # it runs after the tasks already runnable
+        self._inline_since_checkpoint += 1
+        if self._inline_since_checkpoint >= CHECKPOINT_INLINE and not self.memory:
+            self._inline_since_checkpoint = 0
+            self._put(_Op("checkpoint"))
+        self._complete([op])
+        return True
+
+    async def _run_turns(self) -> None:
+        """Allow the next inline commit once the Trio loop has moved on to its next turn."""
+        with self._turns_scope:
+            self._turns = trio.lowlevel.current_task()
+            try:
+                while True:
+                    await trio.lowlevel.wait_task_rescheduled(lambda _: trio.lowlevel.Abort.SUCCEEDED)
+                    self._inline_spent = False
+            finally:
+                self._turns = None
 
     def _send_fn(
         self, room: str, user_id: str, body: str, attachments: Sequence[Attachment],
@@ -709,6 +792,7 @@ class HistoryStore:
             opener.error = _storage_error(exc, detail=True) if isinstance(exc, sqlite3.Error) else exc
             self._w_stop(None, [opener])
             return
+        self._conn = conn
         self._w_deliver([opener])
         closer: _Op[Any] | None = None
         try:
@@ -716,10 +800,12 @@ class HistoryStore:
         except BaseException:  # pragma: no cover - a bug; fail what is queued rather than hang
             logger.exception("history writer thread crashed")
         finally:
-            try:
-                conn.close()
-            except sqlite3.Error:  # pragma: no cover
-                logger.exception("closing the history database failed")
+            with self._conn_lock:
+                self._conn = None
+                try:
+                    conn.close()
+                except sqlite3.Error:  # pragma: no cover
+                    logger.exception("closing the history database failed")
             self._w_stop(closer, [])
 
     def _w_stop(self, closer: _Op[Any] | None, extra: list[_Op[Any]]) -> None:
@@ -740,7 +826,8 @@ class HistoryStore:
 
     def _w_connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(
-            self.path, timeout=self._busy_timeout_s, isolation_level=None, check_same_thread=True
+            # Used by the Trio thread too (inline commits), never by both at once: see _conn_lock.
+            self.path, timeout=self._busy_timeout_s, isolation_level=None, check_same_thread=False
         )
         try:
             conn.execute("PRAGMA journal_mode = WAL").fetchone()
@@ -750,6 +837,8 @@ class HistoryStore:
             conn.execute("PRAGMA journal_size_limit = 67108864")
             conn.execute("PRAGMA temp_store = MEMORY")
             migrate(conn)
+            if self._inline:
+                self._w_settle(conn)
         except BaseException:
             conn.close()
             raise
@@ -767,7 +856,8 @@ class HistoryStore:
                 if self._w_batches_since >= RETENTION_EVERY:
                     self._w_due = True
                 if self._w_due and (self._queue.empty() or self._w_batches_since >= RETENTION_EVERY):
-                    self._w_retention_step(conn)
+                    with self._w_turn(conn):
+                        self._w_retention_step(conn)
                     continue
                 timeout = max(0.0, next_check - now)
             try:
@@ -785,15 +875,63 @@ class HistoryStore:
                 if op.kind == "close":
                     closer = op
             work = batch if closer is None else batch[:-1]
-            if work:
-                self._w_execute(conn, work)
+            try:
+                if work:
+                    with self._w_turn(conn):
+                        self._w_execute(conn, work)
+            finally:
+                if work:
+                    self._w_deliver(work)
             if closer is not None:
                 return closer
 
-    def _w_execute(self, conn: sqlite3.Connection, batch: list[_Op[Any]]) -> None:
+    @contextlib.contextmanager
+    def _w_turn(self, conn: sqlite3.Connection) -> Iterator[None]:
+        """The thread's use of the connection: exclusive; waits for a busy database, checkpoints.
+
+        Between the thread's turns the connection is left ready for an inline commit (see
+        :meth:`send_nowait`): it neither waits for another connection's write lock nor
+        checkpoints on commit, so it never blocks the event loop for long.
+        """
+        with self._conn_lock:
+            if not self._inline:
+                yield
+                return
+            conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_s * 1000):d}")
+            conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_CHECKPOINT_PAGES:d}")
+            try:
+                yield
+            finally:
+                self._w_settle(conn)
+
+    @staticmethod
+    def _w_settle(conn: sqlite3.Connection) -> None:
+        conn.execute("PRAGMA busy_timeout = 0")
+        conn.execute("PRAGMA wal_autocheckpoint = 0")
+
+    def _w_checkpoint(self, conn: sqlite3.Connection) -> None:
+        """Copy the WAL into the database file (PASSIVE: never waits for readers)."""
+        try:
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.Error:
+            logger.exception("history checkpoint failed")
+            return
+        self.checkpoints += 1
+
+    def _w_execute(self, conn: sqlite3.Connection, batch: list[_Op[Any]], *, begun: bool = False) -> None:
+        """Run ``batch`` in one transaction (``begun``: already open) and commit; errors go to the ops.
+
+        The caller holds ``_conn_lock`` and completes the batch afterwards.
+        """
+        if any(op.kind == "checkpoint" for op in batch):
+            self._w_checkpoint(conn)
+            batch = [op for op in batch if op.kind != "checkpoint"]
+            if not batch:
+                return
         writes = any(op.kind == "write" for op in batch)
         try:
-            conn.execute("BEGIN IMMEDIATE" if writes else "BEGIN")
+            if not begun:
+                conn.execute("BEGIN IMMEDIATE" if writes else "BEGIN")
             try:
                 alone = len(batch) == 1  # its own transaction: no savepoint needed to undo it alone
                 for op in batch:
@@ -810,8 +948,6 @@ class HistoryStore:
             logger.exception("history transaction failed; failing its %d operations", len(batch))
             for op in batch:
                 op.error, op.event = _storage_error(exc), _SKIP
-        finally:
-            self._w_deliver(batch)
 
     def _w_run(self, conn: sqlite3.Connection, op: _Op[Any], *, alone: bool = False) -> None:
         assert op.fn is not None
@@ -848,7 +984,11 @@ class HistoryStore:
     def _w_deliver(self, batch: list[_Op[Any]]) -> None:
         assert self._token is not None
         with contextlib.suppress(trio.RunFinishedError):  # the Trio run ended without closing us
-            self._token.run_sync_soon(self._complete, batch)
+            self._token.run_sync_soon(self._delivered, batch)
+
+    def _delivered(self, batch: list[_Op[Any]]) -> None:
+        self._in_flight -= len(batch)
+        self._complete(batch)
 
     def _complete(self, batch: list[_Op[Any]]) -> None:
         scope = self._completion_scope

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -247,6 +248,192 @@ async def test_cancelled_caller_does_not_cancel_the_operation(store: HistoryStor
     await store.get("flush")  # a later operation completes after the cancelled one
     assert [m.body for m in seen] == ["x"]
     assert [m.body for m in (await store.history(room="r")).messages] == ["x"]
+
+
+# --------------------------------------------------------------------------- send_nowait: inline commits
+
+Outcome = tuple[Any, BaseException | None]
+
+
+def nowait(store: HistoryStore, body: str, outcomes: list[Outcome], *, room: str = "lobby",
+           announced: list[int] | None = None) -> None:
+    store.send_nowait(
+        room=room, user_id="ann", body=body, then=lambda result, error: outcomes.append((result, error)),
+        on_commit=(lambda m: announced.append(m.seq)) if announced is not None else None,
+    )
+
+
+def stored_bodies(path: Path) -> list[str]:
+    """What another connection (another process, say) reads from the file right now."""
+    with sqlite3.connect(path) as other:
+        return [row[0] for row in other.execute("SELECT body FROM messages ORDER BY seq")]
+
+
+async def next_turn() -> None:
+    await trio.testing.wait_all_tasks_blocked()
+
+
+async def test_lone_send_nowait_is_committed_and_announced_before_it_returns(
+    store: HistoryStore, tmp_path: Path
+) -> None:
+    await next_turn()
+    outcomes: list[Outcome] = []
+    announced: list[int] = []
+    nowait(store, "hello", outcomes, announced=announced)
+    assert announced == [1]  # on_commit, then then, both already done
+    assert len(outcomes) == 1 and outcomes[0][1] is None
+    message, created = outcomes[0][0]
+    assert (message.seq, message.body, created) == (1, "hello", True)
+    assert store.inline_commits == 1
+    assert stored_bodies(tmp_path / "history.db") == ["hello"]  # committed, visible to others
+
+
+async def test_sends_of_one_turn_after_the_inline_one_share_one_transaction(store: HistoryStore) -> None:
+    await next_turn()
+    outcomes: list[Outcome] = []
+    announced: list[int] = []
+    before = store.commits
+    for i in range(20):
+        nowait(store, f"m{i}", outcomes, announced=announced)
+    assert len(outcomes) == 1  # only the first went inline; the rest wait for the writer thread
+    await store.get("none")  # queued after them: they are done when it is
+    assert [result[0].seq for result, _ in outcomes] == announced == list(range(1, 21))
+    assert store.inline_commits == 1
+    assert store.commits - before < 10  # the writer thread took the queued ones together
+    await next_turn()
+    nowait(store, "later", outcomes)  # the store is idle again in a later turn: inline again
+    assert len(outcomes) == 21 and store.inline_commits == 2
+
+
+async def test_send_nowait_never_overtakes_work_queued_before_it(store: HistoryStore) -> None:
+    entered, release = threading.Event(), threading.Event()
+
+    def blocker(conn: sqlite3.Connection) -> tuple[None, Any]:
+        entered.set()
+        release.wait(10)
+        return None, None
+
+    order: list[str] = []
+    async with trio.open_nursery() as nursery:
+        async def first() -> None:
+            await store._call(blocker, write=True)
+            order.append("blocker")
+
+        nursery.start_soon(first)
+        await trio.to_thread.run_sync(entered.wait)
+        await next_turn()
+        store.send_nowait(room="r", user_id="u", body="x", then=lambda result, error: order.append("send"))
+        assert order == [] and store.inline_commits == 0
+        release.set()
+    await store.get("none")
+    assert order == ["blocker", "send"]
+
+
+async def test_send_nowait_waits_for_earlier_commits_to_be_announced(store: HistoryStore) -> None:
+    """A batch the thread committed but whose callbacks have not run yet still goes first."""
+    inside, proceed = threading.Event(), threading.Event()
+
+    def earlier(conn: sqlite3.Connection) -> tuple[None, Any]:
+        inside.set()
+        proceed.wait(10)
+        return None, "committed"
+
+    order: list[str] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(partial(store._call, earlier, write=True, on_commit=lambda _: order.append("earlier")))
+        await trio.to_thread.run_sync(inside.wait)
+        await next_turn()
+        proceed.set()
+        while store._conn_lock.locked():  # blocking on purpose: the loop cannot run the callbacks
+            time.sleep(0.0005)  # noqa: ASYNC251
+        store.send_nowait(room="r", user_id="u", body="x", on_commit=lambda _: order.append("send"),
+                          then=lambda result, error: None)
+        assert order == [] and store.inline_commits == 0
+    await store.get("none")
+    assert order == ["earlier", "send"]
+
+
+async def test_send_nowait_queues_rather_than_wait_for_another_connections_write_lock(
+    store: HistoryStore, tmp_path: Path
+) -> None:
+    other = sqlite3.connect(tmp_path / "history.db", isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # holds the database's write lock
+        await next_turn()
+        outcomes: list[Outcome] = []
+        started = trio.current_time()
+        nowait(store, "waits", outcomes)
+        assert trio.current_time() - started < 1.0  # not the 5 s busy timeout, on the event loop
+        assert outcomes == [] and store.inline_commits == 0
+        other.execute("COMMIT")
+        await store.get("none")
+        assert outcomes[0][1] is None and outcomes[0][0][0].body == "waits"
+    finally:
+        other.close()
+
+
+async def test_synchronous_full_never_commits_on_the_event_loop(tmp_path: Path) -> None:
+    async with HistoryStore(tmp_path / "h.db", synchronous="FULL") as store:
+        await next_turn()
+        outcomes: list[Outcome] = []
+        nowait(store, "fsynced", outcomes)
+        assert outcomes == []  # an fsync per commit belongs on the writer thread
+        await store.get("none")
+        assert store.inline_commits == 0 and outcomes[0][1] is None
+
+
+async def test_inline_commits_have_the_writer_thread_checkpoint_the_wal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("signald.history.CHECKPOINT_INLINE", 5)
+    path = tmp_path / "h.db"
+    async with HistoryStore(path) as store:
+        size_before = path.stat().st_size
+        outcomes: list[Outcome] = []
+        for i in range(12):
+            await store.get("none")  # through the writer thread: after any checkpoint it was asked for
+            await next_turn()
+            nowait(store, f"m{i}" * 500, outcomes)
+        await store.get("none")
+        assert store.inline_commits == 12 and store.checkpoints == 2
+        assert path.stat().st_size > size_before  # pages copied from the WAL into the database
+
+
+def test_inline_acked_sends_survive_kill_9(tmp_path: Path) -> None:
+    path = tmp_path / "h.db"
+    script = (
+        "import sys, trio\n"
+        "from signald.history import HistoryStore\n"
+        "async def main(path):\n"
+        "    async with HistoryStore(path) as store:\n"
+        "        def then(result, error):\n"
+        "            print(result[0].seq, store.inline_commits, flush=True)\n"
+        "        for i in range(1_000_000):\n"
+        "            store.send_nowait(room='r', user_id='u', body=f'm{i}', then=then)\n"
+        "            await trio.sleep(0.0005)\n"
+        "trio.run(main, sys.argv[1])\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script, str(path)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    watchdog = threading.Timer(60, proc.kill)  # never hang the suite on a stuck child
+    watchdog.start()
+    try:
+        lines = [proc.stdout.readline().split() for _ in range(300)]
+    finally:
+        watchdog.cancel()
+    os.kill(proc.pid, signal.SIGKILL)
+    rest, _ = proc.communicate(timeout=10)
+    lines += [line.split() for line in rest.splitlines() if line]
+    acked = [int(seq) for seq, _ in lines]
+    assert int(lines[-1][1]) > len(lines) // 2  # most of them were committed inline
+    assert proc.returncode == -signal.SIGKILL
+
+    async def check() -> None:
+        async with HistoryStore(path) as store:
+            stored = [m.seq async for m in store.export("r")]
+            assert stored[: len(acked)] == acked == list(range(1, len(acked) + 1))
+
+    trio.run(check)
 
 
 # --------------------------------------------------------------------------- history paging

@@ -99,7 +99,8 @@ def _room_others(ctx: Context, room: str) -> frozenset[str]:
 async def chat_send(ctx: Context, msg: ChatSend) -> Later:
     """Store and announce a message; the ack follows the commit (:meth:`Router.finish`).
 
-    The connection's reader does not wait for the commit: a client that pipelines sends has them
+    On an idle store the message is committed right away and acked before this returns. Otherwise
+    the connection's reader does not wait for the commit: a client that pipelines sends has them
     stored together (one transaction per batch). Its replies still leave in request order: the
     replies to what it sent after this wait for this ack (:meth:`Session.hold_reply`).
     """
@@ -117,12 +118,16 @@ async def chat_send(ctx: Context, msg: ChatSend) -> Later:
         hub.metrics.history_seconds.observe(time.perf_counter() - started)
         hub.router.finish(ctx, msg, place, stored[0] if stored is not None else None, error)
 
+    store = _history(ctx)
     started = time.perf_counter()
-    _history(ctx).send_nowait(
-        room=data.scope, user_id=ctx.session.user_id, body=data.body, attachments=data.attachments,
-        parent_id=data.parent_id, client_msg_id=data.client_msg_id, on_commit=announce, then=then,
-    )
-    place = ctx.session.hold_reply()  # queued: ``then`` runs in a later turn of the Trio loop
+    place = ctx.session.hold_reply()  # ``then`` fills it: later, or before send_nowait returns
+    try:
+        store.send_nowait(
+            room=data.scope, user_id=ctx.session.user_id, body=data.body, attachments=data.attachments,
+            parent_id=data.parent_id, client_msg_id=data.client_msg_id, on_commit=announce, then=then,
+        )
+    except Exception as exc:  # e.g. the store is closed: the reply still takes its place
+        hub.router.finish(ctx, msg, place, None, exc)
     return LATER
 
 
