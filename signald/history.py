@@ -21,12 +21,13 @@ runs inside a ``run_sync_soon`` callback, so it must be quick and cannot await (
 events with ``send_nowait``-style calls).
 
 Inline commits. A message sent with :meth:`HistoryStore.send_nowait` while the store is idle
-(nothing queued, running or waiting for its callbacks) is stored and committed right in the Trio
-thread: handing it to the thread and back costs two context switches, more than the ~30-60 us the
-transaction itself takes, and that is the whole ack latency of a client sending one message at a
-time. Only one message per turn of the Trio loop goes inline; the others of that turn queue, so a
-burst still shares transactions. Inline commits never wait and never copy the WAL on the event
-loop: between the thread's transactions the connection has ``busy_timeout = 0`` (if another
+(nothing queued, running or waiting for its callbacks) and no other Trio task is waiting to run
+is stored and committed right in the Trio thread: handing it to the thread and back costs two
+context switches, more than the ~30-60 us the transaction itself takes, and that is the whole ack
+latency of a client sending one message at a time. Under load (other tasks runnable, e.g. readers
+with frames of their own) messages queue, so they still share transactions; at most one message
+per turn of the Trio loop goes inline. Inline commits never wait and never copy the WAL on the
+event loop: between the thread's transactions the connection has ``busy_timeout = 0`` (if another
 connection holds the write lock the message is queued instead) and ``wal_autocheckpoint = 0`` (the
 thread restores both for its own turns, and checkpoints after :data:`CHECKPOINT_INLINE` inline
 commits). With ``synchronous`` ``FULL`` or ``EXTRA`` (an fsync per commit) nothing is inline. A
@@ -116,6 +117,13 @@ from typing import Any, Final, Generic, NamedTuple, TypedDict, TypeVar
 import msgspec
 import trio
 
+try:  # the run queue's length, read directly: the public statistics also count every fd (O(fds))
+    from trio._core import _run as _trio_run
+
+    _TRIO_RUN_CONTEXT: Any = _trio_run.GLOBAL_RUN_CONTEXT
+except (ImportError, AttributeError):  # pragma: no cover - a trio release moved it (a test says so)
+    _TRIO_RUN_CONTEXT = None
+
 from signald.errors import SignalError
 from signald.protocol import Attachment, ChatMessage, DeleteMode, HistoryPage, ReactionAction
 from signald.schema import SCHEMA_VERSION, migrate
@@ -192,6 +200,14 @@ class HistoryStats(TypedDict):
     commits: int
     pending: int
     synchronous: str
+
+
+def tasks_runnable() -> int:
+    """How many tasks of the current Trio run are waiting for their turn (not counting the caller)."""
+    runq = getattr(getattr(_TRIO_RUN_CONTEXT, "runner", None), "runq", None)
+    if runq is None:  # pragma: no cover - see the import
+        return trio.lowlevel.current_statistics().tasks_runnable
+    return len(runq)
 
 
 def _new_id(now: float) -> str:
@@ -419,9 +435,10 @@ class HistoryStore:
         after the other are stored, and their callbacks run, in that order. Raises
         :class:`StorageError` at once if the store is not open.
 
-        On an idle store (nothing queued or in progress, no inline commit yet in this turn of the
-        Trio loop, a ``synchronous`` mode that does not fsync, no other connection holding the
-        write lock) the message is stored and committed right here, in the Trio thread, and
+        On an idle store in an idle process (nothing queued or in progress, no other task waiting
+        to run and no inline commit yet in this turn of the Trio loop, a ``synchronous`` mode that
+        does not fsync, no other connection holding the write lock) the message is stored and
+        committed right here, in the Trio thread, and
         ``on_commit`` and ``then`` have run when this returns: a lone message does not pay for
         two thread hand-offs. Otherwise it is queued for the writer thread, which stores what
         arrives together in one transaction.
@@ -430,7 +447,8 @@ class HistoryStore:
             raise StorageError(f"history store is {self._state}")
         fn = self._send_fn(room, user_id, body, attachments, parent_id, client_msg_id)
         op: _Op[tuple[ChatMessage, bool]] = _Op("write", fn, on_commit, then)
-        if self._in_flight == 0 and self._inline and not self._inline_spent and self._commit_inline(op):
+        if (self._in_flight == 0 and self._inline and not self._inline_spent and tasks_runnable() == 0
+                and self._commit_inline(op)):
             return
         self._put(op)
 

@@ -22,8 +22,9 @@ import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from signald import history as history_module
 from signald.errors import SignalError
-from signald.history import RETENTION_BATCH, Deleted, HistoryStore, StorageError, iso_utc
+from signald.history import RETENTION_BATCH, Deleted, HistoryStore, StorageError, iso_utc, tasks_runnable
 from signald.protocol import Attachment, ChatMessage
 from signald.schema import MIGRATIONS, SCHEMA_VERSION, SchemaError, migrate, user_version
 
@@ -303,6 +304,32 @@ async def test_sends_of_one_turn_after_the_inline_one_share_one_transaction(stor
     await next_turn()
     nowait(store, "later", outcomes)  # the store is idle again in a later turn: inline again
     assert len(outcomes) == 21 and store.inline_commits == 2
+
+
+async def test_send_nowait_queues_while_other_tasks_wait_to_run(store: HistoryStore) -> None:
+    """Under load (other readers with frames to handle) messages share the thread's transactions."""
+    outcomes: list[Outcome] = []
+    async with trio.open_nursery() as nursery:
+        await next_turn()
+        for _ in range(3):
+            nursery.start_soon(trio.lowlevel.checkpoint)
+        assert tasks_runnable() == trio.lowlevel.current_statistics().tasks_runnable == 3
+        nowait(store, "busy", outcomes)
+        assert outcomes == [] and store.inline_commits == 0
+    await store.get("none")
+    assert outcomes[0][1] is None
+
+
+def test_tasks_runnable_reads_trios_run_queue_directly() -> None:
+    # The public statistics walk every registered fd; if a trio release moves the run queue,
+    # signald falls back to them (correct, but O(fds) per idle send): this test says so.
+    assert history_module._TRIO_RUN_CONTEXT is not None
+
+    async def main() -> int:
+        assert tasks_runnable() == 0
+        return tasks_runnable()
+
+    assert trio.run(main) == 0
 
 
 async def test_send_nowait_never_overtakes_work_queued_before_it(store: HistoryStore) -> None:
