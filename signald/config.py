@@ -102,6 +102,7 @@ class PresenceConfig:
 @frozen
 class HistoryConfig:
     synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
+    inline_commits: bool = True
     retention_max_age_s: float = field(default=0.0, validator=_non_negative)
     retention_max_count: int = field(default=0, validator=_non_negative)
 

@@ -30,7 +30,8 @@ per turn of the Trio loop goes inline. Inline commits never wait and never copy 
 event loop: between the thread's transactions the connection has ``busy_timeout = 0`` (if another
 connection holds the write lock the message is queued instead) and ``wal_autocheckpoint = 0`` (the
 thread restores both for its own turns, and checkpoints after :data:`CHECKPOINT_INLINE` inline
-commits). With ``synchronous`` ``FULL`` or ``EXTRA`` (an fsync per commit) nothing is inline. A
+commits). With ``synchronous`` ``FULL`` or ``EXTRA`` (an fsync per commit), or ``inline=False``
+(a disk that can stall writes would stall the event loop), nothing is inline. A
 :class:`threading.Lock` keeps the two threads from ever using the connection at once.
 
 Each write runs inside a ``SAVEPOINT``: one that fails (e.g. ``SignalError("FORBIDDEN")``) is
@@ -269,6 +270,7 @@ class HistoryStore:
         path: str | os.PathLike[str],
         *,
         synchronous: str = "NORMAL",
+        inline: bool = True,
         retention_max_age_s: float = 0,
         retention_max_count: int = 0,
         clock: Callable[[], float] = time.time,
@@ -306,7 +308,7 @@ class HistoryStore:
         """Of ``commits``, those made in the Trio thread by :meth:`send_nowait` on an idle store."""
         self.checkpoints = 0
         """WAL checkpoints run by the writer thread."""
-        self._inline = self.memory or sync in INLINE_SYNC_MODES
+        self._inline = inline and (self.memory or sync in INLINE_SYNC_MODES)
         self._inline_spent = False  # an inline commit ran in this turn of the Trio loop
         self._turns: trio.lowlevel.Task | None = None  # clears _inline_spent in the next turn
         self._turns_scope = trio.CancelScope()

@@ -103,7 +103,7 @@ class Hub:
 
         history = self.config.history
         store = HistoryStore(
-            self.config.server.db, synchronous=history.synchronous,
+            self.config.server.db, synchronous=history.synchronous, inline=history.inline_commits,
             retention_max_age_s=history.retention_max_age_s, retention_max_count=history.retention_max_count,
             clock=self.wall_clock, completion_scope=self.cork,
         )

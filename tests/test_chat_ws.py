@@ -173,6 +173,20 @@ async def test_seq_increases_by_one_per_message_in_each_room_independently(srv: 
         assert seqs((await history(a1, "other"))["messages"]) == [1, 2, 3]
 
 
+@pytest.mark.parametrize("inline", [True, False])
+async def test_history_inline_commits_setting_reaches_the_store(
+    nursery: trio.Nursery, tmp_path: Path, inline: bool
+) -> None:
+    srv = await start_server(nursery, make_config(tmp_path, history={"inline_commits": inline}))
+    assert srv.hub.history is not None
+    store = srv.hub.history.store
+    async with clients(srv, "alice") as (a1,):
+        await join(a1)
+        seqs = [(await send(a1, f"m{i}"))["seq"] for i in range(5)]
+    assert seqs == [1, 2, 3, 4, 5]
+    assert (store.inline_commits > 0) is inline  # one sequential client on an idle daemon
+
+
 async def test_pipelined_sends_replies_keep_request_order(nursery: trio.Nursery, tmp_path: Path) -> None:
     """The reader does not wait for each commit, yet replies leave in the order requests came."""
     srv = await serve(nursery, tmp_path, limits=FAST)
