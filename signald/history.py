@@ -118,17 +118,17 @@ from typing import Any, Final, Generic, NamedTuple, TypedDict, TypeVar
 import msgspec
 import trio
 
+from signald.errors import SignalError
+from signald.protocol import Attachment, ChatMessage, DeleteMode, HistoryPage, ReactionAction
+from signald.schema import SCHEMA_VERSION, migrate
+from signald.timefmt import iso_utc
+
 try:  # the run queue's length, read directly: the public statistics also count every fd (O(fds))
     from trio._core import _run as _trio_run
 
     _TRIO_RUN_CONTEXT: Any = _trio_run.GLOBAL_RUN_CONTEXT
 except (ImportError, AttributeError):  # pragma: no cover - a trio release moved it (a test says so)
     _TRIO_RUN_CONTEXT = None
-
-from signald.errors import SignalError
-from signald.protocol import Attachment, ChatMessage, DeleteMode, HistoryPage, ReactionAction
-from signald.schema import SCHEMA_VERSION, migrate
-from signald.timefmt import iso_utc
 
 __all__ = [
     "MAX_BATCH",
@@ -155,12 +155,11 @@ RETENTION_EVERY: Final = 64
 CACHE_KIB: Final = 32 * 1024
 """Upper bound of SQLite's page cache (it grows only as pages are used)."""
 WAL_CHECKPOINT_PAGES: Final = 10_000
-# Inline commits never checkpoint (that would copy the WAL on the event loop): after this many of
-# them the writer thread is asked to (its own commits checkpoint every WAL_CHECKPOINT_PAGES).
-CHECKPOINT_INLINE: Final = 1_000
-# ``synchronous`` modes whose commit does not fsync, so that a lone ``send`` may commit inline.
-INLINE_SYNC_MODES: Final = frozenset({"OFF", "NORMAL"})
 """WAL pages (~40 MiB) that trigger an automatic checkpoint; fewer checkpoints = fewer fsyncs."""
+CHECKPOINT_INLINE: Final = 1_000
+"""Inline commits after which the writer thread checkpoints (they never do: it would block Trio)."""
+INLINE_SYNC_MODES: Final = frozenset({"OFF", "NORMAL"})
+"""``synchronous`` modes whose commit does not fsync, so that a lone ``send`` may commit inline."""
 SYNCHRONOUS_MODES: Final = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
 _CHUNK: Final = 500  # bound variables per IN (...) query
 _SKIP: Final[Any] = object()  # "do not call on_commit"
@@ -440,10 +439,9 @@ class HistoryStore:
         On an idle store in an idle process (nothing queued or in progress, no other task waiting
         to run and no inline commit yet in this turn of the Trio loop, a ``synchronous`` mode that
         does not fsync, no other connection holding the write lock) the message is stored and
-        committed right here, in the Trio thread, and
-        ``on_commit`` and ``then`` have run when this returns: a lone message does not pay for
-        two thread hand-offs. Otherwise it is queued for the writer thread, which stores what
-        arrives together in one transaction.
+        committed right here, in the Trio thread, and ``on_commit`` and ``then`` have run when this
+        returns: a lone message does not pay for two thread hand-offs. Otherwise it is queued for
+        the writer thread, which stores what arrives together in one transaction.
         """
         if self._state != "open":
             raise StorageError(f"history store is {self._state}")
@@ -466,10 +464,11 @@ class HistoryStore:
                 conn.execute("BEGIN IMMEDIATE")
             except sqlite3.OperationalError:
                 return False
+            commits = self.commits
             self._w_execute(conn, [op], begun=True)
         finally:
             self._conn_lock.release()
-        self.inline_commits += 1
+        self.inline_commits += self.commits - commits
         if self._turns is not None:  # the next inline commit waits for the loop's next turn
             self._inline_spent = True
             trio.lowlevel.reschedule(self._turns)  # it runs after the tasks already runnable

@@ -429,43 +429,6 @@ async def test_inline_commits_have_the_writer_thread_checkpoint_the_wal(
         assert path.stat().st_size > size_before  # pages copied from the WAL into the database
 
 
-def test_inline_acked_sends_survive_kill_9(tmp_path: Path) -> None:
-    path = tmp_path / "h.db"
-    script = (
-        "import sys, trio\n"
-        "from signald.history import HistoryStore\n"
-        "async def main(path):\n"
-        "    async with HistoryStore(path) as store:\n"
-        "        def then(result, error):\n"
-        "            print(result[0].seq, store.inline_commits, flush=True)\n"
-        "        for i in range(1_000_000):\n"
-        "            store.send_nowait(room='r', user_id='u', body=f'm{i}', then=then)\n"
-        "            await trio.sleep(0.0005)\n"
-        "trio.run(main, sys.argv[1])\n"
-    )
-    proc = subprocess.Popen([sys.executable, "-c", script, str(path)], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    watchdog = threading.Timer(60, proc.kill)  # never hang the suite on a stuck child
-    watchdog.start()
-    try:
-        lines = [proc.stdout.readline().split() for _ in range(300)]
-    finally:
-        watchdog.cancel()
-    os.kill(proc.pid, signal.SIGKILL)
-    rest, _ = proc.communicate(timeout=10)
-    lines += [line.split() for line in rest.splitlines() if line]
-    acked = [int(seq) for seq, _ in lines]
-    assert int(lines[-1][1]) > len(lines) // 2  # most of them were committed inline
-    assert proc.returncode == -signal.SIGKILL
-
-    async def check() -> None:
-        async with HistoryStore(path) as store:
-            stored = [m.seq async for m in store.export("r")]
-            assert stored[: len(acked)] == acked == list(range(1, len(acked) + 1))
-
-    trio.run(check)
-
-
 # --------------------------------------------------------------------------- history paging
 
 
@@ -812,16 +775,31 @@ async def test_open_errors(tmp_path: Path) -> None:
     await expect_error("INTERNAL", lambda: store.get("x"))  # not opened yet
 
 
-def test_acked_sends_survive_kill_9(tmp_path: Path) -> None:
+KILL_9_LOOPS = {
+    "awaited": (  # each send through the writer thread
+        "        for i in range(1_000_000):\n"
+        "            m, _ = await store.send(room='r', user_id='u', body=f'm{i}')\n"
+        "            print(m.seq, store.inline_commits, flush=True)\n"
+    ),
+    "inline": (  # one send at a time on an idle store: committed in the Trio thread
+        "        def then(result, error):\n"
+        "            print(result[0].seq, store.inline_commits, flush=True)\n"
+        "        for i in range(1_000_000):\n"
+        "            store.send_nowait(room='r', user_id='u', body=f'm{i}', then=then)\n"
+        "            await trio.sleep(0.0005)\n"
+    ),
+}
+
+
+@pytest.mark.parametrize("how", sorted(KILL_9_LOOPS))
+def test_acked_sends_survive_kill_9(tmp_path: Path, how: str) -> None:
     path = tmp_path / "h.db"
     script = (
         "import sys, trio\n"
         "from signald.history import HistoryStore\n"
         "async def main(path):\n"
         "    async with HistoryStore(path) as store:\n"
-        "        for i in range(1_000_000):\n"
-        "            m, _ = await store.send(room='r', user_id='u', body=f'm{i}')\n"
-        "            print(m.seq, flush=True)\n"
+        f"{KILL_9_LOOPS[how]}"
         "trio.run(main, sys.argv[1])\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", script, str(path)], stdout=subprocess.PIPE, text=True)
@@ -829,12 +807,15 @@ def test_acked_sends_survive_kill_9(tmp_path: Path) -> None:
     watchdog = threading.Timer(60, proc.kill)  # never hang the suite on a stuck child
     watchdog.start()
     try:
-        acked = [int(proc.stdout.readline()) for _ in range(300)]
+        lines = [proc.stdout.readline().split() for _ in range(300)]
     finally:
         watchdog.cancel()
     os.kill(proc.pid, signal.SIGKILL)
     rest, _ = proc.communicate(timeout=10)
-    acked += [int(line) for line in rest.split()]
+    lines += [line.split() for line in rest.splitlines() if line]
+    acked = [int(seq) for seq, _ in lines]
+    inline = int(lines[-1][1])
+    assert inline > len(lines) // 2 if how == "inline" else inline == 0
     assert proc.returncode == -signal.SIGKILL
     assert (path.parent / "h.db-wal").exists()  # killed before any clean close
 
