@@ -296,7 +296,11 @@ LIMITS = """## How signald gets its numbers, and what bounds them
   send on an idle store is committed right on the event loop (handing it to the SQLite thread and
   back costs two context switches, about 50 µs with both threads on one core, more than the
   transaction); what remains is one transaction per message (about 30-60 µs here: five B-tree
-  pages written to the WAL), which the peers, storing nothing, do not pay.
+  pages written to the WAL, ten `pwrite` and six `fcntl` calls), which the peers, storing
+  nothing, do not pay. That brought signald from 1.4-1.85x python-socketio's round trip to about
+  parity (0.9-1.0x at p50 in today's runs) while every ack still means "on disk"; 0.8x would need
+  the durable commit to cost next to nothing. Under load (other tasks runnable) sends still go
+  to the SQLite thread and share its transactions.
 - **(f) idle CPU.** Heartbeats are one timing wheel for the whole hub (no task or timer per
   connection) that pings only connections silent for `heartbeat_s`. Readers that drained their
   socket park in one epoll set (`signald.parking`) whose single task reads what arrives and takes a
@@ -306,8 +310,10 @@ LIMITS = """## How signald gets its numbers, and what bounds them
   caps what one process can hold; (f) extrapolates linearly.
 - **(e) durable vs in-memory.** With the server pinned to one core, how many sends share a
   transaction depends on when the SQLite thread gets the core, so this ratio moves a lot from run
-  to run (0.52 to 0.98 across the full runs of 2026-11-26, with code changes in between). Every
-  extra transaction also costs a WAL append, and every 10,000 WAL pages a checkpoint."""
+  to run (0.52 to 0.98 across the full runs of 2026-11-26, with code changes in between; 0.74 in
+  a quick run while idle-store inline commits still took one send per loop turn under load, 0.81
+  and 0.97 once they were limited to an otherwise idle loop). Every extra transaction also costs
+  a WAL append, and every 10,000 WAL pages a checkpoint."""
 
 
 def write_report(result: dict[str, Any]) -> list[Path]:
