@@ -857,7 +857,7 @@ class HistoryStore:
             conn.execute("PRAGMA temp_store = MEMORY")
             migrate(conn)
             if self._inline:
-                self._w_settle(conn)
+                self._w_settle(conn, waiting=False)
         except BaseException:
             conn.close()
             raise
@@ -894,10 +894,16 @@ class HistoryStore:
                 if op.kind == "close":
                     closer = op
             work = batch if closer is None else batch[:-1]
+            # Checkpoint requests (from inline commits) only wake the thread; they are not part
+            # of the transaction, but are delivered with the batch (the store counts them).
+            ops = [op for op in work if op.kind != "checkpoint"]
             try:
                 if work:
                     with self._w_turn(conn):
-                        self._w_execute(conn, work)
+                        if ops:
+                            self._w_execute(conn, ops)
+                        if len(ops) < len(work):
+                            self._w_checkpoint(conn)
             finally:
                 if work:
                     self._w_deliver(work)
@@ -916,17 +922,16 @@ class HistoryStore:
             if not self._inline:
                 yield
                 return
-            conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_s * 1000):d}")
-            conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_CHECKPOINT_PAGES:d}")
+            self._w_settle(conn, waiting=True)
             try:
                 yield
             finally:
-                self._w_settle(conn)
+                self._w_settle(conn, waiting=False)
 
-    @staticmethod
-    def _w_settle(conn: sqlite3.Connection) -> None:
-        conn.execute("PRAGMA busy_timeout = 0")
-        conn.execute("PRAGMA wal_autocheckpoint = 0")
+    def _w_settle(self, conn: sqlite3.Connection, *, waiting: bool) -> None:
+        """``waiting``: the thread's own turn (busy timeout, automatic checkpoints); else neither."""
+        conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_s * 1000) if waiting else 0:d}")
+        conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_CHECKPOINT_PAGES if waiting else 0:d}")
 
     def _w_checkpoint(self, conn: sqlite3.Connection) -> None:
         """Copy the WAL into the database file (PASSIVE: never waits for readers)."""
@@ -942,11 +947,6 @@ class HistoryStore:
 
         The caller holds ``_conn_lock`` and completes the batch afterwards.
         """
-        if any(op.kind == "checkpoint" for op in batch):
-            self._w_checkpoint(conn)
-            batch = [op for op in batch if op.kind != "checkpoint"]
-            if not batch:
-                return
         writes = any(op.kind == "write" for op in batch)
         try:
             if not begun:
