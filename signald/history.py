@@ -53,8 +53,9 @@ non-durable store (tests, benchmarks).
 
 Semantics chosen where the protocol is silent
 ---------------------------------------------
-- ``seq`` is assigned in the writer thread from a per-room counter (``rooms.last_seq``): gap-free
-  per room at assignment time, never reused after hard deletes or retention.
+- ``seq`` is assigned when the message is stored, from a per-room counter kept in memory and
+  written to ``rooms`` by the writer thread (:mod:`signald.roomcounts`): gap-free per room at
+  assignment time, never reused after hard deletes, retention or a crash.
 - Message ids are 24 hex digits: 12 of creation time in milliseconds, 12 random.
 - ``send`` with a ``parent_id`` that is not a stored message of the same room: ``NOT_FOUND``.
   A retry (same user, room and ``client_msg_id``) returns the original message, folded, with
@@ -76,6 +77,10 @@ Retention
 thread enforces them in transactions of at most :data:`RETENTION_BATCH` rows: when the queue is
 idle, after every :data:`RETENTION_EVERY` write batches under sustained load, and at least every
 ``retention_interval_s``. Removed messages take their reactions and idempotency keys with them.
+Age retention removes each room's messages in ``seq`` order up to the first one that is not
+expired (``seq`` order is creation order unless the wall clock stepped back; then a message may
+outlive its age until the ones before it expire). It looks at every room's oldest message, so it
+runs once per ``retention_interval_s`` (until it is done), not every :data:`RETENTION_EVERY` batches.
 
 Resource handling
 -----------------
@@ -120,6 +125,7 @@ import trio
 
 from signald.errors import SignalError
 from signald.protocol import Attachment, ChatMessage, DeleteMode, HistoryPage, ReactionAction
+from signald.roomcounts import RECONCILE_SQL, RoomCounters
 from signald.schema import SCHEMA_VERSION, migrate
 from signald.timefmt import iso_utc
 
@@ -316,8 +322,10 @@ class HistoryStore:
         self._conn_lock = threading.Lock()  # held by whichever thread is using the connection
         self._inline_since_checkpoint = 0  # inline commits since the thread last checkpointed
         self._w_due = True
+        self._w_age_due = True  # age retention looks at every room: once per interval (or if asked)
         self._w_batches_since = 0
         self._w_rooms: set[str] | None = None  # rooms to check for count retention; None = all
+        self._counters = RoomCounters()  # per-room last_seq/count; used under _conn_lock only
 
     # ------------------------------------------------------------------ lifecycle (Trio side)
 
@@ -465,7 +473,7 @@ class HistoryStore:
             except sqlite3.OperationalError:
                 return False
             commits = self.commits
-            self._w_execute(conn, [op], begun=True)
+            self._w_execute(conn, [op], begun=True, write_counters=False)
         finally:
             self._conn_lock.release()
         self.inline_commits += self.commits - commits
@@ -567,7 +575,7 @@ class HistoryStore:
                 )
             else:
                 conn.execute("DELETE FROM messages WHERE id = ?", (message_id,))
-                conn.execute("UPDATE rooms SET count = count - 1 WHERE room = ?", (room,))
+                self._w_counter(conn, room)[1] -= 1
             result = Deleted(room, now)
             return result, result
 
@@ -675,6 +683,7 @@ class HistoryStore:
 
         def fn(conn: sqlite3.Connection) -> tuple[int, Any]:
             total = 0
+            self._w_age_due = True
             while True:
                 removed, more = self._w_expire(conn)
                 total += removed
@@ -764,7 +773,7 @@ class HistoryStore:
             rows = conn.execute("SELECT room FROM rooms WHERE count > 0 ORDER BY room")
             return [row[0] for row in rows], _SKIP
 
-        return await self._call(fn, write=False)
+        return await self._call(fn, write=self._counters.pending > 0)
 
     async def export(self, room: str | None = None, *, batch: int = 500) -> AsyncIterator[ChatMessage]:
         """Every stored message of ``room`` (or of all rooms, by room name), ascending ``seq``."""
@@ -786,7 +795,7 @@ class HistoryStore:
             row = conn.execute(query).fetchone()
             return (int(row[0]), int(row[1])), _SKIP
 
-        rooms, messages = await self._call(fn, write=False)
+        rooms, messages = await self._call(fn, write=self._counters.pending > 0)
         return HistoryStats(
             rooms=rooms, messages=messages, db_bytes=self.db_bytes(), schema_version=SCHEMA_VERSION,
             commits=self.commits, pending=self._queue.qsize(), synchronous=self.synchronous,
@@ -821,6 +830,7 @@ class HistoryStore:
         finally:
             with self._conn_lock:
                 self._conn = None
+                self._w_save_counters(conn)
                 try:
                     conn.close()
                 except sqlite3.Error:  # pragma: no cover
@@ -856,6 +866,7 @@ class HistoryStore:
             conn.execute("PRAGMA journal_size_limit = 67108864")
             conn.execute("PRAGMA temp_store = MEMORY")
             migrate(conn)
+            conn.execute(RECONCILE_SQL)  # counters not written before a crash (see roomcounts)
             if self._inline:
                 self._w_settle(conn, waiting=False)
         except BaseException:
@@ -872,6 +883,7 @@ class HistoryStore:
                 now = time.monotonic()
                 if now >= next_check:
                     self._w_due, next_check = True, now + self.retention_interval_s
+                    self._w_age_due = True
                 if self._w_batches_since >= RETENTION_EVERY:
                     self._w_due = True
                 if self._w_due and (self._queue.empty() or self._w_batches_since >= RETENTION_EVERY):
@@ -934,7 +946,8 @@ class HistoryStore:
         conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_CHECKPOINT_PAGES if waiting else 0:d}")
 
     def _w_checkpoint(self, conn: sqlite3.Connection) -> None:
-        """Copy the WAL into the database file (PASSIVE: never waits for readers)."""
+        """Write the room counters, then copy the WAL into the database file (PASSIVE: no waiting)."""
+        self._w_save_counters(conn)
         try:
             conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
         except sqlite3.Error:
@@ -942,9 +955,13 @@ class HistoryStore:
             return
         self.checkpoints += 1
 
-    def _w_execute(self, conn: sqlite3.Connection, batch: list[_Op[Any]], *, begun: bool = False) -> None:
+    def _w_execute(
+        self, conn: sqlite3.Connection, batch: list[_Op[Any]], *, begun: bool = False, write_counters: bool = True
+    ) -> None:
         """Run ``batch`` in one transaction (``begun``: already open) and commit; errors go to the ops.
 
+        ``write_counters``: bring the ``rooms`` table up to date with the room counters before the
+        batch (so that its reads see them) and after it; inline commits leave that to the thread.
         The caller holds ``_conn_lock`` and completes the batch afterwards.
         """
         writes = any(op.kind == "write" for op in batch)
@@ -952,14 +969,20 @@ class HistoryStore:
             if not begun:
                 conn.execute("BEGIN IMMEDIATE" if writes else "BEGIN")
             try:
+                if write_counters and writes:
+                    self._w_write_counters(conn)
                 alone = len(batch) == 1  # its own transaction: no savepoint needed to undo it alone
                 for op in batch:
                     self._w_run(conn, op, alone=alone)
+                if write_counters and writes:
+                    self._w_write_counters(conn)
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
+                self._counters.end_transaction(committed=False)
                 raise
+            self._counters.end_transaction(committed=True)
             if writes:
                 self.commits += 1
                 self._w_batches_since += 1
@@ -976,8 +999,11 @@ class HistoryStore:
                 op.value, op.event = op.fn(conn)
             except Exception as exc:
                 conn.execute("ROLLBACK")  # the failed operation was the whole transaction
+                self._counters.end_transaction(committed=False)
                 conn.execute("BEGIN")  # so that the COMMIT that follows has one to end
                 self._w_failed(op, exc)
+                return
+            self._counters.end_op(ok=True)
             return
         if write:
             conn.execute("SAVEPOINT op")
@@ -987,8 +1013,10 @@ class HistoryStore:
             if write:  # undo this operation only; the rest of the batch goes on
                 conn.execute("ROLLBACK TO op")
                 conn.execute("RELEASE op")
+            self._counters.end_op(ok=False)
             self._w_failed(op, exc)
             return
+        self._counters.end_op(ok=True)
         if write:
             conn.execute("RELEASE op")
 
@@ -1046,11 +1074,8 @@ class HistoryStore:
                 raise SignalError("NOT_FOUND", f"parent message {parent_id!r} not found in room {room!r}")
         now = self._clock()
         created_at = iso_utc(now)
-        seq = conn.execute(
-            "INSERT INTO rooms (room, last_seq, count) VALUES (?, 1, 1) ON CONFLICT (room) "
-            "DO UPDATE SET last_seq = last_seq + 1, count = count + 1 RETURNING last_seq",
-            (room,),
-        ).fetchall()[0][0]
+        counter = self._w_counter(conn, room)
+        seq = counter[0] + 1
         for attempt in range(5):
             message_id = _new_id(now)
             try:
@@ -1068,6 +1093,7 @@ class HistoryStore:
                 "INSERT INTO client_msgs (user_id, room, client_msg_id, message_id) VALUES (?, ?, ?, ?)",
                 (user_id, room, client_msg_id, message_id),
             )
+        counter[0], counter[1] = seq, counter[1] + 1
         if self._w_rooms is not None:
             self._w_rooms.add(room)
         message = ChatMessage(
@@ -1076,6 +1102,38 @@ class HistoryStore:
             reactions={},
         )
         return (message, True), message
+
+    def _w_counter(self, conn: sqlite3.Connection, room: str) -> list[int]:
+        """``[last_seq, count]`` of ``room`` for the running operation; change it in place."""
+        return self._counters.get(room, lambda room: _w_load_counter(conn, room))
+
+    def _w_save_counters(self, conn: sqlite3.Connection) -> None:
+        """Write the room counters not in the ``rooms`` table yet, in a transaction of their own."""
+        if not self._counters.pending:
+            return
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._w_write_counters(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                self._counters.end_transaction(committed=False)
+                raise
+            self._counters.end_transaction(committed=True)
+        except sqlite3.Error:  # they stay pending; the store reconciles them when it next opens
+            logger.exception("writing the history room counters failed")
+
+    def _w_write_counters(self, conn: sqlite3.Connection) -> None:
+        """Write the room counters that the ``rooms`` table does not have yet (in a transaction)."""
+        rows = self._counters.unwritten()
+        if rows:
+            conn.executemany(
+                "INSERT INTO rooms (room, last_seq, count) VALUES (?, ?, ?) ON CONFLICT (room)"
+                " DO UPDATE SET last_seq = excluded.last_seq, count = excluded.count",
+                rows,
+            )
 
     def _w_get(self, conn: sqlite3.Connection, message_id: str) -> ChatMessage | None:
         row = conn.execute(f"SELECT {_COLUMNS} FROM messages WHERE id = ?", (message_id,)).fetchone()
@@ -1138,49 +1196,70 @@ class HistoryStore:
 
     # ------------------------------------------------------------------ writer thread: retention
 
-    def _w_retention_step(self, conn: sqlite3.Connection) -> None:
+    def _w_retention_step(self, conn: sqlite3.Connection) -> int:
+        """One retention transaction; returns how many messages it removed (``_w_due``: more to do)."""
         self._w_batches_since = 0
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
+                self._w_write_counters(conn)  # the counts it reads
                 removed, self._w_due = self._w_expire(conn)
+                self._counters.end_op(ok=True)
+                self._w_write_counters(conn)
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
+                self._counters.end_transaction(committed=False)
                 raise
+            self._counters.end_transaction(committed=True)
         except Exception:
             logger.exception("history retention failed")
             self._w_due, self._w_rooms = False, None
-            return
+            return 0
         if removed:
             logger.debug("history retention removed %d messages", removed)
+        return removed
 
     def _w_expire(self, conn: sqlite3.Connection) -> tuple[int, bool]:
         """Remove at most RETENTION_BATCH expired messages; returns (removed, more to do)."""
         budget = RETENTION_BATCH
-        if self.retention_max_age_s > 0:
+        if self.retention_max_age_s > 0 and self._w_age_due:
+            # Per room, oldest seq first, up to the first message that is not expired (no index on
+            # created_ts: it would cost every insert a page; seq order is creation order).
             cutoff = self._clock() - self.retention_max_age_s
-            rows = conn.execute(
-                "SELECT room, seq FROM messages WHERE created_ts < ? ORDER BY created_ts LIMIT ?",
-                (cutoff, budget),
+            expired = conn.execute(
+                "SELECT room FROM rooms WHERE (SELECT created_ts FROM messages m"
+                " WHERE m.room = rooms.room ORDER BY m.seq LIMIT 1) < ? ORDER BY room",
+                (cutoff,),
             ).fetchall()
-            self._w_remove(conn, rows)
-            budget -= len(rows)
-            if budget == 0:
-                return RETENTION_BATCH, True
+            for (room,) in expired:
+                rows = []
+                for seq, created_ts in conn.execute(
+                    "SELECT seq, created_ts FROM messages WHERE room = ? ORDER BY seq LIMIT ?", (room, budget)
+                ):
+                    if created_ts >= cutoff:
+                        break
+                    rows.append((room, seq))
+                self._w_remove(conn, rows)
+                budget -= len(rows)
+                if budget == 0:
+                    return RETENTION_BATCH, True
+            self._w_age_due = False
         if self.retention_max_count > 0:
             keep = self.retention_max_count
             if self._w_rooms is None:
-                over = conn.execute("SELECT room, count FROM rooms WHERE count > ?", (keep,)).fetchall()
+                rows = conn.execute("SELECT room FROM rooms WHERE count > ?", (keep,)).fetchall()
+                candidates = {row[0] for row in rows} | self._counters.staged()
                 self._w_rooms = set()
             else:
-                over = []
-                for room in sorted(self._w_rooms):
-                    row = conn.execute("SELECT count FROM rooms WHERE room = ?", (room,)).fetchone()
-                    if row is not None and row[0] > keep:
-                        over.append((room, row[0]))
+                candidates = set(self._w_rooms)
                 self._w_rooms.clear()
+            over = []
+            for room in sorted(candidates):
+                count = self._w_counter(conn, room)[1]
+                if count > keep:
+                    over.append((room, count))
             for room, count in over:
                 n = min(count - keep, budget)
                 if n > 0:
@@ -1204,12 +1283,21 @@ class HistoryStore:
         )
         conn.executemany("DELETE FROM reactions WHERE room = ? AND seq = ?", rows)
         conn.executemany("DELETE FROM messages WHERE room = ? AND seq = ?", rows)
-        per_room: dict[str, int] = {}
         for room, _seq in rows:
-            per_room[room] = per_room.get(room, 0) + 1
-        conn.executemany(
-            "UPDATE rooms SET count = count - ? WHERE room = ?", [(n, room) for room, n in per_room.items()]
-        )
+            self._w_counter(conn, room)[1] -= 1
+
+
+def _w_load_counter(conn: sqlite3.Connection, room: str) -> tuple[int, int]:
+    """A room's ``(last_seq, count)`` from its ``rooms`` row, which is created if missing.
+
+    The row is up to date: counters are read once per room (see roomcounts), and after a crash
+    the store reconciled the table when it opened.
+    """
+    row = conn.execute("SELECT last_seq, count FROM rooms WHERE room = ?", (room,)).fetchone()
+    if row is None:
+        conn.execute("INSERT INTO rooms (room, last_seq, count) VALUES (?, 0, 0)", (room,))
+        return 0, 0
+    return int(row[0]), int(row[1])
 
 
 def _complete(batch: list[_Op[Any]]) -> None:

@@ -6,16 +6,22 @@ version is added by appending a function, never by editing an old one, so every 
 written can be brought up to date. Each migration runs in its own transaction together with the
 ``user_version`` bump, so a crash mid-migration leaves the previous version intact.
 
-Tables (version 1):
+Tables (version 2):
 
 - ``rooms``: per-room ``last_seq`` counter (never decreases, so hard deletes and retention never
   cause a ``seq`` to be reused) and ``count`` of stored messages (used by count retention and stats).
+  A room's row is created with its first message; after that the history store writes it lazily
+  (see :mod:`signald.roomcounts`): messages above ``last_seq`` are counted in neither column yet.
 - ``messages``: one row per stored message, already folded (edits, redactions and soft deletes
-  update the row in place). ``created_ts`` is the creation time in epoch seconds for age retention.
+  update the row in place), keyed by ``(room, seq)`` (``WITHOUT ROWID``) with a unique ``id``.
+  ``created_ts`` is the creation time in epoch seconds for age retention (not indexed).
 - ``reactions``: one row per (message, reaction, user); ``rowid`` order is reaction order.
 - ``read_receipts``: the highest ``seq`` each user has read in each room.
 - ``last_seen``: when each user was last seen (ISO 8601), for presence after a restart.
 - ``client_msgs``: idempotency keys, ``client_msg_id`` unique per (user, room).
+
+Versions: 1 is the initial schema; 2 re-keys ``messages`` by ``(room, seq)`` and drops the
+``created_ts`` index, so that storing a message writes two B-tree pages instead of four.
 
 Error handling: :func:`migrate` raises :class:`SchemaError` when the file was written by a newer
 signald (``user_version`` above :data:`SCHEMA_VERSION`); sqlite errors propagate unchanged after
@@ -89,7 +95,38 @@ def _v1_initial(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
-MIGRATIONS: Final[tuple[Migration, ...]] = (_v1_initial,)
+_V2_COLUMNS = (
+    "room, seq, id, user_id, body, attachments, parent_id, created_at, created_ts, edited_at, deleted_at, redacted"
+)
+
+
+def _v2_messages_by_room_seq(conn: sqlite3.Connection) -> None:
+    # A message is stored in the (room, seq) B-tree itself (WITHOUT ROWID) and in the id index:
+    # two pages per insert instead of four (rowid table, id, (room, seq) and created_ts indexes).
+    # Age retention walks each room in seq order instead of using a created_ts index.
+    conn.execute(
+        """CREATE TABLE messages_v2 (
+            room TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            id TEXT NOT NULL UNIQUE,
+            user_id TEXT NOT NULL,
+            body TEXT NOT NULL,
+            attachments TEXT NOT NULL DEFAULT '[]',
+            parent_id TEXT,
+            created_at TEXT NOT NULL,
+            created_ts REAL NOT NULL,
+            edited_at TEXT,
+            deleted_at TEXT,
+            redacted INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (room, seq)
+        ) WITHOUT ROWID"""
+    )
+    conn.execute(f"INSERT INTO messages_v2 ({_V2_COLUMNS}) SELECT {_V2_COLUMNS} FROM messages")
+    conn.execute("DROP TABLE messages")  # and its indexes, messages_created_ts included
+    conn.execute("ALTER TABLE messages_v2 RENAME TO messages")
+
+
+MIGRATIONS: Final[tuple[Migration, ...]] = (_v1_initial, _v2_messages_by_room_seq)
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
 

@@ -429,6 +429,51 @@ async def test_inline_commits_have_the_writer_thread_checkpoint_the_wal(
         assert path.stat().st_size > size_before  # pages copied from the WAL into the database
 
 
+def rooms_table(path: Path) -> list[tuple[str, int, int]]:
+    with sqlite3.connect(path) as other:
+        return list(other.execute("SELECT room, last_seq, count FROM rooms ORDER BY room"))
+
+
+async def test_inline_commits_leave_the_room_counters_to_the_writer_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("signald.history.CHECKPOINT_INLINE", 5)
+    path = tmp_path / "h.db"
+    async with HistoryStore(path) as store:
+        outcomes: list[Outcome] = []
+        for i in range(3):
+            await next_turn()
+            nowait(store, f"m{i}", outcomes)
+        assert store.inline_commits == 3
+        assert rooms_table(path) == [("lobby", 0, 0)]  # created with the first message, then left
+        assert (await store.stats())["messages"] == 3  # stats first bring the table up to date
+        assert rooms_table(path) == [("lobby", 3, 3)]
+        for i in range(3, 8):
+            await next_turn()
+            nowait(store, f"m{i}", outcomes)
+        await store.get("none")  # after the checkpoint asked for by the 5th inline commit
+        assert store.checkpoints == 1 and rooms_table(path) == [("lobby", 8, 8)]
+        await next_turn()
+        nowait(store, "last", outcomes)
+        assert rooms_table(path) == [("lobby", 8, 8)]
+    assert rooms_table(path) == [("lobby", 9, 9)]  # written when the store closed
+    assert [error for _, error in outcomes] == [None] * 9
+
+
+async def test_counters_written_by_the_thread_go_with_a_hard_delete(tmp_path: Path) -> None:
+    path = tmp_path / "h.db"
+    async with HistoryStore(path) as store:
+        outcomes: list[Outcome] = []
+        for i in range(3):
+            await next_turn()
+            nowait(store, f"m{i}", outcomes)
+        last = outcomes[-1][0][0]
+        await store.delete(message_id=last.id, user_id="ann", mode="hard")
+        # the deleted seq 3 is gone from messages: the row must say 3 or it would be handed out again
+        assert rooms_table(path) == [("lobby", 3, 2)]
+        assert (await send(store)).seq == 4
+
+
 # --------------------------------------------------------------------------- history paging
 
 
@@ -823,6 +868,9 @@ def test_acked_sends_survive_kill_9(tmp_path: Path, how: str) -> None:
         async with HistoryStore(path) as store:
             stored = [m.seq async for m in store.export("r")]
             assert stored[: len(acked)] == acked == list(range(1, len(acked) + 1))
+            # the room's counters, mostly never written before the kill, are rebuilt on open
+            assert (await store.stats())["messages"] == len(stored)
+            assert (await send(store, room="r")).seq == stored[-1] + 1
 
     trio.run(check)
 
@@ -830,10 +878,10 @@ def test_acked_sends_survive_kill_9(tmp_path: Path, how: str) -> None:
 # --------------------------------------------------------------------------- migrations
 
 
-def _seed_v1(conn: sqlite3.Connection) -> None:
+def _seed_v1(conn: sqlite3.Connection, rooms: str = "('lobby', 3, 2)") -> None:
     conn.executescript(
+        f"INSERT INTO rooms VALUES {rooms};"
         """
-        INSERT INTO rooms VALUES ('lobby', 3, 2);
         INSERT INTO messages (id, room, seq, user_id, body, attachments, parent_id, created_at, created_ts,
                               edited_at, deleted_at, redacted)
         VALUES ('m1', 'lobby', 1, 'ann', 'hello', '[{"url":"https://x/a"}]', NULL,
@@ -864,13 +912,21 @@ async def _check_v1(store: HistoryStore) -> None:
     assert await store.unread(user_id="bob", room="lobby") == 0
     assert await store.last_seen(["bob"]) == {"bob": "2026-11-26T12:05:00.000Z"}
     assert await store.send(room="lobby", user_id="ann", body="x", client_msg_id="c1") == (m1, False)
+    assert (await store.stats())["messages"] == 2
     assert (await send(store, "next")).seq == 4
+    assert (await store.stats())["messages"] == 3
+
+
+def _seed_v2(conn: sqlite3.Connection) -> None:
+    # As v1, but the room's counters were not written since seq 1 (killed before the thread wrote
+    # them): opening the store must count message 3 and never hand out seq 3 again.
+    _seed_v1(conn, rooms="('lobby', 1, 1)")
 
 
 # SEEDERS[k] fills a database at schema version k with representative data; CHECKS[k] verifies it
 # through the store after migrating to the current version. Adding a migration means adding both.
-SEEDERS: dict[int, Callable[[sqlite3.Connection], None]] = {0: lambda conn: None, 1: _seed_v1}
-CHECKS: dict[int, Callable[[HistoryStore], Any]] = {0: _check_v0, 1: _check_v1}
+SEEDERS: dict[int, Callable[[sqlite3.Connection], None]] = {0: lambda conn: None, 1: _seed_v1, 2: _seed_v2}
+CHECKS: dict[int, Callable[[HistoryStore], Any]] = {0: _check_v0, 1: _check_v1, 2: _check_v1}
 
 
 def test_every_schema_version_has_seed_data() -> None:
@@ -930,6 +986,24 @@ async def test_retention_by_age(tmp_path: Path, clock: FakeClock) -> None:
         assert conn.execute("SELECT count(*) FROM reactions").fetchone()[0] == 0
 
 
+async def test_retention_by_age_goes_room_by_room_in_seq_order(tmp_path: Path, clock: FakeClock) -> None:
+    async with HistoryStore(tmp_path / "h.db", clock=clock, retention_max_age_s=50,
+                            retention_interval_s=3600) as store:
+        for room in ("a", "c"):
+            await send(store, "old", room=room)
+        clock.t += 100
+        for room in ("b", "c"):
+            await send(store, "new", room=room)
+        clock.t -= 90  # the wall clock steps back: this one is "older" than c's new message
+        await send(store, "stepped back", room="c")
+        clock.t += 90
+        assert await store.run_retention() == 2
+        assert await store.rooms() == ["b", "c"]
+        # c's last message is expired by its timestamp but waits behind the newer-stamped seq 2
+        assert [m.body for m in (await store.history(room="c")).messages] == ["new", "stepped back"]
+        assert (await store.stats())["messages"] == 3
+
+
 async def test_retention_by_count_in_batches(tmp_path: Path, clock: FakeClock) -> None:
     async with HistoryStore(tmp_path / "h.db", clock=clock, retention_max_count=100,
                             retention_interval_s=3600) as store:
@@ -962,10 +1036,9 @@ def test_retention_removes_at_most_one_batch_per_step(tmp_path: Path, clock: Fak
     conn.execute("INSERT INTO rooms VALUES ('lobby', 1200, 1200)")
     conn.execute("COMMIT")
     steps = []
-    while True:
-        removed, more = store._w_expire(conn)
-        steps.append(removed)
-        if not more:
+    while True:  # as the writer thread does it: one transaction per step, counters written with it
+        steps.append(store._w_retention_step(conn))
+        if not store._w_due:
             break
     assert steps == [RETENTION_BATCH, 500, 100] and RETENTION_BATCH == 500  # age 600, then count 500
     assert conn.execute("SELECT min(seq), max(seq), count(*) FROM messages").fetchone() == (1101, 1200, 100)
