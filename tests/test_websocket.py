@@ -18,6 +18,8 @@ import pytest
 import trio
 import trio_websocket
 from conftest import make_config, start_server, time_flies
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from trio.testing import MockClock
 from wsproto import WSConnection
 from wsproto.connection import ConnectionType
@@ -341,3 +343,106 @@ def test_opcode_constants_match_wsproto() -> None:
     from signald.websocket import PING_FRAME
 
     assert PING_FRAME[0] & 0x0F == Opcode.PING and PING_FRAME[0] & 0x80 and PING_FRAME[1] == 0
+
+
+# --------------------------------------------------------------------------- whole-frame fast path
+
+
+@asynccontextmanager
+async def server_socket(max_message_bytes: int = 1 << 20) -> AsyncIterator[tuple[Any, Any, list[bytes]]]:
+    """A ServerWebSocket on a memory stream, the client end, and what reached wsproto's parser."""
+    from wsproto.connection import Connection
+
+    from signald.fanout import Outbox
+    from signald.websocket import ServerWebSocket
+
+    client_end, server_end = trio.testing.memory_stream_pair()
+    conn = Connection(ConnectionType.SERVER)
+    parsed: list[bytes] = []
+    receive_data = conn.receive_data
+
+    def spy(data: bytes | None) -> None:
+        parsed.append(data or b"")
+        receive_data(data)
+
+    conn.receive_data = spy  # type: ignore[method-assign]
+    ws = ServerWebSocket(server_end, conn, Outbox(8, binary=False, on_overflow=lambda box: None),
+                         max_message_bytes=max_message_bytes)
+    yield ws, client_end, parsed
+
+
+def client_frames(*parts: str | bytes) -> bytes:
+    """One message in ``parts`` fragments, as a wsproto client frames (and masks) it."""
+    from wsproto.connection import Connection
+    from wsproto.events import BytesMessage
+
+    client = Connection(ConnectionType.CLIENT)
+    wire = b""
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        event = TextMessage(data=part, message_finished=last) if isinstance(part, str) \
+            else BytesMessage(data=part, message_finished=last)
+        wire += client.send(event)
+    return wire
+
+
+@given(st.one_of(st.text(max_size=400), st.binary(max_size=400)))
+@settings(max_examples=200, deadline=None)
+def test_a_whole_message_skips_wsproto_and_reads_exactly_as_wsproto_would(message: str | bytes) -> None:
+    async def main() -> None:
+        async with server_socket() as (ws, client_end, parsed):
+            await client_end.send_all(client_frames(message))
+            assert await ws.receive_message() == message
+            assert parsed == []  # 7- and 16-bit lengths, text and binary: wsproto never saw it
+            # wsproto, which keeps the connection's state, takes over for a fragmented message
+            half = len(message) // 2
+            await client_end.send_all(client_frames(message[:half], message[half:]))
+            assert await ws.receive_message() == message
+            assert len(parsed) == 1
+            await client_end.send_all(client_frames(message))
+            assert await ws.receive_message() == message
+            assert len(parsed) == 1  # and the next whole message skips it again
+
+    trio.run(main)
+
+
+async def test_what_is_not_one_whole_message_goes_through_wsproto() -> None:
+    async with server_socket(max_message_bytes=1000) as (ws, client_end, parsed):
+        two = client_frames('{"a":1}') + client_frames('{"b":2}')  # two messages in one read
+        await client_end.send_all(two)
+        assert [await ws.receive_message(), await ws.receive_message()] == ['{"a":1}', '{"b":2}']
+        assert parsed == [two]
+        wire = client_frames("x" * 300)
+        received: list[str | bytes | None] = []
+
+        async def receive() -> None:
+            received.append(await ws.receive_message())
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(receive)
+            await client_end.send_all(wire[:100])  # a frame split over reads
+            await trio.testing.wait_all_tasks_blocked()
+            await client_end.send_all(wire[100:])
+        assert received == ["x" * 300]
+        assert parsed[1:] == [wire[:100], wire[100:]]
+
+
+@pytest.mark.parametrize(("wire", "code"), [
+    (b"\x81\xfe\x00\x05\x00\x00\x00\x00hello", 1002),  # 16-bit length for 5 bytes: not the shortest
+    (b"\x81\x81\x00\x00\x00\x00\x80", 1007),  # whole, but not UTF-8
+    (b"\xc1\x80\x00\x00\x00\x00", 1002),  # RSV1 without a negotiated extension
+])
+async def test_whole_but_invalid_frames_get_wsprotos_verdict(wire: bytes, code: int) -> None:
+    async with server_socket() as (ws, client_end, parsed):
+        await client_end.send_all(wire)
+        assert await ws.receive_message() is None
+        assert ws.failure is not None and ws.failure[0] == code
+        assert parsed == [wire]
+
+
+async def test_a_whole_message_over_the_cap_fails_with_1009() -> None:
+    async with server_socket(max_message_bytes=200) as (ws, client_end, parsed):
+        await client_end.send_all(client_frames("y" * 201))
+        assert await ws.receive_message() is None
+        assert ws.failure is not None and ws.failure[0] == 1009
+        assert parsed == []
