@@ -112,7 +112,6 @@ import logging
 import math
 import os
 import queue
-import secrets
 import sqlite3
 import threading
 import time
@@ -217,7 +216,7 @@ def tasks_runnable() -> int:
 
 
 def _new_id(now: float) -> str:
-    return f"{math.floor(now * 1000) & 0xFFFFFFFFFFFF:012x}{secrets.token_hex(6)}"
+    return f"{math.floor(now * 1000) & 0xFFFFFFFFFFFF:012x}{os.urandom(6).hex()}"
 
 
 def _decode_attachments(text: str) -> list[Attachment]:

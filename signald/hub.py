@@ -91,6 +91,7 @@ class Hub:
         self.heartbeats = Heartbeats(config.server.heartbeat_s, config.server.heartbeat_timeout_s)
         self._timers_changed = trio.Event()
         self._timers_wake_at = math.inf  # when the timer task will next look
+        self._away_after_s = config.presence.away_after_s
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -166,8 +167,15 @@ class Hub:
 
     def on_activity(self, session: Session) -> None:
         """An inbound message arrived from ``session`` (feeds automatic away and last seen)."""
-        self.publish(self.presence.activity(session.user_id, trio.current_time(), self.wall_clock()))
-        self.poke_timers()
+        now = trio.current_time()
+        sends = self.presence.activity(session.user_id, now, self.wall_clock())
+        if sends:
+            self.publish(sends)
+        # The only deadline activity sets is this user's automatic away, at now + away_after_s
+        # (none if it is off): if the timer task wakes before that anyway, nothing to look at.
+        away = self._away_after_s
+        if away > 0 and now + away < self._timers_wake_at:
+            self.poke_timers()
 
     # ------------------------------------------------------------------ timers
 

@@ -5,12 +5,21 @@ from __future__ import annotations
 import math
 import time
 
+_last: tuple[int, str] = (-1, "")  # (epoch second, its "YYYY-MM-DDTHH:MM:SS"): one per second
+
 
 def iso_utc(epoch: float | None = None) -> str:
-    """``2026-11-26T12:00:00.000Z`` for ``epoch`` seconds (now if None), milliseconds truncated."""
+    """``2026-11-26T12:00:00.000Z`` for ``epoch`` seconds (now if None), milliseconds truncated.
+
+    Thread-safe: the cache of the last second's text is one tuple, replaced whole.
+    """
+    global _last
     secs, ms = divmod(math.floor((time.time() if epoch is None else epoch) * 1000), 1000)
-    t = time.gmtime(secs)
-    return (
-        f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T"
-        f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}.{ms:03d}Z"
-    )
+    last = _last
+    if last[0] != secs:
+        t = time.gmtime(secs)
+        last = _last = (
+            secs,
+            f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}",
+        )
+    return f"{last[1]}.{ms:03d}Z"

@@ -84,6 +84,11 @@ def test_iso_utc() -> None:
     assert iso_utc(T0) == "2026-11-26T12:00:00.000Z"
     assert iso_utc(T0 + 1.2345) == "2026-11-26T12:00:01.234Z"
     assert iso_utc(0) == "1970-01-01T00:00:00.000Z"
+    # the text of the last second is reused: going back and forth never mixes seconds up
+    assert [iso_utc(T0 + d) for d in (0.999, 1.0, 0.5, 86400.001)] == [
+        "2026-11-26T12:00:00.999Z", "2026-11-26T12:00:01.000Z", "2026-11-26T12:00:00.500Z",
+        "2026-11-27T12:00:00.001Z",
+    ]
 
 
 async def test_concurrent_senders_get_ordered_gap_free_seqs_and_on_commit_in_seq_order(

@@ -365,6 +365,11 @@ async def test_automatic_away_after_idle_and_back_online_on_next_message(
         assert trio.current_time() - started >= 60
         await a1.request_raw("presence.ping")
         assert await next_status(bob, "alice") == "online"
+        await a1.request_raw("presence.ping")  # activity that moves no deadline earlier
+        back = trio.current_time()
+        with time_flies(frozen_clock), trio.fail_after(600):  # the timer task was woken for it
+            assert await next_status(bob, "alice") == "away"
+        assert trio.current_time() - back >= 60
 
 
 async def test_explicit_busy_is_not_turned_into_away(
