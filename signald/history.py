@@ -314,8 +314,7 @@ class HistoryStore:
         """WAL checkpoints run by the writer thread."""
         self._inline = inline and (self.memory or sync in INLINE_SYNC_MODES)
         self._inline_spent = False  # an inline commit ran in this turn of the Trio loop
-        self._turns: trio.lowlevel.Task | None = None  # clears _inline_spent in the next turn
-        self._turns_scope = trio.CancelScope()
+        self._new_turn = _NewTurn(self)  # clears _inline_spent when the next turn begins
         self._in_flight = 0  # ops handed to the thread and not yet completed (Trio thread only)
         self._conn: sqlite3.Connection | None = None  # set while the writer thread has it open
         self._conn_lock = threading.Lock()  # held by whichever thread is using the connection
@@ -340,12 +339,12 @@ class HistoryStore:
         self._state = "open"
         self._in_flight = 1  # the opener
         if self._inline:
-            trio.lowlevel.spawn_system_task(self._run_turns, name="signald-history-turns")
+            trio.lowlevel.add_instrument(self._new_turn)
         self._thread.start()
         with trio.CancelScope(shield=True):  # bounded by busy_timeout_s plus the migrations
             await opener.done.wait()
         if opener.error is not None:
-            self._turns_scope.cancel()
+            self._forget_turns()
             self._state = "closed"
             self._closed.set()
             await trio.to_thread.run_sync(self._thread.join, self._close_timeout_s)
@@ -360,7 +359,7 @@ class HistoryStore:
             await self._closed.wait()
             return
         self._state = "closing"
-        self._turns_scope.cancel()
+        self._forget_turns()
         closer: _Op[None] = _Op("close")
         try:
             self._put(closer)
@@ -476,9 +475,7 @@ class HistoryStore:
         finally:
             self._conn_lock.release()
         self.inline_commits += self.commits - commits
-        if self._turns is not None:  # the next inline commit waits for the loop's next turn
-            self._inline_spent = True
-            trio.lowlevel.reschedule(self._turns)  # it runs after the tasks already runnable
+        self._inline_spent = True  # the next inline commit waits for the loop's next turn
         self._inline_since_checkpoint += 1
         if self._inline_since_checkpoint >= CHECKPOINT_INLINE and not self.memory:
             self._inline_since_checkpoint = 0
@@ -486,16 +483,10 @@ class HistoryStore:
         self._complete([op])
         return True
 
-    async def _run_turns(self) -> None:
-        """Allow the next inline commit once the Trio loop has moved on to its next turn."""
-        with self._turns_scope:
-            self._turns = trio.lowlevel.current_task()
-            try:
-                while True:
-                    await trio.lowlevel.wait_task_rescheduled(lambda _: trio.lowlevel.Abort.SUCCEEDED)
-                    self._inline_spent = False
-            finally:
-                self._turns = None
+    def _forget_turns(self) -> None:
+        with contextlib.suppress(KeyError):  # not added (inline commits off) or already removed
+            trio.lowlevel.remove_instrument(self._new_turn)
+        self._inline_spent = True  # no more inline commits
 
     def _send_fn(
         self, room: str, user_id: str, body: str, attachments: Sequence[Attachment],
@@ -1297,6 +1288,22 @@ def _w_load_counter(conn: sqlite3.Connection, room: str) -> tuple[int, int]:
         conn.execute("INSERT INTO rooms (room, last_seq, count) VALUES (?, 0, 0)", (room,))
         return 0, 0
     return int(row[0]), int(row[1])
+
+
+class _NewTurn(trio.abc.Instrument):
+    """Allows the store's next inline commit once per turn of the Trio loop.
+
+    Each turn polls for I/O before it runs the tasks that became runnable; a task woken by I/O
+    therefore never shares a turn with the inline commit that came before it, whatever order the
+    tasks of a turn run in. Trio calls only the hooks an instrument defines: this costs one call
+    per turn.
+    """
+
+    def __init__(self, store: HistoryStore) -> None:
+        self.store = store
+
+    def after_io_wait(self, timeout: float) -> None:
+        self.store._inline_spent = False
 
 
 def _complete(batch: list[_Op[Any]]) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.lowlevel
 import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -402,6 +403,19 @@ async def test_send_nowait_queues_rather_than_wait_for_another_connections_write
         assert outcomes[0][1] is None and outcomes[0][0][0].body == "waits"
     finally:
         other.close()
+
+
+async def test_the_next_turn_allows_an_inline_commit_whatever_order_its_tasks_run_in(
+    store: HistoryStore
+) -> None:
+    # A client sending one message at a time: its reader is woken in the turn right after the
+    # inline commit of its previous message, possibly before any other task of that turn runs.
+    await next_turn()
+    outcomes: list[Outcome] = []
+    for i in range(30):
+        nowait(store, f"m{i}", outcomes)
+        assert len(outcomes) == i + 1 and store.inline_commits == i + 1
+        await trio.lowlevel.checkpoint()  # the very next turn
 
 
 @pytest.mark.parametrize(("synchronous", "inline"), [("FULL", True), ("NORMAL", False)])
