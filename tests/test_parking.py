@@ -116,3 +116,40 @@ async def test_readers_still_parked_when_the_hub_stops_are_let_go(pair: tuple[so
         got = await park(nursery, parking, ours)
         serving.cancel()
     assert got == [None] and not parking.available  # it reads (or waits in Trio) by itself now
+
+
+async def test_a_talking_peers_reader_waits_in_trio_until_a_heartbeat_ping(
+    nursery: trio.Nursery, parking: Parking, pair: tuple[socket.socket, socket.socket]
+) -> None:
+    """A peer that sent a message wakes its reader directly; from the next ping's pong on it parks."""
+    from wsproto.connection import Connection, ConnectionType
+    from wsproto.events import TextMessage
+
+    from signald.fanout import Outbox
+    from signald.websocket import ServerWebSocket
+
+    ours, peer = pair
+    stream = trio.SocketStream(trio.socket.from_stdlib_socket(ours))
+    ws = ServerWebSocket(stream, Connection(ConnectionType.SERVER),
+                         Outbox(8, binary=False, on_overflow=lambda box: None), max_message_bytes=1000)
+    ws.parking = parking
+    got: list[str | bytes | None] = []
+
+    async def reader() -> None:
+        while True:
+            got.append(await ws.receive_message())
+
+    nursery.start_soon(reader)
+    await trio.testing.wait_all_tasks_blocked()
+    assert len(parking) == 1  # silent so far: parked
+    peer.send(Connection(ConnectionType.CLIENT).send(TextMessage(data="hi")))
+    await trio.testing.wait_all_tasks_blocked()
+    assert got == ["hi"] and len(parking) == 0  # talking: waits where its next message wakes it
+    ws.send_ping()  # a heartbeat interval of silence
+    peer.send(PONG)
+    await trio.testing.wait_all_tasks_blocked()
+    assert len(parking) == 1 and got == ["hi"]  # the pong woke it once more; now it is parked
+    heard = ws.heard_at
+    peer.send(PONG)
+    await trio.testing.wait_all_tasks_blocked()
+    assert ws.heard_at > heard and len(parking) == 1  # taken by the parking task, reader asleep
