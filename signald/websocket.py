@@ -24,6 +24,7 @@ with 1009. Neither raises: :meth:`ServerWebSocket.receive_message` returns None 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from collections.abc import Callable
 
@@ -53,6 +54,9 @@ PING_FRAME = b"\x89\x00"  # FIN + ping, empty payload, unmasked (server to clien
 # The answer to PING_FRAME: FIN + pong, masked, empty payload, then the 4-byte masking key.
 PONG_HEAD = b"\x8a\x80"
 PONG_SIZE = 6
+# A peer whose messages come this close together talks: its reader waits for the next one in Trio
+# rather than in signald.parking, until our next heartbeat ping (see ServerWebSocket._read).
+TALKING_S = 1.0
 CLOSE_ABNORMAL = 1006
 CLOSE_TOO_BIG = 1009
 
@@ -159,8 +163,8 @@ class ServerWebSocket:
     """
 
     __slots__ = ("_conn", "_decoder", "_drained", "_events", "_fileno", "_parts", "_peer_close", "_size",
-                 "_talking", "broken", "failure", "gone", "heard_at", "max_message_bytes", "on_silent", "outbox",
-                 "parking", "ping_sent_at", "stream")
+                 "_spoke_at", "_talking", "broken", "failure", "gone", "heard_at", "max_message_bytes",
+                 "on_silent", "outbox", "parking", "ping_sent_at", "stream")
 
     def __init__(self, stream: trio.abc.Stream, conn: Connection, outbox: Outbox, *, max_message_bytes: int) -> None:
         self.stream = stream
@@ -183,7 +187,8 @@ class ServerWebSocket:
         self._drained = True
         self._decoder = frame_decoder(conn)
         self.parking: Parking | None = None  # where the reader waits when idle (the hub's), if anywhere
-        self._talking = False  # a message arrived since our last heartbeat ping: don't park yet
+        self._spoke_at = -math.inf  # when the peer's last message (not a pong) arrived
+        self._talking = False  # two messages within TALKING_S since our last ping: don't park
 
     # ------------------------------------------------------------------ reading
 
@@ -203,7 +208,7 @@ class ServerWebSocket:
                     assert isinstance(event, (TextMessage, BytesMessage))
                     message = self._add(event.data, event.message_finished)
                     if message is not None:
-                        self._talking = True
+                        self._spoke()
                         return message
                     if self.failure is not None:
                         return None
@@ -227,7 +232,7 @@ class ServerWebSocket:
                 continue  # the answer to a heartbeat: having heard from the peer is all it is for
             payload = self._whole_frame(data)
             if payload is not None:
-                self._talking = True
+                self._spoke()
                 return self._add(payload, True)  # None if it is too big: failure says so
             conn.receive_data(data)
             del data  # not kept alive while waiting for more
@@ -264,7 +269,8 @@ class ServerWebSocket:
                     # A peer that talks likely talks on: its next message should wake this task
                     # directly, not the parking task first (one scheduler pass less per message).
                     # After a heartbeat ping (a full interval of silence) the pong wakes it here
-                    # once more, and from then on it parks.
+                    # once more, and from then on it parks. (No timer or cancel scope: either
+                    # costs each wait more than the hop it saves.)
                     await _wait_readable(fd)
                     continue
                 try:
@@ -284,6 +290,12 @@ class ServerWebSocket:
                 return b""  # reset by the peer: broken
             self._drained = len(data) < RECEIVE_BYTES
             return data
+
+    def _spoke(self) -> None:
+        """A message arrived: a second one within TALKING_S makes the peer one that talks."""
+        if self.heard_at - self._spoke_at < TALKING_S:
+            self._talking = True
+        self._spoke_at = self.heard_at
 
     def take_pong(self, data: bytes) -> bool:
         """If ``data`` is a lone pong, note that the peer was heard from and say so (for :mod:`signald.parking`)."""

@@ -119,37 +119,50 @@ async def test_readers_still_parked_when_the_hub_stops_are_let_go(pair: tuple[so
 
 
 async def test_a_talking_peers_reader_waits_in_trio_until_a_heartbeat_ping(
-    nursery: trio.Nursery, parking: Parking, pair: tuple[socket.socket, socket.socket]
+    nursery: trio.Nursery, parking: Parking, pair: tuple[socket.socket, socket.socket],
+    mock_clock: trio.testing.MockClock,
 ) -> None:
-    """A peer that sent a message wakes its reader directly; from the next ping's pong on it parks."""
+    """Two messages within a second make a peer talk: its reader waits in Trio for the next one,
+    which then wakes it directly; after our next ping, the pong wakes it once more and it parks."""
     from wsproto.connection import Connection, ConnectionType
     from wsproto.events import TextMessage
 
     from signald.fanout import Outbox
-    from signald.websocket import ServerWebSocket
+    from signald.websocket import TALKING_S, ServerWebSocket
 
     ours, peer = pair
     stream = trio.SocketStream(trio.socket.from_stdlib_socket(ours))
     ws = ServerWebSocket(stream, Connection(ConnectionType.SERVER),
                          Outbox(8, binary=False, on_overflow=lambda box: None), max_message_bytes=1000)
     ws.parking = parking
+    client = Connection(ConnectionType.CLIENT)
     got: list[str | bytes | None] = []
 
     async def reader() -> None:
         while True:
             got.append(await ws.receive_message())
 
+    async def say(text: str) -> None:
+        peer.send(client.send(TextMessage(data=text)))
+        await trio.testing.wait_all_tasks_blocked()
+
     nursery.start_soon(reader)
     await trio.testing.wait_all_tasks_blocked()
     assert len(parking) == 1  # silent so far: parked
-    peer.send(Connection(ConnectionType.CLIENT).send(TextMessage(data="hi")))
-    await trio.testing.wait_all_tasks_blocked()
-    assert got == ["hi"] and len(parking) == 0  # talking: waits where its next message wakes it
+    await say("join")
+    mock_clock.jump(TALKING_S)
+    await say("hello, a while later")
+    assert got == ["join", "hello, a while later"] and len(parking) == 1  # one message now and then
+    await say("and again")
+    assert len(got) == 3 and len(parking) == 0  # talking: waits where its next message wakes it
+    await say("and again")
+    assert len(got) == 4 and len(parking) == 0
     ws.send_ping()  # a heartbeat interval of silence
     peer.send(PONG)
     await trio.testing.wait_all_tasks_blocked()
-    assert len(parking) == 1 and got == ["hi"]  # the pong woke it once more; now it is parked
+    assert len(parking) == 1 and len(got) == 4  # the pong woke it once more; now it is parked
     heard = ws.heard_at
+    mock_clock.jump(1)
     peer.send(PONG)
     await trio.testing.wait_all_tasks_blocked()
     assert ws.heard_at > heard and len(parking) == 1  # taken by the parking task, reader asleep
