@@ -292,19 +292,22 @@ LIMITS = """## How signald gets its numbers, and what bounds them
   (`signald.fanout.Cork`). The peers write every message to every member separately; that is most
   of the gap, and why it widens with the room. Over loopback each `write` also pays the receiver's
   TCP processing, charged to the server.
-- **(a) ack round trip.** The ack of a `chat.send` leaves after the message is committed. A lone
-  send on an idle store is committed right on the event loop (handing it to the SQLite thread and
-  back costs two context switches, about 50 µs with both threads on one core, more than the
-  transaction); what remains is one transaction per message (about 30-60 µs here: five B-tree
-  pages written to the WAL, ten `pwrite` and six `fcntl` calls), which the peers, storing
-  nothing, do not pay. That brought signald from 1.4-1.85x python-socketio's round trip to about
-  parity (0.9-1.0x at p50 in today's runs) while every ack still means "on disk"; 0.8x would need
-  the durable commit to cost next to nothing. Under load (other tasks runnable) sends still go
-  to the SQLite thread and share its transactions.
+- **(a) ack round trip.** The ack of a `chat.send` leaves after the message is committed; the
+  peers store nothing. Four things make that cheap. A lone send on an idle store is committed
+  right on the event loop (handing it to the SQLite thread and back costs two context switches,
+  about 50 µs with both threads on one core, more than the transaction). The transaction writes
+  two B-tree pages (schema v2: messages keyed by (room, seq), no created_ts index; the per-room
+  seq and count live in memory and reach the `rooms` table with the writer thread's
+  transactions): about 20-25 µs. A request that arrives as one whole frame skips wsproto's
+  parser (unmasked with two integer XORs). And the reader of a peer that talks (two messages
+  within a second) waits for the next one in Trio rather than in `signald.parking`, saving a
+  scheduler pass per message. Under load (other tasks runnable) sends still go to the SQLite
+  thread and share its transactions.
 - **(f) idle CPU.** Heartbeats are one timing wheel for the whole hub (no task or timer per
   connection) that pings only connections silent for `heartbeat_s`. Readers that drained their
   socket park in one epoll set (`signald.parking`) whose single task reads what arrives and takes a
-  lone pong on the spot, without waking the reader or re-arming anything. What is left is
+  lone pong on the spot, without waking the reader or re-arming anything (a talking peer's reader
+  waits in Trio instead until the next ping; its pong wakes it one last time). What is left is
   one ping written and one pong read per interval and connection (about 17 µs here): 2,500 round
   trips per second at 50,000 connections and the default 20 s. The sandbox's file limit (20,000)
   caps what one process can hold; (f) extrapolates linearly.
