@@ -956,9 +956,7 @@ class HistoryStore:
         """
         writes = any(op.kind == "write" for op in batch)
         try:
-            if not begun:
-                conn.execute("BEGIN IMMEDIATE" if writes else "BEGIN")
-            try:
+            with self._w_transaction(conn, None if begun else "BEGIN IMMEDIATE" if writes else "BEGIN"):
                 if write_counters and writes:
                     self._w_write_counters(conn)
                 alone = len(batch) == 1  # its own transaction: no savepoint needed to undo it alone
@@ -966,13 +964,6 @@ class HistoryStore:
                     self._w_run(conn, op, alone=alone)
                 if write_counters and writes:
                     self._w_write_counters(conn)
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                self._counters.end_transaction(committed=False)
-                raise
-            self._counters.end_transaction(committed=True)
             if writes:
                 self.commits += 1
                 self._w_batches_since += 1
@@ -980,6 +971,22 @@ class HistoryStore:
             logger.exception("history transaction failed; failing its %d operations", len(batch))
             for op in batch:
                 op.error, op.event = _storage_error(exc), _SKIP
+
+    @contextlib.contextmanager
+    def _w_transaction(self, conn: sqlite3.Connection, begin: str | None = "BEGIN IMMEDIATE") -> Iterator[None]:
+        """Begin (unless ``begin`` is None: already open), then commit; on any error roll the
+        transaction and the room counters it changed back, and re-raise."""
+        if begin is not None:
+            conn.execute(begin)
+        try:
+            yield
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            self._counters.end_transaction(committed=False)
+            raise
+        self._counters.end_transaction(committed=True)
 
     def _w_run(self, conn: sqlite3.Connection, op: _Op[Any], *, alone: bool = False) -> None:
         assert op.fn is not None
@@ -1102,16 +1109,8 @@ class HistoryStore:
         if not self._counters.pending:
             return
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with self._w_transaction(conn):
                 self._w_write_counters(conn)
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                self._counters.end_transaction(committed=False)
-                raise
-            self._counters.end_transaction(committed=True)
         except sqlite3.Error:  # they stay pending; the store reconciles them when it next opens
             logger.exception("writing the history room counters failed")
 
@@ -1190,19 +1189,11 @@ class HistoryStore:
         """One retention transaction; returns how many messages it removed (``_w_due``: more to do)."""
         self._w_batches_since = 0
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with self._w_transaction(conn):
                 self._w_write_counters(conn)  # the counts it reads
                 removed, self._w_due = self._w_expire(conn)
                 self._counters.end_op(ok=True)
                 self._w_write_counters(conn)
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                self._counters.end_transaction(committed=False)
-                raise
-            self._counters.end_transaction(committed=True)
         except Exception:
             logger.exception("history retention failed")
             self._w_due, self._w_rooms = False, None

@@ -10,7 +10,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -448,6 +448,13 @@ async def test_inline_commits_have_the_writer_thread_checkpoint_the_wal(
         assert path.stat().st_size > size_before  # pages copied from the WAL into the database
 
 
+async def inline_sends(store: HistoryStore, bodies: Iterable[str], outcomes: list[Outcome]) -> None:
+    """Each body sent on its own turn of an otherwise idle loop: committed inline."""
+    for body in bodies:
+        await next_turn()
+        nowait(store, body, outcomes)
+
+
 def rooms_table(path: Path) -> list[tuple[str, int, int]]:
     with sqlite3.connect(path) as other:
         return list(other.execute("SELECT room, last_seq, count FROM rooms ORDER BY room"))
@@ -460,20 +467,15 @@ async def test_inline_commits_leave_the_room_counters_to_the_writer_thread(
     path = tmp_path / "h.db"
     async with HistoryStore(path) as store:
         outcomes: list[Outcome] = []
-        for i in range(3):
-            await next_turn()
-            nowait(store, f"m{i}", outcomes)
+        await inline_sends(store, ["m0", "m1", "m2"], outcomes)
         assert store.inline_commits == 3
         assert rooms_table(path) == [("lobby", 0, 0)]  # created with the first message, then left
         assert (await store.stats())["messages"] == 3  # stats first bring the table up to date
         assert rooms_table(path) == [("lobby", 3, 3)]
-        for i in range(3, 8):
-            await next_turn()
-            nowait(store, f"m{i}", outcomes)
+        await inline_sends(store, [f"m{i}" for i in range(3, 8)], outcomes)
         await store.get("none")  # after the checkpoint asked for by the 5th inline commit
         assert store.checkpoints == 1 and rooms_table(path) == [("lobby", 8, 8)]
-        await next_turn()
-        nowait(store, "last", outcomes)
+        await inline_sends(store, ["last"], outcomes)
         assert rooms_table(path) == [("lobby", 8, 8)]
     assert rooms_table(path) == [("lobby", 9, 9)]  # written when the store closed
     assert [error for _, error in outcomes] == [None] * 9
@@ -483,9 +485,7 @@ async def test_counters_written_by_the_thread_go_with_a_hard_delete(tmp_path: Pa
     path = tmp_path / "h.db"
     async with HistoryStore(path) as store:
         outcomes: list[Outcome] = []
-        for i in range(3):
-            await next_turn()
-            nowait(store, f"m{i}", outcomes)
+        await inline_sends(store, ["m0", "m1", "m2"], outcomes)
         last = outcomes[-1][0][0]
         await store.delete(message_id=last.id, user_id="ann", mode="hard")
         # the deleted seq 3 is gone from messages: the row must say 3 or it would be handed out again
