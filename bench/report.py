@@ -302,7 +302,10 @@ LIMITS = """## How signald gets its numbers, and what bounds them
   parser (unmasked with two integer XORs). And the reader of a peer that talks (two messages
   within a second) waits for the next one in Trio rather than in `signald.parking`, saving a
   scheduler pass per message. Under load (other tasks runnable) sends still go to the SQLite
-  thread and share its transactions.
+  thread and share its transactions. The ratio moves with python-socketio's own round trip,
+  which varies a lot between runs here (p50 0.20-0.43 ms, p99 0.29-1.7 ms on 2026-11-26): in a
+  quick (a) run where it was fast (p50 0.25 ms) signald measured 0.59x at p50 and 0.65x at p99.
+  Against the websockets peer, which stores nothing, the durable ack is 0.9-1.3x.
 - **(f) idle CPU.** Heartbeats are one timing wheel for the whole hub (no task or timer per
   connection) that pings only connections silent for `heartbeat_s`. Readers that drained their
   socket park in one epoll set (`signald.parking`) whose single task reads what arrives and takes a
