@@ -251,7 +251,7 @@ class _Op(Generic[T]):
         on_commit: Callable[[Any], None] | None = None,
         then: Callable[[T | None, BaseException | None], None] | None = None,
     ) -> None:
-        self.kind = kind  # "read" | "write" | "open" | "close" | "checkpoint"
+        self.kind = kind  # "read" | "write" | "counts" (a read of the rooms table) | "open" | "close" | "checkpoint"
         self.fn = fn
         self.on_commit = on_commit
         self.value: T | None = None
@@ -338,9 +338,9 @@ class HistoryStore:
         )
         self._state = "open"
         self._in_flight = 1  # the opener
+        self._thread.start()
         if self._inline:
             trio.lowlevel.add_instrument(self._new_turn)
-        self._thread.start()
         with trio.CancelScope(shield=True):  # bounded by busy_timeout_s plus the migrations
             await opener.done.wait()
         if opener.error is not None:
@@ -396,10 +396,13 @@ class HistoryStore:
         *,
         write: bool,
         on_commit: Callable[[Any], None] | None = None,
+        counts: bool = False,
     ) -> T:
+        """Run ``fn`` in the writer thread; ``counts``: it reads the ``rooms`` table, which is
+        brought up to date with the room counters (earlier operations of its batch included) first."""
         if self._state != "open":
             raise StorageError(f"history store is {self._state}")
-        op: _Op[T] = _Op("write" if write else "read", fn, on_commit)
+        op: _Op[T] = _Op("write" if write else "counts" if counts else "read", fn, on_commit)
         self._put(op)
         await op.done.wait()
         if op.error is not None:
@@ -763,7 +766,7 @@ class HistoryStore:
             rows = conn.execute("SELECT room FROM rooms WHERE count > 0 ORDER BY room")
             return [row[0] for row in rows], _SKIP
 
-        return await self._call(fn, write=self._counters.pending > 0)
+        return await self._call(fn, write=False, counts=True)
 
     async def export(self, room: str | None = None, *, batch: int = 500) -> AsyncIterator[ChatMessage]:
         """Every stored message of ``room`` (or of all rooms, by room name), ascending ``seq``."""
@@ -785,7 +788,7 @@ class HistoryStore:
             row = conn.execute(query).fetchone()
             return (int(row[0]), int(row[1])), _SKIP
 
-        rooms, messages = await self._call(fn, write=self._counters.pending > 0)
+        rooms, messages = await self._call(fn, write=False, counts=True)
         return HistoryStats(
             rooms=rooms, messages=messages, db_bytes=self.db_bytes(), schema_version=SCHEMA_VERSION,
             commits=self.commits, pending=self._queue.qsize(), synchronous=self.synchronous,
@@ -820,6 +823,8 @@ class HistoryStore:
         finally:
             with self._conn_lock:
                 self._conn = None
+                with contextlib.suppress(sqlite3.Error):
+                    self._w_settle(conn, waiting=True)  # may wait for another writer, as turns do
                 self._w_save_counters(conn)
                 try:
                     conn.close()
@@ -950,17 +955,18 @@ class HistoryStore:
     ) -> None:
         """Run ``batch`` in one transaction (``begun``: already open) and commit; errors go to the ops.
 
-        ``write_counters``: bring the ``rooms`` table up to date with the room counters before the
-        batch (so that its reads see them) and after it; inline commits leave that to the thread.
+        ``write_counters``: bring the ``rooms`` table up to date with the room counters before each
+        operation that reads it (``counts``) and at the end of a batch that wrote; inline commits
+        leave that to the thread.
         The caller holds ``_conn_lock`` and completes the batch afterwards.
         """
         writes = any(op.kind == "write" for op in batch)
         try:
             with self._w_transaction(conn, None if begun else "BEGIN IMMEDIATE" if writes else "BEGIN"):
-                if write_counters and writes:
-                    self._w_write_counters(conn)
                 alone = len(batch) == 1  # its own transaction: no savepoint needed to undo it alone
                 for op in batch:
+                    if op.kind == "counts" and write_counters:  # outside any savepoint
+                        self._w_write_counters(conn)
                     self._w_run(conn, op, alone=alone)
                 if write_counters and writes:
                     self._w_write_counters(conn)
@@ -1082,8 +1088,8 @@ class HistoryStore:
                     (message_id, room, seq, user_id, body, encoded, parent_id, created_at, now),
                 )
                 break
-            except sqlite3.IntegrityError:  # pragma: no cover - a 48-bit random id collided
-                if attempt == 4:
+            except sqlite3.IntegrityError as exc:  # pragma: no cover - a 48-bit random id collided
+                if attempt == 4 or "messages.id" not in str(exc):  # (room, seq) taken: never retry
                     raise
         if client_msg_id is not None:
             conn.execute(
@@ -1190,13 +1196,12 @@ class HistoryStore:
         self._w_batches_since = 0
         try:
             with self._w_transaction(conn):
-                self._w_write_counters(conn)  # the counts it reads
                 removed, self._w_due = self._w_expire(conn)
                 self._counters.end_op(ok=True)
                 self._w_write_counters(conn)
         except Exception:
             logger.exception("history retention failed")
-            self._w_due, self._w_rooms = False, None
+            self._w_due, self._w_rooms, self._w_age_due = False, None, True
             return 0
         if removed:
             logger.debug("history retention removed %d messages", removed)
@@ -1231,7 +1236,7 @@ class HistoryStore:
             keep = self.retention_max_count
             if self._w_rooms is None:
                 rows = conn.execute("SELECT room FROM rooms WHERE count > ?", (keep,)).fetchall()
-                candidates = {row[0] for row in rows} | self._counters.staged()
+                candidates = {row[0] for row in rows} | self._counters.changed()  # rows may be behind
                 self._w_rooms = set()
             else:
                 candidates = set(self._w_rooms)
@@ -1271,8 +1276,9 @@ class HistoryStore:
 def _w_load_counter(conn: sqlite3.Connection, room: str) -> tuple[int, int]:
     """A room's ``(last_seq, count)`` from its ``rooms`` row, which is created if missing.
 
-    The row is up to date: counters are read once per room (see roomcounts), and after a crash
-    the store reconciled the table when it opened.
+    The row is up to date when it is read: a room's counters are read only while they are not in
+    memory, which they leave only once written (see roomcounts), and after a crash the store
+    reconciled the table when it opened.
     """
     row = conn.execute("SELECT last_seq, count FROM rooms WHERE room = ?", (room,)).fetchone()
     if row is None:

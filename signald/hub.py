@@ -182,8 +182,8 @@ class Hub:
     def poke_timers(self) -> None:
         """A deadline may have moved earlier: wake the timer task if it would now sleep too long.
 
-        Most pokes (every inbound message renews its user's away deadline) move nothing earlier
-        and cost no wake-up.
+        A poke that moves nothing earlier costs no wake-up; inbound messages (which renew their
+        user's away deadline) poke only when that deadline could be the next (see on_activity).
         """
         if self.next_deadline() < self._timers_wake_at:
             self._timers_changed.set()

@@ -2,9 +2,10 @@
 
 Storing a message used to update the room's ``rooms`` row in the same transaction, which costs a
 B-tree page (two WAL writes) on every commit. The history store instead keeps each room's counters
-here and writes them to ``rooms`` only with the writer thread's transactions (never with an inline
-commit), so a lone ``chat.send`` writes the ``messages`` row and its ``id`` index entry and nothing
-else. What makes that safe is an invariant on the database file:
+here and writes them to ``rooms`` only with the writer thread's transactions (an inline commit
+only creates the row, with the first message of a room it has not seen), so a lone ``chat.send``
+writes the ``messages`` row and its ``id`` index entry (and its idempotency key, if it has one).
+What makes that safe is an invariant on the database file:
 
     a room's true ``last_seq`` is ``max(rooms.last_seq, max(seq))`` and its true ``count`` is
     ``rooms.count`` plus the number of messages with ``seq > rooms.last_seq``.
@@ -21,8 +22,8 @@ its transaction per batch: :meth:`RoomCounters.end_op` keeps or drops one operat
 So a failed operation or commit never leaves a ``seq`` or ``count`` ahead of the database.
 
 Resource handling: at most :data:`MAX_CLEAN` rooms whose row is up to date are remembered; beyond
-that they are forgotten (and read again from ``rooms`` when next used). Rooms with unwritten
-counters are always kept.
+that they are all forgotten at once (and read again from ``rooms`` when next used: one indexed
+read). Rooms with unwritten counters are always kept.
 """
 
 from __future__ import annotations
@@ -102,9 +103,9 @@ class RoomCounters:
         self._txn.clear()
         self._written.clear()
 
-    def staged(self) -> set[str]:
-        """Rooms changed by the open transaction (their ``rooms`` rows may be behind)."""
-        return self._txn.keys() | self._op.keys()
+    def changed(self) -> set[str]:
+        """Rooms whose ``rooms`` row may be behind: not written yet, or changed in the transaction."""
+        return self._unwritten | self._txn.keys() | self._op.keys()
 
     @property
     def pending(self) -> int:

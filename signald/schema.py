@@ -14,6 +14,8 @@ Tables (version 2):
   (see :mod:`signald.roomcounts`): messages above ``last_seq`` are counted in neither column yet.
 - ``messages``: one row per stored message, already folded (edits, redactions and soft deletes
   update the row in place), keyed by ``(room, seq)`` (``WITHOUT ROWID``) with a unique ``id``.
+  (A row over about a quarter of a page, e.g. a long body, spills into overflow pages; chat
+  messages are mostly far smaller, which is what ``WITHOUT ROWID`` suits.)
   ``created_ts`` is the creation time in epoch seconds for age retention (not indexed).
 - ``reactions``: one row per (message, reaction, user); ``rowid`` order is reaction order.
 - ``read_receipts``: the highest ``seq`` each user has read in each room.

@@ -55,7 +55,9 @@ PING_FRAME = b"\x89\x00"  # FIN + ping, empty payload, unmasked (server to clien
 PONG_HEAD = b"\x8a\x80"
 PONG_SIZE = 6
 # A peer whose messages come this close together talks: its reader waits for the next one in Trio
-# rather than in signald.parking, until our next heartbeat ping (see ServerWebSocket._read).
+# rather than in signald.parking, until our next heartbeat ping (see ServerWebSocket._read). A
+# peer that goes on sending at least every heartbeat_s is never pinged, so it never parks; it
+# sends no pongs for parking to take either.
 TALKING_S = 1.0
 CLOSE_ABNORMAL = 1006
 CLOSE_TOO_BIG = 1009
@@ -182,7 +184,8 @@ class ServerWebSocket:
         self._size = 0
         self._peer_close: CloseConnection | None = None
         # Plain TCP is read with os.read after waiting for readability (see _read); TLS through
-        # the stream. The frame decoder is looked at only to tell a lone pong from a frame's tail.
+        # the stream. The frame decoder is looked at to tell a lone pong or a whole frame from the
+        # tail of a frame that wsproto holds the start of.
         self._fileno = stream.socket.fileno if isinstance(stream, trio.SocketStream) else None
         self._drained = True
         self._decoder = frame_decoder(conn)

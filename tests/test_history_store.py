@@ -229,6 +229,35 @@ async def test_failed_commit_fails_the_whole_batch_and_announces_nothing(store: 
     assert (await send(store, room="r")).seq == 1  # the store keeps working
 
 
+async def test_stats_and_rooms_count_what_was_queued_before_them_in_their_batch(store: HistoryStore) -> None:
+    entered, release = threading.Event(), threading.Event()
+    seen: dict[str, Any] = {}
+
+    def blocker(conn: sqlite3.Connection) -> tuple[None, Any]:
+        entered.set()
+        release.wait(10)
+        return None, None
+
+    async def look() -> None:
+        seen["stats"] = await store.stats()
+
+    async def rooms() -> None:
+        seen["rooms_list"] = await store.rooms()
+
+    outcomes: list[Outcome] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(partial(store._call, blocker, write=True))
+        await trio.to_thread.run_sync(entered.wait)
+        nowait(store, "queued", outcomes, room="new")  # the thread is busy: one batch with the reads
+        nursery.start_soon(look)
+        nursery.start_soon(rooms)
+        await trio.testing.wait_all_tasks_blocked()
+        release.set()
+    assert outcomes[0][1] is None and store.inline_commits == 0
+    assert (seen["stats"]["rooms"], seen["stats"]["messages"]) == (1, 1)
+    assert seen["rooms_list"] == ["new"]
+
+
 async def test_on_commit_exception_is_logged_and_others_still_run(
     store: HistoryStore, caplog: pytest.LogCaptureFixture
 ) -> None:
