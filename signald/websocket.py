@@ -265,10 +265,7 @@ class ServerWebSocket:
             if wait:
                 wait = False
                 parking = self.parking
-                if parking is None or not parking.available:
-                    await _wait_readable(fd)
-                    continue
-                if self._talking:
+                if parking is None or not parking.available or self._talking:
                     # A peer that talks likely talks on: its next message should wake this task
                     # directly, not the parking task first (one scheduler pass less per message).
                     # After a heartbeat ping (a full interval of silence) the pong wakes it here
