@@ -132,7 +132,11 @@ async def test_group_commit_batches_concurrent_sends(store: HistoryStore) -> Non
     assert (await store.stats())["messages"] == 50
 
 
-async def test_group_commit_takes_everything_queued_in_one_transaction(store: HistoryStore) -> None:
+async def hold_writer(
+    nursery: trio.Nursery, store: HistoryStore, on_commit: Callable[[Any], None] | None = None
+) -> threading.Event:
+    """Keep the writer thread inside an operation until the returned event is set: what is queued
+    meanwhile is taken as one batch. ``on_commit`` runs when that operation is done."""
     entered, release = threading.Event(), threading.Event()
 
     def blocker(conn: sqlite3.Connection) -> tuple[None, Any]:
@@ -140,6 +144,12 @@ async def test_group_commit_takes_everything_queued_in_one_transaction(store: Hi
         release.wait(10)
         return None, None
 
+    nursery.start_soon(partial(store._call, blocker, write=True, on_commit=on_commit))
+    await trio.to_thread.run_sync(entered.wait)
+    return release
+
+
+async def test_group_commit_takes_everything_queued_in_one_transaction(store: HistoryStore) -> None:
     before = store.commits
     results: list[ChatMessage] = []
 
@@ -147,8 +157,7 @@ async def test_group_commit_takes_everything_queued_in_one_transaction(store: Hi
         results.append(await send(store, f"m{n}"))
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(partial(store._call, blocker, write=True))
-        await trio.to_thread.run_sync(entered.wait)
+        release = await hold_writer(nursery, store)
         for n in range(50):
             nursery.start_soon(one, n)
         await trio.testing.wait_all_tasks_blocked()
@@ -194,14 +203,8 @@ async def test_sqlite_error_in_one_operation_fails_only_that_one(store: HistoryS
 
 
 async def test_failed_commit_fails_the_whole_batch_and_announces_nothing(store: HistoryStore) -> None:
-    entered, release = threading.Event(), threading.Event()
     events: list[ChatMessage] = []
     outcomes: list[str] = []
-
-    def blocker(conn: sqlite3.Connection) -> tuple[None, Any]:
-        entered.set()
-        release.wait(10)
-        return None, None
 
     def sabotage(conn: sqlite3.Connection) -> tuple[None, Any]:
         conn.execute("ROLLBACK")  # ends the batch's transaction under everybody's feet
@@ -215,8 +218,7 @@ async def test_failed_commit_fails_the_whole_batch_and_announces_nothing(store: 
             outcomes.append("INTERNAL")
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(partial(store._call, blocker, write=True))
-        await trio.to_thread.run_sync(entered.wait)
+        release = await hold_writer(nursery, store)
         nursery.start_soon(attempt, lambda: store.send(room="r", user_id="u", body="a", on_commit=events.append))
         await trio.testing.wait_all_tasks_blocked()
         nursery.start_soon(attempt, lambda: store._call(sabotage, write=True))
@@ -230,13 +232,7 @@ async def test_failed_commit_fails_the_whole_batch_and_announces_nothing(store: 
 
 
 async def test_stats_and_rooms_count_what_was_queued_before_them_in_their_batch(store: HistoryStore) -> None:
-    entered, release = threading.Event(), threading.Event()
     seen: dict[str, Any] = {}
-
-    def blocker(conn: sqlite3.Connection) -> tuple[None, Any]:
-        entered.set()
-        release.wait(10)
-        return None, None
 
     async def look() -> None:
         seen["stats"] = await store.stats()
@@ -246,8 +242,7 @@ async def test_stats_and_rooms_count_what_was_queued_before_them_in_their_batch(
 
     outcomes: list[Outcome] = []
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(partial(store._call, blocker, write=True))
-        await trio.to_thread.run_sync(entered.wait)
+        release = await hold_writer(nursery, store)
         nowait(store, "queued", outcomes, room="new")  # the thread is busy: one batch with the reads
         nursery.start_soon(look)
         nursery.start_soon(rooms)
@@ -368,21 +363,9 @@ def test_tasks_runnable_reads_trios_run_queue_directly() -> None:
 
 
 async def test_send_nowait_never_overtakes_work_queued_before_it(store: HistoryStore) -> None:
-    entered, release = threading.Event(), threading.Event()
-
-    def blocker(conn: sqlite3.Connection) -> tuple[None, Any]:
-        entered.set()
-        release.wait(10)
-        return None, None
-
     order: list[str] = []
     async with trio.open_nursery() as nursery:
-        async def first() -> None:
-            await store._call(blocker, write=True)
-            order.append("blocker")
-
-        nursery.start_soon(first)
-        await trio.to_thread.run_sync(entered.wait)
+        release = await hold_writer(nursery, store, on_commit=lambda _: order.append("blocker"))
         await next_turn()
         store.send_nowait(room="r", user_id="u", body="x", then=lambda result, error: order.append("send"))
         assert order == [] and store.inline_commits == 0
