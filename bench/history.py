@@ -20,7 +20,7 @@ import time
 
 import trio
 
-from signald.history import HistoryStore
+from signald.history.store import HistoryStore
 
 TARGET_COST = 0.30
 

@@ -289,7 +289,7 @@ LIMITS = """## How signald gets its numbers, and what bounds them
   writer task only takes what does not fit). A connection's reader does not wait for the commit of
   its `chat.send`, so pipelined sends (the bench keeps 8 in flight per sender) share one
   transaction, and the events of a committed batch reach each member in one `write`
-  (`signald.fanout.Cork`). The peers write every message to every member separately; that is most
+  (`signald.delivery.fanout.Cork`). The peers write every message to every member separately; that is most
   of the gap, and why it widens with the room. Over loopback each `write` also pays the receiver's
   TCP processing, charged to the server.
 - **(a) ack round trip.** The ack of a `chat.send` leaves after the message is committed; the
@@ -300,7 +300,7 @@ LIMITS = """## How signald gets its numbers, and what bounds them
   seq and count live in memory and reach the `rooms` table with the writer thread's
   transactions): about 20-25 µs. A request that arrives as one whole frame skips wsproto's
   parser (unmasked with two integer XORs). And the reader of a peer that talks (two messages
-  within a second) waits for the next one in Trio rather than in `signald.parking`, saving a
+  within a second) waits for the next one in Trio rather than in `signald.transport.parking`, saving a
   scheduler pass per message. Under load (other tasks runnable) sends still go to the SQLite
   thread and share its transactions. The ratio moves with python-socketio's own round trip,
   which varies a lot between runs here (p50 0.20-0.43 ms, p99 0.29-1.7 ms on 2026-11-26): in a
@@ -308,7 +308,7 @@ LIMITS = """## How signald gets its numbers, and what bounds them
   Against the websockets peer, which stores nothing, the durable ack is 0.9-1.3x.
 - **(f) idle CPU.** Heartbeats are one timing wheel for the whole hub (no task or timer per
   connection) that pings only connections silent for `heartbeat_s`. Readers that drained their
-  socket park in one epoll set (`signald.parking`) whose single task reads what arrives and takes a
+  socket park in one epoll set (`signald.transport.parking`) whose single task reads what arrives and takes a
   lone pong on the spot, without waking the reader or re-arming anything (a talking peer's reader
   waits in Trio instead until the next ping; its pong wakes it one last time). What is left is
   one ping written and one pong read per interval and connection (about 17 µs here): 2,500 round

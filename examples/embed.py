@@ -16,7 +16,7 @@ import msgspec
 import trio
 
 from signald import Config, CustomMessage, SignalError, connect, default_router, load_config, serve_signald
-from signald.hub import Context
+from signald.app.hub import Context
 
 
 class Vote(msgspec.Struct):

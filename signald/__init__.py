@@ -10,18 +10,37 @@ The embedding API::
         server.hub.publish_to_room("lobby", "app.news", {"text": "hello"})
 
 See docs/embedding.md.
+
+The names below are loaded on first use (PEP 562 ``__getattr__``), so importing one layer —
+``signald.state.rooms``, say — loads that layer and what it depends on, never the whole daemon.
 """
 
-from signald.auth import AuthRefused, HandshakeRequest, Identity
-from signald.client import SignaldClient, connect
-from signald.config import Config, ConfigError, load_config
-from signald.errors import SignalError
-from signald.handlers import default_router
-from signald.hub import Context, Hub
-from signald.router import CustomMessage, Router
-from signald.server import RunningServer, serve_signald
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+# public name -> the module that defines it
+_EXPORTS: dict[str, str] = {
+    "AuthRefused": "signald.auth",
+    "HandshakeRequest": "signald.auth",
+    "Identity": "signald.auth",
+    "SignaldClient": "signald.client",
+    "connect": "signald.client",
+    "Config": "signald.config",
+    "ConfigError": "signald.config",
+    "load_config": "signald.config",
+    "SignalError": "signald.errors",
+    "default_router": "signald.handlers",
+    "Context": "signald.app.hub",
+    "Hub": "signald.app.hub",
+    "CustomMessage": "signald.router",
+    "Router": "signald.router",
+    "RunningServer": "signald.server",
+    "serve_signald": "signald.server",
+}
 
 __all__ = [
     "AuthRefused",
@@ -41,3 +60,26 @@ __all__ = [
     "load_config",
     "serve_signald",
 ]
+
+if TYPE_CHECKING:
+    from signald.app.hub import Context, Hub
+    from signald.auth import AuthRefused, HandshakeRequest, Identity
+    from signald.client import SignaldClient, connect
+    from signald.config import Config, ConfigError, load_config
+    from signald.errors import SignalError
+    from signald.handlers import default_router
+    from signald.router import CustomMessage, Router
+    from signald.server import RunningServer, serve_signald
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'signald' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

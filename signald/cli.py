@@ -170,7 +170,7 @@ def _leaves(group: BaseExceptionGroup[Any]) -> list[BaseException]:
 
 
 def _history(args: argparse.Namespace) -> int:
-    from signald.history import HistoryStore
+    from signald.history.store import HistoryStore
 
     async def export() -> None:
         async with HistoryStore(args.db) as store:

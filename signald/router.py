@@ -43,8 +43,8 @@ from signald.protocol import (
 )
 
 if TYPE_CHECKING:
-    from signald.hub import Context
-    from signald.session import HeldReply
+    from signald.app.hub import Context
+    from signald.app.session import HeldReply
 
 log = logging.getLogger("signald.router")
 audit = logging.getLogger("signald.audit")

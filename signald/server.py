@@ -20,6 +20,8 @@ from typing import Any
 import attrs
 import trio
 
+from signald.app.hub import Hub
+from signald.app.session import CLOSE_GOING_AWAY, Session, new_session_id
 from signald.auth import (
     Authenticator,
     AuthRefused,
@@ -29,10 +31,8 @@ from signald.auth import (
     origin_allowed,
 )
 from signald.config import Config
-from signald.connection import run_connection
-from signald.fanout import Frame
+from signald.delivery.fanout import Frame
 from signald.handlers import default_router
-from signald.hub import Hub
 from signald.protocol import (
     PROTOCOL_VERSION,
     SUBPROTOCOL_JSON,
@@ -40,11 +40,11 @@ from signald.protocol import (
     Welcome,
     WelcomeData,
 )
-from signald.ratelimit import ConnectionRateLimiter, FloodGuard
 from signald.router import Router
-from signald.session import CLOSE_GOING_AWAY, Session, new_session_id
+from signald.state.ratelimit import ConnectionRateLimiter, FloodGuard
 from signald.timefmt import iso_utc
-from signald.websocket import Handshake, ServerWebSocket, peer_address
+from signald.transport.connection import run_connection
+from signald.transport.websocket import Handshake, ServerWebSocket, peer_address
 
 log = logging.getLogger("signald.server")
 audit = logging.getLogger("signald.audit")

@@ -15,8 +15,10 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from signald import calls
-from signald.calls import (
+from signald.errors import SignalError
+from signald.protocol import CallOfferEvent, type_of
+from signald.state import calls
+from signald.state.calls import (
     SOURCE_STATES,
     TRANSITIONS,
     CallOutcome,
@@ -26,8 +28,6 @@ from signald.calls import (
     State,
     transition,
 )
-from signald.errors import SignalError
-from signald.protocol import CallOfferEvent, type_of
 
 SDP = {"type": "offer", "sdp": "v=0\r\n"}
 ANSWER_SDP = {"type": "answer", "sdp": "v=0\r\n"}

@@ -1,4 +1,4 @@
-"""Tests of signald.history.HistoryStore against a real SQLite file."""
+"""Tests of signald.history.store.HistoryStore against a real SQLite file."""
 
 from __future__ import annotations
 
@@ -23,11 +23,11 @@ import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from signald import history as history_module
 from signald.errors import SignalError
-from signald.history import RETENTION_BATCH, Deleted, HistoryStore, StorageError, iso_utc, tasks_runnable
+from signald.history import store as history_module
+from signald.history.schema import MIGRATIONS, SCHEMA_VERSION, SchemaError, migrate, user_version
+from signald.history.store import RETENTION_BATCH, Deleted, HistoryStore, StorageError, iso_utc, tasks_runnable
 from signald.protocol import Attachment, ChatMessage
-from signald.schema import MIGRATIONS, SCHEMA_VERSION, SchemaError, migrate, user_version
 
 T0 = 1795694400.0  # 2026-11-26T12:00:00Z
 
@@ -446,7 +446,7 @@ async def test_fsync_per_commit_or_inline_off_never_commits_on_the_event_loop(
 async def test_inline_commits_have_the_writer_thread_checkpoint_the_wal(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("signald.history.CHECKPOINT_INLINE", 5)
+    monkeypatch.setattr("signald.history.store.CHECKPOINT_INLINE", 5)
     path = tmp_path / "h.db"
     async with HistoryStore(path) as store:
         size_before = path.stat().st_size
@@ -475,7 +475,7 @@ def rooms_table(path: Path) -> list[tuple[str, int, int]]:
 async def test_inline_commits_leave_the_room_counters_to_the_writer_thread(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("signald.history.CHECKPOINT_INLINE", 5)
+    monkeypatch.setattr("signald.history.store.CHECKPOINT_INLINE", 5)
     path = tmp_path / "h.db"
     async with HistoryStore(path) as store:
         outcomes: list[Outcome] = []
@@ -872,7 +872,7 @@ def test_acked_sends_survive_kill_9(tmp_path: Path, how: str) -> None:
     path = tmp_path / "h.db"
     script = (
         "import sys, trio\n"
-        "from signald.history import HistoryStore\n"
+        "from signald.history.store import HistoryStore\n"
         "async def main(path):\n"
         "    async with HistoryStore(path) as store:\n"
         f"{KILL_9_LOOPS[how]}"

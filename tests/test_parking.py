@@ -1,4 +1,4 @@
-"""signald.parking: idle readers wait in one epoll set; pongs are taken without waking them."""
+"""signald.transport.parking: idle readers wait in one epoll set; pongs are taken without waking them."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import trio
 import trio.testing
 
-from signald.parking import HAS_EPOLL, Parking
+from signald.transport.parking import HAS_EPOLL, Parking
 
 pytestmark = pytest.mark.skipif(not HAS_EPOLL, reason="parking needs epoll (Linux)")
 
@@ -127,8 +127,8 @@ async def test_a_talking_peers_reader_waits_in_trio_until_a_heartbeat_ping(
     from wsproto.connection import Connection, ConnectionType
     from wsproto.events import TextMessage
 
-    from signald.fanout import Outbox
-    from signald.websocket import TALKING_S, ServerWebSocket
+    from signald.delivery.fanout import Outbox
+    from signald.transport.websocket import TALKING_S, ServerWebSocket
 
     ours, peer = pair
     stream = trio.SocketStream(trio.socket.from_stdlib_socket(ours))

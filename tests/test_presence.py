@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from signald.presence import PresenceTracker
 from signald.protocol import DeviceData, PresenceUpdateData, TypingUserData, type_of
-from signald.rooms import RoomRegistry, Send
+from signald.state.presence import PresenceTracker
+from signald.state.rooms import RoomRegistry, Send
 
 Ev = tuple[str, tuple[object, ...], frozenset[str]]
 

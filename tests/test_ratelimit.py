@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from signald.ratelimit import ConnectionRateLimiter, FloodGuard, TokenBucket, Verdict, client_key
+from signald.state.ratelimit import ConnectionRateLimiter, FloodGuard, TokenBucket, Verdict, client_key
 
 
 def test_bucket_burst_cap_and_refill() -> None:

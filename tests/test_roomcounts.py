@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-import signald.roomcounts
-from signald.roomcounts import RoomCounters
+import signald.history.counters
+from signald.history.counters import RoomCounters
 
 TABLE = {"lobby": (7, 5)}  # what the rooms table says
 
@@ -116,7 +116,7 @@ def test_written_counters_rolled_back_are_pending_again() -> None:
 
 
 def test_clean_rooms_are_forgotten_beyond_the_cap_pending_ones_never(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(signald.roomcounts, "MAX_CLEAN", 3)
+    monkeypatch.setattr(signald.history.counters, "MAX_CLEAN", 3)
     counters = RoomCounters()
     for i in range(5):
         send(counters, f"r{i}")

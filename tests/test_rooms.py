@@ -16,7 +16,7 @@ from signald.protocol import (
     RoomWaitingEvent,
     type_of,
 )
-from signald.rooms import RoomRegistry, Send
+from signald.state.rooms import RoomRegistry, Send
 
 Ev = tuple[str, str, str | None, frozenset[str]]  # (type, room, user_id or None, recipients)
 

@@ -12,7 +12,7 @@ from wsproto.connection import ConnectionType
 from wsproto.events import AcceptConnection, Request, TextMessage
 
 from signald.client import connect
-from signald.fanout import (
+from signald.delivery.fanout import (
     CORK_FLUSH,
     OPCODE_BINARY,
     OPCODE_TEXT,

@@ -1,4 +1,4 @@
-"""signald's own server side of RFC 6455 (signald.websocket) and the hub-wide heartbeats.
+"""signald's own server side of RFC 6455 (signald.transport.websocket) and the hub-wide heartbeats.
 
 The wire tests talk to a real daemon through a raw wsproto client, so they can do what a
 well-behaved client library never does: ignore pings, break the framing, fragment messages.
@@ -34,8 +34,8 @@ from wsproto.events import (
 from wsproto.frame_protocol import Opcode
 
 from signald.client import connect
-from signald.heartbeat import Heartbeats
 from signald.server import RunningServer
+from signald.state.heartbeat import Heartbeats
 
 # ---------------------------------------------------------------------- heartbeats, sans-IO
 
@@ -212,7 +212,7 @@ def test_the_pong_fast_path_recognises_what_wsproto_clients_send() -> None:
     from wsproto.connection import Connection
     from wsproto.events import Pong
 
-    from signald.websocket import PONG_HEAD, PONG_SIZE, frame_decoder
+    from signald.transport.websocket import PONG_HEAD, PONG_SIZE, frame_decoder
 
     wire = Connection(ConnectionType.CLIENT).send(Pong())
     assert len(wire) == PONG_SIZE and wire[:2] == PONG_HEAD
@@ -340,7 +340,7 @@ async def test_handshake_refusals_still_carry_their_status_and_reason(server: Ru
 
 
 def test_opcode_constants_match_wsproto() -> None:
-    from signald.websocket import PING_FRAME
+    from signald.transport.websocket import PING_FRAME
 
     assert PING_FRAME[0] & 0x0F == Opcode.PING and PING_FRAME[0] & 0x80 and PING_FRAME[1] == 0
 
@@ -353,8 +353,8 @@ async def server_socket(max_message_bytes: int = 1 << 20) -> AsyncIterator[tuple
     """A ServerWebSocket on a memory stream, the client end, and what reached wsproto's parser."""
     from wsproto.connection import Connection
 
-    from signald.fanout import Outbox
-    from signald.websocket import ServerWebSocket
+    from signald.delivery.fanout import Outbox
+    from signald.transport.websocket import ServerWebSocket
 
     client_end, server_end = trio.testing.memory_stream_pair()
     conn = Connection(ConnectionType.SERVER)

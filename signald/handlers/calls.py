@@ -1,6 +1,6 @@
 """Call signalling: ``call.offer``, ``call.answer``, ``call.ice``, ``call.end``.
 
-The call state machine lives in :mod:`signald.calls`; these handlers check the target (in
+The call state machine lives in :mod:`signald.state.calls`; these handlers check the target (in
 PROTOCOL.md's order: no connected device → ``TARGET_OFFLINE``, no shared room → ``FORBIDDEN``),
 run the transition, and deliver its events after the ack. Presence shows ``busy`` while a user
 is in an answered call. With ``calls.call_log`` on, the start, answer and end of each call are
@@ -15,9 +15,8 @@ from typing import Final
 
 import trio
 
-from signald.calls import CallLogEntry, CallOutcome
+from signald.app.hub import Context, Hub
 from signald.errors import SignalError
-from signald.hub import Context, Hub
 from signald.protocol import (
     CallAnswer,
     CallEnd,
@@ -27,8 +26,9 @@ from signald.protocol import (
     ChatMessage,
     ChatMessageEvent,
 )
-from signald.rooms import Send
 from signald.router import Router
+from signald.state.calls import CallLogEntry, CallOutcome
+from signald.state.rooms import Send
 
 SYSTEM_USER: Final = "$system"
 

@@ -15,10 +15,10 @@ import time
 
 import trio
 
+from signald.app.hub import Context, Hub
 from signald.errors import SignalError
 from signald.handlers.rooms import require_member
-from signald.history import Deleted, HistoryStore
-from signald.hub import Context, Hub
+from signald.history.store import Deleted, HistoryStore
 from signald.protocol import (
     ChatDelete,
     ChatDeletedEvent,

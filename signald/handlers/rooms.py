@@ -7,8 +7,8 @@ import fnmatch
 
 import trio
 
+from signald.app.hub import Context
 from signald.errors import SignalError
-from signald.hub import Context
 from signald.protocol import (
     ChatTyping,
     KickedData,

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from signald.app.hub import Context
 from signald.auth import Identity, refresh_identity
-from signald.hub import Context
 from signald.protocol import AuthRefresh, ExpiresResult, PongData, PresencePing, PresencePongEvent
 from signald.router import Reply, Router
 from signald.timefmt import iso_utc

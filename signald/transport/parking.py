@@ -31,7 +31,7 @@ HAS_EPOLL: Final = hasattr(select, "epoll")
 
 
 class Parked(Protocol):
-    """What a parked reader offers (:class:`signald.websocket.ServerWebSocket`)."""
+    """What a parked reader offers (:class:`signald.transport.websocket.ServerWebSocket`)."""
 
     def take_pong(self, data: bytes) -> bool:
         """True if ``data`` was a lone pong, now taken care of (the reader need not wake)."""

@@ -54,7 +54,7 @@ non-durable store (tests, benchmarks).
 Semantics chosen where the protocol is silent
 ---------------------------------------------
 - ``seq`` is assigned when the message is stored, from a per-room counter kept in memory and
-  written to ``rooms`` by the writer thread (:mod:`signald.roomcounts`): gap-free per room at
+  written to ``rooms`` by the writer thread (:mod:`signald.history.counters`): gap-free per room at
   assignment time, never reused after hard deletes, retention or a crash.
 - Message ids are 24 hex digits: 12 of creation time in milliseconds, 12 random.
 - ``send`` with a ``parent_id`` that is not a stored message of the same room: ``NOT_FOUND``.
@@ -85,7 +85,7 @@ runs once per ``retention_interval_s`` (until it is done), not every :data:`RETE
 Resource handling
 -----------------
 :meth:`HistoryStore.open` (or ``async with``) starts the thread, which opens the connection and
-runs the migrations of :mod:`signald.schema`. :meth:`HistoryStore.aclose` refuses new work, lets
+runs the migrations of :mod:`signald.history.schema`. :meth:`HistoryStore.aclose` refuses new work, lets
 the thread finish everything queued before it, commit, close the connection (SQLite checkpoints
 the WAL on the last close) and exit; it waits at most ``close_timeout_s`` and is shielded from
 cancellation. The thread is a daemon thread, so a wedged disk cannot keep the process alive. The
@@ -100,7 +100,7 @@ Expected failures raise :class:`~signald.errors.SignalError` (``NOT_FOUND``, ``F
 a failed commit) raise :class:`StorageError` (a ``SignalError`` with code ``INTERNAL``); a failed
 commit fails every operation of its batch, none of which is then acked or announced. Using a
 closed store raises :class:`StorageError`. Opening a database written by a newer signald raises
-:class:`~signald.schema.SchemaError`. An exception from an ``on_commit`` callback is logged and
+:class:`~signald.history.schema.SchemaError`. An exception from an ``on_commit`` callback is logged and
 does not affect the other callbacks or the waiter. Cancelling a waiting caller does not cancel its
 operation: once submitted it is carried out (and its ``on_commit`` runs), only the result is lost.
 """
@@ -123,9 +123,9 @@ import msgspec
 import trio
 
 from signald.errors import SignalError
+from signald.history.counters import RECONCILE_SQL, RoomCounters
+from signald.history.schema import SCHEMA_VERSION, migrate
 from signald.protocol import Attachment, ChatMessage, DeleteMode, HistoryPage, ReactionAction
-from signald.roomcounts import RECONCILE_SQL, RoomCounters
-from signald.schema import SCHEMA_VERSION, migrate
 from signald.timefmt import iso_utc
 
 try:  # the run queue's length, read directly: the public statistics also count every fd (O(fds))

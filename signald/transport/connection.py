@@ -6,7 +6,7 @@
   the order it sent them.
 - The **writer** drains what the session's bounded outbox could not write directly.
 - The **heartbeat** is not a task here: the hub pings connections silent for ``heartbeat_s`` from
-  one sweep (:mod:`signald.heartbeat`); no sign of life within ``heartbeat_timeout_s`` after the
+  one sweep (:mod:`signald.state.heartbeat`); no sign of life within ``heartbeat_timeout_s`` after the
   ping closes the connection (1001, "heartbeat timeout").
 - Sessions with a token expiry get an **expiry** task.
 
@@ -26,12 +26,12 @@ from functools import partial
 
 import trio
 
-from signald.hub import Context, Hub
+from signald.app.hub import Context, Hub
+from signald.app.session import CLOSE_POLICY, Session
 from signald.protocol import FrameError
-from signald.ratelimit import Verdict
 from signald.router import error_reply
-from signald.session import CLOSE_POLICY, Session
-from signald.websocket import ServerWebSocket, direct_writer
+from signald.state.ratelimit import Verdict
+from signald.transport.websocket import ServerWebSocket, direct_writer
 
 log = logging.getLogger("signald.connection")
 audit = logging.getLogger("signald.audit")
@@ -106,7 +106,7 @@ async def _writer(ws: ServerWebSocket, session: Session, scope: trio.CancelScope
     """Write what the outbox could not write directly, each batch with one ``send_all``.
 
     This task is the connection's only writer besides the outbox's direct writes, which only
-    happen while it is idle (see :class:`signald.fanout.Outbox`).
+    happen while it is idle (see :class:`signald.delivery.fanout.Outbox`).
     """
     outbox = session.outbox
     outbox.direct_write = direct_writer(ws.stream)

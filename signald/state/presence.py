@@ -3,7 +3,7 @@
 :class:`PresenceTracker` is plain synchronous state: no awaits, no sockets, no clock reads. Callers
 pass ``now`` (monotonic seconds, never decreasing between calls) and, where last seen is recorded,
 ``wall`` (wall-clock epoch seconds as a float; the caller formats it as ISO 8601 for the wire).
-Operations return :class:`signald.rooms.Send` lists in delivery order; a ``Send`` never has empty
+Operations return :class:`signald.state.rooms.Send` lists in delivery order; a ``Send`` never has empty
 ``conns``.
 
 Recipients
@@ -73,7 +73,7 @@ from signald.protocol import (
     Status,
     TypingUserData,
 )
-from signald.rooms import Send
+from signald.state.rooms import Send
 
 __all__ = ["PresenceTracker"]
 

@@ -8,9 +8,9 @@ what a signalling server holds most of:
 - the connection's own task reads (:meth:`ServerWebSocket.receive_message`), answering pings
   and noting when the peer was last heard from;
 - every outgoing byte (events, replies, pongs, heartbeat pings) goes through the connection's
-  :class:`signald.fanout.Outbox`, which writes directly when the socket is idle and leaves the
+  :class:`signald.delivery.fanout.Outbox`, which writes directly when the socket is idle and leaves the
   rest to the connection's writer task, so there is exactly one writer;
-- heartbeats are one hub-wide sweep (:mod:`signald.heartbeat`), not a task per connection;
+- heartbeats are one hub-wide sweep (:mod:`signald.state.heartbeat`), not a task per connection;
 - only the close frame is written here, by :meth:`ServerWebSocket.close`, once the writer is gone.
 
 Clients (:mod:`signald.client`, the tests) keep using trio-websocket.
@@ -46,8 +46,8 @@ from wsproto.frame_protocol import FrameDecoder
 from wsproto.handshake import H11Handshake
 from wsproto.utilities import RemoteProtocolError
 
-from signald.fanout import DirectWrite, Outbox
-from signald.parking import Parking
+from signald.delivery.fanout import DirectWrite, Outbox
+from signald.transport.parking import Parking
 
 RECEIVE_BYTES = 16384
 PING_FRAME = b"\x89\x00"  # FIN + ping, empty payload, unmasked (server to client)
@@ -55,7 +55,7 @@ PING_FRAME = b"\x89\x00"  # FIN + ping, empty payload, unmasked (server to clien
 PONG_HEAD = b"\x8a\x80"
 PONG_SIZE = 6
 # A peer whose messages come this close together talks: its reader waits for the next one in Trio
-# rather than in signald.parking, until our next heartbeat ping (see ServerWebSocket._read). A
+# rather than in signald.transport.parking, until our next heartbeat ping (see ServerWebSocket._read). A
 # peer that goes on sending at least every heartbeat_s is never pinged, so it never parks; it
 # sends no pongs for parking to take either.
 TALKING_S = 1.0
@@ -160,7 +160,7 @@ class ServerWebSocket:
     """One accepted WebSocket: messages in, pongs out through the outbox, a clean close.
 
     ``heard_at`` (``trio.current_time()`` of the last bytes received) and ``ping_sent_at`` are
-    what :class:`signald.heartbeat.Heartbeats` looks at; :meth:`send_ping` and ``on_silent``
+    what :class:`signald.state.heartbeat.Heartbeats` looks at; :meth:`send_ping` and ``on_silent``
     are what it calls.
     """
 
@@ -298,7 +298,7 @@ class ServerWebSocket:
         self._spoke_at = self.heard_at
 
     def take_pong(self, data: bytes) -> bool:
-        """If ``data`` is a lone pong, note that the peer was heard from and say so (for :mod:`signald.parking`)."""
+        """If ``data`` is a lone pong, note that the peer was heard from and say so (for signald.transport.parking)."""
         if self._is_lone_pong(data):
             self.heard_at = trio.current_time()
             return True

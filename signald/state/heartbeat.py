@@ -19,7 +19,7 @@ from typing import Protocol
 
 
 class Monitored(Protocol):
-    """What a heartbeat needs of a connection (:class:`signald.websocket.ServerWebSocket`)."""
+    """What a heartbeat needs of a connection (:class:`signald.transport.websocket.ServerWebSocket`)."""
 
     heard_at: float  # when bytes last arrived
     ping_sent_at: float | None  # our ping that is still unanswered

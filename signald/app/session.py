@@ -14,8 +14,8 @@ from typing import Final
 import attrs
 import trio
 
-from signald.fanout import CLOSE_SLOW_CONSUMER, Cork, Frame, Outbox
-from signald.ratelimit import FloodGuard
+from signald.delivery.fanout import CLOSE_SLOW_CONSUMER, Cork, Frame, Outbox
+from signald.state.ratelimit import FloodGuard
 
 CLOSE_GOING_AWAY: Final = 1001
 CLOSE_POLICY: Final = 1008

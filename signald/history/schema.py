@@ -11,7 +11,7 @@ Tables (version 2):
 - ``rooms``: per-room ``last_seq`` counter (never decreases, so hard deletes and retention never
   cause a ``seq`` to be reused) and ``count`` of stored messages (used by count retention and stats).
   A room's row is created with its first message; after that the history store writes it lazily
-  (see :mod:`signald.roomcounts`): messages above ``last_seq`` are counted in neither column yet.
+  (see :mod:`signald.history.counters`): messages above ``last_seq`` are counted in neither column yet.
 - ``messages``: one row per stored message, already folded (edits, redactions and soft deletes
   update the row in place), keyed by ``(room, seq)`` (``WITHOUT ROWID``) with a unique ``id``.
   (A row over about a quarter of a page, e.g. a long body, spills into overflow pages; chat

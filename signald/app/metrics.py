@@ -19,7 +19,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from signald.hub import Hub
+    from signald.app.hub import Hub
 
 
 class _HubGauges(Collector):

@@ -1,0 +1,333 @@
+"""The state one daemon shares between its connections, and the context handlers get.
+
+The hub owns the session table, the broker and (as later modules attach them) the room
+registry, presence, calls and history store. Handlers receive a :class:`Context` — the hub
+plus the requesting session — and publish events through :meth:`Hub.send_to`, which encodes
+each event once whatever the number of recipients.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import trio
+
+from signald.app.metrics import Metrics
+from signald.app.session import CLOSE_SESSION_EXPIRED, CLOSE_SESSION_REVOKED, Session
+from signald.auth import Authenticator, NoneAuthenticator
+from signald.config import Config
+from signald.delivery.fanout import Broker, Cork, Frame, LocalBroker
+from signald.protocol import (
+    Error,
+    ExpiredData,
+    Member,
+    Outbound,
+    RevokedData,
+    SessionExpiredEvent,
+    SessionRevokedEvent,
+    encode_app_event,
+)
+from signald.router import Router
+from signald.state.calls import CallRegistry
+from signald.state.heartbeat import Heartbeats, Monitored
+from signald.state.presence import PresenceTracker
+from signald.state.rooms import RoomRegistry, Send
+from signald.timefmt import iso_utc
+from signald.transport.parking import Parking
+
+if TYPE_CHECKING:
+    from signald.handlers.calls import CallLog
+    from signald.handlers.chat import HistoryService
+
+log = logging.getLogger("signald.hub")
+
+
+@attrs.define
+class Counters:
+    messages_in: int = 0
+    messages_out: int = 0
+
+
+class Hub:
+    """Shared daemon state; every method runs in the Trio thread and never blocks."""
+
+    def __init__(
+        self,
+        config: Config,
+        router: Router,
+        *,
+        broker: Broker | None = None,
+        wall_clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.config = config
+        self.router = router
+        self.broker = broker or LocalBroker()
+        self.parking = Parking()  # where idle connections wait for bytes (see signald.transport.parking)
+        self.cork = Cork()  # see signald.delivery.fanout.Cork; sessions' outboxes and the history store share it
+        self.wall_clock: Callable[[], float] = wall_clock or time.time
+        self.sessions: dict[str, Session] = {}
+        self.sessions_by_user: dict[str, dict[str, Session]] = {}
+        self.handshaking: dict[str, int] = {}  # per user: accepted handshakes not yet connected
+        self.counters = Counters()
+        self.started_at = 0.0
+        self.nursery: trio.Nursery | None = None
+        self.history: HistoryService | None = None
+        self.authenticator: Authenticator = NoneAuthenticator()
+        self.rooms = RoomRegistry()
+        self.presence = PresenceTracker(
+            self.rooms.peers_of_user, self.rooms.conns_in, away_after_s=config.presence.away_after_s
+        )
+        self.calls = CallRegistry(allow_concurrent_calls=config.calls.allow_concurrent_calls)
+        self.metrics = Metrics(self)
+        self.metrics_port: int | None = None
+        self.call_log: CallLog | None = None
+        self.heartbeats = Heartbeats(config.server.heartbeat_s, config.server.heartbeat_timeout_s)
+        self._timers_changed = trio.Event()
+        self._timers_wake_at = math.inf  # when the timer task will next look
+        self._away_after_s = config.presence.away_after_s
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[Hub]:
+        """Open what the hub needs (history store, timers) and close it on the way out."""
+        from signald.handlers.calls import CallLog
+        from signald.handlers.chat import HistoryService
+        from signald.history.store import HistoryStore
+
+        history = self.config.history
+        store = HistoryStore(
+            self.config.server.db, synchronous=history.synchronous, inline=history.inline_commits,
+            retention_max_age_s=history.retention_max_age_s, retention_max_count=history.retention_max_count,
+            clock=self.wall_clock, completion_scope=self.cork,
+        )
+        self.started_at = trio.current_time()
+        if self.config.server.metrics_port is not None:
+            self.metrics_port = self.metrics.serve(self.config.server.metrics_port, self.config.server.host)
+        async with store:
+            self.history = HistoryService(self, store)
+            try:
+                async with trio.open_nursery() as nursery:
+                    self.nursery = nursery
+                    nursery.start_soon(self._run_timers)
+                    nursery.start_soon(self._run_heartbeats)
+                    nursery.start_soon(self.parking.run)
+                    nursery.start_soon(self.history.run_last_seen_flusher)
+                    if self.config.calls.call_log:
+                        self.call_log = CallLog(self)
+                        nursery.start_soon(self.call_log.run)
+                    try:
+                        yield self
+                    finally:
+                        nursery.cancel_scope.cancel()
+                        self.nursery = None
+            finally:
+                self.metrics.close()
+                with trio.CancelScope(shield=True):
+                    await self.history.flush_last_seen()
+
+    def connect(self, session: Session) -> None:
+        """A handshake succeeded: the session starts receiving events.
+
+        Once the session is asked to close (slow consumer, expiry, revocation...) it leaves the
+        hub right away, before its socket is torn down, so its rooms are not kept waiting.
+        """
+        token = trio.lowlevel.current_trio_token()
+
+        def closing() -> None:
+            self.metrics.closes.labels(str(session.close_code)).inc()
+            token.run_sync_soon(self.disconnect, session)
+
+        session.on_close = closing
+        self.add_session(session)
+        self.publish(self.presence.connect(session.session_id, session.user_id, trio.current_time()))
+        self.poke_timers()
+
+    def disconnect(self, session: Session) -> None:
+        """The connection ended: the session leaves every room, with the usual events."""
+        from signald.handlers.calls import apply_outcome
+
+        if session.detached:
+            return
+        session.detached = True
+        if session.outbox.coalesced:
+            self.metrics.coalesced.inc(session.outbox.coalesced)
+        conn = session.session_id
+        apply_outcome(self, self.calls.device_gone(conn, trio.current_time()))
+        self.publish(self.presence.disconnect(conn, trio.current_time(), self.wall_clock()))
+        self.publish(self.rooms.disconnect(conn))
+        self.remove_session(session)
+
+    def on_activity(self, session: Session) -> None:
+        """An inbound message arrived from ``session`` (feeds automatic away and last seen)."""
+        now = trio.current_time()
+        sends = self.presence.activity(session.user_id, now, self.wall_clock())
+        if sends:
+            self.publish(sends)
+        # The only deadline activity sets is this user's automatic away, at now + away_after_s
+        # (none if it is off): if the timer task wakes before that anyway, nothing to look at.
+        away = self._away_after_s
+        if away > 0 and now + away < self._timers_wake_at:
+            self.poke_timers()
+
+    # ------------------------------------------------------------------ timers
+
+    def poke_timers(self) -> None:
+        """A deadline may have moved earlier: wake the timer task if it would now sleep too long.
+
+        A poke that moves nothing earlier costs no wake-up; inbound messages (which renew their
+        user's away deadline) poke only when that deadline could be the next (see on_activity).
+        """
+        if self.next_deadline() < self._timers_wake_at:
+            self._timers_changed.set()
+
+    def next_deadline(self) -> float:
+        candidates = (self.presence.next_deadline(), self.calls.next_deadline())
+        deadlines = [d for d in candidates if d is not None]
+        return min(deadlines, default=math.inf)
+
+    def tick(self, now: float) -> None:
+        """Run every timer due at ``now``: ring timeouts, typing expiry, automatic away."""
+        from signald.handlers.calls import apply_outcome
+
+        apply_outcome(self, self.calls.expire(now))
+        self.publish(self.presence.tick(now))
+
+    async def _run_timers(self) -> None:
+        while True:
+            self._timers_wake_at = self.next_deadline()
+            with trio.move_on_at(self._timers_wake_at):
+                await self._timers_changed.wait()
+            self.tick(trio.current_time())
+            # Reset after ticking: the tick's own pokes are covered by the next deadline lookup.
+            self._timers_changed = trio.Event()
+
+    def watch(self, conn: Monitored) -> None:
+        """Keep a connection alive with heartbeats (see :mod:`signald.state.heartbeat`)."""
+        self.heartbeats.add(conn, trio.current_time())
+
+    async def _run_heartbeats(self) -> None:
+        heartbeats = self.heartbeats
+        while True:
+            now = trio.current_time()
+            # Batch what comes due within ``resolution``; a connection added meanwhile is due
+            # ``interval`` from its start, never before this wake-up.
+            wake = max(heartbeats.next_due(), now + heartbeats.resolution)
+            await trio.sleep_until(min(wake, now + heartbeats.interval))
+            heartbeats.tick(trio.current_time())
+
+    def active_calls(self) -> int:
+        return len(self.calls)
+
+    # ------------------------------------------------------------------ rooms
+
+    def member_list(self, room: str) -> list[Member]:
+        """The ``members`` of a ``room.join`` ack: one entry per user, with status and devices."""
+        members = []
+        for user_id, devices in self.rooms.members(room):
+            seen = self.presence.last_seen(user_id)
+            members.append(Member(
+                user_id=user_id, status=self.presence.status_of(user_id), devices=devices,
+                last_seen=iso_utc(seen) if seen is not None else None,
+            ))
+        return members
+
+    def expire_session(self, session: Session) -> None:
+        """The session's token expired: ``session.expired`` then close 4001."""
+        expired_at = iso_utc(session.expires_at)
+        session.send(Frame(SessionExpiredEvent(data=ExpiredData(expired_at=expired_at))))
+        session.close(CLOSE_SESSION_EXPIRED, "session expired")
+
+    # ------------------------------------------------------------------ sessions
+
+    def add_session(self, session: Session) -> None:
+        self.sessions[session.session_id] = session
+        self.sessions_by_user.setdefault(session.user_id, {})[session.session_id] = session
+        self.broker.attach(session.session_id, session.outbox)
+
+    def remove_session(self, session: Session) -> None:
+        self.broker.detach(session.session_id)
+        self.sessions.pop(session.session_id, None)
+        devices = self.sessions_by_user.get(session.user_id)
+        if devices is not None:
+            devices.pop(session.session_id, None)
+            if not devices:
+                del self.sessions_by_user[session.user_id]
+
+    def devices_of(self, user_id: str) -> list[str]:
+        """Session ids of the user's connected devices, oldest first."""
+        return list(self.sessions_by_user.get(user_id, ()))
+
+    def connection_count(self, user_id: str) -> int:
+        return len(self.sessions_by_user.get(user_id, ()))
+
+    # ------------------------------------------------------------------ delivery
+
+    def send_to(self, session_ids: Iterable[str], event: Outbound | Frame) -> int:
+        """Encode ``event`` once and queue it for every listed session."""
+        frame = event if isinstance(event, Frame) else Frame(event)
+        queued = self.broker.deliver(session_ids, frame)
+        self.counters.messages_out += queued
+        if queued:
+            self.metrics.messages_out_by[frame.kind].inc(queued)
+        return queued
+
+    def publish(self, sends: Iterable[Send]) -> None:
+        """Deliver the events a state module returned, in order."""
+        for send in sends:
+            self.send_to(send.conns, send.event)
+
+    def reply(self, session: Session, message: Outbound) -> None:
+        """Queue a reply (ack, error, pong) for the requesting session, in request order."""
+        if session.held is None:
+            self.reply_now(session, message)
+        else:
+            session.in_turn(partial(self.reply_now, session, message))
+
+    def reply_now(self, session: Session, message: Outbound) -> None:
+        """Queue a reply whose turn it is (see :meth:`Session.hold_reply`)."""
+        frame = Frame(message)
+        if session.send(frame):
+            self.counters.messages_out += 1
+            self.metrics.messages_out_by[frame.kind].inc()
+            if isinstance(message, Error):
+                self.metrics.errors_by[message.data.code].inc()
+
+    # ------------------------------------------------------------------ embedding API
+
+    def publish_to_user(self, user_id: str, event_type: str, data: Any) -> int:
+        """Send an ``app.*`` event to every connected device of ``user_id``; returns how many got it."""
+        return self.send_to(self.devices_of(user_id), Frame(encode_app_event(event_type, data)))
+
+    def publish_to_room(self, room: str, event_type: str, data: Any) -> int:
+        """Send an ``app.*`` event to every connection in ``room``; returns how many got it."""
+        return self.send_to(self.rooms.conns_in(room), Frame(encode_app_event(event_type, data)))
+
+    def revoke_user(self, user_id: str, reason: str) -> int:
+        """End every session of ``user_id``: ``session.revoked`` then close 4003."""
+        sessions = list(self.sessions_by_user.get(user_id, {}).values())
+        frame = Frame(SessionRevokedEvent(data=RevokedData(reason=reason)))  # encoded once for all devices
+        for session in sessions:
+            session.send(frame)
+            session.close(CLOSE_SESSION_REVOKED, "session revoked")
+        return len(sessions)
+
+
+@attrs.frozen
+class Context:
+    """What a handler gets besides its message: the daemon and the requesting session.
+
+    ``after_reply`` collects events that must reach clients only after the reply
+    (``room.waiting`` after the ``room.join`` ack).
+    """
+
+    hub: Hub
+    session: Session
+    after_reply: list[Send] = attrs.field(factory=list)
