@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar, cast
 
 import attrs
 import msgspec
@@ -34,7 +34,7 @@ from signald.protocol import (
     AckData,
     Error,
     ErrorData,
-    FrameError,
+    FrameDecoder,
     Inbound,
     OpId,
     Outbound,
@@ -52,10 +52,6 @@ AUDITED_CODES: Final = frozenset({"FORBIDDEN", "UNAUTHORIZED"})
 
 M = TypeVar("M")
 Handler = Callable[["Context", Any], Awaitable[Any]]
-
-# Inbound types whose handlers arrive in a later issue. They answer UNKNOWN_TYPE with
-# "not implemented yet"; tests/test_frozen_surface.py keeps this set explicit so it only shrinks.
-NOT_YET_IMPLEMENTED: Final[frozenset[str]] = frozenset()
 
 
 @attrs.frozen
@@ -82,13 +78,37 @@ class CustomMessage:
     data: Any
 
 
+class _AppEnvelope(msgspec.Struct, tag_field="type", kw_only=True):
+    """Base of the Struct :meth:`Router.add_custom` builds per type, tagged like protocol messages.
+
+    Sharing the tag lets one union decoder read protocol and custom frames alike in one pass.
+    """
+
+    id: OpId = None
+    data: Any = None
+
+
+class _Decode(Protocol):
+    def __call__(self, frame: bytes | str, *, msgpack: bool = ...) -> Inbound | CustomMessage: ...
+
+
+def _decode_with_custom(frames: FrameDecoder, frame: bytes | str, *, msgpack: bool = False) -> Inbound | CustomMessage:
+    """Decode with the union that includes the custom types; their envelopes become :class:`CustomMessage`."""
+    message = frames.decode(frame, msgpack=msgpack)
+    if isinstance(message, _AppEnvelope):
+        return CustomMessage(type_of(type(message)), message.id, message.data)
+    return cast(Inbound, message)
+
+
 class Router:
     """Dispatches inbound messages to handlers and builds the one reply each gets."""
 
     def __init__(self) -> None:
         self._handlers: dict[str, Handler] = {}
-        self._custom: dict[str, msgspec.json.Decoder[Any]] = {}
-        self._custom_msgpack: dict[str, msgspec.msgpack.Decoder[Any]] = {}
+        self._envelopes: dict[str, type[_AppEnvelope]] = {}
+        # Protocol frames alone decode with the protocol's own union; once custom types exist,
+        # with a union that includes them (rebuilt on registration, never per frame).
+        self._decode: _Decode = decode_frame
 
     def add(self, message_type: type[M], handler: Callable[[Context, M], Awaitable[Any]]) -> None:
         """Register ``handler`` for one protocol message class."""
@@ -112,13 +132,13 @@ class Router:
         ``data_type`` is anything msgspec can decode into (a ``msgspec.Struct``, ``dict``, ...);
         validation failures answer ``INVALID_PAYLOAD`` naming the field like built-in types do.
         """
+        # No protocol type starts with "app.", so none can be redefined here.
         if not type_name.startswith(APP_EVENT_PREFIX) or len(type_name) <= len(APP_EVENT_PREFIX):
             raise ValueError(f"custom types must be named 'app.<name>', got {type_name!r}")
-        envelope = msgspec.defstruct(
-            "CustomEnvelope", [("type", str), ("id", OpId, None), ("data", data_type, None)]
-        )
-        self._custom[type_name] = msgspec.json.Decoder(envelope)
-        self._custom_msgpack[type_name] = msgspec.msgpack.Decoder(envelope)
+        self._envelopes[type_name] = cast(type[_AppEnvelope], msgspec.defstruct(
+            "CustomEnvelope", [("data", data_type, None)], bases=(_AppEnvelope,), tag=type_name
+        ))
+        self._decode = partial(_decode_with_custom, FrameDecoder(self._envelopes.values()))
         self._handlers[type_name] = handler
 
     @property
@@ -128,30 +148,9 @@ class Router:
     def decode(self, frame: str | bytes, *, binary: bool) -> Inbound | CustomMessage:
         """Decode a frame into a protocol message or a registered custom message.
 
-        Raises :class:`FrameError` with the code the reply will carry.
+        Raises :class:`~signald.protocol.FrameError` with the code the reply will carry.
         """
-        try:
-            return decode_frame(frame, msgpack=binary)
-        except FrameError as exc:
-            if exc.code != "UNKNOWN_TYPE" or not self._custom:
-                raise
-            decoders = self._custom_msgpack if binary else self._custom
-            kind = self._peek_type(frame, binary)
-            decoder = decoders.get(kind or "")
-            if decoder is None:
-                raise
-            try:
-                envelope = decoder.decode(cast(Any, frame))
-            except msgspec.ValidationError as err:
-                raise FrameError("INVALID_PAYLOAD", str(err), exc.op_id) from None
-            return CustomMessage(envelope.type, envelope.id, envelope.data)
-
-    @staticmethod
-    def _peek_type(frame: str | bytes, binary: bool) -> str | None:
-        data = cast(Any, frame)
-        value = msgspec.msgpack.decode(data) if binary else msgspec.json.decode(data)
-        kind = value.get("type") if isinstance(value, dict) else None
-        return kind if isinstance(kind, str) else None
+        return self._decode(frame, msgpack=binary)
 
     async def dispatch(self, ctx: Context, message: Inbound | CustomMessage) -> Outbound | None:
         """Run the message's handler and return the reply to send, or None (no id, success, later)."""
@@ -160,8 +159,6 @@ class Router:
         ctx.hub.metrics.messages_in_by[kind].inc()
         try:
             if handler is None:
-                if kind in NOT_YET_IMPLEMENTED:
-                    raise SignalError("UNKNOWN_TYPE", f"{kind}: not implemented yet")
                 raise SignalError("UNKNOWN_TYPE", f"unknown message type {kind!r}")
             result = await handler(ctx, message)
         except Exception as exc:

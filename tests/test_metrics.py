@@ -63,9 +63,17 @@ def test_json_log_lines_are_objects_with_level_logger_and_message() -> None:
     assert entry["message"] == "refused status=401"
 
 
-@pytest.mark.parametrize("flag", ["--log-format"])
-def test_cli_accepts_json_log_format(flag: str) -> None:
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_cli_accepts_each_log_format(log_format: str) -> None:
     from signald.cli import build_parser
 
-    args = build_parser().parse_args(["serve", flag, "json"])
-    assert args.log_format == "json"
+    args = build_parser().parse_args(["serve", "--log-format", log_format])
+    assert args.log_format == log_format
+
+
+def test_cli_refuses_an_unknown_log_format(capsys: pytest.CaptureFixture[str]) -> None:
+    from signald.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--log-format", "xml"])
+    assert "--log-format" in capsys.readouterr().err

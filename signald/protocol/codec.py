@@ -1,0 +1,155 @@
+"""Frames to messages and messages to frames; every decoder and encoder is built once.
+
+:func:`decode_frame` tries the tagged union first, so a valid frame costs one msgspec decode (the
+hot path). Only when that fails does it look closer: one loose decode chooses between
+``BAD_REQUEST``, ``UNKNOWN_TYPE`` and ``INVALID_PAYLOAD`` and reads the ``id`` to echo, and for a
+protocol type the typed decoder of that type names the field path (``$.data.room``).
+
+:class:`FrameDecoder` widens the union with an embedder's own tagged Structs (``app.*`` types), so
+those decode in the same single pass instead of failing first.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Any, Final, Union, cast
+
+import msgspec
+from msgspec import Struct
+
+from signald.errors import ErrorCode, SignalError
+from signald.protocol.common import OpId
+from signald.protocol.inbound import INBOUND_MESSAGES, InboundMessage
+from signald.protocol.types import APP_EVENT_PREFIX, INBOUND_BY_TYPE, type_of
+
+_json_decoder: Final = msgspec.json.Decoder(InboundMessage)
+_msgpack_decoder: Final = msgspec.msgpack.Decoder(InboundMessage)
+_json_any: Final = msgspec.json.Decoder()
+_msgpack_any: Final = msgspec.msgpack.Decoder()
+_typed_json: Final[dict[str, msgspec.json.Decoder[Any]]] = {
+    t: msgspec.json.Decoder(c) for t, c in INBOUND_BY_TYPE.items()
+}
+_typed_msgpack: Final[dict[str, msgspec.msgpack.Decoder[Any]]] = {
+    t: msgspec.msgpack.Decoder(c) for t, c in INBOUND_BY_TYPE.items()
+}
+
+json_encoder: Final = msgspec.json.Encoder()
+msgpack_encoder: Final = msgspec.msgpack.Encoder()
+
+_DECODE_FAILURES: Final = (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError)
+
+
+class FrameError(SignalError):
+    """A frame that could not be turned into a message; carries the op id if one was readable."""
+
+    def __init__(self, code: ErrorCode, message: str, op_id: OpId = None) -> None:
+        super().__init__(code, message)
+        self.op_id = op_id
+
+
+def _readable_op_id(value: Any) -> OpId:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int) or (isinstance(value, str) and len(value) <= 128):
+        return value
+    return None
+
+
+_ROOM_PATTERN_TEXT: Final = re.compile(r"`str` matching regex '[^']*'")
+
+
+def _text_frame_on_msgpack() -> FrameError:
+    return FrameError("BAD_REQUEST", "this connection speaks MessagePack: send binary frames")
+
+
+def decode_frame(frame: bytes | str, *, msgpack: bool = False) -> InboundMessage:
+    """Decode one inbound frame into its typed message.
+
+    Error handling: raises :class:`FrameError` with ``BAD_REQUEST`` (not JSON, not an object,
+    ``type`` missing or not a string), ``UNKNOWN_TYPE`` or ``INVALID_PAYLOAD`` (the message names
+    the field path, e.g. ``$.data.room``). ``op_id`` is set whenever the frame's ``id`` could be read.
+    """
+    decoder = _msgpack_decoder if msgpack else _json_decoder
+    if msgpack and isinstance(frame, str):
+        raise _text_frame_on_msgpack()
+    try:
+        message: InboundMessage = decoder.decode(cast(Any, frame))  # msgspec also decodes str
+        return message
+    except _DECODE_FAILURES:
+        pass
+    raise _classify(frame, msgpack)
+
+
+class FrameDecoder:
+    """Decodes the protocol's inbound types and extra tagged Structs in one union.
+
+    The extra Structs (an embedder's ``app.*`` types) must be tagged on ``type`` like
+    :class:`~signald.protocol.inbound.Inbound`. A valid frame of any type costs one decode; a
+    refused frame of an extra type costs one more (the loose decode that classifies it and reads
+    its ``id``), because the union's own error already names the field. Frames of protocol types
+    are answered exactly as :func:`decode_frame` answers them.
+    """
+
+    def __init__(self, extra: Iterable[type[Struct]]) -> None:
+        extra = tuple(extra)
+        union: Any = Union[(*INBOUND_MESSAGES, *extra)]
+        self._json: msgspec.json.Decoder[Struct] = msgspec.json.Decoder(union)
+        self._msgpack: msgspec.msgpack.Decoder[Struct] = msgspec.msgpack.Decoder(union)
+        self._extra_types = frozenset(type_of(c) for c in extra)
+
+    def decode(self, frame: bytes | str, *, msgpack: bool = False) -> Struct:
+        """Decode one frame; refusals raise :class:`FrameError` as :func:`decode_frame` does."""
+        if msgpack and isinstance(frame, str):
+            raise _text_frame_on_msgpack()
+        try:
+            return (self._msgpack if msgpack else self._json).decode(cast(Any, frame))
+        except _DECODE_FAILURES as exc:
+            refusal = exc
+        raise _classify(frame, msgpack, self._extra_types, refusal)
+
+
+def _classify(
+    frame: bytes | str, msgpack: bool, extra: frozenset[str] = frozenset(), refusal: Exception | None = None
+) -> FrameError:
+    """Why the typed decode refused ``frame``; ``refusal`` is its error, used for ``extra`` types."""
+    loose = _msgpack_any if msgpack else _json_any
+    try:
+        value = loose.decode(cast(Any, frame))
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        return FrameError("BAD_REQUEST", "frame is not valid " + ("MessagePack" if msgpack else "JSON"))
+    if not isinstance(value, dict):
+        return FrameError("BAD_REQUEST", "frame must be an object")
+    op_id = _readable_op_id(value.get("id"))
+    kind = value.get("type")
+    if kind is None and "type" not in value:
+        return FrameError("BAD_REQUEST", "missing field `type`", op_id)
+    if not isinstance(kind, str):
+        return FrameError("BAD_REQUEST", "`type` must be a string", op_id)
+    if kind not in INBOUND_BY_TYPE:
+        if kind in extra and isinstance(refusal, msgspec.ValidationError):
+            return FrameError("INVALID_PAYLOAD", str(refusal), op_id)
+        if kind in extra:  # pragma: no cover - the loose decode of the same bytes succeeded
+            return FrameError("BAD_REQUEST", str(refusal), op_id)
+        return FrameError("UNKNOWN_TYPE", f"unknown message type {kind[:64]!r}", op_id)
+    typed = (_typed_msgpack if msgpack else _typed_json)[kind]
+    try:
+        typed.decode(cast(Any, frame))
+    except msgspec.ValidationError as exc:
+        text = _ROOM_PATTERN_TEXT.sub("a room name (1-128 characters of [A-Za-z0-9._:@-])", str(exc))
+        if text.endswith("- at `$.id`"):
+            return FrameError("INVALID_PAYLOAD", text, None)
+        if "data" in value and not isinstance(value["data"], dict) and value["data"] is not None:
+            return FrameError("INVALID_PAYLOAD", "`$.data` must be an object", op_id)
+        return FrameError("INVALID_PAYLOAD", text, op_id)
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # pragma: no cover - loose decode succeeded
+        return FrameError("BAD_REQUEST", str(exc), op_id)
+    # The typed decoder accepts it alone, so the union refused it for another reason.
+    return FrameError("INVALID_PAYLOAD", "message does not match its type", op_id)  # pragma: no cover
+
+
+def encode_app_event(event_type: str, data: Any) -> dict[str, Any]:
+    """Build an embedder's ``app.*`` event; its type must start with ``app.``."""
+    if not event_type.startswith(APP_EVENT_PREFIX) or len(event_type) <= len(APP_EVENT_PREFIX):
+        raise ValueError(f"application events must be named 'app.<name>', got {event_type!r}")
+    return {"type": event_type, "data": data}

@@ -1,0 +1,89 @@
+"""Field types, constants and the structs that both directions of signald protocol v1 share.
+
+Field constraints declared here (lengths, patterns, bounds) are what turns bad input into
+``INVALID_PAYLOAD`` errors naming the field path, so they live once, next to the types that use them.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Final, Literal, Union
+
+from msgspec import Meta, Struct
+
+PROTOCOL_VERSION: Final = 1
+SUBPROTOCOL_JSON: Final = "signald.v1"
+SUBPROTOCOL_MSGPACK: Final = "signald.v1.msgpack"
+
+# --------------------------------------------------------------------------- field types
+
+RoomName = Annotated[
+    str,
+    Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:@-]+\Z",
+         description="1-128 characters of [A-Za-z0-9._:@-]"),
+]
+UserId = Annotated[str, Meta(min_length=1, max_length=128)]
+MessageId = Annotated[str, Meta(min_length=1, max_length=64)]
+CallId = Annotated[str, Meta(min_length=1, max_length=128)]
+OpId = Union[Annotated[str, Meta(max_length=128)], int, None]
+Seq = Annotated[int, Meta(ge=0)]
+ShortText = Annotated[str, Meta(max_length=256)]
+Reaction = Annotated[str, Meta(min_length=1, max_length=64)]
+SignalKind = Annotated[str, Meta(min_length=1, max_length=64)]
+Reason = Annotated[str, Meta(min_length=1, max_length=64)]
+JsonObject = dict[str, Any]
+
+Status = Literal["online", "away", "busy", "offline"]
+CallType = Literal["audio", "video", "screen", "data"]
+DeleteMode = Literal["soft", "hard"]
+ReactionAction = Literal["add", "remove"]
+
+MAX_ATTACHMENTS: Final = 10
+
+
+class Attachment(Struct, omit_defaults=True, forbid_unknown_fields=False):
+    """Metadata of a file the client uploaded elsewhere; signald stores only this."""
+
+    url: Annotated[str, Meta(min_length=1, max_length=2048)]
+    name: ShortText | None = None
+    mime: Annotated[str, Meta(max_length=128)] | None = None
+    size: Annotated[int, Meta(ge=0)] | None = None
+    width: Annotated[int, Meta(ge=0)] | None = None
+    height: Annotated[int, Meta(ge=0)] | None = None
+
+
+Attachments = Annotated[list[Attachment], Meta(max_length=MAX_ATTACHMENTS)]
+
+
+class ChatMessage(Struct):
+    """A stored chat message as clients see it (history, acks and ``chat.message``)."""
+
+    id: str
+    room: str
+    seq: int
+    user_id: str
+    body: str
+    attachments: list[Attachment]
+    parent_id: str | None
+    created_at: str
+    edited_at: str | None
+    deleted_at: str | None
+    redacted: bool
+    reactions: dict[str, list[str]]
+
+
+
+class Limits(Struct):
+    """The limits in force for a connection, exactly the keys of ``welcome`` in docs/protocol.md."""
+
+    max_frame_bytes: int
+    max_body_chars: int
+    rate_per_s: float
+    rate_burst: int
+    max_rooms: int
+    max_connections_per_user: int
+    send_queue: int
+    history_page_max: int
+    ring_timeout_s: float
+    typing_timeout_s: float
+
+
