@@ -9,17 +9,16 @@ Every refusal is logged on ``signald.audit`` with the peer address and reason, n
 from __future__ import annotations
 
 import logging
-import math
 import ssl
 import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import attrs
 import trio
 
+from signald.app.expiry import run_expiry
 from signald.app.hub import Hub
 from signald.app.session import CLOSE_GOING_AWAY, Session, new_session_id
 from signald.auth import (
@@ -31,8 +30,9 @@ from signald.auth import (
     origin_allowed,
 )
 from signald.config import Config
-from signald.delivery.fanout import Frame
+from signald.delivery.frames import Frame
 from signald.handlers import default_router
+from signald.inbound import handle_message
 from signald.protocol import (
     PROTOCOL_VERSION,
     SUBPROTOCOL_JSON,
@@ -44,7 +44,8 @@ from signald.router import Router
 from signald.state.ratelimit import ConnectionRateLimiter, FloodGuard
 from signald.timefmt import iso_utc
 from signald.transport.connection import run_connection
-from signald.transport.websocket import Handshake, ServerWebSocket, peer_address
+from signald.transport.handshake import Handshake, peer_address
+from signald.transport.websocket import ServerWebSocket
 
 log = logging.getLogger("signald.server")
 audit = logging.getLogger("signald.audit")
@@ -126,28 +127,55 @@ async def serve_signald(
     ends the server or touches other connections. Bind errors raise ``OSError`` before
     ``task_status.started``.
     """
-    hub = Hub(config, router or default_router(), wall_clock=wall_clock)
+    router = router or default_router()
+    hub = Hub(config, router, wall_clock=wall_clock)
     authenticate = authenticator or build_authenticator(config, hub.wall_clock)
     hub.authenticator = authenticate
     ssl_context = build_ssl_context(config)
     per_ip = ConnectionRateLimiter(
         config.server.new_connections_per_ip_per_s, max(1, int(config.server.new_connections_per_ip_per_s))
     ) if config.server.new_connections_per_ip_per_s > 0 else None
+    closing = trio.Event()  # set on shutdown before the connections are cancelled: they close with 1001
     async with hub.running(), trio.open_nursery() as nursery:
-        listeners: list[trio.SocketListener] | list[trio.SSLListener[trio.SocketStream]]
+        listeners: list[trio.abc.Listener[trio.abc.Stream]] = []
         if ssl_context is None:
-            listeners = await trio.open_tcp_listeners(config.server.port, host=config.server.host)
+            listeners += await trio.open_tcp_listeners(config.server.port, host=config.server.host)
         else:
-            listeners = await trio.open_ssl_over_tcp_listeners(
+            listeners += await trio.open_ssl_over_tcp_listeners(
                 config.server.port, ssl_context, host=config.server.host, https_compatible=True)
-        handler = partial(_handle_stream, hub, authenticate, per_ip)
-        await nursery.start(trio.serve_listeners, handler, listeners)
-        running = RunningServer(config.server.host, _bound_port(listeners[0]), hub, ssl_context is not None)
-        log.debug("signald listening on %s", running.url)
-        task_status.started(running)
+        connections: _Connections = await nursery.start(_run_connections)
+        try:
+            handler = partial(_handle_stream, hub, router, authenticate, per_ip, closing)
+            await nursery.start(partial(trio.serve_listeners, handler, listeners, handler_nursery=connections.nursery))
+            running = RunningServer(config.server.host, _bound_port(listeners[0]), hub, ssl_context is not None)
+            log.debug("signald listening on %s", running.url)
+            task_status.started(running)
+            await trio.sleep_forever()
+        finally:  # shutdown (or a failure to start): the listeners stop, then every connection closes
+            closing.set()
+            connections.scope.cancel()
 
 
-def _bound_port(listener: trio.SocketListener | trio.SSLListener[trio.SocketStream]) -> int:
+@attrs.frozen
+class _Connections:
+    """Where the connection tasks run: a nursery that cancellation from outside does not reach.
+
+    Only :func:`serve_signald`'s shutdown cancels it (``scope``), after setting ``closing``, so a
+    connection that finds itself cancelled knows whether the server is shutting down.
+    """
+
+    scope: trio.CancelScope
+    nursery: trio.Nursery
+
+
+async def _run_connections(*, task_status: trio.TaskStatus[_Connections] = trio.TASK_STATUS_IGNORED) -> None:
+    with trio.CancelScope(shield=True) as scope:
+        async with trio.open_nursery() as nursery:
+            task_status.started(_Connections(scope, nursery))
+            await trio.sleep_forever()
+
+
+def _bound_port(listener: trio.abc.Listener[trio.abc.Stream]) -> int:
     inner = listener.transport_listener if isinstance(listener, trio.SSLListener) else listener
     assert isinstance(inner, trio.SocketListener)
     port: int = inner.socket.getsockname()[1]
@@ -169,14 +197,19 @@ async def _refuse(handshake: Handshake, status: int, reason: str, peer: str, use
 
 
 async def _handle_stream(
-    hub: Hub, authenticate: Authenticator, per_ip: ConnectionRateLimiter | None, stream: trio.abc.Stream
+    hub: Hub,
+    router: Router,
+    authenticate: Authenticator,
+    per_ip: ConnectionRateLimiter | None,
+    closing: trio.Event,
+    stream: trio.abc.Stream,
 ) -> None:
     """Serve one client; whatever goes wrong with it never reaches the listener (or other clients).
 
     Resource handling: the stream is closed on the way out, whatever happened.
     """
     try:
-        await _serve_client(hub, authenticate, per_ip, stream)
+        await _serve_client(hub, router, authenticate, per_ip, closing, stream)
     except Exception:
         log.exception("connection from %s failed", peer_address(stream))
     finally:
@@ -184,7 +217,12 @@ async def _handle_stream(
 
 
 async def _serve_client(
-    hub: Hub, authenticate: Authenticator, per_ip: ConnectionRateLimiter | None, stream: trio.abc.Stream
+    hub: Hub,
+    router: Router,
+    authenticate: Authenticator,
+    per_ip: ConnectionRateLimiter | None,
+    closing: trio.Event,
+    stream: trio.abc.Stream,
 ) -> None:
     config = hub.config
     peer = peer_address(stream)
@@ -249,12 +287,12 @@ async def _serve_client(
     ))))
     hub.connect(session)
     hub.watch(ws)
+    side_tasks = [partial(run_expiry, hub, session)] if session.expires_at is not None else []
     try:
-        await run_connection(hub, ws, session)
+        await run_connection(ws, session, partial(handle_message, hub, router, session), side_tasks=side_tasks)
     finally:
         wait_s = config.server.shutdown_timeout_s
-        if session.close_code is None and trio.current_effective_deadline() == -math.inf:
-            # We are being cancelled from outside: the server is shutting down.
+        if session.close_code is None and closing.is_set():
             session.close_code, session.close_reason = CLOSE_GOING_AWAY, "server shutting down"
             wait_s = min(wait_s, SHUTDOWN_CLOSE_WAIT_S)
         hub.disconnect(session)
@@ -265,8 +303,3 @@ async def _serve_client(
 def _silent(session: Session) -> None:
     log.info("session %s: no sign of life after a heartbeat ping, closing", session.session_id)
     session.close(CLOSE_GOING_AWAY, "heartbeat timeout", flush=False)
-
-
-def serve_forever(config: Config, **kwargs: Any) -> None:  # pragma: no cover - thin wrapper
-    """Run :func:`serve_signald` in a fresh Trio run (for scripts)."""
-    trio.run(partial(serve_signald, config, **kwargs))

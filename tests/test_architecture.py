@@ -29,7 +29,7 @@ LAYERS: Final[tuple[tuple[str, tuple[str, ...]], ...]] = (
     ("delivery", ("signald.delivery",)),
     ("transport", ("signald.transport",)),
     ("app", ("signald.app",)),
-    ("handlers", ("signald.router", "signald.handlers")),
+    ("handlers", ("signald.router", "signald.handlers", "signald.inbound")),
     ("entry", ("signald.server", "signald.cli", "signald.client", "signald.hub", "signald.__main__", "signald")),
 )
 
@@ -58,19 +58,11 @@ ALLOWED: Final[frozenset[tuple[str, str, str]]] = frozenset({
                                  ' -> signald.handlers.chat -> signald.handlers.rooms -> signald.router'),
     ('handler-calls-router', 'signald.handlers.chat', 'finish'),
     ('internals', 'signald.history.store', 'trio._core'),
-    ('internals', 'signald.transport.websocket', 'getattr _frame_decoder'),
-    ('internals', 'signald.transport.websocket', 'getattr _proto'),
-    ('size', 'signald.delivery.fanout', '414 lines'),
     ('size', 'signald.history.store', '1321 lines'),
-    ('size', 'signald.protocol', '742 lines'),
     ('size', 'signald.state.calls', '502 lines'),
-    ('size', 'signald.transport.websocket', '469 lines'),
     ('upward', 'signald.app.hub', 'signald.handlers.calls'),
     ('upward', 'signald.app.hub', 'signald.handlers.chat'),
     ('upward', 'signald.app.hub', 'signald.router'),
-    ('upward', 'signald.transport.connection', 'signald.app.hub'),
-    ('upward', 'signald.transport.connection', 'signald.app.session'),
-    ('upward', 'signald.transport.connection', 'signald.router'),
 })
 
 

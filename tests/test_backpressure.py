@@ -3,7 +3,7 @@
 The end-to-end tests put three users in a room: ``slow`` (a raw WebSocket that never reads after
 joining), ``fast`` (sends a stream of events) and ``watch`` (reads everything). With a small
 ``limits.send_queue`` the server must drop ``slow`` while ``fast`` keeps getting prompt replies and
-``watch`` misses nothing. The unit tests pin down :class:`signald.delivery.fanout.Outbox` itself.
+``watch`` misses nothing. The unit tests pin down :class:`signald.delivery.outbox.Outbox` itself.
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ from conftest import make_config, start_server
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from signald.client import SignaldClient, connect
-from signald.delivery.fanout import Frame, Outbox, websocket_payload
+from signald.delivery.frames import Frame
+from signald.delivery.outbox import Outbox
+from signald.delivery.wsframe import websocket_payload
 from signald.protocol import RoomActiveEvent, RoomData
 from signald.server import RunningServer
 

@@ -127,7 +127,7 @@ async def test_a_talking_peers_reader_waits_in_trio_until_a_heartbeat_ping(
     from wsproto.connection import Connection, ConnectionType
     from wsproto.events import TextMessage
 
-    from signald.delivery.fanout import Outbox
+    from signald.delivery.outbox import Outbox
     from signald.transport.websocket import TALKING_S, ServerWebSocket
 
     ours, peer = pair

@@ -212,7 +212,8 @@ def test_the_pong_fast_path_recognises_what_wsproto_clients_send() -> None:
     from wsproto.connection import Connection
     from wsproto.events import Pong
 
-    from signald.transport.websocket import PONG_HEAD, PONG_SIZE, frame_decoder
+    from signald.transport.framing import PONG_HEAD, PONG_SIZE
+    from signald.transport.wsproto_probe import frame_decoder
 
     wire = Connection(ConnectionType.CLIENT).send(Pong())
     assert len(wire) == PONG_SIZE and wire[:2] == PONG_HEAD
@@ -223,6 +224,18 @@ def test_the_pong_fast_path_recognises_what_wsproto_clients_send() -> None:
     server_side.receive_data(Connection(ConnectionType.CLIENT).send(TextMessage(data="hello"))[:4])
     list(server_side.events())
     assert decoder.header is not None or len(decoder.buffer)
+
+
+def test_the_wsproto_probe_finds_the_frame_decoder_in_the_installed_wsproto() -> None:
+    """Without it the fast paths turn themselves off (everything goes through wsproto, slower):
+    a wsproto release that moves ``_proto._frame_decoder`` must fail here, not go unnoticed."""
+    from wsproto.connection import Connection
+    from wsproto.frame_protocol import FrameDecoder
+
+    from signald.transport.wsproto_probe import frame_decoder
+
+    for side in (ConnectionType.SERVER, ConnectionType.CLIENT):
+        assert isinstance(frame_decoder(Connection(side)), FrameDecoder), "wsproto moved _proto._frame_decoder"
 
 
 async def test_a_frame_whose_last_six_bytes_look_like_a_pong_is_not_taken_for_one(server: RunningServer) -> None:
@@ -340,7 +353,7 @@ async def test_handshake_refusals_still_carry_their_status_and_reason(server: Ru
 
 
 def test_opcode_constants_match_wsproto() -> None:
-    from signald.transport.websocket import PING_FRAME
+    from signald.transport.framing import PING_FRAME
 
     assert PING_FRAME[0] & 0x0F == Opcode.PING and PING_FRAME[0] & 0x80 and PING_FRAME[1] == 0
 
@@ -353,7 +366,7 @@ async def server_socket(max_message_bytes: int = 1 << 20) -> AsyncIterator[tuple
     """A ServerWebSocket on a memory stream, the client end, and what reached wsproto's parser."""
     from wsproto.connection import Connection
 
-    from signald.delivery.fanout import Outbox
+    from signald.delivery.outbox import Outbox
     from signald.transport.websocket import ServerWebSocket
 
     client_end, server_end = trio.testing.memory_stream_pair()

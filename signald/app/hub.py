@@ -23,7 +23,9 @@ from signald.app.metrics import Metrics
 from signald.app.session import CLOSE_SESSION_EXPIRED, CLOSE_SESSION_REVOKED, Session
 from signald.auth import Authenticator, NoneAuthenticator
 from signald.config import Config
-from signald.delivery.fanout import Broker, Cork, Frame, LocalBroker
+from signald.delivery.broker import Broker, LocalBroker
+from signald.delivery.frames import Frame
+from signald.delivery.outbox import Cork
 from signald.protocol import (
     Error,
     ExpiredData,

@@ -14,7 +14,8 @@ from typing import Final
 import attrs
 import trio
 
-from signald.delivery.fanout import CLOSE_SLOW_CONSUMER, Cork, Frame, Outbox
+from signald.delivery.frames import Frame
+from signald.delivery.outbox import CLOSE_SLOW_CONSUMER, Cork, Outbox
 from signald.state.ratelimit import FloodGuard
 
 CLOSE_GOING_AWAY: Final = 1001

@@ -1,4 +1,4 @@
-"""signald's server side of RFC 6455, on wsproto: the upgrade handshake, then one connection's frames.
+"""signald's server side of RFC 6455 after the handshake: one connection's messages, on wsproto.
 
 Why not trio-websocket on the server: per connection it runs a reader task beside the handler
 task, keeps the HTTP handshake state and a message channel for the connection's whole life, and
@@ -6,14 +6,21 @@ writes every frame under a lock with a checkpoint. signald needs less, and idle 
 what a signalling server holds most of:
 
 - the connection's own task reads (:meth:`ServerWebSocket.receive_message`), answering pings
-  and noting when the peer was last heard from;
+  and noting when the peer was last heard from; a read holding one whole message or a lone pong
+  skips wsproto (:mod:`signald.transport.framing`);
 - every outgoing byte (events, replies, pongs, heartbeat pings) goes through the connection's
-  :class:`signald.delivery.fanout.Outbox`, which writes directly when the socket is idle and leaves the
-  rest to the connection's writer task, so there is exactly one writer;
+  :class:`signald.delivery.outbox.Outbox`, which writes directly when the socket is idle and leaves
+  the rest to the connection's writer task (:meth:`ServerWebSocket.send_wire`), so there is exactly
+  one writer;
 - heartbeats are one hub-wide sweep (:mod:`signald.state.heartbeat`), not a task per connection;
 - only the close frame is written here, by :meth:`ServerWebSocket.close`, once the writer is gone.
 
-Clients (:mod:`signald.client`, the tests) keep using trio-websocket.
+The handshake before all this is :mod:`signald.transport.handshake`. Clients
+(:mod:`signald.client`, the tests) keep using trio-websocket.
+
+Names: a *message* is what the peer sent (text or bytes, possibly over several frames); a
+*ws_frame* is one RFC 6455 frame; *wire* is bytes as they travel. (:class:`signald.delivery.frames.Frame`
+is the outbound message, encoded once.)
 
 Error handling: a protocol violation by the peer (bad framing, invalid UTF-8, ...) ends the
 connection with the close code wsproto names (1002, 1007, ...); a message over the transport cap
@@ -24,136 +31,29 @@ with 1009. Neither raises: :meth:`ServerWebSocket.receive_message` returns None 
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import os
 from collections.abc import Callable
+from typing import Final
 
-import attrs
 import trio
-from wsproto.connection import Connection, ConnectionState, ConnectionType
-from wsproto.events import (
-    AcceptConnection,
-    BytesMessage,
-    CloseConnection,
-    Event,
-    Ping,
-    RejectConnection,
-    RejectData,
-    Request,
-    TextMessage,
-)
-from wsproto.frame_protocol import FrameDecoder
-from wsproto.handshake import H11Handshake
-from wsproto.utilities import RemoteProtocolError
+from wsproto.connection import Connection, ConnectionState
+from wsproto.events import BytesMessage, CloseConnection, Event, Ping, TextMessage
 
-from signald.delivery.fanout import DirectWrite, Outbox
+from signald.delivery.outbox import Outbox
+from signald.transport.framing import PING_FRAME, fit_close_reason, is_lone_pong, whole_message
+from signald.transport.handshake import RECEIVE_BYTES, receive_bytes
 from signald.transport.parking import Parking
+from signald.transport.wsproto_probe import frame_decoder
 
-RECEIVE_BYTES = 16384
-PING_FRAME = b"\x89\x00"  # FIN + ping, empty payload, unmasked (server to client)
-# The answer to PING_FRAME: FIN + pong, masked, empty payload, then the 4-byte masking key.
-PONG_HEAD = b"\x8a\x80"
-PONG_SIZE = 6
 # A peer whose messages come this close together talks: its reader waits for the next one in Trio
 # rather than in signald.transport.parking, until our next heartbeat ping (see ServerWebSocket._read). A
 # peer that goes on sending at least every heartbeat_s is never pinged, so it never parks; it
 # sends no pongs for parking to take either.
-TALKING_S = 1.0
-CLOSE_ABNORMAL = 1006
-CLOSE_TOO_BIG = 1009
-
-
-@attrs.frozen
-class Upgrade:
-    """What the client's upgrade request asked for."""
-
-    path: str
-    headers: tuple[tuple[bytes, bytes], ...]  # lower-cased names; Host and Sec-WebSocket-Protocol excluded
-    subprotocols: tuple[str, ...]
-
-
-def peer_address(stream: trio.abc.Stream) -> str:
-    """The client's IP address (the TCP peer, under TLS too), or ``"-"``."""
-    inner = getattr(stream, "transport_stream", stream)
-    sock = getattr(inner, "socket", None)
-    try:
-        return str(sock.getpeername()[0]) if sock is not None else "-"
-    except OSError:
-        return "-"
-
-
-class Handshake:
-    """The HTTP/1.1 upgrade of one accepted stream (wsproto's :class:`H11Handshake`).
-
-    Resource handling: the handshake state is dropped once :meth:`accept` returns; the caller
-    bounds :meth:`read_request` with its connect timeout and closes the stream when refusing.
-    """
-
-    def __init__(self, stream: trio.abc.Stream) -> None:
-        self.stream = stream
-        self._h11 = H11Handshake(ConnectionType.SERVER)
-
-    async def read_request(self) -> Upgrade | None:
-        """Read until the client's upgrade request.
-
-        None if the stream ended first, or the request was not a WebSocket upgrade (it was
-        answered ``400``/``426`` as wsproto suggests).
-        """
-        while True:
-            for event in self._h11.events():
-                if isinstance(event, Request):
-                    return Upgrade(event.target, tuple(event.extra_headers), tuple(event.subprotocols))
-            try:
-                data = await _receive(self.stream)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                return None
-            if not data:
-                return None
-            try:
-                self._h11.receive_data(data)
-            except RemoteProtocolError as exc:
-                if isinstance(exc.event_hint, RejectConnection):
-                    await self._send(self._h11.send(exc.event_hint))
-                return None
-
-    async def reject(self, status: int, body: bytes, content_type: bytes = b"text/plain") -> None:
-        """Refuse the upgrade with an HTTP status and a short body."""
-        headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
-        data = self._h11.send(RejectConnection(status_code=status, headers=headers, has_body=True))
-        data += self._h11.send(RejectData(data=body))
-        await self._send(data)
-
-    async def accept(self, subprotocol: str | None) -> Connection:
-        """Answer ``101 Switching Protocols``; the returned connection carries the frames."""
-        await self._send(self._h11.send(AcceptConnection(subprotocol=subprotocol)))
-        connection = self._h11.connection
-        assert connection is not None
-        del self._h11  # the HTTP state is not needed any more
-        return connection
-
-    async def _send(self, data: bytes) -> None:
-        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-            await self.stream.send_all(data)
-
-
-def direct_writer(stream: trio.abc.Stream) -> DirectWrite | None:
-    """A non-blocking ``send`` on the stream's socket, or None where bytes need a task (TLS)."""
-    if not isinstance(stream, trio.SocketStream):
-        return None
-    fileno = stream.socket.fileno
-
-    def write(data: bytes) -> int:
-        fd = fileno()
-        if fd < 0:
-            return 0  # closed
-        try:
-            return os.write(fd, data)  # trio keeps its sockets non-blocking
-        except (BlockingIOError, InterruptedError):
-            return 0
-        except OSError:
-            return 0  # broken: the writer task meets the error and ends the connection
-
-    return write
+TALKING_S: Final = 1.0
+CLOSE_ABNORMAL: Final = 1006
+CLOSE_TOO_BIG: Final = 1009
 
 
 class ServerWebSocket:
@@ -164,7 +64,7 @@ class ServerWebSocket:
     are what it calls.
     """
 
-    __slots__ = ("_conn", "_decoder", "_drained", "_events", "_fileno", "_parts", "_peer_close", "_size",
+    __slots__ = ("_conn", "_decoder", "_drained", "_events", "_fileno", "_parts", "_peer_close", "_size", "_socket",
                  "_spoke_at", "_talking", "broken", "failure", "gone", "heard_at", "max_message_bytes",
                  "on_silent", "outbox", "parking", "ping_sent_at", "stream")
 
@@ -184,9 +84,10 @@ class ServerWebSocket:
         self._size = 0
         self._peer_close: CloseConnection | None = None
         # Plain TCP is read with os.read after waiting for readability (see _read); TLS through
-        # the stream. The frame decoder is looked at to tell a lone pong or a whole frame from the
-        # tail of a frame that wsproto holds the start of.
-        self._fileno = stream.socket.fileno if isinstance(stream, trio.SocketStream) else None
+        # the stream. wsproto's frame decoder is looked at to tell a lone pong or a whole message
+        # from the tail of a ws_frame that wsproto holds the start of.
+        self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None  # the writer's (send_wire)
+        self._fileno = self._socket.fileno if self._socket is not None else None
         self._drained = True
         self._decoder = frame_decoder(conn)
         self.parking: Parking | None = None  # where the reader waits when idle (the hub's), if anywhere
@@ -226,19 +127,24 @@ class ServerWebSocket:
                         self.failure = (event.code, event.reason or "protocol error")
                     return None
                 # Pong: having heard from the peer is all it is for.
-            data = await self._read()
-            if not data:
+            wire = await self._read()
+            if not wire:
                 self.broken = True
                 return None
             self.heard_at = trio.current_time()
-            if self._is_lone_pong(data):
-                continue  # the answer to a heartbeat: having heard from the peer is all it is for
-            payload = self._whole_frame(data)
-            if payload is not None:
-                self._spoke()
-                return self._add(payload, True)  # None if it is too big: failure says so
-            conn.receive_data(data)
-            del data  # not kept alive while waiting for more
+            decoder = self._decoder
+            if decoder is not None and decoder.header is None and not len(decoder.buffer) \
+                    and conn.state is ConnectionState.OPEN:
+                # wire starts a ws_frame (none is half received): the fast paths may look at it
+                if is_lone_pong(wire):
+                    continue  # the answer to a heartbeat: having heard from the peer is all it is for
+                if not self._parts:  # no fragmented message under way
+                    message = whole_message(wire)
+                    if message is not None:
+                        self._spoke()
+                        return self._add(message, True)  # None if it is too big: failure says so
+            conn.receive_data(wire)
+            del wire  # not kept alive while waiting for more
             events.extend(conn.events())
 
     async def _read(self) -> bytes:
@@ -252,7 +158,7 @@ class ServerWebSocket:
         fileno = self._fileno
         if fileno is None:
             try:
-                return await _receive(self.stream)
+                return await receive_bytes(self.stream)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return b""
         wait = self._drained
@@ -297,63 +203,14 @@ class ServerWebSocket:
             self._talking = True
         self._spoke_at = self.heard_at
 
-    def take_pong(self, data: bytes) -> bool:
-        """If ``data`` is a lone pong, note that the peer was heard from and say so (for signald.transport.parking)."""
-        if self._is_lone_pong(data):
+    def take_pong(self, wire: bytes) -> bool:
+        """If ``wire`` is a lone pong, note that the peer was heard from and say so (for signald.transport.parking)."""
+        decoder = self._decoder
+        if is_lone_pong(wire) and decoder is not None and decoder.header is None and not len(decoder.buffer) \
+                and self._conn.state is ConnectionState.OPEN:
             self.heard_at = trio.current_time()
             return True
         return False
-
-    def _is_lone_pong(self, data: bytes) -> bool:
-        """``data`` is exactly the answer to :data:`PING_FRAME`, and starts a frame: no part of one
-        is waiting in wsproto's decoder."""
-        if len(data) != PONG_SIZE or data[:2] != PONG_HEAD:
-            return False
-        decoder = self._decoder
-        return decoder is not None and decoder.header is None and not len(decoder.buffer) \
-            and self._conn.state is ConnectionState.OPEN
-
-    def _whole_frame(self, data: bytes) -> str | bytes | None:
-        """The payload if ``data`` is exactly one whole text or binary message, else None.
-
-        That is: one unfragmented, masked frame with a 7- or 16-bit length and no RSV bits (no
-        extension is negotiated), starting where no other frame or fragmented message is under
-        way, on an open connection; text must be valid UTF-8. This is what a client sends one
-        request at a time, and it skips wsproto's frame parser (about four fifths of the cost of
-        receiving a small message). Anything else (None) goes through wsproto, which also reports
-        every protocol error; the decoder state is checked as for :meth:`_is_lone_pong`.
-        """
-        size = len(data)
-        if size < 6 or self._parts:
-            return None
-        first, second = data[0], data[1]
-        if (first != 0x81 and first != 0x82) or second < 0x80:  # FIN + text/binary, masked
-            return None
-        n = second & 0x7F
-        start = 6
-        if n == 126:
-            if size < 8:
-                return None
-            n, start = int.from_bytes(data[2:4], "big"), 8
-            if n < 126:  # not the shortest length encoding: wsproto fails the connection
-                return None
-        elif n == 127:
-            return None
-        if start + n != size:
-            return None
-        decoder = self._decoder
-        if decoder is None or decoder.header is not None or len(decoder.buffer) \
-                or self._conn.state is not ConnectionState.OPEN:
-            return None
-        key = data[start - 4:start]
-        mask = int.from_bytes((key * ((n >> 2) + 1))[:n], "little")
-        payload = (int.from_bytes(data[start:], "little") ^ mask).to_bytes(n, "little")
-        if first == 0x82:
-            return payload
-        try:
-            return payload.decode("utf-8")
-        except UnicodeDecodeError:
-            return None  # wsproto closes with 1007
 
     def _add(self, data: str | bytes | bytearray, finished: bool) -> str | bytes | None:
         if isinstance(data, bytearray):
@@ -390,6 +247,40 @@ class ServerWebSocket:
         if self.on_silent is not None:
             self.on_silent()
 
+    # ------------------------------------------------------------------ writing
+
+    async def send_wire(self, wire: bytes) -> None:
+        """Write ``wire`` (whole ws_frames): what the connection's writer task does with a batch.
+
+        On plain TCP it writes with the socket's own ``send``, like ``SocketStream.send_all``,
+        but knows what went out: cancelled midway, the unsent tail is kept in the outbox
+        (:meth:`~signald.delivery.outbox.Outbox.keep_unsent`) so that :meth:`close` can finish
+        that ws_frame before its close frame. Under TLS a cancelled ``send_all`` leaves the stream
+        broken, and it is marked so.
+
+        Error handling: raises :exc:`trio.BrokenResourceError` (failed) or
+        :exc:`trio.ClosedResourceError` (closed by this side), as ``send_all`` does.
+        """
+        sock = self._socket
+        if sock is None:
+            try:
+                await self.stream.send_all(wire)
+            except trio.Cancelled:
+                self.broken = True  # how much of the ws_frame went out is unknown
+                raise
+            return
+        unsent = memoryview(wire)
+        try:
+            while unsent:
+                unsent = unsent[await sock.send(unsent):]
+        except OSError as exc:
+            if exc.errno == errno.EBADF:
+                raise trio.ClosedResourceError("socket was already closed") from exc
+            raise trio.BrokenResourceError from exc
+        finally:
+            if unsent:
+                self.outbox.keep_unsent(bytes(unsent))
+
     # ------------------------------------------------------------------ closing
 
     async def close(self, code: int, reason: str) -> None:
@@ -398,22 +289,26 @@ class ServerWebSocket:
         The reply to a peer's close echoes its code; a ``failure`` of this layer wins over
         ``code``. Call it once the connection's writer has stopped; bound it with a cancel scope.
 
-        Resource handling: the stream is always closed on the way out, forcefully when a frame
-        was cut in the middle (a close frame then would be garbage) or the wait is cancelled.
+        A ws_frame the writer left half sent (its tail kept in the outbox) is finished first, so
+        the close frame that follows it is well-formed.
+
+        Resource handling: the stream is always closed on the way out, forcefully when the
+        stream broke or the wait is cancelled.
         """
         self.gone = True
         try:
-            if self.broken or self.outbox.mid_frame:
+            if self.broken:
                 return
+            unsent = self.outbox.take_unsent()
             conn = self._conn
             if conn.state is ConnectionState.REMOTE_CLOSING:
-                await self.stream.send_all(conn.send(CloseConnection(code=self._peer_close_code())))
+                await self.stream.send_all(unsent + conn.send(CloseConnection(code=self._peer_close_code())))
                 return  # RFC 6455 7.1.1: the server closes TCP right after the closing handshake
             if conn.state is not ConnectionState.OPEN:
                 return
             if self.failure is not None:
                 code, reason = self.failure
-            await self.stream.send_all(conn.send(CloseConnection(code=code, reason=_short(reason))))
+            await self.stream.send_all(unsent + conn.send(CloseConnection(code=code, reason=fit_close_reason(reason))))
             await self._await_close_reply()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
@@ -432,7 +327,7 @@ class ServerWebSocket:
         conn = self._conn
         self._events.clear()
         while conn.state is not ConnectionState.CLOSED:
-            data = await _receive(self.stream)
+            data = await receive_bytes(self.stream)
             if not data:
                 return
             conn.receive_data(data)
@@ -443,27 +338,3 @@ class ServerWebSocket:
 async def _wait_readable(fd: int) -> None:
     with contextlib.suppress(trio.ClosedResourceError):  # closed meanwhile: the next read sees fd -1
         await trio.lowlevel.wait_readable(fd)
-
-
-def frame_decoder(conn: Connection) -> FrameDecoder | None:
-    """wsproto's frame decoder inside ``conn`` (its ``header`` and ``buffer``), or None if it moved.
-
-    Only the fast paths of :class:`ServerWebSocket` (a lone pong, a whole message in one read) use
-    it; without it everything goes through wsproto. tests/test_websocket.py fails if a wsproto
-    release moves it.
-    """
-    decoder = getattr(getattr(conn, "_proto", None), "_frame_decoder", None)
-    if isinstance(decoder, FrameDecoder) and hasattr(decoder, "header") and hasattr(decoder, "buffer"):
-        return decoder
-    return None
-
-
-async def _receive(stream: trio.abc.Stream) -> bytes:
-    data = await stream.receive_some(RECEIVE_BYTES)
-    return data if isinstance(data, bytes) else bytes(data)
-
-
-def _short(reason: str) -> str:
-    """A close reason fits in 123 bytes of UTF-8 (RFC 6455 5.5: control frames carry at most 125)."""
-    encoded = reason.encode("utf-8")
-    return reason if len(encoded) <= 123 else encoded[:123].decode("utf-8", "ignore")
