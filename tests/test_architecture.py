@@ -57,8 +57,6 @@ ALLOWED: Final[frozenset[tuple[str, str, str]]] = frozenset({
     ('cycle', 'signald.app.hub', 'signald.app.hub -> signald.app.metrics -> signald.handlers.calls'
                                  ' -> signald.handlers.chat -> signald.handlers.rooms -> signald.router'),
     ('handler-calls-router', 'signald.handlers.chat', 'finish'),
-    ('internals', 'signald.history.store', 'trio._core'),
-    ('size', 'signald.history.store', '1321 lines'),
     ('size', 'signald.state.calls', '502 lines'),
     ('upward', 'signald.app.hub', 'signald.handlers.calls'),
     ('upward', 'signald.app.hub', 'signald.handlers.chat'),

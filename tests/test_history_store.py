@@ -24,10 +24,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from signald.errors import SignalError
-from signald.history import store as history_module
+from signald.history.inline import tasks_runnable
+from signald.history.retention import RETENTION_BATCH, Retention
 from signald.history.schema import MIGRATIONS, SCHEMA_VERSION, SchemaError, migrate, user_version
-from signald.history.store import RETENTION_BATCH, Deleted, HistoryStore, StorageError, iso_utc, tasks_runnable
+from signald.history.store import Deleted, HistoryStore, StorageError
+from signald.history.transactions import Transactions
 from signald.protocol import Attachment, ChatMessage
+from signald.timefmt import iso_utc
 
 T0 = 1795694400.0  # 2026-11-26T12:00:00Z
 
@@ -350,18 +353,6 @@ async def test_send_nowait_queues_while_other_tasks_wait_to_run(store: HistorySt
     assert outcomes[0][1] is None
 
 
-def test_tasks_runnable_reads_trios_run_queue_directly() -> None:
-    # The public statistics walk every registered fd; if a trio release moves the run queue,
-    # signald falls back to them (correct, but O(fds) per idle send): this test says so.
-    assert history_module._TRIO_RUN_CONTEXT is not None
-
-    async def main() -> int:
-        assert tasks_runnable() == 0
-        return tasks_runnable()
-
-    assert trio.run(main) == 0
-
-
 async def test_send_nowait_never_overtakes_work_queued_before_it(store: HistoryStore) -> None:
     order: list[str] = []
     async with trio.open_nursery() as nursery:
@@ -389,7 +380,7 @@ async def test_send_nowait_waits_for_earlier_commits_to_be_announced(store: Hist
         await trio.to_thread.run_sync(inside.wait)
         await next_turn()
         proceed.set()
-        while store._conn_lock.locked():  # blocking on purpose: the loop cannot run the callbacks
+        while store._writer.conn_lock.locked():  # blocking on purpose: the loop cannot run the callbacks
             time.sleep(0.0005)  # noqa: ASYNC251
         store.send_nowait(room="r", user_id="u", body="x", on_commit=lambda _: order.append("send"),
                           then=lambda result, error: None)
@@ -446,7 +437,7 @@ async def test_fsync_per_commit_or_inline_off_never_commits_on_the_event_loop(
 async def test_inline_commits_have_the_writer_thread_checkpoint_the_wal(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("signald.history.store.CHECKPOINT_INLINE", 5)
+    monkeypatch.setattr("signald.history.inline.CHECKPOINT_INLINE", 5)
     path = tmp_path / "h.db"
     async with HistoryStore(path) as store:
         size_before = path.stat().st_size
@@ -475,7 +466,7 @@ def rooms_table(path: Path) -> list[tuple[str, int, int]]:
 async def test_inline_commits_leave_the_room_counters_to_the_writer_thread(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("signald.history.store.CHECKPOINT_INLINE", 5)
+    monkeypatch.setattr("signald.history.inline.CHECKPOINT_INLINE", 5)
     path = tmp_path / "h.db"
     async with HistoryStore(path) as store:
         outcomes: list[Outcome] = []
@@ -1055,7 +1046,7 @@ async def test_retention_by_count_in_batches(tmp_path: Path, clock: FakeClock) -
 
 
 def test_retention_removes_at_most_one_batch_per_step(tmp_path: Path, clock: FakeClock) -> None:
-    store = HistoryStore(tmp_path / "h.db", clock=clock, retention_max_count=100, retention_max_age_s=1000)
+    retention = Retention(Transactions(clock), max_age_s=1000, max_count=100, interval_s=10.0)
     conn = sqlite3.connect(tmp_path / "h.db", isolation_level=None)
     migrate(conn)
     rows = [(f"id{i}", "lobby", i, "ann", "x", "t", T0 - 2000 * (i <= 600)) for i in range(1, 1201)]
@@ -1068,8 +1059,8 @@ def test_retention_removes_at_most_one_batch_per_step(tmp_path: Path, clock: Fak
     conn.execute("COMMIT")
     steps = []
     while True:  # as the writer thread does it: one transaction per step, counters written with it
-        steps.append(store._w_retention_step(conn))
-        if not store._w_due:
+        steps.append(retention.step(conn))
+        if not retention.due:
             break
     assert steps == [RETENTION_BATCH, 500, 100] and RETENTION_BATCH == 500  # age 600, then count 500
     assert conn.execute("SELECT min(seq), max(seq), count(*) FROM messages").fetchone() == (1101, 1200, 100)

@@ -24,7 +24,7 @@ def _reset_loads() -> None:
 
 
 def send(counters: RoomCounters, room: str) -> int:
-    """What HistoryStore._w_send does with a room's counter."""
+    """What signald.history.rules.send does with a room's counter."""
     counter = counters.get(room, load)
     counter[0], counter[1] = counter[0] + 1, counter[1] + 1
     return counter[0]

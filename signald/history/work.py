@@ -1,0 +1,99 @@
+"""Work items of the history store and how they complete in the Trio thread.
+
+An :class:`Op` is created in the Trio thread, run on the database connection (by the writer
+thread, or inline by the Trio thread), and completed back in the Trio thread by :func:`complete`:
+its ``on_commit`` callback, then either its ``then`` callback or the event its caller waits on.
+Completion runs inside a ``run_sync_soon`` callback (or right in ``send_nowait``), so callbacks
+must be quick and cannot await.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Callable
+from typing import Any, Final, Generic, Literal, TypeVar
+
+import trio
+
+from signald.errors import SignalError
+
+__all__ = ["SKIP", "Op", "OpKind", "StorageError", "complete", "op_failed", "storage_error"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+OpKind = Literal["read", "write", "counts", "open", "close", "checkpoint"]
+"""``counts``: a read of the ``rooms`` table, brought up to date with the room counters first."""
+
+SKIP: Final[Any] = object()
+"""The ``on_commit`` argument of an operation that changed nothing: its callback does not run."""
+
+_NO_WAITER: Final = trio.Event()  # the ``done`` of ops completed by a callback: nobody waits on it
+
+
+class StorageError(SignalError):
+    """The database failed (or the store is closed); answered as ``INTERNAL``."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("INTERNAL", message)
+
+
+def storage_error(exc: BaseException, *, detail: bool = False) -> StorageError:
+    """Wrap a sqlite error; the detail is for operators (logs, startup), not for clients."""
+    err = StorageError(f"history storage failed: {type(exc).__name__}: {exc}" if detail
+                       else "history storage failed")
+    err.__cause__ = exc
+    return err
+
+
+class Op(Generic[T]):
+    """One work item. ``fn`` runs on the connection and returns ``(value, on_commit argument)``."""
+
+    __slots__ = ("done", "error", "event", "fn", "kind", "on_commit", "then", "value")
+
+    def __init__(
+        self,
+        kind: OpKind,
+        fn: Callable[[sqlite3.Connection], tuple[T, Any]] | None = None,
+        on_commit: Callable[[Any], None] | None = None,
+        then: Callable[[T | None, BaseException | None], None] | None = None,
+    ) -> None:
+        self.kind = kind
+        self.fn = fn
+        self.on_commit = on_commit
+        self.value: T | None = None
+        self.event: Any = SKIP
+        self.error: BaseException | None = None
+        # Completion: either ``then(value, error)`` is called in the Trio thread, or ``done`` is set
+        # for a task waiting on it.
+        self.then = then
+        self.done = trio.Event() if then is None else _NO_WAITER
+
+
+def op_failed(op: Op[Any], exc: Exception) -> None:
+    """Record why ``op`` failed: sqlite errors become a :class:`StorageError` (and are logged)."""
+    if isinstance(exc, sqlite3.Error):
+        logger.error("history operation failed", exc_info=exc)
+        op.error = storage_error(exc)
+    else:
+        op.error = exc
+
+
+def complete(batch: list[Op[Any]]) -> None:
+    """In the Trio thread: in commit order, each op's on_commit callback, then its completion."""
+    for op in batch:
+        if op.error is None and op.on_commit is not None and op.event is not SKIP:
+            try:
+                op.on_commit(op.event)
+            except Exception:
+                logger.exception("history on_commit callback failed")
+        then = op.then
+        if then is None:
+            op.done.set()
+            continue
+        try:
+            then(op.value, op.error)
+        except Exception:
+            logger.exception("history completion callback failed")

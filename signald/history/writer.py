@@ -1,0 +1,281 @@
+"""The history's writer thread: it owns the SQLite connection and runs the queued work on it.
+
+Trio tasks put :class:`~signald.history.work.Op` items on a thread-safe queue (synchronously,
+when the call starts, so operations are applied in the order the calls were made). The thread
+takes everything queued (up to :data:`MAX_BATCH` items), runs it in ONE transaction (group
+commit), commits, and only then hands the whole batch back to Trio with one
+``TrioToken.run_sync_soon`` call. Between batches it runs retention steps and checkpoints.
+
+Methods prefixed ``_w_`` run on the writer thread only. The connection is also used by the Trio
+thread for inline commits (:mod:`signald.history.inline`), never by both at once:
+:attr:`Writer.conn_lock` is held by whichever thread uses it. Between the thread's turns the
+connection neither waits for another connection's write lock (``busy_timeout = 0``) nor
+checkpoints on commit (``wal_autocheckpoint = 0``), so an inline commit never blocks the event
+loop for long; the thread restores both for its own turns.
+
+Durability: the database runs in WAL mode. ``synchronous`` ``NORMAL`` writes a commit to the WAL
+without fsync: a committed (acked) message survives the process being killed, ``kill -9``
+included, but the last commits before an OS crash or power loss may be lost (the database stays
+consistent). Only checkpoints fsync; they run every :data:`WAL_CHECKPOINT_PAGES` WAL pages.
+``FULL`` also survives power loss at one fsync per commit batch (see ``bench/history.py``).
+
+Resource handling: the thread opens the connection (and runs the migrations of
+:mod:`signald.history.schema`, unless read-only) and closes it when it takes the close request,
+after everything queued before it (SQLite checkpoints the WAL on the last close). It is a daemon
+thread, so a wedged disk cannot keep the process alive. SQLite's page cache is capped at
+:data:`CACHE_KIB`; the WAL file is truncated to 64 MiB after checkpoints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import sqlite3
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator
+from typing import Any, Final
+
+import trio
+
+from signald.history.counters import RECONCILE_SQL
+from signald.history.retention import Retention
+from signald.history.schema import SCHEMA_VERSION, SchemaError, migrate, user_version
+from signald.history.transactions import Transactions
+from signald.history.work import Op, StorageError, storage_error
+
+__all__ = ["CACHE_KIB", "MAX_BATCH", "WAL_CHECKPOINT_PAGES", "Writer"]
+
+logger = logging.getLogger(__name__)
+
+MAX_BATCH: Final = 1024
+"""Most work items run in one transaction."""
+CACHE_KIB: Final = 32 * 1024
+"""Upper bound of SQLite's page cache (it grows only as pages are used)."""
+WAL_CHECKPOINT_PAGES: Final = 10_000
+"""WAL pages (~40 MiB) that trigger an automatic checkpoint; fewer checkpoints = fewer fsyncs."""
+
+
+class Writer:
+    """The thread, its queue and the connection; see the module docstring."""
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        synchronous: str,
+        inline: bool,
+        read_only: bool,
+        busy_timeout_s: float,
+        txns: Transactions,
+        retention: Retention,
+        deliver: Callable[[list[Op[Any]]], None],
+    ) -> None:
+        self.path = path
+        self.synchronous = synchronous
+        self.inline = inline
+        self.read_only = read_only
+        self.busy_timeout_s = busy_timeout_s
+        self.txns = txns
+        self.retention = retention
+        self._deliver = deliver  # runs in the Trio thread with each batch, in commit order
+        self.queue: queue.SimpleQueue[Op[Any]] = queue.SimpleQueue()
+        self.conn: sqlite3.Connection | None = None
+        """The connection while the thread has it open (for inline commits)."""
+        self.conn_lock = threading.Lock()
+        """Held by whichever thread is using the connection."""
+        self.checkpoints = 0
+        """WAL checkpoints run by the writer thread."""
+        self._stopped = False  # set by the thread when it stops taking work; guarded by _lock
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._token: trio.lowlevel.TrioToken | None = None
+
+    def start(self, opener: Op[None]) -> None:
+        """Start the thread; ``opener`` completes once the database is open (or failed to)."""
+        self._token = trio.lowlevel.current_trio_token()
+        self._thread = threading.Thread(target=self._w_main, args=(opener,), name="signald-history", daemon=True)
+        self._thread.start()
+
+    def put(self, op: Op[Any]) -> None:
+        """Queue ``op`` for the thread; :class:`StorageError` if it no longer takes work."""
+        with self._lock:
+            if self._stopped:
+                raise StorageError("history store is closed")
+            self.queue.put(op)
+
+    async def join(self, limit_s: float) -> None:
+        """Wait (in a worker thread) for the thread to exit, at most ``limit_s`` seconds."""
+        assert self._thread is not None
+        await trio.to_thread.run_sync(self._thread.join, limit_s, abandon_on_cancel=True)
+
+    # ------------------------------------------------------------------ writer thread
+
+    def _w_main(self, opener: Op[None]) -> None:
+        try:
+            conn = self._w_connect()
+        except BaseException as exc:
+            opener.error = storage_error(exc, detail=True) if isinstance(exc, sqlite3.Error) else exc
+            self._w_stop(None, [opener])
+            return
+        self.conn = conn
+        self._w_deliver([opener])
+        closer: Op[Any] | None = None
+        try:
+            closer = self._w_loop(conn)
+        except BaseException:  # pragma: no cover - a bug; fail what is queued rather than hang
+            logger.exception("history writer thread crashed")
+        finally:
+            with self.conn_lock:
+                self.conn = None
+                with contextlib.suppress(sqlite3.Error):
+                    self._w_settle(conn, waiting=True)  # may wait for another writer, as turns do
+                self.txns.save_counters(conn)
+                try:
+                    conn.close()
+                except sqlite3.Error:  # pragma: no cover
+                    logger.exception("closing the history database failed")
+            self._w_stop(closer, [])
+
+    def _w_stop(self, closer: Op[Any] | None, extra: list[Op[Any]]) -> None:
+        with self._lock:
+            self._stopped = True
+        leftovers = list(extra)
+        while True:
+            try:
+                op = self.queue.get_nowait()
+            except queue.Empty:
+                break
+            if op is not closer:
+                op.error = StorageError("history store is closed")
+            leftovers.append(op)
+        if closer is not None:
+            leftovers.append(closer)
+        self._w_deliver(leftovers)
+
+    def _w_connect(self) -> sqlite3.Connection:
+        if self.read_only:
+            uri = f"file:{urllib.parse.quote(self.path)}?mode=ro"
+            conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+            try:
+                _check_readable(conn, self.path)
+            except BaseException:
+                conn.close()
+                raise
+            return conn
+        conn = sqlite3.connect(
+            # Used by the Trio thread too (inline commits), never by both at once: see conn_lock.
+            self.path, timeout=self.busy_timeout_s, isolation_level=None, check_same_thread=False
+        )
+        try:
+            conn.execute("PRAGMA journal_mode = WAL").fetchone()
+            conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+            conn.execute(f"PRAGMA cache_size = -{CACHE_KIB:d}")
+            conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_CHECKPOINT_PAGES:d}")
+            conn.execute("PRAGMA journal_size_limit = 67108864")
+            conn.execute("PRAGMA temp_store = MEMORY")
+            migrate(conn)
+            conn.execute(RECONCILE_SQL)  # counters not written before a crash (see counters)
+            if self.inline:
+                self._w_settle(conn, waiting=False)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _w_loop(self, conn: sqlite3.Connection) -> Op[Any] | None:
+        retention = self.retention
+        next_check = time.monotonic() + retention.interval_s
+        while True:
+            timeout: float | None = None
+            if retention.enabled:
+                now = time.monotonic()
+                if now >= next_check:
+                    retention.interval_elapsed()
+                    next_check = now + retention.interval_s
+                if retention.should_step(idle=self.queue.empty()):
+                    with self._w_turn(conn):
+                        retention.step(conn)
+                    continue
+                timeout = max(0.0, next_check - now)
+            try:
+                first = self.queue.get(timeout=timeout)
+            except queue.Empty:
+                continue
+            batch = [first]
+            closer = first if first.kind == "close" else None
+            while closer is None and len(batch) < MAX_BATCH:
+                try:
+                    op = self.queue.get_nowait()
+                except queue.Empty:
+                    break
+                batch.append(op)
+                if op.kind == "close":
+                    closer = op
+            work = batch if closer is None else batch[:-1]
+            # Checkpoint requests (from inline commits) only wake the thread; they are not part
+            # of the transaction, but are delivered with the batch (the store counts them).
+            ops = [op for op in work if op.kind != "checkpoint"]
+            try:
+                if work:
+                    with self._w_turn(conn):
+                        if ops:
+                            self.txns.execute(conn, ops)
+                        if len(ops) < len(work):
+                            self._w_checkpoint(conn)
+            finally:
+                if work:
+                    self._w_deliver(work)
+            if closer is not None:
+                return closer
+
+    @contextlib.contextmanager
+    def _w_turn(self, conn: sqlite3.Connection) -> Iterator[None]:
+        """The thread's use of the connection: exclusive; waits for a busy database, checkpoints."""
+        with self.conn_lock:
+            if not self.inline:
+                yield
+                return
+            self._w_settle(conn, waiting=True)
+            try:
+                yield
+            finally:
+                self._w_settle(conn, waiting=False)
+
+    def _w_settle(self, conn: sqlite3.Connection, *, waiting: bool) -> None:
+        """``waiting``: the thread's own turn (busy timeout, automatic checkpoints); else neither."""
+        conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000) if waiting else 0:d}")
+        conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_CHECKPOINT_PAGES if waiting else 0:d}")
+
+    def _w_checkpoint(self, conn: sqlite3.Connection) -> None:
+        """Write the room counters, then copy the WAL into the database file (PASSIVE: no waiting)."""
+        self.txns.save_counters(conn)
+        try:
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.Error:
+            logger.exception("history checkpoint failed")
+            return
+        self.checkpoints += 1
+
+    def _w_deliver(self, batch: list[Op[Any]]) -> None:
+        assert self._token is not None
+        with contextlib.suppress(trio.RunFinishedError):  # the Trio run ended without closing us
+            self._token.run_sync_soon(self._deliver, batch)
+
+
+def _check_readable(conn: sqlite3.Connection, path: str) -> None:
+    """A read-only reader needs the current schema: it cannot migrate (or create) the file."""
+    version = user_version(conn)
+    if version > SCHEMA_VERSION:
+        raise SchemaError(
+            f"{path}: database schema version {version} is newer than this signald supports ({SCHEMA_VERSION})"
+        )
+    if version == 0:
+        raise SchemaError(f"{path} is not a signald history database (it has no schema)")
+    if version < SCHEMA_VERSION:
+        raise SchemaError(
+            f"{path}: database schema version {version} is older than this signald's ({SCHEMA_VERSION});"
+            " start the daemon on it once to upgrade it"
+        )
