@@ -11,9 +11,10 @@ import argparse
 import gc
 import json
 import logging
+import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
@@ -53,6 +54,13 @@ def setup_logging(level: str, fmt: str) -> None:
     root.setLevel(level.upper())
 
 
+HISTORY_DESCRIPTION = (
+    "Reads the database read-only (safe next to a running daemon); it is never created or upgraded. "
+    "A missing file exits with status 2, and so does a file at another schema version: start the "
+    "daemon on an older file once to upgrade it."
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="signald", description="Real-time signalling daemon on Trio.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -70,17 +78,21 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--keyfile", help="TLS private key (PEM)")
     serve.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
 
-    history = commands.add_parser("history", help="look at a history database")
+    history = commands.add_parser(
+        "history", help="look at a history database (read-only)", description=HISTORY_DESCRIPTION)
     history_commands = history.add_subparsers(dest="history_command", required=True)
-    export = history_commands.add_parser("export", help="print messages as JSON lines")
-    export.add_argument("--db", default="./signald.db")
+    export = history_commands.add_parser("export", help="print messages as JSON lines",
+                                         description=HISTORY_DESCRIPTION)
+    export.add_argument("--db", default="./signald.db", help="history database (default ./signald.db)")
     export.add_argument("--room")
-    stats = history_commands.add_parser("stats", help="print counts per room as JSON")
-    stats.add_argument("--db", default="./signald.db")
+    stats = history_commands.add_parser("stats", help="print message and room counts as JSON",
+                                        description=HISTORY_DESCRIPTION)
+    stats.add_argument("--db", default="./signald.db", help="history database (default ./signald.db)")
     return parser
 
 
-def config_from_args(args: argparse.Namespace) -> Config:
+def config_from_args(args: argparse.Namespace, warn: Callable[[str], None] | None = None) -> Config:
+    """The configuration of ``signald serve``: file, environment, then these flags."""
     server = {
         key: value for key, value in {
             "host": args.host, "port": args.port, "db": args.db, "insecure": args.insecure,
@@ -88,7 +100,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         }.items() if value is not None
     }
     log_section = {k: v for k, v in {"level": args.log_level, "format": args.log_format}.items() if v}
-    return load_config(args.config, overrides={"server": server, "log": log_section})
+    return load_config(args.config, overrides={"server": server, "log": log_section}, warn=warn)
 
 
 def check_exposure(config: Config) -> str | None:
@@ -130,8 +142,9 @@ def tune_gc() -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    warnings: list[str] = []  # logged once logging is set up, so they take the configured format
     try:
-        config = config_from_args(args)
+        config = config_from_args(args, warn=warnings.append)
     except ConfigError as exc:
         print(f"signald: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -145,6 +158,8 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"signald: configuration error: auth: {exc}", file=sys.stderr)
         return 2
     setup_logging(config.log.level, config.log.format)
+    for warning in warnings:
+        log.warning("configuration: %s", warning)
     if config.auth.mode == "none" and not is_loopback(config.server.host):
         log.warning("serving %s with auth mode 'none': anyone can connect as anyone", config.server.host)
     tune_gc()
@@ -170,18 +185,30 @@ def _leaves(group: BaseExceptionGroup[Any]) -> list[BaseException]:
 
 
 def _history(args: argparse.Namespace) -> int:
-    from signald.history.store import HistoryStore
+    from signald.history.schema import SchemaError
+    from signald.history.store import HistoryStore, StorageError
+
+    if not os.path.isfile(args.db):  # sqlite would create it (read-write) or fail vaguely (read-only)
+        print(f"signald: no history database at {args.db}", file=sys.stderr)
+        return 2
 
     async def export() -> None:
-        async with HistoryStore(args.db) as store:
+        async with HistoryStore(args.db, read_only=True) as store:
             async for message in store.export(args.room):
                 sys.stdout.write(msgspec.json.encode(message).decode() + "\n")
 
     async def stats() -> None:
-        async with HistoryStore(args.db) as store:
+        async with HistoryStore(args.db, read_only=True) as store:
             sys.stdout.write(json.dumps(dict(await store.stats()), indent=2) + "\n")
 
-    trio.run(export if args.history_command == "export" else stats)
+    try:
+        trio.run(export if args.history_command == "export" else stats)
+    except SchemaError as exc:
+        print(f"signald: {exc}", file=sys.stderr)
+        return 2
+    except StorageError as exc:
+        print(f"signald: cannot read {args.db}: {exc.message}", file=sys.stderr)
+        return 1
     return 0
 
 

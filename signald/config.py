@@ -5,17 +5,21 @@ environment variables (e.g. ``SIGNALD_LIMITS_RATE_PER_S=50``), then command-line
 Every key lives in a section (``[server]``, ``[limits]``, ``[auth]``, ``[presence]``, ``[history]``,
 ``[calls]``, ``[log]``); ``docs/configuration.md`` lists them all.
 
-Error handling: any unknown key, wrong type or out-of-range value raises :class:`ConfigError`
-with one line that names the key (``limits.rate_per_s: expected a number, got 'fast'``); the CLI
-prints it and exits with status 2.
+Error handling: any unknown key (in a file or a flag), wrong type or out-of-range value raises
+:class:`ConfigError` with one line that names the key (``limits.rate_per_s: expected a number, got
+'fast'``); the CLI prints it and exits with status 2. An unknown ``SIGNALD_*`` environment variable
+is only a warning: other tools share the prefix (``./dev`` reads ``SIGNALD_VENV``), and the
+environment is inherited, not written for signald alone; a file or a flag is.
 """
 
 from __future__ import annotations
 
+import difflib
+import logging
 import os
 import tomllib
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -198,15 +202,44 @@ _converter.register_structure_hook_func(lambda t: t == tuple[str, ...], _structu
 SECTIONS: tuple[str, ...] = tuple(a.name for a in attrs.fields(Config))
 
 
-def _env_sections(env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+ENV_PREFIX = "SIGNALD_"
+
+#: Every configuration key, as ``section.key``.
+KEYS: tuple[str, ...] = tuple(
+    f"{section}.{a.name}" for section in SECTIONS
+    for a in attrs.fields(typing.get_type_hints(Config)[section]))
+
+#: The environment variable of each key: ``SIGNALD_LIMITS_RATE_PER_S`` → ``limits.rate_per_s``.
+ENV_VARIABLES: Mapping[str, str] = {f"{ENV_PREFIX}{key.replace('.', '_').upper()}": key for key in KEYS}
+
+Warn = Callable[[str], None]
+
+
+def _log_warning(message: str) -> None:
+    logging.getLogger("signald.config").warning("%s", message)
+
+
+def unknown_variable_message(name: str) -> str:
+    """The warning for a ``SIGNALD_*`` variable that names no key, with the closest key if any."""
+    wanted = name[len(ENV_PREFIX):].lower()
+    by_flat = {key.replace(".", "_"): key for key in KEYS}
+    close = difflib.get_close_matches(wanted, by_flat, n=1)
+    hint = (f"closest key: {by_flat[close[0]]} ({ENV_PREFIX}{close[0].upper()})" if close
+            else "no configuration key is close")
+    return f"{name}: not a configuration variable, ignored ({hint})"
+
+
+def _env_sections(env: Mapping[str, str], warn: Warn) -> dict[str, dict[str, Any]]:
     found: dict[str, dict[str, Any]] = {}
-    for name, value in env.items():
-        if not name.startswith("SIGNALD_"):
+    for name, value in sorted(env.items()):
+        if not name.startswith(ENV_PREFIX):
             continue
-        section, _, key = name[len("SIGNALD_"):].lower().partition("_")
-        if section not in SECTIONS or not key:
-            raise ConfigError(f"{name}: not a configuration variable (SIGNALD_<SECTION>_<KEY>)")
-        found.setdefault(section, {})[key] = None if value == "" else value
+        key = ENV_VARIABLES.get(name.upper())
+        if key is None:
+            warn(unknown_variable_message(name))
+            continue
+        section, _, attr = key.partition(".")
+        found.setdefault(section, {})[attr] = None if value == "" else value
     return found
 
 
@@ -256,11 +289,14 @@ def load_config(
     env: Mapping[str, str] | None = None,
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
     base: Config | None = None,
+    warn: Warn | None = None,
 ) -> Config:
     """Build a :class:`Config` from defaults, a TOML file, the environment and overrides.
 
     ``env`` defaults to ``os.environ``; ``overrides`` (section → key → value, from CLI flags)
-    win over everything else. Raises :class:`ConfigError` naming the offending key.
+    win over everything else. Raises :class:`ConfigError` naming the offending key. ``warn``
+    receives one line per ``SIGNALD_*`` variable that is not a configuration key (default: a
+    warning on the ``signald.config`` logger).
     """
     base = base or Config()
     layers: dict[str, dict[str, Any]] = {}
@@ -272,7 +308,7 @@ def load_config(
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {os.fspath(path)}: {exc}") from None
         _merge(layers, data, os.fspath(path))
-    _merge(layers, _env_sections(os.environ if env is None else env), "the environment")
+    _merge(layers, _env_sections(os.environ if env is None else env, warn or _log_warning), "the environment")
     if overrides:
         _merge(layers, overrides, "the command line")
     sections = {name: getattr(base, name) for name in SECTIONS}

@@ -10,6 +10,7 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 import trio
@@ -17,14 +18,33 @@ from trio_websocket import ConnectionClosed
 
 from signald.cli import main
 from signald.client import connect
+from signald.config import ENV_VARIABLES
 
 READY = re.compile(rb"signald ready on (ws://[^\s]+)")
 
 
+class Daemon(NamedTuple):
+    process: trio.Process
+    url: str
+    startup_log: str  # stderr up to and including the ready line
+
+
+def daemon_env(**extra: str) -> dict[str, str]:
+    """This environment without the variables that configure signald, plus ``extra``.
+
+    Only real configuration variables are dropped: a developer's ``SIGNALD_SERVER_PORT`` or
+    ``SIGNALD_AUTH_MODE`` would change the daemon under test. Any other ``SIGNALD_*`` variable
+    (``./dev`` passes ``SIGNALD_VENV``) stays, so a daemon that an inherited, unrelated variable
+    would stop fails here too.
+    """
+    env = {k: v for k, v in os.environ.items() if k.upper() not in ENV_VARIABLES}
+    return {**env, **extra}
+
+
 @asynccontextmanager
-async def daemon(*args: str, cwd: Path) -> AsyncIterator[tuple[trio.Process, str]]:
-    """Start ``python -m signald serve`` and yield (process, url) once it is ready."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SIGNALD_")}
+async def daemon(*args: str, cwd: Path, env: dict[str, str] | None = None) -> AsyncIterator[Daemon]:
+    """Start ``python -m signald serve`` and yield (process, url, startup log) once it is ready."""
+    env = daemon_env() if env is None else env
     process = await trio.lowlevel.open_process(
         [sys.executable, "-m", "signald", "serve", "--port", "0", *args],
         stderr=subprocess.PIPE, cwd=cwd, env=env,
@@ -38,7 +58,7 @@ async def daemon(*args: str, cwd: Path) -> AsyncIterator[tuple[trio.Process, str
                 if not chunk:
                     raise AssertionError(f"daemon exited early: {seen.decode(errors='replace')}")
                 seen += chunk
-        yield process, match.group(1).decode()
+        yield Daemon(process, match.group(1).decode(), seen.decode(errors="replace"))
     finally:
         if process.returncode is None:
             process.kill()
@@ -47,7 +67,7 @@ async def daemon(*args: str, cwd: Path) -> AsyncIterator[tuple[trio.Process, str
 
 
 async def test_serve_then_sigterm_closes_clients_with_1001_and_exits_0(tmp_path: Path) -> None:
-    async with daemon("--db", str(tmp_path / "d.db"), cwd=tmp_path) as (process, url):
+    async with daemon("--db", str(tmp_path / "d.db"), cwd=tmp_path) as (process, url, _):
         async with connect(url, user="alice") as client:
             joined = await client.request("room.join", {"room": "lobby"})
             assert joined["room"] == "lobby"
@@ -63,7 +83,7 @@ async def test_serve_then_sigterm_closes_clients_with_1001_and_exits_0(tmp_path:
 
 
 async def test_defaults_put_database_in_working_directory(tmp_path: Path) -> None:
-    async with daemon(cwd=tmp_path) as (process, url):
+    async with daemon(cwd=tmp_path) as (process, url, _):
         assert url.startswith("ws://127.0.0.1:")
         async with connect(url, user="bob") as client:
             assert client.user_id == "bob"
@@ -88,13 +108,39 @@ def test_unknown_key_is_rejected(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert "server.prot" in capsys.readouterr().err
 
 
+async def test_unknown_signald_variables_in_the_environment_warn_and_the_daemon_starts(tmp_path: Path) -> None:
+    # SIGNALD_VENV is the ./dev launcher's own variable; SIGNALD_SERVR_PORT is a typo.
+    env = daemon_env(SIGNALD_VENV="/x", SIGNALD_SERVR_PORT="1")
+    async with daemon("--db", str(tmp_path / "d.db"), cwd=tmp_path, env=env) as (process, url, startup_log):
+        assert not url.endswith(":1/")
+        async with connect(url, user="carol") as client:
+            assert client.user_id == "carol"
+        process.send_signal(signal.SIGTERM)
+        with trio.fail_after(10):
+            assert await process.wait() == 0
+    warnings = [line for line in startup_log.splitlines() if "WARNING" in line]
+    assert any("SIGNALD_VENV" in line and "ignored" in line for line in warnings), startup_log
+    assert any("SIGNALD_SERVR_PORT" in line and "server.port" in line for line in warnings), startup_log
+
+
+def test_typo_in_the_config_file_still_stops_the_daemon(tmp_path: Path) -> None:
+    config = tmp_path / "signald.toml"
+    config.write_text("[server]\nport = 0\n\n[limits]\nrate_pers_s = 5\n")
+    done = subprocess.run([sys.executable, "-m", "signald", "serve", "--config", str(config)],
+                          cwd=tmp_path, env=daemon_env(SIGNALD_VENV="/x"), capture_output=True, text=True,
+                          timeout=30)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].startswith(
+        "signald: configuration error: limits.rate_pers_s: unknown key (known: "), done.stderr
+
+
 def test_none_auth_on_public_address_needs_insecure(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["serve", "--host", "0.0.0.0", "--port", "0"]) == 2
     assert "--insecure" in capsys.readouterr().err
 
 
 async def test_sigterm_does_not_wait_for_peers_that_never_answer_the_close(tmp_path: Path) -> None:
-    async with daemon("--db", str(tmp_path / "d.db"), cwd=tmp_path) as (process, url):
+    async with daemon("--db", str(tmp_path / "d.db"), cwd=tmp_path) as (process, url, _):
         port = int(url.rsplit(":", 1)[1].strip("/"))
         stream = await trio.open_tcp_stream("127.0.0.1", port)
         await stream.send_all(
