@@ -79,6 +79,7 @@ class ServerSpec:
     argv: Callable[[str], list[str]]  # tmpdir -> argv
     env: dict[str, str] = field(default_factory=dict)
     label: str = ""
+    cwd: Path = REPO  # started from here, which is also first on PYTHONPATH (see ``spawn_env``)
 
     @property
     def dialect(self) -> Dialect:
@@ -151,18 +152,29 @@ def _preexec(nofile: int | None) -> Callable[[], None]:
     return setup
 
 
+def spawn_env(spec: ServerSpec) -> dict[str, str]:
+    """The environment a server of ``spec`` runs in.
+
+    Every inherited ``SIGNALD_*`` variable is dropped, not only configuration keys: a developer's
+    settings must not change what is measured, and a ``--baseline`` commit may be old enough to
+    refuse variables it does not know (``./dev`` itself passes ``SIGNALD_VENV``). ``spec.cwd`` goes
+    first on ``PYTHONPATH`` so its ``signald`` wins over the editable install.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SIGNALD_")}
+    env.update(spec.env)
+    env["PYTHONPATH"] = str(spec.cwd) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
 def _spawn(spec: ServerSpec, tmp: str, nofile: int | None, wrap: list[str] | None) -> tuple[
         subprocess.Popen[bytes], str]:
     argv = spec.argv(tmp)
     if wrap:
         argv = [argv[0], *wrap, *argv[1:]]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SIGNALD_")}
-    env.update(spec.env)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     stderr_path = os.path.join(tmp, "stderr.log")
     with open(stderr_path, "wb") as err:
-        proc = subprocess.Popen(argv, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=err, preexec_fn=_preexec(nofile))
+        proc = subprocess.Popen(argv, cwd=spec.cwd, env=spawn_env(spec), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=err, preexec_fn=_preexec(nofile))
     return proc, stderr_path
 
 

@@ -10,15 +10,23 @@ import math
 from pathlib import Path
 from typing import Any
 
-from bench.runner import RESULTS_DIR, fmt, table_rows
+from bench.baseline import BEFORE
+from bench.runner import RESULTS_DIR
+from bench.table import fmt, table_rows
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = REPO / "docs"
 SERVERS = ("signald", "signald-mem", "socketio", "websockets")
-COLORS = {"signald": "#1f77b4", "signald-mem": "#9ecae1", "socketio": "#ff7f0e", "websockets": "#2ca02c"}
+COLORS = {"signald": "#1f77b4", "signald-mem": "#9ecae1", "socketio": "#ff7f0e", "websockets": "#2ca02c",
+          BEFORE: "#7f7f7f"}
 GB_BUDGET_MIB = 1.5 * 1024
 LABELS = {"signald": "signald", "signald-mem": "signald :memory:", "socketio": "python-socketio",
-          "websockets": "websockets"}
+          "websockets": "websockets", BEFORE: "signald before (--baseline)"}
+
+
+def servers_of(result: dict[str, Any]) -> tuple[str, ...]:
+    """The server columns of the page: signald-before only in a ``--baseline`` run."""
+    return ("signald", BEFORE, *SERVERS[1:]) if "baseline" in result else SERVERS
 
 
 def _value(result: dict[str, Any], wl: str, server: str, metric: str) -> float:
@@ -87,7 +95,7 @@ def write_plot(result: dict[str, Any], path: Path) -> Path:
                      f"{nice(cpu50)}% at 50,000 (linear; target < 5%)", fontsize=10)
 
     wls = result["workloads"]
-    peers = ("signald", "socketio", "websockets")
+    peers = ("signald", *((BEFORE,) if "baseline" in result else ()), "socketio", "websockets")
     panels = [
         ("a", lambda ax: grouped(ax, "a", [("p50_ms", "p50"), ("p99_ms", "p99")], peers,
                                  "(a) chat.send ack round trip (lower is better)", "ms")),
@@ -99,7 +107,7 @@ def write_plot(result: dict[str, Any], path: Path) -> Path:
                                  "(c) RSS per idle connection (lower is better)", "KiB")),
         ("d", lambda ax: grouped(ax, "d", [("rate", "handshake + welcome")], peers,
                                  "(d) connection rate (higher is better)", "connections/s")),
-        ("e", lambda ax: grouped(ax, "e", [("rate", f"{sizes['durable_senders']} senders")], SERVERS,
+        ("e", lambda ax: grouped(ax, "e", [("rate", f"{sizes['durable_senders']} senders")], servers_of(result),
                                  "(e) acked chat.send/s (higher is better)", "sends/s")),
         ("c", lambda ax: grouped(ax, "c", [(f"idle_cpu_pct_{sizes['idle_sizes'][-1]}",
                                             f"{sizes['idle_sizes'][-1]:,} idle conns")], peers,
@@ -112,8 +120,9 @@ def write_plot(result: dict[str, Any], path: Path) -> Path:
         else:
             ax.set_axis_off()
             ax.text(0.5, 0.5, f"({wl}) not run", ha="center")
-    handles = [matplotlib.patches.Patch(color=COLORS[s], label=LABELS[s]) for s in SERVERS]
-    fig.legend(handles=handles, loc="upper center", ncol=4, bbox_to_anchor=(0.5, 0.955), fontsize=9, frameon=False)
+    handles = [matplotlib.patches.Patch(color=COLORS[s], label=LABELS[s]) for s in servers_of(result)]
+    fig.legend(handles=handles, loc="upper center", ncol=len(handles), bbox_to_anchor=(0.5, 0.955), fontsize=9,
+               frameon=False)
     fig.tight_layout(rect=(0, 0, 1, 0.92))
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -165,6 +174,8 @@ def render(result: dict[str, Any], plot_name: str) -> str:
         "runs signald under cProfile during the largest fan-out. The harness lives in `bench/` and its",
         "dependencies in the `bench` extra (`pip install -e '.[bench]'`); none of it is a runtime dependency.",
         "",
+        COMPARING.rstrip(),
+        "",
         "## This run",
         "",
         f"- Date: {env['date']}; mode: {result['mode']}; {sizes['rounds']} round(s) per server, value = median;"
@@ -197,17 +208,19 @@ def render(result: dict[str, Any], plot_name: str) -> str:
     out += _md_table(["target", "measured", "target", "verdict"], target_rows, "llll")
     out += ["", f"![benchmark plot]({plot_name})", "", "## All results", ""]
     rows = []
+    servers = servers_of(result)
+    peers = ("socketio", "websockets", "signald-mem", *((BEFORE,) if "baseline" in result else ()))
     for row in table_rows(result):
         values = row["values"]
         ratios = row["ratios"]
         rows.append([f"({row['workload']}) {row['label']}"]
-                    + [fmt(values.get(s), row["format"]) if s in values else "" for s in SERVERS]
+                    + [fmt(values.get(s), row["format"]) if s in values else "" for s in servers]
                     + [_rounds(result, row["workload"], row["metric"], row["format"])]
-                    + [fmt(ratios.get(p), ".2f") if p in ratios else "" for p in ("socketio", "websockets",
-                                                                                  "signald-mem")])
-    out += _md_table(["metric", "signald", "signald :memory:", "python-socketio", "websockets",
-                      "signald, each round", "signald ÷ socketio", "signald ÷ websockets", "signald ÷ :memory:"],
-                     rows, "lrrrrrrrr")
+                    + [fmt(ratios.get(p), ".2f") if p in ratios else "" for p in peers])
+    out += _md_table(["metric"] + [LABELS[s] for s in servers]
+                     + ["signald, each round", "signald ÷ socketio", "signald ÷ websockets", "signald ÷ :memory:"]
+                     + (["signald ÷ before"] if "baseline" in result else []),
+                     rows, "l" + "r" * (len(servers) + len(peers) + 1))
     scale = result["summary"].get("f", {}).get("signald", {})
     if scale:
         out += ["", "(f) detail (median): " + ", ".join(f"{k} = {nice(val)}" for k, val in scale.items()) + "."]
@@ -227,6 +240,23 @@ def render(result: dict[str, Any], plot_name: str) -> str:
                 "`python -m pstats bench/results/signald-fanout.prof`.", "", "```"]
         out += [line.rstrip() for line in text[:60]] + ["```"]
     return "\n".join(out) + "\n"
+
+
+COMPARING = """## Comparing two commits
+
+    ./dev bench --baseline b80c188 --only a,b,c,d   # before/after of a refactor, in one run
+
+`--baseline REV` adds a `signald-before` server: `git archive REV signald` is unpacked into a
+temporary directory and run from there (working directory and first `PYTHONPATH` entry, checked
+before the run to import that tree's `signald`, not the installed one), with the same flags and
+environment as `signald`. It is interleaved with the other servers like any of them, so both
+versions are measured minutes apart on the same machine; the printed table gains a
+`signald-before` column and `÷before` = signald / signald-before for every metric (for times and
+CPU, below 1 means faster now). The results go to `bench/results/baseline-<commit>.json`, not
+`latest.json`. Workloads: (a) ack p50/p99, (b) fan-out, (c) idle KiB per connection and idle CPU,
+(d) connections/s, (e) acked sends/s, (f) scale. A full-size run of (c) takes much the longest
+(a 50 s idle window per server and round); `--rounds 1` shortens any run.
+"""
 
 
 METHOD = """## Method

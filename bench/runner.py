@@ -24,6 +24,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from bench.baseline import BEFORE, registered, with_before
 from bench.procs import (
     CLIENT_CPU,
     SERVER_CPU,
@@ -35,6 +36,7 @@ from bench.procs import (
     raise_nofile,
     running,
 )
+from bench.table import print_table
 from bench.workloads import FULL, QUICK, WORKLOADS, Sizes
 from bench.wsclient import run_loop
 
@@ -134,80 +136,6 @@ def judge(summary: dict[str, dict[str, dict[str, float]]], sizes: Sizes) -> list
     return verdicts
 
 
-# ------------------------------------------------------------------------------------ printing
-
-ROWS: dict[str, list[tuple[str, str, str]]] = {  # workload -> (metric, label, format)
-    "a": [("p50_ms", "ack p50 (ms)", ".3f"), ("p99_ms", "ack p99 (ms)", ".3f")],
-    "c": [],
-    "d": [("rate", "connections/s", ",.0f"), ("cpu_ms_per_conn", "server CPU per connection (ms)", ".2f")],
-    "e": [("rate", "acked chat.send/s", ",.0f"), ("cpu_us_per_send", "server CPU per send (µs)", ".0f")],
-    "f": [("held", "connections held", ",.0f"), ("rss_mb", "RSS (MiB)", ",.0f"),
-          ("rss_kb_per_conn", "RSS per connection (KiB)", ".1f"), ("idle_cpu_pct", "idle CPU (% of a core)", ".2f"),
-          ("rss_mb_at_50k", "RSS at 50,000, linear from held (MiB)", ",.0f"),
-          ("idle_cpu_pct_at_50k", "idle CPU at 50,000, linear from held (%)", ".2f"),
-          ("lost_while_idle", "connections lost while idle", ",.0f")],
-}
-
-
-def rows_for(workload: str, sizes: Sizes) -> list[tuple[str, str, str]]:
-    if workload == "b":
-        rows = []
-        for n in sizes.fanout_members:
-            rows += [(f"rate_{n}", f"delivered msgs/s, {n} members", ",.0f"),
-                     (f"cpu_us_{n}", f"server CPU per delivery, {n} members (µs)", ".2f"),
-                     (f"per_core_{n}", f"deliveries per server CPU-second, {n} members", ",.0f"),
-                     (f"client_cpu_pct_{n}", f"load client CPU, {n} members (% of a core)", ".0f")]
-        return rows
-    if workload == "c":
-        return [(f"rss_kb_{n}", f"RSS per idle connection at {n:,} (KiB)", ".1f") for n in sizes.idle_sizes] + [
-            (f"idle_cpu_pct_{sizes.idle_sizes[-1]}", f"idle CPU at {sizes.idle_sizes[-1]:,} (% of a core)", ".2f")]
-    return ROWS[workload]
-
-
-def fmt(value: float | None, spec: str) -> str:
-    return "—" if value is None else format(value, spec)
-
-
-def table_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """Rows of the results table: workload, label, value per server, ratios vs the peers."""
-    sizes = Sizes(**{k: tuple(v) if isinstance(v, list) else v for k, v in result["sizes"].items()})
-    summary = result["summary"]
-    rows = []
-    for wl in result["workloads"]:
-        servers = WORKLOADS[wl].servers
-        for metric, label, spec in rows_for(wl, sizes):
-            values = {s: summary.get(wl, {}).get(s, {}).get(metric) for s in servers}
-            mine = values.get("signald")
-            ratios = {}
-            for peer in ("socketio", "websockets", "signald-mem"):
-                theirs = values.get(peer)
-                if peer in servers and mine is not None and theirs:
-                    ratios[peer] = mine / theirs
-            rows.append({"workload": wl, "metric": metric, "label": label, "format": spec, "values": values,
-                         "ratios": ratios})
-    return rows
-
-
-def print_table(result: dict[str, Any]) -> None:
-    columns = ["signald", "signald-mem", "socketio", "websockets"]
-    print(f"\n{'':4}{'metric':48}" + "".join(f"{c:>14}" for c in columns)
-          + f"{'÷socketio':>11}{'÷websockets':>13}{'÷mem':>7}")
-    for row in table_rows(result):
-        cells = "".join(f"{fmt(row['values'].get(c), row['format']):>14}" for c in columns)
-        ratios = row["ratios"]
-        print(f"({row['workload']}) {row['label']:48}{cells}"
-              f"{fmt(ratios.get('socketio'), '.2f'):>11}{fmt(ratios.get('websockets'), '.2f'):>13}"
-              f"{fmt(ratios.get('signald-mem'), '.2f'):>7}")
-    print("\ntargets:")
-    for v in result["verdicts"]:
-        what = f"signald/{v['peer']}" if v["peer"] else "signald"
-        value = fmt(v["value"], ".2f" if v["peer"] else ",.1f")
-        print(f"  {v['verdict']:5} ({v['workload']}) {v['text']}: {what} = {value} (target {v['op']} "
-              f"{v['bound']:g}{' ' + v['unit'] if v['unit'] else ''})")
-    for note in result.get("notes", []):
-        print(f"  note: {note}")
-
-
 # ------------------------------------------------------------------------------------ running
 
 def signald_source() -> dict[str, Any]:
@@ -260,9 +188,15 @@ def environment() -> dict[str, Any]:
 NOISY_PCT = 25.0  # other processes' CPU during a run, % of one core, above which the run is repeated
 
 
+def servers_of(key: str, baseline: bool) -> tuple[str, ...]:
+    """The servers workload ``key`` runs, in the order of its first round."""
+    servers = WORKLOADS[key].servers
+    return with_before(servers) if baseline else servers
+
+
 async def run_all(keys: list[str], sizes: Sizes, log: Any = print, *, retries: int = 2,
-                  wait_quiet_s: float = 120.0) -> dict[str, dict[str, list[dict[str, Any]]]]:
-    """Every workload, its servers interleaved round by round.
+                  wait_quiet_s: float = 120.0, baseline: bool = False) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """Every workload, its servers interleaved round by round (with ``signald-before`` if ``baseline``).
 
     Before each run, wait (at most ``wait_quiet_s``) for the machine to be idle; a run during
     which other processes used more than ``NOISY_PCT`` of a core is repeated (``retries`` times).
@@ -272,7 +206,8 @@ async def run_all(keys: list[str], sizes: Sizes, log: Any = print, *, retries: i
         workload = WORKLOADS[key]
         log(f"({key}) {workload.title}")
         for round_no in range(sizes.rounds):
-            order = workload.servers if round_no % 2 == 0 else tuple(reversed(workload.servers))
+            servers = servers_of(key, baseline)
+            order = servers if round_no % 2 == 0 else tuple(reversed(servers))
             for name in order:
                 for attempt in range(1, retries + 2):
                     metrics = await run_one(key, name, sizes, round_no, wait_quiet_s, log)
@@ -354,11 +289,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", help="comma-separated workloads to run, from a,b,c,d,e,f (default: all)")
     parser.add_argument("--rounds", type=int, help="rounds per server (default 3; quick 1)")
     parser.add_argument("--scale", type=int, help="connections to aim for in (f) (default 50000)")
-    parser.add_argument("--out", help="where to save the results JSON "
-                        "(default bench/results/latest.json; quick: bench/results/quick.json)")
+    parser.add_argument("--out", help="where to save the results JSON (default bench/results/latest.json; "
+                        "quick: bench/results/quick.json; --baseline: bench/results/baseline-<commit>[-quick].json)")
     parser.add_argument("--report", action="store_true",
                         help="do not run: write docs/benchmarks.md and docs/benchmarks.png from the saved results")
     parser.add_argument("--results", default=str(RESULTS_DIR / "latest.json"), help="results JSON for --report")
+    parser.add_argument("--baseline", metavar="REV",
+                        help="also run signald as of git commit REV (server 'signald-before'), interleaved with "
+                        "the others, and print signald / signald-before for every metric")
     parser.add_argument("--profile", action="store_true",
                         help="do not run the workloads: profile signald (cProfile) under the largest fan-out")
     args = parser.parse_args(argv)
@@ -392,8 +330,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"signald bench: {'quick' if args.quick else 'full'}, workloads {','.join(keys)}, {sizes.rounds} round(s); "
           f"servers on CPU {SERVER_CPU}, load client on CPU {CLIENT_CPU}; {env['cpu_model']}, {env['cores']} cores")
     started = time.perf_counter()
-    raw = run_loop(run_all(keys, sizes, log=lambda line: print(line, flush=True),
-                           retries=0 if args.quick else 2, wait_quiet_s=0 if args.quick else 120))
+    with contextlib.ExitStack() as stack:
+        extra: dict[str, Any] = {}
+        if args.baseline:
+            try:
+                extra["baseline"] = stack.enter_context(registered(args.baseline))
+            except (ValueError, RuntimeError) as exc:
+                parser.error(str(exc))
+            extra["servers"] = {key: servers_of(key, True) for key in keys}
+            print(f"signald-before: {args.baseline} ({extra['baseline']['commit']}), from {SPECS[BEFORE].cwd}")
+        raw = run_loop(run_all(keys, sizes, log=lambda line: print(line, flush=True), baseline=bool(args.baseline),
+                               retries=0 if args.quick else 2, wait_quiet_s=0 if args.quick else 120))
     env["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     env["signald_source_at_end"] = signald_source()
     summary = summarize(raw)
@@ -402,9 +349,13 @@ def main(argv: list[str] | None = None) -> int:
         "raw": raw, "summary": summary, "verdicts": judge(summary, sizes),
         "notes": notes_for(raw) + source_notes(env),
         "duration_s": round(time.perf_counter() - started, 1), "command": " ".join(["python -m bench", *sys.argv[1:]]),
+        **extra,
     }
     print_table(result)
-    out = Path(args.out) if args.out else RESULTS_DIR / ("quick.json" if args.quick else "latest.json")
+    default_out = "quick.json" if args.quick else "latest.json"
+    if args.baseline:  # not latest.json: --report publishes that one
+        default_out = f"baseline-{extra['baseline']['commit']}{'-quick' if args.quick else ''}.json"
+    out = Path(args.out) if args.out else RESULTS_DIR / default_out
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"\nsaved {out} ({result['duration_s']} s)")

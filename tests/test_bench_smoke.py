@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -22,3 +24,56 @@ def test_bench_quick_runs_every_workload_against_every_server(tmp_path: Path) ->
     results = json.loads(out.read_text())
     assert set(results["summary"]) >= {"a", "b", "c", "d", "e", "f"}
     assert {"signald", "socketio", "websockets"} <= set(results["summary"]["a"])
+
+
+def test_bench_baseline_runs_an_older_commit_side_by_side(tmp_path: Path) -> None:
+    pytest.importorskip("socketio", reason="the bench extra is not installed (./dev test installs it)")
+    pytest.importorskip("websockets")
+    out = tmp_path / "baseline.json"
+    done = subprocess.run([sys.executable, "-m", "bench", "--quick", "--baseline", "HEAD", "--only", "a",
+                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert results["baseline"]["rev"] == "HEAD"
+    assert results["servers"]["a"] == ["signald", "signald-before", "socketio", "websockets"]
+    assert {"signald", "signald-before"} <= set(results["summary"]["a"])
+    assert "÷before" in done.stdout
+    assert re.search(r"\(a\) ack p50 \(ms\) .* \d+\.\d{3}$", done.stdout, re.MULTILINE), done.stdout
+
+
+@pytest.fixture
+def bench_importable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``bench`` is not an installed package: import it from the repository, as ``python -m bench`` does."""
+    pytest.importorskip("psutil", reason="the bench extra is not installed (./dev test installs it)")
+    monkeypatch.syspath_prepend(str(ROOT))
+
+
+def test_baseline_spec_imports_signald_from_its_own_tree(tmp_path: Path, bench_importable: None) -> None:
+    from bench.baseline import BEFORE, before_spec, check_imports, checkout, imported_from, resolve
+    from bench.procs import SPECS
+
+    commit = resolve("HEAD")
+    with checkout(commit) as tree:
+        spec = before_spec(tree, commit)
+        assert (spec.name, spec.env, spec.argv("T")) == (BEFORE, SPECS["signald"].env, SPECS["signald"].argv("T"))
+        assert imported_from(spec) == (tree / "signald" / "__init__.py").resolve()
+        assert imported_from(SPECS["signald"]) == (ROOT / "signald" / "__init__.py").resolve()
+        check_imports([SPECS["signald"], spec])
+    empty = dataclasses.replace(spec, cwd=tmp_path)  # no signald here: the installed one would be measured
+    with pytest.raises(RuntimeError, match="would import signald from"):
+        check_imports([empty])
+
+
+def test_baseline_ratios_in_the_table(bench_importable: None) -> None:
+    from bench.baseline import BEFORE, with_before
+    from bench.table import table_rows
+    from bench.workloads import QUICK
+
+    assert with_before(("signald", "socketio")) == ("signald", BEFORE, "socketio")
+    assert with_before(("signald", "signald-mem")) == ("signald", BEFORE, "signald-mem")
+    result = {"sizes": dataclasses.asdict(QUICK), "workloads": ["d"], "servers": {"d": ["signald", BEFORE]},
+              "summary": {"d": {"signald": {"rate": 150.0}, BEFORE: {"rate": 100.0}}}}
+    rates = [row for row in table_rows(result) if row["metric"] == "rate"]
+    assert rates[0]["ratios"] == {BEFORE: 1.5}
+    del result["servers"]  # a run without --baseline: the workload's own servers, no such ratio
+    assert table_rows(result)[0]["ratios"] == {}

@@ -1,0 +1,90 @@
+"""The results table: rows per workload, medians per server, and the ratios of signald to the others.
+
+Shared by the run's printed summary (:mod:`bench.runner`) and the page (:mod:`bench.report`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.baseline import BEFORE
+from bench.workloads import WORKLOADS, Sizes
+
+ROWS: dict[str, list[tuple[str, str, str]]] = {  # workload -> (metric, label, format)
+    "a": [("p50_ms", "ack p50 (ms)", ".3f"), ("p99_ms", "ack p99 (ms)", ".3f")],
+    "c": [],
+    "d": [("rate", "connections/s", ",.0f"), ("cpu_ms_per_conn", "server CPU per connection (ms)", ".2f")],
+    "e": [("rate", "acked chat.send/s", ",.0f"), ("cpu_us_per_send", "server CPU per send (µs)", ".0f")],
+    "f": [("held", "connections held", ",.0f"), ("rss_mb", "RSS (MiB)", ",.0f"),
+          ("rss_kb_per_conn", "RSS per connection (KiB)", ".1f"), ("idle_cpu_pct", "idle CPU (% of a core)", ".2f"),
+          ("rss_mb_at_50k", "RSS at 50,000, linear from held (MiB)", ",.0f"),
+          ("idle_cpu_pct_at_50k", "idle CPU at 50,000, linear from held (%)", ".2f"),
+          ("lost_while_idle", "connections lost while idle", ",.0f")],
+}
+
+
+def rows_for(workload: str, sizes: Sizes) -> list[tuple[str, str, str]]:
+    if workload == "b":
+        rows = []
+        for n in sizes.fanout_members:
+            rows += [(f"rate_{n}", f"delivered msgs/s, {n} members", ",.0f"),
+                     (f"cpu_us_{n}", f"server CPU per delivery, {n} members (µs)", ".2f"),
+                     (f"per_core_{n}", f"deliveries per server CPU-second, {n} members", ",.0f"),
+                     (f"client_cpu_pct_{n}", f"load client CPU, {n} members (% of a core)", ".0f")]
+        return rows
+    if workload == "c":
+        return [(f"rss_kb_{n}", f"RSS per idle connection at {n:,} (KiB)", ".1f") for n in sizes.idle_sizes] + [
+            (f"idle_cpu_pct_{sizes.idle_sizes[-1]}", f"idle CPU at {sizes.idle_sizes[-1]:,} (% of a core)", ".2f")]
+    return ROWS[workload]
+
+
+def fmt(value: float | None, spec: str) -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def table_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rows of the results table: workload, label, value per server, ratios vs the peers."""
+    sizes = Sizes(**{k: tuple(v) if isinstance(v, list) else v for k, v in result["sizes"].items()})
+    summary = result["summary"]
+    rows = []
+    for wl in result["workloads"]:
+        servers = result.get("servers", {}).get(wl, WORKLOADS[wl].servers)
+        for metric, label, spec in rows_for(wl, sizes):
+            values = {s: summary.get(wl, {}).get(s, {}).get(metric) for s in servers}
+            mine = values.get("signald")
+            ratios = {}
+            for peer in ("socketio", "websockets", "signald-mem", BEFORE):
+                theirs = values.get(peer)
+                if peer in servers and mine is not None and theirs:
+                    ratios[peer] = mine / theirs
+            rows.append({"workload": wl, "metric": metric, "label": label, "format": spec, "values": values,
+                         "ratios": ratios})
+    return rows
+
+
+def print_table(result: dict[str, Any]) -> None:
+    """The results table; with ``--baseline``, a signald-before column and signald ÷ signald-before."""
+    before = "baseline" in result
+    columns = ["signald", *([BEFORE] if before else []), "signald-mem", "socketio", "websockets"]
+    width = 16 if before else 14  # "signald-before" needs room to stay apart from its neighbour
+    print(f"\n{'':4}{'metric':48}" + "".join(f"{c:>{width}}" for c in columns)
+          + f"{'÷socketio':>11}{'÷websockets':>13}{'÷mem':>7}" + (f"{'÷before':>9}" if before else ""))
+    for row in table_rows(result):
+        cells = "".join(f"{fmt(row['values'].get(c), row['format']):>{width}}" for c in columns)
+        ratios = row["ratios"]
+        print(f"({row['workload']}) {row['label']:48}{cells}"
+              f"{fmt(ratios.get('socketio'), '.2f'):>11}{fmt(ratios.get('websockets'), '.2f'):>13}"
+              f"{fmt(ratios.get('signald-mem'), '.2f'):>7}"
+              + (f"{fmt(ratios.get(BEFORE), '.3f'):>9}" if before else ""))
+    if before:
+        base = result["baseline"]
+        print(f"\nsignald-before is {base['rev']} ({base['commit']}); ÷before = signald / signald-before"
+              " (for times and CPU, below 1 means faster now)")
+    print("\ntargets:")
+    for v in result["verdicts"]:
+        what = f"signald/{v['peer']}" if v["peer"] else "signald"
+        value = fmt(v["value"], ".2f" if v["peer"] else ",.1f")
+        print(f"  {v['verdict']:5} ({v['workload']}) {v['text']}: {what} = {value} (target {v['op']} "
+              f"{v['bound']:g}{' ' + v['unit'] if v['unit'] else ''})")
+    for note in result.get("notes", []):
+        print(f"  note: {note}")
