@@ -16,7 +16,8 @@ from signald.protocol import (
     RoomWaitingEvent,
     type_of,
 )
-from signald.state.rooms import RoomRegistry, Send
+from signald.state.rooms import RoomRegistry
+from signald.state.send import Send
 
 Ev = tuple[str, str, str | None, frozenset[str]]  # (type, room, user_id or None, recipients)
 
@@ -114,6 +115,20 @@ def test_max_rooms() -> None:
     reg.join("a2", "alice", "r3", max_rooms=2)  # the limit is per connection
     reg.leave("a1", "r1")
     reg.join("a1", "alice", "r3", max_rooms=2)
+
+
+def test_check_join_refuses_what_join_would_and_changes_nothing() -> None:
+    reg = RoomRegistry()
+    reg.join("a1", "alice", "r1", max_rooms=2)
+    reg.join("a1", "alice", "r2", max_rooms=2)
+    reg.check_join("a1", "alice", "r2", max_rooms=2)  # already in: never counts against the limit
+    reg.check_join("b1", "bob", "r3", max_rooms=2)
+    with pytest.raises(SignalError) as exc:
+        reg.check_join("a1", "alice", "r3", max_rooms=2)
+    assert exc.value.code == "LIMIT_EXCEEDED"
+    with pytest.raises(ValueError):
+        reg.check_join("a1", "bob", "r3", max_rooms=MAX)
+    assert reg.rooms_of("a1") == fs("r1", "r2") and reg.rooms_of("b1") == fs() and reg.room_count == 2
 
 
 def test_conn_bound_to_one_user() -> None:

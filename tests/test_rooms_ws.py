@@ -1,4 +1,4 @@
-"""Rooms and presence over real WebSockets (issue 3): what connected clients see.
+"""Rooms and presence over real WebSockets: what connected clients see.
 
 Each test runs an in-process daemon and several clients; alice often has two devices (``a1``,
 ``a2``) and bob one. To assert that an event did *not* arrive, a client pings the server: the

@@ -8,36 +8,11 @@ the offer's ack), ``sends`` (events in delivery order, to be delivered *after* t
 :class:`~signald.errors.SignalError` and change nothing. A user is a ``str`` user id, a device a
 ``str`` device id (one per connection). Target checks (offline, shares a room) are the caller's job.
 
-States
-    ``NONE`` no live call with that id: never offered, or ended (an ended call is freed at once, so
-    its id is unknown again and a later offer may reuse it). ``RINGING`` offered, not answered.
-    ``ACTIVE`` answered by one callee device (the *winner*). ``ENDED`` terminal, has no row.
-
-Transition table (:data:`TRANSITIONS`, which :func:`transition` reads for every step; a cell is
-the next state or the error code raised; tests check that this text equals the table)::
-
-    event               NONE        RINGING     ACTIVE
-    OFFER               RINGING     CONFLICT    CONFLICT
-    OFFER_BUSY          ENDED       CONFLICT    CONFLICT
-    OFFER_GLARE_LOST    ENDED       CONFLICT    CONFLICT
-    ANSWER              NOT_FOUND   ACTIVE      CONFLICT
-    ICE_FROM_CALLER     NOT_FOUND   RINGING     ACTIVE
-    ICE_FROM_CALLEE     NOT_FOUND   RINGING     ACTIVE
-    END_BY_CALLER       NOT_FOUND   ENDED       ENDED
-    END_BY_CALLEE       NOT_FOUND   ENDED       ENDED
-    TIMEOUT             NONE        ENDED       ACTIVE
-    GLARE               NONE        ENDED       ACTIVE
-    DISCONNECT_CALLER   NONE        ENDED       ENDED
-    DISCONNECT_CALLEE   NONE        ENDED       ENDED
-    RING_DEVICE_GONE    NONE        RINGING     ACTIVE
-
-The last five are server events: they never fail, and where they do not apply the state stays.
-``DISCONNECT_CALLEE`` is the winner or the *last* ringing device going away; ``RING_DEVICE_GONE``
-a ringing device going away while others still ring.
+States and the transition table are in :mod:`signald.state.call_table`.
 
 Rules ("peer devices": of the caller, the ringing devices, or the winner once answered; of the
 callee, the offering device. Every event carries the ``call_id``; ``from_user`` is the recipient's
-other party, except where said. A :class:`Send` never has an empty ``devices``.)
+other party, except where said. A :class:`Send` never has an empty ``conns``.)
     * Offer checks, in order: calling yourself -> ``INVALID_PAYLOAD``; no callee device ->
       ``TARGET_OFFLINE``; ``call_id`` in use by a live call -> ``CONFLICT`` (absent: one is generated).
     * answer/ice/end without ``call_id`` take the only live call between the two users, in either
@@ -78,15 +53,14 @@ other party, except where said. A :class:`Send` never has an empty ``devices``.)
 
 from __future__ import annotations
 
-import enum
 import heapq
 from collections.abc import Callable, Iterable, Sequence
-from typing import Final, Literal, TypeAlias, TypeVar, Union
+from typing import Literal, TypeVar
 from uuid import uuid4
 
 import attrs
 
-from signald.errors import ErrorCode, SignalError
+from signald.errors import SignalError
 from signald.protocol import (
     CallAnswerEvent,
     CallAnswerEventData,
@@ -99,97 +73,14 @@ from signald.protocol import (
     CallType,
     JsonObject,
 )
+from signald.state.call_outcome import CallEventMessage, CallLogEntry, CallOutcome
+from signald.state.call_table import TRANSITIONS, Event, State, transition
+from signald.state.send import Send
 
-__all__ = [
-    "CallEventMessage", "CallLogEntry", "CallOutcome", "CallRegistry", "Event", "Send", "State",
-    "TRANSITIONS", "transition",
-]
+__all__ = ["CallEventMessage", "CallLogEntry", "CallOutcome", "CallRegistry", "Event", "State", "TRANSITIONS",
+           "transition"]
 
-
-class State(enum.Enum):
-    NONE = "none"
-    RINGING = "ringing"
-    ACTIVE = "active"
-    ENDED = "ended"
-
-
-class Event(enum.Enum):
-    OFFER = "offer"
-    OFFER_BUSY = "offer_busy"
-    OFFER_GLARE_LOST = "offer_glare_lost"
-    ANSWER = "answer"
-    ICE_FROM_CALLER = "ice_from_caller"
-    ICE_FROM_CALLEE = "ice_from_callee"
-    END_BY_CALLER = "end_by_caller"
-    END_BY_CALLEE = "end_by_callee"
-    TIMEOUT = "timeout"
-    GLARE = "glare"
-    DISCONNECT_CALLER = "disconnect_caller"
-    DISCONNECT_CALLEE = "disconnect_callee"
-    RING_DEVICE_GONE = "ring_device_gone"
-
-
-Next: TypeAlias = Union[State, ErrorCode]
-SOURCE_STATES: Final = (State.NONE, State.RINGING, State.ACTIVE)
-_N, _R, _A, _X = State.NONE, State.RINGING, State.ACTIVE, State.ENDED
-_ROWS: Final[dict[Event, tuple[Next, Next, Next]]] = {
-    #                        NONE          RINGING      ACTIVE
-    Event.OFFER:             (_R,          "CONFLICT",  "CONFLICT"),
-    Event.OFFER_BUSY:        (_X,          "CONFLICT",  "CONFLICT"),
-    Event.OFFER_GLARE_LOST:  (_X,          "CONFLICT",  "CONFLICT"),
-    Event.ANSWER:            ("NOT_FOUND", _A,          "CONFLICT"),
-    Event.ICE_FROM_CALLER:   ("NOT_FOUND", _R,          _A),
-    Event.ICE_FROM_CALLEE:   ("NOT_FOUND", _R,          _A),
-    Event.END_BY_CALLER:     ("NOT_FOUND", _X,          _X),
-    Event.END_BY_CALLEE:     ("NOT_FOUND", _X,          _X),
-    Event.TIMEOUT:           (_N,          _X,          _A),
-    Event.GLARE:             (_N,          _X,          _A),
-    Event.DISCONNECT_CALLER: (_N,          _X,          _X),
-    Event.DISCONNECT_CALLEE: (_N,          _X,          _X),
-    Event.RING_DEVICE_GONE:  (_N,          _R,          _A),
-}
-TRANSITIONS: Final[dict[tuple[State, Event], Next]] = {
-    (state, event): row[i] for event, row in _ROWS.items() for i, state in enumerate(SOURCE_STATES)
-}
-
-
-def transition(state: State, event: Event) -> State:
-    """The state a call in ``state`` moves to on ``event``; raises the table's error code instead."""
-    nxt = TRANSITIONS.get((state, event), "NOT_FOUND")  # ENDED is terminal: no row, no such call
-    if isinstance(nxt, State):
-        return nxt
-    what = "no such call" if nxt == "NOT_FOUND" else f"call is {state.value}"
-    raise SignalError(nxt, f"{event.value}: {what}")
-
-
-CallEventMessage: TypeAlias = Union[CallOfferEvent, CallAnswerEvent, CallIceEvent, CallEndEvent]
-
-
-@attrs.frozen(slots=True)
-class Send:
-    """One event and the devices it goes to (encode once, deliver to each device)."""
-
-    devices: tuple[str, ...]
-    event: CallEventMessage
-
-
-@attrs.frozen(slots=True)
-class CallLogEntry:
-    kind: Literal["started", "answered", "ended"]
-    call_id: str
-    caller: str
-    callee: str
-    call_type: CallType
-    reason: str | None = None  # "ended" only
-    duration_s: float | None = None  # "ended" only: seconds since the answer, None if never answered
-
-
-@attrs.frozen(slots=True)
-class CallOutcome:
-    call_id: str | None = None
-    sends: list[Send] = attrs.Factory(list)
-    busy_changed: set[str] = attrs.Factory(set)
-    log: list[CallLogEntry] = attrs.Factory(list)
+_R, _A, _X = State.RINGING, State.ACTIVE, State.ENDED
 
 
 @attrs.define(slots=True, eq=False)
@@ -253,7 +144,7 @@ class _Acc:
         self.busy_before: dict[str, bool] = {}
 
     def send(self, devices: Iterable[str], event: CallEventMessage) -> None:
-        targets = tuple(devices)
+        targets = frozenset(devices)
         if targets:
             self.sends.append(Send(targets, event))
 

@@ -7,7 +7,7 @@ Nothing here reads a clock: every call takes ``now`` in seconds from one monoton
   ``rate_per_s``. :meth:`TokenBucket.allow` takes one token if at least one is there. A clock that
   goes backwards refills nothing (and does not push the refill time back). Comparisons tolerate 1e-9
   of float drift, so polling in steps that sum to one token's interval is not rounded down.
-- **FloodGuard** (PROTOCOL.md "Limits"): every inbound frame, garbage included, calls
+- **FloodGuard** (docs/protocol.md "Limits and close codes"): every inbound frame, garbage included, calls
   :meth:`FloodGuard.check` once, before anything else is done with it. ``ALLOW``: carry it out.
   ``LIMITED``: reply ``RATE_LIMITED`` and do not carry it out (a rejected frame costs no token).
   ``CLOSE``: this rejection is the (``burst`` + 1)-th within a sliding window of 10 s (``window_s``;

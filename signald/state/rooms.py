@@ -1,8 +1,8 @@
 """Room membership: who is in which room, and the events membership changes cause (sans-IO).
 
 :class:`RoomRegistry` is plain synchronous state: no awaits, no sockets, no clocks. Every
-mutating operation returns the events it causes as a list of :class:`Send` in delivery order; the
-caller encodes each event once and delivers it to ``Send.conns``.
+mutating operation returns the events it causes as a list of :class:`~signald.state.send.Send` in
+delivery order; the caller encodes each event once and delivers it to ``Send.conns``.
 
 Identities
     A connection is an opaque ``str`` conn id and is one *device* (``device_id == conn id``). A user
@@ -45,7 +45,7 @@ Rules (recipients never include the connection whose request caused the event: i
 
 Presence fan-out
     ``peers_of_user(user)`` is every conn that shares at least one room with any device of the user,
-    *including the user's own other devices that are in a room* (PROTOCOL.md's echo rule: the
+    *including the user's own other devices that are in a room* (docs/protocol.md's echo rule: the
     sender's other devices are "other connections concerned"). Callers exclude the requesting conn.
 """
 
@@ -63,16 +63,9 @@ from signald.protocol import (
     RoomUserData,
     RoomWaitingEvent,
 )
+from signald.state.send import Send
 
-__all__ = ["JoinOutcome", "RoomRegistry", "Send"]
-
-
-@attrs.frozen(slots=True)
-class Send:
-    """One event and the connections it goes to (encode the event once, deliver to each conn)."""
-
-    conns: frozenset[str]
-    event: Outbound
+__all__ = ["JoinOutcome", "RoomRegistry"]
 
 
 @attrs.frozen(slots=True)
@@ -109,17 +102,22 @@ class RoomRegistry:
 
     # ------------------------------------------------------------------ mutations
 
-    def join(self, conn: str, user: str, room: str, *, max_rooms: int) -> JoinOutcome:
-        """Add ``conn`` (a device of ``user``) to ``room``; raises ``LIMIT_EXCEEDED``."""
+    def check_join(self, conn: str, user: str, room: str, *, max_rooms: int) -> None:
+        """Raise what :meth:`join` would raise, changing nothing (for a join that reads first)."""
         known = self._conn_user.get(conn)
         if known is not None and known != user:
             raise ValueError(f"connection {conn!r} belongs to {known!r}, not {user!r}")
         rooms = self._conn_rooms.get(conn)
+        if rooms is not None and room not in rooms and len(rooms) >= max_rooms:
+            raise SignalError("LIMIT_EXCEEDED", f"a connection may be in at most {max_rooms} rooms")
+
+    def join(self, conn: str, user: str, room: str, *, max_rooms: int) -> JoinOutcome:
+        """Add ``conn`` (a device of ``user``) to ``room``; raises ``LIMIT_EXCEEDED``."""
+        self.check_join(conn, user, room, max_rooms=max_rooms)
+        rooms = self._conn_rooms.get(conn)
         if rooms is not None and room in rooms:
             users = self._members[room]
             return JoinOutcome(room, [], [], False, len(users) >= 2, True, self.members(room))
-        if rooms is not None and len(rooms) >= max_rooms:
-            raise SignalError("LIMIT_EXCEEDED", f"a connection may be in at most {max_rooms} rooms")
 
         users = self._members.setdefault(room, {})
         conns = self._room_conns.setdefault(room, set())
