@@ -7,7 +7,7 @@ The embedding API::
     async with trio.open_nursery() as nursery:
         server = await nursery.start(serve_signald, load_config(env={}))
         print(server.url)          # ws://127.0.0.1:8765/
-        server.hub.publish_to_room("lobby", "app.news", {"text": "hello"})
+        server.publish_to_room("lobby", "app.news", {"text": "hello"})
 
 See docs/embedding.md.
 
@@ -34,11 +34,12 @@ _EXPORTS: dict[str, str] = {
     "load_config": "signald.config",
     "SignalError": "signald.errors",
     "default_router": "signald.handlers",
-    "Context": "signald.app.hub",
+    "Context": "signald.app.context",
     "Hub": "signald.app.hub",
     "CustomMessage": "signald.router",
     "Router": "signald.router",
     "RunningServer": "signald.server",
+    "Signald": "signald.app.facade",
     "serve_signald": "signald.server",
 }
 
@@ -53,6 +54,7 @@ __all__ = [
     "Identity",
     "Router",
     "RunningServer",
+    "Signald",
     "SignalError",
     "SignaldClient",
     "connect",
@@ -62,7 +64,9 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from signald.app.hub import Context, Hub
+    from signald.app.context import Context
+    from signald.app.facade import Signald
+    from signald.app.hub import Hub
     from signald.auth import AuthRefused, HandshakeRequest, Identity
     from signald.client import SignaldClient, connect
     from signald.config import Config, ConfigError, load_config

@@ -17,11 +17,13 @@ from functools import partial
 
 import trio
 
-from signald.app.hub import Context, Hub
+from signald.app.context import Context
+from signald.app.hub import Hub
 from signald.app.session import CLOSE_POLICY, Session
 from signald.protocol import FrameError
-from signald.router import Router, error_reply
+from signald.router import Router
 from signald.state.ratelimit import Verdict
+from signald.state.replies import error_reply
 
 log = logging.getLogger("signald.connection")  # the logger name operators already filter on
 audit = logging.getLogger("signald.audit")
@@ -66,4 +68,4 @@ async def handle_message(hub: Hub, router: Router, session: Session, message: st
     if reply is not None:
         hub.reply(session, reply)
     if ctx.after_reply:  # events that must follow the reply, in its turn
-        session.in_turn(partial(hub.publish, ctx.after_reply))
+        session.replies.in_turn(partial(hub.publish, ctx.after_reply))

@@ -8,9 +8,10 @@ without ``id`` gets no ack, but still gets an ``error`` (``op_id: null``) if it 
 
 A handler may return :class:`Reply` to answer with another message type instead of ``ack``
 (``presence.ping`` answers ``presence.pong``), or :data:`LATER` when it has held a place in the
-session's reply order and arranged for :meth:`Router.finish` to fill it once the work is done
-(``chat.send`` answers from the history store's commit callback, so the connection goes on
-reading meanwhile). Replies always leave in request order.
+session's reply order (:meth:`signald.app.context.Context.defer`) and fills it once the work is
+done (``chat.send`` answers from the history store's commit callback, so the connection goes on
+reading meanwhile). Replies always leave in request order. Which reply a result or an exception
+gets is decided in :mod:`signald.state.replies`.
 
 Embedders add their own inbound types under the ``app.`` namespace with :meth:`Router.add_custom`;
 the frozen protocol types cannot be redefined.
@@ -18,7 +19,6 @@ the frozen protocol types cannot be redefined.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar, cast
@@ -30,10 +30,6 @@ from signald.errors import SignalError
 from signald.protocol import (
     APP_EVENT_PREFIX,
     INBOUND_TYPES,
-    Ack,
-    AckData,
-    Error,
-    ErrorData,
     FrameDecoder,
     Inbound,
     OpId,
@@ -41,29 +37,20 @@ from signald.protocol import (
     decode_frame,
     type_of,
 )
+from signald.state.replies import Reply, error_reply, failed_reply, succeeded_reply
 
 if TYPE_CHECKING:
-    from signald.app.hub import Context
-    from signald.app.session import HeldReply
+    from signald.app.context import Context
 
-log = logging.getLogger("signald.router")
-audit = logging.getLogger("signald.audit")
-AUDITED_CODES: Final = frozenset({"FORBIDDEN", "UNAUTHORIZED"})
+__all__ = ["LATER", "CustomMessage", "Later", "Reply", "Router", "error_reply"]
 
 M = TypeVar("M")
 Handler = Callable[["Context", Any], Awaitable[Any]]
 
 
 @attrs.frozen
-class Reply:
-    """A handler result that is sent as-is instead of being wrapped in ``ack``."""
-
-    message: Outbound
-
-
-@attrs.frozen
 class Later:
-    """A handler result: the reply is sent later, once, through :meth:`Router.finish`."""
+    """A handler result: the reply is sent later, once, through :meth:`Context.defer`'s handle."""
 
 
 LATER: Final = Later()
@@ -162,49 +149,13 @@ class Router:
                 raise SignalError("UNKNOWN_TYPE", f"unknown message type {kind!r}")
             result = await handler(ctx, message)
         except Exception as exc:
-            return _failed(ctx, kind, message.id, exc)
+            session = ctx.session
+            return failed_reply(kind, message.id, exc, user_id=session.user_id, remote=session.remote,
+                                 session_id=session.session_id)
         if result is LATER:
             return None
-        return _succeeded(message.id, result)
-
-    @staticmethod
-    def finish(
-        ctx: Context, message: Inbound | CustomMessage, place: HeldReply, result: Any, error: BaseException | None
-    ) -> None:
-        """Send the reply of a message whose handler returned :data:`LATER`, in its ``place``.
-
-        ``place`` is what :meth:`Session.hold_reply` gave the handler; the reply (``ack`` with
-        ``result``, or the ``error`` for ``error``) goes out in request order.
-        """
-        if error is not None:
-            reply: Outbound | None = _failed(ctx, _kind(message), message.id, error)
-        else:
-            reply = _succeeded(message.id, result)
-        ctx.session.release(place, partial(ctx.hub.reply_now, ctx.session, reply) if reply is not None else None)
+        return succeeded_reply(message.id, result)
 
 
 def _kind(message: Inbound | CustomMessage) -> str:
     return message.type if isinstance(message, CustomMessage) else type_of(type(message))
-
-
-def _failed(ctx: Context, kind: str, op_id: OpId, exc: BaseException) -> Error:
-    if isinstance(exc, SignalError):
-        if exc.code in AUDITED_CODES:
-            audit.warning("refused code=%s type=%s user=%s peer=%s reason=%s", exc.code, kind,
-                          ctx.session.user_id, ctx.session.remote, exc.message)
-        return error_reply(op_id, exc.code, exc.message)
-    log.error("handler for %s failed (session %s)", kind, ctx.session.session_id, exc_info=exc)
-    return error_reply(op_id, "INTERNAL", "internal error; the request was not completed")
-
-
-def _succeeded(op_id: OpId, result: Any) -> Outbound | None:
-    if isinstance(result, Reply):
-        return result.message
-    if op_id is None:
-        return None
-    return Ack(data=AckData(op_id=op_id, data=result))
-
-
-def error_reply(op_id: OpId, code: str, message: str) -> Error:
-    """The ``error`` reply for ``op_id``."""
-    return Error(data=ErrorData(op_id=op_id, code=code, message=message))

@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from msgspec import inspect as mi
 
-from signald.app.hub import Context
+from signald.app.context import Context
 from signald.client import SignaldClient, connect
 from signald.handlers import default_router
 from signald.protocol import (

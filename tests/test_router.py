@@ -20,7 +20,7 @@ import attrs
 import msgspec
 import pytest
 
-from signald.app.hub import Context
+from signald.app.context import Context
 from signald.errors import SignalError
 from signald.protocol import (
     Ack,

@@ -14,9 +14,11 @@ from typing import Final
 import attrs
 import trio
 
+from signald.auth import Identity
 from signald.delivery.frames import Frame
 from signald.delivery.outbox import CLOSE_SLOW_CONSUMER, Cork, Outbox
 from signald.state.ratelimit import FloodGuard
+from signald.state.replies import HeldReply, ReplyOrder
 
 CLOSE_GOING_AWAY: Final = 1001
 CLOSE_POLICY: Final = 1008
@@ -30,22 +32,12 @@ def new_session_id() -> str:
 
 
 @attrs.define(eq=False)
-class HeldReply:
-    """A place in a session's reply order, for a reply that comes later (``chat.send``'s ack)."""
-
-    ready: bool = False
-    run: Callable[[], None] | None = None  # what to do in its turn: send the reply, publish events
-
-
-@attrs.define(eq=False)
 class Session:
     """State of one connection; mutated only from the Trio thread."""
 
     session_id: str
     user_id: str
-    roles: frozenset[str]
-    rooms_allowed: tuple[str, ...] | None
-    expires_at: float | None
+    identity: Identity  # roles, allowed rooms, token expiry: replaced as a whole by auth.refresh
     remote: str
     binary: bool
     connected_at: str
@@ -56,13 +48,10 @@ class Session:
     close_code: int | None = None
     close_reason: str = ""
     detached: bool = False
-    expiry_changed: trio.Event | None = None  # made by the expiry task (only sessions with an expiry have one)
     on_close: Callable[[], None] | None = None
     cancel_scope: trio.CancelScope | None = None
-    # Replies go out in request order: once a reply is held (its work is still going on), the
-    # replies after it wait here for their turn.
-    held: list[HeldReply] | None = None
-    _close_when_replied: bool = False
+    # Replies go out in request order (see signald.state.replies).
+    replies: ReplyOrder = attrs.field(init=False, factory=ReplyOrder)
 
     def __attrs_post_init__(self) -> None:
         self.outbox = Outbox(self.send_queue, binary=self.binary, on_overflow=self._overflow, cork=self.cork)
@@ -72,44 +61,37 @@ class Session:
         return self.session_id
 
     @property
+    def roles(self) -> frozenset[str]:
+        return self.identity.roles
+
+    @property
+    def expires_at(self) -> float | None:
+        return self.identity.expires_at
+
+    @property
     def is_moderator(self) -> bool:
-        return bool(self.roles & {"mod", "admin"})
+        return self.identity.is_moderator()
 
     @property
     def is_admin(self) -> bool:
-        return "admin" in self.roles
+        return self.identity.is_admin()
+
+    def may_join(self, room: str) -> bool:
+        """Whether the session's token allows joining ``room`` (its room globs)."""
+        return self.identity.may_join(room)
 
     def send(self, frame: Frame) -> bool:
         """Queue a frame for this connection alone (replies go this way)."""
         return self.outbox.push(frame)
 
-    def hold_reply(self) -> HeldReply:
-        """Reserve the next place in the reply order; :meth:`release` fills it."""
-        place = HeldReply()
-        if self.held is None:
-            self.held = []
-        self.held.append(place)
-        return place
-
-    def in_turn(self, run: Callable[[], None]) -> None:
-        """Run ``run`` (which sends a reply) now, or after the held replies before it."""
-        if self.held is None:
-            run()
-        else:
-            self.held.append(HeldReply(True, run))
-
     def release(self, place: HeldReply, run: Callable[[], None] | None) -> None:
-        """The held reply is ready: run it and whatever waited behind it, in order."""
-        place.ready, place.run = True, run
-        held = self.held
-        while held and held[0].ready:
-            turn = held.pop(0).run
-            if turn is not None:
-                turn()
-        if not held:
-            self.held = None
-            if self._close_when_replied:
-                self.outbox.close(drop=False)
+        """The held reply is ready: run it and whatever waited behind it, in order.
+
+        A close that waited for the held replies (:meth:`close` with ``flush``) happens once the
+        last of them has left.
+        """
+        if self.replies.release(place, run):
+            self.outbox.close(drop=False)
 
     def close(self, code: int, reason: str, *, flush: bool = True, grace_s: float = 5.0) -> None:
         """Ask the connection to close with ``code``; never blocks. The first reason wins.
@@ -124,10 +106,7 @@ class Session:
             self.close_reason = reason
             if self.on_close is not None:
                 self.on_close()
-        if flush and self.held:
-            self._close_when_replied = True  # the held replies go out first (within grace_s)
-        else:
-            self.held = None
+        if self.replies.close(flush=flush):  # else the held replies go out first (within grace_s)
             self.outbox.close(drop=not flush)
         if self.cancel_scope is not None:
             self.cancel_scope.deadline = min(self.cancel_scope.deadline, trio.current_time() + grace_s)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from signald.app.hub import Context
-from signald.auth import Identity, refresh_identity
+from signald.app.context import Context
+from signald.auth import refresh_identity
 from signald.protocol import AuthRefresh, ExpiresResult, PongData, PresencePing, PresencePongEvent
 from signald.router import Reply, Router
 from signald.timefmt import iso_utc
@@ -17,15 +17,14 @@ async def presence_ping(ctx: Context, msg: PresencePing) -> Reply:
 async def auth_refresh(ctx: Context, msg: AuthRefresh) -> ExpiresResult:
     """Swap the session's token for a fresh one of the same user; extends its expiry.
 
-    The new token's roles and rooms replace the old ones. A token of another user is
-    ``FORBIDDEN``; an invalid one ``UNAUTHORIZED`` (the session keeps its old token).
+    The new token's roles, rooms and expiry replace the old ones, whatever the handshake gave: a
+    refresh may set an expiry on a session that had none, move it, or remove it. A token of
+    another user is ``FORBIDDEN``; an invalid one ``UNAUTHORIZED`` (the session keeps its old token).
     """
     session = ctx.session
-    current = Identity(session.user_id, session.roles, session.rooms_allowed, session.expires_at)
-    fresh = refresh_identity(ctx.hub.authenticator, current, msg.data.refresh_token)
-    session.roles, session.rooms_allowed, session.expires_at = fresh.roles, fresh.rooms, fresh.expires_at
-    if session.expiry_changed is not None:
-        session.expiry_changed.set()
+    fresh = refresh_identity(ctx.hub.authenticator, session.identity, msg.data.refresh_token)
+    session.identity = fresh
+    ctx.hub.expiries.watch(session)
     return ExpiresResult(expires_at=iso_utc(fresh.expires_at) if fresh.expires_at is not None else None)
 
 
