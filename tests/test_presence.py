@@ -6,7 +6,8 @@ import pytest
 
 from signald.protocol import DeviceData, PresenceUpdateData, TypingUserData, type_of
 from signald.state.presence import PresenceTracker
-from signald.state.rooms import RoomRegistry, Send
+from signald.state.rooms import RoomRegistry
+from signald.state.send import Send
 
 Ev = tuple[str, tuple[object, ...], frozenset[str]]
 
@@ -34,9 +35,10 @@ def fs(*conns: str) -> frozenset[str]:
 class World:
     """A registry and a tracker wired the way the daemon wires them."""
 
-    def __init__(self, away_after_s: float = 0.0) -> None:
+    def __init__(self, away_after_s: float = 0.0, **options: int) -> None:
         self.rooms = RoomRegistry()
-        self.p = PresenceTracker(self.rooms.peers_of_user, self.rooms.conns_in, away_after_s=away_after_s)
+        self.p = PresenceTracker(self.rooms.peers_of_user, self.rooms.conns_in, away_after_s=away_after_s,
+                                 **options)
 
     def arrive(self, conn: str, user: str, *rooms: str, now: float = 0.0) -> None:
         self.p.connect(conn, user, now)
@@ -199,6 +201,43 @@ def test_last_seen() -> None:
     assert w.p.activity("alice", 3.0, 2000.0) == [] and w.p.last_seen("alice") == 1005.0  # offline: ignored
     w.p.load_last_seen({"carol": 5.0})
     assert w.p.last_seen("carol") == 5.0 and w.p.drain_last_seen() == {}
+
+
+def test_offline_last_seen_is_capped_and_forgets_the_least_recently_seen_first() -> None:
+    w = World(last_seen_cap=3)
+    w.arrive("a1", "alice", "r")
+    w.p.activity("alice", 0.0, 1.0)
+    for n in range(100):  # anonymous guests: a new user id per connection
+        w.arrive(f"g{n}", f"guest-{n}", "r")
+        w.p.activity(f"guest-{n}", 0.0, 10.0 + n)
+        w.leave_all(f"g{n}", wall=20.0 + n)
+    assert w.p.last_seen_count == 1 + 3  # alice (connected) and the three most recent guests
+    assert [w.p.last_seen(f"guest-{n}") for n in (96, 97, 98, 99)] == [None, 117.0, 118.0, 119.0]
+    assert w.p.last_seen("alice") == 1.0  # a connected user is never forgotten, however idle
+    # a user coming back takes their value along; going offline again puts it back, most recent
+    w.arrive("g97b", "guest-97", "r")
+    assert w.p.last_seen("guest-97") == 117.0 and w.p.last_seen_count == 1 + 3
+    w.leave_all("g97b", wall=200.0)
+    w.arrive("b1", "bob", "r")
+    w.leave_all("b1", wall=201.0)
+    assert [w.p.last_seen(u) for u in ("guest-98", "guest-99", "guest-97", "bob")] == [None, 119.0, 200.0, 201.0]
+    # every change still reaches the drain once, forgotten or not (the daemon persists them)
+    drained = w.p.drain_last_seen()
+    assert len(drained) == 1 + 100 + 1 and drained["guest-0"] == 20.0 and w.p.drain_last_seen() == {}
+
+
+def test_loaded_last_seen_never_overrides_a_fresher_value_and_obeys_the_cap() -> None:
+    w = World(last_seen_cap=2)
+    w.arrive("a1", "alice", "r")
+    w.p.load_last_seen({"alice": 5.0})
+    assert w.p.last_seen("alice") == 5.0  # connected, nothing newer known: storage's value shows
+    w.p.activity("alice", 0.0, 50.0)
+    w.p.load_last_seen({"alice": 6.0, "x": 1.0, "y": 2.0, "z": 3.0})
+    assert w.p.last_seen("alice") == 50.0
+    assert [w.p.last_seen(u) for u in ("x", "y", "z")] == [None, 2.0, 3.0]
+    assert w.p.drain_last_seen() == {"alice": 50.0}
+    with pytest.raises(ValueError):
+        World(last_seen_cap=-1)
 
 
 def test_typing_start_renew_expire() -> None:

@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import time
 
-import trio
-
-from signald.app.hub import Context, Hub
+from signald.app.context import Context
+from signald.app.history import HistoryService
 from signald.errors import SignalError
 from signald.handlers.rooms import require_member
 from signald.history.store import Deleted, HistoryStore
@@ -37,53 +36,25 @@ from signald.protocol import (
     DeletedData,
     DeleteResult,
     HistoryPage,
+    Outbound,
     ReactionUpdateData,
     ReadUpdateData,
     RedactedData,
     RedactResult,
-    RoomJoinResult,
 )
 from signald.router import LATER, Later, Router
-from signald.timefmt import iso_utc
 
-LAST_SEEN_FLUSH_S = 30.0
 DEFAULT_HISTORY_LIMIT = 50  # chat.history without limit: 50, or history_page_max if that is lower
 
 
-class HistoryService:
-    """The hub's view of the history store: rejoin data and last-seen persistence."""
-
-    def __init__(self, hub: Hub, store: HistoryStore) -> None:
-        self.hub = hub
-        self.store = store
-
-    async def fill_join_result(self, ctx: Context, result: RoomJoinResult, since: int | None) -> None:
-        """Add ``unread`` and, with ``since``, ``missed``/``missed_truncated`` to a join ack."""
-        rejoin = await self.store.rejoin(
-            user_id=ctx.session.user_id, room=result.room, since=since,
-            limit=self.hub.config.limits.history_page_max,
-        )
-        result.unread = rejoin.unread
-        if since is not None:
-            result.missed = rejoin.missed
-            result.missed_truncated = rejoin.truncated
-
-    async def flush_last_seen(self) -> None:
-        changed = self.hub.presence.drain_last_seen()
-        if changed:
-            await self.store.set_last_seen({user: iso_utc(when) for user, when in changed.items()})
-
-    async def run_last_seen_flusher(self) -> None:
-        """Persist last-seen times every ``LAST_SEEN_FLUSH_S`` seconds."""
-        while True:
-            await trio.sleep(LAST_SEEN_FLUSH_S)
-            await self.flush_last_seen()
+def _service(ctx: Context) -> HistoryService:
+    if ctx.hub.history is None:  # pragma: no cover - the server always opens a store
+        raise SignalError("INTERNAL", "no history store")
+    return ctx.hub.history
 
 
 def _history(ctx: Context) -> HistoryStore:
-    if ctx.hub.history is None:  # pragma: no cover - the server always opens a store
-        raise SignalError("INTERNAL", "no history store")
-    return ctx.hub.history.store
+    return _service(ctx).store
 
 
 def _check_body(ctx: Context, body: str, field: str) -> None:
@@ -92,42 +63,46 @@ def _check_body(ctx: Context, body: str, field: str) -> None:
         raise SignalError("TOO_LARGE", f"`$.data.{field}` is longer than max_body_chars ({limit})")
 
 
-def _room_others(ctx: Context, room: str) -> frozenset[str]:
-    return ctx.hub.rooms.conns_in(room) - {ctx.session.session_id}
+def _announce(ctx: Context, room: str, event: Outbound) -> None:
+    """Deliver a committed change of ``room`` to its other connections (and to joins under way)."""
+    _service(ctx).announce(room, event, ctx.session.session_id)
 
 
 async def chat_send(ctx: Context, msg: ChatSend) -> Later:
-    """Store and announce a message; the ack follows the commit (:meth:`Router.finish`).
+    """Store and announce a message; the ack follows the commit (:meth:`Context.defer`).
 
     On an idle store the message is committed right away and acked before this returns. Otherwise
     the connection's reader does not wait for the commit: a client that pipelines sends has them
     stored together (one transaction per batch). Its replies still leave in request order: the
-    replies to what it sent after this wait for this ack (:meth:`Session.hold_reply`).
+    replies to what it sent after this wait for this ack (:mod:`signald.state.replies`).
     """
     data = msg.data
     require_member(ctx, data.scope)
     _check_body(ctx, data.body, "body")
     if not data.body.strip() and not data.attachments:
         raise SignalError("INVALID_PAYLOAD", "`$.data.body` is empty and there are no attachments")
-    hub = ctx.hub
+    hub, service, conn = ctx.hub, _service(ctx), ctx.session.session_id
 
     def announce(message: ChatMessage) -> None:
-        hub.send_to(_room_others(ctx, message.room), ChatMessageEvent(data=message))
+        service.announce(message.room, ChatMessageEvent(data=message), conn)
 
     def then(stored: tuple[ChatMessage, bool] | None, error: BaseException | None) -> None:
         hub.metrics.history_seconds.observe(time.perf_counter() - started)
-        hub.router.finish(ctx, msg, place, stored[0] if stored is not None else None, error)
+        if error is not None:
+            reply.failed(error)
+        else:
+            reply.done(stored[0] if stored is not None else None)
 
-    store = _history(ctx)
+    store = service.store
     started = time.perf_counter()
-    place = ctx.session.hold_reply()  # ``then`` fills it: later, or before send_nowait returns
+    reply = ctx.defer(msg)  # ``then`` finishes it: later, or before send_nowait returns
     try:
         store.send_nowait(
             room=data.scope, user_id=ctx.session.user_id, body=data.body, attachments=data.attachments,
             parent_id=data.parent_id, client_msg_id=data.client_msg_id, on_commit=announce, then=then,
         )
     except Exception as exc:  # e.g. the store is closed: the reply still takes its place
-        hub.router.finish(ctx, msg, place, None, exc)
+        reply.failed(exc)
     return LATER
 
 
@@ -135,7 +110,7 @@ async def chat_edit(ctx: Context, msg: ChatEdit) -> ChatMessage:
     _check_body(ctx, msg.data.new_body, "new_body")
 
     def announce(message: ChatMessage) -> None:
-        ctx.hub.send_to(_room_others(ctx, message.room), ChatEditedEvent(data=message))
+        _announce(ctx, message.room, ChatEditedEvent(data=message))
 
     return await _history(ctx).edit(
         message_id=msg.data.message_id, user_id=ctx.session.user_id, new_body=msg.data.new_body,
@@ -149,7 +124,7 @@ async def chat_delete(ctx: Context, msg: ChatDelete) -> DeleteResult:
     def announce(deleted: Deleted) -> None:
         event = ChatDeletedEvent(data=DeletedData(
             message_id=data.message_id, room=deleted.room, deleted_at=deleted.deleted_at, mode=data.mode))
-        ctx.hub.send_to(_room_others(ctx, deleted.room), event)
+        _announce(ctx, deleted.room, event)
 
     deleted = await _history(ctx).delete(
         message_id=data.message_id, user_id=ctx.session.user_id, mode=data.mode,
@@ -164,7 +139,7 @@ async def chat_redact(ctx: Context, msg: ChatRedact) -> RedactResult:
 
     def announce(message: ChatMessage) -> None:
         event = ChatRedactedEvent(data=RedactedData(message_id=message.id, room=message.room, new_body=message.body))
-        ctx.hub.send_to(_room_others(ctx, message.room), event)
+        _announce(ctx, message.room, event)
 
     message = await _history(ctx).redact(message_id=msg.data.message_id, mask=msg.data.mask, on_commit=announce)
     return RedactResult(message_id=message.id, new_body=message.body)
@@ -177,7 +152,7 @@ async def chat_read(ctx: Context, msg: ChatRead) -> None:
     def announce(moved: bool) -> None:
         event = ChatReadUpdateEvent(data=ReadUpdateData(
             message_id=data.message_id, user_id=ctx.session.user_id, room=data.room))
-        ctx.hub.send_to(_room_others(ctx, data.room), event)
+        _announce(ctx, data.room, event)
 
     await _history(ctx).mark_read(
         user_id=ctx.session.user_id, room=data.room, message_id=data.message_id, on_commit=announce)
@@ -191,7 +166,7 @@ async def chat_reaction(ctx: Context, msg: ChatReaction) -> None:
         event = ChatReactionUpdateEvent(data=ReactionUpdateData(
             message_id=data.message_id, user_id=ctx.session.user_id, reaction=data.reaction,
             action=data.action, room=data.scope))
-        ctx.hub.send_to(_room_others(ctx, data.scope), event)
+        _announce(ctx, data.scope, event)
 
     await _history(ctx).react(
         message_id=data.message_id, user_id=ctx.session.user_id, reaction=data.reaction,

@@ -3,20 +3,17 @@
 
 from __future__ import annotations
 
-import fnmatch
-
 import trio
 
-from signald.app.hub import Context
+from signald.app.context import Context
+from signald.app.facade import kick_from_room
 from signald.errors import SignalError
 from signald.protocol import (
     ChatTyping,
-    KickedData,
     PresenceSet,
     RoomJoin,
     RoomJoinResult,
     RoomKick,
-    RoomKickedEvent,
     RoomLeave,
     RoomSignal,
     RoomSignalEvent,
@@ -37,22 +34,34 @@ def require_member(ctx: Context, room: str) -> None:
 
 
 async def room_join(ctx: Context, msg: RoomJoin) -> RoomJoinResult:
-    hub, session, room = ctx.hub, ctx.session, msg.data.room
-    allowed = session.rooms_allowed
-    if allowed is not None and not any(fnmatch.fnmatchcase(room, pattern) for pattern in allowed):
+    """Join a room; with history, read first and join after (see :mod:`signald.app.history`).
+
+    A failed read leaves no trace: nobody was told of the join, which never happened.
+    """
+    hub, session, room, since = ctx.hub, ctx.session, msg.data.room, msg.data.since
+    if not session.may_join(room):
         raise SignalError("FORBIDDEN", f"your token does not allow joining {room!r}")
-    outcome = hub.rooms.join(session.session_id, session.user_id, room, max_rooms=hub.config.limits.max_rooms)
+    conn, user, max_rooms = session.session_id, session.user_id, hub.config.limits.max_rooms
+    history = hub.history
+    if history is None or hub.rooms.is_member(conn, room):  # nothing to read, or nothing joins
+        outcome = hub.rooms.join(conn, user, room, max_rooms=max_rooms)
+        hub.publish(outcome.sends)
+        ctx.after_reply.extend(outcome.after_ack)
+        result = RoomJoinResult(room=room, members=hub.member_list(room), active=outcome.active, unread=0)
+        if history is not None:
+            history.fill_join_result(result, await history.rejoin(user, room, since), since)
+        return result
+    hub.rooms.check_join(conn, user, room, max_rooms=max_rooms)
+    with history.capturing(room, conn) as kept:
+        rejoin = await history.rejoin(user, room, since)
+    if session.detached:  # closed during the read: a gone connection must not become a member
+        raise SignalError("INTERNAL", "the connection closed during the join")
+    outcome = hub.rooms.join(conn, user, room, max_rooms=max_rooms)
     hub.publish(outcome.sends)
+    history.replay(conn, kept, rejoin)
     ctx.after_reply.extend(outcome.after_ack)
     result = RoomJoinResult(room=room, members=hub.member_list(room), active=outcome.active, unread=0)
-    if hub.history is not None:
-        try:
-            await hub.history.fill_join_result(ctx, result, msg.data.since)
-        except BaseException:
-            if not outcome.already_member and hub.rooms.is_member(session.session_id, room):
-                ctx.after_reply.clear()
-                hub.publish(hub.rooms.leave(session.session_id, room))  # no half-done join
-            raise
+    history.fill_join_result(result, rejoin, since)
     return result
 
 
@@ -68,15 +77,10 @@ async def room_kick(ctx: Context, msg: RoomKick) -> None:
     if not session.is_moderator:
         raise SignalError("FORBIDDEN", "room.kick needs the mod or admin role")
     require_member(ctx, data.room)
-    kicked = hub.rooms.devices_of(data.user_id, data.room)
-    if not kicked:
+    # The embedding API's Signald.kick runs the same function: one implementation, two doors.
+    if not kick_from_room(hub, data.room, data.user_id, by=session.user_id, reason=data.reason,
+                          spare=session.session_id):
         raise SignalError("NOT_IN_ROOM", f"{data.user_id!r} is not in {data.room!r}")
-    for conn in kicked:
-        hub.publish(hub.presence.clear_typing(conn, data.room))
-    requester = session.session_id
-    for send in hub.rooms.kick(data.room, data.user_id):
-        hub.send_to(send.conns - {requester}, send.event)
-    hub.send_to(kicked, RoomKickedEvent(data=KickedData(room=data.room, by=session.user_id, reason=data.reason)))
 
 
 async def room_signal(ctx: Context, msg: RoomSignal) -> None:

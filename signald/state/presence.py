@@ -3,7 +3,7 @@
 :class:`PresenceTracker` is plain synchronous state: no awaits, no sockets, no clock reads. Callers
 pass ``now`` (monotonic seconds, never decreasing between calls) and, where last seen is recorded,
 ``wall`` (wall-clock epoch seconds as a float; the caller formats it as ISO 8601 for the wire).
-Operations return :class:`signald.state.rooms.Send` lists in delivery order; a ``Send`` never has empty
+Operations return :class:`signald.state.send.Send` lists in delivery order; a ``Send`` never has empty
 ``conns``.
 
 Recipients
@@ -39,9 +39,13 @@ Status
       timer task when ``tick`` has work (``None``: nothing pending).
     * Calls: ``set_in_call(user, True/False)``; while in a call the user shows ``busy`` and then
       returns to what the other rules give. Ignored for users with no connected device.
-    * Last seen: per user, updated by ``activity`` and ``disconnect`` (the ``wall`` they get), kept
-      after the user goes offline. ``drain_last_seen()`` returns the entries changed since the
-      previous drain, for the daemon to persist.
+    * Last seen: per user, updated by ``activity`` and ``disconnect`` (the ``wall`` they get).
+      A connected user's value is kept with the user's state; once the user goes offline it moves
+      to a map of at most ``last_seen_cap`` offline users, which forgets the least recently seen
+      first (in auth mode ``none`` every anonymous connection is a new guest id: without a cap the
+      map would grow for ever). Connected users are never forgotten. ``drain_last_seen()`` returns
+      the entries changed since the previous drain, for the daemon to persist; ``load_last_seen``
+      seeds values read back from storage without overriding fresher ones.
 
 Typing (ephemeral, never stored)
     * Per (room, user) the set of devices currently typing, each with its own expiry deadline.
@@ -58,7 +62,8 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import OrderedDict
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
+from typing import Final
 
 import attrs
 
@@ -73,9 +78,11 @@ from signald.protocol import (
     Status,
     TypingUserData,
 )
-from signald.state.rooms import Send
+from signald.state.send import Send
 
-__all__ = ["PresenceTracker"]
+__all__ = ["LAST_SEEN_CAP", "PresenceTracker"]
+
+LAST_SEEN_CAP: Final = 10_000  # offline users whose last seen is kept in memory (storage has the rest)
 
 Peers = Callable[[str], Collection[str]]
 
@@ -87,6 +94,7 @@ class _User:
     in_call: bool = False
     idle: bool = False
     shown: Status = "offline"  # the effective status others were last told
+    seen: float | None = None  # last seen (wall-clock epoch seconds) while connected
 
     def effective(self) -> Status:
         if not self.devices or self.chosen == "offline":
@@ -107,9 +115,12 @@ def _send(out: list[Send], conns: Collection[str], event: Outbound, exclude: str
 class PresenceTracker:
     """Online/away/busy/offline per user, devices, last seen and typing. See the module docstring."""
 
-    def __init__(self, peers: Peers, room_conns: Peers, *, away_after_s: float = 300.0) -> None:
+    def __init__(self, peers: Peers, room_conns: Peers, *, away_after_s: float = 300.0,
+                 last_seen_cap: int = LAST_SEEN_CAP) -> None:
         if away_after_s < 0:
             raise ValueError("away_after_s must be >= 0")
+        if last_seen_cap < 0:
+            raise ValueError("last_seen_cap must be >= 0")
         self._peers = peers
         self._room_conns = room_conns
         self._away_after = away_after_s
@@ -117,8 +128,10 @@ class PresenceTracker:
         self._conn_user: dict[str, str] = {}
         # Non-idle connected users by last activity, oldest first (``now`` never decreases).
         self._last_active: OrderedDict[str, float] = OrderedDict()
-        self._last_seen: dict[str, float] = {}
-        self._seen_dirty: set[str] = set()
+        # Last seen of offline users, least recently seen first, at most ``last_seen_cap`` of them.
+        self._offline_seen: OrderedDict[str, float] = OrderedDict()
+        self._seen_cap = last_seen_cap
+        self._seen_dirty: dict[str, float] = {}  # changed since the last drain
         self._typing: dict[tuple[str, str], dict[str, float]] = {}  # (room, user) -> conn -> deadline
         self._typing_of: dict[str, dict[str, str]] = {}  # conn -> room -> user
         self._typing_heap: list[tuple[float, int, str, str, str]] = []  # deadline, n, room, user, conn
@@ -128,7 +141,9 @@ class PresenceTracker:
 
     def connect(self, conn: str, user: str, now: float) -> list[Send]:
         """A device of ``user`` connected; counts as activity."""
-        state = self._users.setdefault(user, _User(devices=set()))
+        state = self._users.get(user)
+        if state is None:
+            state = self._users[user] = _User(devices=set(), seen=self._offline_seen.pop(user, None))
         state.devices.add(conn)
         self._conn_user[conn] = user
         sends: list[Send] = []
@@ -153,6 +168,7 @@ class PresenceTracker:
         if not state.devices:
             del self._users[user]
             self._last_active.pop(user, None)
+            self._remember_offline(user, wall)
         return sends
 
     # ------------------------------------------------------------------ status
@@ -169,9 +185,10 @@ class PresenceTracker:
 
     def activity(self, user: str, now: float, wall: float) -> list[Send]:
         """Any inbound message from any device of ``user``: ends idleness, records last seen."""
-        if user not in self._users:
+        state = self._users.get(user)
+        if state is None:
             return []
-        self._set_last_seen(user, wall)
+        state.seen = self._seen_dirty[user] = wall
         self._touch(user, now)
         sends: list[Send] = []
         self._publish(user, sends)
@@ -212,18 +229,35 @@ class PresenceTracker:
         return len(self._users)
 
     def last_seen(self, user: str) -> float | None:
-        """Wall-clock epoch seconds of the user's last activity or disconnect, if any."""
-        return self._last_seen.get(user)
+        """Wall-clock epoch seconds of the user's last activity or disconnect, if still in memory."""
+        state = self._users.get(user)
+        if state is not None:
+            return state.seen
+        return self._offline_seen.get(user)
+
+    @property
+    def last_seen_count(self) -> int:
+        """How many users' last seen is held in memory (connected users plus the capped offline map)."""
+        return sum(state.seen is not None for state in self._users.values()) + len(self._offline_seen)
 
     def drain_last_seen(self) -> dict[str, float]:
         """Last-seen entries changed since the previous call (for persistence)."""
-        changed = {u: self._last_seen[u] for u in self._seen_dirty}
-        self._seen_dirty.clear()
+        changed, self._seen_dirty = self._seen_dirty, {}
         return changed
 
-    def load_last_seen(self, entries: dict[str, float]) -> None:
-        """Seed last-seen values (e.g. from storage) without marking them changed."""
-        self._last_seen.update(entries)
+    def load_last_seen(self, entries: Mapping[str, float]) -> None:
+        """Seed last-seen values (e.g. from storage) without marking them changed.
+
+        A value already in memory is newer than storage's (storage only has what was drained), so
+        it is kept; offline users loaded here count against ``last_seen_cap`` like any other.
+        """
+        for user, wall in entries.items():
+            state = self._users.get(user)
+            if state is not None:
+                if state.seen is None:
+                    state.seen = wall
+            elif user not in self._offline_seen:
+                self._remember_offline(user, wall)
 
     # ------------------------------------------------------------------ typing
 
@@ -312,8 +346,14 @@ class PresenceTracker:
             self._last_active.move_to_end(user)
 
     def _set_last_seen(self, user: str, wall: float) -> None:
-        self._last_seen[user] = wall
-        self._seen_dirty.add(user)
+        self._users[user].seen = self._seen_dirty[user] = wall
+
+    def _remember_offline(self, user: str, wall: float) -> None:
+        seen = self._offline_seen
+        seen[user] = wall
+        seen.move_to_end(user)
+        while len(seen) > self._seen_cap:
+            seen.popitem(last=False)
 
     def _publish(self, user: str, sends: list[Send], exclude: str | None = None) -> None:
         state = self._users[user]

@@ -1,0 +1,159 @@
+"""What the app adds around the history store: room events, join enrichment, last seen.
+
+These are effects of the app, not of one request type, so they live here rather than in a
+handler module: the hub runs the last-seen flusher, the chat handlers and the call log announce
+what the store committed through :meth:`HistoryService.announce`, and ``room.join`` reads its
+rejoin data with :meth:`HistoryService.capturing` around the read.
+
+Joining a room with history
+    The join takes effect where the rejoin read sits in the store's commit order, so a joiner gets
+    every committed room event exactly once, in the ack (``missed``) or live, never both or
+    neither. While the read is under way the connection is not a member yet: nobody is told of a
+    join that may still fail, and what the store commits for the room meanwhile is kept for the
+    joiner (:meth:`capturing`). Once the read is back the handler joins and
+    :meth:`replay` delivers what was kept, except the messages the ack reports.
+
+Last seen
+    Presence keeps last-seen times in memory (capped for offline users); every
+    ``LAST_SEEN_FLUSH_S`` the changed ones are written to the store, except those of the guest ids
+    auth mode ``none`` makes up for anonymous connections (one per connection, never seen again:
+    persisting them would grow the table without bound). :meth:`last_seen` reads back what memory
+    no longer (or not yet, after a restart) holds.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Final
+
+import trio
+
+from signald.history.store import HistoryStore, Rejoin
+from signald.protocol import ChatMessageEvent, Outbound, RoomJoinResult
+from signald.state.presence import PresenceTracker
+from signald.state.rooms import RoomRegistry
+from signald.timefmt import iso_utc
+
+__all__ = ["LAST_SEEN_FLUSH_S", "HistoryService", "is_guest"]
+
+LAST_SEEN_FLUSH_S: Final = 30.0
+GUEST_ID: Final = re.compile(r"guest-[0-9a-f]{8}")  # what auth mode none gives a connection without ?user=
+
+Deliver = Callable[[Iterable[str], Outbound], int]
+
+
+def is_guest(user_id: str) -> bool:
+    """Whether ``user_id`` has the shape of an anonymous guest id of auth mode ``none``."""
+    return GUEST_ID.fullmatch(user_id) is not None
+
+
+class HistoryService:
+    """The app's view of the history store: room events, rejoin data and last-seen persistence.
+
+    ``deliver`` is the hub's ``send_to`` (encode once, queue for each connection). With
+    ``skip_guests`` (auth mode ``none``) guest ids' last-seen times stay in memory only.
+    """
+
+    def __init__(
+        self, store: HistoryStore, presence: PresenceTracker, rooms: RoomRegistry, deliver: Deliver, *,
+        page_max: int, skip_guests: bool = False,
+    ) -> None:
+        self.store = store
+        self._presence = presence
+        self._rooms = rooms
+        self._deliver = deliver
+        self._page_max = page_max
+        self._skip_guests = skip_guests
+        self._joining: dict[str, dict[str, list[Outbound]]] = {}  # room -> joining conn -> kept events
+
+    # ------------------------------------------------------------------ room events
+
+    def announce(self, room: str, event: Outbound, exclude: str | None = None) -> None:
+        """Deliver an event the store committed for ``room`` to its connections but ``exclude``.
+
+        Called from ``on_commit`` callbacks, so in commit order; a connection whose join is
+        reading history keeps it for :meth:`replay`.
+        """
+        conns = self._rooms.conns_in(room)
+        self._deliver(conns - {exclude} if exclude is not None else conns, event)
+        if self._joining:
+            joiners = self._joining.get(room)
+            if joiners:
+                for kept in joiners.values():
+                    kept.append(event)
+
+    @contextmanager
+    def capturing(self, room: str, conn: str) -> Iterator[list[Outbound]]:
+        """Keep what is announced to ``room`` for ``conn`` (not yet a member) inside the block."""
+        joiners = self._joining.setdefault(room, {})
+        kept: list[Outbound] = []
+        joiners[conn] = kept
+        try:
+            yield kept
+        finally:
+            del joiners[conn]
+            if not joiners:
+                del self._joining[room]
+
+    def replay(self, conn: str, kept: list[Outbound], rejoin: Rejoin) -> None:
+        """Deliver to a fresh member what was committed during its join's read, minus ``missed``."""
+        reported = {message.id for message in rejoin.missed or ()}
+        for event in kept:
+            if isinstance(event, ChatMessageEvent) and event.data.id in reported:
+                continue
+            self._deliver((conn,), event)
+
+    # ------------------------------------------------------------------ room.join
+
+    async def rejoin(self, user_id: str, room: str, since: int | None) -> Rejoin:
+        """``unread`` and, with ``since``, the missed messages (at most ``history_page_max``)."""
+        return await self.store.rejoin(user_id=user_id, room=room, since=since, limit=self._page_max)
+
+    @staticmethod
+    def fill_join_result(result: RoomJoinResult, rejoin: Rejoin, since: int | None) -> None:
+        """Add ``unread`` and, with ``since``, ``missed``/``missed_truncated`` to a join ack."""
+        result.unread = rejoin.unread
+        if since is not None:
+            result.missed = rejoin.missed
+            result.missed_truncated = rejoin.truncated
+
+    # ------------------------------------------------------------------ last seen
+
+    async def last_seen(self, user_ids: Iterable[str]) -> dict[str, float]:
+        """Last-seen times (wall-clock epoch seconds) of those of ``user_ids`` that have one.
+
+        From memory first; the others are read from the store and kept in presence's map, whose
+        cap bounds what reading back can add to memory.
+        """
+        presence = self._presence
+        found: dict[str, float] = {}
+        ask: list[str] = []
+        for user in dict.fromkeys(user_ids):
+            seen = presence.last_seen(user)
+            if seen is None:
+                ask.append(user)
+            else:
+                found[user] = seen
+        if ask:
+            stored = {u: datetime.fromisoformat(at).timestamp() for u, at in (await self.store.last_seen(ask)).items()}
+            presence.load_last_seen(stored)
+            for user, at in stored.items():
+                fresher = presence.last_seen(user)  # activity while the store was read wins
+                found[user] = at if fresher is None else fresher
+        return found
+
+    async def flush_last_seen(self) -> None:
+        changed = self._presence.drain_last_seen()
+        entries = {user: iso_utc(when) for user, when in changed.items()
+                   if not (self._skip_guests and is_guest(user))}
+        if entries:
+            await self.store.set_last_seen(entries)
+
+    async def run_last_seen_flusher(self) -> None:
+        """Persist last-seen times every ``LAST_SEEN_FLUSH_S`` seconds."""
+        while True:
+            await trio.sleep(LAST_SEEN_FLUSH_S)
+            await self.flush_last_seen()
