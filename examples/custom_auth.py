@@ -3,6 +3,7 @@
 Run:  python examples/custom_auth.py
 An authenticator is any callable that takes the handshake (path, headers, query, peer address)
 and returns an ``Identity`` or raises ``AuthRefused`` (the handshake then gets that HTTP status).
+An ``on_connect`` hook of the embedding API sees each session the authenticator let in.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ async def run() -> None:
     async with trio.open_nursery() as nursery:
         server = await nursery.start(lambda task_status: serve_signald(
             config, authenticator=api_key_authenticator, task_status=task_status))
+        server.on_connect(lambda session: print(f"hook: {session.user_id} connected from {session.remote}"))
         async with connect(server.url + "?key=k-alice-123") as alice:
             info = await alice.request("session.info")
             print(f"connected as {info['user_id']} with roles {info['roles']}")

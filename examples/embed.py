@@ -3,6 +3,8 @@
 Run:  python examples/embed.py --port 0
 It starts signald, connects a client of its own, asks the custom ``app.vote`` request, publishes
 an ``app.tally`` event to everyone in the room, prints what the client saw, and stops.
+Everything goes through the embedding API (docs/embedding.md): ``ctx.server`` in the handler,
+the object ``serve_signald`` reports outside it.
 """
 
 from __future__ import annotations
@@ -15,8 +17,7 @@ from typing import Any
 import msgspec
 import trio
 
-from signald import Config, CustomMessage, SignalError, connect, default_router, load_config, serve_signald
-from signald.app.hub import Context
+from signald import Config, Context, CustomMessage, SignalError, connect, default_router, load_config, serve_signald
 
 
 class Vote(msgspec.Struct):
@@ -31,10 +32,10 @@ def build_router(tally: dict[str, int]) -> Any:
 
     async def vote(ctx: Context, msg: CustomMessage) -> dict[str, int]:
         data: Vote = msg.data
-        if not ctx.hub.rooms.is_member(ctx.session.session_id, data.room):
+        if not ctx.is_member(data.room):
             raise SignalError("NOT_IN_ROOM", f"join {data.room!r} first")
         tally[data.choice] = tally.get(data.choice, 0) + 1
-        ctx.hub.publish_to_room(data.room, "app.tally", dict(tally))
+        ctx.server.publish_to_room(data.room, "app.tally", dict(tally))
         return dict(tally)
 
     router.add_custom("app.vote", Vote, vote)
@@ -53,6 +54,8 @@ async def run(config: Config) -> None:
             print(f"alice's vote acked with {result}")
             event = await alice.next_event("app.tally")
             print(f"alice received {event['type']}: {event['data']}")
+            voters = [member.user_id for member in server.members("poll")]
+            print(f"in the poll room: {voters}")
         nursery.cancel_scope.cancel()
 
 

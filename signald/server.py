@@ -18,7 +18,7 @@ from pathlib import Path
 import attrs
 import trio
 
-from signald.app.expiry import run_expiry
+from signald.app.facade import Signald
 from signald.app.hub import Hub
 from signald.app.session import CLOSE_GOING_AWAY, Session, new_session_id
 from signald.auth import (
@@ -56,12 +56,15 @@ RESERVED_USER_PREFIX = "$"  # "$system" writes the call log; no client may be it
 
 
 @attrs.frozen
-class RunningServer:
-    """What :func:`serve_signald` reports once it listens: the bound port and the hub."""
+class RunningServer(Signald):
+    """What :func:`serve_signald` reports once it listens: where it listens, and the embedding API.
+
+    It is a :class:`~signald.app.facade.Signald`: ``publish_to_room``, ``kick``, ``members``,
+    ``on_connect``... (docs/embedding.md). ``hub`` is internal and may change between releases.
+    """
 
     host: str
     port: int
-    hub: Hub
     tls: bool = False
 
     @property
@@ -112,7 +115,7 @@ async def serve_signald(
     """Run a signald daemon until cancelled.
 
     Binds ``config.server.host:port`` (port 0 picks a free one), opens the history store, then
-    reports a :class:`RunningServer` (bound port, URL, hub) through ``task_status``, so tests and
+    reports a :class:`RunningServer` (bound port, URL, embedding API) through ``task_status``, so tests and
     embedders can ``await nursery.start(serve_signald, config)``.
 
     ``authenticator`` replaces the one ``config.auth.mode`` selects; ``router`` replaces the
@@ -124,11 +127,11 @@ async def serve_signald(
     flushed and closed before this function returns.
 
     Error handling: a failing handler answers ``INTERNAL`` to its client and is logged; it never
-    ends the server or touches other connections. Bind errors raise ``OSError`` before
-    ``task_status.started``.
+    ends the server or touches other connections. Bind errors (``OSError``) and a history store
+    that cannot be opened raise before ``task_status.started``, leaving no thread or port behind.
     """
     router = router or default_router()
-    hub = Hub(config, router, wall_clock=wall_clock)
+    hub = Hub(config, wall_clock=wall_clock)
     authenticate = authenticator or build_authenticator(config, hub.wall_clock)
     hub.authenticator = authenticate
     ssl_context = build_ssl_context(config)
@@ -147,7 +150,7 @@ async def serve_signald(
         try:
             handler = partial(_handle_stream, hub, router, authenticate, per_ip, closing)
             await nursery.start(partial(trio.serve_listeners, handler, listeners, handler_nursery=connections.nursery))
-            running = RunningServer(config.server.host, _bound_port(listeners[0]), hub, ssl_context is not None)
+            running = RunningServer(hub, config.server.host, _bound_port(listeners[0]), ssl_context is not None)
             log.debug("signald listening on %s", running.url)
             task_status.started(running)
             await trio.sleep_forever()
@@ -264,9 +267,7 @@ async def _serve_client(
     session = Session(
         session_id=new_session_id(),
         user_id=identity.user_id,
-        roles=identity.roles,
-        rooms_allowed=identity.rooms,
-        expires_at=identity.expires_at,
+        identity=identity,
         remote=peer,
         binary=binary,
         connected_at=iso_utc(hub.wall_clock()),
@@ -287,9 +288,9 @@ async def _serve_client(
     ))))
     hub.connect(session)
     hub.watch(ws)
-    side_tasks = [partial(run_expiry, hub, session)] if session.expires_at is not None else []
+    hub.expiries.watch(session)
     try:
-        await run_connection(ws, session, partial(handle_message, hub, router, session), side_tasks=side_tasks)
+        await run_connection(ws, session, partial(handle_message, hub, router, session))
     finally:
         wait_s = config.server.shutdown_timeout_s
         if session.close_code is None and closing.is_set():

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
+import threading
 import urllib.request
 from pathlib import Path
 
@@ -11,6 +13,8 @@ import pytest
 import trio
 from conftest import make_config, start_server
 
+from signald.app.hub import Hub
+from signald.app.metrics import Gauges
 from signald.cli import JsonFormatter
 from signald.client import connect
 
@@ -77,3 +81,41 @@ def test_cli_refuses_an_unknown_log_format(capsys: pytest.CaptureFixture[str]) -
     with pytest.raises(SystemExit):
         build_parser().parse_args(["serve", "--log-format", "xml"])
     assert "--log-format" in capsys.readouterr().err
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.mark.parametrize("db", ["missing-dir/signald.db", "not-a-database"])
+async def test_a_store_that_cannot_open_leaves_no_metrics_port_listening(tmp_path: Path, db: str) -> None:
+    (tmp_path / "not-a-database").write_bytes(b"this is not SQLite\n" * 100)
+    port = free_port()
+    config = make_config(tmp_path, server={"metrics_port": port, "db": str(tmp_path / db)})
+    with pytest.raises(Exception):  # noqa: B017 - whatever the store raises; the point is what is left behind
+        async with trio.open_nursery() as nursery:
+            await start_server(nursery, config)
+    with pytest.raises(OSError):
+        await trio.open_tcp_stream("127.0.0.1", port)
+
+
+async def test_gauges_are_taken_on_the_trio_thread(
+    nursery: trio.Nursery, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Daemon state is read on the Trio thread only, even though Prometheus scrapes from its own."""
+    threads: list[int] = []
+    gauges = Hub.gauges
+
+    def recording(hub: Hub) -> Gauges:
+        threads.append(threading.get_ident())
+        return gauges(hub)
+
+    monkeypatch.setattr(Hub, "gauges", recording)
+    server = await start_server(nursery, make_config(tmp_path, server={"metrics_port": 0}))
+    assert server.metrics_port
+    async with connect(server.url, user="alice"):
+        text = await scrape(server.metrics_port)
+    assert value(text, "signald_connections") == 1
+    assert threads == [threading.get_ident()]

@@ -9,23 +9,27 @@ each event once whatever the number of recipients.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
 import trio
 
-from signald.app.metrics import Metrics
+from signald.app.calls import CallLog
+from signald.app.expiry import Expiries
+from signald.app.history import HistoryService
+from signald.app.metrics import Gauges, Metrics
 from signald.app.session import CLOSE_SESSION_EXPIRED, CLOSE_SESSION_REVOKED, Session
+from signald.app.timers import Timers
 from signald.auth import Authenticator, NoneAuthenticator
 from signald.config import Config
 from signald.delivery.broker import Broker, LocalBroker
 from signald.delivery.frames import Frame
 from signald.delivery.outbox import Cork
+from signald.history.store import HistoryStore
 from signald.protocol import (
     Error,
     ExpiredData,
@@ -36,17 +40,13 @@ from signald.protocol import (
     SessionRevokedEvent,
     encode_app_event,
 )
-from signald.router import Router
-from signald.state.calls import CallRegistry
+from signald.state.calls import CallOutcome, CallRegistry
 from signald.state.heartbeat import Heartbeats, Monitored
 from signald.state.presence import PresenceTracker
-from signald.state.rooms import RoomRegistry, Send
+from signald.state.rooms import RoomRegistry
+from signald.state.send import Send
 from signald.timefmt import iso_utc
 from signald.transport.parking import Parking
-
-if TYPE_CHECKING:
-    from signald.handlers.calls import CallLog
-    from signald.handlers.chat import HistoryService
 
 log = logging.getLogger("signald.hub")
 
@@ -63,13 +63,11 @@ class Hub:
     def __init__(
         self,
         config: Config,
-        router: Router,
         *,
         broker: Broker | None = None,
         wall_clock: Callable[[], float] | None = None,
     ) -> None:
         self.config = config
-        self.router = router
         self.broker = broker or LocalBroker()
         self.parking = Parking()  # where idle connections wait for bytes (see signald.transport.parking)
         self.cork = Cork()  # see signald.delivery.fanout.Cork; sessions' outboxes and the history store share it
@@ -79,7 +77,6 @@ class Hub:
         self.handshaking: dict[str, int] = {}  # per user: accepted handshakes not yet connected
         self.counters = Counters()
         self.started_at = 0.0
-        self.nursery: trio.Nursery | None = None
         self.history: HistoryService | None = None
         self.authenticator: Authenticator = NoneAuthenticator()
         self.rooms = RoomRegistry()
@@ -87,23 +84,22 @@ class Hub:
             self.rooms.peers_of_user, self.rooms.conns_in, away_after_s=config.presence.away_after_s
         )
         self.calls = CallRegistry(allow_concurrent_calls=config.calls.allow_concurrent_calls)
-        self.metrics = Metrics(self)
+        self.metrics = Metrics()
         self.metrics_port: int | None = None
         self.call_log: CallLog | None = None
         self.heartbeats = Heartbeats(config.server.heartbeat_s, config.server.heartbeat_timeout_s)
-        self._timers_changed = trio.Event()
-        self._timers_wake_at = math.inf  # when the timer task will next look
-        self._away_after_s = config.presence.away_after_s
+        self.expiries = Expiries(self.wall_clock, self.expire_session)  # see watch(): connect and auth.refresh
+        # The embedding program's on_connect/on_disconnect hooks (signald.app.facade wraps them).
+        self.connect_hooks: list[Callable[[Session], None]] = []
+        self.disconnect_hooks: list[Callable[[Session], None]] = []
+        self.timers = Timers(self.presence, self.calls, self.heartbeats, apply_calls=self.apply_call_outcome,
+                             publish=self.publish, away_after_s=config.presence.away_after_s)
 
     # ------------------------------------------------------------------ lifecycle
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Hub]:
         """Open what the hub needs (history store, timers) and close it on the way out."""
-        from signald.handlers.calls import CallLog
-        from signald.handlers.chat import HistoryService
-        from signald.history.store import HistoryStore
-
         history = self.config.history
         store = HistoryStore(
             self.config.server.db, synchronous=history.synchronous, inline=history.inline_commits,
@@ -111,29 +107,39 @@ class Hub:
             clock=self.wall_clock, completion_scope=self.cork,
         )
         self.started_at = trio.current_time()
-        if self.config.server.metrics_port is not None:
-            self.metrics_port = self.metrics.serve(self.config.server.metrics_port, self.config.server.host)
+        server = self.config.server
         async with store:
-            self.history = HistoryService(self, store)
+            self.history = HistoryService(
+                store, self.presence, self.rooms, self.send_to, page_max=self.config.limits.history_page_max,
+                skip_guests=self.config.auth.mode == "none",
+            )
             try:
+                if server.metrics_port is not None:  # only once the store opened: a failed open leaks no thread
+                    self.metrics_port = self.metrics.serve(server.metrics_port, server.host, self.gauges)
                 async with trio.open_nursery() as nursery:
-                    self.nursery = nursery
-                    nursery.start_soon(self._run_timers)
-                    nursery.start_soon(self._run_heartbeats)
+                    nursery.start_soon(self.timers.run)
+                    nursery.start_soon(self.timers.run_heartbeats)
+                    nursery.start_soon(self.expiries.run)
                     nursery.start_soon(self.parking.run)
                     nursery.start_soon(self.history.run_last_seen_flusher)
                     if self.config.calls.call_log:
-                        self.call_log = CallLog(self)
+                        self.call_log = CallLog(self.rooms, store, self.history.announce)
                         nursery.start_soon(self.call_log.run)
                     try:
                         yield self
                     finally:
                         nursery.cancel_scope.cancel()
-                        self.nursery = None
             finally:
                 self.metrics.close()
                 with trio.CancelScope(shield=True):
                     await self.history.flush_last_seen()
+
+    def gauges(self) -> Gauges:
+        """The metrics' gauges now; the metrics ask for them on the Trio thread at each scrape."""
+        return Gauges(
+            connections=len(self.sessions), users=len(self.sessions_by_user), rooms=self.rooms.room_count,
+            active_calls=len(self.calls), history_db_bytes=self.history.store.db_bytes() if self.history else 0,
+        )
 
     def connect(self, session: Session) -> None:
         """A handshake succeeded: the session starts receiving events.
@@ -151,21 +157,23 @@ class Hub:
         self.add_session(session)
         self.publish(self.presence.connect(session.session_id, session.user_id, trio.current_time()))
         self.poke_timers()
+        for hook in self.connect_hooks:
+            hook(session)
 
     def disconnect(self, session: Session) -> None:
         """The connection ended: the session leaves every room, with the usual events."""
-        from signald.handlers.calls import apply_outcome
-
         if session.detached:
             return
         session.detached = True
         if session.outbox.coalesced:
             self.metrics.coalesced.inc(session.outbox.coalesced)
         conn = session.session_id
-        apply_outcome(self, self.calls.device_gone(conn, trio.current_time()))
+        self.apply_call_outcome(self.calls.device_gone(conn, trio.current_time()))
         self.publish(self.presence.disconnect(conn, trio.current_time(), self.wall_clock()))
         self.publish(self.rooms.disconnect(conn))
         self.remove_session(session)
+        for hook in self.disconnect_hooks:
+            hook(session)
 
     def on_activity(self, session: Session) -> None:
         """An inbound message arrived from ``session`` (feeds automatic away and last seen)."""
@@ -173,57 +181,30 @@ class Hub:
         sends = self.presence.activity(session.user_id, now, self.wall_clock())
         if sends:
             self.publish(sends)
-        # The only deadline activity sets is this user's automatic away, at now + away_after_s
-        # (none if it is off): if the timer task wakes before that anyway, nothing to look at.
-        away = self._away_after_s
-        if away > 0 and now + away < self._timers_wake_at:
-            self.poke_timers()
+        self.timers.activity(now)
 
-    # ------------------------------------------------------------------ timers
+    # ------------------------------------------------------------------ timers (signald.app.timers)
 
     def poke_timers(self) -> None:
-        """A deadline may have moved earlier: wake the timer task if it would now sleep too long.
-
-        A poke that moves nothing earlier costs no wake-up; inbound messages (which renew their
-        user's away deadline) poke only when that deadline could be the next (see on_activity).
-        """
-        if self.next_deadline() < self._timers_wake_at:
-            self._timers_changed.set()
-
-    def next_deadline(self) -> float:
-        candidates = (self.presence.next_deadline(), self.calls.next_deadline())
-        deadlines = [d for d in candidates if d is not None]
-        return min(deadlines, default=math.inf)
-
-    def tick(self, now: float) -> None:
-        """Run every timer due at ``now``: ring timeouts, typing expiry, automatic away."""
-        from signald.handlers.calls import apply_outcome
-
-        apply_outcome(self, self.calls.expire(now))
-        self.publish(self.presence.tick(now))
-
-    async def _run_timers(self) -> None:
-        while True:
-            self._timers_wake_at = self.next_deadline()
-            with trio.move_on_at(self._timers_wake_at):
-                await self._timers_changed.wait()
-            self.tick(trio.current_time())
-            # Reset after ticking: the tick's own pokes are covered by the next deadline lookup.
-            self._timers_changed = trio.Event()
+        """A deadline may have moved earlier: wake the timer task if it would now sleep too long."""
+        self.timers.poke()
 
     def watch(self, conn: Monitored) -> None:
         """Keep a connection alive with heartbeats (see :mod:`signald.state.heartbeat`)."""
         self.heartbeats.add(conn, trio.current_time())
 
-    async def _run_heartbeats(self) -> None:
-        heartbeats = self.heartbeats
-        while True:
-            now = trio.current_time()
-            # Batch what comes due within ``resolution``; a connection added meanwhile is due
-            # ``interval`` from its start, never before this wake-up.
-            wake = max(heartbeats.next_due(), now + heartbeats.resolution)
-            await trio.sleep_until(min(wake, now + heartbeats.interval))
-            heartbeats.tick(trio.current_time())
+    def apply_call_outcome(self, outcome: CallOutcome, after_reply: list[Send] | None = None) -> None:
+        """Deliver a call transition's events (after the ack when ``after_reply`` is given), update presence."""
+        sends = list(outcome.sends)
+        for user in sorted(outcome.busy_changed):
+            sends.extend(self.presence.set_in_call(user, self.calls.is_busy(user)))
+        if after_reply is not None:
+            after_reply.extend(sends)
+        else:
+            self.publish(sends)
+        if outcome.log and self.call_log is not None:
+            self.call_log.record(outcome.log)
+        self.poke_timers()
 
     def active_calls(self) -> int:
         return len(self.calls)
@@ -288,13 +269,13 @@ class Hub:
 
     def reply(self, session: Session, message: Outbound) -> None:
         """Queue a reply (ack, error, pong) for the requesting session, in request order."""
-        if session.held is None:
+        if session.replies.waiting is None:
             self.reply_now(session, message)
         else:
-            session.in_turn(partial(self.reply_now, session, message))
+            session.replies.in_turn(partial(self.reply_now, session, message))
 
     def reply_now(self, session: Session, message: Outbound) -> None:
-        """Queue a reply whose turn it is (see :meth:`Session.hold_reply`)."""
+        """Queue a reply whose turn it is (see :class:`signald.state.replies.ReplyOrder`)."""
         frame = Frame(message)
         if session.send(frame):
             self.counters.messages_out += 1
@@ -320,16 +301,3 @@ class Hub:
             session.send(frame)
             session.close(CLOSE_SESSION_REVOKED, "session revoked")
         return len(sessions)
-
-
-@attrs.frozen
-class Context:
-    """What a handler gets besides its message: the daemon and the requesting session.
-
-    ``after_reply`` collects events that must reach clients only after the reply
-    (``room.waiting`` after the ``room.join`` ack).
-    """
-
-    hub: Hub
-    session: Session
-    after_reply: list[Send] = attrs.field(factory=list)

@@ -1,40 +1,83 @@
 """Prometheus metrics (``prometheus-client``), served on ``--metrics-port`` when configured.
 
-Counters are updated in the Trio thread as things happen; gauges (connections, users, rooms,
-active calls, history database size) are read from the hub when Prometheus scrapes. Each hub has
-its own registry, so several daemons can live in one process (tests, embedders).
+Counters are updated in the Trio thread as things happen. Gauges (connections, users, rooms,
+active calls, history database size) describe daemon state that only the Trio thread may read,
+while Prometheus scrapes from prometheus-client's HTTP thread: on each scrape the collector asks
+the Trio thread for a :class:`Gauges` snapshot of plain numbers (``TrioToken.run_sync_soon``) and
+waits briefly for it; if the Trio thread does not answer in time (busy, or shutting down) it
+serves the last snapshot. Nothing is computed per message, and nothing when nobody scrapes.
+
+This module knows nothing of the hub: whoever serves the metrics passes the function that takes
+the snapshot. Each :class:`Metrics` has its own registry, so several daemons can live in one
+process (tests, embedders).
 
 Resource handling: :meth:`Metrics.serve` starts prometheus-client's HTTP server on a daemon
-thread; :meth:`Metrics.close` shuts it down.
+thread; :meth:`Metrics.close` shuts it down (idempotent).
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator
+from typing import Any, Final
 
+import attrs
+import trio
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-if TYPE_CHECKING:
-    from signald.app.hub import Hub
+SNAPSHOT_WAIT_S: Final = 2.0  # how long a scrape waits for the Trio thread before serving the last numbers
 
 
-class _HubGauges(Collector):
-    def __init__(self, hub: Hub) -> None:
-        self.hub = hub
+@attrs.frozen
+class Gauges:
+    """The gauges' values at one moment, taken on the Trio thread."""
+
+    connections: int = 0
+    users: int = 0
+    rooms: int = 0
+    active_calls: int = 0
+    history_db_bytes: int = 0
+
+
+class _Snapshots(Collector):
+    """Serves gauges from snapshots the Trio thread takes; runs on the scraping thread."""
+
+    def __init__(self) -> None:
+        self.last = Gauges()
+        self.take: Callable[[], Gauges] | None = None
+        self.token: trio.lowlevel.TrioToken | None = None
+
+    def _fresh(self) -> Gauges:
+        take, token = self.take, self.token
+        if take is None or token is None:
+            return self.last
+        box: list[Gauges] = []
+        done = threading.Event()
+
+        def on_trio_thread() -> None:
+            try:
+                box.append(take())
+            finally:
+                done.set()
+
+        try:
+            token.run_sync_soon(on_trio_thread)
+        except trio.RunFinishedError:
+            return self.last
+        if done.wait(SNAPSHOT_WAIT_S) and box:  # the Event orders the Trio thread's write before our read
+            self.last = box[0]
+        return self.last
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        hub = self.hub
+        gauges = self._fresh()
         values = {
-            "signald_connections": ("Open WebSocket connections", len(hub.sessions)),
-            "signald_users": ("Users with at least one connection", len(hub.sessions_by_user)),
-            "signald_rooms": ("Rooms with at least one member", hub.rooms.room_count),
-            "signald_active_calls": ("Calls ringing or answered", len(hub.calls)),
-            "signald_history_db_bytes": ("History database size on disk",
-                                         hub.history.store.db_bytes() if hub.history else 0),
+            "signald_connections": ("Open WebSocket connections", gauges.connections),
+            "signald_users": ("Users with at least one connection", gauges.users),
+            "signald_rooms": ("Rooms with at least one member", gauges.rooms),
+            "signald_active_calls": ("Calls ringing or answered", gauges.active_calls),
+            "signald_history_db_bytes": ("History database size on disk", gauges.history_db_bytes),
         }
         for name, (text, value) in values.items():
             yield GaugeMetricFamily(name, text, value=value)
@@ -60,9 +103,10 @@ class Metrics:
     The ``*_by`` attributes give a labelled counter's child for a label value (type, code).
     """
 
-    def __init__(self, hub: Hub) -> None:
+    def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.registry.register(_HubGauges(hub))
+        self._gauges = _Snapshots()
+        self.registry.register(self._gauges)
         self.messages_in = Counter("signald_messages_in", "Inbound messages by type", ["type"],
                                    registry=self.registry)
         self.messages_out = Counter("signald_messages_out", "Outbound frames queued, by type", ["type"],
@@ -84,12 +128,18 @@ class Metrics:
         self._server: Any = None
         self._thread: threading.Thread | None = None
 
-    def serve(self, port: int, host: str = "127.0.0.1") -> int:
-        """Expose ``/metrics`` over HTTP; returns the bound port (``port`` 0 picks a free one)."""
+    def serve(self, port: int, host: str, gauges: Callable[[], Gauges]) -> int:
+        """Expose ``/metrics`` over HTTP; returns the bound port (``port`` 0 picks a free one).
+
+        Call it from the Trio thread: ``gauges`` is called there, once per scrape.
+        """
+        self._gauges.take, self._gauges.token = gauges, trio.lowlevel.current_trio_token()
         self._server, self._thread = start_http_server(port, addr=host, registry=self.registry)
         return int(self._server.server_port)
 
     def close(self) -> None:
+        """Stop serving; scrapes in flight get the last snapshot. Safe to call more than once."""
+        self._gauges.take = None
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()

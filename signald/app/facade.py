@@ -1,0 +1,167 @@
+"""The embedding API: what a program that embeds signald may do with the running daemon.
+
+:class:`Signald` is the one public door. :func:`signald.server.serve_signald` reports a
+:class:`~signald.server.RunningServer`, which is a ``Signald``; custom ``app.*`` handlers get one
+as ``ctx.server``. Everything here runs on the Trio thread, never blocks, and is safe to call at
+any time while the daemon runs.
+
+- **Push**: :meth:`Signald.publish_to_room`, :meth:`Signald.publish_to_user` send ``app.*`` events.
+- **Act**: :meth:`Signald.revoke_user` ends a user's sessions (4003); :meth:`Signald.kick` removes
+  a user from a room exactly as a moderator's ``room.kick`` does (:func:`kick_from_room` is what
+  both run).
+- **Look**: :meth:`Signald.rooms`, :meth:`Signald.members`, :meth:`Signald.presence`,
+  :meth:`Signald.sessions_of` return immutable snapshots (tuples of frozen attrs classes): a later
+  change in the daemon never alters a view already taken, and a view cannot change the daemon.
+- **Hooks**: :meth:`Signald.on_connect`, :meth:`Signald.on_disconnect` get a :class:`SessionView`
+  for each session that connects (after its ``welcome``) or ends. A hook that raises is logged on
+  ``signald.facade`` and otherwise ignored: it never breaks the connection or the other hooks.
+
+``Signald.hub`` is the daemon's internal state: it may change between releases; use it only for
+what this API does not offer (and tell us what that is).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, Final
+
+import attrs
+
+from signald.app.hub import Hub
+from signald.app.session import Session
+from signald.protocol import KickedData, RoomKickedEvent
+
+log = logging.getLogger("signald.facade")
+
+SERVER_KICKER: Final = "$system"  # the ``by`` of a kick the embedding program made (``$`` ids are reserved)
+
+
+@attrs.frozen
+class SessionView:
+    """One connected device as it was when the view was taken."""
+
+    session_id: str  # also its device_id in device.* events and members[].devices
+    user_id: str
+    roles: frozenset[str]
+    remote: str  # the peer address
+    connected_at: str  # ISO 8601 UTC
+    expires_at: float | None  # epoch seconds, or None if the token does not expire
+
+
+@attrs.frozen
+class MemberView:
+    """One user in a room: their status and the devices they have in it."""
+
+    user_id: str
+    status: str
+    devices: tuple[str, ...]
+
+
+@attrs.frozen
+class PresenceView:
+    """A user's presence: ``status`` is ``offline`` when no device is connected."""
+
+    user_id: str
+    status: str
+    online: bool
+    devices: tuple[str, ...]  # connected devices (session ids), rooms or not
+    last_seen: float | None  # epoch seconds of the last activity signald knows of, if any
+
+
+def session_view(session: Session) -> SessionView:
+    return SessionView(
+        session_id=session.session_id, user_id=session.user_id, roles=session.roles, remote=session.remote,
+        connected_at=session.connected_at, expires_at=session.expires_at,
+    )
+
+
+def kick_from_room(
+    hub: Hub, room: str, user_id: str, *, by: str, reason: str | None, spare: str | None = None
+) -> frozenset[str]:
+    """Remove every device of ``user_id`` from ``room``; returns them (empty: not a member, nothing done).
+
+    The room hears ``member.left`` (and ``room.waiting`` if one member remains), the kicked
+    devices ``room.kicked {room, by, reason}``; their typing indicator there is cleared first.
+    ``spare`` (the requesting moderator's connection) gets no room events: its ack says enough.
+    """
+    kicked = hub.rooms.devices_of(user_id, room)
+    if not kicked:
+        return kicked
+    for conn in kicked:
+        hub.publish(hub.presence.clear_typing(conn, room))
+    for send in hub.rooms.kick(room, user_id):
+        hub.send_to(send.conns - {spare} if spare is not None else send.conns, send.event)
+    hub.send_to(kicked, RoomKickedEvent(data=KickedData(room=room, by=by, reason=reason)))
+    return kicked
+
+
+@attrs.frozen
+class Signald:
+    """The running daemon, as an embedding program or a custom handler sees it.
+
+    ``hub`` is internal and may change between releases: prefer the methods below.
+    """
+
+    hub: Hub = attrs.field(repr=False)
+
+    # ------------------------------------------------------------------ push
+
+    def publish_to_room(self, room: str, event_type: str, data: Any) -> int:
+        """Send an ``app.*`` event to every connection in ``room``; returns how many got it."""
+        return self.hub.publish_to_room(room, event_type, data)
+
+    def publish_to_user(self, user_id: str, event_type: str, data: Any) -> int:
+        """Send an ``app.*`` event to every connected device of ``user_id``; returns how many got it."""
+        return self.hub.publish_to_user(user_id, event_type, data)
+
+    # ------------------------------------------------------------------ act
+
+    def revoke_user(self, user_id: str, reason: str) -> int:
+        """End every session of ``user_id``: ``session.revoked {reason}`` then close 4003; returns how many."""
+        return self.hub.revoke_user(user_id, reason)
+
+    def kick(self, room: str, user_id: str, reason: str | None = None) -> int:
+        """Remove ``user_id`` from ``room`` as ``room.kick`` does (``by`` is ``"$system"``); returns devices kicked."""
+        return len(kick_from_room(self.hub, room, user_id, by=SERVER_KICKER, reason=reason))
+
+    # ------------------------------------------------------------------ look
+
+    def rooms(self) -> tuple[str, ...]:
+        """Every room with at least one member, sorted."""
+        return tuple(self.hub.rooms.room_names())
+
+    def members(self, room: str) -> tuple[MemberView, ...]:
+        """The users in ``room`` (sorted by user id), with their status and devices there."""
+        status_of = self.hub.presence.status_of
+        return tuple(MemberView(user, status_of(user), tuple(conns)) for user, conns in self.hub.rooms.members(room))
+
+    def presence(self, user_id: str) -> PresenceView:
+        """``user_id``'s presence now (``offline`` with no devices for an unknown user)."""
+        hub = self.hub
+        devices = tuple(hub.devices_of(user_id))
+        return PresenceView(user_id=user_id, status=hub.presence.status_of(user_id),
+                            online=bool(devices), devices=devices, last_seen=hub.presence.last_seen(user_id))
+
+    def sessions_of(self, user_id: str) -> tuple[SessionView, ...]:
+        """The connected sessions of ``user_id``, oldest first."""
+        return tuple(session_view(s) for s in self.hub.sessions_by_user.get(user_id, {}).values())
+
+    # ------------------------------------------------------------------ hooks
+
+    def on_connect(self, callback: Callable[[SessionView], object]) -> None:
+        """Call ``callback(view)`` on the Trio thread for each session that connects from now on."""
+        self.hub.connect_hooks.append(_guarded("on_connect", callback))
+
+    def on_disconnect(self, callback: Callable[[SessionView], object]) -> None:
+        """Call ``callback(view)`` on the Trio thread once for each session that ends from now on."""
+        self.hub.disconnect_hooks.append(_guarded("on_disconnect", callback))
+
+
+def _guarded(kind: str, callback: Callable[[SessionView], object]) -> Callable[[Session], None]:
+    def hook(session: Session) -> None:
+        try:
+            callback(session_view(session))
+        except Exception:
+            log.exception("%s hook %r failed for session %s", kind, callback, session.session_id)
+    return hook
