@@ -81,7 +81,7 @@ class LimitsConfig:
     typing_timeout_s: float = field(default=6.0, validator=_positive)
 
     def to_wire(self) -> Limits:
-        """The ``limits`` object of ``welcome``: exactly the keys PROTOCOL.md lists."""
+        """The ``limits`` object of ``welcome``: exactly the keys docs/protocol.md lists."""
         return Limits(**attrs.asdict(self))
 
 

@@ -1,6 +1,6 @@
 """The frozen surface: the one place where the set of message ``type`` strings is decided.
 
-docs/protocol.md lists exactly these sets (tests/test_frozen_surface.py holds both to it). A type
+docs/protocol.md lists exactly these sets (tests/unit/protocol/test_frozen_surface.py holds both to it). A type
 is added, removed or renamed here, in the docs, the handlers and the tests together. Embedders'
 types live under :data:`APP_EVENT_PREFIX`, outside the frozen set.
 """

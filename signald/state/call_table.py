@@ -6,7 +6,7 @@ States
     ``ACTIVE`` answered by one callee device (the *winner*). ``ENDED`` terminal, has no row.
 
 Transition table (:data:`TRANSITIONS`, which :func:`transition` reads for every step; a cell is
-the next state or the error code raised; tests/test_call_table.py checks that this text equals
+the next state or the error code raised; tests/unit/state/test_call_table.py checks that this text equals
 the table)::
 
     event               NONE        RINGING     ACTIVE

@@ -4,7 +4,7 @@ The fast paths of :class:`signald.transport.websocket.ServerWebSocket` (a lone p
 message in one read) skip wsproto's parser, which is only safe when no part of a frame waits in
 wsproto's decoder. wsproto has no public way to ask, so this probe finds the decoder; when a
 wsproto release moves it, the probe returns None and every byte goes through wsproto (correct,
-only slower). tests/test_websocket.py fails if the installed wsproto moved it, so that a release
+only slower). tests/unit/transport/test_websocket.py fails if the installed wsproto moved it, so that a release
 that disables the fast paths does not go unnoticed.
 """
 

@@ -88,7 +88,7 @@ def assert_empty(reg: CallRegistry) -> None:
 
 
 # --------------------------------------------------------------------------- the table, through the API
-# (the table itself is walked cell by cell in tests/test_call_table.py)
+# (the table itself is walked cell by cell in tests/unit/state/test_call_table.py)
 
 
 # Bring call "m" (alice on a1 -> bob on b1, b2; offered at 0, ring timeout 30) into a state ...

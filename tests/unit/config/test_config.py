@@ -15,7 +15,7 @@ import pytest
 from signald.cli import build_parser, config_from_args
 from signald.config import ENV_VARIABLES, KEYS, SECTIONS, Config, ConfigError, load_config
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
+DOC = Path(__file__).resolve().parents[3] / "docs" / "configuration.md"
 
 
 def write_toml(tmp_path: Path, text: str) -> Path:

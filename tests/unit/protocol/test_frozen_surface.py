@@ -1,6 +1,6 @@
 """The set of message types is a public contract: code, docs and handlers must agree.
 
-That every type is also carried out end to end is tests/test_every_type.py.
+That every type is also carried out end to end is tests/e2e/test_every_type.py.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 from signald.handlers import default_router
 from signald.protocol import INBOUND_TYPES, OUTBOUND_TYPES
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 DOC = ROOT / "docs" / "protocol.md"
 TYPE_CELL = re.compile(r"^\|\s*`([a-z][a-z.]*)`")
 

@@ -3,7 +3,7 @@
 A ``Router`` is built here with its own handlers and driven with a minimal stand-in for the
 handler context (what ``dispatch`` reads: the metrics counter of the message type, and the
 session's names for the log lines). The end-to-end versions of these rules live in
-tests/test_envelope.py.
+tests/e2e/test_envelope.py.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from signald.protocol import (
 )
 from signald.router import LATER, CustomMessage, Reply, Router
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 
 
 # --------------------------------------------------------------------------- a context without a daemon

@@ -14,7 +14,7 @@ from trio_websocket import open_websocket_url
 
 from signald.server import RunningServer
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 ANY = "…"
 

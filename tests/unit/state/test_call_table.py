@@ -2,7 +2,7 @@
 
 Every (state, event) pair is walked: :func:`transition` either moves to the state the documented
 table names or refuses with the error code it names. How the registry drives the table through
-the public API is tested in tests/test_calls.py.
+the public API is tested in tests/unit/state/test_calls.py.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ import trio
 
 from signald.server import RunningServer
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "call_peers.py"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "call_peers.py"
 
 
 async def run_example(*args: str) -> CompletedProcess[bytes]:

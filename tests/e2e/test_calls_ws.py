@@ -4,7 +4,7 @@ Each test runs an in-process daemon; the users first join the room ``lobby`` (us
 someone they share a room with). To assert that an event did *not* arrive, a client pings the
 server: the pong is queued after every event already queued for it, so the events before the pong
 are all there are (:func:`call_events`). Timed tests use the mock clock standing still except
-inside :func:`time_flies` (see ``tests/test_rooms_ws.py`` for why).
+inside :func:`time_flies` (see ``tests/e2e/test_rooms_ws.py`` for why).
 """
 
 from __future__ import annotations

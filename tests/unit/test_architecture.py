@@ -17,7 +17,7 @@ from typing import Final
 
 import pytest
 
-ROOT: Final = Path(__file__).resolve().parents[1]
+ROOT: Final = Path(__file__).resolve().parents[2]
 PACKAGE: Final = ROOT / "signald"
 
 # Lowest first. A module may import from its own layer and the layers below it, never above.
