@@ -148,7 +148,7 @@ async def serve_signald(
                 config.server.port, ssl_context, host=config.server.host, https_compatible=True)
         connections: _Connections = await nursery.start(_run_connections)
         try:
-            handler = partial(_handle_stream, hub, router, authenticate, per_ip, closing)
+            handler = partial(_handle_stream, _Serving(hub, router, authenticate, per_ip, closing))
             await nursery.start(partial(trio.serve_listeners, handler, listeners, handler_nursery=connections.nursery))
             running = RunningServer(hub, config.server.host, _bound_port(listeners[0]), ssl_context is not None)
             log.debug("signald listening on %s", running.url)
@@ -199,34 +199,33 @@ async def _refuse(handshake: Handshake, status: int, reason: str, peer: str, use
         await handshake.reject(status, reason.encode() + b"\n")
 
 
-async def _handle_stream(
-    hub: Hub,
-    router: Router,
-    authenticate: Authenticator,
-    per_ip: ConnectionRateLimiter | None,
-    closing: trio.Event,
-    stream: trio.abc.Stream,
-) -> None:
+@attrs.frozen
+class _Serving:
+    """What serving one client needs of the running server (the same for every client)."""
+
+    hub: Hub
+    router: Router
+    authenticate: Authenticator
+    per_ip: ConnectionRateLimiter | None
+    closing: trio.Event  # set once the server shuts down: connections then close with 1001
+
+
+async def _handle_stream(serving: _Serving, stream: trio.abc.Stream) -> None:
     """Serve one client; whatever goes wrong with it never reaches the listener (or other clients).
 
     Resource handling: the stream is closed on the way out, whatever happened.
     """
     try:
-        await _serve_client(hub, router, authenticate, per_ip, closing, stream)
+        await _serve_client(serving, stream)
     except Exception:
         log.exception("connection from %s failed", peer_address(stream))
     finally:
         await trio.aclose_forcefully(stream)
 
 
-async def _serve_client(
-    hub: Hub,
-    router: Router,
-    authenticate: Authenticator,
-    per_ip: ConnectionRateLimiter | None,
-    closing: trio.Event,
-    stream: trio.abc.Stream,
-) -> None:
+async def _serve_client(serving: _Serving, stream: trio.abc.Stream) -> None:
+    hub, router, authenticate, per_ip, closing = (
+        serving.hub, serving.router, serving.authenticate, serving.per_ip, serving.closing)
     config = hub.config
     peer = peer_address(stream)
     handshake = Handshake(stream)

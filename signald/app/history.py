@@ -29,6 +29,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Final
 
+import attrs
 import trio
 
 from signald.history.store import HistoryStore, Rejoin
@@ -50,6 +51,7 @@ def is_guest(user_id: str) -> bool:
     return GUEST_ID.fullmatch(user_id) is not None
 
 
+@attrs.define(eq=False)
 class HistoryService:
     """The app's view of the history store: room events, rejoin data and last-seen persistence.
 
@@ -57,17 +59,14 @@ class HistoryService:
     ``skip_guests`` (auth mode ``none``) guest ids' last-seen times stay in memory only.
     """
 
-    def __init__(
-        self, store: HistoryStore, presence: PresenceTracker, rooms: RoomRegistry, deliver: Deliver, *,
-        page_max: int, skip_guests: bool = False,
-    ) -> None:
-        self.store = store
-        self._presence = presence
-        self._rooms = rooms
-        self._deliver = deliver
-        self._page_max = page_max
-        self._skip_guests = skip_guests
-        self._joining: dict[str, dict[str, list[Outbound]]] = {}  # room -> joining conn -> kept events
+    store: HistoryStore
+    _presence: PresenceTracker
+    _rooms: RoomRegistry
+    _deliver: Deliver
+    _page_max: int = attrs.field(kw_only=True)
+    _skip_guests: bool = attrs.field(default=False, kw_only=True)
+    # room -> joining conn -> events kept for it while its join reads history
+    _joining: dict[str, dict[str, list[Outbound]]] = attrs.field(init=False, factory=dict)
 
     # ------------------------------------------------------------------ room events
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 
+import attrs
 import trio
 
 from signald.state.calls import CallOutcome, CallRegistry
@@ -27,6 +28,7 @@ from signald.state.presence import PresenceTracker
 from signald.state.send import Send
 
 
+@attrs.define(eq=False)
 class Timers:
     """Runs the deadlines of ``presence`` and ``calls``, and the ``heartbeats`` sweep.
 
@@ -34,25 +36,15 @@ class Timers:
     presence's events (typing expiry, automatic away).
     """
 
-    def __init__(
-        self,
-        presence: PresenceTracker,
-        calls: CallRegistry,
-        heartbeats: Heartbeats,
-        *,
-        apply_calls: Callable[[CallOutcome], None],
-        publish: Callable[[Iterable[Send]], None],
-        away_after_s: float,
-    ) -> None:
-        self._presence = presence
-        self._calls = calls
-        self._heartbeats = heartbeats
-        self._apply_calls = apply_calls
-        self._publish = publish
-        self._away_after_s = away_after_s
-        self._changed = trio.Event()
-        self._wakes_at = math.inf  # when the deadline task will next look
-        self.wakeups = 0  # how many times the deadline task woke (for tests)
+    _presence: PresenceTracker
+    _calls: CallRegistry
+    _heartbeats: Heartbeats
+    _apply_calls: Callable[[CallOutcome], None] = attrs.field(kw_only=True)
+    _publish: Callable[[Iterable[Send]], None] = attrs.field(kw_only=True)
+    _away_after_s: float = attrs.field(kw_only=True)
+    _changed: trio.Event = attrs.field(init=False, factory=trio.Event)
+    _wakes_at: float = attrs.field(init=False, default=math.inf)  # when the deadline task will next look
+    wakeups: int = attrs.field(init=False, default=0)  # how many times the deadline task woke (for tests)
 
     def next_deadline(self) -> float:
         """The earliest deadline of any state module (``inf``: none)."""

@@ -19,7 +19,6 @@ from signald.protocol import (
     CallOffer,
     CallOfferResult,
 )
-from signald.router import Router
 
 
 async def call_offer(ctx: Context, msg: CallOffer) -> CallOfferResult:
@@ -41,35 +40,25 @@ async def call_offer(ctx: Context, msg: CallOffer) -> CallOfferResult:
     return CallOfferResult(call_id=outcome.call_id)
 
 
+def _party(ctx: Context, target_id: str) -> dict[str, str]:
+    """Who acts in a call transition: this user and device, towards ``target_id``."""
+    return {"user": ctx.session.user_id, "device": ctx.session.session_id, "peer": target_id}
+
+
 async def call_answer(ctx: Context, msg: CallAnswer) -> None:
-    session, data = ctx.session, msg.data
-    outcome = ctx.hub.calls.answer(
-        user=session.user_id, device=session.session_id, peer=data.target_id, sdp=data.sdp,
-        call_id=data.call_id, now=trio.current_time(),
-    )
+    data, calls = msg.data, ctx.hub.calls
+    outcome = calls.answer(**_party(ctx, data.target_id), sdp=data.sdp, call_id=data.call_id, now=trio.current_time())
     ctx.hub.apply_call_outcome(outcome, ctx.after_reply)
 
 
 async def call_ice(ctx: Context, msg: CallIce) -> None:
-    session, data = ctx.session, msg.data
-    outcome = ctx.hub.calls.ice(
-        user=session.user_id, device=session.session_id, peer=data.target_id, candidate=data.candidate,
-        call_id=data.call_id,
-    )
+    data, calls = msg.data, ctx.hub.calls
+    outcome = calls.ice(**_party(ctx, data.target_id), candidate=data.candidate, call_id=data.call_id)
     ctx.hub.apply_call_outcome(outcome, ctx.after_reply)
 
 
 async def call_end(ctx: Context, msg: CallEnd) -> None:
-    session, data = ctx.session, msg.data
-    outcome = ctx.hub.calls.end(
-        user=session.user_id, device=session.session_id, peer=data.target_id, reason=data.reason,
-        call_id=data.call_id, now=trio.current_time(),
-    )
+    data, calls = msg.data, ctx.hub.calls
+    outcome = calls.end(**_party(ctx, data.target_id), reason=data.reason, call_id=data.call_id,
+                        now=trio.current_time())
     ctx.hub.apply_call_outcome(outcome, ctx.after_reply)
-
-
-def register(router: Router) -> None:
-    router.add(CallOffer, call_offer)
-    router.add(CallAnswer, call_answer)
-    router.add(CallIce, call_ice)
-    router.add(CallEnd, call_end)

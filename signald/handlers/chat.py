@@ -42,7 +42,7 @@ from signald.protocol import (
     RedactedData,
     RedactResult,
 )
-from signald.router import LATER, Later, Router
+from signald.router import LATER, Later
 
 DEFAULT_HISTORY_LIMIT = 50  # chat.history without limit: 50, or history_page_max if that is lower
 
@@ -184,14 +184,3 @@ async def chat_history(ctx: Context, msg: ChatHistory) -> HistoryPage:
     if data.before is not None and data.after is not None and data.before <= data.after + 1:
         return HistoryPage(messages=[], has_more=False)
     return await _history(ctx).history(room=data.room, before=data.before, after=data.after, limit=limit)
-
-
-def register(router: Router) -> None:
-    router.add(ChatSend, chat_send)
-    router.add(ChatEdit, chat_edit)
-    router.add(ChatDelete, chat_delete)
-    router.add(ChatRedact, chat_redact)
-    router.add(ChatRead, chat_read)
-    router.add(ChatReaction, chat_reaction)
-    router.add(ChatHistory, chat_history)
-

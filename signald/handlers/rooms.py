@@ -23,7 +23,6 @@ from signald.protocol import (
     StatsResult,
     SystemStats,
 )
-from signald.router import Router
 from signald.timefmt import iso_utc
 
 
@@ -135,14 +134,3 @@ async def system_stats(ctx: Context, msg: SystemStats) -> StatsResult:
         uptime_s=round(trio.current_time() - hub.started_at, 3),
         db_bytes=db_bytes,
     )
-
-
-def register(router: Router) -> None:
-    router.add(RoomJoin, room_join)
-    router.add(RoomLeave, room_leave)
-    router.add(RoomKick, room_kick)
-    router.add(RoomSignal, room_signal)
-    router.add(PresenceSet, presence_set)
-    router.add(ChatTyping, chat_typing)
-    router.add(SessionInfo, session_info)
-    router.add(SystemStats, system_stats)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from signald.app.context import Context
 from signald.auth import refresh_identity
 from signald.protocol import AuthRefresh, ExpiresResult, PongData, PresencePing, PresencePongEvent
-from signald.router import Reply, Router
+from signald.router import Reply
 from signald.timefmt import iso_utc
 
 
@@ -26,8 +26,3 @@ async def auth_refresh(ctx: Context, msg: AuthRefresh) -> ExpiresResult:
     session.identity = fresh
     ctx.hub.expiries.watch(session)
     return ExpiresResult(expires_at=iso_utc(fresh.expires_at) if fresh.expires_at is not None else None)
-
-
-def register(router: Router) -> None:
-    router.add(PresencePing, presence_ping)
-    router.add(AuthRefresh, auth_refresh)

@@ -142,12 +142,8 @@ def edit(
         raise SignalError("CONFLICT", "the message was deleted")
     if row[2]:
         raise SignalError("CONFLICT", "the message was redacted")
-    conn.execute(
-        "UPDATE messages SET body = ?, edited_at = ? WHERE id = ?", (new_body, iso_utc(txns.clock()), message_id)
-    )
-    message = get_message(conn, message_id)
-    assert message is not None
-    return message, message
+    sql = "UPDATE messages SET body = ?, edited_at = ? WHERE id = ?"
+    return _updated(conn, message_id, sql, (new_body, iso_utc(txns.clock()), message_id))
 
 
 def delete(
@@ -182,10 +178,8 @@ def redact(conn: sqlite3.Connection, message_id: str, mask: str) -> tuple[ChatMe
         raise SignalError("NOT_FOUND", f"message {message_id!r} not found")
     if row[0] is not None:
         raise SignalError("CONFLICT", "the message was deleted")
-    conn.execute("UPDATE messages SET body = ?, attachments = '[]', redacted = 1 WHERE id = ?", (mask, message_id))
-    message = get_message(conn, message_id)
-    assert message is not None
-    return message, message
+    sql = "UPDATE messages SET body = ?, attachments = '[]', redacted = 1 WHERE id = ?"
+    return _updated(conn, message_id, sql, (mask, message_id))
 
 
 def react(
@@ -230,3 +224,11 @@ def set_last_seen(conn: sqlite3.Connection, rows: Sequence[tuple[str, str]]) -> 
         rows,
     )
     return None, SKIP
+
+
+def _updated(conn: sqlite3.Connection, message_id: str, sql: str, args: tuple[Any, ...]) -> tuple[ChatMessage, Any]:
+    """Run the ``UPDATE`` of one existing message and return it as stored (result and event)."""
+    conn.execute(sql, args)
+    message = get_message(conn, message_id)
+    assert message is not None
+    return message, message

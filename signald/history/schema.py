@@ -43,19 +43,8 @@ class SchemaError(Exception):
     """The database cannot be used by this version of signald."""
 
 
-def _v1_initial(conn: sqlite3.Connection) -> None:
-    statements = (
-        """CREATE TABLE rooms (
-            room TEXT PRIMARY KEY,
-            last_seq INTEGER NOT NULL,
-            count INTEGER NOT NULL
-        ) WITHOUT ROWID""",
-        """CREATE TABLE messages (
-            pk INTEGER PRIMARY KEY,
-            id TEXT NOT NULL UNIQUE,
-            room TEXT NOT NULL,
-            seq INTEGER NOT NULL,
-            user_id TEXT NOT NULL,
+# The columns of a message after its keys: the same in every schema version so far.
+_MESSAGE_FIELDS: Final = """            user_id TEXT NOT NULL,
             body TEXT NOT NULL,
             attachments TEXT NOT NULL DEFAULT '[]',
             parent_id TEXT,
@@ -64,7 +53,22 @@ def _v1_initial(conn: sqlite3.Connection) -> None:
             edited_at TEXT,
             deleted_at TEXT,
             redacted INTEGER NOT NULL DEFAULT 0,
-            UNIQUE (room, seq)
+"""
+
+
+def _v1_initial(conn: sqlite3.Connection) -> None:
+    statements = (
+        """CREATE TABLE rooms (
+            room TEXT PRIMARY KEY,
+            last_seq INTEGER NOT NULL,
+            count INTEGER NOT NULL
+        ) WITHOUT ROWID""",
+        f"""CREATE TABLE messages (
+            pk INTEGER PRIMARY KEY,
+            id TEXT NOT NULL UNIQUE,
+            room TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+{_MESSAGE_FIELDS}            UNIQUE (room, seq)
         )""",
         "CREATE INDEX messages_created_ts ON messages (created_ts)",
         """CREATE TABLE reactions (
@@ -107,20 +111,11 @@ def _v2_messages_by_room_seq(conn: sqlite3.Connection) -> None:
     # two pages per insert instead of four (rowid table, id, (room, seq) and created_ts indexes).
     # Age retention walks each room in seq order instead of using a created_ts index.
     conn.execute(
-        """CREATE TABLE messages_v2 (
+        f"""CREATE TABLE messages_v2 (
             room TEXT NOT NULL,
             seq INTEGER NOT NULL,
             id TEXT NOT NULL UNIQUE,
-            user_id TEXT NOT NULL,
-            body TEXT NOT NULL,
-            attachments TEXT NOT NULL DEFAULT '[]',
-            parent_id TEXT,
-            created_at TEXT NOT NULL,
-            created_ts REAL NOT NULL,
-            edited_at TEXT,
-            deleted_at TEXT,
-            redacted INTEGER NOT NULL DEFAULT 0,
-            PRIMARY KEY (room, seq)
+{_MESSAGE_FIELDS}            PRIMARY KEY (room, seq)
         ) WITHOUT ROWID"""
     )
     conn.execute(f"INSERT INTO messages_v2 ({_V2_COLUMNS}) SELECT {_V2_COLUMNS} FROM messages")
