@@ -143,6 +143,17 @@ class Signald:
         return PresenceView(user_id=user_id, status=hub.presence.status_of(user_id),
                             online=bool(devices), devices=devices, last_seen=hub.presence.last_seen(user_id))
 
+    async def last_seen(self, *user_ids: str) -> dict[str, float]:
+        """When each of ``user_ids`` was last active (epoch seconds), for those signald knows of.
+
+        Unlike :meth:`presence`, this reads the history store for users not in memory, so a user
+        last seen before a restart is found too.
+        """
+        history = self.hub.history
+        if history is None:  # pragma: no cover - a running server always has its store
+            return {user: seen for user in user_ids if (seen := self.hub.presence.last_seen(user)) is not None}
+        return await history.last_seen(user_ids)
+
     def sessions_of(self, user_id: str) -> tuple[SessionView, ...]:
         """The connected sessions of ``user_id``, oldest first."""
         return tuple(session_view(s) for s in self.hub.sessions_by_user.get(user_id, {}).values())

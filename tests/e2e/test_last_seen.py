@@ -2,8 +2,8 @@
 
 The daemon keeps last-seen times in memory and writes the changed ones to the history store
 every 30 s and on shutdown. After a restart on the same database they are read back on demand
-(:meth:`signald.app.history.HistoryService.last_seen`, the view an embedder has through
-``server.hub``), not loaded whole. Anonymous connections in auth mode ``none`` each get a new
+(:meth:`signald.app.history.HistoryService.last_seen`, which embedders reach as
+``await server.last_seen(...)``), not loaded whole. Anonymous connections in auth mode ``none`` each get a new
 guest id: their last seen is never written, so the table does not grow with them.
 """
 
@@ -49,6 +49,9 @@ async def test_last_seen_written_before_a_restart_is_read_back_after_it(
     server = await start_server(nursery, config, wall_clock=lambda: WALL + 500.0)
     presence = server.hub.presence
     assert presence.last_seen("alice") is None  # nothing is loaded at start
+    assert server.presence("alice").last_seen is None  # the in-memory view does not know yet
+    assert await server.last_seen("alice", "nobody") == {"alice": WALL}  # the facade reads it back
+    assert server.presence("alice").last_seen == WALL  # and now memory has it
     assert await history_of(server).last_seen(["alice", "nobody"]) == {"alice": WALL}
     assert presence.last_seen("alice") == WALL  # kept (capped) for the next asker
     # a value the daemon has seen since the restart wins over the stored one
