@@ -94,3 +94,18 @@ async def events_of(c: SignaldClient) -> list[Event]:
         pong = await c.request_raw("presence.ping")
     assert pong["type"] == "presence.pong"
     return [(e["type"], e["data"]) for e in c.pending_events()]
+
+
+def client_wire(*parts: str | bytes) -> bytes:
+    """One message in ``parts`` fragments, as a wsproto client frames (and masks) it."""
+    from wsproto.connection import Connection, ConnectionType
+    from wsproto.events import BytesMessage, TextMessage
+
+    client = Connection(ConnectionType.CLIENT)
+    wire = b""
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        event = TextMessage(data=part, message_finished=last) if isinstance(part, str) \
+            else BytesMessage(data=part, message_finished=last)
+        wire += client.send(event)
+    return wire

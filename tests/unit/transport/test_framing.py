@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import wsproto
+from conftest import client_wire
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from wsproto.connection import ConnectionType
@@ -36,25 +37,6 @@ def test_prebuilt_frames_parse_like_wsproto_frames(size: int, opcode: int) -> No
 
 
 # ------------------------------------------------------------------ the read fast path (transport)
-
-
-def client_wire(*parts: str | bytes) -> bytes:
-    """One message in ``parts`` fragments, as a wsproto client frames (and masks) it."""
-    from wsproto.events import BytesMessage
-
-    client = wsproto.WSConnection(ConnectionType.CLIENT)
-    server = wsproto.WSConnection(ConnectionType.SERVER)
-    server.receive_data(client.send(Request(host="h", target="/")))
-    next(server.events())
-    client.receive_data(server.send(AcceptConnection()))
-    next(client.events())
-    wire = b""
-    for i, part in enumerate(parts):
-        last = i == len(parts) - 1
-        event = TextMessage(data=part, message_finished=last) if isinstance(part, str) \
-            else BytesMessage(data=part, message_finished=last)
-        wire += client.send(event)
-    return wire
 
 
 @given(st.one_of(st.text(max_size=400), st.binary(max_size=400)))

@@ -17,7 +17,7 @@ import attrs
 import pytest
 import trio
 import trio_websocket
-from conftest import make_config, start_server, time_flies
+from conftest import client_wire, make_config, start_server, time_flies
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from trio.testing import MockClock
@@ -384,35 +384,20 @@ async def server_socket(max_message_bytes: int = 1 << 20) -> AsyncIterator[tuple
     yield ws, client_end, parsed
 
 
-def client_frames(*parts: str | bytes) -> bytes:
-    """One message in ``parts`` fragments, as a wsproto client frames (and masks) it."""
-    from wsproto.connection import Connection
-    from wsproto.events import BytesMessage
-
-    client = Connection(ConnectionType.CLIENT)
-    wire = b""
-    for i, part in enumerate(parts):
-        last = i == len(parts) - 1
-        event = TextMessage(data=part, message_finished=last) if isinstance(part, str) \
-            else BytesMessage(data=part, message_finished=last)
-        wire += client.send(event)
-    return wire
-
-
 @given(st.one_of(st.text(max_size=400), st.binary(max_size=400)))
 @settings(max_examples=200, deadline=None)
 def test_a_whole_message_skips_wsproto_and_reads_exactly_as_wsproto_would(message: str | bytes) -> None:
     async def main() -> None:
         async with server_socket() as (ws, client_end, parsed):
-            await client_end.send_all(client_frames(message))
+            await client_end.send_all(client_wire(message))
             assert await ws.receive_message() == message
             assert parsed == []  # 7- and 16-bit lengths, text and binary: wsproto never saw it
             # wsproto, which keeps the connection's state, takes over for a fragmented message
             half = len(message) // 2
-            await client_end.send_all(client_frames(message[:half], message[half:]))
+            await client_end.send_all(client_wire(message[:half], message[half:]))
             assert await ws.receive_message() == message
             assert len(parsed) == 1
-            await client_end.send_all(client_frames(message))
+            await client_end.send_all(client_wire(message))
             assert await ws.receive_message() == message
             assert len(parsed) == 1  # and the next whole message skips it again
 
@@ -421,11 +406,11 @@ def test_a_whole_message_skips_wsproto_and_reads_exactly_as_wsproto_would(messag
 
 async def test_what_is_not_one_whole_message_goes_through_wsproto() -> None:
     async with server_socket(max_message_bytes=1000) as (ws, client_end, parsed):
-        two = client_frames('{"a":1}') + client_frames('{"b":2}')  # two messages in one read
+        two = client_wire('{"a":1}') + client_wire('{"b":2}')  # two messages in one read
         await client_end.send_all(two)
         assert [await ws.receive_message(), await ws.receive_message()] == ['{"a":1}', '{"b":2}']
         assert parsed == [two]
-        wire = client_frames("x" * 300)
+        wire = client_wire("x" * 300)
         received: list[str | bytes | None] = []
 
         async def receive() -> None:
@@ -455,7 +440,7 @@ async def test_whole_but_invalid_frames_get_wsprotos_verdict(wire: bytes, code: 
 
 async def test_a_whole_message_over_the_cap_fails_with_1009() -> None:
     async with server_socket(max_message_bytes=200) as (ws, client_end, parsed):
-        await client_end.send_all(client_frames("y" * 201))
+        await client_end.send_all(client_wire("y" * 201))
         assert await ws.receive_message() is None
         assert ws.failure is not None and ws.failure[0] == 1009
         assert parsed == []
