@@ -265,7 +265,6 @@ async def _serve_client(serving: _Serving, stream: trio.abc.Stream) -> None:
     limits = config.limits
     session = Session(
         session_id=new_session_id(),
-        user_id=identity.user_id,
         identity=identity,
         remote=peer,
         binary=binary,

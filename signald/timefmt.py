@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from datetime import datetime
 
 _last: tuple[int, str] = (-1, "")  # (epoch second, its "YYYY-MM-DDTHH:MM:SS"): one per second
 
@@ -23,3 +24,8 @@ def iso_utc(epoch: float | None = None) -> str:
             f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}",
         )
     return f"{last[1]}.{ms:03d}Z"
+
+
+def epoch_of(text: str) -> float:
+    """The epoch seconds of a timestamp :func:`iso_utc` wrote (its inverse, to the millisecond)."""
+    return datetime.fromisoformat(text).timestamp()

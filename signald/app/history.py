@@ -26,7 +26,6 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from datetime import datetime
 from typing import Final
 
 import attrs
@@ -36,7 +35,7 @@ from signald.history.store import HistoryStore, Rejoin
 from signald.protocol import ChatMessageEvent, Outbound, RoomJoinResult
 from signald.state.presence import PresenceTracker
 from signald.state.rooms import RoomRegistry
-from signald.timefmt import iso_utc
+from signald.timefmt import epoch_of, iso_utc
 
 __all__ = ["LAST_SEEN_FLUSH_S", "HistoryService", "is_guest"]
 
@@ -137,7 +136,7 @@ class HistoryService:
             else:
                 found[user] = seen
         if ask:
-            stored = {u: datetime.fromisoformat(at).timestamp() for u, at in (await self.store.last_seen(ask)).items()}
+            stored = {user: epoch_of(at) for user, at in (await self.store.last_seen(ask)).items()}
             presence.load_last_seen(stored)
             for user, at in stored.items():
                 fresher = presence.last_seen(user)  # activity while the store was read wins

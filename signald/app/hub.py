@@ -1,9 +1,11 @@
 """The state one daemon shares between its connections, and the context handlers get.
 
-The hub owns the session table, the broker and (as later modules attach them) the room
-registry, presence, calls and history store. Handlers receive a :class:`Context` — the hub
-plus the requesting session — and publish events through :meth:`Hub.send_to`, which encodes
-each event once whatever the number of recipients.
+The hub composes what the connections share: the session table, the broker, the sans-IO room
+registry, presence and calls, and (while :meth:`Hub.running`) the history service, timers, token
+expiries and metrics. It imports nothing above the app layer. Events go out through
+:meth:`Hub.send_to`, which encodes each event once whatever the number of recipients; replies
+through :meth:`Hub.reply`, in request order. Handlers see it through
+:class:`signald.app.context.Context`, embedders through :class:`signald.app.facade.Signald`.
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ class Hub:
         self.config = config
         self.broker = broker or LocalBroker()
         self.parking = Parking()  # where idle connections wait for bytes (see signald.transport.parking)
-        self.cork = Cork()  # see signald.delivery.fanout.Cork; sessions' outboxes and the history store share it
+        self.cork = Cork()  # see signald.delivery.outbox.Cork; sessions' outboxes and the history store share it
         self.wall_clock: Callable[[], float] = wall_clock or time.time
         self.sessions: dict[str, Session] = {}
         self.sessions_by_user: dict[str, dict[str, Session]] = {}

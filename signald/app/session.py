@@ -22,7 +22,6 @@ from signald.state.replies import HeldReply, ReplyOrder
 
 CLOSE_GOING_AWAY: Final = 1001
 CLOSE_POLICY: Final = 1008
-CLOSE_TOO_BIG: Final = 1009
 CLOSE_SESSION_EXPIRED: Final = 4001
 CLOSE_SESSION_REVOKED: Final = 4003
 
@@ -36,7 +35,6 @@ class Session:
     """State of one connection; mutated only from the Trio thread."""
 
     session_id: str
-    user_id: str
     identity: Identity  # roles, allowed rooms, token expiry: replaced as a whole by auth.refresh
     remote: str
     binary: bool
@@ -52,8 +50,11 @@ class Session:
     cancel_scope: trio.CancelScope | None = None
     # Replies go out in request order (see signald.state.replies).
     replies: ReplyOrder = attrs.field(init=False, factory=ReplyOrder)
+    # Read on every message, so a plain attribute; auth.refresh never changes the user.
+    user_id: str = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
+        self.user_id = self.identity.user_id
         self.outbox = Outbox(self.send_queue, binary=self.binary, on_overflow=self._overflow, cork=self.cork)
 
     @property
