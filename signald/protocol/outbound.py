@@ -36,10 +36,12 @@ class AckData(Struct):
     data: Any
 
 
-class ErrorData(Struct):
+class ErrorData(Struct, omit_defaults=True):
     op_id: OpId
     code: str
     message: str
+    retry_after_s: float | None = None
+    """Set on ``RATE_LIMITED`` refusals of a connection (close 4429): seconds to wait."""
 
 
 class Member(Struct, omit_defaults=True):
