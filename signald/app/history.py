@@ -6,12 +6,13 @@ what the store committed through :meth:`HistoryService.announce`, and ``room.joi
 rejoin data with :meth:`HistoryService.capturing` around the read.
 
 Joining a room with history
-    The join takes effect where the rejoin read sits in the store's commit order, so a joiner gets
-    every committed room event exactly once, in the ack (``missed``) or live, never both or
-    neither. While the read is under way the connection is not a member yet: nobody is told of a
-    join that may still fail, and what the store commits for the room meanwhile is kept for the
-    joiner (:meth:`capturing`). Once the read is back the handler joins and
-    :meth:`replay` delivers what was kept, except the messages the ack reports.
+    The join takes effect where the rejoin read sits in the store's commit order: the ack's
+    ``rev`` is the room's revision there, ``missed`` and ``changes`` are read there, and the joiner
+    gets live exactly the changes above that revision, never one the ack reported. While the read
+    is under way the connection is not a member yet: nobody is told of a join that may still
+    fail, and what the store commits for the room meanwhile is kept for the joiner
+    (:meth:`capturing`). Once the read is back the handler joins and :meth:`replay` delivers what
+    was kept and committed after the read (a higher ``rev``; read receipts, which have none, all).
 
 Last seen
     Presence keeps last-seen times in memory (capped for offline users); every
@@ -32,7 +33,7 @@ import attrs
 import trio
 
 from signald.history.store import HistoryStore, Rejoin
-from signald.protocol import ChatMessageEvent, Outbound, RoomJoinResult
+from signald.protocol import Outbound, RoomJoinResult
 from signald.state.presence import PresenceTracker
 from signald.state.rooms import RoomRegistry
 from signald.timefmt import epoch_of, iso_utc
@@ -97,26 +98,29 @@ class HistoryService:
                 del self._joining[room]
 
     def replay(self, conn: str, kept: list[Outbound], rejoin: Rejoin) -> None:
-        """Deliver to a fresh member what was committed during its join's read, minus ``missed``."""
-        reported = {message.id for message in rejoin.missed or ()}
+        """Deliver to a fresh member what was committed for its room after its join's read."""
         for event in kept:
-            if isinstance(event, ChatMessageEvent) and event.data.id in reported:
-                continue
-            self._deliver((conn,), event)
+            rev = getattr(getattr(event, "data", None), "rev", None)  # every chat.* change event has one
+            if rev is None or rev > rejoin.rev:
+                self._deliver((conn,), event)
 
     # ------------------------------------------------------------------ room.join
 
-    async def rejoin(self, user_id: str, room: str, since: int | None) -> Rejoin:
-        """``unread`` and, with ``since``, the missed messages (at most ``history_page_max``)."""
-        return await self.store.rejoin(user_id=user_id, room=room, since=since, limit=self._page_max)
+    async def rejoin(self, user_id: str, room: str, since: int | None, since_rev: int | None) -> Rejoin:
+        """``unread``, ``rev`` and, with ``since``/``since_rev``, what was missed (at most
+        ``history_page_max`` of each)."""
+        return await self.store.rejoin(user_id=user_id, room=room, since=since, since_rev=since_rev,
+                                       limit=self._page_max)
 
     @staticmethod
-    def fill_join_result(result: RoomJoinResult, rejoin: Rejoin, since: int | None) -> None:
-        """Add ``unread`` and, with ``since``, ``missed``/``missed_truncated`` to a join ack."""
-        result.unread = rejoin.unread
-        if since is not None:
-            result.missed = rejoin.missed
-            result.missed_truncated = rejoin.truncated
+    def fill_join_result(result: RoomJoinResult, rejoin: Rejoin) -> None:
+        """Add ``unread``, ``rev`` and what the join asked to recover to a join ack."""
+        result.unread, result.rev = rejoin.unread, rejoin.rev
+        result.missed, result.missed_truncated = rejoin.missed, rejoin.truncated
+        if rejoin.changes_reset:
+            result.changes_reset = True
+        else:
+            result.changes, result.changes_truncated = rejoin.changes, rejoin.changes_truncated
 
     # ------------------------------------------------------------------ last seen
 

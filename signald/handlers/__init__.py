@@ -32,6 +32,7 @@ HANDLERS: Final[tuple[tuple[type[Any], Callable[[Any, Any], Awaitable[Any]]], ..
     (protocol.ChatRead, chat.chat_read),
     (protocol.ChatReaction, chat.chat_reaction),
     (protocol.ChatHistory, chat.chat_history),
+    (protocol.ChatChanges, chat.chat_changes),
     (protocol.CallOffer, calls.call_offer),
     (protocol.CallAnswer, calls.call_answer),
     (protocol.CallIce, calls.call_ice),

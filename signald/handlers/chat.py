@@ -19,6 +19,8 @@ from signald.errors import SignalError
 from signald.handlers.rooms import require_member
 from signald.history.store import Deleted, HistoryStore
 from signald.protocol import (
+    ChangesPage,
+    ChatChanges,
     ChatDelete,
     ChatDeletedEvent,
     ChatEdit,
@@ -37,6 +39,7 @@ from signald.protocol import (
     DeleteResult,
     HistoryPage,
     Outbound,
+    ReactionResult,
     ReactionUpdateData,
     ReadUpdateData,
     RedactedData,
@@ -123,14 +126,15 @@ async def chat_delete(ctx: Context, msg: ChatDelete) -> DeleteResult:
 
     def announce(deleted: Deleted) -> None:
         event = ChatDeletedEvent(data=DeletedData(
-            message_id=data.message_id, room=deleted.room, deleted_at=deleted.deleted_at, mode=data.mode))
+            message_id=data.message_id, room=deleted.room, deleted_at=deleted.deleted_at, mode=data.mode,
+            rev=deleted.rev))
         _announce(ctx, deleted.room, event)
 
     deleted = await _history(ctx).delete(
         message_id=data.message_id, user_id=ctx.session.user_id, mode=data.mode,
         moderator=ctx.session.is_moderator, on_commit=announce,
     )
-    return DeleteResult(message_id=data.message_id, deleted_at=deleted.deleted_at)
+    return DeleteResult(message_id=data.message_id, deleted_at=deleted.deleted_at, rev=deleted.rev)
 
 
 async def chat_redact(ctx: Context, msg: ChatRedact) -> RedactResult:
@@ -138,11 +142,12 @@ async def chat_redact(ctx: Context, msg: ChatRedact) -> RedactResult:
         raise SignalError("FORBIDDEN", "chat.redact needs the mod or admin role")
 
     def announce(message: ChatMessage) -> None:
-        event = ChatRedactedEvent(data=RedactedData(message_id=message.id, room=message.room, new_body=message.body))
+        event = ChatRedactedEvent(data=RedactedData(
+            message_id=message.id, room=message.room, new_body=message.body, rev=message.rev))
         _announce(ctx, message.room, event)
 
     message = await _history(ctx).redact(message_id=msg.data.message_id, mask=msg.data.mask, on_commit=announce)
-    return RedactResult(message_id=message.id, new_body=message.body)
+    return RedactResult(message_id=message.id, new_body=message.body, rev=message.rev)
 
 
 async def chat_read(ctx: Context, msg: ChatRead) -> None:
@@ -158,29 +163,44 @@ async def chat_read(ctx: Context, msg: ChatRead) -> None:
         user_id=ctx.session.user_id, room=data.room, message_id=data.message_id, on_commit=announce)
 
 
-async def chat_reaction(ctx: Context, msg: ChatReaction) -> None:
+async def chat_reaction(ctx: Context, msg: ChatReaction) -> ReactionResult | None:
     data = msg.data
     require_member(ctx, data.scope)
 
-    def announce(changed: bool) -> None:
+    def announce(rev: int) -> None:
         event = ChatReactionUpdateEvent(data=ReactionUpdateData(
             message_id=data.message_id, user_id=ctx.session.user_id, reaction=data.reaction,
-            action=data.action, room=data.scope))
+            action=data.action, room=data.scope, rev=rev))
         _announce(ctx, data.scope, event)
 
-    await _history(ctx).react(
+    rev = await _history(ctx).react(
         message_id=data.message_id, user_id=ctx.session.user_id, reaction=data.reaction,
         action=data.action, room=data.scope, on_commit=announce,
     )
+    return None if rev is None else ReactionResult(rev=rev)
+
+
+def _page_limit(ctx: Context, limit: int | None) -> int:
+    """A page's ``limit``: 50 (or ``history_page_max`` if lower) by default, at most that maximum."""
+    page_max = ctx.hub.config.limits.history_page_max
+    if limit is None:
+        return min(DEFAULT_HISTORY_LIMIT, page_max)
+    if limit > page_max:
+        raise SignalError("INVALID_PAYLOAD", f"`$.data.limit` must be at most history_page_max ({page_max})")
+    return limit
+
+
+async def chat_changes(ctx: Context, msg: ChatChanges) -> ChangesPage:
+    """Page on through an exact resume: every change of the room after ``after_rev``."""
+    data = msg.data
+    require_member(ctx, data.room)
+    return await _history(ctx).changes(room=data.room, after_rev=data.after_rev, limit=_page_limit(ctx, data.limit))
 
 
 async def chat_history(ctx: Context, msg: ChatHistory) -> HistoryPage:
     data = msg.data
     require_member(ctx, data.room)
-    page_max = ctx.hub.config.limits.history_page_max
-    limit = min(DEFAULT_HISTORY_LIMIT, page_max) if data.limit is None else data.limit
-    if limit > page_max:
-        raise SignalError("INVALID_PAYLOAD", f"`$.data.limit` must be at most history_page_max ({page_max})")
+    limit = _page_limit(ctx, data.limit)
     if data.before is not None and data.after is not None and data.before <= data.after + 1:
         return HistoryPage(messages=[], has_more=False)
     return await _history(ctx).history(room=data.room, before=data.before, after=data.after, limit=limit)

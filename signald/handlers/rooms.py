@@ -35,9 +35,12 @@ def require_member(ctx: Context, room: str) -> None:
 async def room_join(ctx: Context, msg: RoomJoin) -> RoomJoinResult:
     """Join a room; with history, read first and join after (see :mod:`signald.app.history`).
 
-    A failed read leaves no trace: nobody was told of the join, which never happened.
+    A failed read leaves no trace: nobody was told of the join, which never happened. A join of
+    a room the connection is already in changes no membership and is answered from the store
+    like any other (events it already got live may be reported again: they carry the same ``rev``).
     """
-    hub, session, room, since = ctx.hub, ctx.session, msg.data.room, msg.data.since
+    hub, session, data = ctx.hub, ctx.session, msg.data
+    room = data.room
     if not session.may_join(room):
         raise SignalError("FORBIDDEN", f"your token does not allow joining {room!r}")
     conn, user, max_rooms = session.session_id, session.user_id, hub.config.limits.max_rooms
@@ -46,21 +49,21 @@ async def room_join(ctx: Context, msg: RoomJoin) -> RoomJoinResult:
         outcome = hub.rooms.join(conn, user, room, max_rooms=max_rooms)
         hub.publish(outcome.sends)
         ctx.after_reply.extend(outcome.after_ack)
-        result = RoomJoinResult(room=room, members=hub.member_list(room), active=outcome.active, unread=0)
+        result = RoomJoinResult(room=room, members=hub.member_list(room), active=outcome.active, unread=0, rev=0)
         if history is not None:
-            history.fill_join_result(result, await history.rejoin(user, room, since), since)
+            history.fill_join_result(result, await history.rejoin(user, room, data.since, data.since_rev))
         return result
     hub.rooms.check_join(conn, user, room, max_rooms=max_rooms)
     with history.capturing(room, conn) as kept:
-        rejoin = await history.rejoin(user, room, since)
+        rejoin = await history.rejoin(user, room, data.since, data.since_rev)
     if session.detached:  # closed during the read: a gone connection must not become a member
         raise SignalError("INTERNAL", "the connection closed during the join")
     outcome = hub.rooms.join(conn, user, room, max_rooms=max_rooms)
     hub.publish(outcome.sends)
     history.replay(conn, kept, rejoin)
     ctx.after_reply.extend(outcome.after_ack)
-    result = RoomJoinResult(room=room, members=hub.member_list(room), active=outcome.active, unread=0)
-    history.fill_join_result(result, rejoin, since)
+    result = RoomJoinResult(room=room, members=hub.member_list(room), active=outcome.active, unread=0, rev=0)
+    history.fill_join_result(result, rejoin)
     return result
 
 

@@ -1,4 +1,4 @@
-"""Per-room ``(last_seq, count)`` of the history store, kept in memory and changed transactionally.
+"""Per-room ``(last_seq, count, last_rev)`` of the history store, kept in memory and changed transactionally.
 
 Storing a message used to update the room's ``rooms`` row in the same transaction, which costs a
 B-tree page (two WAL writes) on every commit. The history store instead keeps each room's counters
@@ -7,8 +7,9 @@ only creates the row, with the first message of a room it has not seen), so a lo
 writes the ``messages`` row and its ``id`` index entry (and its idempotency key, if it has one).
 What makes that safe is an invariant on the database file:
 
-    a room's true ``last_seq`` is ``max(rooms.last_seq, max(seq))`` and its true ``count`` is
-    ``rooms.count`` plus the number of messages with ``seq > rooms.last_seq``.
+    a room's true ``last_seq`` is ``max(rooms.last_seq, max(seq))``, its true ``count`` is
+    ``rooms.count`` plus the number of messages with ``seq > rooms.last_seq``, and its true
+    ``last_rev`` is ``max(rooms.last_rev, max(rev))``.
 
 It holds because only inserts (which always take a ``seq`` above the counter) go unwritten: every
 transaction that deletes messages also writes the counters of the rooms it touched. After a crash
@@ -39,29 +40,31 @@ MAX_CLEAN: Final = 10_000
 RECONCILE_SQL: Final = """
 UPDATE rooms SET
     count = count + (SELECT count(*) FROM messages m WHERE m.room = rooms.room AND m.seq > rooms.last_seq),
-    last_seq = (SELECT max(m.seq) FROM messages m WHERE m.room = rooms.room)
+    last_seq = (SELECT max(m.seq) FROM messages m WHERE m.room = rooms.room),
+    last_rev = max(last_rev, (SELECT max(m.rev) FROM messages m WHERE m.room = rooms.room))
 WHERE EXISTS (SELECT 1 FROM messages m WHERE m.room = rooms.room AND m.seq > rooms.last_seq)
 """
 """Brings every ``rooms`` row up to date after counters were lost (a crash): see the invariant."""
 
-Counter = list[int]  # [last_seq, count], changed in place by the operation that got it
+Counter = list[int]  # [last_seq, count, last_rev], changed in place by the operation that got it
+Values = tuple[int, int, int]
 
 
 class RoomCounters:
-    """Committed, transaction-staged and operation-staged ``[last_seq, count]`` per room.
+    """Committed, transaction-staged and operation-staged ``[last_seq, count, last_rev]`` per room.
 
     Not thread-safe: the history store uses it only while holding its connection lock.
     """
 
     def __init__(self) -> None:
-        self._committed: dict[str, tuple[int, int]] = {}
-        self._txn: dict[str, tuple[int, int]] = {}
+        self._committed: dict[str, Values] = {}
+        self._txn: dict[str, Values] = {}
         self._op: dict[str, Counter] = {}
         self._unwritten: set[str] = set()  # committed values not in the rooms table yet
-        self._written: dict[str, tuple[int, int]] = {}  # written in the open transaction
+        self._written: dict[str, Values] = {}  # written in the open transaction
 
-    def get(self, room: str, load: Callable[[str], tuple[int, int]]) -> Counter:
-        """The current operation's ``[last_seq, count]`` of ``room``; change it in place."""
+    def get(self, room: str, load: Callable[[str], Values]) -> Counter:
+        """The current operation's ``[last_seq, count, last_rev]`` of ``room``; change it in place."""
         counter = self._op.get(room)
         if counter is None:
             value = self._txn.get(room) or self._committed.get(room)
@@ -71,12 +74,12 @@ class RoomCounters:
     def end_op(self, ok: bool) -> None:
         """The operation succeeded (its changes join the transaction) or was rolled back."""
         if ok:
-            for room, (last_seq, count) in self._op.items():
-                self._txn[room] = (last_seq, count)
+            for room, (last_seq, count, last_rev) in self._op.items():
+                self._txn[room] = (last_seq, count, last_rev)
         self._op.clear()
 
-    def unwritten(self) -> list[tuple[str, int, int]]:
-        """``(room, last_seq, count)`` whose ``rooms`` row is behind; call after :meth:`end_op`.
+    def unwritten(self) -> list[tuple[str, int, int, int]]:
+        """``(room, last_seq, count, last_rev)`` whose ``rooms`` row is behind; call after :meth:`end_op`.
 
         The caller writes them in the open transaction; :meth:`end_transaction` then knows they
         were written.

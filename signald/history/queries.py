@@ -14,14 +14,19 @@ interval with it).
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, Final, Protocol
+from typing import Any, Final, NamedTuple, Protocol
 
 import msgspec
 
-from signald.protocol import Attachment, ChatMessage
+from signald.protocol import Attachment, Change, ChangesPage, ChatMessage, Tombstone
 
 __all__ = [
     "AGE_EXPIRED_ROOMS_SQL",
+    "Rejoin",
+    "RoomRevs",
+    "changes",
+    "changes_page",
+    "rejoin",
     "COLUMNS",
     "ROOM_TOTALS_SQL",
     "ROOMS_SQL",
@@ -33,11 +38,13 @@ __all__ = [
     "message_from_row",
     "page",
     "reactions",
+    "reactions_of",
+    "room_revs",
     "unread",
 ]
 
 COLUMNS: Final = (
-    "id, room, seq, user_id, body, attachments, parent_id, created_at, edited_at, deleted_at, redacted"
+    "id, room, seq, rev, user_id, body, attachments, parent_id, created_at, edited_at, deleted_at, redacted"
 )
 """The columns of a message, in the order :func:`message_from_row` reads them."""
 
@@ -101,9 +108,9 @@ def _decode_attachments(text: str) -> list[Attachment]:
 def message_from_row(row: Sequence[Any], reactions: dict[str, list[str]]) -> ChatMessage:
     """A message from a row of :data:`COLUMNS` and its folded reactions."""
     return ChatMessage(
-        id=row[0], room=row[1], seq=row[2], user_id=row[3], body=row[4],
-        attachments=_decode_attachments(row[5]), parent_id=row[6], created_at=row[7],
-        edited_at=row[8], deleted_at=row[9], redacted=bool(row[10]), reactions=reactions,
+        id=row[0], room=row[1], seq=row[2], rev=row[3], user_id=row[4], body=row[5],
+        attachments=_decode_attachments(row[6]), parent_id=row[7], created_at=row[8],
+        edited_at=row[9], deleted_at=row[10], redacted=bool(row[11]), reactions=reactions,
     )
 
 
@@ -181,3 +188,110 @@ def last_seen(conn: Connection, user_ids: list[str]) -> dict[str, str]:
         found.update(conn.execute(f"SELECT user_id, at FROM last_seen WHERE user_id IN ({marks})", chunk))
     return found
 
+
+
+# ---------------------------------------------------------------------------- revisions (exact resume)
+
+_ROOM_REVS_SQL: Final = (
+    "SELECT max(coalesce((SELECT last_rev FROM rooms WHERE room = ?1), 0),"
+    " coalesce((SELECT max(rev) FROM messages WHERE room = ?1), 0),"
+    " coalesce((SELECT max(rev) FROM tombstones WHERE room = ?1), 0)),"
+    " coalesce((SELECT pruned_rev FROM rooms WHERE room = ?1), 0)"
+)
+
+
+class RoomRevs(NamedTuple):
+    """A room's current revision and the highest revision retention removed."""
+
+    rev: int
+    pruned: int
+
+    def complete_after(self, after_rev: int) -> bool:
+        """Whether the store still holds every change after ``after_rev`` (else: a reset).
+
+        A revision above the room's own (a client of another database) cannot be resumed either.
+        """
+        return self.pruned <= after_rev <= self.rev
+
+
+def room_revs(conn: Connection, room: str) -> RoomRevs:
+    """The room's revision as stored, including changes not yet in its ``rooms`` row."""
+    # The rooms row may lag behind the messages (see signald.history.counters), never ahead; the
+    # newest change is on a message or a tombstone unless retention removed it, and then the row
+    # holds it. Two index probes and a primary-key read.
+    rev, pruned = conn.execute(_ROOM_REVS_SQL, (room,)).fetchone()
+    return RoomRevs(int(rev), int(pruned))
+
+
+def changes(conn: Connection, room: str, after_rev: int, limit: int) -> tuple[list[Change], bool]:
+    """Every message and tombstone of ``room`` changed after ``after_rev``, ascending ``rev``, at
+    most ``limit`` (in their current state); the bool says there are more."""
+    rows = conn.execute(
+        f"SELECT {COLUMNS} FROM messages WHERE room = ? AND rev > ? ORDER BY rev LIMIT ?",
+        (room, after_rev, limit + 1),
+    ).fetchall()
+    tombs = conn.execute(
+        "SELECT id, room, seq, rev FROM tombstones WHERE room = ? AND rev > ? ORDER BY rev LIMIT ?",
+        (room, after_rev, limit + 1),
+    ).fetchall()
+    folded = reactions_of(conn, room, [row[2] for row in rows])
+    found: list[Change] = [message_from_row(row, folded.get(row[2], {})) for row in rows]
+    found.extend(Tombstone(id=t[0], room=t[1], seq=t[2], rev=t[3]) for t in tombs)
+    found.sort(key=lambda change: change.rev)
+    more = len(found) > limit
+    del found[limit:]
+    return found, more
+
+
+def reactions_of(conn: Connection, room: str, seqs: list[int]) -> dict[int, dict[str, list[str]]]:
+    """Like :func:`reactions`, for the given ``seqs`` of ``room`` (not a range)."""
+    found: dict[int, dict[str, list[str]]] = {}
+    for i in range(0, len(seqs), _CHUNK):
+        chunk = seqs[i : i + _CHUNK]
+        marks = ",".join("?" * len(chunk))
+        for seq, reaction, user_id in conn.execute(
+            f"SELECT seq, reaction, user_id FROM reactions WHERE room = ? AND seq IN ({marks}) ORDER BY rowid",
+            (room, *chunk),
+        ):
+            found.setdefault(seq, {}).setdefault(reaction, []).append(user_id)
+    return found
+
+
+def changes_page(conn: Connection, room: str, after_rev: int, limit: int) -> ChangesPage:
+    """``chat.changes``: :func:`changes` with the room's revision, or ``changes_reset``."""
+    revs = room_revs(conn, room)
+    if not revs.complete_after(after_rev):
+        return ChangesPage(changes=[], rev=revs.rev, has_more=False, changes_reset=True)
+    found, more = changes(conn, room, after_rev, limit)
+    return ChangesPage(changes=found, rev=revs.rev, has_more=more)
+
+
+class Rejoin(NamedTuple):
+    """What ``room.join`` needs from history, read at one point of the commit order.
+
+    ``rev`` is the room's revision there. ``missed``/``truncated`` are None without ``since``;
+    ``changes``/``changes_truncated`` None without ``since_rev`` or when ``changes_reset``.
+    """
+
+    missed: list[ChatMessage] | None
+    truncated: bool | None
+    unread: int
+    rev: int = 0
+    changes: list[Change] | None = None
+    changes_truncated: bool | None = None
+    changes_reset: bool = False
+
+
+def rejoin(
+    conn: Connection, user_id: str, room: str, since: int | None, since_rev: int | None, limit: int
+) -> Rejoin:
+    """``unread``, the room's ``rev``, ``missed`` (with ``since``) and ``changes`` (with ``since_rev``)."""
+    unread_count = unread(conn, user_id, room)
+    revs = room_revs(conn, room)
+    missed = truncated = found = more = None
+    if since is not None:
+        missed, truncated = page(conn, room, None, since, limit)
+    reset = since_rev is not None and not revs.complete_after(since_rev)
+    if since_rev is not None and not reset:
+        found, more = changes(conn, room, since_rev, limit)
+    return Rejoin(missed, truncated, unread_count, revs.rev, found, more, reset)

@@ -10,6 +10,11 @@ expired (``seq`` order is creation order unless the wall clock stepped back; the
 outlive its age until the ones before it expire). It looks at every room's oldest message, so it
 runs once per ``interval_s`` (until it is done), not every :data:`RETENTION_EVERY` batches.
 Count retention looks at the rooms that received messages since its last step (all rooms at first).
+
+Tombstones of hard-deleted messages go with the messages of their age: age retention removes those
+of messages created before the cutoff, count retention those below the oldest message it keeps.
+Whatever retention removes raises the room's ``pruned_rev`` to its revision, so that a resume from
+below it answers ``changes_reset`` (the store no longer holds every change after it).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ logger = logging.getLogger(__name__)
 RETENTION_BATCH: Final = 500
 """Most messages one retention transaction removes."""
 RETENTION_EVERY: Final = 64
+_PRUNED_SQL: Final = "UPDATE rooms SET pruned_rev = max(pruned_rev, ?) WHERE room = ?"
 """Under sustained load, one retention step runs after this many write batches."""
 
 
@@ -92,6 +98,12 @@ class Retention:
             # Per room, oldest seq first, up to the first message that is not expired (no index on
             # created_ts: it would cost every insert a page; seq order is creation order).
             cutoff = self.txns.clock() - self.max_age_s
+            expired_tombstones = conn.execute(
+                "SELECT room, max(rev) FROM tombstones WHERE created_ts < ? GROUP BY room", (cutoff,)
+            ).fetchall()
+            if expired_tombstones:  # few rows (hard deletes only): a scan once per interval
+                conn.executemany(_PRUNED_SQL, [(rev, room) for room, rev in expired_tombstones])
+                conn.execute("DELETE FROM tombstones WHERE created_ts < ?", (cutoff,))
             for (room,) in conn.execute(AGE_EXPIRED_ROOMS_SQL, (cutoff,)).fetchall():
                 rows = []
                 for seq, created_ts in conn.execute(OLDEST_SQL, (room, budget)):
@@ -131,8 +143,20 @@ class Retention:
         return RETENTION_BATCH - budget, False
 
     def _remove(self, conn: sqlite3.Connection, rows: list[tuple[str, int]]) -> None:
+        """Remove messages ``(room, seq)``: each room's oldest ones, with the tombstones below them."""
         if not rows:
             return
+        below: dict[str, int] = {}  # room -> highest seq removed
+        for room, seq in rows:
+            below[room] = max(seq, below.get(room, 0))
+        for room, seq in below.items():
+            conn.execute(
+                "UPDATE rooms SET pruned_rev = max(pruned_rev,"
+                " coalesce((SELECT max(rev) FROM messages WHERE room = ?1 AND seq <= ?2), 0),"
+                " coalesce((SELECT max(rev) FROM tombstones WHERE room = ?1 AND seq <= ?2), 0)) WHERE room = ?1",
+                (room, seq),
+            )
+            conn.execute("DELETE FROM tombstones WHERE room = ? AND seq <= ?", (room, seq))
         conn.executemany(
             "DELETE FROM client_msgs WHERE message_id = (SELECT id FROM messages WHERE room = ? AND seq = ?)",
             rows,

@@ -24,6 +24,10 @@ Semantics chosen where the protocol is silent
 - ``react``: ``add`` on a soft-deleted message is ``CONFLICT``; reactions map each reaction to its
   users in the order they reacted; keys are ordered by their earliest current reaction.
 - ``mark_read`` never moves a receipt backwards; ``unread`` counts not-deleted messages above it.
+- Every change to a room's history takes the room's next revision (:meth:`Transactions.next_rev`)
+  and stores it on the message: a send, an edit, a soft delete, a redaction, a reaction that
+  changed the set. A hard delete stores it on the message's tombstone. Read receipts, idempotent
+  retries, repeated soft deletes and reactions already in place take none.
 """
 
 from __future__ import annotations
@@ -47,10 +51,12 @@ __all__ = ["Deleted", "delete", "edit", "mark_read", "react", "redact", "send", 
 
 
 class Deleted(NamedTuple):
-    """Result of :meth:`~signald.history.store.HistoryStore.delete`."""
+    """Result of :meth:`~signald.history.store.HistoryStore.delete`; ``rev`` that of the deletion
+    (for a repeated soft delete, the message's current one)."""
 
     room: str
     deleted_at: str
+    rev: int
 
 
 def _new_id(now: float) -> str:
@@ -100,14 +106,14 @@ def send(
     now = txns.clock()
     created_at = iso_utc(now)
     counter = txns.counter(conn, room)
-    seq = counter[0] + 1
+    seq, rev = counter[0] + 1, counter[2] + 1
     for attempt in range(5):
         message_id = _new_id(now)
         try:
             conn.execute(
-                "INSERT INTO messages (id, room, seq, user_id, body, attachments, parent_id, created_at,"
-                " created_ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (message_id, room, seq, user_id, body, encoded, parent_id, created_at, now),
+                "INSERT INTO messages (id, room, seq, rev, user_id, body, attachments, parent_id, created_at,"
+                " created_ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (message_id, room, seq, rev, user_id, body, encoded, parent_id, created_at, now),
             )
             break
         except sqlite3.IntegrityError as exc:  # pragma: no cover - a 48-bit random id collided
@@ -118,11 +124,11 @@ def send(
             "INSERT INTO client_msgs (user_id, room, client_msg_id, message_id) VALUES (?, ?, ?, ?)",
             (user_id, room, client_msg_id, message_id),
         )
-    counter[0], counter[1] = seq, counter[1] + 1
+    counter[0], counter[1], counter[2] = seq, counter[1] + 1, rev
     if txns.rooms_to_trim is not None:
         txns.rooms_to_trim.add(room)
     message = ChatMessage(
-        id=message_id, room=room, seq=seq, user_id=user_id, body=body, attachments=attachments,
+        id=message_id, room=room, seq=seq, rev=rev, user_id=user_id, body=body, attachments=attachments,
         parent_id=parent_id, created_at=created_at, edited_at=None, deleted_at=None, redacted=False,
         reactions={},
     )
@@ -133,7 +139,8 @@ def edit(
     conn: sqlite3.Connection, txns: Transactions, message_id: str, user_id: str, new_body: str
 ) -> tuple[ChatMessage, Any]:
     """Replace the body of the author's message and set ``edited_at``."""
-    row = conn.execute("SELECT user_id, deleted_at, redacted FROM messages WHERE id = ?", (message_id,)).fetchone()
+    row = conn.execute(
+        "SELECT user_id, deleted_at, redacted, room FROM messages WHERE id = ?", (message_id,)).fetchone()
     if row is None:
         raise SignalError("NOT_FOUND", f"message {message_id!r} not found")
     if row[0] != user_id:
@@ -142,50 +149,60 @@ def edit(
         raise SignalError("CONFLICT", "the message was deleted")
     if row[2]:
         raise SignalError("CONFLICT", "the message was redacted")
-    sql = "UPDATE messages SET body = ?, edited_at = ? WHERE id = ?"
-    return _updated(conn, message_id, sql, (new_body, iso_utc(txns.clock()), message_id))
+    sql = "UPDATE messages SET body = ?, edited_at = ?, rev = ? WHERE id = ?"
+    rev = txns.next_rev(conn, row[3])
+    return _updated(conn, message_id, sql, (new_body, iso_utc(txns.clock()), rev, message_id))
 
 
 def delete(
     conn: sqlite3.Connection, txns: Transactions, message_id: str, user_id: str, mode: DeleteMode, moderator: bool
 ) -> tuple[Deleted, Any]:
     """Soft- or hard-delete a message (author, or anyone with ``moderator``)."""
-    row = conn.execute("SELECT room, seq, user_id, deleted_at FROM messages WHERE id = ?", (message_id,)).fetchone()
+    row = conn.execute(
+        "SELECT room, seq, user_id, deleted_at, rev, created_ts FROM messages WHERE id = ?", (message_id,)
+    ).fetchone()
     if row is None:
         raise SignalError("NOT_FOUND", f"message {message_id!r} not found")
-    room, seq, author, deleted_at = row
+    room, seq, author, deleted_at, rev, created_ts = row
     if author != user_id and not moderator:
         raise SignalError("FORBIDDEN", "only the author or a moderator can delete a message")
     if mode == "soft" and deleted_at is not None:
-        return Deleted(room, deleted_at), SKIP
+        return Deleted(room, deleted_at, rev), SKIP
     now = iso_utc(txns.clock())
+    rev = txns.next_rev(conn, room)
     conn.execute("DELETE FROM reactions WHERE room = ? AND seq = ?", (room, seq))
     if mode == "soft":
         conn.execute(
-            "UPDATE messages SET body = '', attachments = '[]', deleted_at = ? WHERE id = ?", (now, message_id)
+            "UPDATE messages SET body = '', attachments = '[]', deleted_at = ?, rev = ? WHERE id = ?",
+            (now, rev, message_id),
         )
     else:
         conn.execute("DELETE FROM messages WHERE id = ?", (message_id,))
+        conn.execute(
+            "INSERT INTO tombstones (room, rev, id, seq, created_ts) VALUES (?, ?, ?, ?, ?)",
+            (room, rev, message_id, seq, created_ts),
+        )
         txns.counter(conn, room)[1] -= 1
-    result = Deleted(room, now)
+    result = Deleted(room, now, rev)
     return result, result
 
 
-def redact(conn: sqlite3.Connection, message_id: str, mask: str) -> tuple[ChatMessage, Any]:
+def redact(conn: sqlite3.Connection, txns: Transactions, message_id: str, mask: str) -> tuple[ChatMessage, Any]:
     """Replace the body with ``mask`` and mark it redacted (the caller checks permission)."""
-    row = conn.execute("SELECT deleted_at FROM messages WHERE id = ?", (message_id,)).fetchone()
+    row = conn.execute("SELECT deleted_at, room FROM messages WHERE id = ?", (message_id,)).fetchone()
     if row is None:
         raise SignalError("NOT_FOUND", f"message {message_id!r} not found")
     if row[0] is not None:
         raise SignalError("CONFLICT", "the message was deleted")
-    sql = "UPDATE messages SET body = ?, attachments = '[]', redacted = 1 WHERE id = ?"
-    return _updated(conn, message_id, sql, (mask, message_id))
+    sql = "UPDATE messages SET body = ?, attachments = '[]', redacted = 1, rev = ? WHERE id = ?"
+    return _updated(conn, message_id, sql, (mask, txns.next_rev(conn, row[1]), message_id))
 
 
 def react(
-    conn: sqlite3.Connection, message_id: str, user_id: str, reaction: str, action: ReactionAction, room: str
-) -> tuple[bool, Any]:
-    """Add or remove a reaction (idempotent); the result says whether anything changed."""
+    conn: sqlite3.Connection, txns: Transactions, message_id: str, user_id: str, reaction: str,
+    action: ReactionAction, room: str,
+) -> tuple[int | None, Any]:
+    """Add or remove a reaction (idempotent); the result is the change's revision, None if nothing changed."""
     row = conn.execute("SELECT room, seq, deleted_at FROM messages WHERE id = ?", (message_id,)).fetchone()
     if row is None or row[0] != room:
         raise SignalError("NOT_FOUND", f"message {message_id!r} not found in room {room!r}")
@@ -198,8 +215,11 @@ def react(
         cur = conn.execute(
             "DELETE FROM reactions WHERE room = ? AND seq = ? AND reaction = ? AND user_id = ?", key
         )
-    changed = cur.rowcount > 0
-    return changed, (True if changed else SKIP)
+    if cur.rowcount <= 0:
+        return None, SKIP
+    rev = txns.next_rev(conn, room)
+    conn.execute("UPDATE messages SET rev = ? WHERE room = ? AND seq = ?", (rev, room, row[1]))
+    return rev, rev
 
 
 def mark_read(conn: sqlite3.Connection, user_id: str, room: str, message_id: str) -> tuple[bool, Any]:

@@ -6,10 +6,12 @@ version is added by appending a function, never by editing an old one, so every 
 written can be brought up to date. Each migration runs in its own transaction together with the
 ``user_version`` bump, so a crash mid-migration leaves the previous version intact.
 
-Tables (version 2):
+Tables (version 3):
 
 - ``rooms``: per-room ``last_seq`` counter (never decreases, so hard deletes and retention never
-  cause a ``seq`` to be reused) and ``count`` of stored messages (used by count retention and stats).
+  cause a ``seq`` to be reused), ``count`` of stored messages (used by count retention and stats),
+  ``last_rev``, the room's revision (raised by every stored change to its history), and
+  ``pruned_rev``, the highest revision retention has removed (a resume from below it is incomplete).
   A room's row is created with its first message; after that the history store writes it lazily
   (see :mod:`signald.history.counters`): messages above ``last_seq`` are counted in neither column yet.
 - ``messages``: one row per stored message, already folded (edits, redactions and soft deletes
@@ -17,13 +19,19 @@ Tables (version 2):
   (A row over about a quarter of a page, e.g. a long body, spills into overflow pages; chat
   messages are mostly far smaller, which is what ``WITHOUT ROWID`` suits.)
   ``created_ts`` is the creation time in epoch seconds for age retention (not indexed).
+  ``rev`` is the room revision of the message's latest change, indexed by ``(room, rev)`` for
+  ``changes`` (exact resume).
+- ``tombstones``: one row per hard-deleted message, keyed by ``(room, rev)`` (the deletion's
+  revision), with the message's ``id``, ``seq`` and ``created_ts`` (retention removes it with the
+  messages of that age).
 - ``reactions``: one row per (message, reaction, user); ``rowid`` order is reaction order.
 - ``read_receipts``: the highest ``seq`` each user has read in each room.
 - ``last_seen``: when each user was last seen (ISO 8601), for presence after a restart.
 - ``client_msgs``: idempotency keys, ``client_msg_id`` unique per (user, room).
 
 Versions: 1 is the initial schema; 2 re-keys ``messages`` by ``(room, seq)`` and drops the
-``created_ts`` index, so that storing a message writes two B-tree pages instead of four.
+``created_ts`` index, so that storing a message writes two B-tree pages instead of four; 3 adds room
+revisions (existing messages get ``rev = seq``: revisions in ``seq`` order, below every later one).
 
 Error handling: :func:`migrate` raises :class:`SchemaError` when the file was written by a newer
 signald (``user_version`` above :data:`SCHEMA_VERSION`); sqlite errors propagate unchanged after
@@ -123,7 +131,31 @@ def _v2_messages_by_room_seq(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE messages_v2 RENAME TO messages")
 
 
-MIGRATIONS: Final[tuple[Migration, ...]] = (_v1_initial, _v2_messages_by_room_seq)
+def _v3_room_revisions(conn: sqlite3.Connection) -> None:
+    # Existing messages take rev = seq: ascending in seq order, unique per room, and at most the
+    # room's last_seq, which becomes its last_rev, so every later change takes a higher one.
+    conn.execute("ALTER TABLE messages ADD COLUMN rev INTEGER NOT NULL DEFAULT 0")
+    conn.execute("UPDATE messages SET rev = seq")
+    conn.execute("CREATE INDEX messages_rev ON messages (room, rev)")
+    conn.execute("ALTER TABLE rooms ADD COLUMN last_rev INTEGER NOT NULL DEFAULT 0")
+    conn.execute("ALTER TABLE rooms ADD COLUMN pruned_rev INTEGER NOT NULL DEFAULT 0")
+    # Where messages went before revisions existed (hard deletes, retention) no tombstone tells a
+    # resuming client: a resume from below the migration's revision answers changes_reset.
+    conn.execute("UPDATE rooms SET last_rev = last_seq, pruned_rev = CASE WHEN count < last_seq"
+                 " THEN last_seq ELSE 0 END")
+    conn.execute(
+        """CREATE TABLE tombstones (
+            room TEXT NOT NULL,
+            rev INTEGER NOT NULL,
+            id TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            created_ts REAL NOT NULL,
+            PRIMARY KEY (room, rev)
+        ) WITHOUT ROWID"""
+    )
+
+
+MIGRATIONS: Final[tuple[Migration, ...]] = (_v1_initial, _v2_messages_by_room_seq, _v3_room_revisions)
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
 

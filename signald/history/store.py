@@ -33,20 +33,21 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
-from typing import Any, Final, NamedTuple, TypedDict, TypeVar
+from typing import Any, Final, TypedDict, TypeVar
 
 import trio
 
 from signald.errors import SignalError
 from signald.history import queries, rules
 from signald.history.inline import INLINE_SYNC_MODES, InlineCommits, tasks_runnable
+from signald.history.queries import Rejoin
 from signald.history.retention import Retention
 from signald.history.rules import Deleted
 from signald.history.schema import SCHEMA_VERSION
 from signald.history.transactions import Transactions
 from signald.history.work import SKIP, Op, StorageError, complete
 from signald.history.writer import Writer
-from signald.protocol import Attachment, ChatMessage, DeleteMode, HistoryPage, ReactionAction
+from signald.protocol import Attachment, ChangesPage, ChatMessage, DeleteMode, HistoryPage, ReactionAction
 
 __all__ = ["Deleted", "HistoryStats", "HistoryStore", "Rejoin", "StorageError"]
 
@@ -55,14 +56,6 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SYNCHRONOUS_MODES: Final = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
-
-
-class Rejoin(NamedTuple):
-    """What ``room.join`` needs from history: ``missed``/``truncated`` are None without ``since``."""
-
-    missed: list[ChatMessage] | None
-    truncated: bool | None
-    unread: int
 
 
 class HistoryStats(TypedDict):
@@ -280,17 +273,19 @@ class HistoryStore:
         self, *, message_id: str, mask: str, on_commit: Callable[[ChatMessage], None] | None = None
     ) -> ChatMessage:
         """Replace the body with ``mask`` and mark it redacted (the caller checks permission)."""
-        return await self._call(lambda conn: rules.redact(conn, message_id, mask), write=True, on_commit=on_commit)
+        return await self._call(lambda conn: rules.redact(conn, self._txns, message_id, mask),
+                                write=True, on_commit=on_commit)
 
     async def react(
         self, *, message_id: str, user_id: str, reaction: str, action: ReactionAction, room: str,
-        on_commit: Callable[[bool], None] | None = None,
-    ) -> bool:
-        """Add or remove a reaction (idempotent); returns whether anything changed."""
+        on_commit: Callable[[int], None] | None = None,
+    ) -> int | None:
+        """Add or remove a reaction (idempotent); returns the change's revision, None if nothing changed."""
         if action not in ("add", "remove"):
             raise SignalError("INVALID_PAYLOAD", "`$.data.action` must be 'add' or 'remove'")
-        return await self._call(lambda conn: rules.react(conn, message_id, user_id, reaction, action, room),
-                                write=True, on_commit=on_commit)
+        return await self._call(
+            lambda conn: rules.react(conn, self._txns, message_id, user_id, reaction, action, room),
+            write=True, on_commit=on_commit)
 
     async def mark_read(
         self, *, user_id: str, room: str, message_id: str, on_commit: Callable[[bool], None] | None = None
@@ -337,19 +332,22 @@ class HistoryStore:
         """Not-deleted messages of ``room`` above the user's read receipt (all if none)."""
         return await self._call(lambda conn: (queries.unread(conn, user_id, room), SKIP), write=False)
 
-    async def rejoin(self, *, user_id: str, room: str, since: int | None, limit: int) -> Rejoin:
-        """``missed`` (when ``since`` is given) and ``unread`` for ``room.join``, in one round trip."""
+    async def rejoin(
+        self, *, user_id: str, room: str, since: int | None, limit: int, since_rev: int | None = None
+    ) -> Rejoin:
+        """``unread``, the room's ``rev``, ``missed`` (with ``since``) and ``changes`` (with
+        ``since_rev``) for ``room.join``: one read, at one point of the commit order."""
         if limit < 1:
             raise SignalError("INVALID_PAYLOAD", "`limit` must be >= 1")
 
-        def fn(conn: sqlite3.Connection) -> tuple[Rejoin, Any]:  # one round trip
-            unread = queries.unread(conn, user_id, room)
-            if since is None:
-                return Rejoin(None, None, unread), SKIP
-            messages, more = queries.page(conn, room, None, since, limit)
-            return Rejoin(messages, more, unread), SKIP
+        return await self._call(
+            lambda conn: (queries.rejoin(conn, user_id, room, since, since_rev, limit), SKIP), write=False)
 
-        return await self._call(fn, write=False)
+    async def changes(self, *, room: str, after_rev: int, limit: int) -> ChangesPage:
+        """Every change of ``room`` after ``after_rev`` (``chat.changes``), at most ``limit``."""
+        if limit < 1:
+            raise SignalError("INVALID_PAYLOAD", "`$.data.limit` must be >= 1")
+        return await self._call(lambda conn: (queries.changes_page(conn, room, after_rev, limit), SKIP), write=False)
 
     async def last_read(self, *, user_id: str, room: str) -> int | None:
         """The ``seq`` of the user's read receipt in ``room``, or None."""

@@ -41,7 +41,7 @@ class Transactions:
         """Rooms count retention should look at next, None for all (owned by the retention)."""
 
     def counter(self, conn: sqlite3.Connection, room: str) -> Counter:
-        """``[last_seq, count]`` of ``room`` for the running operation; change it in place."""
+        """``[last_seq, count, last_rev]`` of ``room`` for the running operation; change it in place."""
         return self.counters.get(room, lambda room: _load_counter(conn, room))
 
     def execute(
@@ -138,13 +138,19 @@ class Transactions:
             raise
         self.counters.end_transaction(committed=True)
 
+    def next_rev(self, conn: sqlite3.Connection, room: str) -> int:
+        """Take ``room``'s next revision for a change made by the running operation."""
+        counter = self.counter(conn, room)
+        counter[2] += 1
+        return counter[2]
+
     def write_counters(self, conn: sqlite3.Connection) -> None:
         """Write the room counters that the ``rooms`` table does not have yet (in a transaction)."""
         rows = self.counters.unwritten()
         if rows:
             conn.executemany(
-                "INSERT INTO rooms (room, last_seq, count) VALUES (?, ?, ?) ON CONFLICT (room)"
-                " DO UPDATE SET last_seq = excluded.last_seq, count = excluded.count",
+                "INSERT INTO rooms (room, last_seq, count, last_rev) VALUES (?, ?, ?, ?) ON CONFLICT (room)"
+                " DO UPDATE SET last_seq = excluded.last_seq, count = excluded.count, last_rev = excluded.last_rev",
                 rows,
             )
 
@@ -159,15 +165,15 @@ class Transactions:
             logger.exception("writing the history room counters failed")
 
 
-def _load_counter(conn: sqlite3.Connection, room: str) -> tuple[int, int]:
-    """A room's ``(last_seq, count)`` from its ``rooms`` row, which is created if missing.
+def _load_counter(conn: sqlite3.Connection, room: str) -> tuple[int, int, int]:
+    """A room's ``(last_seq, count, last_rev)`` from its ``rooms`` row, which is created if missing.
 
     The row is up to date when it is read: a room's counters are read only while they are not in
     memory, which they leave only once written (see :mod:`signald.history.counters`), and after a
     crash the store reconciled the table when it opened.
     """
-    row = conn.execute("SELECT last_seq, count FROM rooms WHERE room = ?", (room,)).fetchone()
+    row = conn.execute("SELECT last_seq, count, last_rev FROM rooms WHERE room = ?", (room,)).fetchone()
     if row is None:
         conn.execute("INSERT INTO rooms (room, last_seq, count) VALUES (?, 0, 0)", (room,))
-        return 0, 0
-    return int(row[0]), int(row[1])
+        return 0, 0, 0
+    return int(row[0]), int(row[1]), int(row[2])

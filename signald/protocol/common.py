@@ -26,6 +26,8 @@ MessageId = Annotated[str, Meta(min_length=1, max_length=64)]
 CallId = Annotated[str, Meta(min_length=1, max_length=128)]
 OpId = Union[Annotated[str, Meta(max_length=128)], int, None]
 Seq = Annotated[int, Meta(ge=0)]
+Rev = Seq
+"""A room revision: raised by one with every stored change to the room's history."""
 ShortText = Annotated[str, Meta(max_length=256)]
 Reaction = Annotated[str, Meta(min_length=1, max_length=64)]
 SignalKind = Annotated[str, Meta(min_length=1, max_length=64)]
@@ -60,6 +62,8 @@ class ChatMessage(Struct):
     id: str
     room: str
     seq: int
+    rev: int
+    """The room revision of the message's latest change (creation, edit, deletion, redaction, reaction)."""
     user_id: str
     body: str
     attachments: list[Attachment]
@@ -70,6 +74,19 @@ class ChatMessage(Struct):
     redacted: bool
     reactions: dict[str, list[str]]
 
+
+class Tombstone(Struct):
+    """A hard-deleted message in ``changes``: ``rev`` is that of its deletion."""
+
+    id: str
+    room: str
+    seq: int
+    rev: int
+    removed: Literal[True] = True
+
+
+Change = Union[ChatMessage, Tombstone]
+"""One entry of ``changes``: a message in its current state, or the tombstone of a hard delete."""
 
 
 class Limits(Struct):

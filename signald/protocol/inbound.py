@@ -21,6 +21,7 @@ from signald.protocol.common import (
     Reaction,
     ReactionAction,
     Reason,
+    Rev,
     RoomName,
     Seq,
     SignalKind,
@@ -42,6 +43,7 @@ class AuthRefreshData(Struct):
 class RoomJoinData(Struct):
     room: RoomName
     since: Seq | None = None
+    since_rev: Rev | None = None
 
 
 class RoomLeaveData(Struct):
@@ -92,6 +94,12 @@ class ChatHistoryData(Struct):
     room: RoomName
     before: Seq | None = None
     after: Seq | None = None
+    limit: Annotated[int, Meta(ge=1)] | None = None
+
+
+class ChatChangesData(Struct):
+    room: RoomName
+    after_rev: Rev
     limit: Annotated[int, Meta(ge=1)] | None = None
 
 
@@ -189,6 +197,10 @@ class ChatHistory(Inbound, tag="chat.history"):
     data: ChatHistoryData
 
 
+class ChatChanges(Inbound, tag="chat.changes"):
+    data: ChatChangesData
+
+
 class CallOffer(Inbound, tag="call.offer"):
     data: CallOfferData
 
@@ -231,12 +243,12 @@ class SystemStats(Inbound, tag="system.stats"):
 
 INBOUND_MESSAGES: Final[tuple[type[Inbound], ...]] = (
     AuthRefresh, RoomJoin, RoomLeave, ChatSend, ChatEdit, ChatDelete, ChatRedact, ChatRead,
-    ChatReaction, ChatTyping, ChatHistory, CallOffer, CallAnswer, CallIce, CallEnd, PresenceSet,
-    RoomSignal, RoomKick, SessionInfo, PresencePing, SystemStats,
+    ChatReaction, ChatTyping, ChatHistory, ChatChanges, CallOffer, CallAnswer, CallIce, CallEnd,
+    PresenceSet, RoomSignal, RoomKick, SessionInfo, PresencePing, SystemStats,
 )
 
 InboundMessage: TypeAlias = Union[
     AuthRefresh, RoomJoin, RoomLeave, ChatSend, ChatEdit, ChatDelete, ChatRedact, ChatRead,
-    ChatReaction, ChatTyping, ChatHistory, CallOffer, CallAnswer, CallIce, CallEnd, PresenceSet,
-    RoomSignal, RoomKick, SessionInfo, PresencePing, SystemStats,
+    ChatReaction, ChatTyping, ChatHistory, ChatChanges, CallOffer, CallAnswer, CallIce, CallEnd,
+    PresenceSet, RoomSignal, RoomKick, SessionInfo, PresencePing, SystemStats,
 ]

@@ -11,6 +11,7 @@ from msgspec import Struct
 
 from signald.protocol.common import (
     CallType,
+    Change,
     ChatMessage,
     DeleteMode,
     JsonObject,
@@ -56,8 +57,13 @@ class RoomJoinResult(Struct, omit_defaults=True):
     members: list[Member]
     active: bool
     unread: int
+    rev: int
+    """The room's revision at the moment of the join: every live event after the ack is above it."""
     missed: list[ChatMessage] | None = None
     missed_truncated: bool | None = None
+    changes: list[Change] | None = None
+    changes_truncated: bool | None = None
+    changes_reset: bool | None = None
 
 
 class HistoryPage(Struct):
@@ -65,27 +71,40 @@ class HistoryPage(Struct):
     has_more: bool
 
 
+class ChangesPage(Struct, omit_defaults=True):
+    """Result of ``chat.changes``; ``changes_reset`` when retention removed part of what was asked."""
+
+    changes: list[Change]
+    rev: int
+    has_more: bool
+    changes_reset: bool | None = None
+
+
 class DeletedData(Struct):
     message_id: str
     room: str
     deleted_at: str
     mode: DeleteMode
+    rev: int
 
 
 class DeleteResult(Struct):
     message_id: str
     deleted_at: str
+    rev: int
 
 
 class RedactedData(Struct):
     message_id: str
     room: str
     new_body: str
+    rev: int
 
 
 class RedactResult(Struct):
     message_id: str
     new_body: str
+    rev: int
 
 
 class ReadUpdateData(Struct):
@@ -100,6 +119,13 @@ class ReactionUpdateData(Struct):
     reaction: str
     action: ReactionAction
     room: str
+    rev: int
+
+
+class ReactionResult(Struct):
+    """Ack of a ``chat.reaction`` that changed the reaction set (one that did not answers null)."""
+
+    rev: int
 
 
 class TypingUserData(Struct):

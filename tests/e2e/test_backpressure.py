@@ -286,7 +286,7 @@ def test_outbox_keeps_only_the_latest_ephemeral_event_per_key_above_the_high_wat
         return Frame(PresenceUpdateEvent(data=PresenceUpdateData(user_id="u", status=status)))  # type: ignore[arg-type]
 
     chat = Frame(ChatMessageEvent(data=ChatMessage(
-        id="m", room="r", seq=1, user_id="u", body="b", attachments=[], parent_id=None, created_at="t",
+        id="m", room="r", seq=1, rev=1, user_id="u", body="b", attachments=[], parent_id=None, created_at="t",
         edited_at=None, deleted_at=None, redacted=False, reactions={})))
     for _ in range(5):
         assert box.push(chat)

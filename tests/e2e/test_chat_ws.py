@@ -24,7 +24,7 @@ from signald.server import RunningServer
 
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 MESSAGE_KEYS = {
-    "id", "room", "seq", "user_id", "body", "attachments", "parent_id", "created_at", "edited_at",
+    "id", "room", "seq", "rev", "user_id", "body", "attachments", "parent_id", "created_at", "edited_at",
     "deleted_at", "redacted", "reactions",
 }
 UNKNOWN_ID = "f" * 24
@@ -129,7 +129,7 @@ async def pipeline(
 # --------------------------------------------------------------------------- chat.send
 
 
-async def test_send_ack_is_the_stored_message_with_all_twelve_fields(srv: RunningServer) -> None:
+async def test_send_ack_is_the_stored_message_with_all_thirteen_fields(srv: RunningServer) -> None:
     async with clients(srv, "alice") as (a1,):
         await join(a1)
         message = await send(a1, "hello")
@@ -137,7 +137,7 @@ async def test_send_ack_is_the_stored_message_with_all_twelve_fields(srv: Runnin
         assert re.fullmatch(r"[0-9a-f]{24}", message["id"])
         assert ISO_UTC.match(message["created_at"])
         assert message == {
-            "id": message["id"], "room": "lobby", "seq": 1, "user_id": "alice", "body": "hello",
+            "id": message["id"], "room": "lobby", "seq": 1, "rev": 1, "user_id": "alice", "body": "hello",
             "attachments": [], "parent_id": None, "created_at": message["created_at"], "edited_at": None,
             "deleted_at": None, "redacted": False, "reactions": {},
         }
@@ -430,21 +430,26 @@ def expected_outcome(op: str, original: Msg, ack: dict[str, Any]) -> tuple[Event
     mid, room = original["id"], original["room"]
     if op == "edit":
         assert ISO_UTC.match(ack["edited_at"])
-        changed = {**original, "body": "edited body", "edited_at": ack["edited_at"]}
+        # the change takes the room's next revision: after the message, its neighbour and a reaction
+        rev = original["rev"] + 1
+        changed = {**original, "body": "edited body", "edited_at": ack["edited_at"], "rev": rev}
         assert ack == changed
         return ("chat.edited", changed), changed
+    rev = original["rev"] + 1
     if op == "redact":
-        assert ack == {"message_id": mid, "new_body": "[removed by mod]"}
-        changed = {**original, "body": "[removed by mod]", "attachments": [], "redacted": True}
-        return ("chat.redacted", {"message_id": mid, "room": room, "new_body": "[removed by mod]"}), changed
+        assert ack == {"message_id": mid, "new_body": "[removed by mod]", "rev": rev}
+        changed = {**original, "body": "[removed by mod]", "attachments": [], "redacted": True, "rev": rev}
+        return ("chat.redacted", {"message_id": mid, "room": room, "new_body": "[removed by mod]", "rev": rev}), changed
     mode = op.removeprefix("delete_")
-    assert set(ack) == {"message_id", "deleted_at"}
-    assert ack["message_id"] == mid
+    assert set(ack) == {"message_id", "deleted_at", "rev"}
+    assert (ack["message_id"], ack["rev"]) == (mid, rev)
     assert ISO_UTC.match(ack["deleted_at"])
-    event = ("chat.deleted", {"message_id": mid, "room": room, "deleted_at": ack["deleted_at"], "mode": mode})
+    event = ("chat.deleted", {"message_id": mid, "room": room, "deleted_at": ack["deleted_at"], "mode": mode,
+                              "rev": rev})
     if mode == "hard":
         return event, None
-    tombstone = {**original, "body": "", "attachments": [], "reactions": {}, "deleted_at": ack["deleted_at"]}
+    tombstone = {**original, "body": "", "attachments": [], "reactions": {}, "deleted_at": ack["deleted_at"],
+                 "rev": rev}
     return event, tombstone
 
 
@@ -457,9 +462,10 @@ async def test_permission_matrix(srv: RunningServer, op: str, actor: str, allowe
         author, watcher, doer = by_user["alice"], by_user["carol"], by_user[USERS[actor]]
         before = await send(author, "original", attachments=[{"url": "https://files.example/x"}])
         neighbour = await send(watcher, "unrelated")
-        await by_user["bob"].request("chat.reaction", {
+        reacted = await by_user["bob"].request("chat.reaction", {
             "message_id": before["id"], "reaction": "+1", "action": "add", "scope": "lobby"})
-        original = {**before, "reactions": {"+1": ["bob"]}}
+        original = {**before, "reactions": {"+1": ["bob"]}, "rev": reacted["rev"]}
+        assert reacted["rev"] == neighbour["rev"] + 1 == before["rev"] + 2
         await settle(*everyone)
 
         kind, make = OPS[op]
@@ -548,34 +554,36 @@ async def test_reactions_are_idempotent_announced_when_changed_and_folded_in_his
     async with clients(srv, "alice", "alice", "bob") as (a1, a2, bob):
         for c in (a1, a2, bob):
             await join(c)
-        message = await send(a1, "vote")
+        message = await send(a1, "vote")  # rev 1
         await settle(a1, a2, bob)
 
-        async def react(c: SignaldClient, reaction: str, action: str) -> None:
+        async def react(c: SignaldClient, reaction: str, action: str, rev: int | None) -> None:
+            """React; ``rev``: the revision the change takes, None when it changes nothing (ack null)."""
             data = {"message_id": message["id"], "reaction": reaction, "action": action, "scope": "lobby"}
-            assert await c.request("chat.reaction", data) is None
+            assert await c.request("chat.reaction", data) == (None if rev is None else {"rev": rev})
 
-        def update(user: str, reaction: str, action: str) -> Event:
+        def update(user: str, reaction: str, action: str, rev: int) -> Event:
             return ("chat.reaction.update", {"message_id": message["id"], "user_id": user, "reaction": reaction,
-                                             "action": action, "room": "lobby"})
+                                             "action": action, "room": "lobby", "rev": rev})
 
-        await react(bob, "+1", "add")
-        await react(bob, "+1", "add")  # nothing changes: no second event
-        await react(a1, "+1", "add")
-        await react(a1, "heart", "add")
-        assert await events_of(bob) == [update("alice", "+1", "add"), update("alice", "heart", "add")]
+        await react(bob, "+1", "add", 2)
+        await react(bob, "+1", "add", None)  # nothing changes: no second event
+        await react(a1, "+1", "add", 3)
+        await react(a1, "heart", "add", 4)
+        assert await events_of(bob) == [update("alice", "+1", "add", 3), update("alice", "heart", "add", 4)]
         assert await events_of(a2) == [
-            update("bob", "+1", "add"), update("alice", "+1", "add"), update("alice", "heart", "add")]
-        assert await events_of(a1) == [update("bob", "+1", "add")]
-        assert (await history(a2))["messages"][0]["reactions"] == {"+1": ["bob", "alice"], "heart": ["alice"]}
+            update("bob", "+1", "add", 2), update("alice", "+1", "add", 3), update("alice", "heart", "add", 4)]
+        assert await events_of(a1) == [update("bob", "+1", "add", 2)]
+        folded = (await history(a2))["messages"][0]
+        assert (folded["reactions"], folded["rev"]) == ({"+1": ["bob", "alice"], "heart": ["alice"]}, 4)
 
-        await react(bob, "+1", "remove")
-        await react(bob, "+1", "remove")
-        await react(bob, "never-added", "remove")
-        assert await events_of(a1) == [update("bob", "+1", "remove")]
-        await react(a1, "+1", "remove")
+        await react(bob, "+1", "remove", 5)
+        await react(bob, "+1", "remove", None)
+        await react(bob, "never-added", "remove", None)
+        assert await events_of(a1) == [update("bob", "+1", "remove", 5)]
+        await react(a1, "+1", "remove", 6)
         assert (await history(bob))["messages"][0]["reactions"] == {"heart": ["alice"]}
-        await react(a1, "heart", "remove")
+        await react(a1, "heart", "remove", 7)
         assert (await history(bob))["messages"][0]["reactions"] == {}
 
 

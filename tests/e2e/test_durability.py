@@ -120,9 +120,9 @@ def test_history_export_and_stats_commands_print_what_a_server_stored(
                 gone = await alice.request("chat.send", {"scope": "lobby", "body": "regret"})
                 await alice.request("chat.delete", {"message_id": gone["id"], "mode": "hard"})
                 first = stored["lobby"][0]
-                await bob.request("chat.reaction", {"message_id": first["id"], "reaction": "+1", "action": "add",
-                                                    "scope": "lobby"})
-                stored["lobby"][0] = {**first, "reactions": {"+1": ["bob"]}}
+                reacted = await bob.request("chat.reaction", {"message_id": first["id"], "reaction": "+1",
+                                                              "action": "add", "scope": "lobby"})
+                stored["lobby"][0] = {**first, "reactions": {"+1": ["bob"]}, "rev": reacted["rev"]}
             nursery.cancel_scope.cancel()
         return stored
 

@@ -29,7 +29,7 @@ from signald.history.retention import RETENTION_BATCH, Retention
 from signald.history.schema import MIGRATIONS, SCHEMA_VERSION, SchemaError, migrate, user_version
 from signald.history.store import Deleted, HistoryStore, StorageError
 from signald.history.transactions import Transactions
-from signald.protocol import Attachment, ChatMessage
+from signald.protocol import Attachment, Change, ChangesPage, ChatMessage, Tombstone
 from signald.timefmt import iso_utc
 
 T0 = 1795694400.0  # 2026-11-26T12:00:00Z
@@ -606,10 +606,10 @@ async def test_soft_delete_keeps_id_and_seq_and_empties_content(
     clock.t += 1
     events: list[Deleted] = []
     result = await store.delete(message_id=message.id, user_id="ann", mode="soft", on_commit=events.append)
-    assert result == ("lobby", "2026-11-26T12:00:01.000Z") and events == [result]
+    assert result == ("lobby", "2026-11-26T12:00:01.000Z", 3) and events == [result]  # rev: send, react, delete
     folded = await store.get(message.id)
     assert folded is not None
-    assert (folded.id, folded.seq, folded.body, folded.attachments) == (message.id, 1, "", [])
+    assert (folded.id, folded.seq, folded.rev, folded.body, folded.attachments) == (message.id, 1, 3, "", [])
     assert (folded.deleted_at, folded.reactions) == ("2026-11-26T12:00:01.000Z", {})
     assert (await store.history(room="lobby")).messages == [folded]
     clock.t += 1  # deleting again is idempotent: first deleted_at, no event
@@ -621,10 +621,12 @@ async def test_hard_delete_removes_message_and_reactions(store: HistoryStore) ->
     first = await send(store, "1")
     second = await send(store, "2")
     await store.react(message_id=second.id, user_id="bob", reaction="+1", action="add", room="lobby")
-    room, deleted_at = await store.delete(message_id=second.id, user_id="mod", mode="hard", moderator=True)
-    assert room == "lobby" and deleted_at.endswith("Z")
+    room, deleted_at, rev = await store.delete(message_id=second.id, user_id="mod", mode="hard", moderator=True)
+    assert room == "lobby" and deleted_at.endswith("Z") and rev == 4
     assert await store.get(second.id) is None
     assert (await store.history(room="lobby")).messages == [first]
+    tombstone = Tombstone(id=second.id, room="lobby", seq=2, rev=4)
+    assert (await store.changes(room="lobby", after_rev=1, limit=10)).changes == [tombstone]
     assert (await send(store, "3")).seq == 3  # never reused
     with sqlite3.connect(store.path) as conn:
         assert conn.execute("SELECT count(*) FROM reactions").fetchone()[0] == 0
@@ -945,10 +947,54 @@ def _seed_v2(conn: sqlite3.Connection) -> None:
     _seed_v1(conn, rooms="('lobby', 1, 1)")
 
 
+async def _check_v1_revisions(store: HistoryStore) -> None:
+    # Existing messages got rev = seq; a message went before revisions existed (seq 2), so a resume
+    # from below the migration's revision cannot be exact; from it, it is.
+    assert [(m.id, m.rev) for m in (await store.history(room="lobby")).messages] == [("m1", 1), ("m3", 3)]
+    assert await store.changes(room="lobby", after_rev=1, limit=10) == ChangesPage([], 3, False, True)
+    assert await store.changes(room="lobby", after_rev=3, limit=10) == ChangesPage([], 3, False)
+    await _check_v1(store)
+    latest = await store.changes(room="lobby", after_rev=3, limit=10)
+    assert [(c.seq, c.rev) for c in latest.changes] == [(4, 4)] and latest.rev == 4
+
+
+async def _check_v2_revisions(store: HistoryStore) -> None:
+    # Killed before the counters were written: the revision is rebuilt from the messages too.
+    assert (await store.changes(room="lobby", after_rev=0, limit=10)).rev == 3
+    await _check_v1(store)
+    assert (await send(store, "after")).rev == 5
+
+
+def _seed_v3(conn: sqlite3.Connection) -> None:
+    # m1 (seq 1) edited at rev 4, m2 (seq 2) hard-deleted at rev 5, m3 (seq 3) unchanged since rev 3.
+    conn.executescript(
+        """
+        INSERT INTO rooms VALUES ('lobby', 3, 2, 5, 0);
+        INSERT INTO messages (id, room, seq, rev, user_id, body, attachments, parent_id, created_at,
+                              created_ts, edited_at, deleted_at, redacted)
+        VALUES ('m1', 'lobby', 1, 4, 'ann', 'hello', '[]', NULL, '2026-11-26T12:00:00.000Z', 1795694400.0,
+                '2026-11-26T12:00:05.000Z', NULL, 0),
+               ('m3', 'lobby', 3, 3, 'bob', 'hi', '[]', NULL, '2026-11-26T12:00:02.000Z', 1795694402.0,
+                NULL, NULL, 0);
+        INSERT INTO tombstones VALUES ('lobby', 5, 'm2', 2, 1795694401.0);
+        """
+    )
+
+
+async def _check_v3(store: HistoryStore) -> None:
+    page = await store.changes(room="lobby", after_rev=0, limit=10)
+    assert [(c.id, c.rev, isinstance(c, Tombstone)) for c in page.changes] == [
+        ("m3", 3, False), ("m1", 4, False), ("m2", 5, True)]
+    assert page.rev == 5
+    assert ((await send(store, "next")).seq, (await send(store, "again")).rev) == (4, 7)
+
+
 # SEEDERS[k] fills a database at schema version k with representative data; CHECKS[k] verifies it
 # through the store after migrating to the current version. Adding a migration means adding both.
-SEEDERS: dict[int, Callable[[sqlite3.Connection], None]] = {0: lambda conn: None, 1: _seed_v1, 2: _seed_v2}
-CHECKS: dict[int, Callable[[HistoryStore], Any]] = {0: _check_v0, 1: _check_v1, 2: _check_v1}
+SEEDERS: dict[int, Callable[[sqlite3.Connection], None]] = {
+    0: lambda conn: None, 1: _seed_v1, 2: _seed_v2, 3: _seed_v3}
+CHECKS: dict[int, Callable[[HistoryStore], Any]] = {
+    0: _check_v0, 1: _check_v1_revisions, 2: _check_v2_revisions, 3: _check_v3}
 
 
 def test_every_schema_version_has_seed_data() -> None:
@@ -1045,6 +1091,41 @@ async def test_retention_by_count_in_batches(tmp_path: Path, clock: FakeClock) -
         assert (await store.stats())["messages"] == 103
 
 
+async def test_age_retention_takes_tombstones_of_that_age_and_resets_resumes_from_below(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    async with HistoryStore(tmp_path / "h.db", clock=clock, retention_max_age_s=50,
+                            retention_interval_s=3600) as store:
+        old = [await send(store, f"old{i}") for i in range(3)]  # revs 1-3
+        await store.delete(message_id=old[1].id, user_id="ann", mode="hard")  # rev 4: a tombstone
+        clock.t += 100
+        new = await send(store, "new")  # rev 5
+        assert [c.rev for c in (await store.changes(room="lobby", after_rev=3, limit=10)).changes] == [4, 5]
+        assert await store.run_retention() == 2
+        # what retention removed went up to rev 4: a resume from below it is no longer exact
+        assert await store.changes(room="lobby", after_rev=3, limit=10) == ChangesPage([], 5, False, True)
+        assert await store.changes(room="lobby", after_rev=4, limit=10) == ChangesPage([new], 5, False)
+        rejoin = await store.rejoin(user_id="bob", room="lobby", since=None, since_rev=0, limit=10)
+        assert (rejoin.changes_reset, rejoin.changes, rejoin.rev) == (True, None, 5)
+    with sqlite3.connect(tmp_path / "h.db") as conn:
+        assert conn.execute("SELECT count(*) FROM tombstones").fetchone() == (0,)
+
+
+async def test_count_retention_takes_the_tombstones_below_the_oldest_message_it_keeps(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    async with HistoryStore(tmp_path / "h.db", clock=clock, retention_max_count=3,
+                            retention_interval_s=3600) as store:
+        first = await send(store, "1")
+        await store.delete(message_id=first.id, user_id="ann", mode="hard")  # rev 2, seq 1
+        kept = [await send(store, f"{i}") for i in range(2, 6)]  # seqs 2-5, revs 3-6
+        await store.run_retention()  # (or the writer thread did it already): seq 2 and the tombstone go
+        assert await store.changes(room="lobby", after_rev=3, limit=10) == ChangesPage(kept[1:], 6, False)
+        assert (await store.changes(room="lobby", after_rev=2, limit=10)).changes_reset
+    with sqlite3.connect(tmp_path / "h.db") as conn:
+        assert conn.execute("SELECT count(*) FROM tombstones").fetchone() == (0,)
+
+
 def test_retention_removes_at_most_one_batch_per_step(tmp_path: Path, clock: FakeClock) -> None:
     retention = Retention(Transactions(clock), max_age_s=1000, max_count=100, interval_s=10.0)
     conn = sqlite3.connect(tmp_path / "h.db", isolation_level=None)
@@ -1055,7 +1136,7 @@ def test_retention_removes_at_most_one_batch_per_step(tmp_path: Path, clock: Fak
         "INSERT INTO messages (id, room, seq, user_id, body, created_at, created_ts, attachments)"
         " VALUES (?, ?, ?, ?, ?, ?, ?, '[]')", rows,
     )
-    conn.execute("INSERT INTO rooms VALUES ('lobby', 1200, 1200)")
+    conn.execute("INSERT INTO rooms VALUES ('lobby', 1200, 1200, 1200, 0)")
     conn.execute("COMMIT")
     steps = []
     while True:  # as the writer thread does it: one transaction per step, counters written with it
@@ -1104,10 +1185,11 @@ class ModelMessage:
     deleted_at: str | None = None
     redacted: bool = False
     reactions: dict[str, list[str]] = field(default_factory=dict)
+    rev: int = 0
 
     def folded(self) -> ChatMessage:
         return ChatMessage(
-            id=self.id, room=self.room, seq=self.seq, user_id=self.user_id, body=self.body,
+            id=self.id, room=self.room, seq=self.seq, rev=self.rev, user_id=self.user_id, body=self.body,
             attachments=list(self.attachments), parent_id=self.parent_id, created_at=self.created_at,
             edited_at=self.edited_at, deleted_at=self.deleted_at, redacted=self.redacted,
             reactions={k: list(v) for k, v in self.reactions.items()},
@@ -1137,6 +1219,18 @@ class Model:
         self.counters: dict[str, int] = {}
         self.keys: dict[tuple[str, str, str], str] = {}
         self.reads: dict[tuple[str, str], int] = {}
+        self.revs: dict[str, int] = {}
+        self.tombstones: list[Tombstone] = []
+
+    def next_rev(self, room: str) -> int:
+        rev = self.revs[room] = self.revs.get(room, 0) + 1
+        return rev
+
+    def changes(self, room: str, after_rev: int) -> list[Change]:
+        """What ``changes`` must answer: the room's messages and tombstones above ``after_rev``."""
+        found: list[Change] = [m.folded() for m in self.messages.values() if m.room == room and m.rev > after_rev]
+        found += [t for t in self.tombstones if t.room == room and t.rev > after_rev]
+        return sorted(found, key=lambda change: change.rev)
 
     def find(self, message_id: str, room: str | None = None) -> ModelMessage:
         message = self.messages.get(message_id)
@@ -1184,7 +1278,7 @@ async def _apply(store: HistoryStore, model: Model, ids: list[str], op: tuple[An
                 model.find(parent, room)
             assert got is not None, code
             seq = model.counters[room] = model.counters.get(room, 0) + 1
-            message = ModelMessage(got[0].id, room, seq, user, body, files, parent, now)
+            message = ModelMessage(got[0].id, room, seq, user, body, files, parent, now, rev=model.next_rev(room))
             model.messages[message.id] = message
             ids.append(message.id)
             if key is not None:
@@ -1205,7 +1299,7 @@ async def _apply(store: HistoryStore, model: Model, ids: list[str], op: tuple[An
                 raise SignalError("FORBIDDEN", "x")
             if message.deleted_at is not None or message.redacted:
                 raise SignalError("CONFLICT", "x")
-            message.body, message.edited_at = body, now
+            message.body, message.edited_at, message.rev = body, now, model.next_rev(message.room)
             return message.folded()
 
         want, want_code, fires = expect(model_edit)
@@ -1216,19 +1310,22 @@ async def _apply(store: HistoryStore, model: Model, ids: list[str], op: tuple[An
                                                     moderator=moderator, on_commit=events.append))
         fires = True
 
-        def model_delete() -> tuple[str, str]:
+        def model_delete() -> tuple[str, str, int]:
             nonlocal fires
             message = model.find(target)
             if message.user_id != user and not moderator:
                 raise SignalError("FORBIDDEN", "x")
             if mode == "hard":
                 del model.messages[target]
-                return message.room, now
+                rev = model.next_rev(message.room)
+                model.tombstones.append(Tombstone(id=message.id, room=message.room, seq=message.seq, rev=rev))
+                return message.room, now, rev
             if message.deleted_at is not None:
                 fires = False
-                return message.room, message.deleted_at
+                return message.room, message.deleted_at, message.rev
             message.body, message.attachments, message.reactions, message.deleted_at = "", [], {}, now
-            return message.room, now
+            message.rev = model.next_rev(message.room)
+            return message.room, now, message.rev
 
         want, want_code, ok = expect(model_delete)
         fires = fires and ok
@@ -1238,25 +1335,26 @@ async def _apply(store: HistoryStore, model: Model, ids: list[str], op: tuple[An
         got, code = await real(lambda: store.react(message_id=target, user_id=user, reaction=reaction,
                                                    action=action, room=room, on_commit=events.append))
 
-        def model_react() -> bool:
+        def model_react() -> int | None:
             message = model.find(target, room)
             users = message.reactions.get(reaction, [])
             if action == "add":
                 if message.deleted_at is not None:
                     raise SignalError("CONFLICT", "x")
                 if user in users:
-                    return False
+                    return None
                 message.reactions[reaction] = [*users, user]
-                return True
-            if user not in users:
-                return False
-            users.remove(user)
-            if not users:
-                del message.reactions[reaction]
-            return True
+            else:
+                if user not in users:
+                    return None
+                users.remove(user)
+                if not users:
+                    del message.reactions[reaction]
+            message.rev = model.next_rev(room)
+            return message.rev
 
         want, want_code, _ = expect(model_react)
-        fires = want is True
+        fires = want is not None
     elif name == "redact":
         _, ix, mask = op
         target = pick(ix)
@@ -1267,6 +1365,7 @@ async def _apply(store: HistoryStore, model: Model, ids: list[str], op: tuple[An
             if message.deleted_at is not None:
                 raise SignalError("CONFLICT", "x")
             message.body, message.attachments, message.redacted = mask, [], True
+            message.rev = model.next_rev(message.room)
             return message.folded()
 
         want, want_code, fires = expect(model_redact)
@@ -1309,5 +1408,14 @@ def test_folded_history_matches_a_simple_model(ops: list[tuple[Any, ...]]) -> No
                         last = model.reads.get((user, room), 0)
                         unread = sum(1 for m in expected if m.seq > last and m.deleted_at is None)
                         assert await store.unread(user_id=user, room=room) == unread
+                    # exact resume: from every revision, every change after it, each once, as it is now
+                    rev = model.revs.get(room, 0)
+                    for after in range(rev + 1):
+                        want = model.changes(room, after)
+                        got = await store.changes(room=room, after_rev=after, limit=1000)
+                        assert (got.changes, got.rev, got.has_more) == (want, rev, False), after
+                        if len(want) > 2:  # paging by limit: the first two, and more to come
+                            first = await store.changes(room=room, after_rev=after, limit=2)
+                            assert (first.changes, first.has_more) == (want[:2], True)
 
     trio.run(run)

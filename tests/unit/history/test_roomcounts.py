@@ -7,12 +7,12 @@ import pytest
 import signald.history.counters
 from signald.history.counters import RoomCounters
 
-TABLE = {"lobby": (7, 5)}  # what the rooms table says
+TABLE = {"lobby": (7, 5, 7)}  # what the rooms table says: last_seq, count, last_rev
 
 
-def load(room: str) -> tuple[int, int]:
+def load(room: str) -> tuple[int, int, int]:
     loads.append(room)
-    return TABLE.get(room, (0, 0))
+    return TABLE.get(room, (0, 0, 0))
 
 
 loads: list[str] = []
@@ -26,7 +26,7 @@ def _reset_loads() -> None:
 def send(counters: RoomCounters, room: str) -> int:
     """What signald.history.rules.send does with a room's counter."""
     counter = counters.get(room, load)
-    counter[0], counter[1] = counter[0] + 1, counter[1] + 1
+    counter[0], counter[1], counter[2] = counter[0] + 1, counter[1] + 1, counter[2] + 1
     return counter[0]
 
 
@@ -38,7 +38,7 @@ def test_committed_sends_continue_from_the_table_and_load_it_once() -> None:
         counters.end_transaction(committed=True)
     assert loads == ["lobby"]
     assert counters.pending == 1
-    assert counters.unwritten() == [("lobby", 9, 7)]
+    assert counters.unwritten() == [("lobby", 9, 7, 9)]
 
 
 def test_a_failed_operation_leaves_no_trace_but_the_others_of_its_transaction_stay() -> None:
@@ -50,7 +50,7 @@ def test_a_failed_operation_leaves_no_trace_but_the_others_of_its_transaction_st
     assert send(counters, "lobby") == 9
     counters.end_op(ok=True)
     counters.end_transaction(committed=True)
-    assert counters.unwritten() == [("lobby", 9, 7)]
+    assert counters.unwritten() == [("lobby", 9, 7, 9)]
 
 
 def test_a_rolled_back_transaction_gives_its_seqs_out_again() -> None:
@@ -66,7 +66,7 @@ def test_a_rolled_back_transaction_gives_its_seqs_out_again() -> None:
     assert send(counters, "lobby") == 9
     counters.end_op(ok=True)
     counters.end_transaction(committed=True)
-    assert counters.unwritten() == [("lobby", 9, 7)]
+    assert counters.unwritten() == [("lobby", 9, 7, 9)]
 
 
 def test_a_new_room_loaded_in_a_failed_operation_is_loaded_again() -> None:
@@ -86,7 +86,7 @@ def test_written_counters_are_no_longer_pending_once_committed() -> None:
     counters.end_transaction(committed=True)  # an inline commit: nothing written
     send(counters, "kitchen")
     counters.end_op(ok=True)
-    assert sorted(counters.unwritten()) == [("kitchen", 1, 1), ("lobby", 8, 6)]
+    assert sorted(counters.unwritten()) == [("kitchen", 1, 1, 1), ("lobby", 8, 6, 8)]
     assert counters.unwritten() == []  # written already in this transaction
     counters.end_transaction(committed=True)
     assert counters.pending == 0
@@ -96,12 +96,12 @@ def test_a_change_after_the_write_in_the_same_transaction_stays_pending() -> Non
     counters = RoomCounters()
     send(counters, "lobby")
     counters.end_op(ok=True)
-    assert counters.unwritten() == [("lobby", 8, 6)]
+    assert counters.unwritten() == [("lobby", 8, 6, 8)]
     send(counters, "lobby")
     counters.end_op(ok=True)
     counters.end_transaction(committed=True)
     assert counters.pending == 1
-    assert counters.unwritten() == [("lobby", 9, 7)]
+    assert counters.unwritten() == [("lobby", 9, 7, 9)]
 
 
 def test_written_counters_rolled_back_are_pending_again() -> None:
@@ -109,10 +109,10 @@ def test_written_counters_rolled_back_are_pending_again() -> None:
     send(counters, "lobby")
     counters.end_op(ok=True)
     counters.end_transaction(committed=True)
-    assert counters.unwritten() == [("lobby", 8, 6)]
+    assert counters.unwritten() == [("lobby", 8, 6, 8)]
     counters.end_transaction(committed=False)  # the write went with the rollback
     assert counters.pending == 1
-    assert counters.unwritten() == [("lobby", 8, 6)]
+    assert counters.unwritten() == [("lobby", 8, 6, 8)]
 
 
 def test_clean_rooms_are_forgotten_beyond_the_cap_pending_ones_never(monkeypatch: pytest.MonkeyPatch) -> None:
