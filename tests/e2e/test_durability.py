@@ -19,7 +19,8 @@ from urllib.parse import urlsplit
 
 import pytest
 import trio
-from conftest import make_config, start_server
+from conftest import events_of, make_config, start_server
+from roomview import RoomView
 
 from signald.cli import main
 from signald.client import SignaldClient, connect
@@ -98,6 +99,58 @@ async def test_every_acked_message_survives_kill_9_and_an_immediate_restart_on_t
                 assert await all_history(client, "lobby") == acked
                 after_restart = await client.request("chat.send", {"scope": "lobby", "body": "still here"})
                 assert after_restart["seq"] == N + 1
+
+
+async def test_a_client_resumes_exactly_across_kill_9(tmp_path: Path) -> None:
+    """Changes made while a client was away, some acked just before ``kill -9``, some after the
+    restart: its ``since_rev`` resume ends in exactly the stored room."""
+    db = str(tmp_path / "d.db")
+    view = RoomView("lobby")
+
+    async def change(alice: SignaldClient, bob: SignaldClient, ids: list[str], round_: int) -> None:
+        base = len(ids)
+        for i in range(6):
+            ids.append((await alice.request("chat.send", {"scope": "lobby", "body": f"{round_}.{i}"}))["id"])
+        await alice.request("chat.edit", {"message_id": ids[base], "new_body": f"edited in {round_}"})
+        await alice.request("chat.delete", {"message_id": ids[base + 1], "mode": "hard"})
+        await alice.request("chat.delete", {"message_id": ids[base + 2], "mode": "soft"})
+        await bob.request("chat.reaction", {"message_id": ids[base + 3], "reaction": "+1", "action": "add",
+                                            "scope": "lobby"})
+        if base:  # and changes to older messages, which a since (seq) resume would not see
+            await alice.request("chat.edit", {"message_id": ids[base - 6], "new_body": f"again in {round_}"})
+            await bob.request("chat.reaction", {"message_id": ids[base - 3], "reaction": "ok", "action": "add",
+                                                "scope": "lobby"})
+
+    ids: list[str] = []
+    with trio.fail_after(30):
+        async with daemon(tmp_path, "first", "--db", db) as (process, url):
+            port = urlsplit(url).port
+            assert port
+            async with connect(url, user="alice") as alice, connect(url, user="bob") as bob:
+                for c in (alice, bob):
+                    await c.request("room.join", {"room": "lobby"})
+                async with connect(url, user="rita") as rita:
+                    await view.join(rita)
+                    await change(alice, bob, ids, 0)
+                    for event in await events_of(rita):
+                        view.apply_event(*event)
+                await change(alice, bob, ids, 1)  # while rita is away; acked, then killed
+                process.kill()
+                await process.wait()
+        async with (daemon(tmp_path, "restarted", "--db", db, port=port) as (_, again),
+                    connect(again, user="alice") as alice, connect(again, user="bob") as bob):
+            for c in (alice, bob):
+                await c.request("room.join", {"room": "lobby"})
+            await change(alice, bob, ids, 2)
+            async with connect(again, user="rita") as rita:
+                ack = await view.join(rita)
+                # the resume carries changes to messages rita already had (an edit of seq 1)
+                assert any(entry["seq"] == 1 for entry in ack["changes"])
+                await change(alice, bob, ids, 3)
+                for event in await events_of(rita):
+                    view.apply_event(*event)
+                assert view.as_history() == await all_history(rita, "lobby")
+                assert len(view.messages) == 4 * 6 - 4  # four hard deletes
 
 
 def test_history_export_and_stats_commands_print_what_a_server_stored(
