@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -1022,6 +1023,32 @@ async def test_migrates_from_every_version(tmp_path: Path, version: int) -> None
     with sqlite3.connect(path) as conn:
         assert user_version(conn) == SCHEMA_VERSION
     assert _schema(path) == _schema(fresh)
+
+
+RELEASED_DB = Path(__file__).parents[2] / "data" / "signald-0868df2.db"
+"""A database written by signald at commit 0868df2 (schema 2, before revisions) through its own store."""
+
+
+async def test_a_database_of_the_release_before_revisions_opens_with_revisions_in_seq_order(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    shutil.copy(RELEASED_DB, path)
+    async with HistoryStore(path) as store:
+        page = (await store.history(room="lobby")).messages
+        assert [(m.seq, m.rev) for m in page] == [(seq, seq) for seq in (1, 2, 3, 4, 6, 7, 8)]  # 5: hard-deleted
+        assert [m.body for m in page] == ["m0 edited", "m1", "", "m3", "[redacted]", "m6", "m7"]
+        assert page[1].reactions == {"+1": ["ann", "bob"]} and page[3].attachments == [Attachment(url="https://x/a")]
+        assert await store.unread(user_id="bob", room="lobby") == 3
+        # a message went without a tombstone before revisions existed: only a resume from the
+        # migration's revision on is exact; the other room lost nothing
+        assert await store.changes(room="lobby", after_rev=0, limit=50) == ChangesPage([], 8, False, True)
+        assert await store.changes(room="lobby", after_rev=8, limit=50) == ChangesPage([], 8, False)
+        dev = (await store.history(room="dev")).messages
+        assert (await store.changes(room="dev", after_rev=0, limit=50)).changes == [*dev]
+        edited = await store.edit(message_id=page[6].id, user_id="bob", new_body="after the upgrade")
+        assert edited.rev == 9
+        assert (await store.changes(room="lobby", after_rev=8, limit=50)).changes == [edited]
+        assert await store.send(room="lobby", user_id="bob", body="m1", client_msg_id="c1") == (page[1], False)
+        assert (await send(store, "new")).rev == 10
 
 
 async def test_refuses_a_newer_schema(tmp_path: Path) -> None:
