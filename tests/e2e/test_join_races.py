@@ -5,7 +5,7 @@ through its public ``store`` attribute, which these tests wrap so that ``rejoin`
 before reading and another after it. Meanwhile another client sends messages, so each test knows
 exactly which messages were committed before the read and which after it:
 
-* committed before the read: in the joiner's ack (``missed``), never also live;
+* committed before the read: in the joiner's ack (``missed``, ``changes``), never also live;
 * committed after the read: live, never lost;
 * the others hear of the join only once the read succeeded; a failed read leaves no trace.
 """
@@ -114,6 +114,33 @@ async def test_a_message_committed_before_the_read_is_in_the_ack_only_and_one_af
         live = [data["id"] for kind, data in await events_of(alice) if kind == "chat.message"]
         assert live == [m3["id"]]
         assert kinds(await events_of(bob)) == ["member.joined", "room.active"]
+
+
+async def test_with_since_rev_each_change_is_in_the_ack_or_live_never_both_and_never_stale(
+    srv: RunningServer,
+) -> None:
+    async with clients(srv, "bob", "alice") as (bob, alice), trio.open_nursery() as nursery:
+        await bob.request("room.join", {"room": "lobby"})
+        old = await send(bob, "old")  # rev 1: alice had it
+        gated = gate(srv)
+        joining = await join_in_background(nursery, alice, since_rev=old["rev"])
+        await gated.waiting.wait()
+        edited = await bob.request("chat.edit", {"message_id": old["id"], "new_body": "edited"})  # rev 2
+        reaction = {"message_id": old["id"], "reaction": "+1", "action": "add", "scope": "lobby"}
+        await bob.request("chat.reaction", reaction)  # rev 3: before the read, in the ack
+        gated.read.set()
+        await gated.was_read.wait()
+        await bob.request("chat.reaction", {**reaction, "action": "remove"})  # rev 4: after, live
+        await bob.request("chat.delete", {"message_id": old["id"], "mode": "hard"})  # rev 5: after, live
+        gated.answer.set()
+        with trio.fail_after(5):
+            while "reply" not in joining:
+                await trio.testing.wait_all_tasks_blocked()
+        ack = joining["reply"]["data"]["data"]
+        assert ack["rev"] == 3 and ack["changes_truncated"] is False
+        assert ack["changes"] == [{**edited, "rev": 3, "reactions": {"+1": ["bob"]}}]  # folded, once
+        live = [(kind, data["rev"]) for kind, data in await events_of(alice) if kind.startswith("chat.")]
+        assert live == [("chat.reaction.update", 4), ("chat.deleted", 5)]
 
 
 async def test_a_joiner_without_since_gets_live_what_is_committed_after_its_read(srv: RunningServer) -> None:
