@@ -185,6 +185,7 @@ def _leaves(group: BaseExceptionGroup[Any]) -> list[BaseException]:
 
 
 def _history(args: argparse.Namespace) -> int:
+    from signald.history.export import export as export_messages
     from signald.history.schema import SchemaError
     from signald.history.store import HistoryStore, StorageError
 
@@ -194,7 +195,7 @@ def _history(args: argparse.Namespace) -> int:
 
     async def export() -> None:
         async with HistoryStore(args.db, read_only=True) as store:
-            async for message in store.export(args.room):
+            async for message in export_messages(store, args.room):
                 sys.stdout.write(msgspec.json.encode(message).decode() + "\n")
 
     async def stats() -> None:

@@ -31,7 +31,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Final, TypedDict, TypeVar
 
@@ -194,6 +194,25 @@ class HistoryStore:
             raise op.error
         return op.value  # type: ignore[return-value]  # set whenever error is None
 
+    async def run_on_connection(
+        self, fn: Callable[[sqlite3.Connection], tuple[T, Any]], *, write: bool,
+        on_commit: Callable[[Any], None] | None = None,
+    ) -> T:
+        """Run ``fn(conn)`` on the writer thread in order with every other operation (maintenance,
+        tests). ``fn`` returns ``(result, on_commit argument or SKIP)`` like the store's own
+        operations and runs in its batch's transaction (a ``write`` in a savepoint of its own)."""
+        return await self._call(fn, write=write, on_commit=on_commit)
+
+    @property
+    def queued(self) -> int:
+        """Operations handed to the writer thread that it has not taken yet."""
+        return self._queue.qsize()
+
+    @property
+    def connection_busy(self) -> bool:
+        """Whether a thread (the writer's, or the Trio thread's inline commit) holds the connection."""
+        return self._writer.conn_lock.locked()
+
     def _request_checkpoint(self) -> None:
         """After inline commits: have the writer thread checkpoint. Never fails the commit that asked."""
         try:
@@ -323,11 +342,6 @@ class HistoryStore:
 
         return await self._call(fn, write=False)
 
-    async def missed(self, *, room: str, since: int, limit: int) -> tuple[list[ChatMessage], bool]:
-        """Messages with ``seq > since``, ascending, at most ``limit``; the bool says truncated."""
-        page = await self.history(room=room, after=since, limit=limit)
-        return page.messages, page.has_more
-
     async def unread(self, *, user_id: str, room: str) -> int:
         """Not-deleted messages of ``room`` above the user's read receipt (all if none)."""
         return await self._call(lambda conn: (queries.unread(conn, user_id, room), SKIP), write=False)
@@ -339,7 +353,6 @@ class HistoryStore:
         ``since_rev``) for ``room.join``: one read, at one point of the commit order."""
         if limit < 1:
             raise SignalError("INVALID_PAYLOAD", "`limit` must be >= 1")
-
         return await self._call(
             lambda conn: (queries.rejoin(conn, user_id, room, since, since_rev, limit), SKIP), write=False)
 
@@ -364,18 +377,6 @@ class HistoryStore:
         sql = queries.ROOMS_TRUE_SQL if self.read_only else queries.ROOMS_SQL
         return await self._call(lambda conn: ([row[0] for row in conn.execute(sql)], SKIP), write=False, counts=True)
 
-    async def export(self, room: str | None = None, *, batch: int = 500) -> AsyncIterator[ChatMessage]:
-        """Every stored message of ``room`` (or of all rooms, by room name), ascending ``seq``."""
-        for name in [room] if room is not None else await self.rooms():
-            after = 0
-            while True:
-                page = await self.history(room=name, after=after, limit=batch)
-                for message in page.messages:
-                    yield message
-                if not page.has_more:
-                    break
-                after = page.messages[-1].seq
-
     async def stats(self) -> HistoryStats:
         """Counts for ``system.stats`` and operators."""
         sql = queries.ROOM_TOTALS_TRUE_SQL if self.read_only else queries.ROOM_TOTALS_SQL
@@ -383,7 +384,7 @@ class HistoryStore:
         rooms, messages = await self._call(lambda conn: (conn.execute(sql).fetchone(), SKIP), write=False, counts=True)
         return HistoryStats(
             rooms=rooms, messages=messages, db_bytes=self.db_bytes(), schema_version=SCHEMA_VERSION,
-            commits=self.commits, pending=self._queue.qsize(), synchronous=self.synchronous,
+            commits=self.commits, pending=self.queued, synchronous=self.synchronous,
         )
 
     def db_bytes(self) -> int:

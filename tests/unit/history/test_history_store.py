@@ -25,6 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from signald.errors import SignalError
+from signald.history.export import export
 from signald.history.inline import tasks_runnable
 from signald.history.retention import RETENTION_BATCH, Retention
 from signald.history.schema import MIGRATIONS, SCHEMA_VERSION, SchemaError, migrate, user_version
@@ -148,7 +149,7 @@ async def hold_writer(
         release.wait(10)
         return None, None
 
-    nursery.start_soon(partial(store._call, blocker, write=True, on_commit=on_commit))
+    nursery.start_soon(partial(store.run_on_connection, blocker, write=True, on_commit=on_commit))
     await trio.to_thread.run_sync(entered.wait)
     return release
 
@@ -165,7 +166,7 @@ async def test_group_commit_takes_everything_queued_in_one_transaction(store: Hi
         for n in range(50):
             nursery.start_soon(one, n)
         await trio.testing.wait_all_tasks_blocked()
-        assert store._queue.qsize() == 50
+        assert store.queued == 50
         assert results == []
         release.set()
     assert store.commits - before == 2  # the blocker's transaction, then all 50 sends in one
@@ -199,7 +200,7 @@ async def test_sqlite_error_in_one_operation_fails_only_that_one(store: HistoryS
         return None, None
 
     with pytest.raises(StorageError) as info:
-        await store._call(broken, write=True)
+        await store.run_on_connection(broken, write=True)
     assert info.value.code == "INTERNAL" and info.value.message == "history storage failed"
     assert isinstance(info.value.__cause__, sqlite3.OperationalError)
     assert await store.rooms() == []  # its partial write was rolled back
@@ -225,7 +226,7 @@ async def test_failed_commit_fails_the_whole_batch_and_announces_nothing(store: 
         release = await hold_writer(nursery, store)
         nursery.start_soon(attempt, lambda: store.send(room="r", user_id="u", body="a", on_commit=events.append))
         await trio.testing.wait_all_tasks_blocked()
-        nursery.start_soon(attempt, lambda: store._call(sabotage, write=True))
+        nursery.start_soon(attempt, lambda: store.run_on_connection(sabotage, write=True))
         await trio.testing.wait_all_tasks_blocked()
         nursery.start_soon(attempt, lambda: store.send(room="r", user_id="u", body="b", on_commit=events.append))
         await trio.testing.wait_all_tasks_blocked()
@@ -377,11 +378,12 @@ async def test_send_nowait_waits_for_earlier_commits_to_be_announced(store: Hist
 
     order: list[str] = []
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(partial(store._call, earlier, write=True, on_commit=lambda _: order.append("earlier")))
+        nursery.start_soon(partial(store.run_on_connection, earlier, write=True,
+                                   on_commit=lambda _: order.append("earlier")))
         await trio.to_thread.run_sync(inside.wait)
         await next_turn()
         proceed.set()
-        while store._writer.conn_lock.locked():  # blocking on purpose: the loop cannot run the callbacks
+        while store.connection_busy:  # blocking on purpose: the loop cannot run the callbacks
             time.sleep(0.0005)  # noqa: ASYNC251
         store.send_nowait(room="r", user_id="u", body="x", on_commit=lambda _: order.append("send"),
                           then=lambda result, error: None)
@@ -573,11 +575,12 @@ async def test_history_limit_and_unknown_room(ten: HistoryStore) -> None:
 
 
 async def test_missed_and_rejoin(ten: HistoryStore) -> None:
-    messages, truncated = await ten.missed(room="lobby", since=4, limit=3)
-    assert ([m.seq for m in messages], truncated) == ([5, 6, 7], True)
-    messages, truncated = await ten.missed(room="lobby", since=7, limit=3)
-    assert ([m.seq for m in messages], truncated) == ([8, 9, 10], False)
-    assert await ten.missed(room="lobby", since=10, limit=3) == ([], False)
+    info = await ten.rejoin(user_id="bob", room="lobby", since=4, limit=3)
+    assert ([m.seq for m in info.missed or ()], info.truncated) == ([5, 6, 7], True)
+    info = await ten.rejoin(user_id="bob", room="lobby", since=7, limit=3)
+    assert ([m.seq for m in info.missed or ()], info.truncated) == ([8, 9, 10], False)
+    info = await ten.rejoin(user_id="bob", room="lobby", since=10, limit=3)
+    assert (info.missed, info.truncated) == ([], False)
     info = await ten.rejoin(user_id="bob", room="lobby", since=8, limit=5)
     assert info.missed is not None and [m.seq for m in info.missed] == [9, 10]
     assert (info.truncated, info.unread) == (False, 10)
@@ -824,9 +827,9 @@ async def test_memory_store_stats_and_export(clock: FakeClock) -> None:
         assert (stats["rooms"], stats["messages"], stats["db_bytes"]) == (2, 6, 0)
         assert stats["schema_version"] == SCHEMA_VERSION
         assert await store.rooms() == ["a", "b"]
-        assert [m.body async for m in store.export(batch=2)] == ["a0", "a1", "a2", "b0", "b1", "b2"]
-        assert [m.seq async for m in store.export("b", batch=1)] == [1, 2, 3]
-        assert [m async for m in store.export("none")] == []
+        assert [m.body async for m in export(store, batch=2)] == ["a0", "a1", "a2", "b0", "b1", "b2"]
+        assert [m.seq async for m in export(store, "b", batch=1)] == [1, 2, 3]
+        assert [m async for m in export(store, "none")] == []
 
 
 async def test_file_store_reports_db_bytes(store: HistoryStore) -> None:
@@ -891,7 +894,7 @@ def test_acked_sends_survive_kill_9(tmp_path: Path, how: str) -> None:
 
     async def check() -> None:
         async with HistoryStore(path) as store:
-            stored = [m.seq async for m in store.export("r")]
+            stored = [m.seq async for m in export(store, "r")]
             assert stored[: len(acked)] == acked == list(range(1, len(acked) + 1))
             # the room's counters, mostly never written before the kill, are rebuilt on open
             assert (await store.stats())["messages"] == len(stored)
