@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
+import re
+import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager, contextmanager
 from pathlib import Path
@@ -109,3 +112,38 @@ def client_wire(*parts: str | bytes) -> bytes:
             else BytesMessage(data=part, message_finished=last)
         wire += client.send(event)
     return wire
+
+
+READY = re.compile(r"signald ready on (ws://\S+)")
+
+
+@asynccontextmanager
+async def daemon(
+    tmp_path: Path, name: str, *args: str, port: int = 0, config_text: str = ""
+) -> AsyncIterator[tuple[trio.Process, str]]:
+    """Start ``python -m signald serve`` and yield (process, url) once it is ready; killed on exit.
+
+    Its config file allows 100,000 frames/s (tests pipeline hundreds at once) plus ``config_text``
+    (more TOML sections); its stderr goes to ``<tmp_path>/<name>.log``, polled for the ready line.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SIGNALD_")}
+    config = tmp_path / "signald.toml"
+    config.write_text("[limits]\nrate_per_s = 100000.0\nrate_burst = 100000\n" + config_text)
+    log = tmp_path / f"{name}.log"
+    with log.open("wb") as stderr:
+        process = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "signald", "serve", "--port", str(port), "--config", str(config), *args],
+            stderr=stderr, cwd=tmp_path, env=env,
+        )
+    try:
+        with trio.fail_after(8):
+            while not (match := READY.search(log.read_text(errors="replace"))):
+                if process.poll() is not None:
+                    raise AssertionError(f"daemon exited early: {log.read_text(errors='replace')}")
+                await trio.sleep(0.01)
+        yield process, match.group(1)
+    finally:
+        if process.returncode is None:
+            process.kill()
+        with trio.move_on_after(5):
+            await process.wait()

@@ -7,55 +7,20 @@ The daemon's stderr goes to a file (not a pipe nobody drains), which is polled f
 from __future__ import annotations
 
 import json
-import os
-import re
 import signal
-import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 import trio
-from conftest import events_of, make_config, start_server
+from conftest import daemon, events_of, make_config, start_server
 from roomview import RoomView
 
 from signald.cli import main
 from signald.client import SignaldClient, connect
 
-READY = re.compile(r"signald ready on (ws://\S+)")
 N = 300
-
-
-@asynccontextmanager
-async def daemon(tmp_path: Path, name: str, *args: str, port: int = 0) -> AsyncIterator[tuple[trio.Process, str]]:
-    """Start ``python -m signald serve`` and yield (process, url) once it is ready; killed on exit.
-
-    Its stderr goes to ``<tmp_path>/<name>.log``.
-    """
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SIGNALD_")}
-    config = tmp_path / "signald.toml"
-    config.write_text("[limits]\nrate_per_s = 100000.0\nrate_burst = 100000\n")  # 300 frames at once
-    log = tmp_path / f"{name}.log"
-    with log.open("wb") as stderr:
-        process = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "signald", "serve", "--port", str(port), "--config", str(config), *args],
-            stderr=stderr, cwd=tmp_path, env=env,
-        )
-    try:
-        with trio.fail_after(8):
-            while not (match := READY.search(log.read_text(errors="replace"))):
-                if process.poll() is not None:
-                    raise AssertionError(f"daemon exited early: {log.read_text(errors='replace')}")
-                await trio.sleep(0.01)
-        yield process, match.group(1)
-    finally:
-        if process.returncode is None:
-            process.kill()
-        with trio.move_on_after(5):
-            await process.wait()
 
 
 async def all_history(c: SignaldClient, room: str) -> list[dict[str, Any]]:

@@ -4,17 +4,19 @@ The property test has several users send, edit, delete (soft and hard), redact a
 random while one client drops its connection and comes back with ``since_rev`` at random points,
 and the daemon itself restarts at random points (on the same database). In the end the client
 that came and went, applying ``changes`` and then live events, holds exactly the room a client that
-never left holds, and exactly what ``chat.history`` shows. ``kill -9`` is in test_durability.py.
+never left holds, and exactly what ``chat.history`` shows. The same property runs against a real
+``signald serve`` process killed with ``kill -9`` at the restarts.
 """
 
 from __future__ import annotations
 
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import trio
-from conftest import clients, events_of, make_config, start_server
+from conftest import clients, daemon, events_of, make_config, start_server
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from roomview import RoomView
@@ -139,23 +141,42 @@ async def act(actors: dict[str, SignaldClient], ids: list[str], step: tuple[Any,
         await actors[step[1]].request_raw("chat.reaction", data)
 
 
-async def resume_scenario(tmp_path: Path, steps: list[tuple[Any, ...]]) -> None:
+@asynccontextmanager
+async def in_process(tmp_path: Path, run: int) -> AsyncIterator[tuple[str, Callable[[], None]]]:
+    """A daemon in this process; stopping it cancels it (a clean shutdown)."""
     config = make_config(tmp_path, auth={"mods": ["mod"]}, limits={"history_page_max": 3, **FAST},
                          server={"heartbeat_s": 3600.0})
+    async with trio.open_nursery() as nursery:
+        srv: RunningServer = await nursery.start(lambda task_status: serve_signald(config, task_status=task_status))
+        yield srv.url, nursery.cancel_scope.cancel
+
+
+@asynccontextmanager
+async def killed_process(tmp_path: Path, run: int) -> AsyncIterator[tuple[str, Callable[[], None]]]:
+    """A ``signald serve`` process on the same database each run; stopping it is ``kill -9``."""
+    text = 'history_page_max = 3\n[auth]\nmods = ["mod"]\n[server]\nheartbeat_s = 3600.0\n'  # after [limits]
+    async with daemon(tmp_path, f"run{run}", "--db", str(tmp_path / "d.db"), config_text=text) as (process, url):
+        yield url, process.kill
+
+
+Daemon = Callable[[Path, int], AbstractAsyncContextManager[tuple[str, Callable[[], None]]]]
+
+
+async def resume_scenario(tmp_path: Path, steps: list[tuple[Any, ...]], daemon: Daemon = in_process) -> None:
     resumer, watcher = RoomView("lobby"), RoomView("lobby")
     ids: list[str] = []
-    restarted, stored = False, None
+    restarted, stored, run = False, None, 0
     while stored is None:  # one daemon run per iteration; a "restart" step ends it
-        async with trio.open_nursery() as daemon, AsyncExitStack() as stack:
-            srv: RunningServer = await daemon.start(lambda task_status: serve_signald(config, task_status=task_status))
-            actors = {u: await stack.enter_async_context(connect(srv.url, user=u)) for u in ACTORS}
+        run += 1
+        async with daemon(tmp_path, run) as (url, stop), AsyncExitStack() as stack:
+            actors = {u: await stack.enter_async_context(connect(url, user=u)) for u in ACTORS}
             for c in actors.values():
                 await c.request("room.join", {"room": "lobby"})
-            watching = await stack.enter_async_context(connect(srv.url, user="watcher"))
+            watching = await stack.enter_async_context(connect(url, user="watcher"))
             await watcher.join(watching)
             away = AsyncExitStack()  # rita's connection, closed before the others whatever happens
             try:
-                rita: SignaldClient | None = await away.enter_async_context(connect(srv.url, user="rita"))
+                rita: SignaldClient | None = await away.enter_async_context(connect(url, user="rita"))
                 assert rita is not None
                 await resumer.join(rita)
                 while steps and steps[0][0] != "restart":
@@ -166,7 +187,7 @@ async def resume_scenario(tmp_path: Path, steps: list[tuple[Any, ...]]) -> None:
                         rita = None
                     elif step[0] == "back" and rita is None:
                         away = AsyncExitStack()
-                        rita = await away.enter_async_context(connect(srv.url, user="rita"))
+                        rita = await away.enter_async_context(connect(url, user="rita"))
                         await resumer.join(rita)
                     elif step[0] not in ("leave", "back"):
                         await act(actors, ids, step, len(ids))
@@ -178,7 +199,7 @@ async def resume_scenario(tmp_path: Path, steps: list[tuple[Any, ...]]) -> None:
                     watcher.apply_pending(watching)
                 else:
                     if rita is None:  # the end: come back a last time
-                        rita = await away.enter_async_context(connect(srv.url, user="rita"))
+                        rita = await away.enter_async_context(connect(url, user="rita"))
                         await resumer.join(rita)
                     for event in await events_of(rita):
                         resumer.apply_event(*event)
@@ -187,7 +208,7 @@ async def resume_scenario(tmp_path: Path, steps: list[tuple[Any, ...]]) -> None:
                     stored = await full_history(watching)
             finally:
                 await away.aclose()
-            daemon.cancel_scope.cancel()
+            stop()
     assert resumer.as_history() == stored
     if not restarted:  # the watcher never left: the room it saw live is the stored one
         assert watcher.as_history() == stored
@@ -199,3 +220,14 @@ def test_a_client_that_resumes_with_since_rev_ends_in_the_state_of_one_that_neve
     tmp_path_factory: Any, steps: list[tuple[Any, ...]]
 ) -> None:
     trio.run(resume_scenario, tmp_path_factory.mktemp("resume"), list(steps))
+
+
+@settings(max_examples=5, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.lists(STEPS, max_size=10), st.lists(STEPS, min_size=1, max_size=10))
+def test_the_same_across_kill_9_of_a_real_daemon(
+    tmp_path_factory: Any, before: list[tuple[Any, ...]], after: list[tuple[Any, ...]]
+) -> None:
+    """The property with a ``signald serve`` process that every "restart" step kills with SIGKILL
+    (at least one: between ``before`` and ``after``)."""
+    steps = [*before, ("restart",), *after]
+    trio.run(resume_scenario, tmp_path_factory.mktemp("resume"), steps, killed_process)
