@@ -27,10 +27,11 @@ from collections.abc import Callable
 from typing import Any, Final
 
 import attrs
+import trio
 
 from signald.app.hub import Hub
 from signald.app.session import Session
-from signald.protocol import KickedData, RoomKickedEvent
+from signald.protocol import KickedData, RoomKickedEvent, StatsResult
 
 log = logging.getLogger("signald.facade")
 
@@ -153,6 +154,20 @@ class Signald:
         if history is None:  # pragma: no cover - a running server always has its store
             return {user: seen for user in user_ids if (seen := self.hub.presence.last_seen(user)) is not None}
         return await history.last_seen(user_ids)
+
+    def stats(self) -> StatsResult:
+        """The daemon's counters now: what ``system.stats`` and ``GET /api/v1/stats`` answer."""
+        hub = self.hub
+        return StatsResult(
+            connections=len(hub.sessions),
+            users=len(hub.sessions_by_user),
+            rooms=hub.rooms.room_count,
+            calls=hub.active_calls(),
+            messages_in=hub.counters.messages_in,
+            messages_out=hub.counters.messages_out,
+            uptime_s=round(trio.current_time() - hub.started_at, 3),
+            db_bytes=hub.history.store.db_bytes() if hub.history is not None else 0,
+        )
 
     def sessions_of(self, user_id: str) -> tuple[SessionView, ...]:
         """The connected sessions of ``user_id``, oldest first."""
