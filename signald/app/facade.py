@@ -31,9 +31,11 @@ import trio
 
 from signald.app.hub import Hub
 from signald.app.session import Session
+from signald.logfmt import log_event
 from signald.protocol import KickedData, RoomKickedEvent, StatsResult
 
 log = logging.getLogger("signald.facade")
+audit = logging.getLogger("signald.audit")
 
 SERVER_KICKER: Final = "$system"  # the ``by`` of a kick the embedding program made (``$`` ids are reserved)
 
@@ -94,6 +96,7 @@ def kick_from_room(
     for send in hub.rooms.kick(room, user_id):
         hub.send_to(send.conns - {spare} if spare is not None else send.conns, send.event)
     hub.send_to(kicked, RoomKickedEvent(data=KickedData(room=room, by=by, reason=reason)))
+    log_event(audit, logging.INFO, "kicked", room=room, user=user_id, by=by, reason=reason, sessions=len(kicked))
     return kicked
 
 
