@@ -110,7 +110,8 @@ async def serve_http(
 ) -> None:
     """Serve HTTP requests on ``stream`` until the client closes, goes idle, or asks to close."""
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
-    conn.receive_data(initial)
+    if initial:  # b"" would tell h11 the client closed
+        conn.receive_data(initial)
     while True:
         try:
             with trio.fail_after(idle_timeout_s):
