@@ -123,7 +123,7 @@ class HttpApi:
         if request.path.startswith(API_PREFIX) and not self._keys:
             return error_response("NOT_FOUND", "the server API is off (no api.keys configured)")
         if request.path.startswith(API_PREFIX) and self.config.api.port is not None:
-            return error_response("NOT_FOUND", f"no such call here; the server API is on port {self.config.api.port}")
+            return error_response("NOT_FOUND", "no such call on this port: the server API is served on api.port")
         return error_response("NOT_FOUND", f"no such path: {request.path}")
 
     # ------------------------------------------------------------------ the API calls
