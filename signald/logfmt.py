@@ -19,7 +19,7 @@ from typing import Any, Final, TextIO
 FIELDS: Final = "signald_fields"  # the LogRecord attribute that carries an event's fields
 
 
-def log_event(logger: logging.Logger, level: int, message: str, **fields: Any) -> None:
+def log_event(logger: logging.Logger, level: int, message: str, /, **fields: Any) -> None:
     """Log ``message`` with ``fields`` kept apart from it (see the module docstring)."""
     if logger.isEnabledFor(level):
         logger.log(level, message, extra={FIELDS: fields})
@@ -78,7 +78,7 @@ def setup_logging(level: str, fmt: str, stream: TextIO | None = None) -> None:
     root.setLevel(level.upper())
 
 
-def announce(logger: logging.Logger, message: str, **fields: Any) -> None:
+def announce(logger: logging.Logger, message: str, /, **fields: Any) -> None:
     """Write an INFO line through the root handlers whatever the level, for lines that supervisors,
     scripts and tests wait for (``signald ready on ...``): the line takes the configured format."""
     record = logger.makeRecord(logger.name, logging.INFO, "(signald)", 0, message, (), None,
