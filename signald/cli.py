@@ -1,4 +1,4 @@
-"""Command line: ``signald serve`` and ``signald history export|stats``.
+"""Command line: ``signald serve``, ``signald history export|stats``, ``signald health URL``, ``--version``.
 
 ``main(argv=None) -> int`` never calls ``sys.exit`` itself, so tests call it directly.
 Exit status: 0 on a clean stop (SIGINT/SIGTERM), 2 for bad configuration or usage, 1 when the
@@ -21,37 +21,15 @@ from typing import Any
 import msgspec
 import trio
 
+from signald import __version__
 from signald.auth import is_loopback
 from signald.config import Config, ConfigError, load_config
+from signald.logfmt import JsonFormatter, announce, setup_logging
 from signald.server import RunningServer, build_authenticator, serve_signald
 
 log = logging.getLogger("signald")
 
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per log line: time, level, logger, message (and the traceback)."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        if record.exc_info:
-            entry["traceback"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
-
-
-def setup_logging(level: str, fmt: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+__all__ = ["JsonFormatter", "main", "setup_logging"]  # the formatters live in signald.logfmt
 
 
 HISTORY_DESCRIPTION = (
@@ -63,7 +41,12 @@ HISTORY_DESCRIPTION = (
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="signald", description="Real-time signalling daemon on Trio.")
+    parser.add_argument("--version", action="version", version=f"signald {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
+    health = commands.add_parser("health", help="GET a health URL: exit 0 on HTTP 200, else 1",
+                                 description="For container health checks: signald health http://127.0.0.1:8765/readyz")
+    health.add_argument("url")
+    health.add_argument("--timeout", type=float, default=3.0, help="seconds (default 3)")
 
     serve = commands.add_parser("serve", help="run the daemon")
     serve.add_argument("--config", help="TOML configuration file")
@@ -118,7 +101,9 @@ async def run_daemon(config: Config) -> int:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             running: RunningServer = await nursery.start(partial(serve_signald, config))
-            print(f"signald ready on {running.url}", file=sys.stderr, flush=True)
+            ports = {"api_port": running.api_port, "metrics_port": running.metrics_port}
+            announce(log, f"signald ready on {running.url}", url=running.url,
+                     **{name: port for name, port in ports.items() if port is not None})
             async for signum in signals:
                 log.info("received %s, shutting down", signal.Signals(signum).name)
                 nursery.cancel_scope.cancel()
@@ -218,6 +203,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "health":
+        from signald.api.health import check
+
+        healthy, line = check(args.url, args.timeout)
+        print(line, file=sys.stdout if healthy else sys.stderr)
+        return 0 if healthy else 1
     return _history(args)
 
 

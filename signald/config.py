@@ -3,7 +3,7 @@
 Sources, later ones win: built-in defaults, a TOML file (``--config``), ``SIGNALD_<SECTION>_<KEY>``
 environment variables (e.g. ``SIGNALD_LIMITS_RATE_PER_S=50``), then command-line flags.
 Every key lives in a section (``[server]``, ``[limits]``, ``[auth]``, ``[presence]``, ``[history]``,
-``[calls]``, ``[log]``); ``docs/configuration.md`` lists them all.
+``[calls]``, ``[log]``, ``[api]``); ``docs/configuration.md`` lists them all.
 
 Error handling: any unknown key (in a file or a flag), wrong type or out-of-range value raises
 :class:`ConfigError` with one line that names the key (``limits.rate_per_s: expected a number, got
@@ -28,6 +28,7 @@ import cattrs
 from attrs import field, frozen
 
 from signald.protocol import Limits
+from signald.state.proxies import parse_networks
 
 
 class ConfigError(ValueError):
@@ -49,6 +50,13 @@ def _port(instance: Any, attribute: attrs.Attribute[Any], value: int) -> None:
         raise ValueError(f"{attribute.name}: must be a TCP port 0-65535, got {value!r}")
 
 
+def _networks(instance: Any, attribute: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
+    try:
+        parse_networks(value)
+    except ValueError as exc:
+        raise ValueError(f"{attribute.name}: {exc}") from None
+
+
 @frozen
 class ServerConfig:
     host: str = "127.0.0.1"
@@ -58,6 +66,7 @@ class ServerConfig:
     certfile: str | None = None
     keyfile: str | None = None
     allowed_origins: tuple[str, ...] = ()
+    trusted_proxies: tuple[str, ...] = field(default=(), validator=_networks)  # see signald.state.proxies
     heartbeat_s: float = field(default=20.0, validator=_positive)
     heartbeat_timeout_s: float = field(default=10.0, validator=_positive)
     max_transport_bytes: int = field(default=1 << 20, validator=_positive)
@@ -118,6 +127,15 @@ class CallsConfig:
 
 
 @frozen
+class ApiConfig:
+    """The HTTP server API (docs/server-api.md): off while ``keys`` is empty."""
+
+    keys: tuple[str, ...] = field(default=(), repr=False)  # secrets: never in a repr or a log line
+    port: int | None = field(default=None, validator=attrs.validators.optional(_port))
+    max_body_bytes: int = field(default=65536, validator=_positive)
+
+
+@frozen
 class LogConfig:
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["text", "json"] = "text"
@@ -134,6 +152,7 @@ class Config:
     history: HistoryConfig = HistoryConfig()
     calls: CallsConfig = CallsConfig()
     log: LogConfig = LogConfig()
+    api: ApiConfig = ApiConfig()
 
     def replace(self, **sections: Mapping[str, Any]) -> Config:
         """A copy with some keys of some sections changed: ``cfg.replace(limits={"max_rooms": 3})``."""

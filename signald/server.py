@@ -19,6 +19,7 @@ import attrs
 import trio
 
 from signald.app.facade import Signald
+from signald.app.httpapi import HttpApi, serve_api_port
 from signald.app.hub import Hub
 from signald.app.session import CLOSE_GOING_AWAY, Session, new_session_id
 from signald.auth import (
@@ -41,6 +42,7 @@ from signald.protocol import (
     WelcomeData,
 )
 from signald.router import Router
+from signald.state.proxies import client_address
 from signald.state.ratelimit import ConnectionRateLimiter, FloodGuard
 from signald.timefmt import iso_utc
 from signald.transport.connection import run_connection
@@ -66,6 +68,7 @@ class RunningServer(Signald):
     host: str
     port: int
     tls: bool = False
+    api_port: int | None = None  # where the server API is served when ``api.port`` is set (docs/server-api.md)
 
     @property
     def metrics_port(self) -> int | None:
@@ -148,9 +151,14 @@ async def serve_signald(
                 config.server.port, ssl_context, host=config.server.host, https_compatible=True)
         connections: _Connections = await nursery.start(_run_connections)
         try:
-            handler = partial(_handle_stream, _Serving(hub, router, authenticate, per_ip, closing))
+            http = HttpApi(Signald(hub), api_calls=config.api.port is None, websocket_port=True)
+            handler = partial(_handle_stream, _Serving(hub, router, authenticate, per_ip, closing, http))
             await nursery.start(partial(trio.serve_listeners, handler, listeners, handler_nursery=connections.nursery))
-            running = RunningServer(hub, config.server.host, _bound_port(listeners[0]), ssl_context is not None)
+            api_port = None if config.api.port is None else await nursery.start(
+                serve_api_port, HttpApi(Signald(hub), api_calls=True, websocket_port=False),
+                config.server.host, config.api.port, ssl_context)
+            running = RunningServer(hub, config.server.host, _bound_port(listeners[0]), ssl_context is not None,
+                                    api_port)
             log.debug("signald listening on %s", running.url)
             task_status.started(running)
             await trio.sleep_forever()
@@ -208,6 +216,7 @@ class _Serving:
     authenticate: Authenticator
     per_ip: ConnectionRateLimiter | None
     closing: trio.Event  # set once the server shuts down: connections then close with 1001
+    http: HttpApi | None = None  # plain HTTP requests (not upgrades): health checks, the server API
 
 
 async def _handle_stream(serving: _Serving, stream: trio.abc.Stream) -> None:
@@ -228,11 +237,14 @@ async def _serve_client(serving: _Serving, stream: trio.abc.Stream) -> None:
         serving.hub, serving.router, serving.authenticate, serving.per_ip, serving.closing)
     config = hub.config
     peer = peer_address(stream)
-    handshake = Handshake(stream)
+    handshake = Handshake(stream, keep_plain=serving.http is not None)
     with trio.move_on_after(config.server.connect_timeout_s):
         request = await handshake.read_request()
     if request is None:
-        return  # timed out, not a WebSocket upgrade (answered), or gone
+        if handshake.plain is not None and serving.http is not None:
+            await serving.http.serve(stream, handshake.plain, peer)
+        return  # timed out, plain HTTP (served), or gone
+    peer = client_address(peer, request.headers, config.server.trusted_proxies)  # behind trusted proxies
     handshake_request = HandshakeRequest(
         path=request.path,
         headers=tuple((k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in request.headers),

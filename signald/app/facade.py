@@ -27,12 +27,15 @@ from collections.abc import Callable
 from typing import Any, Final
 
 import attrs
+import trio
 
 from signald.app.hub import Hub
 from signald.app.session import Session
-from signald.protocol import KickedData, RoomKickedEvent
+from signald.logfmt import log_event
+from signald.protocol import KickedData, RoomKickedEvent, StatsResult
 
 log = logging.getLogger("signald.facade")
+audit = logging.getLogger("signald.audit")
 
 SERVER_KICKER: Final = "$system"  # the ``by`` of a kick the embedding program made (``$`` ids are reserved)
 
@@ -93,6 +96,7 @@ def kick_from_room(
     for send in hub.rooms.kick(room, user_id):
         hub.send_to(send.conns - {spare} if spare is not None else send.conns, send.event)
     hub.send_to(kicked, RoomKickedEvent(data=KickedData(room=room, by=by, reason=reason)))
+    log_event(audit, logging.INFO, "kicked", room=room, user=user_id, by=by, reason=reason, sessions=len(kicked))
     return kicked
 
 
@@ -153,6 +157,20 @@ class Signald:
         if history is None:  # pragma: no cover - a running server always has its store
             return {user: seen for user in user_ids if (seen := self.hub.presence.last_seen(user)) is not None}
         return await history.last_seen(user_ids)
+
+    def stats(self) -> StatsResult:
+        """The daemon's counters now: what ``system.stats`` and ``GET /api/v1/stats`` answer."""
+        hub = self.hub
+        return StatsResult(
+            connections=len(hub.sessions),
+            users=len(hub.sessions_by_user),
+            rooms=hub.rooms.room_count,
+            calls=hub.active_calls(),
+            messages_in=hub.counters.messages_in,
+            messages_out=hub.counters.messages_out,
+            uptime_s=round(trio.current_time() - hub.started_at, 3),
+            db_bytes=hub.history.store.db_bytes() if hub.history is not None else 0,
+        )
 
     def sessions_of(self, user_id: str) -> tuple[SessionView, ...]:
         """The connected sessions of ``user_id``, oldest first."""

@@ -32,15 +32,17 @@ from typing import Final
 import attrs
 import trio
 
+from signald.errors import SignalError
 from signald.history.store import HistoryStore, Rejoin
-from signald.protocol import Outbound, RoomJoinResult
+from signald.protocol import HistoryPage, Outbound, RoomJoinResult
 from signald.state.presence import PresenceTracker
 from signald.state.rooms import RoomRegistry
 from signald.timefmt import epoch_of, iso_utc
 
-__all__ = ["LAST_SEEN_FLUSH_S", "HistoryService", "is_guest"]
+__all__ = ["DEFAULT_PAGE_LIMIT", "LAST_SEEN_FLUSH_S", "HistoryService", "is_guest"]
 
 LAST_SEEN_FLUSH_S: Final = 30.0
+DEFAULT_PAGE_LIMIT: Final = 50  # a page without limit: 50, or history_page_max if that is lower
 GUEST_ID: Final = re.compile(r"guest-[0-9a-f]{8}")  # what auth mode none gives a connection without ?user=
 
 Deliver = Callable[[Iterable[str], Outbound], int]
@@ -103,6 +105,25 @@ class HistoryService:
             rev = getattr(getattr(event, "data", None), "rev", None)  # every chat.* change event has one
             if rev is None or rev > rejoin.rev:
                 self._deliver((conn,), event)
+
+    # ------------------------------------------------------------------ pages (chat.history, the server API)
+
+    def page_limit(self, limit: int | None, where: str = "$.data.limit") -> int:
+        """A page's ``limit``: the default when None, ``INVALID_PAYLOAD`` (naming ``where``) above
+        ``history_page_max``."""
+        if limit is None:
+            return min(DEFAULT_PAGE_LIMIT, self._page_max)
+        if limit > self._page_max:
+            raise SignalError("INVALID_PAYLOAD", f"`{where}` must be at most history_page_max ({self._page_max})")
+        return limit
+
+    async def page(self, room: str, before: int | None, after: int | None, limit: int | None,
+                   where: str = "$.data.limit") -> HistoryPage:
+        """One history page of ``room``, as ``chat.history`` and ``GET /api/v1/history`` answer it."""
+        count = self.page_limit(limit, where)
+        if before is not None and after is not None and before <= after + 1:
+            return HistoryPage(messages=[], has_more=False)  # an empty interval: no read needed
+        return await self.store.history(room=room, before=before, after=after, limit=count)
 
     # ------------------------------------------------------------------ room.join
 

@@ -32,6 +32,7 @@ from signald.delivery.broker import Broker, LocalBroker
 from signald.delivery.frames import Frame
 from signald.delivery.outbox import Cork
 from signald.history.store import HistoryStore
+from signald.logfmt import log_event
 from signald.protocol import (
     Error,
     ExpiredData,
@@ -47,10 +48,11 @@ from signald.state.heartbeat import Heartbeats, Monitored
 from signald.state.presence import PresenceTracker
 from signald.state.rooms import RoomRegistry
 from signald.state.send import Send
-from signald.timefmt import iso_utc
+from signald.timefmt import epoch_of, iso_utc
 from signald.transport.parking import Parking
 
 log = logging.getLogger("signald.hub")
+audit = logging.getLogger("signald.audit")  # one line per connection opened or closed, kick, revocation
 
 
 @attrs.define
@@ -156,6 +158,8 @@ class Hub:
             token.run_sync_soon(self.disconnect, session)
 
         session.on_close = closing
+        log_event(audit, logging.INFO, "connection opened", user=session.user_id, session=session.session_id,
+                  peer=session.remote)
         self.add_session(session)
         self.publish(self.presence.connect(session.session_id, session.user_id, trio.current_time()))
         self.poke_timers()
@@ -174,6 +178,10 @@ class Hub:
         self.publish(self.presence.disconnect(conn, trio.current_time(), self.wall_clock()))
         self.publish(self.rooms.disconnect(conn))
         self.remove_session(session)
+        code = session.close_code
+        log_event(audit, logging.INFO, "connection closed", user=session.user_id, session=conn, peer=session.remote,
+                  duration_s=round(self.wall_clock() - epoch_of(session.connected_at), 3), close_code=code,
+                  closed_by="client" if code is None else "server", reason=session.close_reason)
         for hook in self.disconnect_hooks:
             hook(session)
 
@@ -302,4 +310,5 @@ class Hub:
         for session in sessions:
             session.send(frame)
             session.close(CLOSE_SESSION_REVOKED, "session revoked")
+        log_event(audit, logging.INFO, "sessions revoked", user=user_id, reason=reason, sessions=len(sessions))
         return len(sessions)

@@ -47,8 +47,6 @@ from signald.protocol import (
 )
 from signald.router import LATER, Later
 
-DEFAULT_HISTORY_LIMIT = 50  # chat.history without limit: 50, or history_page_max if that is lower
-
 
 def _service(ctx: Context) -> HistoryService:
     if ctx.hub.history is None:  # pragma: no cover - the server always opens a store
@@ -180,27 +178,16 @@ async def chat_reaction(ctx: Context, msg: ChatReaction) -> ReactionResult | Non
     return None if rev is None else ReactionResult(rev=rev)
 
 
-def _page_limit(ctx: Context, limit: int | None) -> int:
-    """A page's ``limit``: 50 (or ``history_page_max`` if lower) by default, at most that maximum."""
-    page_max = ctx.hub.config.limits.history_page_max
-    if limit is None:
-        return min(DEFAULT_HISTORY_LIMIT, page_max)
-    if limit > page_max:
-        raise SignalError("INVALID_PAYLOAD", f"`$.data.limit` must be at most history_page_max ({page_max})")
-    return limit
-
-
 async def chat_changes(ctx: Context, msg: ChatChanges) -> ChangesPage:
     """Page on through an exact resume: every change of the room after ``after_rev``."""
     data = msg.data
     require_member(ctx, data.room)
-    return await _history(ctx).changes(room=data.room, after_rev=data.after_rev, limit=_page_limit(ctx, data.limit))
+    limit = _service(ctx).page_limit(data.limit)
+    return await _history(ctx).changes(room=data.room, after_rev=data.after_rev, limit=limit)
 
 
 async def chat_history(ctx: Context, msg: ChatHistory) -> HistoryPage:
+    """A page of the room's history; ``GET /api/v1/history`` reads it the same way (:meth:`HistoryService.page`)."""
     data = msg.data
     require_member(ctx, data.room)
-    limit = _page_limit(ctx, data.limit)
-    if data.before is not None and data.after is not None and data.before <= data.after + 1:
-        return HistoryPage(messages=[], has_more=False)
-    return await _history(ctx).history(room=data.room, before=data.before, after=data.after, limit=limit)
+    return await _service(ctx).page(data.room, data.before, data.after, data.limit)

@@ -3,11 +3,14 @@
 
 from __future__ import annotations
 
+import logging
+
 import trio
 
 from signald.app.context import Context
 from signald.app.facade import kick_from_room
 from signald.errors import SignalError
+from signald.logfmt import log_event
 from signald.protocol import (
     ChatTyping,
     PresenceSet,
@@ -24,6 +27,8 @@ from signald.protocol import (
     SystemStats,
 )
 from signald.timefmt import iso_utc
+
+log = logging.getLogger("signald.rooms")  # joins and leaves, at debug: one line each
 
 
 def require_member(ctx: Context, room: str) -> None:
@@ -64,6 +69,7 @@ async def room_join(ctx: Context, msg: RoomJoin) -> RoomJoinResult:
     ctx.after_reply.extend(outcome.after_ack)
     result = RoomJoinResult(room=room, members=hub.member_list(room), active=outcome.active, unread=0, rev=0)
     history.fill_join_result(result, rejoin)
+    log_event(log, logging.DEBUG, "room joined", room=room, user=user, session=conn)
     return result
 
 
@@ -72,6 +78,7 @@ async def room_leave(ctx: Context, msg: RoomLeave) -> None:
     require_member(ctx, room)
     hub.publish(hub.presence.clear_typing(conn, room))
     hub.publish(hub.rooms.leave(conn, room))
+    log_event(log, logging.DEBUG, "room left", room=room, user=ctx.session.user_id, session=conn)
 
 
 async def room_kick(ctx: Context, msg: RoomKick) -> None:
@@ -123,17 +130,6 @@ async def session_info(ctx: Context, msg: SessionInfo) -> SessionInfoResult:
 
 
 async def system_stats(ctx: Context, msg: SystemStats) -> StatsResult:
-    hub = ctx.hub
     if not ctx.session.is_admin:
         raise SignalError("FORBIDDEN", "system.stats needs the admin role")
-    db_bytes = hub.history.store.db_bytes() if hub.history is not None else 0
-    return StatsResult(
-        connections=len(hub.sessions),
-        users=len(hub.sessions_by_user),
-        rooms=hub.rooms.room_count,
-        calls=hub.active_calls(),
-        messages_in=hub.counters.messages_in,
-        messages_out=hub.counters.messages_out,
-        uptime_s=round(trio.current_time() - hub.started_at, 3),
-        db_bytes=db_bytes,
-    )
+    return ctx.server.stats()  # GET /api/v1/stats answers the same

@@ -53,19 +53,25 @@ class Handshake:
     bounds :meth:`read_request` with its connect timeout and closes the stream when refusing.
     """
 
-    def __init__(self, stream: trio.abc.Stream) -> None:
+    def __init__(self, stream: trio.abc.Stream, *, keep_plain: bool = False) -> None:
         self.stream = stream
         self._h11 = H11Handshake(ConnectionType.SERVER)
+        # keep_plain: a request that is not an upgrade is left unanswered, and the bytes read so far
+        # kept in ``plain`` for the plain-HTTP server (signald.transport.http) to parse again.
+        self._received: bytearray | None = bytearray() if keep_plain else None
+        self.plain: bytes | None = None
 
     async def read_request(self) -> Upgrade | None:
         """Read until the client's upgrade request.
 
-        None if the stream ended first, or the request was not a WebSocket upgrade (it was
-        answered ``400``/``426`` as wsproto suggests).
+        None if the stream ended first, or the request was not a WebSocket upgrade: then, with
+        ``keep_plain``, :attr:`plain` holds the bytes read, else it was answered ``400``/``426`` as
+        wsproto suggests.
         """
         while True:
             for event in self._h11.events():
                 if isinstance(event, Request):
+                    self._received = None
                     return Upgrade(event.target, tuple(event.extra_headers), tuple(event.subprotocols))
             try:
                 data = await receive_bytes(self.stream)
@@ -73,9 +79,14 @@ class Handshake:
                 return None
             if not data:
                 return None
+            if self._received is not None:
+                self._received += data
             try:
                 self._h11.receive_data(data)
             except RemoteProtocolError as exc:
+                if self._received is not None:
+                    self.plain, self._received = bytes(self._received), None
+                    return None
                 if isinstance(exc.event_hint, RejectConnection):
                     await self._send(self._h11.send(exc.event_hint))
                 return None

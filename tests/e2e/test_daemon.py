@@ -20,7 +20,7 @@ from signald.cli import main
 from signald.client import connect
 from signald.config import ENV_VARIABLES
 
-READY = re.compile(rb"signald ready on (ws://[^\s]+)")
+READY = re.compile(rb"signald ready on (ws://[^\s\"]+)")  # text or JSON log format
 
 
 class Daemon(NamedTuple):

@@ -22,7 +22,7 @@ PACKAGE: Final = ROOT / "signald"
 
 # Lowest first. A module may import from its own layer and the layers below it, never above.
 LAYERS: Final[tuple[tuple[str, tuple[str, ...]], ...]] = (
-    ("base", ("signald.errors", "signald.timefmt")),
+    ("base", ("signald.errors", "signald.timefmt", "signald.logfmt")),
     ("protocol", ("signald.protocol",)),
     ("state", ("signald.state", "signald.auth", "signald.config")),
     ("history", ("signald.history",)),
@@ -30,7 +30,8 @@ LAYERS: Final[tuple[tuple[str, tuple[str, ...]], ...]] = (
     ("transport", ("signald.transport",)),
     ("app", ("signald.app",)),
     ("handlers", ("signald.router", "signald.handlers", "signald.inbound")),
-    ("entry", ("signald.server", "signald.cli", "signald.client", "signald.hub", "signald.__main__", "signald")),
+    ("entry", ("signald.server", "signald.cli", "signald.client", "signald.hub", "signald.__main__",
+               "signald.api", "signald")),
 )
 
 # Modules that do no I/O and hold no event loop: they take ``now`` and return what to send.

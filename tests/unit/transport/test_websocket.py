@@ -313,8 +313,8 @@ async def test_a_client_close_completes_the_closing_handshake(server: RunningSer
 
 
 @pytest.mark.parametrize(("request_bytes", "status"), [
-    (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"400"),  # plain HTTP, no upgrade
-    (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", b"400"),
+    (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"426"),  # plain HTTP, no upgrade (see tests/e2e/test_http.py)
+    (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", b"426"),
     (b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
      b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 8\r\n\r\n", b"426"),
     (b"\x16\x03\x01 not http at all\r\n\r\n", b"400"),

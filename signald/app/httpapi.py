@@ -1,0 +1,202 @@
+"""Plain HTTP on a running daemon: health checks, the server API, and 426 for the rest.
+
+Served on the WebSocket port (requests that are not upgrades, handed over by the handshake) and,
+when ``api.port`` is set, on a port of its own (:func:`serve_api_port`); then the WebSocket port
+answers only the health checks and 426, and the API calls live on ``api.port``.
+
+- ``GET /healthz``: 200 ``{"status": "ok"}`` while the process serves.
+- ``GET /readyz``: 200 when the history store answers a read within :data:`READY_TIMEOUT_S`, else 503
+  ``{"status": "unavailable", "reason": ...}``.
+- ``/api/v1/...``: the calls of :class:`signald.app.serverapi.ServerApi`, JSON in, JSON out, each
+  behind ``Authorization: Bearer <key>`` (a key of ``api.keys``). No key configured: the API is off
+  and answers 404; a missing or wrong key: 401, and nothing happens.
+- Anything else on the WebSocket port: 426 with a one-line text body; on ``api.port``: 404.
+
+Each API call is logged on ``signald.audit`` (call, status, client address); the key never is.
+
+Error handling: an expected failure answers ``{"error": {"code", "message"}}`` with the code's
+status (:data:`signald.protocol.serverapi.STATUS_OF`); an unexpected one is logged and answers 500.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import ssl
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any, Final
+
+import msgspec
+import trio
+
+from signald.app.facade import Signald
+from signald.app.serverapi import ServerApi
+from signald.errors import SignalError
+from signald.logfmt import log_event
+from signald.protocol import ChatHistoryData, RoomKickData
+from signald.protocol.serverapi import (
+    DisconnectBody,
+    Health,
+    NotifyBody,
+    PresenceQuery,
+    PublishBody,
+    decode_body,
+    decode_query,
+    result_body,
+)
+from signald.state.proxies import client_address
+from signald.transport.handshake import peer_address
+from signald.transport.http import HttpRequest, HttpResponse, Routes, error_response, serve_http
+
+audit = logging.getLogger("signald.audit")
+
+READY_TIMEOUT_S: Final = 2.0
+API_PREFIX: Final = "/api/"
+UPGRADE_REQUIRED: Final = (b"This is a signald WebSocket endpoint: connect with a WebSocket client "
+                           b"(see docs/protocol.md); health checks are at /healthz and /readyz.\n")
+
+Call = Callable[[HttpRequest], Awaitable[Any]]
+
+
+class HttpApi:
+    """The plain-HTTP side of one running daemon; ``api_calls``: serve ``/api/v1/...`` here."""
+
+    def __init__(self, server: Signald, *, api_calls: bool, websocket_port: bool) -> None:
+        self.server = server
+        self.config = server.hub.config
+        self.calls = ServerApi(server)
+        self._keys = tuple(key.encode() for key in self.config.api.keys)
+        self.routes = Routes(self._upgrade_required if websocket_port else self._not_found)
+        self.routes.add("GET", "/healthz", self.healthz)
+        self.routes.add("GET", "/readyz", self.readyz)
+        if api_calls:
+            calls = self.calls
+            self._call("POST", "publish", lambda r: _sync(calls.publish, decode_body(r.body, PublishBody)))
+            self._call("POST", "notify", lambda r: _sync(calls.notify, decode_body(r.body, NotifyBody)))
+            self._call("POST", "disconnect", lambda r: _sync(calls.disconnect, decode_body(r.body, DisconnectBody)))
+            self._call("POST", "kick", lambda r: _sync(calls.kick, decode_body(r.body, RoomKickData)))
+            self._call("GET", "presence", lambda r: _sync(calls.presence, decode_query(_query(r), PresenceQuery)))
+            self._call("GET", "history", lambda r: calls.history(decode_query(_query(r), ChatHistoryData)))
+            self._call("GET", "stats", lambda r: _sync(lambda _: calls.stats(), r))
+
+    async def serve(self, stream: trio.abc.Stream, initial: bytes, peer: str) -> None:
+        """Serve the plain HTTP requests of one connection (the first one's bytes in ``initial``)."""
+        await serve_http(stream, self.routes, peer=peer, initial=initial,
+                         max_body_bytes=self.config.api.max_body_bytes,
+                         idle_timeout_s=self.config.server.connect_timeout_s)
+
+    # ------------------------------------------------------------------ health
+
+    async def healthz(self, request: HttpRequest) -> HttpResponse:
+        return HttpResponse(200, _health_body(Health("ok")))
+
+    async def readyz(self, request: HttpRequest) -> HttpResponse:
+        reason = await self.not_ready()
+        if reason is None:
+            return HttpResponse(200, _health_body(Health("ok")))
+        return HttpResponse(503, _health_body(Health("unavailable", reason)))
+
+    async def not_ready(self) -> str | None:
+        """Why the daemon is not ready, or None: the history store must answer a read in time."""
+        history = self.server.hub.history
+        if history is None:
+            return "the history store is not open"
+        try:
+            with trio.move_on_after(READY_TIMEOUT_S) as scope:
+                await history.store.last_seen(["$readyz"])  # a real read, through the writer thread
+        except Exception as exc:  # any failure of the store means: not ready, and why
+            return f"the history store failed: {exc}"
+        if scope.cancelled_caught:
+            return f"the history store did not answer within {READY_TIMEOUT_S:g} s"
+        return None
+
+    # ------------------------------------------------------------------ other paths
+
+    async def _upgrade_required(self, request: HttpRequest) -> HttpResponse:
+        if request.path.startswith(API_PREFIX):
+            return await self._not_found(request)
+        return HttpResponse(426, UPGRADE_REQUIRED, "text/plain; charset=utf-8", close=True,
+                            headers=(("upgrade", "websocket"), ("sec-websocket-version", "13")))
+
+    async def _not_found(self, request: HttpRequest) -> HttpResponse:
+        if request.path.startswith(API_PREFIX) and not self._keys:
+            return error_response("NOT_FOUND", "the server API is off (no api.keys configured)")
+        if request.path.startswith(API_PREFIX) and self.config.api.port is not None:
+            return error_response("NOT_FOUND", "no such call on this port: the server API is served on api.port")
+        return error_response("NOT_FOUND", f"no such path: {request.path}")
+
+    # ------------------------------------------------------------------ the API calls
+
+    def _call(self, method: str, name: str, run: Call) -> None:
+        self.routes.add(method, f"{API_PREFIX}v1/{name}", partial(self._serve_call, name, run))
+
+    async def _serve_call(self, name: str, run: Call, request: HttpRequest) -> HttpResponse:
+        if not self._keys:
+            return await self._not_found(request)
+        if not self._authorized(request.header("authorization")):
+            response = error_response("UNAUTHORIZED", "missing or wrong API key (Authorization: Bearer <key>)",
+                                      headers=(("www-authenticate", "Bearer"),))
+        else:
+            try:
+                response = HttpResponse(200, result_body(await run(request)))
+            except SignalError as exc:
+                response = error_response(exc.code, exc.message)
+        log_event(audit, logging.INFO, "api call", call=name, status=response.status,
+                  client=client_address(request.peer, request.headers, self.config.server.trusted_proxies))
+        return response
+
+    def _authorized(self, header: str | None) -> bool:
+        scheme, _, key = (header or "").partition(" ")
+        if scheme.lower() != "bearer" or not key:
+            return False
+        given = key.strip().encode()
+        # Compare with every key, in constant time each, so timing tells nothing about any key.
+        return any([hmac.compare_digest(given, known) for known in self._keys])
+
+
+def _health_body(health: Health) -> bytes:
+    """The health answer, without the ``result`` envelope (load balancers read it as is)."""
+    return msgspec.json.encode(health)
+
+
+async def _sync(fn: Callable[[Any], Any], arg: Any) -> Any:
+    return fn(arg)
+
+
+def _query(request: HttpRequest) -> dict[str, str]:
+    # ``before=`` (empty) means "not given", as curl users write it.
+    return {key: value for key, value in request.query.items() if value != ""}
+
+
+async def serve_api_port(
+    api: HttpApi, host: str, port: int, ssl_context: ssl.SSLContext | None = None,
+    *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``api`` on ``host:port`` (``api.port``; 0 picks one) until cancelled; reports the bound port.
+
+    Resource handling: each connection's stream is closed when its requests are done; cancelling
+    this closes the listeners and every connection.
+
+    Error handling: a bind error raises before ``task_status.started``; a failing connection is
+    logged and never reaches the listener.
+    """
+    listeners: list[trio.abc.Listener[Any]] = list(await trio.open_tcp_listeners(port, host=host))
+    if ssl_context is not None:
+        listeners = [trio.SSLListener(listener, ssl_context, https_compatible=True) for listener in listeners]
+    first = listeners[0]
+    inner = first.transport_listener if isinstance(first, trio.SSLListener) else first
+    assert isinstance(inner, trio.SocketListener)
+    bound: int = inner.socket.getsockname()[1]
+
+    async def handle(stream: trio.abc.Stream) -> None:
+        try:
+            await api.serve(stream, b"", peer_address(stream))
+        except Exception:
+            audit.exception("API connection from %s failed", peer_address(stream))
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(trio.serve_listeners, handle, listeners)
+        task_status.started(bound)

@@ -1,0 +1,90 @@
+"""Log formats (text and JSON) and the helper that logs an event with its fields.
+
+:func:`log_event` logs a short message plus named fields (``user``, ``session``, ``peer``...): the
+text format appends them as ``key=value``, the JSON format writes them as fields of the object, so a
+log pipeline can filter on them without parsing the message. Both formats stamp ISO 8601 local time
+with milliseconds and the UTC offset (``2026-11-26T12:00:00.123+01:00``).
+
+Secrets (tokens, API keys) are never passed to these functions; nothing here filters them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import datetime
+from typing import Any, Final, TextIO
+
+FIELDS: Final = "signald_fields"  # the LogRecord attribute that carries an event's fields
+
+
+def log_event(logger: logging.Logger, level: int, message: str, /, **fields: Any) -> None:
+    """Log ``message`` with ``fields`` kept apart from it (see the module docstring)."""
+    if logger.isEnabledFor(level):
+        logger.log(level, message, extra={FIELDS: fields})
+
+
+def _timestamp(record: logging.LogRecord) -> str:
+    return datetime.fromtimestamp(record.created).astimezone().isoformat(timespec="milliseconds")
+
+
+def _fields(record: logging.LogRecord) -> dict[str, Any]:
+    fields = getattr(record, FIELDS, None)
+    return fields if isinstance(fields, dict) else {}
+
+
+def _text_value(value: Any) -> str:
+    text = "-" if value is None else str(value)
+    return json.dumps(text) if (not text or any(c.isspace() or c in '"=' for c in text)) else text
+
+
+class TextFormatter(logging.Formatter):
+    """``<time> <LEVEL> <logger>: <message> key=value ...`` (and the traceback)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = f"{_timestamp(record)} {record.levelname} {record.name}: {record.getMessage()}"
+        fields = _fields(record)
+        if fields:
+            line += " " + " ".join(f"{key}={_text_value(value)}" for key, value in fields.items())
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, the event's fields, traceback."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": _timestamp(record),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in _fields(record).items():
+            entry.setdefault(key, value)  # a field never hides time, level, logger or message
+        if record.exc_info:
+            entry["traceback"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def setup_logging(level: str, fmt: str, stream: TextIO | None = None) -> None:
+    """One handler on the root logger, writing ``fmt`` (``text`` or ``json``) to stderr."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def announce(logger: logging.Logger, message: str, /, **fields: Any) -> None:
+    """Write an INFO line through the root handlers whatever the level, for lines that supervisors,
+    scripts and tests wait for (``signald ready on ...``): the line takes the configured format."""
+    record = logger.makeRecord(logger.name, logging.INFO, "(signald)", 0, message, (), None,
+                               extra={FIELDS: fields})
+    handlers = logging.getLogger().handlers
+    if not handlers:  # logging not set up (an embedding program): the line still appears
+        print(TextFormatter().format(record), file=sys.stderr, flush=True)
+    for handler in handlers:
+        handler.handle(record)

@@ -1,0 +1,130 @@
+"""The wire types of the HTTP server API (docs/server-api.md): request bodies, results, errors.
+
+Bodies are decoded with msgspec into the structs below, so a bad body becomes an
+``INVALID_PAYLOAD`` error whose message names the field (``$.room``), exactly as a bad WebSocket
+frame does; where a call does what a WebSocket request does, it reuses that request's struct
+(``kick`` decodes :class:`~signald.protocol.inbound.RoomKickData`, ``history`` builds a
+:class:`~signald.protocol.inbound.ChatHistoryData`). Sans-IO: no sockets, no event loop.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Final
+
+import msgspec
+from msgspec import Meta, Struct
+
+from signald.errors import ErrorCode, SignalError
+from signald.protocol.common import Reason, RoomName, UserId
+from signald.protocol.types import APP_EVENT_PREFIX
+
+# Every error code, with the HTTP status an API call that fails with it answers.
+STATUS_OF: Final[dict[str, int]] = {
+    "BAD_REQUEST": 400,
+    "UNKNOWN_TYPE": 400,
+    "INVALID_PAYLOAD": 400,
+    "TOO_LARGE": 413,
+    "UNAUTHORIZED": 401,
+    "FORBIDDEN": 403,
+    "NOT_FOUND": 404,
+    "NOT_IN_ROOM": 404,
+    "TARGET_OFFLINE": 404,
+    "RATE_LIMITED": 429,
+    "LIMIT_EXCEEDED": 429,
+    "CONFLICT": 409,
+    "INTERNAL": 500,
+}
+
+AppType = Annotated[str, Meta(min_length=1, max_length=128, description="app.<name>")]
+
+
+def check_app_type(event_type: str) -> None:
+    """``INVALID_PAYLOAD`` unless ``event_type`` is ``app.<name>``: the other types are the protocol's."""
+    if not event_type.startswith(APP_EVENT_PREFIX) or len(event_type) <= len(APP_EVENT_PREFIX):
+        raise SignalError("INVALID_PAYLOAD", f"`$.type` must be 'app.<name>', got {event_type!r}")
+
+
+class PublishBody(Struct, forbid_unknown_fields=True):
+    """``POST /api/v1/publish``: an ``app.*`` event to every connection in ``room``."""
+
+    room: RoomName
+    type: AppType
+    data: Any = None
+    store: bool = False
+
+
+class NotifyBody(Struct, forbid_unknown_fields=True):
+    """``POST /api/v1/notify``: an ``app.*`` event to every device of ``user_id``."""
+
+    user_id: UserId
+    type: AppType
+    data: Any = None
+
+
+class DisconnectBody(Struct, forbid_unknown_fields=True):
+    """``POST /api/v1/disconnect``: ``session.revoked {reason}`` then close 4003."""
+
+    user_id: UserId
+    reason: Reason
+
+
+class PresenceQuery(Struct, forbid_unknown_fields=True):
+    """``GET /api/v1/presence?room=R``."""
+
+    room: RoomName
+
+
+class Delivered(Struct):
+    delivered: int
+
+
+class Sessions(Struct):
+    sessions: int
+
+
+class PresenceMember(Struct):
+    user_id: str
+    status: str
+    devices: list[str]
+    last_seen: str | None
+
+
+class PresenceResult(Struct):
+    members: list[PresenceMember]
+
+
+class Health(Struct, omit_defaults=True):
+    status: str
+    reason: str | None = None
+
+
+_encoder: Final = msgspec.json.Encoder()
+
+
+def result_body(result: Any) -> bytes:
+    """``{"result": ...}``."""
+    return _encoder.encode({"result": result})
+
+
+def error_body(code: ErrorCode, message: str) -> bytes:
+    """``{"error": {"code", "message"}}``."""
+    return _encoder.encode({"error": {"code": code, "message": message}})
+
+
+def decode_body(data: bytes, kind: type[Any]) -> Any:
+    """Decode a JSON body into ``kind``; ``BAD_REQUEST`` if it is not JSON, ``INVALID_PAYLOAD``
+    (naming the field) if it does not fit."""
+    try:
+        return msgspec.json.decode(data, type=kind)
+    except msgspec.ValidationError as exc:
+        raise SignalError("INVALID_PAYLOAD", str(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise SignalError("BAD_REQUEST", f"the body is not JSON: {exc}") from None
+
+
+def decode_query(query: dict[str, str], kind: type[Any]) -> Any:
+    """Build ``kind`` from query parameters (strings, converted as their fields say)."""
+    try:
+        return msgspec.convert(query, type=kind, strict=False)
+    except msgspec.ValidationError as exc:
+        raise SignalError("INVALID_PAYLOAD", str(exc)) from None

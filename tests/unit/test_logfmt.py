@@ -1,0 +1,70 @@
+"""Log formats: fields kept apart from the message, ISO time with ms and offset, the ready line."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+from collections.abc import Iterator
+
+import pytest
+
+from signald.logfmt import JsonFormatter, TextFormatter, announce, log_event, setup_logging
+
+ISO_MS_OFFSET = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d"
+
+
+@pytest.fixture
+def captured() -> Iterator[io.StringIO]:
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    stream = io.StringIO()
+    yield stream
+    root.handlers[:], _ = saved
+    root.setLevel(saved[1])
+
+
+def test_json_lines_carry_fields_as_fields(captured: io.StringIO) -> None:
+    setup_logging("info", "json", captured)
+    log_event(logging.getLogger("signald.audit"), logging.INFO, "connection opened",
+              user="alice", session="s-1", peer="203.0.113.5", message="not a field")
+    entry = json.loads(captured.getvalue())
+    assert entry["message"] == "connection opened"  # a field never hides the message
+    assert (entry["user"], entry["session"], entry["peer"]) == ("alice", "s-1", "203.0.113.5")
+    assert entry["level"] == "info" and entry["logger"] == "signald.audit"
+    assert re.fullmatch(ISO_MS_OFFSET, entry["time"])
+
+
+def test_text_lines_append_fields_as_key_value(captured: io.StringIO) -> None:
+    setup_logging("debug", "text", captured)
+    log_event(logging.getLogger("signald.rooms"), logging.DEBUG, "room joined", room="lobby", reason="a b", x=None)
+    line = captured.getvalue().strip()
+    assert re.fullmatch(ISO_MS_OFFSET + r' DEBUG signald.rooms: room joined room=lobby reason="a b" x=-', line)
+
+
+def test_below_the_level_nothing_is_built(captured: io.StringIO) -> None:
+    setup_logging("info", "text", captured)
+    log_event(logging.getLogger("signald.rooms"), logging.DEBUG, "room joined", room="lobby")
+    assert captured.getvalue() == ""
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_the_ready_line_takes_the_format_whatever_the_level(captured: io.StringIO, fmt: str) -> None:
+    setup_logging("error", fmt, captured)
+    announce(logging.getLogger("signald"), "signald ready on ws://127.0.0.1:1/", url="ws://127.0.0.1:1/")
+    line = captured.getvalue().strip()
+    assert re.search(r"signald ready on (ws://[^\s\"]+)", line)
+    if fmt == "json":
+        assert json.loads(line)["url"] == "ws://127.0.0.1:1/"
+    else:
+        assert line.endswith("url=ws://127.0.0.1:1/")
+
+
+def test_formatters_render_tracebacks() -> None:
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        record = logging.LogRecord("x", logging.ERROR, __file__, 1, "failed", (), __import__("sys").exc_info())
+    assert "RuntimeError: boom" in json.loads(JsonFormatter().format(record))["traceback"]
+    assert "RuntimeError: boom" in TextFormatter().format(record)
