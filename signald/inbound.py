@@ -7,7 +7,12 @@ through the router, and queues the single reply through the hub.
 
 Error handling: nothing a client sends ends its connection except flooding (1008); a message
 over ``limits.max_frame_bytes``, one that does not decode, or one sent too fast is answered with
-an error reply. A decoder bug costs the client an error reply, not the connection.
+an error reply. A decoder bug costs the client an error reply, not the connection. Every such
+reply carries the frame's ``id`` as ``op_id`` whenever it can be read, so a client's pending
+request always completes: a refused frame (rate limited, too large) is not decoded, only its
+``id`` is read (:func:`signald.protocol.codec.read_op_id`, one pass that builds nothing else; the
+transport already bounds the frame to ``server.max_transport_bytes`` and the flood guard the
+number of refusals).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from signald.app.context import Context
 from signald.app.hub import Hub
 from signald.app.session import CLOSE_POLICY, Session
 from signald.protocol import FrameError
+from signald.protocol.codec import read_op_id
 from signald.router import Router
 from signald.state.ratelimit import Verdict
 from signald.state.replies import error_reply
@@ -47,11 +53,13 @@ async def handle_message(hub: Hub, router: Router, session: Session, message: st
             audit.warning("close 1008 user=%s peer=%s reason=flooding", session.user_id, session.remote)
             session.close(CLOSE_POLICY, "rate limit exceeded repeatedly", flush=True, grace_s=1.0)
             return
-        hub.reply(session, error_reply(None, "RATE_LIMITED", "too many messages; slow down"))
+        op_id = read_op_id(message, msgpack=session.binary)
+        hub.reply(session, error_reply(op_id, "RATE_LIMITED", "too many messages; slow down"))
         return
     limit = hub.config.limits.max_frame_bytes
     if message_size(message) > limit:
-        hub.reply(session, error_reply(None, "TOO_LARGE", f"frame exceeds max_frame_bytes ({limit})"))
+        op_id = read_op_id(message, msgpack=session.binary)
+        hub.reply(session, error_reply(op_id, "TOO_LARGE", f"frame exceeds max_frame_bytes ({limit})"))
         return
     try:
         request = router.decode(message, binary=session.binary)
@@ -60,7 +68,8 @@ async def handle_message(hub: Hub, router: Router, session: Session, message: st
         return
     except Exception:  # a decoder bug must not cost the connection (or the server)
         log.exception("could not decode a frame from session %s", session.session_id)
-        hub.reply(session, error_reply(None, "BAD_REQUEST", "frame could not be decoded"))
+        hub.reply(session, error_reply(read_op_id(message, msgpack=session.binary), "BAD_REQUEST",
+                                       "frame could not be decoded"))
         return
     hub.on_activity(session)
     ctx = Context(hub, session)

@@ -5,6 +5,10 @@ hot path). Only when that fails does it look closer: one loose decode chooses be
 ``BAD_REQUEST``, ``UNKNOWN_TYPE`` and ``INVALID_PAYLOAD`` and reads the ``id`` to echo, and for a
 protocol type the typed decoder of that type names the field path (``$.data.room``).
 
+:func:`read_op_id` reads only the ``id`` of a frame that is refused before it is decoded (rate
+limited, too large): one pass that skips everything else without building it, so a refusal keeps
+"exactly one reply" without costing a decode.
+
 :class:`FrameDecoder` widens the union with an embedder's own tagged Structs (``app.*`` types), so
 those decode in the same single pass instead of failing first.
 """
@@ -40,6 +44,16 @@ msgpack_encoder: Final = msgspec.msgpack.Encoder()
 _DECODE_FAILURES: Final = (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError)
 
 
+class _IdOnly(Struct):
+    """A frame seen for its top-level ``id`` alone: msgspec skips every other key unbuilt."""
+
+    id: OpId = None
+
+
+_json_id: Final = msgspec.json.Decoder(_IdOnly)
+_msgpack_id: Final = msgspec.msgpack.Decoder(_IdOnly)
+
+
 class FrameError(SignalError):
     """A frame that could not be turned into a message; carries the op id if one was readable."""
 
@@ -59,8 +73,29 @@ def _readable_op_id(value: Any) -> OpId:
 _ROOM_PATTERN_TEXT: Final = re.compile(r"`str` matching regex '[^']*'")
 
 
-def _text_frame_on_msgpack() -> FrameError:
-    return FrameError("BAD_REQUEST", "this connection speaks MessagePack: send binary frames")
+def read_op_id(frame: bytes | str, *, msgpack: bool = False) -> OpId:
+    """The top-level ``id`` of ``frame`` if it can be read, else None; nothing else is decoded.
+
+    "Can be read" means what :func:`decode_frame` echoes: the frame is a JSON object (MessagePack
+    map for binary frames of a MessagePack connection; text frames are read as JSON whatever the
+    connection speaks) whose ``id`` is an integer or a string of at most 128 characters. A bool,
+    a float, an over-long string or anything else gives None, as does a frame that does not
+    decode; an ``id`` nested in ``data`` is never taken.
+
+    Cost: one msgspec pass that validates the syntax and skips every other value without
+    building it, linear in the frame's size (docs/benchmarks.md, "Reading the id of a refused
+    frame"); callers pass only frames the transport already bounded (``server.max_transport_bytes``).
+    """
+    decoder = _msgpack_id if msgpack and not isinstance(frame, str) else _json_id
+    try:
+        return decoder.decode(cast(Any, frame)).id
+    except _DECODE_FAILURES:
+        return None
+
+
+def _text_frame_on_msgpack(frame: str) -> FrameError:
+    return FrameError("BAD_REQUEST", "this connection speaks MessagePack: send binary frames",
+                      read_op_id(frame))
 
 
 def decode_frame(frame: bytes | str, *, msgpack: bool = False) -> InboundMessage:
@@ -72,7 +107,7 @@ def decode_frame(frame: bytes | str, *, msgpack: bool = False) -> InboundMessage
     """
     decoder = _msgpack_decoder if msgpack else _json_decoder
     if msgpack and isinstance(frame, str):
-        raise _text_frame_on_msgpack()
+        raise _text_frame_on_msgpack(frame)
     try:
         message: InboundMessage = decoder.decode(cast(Any, frame))  # msgspec also decodes str
         return message
@@ -101,7 +136,7 @@ class FrameDecoder:
     def decode(self, frame: bytes | str, *, msgpack: bool = False) -> Struct:
         """Decode one frame; refusals raise :class:`FrameError` as :func:`decode_frame` does."""
         if msgpack and isinstance(frame, str):
-            raise _text_frame_on_msgpack()
+            raise _text_frame_on_msgpack(frame)
         try:
             return (self._msgpack if msgpack else self._json).decode(cast(Any, frame))
         except _DECODE_FAILURES as exc:

@@ -639,6 +639,6 @@ async def test_an_sdp_over_the_frame_limit_is_too_large_and_does_not_ring(
                                                                        "sdp": huge}})
         with trio.fail_after(5):
             error = await alice.next_event("error")
-        assert (error["data"]["code"], error["data"]["op_id"]) == ("TOO_LARGE", None)
+        assert (error["data"]["code"], error["data"]["op_id"]) == ("TOO_LARGE", "big")
         assert await call_events(bob) == []
         assert len(server.hub.calls) == 0

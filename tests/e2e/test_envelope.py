@@ -199,10 +199,10 @@ async def test_frame_at_the_size_limit_is_carried_out(small: RunningServer) -> N
         assert (pong["type"], pong["data"]["op_id"]) == ("presence.pong", "edge")
 
 
-async def test_frame_over_the_size_limit_is_too_large_without_op_id(small: RunningServer) -> None:
+async def test_frame_over_the_size_limit_is_too_large_with_its_op_id(small: RunningServer) -> None:
     async with connect(small.url, user="alice") as c:
         error = await error_for(c, padded_ping(1001, op_id="over"))
-        assert (error["code"], error["op_id"]) == ("TOO_LARGE", None)
+        assert (error["code"], error["op_id"]) == ("TOO_LARGE", "over")
 
 
 async def test_frame_size_counts_utf8_bytes_not_characters(small: RunningServer) -> None:
@@ -347,16 +347,18 @@ async def test_json_and_msgpack_clients_share_a_room(server: RunningServer) -> N
 
 
 
-@pytest.mark.parametrize("frame", [
-    pytest.param('{"type": "presence.ping", "id": "t"}', id="text-frame"),
-    pytest.param(b"\xa1\x80", id="bad-utf8-str"),
+@pytest.mark.parametrize(("frame", "op_id"), [
+    pytest.param('{"type": "presence.ping", "id": "t"}', "t", id="text-frame"),  # JSON text: its id is readable
+    pytest.param(b"\xa1\x80", None, id="bad-utf8-str"),
 ])
-async def test_undecodable_frame_on_a_msgpack_connection_is_bad_request(tmp_path: Path, frame: str | bytes) -> None:
+async def test_undecodable_frame_on_a_msgpack_connection_is_bad_request(
+    tmp_path: Path, frame: str | bytes, op_id: str | None
+) -> None:
     async with trio.open_nursery() as nursery:  # a decoder crash once took the server down: own nursery
         server = await start_server(nursery, make_config(tmp_path))
         async with connect(server.url, user="alice", msgpack=True) as c:
             error = await error_for(c, frame)
-            assert (error["code"], error["op_id"]) == ("BAD_REQUEST", None)
+            assert (error["code"], error["op_id"]) == ("BAD_REQUEST", op_id)
         nursery.cancel_scope.cancel()
 
 

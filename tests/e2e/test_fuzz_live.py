@@ -163,7 +163,7 @@ def finish(message: Any, rng: random.Random, serial: int, *, bad_ids: bool = Tru
     text = encode(message)
     oversize = len(text.encode()) > FRAME_LIMIT
     kind = message.get("type") if isinstance(message, dict) else None
-    return Frame(text, None if oversize else op_id, kind if isinstance(kind, str) else None, oversize)
+    return Frame(text, op_id, kind if isinstance(kind, str) else None, oversize)
 
 
 def mutate(message: dict[str, Any], rng: random.Random) -> dict[str, Any]:
@@ -267,8 +267,10 @@ async def exercise(server: RunningServer, frames_for: Callable[[dict[str, str]],
         assert per_id[None] <= sum(f.op_id is None for f in frames)
         errors = [r["data"] for r in replies if r["type"] == "error"]
         assert [e for e in errors if set(e) != {"op_id", "code", "message"} or e["code"] not in ERROR_CODES] == []
-        too_large = [e for e in errors if (e["code"], e["op_id"]) == ("TOO_LARGE", None)]
-        assert len(too_large) == sum(f.oversize for f in frames)  # one each, not parsed, so no op_id
+        oversize = [f for f in frames if f.oversize]
+        too_large = Counter(e["op_id"] for e in errors if e["code"] == "TOO_LARGE")
+        assert all(too_large[f.op_id] == 1 for f in oversize if f.op_id is not None)  # its id read, nothing else
+        assert too_large[None] == sum(f.op_id is None for f in oversize)
 
         kinds = {f.op_id: f.kind for f in frames if f.op_id is not None}
         acked = Counter(kinds[r["data"]["op_id"]] for r in replies if r["type"] == "ack")

@@ -1,0 +1,91 @@
+"""``read_op_id``: the ``id`` of a refused frame, read without decoding the rest of it.
+
+It must agree with what :func:`decode_frame` echoes in ``op_id`` (an integer or a string of at most
+128 characters, at the top level only), and give None for anything else rather than raise.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import msgspec
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from signald.protocol import FrameError, decode_frame
+from signald.protocol.codec import read_op_id
+
+READABLE: list[Any] = [0, -1, 7, 2**63 - 1, "", "c-17", "é" * 128, "x" * 128]
+UNREADABLE: list[Any] = [True, False, None, 1.5, -0.0, [], ["x"], {"x": 1}, "x" * 129, "é" * 129]
+
+
+@pytest.mark.parametrize("op_id", READABLE)
+@pytest.mark.parametrize("msgpack", [False, True])
+def test_a_top_level_id_is_read(op_id: Any, msgpack: bool) -> None:
+    message = {"type": "chat.send", "data": {"scope": "lobby", "body": "x" * 100}, "id": op_id}
+    frame = msgspec.msgpack.encode(message) if msgpack else json.dumps(message)
+    assert read_op_id(frame, msgpack=msgpack) == op_id
+
+
+@pytest.mark.parametrize("op_id", UNREADABLE)
+@pytest.mark.parametrize("msgpack", [False, True])
+def test_an_id_that_decode_frame_would_not_echo_gives_none(op_id: Any, msgpack: bool) -> None:
+    message = {"type": "presence.ping", "id": op_id}
+    frame = msgspec.msgpack.encode(message) if msgpack else json.dumps(message)
+    assert read_op_id(frame, msgpack=msgpack) is None
+
+
+@pytest.mark.parametrize("msgpack", [False, True])
+def test_an_id_nested_in_data_is_never_taken(msgpack: bool) -> None:
+    message = {"type": "chat.send", "data": {"id": "inner", "scope": "lobby", "body": "b"}}
+    frame = msgspec.msgpack.encode(message) if msgpack else json.dumps(message)
+    assert read_op_id(frame, msgpack=msgpack) is None
+    assert read_op_id(json.dumps([{"id": "in-an-array"}])) is None
+
+
+@pytest.mark.parametrize("frame", [
+    "", "{", '{"id": "a"', '{"id": "a"} trailing', "null", "42", '"id"', "[]", b"\xff\xfe", b'{"id": "\xff"}',
+])
+def test_a_frame_that_does_not_decode_gives_none(frame: str | bytes) -> None:
+    assert read_op_id(frame) is None
+
+
+def test_the_id_is_read_whatever_comes_before_or_after_it() -> None:
+    frame = json.dumps({"type": "x", "data": {"deep": [[[{"id": 1}]]], "pad": "y" * 70_000}, "id": "late"})
+    assert read_op_id(frame) == "late"
+    assert read_op_id(frame.encode()) == "late"  # a binary frame of a JSON connection is JSON too
+
+
+def test_a_text_frame_of_a_msgpack_connection_is_read_as_json() -> None:
+    assert read_op_id('{"id": "t"}', msgpack=True) == "t"
+    assert read_op_id(b'{"id": "t"}', msgpack=True) is None  # bytes are MessagePack there, and these are not
+    assert read_op_id(msgspec.msgpack.encode({"id": "m"}), msgpack=False) is None
+
+
+def test_the_last_of_duplicate_ids_wins_as_in_decode_frame() -> None:
+    frame = '{"type": "nope", "id": "first", "id": "second"}'
+    with pytest.raises(FrameError) as refused:
+        decode_frame(frame)
+    assert read_op_id(frame) == refused.value.op_id == "second"
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=140),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+    max_leaves=8)
+
+
+@given(st.dictionaries(st.text(max_size=4), JSON_VALUES, max_size=4), JSON_VALUES,
+       st.sampled_from(["room.explode", "presence.ping", 5]))
+def test_read_op_id_agrees_with_what_decode_frame_echoes(message: dict[str, Any], op_id: Any, kind: Any) -> None:
+    message.update(type=kind, id=op_id)
+    frame = json.dumps(message)
+    try:
+        decode_frame(frame)
+    except FrameError as exc:
+        assert read_op_id(frame) == exc.op_id
+    else:
+        assert read_op_id(frame) == op_id
