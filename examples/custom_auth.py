@@ -2,7 +2,9 @@
 
 Run:  python examples/custom_auth.py
 An authenticator is any callable that takes the handshake (path, headers, query, peer address)
-and returns an ``Identity`` or raises ``AuthRefused`` (the handshake then gets that HTTP status).
+and returns an ``Identity`` or raises ``AuthRefused``: the client then gets one ``error`` frame
+and close code 4401 (4403 for status 403, 4429 for 429), or that HTTP status with
+``server.refusals = "http"``.
 An ``on_connect`` hook of the embedding API sees each session the authenticator let in.
 """
 
@@ -11,9 +13,8 @@ from __future__ import annotations
 import sys
 
 import trio
-from trio_websocket import ConnectionRejected
-
 from signald import AuthRefused, HandshakeRequest, Identity, connect, load_config, serve_signald
+from signald.client import Refused
 
 API_KEYS = {"k-alice-123": Identity("alice", roles=frozenset({"mod"})), "k-bob-456": Identity("bob")}
 
@@ -38,8 +39,8 @@ async def run() -> None:
         try:
             async with connect(server.url + "?key=wrong"):
                 pass
-        except ConnectionRejected as exc:
-            print(f"a wrong key is refused with HTTP {exc.status_code}")
+        except Refused as exc:
+            print(f"a wrong key is refused with close code {exc.close_code} ({exc.code}: {exc.message})")
         nursery.cancel_scope.cancel()
 
 

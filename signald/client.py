@@ -11,10 +11,14 @@ event for :meth:`SignaldClient.next_event`.
 
 Error handling: :meth:`request` raises :class:`signald.errors.SignalError` with the server's
 code when the reply is ``error``; a closed connection raises ``trio_websocket.ConnectionClosed``.
+A connection the server refuses raises from :func:`connect`: :class:`Refused` (its one ``error``
+frame and close code 4401 / 4403 / 4429) or ``trio_websocket.ConnectionRejected`` (HTTP status,
+``server.refusals = "http"`` or a subprotocol mismatch).
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 from collections.abc import AsyncIterator
@@ -30,6 +34,19 @@ from signald.errors import SignalError
 from signald.protocol import SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK
 
 REPLY_TYPES = frozenset({"ack", "error", "presence.pong"})
+
+
+class Refused(SignalError):
+    """The server completed the handshake only to refuse the connection (instead of ``welcome``).
+
+    ``code`` is the error code (``UNAUTHORIZED``, ``FORBIDDEN``, ``RATE_LIMITED``), ``close_code``
+    the close code that followed (4401, 4403, 4429), ``retry_after_s`` how long to wait (4429).
+    """
+
+    def __init__(self, data: dict[str, Any], close_code: int | None) -> None:
+        super().__init__(data["code"], data["message"])
+        self.close_code = close_code
+        self.retry_after_s: float | None = data.get("retry_after_s")
 
 
 class SignaldClient:
@@ -160,6 +177,10 @@ async def connect(
     ) as ws:
         client = SignaldClient(ws, binary=msgpack)
         client.welcome = client._decode(await ws.get_message())
+        if client.welcome.get("type") == "error":  # refused: the close follows the one error frame
+            with contextlib.suppress(ConnectionClosed):
+                await ws.get_message()
+            raise Refused(client.welcome["data"], ws.closed.code if ws.closed is not None else None)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(client._read)
             try:

@@ -74,6 +74,9 @@ class ServerConfig:
     shutdown_timeout_s: float = field(default=3.0, validator=_positive)
     new_connections_per_ip_per_s: float = field(default=50.0, validator=_non_negative)
     metrics_port: int | None = None
+    # How a refused handshake is answered (signald.state.refusals): "close" completes it, sends one
+    # error frame and closes with 4401/4403/4429, which browsers can see; "http" answers 401/403/429.
+    refusals: Literal["close", "http"] = "close"
 
 
 @frozen

@@ -1,9 +1,14 @@
 """``serve_signald``: listen, vet each handshake, and run one connection nursery per client.
 
-Handshake checks, in order, each refusing with an HTTP status before any WebSocket frame:
-per-IP connection rate (429), ``Origin`` allowlist (403), subprotocol (400 when the client
-offers only subprotocols that are not ours), authentication (401), connections per user (429).
-Every refusal is logged on ``signald.audit`` with the peer address and reason, never the token.
+Handshake checks, in order: subprotocol (HTTP 400 when the client offers only subprotocols that
+are not ours), new connections per address (RATE_LIMITED; every handshake counts, refused or not),
+``Origin`` allowlist (FORBIDDEN), authentication (UNAUTHORIZED), connections per user
+(RATE_LIMITED). How a refusal is answered is decided by :func:`signald.state.refusals.decide`
+(``server.refusals``): by default the handshake completes, one ``error`` frame goes out and the
+connection closes with 4401 / 4403 / 4429, so that a browser can see why; with ``"http"`` it is
+HTTP 401 / 403 / 429. A refused connection never reaches the hub: no ``welcome``, no presence, not
+counted as connected. Every refusal is logged on ``signald.audit`` with the peer address and
+reason, never the token, and counted in ``signald_refusals_total{cause}``.
 """
 
 from __future__ import annotations
@@ -34,16 +39,20 @@ from signald.config import Config
 from signald.delivery.frames import Frame
 from signald.handlers import default_router
 from signald.inbound import handle_message
+from signald.logfmt import log_event
 from signald.protocol import (
     PROTOCOL_VERSION,
     SUBPROTOCOL_JSON,
     SUBPROTOCOL_MSGPACK,
     Welcome,
     WelcomeData,
+    json_encoder,
+    msgpack_encoder,
 )
 from signald.router import Router
 from signald.state.proxies import client_address
 from signald.state.ratelimit import ConnectionRateLimiter, FloodGuard
+from signald.state.refusals import Cause, Refusal, cause_of_status, decide
 from signald.timefmt import iso_utc
 from signald.transport.connection import run_connection
 from signald.transport.handshake import Handshake, peer_address
@@ -54,6 +63,7 @@ audit = logging.getLogger("signald.audit")
 
 OUR_SUBPROTOCOLS = (SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK)
 SHUTDOWN_CLOSE_WAIT_S = 0.5
+REFUSAL_WAIT_S = 2.0  # the most a refused handshake may take to answer (and, in "close" mode, to close)
 RESERVED_USER_PREFIX = "$"  # "$system" writes the call log; no client may be it
 
 
@@ -201,10 +211,25 @@ def _choose_subprotocol(offered: tuple[str, ...]) -> tuple[bool, str | None, boo
     return not offered, None, False
 
 
-async def _refuse(handshake: Handshake, status: int, reason: str, peer: str, user: str = "-") -> None:
-    audit.warning("refused status=%d user=%s peer=%s reason=%s", status, user, peer, reason)
-    with trio.move_on_after(5):
-        await handshake.reject(status, reason.encode() + b"\n")
+async def _refuse(
+    hub: Hub, handshake: Handshake, refusal: Refusal, peer: str, *, user: str = "-", subprotocol: str | None = None,
+    binary: bool = False,
+) -> None:
+    """Carry out ``refusal``: audit it, count it, then answer within :data:`REFUSAL_WAIT_S`.
+
+    Resource handling: a peer that does not read, or never sends its close reply, is given up on
+    when the wait runs out; the caller closes the stream.
+    """
+    log_event(audit, logging.WARNING, "connection refused", cause=refusal.cause.value, status=refusal.http_status,
+              close_code=refusal.close_code, user=user, peer=peer, reason=refusal.message)
+    hub.metrics.refusals_by[refusal.cause.value].inc()
+    with trio.move_on_after(REFUSAL_WAIT_S):
+        if refusal.close_code is None:
+            await handshake.reject(refusal.http_status, refusal.message.encode() + b"\n", headers=refusal.headers())
+            return
+        error = refusal.error()
+        frame = msgpack_encoder.encode(error) if binary else json_encoder.encode(error).decode()
+        await handshake.refuse_with_close(subprotocol, frame, refusal.close_code, refusal.message)
 
 
 @attrs.frozen
@@ -250,22 +275,27 @@ async def _serve_client(serving: _Serving, stream: trio.abc.Stream) -> None:
         headers=tuple((k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in request.headers),
         remote=peer,
     )
-    if per_ip is not None and not per_ip.allow(peer, trio.current_time()):
-        return await _refuse(handshake, 429, "too many new connections from this address", peer)
-    if not origin_allowed(handshake_request.header("origin"), config.server.allowed_origins):
-        return await _refuse(handshake, 403, "origin not allowed", peer)
+    now, mode = trio.current_time(), config.server.refusals
+    address_allowed = per_ip is None or per_ip.allow(peer, now)  # counted whatever happens next
     acceptable, subprotocol, binary = _choose_subprotocol(request.subprotocols)
+    refuse = partial(_refuse, hub, handshake, peer=peer, subprotocol=subprotocol, binary=binary)
     if not acceptable:
-        return await _refuse(handshake, 400, f"unsupported subprotocol; use {SUBPROTOCOL_JSON}", peer)
+        return await refuse(decide(Cause.SUBPROTOCOL, mode, f"unsupported subprotocol; use {SUBPROTOCOL_JSON}"))
+    if not address_allowed:
+        assert per_ip is not None
+        return await refuse(decide(Cause.RATE_LIMITED_ADDRESS, mode, "too many new connections from this address",
+                                   retry_after_s=per_ip.retry_after_s(peer, now)))
+    if not origin_allowed(handshake_request.header("origin"), config.server.allowed_origins):
+        return await refuse(decide(Cause.FORBIDDEN, mode, "origin not allowed"))
     try:
         identity = authenticate(handshake_request)
         if identity.user_id.startswith(RESERVED_USER_PREFIX):
             raise AuthRefused(401, "reserved user id")
     except AuthRefused as exc:
-        return await _refuse(handshake, exc.status, exc.reason, peer)
+        return await refuse(decide(cause_of_status(exc.status), mode, exc.reason, http_status=exc.status))
     user = identity.user_id
     if hub.connection_count(user) + hub.handshaking.get(user, 0) >= config.limits.max_connections_per_user:
-        return await _refuse(handshake, 429, "too many connections for this user", peer, user)
+        return await refuse(decide(Cause.RATE_LIMITED_USER, mode, "too many connections for this user"), user=user)
     del request, handshake_request  # the headers are not kept for the connection's lifetime
     hub.handshaking[user] = hub.handshaking.get(user, 0) + 1  # hold the slot while we answer
     try:

@@ -100,7 +100,7 @@ class _ByLabel:
 class Metrics:
     """The daemon's counters and histograms, on a registry of its own.
 
-    The ``*_by`` attributes give a labelled counter's child for a label value (type, code).
+    The ``*_by`` attributes give a labelled counter's child for a label value (type, code, cause).
     """
 
     def __init__(self) -> None:
@@ -114,6 +114,9 @@ class Metrics:
         self.errors = Counter("signald_errors", "Error replies by code", ["code"], registry=self.registry)
         self.closes = Counter("signald_closes", "Connections closed by the server, by close code", ["code"],
                               registry=self.registry)
+        self.refusals = Counter("signald_refusals",
+                                "Handshakes refused, by cause (unauthorized, forbidden, rate_limited_address, "
+                                "rate_limited_user, subprotocol)", ["cause"], registry=self.registry)
         self.coalesced = Counter("signald_send_queue_coalesced",
                                  "Ephemeral frames dropped because a newer one superseded them",
                                  registry=self.registry)
@@ -125,6 +128,7 @@ class Metrics:
         self.messages_in_by = _ByLabel(self.messages_in)
         self.messages_out_by = _ByLabel(self.messages_out)
         self.errors_by = _ByLabel(self.errors)
+        self.refusals_by = _ByLabel(self.refusals)
         self._server: Any = None
         self._thread: threading.Thread | None = None
 

@@ -22,6 +22,8 @@ Nothing here reads a clock: every call takes ``now`` in seconds from one monoton
   last ``burst / per_ip_per_s`` seconds are remembered; (2) a hard cap ``max_tracked`` (default
   65,536) drops the least recently used address when exceeded — under a flood from more addresses
   than that, a dropped address starts afresh (lenient, never wrongly strict).
+  :meth:`ConnectionRateLimiter.retry_after_s` says when a refused address gets its next token
+  (the ``retry_after_s`` of its refusal).
 """
 
 from __future__ import annotations
@@ -64,6 +66,11 @@ class TokenBucket:
 
     def is_full(self, now: float) -> bool:
         return self.tokens(now) >= self._burst - _EPSILON
+
+    def wait_s(self, now: float) -> float:
+        """Seconds from ``now`` until a token is available (0 if one is)."""
+        missing = 1.0 - self.tokens(now)
+        return 0.0 if missing <= _EPSILON else missing / self._rate
 
     def allow(self, now: float) -> bool:
         """Take one token if available; True when the action may proceed."""
@@ -164,6 +171,11 @@ class ConnectionRateLimiter:
         while len(self._buckets) > self._max_tracked:
             del self._buckets[next(iter(self._buckets))]
         return allowed
+
+    def retry_after_s(self, ip: str, now: float) -> float:
+        """Seconds from ``now`` until ``ip`` may connect again (0 if it may now); counts nothing."""
+        bucket = self._buckets.get(client_key(ip))
+        return 0.0 if bucket is None else bucket.wait_s(now)
 
     def _forget_idle(self, now: float) -> None:
         buckets = self._buckets

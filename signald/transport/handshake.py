@@ -1,9 +1,10 @@
 """The HTTP/1.1 upgrade of one accepted stream, on wsproto's :class:`H11Handshake`.
 
 The server reads the client's upgrade request (:meth:`Handshake.read_request`), vets it, then
-either refuses it with an HTTP status (:meth:`Handshake.reject`) or answers ``101 Switching
-Protocols`` (:meth:`Handshake.accept`), which hands back the wsproto connection that carries the
-WebSocket frames from then on (:class:`signald.transport.websocket.ServerWebSocket`).
+either refuses it with an HTTP status (:meth:`Handshake.reject`), refuses it where a browser can
+see why (:meth:`Handshake.refuse_with_close`: the upgrade, one message, a close code), or answers
+``101 Switching Protocols`` (:meth:`Handshake.accept`), which hands back the wsproto connection that
+carries the WebSocket frames from then on (:class:`signald.transport.websocket.ServerWebSocket`).
 """
 
 from __future__ import annotations
@@ -14,11 +15,23 @@ from typing import Final
 import attrs
 import trio
 from wsproto.connection import Connection, ConnectionType
-from wsproto.events import AcceptConnection, RejectConnection, RejectData, Request
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    RejectConnection,
+    RejectData,
+    Request,
+    TextMessage,
+)
 from wsproto.handshake import H11Handshake
 from wsproto.utilities import RemoteProtocolError
 
+from signald.transport.framing import fit_close_reason
+
 RECEIVE_BYTES: Final = 16384
+#: What a refused peer may send after the upgrade before its close reply; beyond it we stop waiting.
+REFUSED_READ_BYTES: Final = 65536
 
 
 @attrs.frozen
@@ -91,12 +104,45 @@ class Handshake:
                     await self._send(self._h11.send(exc.event_hint))
                 return None
 
-    async def reject(self, status: int, body: bytes, content_type: bytes = b"text/plain") -> None:
-        """Refuse the upgrade with an HTTP status and a short body."""
-        headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
-        data = self._h11.send(RejectConnection(status_code=status, headers=headers, has_body=True))
+    async def reject(
+        self, status: int, body: bytes, content_type: bytes = b"text/plain",
+        headers: tuple[tuple[bytes, bytes], ...] = (),
+    ) -> None:
+        """Refuse the upgrade with an HTTP status, a short body and any extra ``headers`` (``Retry-After``)."""
+        fields = [(b"content-type", content_type), (b"content-length", str(len(body)).encode()), *headers]
+        data = self._h11.send(RejectConnection(status_code=status, headers=fields, has_body=True))
         data += self._h11.send(RejectData(data=body))
         await self._send(data)
+
+    async def refuse_with_close(self, subprotocol: str | None, message: str | bytes, code: int, reason: str) -> None:
+        """Complete the upgrade, send ``message`` (text or binary) and a close frame with ``code``.
+
+        The three go out in one write; then the peer's close reply is awaited, so that a peer that
+        reads gets the message and the code rather than a TCP reset over unread data.
+
+        Resource handling: costs one handshake. Whatever the peer sends before its close reply is
+        read and dropped, at most :data:`REFUSED_READ_BYTES` of it; the caller bounds the time (a
+        peer that never reads or never replies is left behind when it runs out) and closes the stream.
+        """
+        data = self._h11.send(AcceptConnection(subprotocol=subprotocol))
+        conn = self._h11.connection
+        assert conn is not None
+        del self._h11
+        data += conn.send(TextMessage(data=message) if isinstance(message, str) else BytesMessage(data=message))
+        data += conn.send(CloseConnection(code=code, reason=fit_close_reason(reason)))
+        await self._send(data)
+        budget = REFUSED_READ_BYTES
+        while budget > 0:
+            try:
+                received = await receive_bytes(self.stream)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return
+            if not received:
+                return
+            budget -= len(received)
+            conn.receive_data(received)
+            if any(isinstance(event, CloseConnection) for event in conn.events()):  # a protocol error is one too
+                return
 
     async def accept(self, subprotocol: str | None) -> Connection:
         """Answer ``101 Switching Protocols``; the returned connection carries the frames."""

@@ -75,4 +75,4 @@ def test_custom_authenticator_example_runs() -> None:
                           text=True, timeout=60, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     assert "connected as alice with roles ['mod']" in done.stdout
-    assert "a wrong key is refused with HTTP 401" in done.stdout
+    assert "a wrong key is refused with close code 4401 (UNAUTHORIZED: unknown API key)" in done.stdout

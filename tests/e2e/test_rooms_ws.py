@@ -19,7 +19,7 @@ import trio_websocket
 from conftest import clients, make_config, start_server, time_flies
 from trio.testing import MockClock
 
-from signald.client import SignaldClient, connect
+from signald.client import Refused, SignaldClient, connect
 from signald.server import RunningServer
 
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
@@ -286,10 +286,10 @@ async def test_max_rooms_per_connection(nursery: trio.Nursery, tmp_path: Path) -
 async def test_max_connections_per_user_refuses_the_handshake(nursery: trio.Nursery, tmp_path: Path) -> None:
     server = await serve(nursery, tmp_path, limits={"max_connections_per_user": 2})
     async with clients(server, "alice", "alice", "bob"):
-        with pytest.raises(trio_websocket.ConnectionRejected) as refused:
+        with pytest.raises(Refused) as refused:
             async with connect(server.url, user="alice"):
                 pass  # pragma: no cover
-        assert refused.value.status_code == 429
+        assert (refused.value.close_code, refused.value.code) == (4429, "RATE_LIMITED")
     await wait_until_gone(server, "alice")
     async with clients(server, "alice", "alice") as (a1, _):
         assert a1.user_id == "alice"

@@ -31,7 +31,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from trio.testing import MockClock
 
-from signald.client import SignaldClient, connect
+from signald.client import Refused, SignaldClient, connect
+from signald.logfmt import FIELDS
 from signald.server import RunningServer
 from signald.timefmt import iso_utc
 
@@ -81,16 +82,14 @@ def bearer(token: str) -> list[tuple[bytes, bytes]]:
     return [(b"Authorization", f"Bearer {token}".encode())]
 
 
-async def refusal(url: str, **kwargs: Any) -> trio_websocket.ConnectionRejected:
-    """Connect and expect the handshake to be refused; return the HTTP rejection."""
-    with trio.fail_after(5), pytest.raises(trio_websocket.ConnectionRejected) as refused:
+async def refusal(url: str, **kwargs: Any) -> Refused:
+    """Connect and expect a refusal as browsers see it (``server.refusals = "close"``, the default):
+    the one ``error`` frame instead of ``welcome``, then the close code. tests/e2e/test_refusals.py
+    covers the HTTP statuses of ``"http"``."""
+    with trio.fail_after(5), pytest.raises(Refused) as refused:
         async with connect(url, **kwargs):
-            pass  # pragma: no cover - the handshake must fail
+            pass  # pragma: no cover - the connection must be refused
     return refused.value
-
-
-def body_of(rejection: trio_websocket.ConnectionRejected) -> str:
-    return (rejection.body or b"").decode()
 
 
 async def join(c: SignaldClient, room: str = "lobby") -> dict[str, Any]:
@@ -174,7 +173,7 @@ async def test_bearer_header_wins_over_the_query_token(jwt_server: RunningServer
     async with connect(jwt_server.url, token="garbage", extra_headers=bearer(header_token)) as c:
         assert c.user_id == "alice"
     rejection = await refusal(jwt_server.url, token=make_token("bob", aud=AUDIENCE), extra_headers=bearer("garbage"))
-    assert rejection.status_code == 401
+    assert (rejection.close_code, rejection.code) == (4401, "UNAUTHORIZED")
 
 
 def _no_sub() -> str:
@@ -182,7 +181,7 @@ def _no_sub() -> str:
 
 
 REFUSED_TOKENS: list[tuple[str, Callable[[], str | None], str]] = [
-    # (id, token factory, the reason in the 401 body)
+    # (id, token factory, the reason in the error frame (the 401 body in "http" mode))
     ("expired", lambda: make_token(ttl=-3600, aud=AUDIENCE), "token expired"),
     ("wrong-signature", lambda: make_token(key=OTHER_SECRET, aud=AUDIENCE), "bad signature"),
     ("missing-sub", _no_sub, "missing sub"),
@@ -205,7 +204,7 @@ REFUSED_TOKENS: list[tuple[str, Callable[[], str | None], str]] = [
     for name, factory, reason in REFUSED_TOKENS
     for via in ("query", "header") if via == "query" or name not in ("empty", "missing")
 ])
-async def test_bad_token_is_refused_with_401_and_a_short_reason_without_the_token(
+async def test_bad_token_is_refused_with_4401_and_a_short_reason_without_the_token(
     jwt_server: RunningServer, factory: Callable[[], str | None], reason: str, via: str
 ) -> None:
     token = factory()
@@ -214,9 +213,9 @@ async def test_bad_token_is_refused_with_401_and_a_short_reason_without_the_toke
     else:
         assert token
         rejection = await refusal(jwt_server.url, extra_headers=bearer(token))
-    assert rejection.status_code == 401
-    body = body_of(rejection)
-    assert body.strip() == reason
+    assert (rejection.close_code, rejection.code, rejection.retry_after_s) == (4401, "UNAUTHORIZED", None)
+    body = rejection.message
+    assert body == reason
     assert len(body) < 80
     if token:
         assert token not in body
@@ -252,14 +251,14 @@ async def test_public_key_algorithms_accept_their_tokens_and_refuse_forgeries(
 
     other = make_token("carol", key=signing_keys[f"{algorithm}-other"], algorithm=algorithm)
     wrong_key = await refusal(server.url, token=other)
-    assert (wrong_key.status_code, body_of(wrong_key).strip()) == (401, "bad signature")
+    assert (wrong_key.close_code, wrong_key.message) == (4401, "bad signature")
 
     # Algorithm confusion: an HS256 token "signed" with the public key as the HMAC secret.
     confused = forged_hs256({"sub": "carol", "exp": int(time.time()) + 3600}, public_pem)
     refused = await refusal(server.url, extra_headers=bearer(confused))
-    assert refused.status_code == 401
+    assert refused.close_code == 4401
     hs = await refusal(server.url, token=make_token("carol"))
-    assert hs.status_code == 401
+    assert hs.close_code == 4401
     assert server.hub.sessions == {}
 
 
@@ -550,9 +549,9 @@ async def origin_server(nursery: trio.Nursery, tmp_path: Path) -> RunningServer:
 
 @pytest.mark.parametrize("origin", ["https://evil.example", "http://app.example", "https://app.example.evil.com",
                                     "null"])
-async def test_handshake_from_a_foreign_origin_is_refused_with_403(origin_server: RunningServer, origin: str) -> None:
+async def test_handshake_from_a_foreign_origin_is_refused_with_4403(origin_server: RunningServer, origin: str) -> None:
     rejection = await refusal(origin_server.url, user="alice", extra_headers=[(b"Origin", origin.encode())])
-    assert rejection.status_code == 403
+    assert (rejection.close_code, rejection.code) == (4403, "FORBIDDEN")
     assert origin_server.hub.sessions == {}
 
 
@@ -570,11 +569,11 @@ async def test_handshake_without_origin_connects_when_origins_are_restricted(ori
 # --------------------------------------------------------------------------- connection limits
 
 
-async def test_connections_per_user_beyond_the_limit_get_429(nursery: trio.Nursery, tmp_path: Path) -> None:
+async def test_connections_per_user_beyond_the_limit_get_4429(nursery: trio.Nursery, tmp_path: Path) -> None:
     server = await serve(nursery, tmp_path, limits={"max_connections_per_user": 2})
     async with clients(server, "alice", "alice", "bob", "bob") as (a1, _a2, _b1, _b2):
         rejection = await refusal(server.url, user="alice")
-        assert rejection.status_code == 429
+        assert (rejection.close_code, rejection.code) == (4429, "RATE_LIMITED")
         assert server.hub.connection_count("alice") == 2
         await a1.ws.aclose()
         await wait_for_count(server, "alice", 1)
@@ -595,8 +594,9 @@ async def test_concurrent_handshakes_cannot_exceed_the_connections_per_user_limi
             async with connect(server.url, user="alice") as c:
                 accepted.append(c.session_id)
                 await hold.wait()
-        except trio_websocket.ConnectionRejected as exc:
-            refused.append(exc.status_code)
+        except Refused as exc:
+            assert exc.close_code is not None
+            refused.append(exc.close_code)
 
     async with trio.open_nursery() as attempts:
         for _ in range(6):
@@ -606,22 +606,22 @@ async def test_concurrent_handshakes_cannot_exceed_the_connections_per_user_limi
                 await trio.sleep(0.01)
         count = server.hub.connection_count("alice")
         hold.set()
-    assert (len(accepted), refused, count) == (1, [429] * 5, 1)
+    assert (len(accepted), refused, count) == (1, [4429] * 5, 1)
 
 
-async def test_rapid_new_connections_from_one_address_beyond_the_burst_get_429(
+async def test_rapid_new_connections_from_one_address_beyond_the_burst_get_4429(
     frozen_clock: MockClock, nursery: trio.Nursery, tmp_path: Path
 ) -> None:
     server = await serve(nursery, tmp_path, server={"new_connections_per_ip_per_s": 2})
     async with clients(server, "u1", "u2") as _:
         for user in ("u3", "u4"):
             rejection = await refusal(server.url, user=user)
-            assert rejection.status_code == 429
+            assert (rejection.close_code, rejection.retry_after_s) == (4429, 0.5)  # the clock stands still
         with time_flies(frozen_clock):
             await trio.sleep(0.5)  # one connection's worth of refill
         async with connect(server.url, user="u5") as c:
             assert c.user_id == "u5"
-        assert (await refusal(server.url, user="u6")).status_code == 429
+        assert (await refusal(server.url, user="u6")).close_code == 4429
 
 
 # --------------------------------------------------------------------------- TLS
@@ -745,15 +745,16 @@ async def test_refused_handshake_is_audited_with_status_peer_and_reason_but_not_
     caplog.set_level(logging.DEBUG, logger="signald")
     expired = make_token("alice", ttl=-3600, aud=AUDIENCE)
     forged = make_token("alice", key=OTHER_SECRET, aud=AUDIENCE)
-    assert (await refusal(jwt_server.url, token=expired)).status_code == 401
-    assert (await refusal(jwt_server.url, extra_headers=bearer(forged))).status_code == 401
-    lines = [r.getMessage() for r in caplog.records if r.name == "signald.audit" and "401" in r.getMessage()]
+    assert (await refusal(jwt_server.url, token=expired)).close_code == 4401
+    assert (await refusal(jwt_server.url, extra_headers=bearer(forged))).close_code == 4401
+    lines = [getattr(r, FIELDS) for r in caplog.records if r.name == "signald.audit" and hasattr(r, FIELDS)
+             and r.getMessage() == "connection refused"]
     assert len(lines) == 2
     for line, reason in zip(lines, ("token expired", "bad signature"), strict=True):
-        assert "401" in line
-        assert "127.0.0.1" in line
-        assert reason in line
-    everything = "\n".join(r.getMessage() for r in caplog.records)
+        assert (line["cause"], line["status"], line["close_code"]) == ("unauthorized", 401, 4401)
+        assert line["peer"] == "127.0.0.1"
+        assert line["reason"] == reason
+    everything = "\n".join(f"{r.getMessage()} {getattr(r, FIELDS, '')}" for r in caplog.records)
     for token in (expired, forged):
         assert token not in everything
         assert token.split(".")[2] not in everything  # not even the signature

@@ -344,12 +344,23 @@ async def test_a_client_that_never_finishes_its_handshake_is_dropped_after_conne
     assert 7 <= trio.current_time() - start < 8
 
 
-async def test_handshake_refusals_still_carry_their_status_and_reason(server: RunningServer) -> None:
+async def test_handshake_refusals_still_carry_their_status_and_reason(tmp_path: Path, nursery: trio.Nursery) -> None:
+    server = await start_server(nursery, make_config(tmp_path, server={"refusals": "http"}))
     with trio.fail_after(5), pytest.raises(trio_websocket.ConnectionRejected) as refused:
         async with trio_websocket.open_websocket_url(server.url + "?user=a%20b"):
             pass  # pragma: no cover
     assert refused.value.status_code == 401
     assert refused.value.body is not None and b"user must be" in refused.value.body
+
+
+async def test_handshake_refusals_by_default_complete_it_send_one_error_and_close(server: RunningServer) -> None:
+    with trio.fail_after(5):
+        async with trio_websocket.open_websocket_url(server.url + "?user=a%20b") as ws:
+            frame = json.loads(await ws.get_message())
+            with pytest.raises(trio_websocket.ConnectionClosed):
+                await ws.get_message()
+    assert frame["type"] == "error" and "user must be" in frame["data"]["message"]
+    assert ws.closed is not None and (ws.closed.code, ws.closed.reason) == (4401, frame["data"]["message"])
 
 
 def test_opcode_constants_match_wsproto() -> None:
