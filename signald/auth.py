@@ -103,7 +103,9 @@ class Identity:
 
 
 class AuthRefused(Exception):
-    """The handshake is refused with HTTP ``status``; ``reason`` is short and never holds the token."""
+    """The handshake is refused: ``status`` 401, 403 or 429 as HTTP would say it (with
+    ``server.refusals = "close"``: close 4401, 4403 or 4429 after one ``error`` frame; see
+    docs/protocol.md "Refusals that browsers can see"). ``reason`` is short and never holds the token."""
 
     def __init__(self, status: int, reason: str) -> None:
         super().__init__(f"{status} {reason}")
