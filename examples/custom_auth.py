@@ -13,6 +13,7 @@ from __future__ import annotations
 import sys
 
 import trio
+
 from signald import AuthRefused, HandshakeRequest, Identity, connect, load_config, serve_signald
 from signald.client import Refused
 
