@@ -11,9 +11,9 @@ from __future__ import annotations
 import sys
 
 import trio
-from trio_websocket import ConnectionRejected
 
 from signald import AuthRefused, HandshakeRequest, Identity, connect, load_config, serve_signald
+from signald.client import ClientClosed
 
 API_KEYS = {"k-alice-123": Identity("alice", roles=frozenset({"mod"})), "k-bob-456": Identity("bob")}
 
@@ -38,8 +38,8 @@ async def run() -> None:
         try:
             async with connect(server.url + "?key=wrong"):
                 pass
-        except ConnectionRejected as exc:
-            print(f"a wrong key is refused with HTTP {exc.status_code}")
+        except ClientClosed as exc:
+            print(f"a wrong key is refused with HTTP {exc.code}")
         nursery.cancel_scope.cancel()
 
 

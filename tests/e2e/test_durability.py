@@ -23,7 +23,7 @@ from conftest import events_of, make_config, start_server
 from roomview import RoomView
 
 from signald.cli import main
-from signald.client import SignaldClient, connect
+from signald.client.raw import SignaldClient, connect
 
 READY = re.compile(r"signald ready on (ws://\S+)")
 N = 300
