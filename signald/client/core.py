@@ -1,11 +1,9 @@
 """The sans-IO client core: what both Python adapters (and, ported, the JavaScript client) do.
 
-:class:`ClientCore` holds no socket and no event loop. The adapter tells it what happened —
-:meth:`ClientCore.opened` (with the ``welcome``), :meth:`ClientCore.received` (each decoded frame),
-:meth:`ClientCore.closed` (how the connection ended), :meth:`ClientCore.tick` (the time passed) —
-and takes from it the frames to send (:meth:`ClientCore.take_outgoing`) and what to do next (a
-:class:`~signald.client.schedule.Decision`). Every time-dependent method takes ``now`` (seconds on
-any monotonic clock), so unit tests drive it without sockets or sleeps.
+:class:`ClientCore` holds no socket and no event loop. The adapter reports :meth:`~ClientCore.opened`,
+:meth:`~ClientCore.received`, :meth:`~ClientCore.closed` and :meth:`~ClientCore.tick`, each with
+``now`` (any monotonic clock), and takes the frames to send (:meth:`~ClientCore.take_outgoing`) and
+what to do after a close (a :class:`~signald.client.schedule.Decision`).
 
 What it keeps:
 
@@ -20,9 +18,8 @@ What it keeps:
   A change event the view already holds is not passed on, so the program sees each change once;
   a message first seen in ``changes`` after a reconnect (newer than the view held, by another user)
   is passed on as a ``chat.message`` event with ``replayed=True``.
-- **Event subscriptions** (:class:`Subscription`), each a bounded buffer: see ``events()``.
-- **Liveness**: after ``heartbeat_s`` of silence a ``presence.ping`` goes out; silent for
-  ``heartbeat_s`` more plus :data:`PING_GRACE_S`, :meth:`ClientCore.tick` reports the connection dead.
+- **Event subscriptions**, each a bounded buffer; **liveness**: a ``presence.ping`` after
+  ``heartbeat_s`` of silence, the connection dead after twice that plus :data:`PING_GRACE_S`.
 """
 
 from __future__ import annotations
@@ -79,11 +76,6 @@ class ClientCore:
         self._last_heard = 0.0
         self._pinged = False
         self._retry_after: float | None = None
-
-    @property
-    def user_id(self) -> str | None:
-        value = self.welcome.get("user_id")
-        return None if value is None else str(value)
 
     # --- the connection ----------------------------------------------------------------------
 
@@ -177,9 +169,7 @@ class ClientCore:
             deadlines.append(self._last_heard + wait)
         return min(deadlines, default=math.inf)
 
-    @property
-    def has_outgoing(self) -> bool:
-        return bool(self._outgoing)
+    has_outgoing = property(lambda self: bool(self._outgoing), doc="Frames wait to be sent.")
 
     def wake(self, thing: Call | Subscription) -> None:
         """Wake ``thing``'s waiter (the adapter's notify)."""
@@ -382,7 +372,7 @@ class ClientCore:
         if replay_after is None:
             return  # the first load: the program reads room.messages, not a flood of old events
         for entry in sorted(fresh, key=lambda e: int(e["seq"])):
-            if int(entry["seq"]) > replay_after and entry.get("user_id") != self.user_id:
+            if int(entry["seq"]) > replay_after and entry.get("user_id") != self.welcome.get("user_id"):
                 self._emit(Event("chat.message", entry, replayed=True))
 
     def _synced(self, room: Room) -> None:
@@ -399,7 +389,7 @@ class ClientCore:
             if room is not None:
                 room.apply_entry(result)
             return
-        change = own_change(call.type, call.data or {}, result, self.user_id)
+        change = own_change(call.type, call.data or {}, result, self.welcome.get("user_id"))
         if change is not None:
             kind, delta = change
             for room in self.rooms.values():

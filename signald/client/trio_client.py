@@ -177,8 +177,11 @@ class Client(ClientBase):
                 self._ws = ws
                 closed = await self._serve(ws, nursery)
                 nursery.cancel_scope.cancel()
-        except* (OSError, HandshakeError, ConnectionClosed, trio.BrokenResourceError, ValueError):
+        except* (OSError, HandshakeError, ConnectionClosed, trio.BrokenResourceError, ValueError) as group:
             closed = Closed()
+            for leaf in _leaves(group):
+                if isinstance(leaf, ConnectionRejected):  # raised by trio_websocket's own task
+                    closed = Closed(http_status=leaf.status_code, retry_after_s=retry_after(leaf.headers))
         finally:
             self._ws = self._connection = None
         return closed
@@ -220,6 +223,11 @@ class Client(ClientBase):
                 self._connection.cancel()
             if self._core.has_outgoing:
                 self._changed.set()
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    return [leaf for exc in group.exceptions
+            for leaf in (_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])]
 
 
 def _unwrap(group: BaseExceptionGroup[BaseException]) -> BaseException:
