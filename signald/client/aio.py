@@ -98,7 +98,8 @@ class Client(ClientBase):
         self._poke()
         if self._ws is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._ws.close(), 2)
+                async with asyncio.timeout(2):
+                    await self._ws.close()
         current = asyncio.current_task()
         for task in self._tasks:
             if task is not current:
@@ -163,7 +164,8 @@ class Client(ClientBase):
         self._ws = ws
         writer: asyncio.Task[None] | None = None
         try:
-            welcome = decode(await asyncio.wait_for(ws.recv(), WELCOME_TIMEOUT_S))
+            async with asyncio.timeout(WELCOME_TIMEOUT_S):
+                welcome = decode(await ws.recv())
             self._core.opened(welcome.get("data") or {}, _now())
             self._opened.set()
             writer = asyncio.create_task(self._writer(ws))
@@ -195,11 +197,13 @@ class Client(ClientBase):
                 await self._changed.wait()
 
     async def _ticker(self) -> None:
-        while True:
+        while self._core.state != "closed":
             self._replan = asyncio.Event()
             delay = self._core.next_deadline() - _now()
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that meets a set event
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._replan.wait(), max(0.0, min(delay, 3600.0)))
+                async with asyncio.timeout(max(0.0, min(delay, 3600.0))):
+                    await self._replan.wait()
             if self._core.tick(_now()) and self._ws is not None:
                 log.info("signald client: no frame for too long, reconnecting")
                 self._ws.transport.abort()  # the reader then sees the connection closed (1006)
