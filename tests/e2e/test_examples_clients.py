@@ -131,4 +131,3 @@ async def test_load_prints_throughput_and_latency(tmp_path: Path) -> None:
             assert await load.process.wait() == 0
             await load.line(r"^latency ms: p50 [\d.]+  p90 [\d.]+  p99 [\d.]+")
     assert re.match(r"^delivered 60 messages in [\d.]+s: \d+ msgs/s$", load.lines[0]), load.lines
-

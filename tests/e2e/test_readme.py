@@ -76,3 +76,11 @@ def test_custom_authenticator_example_runs() -> None:
     assert done.returncode == 0, done.stderr
     assert "connected as alice with roles ['mod']" in done.stdout
     assert "a wrong key is refused with HTTP 401" in done.stdout
+
+
+def test_every_example_is_listed_with_the_venv_python() -> None:
+    """A bare ``python examples/...`` fails with ModuleNotFoundError outside the venv: say which python."""
+    listed = set(re.findall(r"`examples/(\w+\.py)`", README))
+    assert listed == {p.name for p in (ROOT / "examples").glob("*.py")}
+    assert not re.search(r"(?<![/\w])python examples/", README)
+    assert set(re.findall(r"\.venv/bin/python examples/(\w+\.py)", README)) == listed
