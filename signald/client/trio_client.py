@@ -78,6 +78,7 @@ class Client(ClientBase):
         self._ws: WebSocketConnection | None = None
         self._connection: trio.CancelScope | None = None
         self._background = trio.CancelScope()
+        self._close_done = trio.Event()  # close() finished its closing handshake
 
     async def request(self, type: str, data: Msg | None = None, *, timeout: float = 10.0) -> Any:  # noqa: ASYNC109 (the API the docs fix)
         """Send ``type`` and return the ack's result (the pong for ``presence.ping``).
@@ -111,6 +112,7 @@ class Client(ClientBase):
             with trio.move_on_after(2) as scope:
                 scope.shield = True
                 await self._ws.aclose()
+        self._close_done.set()
         self._background.cancel()
 
     def _poke(self) -> None:
@@ -176,6 +178,9 @@ class Client(ClientBase):
                     return Closed(http_status=exc.status_code, retry_after_s=retry_after(exc.headers))
                 self._ws = ws
                 closed = await self._serve(ws, nursery)
+                if self._core.state == "closed":  # close() is in its closing handshake: our nursery runs
+                    with trio.move_on_after(2):  # trio_websocket's reader, which completes it
+                        await self._close_done.wait()
                 nursery.cancel_scope.cancel()
         except* (OSError, HandshakeError, ConnectionClosed, trio.BrokenResourceError, ValueError) as group:
             closed = Closed()
