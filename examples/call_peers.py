@@ -18,7 +18,7 @@ from typing import Any
 
 import trio
 
-from signald.client import SignaldClient, connect
+from signald.client.raw import SignaldClient, connect
 
 
 def session_description(kind: str, session_id: int) -> dict[str, str]:

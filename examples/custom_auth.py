@@ -15,7 +15,7 @@ import sys
 import trio
 
 from signald import AuthRefused, HandshakeRequest, Identity, connect, load_config, serve_signald
-from signald.client import Refused
+from signald.client import ClientClosed
 
 API_KEYS = {"k-alice-123": Identity("alice", roles=frozenset({"mod"})), "k-bob-456": Identity("bob")}
 
@@ -40,8 +40,8 @@ async def run() -> None:
         try:
             async with connect(server.url + "?key=wrong"):
                 pass
-        except Refused as exc:
-            print(f"a wrong key is refused with close code {exc.close_code} ({exc.code}: {exc.message})")
+        except ClientClosed as exc:
+            print(f"a wrong key is refused with close code {exc.code}")
         nursery.cancel_scope.cancel()
 
 

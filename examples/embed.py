@@ -49,11 +49,12 @@ async def run(config: Config) -> None:
             config, router=build_router(tally), task_status=task_status))
         print(f"embedded signald on {server.url}")
         async with connect(server.url, user="alice") as alice:
+            tallies = alice.events("app.tally")  # subscribed before the vote that causes the event
             await alice.request("room.join", {"room": "poll"})
             result = await alice.request("app.vote", {"room": "poll", "choice": "trio"})
             print(f"alice's vote acked with {result}")
-            event = await alice.next_event("app.tally")
-            print(f"alice received {event['type']}: {event['data']}")
+            event = await tallies.next()
+            print(f"alice received {event.type}: {event.data}")
             voters = [member.user_id for member in server.members("poll")]
             print(f"in the poll room: {voters}")
         nursery.cancel_scope.cancel()

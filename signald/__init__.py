@@ -68,7 +68,7 @@ if TYPE_CHECKING:
     from signald.app.facade import Signald
     from signald.app.hub import Hub
     from signald.auth import AuthRefused, HandshakeRequest, Identity
-    from signald.client import SignaldClient, connect
+    from signald.client import SignaldClient, connect  # connect: the reconnecting client; SignaldClient: raw
     from signald.config import Config, ConfigError, load_config
     from signald.errors import SignalError
     from signald.handlers import default_router

@@ -15,7 +15,7 @@ import pytest
 import trio
 from trio.testing import MockClock
 
-from signald.client import SignaldClient, connect
+from signald.client.raw import SignaldClient, connect
 from signald.config import Config, load_config
 from signald.server import RunningServer, serve_signald
 

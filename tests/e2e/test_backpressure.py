@@ -22,7 +22,7 @@ import trio_websocket
 from conftest import make_config, start_server
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
-from signald.client import SignaldClient, connect
+from signald.client.raw import SignaldClient, connect
 from signald.delivery.frames import Frame
 from signald.delivery.outbox import Outbox
 from signald.delivery.wsframe import websocket_payload

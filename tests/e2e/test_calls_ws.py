@@ -20,7 +20,7 @@ import trio
 from conftest import make_config, start_server, time_flies
 from trio.testing import MockClock
 
-from signald.client import SignaldClient, connect
+from signald.client.raw import SignaldClient, connect
 from signald.server import RunningServer
 
 Event = tuple[str, dict[str, Any]]

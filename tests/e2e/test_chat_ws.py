@@ -19,7 +19,7 @@ import pytest
 import trio
 from conftest import Event, clients, events_of, make_config, start_server
 
-from signald.client import SignaldClient, connect
+from signald.client.raw import SignaldClient, connect
 from signald.server import RunningServer
 
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")

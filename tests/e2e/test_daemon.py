@@ -17,7 +17,7 @@ import trio
 from trio_websocket import ConnectionClosed
 
 from signald.cli import main
-from signald.client import connect
+from signald.client.raw import connect
 from signald.config import ENV_VARIABLES
 
 READY = re.compile(rb"signald ready on (ws://[^\s\"]+)")  # text or JSON log format

@@ -18,7 +18,7 @@ from conftest import daemon, events_of, make_config, start_server
 from roomview import RoomView
 
 from signald.cli import main
-from signald.client import SignaldClient, connect
+from signald.client.raw import SignaldClient, connect
 
 N = 300
 

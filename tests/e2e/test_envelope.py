@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from msgspec import inspect as mi
 
 from signald.app.context import Context
-from signald.client import SignaldClient, connect
+from signald.client.raw import SignaldClient, connect
 from signald.handlers import default_router
 from signald.protocol import (
     INBOUND_MESSAGES,

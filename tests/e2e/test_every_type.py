@@ -17,7 +17,7 @@ import pytest
 import trio
 from conftest import events_of
 
-from signald.client import REPLY_TYPES, connect
+from signald.client.raw import REPLY_TYPES, connect
 from signald.protocol import INBOUND_TYPES
 from signald.server import RunningServer
 

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from roomview import RoomView
 
-from signald.client import SignaldClient, connect
+from signald.client.raw import SignaldClient, connect
 from signald.server import RunningServer, serve_signald
 
 FAST = {"rate_per_s": 10_000.0, "rate_burst": 10_000}

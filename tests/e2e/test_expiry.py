@@ -13,7 +13,7 @@ from conftest import events_of, make_config, start_server, time_flies
 from trio.testing import MockClock
 
 from signald import AuthRefused, HandshakeRequest, Identity
-from signald.client import SignaldClient, connect
+from signald.client.raw import SignaldClient, connect
 from signald.server import RunningServer
 from signald.timefmt import iso_utc
 

@@ -19,7 +19,7 @@ from conftest import Event, clients, events_of, make_config, start_server
 from signald import CustomMessage, default_router
 from signald.app.context import Context
 from signald.app.facade import MemberView, SessionView
-from signald.client import SignaldClient, connect
+from signald.client.raw import SignaldClient, connect
 from signald.server import RunningServer
 
 

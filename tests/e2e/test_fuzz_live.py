@@ -35,7 +35,7 @@ from conftest import make_config, start_server
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from signald.client import SignaldClient, connect
+from signald.client.raw import SignaldClient, connect
 from signald.protocol import INBOUND_TYPES
 from signald.server import RunningServer
 

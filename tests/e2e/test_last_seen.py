@@ -15,7 +15,7 @@ import trio
 from conftest import make_config, start_server
 
 from signald.app.history import HistoryService
-from signald.client import connect
+from signald.client.raw import connect
 from signald.config import Config
 from signald.server import RunningServer
 

@@ -16,7 +16,7 @@ from conftest import make_config, start_server
 from signald.app.hub import Hub
 from signald.app.metrics import Gauges
 from signald.cli import JsonFormatter
-from signald.client import connect
+from signald.client.raw import connect
 
 
 async def scrape(port: int) -> str:

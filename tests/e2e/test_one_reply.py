@@ -18,7 +18,7 @@ import pytest
 import trio
 from conftest import make_config, start_server
 
-from signald.client import SignaldClient, connect
+from signald.client.raw import SignaldClient, connect
 from signald.server import RunningServer
 
 FRAME_LIMIT = 1000

@@ -75,4 +75,12 @@ def test_custom_authenticator_example_runs() -> None:
                           text=True, timeout=60, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     assert "connected as alice with roles ['mod']" in done.stdout
-    assert "a wrong key is refused with close code 4401 (UNAUTHORIZED: unknown API key)" in done.stdout
+    assert "a wrong key is refused with close code 4401" in done.stdout
+
+
+def test_every_example_is_listed_with_the_venv_python() -> None:
+    """A bare ``python examples/...`` fails with ModuleNotFoundError outside the venv: say which python."""
+    listed = set(re.findall(r"`examples/(\w+\.py)`", README))
+    assert listed == {p.name for p in (ROOT / "examples").glob("*.py")}
+    assert not re.search(r"(?<![/\w])python examples/", README)
+    assert set(re.findall(r"\.venv/bin/python examples/(\w+\.py)", README)) == listed

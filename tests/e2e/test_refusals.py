@@ -26,7 +26,7 @@ from conftest import clients, events_of, make_config, start_server, time_flies
 from trio.testing import MockClock
 
 from signald.auth import AuthRefused, HandshakeRequest, Identity
-from signald.client import Refused, connect
+from signald.client.raw import Refused, connect
 from signald.server import REFUSAL_WAIT_S, RunningServer
 from signald.state.refusals import USER_LIMIT_RETRY_AFTER_S
 

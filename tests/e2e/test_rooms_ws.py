@@ -19,7 +19,7 @@ import trio_websocket
 from conftest import clients, make_config, start_server, time_flies
 from trio.testing import MockClock
 
-from signald.client import Refused, SignaldClient, connect
+from signald.client.raw import Refused, SignaldClient, connect
 from signald.server import RunningServer
 
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")

@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from trio.testing import MockClock
 
-from signald.client import Refused, SignaldClient, connect
+from signald.client.raw import Refused, SignaldClient, connect
 from signald.logfmt import FIELDS
 from signald.server import RunningServer
 from signald.timefmt import iso_utc

@@ -16,7 +16,7 @@ import pytest
 import trio
 from test_daemon import daemon, daemon_env
 
-from signald.client import connect
+from signald.client.raw import connect
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "server-api.md"

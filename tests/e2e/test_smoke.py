@@ -1,4 +1,4 @@
-from signald.client import connect
+from signald.client.raw import connect
 
 
 async def test_welcome_and_ping(server):

@@ -36,7 +36,10 @@ LAYERS: Final[tuple[tuple[str, tuple[str, ...]], ...]] = (
 
 # Modules that do no I/O and hold no event loop: they take ``now`` and return what to send.
 PURE: Final = ("signald.errors", "signald.timefmt", "signald.protocol", "signald.state", "signald.auth",
-               "signald.history.queries", "signald.transport.framing")
+               "signald.history.queries", "signald.transport.framing",
+               # the client core both adapters (and the JavaScript client's port) share
+               "signald.client.core", "signald.client.schedule", "signald.client.view", "signald.client.model",
+               "signald.client.wire", "signald.client.base", "signald.client.errors")
 IO_MODULES: Final = frozenset({"trio", "trio_websocket", "threading", "socket", "sqlite3", "select", "selectors",
                                "asyncio", "psycopg", "coredis", "anyio"})
 
@@ -200,12 +203,13 @@ def test_checker_sees_an_upward_import_and_a_cycle(tmp_path: Path) -> None:
     assert layer_of("signald.state.rooms") < layer_of("signald.app.hub") < layer_of("signald.handlers.chat")
 
 
-@pytest.mark.parametrize("module", ["signald.state.rooms", "signald.state.presence", "signald.protocol"])
+@pytest.mark.parametrize("module", ["signald.state.rooms", "signald.state.presence", "signald.protocol",
+                                    "signald.client.core", "signald.client.base"])
 def test_a_sans_io_module_loads_no_io(module: str) -> None:
     code = (
         f"import sys, {module}\n"
         "heavy = {'trio', 'wsproto', 'trio_websocket', 'prometheus_client', 'jwt', 'sqlite3', 'signald.app',"
-        " 'signald.transport', 'signald.history', 'signald.delivery'}\n"
+        " 'signald.transport', 'signald.history', 'signald.delivery', 'asyncio', 'websockets'}\n"
         "print(sorted(m for m in sys.modules if m in heavy))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)

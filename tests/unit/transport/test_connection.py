@@ -19,7 +19,7 @@ from conftest import make_config
 from wsproto.connection import Connection, ConnectionType
 from wsproto.events import CloseConnection, Event, TextMessage
 
-from signald.client import connect
+from signald.client.raw import connect
 from signald.delivery.frames import Frame
 from signald.delivery.outbox import Outbox
 from signald.protocol import RoomActiveEvent, RoomData

@@ -7,7 +7,7 @@ from pathlib import Path
 import trio
 from conftest import make_config, start_server
 
-from signald.client import connect
+from signald.client.raw import connect
 
 
 async def test_fan_out_frames_interleave_cleanly_with_pings(nursery: trio.Nursery, tmp_path: Path) -> None:

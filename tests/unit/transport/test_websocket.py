@@ -33,7 +33,7 @@ from wsproto.events import (
 )
 from wsproto.frame_protocol import Opcode
 
-from signald.client import connect
+from signald.client.raw import connect
 from signald.server import RunningServer
 from signald.state.heartbeat import Heartbeats
 

@@ -1,0 +1,250 @@
+"""The asyncio client: ``from signald.client.aio import connect`` (needs ``signald[asyncio]``).
+
+The same API as the Trio client (docs/client.md), on the ``websockets`` library, for asyncio
+programs (FastAPI, aiohttp, Django):
+
+    async with connect("ws://127.0.0.1:8765/", user="bot") as client:
+        room = await client.join("lobby")
+        async for event in client.events("chat.message"):
+            ...
+
+Resource handling: two tasks per client — the connection loop (reader inside, one writer task
+per connection) and a ticker for timeouts — cancelled and awaited by :meth:`Client.close`, which
+leaving the ``async with`` calls. Error handling: as the Trio client — ``SignalError``,
+``TimeoutError``, ``ConnectionLost``, ``ClientClosed``; never an ``ExceptionGroup``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.typing import Subprotocol
+
+from signald.client.base import ClientBase, EventsBase
+from signald.client.errors import ClientClosed
+from signald.client.model import Call, Event
+from signald.client.schedule import Backoff, Closed
+from signald.client.view import Msg, Room
+from signald.client.wire import (
+    TokenSource,
+    auth_headers,
+    decode,
+    encode,
+    fetch_token,
+    refusal_retry_after,
+    retry_after,
+    subprotocol,
+)
+
+log = logging.getLogger("signald.client")
+WELCOME_TIMEOUT_S = 10.0
+
+
+class Events(EventsBase):
+    """``client.events(*types)``: an async iterator of :class:`~signald.client.model.Event`."""
+
+    def __aiter__(self) -> Events:
+        return self
+
+    async def __anext__(self) -> Event:
+        while (event := self._take()) is None:
+            self._sub.waiter = asyncio.Event()
+            await self._sub.waiter.wait()
+        return event
+
+    async def next(self) -> Event:
+        """The next event; raises ``StopAsyncIteration`` once the iterator ended."""
+        return await self.__anext__()
+
+    async def __aenter__(self) -> Events:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Client(ClientBase):
+    """A signald client that reconnects and resumes by itself; see :func:`connect`."""
+
+    def __init__(self, url: str, **options: Any) -> None:
+        super().__init__(url, **options)
+        self._changed = asyncio.Event()  # frames to send (the writer waits on it)
+        self._replan = asyncio.Event()  # a new deadline (the ticker waits on it)
+        self._opened = asyncio.Event()
+        self._ws: ClientConnection | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def request(self, type: str, data: Msg | None = None, *, timeout: float = 10.0) -> Any:  # noqa: ASYNC109
+        """Send ``type`` and return the ack's result; raises as the Trio client's ``request``."""
+        call = self._core.request(type, data, now=_now(), timeout=timeout, waiter=asyncio.Event())
+        return await self._wait(call)
+
+    async def join(self, name: str, *, timeout: float = 10.0) -> Room:  # noqa: ASYNC109
+        """Join ``name`` and return its live view once it holds the whole room (kept current, rejoined)."""
+        call = self._core.join(name, now=_now(), timeout=timeout, waiter=asyncio.Event())
+        room: Room = await self._wait(call)
+        return room
+
+    async def leave(self, name: str, *, timeout: float = 10.0) -> None:  # noqa: ASYNC109
+        """Leave ``name``; its view stops being kept."""
+        await self.request("room.leave", {"room": name}, timeout=timeout)
+
+    def events(self, *types: str) -> Events:
+        """Every event of these types (all without types) from now on; see docs/client.md for the buffer."""
+        return Events(self._core, self._core.subscribe(frozenset(types)))
+
+    async def close(self) -> None:
+        """Close the connection (1000) and stop; waiting requests raise ``ClientClosed``."""
+        self._core.stop()
+        self._poke()
+        if self._ws is not None:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(2):
+                    await self._ws.close()
+        current = asyncio.current_task()
+        for task in self._tasks:
+            if task is not current:
+                task.cancel()
+        for task in self._tasks:
+            if task is not current:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    def _poke(self) -> None:
+        self._changed.set()
+        self._replan.set()
+
+    async def _wait(self, call: Call) -> Any:
+        self._poke()
+        try:
+            await call.waiter.wait()
+        finally:
+            if not call.done:
+                self._core.cancel(call)
+        return self._outcome(call)
+
+    # --- the background tasks ----------------------------------------------------------------
+
+    async def _run(self) -> None:
+        try:
+            await self._connections()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug here must not go unseen, nor kill the program's task
+            log.exception("signald client stopped")
+            self._core.stop(ClientClosed(f"client failed: {exc!r}"))
+        finally:
+            self._opened.set()
+
+    async def _connections(self) -> None:
+        if self._token is None and self._get_token is not None:
+            self._token = await fetch_token(self._get_token)
+        while self._core.state != "closed":
+            closed = await self._connect_once()
+            decision = self._core.closed(closed, _now())
+            if decision.action == "stop":
+                return
+            log.info("signald client: %s, reconnecting in %.2fs", decision.reason, decision.delay_s)
+            await asyncio.sleep(decision.delay_s)
+            if decision.action == "refresh" and self._get_token is not None:
+                try:
+                    self._token = await fetch_token(self._get_token)
+                except Exception as exc:
+                    self._core.stop(ClientClosed(f"get_token failed: {exc!r}"))
+                    return
+
+    async def _connect_once(self) -> Closed:
+        try:
+            ws = await ws_connect(self.url, subprotocols=[Subprotocol(subprotocol(self.binary))],
+                                  additional_headers=auth_headers(self._token), max_size=None)
+        except InvalidStatus as exc:
+            headers = exc.response.headers.raw_items()
+            return Closed(http_status=exc.response.status_code, retry_after_s=retry_after(headers))
+        except (OSError, InvalidHandshake, TimeoutError):
+            return Closed()
+        self._ws = ws
+        writer: asyncio.Task[None] | None = None
+        refused_retry: float | None = None
+        try:
+            async with asyncio.timeout(WELCOME_TIMEOUT_S):
+                welcome = decode(await ws.recv())
+                if welcome.get("type") != "welcome":  # refused: one error frame, then 4401/4403/4429
+                    refused_retry = refusal_retry_after(welcome)
+                    while True:
+                        await ws.recv()  # until the server's close, with its code
+            self._core.opened(welcome.get("data") or {}, _now())
+            self._opened.set()
+            writer = asyncio.create_task(self._writer(ws))
+            while True:
+                self._core.received(decode(await ws.recv()), _now())
+                self._poke()
+        except ConnectionClosed as exc:
+            return Closed(code=exc.rcvd.code if exc.rcvd is not None else None, retry_after_s=refused_retry)
+        except (TimeoutError, ValueError):
+            return Closed()
+        finally:
+            self._ws = None
+            if writer is not None:
+                writer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await writer
+            await ws.close()
+
+    async def _writer(self, ws: ClientConnection) -> None:
+        while True:
+            self._changed = asyncio.Event()  # replaced before draining: a frame queued meanwhile sets the new one
+            frames = self._core.take_outgoing()
+            try:
+                for frame in frames:
+                    await ws.send(encode(frame, self.binary))
+            except ConnectionClosed:
+                return  # the reader sees the close too, with its code
+            if not frames:
+                await self._changed.wait()
+
+    async def _ticker(self) -> None:
+        while self._core.state != "closed":
+            self._replan = asyncio.Event()
+            delay = self._core.next_deadline() - _now()
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that meets a set event
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, min(delay, 3600.0))):
+                    await self._replan.wait()
+            if self._core.tick(_now()) and self._ws is not None:
+                log.info("signald client: no frame for too long, reconnecting")
+                self._ws.transport.abort()  # the reader then sees the connection closed (1006)
+            if self._core.has_outgoing:
+                self._changed.set()
+
+
+def _now() -> float:
+    return asyncio.get_running_loop().time()
+
+
+@asynccontextmanager
+async def connect(url: str, *, token: str | None = None, get_token: TokenSource | None = None,
+                  user: str | None = None, reconnect: bool = True, binary: bool = False,
+                  backoff: Backoff | None = None, events_limit: int = 10_000) -> AsyncIterator[Client]:
+    """Connect to signald and yield a :class:`Client` once the first connection is open.
+
+    The options are those of the Trio ``signald.client.connect``. Raises :class:`ClientClosed` if
+    the first connection fails (its ``code``: the HTTP status).
+    """
+    client = Client(url, token=token, get_token=get_token, user=user, reconnect=reconnect, binary=binary,
+                    backoff=backoff, events_limit=events_limit)
+    client._tasks = [asyncio.create_task(client._run()), asyncio.create_task(client._ticker())]
+    try:
+        await client._opened.wait()
+        if client.state == "closed":
+            raise client._core.close_reason or ClientClosed("could not connect")
+        yield client
+    finally:
+        await client.close()

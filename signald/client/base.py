@@ -1,0 +1,93 @@
+"""What the Trio and asyncio clients share above the core: the read-only API and the event buffer.
+
+Pure: the adapters subclass :class:`ClientBase` and :class:`EventsBase` and add the waiting.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from signald.client.core import ClientCore
+from signald.client.model import Call, Event, State, Subscription
+from signald.client.schedule import Backoff
+from signald.client.view import Msg, Room
+from signald.client.wire import TokenSource, url_with_user
+
+
+class ClientBase:
+    """The client's state as the program reads it; the adapter adds the ``async`` methods."""
+
+    def __init__(self, url: str, *, token: str | None, get_token: TokenSource | None, user: str | None,
+                 reconnect: bool, binary: bool, backoff: Backoff | None, events_limit: int) -> None:
+        self.url = url_with_user(url, user)
+        self.binary = binary
+        self._token = token
+        self._get_token = get_token
+        self._core = ClientCore(reconnect=reconnect, can_refresh=get_token is not None, policy=backoff,
+                                events_limit=events_limit, notify=self._wake)
+
+    @property
+    def state(self) -> State:
+        """``"connecting"``, ``"open"``, ``"reconnecting"`` or ``"closed"``."""
+        return self._core.state
+
+    @property
+    def rooms(self) -> dict[str, Room]:
+        """The rooms joined with :meth:`join`, by name."""
+        return dict(self._core.rooms)
+
+    @property
+    def welcome(self) -> Msg:
+        """The ``data`` of the current (or last) connection's ``welcome``."""
+        return dict(self._core.welcome)
+
+    @property
+    def user_id(self) -> str:
+        return str(self._core.welcome["user_id"])
+
+    @property
+    def session_id(self) -> str:
+        """This connection's session id (a new one after every reconnect)."""
+        return str(self._core.welcome["session_id"])
+
+    def _wake(self, thing: Call | Subscription) -> None:
+        if thing.waiter is not None:
+            thing.waiter.set()
+
+    @staticmethod
+    def _outcome(call: Call) -> Any:
+        if call.error is not None:
+            raise call.error
+        return call.result
+
+
+class EventsBase:
+    """The program's side of one subscription: take buffered events, then end as the core says."""
+
+    def __init__(self, core: ClientCore, sub: Subscription) -> None:
+        self._core = core
+        self._sub = sub
+
+    def _take(self) -> Event | None:
+        """The next buffered event; None when the program must wait; raises when the iterator ended."""
+        if self._sub.buffer:
+            return self._sub.buffer.popleft()
+        if self._sub.finished:
+            self._core.unsubscribe(self._sub)
+            if self._sub.error is not None:
+                raise self._sub.error
+            raise StopAsyncIteration
+        return None
+
+    def close(self) -> None:
+        """Stop this iterator (it ends at the next read); nothing more is buffered for it."""
+        self._sub.finished = True
+        self._sub.buffer.clear()
+        self._core.unsubscribe(self._sub)
+        self._core.wake(self._sub)
+
+    def pending(self) -> list[Event]:
+        """The events buffered so far, without waiting (and takes them)."""
+        events = list(self._sub.buffer)
+        self._sub.buffer.clear()
+        return events

@@ -1,0 +1,287 @@
+"""The Trio client: ``from signald.client import connect`` (docs/client.md).
+
+    async with connect("ws://127.0.0.1:8765/", user="bot") as client:
+        room = await client.join("lobby")
+        async for event in client.events("chat.message"):
+            await client.request("chat.send", {"scope": "lobby", "body": event.data["body"]})
+
+A thin adapter on :class:`signald.client.core.ClientCore`: one background task keeps a connection
+(reconnecting by the core's decisions), a reader feeds frames to the core, a writer sends what the
+core queues, a ticker drives timeouts and liveness.
+
+Resource handling: the background tasks live in a nursery inside :func:`connect`; leaving the
+``async with`` (or :meth:`Client.close`) closes the WebSocket with 1000 and ends them.
+Error handling: the API raises plain exceptions — ``SignalError`` (the server's refusal),
+``TimeoutError``, :class:`~signald.client.errors.ConnectionLost`,
+:class:`~signald.client.errors.ClientClosed` — never an ``ExceptionGroup``; an exception raised by
+the program inside ``async with connect(...)`` comes out as itself.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+from trio_websocket import (
+    ConnectionClosed,
+    ConnectionRejected,
+    HandshakeError,
+    WebSocketConnection,
+    connect_websocket_url,
+)
+
+from signald.client.base import ClientBase, EventsBase
+from signald.client.errors import ClientClosed
+from signald.client.model import Call, Event
+from signald.client.schedule import Backoff, Closed
+from signald.client.view import Msg, Room
+from signald.client.wire import (
+    TokenSource,
+    auth_headers,
+    decode,
+    encode,
+    fetch_token,
+    refusal_retry_after,
+    retry_after,
+    subprotocol,
+)
+
+log = logging.getLogger("signald.client")
+WELCOME_TIMEOUT_S = 10.0
+
+
+class Events(EventsBase):
+    """``client.events(*types)``: an async iterator of :class:`~signald.client.model.Event`."""
+
+    def __aiter__(self) -> Events:
+        return self
+
+    async def __anext__(self) -> Event:
+        while (event := self._take()) is None:
+            self._sub.waiter = trio.Event()
+            await self._sub.waiter.wait()
+        return event
+
+    async def next(self) -> Event:
+        """The next event; raises ``StopAsyncIteration`` once the iterator ended."""
+        return await self.__anext__()
+
+    async def __aenter__(self) -> Events:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Client(ClientBase):
+    """A signald client that reconnects and resumes by itself; see :func:`connect`."""
+
+    def __init__(self, url: str, **options: Any) -> None:
+        super().__init__(url, **options)
+        self._changed = trio.Event()  # frames to send (the writer waits on it)
+        self._replan = trio.Event()  # a new deadline, or frames queued by a tick (the ticker waits on it)
+        self._opened = trio.Event()  # the first connection came up, or the client gave up before
+        self._ws: WebSocketConnection | None = None
+        self._connection: trio.CancelScope | None = None
+        self._background = trio.CancelScope()
+        self._close_done = trio.Event()  # close() finished its closing handshake
+
+    async def request(self, type: str, data: Msg | None = None, *, timeout: float = 10.0) -> Any:  # noqa: ASYNC109 (the API the docs fix)
+        """Send ``type`` and return the ack's result (the pong for ``presence.ping``).
+
+        Raises ``SignalError`` on an error reply, ``TimeoutError`` after ``timeout`` seconds,
+        ``ConnectionLost`` if the connection dropped and the request is not safe to resend,
+        ``ClientClosed`` once the client is closed.
+        """
+        call = self._core.request(type, data, now=trio.current_time(), timeout=timeout, waiter=trio.Event())
+        return await self._wait(call)
+
+    async def join(self, name: str, *, timeout: float = 10.0) -> Room:  # noqa: ASYNC109 (the API the docs fix)
+        """Join ``name`` and return its live view once it holds the whole room (kept current, rejoined)."""
+        call = self._core.join(name, now=trio.current_time(), timeout=timeout, waiter=trio.Event())
+        room: Room = await self._wait(call)
+        return room
+
+    async def leave(self, name: str, *, timeout: float = 10.0) -> None:  # noqa: ASYNC109 (the API the docs fix)
+        """Leave ``name``; its view stops being kept."""
+        await self.request("room.leave", {"room": name}, timeout=timeout)
+
+    def events(self, *types: str) -> Events:
+        """Every event of these types (all without types) from now on; see docs/client.md for the buffer."""
+        return Events(self._core, self._core.subscribe(frozenset(types)))
+
+    async def close(self) -> None:
+        """Close the connection (1000) and stop; waiting requests raise ``ClientClosed``."""
+        self._core.stop()
+        self._poke()
+        if self._ws is not None:
+            with trio.move_on_after(2) as scope:
+                scope.shield = True
+                await self._ws.aclose()
+        self._close_done.set()
+        self._background.cancel()
+
+    def _poke(self) -> None:
+        self._changed.set()
+        self._replan.set()
+
+    async def _wait(self, call: Call) -> Any:
+        self._poke()
+        try:
+            await call.waiter.wait()
+        finally:
+            if not call.done:
+                self._core.cancel(call)  # cancelled by the program: a late reply is dropped
+        return self._outcome(call)
+
+    # --- the background tasks ----------------------------------------------------------------
+
+    async def _run(self) -> None:
+        """Keep a connection until the core says stop. Never raises: failures end up in the core."""
+        with self._background:
+            await self._keep_connected()
+
+    async def _keep_connected(self) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._ticker)
+            try:
+                await self._connections()
+            except Exception as exc:  # a bug here must not become the program's ExceptionGroup
+                log.exception("signald client stopped")
+                self._core.stop(ClientClosed(f"client failed: {exc!r}"))
+            self._opened.set()
+            nursery.cancel_scope.cancel()
+
+    async def _connections(self) -> None:
+        if self._token is None and self._get_token is not None:
+            self._token = await fetch_token(self._get_token)
+        while self._core.state != "closed":
+            closed = await self._connect_once()
+            decision = self._core.closed(closed, trio.current_time())
+            if decision.action == "stop":
+                return
+            log.info("signald client: %s, reconnecting in %.2fs", decision.reason, decision.delay_s)
+            await trio.sleep(decision.delay_s)
+            if decision.action == "refresh" and self._get_token is not None:
+                try:
+                    self._token = await fetch_token(self._get_token)
+                except Exception as exc:
+                    self._core.stop(ClientClosed(f"get_token failed: {exc!r}"))
+                    return
+
+    async def _connect_once(self) -> Closed:
+        """One connection, from handshake to close; how it ended."""
+        headers = [(name.encode(), value.encode()) for name, value in auth_headers(self._token)]
+        closed = Closed()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._connection = nursery.cancel_scope
+                try:
+                    ws = await connect_websocket_url(nursery, self.url, subprotocols=[subprotocol(self.binary)],
+                                                     extra_headers=headers)
+                except ConnectionRejected as exc:
+                    nursery.cancel_scope.cancel()
+                    return Closed(http_status=exc.status_code, retry_after_s=retry_after(exc.headers))
+                self._ws = ws
+                closed = await self._serve(ws, nursery)
+                if self._core.state == "closed":  # close() is in its closing handshake: our nursery runs
+                    with trio.move_on_after(2):  # trio_websocket's reader, which completes it
+                        await self._close_done.wait()
+                nursery.cancel_scope.cancel()
+        except* (OSError, HandshakeError, ConnectionClosed, trio.BrokenResourceError, ValueError) as group:
+            closed = Closed()
+            for leaf in _leaves(group):
+                if isinstance(leaf, ConnectionRejected):  # raised by trio_websocket's own task
+                    closed = Closed(http_status=leaf.status_code, retry_after_s=retry_after(leaf.headers))
+        finally:
+            self._ws = self._connection = None
+        return closed
+
+    async def _serve(self, ws: WebSocketConnection, nursery: trio.Nursery) -> Closed:
+        refused_retry: float | None = None
+        try:
+            with trio.fail_after(WELCOME_TIMEOUT_S):
+                welcome = decode(await ws.get_message())
+                if welcome.get("type") != "welcome":  # refused: one error frame, then 4401/4403/4429
+                    refused_retry = refusal_retry_after(welcome)
+                    while True:
+                        await ws.get_message()  # until the server's close, with its code
+            self._core.opened(welcome.get("data") or {}, trio.current_time())
+            self._opened.set()
+            nursery.start_soon(self._writer, ws)
+            while True:
+                self._core.received(decode(await ws.get_message()), trio.current_time())
+                self._poke()
+        except ConnectionClosed as exc:
+            return Closed(code=exc.reason.code if exc.reason is not None else None, retry_after_s=refused_retry)
+        except trio.TooSlowError:
+            return Closed()
+
+    async def _writer(self, ws: WebSocketConnection) -> None:
+        while True:
+            self._changed = trio.Event()  # replaced before draining: a frame queued meanwhile sets the new one
+            frames = self._core.take_outgoing()
+            try:
+                for frame in frames:
+                    await ws.send_message(encode(frame, self.binary))
+            except (ConnectionClosed, trio.BrokenResourceError):
+                return  # the reader sees the close too, with its code
+            if not frames:
+                await self._changed.wait()
+
+    async def _ticker(self) -> None:
+        while True:
+            self._replan = trio.Event()
+            with trio.move_on_at(self._core.next_deadline()):
+                await self._replan.wait()
+            if self._core.tick(trio.current_time()) and self._connection is not None:
+                log.info("signald client: no frame for too long, reconnecting")
+                self._connection.cancel()
+            if self._core.has_outgoing:
+                self._changed.set()
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    return [leaf for exc in group.exceptions
+            for leaf in (_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])]
+
+
+def _unwrap(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    inner: BaseException = group
+    while isinstance(inner, BaseExceptionGroup) and len(inner.exceptions) == 1:
+        inner = inner.exceptions[0]
+    return inner
+
+
+@asynccontextmanager
+async def connect(url: str, *, token: str | None = None, get_token: TokenSource | None = None,
+                  user: str | None = None, reconnect: bool = True, binary: bool = False,
+                  backoff: Backoff | None = None, events_limit: int = 10_000) -> AsyncIterator[Client]:
+    """Connect to signald and yield a :class:`Client` once the first connection is open.
+
+    ``token`` is sent as ``Authorization: Bearer``; ``get_token`` (plain or async) is called for
+    one when there is none and whenever the server refuses or expires it (4401, 4001, HTTP 401).
+    ``user`` is the ``?user=`` of auth mode none. ``binary`` speaks MessagePack. ``backoff`` tunes
+    the reconnect timing; ``events_limit`` bounds each ``events()`` buffer.
+    Raises :class:`ClientClosed` if the first connection fails (its ``code``: the HTTP status).
+    """
+    client = Client(url, token=token, get_token=get_token, user=user, reconnect=reconnect, binary=binary,
+                    backoff=backoff, events_limit=events_limit)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client._run)
+            await client._opened.wait()
+            if client.state == "closed":
+                raise client._core.close_reason or ClientClosed("could not connect")
+            try:
+                yield client
+            finally:
+                await client.close()
+    except BaseExceptionGroup as group:
+        inner = _unwrap(group)
+        if inner is group:
+            raise
+        raise inner from inner.__cause__
