@@ -25,7 +25,13 @@ UserId = Annotated[str, Meta(min_length=1, max_length=128)]
 MessageId = Annotated[str, Meta(min_length=1, max_length=64)]
 CallId = Annotated[str, Meta(min_length=1, max_length=128)]
 OpId = Union[Annotated[str, Meta(max_length=128)], int, None]
-Seq = Annotated[int, Meta(ge=0)]
+# Every number a client sends fits a signed 64-bit integer (what SQLite stores): 0 <= n < 2**63.
+# (msgspec takes no bound outside int64, so "< 2**63" is written "<= 2**63 - 1".) Out of range is
+# INVALID_PAYLOAD naming the field, never an overflow deeper down.
+INT64_MAX: Final = 2**63 - 1
+Seq = Annotated[int, Meta(ge=0, le=INT64_MAX)]
+Count = Annotated[int, Meta(ge=0, le=INT64_MAX)]
+PageLimit = Annotated[int, Meta(ge=1, le=INT64_MAX)]
 ShortText = Annotated[str, Meta(max_length=256)]
 Reaction = Annotated[str, Meta(min_length=1, max_length=64)]
 SignalKind = Annotated[str, Meta(min_length=1, max_length=64)]
@@ -46,9 +52,9 @@ class Attachment(Struct, omit_defaults=True, forbid_unknown_fields=False):
     url: Annotated[str, Meta(min_length=1, max_length=2048)]
     name: ShortText | None = None
     mime: Annotated[str, Meta(max_length=128)] | None = None
-    size: Annotated[int, Meta(ge=0)] | None = None
-    width: Annotated[int, Meta(ge=0)] | None = None
-    height: Annotated[int, Meta(ge=0)] | None = None
+    size: Count | None = None
+    width: Count | None = None
+    height: Count | None = None
 
 
 Attachments = Annotated[list[Attachment], Meta(max_length=MAX_ATTACHMENTS)]

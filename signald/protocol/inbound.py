@@ -18,6 +18,7 @@ from signald.protocol.common import (
     JsonObject,
     MessageId,
     OpId,
+    PageLimit,
     Reaction,
     ReactionAction,
     Reason,
@@ -92,7 +93,7 @@ class ChatHistoryData(Struct):
     room: RoomName
     before: Seq | None = None
     after: Seq | None = None
-    limit: Annotated[int, Meta(ge=1)] | None = None
+    limit: PageLimit | None = None
 
 
 class CallOfferData(Struct):

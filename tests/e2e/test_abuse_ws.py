@@ -9,6 +9,7 @@ and pings or fragments cost memory and CPU only within bounds.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import pytest
 import trio
 from conftest import clients, events_of, make_config, start_server
 
-from signald.client import SignaldClient
+from signald.client import SignaldClient, connect
 from signald.server import RunningServer
 
 
@@ -64,3 +65,43 @@ async def test_call_offer_to_a_stranger_answers_the_same_whether_they_are_online
         # A room-mate is still callable.
         ack = await reply_of(alice, "call.offer", {"target_id": "bob", "call_type": "audio", "sdp": SDP})
         assert ack["type"] == "ack"
+
+
+# --------------------------------------------------------------------------- 6: numbers out of range
+
+BIG = 2**70
+OUT_OF_RANGE: list[tuple[str, str, dict[str, Any], str]] = [
+    # (id, request type, data, the field the error names)
+    ("join-since-2^70", "room.join", {"room": "lobby", "since": BIG}, "$.data.since"),
+    ("join-since-2^63", "room.join", {"room": "lobby", "since": 2**63}, "$.data.since"),
+    ("history-after-2^63", "chat.history", {"room": "lobby", "after": 2**63}, "$.data.after"),
+    ("history-before-2^64", "chat.history", {"room": "lobby", "before": 2**64}, "$.data.before"),
+    ("history-limit-2^70", "chat.history", {"room": "lobby", "limit": BIG}, "$.data.limit"),
+    ("attachment-size-2^63", "chat.send",
+     {"scope": "lobby", "body": "x", "attachments": [{"url": "https://x.example/a", "size": 2**63}]},
+     "$.data.attachments[0].size"),
+]
+
+
+@pytest.mark.parametrize("msgpack", [False, True], ids=["json", "msgpack"])
+@pytest.mark.parametrize(("kind", "data", "field"), [c[1:] for c in OUT_OF_RANGE], ids=[c[0] for c in OUT_OF_RANGE])
+async def test_a_number_out_of_range_is_invalid_payload_naming_the_field(
+    srv: RunningServer, kind: str, data: dict[str, Any], field: str, msgpack: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    if msgpack and ("2^70" in repr(data).replace(str(BIG), "2^70") or str(2**64) in repr(data)):
+        pytest.skip("MessagePack carries no integer above 2**64 - 1")
+    caplog.set_level(logging.DEBUG, logger="signald")
+    async with connect(srv.url, user="alice", msgpack=msgpack) as alice:
+        await alice.request("room.join", {"room": "lobby"})
+        await alice.request("chat.send", {"scope": "lobby", "body": "one"})
+        reply = await reply_of(alice, kind, data)
+        assert reply["type"] == "error", reply
+        assert reply["data"]["code"] == "INVALID_PAYLOAD"
+        assert field in reply["data"]["message"]
+        # The largest number that fits is a number like any other, and the connection is still up.
+        if "since" in data:
+            fits = await alice.request("room.join", {"room": "lobby", "since": 2**63 - 1})
+            assert fits["missed"] == []
+        history = await alice.request("chat.history", {"room": "lobby", "after": 2**63 - 1})
+        assert history == {"messages": [], "has_more": False}
+    assert tracebacks(caplog) == []
