@@ -229,6 +229,7 @@ async def _serve_client(serving: _Serving, stream: trio.abc.Stream) -> None:
     config = hub.config
     peer = peer_address(stream)
     handshake = Handshake(stream)
+    request = None  # stays None when the connect timeout fires first
     with trio.move_on_after(config.server.connect_timeout_s):
         request = await handshake.read_request()
     if request is None:

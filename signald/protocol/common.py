@@ -44,6 +44,34 @@ DeleteMode = Literal["soft", "hard"]
 ReactionAction = Literal["add", "remove"]
 
 MAX_ATTACHMENTS: Final = 10
+MAX_NESTING: Final = 64  # levels of arrays/objects in a free-form field (room.signal payload, sdp, candidate)
+_WIDE_INT: Final = (-(2**63), 2**64)  # what both wire formats can carry (MessagePack: int64 and uint64)
+
+
+def check_free_form(value: Any, field: str) -> None:
+    """Refuse a free-form value that some recipient could not be sent: nested deeper than
+    :data:`MAX_NESTING` levels (the encoder would hit Python's recursion limit) or holding an integer
+    outside 64 bits (MessagePack cannot carry it). Raises ValueError naming ``field``; called from a
+    Struct's ``__post_init__``, msgspec turns it into a ValidationError with the path.
+    """
+    if not isinstance(value, dict | list):
+        if isinstance(value, int) and not _WIDE_INT[0] <= value < _WIDE_INT[1]:
+            raise ValueError(f"`{field}` holds an integer that does not fit in 64 bits")
+        return
+    level: list[Any] = [value]
+    for depth in range(1, MAX_NESTING + 2):
+        deeper: list[Any] = []
+        for item in level:
+            for child in item.values() if isinstance(item, dict) else item:
+                if isinstance(child, dict | list):
+                    deeper.append(child)
+                elif isinstance(child, int) and not _WIDE_INT[0] <= child < _WIDE_INT[1]:
+                    raise ValueError(f"`{field}` holds an integer that does not fit in 64 bits")
+        if not deeper:
+            return
+        if depth >= MAX_NESTING:
+            raise ValueError(f"`{field}` nests more than {MAX_NESTING} levels deep")
+        level = deeper
 
 
 class Attachment(Struct, omit_defaults=True, forbid_unknown_fields=False):

@@ -27,6 +27,7 @@ from signald.protocol.common import (
     SignalKind,
     Status,
     UserId,
+    check_free_form,
 )
 
 # --------------------------------------------------------------------------- inbound payloads
@@ -102,17 +103,26 @@ class CallOfferData(Struct):
     sdp: JsonObject
     call_id: CallId | None = None
 
+    def __post_init__(self) -> None:
+        check_free_form(self.sdp, "sdp")
+
 
 class CallAnswerData(Struct):
     target_id: UserId
     sdp: JsonObject
     call_id: CallId | None = None
 
+    def __post_init__(self) -> None:
+        check_free_form(self.sdp, "sdp")
+
 
 class CallIceData(Struct):
     target_id: UserId
     candidate: JsonObject
     call_id: CallId | None = None
+
+    def __post_init__(self) -> None:
+        check_free_form(self.candidate, "candidate")
 
 
 class CallEndData(Struct):
@@ -129,6 +139,9 @@ class RoomSignalData(Struct):
     room: RoomName
     kind: SignalKind
     payload: Any = None
+
+    def __post_init__(self) -> None:
+        check_free_form(self.payload, "payload")
 
 
 class RoomKickData(Struct):

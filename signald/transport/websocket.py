@@ -118,7 +118,8 @@ class ServerWebSocket:
                         return None
                 elif kind is Ping:
                     assert isinstance(event, Ping)
-                    self.outbox.push_control(conn.send(event.response()))
+                    if conn.state is ConnectionState.OPEN:  # a ping right before the peer's close: no pong
+                        self.outbox.push_control(conn.send(event.response()))
                 elif kind is CloseConnection:
                     assert isinstance(event, CloseConnection)
                     if conn.state is ConnectionState.REMOTE_CLOSING:

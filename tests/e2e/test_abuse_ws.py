@@ -9,6 +9,7 @@ and pings or fragments cost memory and CPU only within bounds.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ from typing import Any
 import pytest
 import trio
 from conftest import clients, events_of, make_config, start_server
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, CloseConnection, Event, Ping, Request, TextMessage
 
 from signald.client import SignaldClient, connect
 from signald.server import RunningServer
@@ -104,4 +107,114 @@ async def test_a_number_out_of_range_is_invalid_payload_naming_the_field(
             assert fits["missed"] == []
         history = await alice.request("chat.history", {"room": "lobby", "after": 2**63 - 1})
         assert history == {"messages": [], "has_more": False}
+    assert tracebacks(caplog) == []
+
+
+# --------------------------------------------------------------------------- 7: no traceback from client input
+
+
+class Raw:
+    """A WebSocket client on wsproto that sends exactly the bytes the test makes (no checks of its own)."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.ws = WSConnection(ConnectionType.CLIENT)
+        self.events: list[Event] = []
+
+    @classmethod
+    async def open(cls, server: RunningServer, user: str) -> Raw:
+        raw = cls(await trio.open_tcp_stream("127.0.0.1", server.port))
+        await raw.stream.send_all(raw.ws.send(Request(host="localhost", target=f"/?user={user}")))
+        await raw.next_of(AcceptConnection)
+        return raw
+
+    async def next_of(self, kind: type[Event]) -> Any:
+        """The next event of type ``kind`` (others before it dropped); None once the server closed TCP."""
+        with trio.fail_after(5):
+            while True:
+                while self.events:
+                    event = self.events.pop(0)
+                    if isinstance(event, kind):
+                        return event
+                try:
+                    data = await self.stream.receive_some(65536)
+                except trio.BrokenResourceError:
+                    data = b""
+                if not data:
+                    return None
+                self.ws.receive_data(data)
+                self.events.extend(self.ws.events())
+
+    async def reply(self, op_id: Any) -> dict[str, Any]:
+        while True:
+            message = await self.next_of(TextMessage)
+            assert message is not None, f"closed before the reply to {op_id!r}"
+            decoded: dict[str, Any] = json.loads(message.data)
+            if decoded["type"] != "welcome" and decoded["data"].get("op_id") == op_id:
+                return decoded
+
+
+def deep(levels: int) -> str:
+    return "[" * levels + "]" * levels
+
+
+async def test_no_client_input_makes_the_daemon_log_a_traceback(
+    nursery: trio.Nursery, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    server = await serve(nursery, tmp_path, server={"connect_timeout_s": 0.2},
+                         limits={"max_frame_bytes": 200_000})
+    async with clients(server, "member") as (member,), connect(server.url, user="packer", msgpack=True) as packer:
+        for c in (member, packer):
+            await c.request("room.join", {"room": "lobby"})
+        # A handshake that never comes: the connect timeout fires (it used to raise UnboundLocalError).
+        silent = await trio.open_tcp_stream("127.0.0.1", server.port)
+        half = await trio.open_tcp_stream("127.0.0.1", server.port)
+        await half.send_all(b"GET /?user=half HTTP/1.1\r\nHost: x\r\n")
+        await trio.sleep(0.4)
+        for stream in (silent, half):
+            await stream.aclose()
+
+        raw = await Raw.open(server, "attacker")
+        await raw.stream.send_all(raw.ws.send(TextMessage(data=json.dumps({"type": "room.join", "id": "j",
+                                                                            "data": {"room": "lobby"}}))))
+        assert (await raw.reply("j"))["type"] == "ack"
+        expected = [
+            # (frame, op_id of the reply, code)
+            (deep(65_000), None, "BAD_REQUEST"),  # RecursionError in the decoder
+            ('{"type": "room.signal", "id": 2, "data": {"room": "lobby", "kind": "k", "payload": '
+             + deep(65_000) + "}}", None, "BAD_REQUEST"),
+            ('{"type": "room.signal", "id": 3, "data": {"room": "lobby", "kind": "k", "payload": '
+             + deep(200) + "}}", 3, "INVALID_PAYLOAD"),  # decodes, but no encoder could send it on
+            ('{"type": "room.signal", "id": 4, "data": {"room": "lobby", "kind": "k", "payload": {"n": '
+             + str(2**70) + "}}}", 4, "INVALID_PAYLOAD"),  # MessagePack could not carry it to packer
+            ('{"type": "call.ice", "id": 5, "data": {"target_id": "member", "candidate": {"c": [-'
+             + str(2**64) + "]}}}", 5, "INVALID_PAYLOAD"),
+            ('{"type": "room.join", "id": 6, "data": {"room": "lobby", "since": ' + str(2**70) + "}}", 6,
+             "INVALID_PAYLOAD"),  # OverflowError in SQLite
+            ('{"type": "chat.history", "id": 7, "data": {"room": "lobby", "before": ' + str(2**63) + "}}", 7,
+             "INVALID_PAYLOAD"),
+        ]
+        for frame, op_id, code in expected:
+            await raw.stream.send_all(raw.ws.send(TextMessage(data=frame)))
+            reply = await raw.reply(op_id)
+            assert (reply["type"], reply["data"]["code"]) == ("error", code), reply
+        # An op id beyond 64 bits is echoed as given to a JSON client.
+        await raw.stream.send_all(raw.ws.send(TextMessage(data='{"type": "presence.ping", "id": ' + str(2**70) + "}")))
+        assert (await raw.reply(2**70))["type"] == "presence.pong"
+        # A ping and the close in one write: no pong may follow the peer's close (LocalProtocolError).
+        await raw.stream.send_all(raw.ws.send(Ping(b"x")) + raw.ws.send(CloseConnection(code=1000)))
+        assert (await raw.next_of(CloseConnection)).code == 1000
+        await raw.stream.aclose()
+        # A protocol violation and invalid UTF-8 end their connections with the code RFC 6455 names.
+        for garbage in (b"\x8f\x80\x00\x00\x00\x00", b"\x81\x82\x00\x00\x00\x00\xff\xfe"):
+            bad = await Raw.open(server, "garbage")
+            await bad.stream.send_all(garbage)
+            closed = await bad.next_of(CloseConnection)
+            assert closed is None or closed.code in (1002, 1007)
+            await bad.stream.aclose()
+
+        # Nobody else noticed, and nothing reached the members.
+        assert [e for e in await events_of(member) if e[0] == "room.signal"] == []
+        assert [e for e in await events_of(packer) if e[0] == "room.signal"] == []
     assert tracebacks(caplog) == []
