@@ -31,7 +31,10 @@ from signald.config import Config
 from signald.delivery.broker import Broker, LocalBroker
 from signald.delivery.frames import Frame
 from signald.delivery.outbox import Cork
+from signald.errors import StartupError
+from signald.history.schema import SchemaError
 from signald.history.store import HistoryStore
+from signald.history.work import StorageError
 from signald.protocol import (
     Error,
     ExpiredData,
@@ -110,14 +113,18 @@ class Hub:
         )
         self.started_at = trio.current_time()
         server = self.config.server
-        async with store:
+        async with _opened(store, server.db):
             self.history = HistoryService(
                 store, self.presence, self.rooms, self.send_to, page_max=self.config.limits.history_page_max,
                 skip_guests=self.config.auth.mode == "none",
             )
             try:
                 if server.metrics_port is not None:  # only once the store opened: a failed open leaks no thread
-                    self.metrics_port = self.metrics.serve(server.metrics_port, server.host, self.gauges)
+                    try:
+                        self.metrics_port = self.metrics.serve(server.metrics_port, server.host, self.gauges)
+                    except OSError as exc:
+                        raise StartupError(f"server.metrics_port {server.host}:{server.metrics_port}: "
+                                           f"{exc.strerror or exc}") from None
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self.timers.run)
                     nursery.start_soon(self.timers.run_heartbeats)
@@ -303,3 +310,17 @@ class Hub:
             session.send(frame)
             session.close(CLOSE_SESSION_REVOKED, "session revoked")
         return len(sessions)
+
+
+@asynccontextmanager
+async def _opened(store: HistoryStore, path: str) -> AsyncIterator[HistoryStore]:
+    """``async with store``, where a database that cannot be opened is a :class:`StartupError` naming it."""
+    try:
+        await store.open()
+    except (StorageError, SchemaError, OSError) as exc:
+        cause = exc.__cause__ if isinstance(exc, StorageError) and exc.__cause__ is not None else exc
+        raise StartupError(f"server.db {path}: {getattr(cause, 'strerror', None) or cause}") from None
+    try:
+        yield store
+    finally:
+        await store.aclose()
