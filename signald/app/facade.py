@@ -31,6 +31,7 @@ import attrs
 from signald.app.hub import Hub
 from signald.app.session import Session
 from signald.protocol import KickedData, RoomKickedEvent
+from signald.state.send import Send
 
 log = logging.getLogger("signald.facade")
 
@@ -93,6 +94,28 @@ def kick_from_room(
     for send in hub.rooms.kick(room, user_id):
         hub.send_to(send.conns - {spare} if spare is not None else send.conns, send.event)
     hub.send_to(kicked, RoomKickedEvent(data=KickedData(room=room, by=by, reason=reason)))
+    return kicked
+
+
+TOKEN_REASON: Final = "token"  # the ``reason`` of a ``room.kicked`` that a narrower token caused
+
+
+def leave_rooms_the_token_forbids(hub: Hub, session: Session) -> list[Send]:
+    """Take ``session`` out of every room its (new) token no longer allows; returns its ``room.kicked``.
+
+    The room hears what a ``room.leave`` would make it hear (``member.left`` when this was the user's
+    last device there); the session gets ``room.kicked {room, by: "$system", reason: "token"}`` per
+    room, returned for the caller to send after its reply. Other sessions of the user keep their
+    own tokens and rooms.
+    """
+    conn, kicked = session.session_id, []
+    for room in sorted(hub.rooms.rooms_of(conn)):
+        if session.may_join(room):
+            continue
+        hub.publish(hub.presence.clear_typing(conn, room))
+        hub.publish(hub.rooms.leave(conn, room))
+        kicked.append(Send(frozenset((conn,)), RoomKickedEvent(
+            data=KickedData(room=room, by=SERVER_KICKER, reason=TOKEN_REASON))))
     return kicked
 
 

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
+import jwt
 import pytest
 import trio
 from conftest import clients, events_of, make_config, start_server
@@ -218,3 +220,56 @@ async def test_no_client_input_makes_the_daemon_log_a_traceback(
         assert [e for e in await events_of(member) if e[0] == "room.signal"] == []
         assert [e for e in await events_of(packer) if e[0] == "room.signal"] == []
     assert tracebacks(caplog) == []
+
+
+# --------------------------------------------------------------------------- 4: a narrower token narrows the session
+
+SECRET = "signald-test-secret-0123456789abcdef"
+
+
+def token(sub: str, **claims: Any) -> str:
+    return jwt.encode({"sub": sub, "exp": int(time.time()) + 3600, **claims}, SECRET, algorithm="HS256")
+
+
+async def test_a_refresh_that_narrows_rooms_and_roles_takes_effect_at_once(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    server = await serve(nursery, tmp_path, auth={"mode": "jwt", "jwt_secret": SECRET})
+    async with connect(server.url, token=token("alice", rooms=["a", "b"], roles=["admin"])) as alice, \
+            connect(server.url, token=token("alice", rooms=["a"])) as alice_phone, \
+            connect(server.url, token=token("bob")) as bob, connect(server.url, token=token("carol")) as carol:
+        for c, rooms in ((alice, ("a", "b")), (alice_phone, ("a",)), (bob, ("a", "b")), (carol, ("b",))):
+            for room in rooms:
+                await c.request("room.join", {"room": room})
+        await alice.request("chat.typing", {"scope": "b", "typing": True})
+        for c in (alice, alice_phone, bob, carol):
+            await events_of(c)
+        assert "connections" in await alice.request("system.stats")
+
+        ack = await alice.request_raw("auth.refresh", {"refresh_token": token("alice", rooms=["a"])})
+        assert ack["type"] == "ack"
+        with trio.fail_after(5):
+            kicked = await alice.next_event()  # right after the ack, before anything else
+        assert (kicked["type"], kicked["data"]) == ("room.kicked", {"room": "b", "by": "$system", "reason": "token"})
+        for other in (bob, carol):
+            seen = await events_of(other)
+            assert ("member.left", {"room": "b", "user_id": "alice"}) in seen
+            assert ("chat.typing.user", {"scope": "b", "user_id": "alice", "typing": False}) in seen
+
+        # Later requests are checked against the new claims: no room b, no admin.
+        assert (await alice.request("session.info"))["rooms"] == ["a"]
+        assert (await alice.request("session.info"))["roles"] == []
+        for kind, data, code in (
+            ("chat.send", {"scope": "b", "body": "still here?"}, "NOT_IN_ROOM"),
+            ("chat.history", {"room": "b"}, "NOT_IN_ROOM"),
+            ("room.join", {"room": "b"}, "FORBIDDEN"),
+            ("system.stats", None, "FORBIDDEN"),
+        ):
+            reply = await reply_of(alice, kind, data)
+            assert (reply["type"], reply["data"]["code"]) == ("error", code), reply
+        # ... and nothing said in b reaches alice any more; room a is untouched.
+        await bob.request("chat.send", {"scope": "b", "body": "secret"})
+        await bob.request("chat.send", {"scope": "a", "body": "hello a"})
+        seen = await events_of(alice)
+        assert [d["body"] for k, d in seen if k == "chat.message"] == ["hello a"]
+        assert [d["body"] for k, d in await events_of(alice_phone) if k == "chat.message"] == ["hello a"]
