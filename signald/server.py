@@ -271,7 +271,7 @@ async def _serve_client(serving: _Serving, stream: trio.abc.Stream) -> None:
         binary=binary,
         connected_at=iso_utc(hub.wall_clock()),
         send_queue=limits.send_queue,
-        flood=FloodGuard(limits.rate_per_s, limits.rate_burst),
+        flood=FloodGuard(limits.rate_per_s, limits.rate_burst, shared=hub.user_rates.for_user(identity.user_id)),
         cork=hub.cork,
     )
     ws = ServerWebSocket(stream, connection, session.outbox, max_message_bytes=config.server.max_transport_bytes)

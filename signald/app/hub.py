@@ -48,6 +48,7 @@ from signald.protocol import (
 from signald.state.calls import CallOutcome, CallRegistry
 from signald.state.heartbeat import Heartbeats, Monitored
 from signald.state.presence import PresenceTracker
+from signald.state.ratelimit import UserRateLimiter
 from signald.state.rooms import RoomRegistry
 from signald.state.send import Send
 from signald.timefmt import iso_utc
@@ -93,6 +94,8 @@ class Hub:
         self.metrics_port: int | None = None
         self.call_log: CallLog | None = None
         self.heartbeats = Heartbeats(config.server.heartbeat_s, config.server.heartbeat_timeout_s)
+        # The frame budget all connections of a user share (reconnecting refills nothing).
+        self.user_rates = UserRateLimiter(*config.limits.user_rate())
         self.expiries = Expiries(self.wall_clock, self.expire_session)  # see watch(): connect and auth.refresh
         # The embedding program's on_connect/on_disconnect hooks (signald.app.facade wraps them).
         self.connect_hooks: list[Callable[[Session], None]] = []

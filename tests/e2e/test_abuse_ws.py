@@ -18,7 +18,8 @@ from typing import Any
 import jwt
 import pytest
 import trio
-from conftest import clients, events_of, make_config, start_server
+from conftest import clients, events_of, make_config, start_server, time_flies
+from trio.testing import MockClock
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, Event, Ping, Request, TextMessage
 
@@ -41,6 +42,15 @@ async def reply_of(c: SignaldClient, kind: str, data: Any = None) -> dict[str, A
     with trio.fail_after(5):
         reply: dict[str, Any] = await c.request_raw(kind, data)
     return reply
+
+
+async def next_reply(c: SignaldClient) -> dict[str, Any]:
+    """The next reply (ack, error or pong) to a frame sent with :meth:`SignaldClient.send`, in order
+    (a RATE_LIMITED error may not carry the request's op id)."""
+    while True:
+        event = await c.next_event()
+        if event["type"] in ("ack", "error", "presence.pong"):
+            return event
 
 
 def tracebacks(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -273,3 +283,60 @@ async def test_a_refresh_that_narrows_rooms_and_roles_takes_effect_at_once(
         seen = await events_of(alice)
         assert [d["body"] for k, d in seen if k == "chat.message"] == ["hello a"]
         assert [d["body"] for k, d in await events_of(alice_phone) if k == "chat.message"] == ["hello a"]
+
+
+# --------------------------------------------------------------------------- 3: per-user rate limit
+
+
+async def test_reconnecting_refills_nothing_and_every_device_draws_on_the_same_budget(
+    frozen_clock: MockClock, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    server = await serve(nursery, tmp_path, limits={"user_rate_per_s": 1, "user_rate_burst": 5},
+                         server={"new_connections_per_ip_per_s": 0})
+
+    async def pings(c: SignaldClient, n: int) -> list[str]:
+        replies = []
+        for _ in range(n):
+            await c.send({"type": "presence.ping", "id": "p"})
+            replies.append(await next_reply(c))
+        return [r["type"] if r["type"] != "error" else r["data"]["code"] for r in replies]
+
+    async with connect(server.url, user="alice") as first:
+        assert await pings(first, 6) == ["presence.pong"] * 5 + ["RATE_LIMITED"]
+    for _ in range(3):  # the clock stands still: no reconnect brings a token back
+        async with connect(server.url, user="alice") as again, connect(server.url, user="alice") as phone:
+            assert await pings(again, 2) == ["RATE_LIMITED"] * 2
+            assert await pings(phone, 1) == ["RATE_LIMITED"]
+    async with connect(server.url, user="bob") as bob:  # somebody else's budget is their own
+        assert await pings(bob, 5) == ["presence.pong"] * 5
+    with time_flies(frozen_clock):
+        await trio.sleep(2)
+    async with connect(server.url, user="alice") as later:
+        assert await pings(later, 3) == ["presence.pong"] * 2 + ["RATE_LIMITED"]  # what 2 s refilled
+
+
+async def test_a_reconnect_flood_stores_no_more_than_the_per_user_budget(nursery: trio.Nursery, tmp_path: Path) -> None:
+    rate, burst = 20.0, 40
+    server = await serve(nursery, tmp_path, limits={"user_rate_per_s": rate, "user_rate_burst": burst},
+                         server={"new_connections_per_ip_per_s": 0})
+    acked = reconnects = 0
+    async with connect(server.url, user="reader") as reader:
+        await reader.request("room.join", {"room": "lobby"})
+        started = trio.current_time()
+        while trio.current_time() - started < 1.5:
+            async with connect(server.url, user="flood") as flood:
+                reconnects += 1
+                # A join and 58 sends, pipelined: within the connection's own burst (60).
+                await flood.send({"type": "room.join", "id": "join", "data": {"room": "lobby"}})
+                for i in range(58):
+                    await flood.send({"type": "chat.send", "id": i, "data": {"scope": "lobby", "body": f"{i}"}})
+                with trio.fail_after(5):
+                    replies = [await next_reply(flood) for _ in range(59)]
+                acked += sum(r["type"] == "ack" and r["data"]["op_id"] != "join" for r in replies)
+        elapsed = trio.current_time() - started
+        # Every frame, the joins included, came out of one budget: the burst and what refilled.
+        budget = burst + rate * elapsed
+        assert reconnects >= 5
+        assert 0 < acked <= budget
+        stored = (await reader.request("chat.history", {"room": "lobby", "limit": 200}))["messages"]
+        assert len(stored) == acked
