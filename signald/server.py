@@ -277,6 +277,7 @@ async def _serve_client(serving: _Serving, stream: trio.abc.Stream) -> None:
     ws = ServerWebSocket(stream, connection, session.outbox, max_message_bytes=config.server.max_transport_bytes)
     ws.on_silent = partial(_silent, session)
     ws.parking = hub.parking
+    ws.flood = session.flood  # pings, pongs and fragments count too
     session.send(Frame(Welcome(data=WelcomeData(
         protocol_version=PROTOCOL_VERSION,
         session_id=session.session_id,

@@ -13,6 +13,11 @@ Nothing here reads a clock: every call takes ``now`` in seconds from one monoton
   ``CLOSE``: this rejection is the (``burst`` + 1)-th within a sliding window of 10 s (``window_s``;
   a rejection at ``t`` counts while ``now - t < 10``); close the connection with 1008. ``CLOSE`` is
   sticky: every later call returns it too. Memory is bounded: at most ``burst`` + 1 timestamps are kept.
+- **Fragments and control frames** (docs/protocol.md "Limits"): every inbound frame is counted.
+  A ping or pong is checked like a message (``LIMITED``: not answered). A fragment before the last
+  of a message is charged (:meth:`FloodGuard.charge`): it takes a token, in debt if need be (down to
+  ``-burst``), so a message sent in k frames costs k tokens and is ``LIMITED`` when complete if
+  its fragments ran the bucket dry. (The transport also caps fragments per message.)
 - **Per user** (``shared``): a FloodGuard may also draw on a budget that all of a user's
   connections share (:class:`UserRateLimiter`, ``limits.user_rate_per_s`` / ``user_rate_burst``).
   A frame is allowed only when both the connection's bucket and the shared budget have a token;
@@ -76,6 +81,13 @@ class TokenBucket:
     def is_full(self, now: float) -> bool:
         return self.tokens(now) >= self._burst - _EPSILON
 
+    def spend(self, now: float, tokens: float) -> None:
+        """Take ``tokens`` whether they are there or not: the bucket may go into debt, down to
+        ``-burst`` (what is owed must refill before anything is allowed again)."""
+        self._tokens = max(-self._burst, self.tokens(now) - tokens)
+        if self._last is None or now > self._last:
+            self._last = now
+
     def has_token(self, now: float) -> bool:
         """Whether :meth:`allow` at ``now`` would succeed (takes nothing)."""
         return self.tokens(now) >= 1.0 - _EPSILON
@@ -119,6 +131,13 @@ class FloodGuard:
     def closed(self) -> bool:
         """True once :meth:`check` has returned ``CLOSE``."""
         return self._closed
+
+    def charge(self, now: float) -> None:
+        """Account for one frame that is part of a message still under way (a fragment before the
+        last): it costs a token now, in debt if need be, and the message's own :meth:`check` pays
+        for its last frame. A message sent in k frames so costs k tokens, and one whose fragments
+        ran the bucket dry is ``LIMITED`` when it is complete."""
+        self._bucket.spend(now, 1.0)
 
     def check(self, now: float) -> Verdict:
         """Account for one inbound frame received at ``now``."""

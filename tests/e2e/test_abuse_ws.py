@@ -9,8 +9,11 @@ and pings or fragments cost memory and CPU only within bounds.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +24,7 @@ import trio
 from conftest import clients, events_of, make_config, start_server, time_flies
 from trio.testing import MockClock
 from wsproto import ConnectionType, WSConnection
-from wsproto.events import AcceptConnection, CloseConnection, Event, Ping, Request, TextMessage
+from wsproto.events import AcceptConnection, CloseConnection, Event, Ping, Pong, Request, TextMessage
 
 from signald.client import SignaldClient, connect
 from signald.server import RunningServer
@@ -137,7 +140,7 @@ class Raw:
     async def open(cls, server: RunningServer, user: str) -> Raw:
         raw = cls(await trio.open_tcp_stream("127.0.0.1", server.port))
         await raw.stream.send_all(raw.ws.send(Request(host="localhost", target=f"/?user={user}")))
-        await raw.next_of(AcceptConnection)
+        assert await raw.next_of(AcceptConnection) is not None, "handshake refused"
         return raw
 
     async def next_of(self, kind: type[Event]) -> Any:
@@ -340,3 +343,114 @@ async def test_a_reconnect_flood_stores_no_more_than_the_per_user_budget(nursery
         assert 0 < acked <= budget
         stored = (await reader.request("chat.history", {"room": "lobby", "limit": 200}))["messages"]
         assert len(stored) == acked
+
+
+# --------------------------------------------------------------------------- 1 and 2: pings and fragments
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+async def open_small_window(server: RunningServer, user: str) -> Raw:
+    """A raw client whose receive buffer is small, so what it does not read backs up in the server."""
+    sock = trio.socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    await sock.connect(("127.0.0.1", server.port))
+    raw = Raw(trio.SocketStream(sock))
+    await raw.stream.send_all(raw.ws.send(Request(host="localhost", target=f"/?user={user}")))
+    await raw.next_of(AcceptConnection)
+    await raw.next_of(TextMessage)  # the welcome: the session exists
+    return raw
+
+
+async def test_pings_nobody_reads_are_answered_within_the_send_queue_and_then_closed_as_flooding(
+    srv: RunningServer,
+) -> None:
+    raw = await open_small_window(srv, "pinger")
+    [session] = srv.hub.sessions_by_user["pinger"].values()
+    pings = b"".join(raw.ws.send(Ping(bytes(125))) for _ in range(4000))  # 520 kB, pongs of 127 bytes each
+    most_queued = 0
+    with trio.move_on_after(5):
+        for start in range(0, len(pings), 13_000):  # never reading a pong
+            try:
+                await raw.stream.send_all(pings[start:start + 13_000])
+            except trio.BrokenResourceError:
+                break
+            await trio.sleep(0.001)
+            most_queued = max(most_queued, session.outbox.queued_bytes)
+    # One pong at most waits (a newer one replaces it), beside the welcome; the daemon gave up on
+    # the pinger as a flooder: the rate limit counts pings (60 answered, 60 refused, then 1008).
+    assert most_queued < 2048
+    pongs = 0
+    with trio.fail_after(5):
+        while (event := await raw.next_of((Pong, CloseConnection))) is not None and isinstance(event, Pong):
+            pongs += 1
+    assert isinstance(event, CloseConnection) and event.code == 1008
+    assert pongs <= 61
+    await raw.stream.aclose()
+
+
+async def test_endless_empty_fragments_close_the_connection_and_cost_no_memory(srv: RunningServer) -> None:
+    async with connect(srv.url, user="polite") as polite:
+        raw = await Raw.open(srv, "fragmenter")
+        before = rss_bytes()
+        first = raw.ws.send(TextMessage(data="{", message_finished=False))
+        empty = b"\x00\x80\x00\x00\x00\x00"  # FIN=0, continuation, masked, no payload
+        with contextlib.suppress(trio.BrokenResourceError):
+            await raw.stream.send_all(first + empty * 200_000)  # 1.2 MB of nothing
+        closed = await raw.next_of(CloseConnection)
+        assert closed is not None and (closed.code, closed.reason) == (1008, "message in more than 64 frames")
+        await raw.stream.aclose()
+        assert rss_bytes() - before < 20 * 2**20  # generous: the attack itself holds nothing
+        # A message in a few fragments is still a message.
+        fine = await Raw.open(srv, "fragments")
+        text = json.dumps({"type": "presence.ping", "id": "frag"})
+        wire = b"".join(fine.ws.send(TextMessage(data=text[i:i + 4], message_finished=i + 4 >= len(text)))
+                        for i in range(0, len(text), 4))
+        await fine.stream.send_all(wire)
+        assert (await fine.reply("frag"))["type"] == "presence.pong"
+        await fine.stream.aclose()
+        assert (await reply_of(polite, "presence.ping"))["type"] == "presence.pong"
+
+
+async def test_a_polite_client_stays_prompt_while_three_connections_send_endless_fragments(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    srv = await serve(nursery, tmp_path, server={"new_connections_per_ip_per_s": 0})  # abusers reconnect at will
+    closes: list[int] = []
+    empty = b"\x00\x80\x00\x00\x00\x00" * 2000
+
+    async def send_forever(raw: Raw) -> None:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await raw.stream.send_all(raw.ws.send(TextMessage(data="{", message_finished=False)))
+            while True:
+                await raw.stream.send_all(empty)
+
+    async def abuse(name: str, until: float) -> None:
+        while trio.current_time() < until:
+            raw = await Raw.open(srv, name)
+            async with trio.open_nursery() as attack:
+
+                attack.start_soon(send_forever, raw)
+                with trio.move_on_at(until + 2):
+                    closed = await raw.next_of(CloseConnection)
+                    closes.append(closed.code if closed is not None else 1006)
+                attack.cancel_scope.cancel()
+            await raw.stream.aclose()
+
+    latencies: list[float] = []
+    async with connect(srv.url, user="polite") as polite, trio.open_nursery() as abusers:
+        until = trio.current_time() + 1.5
+        for i in range(3):
+            abusers.start_soon(abuse, f"abuser{i}", until)
+        while trio.current_time() < until:
+            started = time.perf_counter()
+            assert (await reply_of(polite, "presence.ping"))["type"] == "presence.pong"
+            latencies.append(time.perf_counter() - started)
+            await trio.sleep(0.05)  # 20 a second: within the polite client's own rate limit
+    latencies.sort()
+    p99 = latencies[int(len(latencies) * 0.99) - 1]
+    assert len(closes) >= 3 and set(closes) == {1008}  # each abuser is closed, again and again
+    assert p99 < 0.25, f"p99 {p99 * 1000:.0f} ms over {len(latencies)} pings"

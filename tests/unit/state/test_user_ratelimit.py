@@ -61,3 +61,20 @@ def test_the_per_user_budget_defaults_to_twice_the_per_connection_one() -> None:
     assert LimitsConfig(rate_per_s=5.0, rate_burst=7).user_rate() == (10.0, 14)
     assert LimitsConfig(user_rate_per_s=3.0, user_rate_burst=4).user_rate() == (3.0, 4)
     assert "user_rate_per_s" not in LimitsConfig(user_rate_per_s=3.0).to_wire().__struct_fields__
+
+
+def test_fragments_are_charged_in_debt_and_the_message_they_belong_to_pays_for_it() -> None:
+    guard = FloodGuard(rate_per_s=1.0, burst=5)
+    for _ in range(7):  # a message in 8 frames: 7 fragments charged, more than the bucket holds
+        guard.charge(0.0)
+    assert guard.check(0.0) is Verdict.LIMITED  # its last frame: the bucket owes 2
+    assert guard.check(2.0) is Verdict.LIMITED  # 2 s paid the debt, no more
+    assert guard.check(3.0) is Verdict.ALLOW
+
+
+def test_debt_is_bounded_by_the_burst() -> None:
+    guard = FloodGuard(rate_per_s=1.0, burst=2)
+    for _ in range(1000):
+        guard.charge(0.0)
+    assert guard.check(2.5) is Verdict.LIMITED  # owes at most the burst (2), not 998
+    assert guard.check(3.5) is Verdict.ALLOW
