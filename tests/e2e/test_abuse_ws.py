@@ -15,6 +15,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,14 @@ def tracebacks(caplog: pytest.LogCaptureFixture) -> list[str]:
     """Every log record that carries a traceback (or says it does)."""
     return [f"{r.name}: {r.getMessage()}" for r in caplog.records
             if r.exc_info or r.exc_text or r.stack_info or "Traceback" in r.getMessage()]
+
+
+@pytest.fixture(autouse=True)
+def no_traceback_in_the_log(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """Every attack of this file runs with the whole log captured: none may leave a traceback in it (item 7)."""
+    caplog.set_level(logging.DEBUG)
+    yield
+    assert tracebacks(caplog) == []
 
 
 # --------------------------------------------------------------------------- 5: no presence oracle
@@ -454,3 +463,15 @@ async def test_a_polite_client_stays_prompt_while_three_connections_send_endless
     p99 = latencies[int(len(latencies) * 0.99) - 1]
     assert len(closes) >= 3 and set(closes) == {1008}  # each abuser is closed, again and again
     assert p99 < 0.25, f"p99 {p99 * 1000:.0f} ms over {len(latencies)} pings"
+
+
+async def test_refused_requests_are_audited_without_flooding_the_log(
+    srv: RunningServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with connect(srv.url, user="prober") as prober:
+        for i in range(50):
+            await prober.send({"type": "system.stats", "id": i})
+        codes = [(await next_reply(prober))["data"]["code"] for _ in range(50)]
+    assert codes == ["FORBIDDEN"] * 50  # every request still gets its reply
+    audited = [r for r in caplog.records if r.name == "signald.audit" and "refused code=FORBIDDEN" in r.getMessage()]
+    assert 10 <= len(audited) <= 12  # the first ten, then one every 2 s
