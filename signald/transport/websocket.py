@@ -24,8 +24,9 @@ is the outbound message, encoded once.)
 
 Error handling: a protocol violation by the peer (bad framing, invalid UTF-8, ...) ends the
 connection with the close code wsproto names (1002, 1007, ...); a message over the transport cap
-with 1009. Neither raises: :meth:`ServerWebSocket.receive_message` returns None and
-:attr:`ServerWebSocket.failure` says why.
+with 1009; a message in more than :data:`MAX_FRAGMENTS` frames, or pings and pongs sent too fast
+(the session's FloodGuard, ``flood``, counts them), with 1008. None of them raises:
+:meth:`ServerWebSocket.receive_message` returns None and :attr:`ServerWebSocket.failure` says why.
 """
 
 from __future__ import annotations
