@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import signal
+import ssl
 import sys
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -24,8 +25,9 @@ import trio
 from signald import __version__
 from signald.auth import is_loopback
 from signald.config import Config, ConfigError, load_config
+from signald.errors import StartupError
 from signald.logfmt import JsonFormatter, announce, setup_logging
-from signald.server import RunningServer, build_authenticator, serve_signald
+from signald.server import RunningServer, build_authenticator, build_ssl_context, serve_signald
 
 log = logging.getLogger("signald")
 
@@ -142,6 +144,13 @@ def _serve(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as exc:
         print(f"signald: configuration error: auth: {exc}", file=sys.stderr)
         return 2
+    try:
+        build_ssl_context(config)
+    except OSError as exc:  # ssl.SSLError too: a file that is missing, unreadable or not PEM
+        reason = (exc.reason if isinstance(exc, ssl.SSLError) else None) or exc.strerror or exc
+        print(f"signald: configuration error: server.certfile/server.keyfile "
+              f"({config.server.certfile}, {config.server.keyfile}): {reason}", file=sys.stderr)
+        return 2
     setup_logging(config.log.level, config.log.format)
     for warning in warnings:
         log.warning("configuration: %s", warning)
@@ -150,16 +159,24 @@ def _serve(args: argparse.Namespace) -> int:
     tune_gc()
     try:
         return trio.run(run_daemon, config)
-    except OSError as exc:
-        print(f"signald: cannot start: {exc}", file=sys.stderr)
+    except (OSError, StartupError) as exc:
+        print(f"signald: cannot start: {_startup_failure(config, exc)}", file=sys.stderr)
         return 1
     except BaseExceptionGroup as group:
-        errors = group.subgroup(OSError)
+        errors = group.subgroup((OSError, StartupError))
         if errors is None:
             raise
         first = next(iter(_leaves(errors)))
-        print(f"signald: cannot start: {first}", file=sys.stderr)
+        print(f"signald: cannot start: {_startup_failure(config, first)}", file=sys.stderr)
         return 1
+
+
+def _startup_failure(config: Config, exc: BaseException) -> str:
+    """One line naming the setting: a StartupError says it; an OSError left is the listener's bind."""
+    if isinstance(exc, OSError):
+        server = config.server
+        return f"server.host/server.port {server.host}:{server.port}: {exc.strerror or exc}"
+    return str(exc)
 
 
 def _leaves(group: BaseExceptionGroup[Any]) -> list[BaseException]:

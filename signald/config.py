@@ -91,10 +91,19 @@ class LimitsConfig:
     history_page_max: int = field(default=200, validator=_positive)
     ring_timeout_s: float = field(default=30.0, validator=_positive)
     typing_timeout_s: float = field(default=6.0, validator=_positive)
+    # Shared by all of a user's connections, on top of rate_per_s / rate_burst (not in welcome.limits);
+    # unset: twice the per-connection values (see user_rate).
+    user_rate_per_s: float | None = field(default=None, validator=attrs.validators.optional(_positive))
+    user_rate_burst: int | None = field(default=None, validator=attrs.validators.optional(_positive))
+
+    def user_rate(self) -> tuple[float, int]:
+        """The per-user budget in force: (frames per second, burst), unset keys twice the per-connection ones."""
+        return (self.user_rate_per_s if self.user_rate_per_s is not None else 2 * self.rate_per_s,
+                self.user_rate_burst if self.user_rate_burst is not None else 2 * self.rate_burst)
 
     def to_wire(self) -> Limits:
         """The ``limits`` object of ``welcome``: exactly the keys docs/protocol.md lists."""
-        return Limits(**attrs.asdict(self))
+        return Limits(**{name: getattr(self, name) for name in Limits.__struct_fields__})
 
 
 @frozen

@@ -42,3 +42,9 @@ class SignalError(Exception):
 
     def __repr__(self) -> str:
         return f"SignalError({self.code!r}, {self.message!r})"
+
+
+class StartupError(Exception):
+    """The daemon cannot start; the message is one line naming the setting and the path or address
+    (``server.db /var/lib/signald/x.db: unable to open database file``). ``signald serve`` prints it
+    after ``signald: cannot start:`` and exits with status 1, without a traceback."""

@@ -151,7 +151,7 @@ class Router:
         except Exception as exc:
             session = ctx.session
             return failed_reply(kind, message.id, exc, user_id=session.user_id, remote=session.remote,
-                                 session_id=session.session_id)
+                                 session_id=session.session_id, may_audit=session.may_audit)
         if result is LATER:
             return None
         return succeeded_reply(message.id, result)

@@ -263,6 +263,7 @@ async def _serve_client(serving: _Serving, stream: trio.abc.Stream) -> None:
     config = hub.config
     peer = peer_address(stream)
     handshake = Handshake(stream, keep_plain=serving.http is not None)
+    request = None  # stays None when the connect timeout fires first
     with trio.move_on_after(config.server.connect_timeout_s):
         request = await handshake.read_request()
     if request is None:
@@ -312,12 +313,13 @@ async def _serve_client(serving: _Serving, stream: trio.abc.Stream) -> None:
         binary=binary,
         connected_at=iso_utc(hub.wall_clock()),
         send_queue=limits.send_queue,
-        flood=FloodGuard(limits.rate_per_s, limits.rate_burst),
+        flood=FloodGuard(limits.rate_per_s, limits.rate_burst, shared=hub.user_rates.for_user(identity.user_id)),
         cork=hub.cork,
     )
     ws = ServerWebSocket(stream, connection, session.outbox, max_message_bytes=config.server.max_transport_bytes)
     ws.on_silent = partial(_silent, session)
     ws.parking = hub.parking
+    ws.flood = session.flood  # pings, pongs and fragments count too
     session.send(Frame(Welcome(data=WelcomeData(
         protocol_version=PROTOCOL_VERSION,
         session_id=session.session_id,

@@ -69,7 +69,7 @@ class DeferredReply:
         """The work failed: ``error`` with the code of ``exc`` (``INTERNAL`` if not a SignalError)."""
         session = self._session
         self._send(failed_reply(self._kind, self._op_id, exc, user_id=session.user_id, remote=session.remote,
-                                 session_id=session.session_id))
+                                 session_id=session.session_id, may_audit=session.may_audit))
 
     def _send(self, reply: Outbound | None) -> None:
         session = self._session

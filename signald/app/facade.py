@@ -33,6 +33,7 @@ from signald.app.hub import Hub
 from signald.app.session import Session
 from signald.logfmt import log_event
 from signald.protocol import KickedData, RoomKickedEvent, StatsResult
+from signald.state.send import Send
 
 log = logging.getLogger("signald.facade")
 audit = logging.getLogger("signald.audit")
@@ -97,6 +98,28 @@ def kick_from_room(
         hub.send_to(send.conns - {spare} if spare is not None else send.conns, send.event)
     hub.send_to(kicked, RoomKickedEvent(data=KickedData(room=room, by=by, reason=reason)))
     log_event(audit, logging.INFO, "kicked", room=room, user=user_id, by=by, reason=reason, sessions=len(kicked))
+    return kicked
+
+
+TOKEN_REASON: Final = "token"  # the ``reason`` of a ``room.kicked`` that a narrower token caused
+
+
+def leave_rooms_the_token_forbids(hub: Hub, session: Session) -> list[Send]:
+    """Take ``session`` out of every room its (new) token no longer allows; returns its ``room.kicked``.
+
+    The room hears what a ``room.leave`` would make it hear (``member.left`` when this was the user's
+    last device there); the session gets ``room.kicked {room, by: "$system", reason: "token"}`` per
+    room, returned for the caller to send after its reply. Other sessions of the user keep their
+    own tokens and rooms.
+    """
+    conn, kicked = session.session_id, []
+    for room in sorted(hub.rooms.rooms_of(conn)):
+        if session.may_join(room):
+            continue
+        hub.publish(hub.presence.clear_typing(conn, room))
+        hub.publish(hub.rooms.leave(conn, room))
+        kicked.append(Send(frozenset((conn,)), RoomKickedEvent(
+            data=KickedData(room=room, by=SERVER_KICKER, reason=TOKEN_REASON))))
     return kicked
 
 

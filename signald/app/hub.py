@@ -31,7 +31,10 @@ from signald.config import Config
 from signald.delivery.broker import Broker, LocalBroker
 from signald.delivery.frames import Frame
 from signald.delivery.outbox import Cork
+from signald.errors import StartupError
+from signald.history.schema import SchemaError
 from signald.history.store import HistoryStore
+from signald.history.work import StorageError
 from signald.logfmt import log_event
 from signald.protocol import (
     Error,
@@ -46,6 +49,7 @@ from signald.protocol import (
 from signald.state.calls import CallOutcome, CallRegistry
 from signald.state.heartbeat import Heartbeats, Monitored
 from signald.state.presence import PresenceTracker
+from signald.state.ratelimit import UserRateLimiter
 from signald.state.rooms import RoomRegistry
 from signald.state.send import Send
 from signald.timefmt import epoch_of, iso_utc
@@ -92,6 +96,8 @@ class Hub:
         self.metrics_port: int | None = None
         self.call_log: CallLog | None = None
         self.heartbeats = Heartbeats(config.server.heartbeat_s, config.server.heartbeat_timeout_s)
+        # The frame budget all connections of a user share (reconnecting refills nothing).
+        self.user_rates = UserRateLimiter(*config.limits.user_rate())
         self.expiries = Expiries(self.wall_clock, self.expire_session)  # see watch(): connect and auth.refresh
         # The embedding program's on_connect/on_disconnect hooks (signald.app.facade wraps them).
         self.connect_hooks: list[Callable[[Session], None]] = []
@@ -112,14 +118,18 @@ class Hub:
         )
         self.started_at = trio.current_time()
         server = self.config.server
-        async with store:
+        async with _opened(store, server.db):
             self.history = HistoryService(
                 store, self.presence, self.rooms, self.send_to, page_max=self.config.limits.history_page_max,
                 skip_guests=self.config.auth.mode == "none",
             )
             try:
                 if server.metrics_port is not None:  # only once the store opened: a failed open leaks no thread
-                    self.metrics_port = self.metrics.serve(server.metrics_port, server.host, self.gauges)
+                    try:
+                        self.metrics_port = self.metrics.serve(server.metrics_port, server.host, self.gauges)
+                    except OSError as exc:
+                        raise StartupError(f"server.metrics_port {server.host}:{server.metrics_port}: "
+                                           f"{exc.strerror or exc}") from None
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self.timers.run)
                     nursery.start_soon(self.timers.run_heartbeats)
@@ -312,3 +322,17 @@ class Hub:
             session.close(CLOSE_SESSION_REVOKED, "session revoked")
         log_event(audit, logging.INFO, "sessions revoked", user=user_id, reason=reason, sessions=len(sessions))
         return len(sessions)
+
+
+@asynccontextmanager
+async def _opened(store: HistoryStore, path: str) -> AsyncIterator[HistoryStore]:
+    """``async with store``, where a database that cannot be opened is a :class:`StartupError` naming it."""
+    try:
+        await store.open()
+    except (StorageError, SchemaError, OSError) as exc:
+        cause = exc.__cause__ if isinstance(exc, StorageError) and exc.__cause__ is not None else exc
+        raise StartupError(f"server.db {path}: {getattr(cause, 'strerror', None) or cause}") from None
+    try:
+        yield store
+    finally:
+        await store.aclose()

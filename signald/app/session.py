@@ -17,13 +17,15 @@ import trio
 from signald.auth import Identity
 from signald.delivery.frames import Frame
 from signald.delivery.outbox import CLOSE_SLOW_CONSUMER, Cork, Outbox
-from signald.state.ratelimit import FloodGuard
+from signald.state.ratelimit import FloodGuard, TokenBucket
 from signald.state.replies import HeldReply, ReplyOrder
 
 CLOSE_GOING_AWAY: Final = 1001
 CLOSE_POLICY: Final = 1008
 CLOSE_SESSION_EXPIRED: Final = 4001
 CLOSE_SESSION_REVOKED: Final = 4003
+AUDIT_LINES_PER_S: Final = 0.5
+AUDIT_BURST: Final = 10
 
 
 def new_session_id() -> str:
@@ -50,6 +52,8 @@ class Session:
     cancel_scope: trio.CancelScope | None = None
     # Replies go out in request order (see signald.state.replies).
     replies: ReplyOrder = attrs.field(init=False, factory=ReplyOrder)
+    # Audit lines about this connection's refused requests: 10 at once, then one every 2 s.
+    audit_lines: TokenBucket = attrs.field(init=False, factory=lambda: TokenBucket(AUDIT_LINES_PER_S, AUDIT_BURST))
     # Read on every message, so a plain attribute; auth.refresh never changes the user.
     user_id: str = attrs.field(init=False)
 
@@ -80,6 +84,10 @@ class Session:
     def may_join(self, room: str) -> bool:
         """Whether the session's token allows joining ``room`` (its room globs)."""
         return self.identity.may_join(room)
+
+    def may_audit(self) -> bool:
+        """Whether one more audit line about this connection's refused requests may be logged now."""
+        return self.audit_lines.allow(trio.current_time())
 
     def send(self, frame: Frame) -> bool:
         """Queue a frame for this connection alone (replies go this way)."""

@@ -111,6 +111,7 @@ class Outbox:
         "_keyed",
         "_live",
         "_partial",
+        "_pong",
         "_queued",
         "_waiter",
         "binary",
@@ -141,6 +142,7 @@ class Outbox:
         self._partial: bytes | None = None  # the unsent tail of a frame written in part
         self._queued: list[bytes | _Slot] = []  # wire bytes: each Frame's ws_frame, or a control ws_frame
         self._keyed: dict[tuple[str, ...], _Slot] = {}
+        self._pong: _Slot | None = None  # the pong still queued, if any: a newer one replaces it
         self._waiter: trio.lowlevel.Task | None = None  # the writer task, parked in get_batch
 
     def __len__(self) -> int:
@@ -247,6 +249,28 @@ class Outbox:
         self._queued.append(data)
         self._wake()
 
+    def push_pong(self, data: bytes) -> None:
+        """Answer a ping: like :meth:`push_control`, but at most one pong ever waits.
+
+        A pong still queued (its peer is not reading) is replaced by the newer one, in its place,
+        as RFC 6455 5.5.3 allows: pings a peer never reads cost no memory here.
+        """
+        pong = self._pong
+        if pong is not None and pong.payload is not None:
+            pong.payload = data
+            return
+        if self.closed or self._write_if_idle(data):
+            return
+        self._pong = pong = _Slot(data)
+        self._queued.append(pong)
+        self._wake()
+
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes waiting to be written (queued frames, control frames, an unsent tail): for tests and probes."""
+        queued = sum(len(f) if isinstance(f, bytes) else len(f.payload or b"") for f in self._queued)
+        return queued + len(self._partial or b"")
+
     def _compact(self) -> None:
         self._queued = [f for f in self._queued if not isinstance(f, _Slot) or f.payload is not None]
 
@@ -269,6 +293,7 @@ class Outbox:
         batch = [item if isinstance(item, bytes) else item.payload for item in self._queued]
         self._queued.clear()
         self._keyed.clear()
+        self._pong = None
         self._live = 0
         return [b for b in batch if b is not None]
 
@@ -294,5 +319,6 @@ class Outbox:
         if drop:
             self._queued.clear()
             self._keyed.clear()
+            self._pong = None
             self._live = 0
         self._wake()

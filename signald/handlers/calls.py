@@ -1,7 +1,8 @@
 """Call signalling: ``call.offer``, ``call.answer``, ``call.ice``, ``call.end``.
 
-The call state machine lives in :mod:`signald.state.calls`; these handlers check the target (no
-connected device → ``TARGET_OFFLINE``, no shared room → ``FORBIDDEN``), run the transition, and
+The call state machine lives in :mod:`signald.state.calls`, with the target checks in the contract's
+order (no shared room → ``FORBIDDEN`` whether connected or not, then no connected device →
+``TARGET_OFFLINE``: nothing tells a stranger who is online); these handlers run the transition, and
 have the hub deliver its events after the ack (:meth:`Hub.apply_call_outcome`: presence shows
 ``busy`` while a user is in an answered call; the call log is :mod:`signald.app.calls`).
 """
@@ -25,14 +26,10 @@ async def call_offer(ctx: Context, msg: CallOffer) -> CallOfferResult:
     hub, session, data = ctx.hub, ctx.session, msg.data
     if data.target_id == session.user_id:
         raise SignalError("INVALID_PAYLOAD", "`$.data.target_id` is yourself")
-    devices = hub.devices_of(data.target_id)
-    if not devices:
-        raise SignalError("TARGET_OFFLINE", f"{data.target_id!r} has no connected device")
-    if not hub.rooms.shares_room(session.user_id, data.target_id):
-        raise SignalError("FORBIDDEN", f"you share no room with {data.target_id!r}")
     outcome = hub.calls.offer(
         caller=session.user_id, caller_device=session.session_id, callee=data.target_id,
-        callee_devices=devices, call_type=data.call_type, sdp=data.sdp, call_id=data.call_id,
+        shares_room=hub.rooms.shares_room(session.user_id, data.target_id),
+        callee_devices=hub.devices_of(data.target_id), call_type=data.call_type, sdp=data.sdp, call_id=data.call_id,
         now=trio.current_time(), ring_timeout_s=hub.config.limits.ring_timeout_s,
     )
     hub.apply_call_outcome(outcome, ctx.after_reply)

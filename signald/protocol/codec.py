@@ -41,7 +41,9 @@ _typed_msgpack: Final[dict[str, msgspec.msgpack.Decoder[Any]]] = {
 json_encoder: Final = msgspec.json.Encoder()
 msgpack_encoder: Final = msgspec.msgpack.Encoder()
 
-_DECODE_FAILURES: Final = (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError)
+# RecursionError: a frame nested deeper than the decoder's stack allows (a client fault, not a bug).
+_DECODE_FAILURES: Final = (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, RecursionError)
+_TOO_DEEP: Final = "frame nests too deeply"
 
 
 class _IdOnly(Struct):
@@ -151,6 +153,8 @@ def _classify(
     loose = _msgpack_any if msgpack else _json_any
     try:
         value = loose.decode(cast(Any, frame))
+    except RecursionError:
+        return FrameError("BAD_REQUEST", _TOO_DEEP)
     except (msgspec.DecodeError, UnicodeDecodeError):
         return FrameError("BAD_REQUEST", "frame is not valid " + ("MessagePack" if msgpack else "JSON"))
     if not isinstance(value, dict):
@@ -177,6 +181,8 @@ def _classify(
         if "data" in value and not isinstance(value["data"], dict) and value["data"] is not None:
             return FrameError("INVALID_PAYLOAD", "`$.data` must be an object", op_id)
         return FrameError("INVALID_PAYLOAD", text, op_id)
+    except RecursionError:  # pragma: no cover - the loose decode of the same bytes went as deep
+        return FrameError("BAD_REQUEST", _TOO_DEEP, op_id)
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # pragma: no cover - loose decode succeeded
         return FrameError("BAD_REQUEST", str(exc), op_id)
     # The typed decoder accepts it alone, so the union refused it for another reason.

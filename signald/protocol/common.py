@@ -25,7 +25,13 @@ UserId = Annotated[str, Meta(min_length=1, max_length=128)]
 MessageId = Annotated[str, Meta(min_length=1, max_length=64)]
 CallId = Annotated[str, Meta(min_length=1, max_length=128)]
 OpId = Union[Annotated[str, Meta(max_length=128)], int, None]
-Seq = Annotated[int, Meta(ge=0)]
+# Every number a client sends fits a signed 64-bit integer (what SQLite stores): 0 <= n < 2**63.
+# (msgspec takes no bound outside int64, so "< 2**63" is written "<= 2**63 - 1".) Out of range is
+# INVALID_PAYLOAD naming the field, never an overflow deeper down.
+INT64_MAX: Final = 2**63 - 1
+Seq = Annotated[int, Meta(ge=0, le=INT64_MAX)]
+Count = Annotated[int, Meta(ge=0, le=INT64_MAX)]
+PageLimit = Annotated[int, Meta(ge=1, le=INT64_MAX)]
 Rev = Seq
 """A room revision: raised by one with every stored change to the room's history."""
 ShortText = Annotated[str, Meta(max_length=256)]
@@ -40,6 +46,34 @@ DeleteMode = Literal["soft", "hard"]
 ReactionAction = Literal["add", "remove"]
 
 MAX_ATTACHMENTS: Final = 10
+MAX_NESTING: Final = 64  # levels of arrays/objects in a free-form field (room.signal payload, sdp, candidate)
+_WIDE_INT: Final = (-(2**63), 2**64)  # what both wire formats can carry (MessagePack: int64 and uint64)
+
+
+def check_free_form(value: Any, field: str) -> None:
+    """Refuse a free-form value that some recipient could not be sent: nested deeper than
+    :data:`MAX_NESTING` levels (the encoder would hit Python's recursion limit) or holding an integer
+    outside 64 bits (MessagePack cannot carry it). Raises ValueError naming ``field``; called from a
+    Struct's ``__post_init__``, msgspec turns it into a ValidationError with the path.
+    """
+    if not isinstance(value, dict | list):
+        if isinstance(value, int) and not _WIDE_INT[0] <= value < _WIDE_INT[1]:
+            raise ValueError(f"`{field}` holds an integer that does not fit in 64 bits")
+        return
+    level: list[Any] = [value]
+    for depth in range(1, MAX_NESTING + 2):
+        deeper: list[Any] = []
+        for item in level:
+            for child in item.values() if isinstance(item, dict) else item:
+                if isinstance(child, dict | list):
+                    deeper.append(child)
+                elif isinstance(child, int) and not _WIDE_INT[0] <= child < _WIDE_INT[1]:
+                    raise ValueError(f"`{field}` holds an integer that does not fit in 64 bits")
+        if not deeper:
+            return
+        if depth >= MAX_NESTING:
+            raise ValueError(f"`{field}` nests more than {MAX_NESTING} levels deep")
+        level = deeper
 
 
 class Attachment(Struct, omit_defaults=True, forbid_unknown_fields=False):
@@ -48,9 +82,9 @@ class Attachment(Struct, omit_defaults=True, forbid_unknown_fields=False):
     url: Annotated[str, Meta(min_length=1, max_length=2048)]
     name: ShortText | None = None
     mime: Annotated[str, Meta(max_length=128)] | None = None
-    size: Annotated[int, Meta(ge=0)] | None = None
-    width: Annotated[int, Meta(ge=0)] | None = None
-    height: Annotated[int, Meta(ge=0)] | None = None
+    size: Count | None = None
+    width: Count | None = None
+    height: Count | None = None
 
 
 Attachments = Annotated[list[Attachment], Meta(max_length=MAX_ATTACHMENTS)]

@@ -18,6 +18,7 @@ from signald.protocol.common import (
     JsonObject,
     MessageId,
     OpId,
+    PageLimit,
     Reaction,
     ReactionAction,
     Reason,
@@ -27,6 +28,7 @@ from signald.protocol.common import (
     SignalKind,
     Status,
     UserId,
+    check_free_form,
 )
 
 # --------------------------------------------------------------------------- inbound payloads
@@ -94,13 +96,13 @@ class ChatHistoryData(Struct):
     room: RoomName
     before: Seq | None = None
     after: Seq | None = None
-    limit: Annotated[int, Meta(ge=1)] | None = None
+    limit: PageLimit | None = None
 
 
 class ChatChangesData(Struct):
     room: RoomName
     after_rev: Rev
-    limit: Annotated[int, Meta(ge=1)] | None = None
+    limit: PageLimit | None = None
 
 
 class CallOfferData(Struct):
@@ -109,17 +111,26 @@ class CallOfferData(Struct):
     sdp: JsonObject
     call_id: CallId | None = None
 
+    def __post_init__(self) -> None:
+        check_free_form(self.sdp, "sdp")
+
 
 class CallAnswerData(Struct):
     target_id: UserId
     sdp: JsonObject
     call_id: CallId | None = None
 
+    def __post_init__(self) -> None:
+        check_free_form(self.sdp, "sdp")
+
 
 class CallIceData(Struct):
     target_id: UserId
     candidate: JsonObject
     call_id: CallId | None = None
+
+    def __post_init__(self) -> None:
+        check_free_form(self.candidate, "candidate")
 
 
 class CallEndData(Struct):
@@ -136,6 +147,9 @@ class RoomSignalData(Struct):
     room: RoomName
     kind: SignalKind
     payload: Any = None
+
+    def __post_init__(self) -> None:
+        check_free_form(self.payload, "payload")
 
 
 class RoomKickData(Struct):

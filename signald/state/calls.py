@@ -6,15 +6,16 @@ the offer's ack), ``sends`` (events in delivery order, to be delivered *after* t
 ``busy_changed`` (users whose :meth:`CallRegistry.is_busy` flipped, for presence) and ``log``
 (``started`` / ``answered`` / ``ended`` entries for an optional call log). Failures raise
 :class:`~signald.errors.SignalError` and change nothing. A user is a ``str`` user id, a device a
-``str`` device id (one per connection). Target checks (offline, shares a room) are the caller's job.
+``str`` device id (one per connection); the caller says whether the two users share a room.
 
 States and the transition table are in :mod:`signald.state.call_table`.
 
 Rules ("peer devices": of the caller, the ringing devices, or the winner once answered; of the
 callee, the offering device. Every event carries the ``call_id``; ``from_user`` is the recipient's
 other party, except where said. A :class:`Send` never has an empty ``conns``.)
-    * Offer checks, in order: calling yourself -> ``INVALID_PAYLOAD``; no callee device ->
-      ``TARGET_OFFLINE``; ``call_id`` in use by a live call -> ``CONFLICT`` (absent: one is generated).
+    * Offer checks, in order: calling yourself -> ``INVALID_PAYLOAD``; a callee who shares no room
+      with the caller (``shares_room`` False) -> ``FORBIDDEN``, whether connected or not (no presence
+      oracle); no callee device -> ``TARGET_OFFLINE``; ``call_id`` in use by a live call -> ``CONFLICT``.
     * answer/ice/end without ``call_id`` take the only live call between the two users, in either
       direction (none -> ``NOT_FOUND``, several -> ``INVALID_PAYLOAD``). Checks, in order:
       ``target_id`` is the sender -> ``INVALID_PAYLOAD``; call unknown or ended -> ``NOT_FOUND``;
@@ -200,9 +201,11 @@ class CallRegistry:
 
     def offer(self, *, caller: str, caller_device: str, callee: str, callee_devices: Sequence[str],
               call_type: CallType, sdp: JsonObject, call_id: str | None, now: float,
-              ring_timeout_s: float) -> CallOutcome:
+              ring_timeout_s: float, shares_room: bool = True) -> CallOutcome:
         if caller == callee:
             raise SignalError("INVALID_PAYLOAD", "cannot call yourself")
+        if not shares_room:  # before any look at the callee's devices: a stranger's presence stays hidden
+            raise SignalError("FORBIDDEN", f"you share no room with {callee!r}")
         rung = dict.fromkeys(callee_devices)
         if not rung:
             raise SignalError("TARGET_OFFLINE", f"{callee!r} has no connected device")

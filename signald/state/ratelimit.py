@@ -13,6 +13,21 @@ Nothing here reads a clock: every call takes ``now`` in seconds from one monoton
   ``CLOSE``: this rejection is the (``burst`` + 1)-th within a sliding window of 10 s (``window_s``;
   a rejection at ``t`` counts while ``now - t < 10``); close the connection with 1008. ``CLOSE`` is
   sticky: every later call returns it too. Memory is bounded: at most ``burst`` + 1 timestamps are kept.
+- **Fragments and control frames** (docs/protocol.md "Limits"): every inbound frame is counted.
+  A ping or pong is checked like a message (``LIMITED``: not answered). A fragment before the last
+  of a message is charged (:meth:`FloodGuard.charge`): it takes a token, in debt if need be (down to
+  ``-burst``), so a message sent in k frames costs k tokens and is ``LIMITED`` when complete if
+  its fragments ran the bucket dry. (The transport also caps fragments per message.)
+- **Per user** (``shared``): a FloodGuard may also draw on a budget that all of a user's
+  connections share (:class:`UserRateLimiter`, ``limits.user_rate_per_s`` / ``user_rate_burst``).
+  A frame is allowed only when both the connection's bucket and the shared budget have a token;
+  it then takes one from each. A frame the shared budget refuses is rejected like any other
+  (``LIMITED``, counting toward ``CLOSE``) and costs the connection's bucket nothing. The shared
+  budget outlives the connections: a user who reconnects finds it as they left it (reconnecting
+  refills nothing; a new connection's own bucket starts full, but the shared one does not).
+- **UserRateLimiter**: one :class:`TokenBucket` per user id, remembered as long as it is not full,
+  with the same bounded memory as the per-address limiter below (a forgotten bucket was full, so
+  forgetting it changes nothing).
 - **ConnectionRateLimiter**: one :class:`TokenBucket` per client address for new connections.
   IPv6 addresses are keyed by their /64 (one subscriber usually owns a whole /64, so rotating through
   it gains nothing); IPv4-mapped IPv6 counts as the IPv4 address; anything unparsable is keyed as
@@ -32,6 +47,7 @@ import enum
 import ipaddress
 import math
 from collections import deque
+from collections.abc import Callable
 from typing import Final
 
 CLOSE_WINDOW_S: Final = 10.0
@@ -72,6 +88,17 @@ class TokenBucket:
         missing = 1.0 - self.tokens(now)
         return 0.0 if missing <= _EPSILON else missing / self._rate
 
+    def spend(self, now: float, tokens: float) -> None:
+        """Take ``tokens`` whether they are there or not: the bucket may go into debt, down to
+        ``-burst`` (what is owed must refill before anything is allowed again)."""
+        self._tokens = max(-self._burst, self.tokens(now) - tokens)
+        if self._last is None or now > self._last:
+            self._last = now
+
+    def has_token(self, now: float) -> bool:
+        """Whether :meth:`allow` at ``now`` would succeed (takes nothing)."""
+        return self.tokens(now) >= 1.0 - _EPSILON
+
     def allow(self, now: float) -> bool:
         """Take one token if available; True when the action may proceed."""
         self._tokens = self.tokens(now)
@@ -94,12 +121,14 @@ class Verdict(enum.Enum):
 class FloodGuard:
     """Per-connection frame limiter: a token bucket plus the "keeps sending while limited" rule."""
 
-    __slots__ = ("_bucket", "_closed", "_max_rejects", "_rejects", "_window")
+    __slots__ = ("_bucket", "_closed", "_max_rejects", "_rejects", "_shared", "_window")
 
-    def __init__(self, rate_per_s: float, burst: int, *, window_s: float = CLOSE_WINDOW_S) -> None:
+    def __init__(self, rate_per_s: float, burst: int, *, window_s: float = CLOSE_WINDOW_S,
+                 shared: Callable[[float], bool] | None = None) -> None:
         if not (window_s > 0):
             raise ValueError("window_s must be > 0")
         self._bucket = TokenBucket(rate_per_s, burst)
+        self._shared = shared  # takes a token of the user's budget at ``now`` if there is one
         self._max_rejects = burst
         self._window = float(window_s)
         self._rejects: deque[float] | None = None  # made on the first rejection (most never see one)
@@ -110,11 +139,23 @@ class FloodGuard:
         """True once :meth:`check` has returned ``CLOSE``."""
         return self._closed
 
+    def charge(self, now: float) -> None:
+        """Account for one frame that is part of a message still under way (a fragment before the
+        last): it costs a token now, in debt if need be, and the message's own :meth:`check` pays
+        for its last frame. A message sent in k frames so costs k tokens, and one whose fragments
+        ran the bucket dry is ``LIMITED`` when it is complete."""
+        self._bucket.spend(now, 1.0)
+
     def check(self, now: float) -> Verdict:
         """Account for one inbound frame received at ``now``."""
         if self._closed:
             return Verdict.CLOSE
-        if self._bucket.allow(now):
+        bucket, shared = self._bucket, self._shared
+        if shared is None:
+            if bucket.allow(now):
+                return Verdict.ALLOW
+        elif bucket.has_token(now) and shared(now):
+            bucket.allow(now)
             return Verdict.ALLOW
         rejects = self._rejects
         if rejects is None:
@@ -141,28 +182,26 @@ def client_key(address: str) -> str:
     return str(ip)
 
 
-class ConnectionRateLimiter:
-    """Limits new connections per client address with bounded memory."""
+class _KeyedBuckets:
+    """One token bucket per key, with bounded memory (see the module docstring)."""
 
     __slots__ = ("_buckets", "_burst", "_max_tracked", "_rate")
 
-    def __init__(self, per_ip_per_s: float, burst: int, *, max_tracked: int = DEFAULT_MAX_TRACKED) -> None:
-        _check_rate(per_ip_per_s, burst)
+    def __init__(self, rate_per_s: float, burst: int, *, max_tracked: int = DEFAULT_MAX_TRACKED) -> None:
+        _check_rate(rate_per_s, burst)
         if max_tracked < 1:
             raise ValueError("max_tracked must be >= 1")
-        self._rate = per_ip_per_s
+        self._rate = rate_per_s
         self._burst = burst
         self._max_tracked = max_tracked
         self._buckets: dict[str, TokenBucket] = {}  # least recently used first
 
     def __len__(self) -> int:
-        """How many addresses are remembered."""
+        """How many keys are remembered."""
         return len(self._buckets)
 
-    def allow(self, ip: str, now: float) -> bool:
-        """True if a new connection from ``ip`` may proceed at ``now`` (and count it)."""
+    def _allow(self, key: str, now: float) -> bool:
         self._forget_idle(now)
-        key = client_key(ip)
         bucket = self._buckets.pop(key, None)
         if bucket is None:
             bucket = TokenBucket(self._rate, self._burst)
@@ -184,3 +223,30 @@ class ConnectionRateLimiter:
             if not buckets[oldest].is_full(now):
                 return
             del buckets[oldest]
+
+
+class ConnectionRateLimiter(_KeyedBuckets):
+    """Limits new connections per client address with bounded memory."""
+
+    __slots__ = ()
+
+    def __init__(self, per_ip_per_s: float, burst: int, *, max_tracked: int = DEFAULT_MAX_TRACKED) -> None:
+        super().__init__(per_ip_per_s, burst, max_tracked=max_tracked)
+
+    def allow(self, ip: str, now: float) -> bool:
+        """True if a new connection from ``ip`` may proceed at ``now`` (and count it)."""
+        return self._allow(client_key(ip), now)
+
+
+class UserRateLimiter(_KeyedBuckets):
+    """The frame budget all connections of one user share; a FloodGuard's ``shared``."""
+
+    __slots__ = ()
+
+    def allow(self, user_id: str, now: float) -> bool:
+        """Take one token of ``user_id``'s budget at ``now``; False if there is none."""
+        return self._allow(user_id, now)
+
+    def for_user(self, user_id: str) -> Callable[[float], bool]:
+        """``allow`` bound to ``user_id``: what a connection's FloodGuard draws on."""
+        return lambda now: self._allow(user_id, now)

@@ -121,14 +121,16 @@ def error_reply(op_id: OpId, code: str, message: str) -> Error:
     return Error(data=ErrorData(op_id=op_id, code=code, message=message))
 
 
-def failed_reply(kind: str, op_id: OpId, exc: BaseException, *, user_id: str, remote: str, session_id: str) -> Error:
+def failed_reply(kind: str, op_id: OpId, exc: BaseException, *, user_id: str, remote: str, session_id: str,
+                 may_audit: Callable[[], bool] | None = None) -> Error:
     """The reply of a request whose handler raised ``exc``.
 
-    A :class:`SignalError` answers its own code (``FORBIDDEN``/``UNAUTHORIZED`` are audited);
-    anything else is a bug: logged with its traceback, answered ``INTERNAL``.
+    A :class:`SignalError` answers its own code (``FORBIDDEN``/``UNAUTHORIZED`` are audited, one
+    line each, unless ``may_audit`` says this connection has logged enough for now: a client's
+    faults never flood the log); anything else is a bug: logged with its traceback, answered ``INTERNAL``.
     """
     if isinstance(exc, SignalError):
-        if exc.code in AUDITED_CODES:
+        if exc.code in AUDITED_CODES and (may_audit is None or may_audit()):
             audit.warning("refused code=%s type=%s user=%s peer=%s reason=%s", exc.code, kind,
                           user_id, remote, exc.message)
         return error_reply(op_id, exc.code, exc.message)

@@ -24,8 +24,9 @@ is the outbound message, encoded once.)
 
 Error handling: a protocol violation by the peer (bad framing, invalid UTF-8, ...) ends the
 connection with the close code wsproto names (1002, 1007, ...); a message over the transport cap
-with 1009. Neither raises: :meth:`ServerWebSocket.receive_message` returns None and
-:attr:`ServerWebSocket.failure` says why.
+with 1009; a message in more than :data:`MAX_FRAGMENTS` frames, or pings and pongs sent too fast
+(the session's FloodGuard, ``flood``, counts them), with 1008. None of them raises:
+:meth:`ServerWebSocket.receive_message` returns None and :attr:`ServerWebSocket.failure` says why.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import contextlib
 import errno
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Final
 
 import trio
@@ -42,6 +43,7 @@ from wsproto.connection import Connection, ConnectionState
 from wsproto.events import BytesMessage, CloseConnection, Event, Ping, TextMessage
 
 from signald.delivery.outbox import Outbox
+from signald.state.ratelimit import FloodGuard, Verdict
 from signald.transport.framing import PING_FRAME, fit_close_reason, is_lone_pong, whole_message
 from signald.transport.handshake import RECEIVE_BYTES, receive_bytes
 from signald.transport.parking import Parking
@@ -53,7 +55,10 @@ from signald.transport.wsproto_probe import frame_decoder
 # sends no pongs for parking to take either.
 TALKING_S: Final = 1.0
 CLOSE_ABNORMAL: Final = 1006
+CLOSE_POLICY: Final = 1008
 CLOSE_TOO_BIG: Final = 1009
+MAX_FRAGMENTS: Final = 64  # frames one message may come in; more closes with 1008
+DISCARD_BYTES: Final = 1 << 20  # what a failed peer may still send after our close frame before we hang up
 
 
 class ServerWebSocket:
@@ -64,9 +69,9 @@ class ServerWebSocket:
     are what it calls.
     """
 
-    __slots__ = ("_conn", "_decoder", "_drained", "_events", "_fileno", "_parts", "_peer_close", "_size", "_socket",
-                 "_spoke_at", "_talking", "broken", "failure", "gone", "heard_at", "max_message_bytes",
-                 "on_silent", "outbox", "parking", "ping_sent_at", "stream")
+    __slots__ = ("_conn", "_decoder", "_drained", "_events", "_fileno", "_fragments", "_parts", "_peer_close", "_size",
+                 "_socket", "_spoke_at", "_talking", "broken", "failure", "flood", "gone", "heard_at",
+                 "max_message_bytes", "on_silent", "outbox", "parking", "ping_sent_at", "stream")
 
     def __init__(self, stream: trio.abc.Stream, conn: Connection, outbox: Outbox, *, max_message_bytes: int) -> None:
         self.stream = stream
@@ -79,9 +84,15 @@ class ServerWebSocket:
         self.broken = False  # the TCP stream ended or failed: no close handshake is possible
         self.gone = False  # closed: heartbeats forget it
         self._conn = conn
-        self._events: list[Event] = []
+        # wsproto's events, parsed lazily: a read full of tiny frames is parsed only as far as it is
+        # used (a connection that is failed after 64 empty fragments does not parse the rest).
+        self._events: Iterator[Event] = iter(())
         self._parts: list[str | bytes] = []
         self._size = 0
+        self._fragments = 0  # frames of the message under way so far
+        # Counts every frame the peer sends besides whole messages (those are counted where they are
+        # handled): pings and pongs are checked, fragments charged (signald.state.ratelimit).
+        self.flood: FloodGuard | None = None
         self._peer_close: CloseConnection | None = None
         # Plain TCP is read with os.read after waiting for readability (see _read); TLS through
         # the stream. wsproto's frame decoder is looked at to tell a lone pong or a whole message
@@ -102,15 +113,13 @@ class ServerWebSocket:
         It ends when the peer sent a close frame, the stream ended or failed (``broken``), or this
         layer decided to close (``failure``: protocol error, message over ``max_message_bytes``).
         """
-        events = self._events
         conn = self._conn
         while True:
-            while events:
-                event = events.pop(0)
+            for event in self._events:
                 kind = type(event)
                 if kind is TextMessage or kind is BytesMessage:
                     assert isinstance(event, (TextMessage, BytesMessage))
-                    message = self._add(event.data, event.message_finished)
+                    message = self._add(event.data, event.message_finished, event.frame_finished)
                     if message is not None:
                         self._spoke()
                         return message
@@ -118,7 +127,12 @@ class ServerWebSocket:
                         return None
                 elif kind is Ping:
                     assert isinstance(event, Ping)
-                    self.outbox.push_control(conn.send(event.response()))
+                    verdict = self._check_control()
+                    if verdict is Verdict.CLOSE:
+                        return None
+                    # No pong when limited, nor after the peer's close (a ping right before it).
+                    if verdict is Verdict.ALLOW and conn.state is ConnectionState.OPEN:
+                        self.outbox.push_pong(conn.send(event.response()))
                 elif kind is CloseConnection:
                     assert isinstance(event, CloseConnection)
                     if conn.state is ConnectionState.REMOTE_CLOSING:
@@ -126,7 +140,8 @@ class ServerWebSocket:
                     else:  # wsproto's ParseFailed: the peer broke the protocol
                         self.failure = (event.code, event.reason or "protocol error")
                     return None
-                # Pong: having heard from the peer is all it is for.
+                elif self._check_control() is Verdict.CLOSE:  # a Pong: having heard from the peer is all
+                    return None  # it is for, but it is a frame like any other
             wire = await self._read()
             if not wire:
                 self.broken = True
@@ -136,8 +151,10 @@ class ServerWebSocket:
             if decoder is not None and decoder.header is None and not len(decoder.buffer) \
                     and conn.state is ConnectionState.OPEN:
                 # wire starts a ws_frame (none is half received): the fast paths may look at it
-                if is_lone_pong(wire):
-                    continue  # the answer to a heartbeat: having heard from the peer is all it is for
+                if is_lone_pong(wire):  # the answer to a heartbeat: having heard from the peer is all it is for
+                    if self._check_control() is Verdict.CLOSE:
+                        return None
+                    continue
                 if not self._parts:  # no fragmented message under way
                     message = whole_message(wire)
                     if message is not None:
@@ -145,7 +162,7 @@ class ServerWebSocket:
                         return self._add(message, True)  # None if it is too big: failure says so
             conn.receive_data(wire)
             del wire  # not kept alive while waiting for more
-            events.extend(conn.events())
+            self._events = conn.events()
 
     async def _read(self) -> bytes:
         """The next bytes from the peer; ``b""`` once the stream ended, failed or was closed.
@@ -212,7 +229,23 @@ class ServerWebSocket:
             return True
         return False
 
-    def _add(self, data: str | bytes | bytearray, finished: bool) -> str | bytes | None:
+    def _check_control(self) -> Verdict:
+        """Count a ping or pong: ``LIMITED`` (not answered) or ``CLOSE`` (``failure`` set) when sent too fast."""
+        flood = self.flood
+        if flood is None:
+            return Verdict.ALLOW
+        verdict = flood.check(self.heard_at)
+        if verdict is Verdict.CLOSE:
+            self.failure = (CLOSE_POLICY, "rate limit exceeded repeatedly")
+        return verdict
+
+    def _add(self, data: str | bytes | bytearray, finished: bool, frame_done: bool = True) -> str | bytes | None:
+        """One piece of a message (``frame_done``: it ends a frame): the message once it is complete, else None.
+
+        A message costs memory in proportion to its bytes, not its frames (empty fragments are
+        not kept), at most ``max_message_bytes`` (else 1009) in at most :data:`MAX_FRAGMENTS`
+        frames (else 1008); every frame before the last is charged to the rate limiter.
+        """
         if isinstance(data, bytearray):
             data = bytes(data)
         if finished and not self._parts:
@@ -220,20 +253,28 @@ class ServerWebSocket:
                 self._too_big()
                 return None
             return data
+        self._fragments += frame_done
+        if self._fragments > MAX_FRAGMENTS:
+            self._parts, self._size, self._fragments = [], 0, 0
+            self.failure = (CLOSE_POLICY, f"message in more than {MAX_FRAGMENTS} frames")
+            return None
         self._size += len(data)
         if self._size > self.max_message_bytes:
             self._too_big()
             return None
-        self._parts.append(data)
+        if data or not self._parts:  # the first part says whether it is text or bytes
+            self._parts.append(data)
         if not finished:
+            if frame_done and self.flood is not None:
+                self.flood.charge(self.heard_at)
             return None
-        parts, self._parts, self._size = self._parts, [], 0
+        parts, self._parts, self._size, self._fragments = self._parts, [], 0, 0
         if isinstance(parts[0], str):
             return "".join(parts)  # type: ignore[arg-type]
         return b"".join(parts)  # type: ignore[arg-type]
 
     def _too_big(self) -> None:
-        self._parts, self._size = [], 0
+        self._parts, self._size, self._fragments = [], 0, 0
         self.failure = (CLOSE_TOO_BIG, f"message over {self.max_message_bytes} bytes")
 
     # ------------------------------------------------------------------ heartbeats
@@ -287,7 +328,8 @@ class ServerWebSocket:
         """Finish the connection: a close frame, the peer's close reply if we spoke first, the TCP close.
 
         The reply to a peer's close echoes its code; a ``failure`` of this layer wins over
-        ``code``. Call it once the connection's writer has stopped; bound it with a cancel scope.
+        ``code``, and then what the peer still sends is dropped unparsed, its close reply too. Call
+        it once the connection's writer has stopped; bound it with a cancel scope.
 
         A ws_frame the writer left half sent (its tail kept in the outbox) is finished first, so
         the close frame that follows it is well-formed.
@@ -306,10 +348,14 @@ class ServerWebSocket:
                 return  # RFC 6455 7.1.1: the server closes TCP right after the closing handshake
             if conn.state is not ConnectionState.OPEN:
                 return
+            failed = self.failure is not None
             if self.failure is not None:
                 code, reason = self.failure
             await self.stream.send_all(unsent + conn.send(CloseConnection(code=code, reason=fit_close_reason(reason))))
-            await self._await_close_reply()
+            if failed:  # RFC 6455 7.1.7: process nothing more from a failed peer, not even its close
+                await self._discard()
+            else:
+                await self._await_close_reply()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         finally:
@@ -323,9 +369,22 @@ class ServerWebSocket:
                 return event.response().code
         return 1000
 
+    async def _discard(self) -> None:
+        """Say we are done (TCP FIN after our close frame), then read and drop what the peer still
+        sends, unparsed, until it closes too (at most DISCARD_BYTES): closing with unread bytes would
+        reset the connection, and the peer might lose our close frame."""
+        if isinstance(self.stream, trio.abc.HalfCloseableStream):
+            await self.stream.send_eof()
+        left = DISCARD_BYTES
+        while left > 0:
+            data = await receive_bytes(self.stream)
+            if not data:
+                return
+            left -= len(data)
+
     async def _await_close_reply(self) -> None:
         conn = self._conn
-        self._events.clear()
+        self._events = iter(())
         while conn.state is not ConnectionState.CLOSED:
             data = await receive_bytes(self.stream)
             if not data:

@@ -249,10 +249,10 @@ async def test_a_call_id_already_in_use_is_a_conflict_and_is_free_again_once_end
 # --------------------------------------------------------------------------- targets and payloads
 
 
-async def test_calling_a_user_with_no_connected_device_is_target_offline(srv: RunningServer) -> None:
+async def test_calling_a_user_with_no_connected_device_is_forbidden_as_for_any_stranger(srv: RunningServer) -> None:
     async with in_lobby(srv, "alice") as (alice,):
         error = await error_of(alice, "call.offer", {"target_id": "nobody", "call_type": "audio", "sdp": OFFER_SDP})
-        assert error["code"] == "TARGET_OFFLINE"
+        assert error["code"] == "FORBIDDEN"  # not TARGET_OFFLINE: that would tell a stranger who is online
 
 
 async def test_calling_an_online_user_who_shares_no_room_is_forbidden_and_does_not_ring(srv: RunningServer) -> None:

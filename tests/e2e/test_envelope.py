@@ -472,8 +472,8 @@ def strategy_for(t: mi.Type) -> st.SearchStrategy[Any]:
     if isinstance(t, mi.BoolType):
         return st.booleans()
     if isinstance(t, mi.IntType):
-        assert t.gt is None and t.lt is None and t.le is None and t.multiple_of is None
-        return st.integers(INT64[0] if t.ge is None else t.ge, INT64[1])
+        assert t.gt is None and t.lt is None and t.multiple_of is None
+        return st.integers(INT64[0] if t.ge is None else t.ge, INT64[1] if t.le is None else t.le)
     if isinstance(t, mi.FloatType):
         return st.floats(allow_nan=False, allow_infinity=False)
     if isinstance(t, mi.StrType):

@@ -38,7 +38,7 @@ SAMPLES: dict[str, tuple[dict[str, Any] | None, str]] = {
     "chat.typing": ({"scope": "lobby", "typing": True}, "NOT_IN_ROOM"),
     "chat.history": ({"room": "lobby"}, "NOT_IN_ROOM"),
     "chat.changes": ({"room": "lobby", "after_rev": 0}, "NOT_IN_ROOM"),
-    "call.offer": ({"target_id": "bob", "call_type": "audio", "sdp": SDP}, "TARGET_OFFLINE"),
+    "call.offer": ({"target_id": "bob", "call_type": "audio", "sdp": SDP}, "FORBIDDEN"),
     "call.answer": ({"target_id": "bob", "sdp": SDP}, "NOT_FOUND"),
     "call.ice": ({"target_id": "bob", "candidate": {"candidate": "candidate:1 1 udp 1 192.0.2.1 9 typ host"}},
                  "NOT_FOUND"),

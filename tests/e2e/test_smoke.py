@@ -9,4 +9,4 @@ async def test_welcome_and_ping(server):
         assert pong["type"] == "presence.pong"
         assert pong["data"]["op_id"] == "c-1"
         reply = await c.request_raw("call.offer", {"target_id": "bob", "call_type": "audio", "sdp": {}})
-        assert reply["data"]["code"] == "TARGET_OFFLINE"
+        assert reply["data"]["code"] == "FORBIDDEN"  # a stranger, online or not

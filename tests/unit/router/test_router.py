@@ -79,6 +79,9 @@ class FakeSession:
     remote: str = "203.0.113.7:5000"
     roles: frozenset[str] = frozenset()
 
+    def may_audit(self) -> bool:
+        return True
+
 
 @attrs.define
 class FakeContext:

@@ -200,6 +200,17 @@ def test_bad_offers() -> None:
     assert_empty(reg)
 
 
+@pytest.mark.parametrize("devices", [(), ("b1",)], ids=["offline", "online"])
+def test_an_offer_to_a_stranger_is_forbidden_whether_or_not_they_are_connected(devices: tuple[str, ...]) -> None:
+    # No presence oracle: the room check comes before any look at the callee's devices.
+    reg = CallRegistry()
+    with pytest.raises(SignalError) as refused:
+        reg.offer(caller="alice", caller_device="a1", callee="bob", callee_devices=list(devices), call_type="audio",
+                  sdp=SDP, call_id="m", now=0.0, ring_timeout_s=30.0, shares_room=False)
+    assert (refused.value.code, refused.value.message) == ("FORBIDDEN", "you share no room with 'bob'")
+    assert_empty(reg)
+
+
 # --------------------------------------------------------------------------- answer, ice
 
 
