@@ -31,7 +31,7 @@ from signald.config import Config
 from signald.delivery.broker import Broker, LocalBroker
 from signald.delivery.frames import Frame
 from signald.delivery.outbox import Cork
-from signald.history.store import HistoryStore
+from signald.history.factory import make_store
 from signald.logfmt import log_event
 from signald.protocol import (
     Error,
@@ -105,8 +105,8 @@ class Hub:
     async def running(self) -> AsyncIterator[Hub]:
         """Open what the hub needs (history store, timers) and close it on the way out."""
         history = self.config.history
-        store = HistoryStore(
-            self.config.server.db, synchronous=history.synchronous, inline=history.inline_commits,
+        store = make_store(
+            self.config.history_url(), synchronous=history.synchronous, inline=history.inline_commits,
             retention_max_age_s=history.retention_max_age_s, retention_max_count=history.retention_max_count,
             clock=self.wall_clock, completion_scope=self.cork,
         )

@@ -39,8 +39,9 @@ from signald.errors import SignalError
 from signald.protocol import DeleteMode, ReactionAction
 
 __all__ = [
-    "EMPTY_ATTACHMENTS", "SOFT_DELETED_BODY", "Deleted", "Facts", "check_delete", "check_edit", "check_in_room",
-    "check_parent", "check_react", "check_receipt", "check_redact", "check_retry", "is_repeat_delete", "new_id",
+    "EMPTY_ATTACHMENTS", "SOFT_DELETED_BODY", "Deleted", "Facts", "check_action", "check_delete",
+    "check_delete_mode", "check_edit", "check_in_room", "check_limit", "check_parent", "check_react",
+    "check_receipt", "check_redact", "check_retry", "is_repeat_delete", "new_id",
 ]
 
 SOFT_DELETED_BODY: Final = ""
@@ -73,6 +74,24 @@ class Facts(NamedTuple):
 def new_id(now: float) -> str:
     """A new message id: creation time in milliseconds (48 bits), then 48 random bits, in hex."""
     return f"{math.floor(now * 1000) & 0xFFFFFFFFFFFF:012x}{os.urandom(6).hex()}"
+
+
+def check_limit(limit: int, where: str = "`$.data.limit`") -> None:
+    """A page holds at least one message."""
+    if limit < 1:
+        raise SignalError("INVALID_PAYLOAD", f"{where} must be >= 1")
+
+
+def check_delete_mode(mode: str) -> None:
+    """A delete is soft or hard."""
+    if mode not in ("soft", "hard"):
+        raise SignalError("INVALID_PAYLOAD", "`$.data.mode` must be 'soft' or 'hard'")
+
+
+def check_action(action: str) -> None:
+    """A reaction is added or removed."""
+    if action not in ("add", "remove"):
+        raise SignalError("INVALID_PAYLOAD", "`$.data.action` must be 'add' or 'remove'")
 
 
 def check_retry(original_exists: bool) -> None:

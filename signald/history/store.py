@@ -37,8 +37,7 @@ from typing import Any, Final, TypeVar
 
 import trio
 
-from signald.errors import SignalError
-from signald.history import queries, writes
+from signald.history import queries, rules, writes
 from signald.history.contract import HistoryStats, SchemaError
 from signald.history.inline import INLINE_SYNC_MODES, InlineCommits, tasks_runnable
 from signald.history.queries import Rejoin
@@ -274,8 +273,7 @@ class HistoryStore:
         on_commit: Callable[[Deleted], None] | None = None,
     ) -> Deleted:
         """Soft- or hard-delete a message (author, or anyone with ``moderator``)."""
-        if mode not in ("soft", "hard"):
-            raise SignalError("INVALID_PAYLOAD", "`$.data.mode` must be 'soft' or 'hard'")
+        rules.check_delete_mode(mode)
         return await self._call(lambda conn: writes.delete(conn, self._txns, message_id, user_id, mode, moderator),
                                 write=True, on_commit=on_commit)
 
@@ -291,8 +289,7 @@ class HistoryStore:
         on_commit: Callable[[int], None] | None = None,
     ) -> int | None:
         """Add or remove a reaction (idempotent); returns the change's revision, None if nothing changed."""
-        if action not in ("add", "remove"):
-            raise SignalError("INVALID_PAYLOAD", "`$.data.action` must be 'add' or 'remove'")
+        rules.check_action(action)
         return await self._call(
             lambda conn: writes.react(conn, self._txns, message_id, user_id, reaction, action, room),
             write=True, on_commit=on_commit)
@@ -324,8 +321,7 @@ class HistoryStore:
         self, *, room: str, before: int | None = None, after: int | None = None, limit: int = 50
     ) -> HistoryPage:
         """One ``chat.history`` page of ``room`` (:func:`~signald.history.queries.page`); ``limit >= 1``."""
-        if limit < 1:
-            raise SignalError("INVALID_PAYLOAD", "`$.data.limit` must be >= 1")
+        rules.check_limit(limit)
 
         def fn(conn: sqlite3.Connection) -> tuple[HistoryPage, Any]:
             messages, more = queries.page(conn, room, before, after, limit)
@@ -342,15 +338,13 @@ class HistoryStore:
     ) -> Rejoin:
         """``unread``, the room's ``rev``, ``missed`` (with ``since``) and ``changes`` (with
         ``since_rev``) for ``room.join``: one read, at one point of the commit order."""
-        if limit < 1:
-            raise SignalError("INVALID_PAYLOAD", "`limit` must be >= 1")
+        rules.check_limit(limit, "`limit`")
         return await self._call(
             lambda conn: (queries.rejoin(conn, user_id, room, since, since_rev, limit), SKIP), write=False)
 
     async def changes(self, *, room: str, after_rev: int, limit: int) -> ChangesPage:
         """Every change of ``room`` after ``after_rev`` (``chat.changes``), at most ``limit``."""
-        if limit < 1:
-            raise SignalError("INVALID_PAYLOAD", "`$.data.limit` must be >= 1")
+        rules.check_limit(limit)
         return await self._call(lambda conn: (queries.changes_page(conn, room, after_rev, limit), SKIP), write=False)
 
     async def last_read(self, *, user_id: str, room: str) -> int | None:
