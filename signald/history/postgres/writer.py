@@ -285,4 +285,4 @@ class PgWriter:
 
 def _own(exc: Exception, raw: psycopg.Connection[Any]) -> bool:
     """Whether ``exc`` fails only its operation (a rule, a constraint), not the whole batch."""
-    return not (isinstance(exc, RETRYABLE | psycopg.OperationalError) or raw.closed or raw.broken)
+    return not (isinstance(exc, (*RETRYABLE, psycopg.OperationalError)) or raw.closed or raw.broken)
