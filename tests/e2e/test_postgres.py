@@ -1,5 +1,6 @@
-"""History on PostgreSQL with real daemon processes: several daemons on one database, ``kill -9``,
-an unreachable server, ``signald history`` on a URL, and the password kept out of every message."""
+"""History on PostgreSQL with real daemons: several daemons on one database, ``kill -9``, the server
+unreachable at start or lost while running, ``signald history`` on a URL, and the password kept out
+of every message."""
 
 from __future__ import annotations
 
@@ -10,15 +11,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 import trio
-from conftest import daemon
+from conftest import daemon, make_config, start_server
 from postgres import PostgresServer, create_database
 from test_durability import all_history
 
 from signald.client import connect
 from signald.config import load_config
+from signald.errors import SignalError
 from signald.history.factory import make_store
 from signald.history.postgres import schema
 
@@ -132,3 +135,35 @@ def test_history_commands_on_a_postgres_url(postgres_server: PostgresServer) -> 
     lines = subprocess.run([*run, "export", "--url", url], capture_output=True, text=True, timeout=30,
                            check=True).stdout.splitlines()
     assert [json.loads(line)["body"] for line in lines] == ["m0", "m1", "m2"]
+
+
+async def test_postgres_stopped_and_restarted_during_traffic(
+    nursery: trio.Nursery, tmp_path: Path, postgres_server: PostgresServer
+) -> None:
+    """Clear errors while it is gone (INTERNAL, readyz 503), nothing acked lost, back by itself."""
+    server = await start_server(nursery, make_config(tmp_path, history={"url": create_database(postgres_server)}))
+    async with connect(server.url, user="ann") as ann, \
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}") as http:
+        await ann.request("room.join", {"room": "lobby"})
+        acked = [await ann.request("chat.send", {"scope": "lobby", "body": f"{i}"}) for i in range(5)]
+        await trio.to_thread.run_sync(postgres_server.stop)
+        try:
+            with pytest.raises(SignalError) as info:
+                await ann.request("chat.send", {"scope": "lobby", "body": "into the void"})
+            assert (info.value.code, info.value.message) == ("INTERNAL", "history store unavailable")
+            ready = await http.get("/readyz")
+            assert ready.status_code == 503 and "history store unavailable" in ready.json()["reason"]
+        finally:
+            await trio.to_thread.run_sync(postgres_server.start)
+        with trio.fail_after(20):  # the writer reconnects after its backoff (at most 5 s)
+            while True:
+                try:
+                    back = await ann.request("chat.send", {"scope": "lobby", "body": "back"})
+                    break
+                except SignalError as exc:
+                    assert exc.code == "INTERNAL"
+                    await trio.sleep(0.2)
+        assert (await http.get("/readyz")).status_code == 200
+        stored = await all_history(ann, "lobby")
+        assert stored[:5] == acked and stored[-1] == back
+        assert [m["seq"] for m in stored] == list(range(1, len(stored) + 1))
