@@ -27,8 +27,8 @@ from signald.protocol import Attachment, ChatMessage, DeleteMode, ReactionAction
 from signald.timefmt import iso_utc
 
 __all__ = [
-    "SKIP", "Allocator", "Deleted", "delete", "edit", "facts", "mark_read", "react", "redact", "send", "send_fn",
-    "set_last_seen",
+    "SKIP", "Allocator", "Deleted", "SendOp", "delete", "edit", "facts", "mark_read", "react", "redact", "send",
+    "send_fn", "set_last_seen",
 ]
 
 SKIP: Final[Any] = object()
@@ -69,18 +69,32 @@ def facts(conn: Connection, message_id: str) -> Facts | None:
     return Facts(row[0], int(row[1]), row[2], row[3], bool(row[4]), int(row[5]), float(row[6]))
 
 
+class SendOp:
+    """The operation that stores a message (:func:`send`), with its arguments in view (a store may
+    store several at once, see ``signald.history.postgres.batch``); attachments encoded once."""
+
+    __slots__ = ("alloc", "attachments", "body", "client_msg_id", "encoded", "parent_id", "room", "user_id")
+
+    def __init__(
+        self, alloc: Allocator, room: str, user_id: str, body: str, attachments: Sequence[Attachment],
+        parent_id: str | None, client_msg_id: str | None,
+    ) -> None:
+        self.alloc, self.room, self.user_id, self.body = alloc, room, user_id, body
+        self.attachments = list(attachments)
+        self.encoded = msgspec.json.encode(self.attachments).decode() if self.attachments else EMPTY_ATTACHMENTS
+        self.parent_id, self.client_msg_id = parent_id, client_msg_id
+
+    def __call__(self, conn: Connection) -> tuple[tuple[ChatMessage, bool], Any]:
+        return send(conn, self.alloc, self.room, self.user_id, self.body, self.attachments, self.encoded,
+                    self.parent_id, self.client_msg_id)
+
+
 def send_fn(
     alloc: Allocator, room: str, user_id: str, body: str, attachments: Sequence[Attachment],
     parent_id: str | None, client_msg_id: str | None,
-) -> Callable[[Any], tuple[tuple[ChatMessage, bool], Any]]:
-    """The operation that stores a message (:func:`send`); its attachments are encoded here, once."""
-    items = list(attachments)
-    encoded = msgspec.json.encode(items).decode() if items else EMPTY_ATTACHMENTS
-
-    def fn(conn: Connection) -> tuple[tuple[ChatMessage, bool], Any]:
-        return send(conn, alloc, room, user_id, body, items, encoded, parent_id, client_msg_id)
-
-    return fn
+) -> SendOp:
+    """The operation that stores a message (:func:`send`)."""
+    return SendOp(alloc, room, user_id, body, attachments, parent_id, client_msg_id)
 
 
 def send(

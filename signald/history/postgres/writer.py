@@ -36,8 +36,10 @@ import trio
 
 from signald.history.contract import SchemaError, StorageError
 from signald.history.postgres import schema
+from signald.history.postgres.batch import store_sends
 from signald.history.postgres.sql import RETRYABLE, Adapter, expire
 from signald.history.work import SKIP, Op, op_failed
+from signald.history.writes import SendOp
 
 __all__ = ["BACKOFF_MAX_S", "BACKOFF_MIN_S", "MAX_BATCH", "RETRIES", "PgWriter", "UNAVAILABLE"]
 
@@ -242,6 +244,9 @@ class PgWriter:
         """One transaction over ``ops``; whether a write committed. Driver errors that are not one
         operation's own (lost connection, deadlock) propagate, after a rollback when possible."""
         raw = conn.raw
+        sends = [op.fn for op in ops if isinstance(op.fn, SendOp)]
+        if len(sends) > 1 and len(sends) == len(ops) and self._w_sends(conn, ops, sends):
+            return True
         raw.execute("BEGIN")
         try:
             if len(ops) == 1:  # alone in its transaction: no savepoint needed
@@ -276,6 +281,29 @@ class PgWriter:
                 with contextlib.suppress(psycopg.Error):
                     raw.execute("ROLLBACK")
             raise
+
+    def _w_sends(self, conn: Adapter, ops: list[Op[Any]], sends: list[SendOp]) -> bool:
+        """A batch of sends stored at once (:mod:`~signald.history.postgres.batch`) and committed;
+        False (rolled back, nothing done) where one savepoint per send must decide instead."""
+        raw = conn.raw
+        raw.execute("BEGIN")
+        try:
+            results = store_sends(conn, sends)
+            if results is not None:
+                raw.execute("COMMIT")
+        except Exception as exc:
+            if not raw.closed and not raw.broken:
+                with contextlib.suppress(psycopg.Error):
+                    raw.execute("ROLLBACK")
+            if not _own(exc, raw):
+                raise
+            return False  # e.g. a random id collided: the savepoints sort it out
+        if results is None:
+            raw.execute("ROLLBACK")
+            return False
+        for op, (value, event) in zip(ops, results, strict=True):
+            op.value, op.event = value, event
+        return True
 
     def _w_deliver(self, batch: list[Op[Any]]) -> None:
         assert self._token is not None

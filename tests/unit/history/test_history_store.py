@@ -147,6 +147,52 @@ async def test_concurrent_senders_get_ordered_gap_free_seqs_and_on_commit_in_seq
         assert bodies == [f"{n}:{i}" for i in range(10)]
 
 
+def collect(outcomes: list[Outcome]) -> Callable[[Any, BaseException | None], None]:
+    def then(result: Any, error: BaseException | None) -> None:
+        outcomes.append((result, error))
+
+    return then
+
+
+async def all_done(outcomes: list[Outcome], n: int) -> None:
+    while len(outcomes) < n:  # noqa: ASYNC110 - the callbacks run on the Trio thread between our polls
+        await trio.sleep(0.005)
+
+
+async def test_sends_of_one_batch_keep_the_rules_of_sends_one_by_one(store: HistoryStore) -> None:
+    """A batch with retries, a key twice and a parent sent in the same batch (PostgreSQL stores
+    plain batches at once and must fall back for these) ends as if sent one after the other."""
+    first = await send(store, "first", client_msg_id="k0")
+    outcomes: list[Outcome] = []
+    for room, body, key, parent in [("a", "1", None, None), ("b", "2", "k1", None), ("lobby", "again", "k0", None),
+                                    ("b", "3", "k1", None), ("lobby", "reply", None, first.id),
+                                    ("a", "bad parent", None, "f" * 24), ("a", "4", None, None)]:
+        store.send_nowait(room=room, user_id="ann", body=body, client_msg_id=key, parent_id=parent,
+                          then=collect(outcomes))
+    with trio.fail_after(10):
+        await all_done(outcomes, 7)
+    got = [(result[0].room, result[0].seq, result[0].body, result[1]) if result else getattr(error, "code", error)
+           for result, error in outcomes]
+    assert got == [("a", 1, "1", True), ("b", 1, "2", True), ("lobby", 1, "first", False), ("b", 1, "2", False),
+                   ("lobby", 2, "reply", True), "NOT_FOUND", ("a", 2, "4", True)]
+    revs = [m.rev for m in (await store.history(room="a")).messages]
+    assert revs == [1, 2]
+
+
+async def test_plain_batches_of_sends_get_consecutive_seqs_per_room_in_send_order(store: HistoryStore) -> None:
+    outcomes: list[Outcome] = []
+    for i in range(40):
+        store.send_nowait(room=f"r{i % 3}", user_id="ann", body=f"{i}", client_msg_id=f"c{i}",
+                          then=collect(outcomes))
+    with trio.fail_after(10):
+        await all_done(outcomes, 40)
+    assert all(error is None for _, error in outcomes)
+    for r in range(3):
+        page = await store.history(room=f"r{r}", limit=100)
+        assert [(m.seq, m.rev, m.body) for m in page.messages] == [
+            (n + 1, n + 1, f"{i}") for n, i in enumerate(range(r, 40, 3))]
+
+
 async def test_group_commit_batches_concurrent_sends(store: HistoryStore) -> None:
     before = store.commits
     async with trio.open_nursery() as nursery:
