@@ -3,15 +3,16 @@
 On SQLite a statement costs microseconds; on PostgreSQL each costs a round trip, so a batch of
 sends stored one by one (a savepoint, the idempotency check, the room row, the insert, the key,
 the release: six round trips each) is slow. :func:`store_sends` stores a batch made only of sends
-with a handful of statements whatever its size: one look-up of the idempotency keys, one of the
-parents, one room row update per room (taking ``k`` consecutive ``seq`` and ``rev`` at once, rooms
-in name order so that daemons lock them in the same order), and the inserts through
-``executemany`` (psycopg pipelines them).
+with a handful of statements whatever its size: one look-up of the parents (if any), one room row
+update per room (taking ``k`` consecutive ``seq`` and ``rev`` at once, rooms in name order so that
+daemons lock them in the same order), and the inserts through ``executemany``.
 
-It gives up (returns None, before writing anything) wherever a send would not simply be stored:
-a retry of a stored ``client_msg_id``, a key twice in the batch, a parent that is not a stored
-message of the room. The writer then rolls back and stores the batch one savepoint per send, where
-the rules (:mod:`signald.history.rules`) answer each case. The results are those :func:`~signald.
+It gives up wherever a send would not simply be stored: a key twice in the batch or a parent that
+is not a stored message of the room (returns None, before writing anything), a retry of a stored
+``client_msg_id`` (the key's insert fails). The writer then rolls back and stores the batch one
+savepoint per send, where the rules (:mod:`signald.history.rules`) answer each case. The writer
+runs it in psycopg's pipeline mode: a lone send takes two round trips (the room row, then the
+inserts with the commit) instead of six. The results are those :func:`~signald.
 history.writes.send` would give: ``seq`` and ``rev`` in the batch's order per room.
 """
 
@@ -46,13 +47,8 @@ def store_sends(conn: Adapter, sends: list[SendOp]) -> list[tuple[tuple[ChatMess
     keys = [(s.user_id, s.room, s.client_msg_id) for s in sends if s.client_msg_id is not None]
     if len(set(keys)) != len(keys):
         return None
-    if keys:
-        found = raw.execute(
-            "SELECT 1 FROM client_msgs c JOIN unnest(%s::text[], %s::text[], %s::text[]) AS k(u, r, m)"
-            " ON c.user_id = k.u AND c.room = k.r AND c.client_msg_id = k.m LIMIT 1",
-            ([k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys])).fetchone()
-        if found is not None:
-            return None
+    # A key already stored (a retry) is not looked up: its insert fails, and the writer rolls the
+    # whole batch back and runs it send by send. Retries are rare; the look-up was a round trip.
     parents = {s.parent_id for s in sends if s.parent_id is not None}
     if parents:
         rooms_of = dict(raw.execute("SELECT id, room FROM messages WHERE id = ANY(%s)", (list(parents),)).fetchall())

@@ -52,10 +52,18 @@ BACKOFF_MAX_S: Final = 5.0
 UNAVAILABLE: Final = "history store unavailable"
 
 
-def connect(url: str, timeout_s: float) -> psycopg.Connection[Any]:
-    """An autocommit connection whose tables are the ``signald`` schema's."""
-    return psycopg.connect(url, autocommit=True, connect_timeout=max(1, round(timeout_s)),
+def connect(url: str, timeout_s: float, *, prepare: bool = True) -> psycopg.Connection[Any]:
+    """An autocommit connection whose tables are the ``signald`` schema's.
+
+    ``prepare=False``: no server-side prepared statements. The writer's connection runs batches in
+    pipeline mode, and a statement prepared in a pipeline that then fails is not there on the
+    server although psycopg believes it is ("prepared statement ... does not exist" ever after).
+    """
+    conn = psycopg.connect(url, autocommit=True, connect_timeout=max(1, round(timeout_s)),
                            options=f"-c search_path={schema.SCHEMA}")
+    if not prepare:
+        conn.prepare_threshold = None
+    return conn
 
 
 class PgWriter:
@@ -123,7 +131,7 @@ class PgWriter:
             self._w_stop(closer, [])
 
     def _w_open(self) -> psycopg.Connection[Any]:
-        conn = connect(self.url, self.connect_timeout_s)
+        conn = connect(self.url, self.connect_timeout_s, prepare=False)
         try:
             if self.read_only:
                 version = schema.schema_version(conn)
@@ -198,7 +206,7 @@ class PgWriter:
         if time.monotonic() < self._retry_at:
             return None
         try:
-            self._conn = conn = connect(self.url, self.connect_timeout_s)
+            self._conn = conn = connect(self.url, self.connect_timeout_s, prepare=False)
         except psycopg.Error as exc:
             logger.error("history store: reconnecting failed (next attempt in %.1f s): %s",
                          self._backoff, self._scrub(str(exc)))
@@ -245,7 +253,7 @@ class PgWriter:
         operation's own (lost connection, deadlock) propagate, after a rollback when possible."""
         raw = conn.raw
         sends = [op.fn for op in ops if isinstance(op.fn, SendOp)]
-        if len(sends) > 1 and len(sends) == len(ops) and self._w_sends(conn, ops, sends):
+        if sends and len(sends) == len(ops) and self._w_sends(conn, ops, sends):
             return True
         raw.execute("BEGIN")
         try:
@@ -286,11 +294,12 @@ class PgWriter:
         """A batch of sends stored at once (:mod:`~signald.history.postgres.batch`) and committed;
         False (rolled back, nothing done) where one savepoint per send must decide instead."""
         raw = conn.raw
-        raw.execute("BEGIN")
         try:
-            results = store_sends(conn, sends)
-            if results is not None:
-                raw.execute("COMMIT")
+            with raw.pipeline():  # round trips only where a result is needed, and one at the end
+                raw.execute("BEGIN")
+                results = store_sends(conn, sends)
+                if results is not None:
+                    raw.execute("COMMIT")
         except Exception as exc:
             if not raw.closed and not raw.broken:
                 with contextlib.suppress(psycopg.Error):
