@@ -99,12 +99,16 @@ async def test_a_join_racing_with_a_burst_of_sends_gets_each_message_exactly_onc
     view = RoomView("lobby")
     async with clients(srv, "alice", "bob") as (alice, bob):
         await alice.request("room.join", {"room": "lobby"})
+        acked = 0
         for i in range(burst):  # pipelined: the join lands somewhere in the middle of their commits
             await alice.send({"type": "chat.send", "id": f"s{i}", "data": {"scope": "lobby", "body": f"{i}"}})
             if i == 20:
+                # once one is committed, so that the join cannot read before them all (a store on
+                # another server, PostgreSQL, may not have committed any by now)
+                while not acked:
+                    acked += (await alice.next_event())["type"] == "ack"
                 nursery.start_soon(view.join, bob)
         with trio.fail_after(10):
-            acked = 0
             while acked < burst:
                 acked += (await alice.next_event())["type"] == "ack"
             for event in await events_of(bob):
