@@ -1,4 +1,4 @@
-"""Command line: ``signald serve``, ``signald history export|stats``, ``signald health URL``, ``--version``.
+"""Command line: ``signald serve``, ``signald history export|stats|migrate``, ``signald health URL``, ``--version``.
 
 ``main(argv=None) -> int`` never calls ``sys.exit`` itself, so tests call it directly.
 Exit status: 0 on a clean stop (SIGINT/SIGTERM), 2 for bad configuration or usage, 1 when the
@@ -26,6 +26,7 @@ from signald import __version__
 from signald.auth import is_loopback
 from signald.config import Config, ConfigError, load_config
 from signald.errors import StartupError
+from signald.history.contract import SchemaError, StorageError
 from signald.logfmt import JsonFormatter, announce, setup_logging
 from signald.server import RunningServer, build_authenticator, build_ssl_context, serve_signald
 
@@ -36,8 +37,13 @@ __all__ = ["JsonFormatter", "main", "setup_logging"]  # the formatters live in s
 
 HISTORY_DESCRIPTION = (
     "Reads the database read-only (safe next to a running daemon); it is never created or upgraded. "
-    "A missing file exits with status 2, and so does a file at another schema version: start the "
-    "daemon on an older file once to upgrade it."
+    "A missing file exits with status 2, and so does a database at another schema version: run "
+    "'signald history migrate' (or start the daemon on it once) to upgrade it. The database is "
+    "--url (or SIGNALD_HISTORY_URL), else the SQLite file --db."
+)
+MIGRATE_DESCRIPTION = (
+    "Creates the schema or brings it up to this signald's version (the daemon does this when it starts; "
+    "several running it at once migrate once), then prints the version."
 )
 
 
@@ -55,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to bind; 0 picks a free one (default 8765)")
     serve.add_argument("--db", help="SQLite history database (default ./signald.db)")
+    serve.add_argument("--history-url", help="history store: sqlite:///PATH or postgresql://user:password@host:port/db")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--log-format", choices=["text", "json"])
     serve.add_argument("--insecure", action="store_true", default=None,
@@ -68,11 +75,15 @@ def build_parser() -> argparse.ArgumentParser:
     history_commands = history.add_subparsers(dest="history_command", required=True)
     export = history_commands.add_parser("export", help="print messages as JSON lines",
                                          description=HISTORY_DESCRIPTION)
-    export.add_argument("--db", default="./signald.db", help="history database (default ./signald.db)")
     export.add_argument("--room")
     stats = history_commands.add_parser("stats", help="print message and room counts as JSON",
                                         description=HISTORY_DESCRIPTION)
-    stats.add_argument("--db", default="./signald.db", help="history database (default ./signald.db)")
+    migrate = history_commands.add_parser("migrate", help="create or upgrade the schema",
+                                          description=MIGRATE_DESCRIPTION)
+    for command in (export, stats, migrate):
+        command.add_argument("--db", default="./signald.db", help="SQLite history database (default ./signald.db)")
+        command.add_argument("--url", default=os.environ.get("SIGNALD_HISTORY_URL"),
+                             help="history store URL (default $SIGNALD_HISTORY_URL, else sqlite:///DB)")
     return parser
 
 
@@ -85,7 +96,8 @@ def config_from_args(args: argparse.Namespace, warn: Callable[[str], None] | Non
         }.items() if value is not None
     }
     log_section = {k: v for k, v in {"level": args.log_level, "format": args.log_format}.items() if v}
-    return load_config(args.config, overrides={"server": server, "log": log_section}, warn=warn)
+    history = {"url": args.history_url} if args.history_url is not None else {}
+    return load_config(args.config, overrides={"server": server, "log": log_section, "history": history}, warn=warn)
 
 
 def check_exposure(config: Config) -> str | None:
@@ -188,29 +200,41 @@ def _leaves(group: BaseExceptionGroup[Any]) -> list[BaseException]:
 
 def _history(args: argparse.Namespace) -> int:
     from signald.history.export import export as export_messages
-    from signald.history.schema import SchemaError
-    from signald.history.store import HistoryStore, StorageError
+    from signald.history.factory import make_store
+    from signald.state.dburl import parse_history_url, sqlite_url
 
-    if not os.path.isfile(args.db):  # sqlite would create it (read-write) or fail vaguely (read-only)
-        print(f"signald: no history database at {args.db}", file=sys.stderr)
+    url = args.url if args.url else sqlite_url(args.db)
+    try:
+        parsed = parse_history_url(url)
+    except ValueError as exc:
+        print(f"signald: --url: {exc}", file=sys.stderr)
         return 2
+    # sqlite would create a missing file (read-write) or fail vaguely (read-only)
+    if parsed.backend == "sqlite" and args.history_command != "migrate" and not os.path.isfile(parsed.target):
+        print(f"signald: no history database at {parsed.target}", file=sys.stderr)
+        return 2
+    where = parsed.target if parsed.backend == "sqlite" else parsed.shown
 
-    async def export() -> None:
-        async with HistoryStore(args.db, read_only=True) as store:
-            async for message in export_messages(store, args.room):
-                sys.stdout.write(msgspec.json.encode(message).decode() + "\n")
-
-    async def stats() -> None:
-        async with HistoryStore(args.db, read_only=True) as store:
-            sys.stdout.write(json.dumps(dict(await store.stats()), indent=2) + "\n")
+    async def run() -> None:
+        async with make_store(url, read_only=args.history_command != "migrate") as store:
+            if args.history_command == "export":
+                async for message in export_messages(store, args.room):
+                    sys.stdout.write(msgspec.json.encode(message).decode() + "\n")
+                return
+            stats = await store.stats()
+            if args.history_command == "stats":
+                sys.stdout.write(json.dumps(dict(stats), indent=2) + "\n")
+            else:
+                print(f"signald: {where}: schema version {stats['schema_version']}")
 
     try:
-        trio.run(export if args.history_command == "export" else stats)
+        trio.run(run)
     except SchemaError as exc:
         print(f"signald: {exc}", file=sys.stderr)
         return 2
     except StorageError as exc:
-        print(f"signald: cannot read {args.db}: {exc.message}", file=sys.stderr)
+        print(f"signald: cannot {'migrate' if args.history_command == 'migrate' else 'read'} {where}: "
+              f"{exc.message}", file=sys.stderr)
         return 1
     return 0
 

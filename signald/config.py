@@ -28,6 +28,7 @@ import cattrs
 from attrs import field, frozen
 
 from signald.protocol import Limits
+from signald.state.dburl import parse_history_url, redact, sqlite_url
 from signald.state.proxies import parse_networks
 
 
@@ -124,8 +125,22 @@ class PresenceConfig:
     away_after_s: float = field(default=300.0, validator=_non_negative)
 
 
+def _history_url(instance: Any, attribute: attrs.Attribute[Any], value: str | None) -> None:
+    if value is not None:
+        try:
+            parse_history_url(value)
+        except ValueError as exc:  # its message never holds the password
+            raise ValueError(f"{attribute.name}: {exc}") from None
+
+
+def _url_repr(value: str | None) -> str:
+    return "None" if value is None else repr(redact(value))
+
+
 @frozen
 class HistoryConfig:
+    # None: the SQLite file of server.db (see Config.history_url). The password never in a repr.
+    url: str | None = field(default=None, validator=_history_url, repr=_url_repr)
     synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
     inline_commits: bool = True
     retention_max_age_s: float = field(default=0.0, validator=_non_negative)
@@ -165,6 +180,10 @@ class Config:
     calls: CallsConfig = CallsConfig()
     log: LogConfig = LogConfig()
     api: ApiConfig = ApiConfig()
+
+    def history_url(self) -> str:
+        """The history store's URL: ``history.url``, else the SQLite file ``server.db``."""
+        return self.history.url if self.history.url is not None else sqlite_url(self.server.db)
 
     def replace(self, **sections: Mapping[str, Any]) -> Config:
         """A copy with some keys of some sections changed: ``cfg.replace(limits={"max_rooms": 3})``."""

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import trio
+from postgres import postgres_server, postgres_url  # noqa: F401  # fixtures: a private PostgreSQL
 from trio.testing import MockClock
 
 from signald.client.raw import SignaldClient, connect

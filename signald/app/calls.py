@@ -14,7 +14,7 @@ from typing import Final
 import trio
 
 from signald.errors import SignalError
-from signald.history.store import HistoryStore
+from signald.history.contract import ChatStore
 from signald.protocol import ChatMessage, ChatMessageEvent, Outbound
 from signald.state.calls import CallLogEntry
 from signald.state.rooms import RoomRegistry
@@ -43,7 +43,7 @@ def describe(entry: CallLogEntry) -> str:
 class CallLog:
     """Stores call-log entries as system messages, in order, without blocking call handling."""
 
-    def __init__(self, rooms: RoomRegistry, store: HistoryStore, announce: Callable[[str, Outbound], None]) -> None:
+    def __init__(self, rooms: RoomRegistry, store: ChatStore, announce: Callable[[str, Outbound], None]) -> None:
         """``announce(room, event)`` delivers what the store committed to the room's connections
         (:meth:`signald.app.history.HistoryService.announce`, which also serves joins under way)."""
         self._rooms_registry = rooms

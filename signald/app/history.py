@@ -33,7 +33,7 @@ import attrs
 import trio
 
 from signald.errors import SignalError
-from signald.history.store import HistoryStore, Rejoin
+from signald.history.contract import ChatStore, Rejoin
 from signald.protocol import HistoryPage, Outbound, RoomJoinResult
 from signald.state.presence import PresenceTracker
 from signald.state.rooms import RoomRegistry
@@ -61,7 +61,7 @@ class HistoryService:
     ``skip_guests`` (auth mode ``none``) guest ids' last-seen times stay in memory only.
     """
 
-    store: HistoryStore
+    store: ChatStore
     _presence: PresenceTracker
     _rooms: RoomRegistry
     _deliver: Deliver

@@ -32,9 +32,8 @@ from signald.delivery.broker import Broker, LocalBroker
 from signald.delivery.frames import Frame
 from signald.delivery.outbox import Cork
 from signald.errors import StartupError
-from signald.history.schema import SchemaError
-from signald.history.store import HistoryStore
-from signald.history.work import StorageError
+from signald.history.contract import ChatStore, SchemaError, StorageError
+from signald.history.factory import make_store
 from signald.logfmt import log_event
 from signald.protocol import (
     Error,
@@ -111,14 +110,15 @@ class Hub:
     async def running(self) -> AsyncIterator[Hub]:
         """Open what the hub needs (history store, timers) and close it on the way out."""
         history = self.config.history
-        store = HistoryStore(
-            self.config.server.db, synchronous=history.synchronous, inline=history.inline_commits,
+        store = make_store(
+            self.config.history_url(), synchronous=history.synchronous, inline=history.inline_commits,
             retention_max_age_s=history.retention_max_age_s, retention_max_count=history.retention_max_count,
             clock=self.wall_clock, completion_scope=self.cork,
         )
         self.started_at = trio.current_time()
         server = self.config.server
-        async with _opened(store, server.db):
+        where = f"server.db {server.db}" if history.url is None else "history.url"
+        async with _opened(store, where, own_message=not self.config.history_url().startswith("sqlite")):
             self.history = HistoryService(
                 store, self.presence, self.rooms, self.send_to, page_max=self.config.limits.history_page_max,
                 skip_guests=self.config.auth.mode == "none",
@@ -325,13 +325,21 @@ class Hub:
 
 
 @asynccontextmanager
-async def _opened(store: HistoryStore, path: str) -> AsyncIterator[HistoryStore]:
-    """``async with store``, where a database that cannot be opened is a :class:`StartupError` naming it."""
+async def _opened(store: ChatStore, where: str, *, own_message: bool) -> AsyncIterator[ChatStore]:
+    """``async with store``, where a store that cannot be opened is a :class:`StartupError` naming
+    the setting (``where``: ``server.db PATH`` or ``history.url``).
+
+    ``own_message``: say the store's own error message (a server database's: it names the store by
+    its URL without the password, where the driver's error might hold it) rather than the
+    underlying SQLite or OS error.
+    """
     try:
         await store.open()
     except (StorageError, SchemaError, OSError) as exc:
+        if own_message and isinstance(exc, StorageError):
+            raise StartupError(f"{where}: {exc.message}") from None
         cause = exc.__cause__ if isinstance(exc, StorageError) and exc.__cause__ is not None else exc
-        raise StartupError(f"server.db {path}: {getattr(cause, 'strerror', None) or cause}") from None
+        raise StartupError(f"{where}: {getattr(cause, 'strerror', None) or cause}") from None
     try:
         yield store
     finally:

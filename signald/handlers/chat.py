@@ -1,4 +1,4 @@
-"""Chat: every ``chat.*`` type except typing, on top of the durable :class:`HistoryStore`.
+"""Chat: every ``chat.*`` type except typing, on top of the durable history store (``ChatStore``).
 
 Events are fanned out from the store's ``on_commit`` callbacks, which run in commit order in
 the Trio thread: every member of a room sees its messages in ``seq`` order, and an event never
@@ -17,7 +17,7 @@ from signald.app.context import Context
 from signald.app.history import HistoryService
 from signald.errors import SignalError
 from signald.handlers.rooms import require_member
-from signald.history.store import Deleted, HistoryStore
+from signald.history.contract import ChatStore, Deleted
 from signald.protocol import (
     ChangesPage,
     ChatChanges,
@@ -54,7 +54,7 @@ def _service(ctx: Context) -> HistoryService:
     return ctx.hub.history
 
 
-def _history(ctx: Context) -> HistoryStore:
+def _history(ctx: Context) -> ChatStore:
     return _service(ctx).store
 
 

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from signald.history.store import HistoryStore
+from signald.history.contract import ChatStore
 from signald.protocol import ChatMessage
 
 __all__ = ["export"]
 
 
-async def export(store: HistoryStore, room: str | None = None, *, batch: int = 500) -> AsyncIterator[ChatMessage]:
+async def export(store: ChatStore, room: str | None = None, *, batch: int = 500) -> AsyncIterator[ChatMessage]:
     """Every stored message of ``room`` (or of all rooms, by room name), ascending ``seq``.
 
-    Pages of ``batch`` through :meth:`HistoryStore.history`: memory stays bounded whatever the size.
+    Pages of ``batch`` through the store's ``history``: memory stays bounded whatever the size.
     """
     for name in [room] if room is not None else await store.rooms():
         after = 0

@@ -1,9 +1,11 @@
 """The SQL of the history reads, and rows turned into :class:`~signald.protocol.ChatMessage`.
 
 Sans-IO: these functions run the statements they build on whatever connection they are given
-(the store's, on its writer thread or inline, or the read-only one of ``signald history``) and
-import neither ``sqlite3`` nor an event loop; :class:`Connection` is the part of
-``sqlite3.Connection`` they use.
+(the SQLite store's, on its writer thread or inline, or the read-only one of ``signald history``;
+one of the PostgreSQL store's) and import neither a driver nor an event loop; :class:`Connection`
+is the part of ``sqlite3.Connection`` they use. The statements are SQL both dialects run, with
+``?`` placeholders (the PostgreSQL adapter turns them into ``%s``); reaction order is the
+``rowid`` of ``reactions`` (an identity column of that name on PostgreSQL).
 
 Paging follows ``chat.history`` (docs/protocol.md): no bounds, the newest ``limit``; ``before``,
 the newest below it; ``after``, the oldest above it; both, the oldest part of the open interval.
@@ -59,9 +61,9 @@ _TRUE_COUNTS: Final = (
     "SELECT room, count + (SELECT count(*) FROM messages m WHERE m.room = rooms.room"
     " AND m.seq > rooms.last_seq) AS n FROM rooms"
 )
-ROOMS_TRUE_SQL: Final = f"SELECT room FROM ({_TRUE_COUNTS}) WHERE n > 0 ORDER BY room"
+ROOMS_TRUE_SQL: Final = f"SELECT room FROM ({_TRUE_COUNTS}) AS t WHERE n > 0 ORDER BY room"
 """Like :data:`ROOMS_SQL`, for a ``rooms`` table that may be behind (a read-only reader)."""
-ROOM_TOTALS_TRUE_SQL: Final = f"SELECT count(*), coalesce(sum(n), 0) FROM ({_TRUE_COUNTS}) WHERE n > 0"
+ROOM_TOTALS_TRUE_SQL: Final = f"SELECT count(*), coalesce(sum(n), 0) FROM ({_TRUE_COUNTS}) AS t WHERE n > 0"
 """Like :data:`ROOM_TOTALS_SQL`, for a ``rooms`` table that may be behind."""
 
 AGE_EXPIRED_ROOMS_SQL: Final = (
@@ -192,11 +194,9 @@ def last_seen(conn: Connection, user_ids: list[str]) -> dict[str, str]:
 
 # ---------------------------------------------------------------------------- revisions (exact resume)
 
-_ROOM_REVS_SQL: Final = (
-    "SELECT max(coalesce((SELECT last_rev FROM rooms WHERE room = ?1), 0),"
-    " coalesce((SELECT max(rev) FROM messages WHERE room = ?1), 0),"
-    " coalesce((SELECT max(rev) FROM tombstones WHERE room = ?1), 0)),"
-    " coalesce((SELECT pruned_rev FROM rooms WHERE room = ?1), 0)"
+_ROOM_REVS_SQL: Final = (  # scalar max() is SQLite's, GREATEST PostgreSQL's: the max is taken here
+    "SELECT (SELECT last_rev FROM rooms WHERE room = ?), (SELECT max(rev) FROM messages WHERE room = ?),"
+    " (SELECT max(rev) FROM tombstones WHERE room = ?), (SELECT pruned_rev FROM rooms WHERE room = ?)"
 )
 
 
@@ -219,8 +219,8 @@ def room_revs(conn: Connection, room: str) -> RoomRevs:
     # The rooms row may lag behind the messages (see signald.history.counters), never ahead; the
     # newest change is on a message or a tombstone unless retention removed it, and then the row
     # holds it. Two index probes and a primary-key read.
-    rev, pruned = conn.execute(_ROOM_REVS_SQL, (room,)).fetchone()
-    return RoomRevs(int(rev), int(pruned))
+    last_rev, messages_rev, tombstones_rev, pruned = conn.execute(_ROOM_REVS_SQL, (room,) * 4).fetchone()
+    return RoomRevs(max(last_rev or 0, messages_rev or 0, tombstones_rev or 0), int(pruned or 0))
 
 
 def changes(conn: Connection, room: str, after_rev: int, limit: int) -> tuple[list[Change], bool]:

@@ -44,11 +44,11 @@ import sqlite3
 from collections.abc import Callable
 from typing import Final
 
+from signald.history.contract import SchemaError
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SchemaError", "migrate", "user_version"]
+
 Migration = Callable[[sqlite3.Connection], None]
-
-
-class SchemaError(Exception):
-    """The database cannot be used by this version of signald."""
 
 
 # The columns of a message after its keys: the same in every schema version so far.

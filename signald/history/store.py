@@ -33,12 +33,12 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
-from typing import Any, Final, TypedDict, TypeVar
+from typing import Any, Final, TypeVar
 
 import trio
 
-from signald.errors import SignalError
-from signald.history import queries, rules
+from signald.history import queries, rules, writes
+from signald.history.contract import HistoryStats, SchemaError
 from signald.history.inline import INLINE_SYNC_MODES, InlineCommits, tasks_runnable
 from signald.history.queries import Rejoin
 from signald.history.retention import Retention
@@ -49,23 +49,13 @@ from signald.history.work import SKIP, Op, StorageError, complete
 from signald.history.writer import Writer
 from signald.protocol import Attachment, ChangesPage, ChatMessage, DeleteMode, HistoryPage, ReactionAction
 
-__all__ = ["Deleted", "HistoryStats", "HistoryStore", "Rejoin", "StorageError"]
+__all__ = ["Deleted", "HistoryStats", "HistoryStore", "Rejoin", "SchemaError", "StorageError"]
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 SYNCHRONOUS_MODES: Final = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
-
-
-class HistoryStats(TypedDict):
-    rooms: int
-    messages: int
-    db_bytes: int
-    schema_version: int
-    commits: int
-    pending: int
-    synchronous: str
 
 
 class HistoryStore:
@@ -240,7 +230,7 @@ class HistoryStore:
         on_commit: Callable[[ChatMessage], None] | None = None,
     ) -> tuple[ChatMessage, bool]:
         """Store a message; returns ``(message, created)``. ``created`` is False for a retry."""
-        fn = rules.send_fn(self._txns, room, user_id, body, attachments, parent_id, client_msg_id)
+        fn = writes.send_fn(self._txns, room, user_id, body, attachments, parent_id, client_msg_id)
         return await self._call(fn, write=True, on_commit=on_commit)
 
     def send_nowait(
@@ -264,7 +254,7 @@ class HistoryStore:
         """
         if self._state != "open":
             raise StorageError(f"history store is {self._state}")
-        fn = rules.send_fn(self._txns, room, user_id, body, attachments, parent_id, client_msg_id)
+        fn = writes.send_fn(self._txns, room, user_id, body, attachments, parent_id, client_msg_id)
         op: Op[tuple[ChatMessage, bool]] = Op("write", fn, on_commit, then)
         inline = self._inline
         if self._in_flight == 0 and not inline.spent and tasks_runnable() == 0 and inline.commit(op):
@@ -275,7 +265,7 @@ class HistoryStore:
         self, *, message_id: str, user_id: str, new_body: str, on_commit: Callable[[ChatMessage], None] | None = None
     ) -> ChatMessage:
         """Replace the body of the author's message and set ``edited_at``."""
-        return await self._call(lambda conn: rules.edit(conn, self._txns, message_id, user_id, new_body),
+        return await self._call(lambda conn: writes.edit(conn, self._txns, message_id, user_id, new_body),
                                 write=True, on_commit=on_commit)
 
     async def delete(
@@ -283,16 +273,15 @@ class HistoryStore:
         on_commit: Callable[[Deleted], None] | None = None,
     ) -> Deleted:
         """Soft- or hard-delete a message (author, or anyone with ``moderator``)."""
-        if mode not in ("soft", "hard"):
-            raise SignalError("INVALID_PAYLOAD", "`$.data.mode` must be 'soft' or 'hard'")
-        return await self._call(lambda conn: rules.delete(conn, self._txns, message_id, user_id, mode, moderator),
+        rules.check_delete_mode(mode)
+        return await self._call(lambda conn: writes.delete(conn, self._txns, message_id, user_id, mode, moderator),
                                 write=True, on_commit=on_commit)
 
     async def redact(
         self, *, message_id: str, mask: str, on_commit: Callable[[ChatMessage], None] | None = None
     ) -> ChatMessage:
         """Replace the body with ``mask`` and mark it redacted (the caller checks permission)."""
-        return await self._call(lambda conn: rules.redact(conn, self._txns, message_id, mask),
+        return await self._call(lambda conn: writes.redact(conn, self._txns, message_id, mask),
                                 write=True, on_commit=on_commit)
 
     async def react(
@@ -300,24 +289,23 @@ class HistoryStore:
         on_commit: Callable[[int], None] | None = None,
     ) -> int | None:
         """Add or remove a reaction (idempotent); returns the change's revision, None if nothing changed."""
-        if action not in ("add", "remove"):
-            raise SignalError("INVALID_PAYLOAD", "`$.data.action` must be 'add' or 'remove'")
+        rules.check_action(action)
         return await self._call(
-            lambda conn: rules.react(conn, self._txns, message_id, user_id, reaction, action, room),
+            lambda conn: writes.react(conn, self._txns, message_id, user_id, reaction, action, room),
             write=True, on_commit=on_commit)
 
     async def mark_read(
         self, *, user_id: str, room: str, message_id: str, on_commit: Callable[[bool], None] | None = None
     ) -> bool:
         """Move the user's read receipt in ``room`` up to the message; returns whether it moved."""
-        return await self._call(lambda conn: rules.mark_read(conn, user_id, room, message_id),
+        return await self._call(lambda conn: writes.mark_read(conn, user_id, room, message_id),
                                 write=True, on_commit=on_commit)
 
     async def set_last_seen(self, entries: Mapping[str, str]) -> None:
         """Record when users were last seen (user id -> ISO 8601 time)."""
         rows = list(entries.items())
         if rows:
-            await self._call(lambda conn: rules.set_last_seen(conn, rows), write=True)
+            await self._call(lambda conn: writes.set_last_seen(conn, rows), write=True)
 
     async def run_retention(self) -> int:
         """Apply retention now, completely; returns how many messages were removed."""
@@ -333,8 +321,7 @@ class HistoryStore:
         self, *, room: str, before: int | None = None, after: int | None = None, limit: int = 50
     ) -> HistoryPage:
         """One ``chat.history`` page of ``room`` (:func:`~signald.history.queries.page`); ``limit >= 1``."""
-        if limit < 1:
-            raise SignalError("INVALID_PAYLOAD", "`$.data.limit` must be >= 1")
+        rules.check_limit(limit)
 
         def fn(conn: sqlite3.Connection) -> tuple[HistoryPage, Any]:
             messages, more = queries.page(conn, room, before, after, limit)
@@ -351,15 +338,13 @@ class HistoryStore:
     ) -> Rejoin:
         """``unread``, the room's ``rev``, ``missed`` (with ``since``) and ``changes`` (with
         ``since_rev``) for ``room.join``: one read, at one point of the commit order."""
-        if limit < 1:
-            raise SignalError("INVALID_PAYLOAD", "`limit` must be >= 1")
+        rules.check_limit(limit, "`limit`")
         return await self._call(
             lambda conn: (queries.rejoin(conn, user_id, room, since, since_rev, limit), SKIP), write=False)
 
     async def changes(self, *, room: str, after_rev: int, limit: int) -> ChangesPage:
         """Every change of ``room`` after ``after_rev`` (``chat.changes``), at most ``limit``."""
-        if limit < 1:
-            raise SignalError("INVALID_PAYLOAD", "`$.data.limit` must be >= 1")
+        rules.check_limit(limit)
         return await self._call(lambda conn: (queries.changes_page(conn, room, after_rev, limit), SKIP), write=False)
 
     async def last_read(self, *, user_id: str, room: str) -> int | None:
@@ -384,7 +369,7 @@ class HistoryStore:
         rooms, messages = await self._call(lambda conn: (conn.execute(sql).fetchone(), SKIP), write=False, counts=True)
         return HistoryStats(
             rooms=rooms, messages=messages, db_bytes=self.db_bytes(), schema_version=SCHEMA_VERSION,
-            commits=self.commits, pending=self.queued, synchronous=self.synchronous,
+            commits=self.commits, pending=self.queued, synchronous=self.synchronous, backend="sqlite",
         )
 
     def db_bytes(self) -> int:

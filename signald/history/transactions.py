@@ -138,6 +138,28 @@ class Transactions:
             raise
         self.counters.end_transaction(committed=True)
 
+    def take_seq_rev(self, conn: sqlite3.Connection, room: str) -> tuple[int, int]:
+        """A new message's ``seq`` and ``rev`` (:class:`~signald.history.writes.Allocator`).
+
+        Only the operation's layer of the counters moves: a failed insert drops it with the rest
+        of the operation, so no ``seq`` is lost or taken twice.
+        """
+        counter = self.counter(conn, room)
+        counter[0] += 1
+        counter[1] += 1
+        counter[2] += 1
+        if self.rooms_to_trim is not None:
+            self.rooms_to_trim.add(room)
+        return counter[0], counter[2]
+
+    def removed(self, conn: sqlite3.Connection, room: str) -> None:
+        """A message of ``room`` was hard-deleted: one fewer in its count."""
+        self.counter(conn, room)[1] -= 1
+
+    def duplicate_id(self, exc: Exception) -> bool:
+        """Whether ``exc`` is ``messages.id`` refusing a duplicate (a random id collided)."""
+        return isinstance(exc, sqlite3.IntegrityError) and "messages.id" in str(exc)
+
     def next_rev(self, conn: sqlite3.Connection, room: str) -> int:
         """Take ``room``'s next revision for a change made by the running operation."""
         counter = self.counter(conn, room)

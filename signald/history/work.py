@@ -16,7 +16,8 @@ from typing import Any, Final, Generic, Literal, TypeVar
 
 import trio
 
-from signald.errors import SignalError
+from signald.history.contract import StorageError, storage_error
+from signald.history.writes import SKIP
 
 __all__ = ["SKIP", "Op", "OpKind", "StorageError", "complete", "op_failed", "storage_error"]
 
@@ -27,25 +28,7 @@ T = TypeVar("T")
 OpKind = Literal["read", "write", "counts", "open", "close", "checkpoint"]
 """``counts``: a read of the ``rooms`` table, brought up to date with the room counters first."""
 
-SKIP: Final[Any] = object()
-"""The ``on_commit`` argument of an operation that changed nothing: its callback does not run."""
-
 _NO_WAITER: Final = trio.Event()  # the ``done`` of ops completed by a callback: nobody waits on it
-
-
-class StorageError(SignalError):
-    """The database failed (or the store is closed); answered as ``INTERNAL``."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__("INTERNAL", message)
-
-
-def storage_error(exc: BaseException, *, detail: bool = False) -> StorageError:
-    """Wrap a sqlite error; the detail is for operators (logs, startup), not for clients."""
-    err = StorageError(f"history storage failed: {type(exc).__name__}: {exc}" if detail
-                       else "history storage failed")
-    err.__cause__ = exc
-    return err
 
 
 class Op(Generic[T]):
@@ -56,7 +39,7 @@ class Op(Generic[T]):
     def __init__(
         self,
         kind: OpKind,
-        fn: Callable[[sqlite3.Connection], tuple[T, Any]] | None = None,
+        fn: Callable[[Any], tuple[T, Any]] | None = None,  # runs on the connection
         on_commit: Callable[[Any], None] | None = None,
         then: Callable[[T | None, BaseException | None], None] | None = None,
     ) -> None:
@@ -72,9 +55,10 @@ class Op(Generic[T]):
         self.done = trio.Event() if then is None else _NO_WAITER
 
 
-def op_failed(op: Op[Any], exc: Exception) -> None:
-    """Record why ``op`` failed: sqlite errors become a :class:`StorageError` (and are logged)."""
-    if isinstance(exc, sqlite3.Error):
+def op_failed(op: Op[Any], exc: Exception, db_errors: type[Exception] | tuple[type[Exception], ...] = sqlite3.Error
+              ) -> None:
+    """Record why ``op`` failed: driver errors (``db_errors``) become a :class:`StorageError`, logged."""
+    if isinstance(exc, db_errors):
         logger.error("history operation failed", exc_info=exc)
         op.error = storage_error(exc)
     else:

@@ -1,6 +1,7 @@
 """Chat over real WebSockets: what connected clients see of ``chat.*`` and of rejoining.
 
-Each test runs an in-process daemon with a real SQLite file in ``tmp_path`` and several clients;
+Each test runs an in-process daemon with a real SQLite file in ``tmp_path`` (those on the ``srv``
+fixture also on a PostgreSQL database of the session's server) and several clients;
 alice often has two devices (``a1``, ``a2``). To assert that an event did *not* arrive, a client
 pings the server: the pong is queued after every event already queued for it, and the events a
 request causes for others are queued before its reply, so the events before the pong are all
@@ -40,8 +41,11 @@ async def serve(nursery: trio.Nursery, tmp_path: Path, **sections: dict[str, Any
     return await start_server(nursery, make_config(tmp_path, **sections))
 
 
-@pytest.fixture
-async def srv(nursery: trio.Nursery, tmp_path: Path) -> RunningServer:
+@pytest.fixture(params=["sqlite", "postgres"])
+async def srv(request: pytest.FixtureRequest, nursery: trio.Nursery, tmp_path: Path) -> RunningServer:
+    """A daemon on SQLite, and one on PostgreSQL: the same chat over both stores."""
+    if request.param == "postgres":
+        return await serve(nursery, tmp_path, history={"url": request.getfixturevalue("postgres_url")})
     return await serve(nursery, tmp_path)
 
 

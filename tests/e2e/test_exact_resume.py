@@ -15,6 +15,7 @@ from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontext
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 from conftest import clients, daemon, events_of, make_config, start_server
 from hypothesis import HealthCheck, given, settings
@@ -28,6 +29,12 @@ FAST = {"rate_per_s": 10_000.0, "rate_burst": 10_000}
 Msg = dict[str, Any]
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_url(request: pytest.FixtureRequest) -> dict[str, str]:
+    """The ``[history]`` keys of a daemon on SQLite (none: ``server.db``) or on PostgreSQL."""
+    return {"url": request.getfixturevalue("postgres_url")} if request.param == "postgres" else {}
+
+
 async def full_history(c: SignaldClient, room: str = "lobby") -> list[Msg]:
     messages: list[Msg] = []
     while True:
@@ -37,8 +44,10 @@ async def full_history(c: SignaldClient, room: str = "lobby") -> list[Msg]:
             return messages
 
 
-async def test_changes_page_on_with_chat_changes_in_rev_order(nursery: trio.Nursery, tmp_path: Path) -> None:
-    srv = await start_server(nursery, make_config(tmp_path, limits={"history_page_max": 3, **FAST}))
+async def test_changes_page_on_with_chat_changes_in_rev_order(
+    nursery: trio.Nursery, tmp_path: Path, store_url: dict[str, str]
+) -> None:
+    srv = await start_server(nursery, make_config(tmp_path, history=store_url, limits={"history_page_max": 3, **FAST}))
     async with clients(srv, "alice", "bob") as (alice, bob):
         await alice.request("room.join", {"room": "lobby"})
         sent = [await alice.request("chat.send", {"scope": "lobby", "body": f"m{i}"}) for i in range(5)]  # revs 1-5
@@ -62,9 +71,10 @@ async def test_changes_page_on_with_chat_changes_in_rev_order(nursery: trio.Nurs
 
 
 async def test_changes_reset_once_retention_removed_part_of_what_was_asked(
-    nursery: trio.Nursery, tmp_path: Path
+    nursery: trio.Nursery, tmp_path: Path, store_url: dict[str, str]
 ) -> None:
-    srv = await start_server(nursery, make_config(tmp_path, history={"retention_max_count": 2}, limits=FAST))
+    config = make_config(tmp_path, history={"retention_max_count": 2, **store_url}, limits=FAST)
+    srv = await start_server(nursery, config)
     async with clients(srv, "alice", "bob") as (alice, bob):
         await alice.request("room.join", {"room": "lobby"})
         sent = [await alice.request("chat.send", {"scope": "lobby", "body": f"m{i}"}) for i in range(4)]
@@ -82,19 +92,23 @@ async def test_changes_reset_once_retention_removed_part_of_what_was_asked(
 
 
 async def test_a_join_racing_with_a_burst_of_sends_gets_each_message_exactly_once(
-    nursery: trio.Nursery, tmp_path: Path
+    nursery: trio.Nursery, tmp_path: Path, store_url: dict[str, str]
 ) -> None:
-    srv = await start_server(nursery, make_config(tmp_path, limits={"history_page_max": 50, **FAST}))
+    srv = await start_server(nursery, make_config(tmp_path, history=store_url, limits={"history_page_max": 50, **FAST}))
     burst = 300
     view = RoomView("lobby")
     async with clients(srv, "alice", "bob") as (alice, bob):
         await alice.request("room.join", {"room": "lobby"})
+        acked = 0
         for i in range(burst):  # pipelined: the join lands somewhere in the middle of their commits
             await alice.send({"type": "chat.send", "id": f"s{i}", "data": {"scope": "lobby", "body": f"{i}"}})
             if i == 20:
+                # once one is committed, so that the join cannot read before them all (a store on
+                # another server, PostgreSQL, may not have committed any by now)
+                while not acked:
+                    acked += (await alice.next_event())["type"] == "ack"
                 nursery.start_soon(view.join, bob)
         with trio.fail_after(10):
-            acked = 0
             while acked < burst:
                 acked += (await alice.next_event())["type"] == "ack"
             for event in await events_of(bob):

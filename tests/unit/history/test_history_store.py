@@ -1,14 +1,20 @@
-"""Tests of signald.history.store.HistoryStore against a real SQLite file."""
+"""Tests of the history store contract on both stores, and of the SQLite store's own mechanics.
+
+The ``store`` fixture is parametrized over SQLite (a real file) and PostgreSQL (a database of the
+session's private server, see tests/postgres.py): every test that uses it checks the contract on
+both. Tests of SQLite's own mechanics (inline commits, group commit on its writer thread, the
+room counters, the WAL, its migrations) are marked ``sqlite_only``.
+"""
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -27,6 +33,7 @@ from hypothesis import strategies as st
 from signald.errors import SignalError
 from signald.history.export import export
 from signald.history.inline import tasks_runnable
+from signald.history.postgres.store import PostgresStore
 from signald.history.retention import RETENTION_BATCH, Retention
 from signald.history.schema import MIGRATIONS, SCHEMA_VERSION, SchemaError, migrate, user_version
 from signald.history.store import Deleted, HistoryStore, StorageError
@@ -50,9 +57,21 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-@pytest.fixture
-async def store(tmp_path: Path, clock: FakeClock) -> AsyncIterator[HistoryStore]:
-    async with HistoryStore(tmp_path / "history.db", clock=clock) as s:
+BACKENDS = ["sqlite", "postgres"]
+sqlite_only = pytest.mark.parametrize("store", ["sqlite"], indirect=True)
+"""A test of the SQLite store's own mechanics, not of the contract."""
+
+
+def open_store(backend: str, request: pytest.FixtureRequest, path: Path, clock: FakeClock, **kw: Any) -> Any:
+    """A store of ``backend``, not opened yet (PostgreSQL: a new database of the session's server)."""
+    if backend == "sqlite":
+        return HistoryStore(path, clock=clock, **kw)
+    return PostgresStore(request.getfixturevalue("postgres_url"), clock=clock, **kw)
+
+
+@pytest.fixture(params=BACKENDS)
+async def store(request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock) -> AsyncIterator[HistoryStore]:
+    async with open_store(request.param, request, tmp_path / "history.db", clock) as s:
         yield s
 
 
@@ -128,6 +147,52 @@ async def test_concurrent_senders_get_ordered_gap_free_seqs_and_on_commit_in_seq
         assert bodies == [f"{n}:{i}" for i in range(10)]
 
 
+def collect(outcomes: list[Outcome]) -> Callable[[Any, BaseException | None], None]:
+    def then(result: Any, error: BaseException | None) -> None:
+        outcomes.append((result, error))
+
+    return then
+
+
+async def all_done(outcomes: list[Outcome], n: int) -> None:
+    while len(outcomes) < n:  # noqa: ASYNC110 - the callbacks run on the Trio thread between our polls
+        await trio.sleep(0.005)
+
+
+async def test_sends_of_one_batch_keep_the_rules_of_sends_one_by_one(store: HistoryStore) -> None:
+    """A batch with retries, a key twice and a parent sent in the same batch (PostgreSQL stores
+    plain batches at once and must fall back for these) ends as if sent one after the other."""
+    first = await send(store, "first", client_msg_id="k0")
+    outcomes: list[Outcome] = []
+    for room, body, key, parent in [("a", "1", None, None), ("b", "2", "k1", None), ("lobby", "again", "k0", None),
+                                    ("b", "3", "k1", None), ("lobby", "reply", None, first.id),
+                                    ("a", "bad parent", None, "f" * 24), ("a", "4", None, None)]:
+        store.send_nowait(room=room, user_id="ann", body=body, client_msg_id=key, parent_id=parent,
+                          then=collect(outcomes))
+    with trio.fail_after(10):
+        await all_done(outcomes, 7)
+    got = [(result[0].room, result[0].seq, result[0].body, result[1]) if result else getattr(error, "code", error)
+           for result, error in outcomes]
+    assert got == [("a", 1, "1", True), ("b", 1, "2", True), ("lobby", 1, "first", False), ("b", 1, "2", False),
+                   ("lobby", 2, "reply", True), "NOT_FOUND", ("a", 2, "4", True)]
+    revs = [m.rev for m in (await store.history(room="a")).messages]
+    assert revs == [1, 2]
+
+
+async def test_plain_batches_of_sends_get_consecutive_seqs_per_room_in_send_order(store: HistoryStore) -> None:
+    outcomes: list[Outcome] = []
+    for i in range(40):
+        store.send_nowait(room=f"r{i % 3}", user_id="ann", body=f"{i}", client_msg_id=f"c{i}",
+                          then=collect(outcomes))
+    with trio.fail_after(10):
+        await all_done(outcomes, 40)
+    assert all(error is None for _, error in outcomes)
+    for r in range(3):
+        page = await store.history(room=f"r{r}", limit=100)
+        assert [(m.seq, m.rev, m.body) for m in page.messages] == [
+            (n + 1, n + 1, f"{i}") for n, i in enumerate(range(r, 40, 3))]
+
+
 async def test_group_commit_batches_concurrent_sends(store: HistoryStore) -> None:
     before = store.commits
     async with trio.open_nursery() as nursery:
@@ -154,6 +219,7 @@ async def hold_writer(
     return release
 
 
+@sqlite_only
 async def test_group_commit_takes_everything_queued_in_one_transaction(store: HistoryStore) -> None:
     before = store.commits
     results: list[ChatMessage] = []
@@ -173,6 +239,7 @@ async def test_group_commit_takes_everything_queued_in_one_transaction(store: Hi
     assert sorted(m.seq for m in results) == list(range(1, 51))
 
 
+@sqlite_only
 async def test_failed_operation_in_a_batch_does_not_roll_back_the_others(store: HistoryStore) -> None:
     base = await send(store, "base")
     outcomes: dict[str, Any] = {}
@@ -193,6 +260,7 @@ async def test_failed_operation_in_a_batch_does_not_roll_back_the_others(store: 
     assert [m.seq for m in page.messages] == [1, 2, 3]
 
 
+@sqlite_only
 async def test_sqlite_error_in_one_operation_fails_only_that_one(store: HistoryStore) -> None:
     def broken(conn: sqlite3.Connection) -> tuple[None, Any]:
         conn.execute("INSERT INTO rooms (room, last_seq, count) VALUES ('x', 1, 1)")
@@ -207,6 +275,7 @@ async def test_sqlite_error_in_one_operation_fails_only_that_one(store: HistoryS
     assert (await send(store)).seq == 1
 
 
+@sqlite_only
 async def test_failed_commit_fails_the_whole_batch_and_announces_nothing(store: HistoryStore) -> None:
     events: list[ChatMessage] = []
     outcomes: list[str] = []
@@ -236,6 +305,7 @@ async def test_failed_commit_fails_the_whole_batch_and_announces_nothing(store: 
     assert (await send(store, room="r")).seq == 1  # the store keeps working
 
 
+@sqlite_only
 async def test_stats_and_rooms_count_what_was_queued_before_them_in_their_batch(store: HistoryStore) -> None:
     seen: dict[str, Any] = {}
 
@@ -309,6 +379,7 @@ async def next_turn() -> None:
     await trio.testing.wait_all_tasks_blocked()
 
 
+@sqlite_only
 async def test_lone_send_nowait_is_committed_and_announced_before_it_returns(
     store: HistoryStore, tmp_path: Path
 ) -> None:
@@ -324,6 +395,7 @@ async def test_lone_send_nowait_is_committed_and_announced_before_it_returns(
     assert stored_bodies(tmp_path / "history.db") == ["hello"]  # committed, visible to others
 
 
+@sqlite_only
 async def test_sends_of_one_turn_after_the_inline_one_share_one_transaction(store: HistoryStore) -> None:
     await next_turn()
     outcomes: list[Outcome] = []
@@ -341,6 +413,7 @@ async def test_sends_of_one_turn_after_the_inline_one_share_one_transaction(stor
     assert len(outcomes) == 21 and store.inline_commits == 2
 
 
+@sqlite_only
 async def test_send_nowait_queues_while_other_tasks_wait_to_run(store: HistoryStore) -> None:
     """Under load (other readers with frames to handle) messages share the thread's transactions."""
     outcomes: list[Outcome] = []
@@ -355,6 +428,7 @@ async def test_send_nowait_queues_while_other_tasks_wait_to_run(store: HistorySt
     assert outcomes[0][1] is None
 
 
+@sqlite_only
 async def test_send_nowait_never_overtakes_work_queued_before_it(store: HistoryStore) -> None:
     order: list[str] = []
     async with trio.open_nursery() as nursery:
@@ -367,6 +441,7 @@ async def test_send_nowait_never_overtakes_work_queued_before_it(store: HistoryS
     assert order == ["blocker", "send"]
 
 
+@sqlite_only
 async def test_send_nowait_waits_for_earlier_commits_to_be_announced(store: HistoryStore) -> None:
     """A batch the thread committed but whose callbacks have not run yet still goes first."""
     inside, proceed = threading.Event(), threading.Event()
@@ -392,6 +467,7 @@ async def test_send_nowait_waits_for_earlier_commits_to_be_announced(store: Hist
     assert order == ["earlier", "send"]
 
 
+@sqlite_only
 async def test_send_nowait_queues_rather_than_wait_for_another_connections_write_lock(
     store: HistoryStore, tmp_path: Path
 ) -> None:
@@ -411,6 +487,7 @@ async def test_send_nowait_queues_rather_than_wait_for_another_connections_write
         other.close()
 
 
+@sqlite_only
 async def test_the_next_turn_allows_an_inline_commit_whatever_order_its_tasks_run_in(
     store: HistoryStore
 ) -> None:
@@ -632,8 +709,9 @@ async def test_hard_delete_removes_message_and_reactions(store: HistoryStore) ->
     tombstone = Tombstone(id=second.id, room="lobby", seq=2, rev=4)
     assert (await store.changes(room="lobby", after_rev=1, limit=10)).changes == [tombstone]
     assert (await send(store, "3")).seq == 3  # never reused
-    with sqlite3.connect(store.path) as conn:
-        assert conn.execute("SELECT count(*) FROM reactions").fetchone()[0] == 0
+    if isinstance(store, HistoryStore):
+        with sqlite3.connect(store.path) as conn:
+            assert conn.execute("SELECT count(*) FROM reactions").fetchone()[0] == 0
 
 
 async def test_redact_replaces_body_and_sets_flag(store: HistoryStore) -> None:
@@ -836,7 +914,7 @@ async def test_file_store_reports_db_bytes(store: HistoryStore) -> None:
     await send(store)
     stats = await store.stats()
     assert stats["db_bytes"] == store.db_bytes() > 0
-    assert stats["synchronous"] == "NORMAL"
+    assert stats["synchronous"] == ("NORMAL" if isinstance(store, HistoryStore) else "on")
 
 
 async def test_open_errors(tmp_path: Path) -> None:
@@ -1065,9 +1143,11 @@ async def test_refuses_a_newer_schema(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- retention
 
 
-async def test_retention_by_age(tmp_path: Path, clock: FakeClock) -> None:
-    async with HistoryStore(tmp_path / "h.db", clock=clock, retention_max_age_s=50,
-                            retention_interval_s=3600) as store:
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_retention_by_age(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock) -> None:
+    async with open_store(backend, request, tmp_path / "h.db", clock, retention_max_age_s=50,
+                          retention_interval_s=3600) as store:
         old = [await send(store, f"old{i}", client_msg_id=f"c{i}") for i in range(5)]
         await store.react(message_id=old[0].id, user_id="bob", reaction="+1", action="add", room="lobby")
         clock.t += 100
@@ -1080,13 +1160,16 @@ async def test_retention_by_age(tmp_path: Path, clock: FakeClock) -> None:
         # the idempotency key went with the message; seq is never reused
         again, created = await store.send(room="lobby", user_id="ann", body="old0", client_msg_id="c0")
         assert created and again.seq == 11
-    with sqlite3.connect(tmp_path / "h.db") as conn:
-        assert conn.execute("SELECT count(*) FROM reactions").fetchone()[0] == 0
+    if backend == "sqlite":
+        with sqlite3.connect(tmp_path / "h.db") as conn:
+            assert conn.execute("SELECT count(*) FROM reactions").fetchone()[0] == 0
 
 
-async def test_retention_by_age_goes_room_by_room_in_seq_order(tmp_path: Path, clock: FakeClock) -> None:
-    async with HistoryStore(tmp_path / "h.db", clock=clock, retention_max_age_s=50,
-                            retention_interval_s=3600) as store:
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_retention_by_age_goes_room_by_room_in_seq_order(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock) -> None:
+    async with open_store(backend, request, tmp_path / "h.db", clock, retention_max_age_s=50,
+                          retention_interval_s=3600) as store:
         for room in ("a", "c"):
             await send(store, "old", room=room)
         clock.t += 100
@@ -1102,9 +1185,11 @@ async def test_retention_by_age_goes_room_by_room_in_seq_order(tmp_path: Path, c
         assert (await store.stats())["messages"] == 3
 
 
-async def test_retention_by_count_in_batches(tmp_path: Path, clock: FakeClock) -> None:
-    async with HistoryStore(tmp_path / "h.db", clock=clock, retention_max_count=100,
-                            retention_interval_s=3600) as store:
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_retention_by_count_in_batches(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock) -> None:
+    async with open_store(backend, request, tmp_path / "h.db", clock, retention_max_count=100,
+                          retention_interval_s=3600) as store:
         async def sender(n: int) -> None:
             for _ in range(120):
                 await send(store, f"{n}")
@@ -1121,11 +1206,13 @@ async def test_retention_by_count_in_batches(tmp_path: Path, clock: FakeClock) -
         assert (await store.stats())["messages"] == 103
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 async def test_age_retention_takes_tombstones_of_that_age_and_resets_resumes_from_below(
+    backend: str, request: pytest.FixtureRequest,
     tmp_path: Path, clock: FakeClock
 ) -> None:
-    async with HistoryStore(tmp_path / "h.db", clock=clock, retention_max_age_s=50,
-                            retention_interval_s=3600) as store:
+    async with open_store(backend, request, tmp_path / "h.db", clock, retention_max_age_s=50,
+                          retention_interval_s=3600) as store:
         old = [await send(store, f"old{i}") for i in range(3)]  # revs 1-3
         await store.delete(message_id=old[1].id, user_id="ann", mode="hard")  # rev 4: a tombstone
         clock.t += 100
@@ -1137,23 +1224,27 @@ async def test_age_retention_takes_tombstones_of_that_age_and_resets_resumes_fro
         assert await store.changes(room="lobby", after_rev=4, limit=10) == ChangesPage([new], 5, False)
         rejoin = await store.rejoin(user_id="bob", room="lobby", since=None, since_rev=0, limit=10)
         assert (rejoin.changes_reset, rejoin.changes, rejoin.rev) == (True, None, 5)
-    with sqlite3.connect(tmp_path / "h.db") as conn:
-        assert conn.execute("SELECT count(*) FROM tombstones").fetchone() == (0,)
+    if backend == "sqlite":
+        with sqlite3.connect(tmp_path / "h.db") as conn:
+            assert conn.execute("SELECT count(*) FROM tombstones").fetchone() == (0,)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 async def test_count_retention_takes_the_tombstones_below_the_oldest_message_it_keeps(
+    backend: str, request: pytest.FixtureRequest,
     tmp_path: Path, clock: FakeClock
 ) -> None:
-    async with HistoryStore(tmp_path / "h.db", clock=clock, retention_max_count=3,
-                            retention_interval_s=3600) as store:
+    async with open_store(backend, request, tmp_path / "h.db", clock, retention_max_count=3,
+                          retention_interval_s=3600) as store:
         first = await send(store, "1")
         await store.delete(message_id=first.id, user_id="ann", mode="hard")  # rev 2, seq 1
         kept = [await send(store, f"{i}") for i in range(2, 6)]  # seqs 2-5, revs 3-6
         await store.run_retention()  # (or the writer thread did it already): seq 2 and the tombstone go
         assert await store.changes(room="lobby", after_rev=3, limit=10) == ChangesPage(kept[1:], 6, False)
         assert (await store.changes(room="lobby", after_rev=2, limit=10)).changes_reset
-    with sqlite3.connect(tmp_path / "h.db") as conn:
-        assert conn.execute("SELECT count(*) FROM tombstones").fetchone() == (0,)
+    if backend == "sqlite":
+        with sqlite3.connect(tmp_path / "h.db") as conn:
+            assert conn.execute("SELECT count(*) FROM tombstones").fetchone() == (0,)
 
 
 def test_retention_removes_at_most_one_batch_per_step(tmp_path: Path, clock: FakeClock) -> None:
@@ -1189,7 +1280,7 @@ async def messages_drop_to(store: HistoryStore, count: int) -> None:
 
 async def test_retention_runs_by_itself(tmp_path: Path, clock: FakeClock) -> None:
     async with HistoryStore(tmp_path / "h.db", clock=clock, retention_max_count=2, retention_max_age_s=60,
-                            retention_interval_s=0.02) as store:
+                          retention_interval_s=0.02) as store:
         for i in range(5):
             await send(store, f"m{i}")
         await messages_drop_to(store, 2)
@@ -1416,36 +1507,61 @@ async def _apply(store: HistoryStore, model: Model, ids: list[str], op: tuple[An
     assert len(events) == (1 if fires else 0), op
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def _empty_postgres(url: str) -> Callable[[FakeClock], PostgresStore]:
+    """A store on ``url`` whose tables are emptied first (one database for every example)."""
+    import psycopg
+
+    def make(clock: FakeClock) -> PostgresStore:
+        with psycopg.connect(url, autocommit=True) as conn:
+            if conn.execute("SELECT to_regclass('signald.messages')").fetchone() != (None,):
+                conn.execute("TRUNCATE signald.rooms, signald.messages, signald.tombstones, signald.reactions,"
+                             " signald.read_receipts, signald.last_seen, signald.client_msgs")
+        return PostgresStore(url, clock=clock)
+
+    return make
+
+
+@pytest.fixture(params=BACKENDS)
+def model_store(request: pytest.FixtureRequest) -> Callable[[FakeClock], Any]:
+    """Makes an empty store for each hypothesis example."""
+    if request.param == "postgres":
+        return _empty_postgres(request.getfixturevalue("postgres_url"))
+    tmp = request.getfixturevalue("tmp_path")
+    paths = (tmp / f"h{i}.db" for i in itertools.count())
+    return lambda clock: HistoryStore(next(paths), clock=clock)
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(st.lists(OPS, max_size=30))
-def test_folded_history_matches_a_simple_model(ops: list[tuple[Any, ...]]) -> None:
+def test_folded_history_matches_a_simple_model(model_store: Callable[[FakeClock], Any], ops: list[tuple[Any, ...]]
+                                               ) -> None:
     async def run() -> None:
         clock = FakeClock()
         model, ids = Model(), list[str]()
-        with tempfile.TemporaryDirectory() as tmp:
-            async with HistoryStore(os.path.join(tmp, "h.db"), clock=clock) as store:
-                for i, op in enumerate(ops):
-                    clock.t = T0 + i
-                    await _apply(store, model, ids, op, iso_utc(clock.t))
-                for room in ROOMS:
-                    expected = sorted(
-                        (m for m in model.messages.values() if m.room == room), key=lambda m: m.seq
-                    )
-                    page = await store.history(room=room, limit=1000)
-                    assert page.messages == [m.folded() for m in expected]
-                    assert not page.has_more
-                    for user in USERS:
-                        last = model.reads.get((user, room), 0)
-                        unread = sum(1 for m in expected if m.seq > last and m.deleted_at is None)
-                        assert await store.unread(user_id=user, room=room) == unread
-                    # exact resume: from every revision, every change after it, each once, as it is now
-                    rev = model.revs.get(room, 0)
-                    for after in range(rev + 1):
-                        want = model.changes(room, after)
-                        got = await store.changes(room=room, after_rev=after, limit=1000)
-                        assert (got.changes, got.rev, got.has_more) == (want, rev, False), after
-                        if len(want) > 2:  # paging by limit: the first two, and more to come
-                            first = await store.changes(room=room, after_rev=after, limit=2)
-                            assert (first.changes, first.has_more) == (want[:2], True)
+        async with model_store(clock) as store:
+            for i, op in enumerate(ops):
+                clock.t = T0 + i
+                await _apply(store, model, ids, op, iso_utc(clock.t))
+            for room in ROOMS:
+                expected = sorted(
+                    (m for m in model.messages.values() if m.room == room), key=lambda m: m.seq
+                )
+                page = await store.history(room=room, limit=1000)
+                assert page.messages == [m.folded() for m in expected]
+                assert not page.has_more
+                for user in USERS:
+                    last = model.reads.get((user, room), 0)
+                    unread = sum(1 for m in expected if m.seq > last and m.deleted_at is None)
+                    assert await store.unread(user_id=user, room=room) == unread
+                # exact resume: from every revision, every change after it, each once, as it is now
+                rev = model.revs.get(room, 0)
+                for after in range(rev + 1):
+                    want = model.changes(room, after)
+                    got = await store.changes(room=room, after_rev=after, limit=1000)
+                    assert (got.changes, got.rev, got.has_more) == (want, rev, False), after
+                    if len(want) > 2:  # paging by limit: the first two, and more to come
+                        first = await store.changes(room=room, after_rev=after, limit=2)
+                        assert (first.changes, first.has_more) == (want[:2], True)
 
     trio.run(run)

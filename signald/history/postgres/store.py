@@ -1,0 +1,317 @@
+"""The history store on PostgreSQL: the contract of :mod:`signald.history.contract`.
+
+Writes go to one writer thread (:mod:`signald.history.postgres.writer`) in the order the calls
+were made and commit in groups, as on SQLite; ``on_commit`` callbacks run in commit order on the
+Trio thread inside ``completion_scope`` (the hub's fan-out cork). Reads run on a small pool of
+reader connections through ``trio.to_thread`` (at most ``readers`` at once), each in one
+``REPEATABLE READ`` transaction, so a ``rejoin`` sees one snapshot; they see every write that
+returned before them. The rules and the statements are those both stores share
+(:mod:`signald.history.rules`, :mod:`~signald.history.writes`, :mod:`~signald.history.queries`).
+
+Resource handling: :meth:`PostgresStore.open` starts the writer thread, which connects and
+migrates (under an advisory lock); :meth:`PostgresStore.aclose` lets it commit what is queued and
+closes every connection, waiting at most ``close_timeout_s``, shielded from cancellation.
+
+Errors: the URL's password never appears in a message or a log line (``shown`` is the URL
+without it). A server that cannot be reached at ``open``: :class:`StorageError` with one line
+saying why. Lost while running: operations fail with ``INTERNAL`` "history store unavailable"
+until the writer (or a reader) connects again; none of them was acked.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import urllib.parse
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
+from typing import Any, TypeVar
+
+import psycopg
+import trio
+
+from signald.errors import SignalError
+from signald.history import queries, rules, writes
+from signald.history.contract import HistoryStats, SchemaError, StorageError
+from signald.history.postgres import schema
+from signald.history.postgres.sql import Adapter, Allocator
+from signald.history.postgres.writer import UNAVAILABLE, PgWriter, connect
+from signald.history.queries import Rejoin
+from signald.history.rules import Deleted
+from signald.history.work import SKIP, Op, complete
+from signald.protocol import Attachment, ChangesPage, ChatMessage, DeleteMode, HistoryPage, ReactionAction
+
+__all__ = ["PostgresStore"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class PostgresStore:
+    """Chat history in a PostgreSQL database; see the module docstring."""
+
+    def __init__(
+        self, url: str, *, shown: str | None = None, read_only: bool = False, retention_max_age_s: float = 0,
+        retention_max_count: int = 0, clock: Callable[[], float] = time.time, retention_interval_s: float = 10.0,
+        completion_scope: AbstractContextManager[Any] | None = None, close_timeout_s: float = 10.0,
+        connect_timeout_s: float = 5.0, readers: int = 4,
+    ) -> None:
+        if retention_max_age_s < 0 or retention_max_count < 0 or retention_interval_s <= 0:
+            raise ValueError("retention settings must be >= 0 and the interval > 0")
+        self.url = url
+        self.shown = shown or url
+        self.read_only = read_only
+        self._password = urllib.parse.urlsplit(url).password
+        self._alloc = Allocator(clock)
+        self._writer = PgWriter(
+            url, read_only=read_only, connect_timeout_s=connect_timeout_s, clock=clock,
+            retention=(retention_max_age_s, retention_max_count, retention_interval_s),
+            deliver=self._delivered, scrub=self.scrub)
+        self._connect_timeout_s = connect_timeout_s
+        self._close_timeout_s = close_timeout_s
+        self._completion_scope = completion_scope
+        self._idle: list[psycopg.Connection[Any]] = []  # reader connections not in use
+        self._readers = trio.CapacityLimiter(readers)
+        self._state = "new"
+        self._db_bytes = 0
+
+    def scrub(self, text: str) -> str:
+        """``text`` on one line, with the URL's password (if it has one) replaced."""
+        if self._password:
+            text = text.replace(self._password, "***")
+        return " ".join(text.split())
+
+    @property
+    def commits(self) -> int:
+        return self._writer.commits
+
+    @property
+    def available(self) -> bool:
+        """Whether the writer's last attempt to reach the database succeeded."""
+        return self._writer.available
+
+    async def open(self) -> None:
+        if self._state != "new":
+            raise RuntimeError(f"PostgresStore.open() on a store that is {self._state}")
+        opener: Op[None] = Op("open")
+        self._state = "open"
+        self._writer.start(opener)
+        with trio.CancelScope(shield=True):  # bounded by connect_timeout_s plus the migrations
+            await opener.done.wait()
+        error = opener.error
+        if error is not None:
+            self._state = "closed"
+            await self._writer.join(self._close_timeout_s)
+            if isinstance(error, psycopg.Error):
+                raise StorageError(f"history store {self.shown}: {self.scrub(str(error))}") from None
+            if isinstance(error, SchemaError):
+                raise SchemaError(f"{self.shown}: {error}") from None
+            raise error
+
+    async def aclose(self) -> None:
+        if self._state in ("new", "closed", "closing"):
+            self._state = "closed" if self._state == "new" else self._state
+            return
+        self._state = "closing"
+        closer: Op[None] = Op("close")
+        try:
+            self._writer.put(closer)
+        except StorageError:  # pragma: no cover - the thread is already gone
+            pass
+        else:
+            with trio.move_on_after(self._close_timeout_s, shield=True) as scope:
+                await closer.done.wait()
+                await self._writer.join(self._close_timeout_s)
+            if scope.cancelled_caught:
+                logger.error("history writer did not stop within %.1f s; abandoning it", self._close_timeout_s)
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+        self._state = "closed"
+
+    async def __aenter__(self) -> PostgresStore:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    # ------------------------------------------------------------------ the writer thread
+
+    def _delivered(self, batch: list[Op[Any]]) -> None:
+        scope = self._completion_scope
+        if scope is None:
+            complete(batch)
+            return
+        with scope:
+            complete(batch)
+
+    def _put(self, op: Op[Any]) -> None:
+        if self._state != "open":
+            raise StorageError(f"history store is {self._state}")
+        self._writer.put(op)
+
+    async def _write(self, fn: Callable[[Adapter], tuple[T, Any]], on_commit: Callable[[Any], None] | None) -> T:
+        op: Op[T] = Op("write", fn, on_commit)
+        self._put(op)
+        await op.done.wait()
+        if op.error is not None:
+            raise op.error
+        return op.value  # type: ignore[return-value]  # set whenever error is None
+
+    # ------------------------------------------------------------------ reader connections
+
+    async def _read(self, fn: Callable[[Adapter], T]) -> T:
+        """``fn`` on a reader connection, in one read-only snapshot, off the Trio thread."""
+        if self._state != "open":
+            raise StorageError(f"history store is {self._state}")
+        async with self._readers:
+            conn = self._idle.pop() if self._idle else None
+            conn, result, error = await trio.to_thread.run_sync(self._read_on, conn, fn)
+            if conn is not None:
+                if self._state == "open":
+                    self._idle.append(conn)
+                else:
+                    conn.close()
+        if error is not None:
+            raise error
+        return result  # type: ignore[return-value]  # set whenever error is None
+
+    def _read_on(
+        self, conn: psycopg.Connection[Any] | None, fn: Callable[[Adapter], T]
+    ) -> tuple[psycopg.Connection[Any] | None, T | None, BaseException | None]:
+        """In a worker thread: (the connection to keep or None, result, error)."""
+        try:
+            if conn is None or conn.closed or conn.broken:
+                conn = connect(self.url, self._connect_timeout_s)
+            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            try:
+                result = fn(Adapter(conn))
+            finally:
+                if not conn.broken:
+                    conn.execute("ROLLBACK")  # read only: nothing to commit
+            return conn, result, None
+        except SignalError as exc:
+            return conn, None, exc
+        except psycopg.Error as exc:
+            lost = isinstance(exc, psycopg.OperationalError) or conn is None or conn.broken
+            logger.error("history read failed: %s", self.scrub(str(exc)))
+            if conn is not None and lost:
+                conn.close()
+            return (None if lost else conn), None, StorageError(UNAVAILABLE if lost else "history storage failed")
+
+    # ------------------------------------------------------------------ writes
+
+    async def send(
+        self, *, room: str, user_id: str, body: str, attachments: Sequence[Attachment] = (),
+        parent_id: str | None = None, client_msg_id: str | None = None,
+        on_commit: Callable[[ChatMessage], None] | None = None,
+    ) -> tuple[ChatMessage, bool]:
+        fn = writes.send_fn(self._alloc, room, user_id, body, attachments, parent_id, client_msg_id)
+        return await self._write(fn, on_commit)
+
+    def send_nowait(
+        self, *, room: str, user_id: str, body: str,
+        then: Callable[[tuple[ChatMessage, bool] | None, BaseException | None], None],
+        attachments: Sequence[Attachment] = (), parent_id: str | None = None, client_msg_id: str | None = None,
+        on_commit: Callable[[ChatMessage], None] | None = None,
+    ) -> None:
+        fn = writes.send_fn(self._alloc, room, user_id, body, attachments, parent_id, client_msg_id)
+        self._put(Op("write", fn, on_commit, then))
+
+    async def edit(
+        self, *, message_id: str, user_id: str, new_body: str, on_commit: Callable[[ChatMessage], None] | None = None
+    ) -> ChatMessage:
+        return await self._write(lambda c: writes.edit(c, self._alloc, message_id, user_id, new_body), on_commit)
+
+    async def delete(
+        self, *, message_id: str, user_id: str, mode: DeleteMode = "soft", moderator: bool = False,
+        on_commit: Callable[[Deleted], None] | None = None,
+    ) -> Deleted:
+        rules.check_delete_mode(mode)
+        return await self._write(
+            lambda c: writes.delete(c, self._alloc, message_id, user_id, mode, moderator), on_commit)
+
+    async def redact(
+        self, *, message_id: str, mask: str, on_commit: Callable[[ChatMessage], None] | None = None
+    ) -> ChatMessage:
+        return await self._write(lambda c: writes.redact(c, self._alloc, message_id, mask), on_commit)
+
+    async def react(
+        self, *, message_id: str, user_id: str, reaction: str, action: ReactionAction, room: str,
+        on_commit: Callable[[int], None] | None = None,
+    ) -> int | None:
+        rules.check_action(action)
+        return await self._write(
+            lambda c: writes.react(c, self._alloc, message_id, user_id, reaction, action, room), on_commit)
+
+    async def mark_read(
+        self, *, user_id: str, room: str, message_id: str, on_commit: Callable[[bool], None] | None = None
+    ) -> bool:
+        return await self._write(lambda c: writes.mark_read(c, user_id, room, message_id), on_commit)
+
+    async def set_last_seen(self, entries: Mapping[str, str]) -> None:
+        rows = sorted(entries.items())  # one order for every daemon: no crosswise row locks
+        if rows:
+            await self._write(lambda c: writes.set_last_seen(c, rows), None)
+
+    async def run_retention(self) -> int:
+        return await self._write(lambda c: (self._writer.expire(c.raw), SKIP), None)
+
+    # ------------------------------------------------------------------ reads
+
+    async def get(self, message_id: str) -> ChatMessage | None:
+        return await self._read(lambda c: queries.get_message(c, message_id))
+
+    async def history(
+        self, *, room: str, before: int | None = None, after: int | None = None, limit: int = 50
+    ) -> HistoryPage:
+        rules.check_limit(limit)
+
+        def fn(conn: Adapter) -> HistoryPage:
+            messages, more = queries.page(conn, room, before, after, limit)
+            return HistoryPage(messages=messages, has_more=more)
+
+        return await self._read(fn)
+
+    async def unread(self, *, user_id: str, room: str) -> int:
+        return await self._read(lambda c: queries.unread(c, user_id, room))
+
+    async def rejoin(
+        self, *, user_id: str, room: str, since: int | None, limit: int, since_rev: int | None = None
+    ) -> Rejoin:
+        rules.check_limit(limit, "`limit`")
+        return await self._read(lambda c: queries.rejoin(c, user_id, room, since, since_rev, limit))
+
+    async def changes(self, *, room: str, after_rev: int, limit: int) -> ChangesPage:
+        rules.check_limit(limit)
+        return await self._read(lambda c: queries.changes_page(c, room, after_rev, limit))
+
+    async def last_read(self, *, user_id: str, room: str) -> int | None:
+        return await self._read(lambda c: queries.last_read(c, user_id, room))
+
+    async def last_seen(self, user_ids: Iterable[str]) -> dict[str, str]:
+        ids = list(dict.fromkeys(user_ids))
+        return await self._read(lambda c: queries.last_seen(c, ids)) if ids else {}
+
+    async def rooms(self) -> list[str]:
+        return await self._read(lambda c: [row[0] for row in c.execute(queries.ROOMS_SQL)])
+
+    async def stats(self) -> HistoryStats:
+        def fn(conn: Adapter) -> tuple[int, int, int, str]:
+            rooms, messages = conn.execute(queries.ROOM_TOTALS_SQL).fetchone() or (0, 0)
+            size, sync = conn.raw.execute(
+                "SELECT pg_database_size(current_database()), current_setting('synchronous_commit')"
+            ).fetchone() or (0, "")
+            return int(rooms), int(messages), int(size), str(sync)
+
+        rooms, messages, self._db_bytes, sync = await self._read(fn)
+        return HistoryStats(
+            rooms=rooms, messages=messages, db_bytes=self._db_bytes, schema_version=schema.SCHEMA_VERSION,
+            commits=self.commits, pending=self._writer.queue.qsize(), synchronous=sync, backend="postgresql",
+        )
+
+    def db_bytes(self) -> int:
+        """The database's size as of the last :meth:`stats` (0 before)."""
+        return self._db_bytes

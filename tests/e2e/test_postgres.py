@@ -1,0 +1,169 @@
+"""History on PostgreSQL with real daemons: several daemons on one database, ``kill -9``, the server
+unreachable at start or lost while running, ``signald history`` on a URL, and the password kept out
+of every message."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+import trio
+from conftest import daemon, make_config, start_server
+from postgres import PostgresServer, create_database
+from test_durability import all_history
+
+from signald.client.raw import connect
+from signald.config import load_config
+from signald.errors import SignalError
+from signald.history.factory import make_store
+from signald.history.postgres import schema
+
+N = 120  # messages per client
+
+
+async def pipelined_sends(url: str, user: str, n: int, acks: list[dict[str, Any]]) -> None:
+    async with connect(url, user=user) as client:
+        await client.request("room.join", {"room": "lobby"})
+        for i in range(n):  # every frame goes out before any ack is read
+            await client.send({"type": "chat.send", "id": f"{user}-{i}", "data": {"scope": "lobby", "body": f"{i}"}})
+        got = 0
+        while got < n:
+            reply = await client.next_event()
+            assert reply["type"] != "error", reply
+            if reply["type"] == "ack":
+                acks.append(reply["data"]["data"])
+                got += 1
+
+
+async def test_two_daemons_on_one_database_never_gap_nor_duplicate_seq_or_rev(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    with trio.fail_after(60):
+        async with daemon(tmp_path, "a", "--history-url", postgres_url) as (_, url_a), \
+                daemon(tmp_path, "b", "--history-url", postgres_url) as (_, url_b):
+            acks: list[dict[str, Any]] = []
+            async with trio.open_nursery() as nursery:
+                for user, url in (("ann", url_a), ("bob", url_b), ("cat", url_a), ("dan", url_b)):
+                    nursery.start_soon(pipelined_sends, url, user, N, acks)
+            total = 4 * N
+            assert sorted(m["seq"] for m in acks) == list(range(1, total + 1))
+            assert sorted(m["rev"] for m in acks) == list(range(1, total + 1))
+            async with connect(url_b, user="eve") as eve:
+                await eve.request("room.join", {"room": "lobby"})
+                stored = await all_history(eve, "lobby")
+            assert stored == sorted(acks, key=lambda m: m["seq"])
+
+
+async def test_every_acked_message_survives_kill_9_on_postgres(tmp_path: Path, postgres_url: str) -> None:
+    with trio.fail_after(30):
+        async with daemon(tmp_path, "first", "--history-url", postgres_url) as (process, url):
+            acks: list[dict[str, Any]] = []
+            await pipelined_sends(url, "alice", 300, acks)
+            process.kill()  # SIGKILL, right after the last ack arrived
+            await process.wait()
+        assert process.returncode == -signal.SIGKILL
+        async with daemon(tmp_path, "restarted", "--history-url", postgres_url) as (_, again), \
+                connect(again, user="alice") as client:
+            await client.request("room.join", {"room": "lobby"})
+            assert await all_history(client, "lobby") == acks
+            assert (await client.request("chat.send", {"scope": "lobby", "body": "on"}))["seq"] == 301
+
+
+def test_unreachable_postgres_at_start_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    url = "postgresql://signald:s3cret-pw@127.0.0.1:9/nowhere"  # port 9 (discard): nothing listens
+    done = subprocess.run([sys.executable, "-m", "signald", "serve", "--port", "0", "--history-url", url],
+                          capture_output=True, text=True, timeout=30, cwd=tmp_path)
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("signald: cannot start: history.url: history store postgresql://signald:***@")
+    assert "s3cret-pw" not in done.stderr + done.stdout
+
+
+def test_the_password_is_in_no_config_repr_or_error() -> None:
+    url = "postgresql://u:s3cret-pw@db.example:5432/chat"
+    config = load_config(env={"SIGNALD_HISTORY_URL": url})
+    assert config.history_url() == url
+    assert "s3cret-pw" not in repr(config) and "***" in repr(config.history)
+    with pytest.raises(ValueError, match=r"history.url") as info:
+        load_config(env={"SIGNALD_HISTORY_URL": "postgresql://u:s3cret-pw@db.example:port/chat"})
+    assert "s3cret-pw" not in str(info.value)
+    with pytest.raises(ValueError) as info:
+        load_config(env={"SIGNALD_HISTORY_URL": "mysql://u:s3cret-pw@db/chat"})
+    assert "s3cret-pw" not in str(info.value)
+    assert load_config(env={}).history_url() == "sqlite:///./signald.db"
+
+
+async def test_stores_opening_together_migrate_once(postgres_url: str) -> None:
+    opened: list[int] = []
+
+    async def open_one() -> None:
+        async with make_store(postgres_url) as store:
+            opened.append((await store.stats())["schema_version"])
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(4):
+            nursery.start_soon(open_one)
+    assert opened == [schema.SCHEMA_VERSION] * 4
+    with psycopg.connect(postgres_url) as conn:
+        assert conn.execute("SELECT version FROM signald.schema_version").fetchall() == [(schema.SCHEMA_VERSION,)]
+
+
+def test_history_commands_on_a_postgres_url(postgres_server: PostgresServer) -> None:
+    url = create_database(postgres_server)
+    run = [sys.executable, "-m", "signald", "history"]
+    fresh = subprocess.run([*run, "stats", "--url", url], capture_output=True, text=True, timeout=30)
+    assert fresh.returncode == 2 and "migrate" in fresh.stderr  # read-only: never creates the schema
+    migrated = subprocess.run([*run, "migrate", "--url", url], capture_output=True, text=True, timeout=30)
+    assert migrated.returncode == 0 and f"schema version {schema.SCHEMA_VERSION}" in migrated.stdout
+
+    async def fill() -> None:
+        async with make_store(url) as store:
+            for i in range(3):
+                await store.send(room="lobby", user_id="ann", body=f"m{i}")
+
+    trio.run(fill)
+    stats = json.loads(subprocess.run([*run, "stats", "--url", url], capture_output=True, text=True,
+                                      timeout=30, check=True).stdout)
+    assert (stats["rooms"], stats["messages"], stats["backend"]) == (1, 3, "postgresql")
+    lines = subprocess.run([*run, "export", "--url", url], capture_output=True, text=True, timeout=30,
+                           check=True).stdout.splitlines()
+    assert [json.loads(line)["body"] for line in lines] == ["m0", "m1", "m2"]
+
+
+async def test_postgres_stopped_and_restarted_during_traffic(
+    nursery: trio.Nursery, tmp_path: Path, postgres_server: PostgresServer
+) -> None:
+    """Clear errors while it is gone (INTERNAL, readyz 503), nothing acked lost, back by itself."""
+    server = await start_server(nursery, make_config(tmp_path, history={"url": create_database(postgres_server)}))
+    async with connect(server.url, user="ann") as ann, \
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}") as http:
+        await ann.request("room.join", {"room": "lobby"})
+        acked = [await ann.request("chat.send", {"scope": "lobby", "body": f"{i}"}) for i in range(5)]
+        await trio.to_thread.run_sync(postgres_server.stop)
+        try:
+            with pytest.raises(SignalError) as info:
+                await ann.request("chat.send", {"scope": "lobby", "body": "into the void"})
+            assert (info.value.code, info.value.message) == ("INTERNAL", "history store unavailable")
+            ready = await http.get("/readyz")
+            assert ready.status_code == 503 and "history store unavailable" in ready.json()["reason"]
+        finally:
+            await trio.to_thread.run_sync(postgres_server.start)
+        with trio.fail_after(20):  # the writer reconnects after its backoff (at most 5 s)
+            while True:
+                try:
+                    back = await ann.request("chat.send", {"scope": "lobby", "body": "back"})
+                    break
+                except SignalError as exc:
+                    assert exc.code == "INTERNAL"
+                    await trio.sleep(0.2)
+        assert (await http.get("/readyz")).status_code == 200
+        stored = await all_history(ann, "lobby")
+        assert stored[:5] == acked and stored[-1] == back
+        assert [m["seq"] for m in stored] == list(range(1, len(stored) + 1))
