@@ -175,6 +175,8 @@ def _load_key(secret: str | None, public_key: str | None, algorithms: list[str])
     hmac = [name.startswith("HS") for name in algorithms]
     if not hmac or (any(hmac) and not all(hmac)) or "none" in (a.lower() for a in algorithms):
         raise ValueError("algorithms: not empty, no 'none', no mix of HS* and public-key ones")
+    if not secret and not public_key:
+        raise ValueError("jwt_secret or jwt_public_key_file is required when mode = \"jwt\"")
     if (bool(secret), bool(public_key)) != (all(hmac), not all(hmac)):
         raise ValueError("HS* algorithms take only a secret, the others only a public_key (PEM)")
     try:

@@ -39,6 +39,7 @@ def cases(tmp_path: Path, taken: int) -> list[tuple[list[str], int, str]]:
     (tmp_path / "a-file").write_text("")
     (tmp_path / "garbage.db").write_bytes(os.urandom(4096))
     (tmp_path / "bad.pem").write_text("not a certificate\n")
+    (tmp_path / "jwt.toml").write_text('[auth]\nmode = "jwt"\n')  # and neither a secret nor a key
     missing = tmp_path / "no" / "such" / "dir" / "h.db"
     cannot = "signald: cannot start:"
     return [
@@ -53,6 +54,8 @@ def cases(tmp_path: Path, taken: int) -> list[tuple[list[str], int, str]]:
         (["--port", "0", "--db", ":memory:", "--certfile", "nope.pem", "--keyfile", "nope.key"], 2,
          "signald: configuration error: server.certfile/server.keyfile (nope.pem, nope.key): "
          "No such file or directory"),
+        (["--port", "0", "--db", ":memory:", "--config", "jwt.toml"], 2,
+         'signald: configuration error: auth: jwt_secret or jwt_public_key_file is required when mode = "jwt"'),
     ]
 
 

@@ -1,5 +1,5 @@
 """The deployment files: LICENSE, Dockerfile (hadolint where installed), the systemd unit
-(``systemd-analyze verify`` where available), and what docs/deployment.md must tell an operator."""
+(``systemd-analyze verify`` where available), and what docs/deploy.md must tell an operator."""
 
 from __future__ import annotations
 
@@ -89,7 +89,7 @@ def test_systemd_analyze_verify_accepts_the_unit(tmp_path: Path) -> None:
 
 
 def test_the_deployment_guide_covers_what_operators_need() -> None:
-    guide = (ROOT / "docs" / "deployment.md").read_text()
+    guide = (ROOT / "docs" / "deploy.md").read_text()
     for needle in ["trusted_proxies", "proxy_set_header Upgrade", "proxy_read_timeout", "ssl_certificate",
                    "/readyz", "/healthz", "signald health", "metrics_port", "LimitNOFILE", "X-Forwarded-For"]:
         assert needle in guide, needle
