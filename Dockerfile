@@ -2,7 +2,7 @@
 #   docker build -t signald .
 #   docker run -p 8765:8765 -v signald-data:/var/lib/signald \
 #     -e SIGNALD_AUTH_MODE=jwt -e SIGNALD_AUTH_JWT_SECRET=... signald
-# See docs/deployment.md.
+# See docs/deploy.md.
 
 FROM python:3.12-slim AS build
 WORKDIR /src

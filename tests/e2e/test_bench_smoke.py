@@ -77,3 +77,11 @@ def test_baseline_ratios_in_the_table(bench_importable: None) -> None:
     assert rates[0]["ratios"] == {BEFORE: 1.5}
     del result["servers"]  # a run without --baseline: the workload's own servers, no such ratio
     assert table_rows(result)[0]["ratios"] == {}
+
+
+def test_the_abuse_bench_runs_and_prints_its_ratio() -> None:
+    done = subprocess.run([sys.executable, "-m", "bench.abuse", "--seconds", "0.5"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert re.search(r"flooded / alone: p50 x\d+\.\d\d, p99 x\d+\.\d\d", done.stdout), done.stdout
+    assert re.search(r"closed with 1008: [1-9]", done.stdout), done.stdout  # the flood was on, and refused
