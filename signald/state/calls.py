@@ -55,18 +55,14 @@ other party, except where said. A :class:`Send` never has an empty ``conns``.)
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Iterable, Sequence
-from typing import Literal, TypeVar
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 from uuid import uuid4
-
-import attrs
 
 from signald.errors import SignalError
 from signald.protocol import (
     CallAnswerEvent,
     CallAnswerEventData,
-    CallEndEvent,
-    CallEndEventData,
     CallIceEvent,
     CallIceEventData,
     CallOfferEvent,
@@ -75,79 +71,13 @@ from signald.protocol import (
     JsonObject,
 )
 from signald.state.call_outcome import CallEventMessage, CallLogEntry, CallOutcome
+from signald.state.call_record import CallRecord, OutcomeBuilder, end_event, link, pair, unlink
 from signald.state.call_table import TRANSITIONS, Event, State, transition
-from signald.state.send import Send
 
 __all__ = ["CallEventMessage", "CallLogEntry", "CallOutcome", "CallRegistry", "Event", "State", "TRANSITIONS",
            "transition"]
 
 _R, _A, _X = State.RINGING, State.ACTIVE, State.ENDED
-
-
-@attrs.define(slots=True, eq=False)
-class _Call:
-    call_id: str
-    caller: str
-    caller_device: str
-    callee: str
-    call_type: CallType
-    ringing: dict[str, None]  # callee devices still ringing, in ring order (an ordered set)
-    deadline: float
-    serial: int  # tells this call's deadline entry from a stale one of an ended call with the same id
-    state: State = State.NONE
-    winner: str | None = None
-    answered_at: float | None = None
-
-    def devices(self) -> list[str]:
-        return [self.caller_device, *self.ringing, *([self.winner] if self.winner else [])]
-
-    def peer_devices(self, of_caller: bool) -> tuple[str, ...]:
-        if not of_caller:
-            return (self.caller_device,)
-        return tuple(self.ringing) if self.winner is None else (self.winner,)
-
-    def entry(self, kind: Literal["started", "answered", "ended"], reason: str | None = None,
-              duration_s: float | None = None) -> CallLogEntry:
-        return CallLogEntry(kind, self.call_id, self.caller, self.callee, self.call_type, reason, duration_s)
-
-
-_K = TypeVar("_K")
-
-
-def _link(index: dict[_K, dict[str, None]], key: _K, call_id: str) -> None:
-    index.setdefault(key, {})[call_id] = None
-
-
-def _unlink(index: dict[_K, dict[str, None]], key: _K, call_id: str) -> None:
-    ids = index.get(key)
-    if ids is not None:
-        ids.pop(call_id, None)
-        if not ids:
-            del index[key]
-
-
-def _pair(a: str, b: str) -> tuple[str, str]:
-    return (a, b) if a < b else (b, a)
-
-
-def _end_event(from_user: str, call_id: str, reason: str) -> CallEndEvent:
-    return CallEndEvent(data=CallEndEventData(from_user=from_user, call_id=call_id, reason=reason))
-
-
-class _Acc:
-    """What one operation produced so far."""
-
-    __slots__ = ("busy_before", "log", "sends")
-
-    def __init__(self) -> None:
-        self.sends: list[Send] = []
-        self.log: list[CallLogEntry] = []
-        self.busy_before: dict[str, bool] = {}
-
-    def send(self, devices: Iterable[str], event: CallEventMessage) -> None:
-        targets = frozenset(devices)
-        if targets:
-            self.sends.append(Send(targets, event))
 
 
 class CallRegistry:
@@ -157,7 +87,7 @@ class CallRegistry:
                  new_call_id: Callable[[], str] = lambda: uuid4().hex) -> None:
         self._concurrent = allow_concurrent_calls
         self._new_call_id = new_call_id
-        self._calls: dict[str, _Call] = {}
+        self._calls: dict[str, CallRecord] = {}
         self._by_device: dict[str, dict[str, None]] = {}
         self._by_user: dict[str, dict[str, None]] = {}
         self._by_pair: dict[tuple[str, str], dict[str, None]] = {}
@@ -190,6 +120,17 @@ class CallRegistry:
     def is_busy(self, user: str) -> bool:
         return any(self._calls[c].state is State.ACTIVE for c in self._by_user.get(user, ()))
 
+    def debug_view(self) -> dict[str, Any]:
+        """A plain copy of every live call and index, for tests and debugging (signald never reads it):
+        ``calls`` (id -> state, ringing devices, winner, answered_at), ``by_device``/``by_user``/
+        ``by_pair`` (key -> call ids in order) and ``deadlines`` (ring deadline entries kept)."""
+        def index(d: Mapping[Any, dict[str, None]]) -> dict[Any, list[str]]:
+            return {key: list(ids) for key, ids in d.items()}
+
+        calls = {cid: (c.state, tuple(c.ringing), c.winner, c.answered_at) for cid, c in self._calls.items()}
+        return {"calls": calls, "by_device": index(self._by_device), "by_user": index(self._by_user),
+                "by_pair": index(self._by_pair), "deadlines": len(self._deadlines)}
+
     def next_deadline(self) -> float | None:
         """The earliest ring deadline of a call still ringing, or ``None``."""
         heap = self._deadlines
@@ -210,7 +151,7 @@ class CallRegistry:
         if not rung:
             raise SignalError("TARGET_OFFLINE", f"{callee!r} has no connected device")
         cid = self._fresh_id() if call_id is None else call_id
-        event, rivals = Event.OFFER, list[_Call]()
+        event, rivals = Event.OFFER, list[CallRecord]()
         if not self._concurrent and self.is_busy(callee):
             event = Event.OFFER_BUSY
         else:
@@ -218,17 +159,17 @@ class CallRegistry:
             if any(r.call_id < cid for r in rivals):
                 event, rivals = Event.OFFER_GLARE_LOST, []
         nxt = transition(self.state_of(cid), event)
-        acc = _Acc()
+        acc = OutcomeBuilder()
         for old in rivals:
             self._end(old, Event.GLARE, acc, now, "glare", to_caller=True, to_callee=True)
         self._serial += 1
-        call = _Call(cid, caller, caller_device, callee, call_type, rung, now + ring_timeout_s, self._serial)
+        call = CallRecord(cid, caller, caller_device, callee, call_type, rung, now + ring_timeout_s, self._serial)
         self._calls[cid] = call
         for device in call.devices():
-            _link(self._by_device, device, cid)
-        _link(self._by_user, caller, cid)
-        _link(self._by_user, callee, cid)
-        _link(self._by_pair, _pair(caller, callee), cid)
+            link(self._by_device, device, cid)
+        link(self._by_user, caller, cid)
+        link(self._by_user, callee, cid)
+        link(self._by_pair, pair(caller, callee), cid)
         acc.log.append(call.entry("started"))
         if nxt is _X:
             reason = "busy" if event is Event.OFFER_BUSY else "glare"
@@ -247,15 +188,15 @@ class CallRegistry:
             raise SignalError("FORBIDDEN", "the caller cannot answer its own call")
         nxt = transition(call.state, Event.ANSWER)
         self._check_device(call, False, device)
-        acc = _Acc()
+        acc = OutcomeBuilder()
         others = [d for d in call.ringing if d != device]
         for other in others:
-            _unlink(self._by_device, other, call.call_id)
+            unlink(self._by_device, other, call.call_id)
         call.ringing, call.winner, call.answered_at = {}, device, now
         self._set_state(call, nxt, acc)
         data = CallAnswerEventData(from_user=call.callee, call_id=call.call_id, sdp=sdp)
         acc.send((call.caller_device,), CallAnswerEvent(data=data))
-        acc.send(others, _end_event(call.callee, call.call_id, "answered_elsewhere"))
+        acc.send(others, end_event(call.callee, call.call_id, "answered_elsewhere"))
         acc.log.append(call.entry("answered"))
         return self._outcome(acc, call.call_id)
 
@@ -265,7 +206,7 @@ class CallRegistry:
         by_caller = user == call.caller
         transition(call.state, Event.ICE_FROM_CALLER if by_caller else Event.ICE_FROM_CALLEE)
         self._check_device(call, by_caller, device)
-        acc = _Acc()
+        acc = OutcomeBuilder()
         data = CallIceEventData(from_user=user, call_id=call.call_id, candidate=candidate)
         acc.send(call.peer_devices(by_caller), CallIceEvent(data=data))
         return self._outcome(acc, call.call_id)
@@ -276,13 +217,13 @@ class CallRegistry:
         by_caller = user == call.caller
         transition(call.state, Event.END_BY_CALLER if by_caller else Event.END_BY_CALLEE)
         self._check_device(call, by_caller, device)
-        acc, given = _Acc(), reason or "hangup"
+        acc, given = OutcomeBuilder(), reason or "hangup"
         if by_caller:
             self._end(call, Event.END_BY_CALLER, acc, now, given, to_caller=False, to_callee=True)
         elif call.state is _R:  # a reject: the sender's other ringing devices stop ringing too
             others = [d for d in call.ringing if d != device]
             self._end(call, Event.END_BY_CALLEE, acc, now, "rejected", to_caller=True, to_callee=False)
-            acc.send(others, _end_event(call.callee, call.call_id, "rejected"))
+            acc.send(others, end_event(call.callee, call.call_id, "rejected"))
         else:
             self._end(call, Event.END_BY_CALLEE, acc, now, given, to_caller=True, to_callee=False)
         return self._outcome(acc, call.call_id)
@@ -291,11 +232,11 @@ class CallRegistry:
 
     def device_gone(self, device: str, now: float) -> CallOutcome:
         """A connection closed: end or update every call it held. Never raises."""
-        acc = _Acc()
+        acc = OutcomeBuilder()
         for cid in sorted(self._by_device.get(device, ())):
             call = self._calls[cid]
             call.ringing.pop(device, None)
-            _unlink(self._by_device, device, cid)
+            unlink(self._by_device, device, cid)
             by_caller = device == call.caller_device
             if not by_caller and call.ringing:  # other devices of the callee still ring
                 self._set_state(call, Event.RING_DEVICE_GONE, acc)
@@ -306,7 +247,7 @@ class CallRegistry:
 
     def expire(self, now: float) -> CallOutcome:
         """End every call whose ring deadline is at or before ``now`` with reason ``timeout``."""
-        acc = _Acc()
+        acc = OutcomeBuilder()
         heap = self._deadlines
         while heap and heap[0][0] <= now:
             entry = heapq.heappop(heap)
@@ -324,14 +265,14 @@ class CallRegistry:
                 return cid
         raise SignalError("INTERNAL", "could not generate a free call_id")
 
-    def _between(self, a: str, b: str) -> list[_Call]:
-        return [self._calls[c] for c in self._by_pair.get(_pair(a, b), ())]
+    def _between(self, a: str, b: str) -> list[CallRecord]:
+        return [self._calls[c] for c in self._by_pair.get(pair(a, b), ())]
 
     def _pending(self, entry: tuple[float, int, str]) -> bool:
         call = self._calls.get(entry[2])
         return call is not None and call.serial == entry[1] and call.state is _R
 
-    def _resolve(self, user: str, peer: str, call_id: str | None) -> _Call:
+    def _resolve(self, user: str, peer: str, call_id: str | None) -> CallRecord:
         if user == peer:
             raise SignalError("INVALID_PAYLOAD", "target_id: cannot signal yourself")
         if call_id is None:
@@ -350,7 +291,7 @@ class CallRegistry:
             raise SignalError("INVALID_PAYLOAD", f"target_id is not the other party of call {call_id!r}")
         return call
 
-    def _check_device(self, call: _Call, by_caller: bool, device: str) -> None:
+    def _check_device(self, call: CallRecord, by_caller: bool, device: str) -> None:
         if by_caller:
             ok = device == call.caller_device
         else:
@@ -358,7 +299,7 @@ class CallRegistry:
         if not ok:
             raise SignalError("FORBIDDEN", f"this device is not in call {call.call_id!r}")
 
-    def _set_state(self, call: _Call, event_or_state: Event | State, acc: _Acc) -> None:
+    def _set_state(self, call: CallRecord, event_or_state: Event | State, acc: OutcomeBuilder) -> None:
         new = event_or_state if isinstance(event_or_state, State) else transition(call.state, event_or_state)
         old = call.state
         if new is old:
@@ -373,24 +314,24 @@ class CallRegistry:
             self._deadlines = [(c.deadline, c.serial, c.call_id) for c in ringing]
             heapq.heapify(self._deadlines)
 
-    def _end(self, call: _Call, event: Event, acc: _Acc, now: float, reason: str, *,
+    def _end(self, call: CallRecord, event: Event, acc: OutcomeBuilder, now: float, reason: str, *,
              to_caller: bool, to_callee: bool) -> None:
         """Apply ``event`` (which must lead to ENDED), notify the chosen sides, log, free the call."""
         if to_caller:
-            acc.send((call.caller_device,), _end_event(call.callee, call.call_id, reason))
+            acc.send((call.caller_device,), end_event(call.callee, call.call_id, reason))
         if to_callee:
-            acc.send(call.peer_devices(True), _end_event(call.caller, call.call_id, reason))
+            acc.send(call.peer_devices(True), end_event(call.caller, call.call_id, reason))
         self._set_state(call, event, acc)
         assert call.state is _X, (call.state, event)
         duration = None if call.answered_at is None else max(0.0, now - call.answered_at)
         acc.log.append(call.entry("ended", reason, duration))
         del self._calls[call.call_id]
         for device in call.devices():
-            _unlink(self._by_device, device, call.call_id)
-        _unlink(self._by_user, call.caller, call.call_id)
-        _unlink(self._by_user, call.callee, call.call_id)
-        _unlink(self._by_pair, _pair(call.caller, call.callee), call.call_id)
+            unlink(self._by_device, device, call.call_id)
+        unlink(self._by_user, call.caller, call.call_id)
+        unlink(self._by_user, call.callee, call.call_id)
+        unlink(self._by_pair, pair(call.caller, call.callee), call.call_id)
 
-    def _outcome(self, acc: _Acc, call_id: str | None) -> CallOutcome:
+    def _outcome(self, acc: OutcomeBuilder, call_id: str | None) -> CallOutcome:
         changed = {u for u, was in acc.busy_before.items() if self.is_busy(u) != was}
         return CallOutcome(call_id, acc.sends, changed, acc.log)

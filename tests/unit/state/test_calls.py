@@ -77,14 +77,15 @@ def code_of(action: Callable[[], object]) -> str:
 
 
 def snapshot(reg: CallRegistry) -> Any:
-    states = {cid: (c.state, tuple(c.ringing), c.winner, c.answered_at) for cid, c in reg._calls.items()}
-    indexes = [{k: dict(ids) for k, ids in d.items()} for d in (reg._by_device, reg._by_user, reg._by_pair)]
-    return states, indexes, (reg.active_count, reg.ringing_count)
+    view = reg.debug_view()
+    indexes = [view["by_device"], view["by_user"], view["by_pair"]]
+    return view["calls"], indexes, (reg.active_count, reg.ringing_count)
 
 
 def assert_empty(reg: CallRegistry) -> None:
     assert len(reg) == 0 and reg.active_count == 0 and reg.ringing_count == 0
-    assert reg._calls == {} and reg._by_device == {} and reg._by_user == {} and reg._by_pair == {}
+    view = reg.debug_view()
+    assert view["calls"] == view["by_device"] == view["by_user"] == view["by_pair"] == {}
 
 
 # --------------------------------------------------------------------------- the table, through the API
@@ -467,8 +468,8 @@ def test_thousands_of_calls_leave_nothing_behind() -> None:
                 outcomes += [answer(reg, cid, now=now), reg.device_gone("b1", now)]
         log.update(e.kind for o in outcomes for e in o.log)
     assert log["started"] == log["ended"] == 3000 + 2 * (3000 // 7)
-    assert len(reg._deadlines) <= 66  # stale ring deadlines are compacted away as calls stop ringing
-    assert reg.next_deadline() is None and reg._deadlines == []
+    assert reg.debug_view()["deadlines"] <= 66  # stale ring deadlines are compacted away as calls stop ringing
+    assert reg.next_deadline() is None and reg.debug_view()["deadlines"] == 0
     assert_empty(reg)
 
 
@@ -634,9 +635,10 @@ class CallMachine(RuleBasedStateMachine):
     @invariant()
     def registry_matches_the_model(self) -> None:
         reg = self.reg
-        assert set(reg._calls) == set(self.live), "state left for an ended call (or a live call lost)"
-        for index in (reg._by_device, reg._by_user, reg._by_pair):
-            assert all(ids and set(ids) <= set(reg._calls) for ids in index.values())
+        view = reg.debug_view()
+        assert set(view["calls"]) == set(self.live), "state left for an ended call (or a live call lost)"
+        for index in (view["by_device"], view["by_user"], view["by_pair"]):
+            assert all(ids and set(ids) <= set(view["calls"]) for ids in index.values())
         for cid, model in self.live.items():
             assert reg.state_of(cid) is (State.ACTIVE if model.answered else State.RINGING)
         for user in USERS:
