@@ -1,0 +1,102 @@
+// The WebSocket adapter of clients/js/signald.js with an injected fake WebSocket: the refusal a
+// browser can see (one error frame, then close 4401) makes the client call getToken and reconnect;
+// requests correlate; join gives the live view; "state" events; offline drops, online reconnects.
+import assert from "node:assert/strict";
+import { test } from "node:test";
+
+import { ClientClosed, connect } from "../signald.js";
+
+function fakeServer(script) {
+  const sockets = [];
+  class FakeWebSocket {
+    constructor(url, protocols) {
+      Object.assign(this, { url, protocols, readyState: 0, sent: [] });
+      sockets.push(this);
+      setTimeout(() => { this.readyState = 1; script(this, sockets.length); }, 0);
+    }
+    send(text) { this.sent.push(JSON.parse(text)); this.onsent?.(JSON.parse(text)); }
+    close(code = 1000) { this.serverClose(code); }
+    deliver(message) { this.onmessage?.({ data: JSON.stringify(message) }); }
+    serverClose(code) {
+      if (this.readyState === 3) return;
+      this.readyState = 3;
+      setTimeout(() => this.onclose?.({ code }), 0);
+    }
+  }
+  return { FakeWebSocket, sockets };
+}
+
+const welcome = { type: "welcome", data: { user_id: "bot", session_id: "s", heartbeat_s: 20, limits: {} } };
+
+test("a 4401 refusal calls getToken and reconnects; requests and join work; close stops", async () => {
+  const { FakeWebSocket, sockets } = fakeServer((ws, n) => {
+    if (n === 1) {
+      ws.deliver({ type: "error", data: { op_id: null, code: "UNAUTHORIZED", message: "expired" } });
+      ws.serverClose(4401);
+      return;
+    }
+    ws.onsent = (frame) => {
+      if (frame.type === "room.join") {
+        ws.deliver({ type: "ack", data: { op_id: frame.id, data: { room: "r", rev: 2, members: [{ user_id: "bot",
+          status: "online", devices: [] }], changes: [{ id: "m1", seq: 1, rev: 2, room: "r", body: "hi",
+          user_id: "u", reactions: {} }] } } });
+      } else if (frame.type === "session.info") {
+        ws.deliver({ type: "ack", data: { op_id: frame.id, data: { user_id: "bot" } } });
+      }
+    };
+    ws.deliver(welcome);
+  });
+  const tokens = ["t2"];
+  const states = [];
+  const client = connect("ws://x/", { token: "t1", getToken: () => tokens.shift(), WebSocket: FakeWebSocket });
+  client.on("state", (state) => states.push(state));
+  await client.ready;
+  assert.equal(client.state, "open");
+  assert.match(sockets[0].url, /token=t1/);
+  assert.match(sockets[1].url, /token=t2/);
+  assert.deepEqual(sockets[1].protocols, ["signald.v1"]);
+  assert.deepEqual(await client.request("session.info"), { user_id: "bot" });
+  const room = await client.join("r");
+  assert.equal(room.rev, 2);
+  assert.deepEqual(room.messages.map((m) => m.id), ["m1"]);
+  const seen = [];
+  client.on("chat.message", (data) => seen.push(data.id));
+  sockets[1].deliver({ type: "chat.message", data: { id: "m2", seq: 2, rev: 3, room: "r", body: "yo", user_id: "u",
+    reactions: {} } });
+  await new Promise((resolve) => setTimeout(resolve, 0));
+  assert.deepEqual(seen, ["m2"]);
+  assert.equal(room.rev, 3);
+  await client.close();
+  assert.equal(client.state, "closed");
+  await assert.rejects(client.request("session.info"), ClientClosed);
+  await new Promise((resolve) => setTimeout(resolve, 0));
+  assert.deepEqual(states, ["reconnecting", "open", "closed"]);
+});
+
+test("a 4403 refusal of the first connection rejects ready", async () => {
+  const { FakeWebSocket } = fakeServer((ws) => {
+    ws.deliver({ type: "error", data: { op_id: null, code: "FORBIDDEN", message: "origin" } });
+    ws.serverClose(4403);
+  });
+  const client = connect("ws://x/", { user: "bot", WebSocket: FakeWebSocket });
+  await assert.rejects(client.ready, (error) => error instanceof ClientClosed && error.code === 4403);
+  assert.equal(client.state, "closed");
+});
+
+test("offline drops the connection; online reconnects at once", async () => {
+  const { FakeWebSocket, sockets } = fakeServer((ws) => ws.deliver(welcome));
+  const page = new EventTarget();
+  const client = connect("ws://x/", { user: "bot", WebSocket: FakeWebSocket, window: page });
+  try {
+    await client.ready;
+    page.dispatchEvent(new Event("offline"));
+    await new Promise((resolve) => setTimeout(resolve, 0));
+    assert.equal(client.state, "reconnecting");
+    page.dispatchEvent(new Event("online")); // before the 0.5 s backoff would have run out
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    assert.equal(sockets.length, 2);
+    assert.equal(client.state, "open");
+  } finally {
+    await client.close();
+  }
+});
