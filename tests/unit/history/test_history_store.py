@@ -1153,7 +1153,7 @@ async def test_retention_by_age(
         clock.t += 100
         new = [await send(store, f"new{i}") for i in range(5)]
         clock.t += 20
-        assert await store.run_retention() == 5
+        await store.run_retention()  # (the writer thread, idle, may have run it already)
         assert (await store.history(room="lobby")).messages == new
         assert (await store.stats())["messages"] == 5
         assert await store.run_retention() == 0
@@ -1178,7 +1178,7 @@ async def test_retention_by_age_goes_room_by_room_in_seq_order(
         clock.t -= 90  # the wall clock steps back: this one is "older" than c's new message
         await send(store, "stepped back", room="c")
         clock.t += 90
-        assert await store.run_retention() == 2
+        await store.run_retention()  # (the writer thread, idle, may have run it already)
         assert await store.rooms() == ["b", "c"]
         # c's last message is expired by its timestamp but waits behind the newer-stamped seq 2
         assert [m.body for m in (await store.history(room="c")).messages] == ["new", "stepped back"]
@@ -1218,7 +1218,7 @@ async def test_age_retention_takes_tombstones_of_that_age_and_resets_resumes_fro
         clock.t += 100
         new = await send(store, "new")  # rev 5
         assert [c.rev for c in (await store.changes(room="lobby", after_rev=3, limit=10)).changes] == [4, 5]
-        assert await store.run_retention() == 2
+        await store.run_retention()  # (the writer thread, idle, may have run it already)
         # what retention removed went up to rev 4: a resume from below it is no longer exact
         assert await store.changes(room="lobby", after_rev=3, limit=10) == ChangesPage([], 5, False, True)
         assert await store.changes(room="lobby", after_rev=4, limit=10) == ChangesPage([new], 5, False)
