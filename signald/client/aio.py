@@ -30,7 +30,7 @@ from websockets.typing import Subprotocol
 
 from signald.client.base import ClientBase, EventsBase
 from signald.client.errors import ClientClosed
-from signald.client.model import Call, Event
+from signald.client.model import Call
 from signald.client.schedule import Backoff, Closed
 from signald.client.view import Msg, Room
 from signald.client.wire import (
@@ -51,24 +51,7 @@ WELCOME_TIMEOUT_S = 10.0
 class Events(EventsBase):
     """``client.events(*types)``: an async iterator of :class:`~signald.client.model.Event`."""
 
-    def __aiter__(self) -> Events:
-        return self
-
-    async def __anext__(self) -> Event:
-        while (event := self._take()) is None:
-            self._sub.waiter = asyncio.Event()
-            await self._sub.waiter.wait()
-        return event
-
-    async def next(self) -> Event:
-        """The next event; raises ``StopAsyncIteration`` once the iterator ended."""
-        return await self.__anext__()
-
-    async def __aenter__(self) -> Events:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.close()
+    new_waiter = asyncio.Event
 
 
 class Client(ClientBase):

@@ -5,7 +5,8 @@ Pure: the adapters subclass :class:`ClientBase` and :class:`EventsBase` and add 
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Self
 
 from signald.client.core import ClientCore
 from signald.client.model import Call, Event, State, Subscription
@@ -62,11 +63,36 @@ class ClientBase:
 
 
 class EventsBase:
-    """The program's side of one subscription: take buffered events, then end as the core says."""
+    """The program's side of one subscription: take buffered events, then end as the core says.
+
+    An adapter subclasses it with its event type (``trio.Event``, ``asyncio.Event``) as
+    :attr:`new_waiter`: the one thing the two differ in.
+    """
+
+    new_waiter: Callable[[], Any]
 
     def __init__(self, core: ClientCore, sub: Subscription) -> None:
         self._core = core
         self._sub = sub
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> Event:
+        while (event := self._take()) is None:
+            self._sub.waiter = self.new_waiter()
+            await self._sub.waiter.wait()
+        return event
+
+    async def next(self) -> Event:
+        """The next event; raises ``StopAsyncIteration`` once the iterator ended."""
+        return await self.__anext__()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
 
     def _take(self) -> Event | None:
         """The next buffered event; None when the program must wait; raises when the iterator ended."""
