@@ -38,13 +38,12 @@ import urllib.parse
 from collections.abc import Callable, Iterator
 from typing import Any, Final
 
-import trio
-
 from signald.history.counters import RECONCILE_SQL
 from signald.history.retention import Retention
 from signald.history.schema import SCHEMA_VERSION, SchemaError, migrate, user_version
+from signald.history.thread import WriterThread
 from signald.history.transactions import Transactions
-from signald.history.work import Op, StorageError, storage_error
+from signald.history.work import Op, storage_error
 
 __all__ = ["CACHE_KIB", "MAX_BATCH", "WAL_CHECKPOINT_PAGES", "Writer"]
 
@@ -58,7 +57,7 @@ WAL_CHECKPOINT_PAGES: Final = 10_000
 """WAL pages (~40 MiB) that trigger an automatic checkpoint; fewer checkpoints = fewer fsyncs."""
 
 
-class Writer:
+class Writer(WriterThread):
     """The thread, its queue and the connection; see the module docstring."""
 
     def __init__(
@@ -80,36 +79,13 @@ class Writer:
         self.busy_timeout_s = busy_timeout_s
         self.txns = txns
         self.retention = retention
-        self._deliver = deliver  # runs in the Trio thread with each batch, in commit order
-        self.queue: queue.SimpleQueue[Op[Any]] = queue.SimpleQueue()
+        super().__init__(deliver)
         self.conn: sqlite3.Connection | None = None
         """The connection while the thread has it open (for inline commits)."""
         self.conn_lock = threading.Lock()
         """Held by whichever thread is using the connection."""
         self.checkpoints = 0
         """WAL checkpoints run by the writer thread."""
-        self._stopped = False  # set by the thread when it stops taking work; guarded by _lock
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-        self._token: trio.lowlevel.TrioToken | None = None
-
-    def start(self, opener: Op[None]) -> None:
-        """Start the thread; ``opener`` completes once the database is open (or failed to)."""
-        self._token = trio.lowlevel.current_trio_token()
-        self._thread = threading.Thread(target=self._w_main, args=(opener,), name="signald-history", daemon=True)
-        self._thread.start()
-
-    def put(self, op: Op[Any]) -> None:
-        """Queue ``op`` for the thread; :class:`StorageError` if it no longer takes work."""
-        with self._lock:
-            if self._stopped:
-                raise StorageError("history store is closed")
-            self.queue.put(op)
-
-    async def join(self, limit_s: float) -> None:
-        """Wait (in a worker thread) for the thread to exit, at most ``limit_s`` seconds."""
-        assert self._thread is not None
-        await trio.to_thread.run_sync(self._thread.join, limit_s, abandon_on_cancel=True)
 
     # ------------------------------------------------------------------ writer thread
 
@@ -138,22 +114,6 @@ class Writer:
                 except sqlite3.Error:  # pragma: no cover
                     logger.exception("closing the history database failed")
             self._w_stop(closer, [])
-
-    def _w_stop(self, closer: Op[Any] | None, extra: list[Op[Any]]) -> None:
-        with self._lock:
-            self._stopped = True
-        leftovers = list(extra)
-        while True:
-            try:
-                op = self.queue.get_nowait()
-            except queue.Empty:
-                break
-            if op is not closer:
-                op.error = StorageError("history store is closed")
-            leftovers.append(op)
-        if closer is not None:
-            leftovers.append(closer)
-        self._w_deliver(leftovers)
 
     def _w_connect(self) -> sqlite3.Connection:
         if self.read_only:
@@ -258,12 +218,6 @@ class Writer:
             logger.exception("history checkpoint failed")
             return
         self.checkpoints += 1
-
-    def _w_deliver(self, batch: list[Op[Any]]) -> None:
-        assert self._token is not None
-        with contextlib.suppress(trio.RunFinishedError):  # the Trio run ended without closing us
-            self._token.run_sync_soon(self._deliver, batch)
-
 
 def _check_readable(conn: sqlite3.Connection, path: str) -> None:
     """A read-only reader needs the current schema: it cannot migrate (or create) the file."""

@@ -26,18 +26,17 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
-import threading
 import time
 from collections.abc import Callable
 from typing import Any, Final
 
 import psycopg
-import trio
 
 from signald.history.contract import SchemaError, StorageError
 from signald.history.postgres import schema
 from signald.history.postgres.batch import store_sends
 from signald.history.postgres.sql import RETRYABLE, Adapter, expire
+from signald.history.thread import WriterThread
 from signald.history.work import SKIP, Op, op_failed
 from signald.history.writes import SendOp
 
@@ -66,8 +65,10 @@ def connect(url: str, timeout_s: float, *, prepare: bool = True) -> psycopg.Conn
     return conn
 
 
-class PgWriter:
+class PgWriter(WriterThread):
     """The thread, its queue and its connection; see the module docstring."""
+
+    thread_name = "signald-history-pg"
 
     def __init__(
         self, url: str, *, read_only: bool, connect_timeout_s: float, clock: Callable[[], float],
@@ -79,35 +80,13 @@ class PgWriter:
         self.connect_timeout_s = connect_timeout_s
         self.clock = clock
         self.max_age_s, self.max_count, self.interval_s = retention
-        self._deliver = deliver
         self._scrub = scrub  # what may be logged of a driver error (no password)
-        self.queue: queue.SimpleQueue[Op[Any]] = queue.SimpleQueue()
+        super().__init__(deliver)
         self.commits = 0
         self.available = True
-        self._stopped = False
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-        self._token: trio.lowlevel.TrioToken | None = None
         self._conn: psycopg.Connection[Any] | None = None
         self._retry_at = 0.0
         self._backoff = BACKOFF_MIN_S
-
-    def start(self, opener: Op[None]) -> None:
-        """Start the thread; ``opener`` completes once the database is open (or failed to)."""
-        self._token = trio.lowlevel.current_trio_token()
-        self._thread = threading.Thread(target=self._w_main, args=(opener,), name="signald-history-pg", daemon=True)
-        self._thread.start()
-
-    def put(self, op: Op[Any]) -> None:
-        """Queue ``op``; :class:`StorageError` if the thread no longer takes work."""
-        with self._lock:
-            if self._stopped:
-                raise StorageError("history store is closed")
-            self.queue.put(op)
-
-    async def join(self, limit_s: float) -> None:
-        assert self._thread is not None
-        await trio.to_thread.run_sync(self._thread.join, limit_s, abandon_on_cancel=True)
 
     # ------------------------------------------------------------------ writer thread
 
@@ -146,22 +125,6 @@ class PgWriter:
             conn.close()
             raise
         return conn
-
-    def _w_stop(self, closer: Op[Any] | None, extra: list[Op[Any]]) -> None:
-        with self._lock:
-            self._stopped = True
-        leftovers = list(extra)
-        while True:
-            try:
-                op = self.queue.get_nowait()
-            except queue.Empty:
-                break
-            if op is not closer:
-                op.error = StorageError("history store is closed")
-            leftovers.append(op)
-        if closer is not None:
-            leftovers.append(closer)
-        self._w_deliver(leftovers)
 
     def _w_loop(self) -> Op[Any] | None:
         retention = self.max_age_s > 0 or self.max_count > 0
@@ -313,12 +276,6 @@ class PgWriter:
         for op, (value, event) in zip(ops, results, strict=True):
             op.value, op.event = value, event
         return True
-
-    def _w_deliver(self, batch: list[Op[Any]]) -> None:
-        assert self._token is not None
-        with contextlib.suppress(trio.RunFinishedError):
-            self._token.run_sync_soon(self._deliver, batch)
-
 
 def _own(exc: Exception, raw: psycopg.Connection[Any]) -> bool:
     """Whether ``exc`` fails only its operation (a rule, a constraint), not the whole batch."""
