@@ -94,6 +94,16 @@ def check_action(action: str) -> None:
         raise SignalError("INVALID_PAYLOAD", "`$.data.action` must be 'add' or 'remove'")
 
 
+def check_text(**fields: str | None) -> None:
+    """Stored text must not contain U+0000: PostgreSQL cannot store it, and both stores answer alike.
+
+    ``INVALID_PAYLOAD`` naming the field (``$.data.body``); checked before anything else is read.
+    """
+    for name, value in fields.items():
+        if value is not None and "\x00" in value:
+            raise SignalError("INVALID_PAYLOAD", f"`$.data.{name}` must not contain NUL (U+0000)")
+
+
 def check_retry(original_exists: bool) -> None:
     """A retried ``client_msg_id`` whose message was hard-deleted is never re-created."""
     if not original_exists:

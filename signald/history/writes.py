@@ -79,6 +79,7 @@ class SendOp:
         self, alloc: Allocator, room: str, user_id: str, body: str, attachments: Sequence[Attachment],
         parent_id: str | None, client_msg_id: str | None,
     ) -> None:
+        rules.check_text(body=body, client_msg_id=client_msg_id)  # before it is queued: it never runs
         self.alloc, self.room, self.user_id, self.body = alloc, room, user_id, body
         self.attachments = list(attachments)
         self.encoded = msgspec.json.encode(self.attachments).decode() if self.attachments else EMPTY_ATTACHMENTS
@@ -152,6 +153,7 @@ def send(
 
 def edit(conn: Connection, alloc: Allocator, message_id: str, user_id: str, new_body: str) -> tuple[ChatMessage, Any]:
     """Replace the body of the author's message and set ``edited_at``."""
+    rules.check_text(new_body=new_body)
     found = rules.check_edit(message_id, facts(conn, message_id), user_id)
     sql = "UPDATE messages SET body = ?, edited_at = ?, rev = ? WHERE id = ?"
     rev = alloc.next_rev(conn, found.room)
@@ -188,6 +190,7 @@ def delete(
 
 def redact(conn: Connection, alloc: Allocator, message_id: str, mask: str) -> tuple[ChatMessage, Any]:
     """Replace the body with ``mask`` and mark it redacted (the caller checks permission)."""
+    rules.check_text(mask=mask)
     found = rules.check_redact(message_id, facts(conn, message_id))
     sql = "UPDATE messages SET body = ?, attachments = ?, redacted = 1, rev = ? WHERE id = ?"
     return _updated(conn, message_id, sql, (mask, EMPTY_ATTACHMENTS, alloc.next_rev(conn, found.room), message_id))
@@ -198,6 +201,7 @@ def react(
     action: ReactionAction, room: str,
 ) -> tuple[int | None, Any]:
     """Add or remove a reaction (idempotent); the result is the change's revision, None if nothing changed."""
+    rules.check_text(reaction=reaction)
     found = rules.check_react(message_id, facts(conn, message_id), room, action)
     key = (room, found.seq, reaction, user_id)
     if action == "add":

@@ -133,6 +133,16 @@ async def pipeline(
 # --------------------------------------------------------------------------- chat.send
 
 
+async def test_text_with_nul_is_refused_alike_on_every_store(srv: RunningServer) -> None:
+    # PostgreSQL cannot store U+0000; SQLite could, but both stores answer the same
+    async with clients(srv, "alice") as (a1,):
+        await join(a1)
+        assert await fail(a1, "chat.send", {"scope": "lobby", "body": "a\u0000b"}) == "INVALID_PAYLOAD"
+        message = await send(a1, "fine")
+        assert await fail(a1, "chat.edit", {"message_id": message["id"], "new_body": "\u0000"}) == "INVALID_PAYLOAD"
+        assert (await history(a1))["messages"] == [message]  # nothing of either was stored
+
+
 async def test_send_ack_is_the_stored_message_with_all_thirteen_fields(srv: RunningServer) -> None:
     async with clients(srv, "alice") as (a1,):
         await join(a1)

@@ -27,7 +27,7 @@ import pytest
 import trio
 import trio.lowlevel
 import trio.testing
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from signald.errors import SignalError
@@ -1390,6 +1390,8 @@ async def _apply(store: HistoryStore, model: Model, ids: list[str], op: tuple[An
         ))
 
         def model_send() -> Any:
+            if "\x00" in body:  # stored text never holds NUL: PostgreSQL cannot store it
+                raise SignalError("INVALID_PAYLOAD", "NUL")
             if key is not None and (user, room, key) in model.keys:
                 original = model.messages.get(model.keys[user, room, key])
                 if original is None:
@@ -1415,6 +1417,8 @@ async def _apply(store: HistoryStore, model: Model, ids: list[str], op: tuple[An
                                                   on_commit=events.append))
 
         def model_edit() -> ChatMessage:
+            if "\x00" in body:
+                raise SignalError("INVALID_PAYLOAD", "NUL")
             message = model.find(target)
             if message.user_id != user:
                 raise SignalError("FORBIDDEN", "x")
@@ -1531,6 +1535,7 @@ def model_store(request: pytest.FixtureRequest) -> Callable[[FakeClock], Any]:
     return lambda clock: HistoryStore(next(paths), clock=clock)
 
 
+@example(ops=[("send", "ann", "r1", "a\x00b", False, None, None), ("edit", 0, "ann", "\x00")])
 @settings(max_examples=60, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(st.lists(OPS, max_size=30))
