@@ -17,8 +17,9 @@ The names below are loaded on first use (PEP 562 ``__getattr__``), so importing 
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from signald.lazy import exports
 
 __version__ = "0.1.0"
 
@@ -75,15 +76,4 @@ if TYPE_CHECKING:
     from signald.router import CustomMessage, Router
     from signald.server import RunningServer, serve_signald
 
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'signald' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later lookups skip __getattr__
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__ = exports(__name__, _EXPORTS)

@@ -8,8 +8,9 @@ needs only the standard library, so the names below load on first use.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from signald.lazy import exports
 
 _EXPORTS: dict[str, str] = {
     "ApiError": "signald.api.client",
@@ -22,11 +23,4 @@ __all__ = ["ApiError", "AsyncClient", "Client"]
 if TYPE_CHECKING:
     from signald.api.client import ApiError, AsyncClient, Client
 
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'signald.api' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__, __dir__ = exports(__name__, _EXPORTS)

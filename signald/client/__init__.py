@@ -18,8 +18,9 @@ The names are loaded on first use, so importing the sans-IO modules loads neithe
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from signald.lazy import exports
 
 _EXPORTS: dict[str, str] = {
     "connect": "signald.client.trio_client",
@@ -65,15 +66,4 @@ if TYPE_CHECKING:
     from signald.client.view import Room
     from signald.errors import SignalError
 
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'signald.client' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__ = exports(__name__, _EXPORTS)

@@ -30,9 +30,7 @@ from websockets.typing import Subprotocol
 
 from signald.client.base import ClientBase, EventsBase
 from signald.client.errors import ClientClosed
-from signald.client.model import Call
 from signald.client.schedule import Backoff, Closed
-from signald.client.view import Msg, Room
 from signald.client.wire import (
     TokenSource,
     auth_headers,
@@ -65,21 +63,6 @@ class Client(ClientBase):
         self._ws: ClientConnection | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
-    async def request(self, type: str, data: Msg | None = None, *, timeout: float = 10.0) -> Any:  # noqa: ASYNC109
-        """Send ``type`` and return the ack's result; raises as the Trio client's ``request``."""
-        call = self._core.request(type, data, now=_now(), timeout=timeout, waiter=asyncio.Event())
-        return await self._wait(call)
-
-    async def join(self, name: str, *, timeout: float = 10.0) -> Room:  # noqa: ASYNC109
-        """Join ``name`` and return its live view once it holds the whole room (kept current, rejoined)."""
-        call = self._core.join(name, now=_now(), timeout=timeout, waiter=asyncio.Event())
-        room: Room = await self._wait(call)
-        return room
-
-    async def leave(self, name: str, *, timeout: float = 10.0) -> None:  # noqa: ASYNC109
-        """Leave ``name``; its view stops being kept."""
-        await self.request("room.leave", {"room": name}, timeout=timeout)
-
     def events(self, *types: str) -> Events:
         """Every event of these types (all without types) from now on; see docs/client.md for the buffer."""
         return Events(self._core, self._core.subscribe(frozenset(types)))
@@ -101,18 +84,14 @@ class Client(ClientBase):
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
 
+    new_waiter = asyncio.Event
+
+    def _now(self) -> float:
+        return _loop_time()
+
     def _poke(self) -> None:
         self._changed.set()
         self._replan.set()
-
-    async def _wait(self, call: Call) -> Any:
-        self._poke()
-        try:
-            await call.waiter.wait()
-        finally:
-            if not call.done:
-                self._core.cancel(call)
-        return self._outcome(call)
 
     # --- the background tasks ----------------------------------------------------------------
 
@@ -132,7 +111,7 @@ class Client(ClientBase):
             self._token = await fetch_token(self._get_token)
         while self._core.state != "closed":
             closed = await self._connect_once()
-            decision = self._core.closed(closed, _now())
+            decision = self._core.closed(closed, _loop_time())
             if decision.action == "stop":
                 return
             log.info("signald client: %s, reconnecting in %.2fs", decision.reason, decision.delay_s)
@@ -163,11 +142,11 @@ class Client(ClientBase):
                     refused_retry = refusal_retry_after(welcome)
                     while True:
                         await ws.recv()  # until the server's close, with its code
-            self._core.opened(welcome.get("data") or {}, _now())
+            self._core.opened(welcome.get("data") or {}, _loop_time())
             self._opened.set()
             writer = asyncio.create_task(self._writer(ws))
             while True:
-                self._core.received(decode(await ws.recv()), _now())
+                self._core.received(decode(await ws.recv()), _loop_time())
                 self._poke()
         except ConnectionClosed as exc:
             return Closed(code=exc.rcvd.code if exc.rcvd is not None else None, retry_after_s=refused_retry)
@@ -196,19 +175,19 @@ class Client(ClientBase):
     async def _ticker(self) -> None:
         while self._core.state != "closed":
             self._replan = asyncio.Event()
-            delay = self._core.next_deadline() - _now()
+            delay = self._core.next_deadline() - _loop_time()
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that meets a set event
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(max(0.0, min(delay, 3600.0))):
                     await self._replan.wait()
-            if self._core.tick(_now()) and self._ws is not None:
+            if self._core.tick(_loop_time()) and self._ws is not None:
                 log.info("signald client: no frame for too long, reconnecting")
                 self._ws.transport.abort()  # the reader then sees the connection closed (1006)
             if self._core.has_outgoing:
                 self._changed.set()
 
 
-def _now() -> float:
+def _loop_time() -> float:
     return asyncio.get_running_loop().time()
 
 

@@ -16,7 +16,19 @@ from signald.client.wire import TokenSource, url_with_user
 
 
 class ClientBase:
-    """The client's state as the program reads it; the adapter adds the ``async`` methods."""
+    """The client's API over the core; the adapter adds the connection and the event loop's clock.
+
+    An adapter sets :attr:`new_waiter` (``trio.Event`` or ``asyncio.Event``), :meth:`_now` (its
+    loop's clock) and :meth:`_poke` (wake its writer and ticker): the waiting itself is the same.
+    """
+
+    new_waiter: Callable[[], Any]
+
+    def _now(self) -> float:
+        raise NotImplementedError
+
+    def _poke(self) -> None:
+        raise NotImplementedError
 
     def __init__(self, url: str, *, token: str | None, get_token: TokenSource | None, user: str | None,
                  reconnect: bool, binary: bool, backoff: Backoff | None, events_limit: int) -> None:
@@ -50,6 +62,35 @@ class ClientBase:
     def session_id(self) -> str:
         """This connection's session id (a new one after every reconnect)."""
         return str(self._core.welcome["session_id"])
+
+    async def request(self, type: str, data: Msg | None = None, *, timeout: float = 10.0) -> Any:  # noqa: ASYNC109 (the API the docs fix)
+        """Send ``type`` and return the ack's result (the pong for ``presence.ping``).
+
+        Raises ``SignalError`` on an error reply, ``TimeoutError`` after ``timeout`` seconds,
+        ``ConnectionLost`` if the connection dropped and the request is not safe to resend,
+        ``ClientClosed`` once the client is closed.
+        """
+        call = self._core.request(type, data, now=self._now(), timeout=timeout, waiter=self.new_waiter())
+        return await self._wait(call)
+
+    async def join(self, name: str, *, timeout: float = 10.0) -> Room:  # noqa: ASYNC109 (the API the docs fix)
+        """Join ``name`` and return its live view once it holds the whole room (kept current, rejoined)."""
+        call = self._core.join(name, now=self._now(), timeout=timeout, waiter=self.new_waiter())
+        room: Room = await self._wait(call)
+        return room
+
+    async def leave(self, name: str, *, timeout: float = 10.0) -> None:  # noqa: ASYNC109 (the API the docs fix)
+        """Leave ``name``; its view stops being kept."""
+        await self.request("room.leave", {"room": name}, timeout=timeout)
+
+    async def _wait(self, call: Call) -> Any:
+        self._poke()
+        try:
+            await call.waiter.wait()
+        finally:
+            if not call.done:
+                self._core.cancel(call)  # cancelled by the program: a late reply is dropped
+        return self._outcome(call)
 
     def _wake(self, thing: Call | Subscription) -> None:
         if thing.waiter is not None:

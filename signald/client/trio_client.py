@@ -35,9 +35,7 @@ from trio_websocket import (
 
 from signald.client.base import ClientBase, EventsBase
 from signald.client.errors import ClientClosed
-from signald.client.model import Call
 from signald.client.schedule import Backoff, Closed
-from signald.client.view import Msg, Room
 from signald.client.wire import (
     TokenSource,
     auth_headers,
@@ -72,26 +70,6 @@ class Client(ClientBase):
         self._background = trio.CancelScope()
         self._close_done = trio.Event()  # close() finished its closing handshake
 
-    async def request(self, type: str, data: Msg | None = None, *, timeout: float = 10.0) -> Any:  # noqa: ASYNC109 (the API the docs fix)
-        """Send ``type`` and return the ack's result (the pong for ``presence.ping``).
-
-        Raises ``SignalError`` on an error reply, ``TimeoutError`` after ``timeout`` seconds,
-        ``ConnectionLost`` if the connection dropped and the request is not safe to resend,
-        ``ClientClosed`` once the client is closed.
-        """
-        call = self._core.request(type, data, now=trio.current_time(), timeout=timeout, waiter=trio.Event())
-        return await self._wait(call)
-
-    async def join(self, name: str, *, timeout: float = 10.0) -> Room:  # noqa: ASYNC109 (the API the docs fix)
-        """Join ``name`` and return its live view once it holds the whole room (kept current, rejoined)."""
-        call = self._core.join(name, now=trio.current_time(), timeout=timeout, waiter=trio.Event())
-        room: Room = await self._wait(call)
-        return room
-
-    async def leave(self, name: str, *, timeout: float = 10.0) -> None:  # noqa: ASYNC109 (the API the docs fix)
-        """Leave ``name``; its view stops being kept."""
-        await self.request("room.leave", {"room": name}, timeout=timeout)
-
     def events(self, *types: str) -> Events:
         """Every event of these types (all without types) from now on; see docs/client.md for the buffer."""
         return Events(self._core, self._core.subscribe(frozenset(types)))
@@ -107,18 +85,14 @@ class Client(ClientBase):
         self._close_done.set()
         self._background.cancel()
 
+    new_waiter = trio.Event
+
+    def _now(self) -> float:
+        return trio.current_time()
+
     def _poke(self) -> None:
         self._changed.set()
         self._replan.set()
-
-    async def _wait(self, call: Call) -> Any:
-        self._poke()
-        try:
-            await call.waiter.wait()
-        finally:
-            if not call.done:
-                self._core.cancel(call)  # cancelled by the program: a late reply is dropped
-        return self._outcome(call)
 
     # --- the background tasks ----------------------------------------------------------------
 

@@ -22,7 +22,7 @@ PACKAGE: Final = ROOT / "signald"
 
 # Lowest first. A module may import from its own layer and the layers below it, never above.
 LAYERS: Final[tuple[tuple[str, tuple[str, ...]], ...]] = (
-    ("base", ("signald.errors", "signald.timefmt", "signald.logfmt")),
+    ("base", ("signald.errors", "signald.timefmt", "signald.logfmt", "signald.lazy")),
     ("protocol", ("signald.protocol",)),
     ("state", ("signald.state", "signald.auth", "signald.config")),
     ("history", ("signald.history",)),
