@@ -25,7 +25,7 @@ from signald.lazy import exports
 _EXPORTS: dict[str, str] = {
     "connect": "signald.client.trio_client",
     "Client": "signald.client.trio_client",
-    "Events": "signald.client.trio_client",
+    "Events": "signald.client.base",
     "Backoff": "signald.client.schedule",
     "Event": "signald.client.model",
     "Room": "signald.client.view",
@@ -58,11 +58,12 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from signald.client.base import Events
     from signald.client.errors import ClientClosed, ClientError, ConnectionLost, EventsOverflow
     from signald.client.model import Event
     from signald.client.raw import REPLY_TYPES, SignaldClient, build_url
     from signald.client.schedule import Backoff
-    from signald.client.trio_client import Client, Events, connect
+    from signald.client.trio_client import Client, connect
     from signald.client.view import Room
     from signald.errors import SignalError
 

@@ -28,28 +28,12 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 from websockets.typing import Subprotocol
 
-from signald.client.base import ClientBase, EventsBase
+from signald.client import wire
+from signald.client.base import ClientBase
 from signald.client.errors import ClientClosed
 from signald.client.schedule import Backoff, Closed
-from signald.client.wire import (
-    TokenSource,
-    auth_headers,
-    decode,
-    encode,
-    fetch_token,
-    refusal_retry_after,
-    retry_after,
-    subprotocol,
-)
 
 log = logging.getLogger("signald.client")
-WELCOME_TIMEOUT_S = 10.0
-
-
-class Events(EventsBase):
-    """``client.events(*types)``: an async iterator of :class:`~signald.client.model.Event`."""
-
-    new_waiter = asyncio.Event
 
 
 class Client(ClientBase):
@@ -57,15 +41,8 @@ class Client(ClientBase):
 
     def __init__(self, url: str, **options: Any) -> None:
         super().__init__(url, **options)
-        self._changed = asyncio.Event()  # frames to send (the writer waits on it)
-        self._replan = asyncio.Event()  # a new deadline (the ticker waits on it)
-        self._opened = asyncio.Event()
         self._ws: ClientConnection | None = None
         self._tasks: list[asyncio.Task[None]] = []
-
-    def events(self, *types: str) -> Events:
-        """Every event of these types (all without types) from now on; see docs/client.md for the buffer."""
-        return Events(self._core, self._core.subscribe(frozenset(types)))
 
     async def close(self) -> None:
         """Close the connection (1000) and stop; waiting requests raise ``ClientClosed``."""
@@ -89,10 +66,6 @@ class Client(ClientBase):
     def _now(self) -> float:
         return _loop_time()
 
-    def _poke(self) -> None:
-        self._changed.set()
-        self._replan.set()
-
     # --- the background tasks ----------------------------------------------------------------
 
     async def _run(self) -> None:
@@ -106,47 +79,33 @@ class Client(ClientBase):
         finally:
             self._opened.set()
 
-    async def _connections(self) -> None:
-        if self._token is None and self._get_token is not None:
-            self._token = await fetch_token(self._get_token)
-        while self._core.state != "closed":
-            closed = await self._connect_once()
-            decision = self._core.closed(closed, _loop_time())
-            if decision.action == "stop":
-                return
-            log.info("signald client: %s, reconnecting in %.2fs", decision.reason, decision.delay_s)
-            await asyncio.sleep(decision.delay_s)
-            if decision.action == "refresh" and self._get_token is not None:
-                try:
-                    self._token = await fetch_token(self._get_token)
-                except Exception as exc:
-                    self._core.stop(ClientClosed(f"get_token failed: {exc!r}"))
-                    return
+    async def _sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
 
     async def _connect_once(self) -> Closed:
         try:
-            ws = await ws_connect(self.url, subprotocols=[Subprotocol(subprotocol(self.binary))],
-                                  additional_headers=auth_headers(self._token), max_size=None)
+            ws = await ws_connect(self.url, subprotocols=[Subprotocol(wire.subprotocol(self.binary))],
+                                  additional_headers=wire.auth_headers(self._token), max_size=None)
         except InvalidStatus as exc:
             headers = exc.response.headers.raw_items()
-            return Closed(http_status=exc.response.status_code, retry_after_s=retry_after(headers))
+            return Closed(http_status=exc.response.status_code, retry_after_s=wire.retry_after(headers))
         except (OSError, InvalidHandshake, TimeoutError):
             return Closed()
         self._ws = ws
         writer: asyncio.Task[None] | None = None
         refused_retry: float | None = None
         try:
-            async with asyncio.timeout(WELCOME_TIMEOUT_S):
-                welcome = decode(await ws.recv())
+            async with asyncio.timeout(wire.WELCOME_TIMEOUT_S):
+                welcome = wire.decode(await ws.recv())
                 if welcome.get("type") != "welcome":  # refused: one error frame, then 4401/4403/4429
-                    refused_retry = refusal_retry_after(welcome)
+                    refused_retry = wire.refusal_retry_after(welcome)
                     while True:
                         await ws.recv()  # until the server's close, with its code
             self._core.opened(welcome.get("data") or {}, _loop_time())
             self._opened.set()
             writer = asyncio.create_task(self._writer(ws))
             while True:
-                self._core.received(decode(await ws.recv()), _loop_time())
+                self._core.received(wire.decode(await ws.recv()), _loop_time())
                 self._poke()
         except ConnectionClosed as exc:
             return Closed(code=exc.rcvd.code if exc.rcvd is not None else None, retry_after_s=refused_retry)
@@ -166,7 +125,7 @@ class Client(ClientBase):
             frames = self._core.take_outgoing()
             try:
                 for frame in frames:
-                    await ws.send(encode(frame, self.binary))
+                    await ws.send(wire.encode(frame, self.binary))
             except ConnectionClosed:
                 return  # the reader sees the close too, with its code
             if not frames:
@@ -192,7 +151,7 @@ def _loop_time() -> float:
 
 
 @asynccontextmanager
-async def connect(url: str, *, token: str | None = None, get_token: TokenSource | None = None,
+async def connect(url: str, *, token: str | None = None, get_token: wire.TokenSource | None = None,
                   user: str | None = None, reconnect: bool = True, binary: bool = False,
                   backoff: Backoff | None = None, events_limit: int = 10_000) -> AsyncIterator[Client]:
     """Connect to signald and yield a :class:`Client` once the first connection is open.

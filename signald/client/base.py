@@ -1,25 +1,30 @@
-"""What the Trio and asyncio clients share above the core: the read-only API and the event buffer.
+"""What the Trio and asyncio clients share above the core: the API, the reconnect loop, the event iterator.
 
-Pure: the adapters subclass :class:`ClientBase` and :class:`EventsBase` and add the waiting.
+Pure: each adapter subclasses :class:`ClientBase` with its event loop's clock, event, sleep and connection.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any, Self
 
 from signald.client.core import ClientCore
+from signald.client.errors import ClientClosed
 from signald.client.model import Call, Event, State, Subscription
-from signald.client.schedule import Backoff
+from signald.client.schedule import Backoff, Closed
 from signald.client.view import Msg, Room
-from signald.client.wire import TokenSource, url_with_user
+from signald.client.wire import TokenSource, fetch_token, url_with_user
+
+log = logging.getLogger("signald.client")
 
 
 class ClientBase:
     """The client's API over the core; the adapter adds the connection and the event loop's clock.
 
     An adapter sets :attr:`new_waiter` (``trio.Event`` or ``asyncio.Event``), :meth:`_now` (its
-    loop's clock) and :meth:`_poke` (wake its writer and ticker): the waiting itself is the same.
+    loop's clock), :meth:`_sleep`, :meth:`_poke` (wake its writer and ticker) and
+    :meth:`_connect_once`: the waiting and the reconnect loop are the same.
     """
 
     new_waiter: Callable[[], Any]
@@ -28,7 +33,9 @@ class ClientBase:
         raise NotImplementedError
 
     def _poke(self) -> None:
-        raise NotImplementedError
+        """Wake the writer (frames queued) and the ticker (a new deadline)."""
+        self._changed.set()
+        self._replan.set()
 
     def __init__(self, url: str, *, token: str | None, get_token: TokenSource | None, user: str | None,
                  reconnect: bool, binary: bool, backoff: Backoff | None, events_limit: int) -> None:
@@ -38,6 +45,9 @@ class ClientBase:
         self._get_token = get_token
         self._core = ClientCore(reconnect=reconnect, can_refresh=get_token is not None, policy=backoff,
                                 events_limit=events_limit, notify=self._wake)
+        self._changed = self.new_waiter()  # frames to send (the writer waits on it)
+        self._replan = self.new_waiter()  # a new deadline, or frames queued by a tick (the ticker waits on it)
+        self._opened = self.new_waiter()  # the first connection came up, or the client gave up before
 
     @property
     def state(self) -> State:
@@ -83,6 +93,35 @@ class ClientBase:
         """Leave ``name``; its view stops being kept."""
         await self.request("room.leave", {"room": name}, timeout=timeout)
 
+    async def _sleep(self, seconds: float) -> None:
+        raise NotImplementedError
+
+    async def _connect_once(self) -> Closed:
+        """One connection, from handshake to close; how it ended."""
+        raise NotImplementedError
+
+    async def _connections(self) -> None:
+        """Connect again and again, as the core decides after each close, until it says stop."""
+        if self._token is None and self._get_token is not None:
+            self._token = await fetch_token(self._get_token)
+        while self._core.state != "closed":
+            closed = await self._connect_once()
+            decision = self._core.closed(closed, self._now())
+            if decision.action == "stop":
+                return
+            log.info("signald client: %s, reconnecting in %.2fs", decision.reason, decision.delay_s)
+            await self._sleep(decision.delay_s)
+            if decision.action == "refresh" and self._get_token is not None:
+                try:
+                    self._token = await fetch_token(self._get_token)
+                except Exception as exc:
+                    self._core.stop(ClientClosed(f"get_token failed: {exc!r}"))
+                    return
+
+    def events(self, *types: str) -> Events:
+        """Every event of these types (all without types) from now on; see docs/client.md for the buffer."""
+        return Events(self._core, self._core.subscribe(frozenset(types)), self.new_waiter)
+
     async def _wait(self, call: Call) -> Any:
         self._poke()
         try:
@@ -103,18 +142,17 @@ class ClientBase:
         return call.result
 
 
-class EventsBase:
+class Events:
     """The program's side of one subscription: take buffered events, then end as the core says.
 
-    An adapter subclasses it with its event type (``trio.Event``, ``asyncio.Event``) as
-    :attr:`new_waiter`: the one thing the two differ in.
+    ``new_waiter`` makes the adapter's event (``trio.Event``, ``asyncio.Event``): the one thing
+    the two differ in.
     """
 
-    new_waiter: Callable[[], Any]
-
-    def __init__(self, core: ClientCore, sub: Subscription) -> None:
+    def __init__(self, core: ClientCore, sub: Subscription, new_waiter: Callable[[], Any]) -> None:
         self._core = core
         self._sub = sub
+        self.new_waiter = new_waiter
 
     def __aiter__(self) -> Self:
         return self

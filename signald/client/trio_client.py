@@ -33,28 +33,12 @@ from trio_websocket import (
     connect_websocket_url,
 )
 
-from signald.client.base import ClientBase, EventsBase
+from signald.client import wire
+from signald.client.base import ClientBase
 from signald.client.errors import ClientClosed
 from signald.client.schedule import Backoff, Closed
-from signald.client.wire import (
-    TokenSource,
-    auth_headers,
-    decode,
-    encode,
-    fetch_token,
-    refusal_retry_after,
-    retry_after,
-    subprotocol,
-)
 
 log = logging.getLogger("signald.client")
-WELCOME_TIMEOUT_S = 10.0
-
-
-class Events(EventsBase):
-    """``client.events(*types)``: an async iterator of :class:`~signald.client.model.Event`."""
-
-    new_waiter = trio.Event
 
 
 class Client(ClientBase):
@@ -62,17 +46,10 @@ class Client(ClientBase):
 
     def __init__(self, url: str, **options: Any) -> None:
         super().__init__(url, **options)
-        self._changed = trio.Event()  # frames to send (the writer waits on it)
-        self._replan = trio.Event()  # a new deadline, or frames queued by a tick (the ticker waits on it)
-        self._opened = trio.Event()  # the first connection came up, or the client gave up before
         self._ws: WebSocketConnection | None = None
         self._connection: trio.CancelScope | None = None
         self._background = trio.CancelScope()
         self._close_done = trio.Event()  # close() finished its closing handshake
-
-    def events(self, *types: str) -> Events:
-        """Every event of these types (all without types) from now on; see docs/client.md for the buffer."""
-        return Events(self._core, self._core.subscribe(frozenset(types)))
 
     async def close(self) -> None:
         """Close the connection (1000) and stop; waiting requests raise ``ClientClosed``."""
@@ -89,10 +66,6 @@ class Client(ClientBase):
 
     def _now(self) -> float:
         return trio.current_time()
-
-    def _poke(self) -> None:
-        self._changed.set()
-        self._replan.set()
 
     # --- the background tasks ----------------------------------------------------------------
 
@@ -112,36 +85,22 @@ class Client(ClientBase):
             self._opened.set()
             nursery.cancel_scope.cancel()
 
-    async def _connections(self) -> None:
-        if self._token is None and self._get_token is not None:
-            self._token = await fetch_token(self._get_token)
-        while self._core.state != "closed":
-            closed = await self._connect_once()
-            decision = self._core.closed(closed, trio.current_time())
-            if decision.action == "stop":
-                return
-            log.info("signald client: %s, reconnecting in %.2fs", decision.reason, decision.delay_s)
-            await trio.sleep(decision.delay_s)
-            if decision.action == "refresh" and self._get_token is not None:
-                try:
-                    self._token = await fetch_token(self._get_token)
-                except Exception as exc:
-                    self._core.stop(ClientClosed(f"get_token failed: {exc!r}"))
-                    return
+    async def _sleep(self, seconds: float) -> None:
+        await trio.sleep(seconds)
 
     async def _connect_once(self) -> Closed:
         """One connection, from handshake to close; how it ended."""
-        headers = [(name.encode(), value.encode()) for name, value in auth_headers(self._token)]
+        headers = [(name.encode(), value.encode()) for name, value in wire.auth_headers(self._token)]
         closed = Closed()
         try:
             async with trio.open_nursery() as nursery:
                 self._connection = nursery.cancel_scope
                 try:
-                    ws = await connect_websocket_url(nursery, self.url, subprotocols=[subprotocol(self.binary)],
+                    ws = await connect_websocket_url(nursery, self.url, subprotocols=[wire.subprotocol(self.binary)],
                                                      extra_headers=headers)
                 except ConnectionRejected as exc:
                     nursery.cancel_scope.cancel()
-                    return Closed(http_status=exc.status_code, retry_after_s=retry_after(exc.headers))
+                    return Closed(http_status=exc.status_code, retry_after_s=wire.retry_after(exc.headers))
                 self._ws = ws
                 closed = await self._serve(ws, nursery)
                 if self._core.state == "closed":  # close() is in its closing handshake: our nursery runs
@@ -152,7 +111,7 @@ class Client(ClientBase):
             closed = Closed()
             for leaf in _leaves(group):
                 if isinstance(leaf, ConnectionRejected):  # raised by trio_websocket's own task
-                    closed = Closed(http_status=leaf.status_code, retry_after_s=retry_after(leaf.headers))
+                    closed = Closed(http_status=leaf.status_code, retry_after_s=wire.retry_after(leaf.headers))
         finally:
             self._ws = self._connection = None
         return closed
@@ -160,17 +119,17 @@ class Client(ClientBase):
     async def _serve(self, ws: WebSocketConnection, nursery: trio.Nursery) -> Closed:
         refused_retry: float | None = None
         try:
-            with trio.fail_after(WELCOME_TIMEOUT_S):
-                welcome = decode(await ws.get_message())
+            with trio.fail_after(wire.WELCOME_TIMEOUT_S):
+                welcome = wire.decode(await ws.get_message())
                 if welcome.get("type") != "welcome":  # refused: one error frame, then 4401/4403/4429
-                    refused_retry = refusal_retry_after(welcome)
+                    refused_retry = wire.refusal_retry_after(welcome)
                     while True:
                         await ws.get_message()  # until the server's close, with its code
             self._core.opened(welcome.get("data") or {}, trio.current_time())
             self._opened.set()
             nursery.start_soon(self._writer, ws)
             while True:
-                self._core.received(decode(await ws.get_message()), trio.current_time())
+                self._core.received(wire.decode(await ws.get_message()), trio.current_time())
                 self._poke()
         except ConnectionClosed as exc:
             return Closed(code=exc.reason.code if exc.reason is not None else None, retry_after_s=refused_retry)
@@ -183,7 +142,7 @@ class Client(ClientBase):
             frames = self._core.take_outgoing()
             try:
                 for frame in frames:
-                    await ws.send_message(encode(frame, self.binary))
+                    await ws.send_message(wire.encode(frame, self.binary))
             except (ConnectionClosed, trio.BrokenResourceError):
                 return  # the reader sees the close too, with its code
             if not frames:
@@ -214,7 +173,7 @@ def _unwrap(group: BaseExceptionGroup[BaseException]) -> BaseException:
 
 
 @asynccontextmanager
-async def connect(url: str, *, token: str | None = None, get_token: TokenSource | None = None,
+async def connect(url: str, *, token: str | None = None, get_token: wire.TokenSource | None = None,
                   user: str | None = None, reconnect: bool = True, binary: bool = False,
                   backoff: Backoff | None = None, events_limit: int = 10_000) -> AsyncIterator[Client]:
     """Connect to signald and yield a :class:`Client` once the first connection is open.

@@ -16,6 +16,7 @@ from signald.client.view import Msg
 from signald.protocol import SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK
 
 TokenSource = Callable[[], str | Awaitable[str]]
+WELCOME_TIMEOUT_S = 10.0  # a server that accepted the socket but sends no welcome: give up, reconnect
 
 
 def subprotocol(binary: bool) -> str:
