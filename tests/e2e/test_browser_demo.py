@@ -250,6 +250,28 @@ def test_the_pages_stay_exact_across_a_daemon_restart_and_going_offline(
         assert [(m["id"], m["seq"], m["user_id"], m["body"]) for m in shown] == history
 
 
+def test_a_tab_woken_from_sleep_replaces_a_connection_that_died_meanwhile(
+    demo_daemon: Daemon, new_page: Callable[[str], Page]
+) -> None:
+    page = new_page(demo_daemon.page_url("?user=hana&room=sleep-room"))
+    expect(page.locator("#state")).to_have_attribute("data-state", "open", timeout=WAIT_MS)
+    send(page, "before the nap")
+    expect_messages(page, [("hana", "before the nap")])
+    assert demo_daemon.process is not None
+    demo_daemon.process.send_signal(signal.SIGSTOP)  # the connection dies without a close frame or FIN
+    try:
+        # The tab wakes. Headless Chromium fires no page lifecycle events of its own (it never hides
+        # or freezes a tab), so the test sends the one Chrome sends to a tab it unfreezes.
+        page.evaluate("document.dispatchEvent(new Event('resume'))")
+        # Looks alive (no close event), but the client pings once and gives up after 5 s, not 45 s.
+        expect(page.locator("#state")).to_have_attribute("data-state", "reconnecting", timeout=WAIT_MS)
+    finally:
+        demo_daemon.process.send_signal(signal.SIGCONT)
+    expect(page.locator("#state")).to_have_attribute("data-state", "open", timeout=WAIT_MS)
+    send(page, "after the nap")
+    expect_messages(page, [("hana", "before the nap"), ("hana", "after the nap")])
+
+
 def _history(daemon: Daemon, room: str) -> list[tuple[str, int, str, str]]:
     """The room's history as the server stores it, asked over a raw WebSocket by another user."""
     import trio

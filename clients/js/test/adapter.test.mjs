@@ -100,3 +100,31 @@ test("offline drops the connection; online reconnects at once", async () => {
     await client.close();
   }
 });
+
+test("a page that wakes (resume, visible again) proves its connection with one ping", async () => {
+  const { FakeWebSocket, sockets } = fakeServer((ws) => {
+    ws.onsent = (frame) => {
+      if (frame.type === "presence.ping") ws.deliver({ type: "presence.pong", data: { op_id: frame.id, timestamp: "t" } });
+    };
+    ws.deliver(welcome);
+  });
+  const page = new EventTarget();
+  page.document = new EventTarget();
+  page.document.visibilityState = "visible";
+  const client = connect("ws://x/", { user: "bot", WebSocket: FakeWebSocket, window: page });
+  try {
+    await client.ready;
+    page.document.dispatchEvent(new Event("resume"));
+    page.document.dispatchEvent(new Event("visibilitychange")); // one probe at a time
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    assert.deepEqual(sockets[0].sent.map((f) => f.type), ["presence.ping"]);
+    assert.equal(client.state, "open"); // answered: the connection stays
+    page.document.visibilityState = "hidden";
+    page.document.dispatchEvent(new Event("visibilitychange")); // hidden: nothing to check
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    assert.equal(sockets[0].sent.length, 1);
+    assert.equal(sockets.length, 1);
+  } finally {
+    await client.close();
+  }
+});
