@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent
 DEMO_SOURCES = (ROOT / "examples" / "web", ROOT / "clients" / "js" / "signald.js")
 
 
-class build_py_with_demo(build_py):  # noqa: N801 - setuptools' naming
+class build_py_with_demo(build_py):
     def run(self) -> None:
         super().run()
         target = Path(self.build_lib) / "signald" / "_demo"

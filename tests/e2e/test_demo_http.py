@@ -126,10 +126,10 @@ def test_a_wheel_carries_the_demo_and_serves_it_without_the_repository(tmp_path:
     assert shipped["signald.js"] == (ROOT / "clients/js/signald.js").read_bytes()
     # Imported from the unpacked wheel, far from any checkout: the files come from signald/_demo.
     env = {**os.environ, "PYTHONPATH": str(tmp_path / "installed")}
-    check = subprocess.run([sys.executable, "-c", (
-        "import signald.app.demo as d; pages = d.load_demo(True); "
-        "assert d.__file__.startswith(%r), d.__file__; "
-        "print(sorted(pages.files), len(pages.files['/demo/signald.js'].body))") % str(tmp_path / "installed")],
+    script = ("import signald.app.demo as d; pages = d.load_demo(True); "
+              f"assert d.__file__.startswith({str(tmp_path / 'installed')!r}), d.__file__; "
+              "print(sorted(pages.files), len(pages.files['/demo/signald.js'].body))")
+    check = subprocess.run([sys.executable, "-c", script],
         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60, check=False)
     assert check.returncode == 0, check.stderr
     assert str(len(shipped["signald.js"])) in check.stdout and "'/demo/'" in check.stdout
