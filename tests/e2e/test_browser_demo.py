@@ -55,9 +55,11 @@ def browser() -> Iterator[Browser]:
     with sync_playwright() as playwright:
         # --no-sandbox: Chromium's sandbox refuses to run as root (containers, CI). Loopback ICE
         # candidates: the two tabs' WebRTC connection must work on a machine with no other network.
+        # A fake camera and microphone, allowed without a prompt: the call carries video and audio
+        # beside the data channel, as it would for a person with a webcam.
         chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=[
-            "--no-sandbox", "--allow-loopback-in-peer-connection",
-            "--disable-features=WebRtcHideLocalIpsWithMdns"])
+            "--no-sandbox", "--allow-loopback-in-peer-connection", "--disable-features=WebRtcHideLocalIpsWithMdns",
+            "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"])
         try:
             yield chromium
         finally:
@@ -185,18 +187,22 @@ def test_two_pages_chat_and_see_members_presence_and_typing(
     assert [m["seq"] for m in state(alice)["messages"]] == [1, 2]
 
 
-def test_two_pages_place_a_call_whose_data_channel_carries_messages(
+def test_two_pages_place_a_video_call_whose_data_channel_carries_messages(
     demo_daemon: Daemon, new_page: Callable[[str], Page]
 ) -> None:
     alice = new_page(demo_daemon.page_url("?user=carla&room=call-room"))
     bob = new_page(demo_daemon.page_url("?user=dave&room=call-room"))
     alice.locator("button[data-call=dave]").click(timeout=WAIT_MS)
-    expect(bob.locator("#incoming-text")).to_have_text("carla calls (data)", timeout=WAIT_MS)
+    expect(bob.locator("#incoming-text")).to_have_text("carla calls (video)", timeout=WAIT_MS)
     bob.click("#answer")
     for page, peer in ((alice, "dave"), (bob, "carla")):  # offer, answer and ICE went through signald
         expect(page.locator("#call")).to_have_attribute("data-status", "connected", timeout=WAIT_MS)
         expect(page.locator("#channel-body")).to_be_enabled(timeout=WAIT_MS)
         assert state(page)["call"]["peer"] == peer
+        # The other side's camera is playing here: frames arrived, with a microphone track beside them.
+        page.wait_for_function("() => document.getElementById('remote-video').videoWidth > 0", timeout=WAIT_MS)
+        kinds = page.evaluate("document.getElementById('remote-video').srcObject.getTracks().map(t => t.kind).sort()")
+        assert kinds == ["audio", "video"]
     assert state(alice)["call"]["id"] == state(bob)["call"]["id"]
 
     alice.fill("#channel-body", "peer to peer, hello")
@@ -210,6 +216,18 @@ def test_two_pages_place_a_call_whose_data_channel_carries_messages(
     alice.click("#hangup")
     expect(bob.locator("#call")).to_have_attribute("data-status", "ended", timeout=WAIT_MS)
     assert state(bob)["call"]["reason"] == "hangup"
+
+    # Without camera and microphone (none, refused, or unticked) the call is the data channel alone.
+    alice.uncheck("#media")
+    alice.locator("button[data-call=dave]").click(timeout=WAIT_MS)
+    expect(bob.locator("#incoming-text")).to_have_text("carla calls (data)", timeout=WAIT_MS)
+    bob.click("#answer")
+    expect(alice.locator("#channel-body")).to_be_enabled(timeout=WAIT_MS)
+    alice.fill("#channel-body", "data only")
+    alice.press("#channel-body", "Enter")
+    expect(bob.locator("#channel-log li.from-peer")).to_have_text(
+        ["carla: peer to peer, hello", "carla: data only"], timeout=WAIT_MS)
+    assert bob.evaluate("document.getElementById('remote-video').srcObject") is None
 
 
 def test_the_pages_stay_exact_across_a_daemon_restart_and_going_offline(
