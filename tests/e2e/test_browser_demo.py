@@ -164,6 +164,8 @@ def test_two_pages_chat_and_see_members_presence_and_typing(
     alice.fill("#room", "chat-room")
     alice.click("#connect")
     expect(alice.locator("#state")).to_have_attribute("data-state", "open", timeout=WAIT_MS)
+    expect(alice.locator("#login")).to_be_hidden()  # the form gives way to the room
+    expect(alice.locator("#app")).to_be_visible()
     bob = new_page(demo_daemon.page_url("?user=bob&room=chat-room"))  # or one who follows a link
     expect(bob.locator("#state")).to_have_attribute("data-state", "open", timeout=WAIT_MS)
     expect(bob.locator("#me")).to_have_text("you are bob")
