@@ -248,10 +248,12 @@ def test_the_pages_stay_exact_across_a_daemon_restart_and_going_offline(
         expect(page.locator("#state")).to_have_attribute("data-state", "reconnecting", timeout=WAIT_MS)
     send(alice, "three")  # while the daemon is down: held, sent once it is back
     demo_daemon.start()  # the same port and database
+    for page in (alice, bob):
+        expect(page.locator("#state")).to_have_attribute("data-state", "open", timeout=WAIT_MS)
+        expect_messages(page, [("erin", "one"), ("frank", "two"), ("erin", "three")])
     send(bob, "four")
     sent = [("erin", "one"), ("frank", "two"), ("erin", "three"), ("frank", "four")]
     for page in (alice, bob):
-        expect(page.locator("#state")).to_have_attribute("data-state", "open", timeout=WAIT_MS)
         expect_messages(page, sent)  # each once, in order: nothing lost, nothing twice
 
     # The window going offline drops the connection; what happened meanwhile is resumed (since_rev).
