@@ -33,12 +33,13 @@ FILES: Final[dict[str, tuple[str, str]]] = {
     "signald.js": ("clients/js/signald.js", "text/javascript; charset=utf-8"),
 }
 
-# The page loads its own files only; it talks to any signald the user types in (ws:, wss:), and
-# shows camera and microphone streams (blob:/mediastream:).
+# The page runs its own scripts only; it talks to any signald the user types in (ws:, wss:) and to
+# the token URL it is given (?token_url=, maybe the app's own backend), and shows camera and
+# microphone streams (blob:/mediastream:).
 HEADERS: Final = (
     ("cache-control", "no-cache"),
     ("x-content-type-options", "nosniff"),
-    ("content-security-policy", "default-src 'self'; connect-src 'self' ws: wss:; "
+    ("content-security-policy", "default-src 'self'; connect-src 'self' ws: wss: http: https:; "
                                 "media-src 'self' blob: mediastream:; img-src 'self' data:; frame-ancestors 'none'"),
 )
 
