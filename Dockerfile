@@ -6,8 +6,11 @@
 
 FROM python:3.12-slim AS build
 WORKDIR /src
-COPY pyproject.toml README.md LICENSE ./
+COPY pyproject.toml setup.py MANIFEST.in README.md LICENSE ./
 COPY signald ./signald
+# The browser demo (signald serve --demo): the build puts them into the wheel as signald/_demo/.
+COPY examples/web ./examples/web
+COPY clients/js/signald.js ./clients/js/signald.js
 # Build wheels for signald and its dependencies here, so the final image has no build tools.
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 

@@ -69,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--certfile", help="TLS certificate chain (PEM)")
     serve.add_argument("--keyfile", help="TLS private key (PEM)")
     serve.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+    serve.add_argument("--demo", action="store_true", default=None,
+                       help="serve the browser demo at http://HOST:PORT/demo/")
 
     history = commands.add_parser(
         "history", help="look at a history database (read-only)", description=HISTORY_DESCRIPTION)
@@ -93,6 +95,7 @@ def config_from_args(args: argparse.Namespace, warn: Callable[[str], None] | Non
         key: value for key, value in {
             "host": args.host, "port": args.port, "db": args.db, "insecure": args.insecure,
             "certfile": args.certfile, "keyfile": args.keyfile, "metrics_port": args.metrics_port,
+            "demo": args.demo,
         }.items() if value is not None
     }
     log_section = {k: v for k, v in {"level": args.log_level, "format": args.log_format}.items() if v}

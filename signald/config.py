@@ -78,6 +78,8 @@ class ServerConfig:
     # How a refused handshake is answered (signald.state.refusals): "close" completes it, sends one
     # error frame and closes with 4401/4403/4429, which browsers can see; "http" answers 401/403/429.
     refusals: Literal["close", "http"] = "close"
+    # Serve the browser demo (examples/web) at /demo/ on the WebSocket port (signald.app.demo).
+    demo: bool = False
 
 
 @frozen

@@ -89,6 +89,12 @@ export const ERROR_CODES = new Set(["BAD_REQUEST", "CONFLICT", "FORBIDDEN", "INT
   "UNKNOWN_TYPE"]);
 export const SUBPROTOCOL_JSON = "signald.v1";
 const WELCOME_TIMEOUT_S = 10.0;
+// After the page wakes (tab unfrozen or shown again, network back, a machine that slept) a live-looking
+// connection may be dead without a close event: one ping must come back within this, else reconnect.
+const WAKE_PROBE_TIMEOUT_S = 5.0;
+// Wall time that ran ahead of the monotonic clock by more than this: the machine slept (the
+// monotonic clock stops during suspend on Linux and macOS, so the heartbeat alone would not notice).
+const SLEPT_S = 3.0;
 
 /** The server refused a request: `code` is one of ERROR_CODES. */
 export class SignalError extends Error {
@@ -630,13 +636,16 @@ export class Client {
     this._core = new ClientCore({ reconnect, canRefresh: getToken !== null, policy: backoff, eventsLimit,
       notify: (thing) => this._notified(thing) });
     this._sub = this._core.subscribe();
+    this._probing = false;
+    this._clocks = [Date.now() / 1000, clock()]; // wall and monotonic time at the last _pump
     this._onOffline = () => { if (this._drop) this._drop(closedOf()); };
-    this._onOnline = () => { if (this._wake) this._wake(); };
-    this._onVisible = () => this._pump();
+    this._onOnline = () => { if (this._wake) this._wake(); else this._probe(); };
+    this._onVisible = () => { if (this._window?.document?.visibilityState !== "hidden") this._probe(); };
     if (this._window) {
       this._window.addEventListener("offline", this._onOffline);
       this._window.addEventListener("online", this._onOnline);
       this._window.document?.addEventListener?.("visibilitychange", this._onVisible);
+      this._window.document?.addEventListener?.("resume", this._onVisible); // a frozen tab runs again
     }
     let settle;
     this.ready = new Promise((resolve, reject) => { settle = { resolve, reject }; });
@@ -723,8 +732,23 @@ export class Client {
     }
   }
 
+  /** The page woke up: prove the connection alive with one ping, or replace it. */
+  _probe() {
+    this._pump();
+    if (this._core.state !== "open" || this._probing) return;
+    this._probing = true;
+    const ws = this._ws;
+    this.request("presence.ping", null, { timeout: WAKE_PROBE_TIMEOUT_S }).then(() => {}, () => {
+      if (this._ws === ws && this._drop) this._drop(closedOf()); // no pong: it died while we slept
+    }).finally(() => { this._probing = false; });
+  }
+
   _pump() {
     const now = clock();
+    const wall = Date.now() / 1000;
+    const slept = (wall - this._clocks[0]) - (now - this._clocks[1]) > SLEPT_S;
+    this._clocks = [wall, now];
+    if (slept) queueMicrotask(() => this._probe());
     if (this._core.tick(now) && this._drop) this._drop(closedOf()); // silent too long: reconnect
     if (this._ws && this._core.state === "open") {
       for (const frame of this._core.takeOutgoing()) this._ws.send(JSON.stringify(frame));
@@ -744,6 +768,7 @@ export class Client {
       this._window.removeEventListener("offline", this._onOffline);
       this._window.removeEventListener("online", this._onOnline);
       this._window.document?.removeEventListener?.("visibilitychange", this._onVisible);
+      this._window.document?.removeEventListener?.("resume", this._onVisible);
     }
     this._settleReady.reject(this._core.closeReason ?? new ClientClosed("closed by the program"));
   }

@@ -10,6 +10,8 @@ answers only the health checks and 426, and the API calls live on ``api.port``.
 - ``/api/v1/...``: the calls of :class:`signald.app.serverapi.ServerApi`, JSON in, JSON out, each
   behind ``Authorization: Bearer <key>`` (a key of ``api.keys``). No key configured: the API is off
   and answers 404; a missing or wrong key: 401, and nothing happens.
+- ``/demo/...`` on the WebSocket port: the browser demo's files with ``server.demo``, else 404
+  (:mod:`signald.app.demo`).
 - Anything else on the WebSocket port: 426 with a one-line text body; on ``api.port``: 404.
 
 Each API call is logged on ``signald.audit`` (call, status, client address); the key never is.
@@ -30,6 +32,7 @@ from typing import Any, Final
 import msgspec
 import trio
 
+from signald.app.demo import is_demo_path, load_demo
 from signald.app.facade import Signald
 from signald.app.serverapi import ServerApi
 from signald.errors import SignalError
@@ -67,6 +70,7 @@ class HttpApi:
         self.config = server.hub.config
         self.calls = ServerApi(server)
         self._keys = tuple(key.encode() for key in self.config.api.keys)
+        self.demo = load_demo(websocket_port and self.config.server.demo)
         self.routes = Routes(self._upgrade_required if websocket_port else self._not_found)
         self.routes.add("GET", "/healthz", self.healthz)
         self.routes.add("GET", "/readyz", self.readyz)
@@ -116,6 +120,8 @@ class HttpApi:
     async def _upgrade_required(self, request: HttpRequest) -> HttpResponse:
         if request.path.startswith(API_PREFIX):
             return await self._not_found(request)
+        if is_demo_path(request.path):
+            return await self.demo.answer(request)
         return HttpResponse(426, UPGRADE_REQUIRED, "text/plain; charset=utf-8", close=True,
                             headers=(("upgrade", "websocket"), ("sec-websocket-version", "13")))
 

@@ -100,3 +100,55 @@ test("offline drops the connection; online reconnects at once", async () => {
     await client.close();
   }
 });
+
+test("a page that wakes (resume, visible again) proves its connection with one ping", async () => {
+  const { FakeWebSocket, sockets } = fakeServer((ws) => {
+    ws.onsent = (frame) => {
+      if (frame.type === "presence.ping") ws.deliver({ type: "presence.pong", data: { op_id: frame.id, timestamp: "t" } });
+    };
+    ws.deliver(welcome);
+  });
+  const page = new EventTarget();
+  page.document = new EventTarget();
+  page.document.visibilityState = "visible";
+  const client = connect("ws://x/", { user: "bot", WebSocket: FakeWebSocket, window: page });
+  try {
+    await client.ready;
+    page.document.dispatchEvent(new Event("resume"));
+    page.document.dispatchEvent(new Event("visibilitychange")); // one probe at a time
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    assert.deepEqual(sockets[0].sent.map((f) => f.type), ["presence.ping"]);
+    assert.equal(client.state, "open"); // answered: the connection stays
+    page.document.visibilityState = "hidden";
+    page.document.dispatchEvent(new Event("visibilitychange")); // hidden: nothing to check
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    assert.equal(sockets[0].sent.length, 1);
+    assert.equal(sockets.length, 1);
+  } finally {
+    await client.close();
+  }
+});
+
+test("a machine that slept (the wall clock ran ahead of the monotonic one) probes at the next turn", async () => {
+  const { FakeWebSocket, sockets } = fakeServer((ws) => {
+    ws.onsent = (frame) => {
+      if (frame.type === "presence.ping") ws.deliver({ type: "presence.pong", data: { op_id: frame.id, timestamp: "t" } });
+      else ws.deliver({ type: "ack", data: { op_id: frame.id, data: { user_id: "bot" } } });
+    };
+    ws.deliver(welcome);
+  });
+  const realNow = Date.now;
+  const client = connect("ws://x/", { user: "bot", WebSocket: FakeWebSocket, window: new EventTarget() });
+  try {
+    await client.ready;
+    const slept = realNow() + 3_600_000; // an hour of suspend the monotonic clock did not see
+    Date.now = () => slept;
+    await client.request("session.info");
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    assert.deepEqual(sockets[0].sent.map((f) => f.type), ["session.info", "presence.ping"]);
+    assert.equal(client.state, "open");
+  } finally {
+    Date.now = realNow;
+    await client.close();
+  }
+});
