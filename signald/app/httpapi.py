@@ -72,7 +72,7 @@ class HttpApi:
         self.routes.add("GET", "/readyz", self.readyz)
         if api_calls:
             calls = self.calls
-            self._call("POST", "publish", lambda r: _sync(calls.publish, decode_body(r.body, PublishBody)))
+            self._call("POST", "publish", lambda r: calls.publish(decode_body(r.body, PublishBody)))
             self._call("POST", "notify", lambda r: _sync(calls.notify, decode_body(r.body, NotifyBody)))
             self._call("POST", "disconnect", lambda r: _sync(calls.disconnect, decode_body(r.body, DisconnectBody)))
             self._call("POST", "kick", lambda r: _sync(calls.kick, decode_body(r.body, RoomKickData)))

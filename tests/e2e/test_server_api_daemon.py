@@ -1,0 +1,106 @@
+"""What backends and operators see of a real daemon process (``python -m signald serve``).
+
+- ``publish {store: true}``: stored in the room's history, delivered live, and given back on an
+  exact resume exactly once;
+- an oversized or malformed API body: 400 with a code;
+- a flood of plain HTTP from one address: 429 with ``Retry-After``, other addresses and callers
+  with a valid key unaffected, health checks never limited;
+- the server API on ``api.port``, plain and over TLS;
+- ``/readyz`` answers 503 while the daemon drains after SIGTERM, ``/healthz`` 200, then it closes;
+- the metrics port serves ``/metrics`` only.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+from conftest import daemon, events_of
+
+from signald.client.raw import connect
+
+KEY = "daemon-test-key-5a4b3c"
+AUTH = {"authorization": f"Bearer {KEY}"}
+API = f'[api]\nkeys = ["{KEY}"]\n'
+
+
+def http_base(ws_url: str) -> str:
+    return ws_url.replace("ws://", "http://").rstrip("/")
+
+
+@asynccontextmanager
+async def api_daemon(
+    tmp_path: Path, config_text: str = "", *args: str, limits: str = ""
+) -> AsyncIterator[tuple[trio.Process, str]]:
+    """A daemon with the API on; ``limits``: more keys of its ``[limits]`` table (TOML lines)."""
+    async with daemon(tmp_path, "daemon", *args, config_text=limits + API + config_text) as (process, url):
+        yield process, url
+
+
+# ---------------------------------------------------------------------- publish {store: true}
+
+
+async def test_publish_with_store_keeps_the_event_in_history_and_resume_gives_it_back_once(tmp_path: Path) -> None:
+    async with api_daemon(tmp_path) as (_, url), httpx.AsyncClient(base_url=http_base(url)) as http:
+        async with connect(url, user="carol") as carol:  # was here, then goes away
+            joined = await carol.request("room.join", {"room": "lobby"})
+            rev_before, seq_before = joined["rev"], 0
+        async with connect(url, user="alice") as alice, connect(url, user="bob") as bob:
+            await alice.request("room.join", {"room": "lobby"})
+            await events_of(alice)
+            body = {"room": "lobby", "type": "app.tasks_updated", "data": {"list": "groceries"}, "store": True}
+            response = await http.post("/api/v1/publish", json=body, headers=AUTH)
+            assert (response.status_code, response.json()) == (200, {"result": {"delivered": 1}})
+            seen = await events_of(alice)
+            assert [kind for kind, _ in seen] == ["chat.message", "app.tasks_updated"]
+            stored = seen[0][1]
+            assert stored["user_id"] == "$app" and stored["room"] == "lobby" and stored["rev"] > rev_before
+            assert json.loads(stored["body"]) == {"type": "app.tasks_updated", "data": {"list": "groceries"}}
+            assert seen[1][1] == {"list": "groceries"}
+            assert await events_of(bob) == []  # not in the room
+
+            plain = {"room": "lobby", "type": "app.ping", "data": 1}  # without store: nothing kept
+            assert (await http.post("/api/v1/publish", json=plain, headers=AUTH)).json()["result"]["delivered"] == 1
+            page = (await http.get("/api/v1/history", params={"room": "lobby"}, headers=AUTH)).json()["result"]
+            assert page["messages"] == [stored]
+            assert await alice.request("chat.history", {"room": "lobby"}) == page
+
+        async with connect(url, user="carol") as carol:  # comes back: the stored event, once
+            rejoined = await carol.request("room.join", {"room": "lobby", "since": seq_before, "since_rev": rev_before})
+            assert rejoined["missed"] == [stored] and rejoined["changes"] == [stored]
+            assert rejoined["rev"] == stored["rev"]
+            assert [kind for kind, _ in await events_of(carol)] == ["room.waiting"]  # nothing twice
+
+
+async def test_a_stored_event_over_max_body_chars_is_too_large_and_nothing_is_kept(tmp_path: Path) -> None:
+    async with api_daemon(tmp_path, limits="max_body_chars = 100\n") as (_, url), \
+            httpx.AsyncClient(base_url=http_base(url)) as http, connect(url, user="alice") as alice:
+        await alice.request("room.join", {"room": "lobby"})
+        await events_of(alice)
+        body = {"room": "lobby", "type": "app.big", "data": "x" * 100, "store": True}
+        response = await http.post("/api/v1/publish", json=body, headers=AUTH)
+        assert response.status_code == 400
+        assert response.json()["error"]["code"] == "TOO_LARGE"
+        assert "max_body_chars" in response.json()["error"]["message"]
+        assert await events_of(alice) == []
+        assert (await alice.request("chat.history", {"room": "lobby"}))["messages"] == []
+
+
+# ---------------------------------------------------------------------- bodies
+
+
+@pytest.mark.parametrize(("body", "code"), [
+    (b'{"room": "lobby", "type": "app.x", "data": "' + b"x" * 70_000 + b'"}', "TOO_LARGE"),  # > api.max_body_bytes
+    (b"{not json", "BAD_REQUEST"),
+    (b'{"room": "lobby", "type": "app.x", "store": "yes"}', "INVALID_PAYLOAD"),
+])
+async def test_an_oversized_or_malformed_body_is_400_with_a_code(tmp_path: Path, body: bytes, code: str) -> None:
+    async with api_daemon(tmp_path) as (_, url), httpx.AsyncClient(base_url=http_base(url)) as http:
+        response = await http.post("/api/v1/publish", content=body, headers=AUTH)
+        assert response.status_code == 400
+        assert response.json()["error"]["code"] == code
