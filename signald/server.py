@@ -161,11 +161,11 @@ async def serve_signald(
                 config.server.port, ssl_context, host=config.server.host, https_compatible=True)
         connections: _Connections = await nursery.start(_run_connections)
         try:
-            http = HttpApi(Signald(hub), api_calls=config.api.port is None, websocket_port=True)
+            http = HttpApi(Signald(hub), api_calls=config.api.port is None, websocket_port=True, per_ip=per_ip)
             handler = partial(_handle_stream, _Serving(hub, router, authenticate, per_ip, closing, http))
             await nursery.start(partial(trio.serve_listeners, handler, listeners, handler_nursery=connections.nursery))
             api_port = None if config.api.port is None else await nursery.start(
-                serve_api_port, HttpApi(Signald(hub), api_calls=True, websocket_port=False),
+                serve_api_port, HttpApi(Signald(hub), api_calls=True, websocket_port=False, per_ip=per_ip),
                 config.server.host, config.api.port, ssl_context)
             running = RunningServer(hub, config.server.host, _bound_port(listeners[0]), ssl_context is not None,
                                     api_port)

@@ -12,6 +12,13 @@ answers only the health checks and 426, and the API calls live on ``api.port``.
   and answers 404; a missing or wrong key: 401, and nothing happens.
 - Anything else on the WebSocket port: 426 with a one-line text body; on ``api.port``: 404.
 
+Per-address limit: every plain request but the health checks and the calls with a valid key takes
+a token of its client address (behind ``server.trusted_proxies``, the forwarded one) from the limiter
+the WebSocket handshakes use (``server.new_connections_per_ip_per_s``): one budget per address for
+both. Over it: 429 ``RATE_LIMITED`` with ``Retry-After``. Health checks are never limited (a load
+balancer told 429 would take the node out); a backend holding a key is trusted with the whole API
+already, and throttling it would drop its app events, so its calls are not counted.
+
 Each API call is logged on ``signald.audit`` (call, status, client address); the key never is.
 
 Error handling: an expected failure answers ``{"error": {"code", "message"}}`` with the code's
@@ -22,6 +29,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import math
 import ssl
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -46,6 +54,7 @@ from signald.protocol.serverapi import (
     result_body,
 )
 from signald.state.proxies import client_address
+from signald.state.ratelimit import ConnectionRateLimiter
 from signald.transport.handshake import peer_address
 from signald.transport.http import HttpRequest, HttpResponse, Routes, error_response, serve_http
 
@@ -53,6 +62,7 @@ audit = logging.getLogger("signald.audit")
 
 READY_TIMEOUT_S: Final = 2.0
 API_PREFIX: Final = "/api/"
+HEALTH_PATHS: Final = frozenset({"/healthz", "/readyz"})  # never rate-limited
 UPGRADE_REQUIRED: Final = (b"This is a signald WebSocket endpoint: connect with a WebSocket client "
                            b"(see docs/protocol.md); health checks are at /healthz and /readyz.\n")
 
@@ -60,12 +70,17 @@ Call = Callable[[HttpRequest], Awaitable[Any]]
 
 
 class HttpApi:
-    """The plain-HTTP side of one running daemon; ``api_calls``: serve ``/api/v1/...`` here."""
+    """The plain-HTTP side of one running daemon; ``api_calls``: serve ``/api/v1/...`` here.
 
-    def __init__(self, server: Signald, *, api_calls: bool, websocket_port: bool) -> None:
+    ``per_ip``: the per-address limiter of the WebSocket handshakes (None: no limit).
+    """
+
+    def __init__(self, server: Signald, *, api_calls: bool, websocket_port: bool,
+                 per_ip: ConnectionRateLimiter | None = None) -> None:
         self.server = server
         self.config = server.hub.config
         self.calls = ServerApi(server)
+        self.per_ip = per_ip
         self._keys = tuple(key.encode() for key in self.config.api.keys)
         self.routes = Routes(self._upgrade_required if websocket_port else self._not_found)
         self.routes.add("GET", "/healthz", self.healthz)
@@ -82,9 +97,26 @@ class HttpApi:
 
     async def serve(self, stream: trio.abc.Stream, initial: bytes, peer: str) -> None:
         """Serve the plain HTTP requests of one connection (the first one's bytes in ``initial``)."""
-        await serve_http(stream, self.routes, peer=peer, initial=initial,
+        await serve_http(stream, self.handle, peer=peer, initial=initial,
                          max_body_bytes=self.config.api.max_body_bytes,
                          idle_timeout_s=self.config.server.connect_timeout_s)
+
+    async def handle(self, request: HttpRequest) -> HttpResponse:
+        """One request: the per-address limit first (see the module docstring), then its route."""
+        if self.per_ip is not None and request.path not in HEALTH_PATHS \
+                and not (self._keys and self._authorized(request.header("authorization"))):
+            client = self._client(request)
+            now = trio.current_time()
+            if not self.per_ip.allow(client, now):
+                wait_s = max(1, math.ceil(self.per_ip.retry_after_s(client, now)))
+                log_event(audit, logging.INFO, "http request refused", cause="rate_limited_address",
+                          client=client, method=request.method, path=request.path, retry_after_s=wait_s)
+                return error_response("RATE_LIMITED", f"too many requests from this address; retry in {wait_s} s",
+                                      headers=(("retry-after", str(wait_s)),))
+        return await self.routes(request)
+
+    def _client(self, request: HttpRequest) -> str:
+        return client_address(request.peer, request.headers, self.config.server.trusted_proxies)
 
     # ------------------------------------------------------------------ health
 
@@ -142,8 +174,7 @@ class HttpApi:
                 response = HttpResponse(200, result_body(await run(request)))
             except SignalError as exc:
                 response = error_response(exc.code, exc.message)
-        log_event(audit, logging.INFO, "api call", call=name, status=response.status,
-                  client=client_address(request.peer, request.headers, self.config.server.trusted_proxies))
+        log_event(audit, logging.INFO, "api call", call=name, status=response.status, client=self._client(request))
         return response
 
     def _authorized(self, header: str | None) -> bool:

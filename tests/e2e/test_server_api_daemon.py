@@ -22,7 +22,7 @@ import pytest
 import trio
 from conftest import daemon, events_of
 
-from signald.client.raw import connect
+from signald.client.raw import Refused, connect
 
 KEY = "daemon-test-key-5a4b3c"
 AUTH = {"authorization": f"Bearer {KEY}"}
@@ -104,3 +104,27 @@ async def test_an_oversized_or_malformed_body_is_400_with_a_code(tmp_path: Path,
         response = await http.post("/api/v1/publish", content=body, headers=AUTH)
         assert response.status_code == 400
         assert response.json()["error"]["code"] == code
+
+
+# ---------------------------------------------------------------------- per-address limit
+
+LIMITED = '[server]\nnew_connections_per_ip_per_s = 2.0\ntrusted_proxies = ["127.0.0.1"]\n'
+
+
+async def test_a_flood_of_plain_http_from_one_address_is_429_and_nobody_else_notices(tmp_path: Path) -> None:
+    async with api_daemon(tmp_path, LIMITED) as (_, url), httpx.AsyncClient(base_url=http_base(url)) as http:
+        flooder, other = {"x-forwarded-for": "203.0.113.5"}, {"x-forwarded-for": "203.0.113.6"}
+        wrong_key = {**flooder, "authorization": "Bearer guessing"}
+        statuses = [(await http.get("/api/v1/stats", headers=wrong_key)).status_code for _ in range(6)]
+        assert statuses[:2] == [401, 401] and set(statuses[2:]) == {429}  # burst 2: guessing keys is slow
+        limited = await http.get("/", headers=flooder)  # not an API call: limited all the same
+        assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
+        assert limited.json()["error"]["code"] == "RATE_LIMITED"
+        assert (await http.get("/", headers=other)).status_code == 426  # another address: its own budget
+        assert (await http.get("/api/v1/stats", headers={**flooder, **AUTH})).status_code == 200  # a key: not limited
+        health = [(await http.get(path, headers=flooder)).status_code for path in ["/healthz", "/readyz"] * 3]
+        assert health == [200] * 6  # never limited
+        with pytest.raises(Refused) as refused:  # one budget per address: its WebSocket handshakes too
+            async with connect(url, user="alice", extra_headers=[(b"x-forwarded-for", b"203.0.113.5")]):
+                pass
+        assert (refused.value.code, refused.value.close_code) == ("RATE_LIMITED", 4429)
