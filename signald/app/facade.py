@@ -188,6 +188,14 @@ class Signald:
         """Remove ``user_id`` from ``room`` as ``room.kick`` does (``by`` is ``"$system"``); returns devices kicked."""
         return len(kick_from_room(self.hub, room, user_id, by=SERVER_KICKER, reason=reason))
 
+    def drain(self) -> None:
+        """Announce a shutdown: from now on ``GET /readyz`` answers 503 ``shutting down``.
+
+        Everything else goes on as before (connections, new ones too, and the API) until the
+        daemon is cancelled; ``signald serve`` calls this on SIGTERM, ``server.drain_s`` before.
+        """
+        self.hub.draining = True
+
     # ------------------------------------------------------------------ look
 
     def rooms(self) -> tuple[str, ...]:

@@ -6,7 +6,8 @@ answers only the health checks and 426, and the API calls live on ``api.port``.
 
 - ``GET /healthz``: 200 ``{"status": "ok"}`` while the process serves.
 - ``GET /readyz``: 200 when the history store answers a read within :data:`READY_TIMEOUT_S`, else 503
-  ``{"status": "unavailable", "reason": ...}``.
+  ``{"status": "unavailable", "reason": ...}``; 503 ``shutting down`` once the daemon drains
+  (:meth:`Signald.drain`).
 - ``/api/v1/...``: the calls of :class:`signald.app.serverapi.ServerApi`, JSON in, JSON out, each
   behind ``Authorization: Bearer <key>`` (a key of ``api.keys``). No key configured: the API is off
   and answers 404; a missing or wrong key: 401, and nothing happens.
@@ -130,7 +131,9 @@ class HttpApi:
         return HttpResponse(503, _health_body(Health("unavailable", reason)))
 
     async def not_ready(self) -> str | None:
-        """Why the daemon is not ready, or None: the history store must answer a read in time."""
+        """Why the daemon is not ready, or None: not draining, and the history store answers a read in time."""
+        if self.server.hub.draining:
+            return "shutting down"
         history = self.server.hub.history
         if history is None:
             return "the history store is not open"

@@ -82,6 +82,7 @@ class Hub:
         self.sessions: dict[str, Session] = {}
         self.sessions_by_user: dict[str, dict[str, Session]] = {}
         self.handshaking: dict[str, int] = {}  # per user: accepted handshakes not yet connected
+        self.draining = False  # shutting down soon: /readyz answers 503 (Signald.drain)
         self.counters = Counters()
         self.started_at = 0.0
         self.history: HistoryService | None = None

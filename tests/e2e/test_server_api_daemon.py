@@ -13,9 +13,11 @@
 from __future__ import annotations
 
 import json
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -128,3 +130,49 @@ async def test_a_flood_of_plain_http_from_one_address_is_429_and_nobody_else_not
             async with connect(url, user="alice", extra_headers=[(b"x-forwarded-for", b"203.0.113.5")]):
                 pass
         assert (refused.value.code, refused.value.close_code) == ("RATE_LIMITED", 4429)
+
+
+# ---------------------------------------------------------------------- draining on SIGTERM
+
+
+async def ready_status(http: httpx.AsyncClient) -> tuple[int, dict[str, Any]]:
+    response = await http.get("/readyz")
+    return response.status_code, response.json()
+
+
+async def first_not_ready(http: httpx.AsyncClient) -> tuple[int, dict[str, Any]]:
+    """Poll ``/readyz`` until it is not 200; its answer then."""
+    while True:
+        status = await ready_status(http)
+        if status[0] != 200:
+            return status
+        await trio.sleep(0.01)
+
+
+async def test_sigterm_drains_readyz_503_healthz_200_then_closes(tmp_path: Path) -> None:
+    async with api_daemon(tmp_path, "[server]\ndrain_s = 3.0\n") as (process, url), \
+            httpx.AsyncClient(base_url=http_base(url)) as http, connect(url, user="alice") as alice:
+        assert await ready_status(http) == (200, {"status": "ok"})
+        process.send_signal(signal.SIGTERM)
+        with trio.fail_after(2):  # the signal is handled at once; the drain lasts 3 s
+            status = await first_not_ready(http)
+        assert status == (503, {"status": "unavailable", "reason": "shutting down"})
+        assert (await http.get("/healthz")).status_code == 200
+        assert (await alice.request_raw("presence.ping"))["type"] == "presence.pong"  # still served
+        async with connect(url, user="bob") as bob:  # a client the balancer sent meanwhile is served
+            assert bob.user_id == "bob"
+        with trio.fail_after(10):  # then, with no other signal, the daemon closes and exits
+            await alice.closed.wait()
+            assert await process.wait() == 0
+        assert alice.ws.closed is not None and alice.ws.closed.code == 1001
+
+
+async def test_a_second_signal_ends_the_drain_at_once(tmp_path: Path) -> None:
+    async with api_daemon(tmp_path, "[server]\ndrain_s = 600.0\n") as (process, url), \
+            httpx.AsyncClient(base_url=http_base(url)) as http:
+        process.send_signal(signal.SIGTERM)
+        with trio.fail_after(5):
+            await first_not_ready(http)
+        process.send_signal(signal.SIGINT)
+        with trio.fail_after(10):
+            assert await process.wait() == 0
