@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -176,3 +177,24 @@ async def test_a_second_signal_ends_the_drain_at_once(tmp_path: Path) -> None:
         process.send_signal(signal.SIGINT)
         with trio.fail_after(10):
             assert await process.wait() == 0
+
+
+# ---------------------------------------------------------------------- the metrics port
+
+
+async def test_the_metrics_port_serves_metrics_at_slash_metrics_only(tmp_path: Path) -> None:
+    async with daemon(tmp_path, "metrics", "--metrics-port", "0") as (_, url):
+        found = re.search(r"metrics_port=(\d+)", (tmp_path / "metrics.log").read_text())
+        assert found is not None
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{found.group(1)}") as http, \
+                connect(url, user="alice"):
+            text = await http.get("/metrics")
+            assert text.status_code == 200 and text.headers["content-type"].startswith("text/plain; version=")
+            assert "\nsignald_connections 1.0\n" in text.text
+            openmetrics = await http.get("/metrics", headers={"accept": "application/openmetrics-text"})
+            assert openmetrics.headers["content-type"].startswith("application/openmetrics-text")
+            assert openmetrics.text.endswith("# EOF\n")  # prometheus-client's own exposition, as asked
+            for path in ["/", "/healthz", "/metricsx", "/favicon.ico", "/metrics/"]:
+                response = await http.get(path)
+                assert response.status_code == 404, path
+                assert "signald_connections" not in response.text
