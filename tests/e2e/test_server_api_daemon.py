@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Any
 import httpx
 import pytest
 import trio
+import trustme
 from conftest import daemon, events_of
 
 from signald.client.raw import Refused, connect
@@ -38,10 +40,10 @@ def http_base(ws_url: str) -> str:
 
 @asynccontextmanager
 async def api_daemon(
-    tmp_path: Path, config_text: str = "", *args: str, limits: str = ""
+    tmp_path: Path, config_text: str = "", *args: str, limits: str = "", api: str = ""
 ) -> AsyncIterator[tuple[trio.Process, str]]:
-    """A daemon with the API on; ``limits``: more keys of its ``[limits]`` table (TOML lines)."""
-    async with daemon(tmp_path, "daemon", *args, config_text=limits + API + config_text) as (process, url):
+    """A daemon with the API on; ``limits``, ``api``: more keys of those tables (TOML lines)."""
+    async with daemon(tmp_path, "daemon", *args, config_text=limits + API + api + config_text) as (process, url):
         yield process, url
 
 
@@ -198,3 +200,44 @@ async def test_the_metrics_port_serves_metrics_at_slash_metrics_only(tmp_path: P
                 response = await http.get(path)
                 assert response.status_code == 404, path
                 assert "signald_connections" not in response.text
+
+
+# ---------------------------------------------------------------------- api.port, plain and TLS
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
+async def test_the_api_on_its_own_port_plain_and_over_tls(tmp_path: Path, tls: bool) -> None:
+    trusting: ssl.SSLContext | bool = False
+    server = "[server]\n"
+    if tls:
+        ca = trustme.CA()
+        cert = ca.issue_cert("127.0.0.1")
+        cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+        cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+        trusting = ssl.create_default_context()
+        ca.configure_trust(trusting)
+        server += f'certfile = "{tmp_path / "cert.pem"}"\nkeyfile = "{tmp_path / "key.pem"}"\n'
+    async with api_daemon(tmp_path, server, api="port = 0\n") as (_, url):
+        scheme = "https" if tls else "http"
+        assert url.startswith("wss://" if tls else "ws://")
+        found = re.search(r"api_port=(\d+)", (tmp_path / "daemon.log").read_text())
+        assert found is not None and f":{found.group(1)}/" not in url
+        ssl_context = trusting if isinstance(trusting, ssl.SSLContext) else None
+        async with httpx.AsyncClient(base_url=f"{scheme}://127.0.0.1:{found.group(1)}", verify=trusting) as api, \
+                httpx.AsyncClient(base_url=url.replace("ws", "http", 1).rstrip("/"), verify=trusting) as ws_port, \
+                connect(url, user="alice", ssl_context=ssl_context) as alice:
+            await alice.request("room.join", {"room": "lobby"})
+            await events_of(alice)
+            published = await api.post("/api/v1/publish", json={"room": "lobby", "type": "app.x", "data": 7},
+                                       headers=AUTH)
+            assert published.json() == {"result": {"delivered": 1}}
+            assert await events_of(alice) == [("app.x", 7)]
+            assert (await api.get("/api/v1/stats")).status_code == 401
+            assert (await api.get("/readyz")).status_code == 200
+            assert (await api.get("/")).status_code == 404  # not the WebSocket port
+            moved = await ws_port.get("/api/v1/stats", headers=AUTH)
+            assert moved.status_code == 404 and "api.port" in moved.json()["error"]["message"]
+            if tls:  # nothing in clear text on the TLS port
+                async with httpx.AsyncClient() as clear:
+                    with pytest.raises(httpx.HTTPError):
+                        await clear.get(f"http://127.0.0.1:{found.group(1)}/readyz", timeout=5)
