@@ -124,6 +124,8 @@ def leave_rooms_the_token_forbids(hub: Hub, session: Session) -> list[Send]:
         hub.publish(hub.rooms.leave(conn, room))
         kicked.append(Send(frozenset((conn,)), RoomKickedEvent(
             data=KickedData(room=room, by=SERVER_KICKER, reason=TOKEN_REASON))))
+        log_event(audit, logging.INFO, "kicked", room=room, user=session.user_id, by=SERVER_KICKER,
+                  reason=TOKEN_REASON, sessions=1)
     return kicked
 
 

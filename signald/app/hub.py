@@ -187,6 +187,10 @@ class Hub:
         conn = session.session_id
         self.apply_call_outcome(self.calls.device_gone(conn, trio.current_time()))
         self.publish(self.presence.disconnect(conn, trio.current_time(), self.wall_clock()))
+        if log.isEnabledFor(logging.DEBUG):  # as room.leave logs it, one line per room
+            for room in sorted(self.rooms.rooms_of(conn)):
+                log_event(log, logging.DEBUG, "room left", room=room, user=session.user_id, session=conn,
+                          why="disconnected")
         self.publish(self.rooms.disconnect(conn))
         self.remove_session(session)
         code = session.close_code

@@ -16,12 +16,14 @@ import json
 import re
 import signal
 import ssl
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt
 import pytest
 import trio
 import trustme
@@ -241,3 +243,65 @@ async def test_the_api_on_its_own_port_plain_and_over_tls(tmp_path: Path, tls: b
                 async with httpx.AsyncClient() as clear:
                     with pytest.raises(httpx.HTTPError):
                         await clear.get(f"http://127.0.0.1:{found.group(1)}/readyz", timeout=5)
+
+
+# ---------------------------------------------------------------------- logs an operator can use
+
+SECRET = "log-test-jwt-secret-0123456789abcdef"
+ISO_MS_OFFSET = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d"
+
+
+def jwt_for(user: str, ttl_s: int = 600, **claims: Any) -> str:
+    return jwt.encode({"sub": user, "exp": int(time.time()) + ttl_s, **claims}, SECRET, algorithm="HS256")
+
+
+async def test_the_json_log_of_a_session_has_every_event_with_its_fields_and_no_secret(tmp_path: Path) -> None:
+    auth = f'[auth]\nmode = "jwt"\njwt_secret = "{SECRET}"\n'
+    alice_token, bob_token, expired = jwt_for("alice", rooms=["*"]), jwt_for("bob"), jwt_for("eve", ttl_s=-3600)
+    narrower = jwt_for("alice", rooms=["lobby", "side"])
+    async with api_daemon(tmp_path, auth, "--log-format", "json", "--log-level", "debug") as (process, url), \
+            httpx.AsyncClient(base_url=http_base(url)) as http:
+        async with connect(url, token=alice_token) as alice, connect(url, token=bob_token) as bob:
+            for c in (alice, bob):
+                await c.request("room.join", {"room": "lobby"})
+            await alice.request("room.join", {"room": "side"})
+            await alice.request("room.leave", {"room": "side"})
+            await alice.request("room.join", {"room": "other"})
+            await alice.request("auth.refresh", {"refresh_token": narrower})  # no more "other"
+            with pytest.raises(Refused):
+                async with connect(url, token=expired):
+                    pass
+            kick = {"room": "lobby", "user_id": "bob", "reason": "spam"}
+            assert (await http.post("/api/v1/kick", json=kick, headers=AUTH)).status_code == 200
+            assert (await http.post("/api/v1/disconnect", json={"user_id": "alice", "reason": "bye"},
+                                    headers=AUTH)).status_code == 200
+            with trio.fail_after(5):
+                await alice.closed.wait()
+        process.send_signal(signal.SIGTERM)
+        with trio.fail_after(10):
+            await process.wait()
+    text = (tmp_path / "daemon.log").read_text()
+    entries = [json.loads(line) for line in text.splitlines()]  # every line is one JSON object
+    assert all(re.fullmatch(ISO_MS_OFFSET, e["time"]) for e in entries)
+
+    def one(message: str, **fields: Any) -> dict[str, Any]:
+        found = [e for e in entries if e["message"] == message and fields.items() <= e.items()]
+        assert len(found) == 1, (message, fields, [e for e in entries if e["message"] == message])
+        return found[0]
+
+    assert one(f"signald ready on {url}", url=url, level="info")
+    opened = one("connection opened", user="alice", level="info", logger="signald.audit")
+    assert opened["peer"] == "127.0.0.1" and opened["session"].startswith("s-")
+    session = opened["session"]
+    one("room joined", room="side", user="alice", session=session, level="debug")
+    one("room left", room="side", user="alice", session=session, level="debug")
+    one("room left", room="lobby", user="alice", session=session, level="debug", why="disconnected")
+    one("connection refused", cause="unauthorized", close_code=4401, peer="127.0.0.1", reason="token expired")
+    one("kicked", room="lobby", user="bob", by="$system", reason="spam", sessions=1, level="info")
+    one("kicked", room="other", user="alice", by="$system", reason="token", sessions=1, level="info")
+    one("sessions revoked", user="alice", reason="bye", sessions=1, level="info")
+    closed = one("connection closed", user="alice", session=session, close_code=4003, closed_by="server")
+    assert closed["duration_s"] >= 0 and closed["peer"] == "127.0.0.1"
+    one("connection closed", user="bob", closed_by="client", level="info")
+    for secret in (alice_token, bob_token, expired, narrower, SECRET, KEY):
+        assert secret not in text and secret.split(".")[-1] not in text
