@@ -41,7 +41,7 @@ import trio
 
 from signald.app.facade import Signald
 from signald.app.serverapi import ServerApi
-from signald.errors import SignalError
+from signald.errors import SignalError, StartupError
 from signald.logfmt import log_event
 from signald.protocol import ChatHistoryData, RoomKickData
 from signald.protocol.serverapi import (
@@ -212,10 +212,13 @@ async def serve_api_port(
     Resource handling: each connection's stream is closed when its requests are done; cancelling
     this closes the listeners and every connection.
 
-    Error handling: a bind error raises before ``task_status.started``; a failing connection is
-    logged and never reaches the listener.
+    Error handling: a bind error raises :class:`StartupError` naming ``api.port`` before
+    ``task_status.started``; a failing connection is logged and never reaches the listener.
     """
-    listeners: list[trio.abc.Listener[Any]] = list(await trio.open_tcp_listeners(port, host=host))
+    try:
+        listeners: list[trio.abc.Listener[Any]] = list(await trio.open_tcp_listeners(port, host=host))
+    except OSError as exc:
+        raise StartupError(f"api.port {host}:{port}: {exc.strerror or exc}") from None
     if ssl_context is not None:
         listeners = [trio.SSLListener(listener, ssl_context, https_compatible=True) for listener in listeners]
     first = listeners[0]
