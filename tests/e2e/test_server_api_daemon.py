@@ -101,16 +101,15 @@ async def test_a_stored_event_over_max_body_chars_is_too_large_and_nothing_is_ke
 # ---------------------------------------------------------------------- bodies
 
 
-@pytest.mark.parametrize(("body", "code"), [
-    (b'{"room": "lobby", "type": "app.x", "data": "' + b"x" * 70_000 + b'"}', "TOO_LARGE"),  # > api.max_body_bytes
-    (b"{not json", "BAD_REQUEST"),
-    (b'{"room": "lobby", "type": "app.x", "store": "yes"}', "INVALID_PAYLOAD"),
-])
-async def test_an_oversized_or_malformed_body_is_400_with_a_code(tmp_path: Path, body: bytes, code: str) -> None:
+async def test_an_oversized_or_malformed_body_is_400_with_a_code(tmp_path: Path) -> None:
     async with api_daemon(tmp_path) as (_, url), httpx.AsyncClient(base_url=http_base(url)) as http:
-        response = await http.post("/api/v1/publish", content=body, headers=AUTH)
-        assert response.status_code == 400
-        assert response.json()["error"]["code"] == code
+        for body, code in [
+            (b'{"room": "lobby", "type": "app.x", "data": "' + b"x" * 70_000 + b'"}', "TOO_LARGE"),  # > 64 KiB
+            (b"{not json", "BAD_REQUEST"),
+            (b'{"room": "lobby", "type": "app.x", "store": "yes"}', "INVALID_PAYLOAD"),
+        ]:
+            response = await http.post("/api/v1/publish", content=body, headers=AUTH)
+            assert (response.status_code, response.json()["error"]["code"]) == (400, code)
 
 
 # ---------------------------------------------------------------------- per-address limit
