@@ -55,7 +55,7 @@ from signald.protocol.serverapi import (
     result_body,
 )
 from signald.state.proxies import client_address
-from signald.state.ratelimit import ConnectionRateLimiter
+from signald.state.ratelimit import ConnectionRateLimiter, TokenBucket
 from signald.transport.handshake import peer_address
 from signald.transport.http import HttpRequest, HttpResponse, Routes, error_response, serve_http
 
@@ -64,6 +64,10 @@ audit = logging.getLogger("signald.audit")
 READY_TIMEOUT_S: Final = 2.0
 API_PREFIX: Final = "/api/"
 HEALTH_PATHS: Final = frozenset({"/healthz", "/readyz"})  # never rate-limited
+# Lines about requests the per-address limit refused: a flood must not flood the log too; the next
+# line logged says how many were left out.
+REFUSAL_LINES_PER_S: Final = 5.0
+REFUSAL_LINES_BURST: Final = 20
 UPGRADE_REQUIRED: Final = (b"This is a signald WebSocket endpoint: connect with a WebSocket client "
                            b"(see docs/protocol.md); health checks are at /healthz and /readyz.\n")
 
@@ -83,6 +87,8 @@ class HttpApi:
         self.calls = ServerApi(server)
         self.per_ip = per_ip
         self._keys = tuple(key.encode() for key in self.config.api.keys)
+        self._refusal_lines = TokenBucket(REFUSAL_LINES_PER_S, REFUSAL_LINES_BURST)
+        self._refusals_not_logged = 0
         self.routes = Routes(self._upgrade_required if websocket_port else self._not_found)
         self.routes.add("GET", "/healthz", self.healthz)
         self.routes.add("GET", "/readyz", self.readyz)
@@ -110,8 +116,13 @@ class HttpApi:
             now = trio.current_time()
             if not self.per_ip.allow(client, now):
                 wait_s = max(1, math.ceil(self.per_ip.retry_after_s(client, now)))
-                log_event(audit, logging.INFO, "http request refused", cause="rate_limited_address",
-                          client=client, method=request.method, path=request.path, retry_after_s=wait_s)
+                if self._refusal_lines.allow(now):
+                    log_event(audit, logging.INFO, "http request refused", cause="rate_limited_address",
+                              client=client, method=request.method, path=request.path, retry_after_s=wait_s,
+                              not_logged_before=self._refusals_not_logged)
+                    self._refusals_not_logged = 0
+                else:
+                    self._refusals_not_logged += 1
                 return error_response("RATE_LIMITED", f"too many requests from this address; retry in {wait_s} s",
                                       headers=(("retry-after", str(wait_s)),))
         return await self.routes(request)
