@@ -9,7 +9,7 @@ any time while the daemon runs.
   :meth:`Signald.publish_and_store` also keeps the event in the room's history.
 - **Act**: :meth:`Signald.revoke_user` ends a user's sessions (4003); :meth:`Signald.kick` removes
   a user from a room exactly as a moderator's ``room.kick`` does (:func:`kick_from_room` is what
-  both run).
+  both run); :meth:`Signald.drain` makes ``/readyz`` answer 503 before a shutdown.
 - **Look**: :meth:`Signald.rooms`, :meth:`Signald.members`, :meth:`Signald.presence`,
   :meth:`Signald.sessions_of` return immutable snapshots (tuples of frozen attrs classes): a later
   change in the daemon never alters a view already taken, and a view cannot change the daemon.
