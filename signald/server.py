@@ -338,6 +338,7 @@ async def _serve_client(serving: _Serving, stream: trio.abc.Stream) -> None:
         if session.close_code is None and closing.is_set():
             session.close_code, session.close_reason = CLOSE_GOING_AWAY, "server shutting down"
             wait_s = min(wait_s, SHUTDOWN_CLOSE_WAIT_S)
+        session.peer_close_code = ws.peer_close_code
         hub.disconnect(session)
         with trio.CancelScope(shield=True), trio.move_on_after(wait_s):
             await ws.close(session.close_code or 1000, session.close_reason)

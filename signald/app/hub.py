@@ -194,8 +194,10 @@ class Hub:
         self.publish(self.rooms.disconnect(conn))
         self.remove_session(session)
         code = session.close_code
+        # The client's own code when it closed first; 1006 (RFC 6455: no close frame) when it vanished.
+        logged_code = code if code is not None else session.peer_close_code or 1006
         log_event(audit, logging.INFO, "connection closed", user=session.user_id, session=conn, peer=session.remote,
-                  duration_s=round(self.wall_clock() - epoch_of(session.connected_at), 3), close_code=code,
+                  duration_s=round(self.wall_clock() - epoch_of(session.connected_at), 3), close_code=logged_code,
                   closed_by="client" if code is None else "server", reason=session.close_reason)
         for hook in self.disconnect_hooks:
             hook(session)

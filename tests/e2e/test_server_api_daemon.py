@@ -261,6 +261,14 @@ SECRET = "log-test-jwt-secret-0123456789abcdef"
 ISO_MS_OFFSET = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d"
 
 
+async def line_in(log: Path, text: str) -> None:
+    """Wait until ``text`` is in the log file."""
+    while True:
+        if text in await trio.Path(log).read_text():
+            return
+        await trio.sleep(0.01)
+
+
 def jwt_for(user: str, ttl_s: int = 600, **claims: Any) -> str:
     return jwt.encode({"sub": user, "exp": int(time.time()) + ttl_s, **claims}, SECRET, algorithm="HS256")
 
@@ -287,6 +295,15 @@ async def test_the_json_log_of_a_session_has_every_event_with_its_fields_and_no_
                                     headers=AUTH)).status_code == 200
             with trio.fail_after(5):
                 await alice.closed.wait()
+        port = int(url.rsplit(":", 1)[1].strip("/"))  # carol's device vanishes: no close frame at all
+        carol = await trio.open_tcp_stream("127.0.0.1", port)
+        await carol.send_all(
+            f"GET /?token={jwt_for('carol')} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+        assert b" 101 " in await carol.receive_some(4096)
+        await carol.aclose()
+        with trio.fail_after(5):
+            await line_in(tmp_path / "daemon.log", '"message": "connection closed", "user": "carol"')
         process.send_signal(signal.SIGTERM)
         with trio.fail_after(10):
             await process.wait()
@@ -312,6 +329,7 @@ async def test_the_json_log_of_a_session_has_every_event_with_its_fields_and_no_
     one("sessions revoked", user="alice", reason="bye", sessions=1, level="info")
     closed = one("connection closed", user="alice", session=session, close_code=4003, closed_by="server")
     assert closed["duration_s"] >= 0 and closed["peer"] == "127.0.0.1"
-    one("connection closed", user="bob", closed_by="client", level="info")
+    one("connection closed", user="bob", closed_by="client", close_code=1000, level="info")
+    one("connection closed", user="carol", closed_by="client", close_code=1006, level="info")
     for secret in (alice_token, bob_token, expired, narrower, SECRET, KEY):
         assert secret not in text and secret.split(".")[-1] not in text
