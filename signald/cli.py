@@ -27,7 +27,7 @@ from signald.auth import is_loopback
 from signald.config import Config, ConfigError, load_config
 from signald.errors import StartupError
 from signald.history.contract import SchemaError, StorageError
-from signald.logfmt import JsonFormatter, announce, setup_logging
+from signald.logfmt import JsonFormatter, announce, log_event, setup_logging
 from signald.server import RunningServer, build_authenticator, build_ssl_context, serve_signald
 
 log = logging.getLogger("signald")
@@ -114,7 +114,13 @@ def check_exposure(config: Config) -> str | None:
 
 
 async def run_daemon(config: Config) -> int:
-    """Serve until SIGINT or SIGTERM, then shut down cleanly."""
+    """Serve until SIGINT or SIGTERM, then shut down cleanly.
+
+    SIGTERM (what systemd, Docker and Kubernetes send) with ``server.drain_s`` > 0 first drains:
+    ``/readyz`` answers 503 while everything else goes on for that long, so that a load balancer
+    stops sending new clients before the connections close; a second signal ends the drain at once.
+    SIGINT (Ctrl-C) stops at once.
+    """
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             running: RunningServer = await nursery.start(partial(serve_signald, config))
@@ -122,6 +128,15 @@ async def run_daemon(config: Config) -> int:
             announce(log, f"signald ready on {running.url}", url=running.url,
                      **{name: port for name, port in ports.items() if port is not None})
             async for signum in signals:
+                drain_s = config.server.drain_s
+                if signum == signal.SIGTERM and drain_s > 0:
+                    running.drain()
+                    log_event(log, logging.INFO, "received SIGTERM, draining: /readyz answers 503",
+                              drain_s=drain_s)
+                    with trio.move_on_after(drain_s):
+                        async for again in signals:  # a second signal ends the drain at once
+                            signum = again
+                            break
                 log.info("received %s, shutting down", signal.Signals(signum).name)
                 nursery.cancel_scope.cancel()
                 break

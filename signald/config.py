@@ -73,6 +73,9 @@ class ServerConfig:
     max_transport_bytes: int = field(default=1 << 20, validator=_positive)
     connect_timeout_s: float = field(default=10.0, validator=_positive)
     shutdown_timeout_s: float = field(default=3.0, validator=_positive)
+    # On SIGTERM, keep serving this long with /readyz answering 503, so that a load balancer stops
+    # sending new clients before the connections close (0: close at once).
+    drain_s: float = field(default=0.0, validator=_non_negative)
     new_connections_per_ip_per_s: float = field(default=50.0, validator=_non_negative)
     metrics_port: int | None = None
     # How a refused handshake is answered (signald.state.refusals): "close" completes it, sends one

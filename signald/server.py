@@ -161,11 +161,11 @@ async def serve_signald(
                 config.server.port, ssl_context, host=config.server.host, https_compatible=True)
         connections: _Connections = await nursery.start(_run_connections)
         try:
-            http = HttpApi(Signald(hub), api_calls=config.api.port is None, websocket_port=True)
+            http = HttpApi(Signald(hub), api_calls=config.api.port is None, websocket_port=True, per_ip=per_ip)
             handler = partial(_handle_stream, _Serving(hub, router, authenticate, per_ip, closing, http))
             await nursery.start(partial(trio.serve_listeners, handler, listeners, handler_nursery=connections.nursery))
             api_port = None if config.api.port is None else await nursery.start(
-                serve_api_port, HttpApi(Signald(hub), api_calls=True, websocket_port=False),
+                serve_api_port, HttpApi(Signald(hub), api_calls=True, websocket_port=False, per_ip=per_ip),
                 config.server.host, config.api.port, ssl_context)
             running = RunningServer(hub, config.server.host, _bound_port(listeners[0]), ssl_context is not None,
                                     api_port)
@@ -338,6 +338,7 @@ async def _serve_client(serving: _Serving, stream: trio.abc.Stream) -> None:
         if session.close_code is None and closing.is_set():
             session.close_code, session.close_reason = CLOSE_GOING_AWAY, "server shutting down"
             wait_s = min(wait_s, SHUTDOWN_CLOSE_WAIT_S)
+        session.peer_close_code = ws.peer_close_code
         hub.disconnect(session)
         with trio.CancelScope(shield=True), trio.move_on_after(wait_s):
             await ws.close(session.close_code or 1000, session.close_reason)

@@ -115,7 +115,7 @@ def client_wire(*parts: str | bytes) -> bytes:
     return wire
 
 
-READY = re.compile(r"signald ready on (ws://\S+)")
+READY = re.compile(r"signald ready on (wss?://[^\s\"]+)")  # text or JSON log format
 
 
 @asynccontextmanager

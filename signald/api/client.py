@@ -43,8 +43,9 @@ class _Call:
     pick: Callable[[Any], Any] = lambda result: result
 
 
-def _publish(room: str, type: str, data: Any) -> _Call:
-    return _Call("POST", "publish", {"room": room, "type": type, "data": data}, pick=lambda r: r["delivered"])
+def _publish(room: str, type: str, data: Any, store: bool) -> _Call:
+    body = {"room": room, "type": type, "data": data, **({"store": True} if store else {})}
+    return _Call("POST", "publish", body, pick=lambda r: r["delivered"])
 
 
 def _notify(user_id: str, type: str, data: Any) -> _Call:
@@ -99,9 +100,11 @@ class Client:
     def _run(self, call: _Call) -> Any:
         return _result(call, self._http.request(call.method, call.name, json=call.json, params=call.params))
 
-    def publish(self, room: str, type: str, data: Any = None) -> int:
-        """Send an ``app.*`` event to the room's connections; returns how many got it."""
-        return int(self._run(_publish(room, type, data)))
+    def publish(self, room: str, type: str, data: Any = None, *, store: bool = False) -> int:
+        """Send an ``app.*`` event to the room's connections; returns how many got it.
+
+        ``store``: keep it in the room's history first (docs/server-api.md)."""
+        return int(self._run(_publish(room, type, data, store)))
 
     def notify(self, user_id: str, type: str, data: Any = None) -> int:
         """Send an ``app.*`` event to every device of ``user_id``; returns how many got it."""
@@ -148,8 +151,8 @@ class AsyncClient:
     async def _run(self, call: _Call) -> Any:
         return _result(call, await self._http.request(call.method, call.name, json=call.json, params=call.params))
 
-    async def publish(self, room: str, type: str, data: Any = None) -> int:
-        return int(await self._run(_publish(room, type, data)))
+    async def publish(self, room: str, type: str, data: Any = None, *, store: bool = False) -> int:
+        return int(await self._run(_publish(room, type, data, store)))
 
     async def notify(self, user_id: str, type: str, data: Any = None) -> int:
         return int(await self._run(_notify(user_id, type, data)))

@@ -5,10 +5,11 @@
 as ``ctx.server``. Everything here runs on the Trio thread, never blocks, and is safe to call at
 any time while the daemon runs.
 
-- **Push**: :meth:`Signald.publish_to_room`, :meth:`Signald.publish_to_user` send ``app.*`` events.
+- **Push**: :meth:`Signald.publish_to_room`, :meth:`Signald.publish_to_user` send ``app.*`` events;
+  :meth:`Signald.publish_and_store` also keeps the event in the room's history.
 - **Act**: :meth:`Signald.revoke_user` ends a user's sessions (4003); :meth:`Signald.kick` removes
   a user from a room exactly as a moderator's ``room.kick`` does (:func:`kick_from_room` is what
-  both run).
+  both run); :meth:`Signald.drain` makes ``/readyz`` answer 503 before a shutdown.
 - **Look**: :meth:`Signald.rooms`, :meth:`Signald.members`, :meth:`Signald.presence`,
   :meth:`Signald.sessions_of` return immutable snapshots (tuples of frozen attrs classes): a later
   change in the daemon never alters a view already taken, and a view cannot change the daemon.
@@ -27,18 +28,21 @@ from collections.abc import Callable
 from typing import Any, Final
 
 import attrs
+import msgspec
 import trio
 
 from signald.app.hub import Hub
 from signald.app.session import Session
+from signald.errors import SignalError
 from signald.logfmt import log_event
-from signald.protocol import KickedData, RoomKickedEvent, StatsResult
+from signald.protocol import ChatMessage, ChatMessageEvent, KickedData, RoomKickedEvent, StatsResult, encode_app_event
 from signald.state.send import Send
 
 log = logging.getLogger("signald.facade")
 audit = logging.getLogger("signald.audit")
 
 SERVER_KICKER: Final = "$system"  # the ``by`` of a kick the embedding program made (``$`` ids are reserved)
+APP_EVENT_AUTHOR: Final = "$app"  # the ``user_id`` of an app event kept in a room's history
 
 
 @attrs.frozen
@@ -120,6 +124,8 @@ def leave_rooms_the_token_forbids(hub: Hub, session: Session) -> list[Send]:
         hub.publish(hub.rooms.leave(conn, room))
         kicked.append(Send(frozenset((conn,)), RoomKickedEvent(
             data=KickedData(room=room, by=SERVER_KICKER, reason=TOKEN_REASON))))
+        log_event(audit, logging.INFO, "kicked", room=room, user=session.user_id, by=SERVER_KICKER,
+                  reason=TOKEN_REASON, sessions=1)
     return kicked
 
 
@@ -138,6 +144,38 @@ class Signald:
         """Send an ``app.*`` event to every connection in ``room``; returns how many got it."""
         return self.hub.publish_to_room(room, event_type, data)
 
+    async def publish_and_store(self, room: str, event_type: str, data: Any) -> int:
+        """:meth:`publish_to_room`, after keeping the event in ``room``'s history; returns how many got it.
+
+        The event is stored as a chat message of ``"$app"`` whose ``body`` is the event as JSON text
+        (``{"type": ..., "data": ...}``), with the room's next ``seq`` and ``rev``: clients that were
+        away get it back from ``room.join {since, since_rev}`` and ``chat.history`` like any message.
+        Once it is committed the room's connections get that ``chat.message`` (exact resume: its
+        ``rev`` moves theirs on) and right after it the ``app.*`` event itself, as without storing.
+        Returns after the commit: the event is durable then.
+
+        Error handling: ``ValueError`` for a type that is not ``app.<name>``; ``TOO_LARGE`` when the
+        JSON text is longer than ``limits.max_body_chars``; a store failure raises as the store's.
+        """
+        encode_app_event(event_type, data)  # the type check of publish_to_room, before anything is stored
+        body = msgspec.json.encode({"type": event_type, "data": data}).decode()  # never a raw U+0000
+        limit = self.hub.config.limits.max_body_chars
+        if len(body) > limit:
+            raise SignalError("TOO_LARGE", f"the stored event is {len(body)} characters of JSON, "
+                                           f"over max_body_chars ({limit})")
+        history = self.hub.history
+        if history is None:  # pragma: no cover - a running server always has its store
+            raise SignalError("INTERNAL", "no history store")
+        delivered = 0
+
+        def on_commit(message: ChatMessage) -> None:  # in commit order, on the Trio thread
+            nonlocal delivered
+            history.announce(room, ChatMessageEvent(data=message))
+            delivered = self.hub.publish_to_room(room, event_type, data)
+
+        await history.store.send(room=room, user_id=APP_EVENT_AUTHOR, body=body, on_commit=on_commit)
+        return delivered
+
     def publish_to_user(self, user_id: str, event_type: str, data: Any) -> int:
         """Send an ``app.*`` event to every connected device of ``user_id``; returns how many got it."""
         return self.hub.publish_to_user(user_id, event_type, data)
@@ -151,6 +189,14 @@ class Signald:
     def kick(self, room: str, user_id: str, reason: str | None = None) -> int:
         """Remove ``user_id`` from ``room`` as ``room.kick`` does (``by`` is ``"$system"``); returns devices kicked."""
         return len(kick_from_room(self.hub, room, user_id, by=SERVER_KICKER, reason=reason))
+
+    def drain(self) -> None:
+        """Announce a shutdown: from now on ``GET /readyz`` answers 503 ``shutting down``.
+
+        Everything else goes on as before (connections, new ones too, and the API) until the
+        daemon is cancelled; ``signald serve`` calls this on SIGTERM, ``server.drain_s`` before.
+        """
+        self.hub.draining = True
 
     # ------------------------------------------------------------------ look
 

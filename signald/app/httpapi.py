@@ -6,13 +6,21 @@ answers only the health checks and 426, and the API calls live on ``api.port``.
 
 - ``GET /healthz``: 200 ``{"status": "ok"}`` while the process serves.
 - ``GET /readyz``: 200 when the history store answers a read within :data:`READY_TIMEOUT_S`, else 503
-  ``{"status": "unavailable", "reason": ...}``.
+  ``{"status": "unavailable", "reason": ...}``; 503 ``shutting down`` once the daemon drains
+  (:meth:`Signald.drain`).
 - ``/api/v1/...``: the calls of :class:`signald.app.serverapi.ServerApi`, JSON in, JSON out, each
   behind ``Authorization: Bearer <key>`` (a key of ``api.keys``). No key configured: the API is off
   and answers 404; a missing or wrong key: 401, and nothing happens.
 - ``/demo/...`` on the WebSocket port: the browser demo's files with ``server.demo``, else 404
   (:mod:`signald.app.demo`).
 - Anything else on the WebSocket port: 426 with a one-line text body; on ``api.port``: 404.
+
+Per-address limit: every plain request but the health checks and the calls with a valid key takes
+a token of its client address (behind ``server.trusted_proxies``, the forwarded one) from the limiter
+the WebSocket handshakes use (``server.new_connections_per_ip_per_s``): one budget per address for
+both. Over it: 429 ``RATE_LIMITED`` with ``Retry-After``. Health checks are never limited (a load
+balancer told 429 would take the node out); a backend holding a key is trusted with the whole API
+already, and throttling it would drop its app events, so its calls are not counted.
 
 Each API call is logged on ``signald.audit`` (call, status, client address); the key never is.
 
@@ -24,6 +32,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import math
 import ssl
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -35,7 +44,7 @@ import trio
 from signald.app.demo import is_demo_path, load_demo
 from signald.app.facade import Signald
 from signald.app.serverapi import ServerApi
-from signald.errors import SignalError
+from signald.errors import SignalError, StartupError
 from signald.logfmt import log_event
 from signald.protocol import ChatHistoryData, RoomKickData
 from signald.protocol.serverapi import (
@@ -49,6 +58,7 @@ from signald.protocol.serverapi import (
     result_body,
 )
 from signald.state.proxies import client_address
+from signald.state.ratelimit import ConnectionRateLimiter, TokenBucket
 from signald.transport.handshake import peer_address
 from signald.transport.http import HttpRequest, HttpResponse, Routes, error_response, serve_http
 
@@ -56,6 +66,11 @@ audit = logging.getLogger("signald.audit")
 
 READY_TIMEOUT_S: Final = 2.0
 API_PREFIX: Final = "/api/"
+HEALTH_PATHS: Final = frozenset({"/healthz", "/readyz"})  # never rate-limited
+# Lines about requests the per-address limit refused: a flood must not flood the log too; the next
+# line logged says how many were left out.
+REFUSAL_LINES_PER_S: Final = 5.0
+REFUSAL_LINES_BURST: Final = 20
 UPGRADE_REQUIRED: Final = (b"This is a signald WebSocket endpoint: connect with a WebSocket client "
                            b"(see docs/protocol.md); health checks are at /healthz and /readyz.\n")
 
@@ -63,20 +78,27 @@ Call = Callable[[HttpRequest], Awaitable[Any]]
 
 
 class HttpApi:
-    """The plain-HTTP side of one running daemon; ``api_calls``: serve ``/api/v1/...`` here."""
+    """The plain-HTTP side of one running daemon; ``api_calls``: serve ``/api/v1/...`` here.
 
-    def __init__(self, server: Signald, *, api_calls: bool, websocket_port: bool) -> None:
+    ``per_ip``: the per-address limiter of the WebSocket handshakes (None: no limit).
+    """
+
+    def __init__(self, server: Signald, *, api_calls: bool, websocket_port: bool,
+                 per_ip: ConnectionRateLimiter | None = None) -> None:
         self.server = server
         self.config = server.hub.config
         self.calls = ServerApi(server)
+        self.per_ip = per_ip
         self._keys = tuple(key.encode() for key in self.config.api.keys)
         self.demo = load_demo(websocket_port and self.config.server.demo)
+        self._refusal_lines = TokenBucket(REFUSAL_LINES_PER_S, REFUSAL_LINES_BURST)
+        self._refusals_not_logged = 0
         self.routes = Routes(self._upgrade_required if websocket_port else self._not_found)
         self.routes.add("GET", "/healthz", self.healthz)
         self.routes.add("GET", "/readyz", self.readyz)
         if api_calls:
             calls = self.calls
-            self._call("POST", "publish", lambda r: _sync(calls.publish, decode_body(r.body, PublishBody)))
+            self._call("POST", "publish", lambda r: calls.publish(decode_body(r.body, PublishBody)))
             self._call("POST", "notify", lambda r: _sync(calls.notify, decode_body(r.body, NotifyBody)))
             self._call("POST", "disconnect", lambda r: _sync(calls.disconnect, decode_body(r.body, DisconnectBody)))
             self._call("POST", "kick", lambda r: _sync(calls.kick, decode_body(r.body, RoomKickData)))
@@ -86,9 +108,31 @@ class HttpApi:
 
     async def serve(self, stream: trio.abc.Stream, initial: bytes, peer: str) -> None:
         """Serve the plain HTTP requests of one connection (the first one's bytes in ``initial``)."""
-        await serve_http(stream, self.routes, peer=peer, initial=initial,
+        await serve_http(stream, self.handle, peer=peer, initial=initial,
                          max_body_bytes=self.config.api.max_body_bytes,
                          idle_timeout_s=self.config.server.connect_timeout_s)
+
+    async def handle(self, request: HttpRequest) -> HttpResponse:
+        """One request: the per-address limit first (see the module docstring), then its route."""
+        if self.per_ip is not None and request.path not in HEALTH_PATHS \
+                and not (self._keys and self._authorized(request.header("authorization"))):
+            client = self._client(request)
+            now = trio.current_time()
+            if not self.per_ip.allow(client, now):
+                wait_s = max(1, math.ceil(self.per_ip.retry_after_s(client, now)))
+                if self._refusal_lines.allow(now):
+                    log_event(audit, logging.INFO, "http request refused", cause="rate_limited_address",
+                              client=client, method=request.method, path=request.path, retry_after_s=wait_s,
+                              not_logged_before=self._refusals_not_logged)
+                    self._refusals_not_logged = 0
+                else:
+                    self._refusals_not_logged += 1
+                return error_response("RATE_LIMITED", f"too many requests from this address; retry in {wait_s} s",
+                                      headers=(("retry-after", str(wait_s)),))
+        return await self.routes(request)
+
+    def _client(self, request: HttpRequest) -> str:
+        return client_address(request.peer, request.headers, self.config.server.trusted_proxies)
 
     # ------------------------------------------------------------------ health
 
@@ -102,7 +146,9 @@ class HttpApi:
         return HttpResponse(503, _health_body(Health("unavailable", reason)))
 
     async def not_ready(self) -> str | None:
-        """Why the daemon is not ready, or None: the history store must answer a read in time."""
+        """Why the daemon is not ready, or None: not draining, and the history store answers a read in time."""
+        if self.server.hub.draining:
+            return "shutting down"
         history = self.server.hub.history
         if history is None:
             return "the history store is not open"
@@ -148,8 +194,7 @@ class HttpApi:
                 response = HttpResponse(200, result_body(await run(request)))
             except SignalError as exc:
                 response = error_response(exc.code, exc.message)
-        log_event(audit, logging.INFO, "api call", call=name, status=response.status,
-                  client=client_address(request.peer, request.headers, self.config.server.trusted_proxies))
+        log_event(audit, logging.INFO, "api call", call=name, status=response.status, client=self._client(request))
         return response
 
     def _authorized(self, header: str | None) -> bool:
@@ -184,10 +229,13 @@ async def serve_api_port(
     Resource handling: each connection's stream is closed when its requests are done; cancelling
     this closes the listeners and every connection.
 
-    Error handling: a bind error raises before ``task_status.started``; a failing connection is
-    logged and never reaches the listener.
+    Error handling: a bind error raises :class:`StartupError` naming ``api.port`` before
+    ``task_status.started``; a failing connection is logged and never reaches the listener.
     """
-    listeners: list[trio.abc.Listener[Any]] = list(await trio.open_tcp_listeners(port, host=host))
+    try:
+        listeners: list[trio.abc.Listener[Any]] = list(await trio.open_tcp_listeners(port, host=host))
+    except OSError as exc:
+        raise StartupError(f"api.port {host}:{port}: {exc.strerror or exc}") from None
     if ssl_context is not None:
         listeners = [trio.SSLListener(listener, ssl_context, https_compatible=True) for listener in listeners]
     first = listeners[0]

@@ -82,6 +82,7 @@ class Hub:
         self.sessions: dict[str, Session] = {}
         self.sessions_by_user: dict[str, dict[str, Session]] = {}
         self.handshaking: dict[str, int] = {}  # per user: accepted handshakes not yet connected
+        self.draining = False  # shutting down soon: /readyz answers 503 (Signald.drain)
         self.counters = Counters()
         self.started_at = 0.0
         self.history: HistoryService | None = None
@@ -186,11 +187,17 @@ class Hub:
         conn = session.session_id
         self.apply_call_outcome(self.calls.device_gone(conn, trio.current_time()))
         self.publish(self.presence.disconnect(conn, trio.current_time(), self.wall_clock()))
+        if log.isEnabledFor(logging.DEBUG):  # as room.leave logs it, one line per room
+            for room in sorted(self.rooms.rooms_of(conn)):
+                log_event(log, logging.DEBUG, "room left", room=room, user=session.user_id, session=conn,
+                          why="disconnected")
         self.publish(self.rooms.disconnect(conn))
         self.remove_session(session)
         code = session.close_code
+        # The client's own code when it closed first; 1006 (RFC 6455: no close frame) when it vanished.
+        logged_code = code if code is not None else session.peer_close_code or 1006
         log_event(audit, logging.INFO, "connection closed", user=session.user_id, session=conn, peer=session.remote,
-                  duration_s=round(self.wall_clock() - epoch_of(session.connected_at), 3), close_code=code,
+                  duration_s=round(self.wall_clock() - epoch_of(session.connected_at), 3), close_code=logged_code,
                   closed_by="client" if code is None else "server", reason=session.close_reason)
         for hook in self.disconnect_hooks:
             hook(session)

@@ -11,23 +11,32 @@ This module knows nothing of the hub: whoever serves the metrics passes the func
 the snapshot. Each :class:`Metrics` has its own registry, so several daemons can live in one
 process (tests, embedders).
 
-Resource handling: :meth:`Metrics.serve` starts prometheus-client's HTTP server on a daemon
-thread; :meth:`Metrics.close` shuts it down (idempotent).
+Serving: prometheus-client's own exposition (``make_wsgi_app``: text or OpenMetrics as the scraper
+asks, gzip) at ``/metrics`` only, on a threaded WSGI server as its ``start_http_server`` runs it;
+every other path answers 404 (prometheus-client alone answers any path with the metrics).
+
+Resource handling: :meth:`Metrics.serve` starts the HTTP server on a daemon thread;
+:meth:`Metrics.close` shuts it down (idempotent).
 """
 
 from __future__ import annotations
 
+import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Final
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import attrs
 import trio
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram, make_wsgi_app
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 
 SNAPSHOT_WAIT_S: Final = 2.0  # how long a scrape waits for the Trio thread before serving the last numbers
+METRICS_PATH: Final = "/metrics"
+NOT_FOUND: Final = b"Not found: the metrics are at /metrics\n"
 
 
 @attrs.frozen
@@ -138,7 +147,9 @@ class Metrics:
         Call it from the Trio thread: ``gauges`` is called there, once per scrape.
         """
         self._gauges.take, self._gauges.token = gauges, trio.lowlevel.current_trio_token()
-        self._server, self._thread = start_http_server(port, addr=host, registry=self.registry)
+        self._server = _metrics_server(host, port, make_wsgi_app(self.registry))
+        self._thread = threading.Thread(target=self._server.serve_forever, name="signald-metrics", daemon=True)
+        self._thread.start()
         return int(self._server.server_port)
 
     def close(self) -> None:
@@ -148,3 +159,26 @@ class Metrics:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+
+class _Quiet(WSGIRequestHandler):
+    """No access log on stderr (a scrape every few seconds would drown the daemon's own lines)."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def _metrics_server(host: str, port: int, metrics_app: Any) -> ThreadingWSGIServer:
+    """A threaded WSGI server on ``host:port`` (IPv4 or IPv6) serving ``metrics_app`` at /metrics only."""
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") == METRICS_PATH:
+            return metrics_app(environ, start_response)  # type: ignore[no-any-return]
+        start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8"),
+                                         ("Content-Length", str(len(NOT_FOUND)))])
+        return [NOT_FOUND]
+
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+    server_class = type("MetricsServer", (ThreadingWSGIServer,), {"address_family": family})
+    server: ThreadingWSGIServer = make_server(host, port, app, server_class, handler_class=_Quiet)
+    return server

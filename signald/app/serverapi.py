@@ -1,6 +1,7 @@
 """The server API's calls (docs/server-api.md), each on the embedding API that does the same thing.
 
-One implementation, two doors: ``publish`` is :meth:`Signald.publish_to_room`, ``notify``
+One implementation, two doors: ``publish`` is :meth:`Signald.publish_to_room` (with ``store``:
+:meth:`Signald.publish_and_store`), ``notify``
 :meth:`Signald.publish_to_user`, ``disconnect`` :meth:`Signald.revoke_user`, ``kick``
 :func:`~signald.app.facade.kick_from_room` (what ``room.kick`` runs), ``presence`` the members
 list of a ``room.join`` ack, ``history`` :meth:`HistoryService.page` (what ``chat.history`` runs),
@@ -41,12 +42,10 @@ class ServerApi:
 
     server: Signald
 
-    def publish(self, body: PublishBody) -> Delivered:
+    async def publish(self, body: PublishBody) -> Delivered:
         check_app_type(body.type)
         if body.store:
-            # The history keeps chat messages only; an app event stored there would reach clients
-            # as a chat.message on resume. Refused rather than silently not stored.
-            raise SignalError("INVALID_PAYLOAD", "`$.store`: app events are not stored by this daemon; omit it")
+            return Delivered(await self.server.publish_and_store(body.room, body.type, body.data))
         return Delivered(self.server.publish_to_room(body.room, body.type, body.data))
 
     def notify(self, body: NotifyBody) -> Delivered:

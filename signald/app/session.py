@@ -45,8 +45,9 @@ class Session:
     flood: FloodGuard
     cork: Cork | None = None
     outbox: Outbox = attrs.field(init=False)
-    close_code: int | None = None
+    close_code: int | None = None  # set when the server closes (or decided to)
     close_reason: str = ""
+    peer_close_code: int | None = None  # the client's close frame, when it closed first (for the logs)
     detached: bool = False
     on_close: Callable[[], None] | None = None
     cancel_scope: trio.CancelScope | None = None

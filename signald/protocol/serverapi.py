@@ -18,12 +18,13 @@ from signald.errors import ErrorCode, SignalError
 from signald.protocol.common import Reason, RoomName, UserId
 from signald.protocol.types import APP_EVENT_PREFIX
 
-# Every error code, with the HTTP status an API call that fails with it answers.
+# Every error code, with the HTTP status an API call that fails with it answers. A body that is
+# too large is a bad request like a malformed one (400); the code tells them apart.
 STATUS_OF: Final[dict[str, int]] = {
     "BAD_REQUEST": 400,
     "UNKNOWN_TYPE": 400,
     "INVALID_PAYLOAD": 400,
-    "TOO_LARGE": 413,
+    "TOO_LARGE": 400,
     "UNAUTHORIZED": 401,
     "FORBIDDEN": 403,
     "NOT_FOUND": 404,

@@ -6,7 +6,7 @@ response; a client that keeps the connection alive may send more requests on it.
 is the handler that picks a function by path and method. Parsing is h11's, never ours.
 
 Resource handling: a request body is read only up to ``max_body_bytes`` (a larger one is answered
-413 and the connection closed, unread); a connection idle for ``idle_timeout_s`` between requests,
+400 ``TOO_LARGE`` and the connection closed, unread); a connection idle for ``idle_timeout_s`` between requests,
 or slower than that to send one, is closed. The caller closes the stream.
 
 Error handling: bytes that are not HTTP get 400 and the connection is closed; a handler that

@@ -344,7 +344,7 @@ class ServerWebSocket:
             unsent = self.outbox.take_unsent()
             conn = self._conn
             if conn.state is ConnectionState.REMOTE_CLOSING:
-                await self.stream.send_all(unsent + conn.send(CloseConnection(code=self._peer_close_code())))
+                await self.stream.send_all(unsent + conn.send(CloseConnection(code=self.peer_close_code or 1000)))
                 return  # RFC 6455 7.1.1: the server closes TCP right after the closing handshake
             if conn.state is not ConnectionState.OPEN:
                 return
@@ -361,13 +361,12 @@ class ServerWebSocket:
         finally:
             await trio.aclose_forcefully(self.stream)
 
-    def _peer_close_code(self) -> int:
-        """The code to echo: the peer's close may still wait in ``_events`` if the reader was cancelled."""
+    @property
+    def peer_close_code(self) -> int | None:
+        """The code of the peer's close frame (to echo, and for the logs), None if it sent none; the
+        close may still wait in ``_events`` if the reader was cancelled."""
         closes = [self._peer_close] + [e for e in self._events if isinstance(e, CloseConnection)]
-        for event in closes:
-            if event is not None:
-                return event.response().code
-        return 1000
+        return next((event.response().code for event in closes if event is not None), None)
 
     async def _discard(self) -> None:
         """Say we are done (TCP FIN after our close frame), then read and drop what the peer still

@@ -149,12 +149,12 @@ async def test_the_api_is_off_without_keys(server: RunningServer) -> None:
     ("publish", b'{"type": "app.x", "data": 1}', 400, "INVALID_PAYLOAD", "room"),
     ("publish", b'{"room": "lobby", "type": "chat.message", "data": 1}', 400, "INVALID_PAYLOAD", "$.type"),
     ("publish", b'{"room": "lob by", "type": "app.x"}', 400, "INVALID_PAYLOAD", "$.room"),
-    ("publish", b'{"room": "lobby", "type": "app.x", "store": true}', 400, "INVALID_PAYLOAD", "$.store"),
+    ("publish", b'{"room": "lobby", "type": "app.x", "store": 1}', 400, "INVALID_PAYLOAD", "$.store"),
     ("publish", b'{"room": "lobby", "type": "app.x", "extra": 1}', 400, "INVALID_PAYLOAD", "extra"),
     ("notify", b'{"user_id": 5, "type": "app.x"}', 400, "INVALID_PAYLOAD", "$.user_id"),
     ("disconnect", b'{"user_id": "alice"}', 400, "INVALID_PAYLOAD", "reason"),
     ("kick", b'[]', 400, "INVALID_PAYLOAD", ""),
-    ("publish", b'{"room": "lobby", "type": "app.x", "data": "' + b"x" * 70_000 + b'"}', 413, "TOO_LARGE", ""),
+    ("publish", b'{"room": "lobby", "type": "app.x", "data": "' + b"x" * 70_000 + b'"}', 400, "TOO_LARGE", ""),
 ])
 async def test_malformed_or_oversized_bodies_are_refused_with_a_code(
     http: httpx.AsyncClient, call: str, body: bytes, status: int, code: str, names: str
@@ -217,6 +217,8 @@ async def test_the_python_clients_sync_and_async(api_server: RunningServer) -> N
             assert await client.publish("lobby", "app.a", {"x": 1}) == 1
             assert [m["user_id"] for m in await client.presence("lobby")] == ["alice"]
             assert (await client.history("lobby"))["messages"] == []
+            assert await client.publish("lobby", "app.kept", None, store=True) == 1
+            assert [m["user_id"] for m in (await client.history("lobby"))["messages"]] == ["$app"]
             with pytest.raises(ApiError) as refused:
                 await client.kick("lobby", "nobody")
             assert (refused.value.status, refused.value.code) == (404, "NOT_IN_ROOM")
@@ -227,7 +229,7 @@ async def test_the_python_clients_sync_and_async(api_server: RunningServer) -> N
 
         delivered, stats = await trio.to_thread.run_sync(blocking)
         assert delivered == 1 and stats["connections"] == 1
-        assert [e[0] for e in await events_of(alice)][-2:] == ["app.a", "app.b"]
+        assert [e[0] for e in await events_of(alice)][-4:] == ["app.a", "chat.message", "app.kept", "app.b"]
         with pytest.raises(ApiError) as wrong:
             await AsyncClient(url, "wrong").stats()
         assert wrong.value.status == 401

@@ -83,7 +83,7 @@ async def test_the_curl_examples_run_against_a_daemon_and_answer_as_documented(t
     closed = [e for e in entries if e["message"] == "connection closed"]
     assert closed and closed[0]["close_code"] == 4003 and closed[0]["duration_s"] >= 0
     calls = [e["call"] for e in entries if e["message"] == "api call"]
-    assert calls == ["publish", "notify", "presence", "history", "stats", "kick", "disconnect"]
+    assert calls == ["publish", "publish", "notify", "presence", "history", "stats", "kick", "disconnect"]
     assert any(e["message"] == "kicked" and e["by"] == "$system" for e in entries)
     assert KEY not in log
 

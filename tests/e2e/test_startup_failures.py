@@ -40,6 +40,7 @@ def cases(tmp_path: Path, taken: int) -> list[tuple[list[str], int, str]]:
     (tmp_path / "garbage.db").write_bytes(os.urandom(4096))
     (tmp_path / "bad.pem").write_text("not a certificate\n")
     (tmp_path / "jwt.toml").write_text('[auth]\nmode = "jwt"\n')  # and neither a secret nor a key
+    (tmp_path / "api.toml").write_text(f'[api]\nkeys = ["k"]\nport = {taken}\n')
     missing = tmp_path / "no" / "such" / "dir" / "h.db"
     cannot = "signald: cannot start:"
     return [
@@ -51,6 +52,8 @@ def cases(tmp_path: Path, taken: int) -> list[tuple[list[str], int, str]]:
          f"{cannot} server.host/server.port 127.0.0.1:{taken}: Address already in use"),
         (["--port", "0", "--metrics-port", str(taken), "--db", ":memory:"], 1,
          f"{cannot} server.metrics_port 127.0.0.1:{taken}: Address already in use"),
+        (["--port", "0", "--db", ":memory:", "--config", "api.toml"], 1,
+         f"{cannot} api.port 127.0.0.1:{taken}: Address already in use"),
         (["--port", "0", "--db", ":memory:", "--certfile", "nope.pem", "--keyfile", "nope.key"], 2,
          "signald: configuration error: server.certfile/server.keyfile (nope.pem, nope.key): "
          "No such file or directory"),
