@@ -62,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port to bind; 0 picks a free one (default 8765)")
     serve.add_argument("--db", help="SQLite history database (default ./signald.db)")
     serve.add_argument("--history-url", help="history store: sqlite:///PATH or postgresql://user:password@host:port/db")
+    serve.add_argument("--broker-url", help="several nodes: the shared Redis, redis://host:port/db (needs a "
+                       "PostgreSQL --history-url)")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--log-format", choices=["text", "json"])
     serve.add_argument("--insecure", action="store_true", default=None,
@@ -97,7 +99,9 @@ def config_from_args(args: argparse.Namespace, warn: Callable[[str], None] | Non
     }
     log_section = {k: v for k, v in {"level": args.log_level, "format": args.log_format}.items() if v}
     history = {"url": args.history_url} if args.history_url is not None else {}
-    return load_config(args.config, overrides={"server": server, "log": log_section, "history": history}, warn=warn)
+    cluster = {"broker_url": args.broker_url} if args.broker_url is not None else {}
+    return load_config(args.config, overrides={"server": server, "log": log_section, "history": history,
+                                               "cluster": cluster}, warn=warn)
 
 
 def check_exposure(config: Config) -> str | None:
