@@ -1,0 +1,173 @@
+"""Several nodes: real daemon processes sharing one private Redis and one PostgreSQL database,
+with clients spread over them (docs/cluster.md).
+
+Each test starts its nodes (``python -m signald serve --broker-url ... --history-url ...``) on
+its own Redis database and its own PostgreSQL database; cross-node events are awaited with a
+deadline, never a fixed sleep.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from conftest import daemon
+
+from signald.cli import main
+from signald.client.raw import Refused, SignaldClient, connect
+
+pytestmark = pytest.mark.timeout(90)
+
+Event = tuple[str, dict[str, Any]]
+
+
+@asynccontextmanager
+async def nodes(tmp_path: Path, redis_url: str, history_url: str, count: int, *, ttl: float = 10.0,
+                limits: str = "") -> AsyncIterator[list[tuple[trio.Process, str]]]:
+    """``count`` daemons on one broker and one store; ``limits``: more ``[limits]`` lines."""
+    async with AsyncExitStack() as stack:
+        started = []
+        for i in range(count):
+            where = tmp_path / f"node{i}"
+            where.mkdir()
+            config = f'{limits}\n[cluster]\nnode_id = "node-{i}"\nnode_ttl_s = {ttl}\n'
+            started.append(await stack.enter_async_context(daemon(
+                where, "node", "--broker-url", redis_url, "--history-url", history_url, config_text=config)))
+        yield started
+
+
+async def wait_for(client: SignaldClient, seen: list[Event], done: Callable[[list[Event]], bool],
+                   within: float = 10.0) -> list[Event]:
+    """Read ``client``'s events into ``seen`` until ``done(seen)``; fail after ``within`` s."""
+    with trio.fail_after(within):
+        while not done(seen):
+            event = await client.next_event()
+            seen.append((event["type"], event["data"]))
+    return seen
+
+
+def of(kind: str, events: list[Event]) -> list[dict[str, Any]]:
+    return [data for t, data in events if t == kind]
+
+
+async def test_chat_from_every_node_reaches_every_connection_once_in_seq_order(
+    tmp_path: Path, redis_url: str, postgres_url: str
+) -> None:
+    per_sender = 25
+    async with nodes(tmp_path, redis_url, postgres_url, 3) as started, AsyncExitStack() as stack:
+        urls = [url for _, url in started]
+        places = [("alice", 0), ("bob", 1), ("carol", 2), ("bob", 0)]  # bob has a second device on node 0
+        clients = [await stack.enter_async_context(connect(urls[node], user=user)) for user, node in places]
+        for client in clients:
+            await client.request("room.join", {"room": "lobby"})
+        senders = clients[:3]
+
+        async def send_all(client: SignaldClient, name: str) -> None:
+            for i in range(per_sender):  # pipelined: every frame goes out before any ack is read
+                await client.send({"type": "chat.send", "id": i, "data": {"scope": "lobby", "body": f"{name} {i}"}})
+
+        async with trio.open_nursery() as nursery:
+            for client, (user, _) in zip(senders, places, strict=False):
+                nursery.start_soon(send_all, client, user)
+        total = 3 * per_sender
+        received: list[list[Event]] = [[] for _ in clients]
+        acks: list[list[dict[str, Any]]] = [[] for _ in clients]
+
+        def complete(index: int) -> Callable[[list[Event]], bool]:
+            expected = total - (per_sender if index < 3 else 0)  # a sender gets acks for its own, not events
+            mine = per_sender if index < 3 else 0
+            return lambda seen: len(of("chat.message", seen)) >= expected and len(of("ack", seen)) >= mine
+
+        async with trio.open_nursery() as nursery:
+            for index, client in enumerate(clients):
+                nursery.start_soon(wait_for, client, received[index], complete(index))
+        stored = {}
+        for index, events in enumerate(received):
+            acks[index] = [data["data"] for data in of("ack", events)]
+            for message in acks[index]:
+                stored[message["seq"]] = message
+        assert sorted(stored) == list(range(1, total + 1))  # every send stored once, one seq order
+        for index, (client, events) in enumerate(zip(clients, received, strict=True)):
+            pong = await client.request_raw("presence.ping")  # anything else already on its way arrives first
+            assert pong["type"] == "presence.pong"
+            events += [(e["type"], e["data"]) for e in client.pending_events()]
+            got = of("chat.message", events)
+            own = {m["seq"] for m in acks[index]}
+            assert [m["seq"] for m in got] == sorted(set(stored) - own), f"client {index}: seqs out of order or twice"
+            assert all(m == stored[m["seq"]] for m in got)
+
+
+async def test_membership_and_presence_span_the_nodes(tmp_path: Path, redis_url: str, postgres_url: str) -> None:
+    async with nodes(tmp_path, redis_url, postgres_url, 3, limits="max_connections_per_user = 2") as started:
+        urls = [url for _, url in started]
+        alice_seen: list[Event] = []
+        async with connect(urls[0], user="alice") as alice:
+            await alice.request("room.join", {"room": "lobby"})
+            async with connect(urls[1], user="bob") as bob:
+                ack = await bob.request("room.join", {"room": "lobby"})
+                assert [(m["user_id"], m["status"]) for m in ack["members"]] == [("alice", "online"), ("bob", "online")]
+                assert ack["active"] is True
+                await wait_for(alice, alice_seen, lambda s: ("room.active", {"room": "lobby"}) in s)
+                assert of("member.joined", alice_seen) == [{"room": "lobby", "user_id": "bob"}]
+
+                async with connect(urls[2], user="bob") as bob2:  # bob's second device, on a third node
+                    ack = await bob2.request("room.join", {"room": "lobby"})
+                    assert [len(m["devices"]) for m in ack["members"]] == [1, 2]
+                    await wait_for(alice, alice_seen, lambda s: bool(of("device.online", s)))
+                    # a third connection of bob, on any node, is over max_connections_per_user = 2
+                    with pytest.raises(Refused) as refused:
+                        async with connect(urls[0], user="bob"):
+                            pass
+                    assert refused.value.close_code == 4429
+
+                    await bob.request("presence.set", {"status": "away"})
+                    update = {"user_id": "bob", "status": "away"}
+                    await wait_for(alice, alice_seen, lambda s: ("presence.update", update) in s)
+                    bob2_seen = await wait_for(bob2, [], lambda s: ("presence.update", update) in s)
+                    assert not of("member.joined", bob2_seen)
+                await wait_for(alice, alice_seen, lambda s: bool(of("device.offline", s)))
+                assert not of("member.left", alice_seen)  # bob still has a device in the room
+            left, offline = ("member.left", {"room": "lobby", "user_id": "bob"}), ("presence.update", {
+                "user_id": "bob", "status": "offline"})
+            await wait_for(alice, alice_seen, lambda s: left in s and offline in s)
+            assert of("member.joined", alice_seen) == [{"room": "lobby", "user_id": "bob"}]  # once, not per device
+
+
+async def test_a_killed_node_takes_only_its_connections_and_loses_no_acked_message(
+    tmp_path: Path, redis_url: str, postgres_url: str
+) -> None:
+    ttl = 1.0
+    async with nodes(tmp_path, redis_url, postgres_url, 3, ttl=ttl) as started, AsyncExitStack() as stack:
+        (_, url0), (doomed, url1), (_, url2) = started
+        alice = await stack.enter_async_context(connect(url0, user="alice"))
+        carol = await stack.enter_async_context(connect(url2, user="carol"))
+        for client in (alice, carol):
+            await client.request("room.join", {"room": "lobby"})
+        async with connect(url1, user="bob") as bob:
+            await bob.request("room.join", {"room": "lobby"})
+            acked = [await bob.request("chat.send", {"scope": "lobby", "body": f"before {i}"}) for i in range(10)]
+            doomed.send_signal(signal.SIGKILL)
+            await doomed.wait()
+        offline = ("presence.update", {"user_id": "bob", "status": "offline"})
+        left = ("member.left", {"room": "lobby", "user_id": "bob"})
+        for client in (alice, carol):  # within node_ttl_s plus a heartbeat (and a loaded machine's slack)
+            seen = await wait_for(client, [], lambda s: offline in s and left in s, within=ttl * 6)
+            assert [m["seq"] for m in of("chat.message", seen)] == [m["seq"] for m in acked]
+        async with connect(url2, user="bob") as bob:  # bob comes back through another node
+            ack = await bob.request("room.join", {"room": "lobby", "since_rev": 0})
+            assert [m["id"] for m in ack["changes"]] == [m["id"] for m in acked]
+            assert [m["user_id"] for m in ack["members"]] == ["alice", "bob", "carol"]
+            await wait_for(alice, [], lambda s: ("member.joined", {"room": "lobby", "user_id": "bob"}) in s)
+
+
+def test_several_nodes_on_sqlite_is_refused_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    status = main(["serve", "--port", "0", "--db", str(tmp_path / "x.db"), "--broker-url", "redis://127.0.0.1:1/0"])
+    err = capsys.readouterr().err
+    assert status == 1
+    assert err.count("\n") == 1 and "cluster.broker_url" in err and "PostgreSQL" in err, err
+    assert not (tmp_path / "x.db").exists()  # refused before anything was opened
