@@ -27,7 +27,7 @@ import pytest
 _databases = itertools.count(1)  # 0 is left alone; Redis has 16 by default
 
 
-def _redis_server() -> str:
+def redis_binary() -> str:
     found = shutil.which("redis-server") or ("/usr/bin/redis-server" if os.path.exists("/usr/bin/redis-server")
                                              else None)
     if found is None:
@@ -39,7 +39,7 @@ def _redis_server() -> str:
     return found
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -103,7 +103,7 @@ def redis_server() -> Iterator[RedisServer]:
     directory = Path(tempfile.mkdtemp(prefix="signald-redis-"))
     try:
         import coredis  # noqa: F401
-        server = RedisServer(_redis_server(), directory, _free_port())
+        server = RedisServer(redis_binary(), directory, free_port())
         server.start()
     except Exception as exc:
         shutil.rmtree(directory, ignore_errors=True)

@@ -37,8 +37,9 @@ def apply_op(hub: Hub, op: Op) -> None:
     now = trio.current_time()
     presence, rooms = hub.presence, hub.rooms
     if isinstance(op, Connect):
-        hub.publish(presence.connect(op.conn, op.user, now))
-        hub.poke_timers()
+        if op.conn not in presence.devices_of(op.user):  # announced again after a broker outage: known
+            hub.publish(presence.connect(op.conn, op.user, now))
+            hub.poke_timers()
     elif isinstance(op, Disconnect):
         hub.publish(presence.disconnect(op.conn, now, hub.wall_clock()))
         hub.publish(rooms.disconnect(op.conn))

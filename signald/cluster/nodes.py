@@ -31,6 +31,8 @@ class NodeTable:
         self.hub, self.names, self.node_id, self.ttl = hub, names, node_id, ttl
         self._apply = apply  # apply another node's op here (the replica keeps ``remote`` up to date)
         self.remote: dict[str, str] = {}  # every other node's connected device -> its node
+        self._alive: dict[str, float] = {}  # node -> when it was last known to beat (wall clock)
+        self._beaten: float | None = None  # when this node last wrote its own heartbeat
         self.client: Any = None  # the coredis client, once connected
 
     async def beat(self) -> None:
@@ -38,10 +40,19 @@ class NodeTable:
         now = time.time()
         client, names = self.client, self.names
         await client.zadd(names.nodes, {self.node_id: now})
+        if self._beaten is not None and now - self._beaten > self.ttl / 2:
+            self.grace()  # this node could not beat either: the broker was away, not (only) the others
+        self._beaten = now
         scores = await self._scores()
         live = {node for node, beat in scores.items() if beat >= now - self.ttl}
-        for node in sorted(set(self.remote.values()) - live - {self.node_id}):
-            self.forget(node)
+        for node, beat in scores.items():
+            self._alive[node] = max(self._alive.get(node, beat), beat)
+        known = set(self.remote.values()) - {self.node_id}
+        for node in sorted(known):  # missing from the set (removed as dead) or beating too long ago
+            if now - self._alive.setdefault(node, now) > self.ttl:
+                self.forget(node)
+        for node in set(self._alive) - known - set(scores):
+            del self._alive[node]
         dead = sorted(set(scores) - live - {self.node_id})
         if dead:
             records = await client.hgetall(names.conns)
@@ -49,6 +60,13 @@ class NodeTable:
             if gone:
                 await client.hdel(names.conns, gone)
             await client.zrem(names.nodes, dead)
+
+    def grace(self) -> None:
+        """Back on the broker after an outage: the other nodes get ``node_ttl_s`` to beat again
+        (the broker may have restarted empty) before any of them counts as dead."""
+        now = time.time()
+        for node in set(self.remote.values()):
+            self._alive[node] = now
 
     def forget(self, node: str) -> None:
         """``node`` stopped beating: its devices go offline here, with the usual events."""

@@ -73,6 +73,10 @@ class RoomOrder:
             self._last[room] = max(self._last.get(room, rev), rev)
         self._drain(room)
 
+    def last(self, room: str) -> int | None:
+        """The last ``rev`` of ``room`` delivered here in order (None: no order yet)."""
+        return self._last.get(room)
+
     def holding(self, room: str, gap: int) -> bool:
         return self._gap_of.get(room) == gap
 

@@ -14,9 +14,10 @@ Tasks, all in :meth:`RedisReplica.running`:
 
 Redis restarted or unreachable: coredis reconnects and resubscribes by itself; meanwhile writes fail
 (``/readyz`` says 503 with the reason), local delivery goes on, and what was published in between is
-lost. Once the state channel is heard again, the node writes its own records back and, a heartbeat
-later, reloads everyone's (:meth:`RedisReplica._resync`). Chat changes lost in between are in the
-store: clients get them with an exact resume (``room.join {since_rev}``).
+lost. Once the state channel is heard again, the node writes its own records back, announces its
+devices again and reloads everyone's (:meth:`RedisReplica._resync`); no node is declared dead
+for the outage itself (:meth:`NodeTable.grace`). Chat changes lost in between are in the store:
+clients get them with an exact resume (``room.join {since_rev}``).
 """
 
 from __future__ import annotations
@@ -37,12 +38,14 @@ from signald.cluster.apply import apply_op
 from signald.cluster.channels import Subscriptions
 from signald.cluster.nodes import NodeTable
 from signald.cluster.order import HOLD_S, RoomOrder
+from signald.cluster.recovery import announcement, close_rooms_behind
 from signald.cluster.wire import (
     ROOM_DECODER,
     STATE_DECODER,
     STATE_ENCODER,
     USER_DECODER,
     ConnRecord,
+    Echo,
     Names,
     RoomEnvelope,
     StateEnvelope,
@@ -87,6 +90,7 @@ class RedisReplica(Replica):
         self._pubsub: Any = None
         self._nursery: trio.Nursery | None = None
         self._heard_state_once = False
+        self._heard = 0.0  # when this node last heard its own heartbeat (trio time)
 
     # ------------------------------------------------------------------ the Replica seam
 
@@ -160,7 +164,12 @@ class RedisReplica(Replica):
         self.order.start(room, rev)
 
     def problem(self) -> str | None:
-        return self._problem
+        if self._problem is not None:
+            return self._problem
+        deaf = trio.current_time() - self._heard
+        if deaf > max(self._ttl, 1.0):
+            return f"the broker (Redis) has not echoed this node's heartbeat for {deaf:.1f} s (pub/sub reconnecting)"
+        return None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -179,6 +188,7 @@ class RedisReplica(Replica):
                 await self._beat()
                 await self.nodes.load()
                 self._problem = None
+                self._heard = trio.current_time()
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
                     for task in (self._read, self._write, self._heartbeat, self._sweep):
@@ -268,7 +278,10 @@ class RedisReplica(Replica):
         hub = self.hub
         if kind == "state":
             envelope = STATE_DECODER.decode(data)
-            if envelope.origin != self.node_id:
+            if isinstance(envelope.op, Echo):
+                if envelope.origin == self.node_id:
+                    self._heard = trio.current_time()
+            elif envelope.origin != self.node_id:
                 self._apply(envelope.origin, envelope.op)
         elif kind == "room":
             room = ROOM_DECODER.decode(data)
@@ -303,6 +316,8 @@ class RedisReplica(Replica):
     async def _beat(self) -> None:
         await self.nodes.beat()
         self._up()
+        echo = STATE_ENCODER.encode(StateEnvelope(self.node_id, Echo()))
+        self._to_writer.send_nowait([("publish", self.names.state, echo)])
 
     async def _heartbeat(self) -> None:
         while True:
@@ -323,19 +338,27 @@ class RedisReplica(Replica):
     # ------------------------------------------------------------------ state snapshots
 
     async def _resync(self) -> None:
-        """After a reconnect: write this node's records back, then (a heartbeat later) reload all."""
-        hub = self.hub
+        """After a reconnect: records and ops again, everyone else's reloaded, rooms behind closed
+        (:mod:`signald.cluster.recovery`)."""
+        hub, names = self.hub, self.names
+        self.nodes.grace()
         commands: list[Command] = [self._record(conn) for conn in hub.sessions]
         statuses = {user: hub.presence.chosen_status(user) for user in hub.sessions_by_user}
         if statuses:
-            commands.append(("hset", self.names.status, statuses))
+            commands.append(("hset", names.status, statuses))
+        commands.extend(("publish", names.state, STATE_ENCODER.encode(StateEnvelope(self.node_id, op)))
+                        for op in announcement(hub))
         try:
             await self._execute(commands)
             await self._beat()
-            await trio.sleep(self._ttl / 3)
             await self.nodes.load()
+            rooms = [name for kind, name in map(names.parse, self.channels.heard) if kind == "room"]
+            closed = await close_rooms_behind(hub, rooms, self.order.last)
         except Exception as exc:
             self._down(exc)
+        else:
+            log.info("cluster: back on the broker; %d devices announced again, %d closed to resume",
+                     len(hub.sessions), closed)
 
     # ------------------------------------------------------------------ helpers
 

@@ -24,12 +24,16 @@ import msgspec
 from signald.app.replica import Op
 from signald.protocol import OUTBOUND_MESSAGES, Outbound
 
-__all__ = ["ConnRecord", "Names", "RoomEnvelope", "StateEnvelope", "UserEnvelope", "decode_event"]
+__all__ = ["ConnRecord", "Echo", "Names", "RoomEnvelope", "StateEnvelope", "UserEnvelope", "decode_event"]
+
+
+class Echo(msgspec.Struct, tag="echo", array_like=True, frozen=True):
+    """A node's heartbeat on the state channel: hearing its own proves its pub/sub works."""
 
 
 class StateEnvelope(msgspec.Struct, array_like=True, frozen=True):
     origin: str
-    op: Op
+    op: Op | Echo
 
 
 class RoomEnvelope(msgspec.Struct, array_like=True, frozen=True):

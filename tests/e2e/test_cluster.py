@@ -17,7 +17,9 @@ from typing import Any
 import pytest
 import trio
 from conftest import daemon
+from redis_fixture import RedisServer, free_port, redis_binary
 
+from signald.api.health import check
 from signald.cli import main
 from signald.client.raw import Refused, SignaldClient, connect
 
@@ -171,3 +173,60 @@ def test_several_nodes_on_sqlite_is_refused_in_one_line(tmp_path: Path, capsys: 
     assert status == 1
     assert err.count("\n") == 1 and "cluster.broker_url" in err and "PostgreSQL" in err, err
     assert not (tmp_path / "x.db").exists()  # refused before anything was opened
+
+
+async def ready(url: str) -> tuple[bool, str]:
+    http = url.replace("ws://", "http://").rstrip("/") + "/readyz"
+    return await trio.to_thread.run_sync(check, http, 3.0)
+
+
+async def until_ready(url: str, wanted: bool, within: float = 15.0) -> str:
+    """Poll ``/readyz`` until it says ``wanted``; the last line it answered."""
+    with trio.fail_after(within):
+        while True:
+            healthy, line = await ready(url)
+            if healthy == wanted:
+                return line
+            await trio.sleep(0.05)
+
+
+async def test_a_broker_restart_is_503_meanwhile_then_delivery_resumes(tmp_path: Path, postgres_url: str) -> None:
+    """Its own Redis (the session's stays up for the other tests): stopped, then started empty."""
+    redis = RedisServer(redis_binary(), tmp_path, free_port())
+    redis.start()
+    try:
+        async with nodes(tmp_path, redis.url(0), postgres_url, 2, ttl=1.0) as started, AsyncExitStack() as stack:
+            (_, url0), (_, url1) = started
+            alice = await stack.enter_async_context(connect(url0, user="alice"))
+            bob = await stack.enter_async_context(connect(url1, user="bob"))
+            for client in (alice, bob):
+                await client.request("room.join", {"room": "lobby"})
+            assert (await ready(url0))[0]
+
+            redis.stop()
+            line = await until_ready(url0, False)
+            assert line.startswith("503") and "broker" in line, line
+            sent = await bob.request("chat.send", {"scope": "lobby", "body": "while the broker is down"})
+            assert await alice.request("presence.set", {"status": "away"}) is None  # local work goes on
+
+            redis.start()  # empty: every node writes its records back and announces its devices again
+            await until_ready(url0, True)
+            await until_ready(url1, True)
+            # node 0 missed bob's message: alice is told to reconnect (1012) and resumes exactly
+            with trio.fail_after(15):
+                await alice.closed.wait()
+            assert alice.ws.closed is not None and alice.ws.closed.code == 1012
+            async with connect(url0, user="alice") as again:
+                ack = await again.request("room.join", {"room": "lobby", "since_rev": 0})
+                assert [m["id"] for m in ack["changes"]] == [sent["id"]]
+                late = await bob.request("chat.send", {"scope": "lobby", "body": "after the restart"})
+                await wait_for(again, [], lambda s: late["id"] in [m["id"] for m in of("chat.message", s)])
+                async with connect(url1, user="carol") as carol:  # a join on either node sees everyone again
+                    ack = await carol.request("room.join", {"room": "lobby", "since": 0})
+                    assert [m["user_id"] for m in ack["members"]] == ["alice", "bob", "carol"]
+                    assert [m["seq"] for m in ack["missed"]] == [sent["seq"], late["seq"]]
+                    await again.request("chat.send", {"scope": "lobby", "body": "hello carol"})
+                    await wait_for(carol, [], lambda s: bool(of("chat.message", s)))
+            assert not bob.closed.is_set()  # node 1 missed nothing: its clients stay
+    finally:
+        redis.stop()
