@@ -35,13 +35,19 @@ class NodeTable:
         self._beaten: float | None = None  # when this node last wrote its own heartbeat
         self.client: Any = None  # the coredis client, once connected
 
-    async def beat(self) -> None:
-        """Say this node lives; forget the nodes that stopped saying so (and clean up after them)."""
+    async def beat(self) -> bool:
+        """Say this node lives; forget the nodes that stopped saying so (and clean up after them).
+
+        True when this node had been taken out of the set (the others took it for dead while it
+        stalled, or the broker restarted empty): it must announce its devices again.
+        """
         now = time.time()
         client, names = self.client, self.names
+        missed = self._beaten is not None and now - self._beaten > self.ttl / 2
+        forgotten = self._beaten is not None and await client.zscore(names.nodes, self.node_id) is None
         await client.zadd(names.nodes, {self.node_id: now})
-        if self._beaten is not None and now - self._beaten > self.ttl / 2:
-            self.grace()  # this node could not beat either: the broker was away, not (only) the others
+        if missed:
+            self.grace()  # this node could not beat either (stalled, or the broker was away): no verdicts yet
         self._beaten = now
         scores = await self._scores()
         live = {node for node, beat in scores.items() if beat >= now - self.ttl}
@@ -60,6 +66,7 @@ class NodeTable:
             if gone:
                 await client.hdel(names.conns, gone)
             await client.zrem(names.nodes, dead)
+        return forgotten or missed
 
     def grace(self) -> None:
         """Back on the broker after an outage: the other nodes get ``node_ttl_s`` to beat again

@@ -90,6 +90,7 @@ class RedisReplica(Replica):
         self._pubsub: Any = None
         self._nursery: trio.Nursery | None = None
         self._heard_state_once = False
+        self._resyncing = False
         self._heard = 0.0  # when this node last heard its own heartbeat (trio time)
 
     # ------------------------------------------------------------------ the Replica seam
@@ -314,7 +315,9 @@ class RedisReplica(Replica):
                 self._to_writer.send_nowait(records)
 
     async def _beat(self) -> None:
-        await self.nodes.beat()
+        if await self.nodes.beat() and self._nursery is not None:
+            log.warning("cluster: this node had been taken out of the cluster; announcing its devices again")
+            self._nursery.start_soon(self._resync)
         self._up()
         echo = STATE_ENCODER.encode(StateEnvelope(self.node_id, Echo()))
         self._to_writer.send_nowait([("publish", self.names.state, echo)])
@@ -340,6 +343,15 @@ class RedisReplica(Replica):
     async def _resync(self) -> None:
         """After a reconnect: records and ops again, everyone else's reloaded, rooms behind closed
         (:mod:`signald.cluster.recovery`)."""
+        if self._resyncing:  # a reconnect and a beat can both ask for it
+            return
+        self._resyncing = True
+        try:
+            await self._announce_again()
+        finally:
+            self._resyncing = False
+
+    async def _announce_again(self) -> None:
         hub, names = self.hub, self.names
         self.nodes.grace()
         commands: list[Command] = [self._record(conn) for conn in hub.sessions]

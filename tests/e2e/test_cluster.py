@@ -230,3 +230,27 @@ async def test_a_broker_restart_is_503_meanwhile_then_delivery_resumes(tmp_path:
             assert not bob.closed.is_set()  # node 1 missed nothing: its clients stay
     finally:
         redis.stop()
+
+
+async def test_a_node_that_stalled_past_the_ttl_comes_back_with_its_devices(
+    tmp_path: Path, redis_url: str, postgres_url: str
+) -> None:
+    ttl = 1.0
+    async with nodes(tmp_path, redis_url, postgres_url, 2, ttl=ttl) as started, AsyncExitStack() as stack:
+        (_, url0), (stalled, url1) = started
+        alice = await stack.enter_async_context(connect(url0, user="alice"))
+        bob = await stack.enter_async_context(connect(url1, user="bob"))
+        for client in (alice, bob):
+            await client.request("room.join", {"room": "lobby"})
+        seen: list[Event] = []
+        await wait_for(alice, seen, lambda s: bool(of("member.joined", s)))
+        stalled.send_signal(signal.SIGSTOP)  # frozen, not dead: its sockets stay open
+        try:
+            await wait_for(alice, seen, lambda s: ("member.left", {"room": "lobby", "user_id": "bob"}) in s,
+                           within=ttl * 6)
+        finally:
+            stalled.send_signal(signal.SIGCONT)
+        # back: it finds itself out of the cluster and announces bob's device and room again
+        await wait_for(alice, seen, lambda s: len(of("member.joined", s)) == 2, within=ttl * 6)
+        message = await bob.request("chat.send", {"scope": "lobby", "body": "I was only asleep"})
+        await wait_for(alice, seen, lambda s: message["id"] in [m["id"] for m in of("chat.message", s)])
