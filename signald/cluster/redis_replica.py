@@ -2,8 +2,9 @@
 
 Tasks, all in :meth:`RedisReplica.running`:
 
-- the **writer** sends what :meth:`share`, :meth:`room_event` and :meth:`user_event` queued, in
-  order, many at a time in one pipeline (records first, then the ``PUBLISH`` that announces them);
+- the **writer** (:mod:`signald.cluster.writer`) sends what :meth:`share`, :meth:`room_event` and
+  :meth:`user_event` queued, in order, many at a time in one pipeline (records first, then the
+  ``PUBLISH`` that announces them);
 - the **reader** takes messages off the one pub/sub connection with a ``get_message()`` loop (an
   ``async for`` over a coredis pub/sub was seen to stop silently after a reconnect) and applies
   them (:func:`signald.cluster.apply.apply_op`, or delivery to this node's connections);
@@ -52,6 +53,7 @@ from signald.cluster.wire import (
     UserEnvelope,
     decode_event,
 )
+from signald.cluster.writer import Command, Writer
 from signald.config import ClusterConfig
 from signald.delivery.frames import Frame
 from signald.errors import StartupError
@@ -60,10 +62,8 @@ from signald.state.dburl import redact
 log = logging.getLogger("signald.cluster")
 
 SWEEP_S: Final = 2.0
-BATCH: Final = 512  # commands per pipeline
 RETRY_S: Final = 0.5
 
-Command = tuple[str, str, Any]  # ("hset" | "hdel" | "publish", key or channel, value)
 
 
 class RedisReplica(Replica):
@@ -76,7 +76,6 @@ class RedisReplica(Replica):
         self.names = Names(config.broker_url)
         self.url = config.broker_url
         self._ttl = config.node_ttl_s
-        self._to_writer, self._outgoing = trio.open_memory_channel[list[Command]](math.inf)
         self._applying = False  # applying another node's op: nothing is shared back
         self.nodes = NodeTable(hub, self.names, self.node_id, config.node_ttl_s, self._apply)
         self.order = RoomOrder(self._deliver_change)
@@ -87,6 +86,7 @@ class RedisReplica(Replica):
         self._activity_shared: dict[str, float] = {}
         self._client: coredis.Redis[bytes] = coredis.Redis.from_url(self.url, decode_responses=False)
         self.nodes.client = self._client
+        self.writer = Writer(self._client, up=self._up, down=self._down)
         self._pubsub: Any = None
         self._nursery: trio.Nursery | None = None
         self._heard_state_once = False
@@ -115,7 +115,7 @@ class RedisReplica(Replica):
         elif isinstance(op, SetStatus):
             commands.append(("hset", names.status, {op.user: op.status}))
         commands.append(("publish", names.state, STATE_ENCODER.encode(StateEnvelope(self.node_id, op))))
-        self._to_writer.send_nowait(commands)
+        self.writer.put(commands)
 
     def activity(self, user: str) -> None:
         now = trio.current_time()
@@ -124,15 +124,15 @@ class RedisReplica(Replica):
             self.share(Activity(user))
 
     def after_sent(self, callback: Callable[[], None]) -> None:
-        self._to_writer.send_nowait([("callback", "", callback)])
+        self.writer.after_sent(callback)
 
     def room_event(self, room: str, frame: Frame, exclude: str | None) -> None:
         envelope = RoomEnvelope(self.node_id, exclude, False, frame.text.encode())
-        self._to_writer.send_nowait([("publish", self.names.room(room), STATE_ENCODER.encode(envelope))])
+        self.writer.put([("publish", self.names.room(room), STATE_ENCODER.encode(envelope))])
 
     def history_event(self, room: str, frame: Frame, exclude: str | None) -> None:
         envelope = RoomEnvelope(self.node_id, exclude, True, frame.text.encode())
-        self._to_writer.send_nowait([("publish", self.names.room(room), STATE_ENCODER.encode(envelope))])
+        self.writer.put([("publish", self.names.room(room), STATE_ENCODER.encode(envelope))])
         self._in_order(room, frame, exclude)
 
     def _in_order(self, room: str, frame: Frame, exclude: str | None) -> None:
@@ -153,7 +153,7 @@ class RedisReplica(Replica):
 
     def user_event(self, user: str, frame: Frame) -> None:
         envelope = UserEnvelope(self.node_id, frame.text.encode())
-        self._to_writer.send_nowait([("publish", self.names.user(user), STATE_ENCODER.encode(envelope))])
+        self.writer.put([("publish", self.names.user(user), STATE_ENCODER.encode(envelope))])
 
     async def enter_room(self, room: str) -> None:
         try:
@@ -192,7 +192,7 @@ class RedisReplica(Replica):
                 self._heard = trio.current_time()
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
-                    for task in (self._read, self._write, self._heartbeat, self._sweep):
+                    for task in (self._read, self.writer.run, self._heartbeat, self._sweep):
                         nursery.start_soon(task)
                     try:
                         yield self
@@ -204,53 +204,17 @@ class RedisReplica(Replica):
 
     async def _leave_cluster(self) -> None:
         """A clean stop: flush what is queued, then take this node's records out at once."""
-        pending: list[Command] = []
-        while True:
-            try:
-                pending.extend(self._outgoing.receive_nowait())
-            except trio.WouldBlock:
-                break
+        pending = self.writer.drain()
         mine = [conn for conn in self.hub.sessions]
         if mine:
             pending.append(("hdel", self.names.conns, mine))
         pending.append(("zrem", self.names.nodes, self.node_id))
         try:
-            await self._execute(pending)
+            await self.writer.execute(pending)
         except Exception as exc:  # the others notice within node_ttl_s instead
             log.warning("cluster: could not leave the cluster cleanly: %s", exc or type(exc).__name__)
 
     # ------------------------------------------------------------------ tasks
-
-    async def _write(self) -> None:
-        async for commands in self._outgoing:
-            while len(commands) < BATCH:
-                try:
-                    commands.extend(self._outgoing.receive_nowait())
-                except trio.WouldBlock:
-                    break
-            try:
-                await self._execute(commands)
-            except Exception as exc:
-                self._down(exc)
-                log.warning("cluster: %d broker writes lost: %s", len(commands), exc)
-            for verb, _, callback in commands:
-                if verb == "callback":
-                    callback()
-
-    async def _execute(self, commands: list[Command]) -> None:
-        if all(verb == "callback" for verb, _, _ in commands):
-            return
-        async with self._client.pipeline(transaction=False) as pipe:
-            for verb, key, value in commands:
-                if verb == "publish":
-                    pipe.publish(key, value)
-                elif verb == "hset":
-                    pipe.hset(key, value)
-                elif verb == "hdel":
-                    pipe.hdel(key, value if isinstance(value, list) else [value])
-                elif verb == "zrem":
-                    pipe.zrem(key, [value])
-        self._up()
 
     async def _read(self) -> None:
         while True:
@@ -312,7 +276,7 @@ class RedisReplica(Replica):
         elif isinstance(op, Kick):  # this node's devices of the user left the room: their records say so
             records = self._records_of(op.user)
             if records:
-                self._to_writer.send_nowait(records)
+                self.writer.put(records)
 
     async def _beat(self) -> None:
         if await self.nodes.beat() and self._nursery is not None:
@@ -320,7 +284,7 @@ class RedisReplica(Replica):
             self._nursery.start_soon(self._resync)
         self._up()
         echo = STATE_ENCODER.encode(StateEnvelope(self.node_id, Echo()))
-        self._to_writer.send_nowait([("publish", self.names.state, echo)])
+        self.writer.put([("publish", self.names.state, echo)])
 
     async def _heartbeat(self) -> None:
         while True:
@@ -361,7 +325,7 @@ class RedisReplica(Replica):
         commands.extend(("publish", names.state, STATE_ENCODER.encode(StateEnvelope(self.node_id, op)))
                         for op in announcement(hub))
         try:
-            await self._execute(commands)
+            await self.writer.execute(commands)
             await self._beat()
             await self.nodes.load()
             rooms = [name for kind, name in map(names.parse, self.channels.heard) if kind == "room"]
