@@ -273,8 +273,12 @@ class Hub:
                 del self.sessions_by_user[session.user_id]
 
     def devices_of(self, user_id: str) -> list[str]:
-        """Session ids of the user's connected devices, oldest first."""
-        return list(self.sessions_by_user.get(user_id, ()))
+        """Session ids of the user's connected devices, oldest first (with several nodes: this node's
+        first, then the others' in id order)."""
+        local = list(self.sessions_by_user.get(user_id, ()))
+        if self.replica is not None:
+            local += sorted(self.presence.devices_of(user_id).difference(local))
+        return local
 
     def connection_count(self, user_id: str) -> int:
         """The user's connections: on every node when there are several (presence knows them all)."""

@@ -22,10 +22,10 @@ from collections.abc import Callable
 import msgspec
 
 from signald.delivery.frames import Frame
-from signald.protocol import Status
+from signald.protocol import CallType, JsonObject, Status
 
-__all__ = ["Activity", "Connect", "Disconnect", "Join", "Kick", "Leave", "Op", "Replica", "Revoke",
-           "SetStatus", "Typing"]
+__all__ = ["Activity", "CallAnswered", "CallEnded", "CallIced", "CallOffered", "Connect", "Disconnect", "Join",
+           "Kick", "Leave", "Op", "Replica", "Revoke", "SetStatus", "Typing"]
 
 
 class Connect(msgspec.Struct, tag="connect", array_like=True, frozen=True):
@@ -79,7 +79,44 @@ class Revoke(msgspec.Struct, tag="revoke", array_like=True, frozen=True):
     reason: str
 
 
-Op = Connect | Disconnect | Join | Leave | Kick | SetStatus | Typing | Activity | Revoke
+class CallOffered(msgspec.Struct, tag="call.offer", array_like=True, frozen=True):
+    """An offer this node accepted: every node rings its own devices of the callee."""
+
+    caller: str
+    caller_device: str
+    callee: str
+    callee_devices: list[str]
+    call_type: CallType
+    sdp: JsonObject
+    call_id: str  # as the origin resolved it (the client's, or a fresh one)
+
+
+class CallAnswered(msgspec.Struct, tag="call.answer", array_like=True, frozen=True):
+    user: str
+    device: str
+    peer: str
+    sdp: JsonObject
+    call_id: str
+
+
+class CallIced(msgspec.Struct, tag="call.ice", array_like=True, frozen=True):
+    user: str
+    device: str
+    peer: str
+    candidate: JsonObject
+    call_id: str
+
+
+class CallEnded(msgspec.Struct, tag="call.end", array_like=True, frozen=True):
+    user: str
+    device: str
+    peer: str
+    reason: str | None
+    call_id: str
+
+
+Op = (Connect | Disconnect | Join | Leave | Kick | SetStatus | Typing | Activity | Revoke
+      | CallOffered | CallAnswered | CallIced | CallEnded)
 
 
 class Replica(abc.ABC):

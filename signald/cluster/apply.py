@@ -12,12 +12,17 @@ from __future__ import annotations
 
 import sys
 
+import attrs
 import trio
 
 from signald.app.facade import kick_from_room
 from signald.app.hub import Hub
 from signald.app.replica import (
     Activity,
+    CallAnswered,
+    CallEnded,
+    CallIced,
+    CallOffered,
     Connect,
     Disconnect,
     Join,
@@ -28,6 +33,7 @@ from signald.app.replica import (
     SetStatus,
     Typing,
 )
+from signald.errors import SignalError
 
 __all__ = ["apply_op"]
 
@@ -41,6 +47,7 @@ def apply_op(hub: Hub, op: Op) -> None:
             hub.publish(presence.connect(op.conn, op.user, now))
             hub.poke_timers()
     elif isinstance(op, Disconnect):
+        hub.apply_call_outcome(hub.calls.device_gone(op.conn, now))
         hub.publish(presence.disconnect(op.conn, now, hub.wall_clock()))
         hub.publish(rooms.disconnect(op.conn))
     elif isinstance(op, Join):
@@ -64,3 +71,33 @@ def apply_op(hub: Hub, op: Op) -> None:
         hub.publish(presence.activity(op.user, now, hub.wall_clock()))
     elif isinstance(op, Revoke):
         hub.revoke_user(op.user, op.reason)
+    else:
+        _apply_call(hub, op, now)
+
+
+def _apply_call(hub: Hub, op: Op, now: float) -> None:
+    """A call transition another node made: the same transition on this node's copy of the call.
+
+    Its ``started`` call-log entry is the origin's to write (the log follows only calls started
+    on the node), so it is dropped here.
+    """
+    calls = hub.calls
+    try:
+        if isinstance(op, CallOffered):
+            outcome = calls.offer(caller=op.caller, caller_device=op.caller_device, callee=op.callee,
+                                  callee_devices=op.callee_devices, call_type=op.call_type, sdp=op.sdp,
+                                  call_id=op.call_id, now=now, ring_timeout_s=hub.config.limits.ring_timeout_s)
+        elif isinstance(op, CallAnswered):
+            outcome = calls.answer(user=op.user, device=op.device, peer=op.peer, sdp=op.sdp, call_id=op.call_id,
+                                   now=now)
+        elif isinstance(op, CallIced):
+            outcome = calls.ice(user=op.user, device=op.device, peer=op.peer, candidate=op.candidate,
+                                call_id=op.call_id)
+        elif isinstance(op, CallEnded):
+            outcome = calls.end(user=op.user, device=op.device, peer=op.peer, reason=op.reason, call_id=op.call_id,
+                                now=now)
+        else:
+            return
+    except SignalError:  # this node's copy already moved on (a timeout, a disconnect): nothing to tell
+        return
+    hub.apply_call_outcome(attrs.evolve(outcome, log=[entry for entry in outcome.log if entry.kind != "started"]))

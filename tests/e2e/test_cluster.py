@@ -22,6 +22,7 @@ from redis_fixture import RedisServer, free_port, redis_binary
 from signald.api.health import check
 from signald.cli import main
 from signald.client.raw import Refused, SignaldClient, connect
+from signald.errors import SignalError
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -254,3 +255,48 @@ async def test_a_node_that_stalled_past_the_ttl_comes_back_with_its_devices(
         await wait_for(alice, seen, lambda s: len(of("member.joined", s)) == 2, within=ttl * 6)
         message = await bob.request("chat.send", {"scope": "lobby", "body": "I was only asleep"})
         await wait_for(alice, seen, lambda s: message["id"] in [m["id"] for m in of("chat.message", s)])
+
+
+def calls_in(events: list[Event]) -> list[Event]:
+    return [(kind, data) for kind, data in events if kind.startswith("call.")]
+
+
+async def test_a_call_rings_every_device_on_every_node_and_the_first_answer_wins(
+    tmp_path: Path, redis_url: str, postgres_url: str
+) -> None:
+    sdp = {"type": "offer", "sdp": "v=0"}
+    answer_sdp = {"type": "answer", "sdp": "v=0"}
+    candidate = {"candidate": "candidate:1", "sdpMid": "0", "sdpMLineIndex": 0, "usernameFragment": "u"}
+    async with nodes(tmp_path, redis_url, postgres_url, 3, ttl=1.0) as started, AsyncExitStack() as stack:
+        (_, url0), (_, url1), (callee_node, url2) = started
+        alice = await stack.enter_async_context(connect(url0, user="alice"))
+        phone = await stack.enter_async_context(connect(url1, user="bob"))
+        laptop = await stack.enter_async_context(connect(url2, user="bob"))
+        for client in (alice, phone, laptop):
+            await client.request("room.join", {"room": "lobby"})
+        await wait_for(alice, [], lambda s: bool(of("room.active", s)))
+
+        call_id = (await alice.request("call.offer", {"target_id": "bob", "call_type": "audio", "sdp": sdp}))["call_id"]
+        ring = ("call.offer", {"from_user": "alice", "call_id": call_id, "call_type": "audio", "sdp": sdp})
+        for device in (phone, laptop):  # both of bob's devices ring, on two other nodes
+            await wait_for(device, [], lambda s: ring in s)
+        reply = await laptop.request("call.answer", {"target_id": "alice", "sdp": answer_sdp, "call_id": call_id})
+        assert reply is None
+        answered = ("call.answer", {"from_user": "bob", "call_id": call_id, "sdp": answer_sdp})
+        await wait_for(alice, [], lambda s: answered in s)
+        elsewhere = ("call.end", {"from_user": "bob", "call_id": call_id, "reason": "answered_elsewhere"})
+        await wait_for(phone, [], lambda s: elsewhere in s)
+        with pytest.raises(SignalError) as late:  # the phone lost: its answer is refused where it is
+            await phone.request("call.answer", {"target_id": "alice", "sdp": answer_sdp, "call_id": call_id})
+        assert late.value.code in ("CONFLICT", "NOT_FOUND", "FORBIDDEN")
+
+        await alice.request("call.ice", {"target_id": "bob", "candidate": candidate, "call_id": call_id})
+        ice = ("call.ice", {"from_user": "alice", "call_id": call_id, "candidate": candidate})
+        await wait_for(laptop, [], lambda s: ice in s)
+        busy = ("presence.update", {"user_id": "bob", "status": "busy"})
+        await wait_for(alice, [], lambda s: busy in s)
+
+        callee_node.send_signal(signal.SIGKILL)  # the answering device's node dies mid-call
+        gone = ("call.end", {"from_user": "bob", "call_id": call_id, "reason": "disconnected"})
+        seen = await wait_for(alice, [], lambda s: gone in s, within=6.0)
+        assert calls_in(seen) == [gone]  # ended once
