@@ -91,6 +91,7 @@ class RedisReplica(Replica):
         self._nursery: trio.Nursery | None = None
         self._heard_state_once = False
         self._resyncing = False
+        self._stop = trio.Event()  # running() is done: the broker connections close
         self._heard = 0.0  # when this node last heard its own heartbeat (trio time)
 
     # ------------------------------------------------------------------ the Replica seam
@@ -177,14 +178,14 @@ class RedisReplica(Replica):
     @asynccontextmanager
     async def running(self) -> AsyncIterator[RedisReplica]:
         """Connect, load the cluster's state, run the tasks; on the way out leave the cluster."""
-        async with self._client:
+        async with trio.open_nursery() as holder:
+            await holder.start(self._hold_connections)
             try:
-                with trio.fail_after(5):
-                    await self._client.ping()
-            except Exception as exc:
-                raise StartupError(f"cluster.broker_url {redact(self.url)}: {exc or type(exc).__name__}") from None
-            self._pubsub = self.channels.pubsub = self._client.pubsub()
-            async with self._pubsub:
+                try:
+                    with trio.fail_after(5):
+                        await self._client.ping()
+                except Exception as exc:
+                    raise StartupError(f"cluster.broker_url {redact(self.url)}: {exc or type(exc).__name__}") from None
                 await self._pubsub.subscribe(self.names.state)
                 await self._beat()
                 await self.nodes.load()
@@ -197,10 +198,27 @@ class RedisReplica(Replica):
                     try:
                         yield self
                     finally:
+                        nursery.cancel_scope.cancel()
                         with trio.move_on_after(2) as scope:
                             scope.shield = True
                             await self._leave_cluster()
-                        nursery.cancel_scope.cancel()
+            finally:
+                self._stop.set()
+
+    async def _hold_connections(self, *, task_status: trio.TaskStatus[None]) -> None:
+        """Own coredis's connections (its pool and pub/sub run tasks of their own) in a scope that a
+        shutdown does not cancel: the node can still say goodbye, and then the pub/sub and the pool
+        close in order (cancelled together, coredis's pub/sub cleanup writes to a closed connection)."""
+        try:
+            with trio.CancelScope(shield=True) as scope:
+                async with self._client:
+                    self._pubsub = self.channels.pubsub = self._client.pubsub()
+                    async with self._pubsub:
+                        task_status.started()
+                        await self._stop.wait()
+                        scope.deadline = trio.current_time() + 3  # a broker that is down cannot hold us up
+        except Exception as exc:  # closing connections to a broker that is gone: nothing left to do
+            log.debug("cluster: closing the broker connections: %r", exc)
 
     async def _leave_cluster(self) -> None:
         """A clean stop: flush what is queued, then take this node's records out at once."""

@@ -300,3 +300,20 @@ async def test_a_call_rings_every_device_on_every_node_and_the_first_answer_wins
         gone = ("call.end", {"from_user": "bob", "call_id": call_id, "reason": "disconnected"})
         seen = await wait_for(alice, [], lambda s: gone in s, within=6.0)
         assert calls_in(seen) == [gone]  # ended once
+
+
+async def test_a_node_that_stops_cleanly_says_goodbye_at_once(
+    tmp_path: Path, redis_url: str, postgres_url: str
+) -> None:
+    """SIGTERM: its clients are closed with 1001 and the others hear of it before any TTL (30 s here)."""
+    async with nodes(tmp_path, redis_url, postgres_url, 2, ttl=30.0) as started, AsyncExitStack() as stack:
+        (_, url0), (stopping, url1) = started
+        alice = await stack.enter_async_context(connect(url0, user="alice"))
+        bob = await stack.enter_async_context(connect(url1, user="bob"))
+        for client in (alice, bob):
+            await client.request("room.join", {"room": "lobby"})
+        stopping.send_signal(signal.SIGTERM)
+        await wait_for(alice, [], lambda s: ("member.left", {"room": "lobby", "user_id": "bob"}) in s, within=5.0)
+        with trio.fail_after(10):
+            assert await stopping.wait() == 0
+        assert bob.ws.closed is not None and bob.ws.closed.code == 1001
