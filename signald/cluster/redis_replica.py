@@ -63,6 +63,7 @@ log = logging.getLogger("signald.cluster")
 
 SWEEP_S: Final = 2.0
 RETRY_S: Final = 0.5
+CONNECT_S: Final = 5.0  # a broker that does not answer at start within this is a startup error
 
 
 
@@ -71,6 +72,8 @@ class RedisReplica(Replica):
 
     def __init__(self, hub: Hub, config: ClusterConfig) -> None:
         assert config.broker_url
+        # coredis says every reconnect attempt at info; signald says when the broker fails and recovers
+        logging.getLogger("coredis").setLevel(max(logging.WARNING, logging.getLogger("coredis").level))
         self.hub = hub
         self.node_id = config.node_id or f"n-{secrets.token_hex(4)}"
         self.names = Names(config.broker_url)
@@ -92,6 +95,7 @@ class RedisReplica(Replica):
         self._heard_state_once = False
         self._resyncing = False
         self._stop = trio.Event()  # running() is done: the broker connections close
+        self._connect_error = f"no answer within {CONNECT_S:g} s"
         self._heard = 0.0  # when this node last heard its own heartbeat (trio time)
 
     # ------------------------------------------------------------------ the Replica seam
@@ -179,10 +183,13 @@ class RedisReplica(Replica):
     async def running(self) -> AsyncIterator[RedisReplica]:
         """Connect, load the cluster's state, run the tasks; on the way out leave the cluster."""
         async with trio.open_nursery() as holder:
-            await holder.start(self._hold_connections)
+            try:
+                await holder.start(self._hold_connections)
+            except RuntimeError:  # it ended without connecting
+                raise StartupError(f"cluster.broker_url {redact(self.url)}: {self._connect_error}") from None
             try:
                 try:
-                    with trio.fail_after(5):
+                    with trio.fail_after(CONNECT_S):
                         await self._client.ping()
                 except Exception as exc:
                     raise StartupError(f"cluster.broker_url {redact(self.url)}: {exc or type(exc).__name__}") from None
@@ -210,14 +217,16 @@ class RedisReplica(Replica):
         shutdown does not cancel: the node can still say goodbye, and then the pub/sub and the pool
         close in order (cancelled together, coredis's pub/sub cleanup writes to a closed connection)."""
         try:
-            with trio.CancelScope(shield=True) as scope:
+            with trio.CancelScope(shield=True, deadline=trio.current_time() + CONNECT_S) as scope:
                 async with self._client:
                     self._pubsub = self.channels.pubsub = self._client.pubsub()
                     async with self._pubsub:
+                        scope.deadline = math.inf
                         task_status.started()
                         await self._stop.wait()
                         scope.deadline = trio.current_time() + 3  # a broker that is down cannot hold us up
         except Exception as exc:  # closing connections to a broker that is gone: nothing left to do
+            self._connect_error = str(exc) or type(exc).__name__
             log.debug("cluster: closing the broker connections: %r", exc)
 
     async def _leave_cluster(self) -> None:

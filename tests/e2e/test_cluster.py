@@ -317,3 +317,15 @@ async def test_a_node_that_stops_cleanly_says_goodbye_at_once(
         with trio.fail_after(10):
             assert await stopping.wait() == 0
         assert bob.ws.closed is not None and bob.ws.closed.code == 1001
+
+
+def test_a_broker_that_does_not_answer_at_start_is_one_line_and_status_1(
+    postgres_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    closed = free_port()  # nothing listens there
+    status = main(["serve", "--port", "0", "--history-url", postgres_url, "--broker-url",
+                   f"redis://:secret@127.0.0.1:{closed}/0"])
+    err = capsys.readouterr().err
+    assert status == 1
+    assert err.startswith(f"signald: cannot start: cluster.broker_url redis://:***@127.0.0.1:{closed}/0: "), err
+    assert err.count("\n") == 1 and "secret" not in err
