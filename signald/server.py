@@ -60,6 +60,7 @@ from signald.state.refusals import Cause, Refusal, cause_of_status, decide
 from signald.timefmt import iso_utc
 from signald.transport.connection import run_connection
 from signald.transport.handshake import Handshake, peer_address
+from signald.transport.listeners import reuse_port_listeners
 from signald.transport.websocket import ServerWebSocket
 
 log = logging.getLogger("signald.server")
@@ -127,6 +128,7 @@ async def serve_signald(
     authenticator: Authenticator | None = None,
     router: Router | None = None,
     wall_clock: Callable[[], float] | None = None,
+    reuse_port: bool = False,
     task_status: trio.TaskStatus[RunningServer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run a signald daemon until cancelled.
@@ -137,7 +139,8 @@ async def serve_signald(
 
     ``authenticator`` replaces the one ``config.auth.mode`` selects; ``router`` replaces the
     default router (start from :func:`signald.handlers.default_router` to keep the protocol and
-    add ``app.*`` types); ``wall_clock`` replaces ``time.time`` for token expiry.
+    add ``app.*`` types); ``wall_clock`` replaces ``time.time`` for token expiry; ``reuse_port``
+    binds with ``SO_REUSEPORT``, so other node processes can serve the same port.
 
     Resource handling: on cancellation the listener stops accepting, every connection is closed
     with 1001 (each close bounded by ``server.shutdown_timeout_s``), and the history store is
@@ -159,7 +162,11 @@ async def serve_signald(
     closing = trio.Event()  # set on shutdown before the connections are cancelled: they close with 1001
     async with hub.running(), _cluster(hub.replica), trio.open_nursery() as nursery:
         listeners: list[trio.abc.Listener[trio.abc.Stream]] = []
-        if ssl_context is None:
+        if reuse_port:  # one of several node processes on this port (signald serve --workers N)
+            shared = await reuse_port_listeners(config.server.host, config.server.port)
+            listeners += shared if ssl_context is None else [
+                trio.SSLListener(listener, ssl_context, https_compatible=True) for listener in shared]
+        elif ssl_context is None:
             listeners += await trio.open_tcp_listeners(config.server.port, host=config.server.host)
         else:
             listeners += await trio.open_ssl_over_tcp_listeners(

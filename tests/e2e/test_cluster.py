@@ -329,3 +329,40 @@ def test_a_broker_that_does_not_answer_at_start_is_one_line_and_status_1(
     assert status == 1
     assert err.startswith(f"signald: cannot start: cluster.broker_url redis://:***@127.0.0.1:{closed}/0: "), err
     assert err.count("\n") == 1 and "secret" not in err
+
+
+async def nodes_listed(redis: Any, names: Any, count: int) -> None:
+    """Wait (20 s at most) until Redis lists ``count`` live nodes."""
+    with trio.fail_after(20):
+        while True:
+            if await redis.zcard(names.nodes) == count:
+                return
+            await trio.sleep(0.05)
+
+
+async def test_workers_are_nodes_sharing_one_port(tmp_path: Path, redis_url: str, postgres_url: str) -> None:
+    """``--workers 3``: three processes on one port, the kernel spreads the clients, one cluster."""
+    import coredis
+
+    from signald.cluster.wire import RECORD_DECODER, Names
+
+    names = Names(redis_url)
+    config = '[cluster]\nnode_id = "box"\nnode_ttl_s = 2.0\n'
+    async with daemon(tmp_path, "workers", "--workers", "3", "--broker-url", redis_url,
+                      "--history-url", postgres_url, config_text=config) as (first, url):
+        redis: coredis.Redis[bytes] = coredis.Redis.from_url(redis_url)
+        async with redis, AsyncExitStack() as stack:
+            await nodes_listed(redis, names, 3)
+            assert {m.decode() for m in await redis.zrange(names.nodes, 0, -1)} == {"box-0", "box-1", "box-2"}
+            clients = [await stack.enter_async_context(connect(url, user=f"u{i}")) for i in range(12)]
+            for client in clients:
+                await client.request("room.join", {"room": "lobby"})
+            records = [RECORD_DECODER.decode(raw) for raw in (await redis.hgetall(names.conns)).values()]
+            assert len(records) == 12 and len({record.node for record in records}) >= 2  # spread over nodes
+            sent = await clients[0].request("chat.send", {"scope": "lobby", "body": "to every worker"})
+            for client in clients[1:]:
+                await wait_for(client, [], lambda s: sent["id"] in [m["id"] for m in of("chat.message", s)])
+            first.send_signal(signal.SIGTERM)  # stops the other workers too, each leaving the cluster
+            with trio.fail_after(20):
+                assert await first.wait() == 0
+            await nodes_listed(redis, names, 0)
