@@ -66,7 +66,6 @@ RETRY_S: Final = 0.5
 CONNECT_S: Final = 5.0  # a broker that does not answer at start within this is a startup error
 
 
-
 class RedisReplica(Replica):
     """This node's link to the others through one Redis (see the module docstring)."""
 
@@ -114,6 +113,8 @@ class RedisReplica(Replica):
             if session is not None:
                 if not self.hub.presence.is_online(session.user_id):
                     commands.append(("hdel", names.status, session.user_id))
+                if len(self.hub.sessions_by_user.get(session.user_id, ())) <= 1:  # its last one here
+                    self._activity_shared.pop(session.user_id, None)
                 self._later(names.user(session.user_id))
         elif isinstance(op, Kick):
             commands.extend(self._records_of(op.user))
