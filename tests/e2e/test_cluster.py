@@ -366,3 +366,34 @@ async def test_workers_are_nodes_sharing_one_port(tmp_path: Path, redis_url: str
             with trio.fail_after(20):
                 assert await first.wait() == 0
             await nodes_listed(redis, names, 0)
+
+
+async def test_kill_9_during_traffic_loses_no_acked_message_at_the_survivors(
+    tmp_path: Path, redis_url: str, postgres_url: str
+) -> None:
+    """A node is killed while its client pipelines sends: every send it acked had already reached the
+    broker, so the other node's clients got each one live, once, in order; the store has them all."""
+    async with nodes(tmp_path, redis_url, postgres_url, 2, ttl=1.0) as started, AsyncExitStack() as stack:
+        (_, url0), (doomed, url1) = started
+        alice = await stack.enter_async_context(connect(url0, user="alice"))
+        await alice.request("room.join", {"room": "lobby"})
+        acked: list[dict[str, Any]] = []
+        async with connect(url1, user="bob") as bob:
+            await bob.request("room.join", {"room": "lobby"})
+            for i in range(200):
+                await bob.send({"type": "chat.send", "id": i, "data": {"scope": "lobby", "body": f"{i}"}})
+            with trio.move_on_after(10):
+                while len(acked) < 60:  # kill it somewhere in the middle of the acks
+                    reply = await bob.next_event()
+                    if reply["type"] == "ack":
+                        acked.append(reply["data"]["data"])
+            assert len(acked) == 60
+            doomed.send_signal(signal.SIGKILL)
+            await doomed.wait()
+        seen = await wait_for(alice, [], lambda s: ("member.left", {"room": "lobby", "user_id": "bob"}) in s,
+                              within=6.0)
+        live = [m["seq"] for m in of("chat.message", seen)]
+        assert live == sorted(set(live)), "out of order or twice"
+        assert {m["seq"] for m in acked} <= set(live)  # every acked one arrived live
+        ack = await alice.request("chat.history", {"room": "lobby", "after": 0, "limit": 200})
+        assert set(live) <= {m["seq"] for m in ack["messages"]}  # and nothing live that was not stored
