@@ -127,5 +127,10 @@ def redis_url(redis_server: RedisServer) -> str:
     request = f"*2\r\n$6\r\nSELECT\r\n${len(str(db))}\r\n{db}\r\n*1\r\n$7\r\nFLUSHDB\r\n"
     with socket.create_connection(("127.0.0.1", redis_server.port), timeout=5) as sock:
         sock.sendall(request.encode())
-        sock.recv(64)
+        replies = b""
+        while replies.count(b"\r\n") < 2:  # +OK for SELECT, +OK for FLUSHDB
+            chunk = sock.recv(64)
+            if not chunk:
+                raise RuntimeError(f"redis-server closed the connection: {replies!r}")
+            replies += chunk
     return server_url
