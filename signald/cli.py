@@ -29,6 +29,7 @@ from signald.errors import StartupError
 from signald.history.contract import SchemaError, StorageError
 from signald.logfmt import JsonFormatter, announce, log_event, setup_logging
 from signald.server import RunningServer, build_authenticator, build_ssl_context, serve_signald
+from signald.workers import WORKER_FLAG, run_workers
 
 log = logging.getLogger("signald")
 
@@ -62,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port to bind; 0 picks a free one (default 8765)")
     serve.add_argument("--db", help="SQLite history database (default ./signald.db)")
     serve.add_argument("--history-url", help="history store: sqlite:///PATH or postgresql://user:password@host:port/db")
+    serve.add_argument("--broker-url", help="several nodes: the shared Redis, redis://host:port/db (needs a "
+                       "PostgreSQL --history-url)")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--log-format", choices=["text", "json"])
     serve.add_argument("--insecure", action="store_true", default=None,
@@ -71,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
     serve.add_argument("--demo", action="store_true", default=None,
                        help="serve the browser demo at http://HOST:PORT/demo/")
+    serve.add_argument("--workers", type=int, default=1, help="with --broker-url: run N nodes on this machine "
+                       "sharing the port (SO_REUSEPORT), one per core (default 1)")
+    serve.add_argument(WORKER_FLAG, action="store_true", help=argparse.SUPPRESS)
 
     history = commands.add_parser(
         "history", help="look at a history database (read-only)", description=HISTORY_DESCRIPTION)
@@ -100,7 +106,9 @@ def config_from_args(args: argparse.Namespace, warn: Callable[[str], None] | Non
     }
     log_section = {k: v for k, v in {"level": args.log_level, "format": args.log_format}.items() if v}
     history = {"url": args.history_url} if args.history_url is not None else {}
-    return load_config(args.config, overrides={"server": server, "log": log_section, "history": history}, warn=warn)
+    cluster = {"broker_url": args.broker_url} if args.broker_url is not None else {}
+    return load_config(args.config, overrides={"server": server, "log": log_section, "history": history,
+                                               "cluster": cluster}, warn=warn)
 
 
 def check_exposure(config: Config) -> str | None:
@@ -113,8 +121,8 @@ def check_exposure(config: Config) -> str | None:
     return None
 
 
-async def run_daemon(config: Config) -> int:
-    """Serve until SIGINT or SIGTERM, then shut down cleanly.
+async def run_daemon(config: Config, *, workers: int = 1, argv: Sequence[str] = (), worker: bool = False) -> int:
+    """Serve until SIGINT or SIGTERM, then shut down cleanly (with ``workers``: the other nodes too).
 
     SIGTERM (what systemd, Docker and Kubernetes send) with ``server.drain_s`` > 0 first drains:
     ``/readyz`` answers 503 while everything else goes on for that long, so that a load balancer
@@ -123,10 +131,13 @@ async def run_daemon(config: Config) -> int:
     """
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
-            running: RunningServer = await nursery.start(partial(serve_signald, config))
+            running: RunningServer = await nursery.start(partial(
+                serve_signald, config, reuse_port=worker or workers > 1))
             ports = {"api_port": running.api_port, "metrics_port": running.metrics_port}
             announce(log, f"signald ready on {running.url}", url=running.url,
                      **{name: port for name, port in ports.items() if port is not None})
+            if workers > 1:
+                nursery.start_soon(run_workers, config, argv, workers, running.port)
             async for signum in signals:
                 drain_s = config.server.drain_s
                 if signum == signal.SIGTERM and drain_s > 0:
@@ -165,6 +176,13 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"signald: configuration error: {exc}", file=sys.stderr)
         return 2
+    if args.workers < 1 or (args.workers > 1 and not config.cluster.enabled):
+        print("signald: configuration error: --workers: more than one node needs cluster.broker_url "
+              "(and a PostgreSQL history.url)" if args.workers > 1 else "signald: --workers must be 1 or more",
+              file=sys.stderr)
+        return 2
+    if args.workers > 1 and config.cluster.node_id:
+        config = config.replace(cluster={"node_id": f"{config.cluster.node_id}-0"})
     problem = check_exposure(config)
     if problem:
         print(f"signald: {problem}", file=sys.stderr)
@@ -188,7 +206,7 @@ def _serve(args: argparse.Namespace) -> int:
         log.warning("serving %s with auth mode 'none': anyone can connect as anyone", config.server.host)
     tune_gc()
     try:
-        return trio.run(run_daemon, config)
+        return trio.run(partial(run_daemon, config, workers=args.workers, argv=args.argv, worker=args.worker))
     except (OSError, StartupError) as exc:
         print(f"signald: cannot start: {_startup_failure(config, exc)}", file=sys.stderr)
         return 1
@@ -260,6 +278,7 @@ def _history(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``signald`` command; returns the exit status."""
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what --workers repeats for the other nodes
     if args.command == "serve":
         return _serve(args)
     if args.command == "health":

@@ -3,7 +3,7 @@
 Sources, later ones win: built-in defaults, a TOML file (``--config``), ``SIGNALD_<SECTION>_<KEY>``
 environment variables (e.g. ``SIGNALD_LIMITS_RATE_PER_S=50``), then command-line flags.
 Every key lives in a section (``[server]``, ``[limits]``, ``[auth]``, ``[presence]``, ``[history]``,
-``[calls]``, ``[log]``, ``[api]``); ``docs/configuration.md`` lists them all.
+``[calls]``, ``[log]``, ``[api]``, ``[cluster]``); ``docs/configuration.md`` lists them all.
 
 Error handling: any unknown key (in a file or a flag), wrong type or out-of-range value raises
 :class:`ConfigError` with one line that names the key (``limits.rate_per_s: expected a number, got
@@ -167,6 +167,31 @@ class ApiConfig:
     max_body_bytes: int = field(default=65536, validator=_positive)
 
 
+def _broker_url(instance: Any, attribute: attrs.Attribute[Any], value: str | None) -> None:
+    if value and not value.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError(f"{attribute.name}: expected redis://host:port/db, rediss://... or unix://PATH, "
+                         f"got {redact(value)!r}")
+
+
+def _node_id(instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
+    if len(value) > 64 or not all(c.isascii() and (c.isalnum() or c in "-_.") for c in value):
+        raise ValueError(f"{attribute.name}: at most 64 of [A-Za-z0-9._-], got {value!r}")
+
+
+@frozen
+class ClusterConfig:
+    """Several nodes on one broker (docs/cluster.md): off while ``broker_url`` is unset or empty."""
+
+    # The password never in a repr (redis://:secret@host/0).
+    broker_url: str | None = field(default=None, validator=_broker_url, repr=_url_repr)
+    node_id: str = field(default="", validator=_node_id)  # "": a random id at each start
+    node_ttl_s: float = field(default=10.0, validator=_positive)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.broker_url)
+
+
 @frozen
 class LogConfig:
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -185,6 +210,7 @@ class Config:
     calls: CallsConfig = CallsConfig()
     log: LogConfig = LogConfig()
     api: ApiConfig = ApiConfig()
+    cluster: ClusterConfig = ClusterConfig()
 
     def history_url(self) -> str:
         """The history store's URL: ``history.url``, else the SQLite file ``server.db``."""

@@ -16,7 +16,8 @@ from __future__ import annotations
 import logging
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
 
@@ -26,6 +27,7 @@ import trio
 from signald.app.facade import Signald
 from signald.app.httpapi import HttpApi, serve_api_port
 from signald.app.hub import Hub
+from signald.app.replica import Replica
 from signald.app.session import CLOSE_GOING_AWAY, Session, new_session_id
 from signald.auth import (
     Authenticator,
@@ -37,6 +39,7 @@ from signald.auth import (
 )
 from signald.config import Config
 from signald.delivery.frames import Frame
+from signald.errors import StartupError
 from signald.handlers import default_router
 from signald.inbound import handle_message
 from signald.logfmt import log_event
@@ -50,12 +53,14 @@ from signald.protocol import (
     msgpack_encoder,
 )
 from signald.router import Router
+from signald.state.dburl import parse_history_url, redact
 from signald.state.proxies import client_address
 from signald.state.ratelimit import ConnectionRateLimiter, FloodGuard
 from signald.state.refusals import Cause, Refusal, cause_of_status, decide
 from signald.timefmt import iso_utc
 from signald.transport.connection import run_connection
 from signald.transport.handshake import Handshake, peer_address
+from signald.transport.listeners import reuse_port_listeners
 from signald.transport.websocket import ServerWebSocket
 
 log = logging.getLogger("signald.server")
@@ -123,6 +128,7 @@ async def serve_signald(
     authenticator: Authenticator | None = None,
     router: Router | None = None,
     wall_clock: Callable[[], float] | None = None,
+    reuse_port: bool = False,
     task_status: trio.TaskStatus[RunningServer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run a signald daemon until cancelled.
@@ -133,7 +139,8 @@ async def serve_signald(
 
     ``authenticator`` replaces the one ``config.auth.mode`` selects; ``router`` replaces the
     default router (start from :func:`signald.handlers.default_router` to keep the protocol and
-    add ``app.*`` types); ``wall_clock`` replaces ``time.time`` for token expiry.
+    add ``app.*`` types); ``wall_clock`` replaces ``time.time`` for token expiry; ``reuse_port``
+    binds with ``SO_REUSEPORT``, so other node processes can serve the same port.
 
     Resource handling: on cancellation the listener stops accepting, every connection is closed
     with 1001 (each close bounded by ``server.shutdown_timeout_s``), and the history store is
@@ -145,6 +152,7 @@ async def serve_signald(
     """
     router = router or default_router()
     hub = Hub(config, wall_clock=wall_clock)
+    hub.replica = _replica(hub, config)
     authenticate = authenticator or build_authenticator(config, hub.wall_clock)
     hub.authenticator = authenticate
     ssl_context = build_ssl_context(config)
@@ -152,9 +160,13 @@ async def serve_signald(
         config.server.new_connections_per_ip_per_s, max(1, int(config.server.new_connections_per_ip_per_s))
     ) if config.server.new_connections_per_ip_per_s > 0 else None
     closing = trio.Event()  # set on shutdown before the connections are cancelled: they close with 1001
-    async with hub.running(), trio.open_nursery() as nursery:
+    async with hub.running(), _cluster(hub.replica), trio.open_nursery() as nursery:
         listeners: list[trio.abc.Listener[trio.abc.Stream]] = []
-        if ssl_context is None:
+        if reuse_port:  # one of several node processes on this port (signald serve --workers N)
+            shared = await reuse_port_listeners(config.server.host, config.server.port)
+            listeners += shared if ssl_context is None else [
+                trio.SSLListener(listener, ssl_context, https_compatible=True) for listener in shared]
+        elif ssl_context is None:
             listeners += await trio.open_tcp_listeners(config.server.port, host=config.server.host)
         else:
             listeners += await trio.open_ssl_over_tcp_listeners(
@@ -175,6 +187,34 @@ async def serve_signald(
         finally:  # shutdown (or a failure to start): the listeners stop, then every connection closes
             closing.set()
             connections.scope.cancel()
+
+
+def _replica(hub: Hub, config: Config) -> Replica | None:
+    """With ``cluster.broker_url``: the link to the other nodes (Redis), after checking what it needs."""
+    if not config.cluster.enabled:
+        return None
+    if parse_history_url(config.history_url()).backend != "postgresql":
+        raise StartupError("cluster.broker_url: several nodes need one shared PostgreSQL history store; "
+                           "set history.url = postgresql://... (each node's own SQLite file cannot be shared)")
+    try:
+        from signald.cluster.redis_replica import RedisReplica
+    except ImportError as exc:
+        raise StartupError(f"cluster.broker_url needs the redis extra (pip install 'signald[redis]'): {exc}") from None
+    return RedisReplica(hub, config.cluster)
+
+
+@asynccontextmanager
+async def _cluster(replica: Replica | None) -> AsyncIterator[None]:
+    """Run the link to the other nodes while the daemon serves (nothing with one node)."""
+    if replica is None:
+        yield
+        return
+    from signald.cluster.redis_replica import RedisReplica
+
+    assert isinstance(replica, RedisReplica)
+    async with replica.running():
+        log.info("cluster: node %s joined through %s", replica.node_id, redact(replica.url))
+        yield
 
 
 @attrs.frozen

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import trio
 from postgres import postgres_server, postgres_url  # noqa: F401  # fixtures: a private PostgreSQL
+from redis_fixture import redis_server, redis_url  # noqa: F401  # fixtures: a private Redis
 from trio.testing import MockClock
 
 from signald.client.raw import SignaldClient, connect

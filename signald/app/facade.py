@@ -32,6 +32,7 @@ import msgspec
 import trio
 
 from signald.app.hub import Hub
+from signald.app.replica import Kick, Leave
 from signald.app.session import Session
 from signald.errors import SignalError
 from signald.logfmt import log_event
@@ -101,6 +102,7 @@ def kick_from_room(
     for send in hub.rooms.kick(room, user_id):
         hub.send_to(send.conns - {spare} if spare is not None else send.conns, send.event)
     hub.send_to(kicked, RoomKickedEvent(data=KickedData(room=room, by=by, reason=reason)))
+    hub.share(Kick(room, user_id, by, reason))  # each node tells its own devices and room-mates
     log_event(audit, logging.INFO, "kicked", room=room, user=user_id, by=by, reason=reason, sessions=len(kicked))
     return kicked
 
@@ -122,6 +124,7 @@ def leave_rooms_the_token_forbids(hub: Hub, session: Session) -> list[Send]:
             continue
         hub.publish(hub.presence.clear_typing(conn, room))
         hub.publish(hub.rooms.leave(conn, room))
+        hub.share(Leave(conn, room))
         kicked.append(Send(frozenset((conn,)), RoomKickedEvent(
             data=KickedData(room=room, by=SERVER_KICKER, reason=TOKEN_REASON))))
         log_event(audit, logging.INFO, "kicked", room=room, user=session.user_id, by=SERVER_KICKER,

@@ -32,6 +32,7 @@ from typing import Final
 import attrs
 import trio
 
+from signald.delivery.frames import Frame
 from signald.errors import SignalError
 from signald.history.contract import ChatStore, Rejoin
 from signald.protocol import HistoryPage, Outbound, RoomJoinResult
@@ -45,7 +46,8 @@ LAST_SEEN_FLUSH_S: Final = 30.0
 DEFAULT_PAGE_LIMIT: Final = 50  # a page without limit: 50, or history_page_max if that is lower
 GUEST_ID: Final = re.compile(r"guest-[0-9a-f]{8}")  # what auth mode none gives a connection without ?user=
 
-Deliver = Callable[[Iterable[str], Outbound], int]
+Deliver = Callable[[Iterable[str], Outbound | Frame], int]
+Forward = Callable[[str, Frame, "str | None"], None]  # Replica.history_event
 
 
 def is_guest(user_id: str) -> bool:
@@ -67,30 +69,42 @@ class HistoryService:
     _deliver: Deliver
     _page_max: int = attrs.field(kw_only=True)
     _skip_guests: bool = attrs.field(default=False, kw_only=True)
+    # With several nodes: hands each announced change to the other nodes (signald.app.replica).
+    _forward: Forward | None = attrs.field(default=None, kw_only=True)
     # room -> joining conn -> events kept for it while its join reads history
-    _joining: dict[str, dict[str, list[Outbound]]] = attrs.field(init=False, factory=dict)
+    _joining: dict[str, dict[str, list[Frame]]] = attrs.field(init=False, factory=dict)
 
     # ------------------------------------------------------------------ room events
 
-    def announce(self, room: str, event: Outbound, exclude: str | None = None) -> None:
+    def announce(self, room: str, event: Outbound | Frame, exclude: str | None = None) -> None:
         """Deliver an event the store committed for ``room`` to its connections but ``exclude``.
 
-        Called from ``on_commit`` callbacks, so in commit order; a connection whose join is
-        reading history keeps it for :meth:`replay`.
+        Called from ``on_commit`` callbacks, so in commit order. With several nodes the replica
+        takes it instead: it goes to the other nodes, and comes back to :meth:`deliver_now` in the
+        room's ``rev`` order across nodes.
         """
+        frame = event if isinstance(event, Frame) else Frame(event)
+        if self._forward is not None:
+            self._forward(room, frame, exclude)
+        else:
+            self.deliver_now(room, frame, exclude)
+
+    def deliver_now(self, room: str, frame: Frame, exclude: str | None) -> None:
+        """Deliver a committed change to ``room``'s connections but ``exclude``; a connection whose
+        join is reading history keeps it for :meth:`replay`."""
         conns = self._rooms.conns_in(room)
-        self._deliver(conns - {exclude} if exclude is not None else conns, event)
+        self._deliver(conns - {exclude} if exclude is not None else conns, frame)
         if self._joining:
             joiners = self._joining.get(room)
             if joiners:
                 for kept in joiners.values():
-                    kept.append(event)
+                    kept.append(frame)
 
     @contextmanager
-    def capturing(self, room: str, conn: str) -> Iterator[list[Outbound]]:
+    def capturing(self, room: str, conn: str) -> Iterator[list[Frame]]:
         """Keep what is announced to ``room`` for ``conn`` (not yet a member) inside the block."""
         joiners = self._joining.setdefault(room, {})
-        kept: list[Outbound] = []
+        kept: list[Frame] = []
         joiners[conn] = kept
         try:
             yield kept
@@ -99,12 +113,12 @@ class HistoryService:
             if not joiners:
                 del self._joining[room]
 
-    def replay(self, conn: str, kept: list[Outbound], rejoin: Rejoin) -> None:
+    def replay(self, conn: str, kept: list[Frame], rejoin: Rejoin) -> None:
         """Deliver to a fresh member what was committed for its room after its join's read."""
-        for event in kept:
-            rev = getattr(getattr(event, "data", None), "rev", None)  # every chat.* change event has one
+        for frame in kept:
+            rev = getattr(getattr(frame.message, "data", None), "rev", None)  # every chat.* change event has one
             if rev is None or rev > rejoin.rev:
-                self._deliver((conn,), event)
+                self._deliver((conn,), frame)
 
     # ------------------------------------------------------------------ pages (chat.history, the server API)
 

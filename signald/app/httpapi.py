@@ -159,7 +159,8 @@ class HttpApi:
             return f"the history store failed: {exc}"
         if scope.cancelled_caught:
             return f"the history store did not answer within {READY_TIMEOUT_S:g} s"
-        return None
+        replica = self.server.hub.replica
+        return replica.problem() if replica is not None else None  # several nodes: the broker too
 
     # ------------------------------------------------------------------ other paths
 

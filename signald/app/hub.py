@@ -24,6 +24,7 @@ from signald.app.calls import CallLog
 from signald.app.expiry import Expiries
 from signald.app.history import HistoryService
 from signald.app.metrics import Gauges, Metrics
+from signald.app.replica import Connect, Disconnect, Op, Replica, Revoke
 from signald.app.session import CLOSE_SESSION_EXPIRED, CLOSE_SESSION_REVOKED, Session
 from signald.app.timers import Timers
 from signald.auth import Authenticator, NoneAuthenticator
@@ -76,6 +77,8 @@ class Hub:
     ) -> None:
         self.config = config
         self.broker = broker or LocalBroker()
+        # The other nodes (signald.app.replica), set before running() when cluster.broker_url is.
+        self.replica: Replica | None = None
         self.parking = Parking()  # where idle connections wait for bytes (see signald.transport.parking)
         self.cork = Cork()  # see signald.delivery.outbox.Cork; sessions' outboxes and the history store share it
         self.wall_clock: Callable[[], float] = wall_clock or time.time
@@ -123,6 +126,7 @@ class Hub:
             self.history = HistoryService(
                 store, self.presence, self.rooms, self.send_to, page_max=self.config.limits.history_page_max,
                 skip_guests=self.config.auth.mode == "none",
+                forward=self.replica.history_event if self.replica is not None else None,
             )
             try:
                 if server.metrics_port is not None:  # only once the store opened: a failed open leaks no thread
@@ -173,6 +177,7 @@ class Hub:
                   peer=session.remote)
         self.add_session(session)
         self.publish(self.presence.connect(session.session_id, session.user_id, trio.current_time()))
+        self.share(Connect(session.session_id, session.user_id))
         self.poke_timers()
         for hook in self.connect_hooks:
             hook(session)
@@ -192,6 +197,7 @@ class Hub:
                 log_event(log, logging.DEBUG, "room left", room=room, user=session.user_id, session=conn,
                           why="disconnected")
         self.publish(self.rooms.disconnect(conn))
+        self.share(Disconnect(conn))
         self.remove_session(session)
         code = session.close_code
         # The client's own code when it closed first; 1006 (RFC 6455: no close frame) when it vanished.
@@ -208,6 +214,8 @@ class Hub:
         sends = self.presence.activity(session.user_id, now, self.wall_clock())
         if sends:
             self.publish(sends)
+        if self.replica is not None:
+            self.replica.activity(session.user_id)
         self.timers.activity(now)
 
     # ------------------------------------------------------------------ timers (signald.app.timers)
@@ -272,11 +280,23 @@ class Hub:
                 del self.sessions_by_user[session.user_id]
 
     def devices_of(self, user_id: str) -> list[str]:
-        """Session ids of the user's connected devices, oldest first."""
-        return list(self.sessions_by_user.get(user_id, ()))
+        """Session ids of the user's connected devices, oldest first (with several nodes: this node's
+        first, then the others' in id order)."""
+        local = list(self.sessions_by_user.get(user_id, ()))
+        if self.replica is not None:
+            local += sorted(self.presence.devices_of(user_id).difference(local))
+        return local
 
     def connection_count(self, user_id: str) -> int:
+        """The user's connections: on every node when there are several (presence knows them all)."""
+        if self.replica is not None:
+            return len(self.presence.devices_of(user_id))
         return len(self.sessions_by_user.get(user_id, ()))
+
+    def share(self, op: Op) -> None:
+        """Tell the other nodes of a state change this node just applied (nothing with one node)."""
+        if self.replica is not None:
+            self.replica.share(op)
 
     # ------------------------------------------------------------------ delivery
 
@@ -288,6 +308,26 @@ class Hub:
         if queued:
             self.metrics.messages_out_by[frame.kind].inc(queued)
         return queued
+
+    def send_to_room(self, room: str, event: Outbound | Frame, exclude: str | None = None) -> int:
+        """Encode ``event`` once and queue it for every connection in ``room`` but ``exclude``, on every node.
+
+        Returns how many connections of this node got it (the others count their own).
+        """
+        frame = event if isinstance(event, Frame) else Frame(event)
+        conns = self.rooms.conns_in(room)
+        queued = self.send_to(conns - {exclude} if exclude is not None else conns, frame)
+        if self.replica is not None:
+            self.replica.room_event(room, frame, exclude)
+        return queued
+
+    async def published(self) -> None:
+        """With several nodes: wait until what this node announced so far is on its way to the others
+        (so a change is acked only once a node's death can no longer lose its live event)."""
+        if self.replica is not None:
+            sent = trio.Event()
+            self.replica.after_sent(sent.set)
+            await sent.wait()
 
     def publish(self, sends: Iterable[Send]) -> None:
         """Deliver the events a state module returned, in order."""
@@ -314,11 +354,14 @@ class Hub:
 
     def publish_to_user(self, user_id: str, event_type: str, data: Any) -> int:
         """Send an ``app.*`` event to every connected device of ``user_id``; returns how many got it."""
-        return self.send_to(self.devices_of(user_id), Frame(encode_app_event(event_type, data)))
+        frame = Frame(encode_app_event(event_type, data))
+        if self.replica is not None:
+            self.replica.user_event(user_id, frame)
+        return self.send_to(self.devices_of(user_id), frame)
 
     def publish_to_room(self, room: str, event_type: str, data: Any) -> int:
         """Send an ``app.*`` event to every connection in ``room``; returns how many got it."""
-        return self.send_to(self.rooms.conns_in(room), Frame(encode_app_event(event_type, data)))
+        return self.send_to_room(room, Frame(encode_app_event(event_type, data)))
 
     def revoke_user(self, user_id: str, reason: str) -> int:
         """End every session of ``user_id``: ``session.revoked`` then close 4003."""
@@ -328,6 +371,7 @@ class Hub:
             session.send(frame)
             session.close(CLOSE_SESSION_REVOKED, "session revoked")
         log_event(audit, logging.INFO, "sessions revoked", user=user_id, reason=reason, sessions=len(sessions))
+        self.share(Revoke(user_id, reason))
         return len(sessions)
 
 

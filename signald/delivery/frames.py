@@ -53,6 +53,14 @@ class Frame:
         self._wire_text: bytes | None = None
         self._wire_binary: bytes | None = None
 
+    @classmethod
+    def encoded(cls, message: Outbound | dict[str, Any], text: bytes) -> Frame:
+        """A frame whose JSON ``text`` was encoded elsewhere (by another node): not encoded again."""
+        frame = cls(message)
+        frame._text = text.decode()
+        frame._wire_text = websocket_frame(text, OPCODE_TEXT)
+        return frame
+
     @property
     def wire_text(self) -> bytes:
         """The complete text frame (JSON)."""

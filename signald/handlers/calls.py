@@ -12,6 +12,7 @@ from __future__ import annotations
 import trio
 
 from signald.app.context import Context
+from signald.app.replica import CallAnswered, CallEnded, CallIced, CallOffered
 from signald.errors import SignalError
 from signald.protocol import (
     CallAnswer,
@@ -26,14 +27,17 @@ async def call_offer(ctx: Context, msg: CallOffer) -> CallOfferResult:
     hub, session, data = ctx.hub, ctx.session, msg.data
     if data.target_id == session.user_id:
         raise SignalError("INVALID_PAYLOAD", "`$.data.target_id` is yourself")
+    callee_devices = hub.devices_of(data.target_id)  # on every node, with several
     outcome = hub.calls.offer(
         caller=session.user_id, caller_device=session.session_id, callee=data.target_id,
         shares_room=hub.rooms.shares_room(session.user_id, data.target_id),
-        callee_devices=hub.devices_of(data.target_id), call_type=data.call_type, sdp=data.sdp, call_id=data.call_id,
+        callee_devices=callee_devices, call_type=data.call_type, sdp=data.sdp, call_id=data.call_id,
         now=trio.current_time(), ring_timeout_s=hub.config.limits.ring_timeout_s,
     )
     hub.apply_call_outcome(outcome, ctx.after_reply)
     assert outcome.call_id is not None
+    hub.share(CallOffered(session.user_id, session.session_id, data.target_id, callee_devices, data.call_type,
+                          data.sdp, outcome.call_id))
     return CallOfferResult(call_id=outcome.call_id)
 
 
@@ -46,12 +50,14 @@ async def call_answer(ctx: Context, msg: CallAnswer) -> None:
     data, calls = msg.data, ctx.hub.calls
     outcome = calls.answer(**_party(ctx, data.target_id), sdp=data.sdp, call_id=data.call_id, now=trio.current_time())
     ctx.hub.apply_call_outcome(outcome, ctx.after_reply)
+    ctx.hub.share(CallAnswered(**_party(ctx, data.target_id), sdp=data.sdp, call_id=outcome.call_id or ""))
 
 
 async def call_ice(ctx: Context, msg: CallIce) -> None:
     data, calls = msg.data, ctx.hub.calls
     outcome = calls.ice(**_party(ctx, data.target_id), candidate=data.candidate, call_id=data.call_id)
     ctx.hub.apply_call_outcome(outcome, ctx.after_reply)
+    ctx.hub.share(CallIced(**_party(ctx, data.target_id), candidate=data.candidate, call_id=outcome.call_id or ""))
 
 
 async def call_end(ctx: Context, msg: CallEnd) -> None:
@@ -59,3 +65,4 @@ async def call_end(ctx: Context, msg: CallEnd) -> None:
     outcome = calls.end(**_party(ctx, data.target_id), reason=data.reason, call_id=data.call_id,
                         now=trio.current_time())
     ctx.hub.apply_call_outcome(outcome, ctx.after_reply)
+    ctx.hub.share(CallEnded(**_party(ctx, data.target_id), reason=data.reason, call_id=outcome.call_id or ""))

@@ -91,6 +91,8 @@ async def chat_send(ctx: Context, msg: ChatSend) -> Later:
         hub.metrics.history_seconds.observe(time.perf_counter() - started)
         if error is not None:
             reply.failed(error)
+        elif hub.replica is not None:  # several nodes: acked once the other nodes' copy is on its way
+            hub.replica.after_sent(lambda: reply.done(stored[0] if stored is not None else None))
         else:
             reply.done(stored[0] if stored is not None else None)
 
@@ -113,10 +115,12 @@ async def chat_edit(ctx: Context, msg: ChatEdit) -> ChatMessage:
     def announce(message: ChatMessage) -> None:
         _announce(ctx, message.room, ChatEditedEvent(data=message))
 
-    return await _history(ctx).edit(
+    edited = await _history(ctx).edit(
         message_id=msg.data.message_id, user_id=ctx.session.user_id, new_body=msg.data.new_body,
         on_commit=announce,
     )
+    await ctx.hub.published()
+    return edited
 
 
 async def chat_delete(ctx: Context, msg: ChatDelete) -> DeleteResult:
@@ -132,6 +136,7 @@ async def chat_delete(ctx: Context, msg: ChatDelete) -> DeleteResult:
         message_id=data.message_id, user_id=ctx.session.user_id, mode=data.mode,
         moderator=ctx.session.is_moderator, on_commit=announce,
     )
+    await ctx.hub.published()
     return DeleteResult(message_id=data.message_id, deleted_at=deleted.deleted_at, rev=deleted.rev)
 
 
@@ -145,6 +150,7 @@ async def chat_redact(ctx: Context, msg: ChatRedact) -> RedactResult:
         _announce(ctx, message.room, event)
 
     message = await _history(ctx).redact(message_id=msg.data.message_id, mask=msg.data.mask, on_commit=announce)
+    await ctx.hub.published()
     return RedactResult(message_id=message.id, new_body=message.body, rev=message.rev)
 
 
@@ -175,6 +181,7 @@ async def chat_reaction(ctx: Context, msg: ChatReaction) -> ReactionResult | Non
         message_id=data.message_id, user_id=ctx.session.user_id, reaction=data.reaction,
         action=data.action, room=data.scope, on_commit=announce,
     )
+    await ctx.hub.published()
     return None if rev is None else ReactionResult(rev=rev)
 
 

@@ -9,6 +9,7 @@ import trio
 
 from signald.app.context import Context
 from signald.app.facade import kick_from_room
+from signald.app.replica import Join, Leave, SetStatus, Typing
 from signald.errors import SignalError
 from signald.logfmt import log_event
 from signald.protocol import (
@@ -50,9 +51,13 @@ async def room_join(ctx: Context, msg: RoomJoin) -> RoomJoinResult:
         raise SignalError("FORBIDDEN", f"your token does not allow joining {room!r}")
     conn, user, max_rooms = session.session_id, session.user_id, hub.config.limits.max_rooms
     history = hub.history
+    if hub.replica is not None and not hub.rooms.is_member(conn, room):
+        await hub.replica.enter_room(room)  # hear the room's events from the other nodes before reading
     if history is None or hub.rooms.is_member(conn, room):  # nothing to read, or nothing joins
         outcome = hub.rooms.join(conn, user, room, max_rooms=max_rooms)
         hub.publish(outcome.sends)
+        if not outcome.already_member:
+            hub.share(Join(conn, user, room))
         ctx.after_reply.extend(outcome.after_ack)
         result = RoomJoinResult(room=room, members=hub.member_list(room), active=outcome.active, unread=0, rev=0)
         if history is not None:
@@ -63,8 +68,11 @@ async def room_join(ctx: Context, msg: RoomJoin) -> RoomJoinResult:
         rejoin = await history.rejoin(user, room, data.since, data.since_rev)
     if session.detached:  # closed during the read: a gone connection must not become a member
         raise SignalError("INTERNAL", "the connection closed during the join")
+    if hub.replica is not None:
+        hub.replica.read_at(room, rejoin.rev)
     outcome = hub.rooms.join(conn, user, room, max_rooms=max_rooms)
     hub.publish(outcome.sends)
+    hub.share(Join(conn, user, room))
     history.replay(conn, kept, rejoin)
     ctx.after_reply.extend(outcome.after_ack)
     result = RoomJoinResult(room=room, members=hub.member_list(room), active=outcome.active, unread=0, rev=0)
@@ -78,6 +86,7 @@ async def room_leave(ctx: Context, msg: RoomLeave) -> None:
     require_member(ctx, room)
     hub.publish(hub.presence.clear_typing(conn, room))
     hub.publish(hub.rooms.leave(conn, room))
+    hub.share(Leave(conn, room))
     log_event(log, logging.DEBUG, "room left", room=room, user=ctx.session.user_id, session=conn)
 
 
@@ -95,15 +104,15 @@ async def room_kick(ctx: Context, msg: RoomKick) -> None:
 async def room_signal(ctx: Context, msg: RoomSignal) -> None:
     hub, session, data = ctx.hub, ctx.session, msg.data
     require_member(ctx, data.room)
-    others = hub.rooms.conns_in(data.room) - {session.session_id}
     event = RoomSignalEvent(data=RoomSignalEventData(
         room=data.room, user_id=session.user_id, kind=data.kind, payload=data.payload))
-    hub.send_to(others, event)
+    hub.send_to_room(data.room, event, exclude=session.session_id)
 
 
 async def presence_set(ctx: Context, msg: PresenceSet) -> None:
     hub, session = ctx.hub, ctx.session
     hub.publish(hub.presence.set_status(session.session_id, session.user_id, msg.data.status, trio.current_time()))
+    hub.share(SetStatus(session.session_id, session.user_id, msg.data.status))
 
 
 async def chat_typing(ctx: Context, msg: ChatTyping) -> None:
@@ -113,6 +122,7 @@ async def chat_typing(ctx: Context, msg: ChatTyping) -> None:
         session.session_id, session.user_id, data.scope, data.typing, trio.current_time(),
         hub.config.limits.typing_timeout_s,
     ))
+    hub.share(Typing(session.session_id, session.user_id, data.scope, data.typing))
     hub.poke_timers()
 
 

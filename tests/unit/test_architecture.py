@@ -29,8 +29,9 @@ LAYERS: Final[tuple[tuple[str, tuple[str, ...]], ...]] = (
     ("delivery", ("signald.delivery",)),
     ("transport", ("signald.transport",)),
     ("app", ("signald.app",)),
+    ("cluster", ("signald.cluster",)),
     ("handlers", ("signald.router", "signald.handlers", "signald.inbound")),
-    ("entry", ("signald.server", "signald.cli", "signald.client", "signald.hub", "signald.__main__",
+    ("entry", ("signald.server", "signald.cli", "signald.workers", "signald.client", "signald.hub", "signald.__main__",
                "signald.api", "signald")),
 )
 

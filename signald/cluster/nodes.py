@@ -1,0 +1,115 @@
+"""The other nodes as this node knows them: heartbeats, a node's death, the state snapshot.
+
+Every node writes its wall-clock time into the ``nodes`` sorted set every ``node_ttl_s / 3``.
+A node whose time is older than ``node_ttl_s`` is dead: each survivor takes its devices out of its
+own copy (``device.offline``, ``member.left``, ``presence.update`` to its own connections), and
+the records it left in Redis are removed (by whichever survivor gets there first; doing it twice
+is harmless). A node that starts, or that lost the broker for a while, loads the live nodes'
+records (:meth:`NodeTable.load`) and applies the difference to its copy as ops.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from signald.app.hub import Hub
+from signald.app.replica import Connect, Disconnect, Join, Leave, Op, SetStatus
+from signald.cluster.wire import RECORD_DECODER, Names
+
+log = logging.getLogger("signald.cluster")
+
+STATUSES = frozenset({"online", "away", "busy", "offline"})
+
+
+class NodeTable:
+    """Which node each remote device lives on, and which nodes are alive."""
+
+    def __init__(self, hub: Hub, names: Names, node_id: str, ttl: float, apply: Callable[[str, Op], None]) -> None:
+        self.hub, self.names, self.node_id, self.ttl = hub, names, node_id, ttl
+        self._apply = apply  # apply another node's op here (the replica keeps ``remote`` up to date)
+        self.remote: dict[str, str] = {}  # every other node's connected device -> its node
+        self._alive: dict[str, float] = {}  # node -> when it was last known to beat (wall clock)
+        self._beaten: float | None = None  # when this node last wrote its own heartbeat
+        self.client: Any = None  # the coredis client, once connected
+
+    async def beat(self) -> bool:
+        """Say this node lives; forget the nodes that stopped saying so (and clean up after them).
+
+        True when this node had been taken out of the set (the others took it for dead while it
+        stalled, or the broker restarted empty): it must announce its devices again.
+        """
+        now = time.time()
+        client, names = self.client, self.names
+        missed = self._beaten is not None and now - self._beaten > self.ttl / 2
+        forgotten = self._beaten is not None and await client.zscore(names.nodes, self.node_id) is None
+        await client.zadd(names.nodes, {self.node_id: now})
+        if missed:
+            self.grace()  # this node could not beat either (stalled, or the broker was away): no verdicts yet
+        self._beaten = now
+        scores = await self._scores()
+        live = {node for node, beat in scores.items() if beat >= now - self.ttl}
+        for node, beat in scores.items():
+            self._alive[node] = max(self._alive.get(node, beat), beat)
+        known = set(self.remote.values()) - {self.node_id}
+        for node in sorted(known):  # missing from the set (removed as dead) or beating too long ago
+            if now - self._alive.setdefault(node, now) > self.ttl:
+                self.forget(node)
+        for node in set(self._alive) - known - set(scores):
+            del self._alive[node]
+        dead = sorted(set(scores) - live - {self.node_id})
+        if dead:
+            records = await client.hgetall(names.conns)
+            gone = [conn for conn, raw in records.items() if RECORD_DECODER.decode(raw).node in dead]
+            if gone:
+                await client.hdel(names.conns, gone)
+            await client.zrem(names.nodes, dead)
+        return forgotten or missed
+
+    def grace(self) -> None:
+        """Back on the broker after an outage: the other nodes get ``node_ttl_s`` to beat again
+        (the broker may have restarted empty) before any of them counts as dead."""
+        now = time.time()
+        for node in set(self.remote.values()):
+            self._alive[node] = now
+
+    def forget(self, node: str) -> None:
+        """``node`` stopped beating: its devices go offline here, with the usual events."""
+        conns = sorted(conn for conn, owner in self.remote.items() if owner == node)
+        log.warning("cluster: node %s stopped; %d of its devices go offline", node, len(conns))
+        for conn in conns:
+            self._apply(node, Disconnect(conn))
+
+    async def load(self) -> None:
+        """Take in every live node's devices, rooms and chosen statuses; drop what is gone."""
+        now = time.time()
+        client, names, hub = self.client, self.names, self.hub
+        live = {node for node, beat in (await self._scores()).items() if beat >= now - self.ttl} - {self.node_id}
+        records = {_text(conn): RECORD_DECODER.decode(raw) for conn, raw in (await client.hgetall(names.conns)).items()}
+        statuses = {_text(user): _text(status) for user, status in (await client.hgetall(names.status)).items()}
+        stale = [conn for conn, record in records.items() if record.node == self.node_id and conn not in hub.sessions]
+        if stale:  # left by an earlier run with this node id
+            await client.hdel(names.conns, stale)
+        wanted = {conn: record for conn, record in records.items() if record.node in live}
+        for conn in sorted(set(self.remote) - set(wanted)):
+            self._apply(self.remote[conn], Disconnect(conn))
+        for conn, record in sorted(wanted.items()):
+            if conn not in self.remote:
+                self._apply(record.node, Connect(conn, record.user))
+            for room in sorted(hub.rooms.rooms_of(conn) - set(record.rooms)):
+                self._apply(record.node, Leave(conn, room))
+            for room in record.rooms:
+                self._apply(record.node, Join(conn, record.user, room))
+        for user, status in sorted(statuses.items()):
+            if status in STATUSES and user not in hub.sessions_by_user:
+                self._apply("", SetStatus("", user, status))  # type: ignore[arg-type]
+
+    async def _scores(self) -> dict[str, float]:
+        found = await self.client.zrange(self.names.nodes, 0, -1, withscores=True)
+        return {_text(member): float(score) for member, score in found}
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

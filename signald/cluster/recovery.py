@@ -1,0 +1,49 @@
+"""Back on the broker after an outage: what a node says again, and whom it asks to resume.
+
+Redis may have restarted empty, and whatever was published while a node was off it is lost to that
+node. So the node announces its own devices, rooms and chosen statuses again (:func:`announcement`:
+ops the others apply only where they lack them), and closes with 1012 (service restart) the local
+connections of every room whose store moved past what the node delivered
+(:func:`close_rooms_behind`): their clients reconnect and resume exactly with ``since_rev``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Final
+
+from signald.app.hub import Hub
+from signald.app.replica import Connect, Join, Op, SetStatus
+
+CLOSE_SERVICE_RESTART: Final = 1012  # RFC 6455 (IANA): clients reconnect with backoff
+
+
+def announcement(hub: Hub) -> list[Op]:
+    """This node's devices, their rooms and its users' chosen statuses, as ops."""
+    ops: list[Op] = []
+    for conn, session in hub.sessions.items():
+        ops.append(Connect(conn, session.user_id))
+        ops.extend(Join(conn, session.user_id, room) for room in sorted(hub.rooms.rooms_of(conn)))
+    ops.extend(SetStatus("", user, hub.presence.chosen_status(user)) for user in hub.sessions_by_user)
+    return ops
+
+
+async def close_rooms_behind(hub: Hub, rooms: Iterable[str], delivered: Callable[[str], int | None]) -> int:
+    """Close (1012) this node's connections in each of ``rooms`` whose stored revision is past the
+    ``delivered`` one; returns how many were closed."""
+    closed = 0
+    if hub.history is None:
+        return 0
+    for room in sorted(rooms):
+        last = delivered(room)
+        if last is None:  # nothing delivered here yet: nothing this node could have missed
+            continue
+        page = await hub.history.store.changes(room=room, after_rev=last, limit=1)
+        if page.rev <= last and not page.changes_reset:
+            continue
+        for conn in sorted(hub.rooms.conns_in(room)):
+            session = hub.sessions.get(conn)
+            if session is not None and not session.detached:
+                session.close(CLOSE_SERVICE_RESTART, "room events were missed while the broker was away: resume")
+                closed += 1
+    return closed

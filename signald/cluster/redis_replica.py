@@ -1,0 +1,400 @@
+"""The :class:`~signald.app.replica.Replica` on Redis (coredis, which runs on Trio through anyio).
+
+Tasks, all in :meth:`RedisReplica.running`:
+
+- the **writer** (:mod:`signald.cluster.writer`) sends what :meth:`share`, :meth:`room_event` and
+  :meth:`user_event` queued, in order, many at a time in one pipeline (records first, then the
+  ``PUBLISH`` that announces them);
+- the **reader** takes messages off the one pub/sub connection with a ``get_message()`` loop (an
+  ``async for`` over a coredis pub/sub was seen to stop silently after a reconnect) and applies
+  them (:func:`signald.cluster.apply.apply_op`, or delivery to this node's connections);
+- the **heartbeat** writes this node's time into ``nodes`` every ``node_ttl_s / 3`` and takes the
+  nodes that stopped beating for ``node_ttl_s`` out of this node's copy: their devices go offline
+  and leave their rooms, with the usual events to this node's connections;
+- the **sweeper** stops hearing rooms and users this node no longer has a connection in.
+
+Redis restarted or unreachable: coredis reconnects and resubscribes by itself; meanwhile writes fail
+(``/readyz`` says 503 with the reason), local delivery goes on, and what was published in between is
+lost. Once the state channel is heard again, the node writes its own records back, announces its
+devices again and reloads everyone's (:meth:`RedisReplica._resync`); no node is declared dead
+for the outage itself (:meth:`NodeTable.grace`). Chat changes lost in between are in the store:
+clients get them with an exact resume (``room.join {since_rev}``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import secrets
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any, Final
+
+import coredis
+import trio
+
+from signald.app.hub import Hub
+from signald.app.replica import Activity, Connect, Disconnect, Join, Kick, Leave, Op, Replica, SetStatus
+from signald.cluster.apply import apply_op
+from signald.cluster.channels import Subscriptions
+from signald.cluster.nodes import NodeTable
+from signald.cluster.order import HOLD_S, RoomOrder
+from signald.cluster.recovery import announcement, close_rooms_behind
+from signald.cluster.wire import (
+    ROOM_DECODER,
+    STATE_DECODER,
+    STATE_ENCODER,
+    USER_DECODER,
+    ConnRecord,
+    Echo,
+    Names,
+    RoomEnvelope,
+    StateEnvelope,
+    UserEnvelope,
+    decode_event,
+)
+from signald.cluster.writer import Command, Writer
+from signald.config import ClusterConfig
+from signald.delivery.frames import Frame
+from signald.errors import StartupError
+from signald.state.dburl import redact
+
+log = logging.getLogger("signald.cluster")
+
+SWEEP_S: Final = 2.0
+RETRY_S: Final = 0.5
+CONNECT_S: Final = 5.0  # a broker that does not answer at start within this is a startup error
+
+
+class RedisReplica(Replica):
+    """This node's link to the others through one Redis (see the module docstring)."""
+
+    def __init__(self, hub: Hub, config: ClusterConfig) -> None:
+        assert config.broker_url
+        # coredis says every reconnect attempt at info; signald says when the broker fails and recovers
+        logging.getLogger("coredis").setLevel(max(logging.WARNING, logging.getLogger("coredis").level))
+        self.hub = hub
+        self.node_id = config.node_id or f"n-{secrets.token_hex(4)}"
+        self.names = Names(config.broker_url)
+        self.url = config.broker_url
+        self._ttl = config.node_ttl_s
+        self._applying = False  # applying another node's op: nothing is shared back
+        self.nodes = NodeTable(hub, self.names, self.node_id, config.node_ttl_s, self._apply)
+        self.order = RoomOrder(self._deliver_change)
+        self.channels = Subscriptions(hub, self.names, dropped=self.order.forget)
+        self._problem: str | None = None  # why the broker cannot be used now (/readyz)
+        away = hub.config.presence.away_after_s
+        self._activity_every = away / 4 if away > 0 else math.inf
+        self._activity_shared: dict[str, float] = {}
+        self._client: coredis.Redis[bytes] = coredis.Redis.from_url(self.url, decode_responses=False)
+        self.nodes.client = self._client
+        self.writer = Writer(self._client, up=self._up, down=self._down)
+        self._pubsub: Any = None
+        self._nursery: trio.Nursery | None = None
+        self._heard_state_once = False
+        self._resyncing = False
+        self._stop = trio.Event()  # running() is done: the broker connections close
+        self._connect_error = f"no answer within {CONNECT_S:g} s"
+        self._heard = 0.0  # when this node last heard its own heartbeat (trio time)
+
+    # ------------------------------------------------------------------ the Replica seam
+
+    def share(self, op: Op) -> None:
+        if self._applying:
+            return
+        names, commands = self.names, []
+        if isinstance(op, Connect | Join | Leave):
+            commands.append(self._record(op.conn))
+        if isinstance(op, Connect):
+            self._later(names.user(op.user))
+        elif isinstance(op, Disconnect):
+            commands.append(("hdel", names.conns, op.conn))
+            session = self.hub.sessions.get(op.conn)
+            if session is not None:
+                if not self.hub.presence.is_online(session.user_id):
+                    commands.append(("hdel", names.status, session.user_id))
+                if len(self.hub.sessions_by_user.get(session.user_id, ())) <= 1:  # its last one here
+                    self._activity_shared.pop(session.user_id, None)
+                self._later(names.user(session.user_id))
+        elif isinstance(op, Kick):
+            commands.extend(self._records_of(op.user))
+        elif isinstance(op, SetStatus):
+            commands.append(("hset", names.status, {op.user: op.status}))
+        commands.append(("publish", names.state, STATE_ENCODER.encode(StateEnvelope(self.node_id, op))))
+        self.writer.put(commands)
+
+    def activity(self, user: str) -> None:
+        now = trio.current_time()
+        if now - self._activity_shared.get(user, -math.inf) >= self._activity_every:
+            self._activity_shared[user] = now
+            self.share(Activity(user))
+
+    def after_sent(self, callback: Callable[[], None]) -> None:
+        self.writer.after_sent(callback)
+
+    def room_event(self, room: str, frame: Frame, exclude: str | None) -> None:
+        envelope = RoomEnvelope(self.node_id, exclude, False, frame.text.encode())
+        self.writer.put([("publish", self.names.room(room), STATE_ENCODER.encode(envelope))])
+
+    def history_event(self, room: str, frame: Frame, exclude: str | None) -> None:
+        envelope = RoomEnvelope(self.node_id, exclude, True, frame.text.encode())
+        self.writer.put([("publish", self.names.room(room), STATE_ENCODER.encode(envelope))])
+        self._in_order(room, frame, exclude)
+
+    def _in_order(self, room: str, frame: Frame, exclude: str | None) -> None:
+        gap = self.order.offer(room, frame, exclude)
+        if gap is not None and self._nursery is not None:
+            self._nursery.start_soon(self._give_up_later, room, gap)
+
+    async def _give_up_later(self, room: str, gap: int) -> None:
+        await trio.sleep(HOLD_S)
+        if self.order.holding(room, gap):
+            log.warning("cluster: room %s: a change did not arrive within %g s; delivering what followed it",
+                        room, HOLD_S)
+            self.order.give_up(room, gap)
+
+    def _deliver_change(self, room: str, frame: Frame, exclude: str | None) -> None:
+        if self.hub.history is not None:
+            self.hub.history.deliver_now(room, frame, exclude)
+
+    def user_event(self, user: str, frame: Frame) -> None:
+        envelope = UserEnvelope(self.node_id, frame.text.encode())
+        self.writer.put([("publish", self.names.user(user), STATE_ENCODER.encode(envelope))])
+
+    async def enter_room(self, room: str) -> None:
+        try:
+            await self.channels.enter_room(room)
+        except Exception as exc:  # the broker is down: join anyway, the sweeper subscribes later
+            self._down(exc)
+
+    def read_at(self, room: str, rev: int) -> None:
+        self.order.start(room, rev)
+
+    def problem(self) -> str | None:
+        if self._problem is not None:
+            return self._problem
+        deaf = trio.current_time() - self._heard
+        if deaf > max(self._ttl, 1.0):
+            return f"the broker (Redis) has not echoed this node's heartbeat for {deaf:.1f} s (pub/sub reconnecting)"
+        return None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[RedisReplica]:
+        """Connect, load the cluster's state, run the tasks; on the way out leave the cluster."""
+        async with trio.open_nursery() as holder:
+            try:
+                await holder.start(self._hold_connections)
+            except RuntimeError:  # it ended without connecting
+                raise StartupError(f"cluster.broker_url {redact(self.url)}: {self._connect_error}") from None
+            try:
+                try:
+                    with trio.fail_after(CONNECT_S):
+                        await self._client.ping()
+                except Exception as exc:
+                    raise StartupError(f"cluster.broker_url {redact(self.url)}: {exc or type(exc).__name__}") from None
+                await self._pubsub.subscribe(self.names.state)
+                await self._beat()
+                await self.nodes.load()
+                self._problem = None
+                self._heard = trio.current_time()
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    for task in (self._read, self.writer.run, self._heartbeat, self._sweep):
+                        nursery.start_soon(task)
+                    try:
+                        yield self
+                    finally:
+                        nursery.cancel_scope.cancel()
+                        with trio.move_on_after(2) as scope:
+                            scope.shield = True
+                            await self._leave_cluster()
+            finally:
+                self._stop.set()
+
+    async def _hold_connections(self, *, task_status: trio.TaskStatus[None]) -> None:
+        """Own coredis's connections (its pool and pub/sub run tasks of their own) in a scope that a
+        shutdown does not cancel: the node can still say goodbye, and then the pub/sub and the pool
+        close in order (cancelled together, coredis's pub/sub cleanup writes to a closed connection)."""
+        try:
+            with trio.CancelScope(shield=True, deadline=trio.current_time() + CONNECT_S) as scope:
+                async with self._client:
+                    self._pubsub = self.channels.pubsub = self._client.pubsub()
+                    async with self._pubsub:
+                        scope.deadline = math.inf
+                        task_status.started()
+                        await self._stop.wait()
+                        scope.deadline = trio.current_time() + 3  # a broker that is down cannot hold us up
+        except Exception as exc:  # closing connections to a broker that is gone: nothing left to do
+            self._connect_error = str(exc) or type(exc).__name__
+            log.debug("cluster: closing the broker connections: %r", exc)
+
+    async def _leave_cluster(self) -> None:
+        """A clean stop: flush what is queued, then take this node's records out at once."""
+        pending = self.writer.drain()
+        mine = [conn for conn in self.hub.sessions]
+        if mine:
+            pending.append(("hdel", self.names.conns, mine))
+        pending.append(("zrem", self.names.nodes, self.node_id))
+        try:
+            await self.writer.execute(pending)
+        except Exception as exc:  # the others notice within node_ttl_s instead
+            log.warning("cluster: could not leave the cluster cleanly: %s", exc or type(exc).__name__)
+
+    # ------------------------------------------------------------------ tasks
+
+    async def _read(self) -> None:
+        while True:
+            try:
+                message = await self._pubsub.get_message(timeout=1.0)
+            except Exception as exc:
+                self._down(exc)
+                await trio.sleep(RETRY_S)
+                continue
+            if message is None:
+                continue
+            kind, channel = message["type"], _text(message["channel"])
+            if kind == "subscribe" and channel == self.names.state:
+                if self._heard_state_once and self._nursery is not None:
+                    self._nursery.start_soon(self._resync)  # a reconnect: the broker may have lost everything
+                self._heard_state_once = True
+            if kind != "message":
+                continue
+            try:
+                self._receive(channel, message["data"])
+            except Exception:
+                log.exception("cluster: cannot apply a message from %s", channel)
+
+    def _receive(self, channel: str, data: bytes) -> None:
+        kind, name = self.names.parse(channel)
+        hub = self.hub
+        if kind == "state":
+            envelope = STATE_DECODER.decode(data)
+            if isinstance(envelope.op, Echo):
+                if envelope.origin == self.node_id:
+                    self._heard = trio.current_time()
+            elif envelope.origin != self.node_id:
+                self._apply(envelope.origin, envelope.op)
+        elif kind == "room":
+            room = ROOM_DECODER.decode(data)
+            if room.origin == self.node_id:
+                return
+            frame = Frame.encoded(decode_event(room.text), room.text)
+            if room.history:
+                self._in_order(name, frame, room.exclude)
+            else:
+                conns = hub.rooms.conns_in(name)
+                hub.send_to(conns - {room.exclude} if room.exclude is not None else conns, frame)
+        elif kind == "user":
+            user = USER_DECODER.decode(data)
+            if user.origin != self.node_id:
+                hub.send_to(hub.devices_of(name), Frame.encoded(decode_event(user.text), user.text))
+
+    def _apply(self, origin: str, op: Op) -> None:
+        if isinstance(op, Connect | Join):
+            self.nodes.remote[op.conn] = origin
+        self._applying = True
+        try:
+            apply_op(self.hub, op)
+        finally:
+            self._applying = False
+        if isinstance(op, Disconnect):
+            self.nodes.remote.pop(op.conn, None)
+        elif isinstance(op, Kick):  # this node's devices of the user left the room: their records say so
+            records = self._records_of(op.user)
+            if records:
+                self.writer.put(records)
+
+    async def _beat(self) -> None:
+        if await self.nodes.beat() and self._nursery is not None:
+            log.warning("cluster: this node had been taken out of the cluster; announcing its devices again")
+            self._nursery.start_soon(self._resync)
+        self._up()
+        echo = STATE_ENCODER.encode(StateEnvelope(self.node_id, Echo()))
+        self.writer.put([("publish", self.names.state, echo)])
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await trio.sleep(self._ttl / 3)
+            try:
+                await self._beat()
+            except Exception as exc:
+                self._down(exc)
+
+    async def _sweep(self) -> None:
+        while True:
+            await trio.sleep(SWEEP_S)
+            try:
+                await self.channels.sweep()
+            except Exception as exc:
+                self._down(exc)
+
+    # ------------------------------------------------------------------ state snapshots
+
+    async def _resync(self) -> None:
+        """After a reconnect: records and ops again, everyone else's reloaded, rooms behind closed
+        (:mod:`signald.cluster.recovery`)."""
+        if self._resyncing:  # a reconnect and a beat can both ask for it
+            return
+        self._resyncing = True
+        try:
+            await self._announce_again()
+        finally:
+            self._resyncing = False
+
+    async def _announce_again(self) -> None:
+        hub, names = self.hub, self.names
+        self.nodes.grace()
+        commands: list[Command] = [self._record(conn) for conn in hub.sessions]
+        statuses = {user: hub.presence.chosen_status(user) for user in hub.sessions_by_user}
+        if statuses:
+            commands.append(("hset", names.status, statuses))
+        commands.extend(("publish", names.state, STATE_ENCODER.encode(StateEnvelope(self.node_id, op)))
+                        for op in announcement(hub))
+        try:
+            await self.writer.execute(commands)
+            await self._beat()
+            await self.nodes.load()
+            rooms = [name for kind, name in map(names.parse, self.channels.heard) if kind == "room"]
+            closed = await close_rooms_behind(hub, rooms, self.order.last)
+        except Exception as exc:
+            self._down(exc)
+        else:
+            log.info("cluster: back on the broker; %d devices announced again, %d closed to resume",
+                     len(hub.sessions), closed)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _record(self, conn: str) -> Command:
+        session = self.hub.sessions.get(conn)
+        user = session.user_id if session is not None else self.hub.rooms.user_of(conn) or ""
+        record = ConnRecord(self.node_id, user, sorted(self.hub.rooms.rooms_of(conn)))
+        return ("hset", self.names.conns, {conn: STATE_ENCODER.encode(record)})
+
+    def _records_of(self, user: str) -> list[Command]:
+        return [self._record(conn) for conn in self.hub.sessions_by_user.get(user, ())]
+
+    def _later(self, channel: str) -> None:
+        if self._nursery is not None:
+            self._nursery.start_soon(self._sync_quietly, channel)
+
+    async def _sync_quietly(self, channel: str) -> None:
+        try:
+            await self.channels.sync(channel)
+        except Exception as exc:
+            self._down(exc)
+
+    def _down(self, exc: BaseException) -> None:
+        if self._problem is None:
+            log.warning("cluster: the broker (Redis) failed: %s", exc or type(exc).__name__)
+        self._problem = f"the broker (Redis) is unreachable: {exc or type(exc).__name__}"
+
+    def _up(self) -> None:
+        if self._problem is not None:
+            log.info("cluster: the broker (Redis) answers again")
+        self._problem = None
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,0 +1,50 @@
+"""What the nodes put into Redis survives the trip: names per database, every op, both event kinds."""
+
+from __future__ import annotations
+
+import typing
+
+import pytest
+
+from signald.app import replica
+from signald.cluster.wire import STATE_DECODER, STATE_ENCODER, Echo, Names, StateEnvelope, decode_event
+from signald.delivery.frames import Frame
+from signald.protocol import MemberJoinedEvent, RoomUserData, encode_app_event
+
+
+def test_names_carry_the_database_so_two_clusters_on_one_redis_never_hear_each_other() -> None:
+    one, two = Names("redis://127.0.0.1:6379/1"), Names("redis://:pw@127.0.0.1:6379/2")
+    assert one.room("lobby") != two.room("lobby") and one.state != two.state
+    assert Names("redis://127.0.0.1:6379").state == "signald.0.state"
+    assert one.parse(one.room("a.b:c")) == ("room", "a.b:c")
+    assert one.parse(one.user("alice")) == ("user", "alice")
+    assert one.parse(one.state) == ("state", "")
+    assert one.parse(two.room("x"))[0] == ""
+
+
+OPS: list[replica.Op] = [
+    replica.Connect("c1", "alice"), replica.Disconnect("c1"), replica.Join("c1", "alice", "lobby"),
+    replica.Leave("c1", "lobby"), replica.Kick("lobby", "bob", "alice", None), replica.SetStatus("c1", "alice", "away"),
+    replica.Typing("c1", "alice", "lobby", True), replica.Activity("alice"), replica.Revoke("bob", "bye"),
+    replica.CallOffered("alice", "c1", "bob", ["c2", "c3"], "video", {"type": "offer", "sdp": "v=0"}, "call-1"),
+    replica.CallAnswered("bob", "c2", "alice", {"type": "answer", "sdp": "v=0"}, "call-1"),
+    replica.CallIced("bob", "c2", "alice", {"candidate": "x"}, "call-1"),
+    replica.CallEnded("alice", "c1", "bob", None, "call-1"),
+]
+
+
+def test_every_op_kind_is_tried() -> None:
+    assert {type(op) for op in OPS} == set(typing.get_args(replica.Op))
+
+
+@pytest.mark.parametrize("op", [*OPS, Echo()], ids=lambda op: type(op).__name__)
+def test_an_op_survives_the_state_channel(op: replica.Op | Echo) -> None:
+    assert STATE_DECODER.decode(STATE_ENCODER.encode(StateEnvelope("node-1", op))) == StateEnvelope("node-1", op)
+
+
+def test_our_events_come_back_as_their_structs_and_an_embedders_as_a_dict() -> None:
+    ours = Frame(MemberJoinedEvent(data=RoomUserData(room="lobby", user_id="bob")))
+    again = Frame.encoded(decode_event(ours.text.encode()), ours.text.encode())
+    assert again.message == ours.message and again.wire_text == ours.wire_text and again.binary == ours.binary
+    app = Frame(encode_app_event("app.tasks_updated", {"n": 1}))
+    assert decode_event(app.text.encode()) == {"type": "app.tasks_updated", "data": {"n": 1}}
