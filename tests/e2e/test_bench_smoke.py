@@ -22,8 +22,14 @@ def test_bench_quick_runs_every_workload_against_every_server(tmp_path: Path) ->
                           capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     results = json.loads(out.read_text())
-    assert set(results["summary"]) >= {"a", "b", "c", "d", "e", "f"}
+    assert set(results["summary"]) >= {"a", "b", "c", "d", "e", "f", "g"}
     assert {"signald", "socketio", "websockets"} <= set(results["summary"]["a"])
+    # (g) the reconnect storm: every client came back after the restart, holding exactly the history
+    storm = results["raw"]["g"]["signald"][0]
+    n = results["sizes"]["storm_sizes"][0]
+    assert (storm[f"resumed_{n}"], storm[f"exact_{n}"], storm[f"missed_{n}"], storm[f"duplicated_{n}"]) == (
+        n, 1, 0, 0), storm
+    assert results["raw"]["g"]["socketio"][0][f"resumed_{n}"] == n
 
 
 def test_bench_baseline_runs_an_older_commit_side_by_side(tmp_path: Path) -> None:
