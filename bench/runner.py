@@ -81,6 +81,10 @@ def targets_for(sizes: Sizes) -> list[Target]:
     ]
     out += [Target("c", f"rss_kb_{n}", f"idle memory per connection at {n} vs python-socketio", "<=", 0.6,
                    "socketio") for n in sizes.idle_sizes]
+    out += [Target("d", "rate", "connections/s (handshake + welcome), kept open, vs websockets", ">=", 1.2,
+                   "websockets"),
+            Target("d", "closed_rate", "connections/s (handshake + welcome), each closed after set-up, vs websockets",
+                   ">=", 1.2, "websockets")]
     out.append(Target("e", "rate", "durable acked chat.send/s vs the same with --db :memory:", ">=", 0.7,
                       "signald-mem"))
     n = sizes.scale_connections
@@ -307,8 +311,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline", metavar="REV",
                         help="also run signald as of git commit REV (server 'signald-before'), interleaved with "
                         "the others, and print signald / signald-before for every metric")
-    parser.add_argument("--profile", action="store_true",
-                        help="do not run the workloads: profile signald (cProfile) under the largest fan-out")
+    parser.add_argument("--profile", nargs="?", const="b", metavar="WORKLOAD",
+                        help="do not run the workloads: profile signald (cProfile) under one workload (default b, "
+                        "the largest fan-out; d: connections; g: the reconnect storm)")
     args = parser.parse_args(argv)
 
     if args.report:
@@ -330,9 +335,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.storm_sizes:
         sizes = Sizes(**{**asdict(sizes), "storm_sizes": tuple(int(n) for n in args.storm_sizes.split(","))})
     if args.profile:
-        from bench.profile import profile_fanout
+        from bench.profile import profile_workload
 
-        return run_loop(profile_fanout(sizes))
+        return run_loop(profile_workload(sizes, args.profile))
     keys = [k.strip() for k in args.only.split(",")] if args.only else list(WORKLOADS)
     unknown = [k for k in keys if k not in WORKLOADS]
     if unknown:

@@ -13,7 +13,9 @@ from bench.workloads import WORKLOADS, Sizes
 ROWS: dict[str, list[tuple[str, str, str]]] = {  # workload -> (metric, label, format)
     "a": [("p50_ms", "ack p50 (ms)", ".3f"), ("p99_ms", "ack p99 (ms)", ".3f")],
     "c": [],
-    "d": [("rate", "connections/s", ",.0f"), ("cpu_ms_per_conn", "server CPU per connection (ms)", ".2f")],
+    "d": [("rate", "connections/s", ",.0f"), ("cpu_ms_per_conn", "server CPU per connection (ms)", ".2f"),
+          ("closed_rate", "connections/s, each closed after set-up", ",.0f"),
+          ("closed_cpu_ms_per_conn", "server CPU per connection, closed after set-up (ms)", ".2f")],
     "e": [("rate", "acked chat.send/s", ",.0f"), ("cpu_us_per_send", "server CPU per send (µs)", ".0f")],
     "f": [("held", "connections held", ",.0f"), ("rss_mb", "RSS (MiB)", ",.0f"),
           ("rss_kb_per_conn", "RSS per connection (KiB)", ".1f"), ("idle_cpu_pct", "idle CPU (% of a core)", ".2f"),

@@ -21,7 +21,7 @@ import psutil
 
 from bench.procs import REPO, Server, client_cpu_seconds
 from bench.storm import storm_workload
-from bench.wsclient import Conn, Stats, connect_many, quiet
+from bench.wsclient import Conn, Stats, connect, connect_many, quiet
 
 BODY = "the quick brown fox jumps over the lazy dog while the daemon fans it out"  # 72 chars
 LOCAL_HOSTS = [f"127.0.0.{i}" for i in range(2, 10)]  # source addresses for handshake-heavy runs
@@ -231,7 +231,40 @@ async def connect_rate(server: Server, sizes: Sizes, tag: str) -> Metrics:
     elapsed = time.perf_counter() - t0
     cpu = server.cpu_seconds() - cpu0
     await drop_all(conns)
-    return {"rate": len(conns) / elapsed, "cpu_ms_per_conn": cpu / max(1, len(conns)) * 1e3, "failed": failed}
+    metrics: Metrics = {"rate": len(conns) / elapsed, "cpu_ms_per_conn": cpu / max(1, len(conns)) * 1e3,
+                        "failed": failed}
+    metrics.update(await _connect_close_rate(server, sizes, tag))
+    return metrics
+
+
+async def _connect_close_rate(server: Server, sizes: Sizes, tag: str) -> Metrics:
+    """The same, each connection closed cleanly once its welcome arrived (close frame, the server's
+    reply and TCP close): set-up and tear-down, counted when the connection is gone."""
+    stats = Stats()
+    dialect = server.spec.dialect
+    count = sizes.connect_count
+    done = failed = 0
+    next_index = 0
+
+    async def worker() -> None:
+        nonlocal next_index, done, failed
+        while next_index < count:
+            i = next_index
+            next_index += 1
+            try:
+                conn = await connect(dialect, server.host, server.port, f"cc-{tag}-{i}", stats,
+                                     local_host=LOCAL_HOSTS[i % len(LOCAL_HOSTS)])
+                await asyncio.wait_for(conn.close(), 30)
+                done += 1
+            except (OSError, TimeoutError):
+                failed += 1
+
+    cpu0, t0 = server.cpu_seconds(), time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(min(sizes.connect_concurrency, count))))
+    elapsed = time.perf_counter() - t0
+    cpu = server.cpu_seconds() - cpu0
+    return {"closed_rate": done / elapsed, "closed_cpu_ms_per_conn": cpu / max(1, done) * 1e3,
+            "closed_failed": failed}
 
 
 # ---------------------------------------------------------------------------------------- (e)

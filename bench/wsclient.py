@@ -326,6 +326,17 @@ class Conn(asyncio.Protocol):
     def chat(self, room: str, body: str) -> asyncio.Future[bytes]:
         return self.request(lambda op_id: self.dialect.send(op_id, room, body))
 
+    def close(self, code: int = 1000) -> asyncio.Future[None]:
+        """Start a clean close (our close frame, the server's reply, its TCP close); the future
+        resolves once the connection is gone."""
+        gone: asyncio.Future[None] = self._loop.create_future()
+        self.on_lost = lambda _c: gone.done() or gone.set_result(None)
+        if self.transport is None or self.transport.is_closing():
+            gone.set_result(None)
+        else:
+            self._write(_frame(code.to_bytes(2, "big"), 0x8))
+        return gone
+
     def abort(self) -> None:
         """Drop the connection at once (RST: no TIME_WAIT left behind on either side)."""
         if self.transport is not None:
