@@ -30,7 +30,7 @@ from signald.auth import Authenticator, NoneAuthenticator
 from signald.config import Config
 from signald.delivery.broker import Broker, LocalBroker
 from signald.delivery.frames import Frame
-from signald.delivery.outbox import Cork
+from signald.delivery.outbox import BatchCork, Cork
 from signald.errors import StartupError
 from signald.history.contract import ChatStore, SchemaError, StorageError
 from signald.history.factory import make_store
@@ -78,10 +78,13 @@ class Hub:
         self.broker = broker or LocalBroker()
         self.parking = Parking()  # where idle connections wait for bytes (see signald.transport.parking)
         self.cork = Cork()  # see signald.delivery.outbox.Cork; sessions' outboxes and the history store share it
+        self.batch_cork = BatchCork(self.cork)  # publish() holds it: a storm of joins, one write per member per pass
         self.wall_clock: Callable[[], float] = wall_clock or time.time
         self.sessions: dict[str, Session] = {}
         self.sessions_by_user: dict[str, dict[str, Session]] = {}
         self.handshaking: dict[str, int] = {}  # per user: accepted handshakes not yet connected
+        # Set by the server once it shuts down: departures are no longer announced (see disconnect).
+        self.shutting_down = False
         self.counters = Counters()
         self.started_at = 0.0
         self.history: HistoryService | None = None
@@ -135,6 +138,7 @@ class Hub:
                     nursery.start_soon(self.timers.run_heartbeats)
                     nursery.start_soon(self.expiries.run)
                     nursery.start_soon(self.parking.run)
+                    nursery.start_soon(self.batch_cork.run)
                     nursery.start_soon(self.history.run_last_seen_flusher)
                     if self.config.calls.call_log:
                         self.call_log = CallLog(self.rooms, store, self.history.announce)
@@ -185,8 +189,11 @@ class Hub:
             self.metrics.coalesced.inc(session.outbox.coalesced)
         conn = session.session_id
         self.apply_call_outcome(self.calls.device_gone(conn, trio.current_time()))
-        self.publish(self.presence.disconnect(conn, trio.current_time(), self.wall_clock()))
-        self.publish(self.rooms.disconnect(conn))
+        gone = self.presence.disconnect(conn, trio.current_time(), self.wall_clock())
+        left = self.rooms.disconnect(conn)
+        if not self.shutting_down:  # else every peer is being closed too: nobody to tell (N² frames)
+            self.publish(gone)
+            self.publish(left)
         self.remove_session(session)
         code = session.close_code
         log_event(audit, logging.INFO, "connection closed", user=session.user_id, session=conn, peer=session.remote,
@@ -283,7 +290,13 @@ class Hub:
         return queued
 
     def publish(self, sends: Iterable[Send]) -> None:
-        """Deliver the events a state module returned, in order."""
+        """Deliver the events a state module returned, in order.
+
+        Direct writes wait for the end of the scheduler pass (:class:`BatchCork`): the joins,
+        leaves and presence changes of one pass reach each connection in one write.
+        """
+        if sends:
+            self.batch_cork.hold()
         for send in sends:
             self.send_to(send.conns, send.event)
 

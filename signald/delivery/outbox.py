@@ -86,6 +86,56 @@ class Cork:
                 outbox.uncork()
 
 
+class BatchCork:
+    """Holds ``cork`` from the first :meth:`hold` until the tasks Trio runs in the same pass have
+    run: then :meth:`run` (a task of the hub) lets go, and each connection gets one write for what
+    they delivered.
+
+    Why: a reconnect storm brings many joins and leaves within one scheduler pass (the history
+    reads of a batch wake their joiners together), and each of them sends a ``member.*`` event to
+    every member of the room: written one by one that is a write per member per join. The bytes
+    and their order per connection are the same either way; what waits is at most one pass.
+    """
+
+    __slots__ = ("_held", "_task", "cork")
+
+    def __init__(self, cork: Cork) -> None:
+        self.cork = cork
+        self._held = False
+        self._task: trio.lowlevel.Task | None = None  # run(), parked until a hold
+
+    def hold(self) -> None:
+        """Hold the cork until the current scheduler pass is over (no-op unless :meth:`run` runs)."""
+        task = self._task
+        if self._held or task is None:
+            return
+        self._held = True
+        self.cork.__enter__()
+        self._task = None
+        trio.lowlevel.reschedule(task)
+
+    async def run(self) -> None:
+        """Let go of the cork one pass after each hold; lets go on the way out too."""
+        try:
+            while True:
+                self._task = trio.lowlevel.current_task()
+
+                def abort(_: object) -> trio.lowlevel.Abort:
+                    self._task = None
+                    return trio.lowlevel.Abort.SUCCEEDED
+
+                await trio.lowlevel.wait_task_rescheduled(abort)
+                self._release()
+        finally:
+            self._task = None
+            self._release()
+
+    def _release(self) -> None:
+        if self._held:
+            self._held = False
+            self.cork.__exit__(None, None, None)
+
+
 class Outbox:
     """The bounded send queue of one connection, with type-aware backpressure.
 
