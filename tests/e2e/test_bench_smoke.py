@@ -91,3 +91,13 @@ def test_the_abuse_bench_runs_and_prints_its_ratio() -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert re.search(r"flooded / alone: p50 x\d+\.\d\d, p99 x\d+\.\d\d", done.stdout), done.stdout
     assert re.search(r"closed with 1008: [1-9]", done.stdout), done.stdout  # the flood was on, and refused
+
+
+def test_the_report_keeps_the_hand_written_sections_of_the_page(bench_importable: None) -> None:
+    from bench.report import GENERATED_SECTIONS, hand_written
+
+    page = (ROOT / "docs" / "benchmarks.md").read_text()
+    kept = hand_written(page)
+    assert kept and all(not s.startswith(f"## {g}\n") for s in kept for g in GENERATED_SECTIONS)
+    assert any(s.startswith("## Before and after the architecture reshaping") for s in kept)
+    assert hand_written("# T\n\n## This run\n\nx\n\n## Mine\n\nkept\n\n## Method\n\ny\n") == ["## Mine\n\nkept"]
