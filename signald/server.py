@@ -56,7 +56,7 @@ from signald.state.ratelimit import ConnectionRateLimiter, FloodGuard
 from signald.state.refusals import Cause, Refusal, cause_of_status, decide
 from signald.timefmt import iso_utc
 from signald.transport.connection import run_connection
-from signald.transport.handshake import Handshake, peer_address
+from signald.transport.handshake import Handshake, peer_address, stream_closed
 from signald.transport.websocket import ServerWebSocket
 
 log = logging.getLogger("signald.server")
@@ -258,7 +258,8 @@ async def _handle_stream(serving: _Serving, stream: trio.abc.Stream) -> None:
     except Exception:
         log.exception("connection from %s failed", peer_address(stream))
     finally:
-        await trio.aclose_forcefully(stream)
+        if not stream_closed(stream):  # a WebSocket's close closed it already (a second close costs a Cancelled)
+            await trio.aclose_forcefully(stream)
 
 
 async def _serve_client(serving: _Serving, stream: trio.abc.Stream) -> None:

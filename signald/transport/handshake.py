@@ -54,6 +54,13 @@ def peer_address(stream: trio.abc.Stream) -> str:
         return "-"
 
 
+def stream_closed(stream: trio.abc.Stream) -> bool:
+    """Whether ``stream``'s socket was closed by this side already (False when unknown)."""
+    inner = getattr(stream, "transport_stream", stream)
+    sock = getattr(inner, "socket", None)
+    return sock is not None and sock.fileno() < 0
+
+
 async def receive_bytes(stream: trio.abc.Stream) -> bytes:
     """The next bytes from ``stream`` (at most :data:`RECEIVE_BYTES`); ``b""`` at its end."""
     data = await stream.receive_some(RECEIVE_BYTES)
