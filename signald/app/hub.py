@@ -55,6 +55,7 @@ from signald.timefmt import epoch_of, iso_utc
 from signald.transport.parking import Parking
 
 log = logging.getLogger("signald.hub")
+SEEN_TEXTS = 65536  # last-seen texts member_list keeps formatted
 audit = logging.getLogger("signald.audit")  # one line per connection opened or closed, kick, revocation
 
 
@@ -85,6 +86,7 @@ class Hub:
         self.handshaking: dict[str, int] = {}  # per user: accepted handshakes not yet connected
         # Set by the server once it shuts down: departures are no longer announced (see disconnect).
         self.shutting_down = False
+        self._seen_text: dict[float, str] = {}  # last-seen epoch -> its ISO text (member_list)
         self.counters = Counters()
         self.started_at = 0.0
         self.history: HistoryService | None = None
@@ -241,12 +243,18 @@ class Hub:
     def member_list(self, room: str) -> list[Member]:
         """The ``members`` of a ``room.join`` ack: one entry per user, with status and devices."""
         members = []
+        presence, seen_text = self.presence, self._seen_text
         for user_id, devices in self.rooms.members(room):
-            seen = self.presence.last_seen(user_id)
-            members.append(Member(
-                user_id=user_id, status=self.presence.status_of(user_id), devices=devices,
-                last_seen=iso_utc(seen) if seen is not None else None,
-            ))
+            seen = presence.last_seen(user_id)
+            text = None
+            if seen is not None:  # formatted once per value: a storm of joins lists the same members again and again
+                text = seen_text.get(seen)
+                if text is None:
+                    if len(seen_text) >= SEEN_TEXTS:
+                        seen_text.clear()
+                    text = seen_text[seen] = iso_utc(seen)
+            members.append(Member(user_id=user_id, status=presence.status_of(user_id), devices=devices,
+                                  last_seen=text))
         return members
 
     def expire_session(self, session: Session) -> None:
