@@ -164,3 +164,18 @@ async def test_a_batch_cork_holds_what_one_scheduler_pass_delivers_then_writes_i
         assert box.push(frames[0]) and wire[-1] == frames[0].wire_text  # let go: direct again
         nursery.cancel_scope.cancel()
     assert cork.depth == 0
+
+
+async def test_an_idle_writer_is_stopped_without_a_cancellation_and_leaves_the_queue_unsent() -> None:
+    box = Outbox(100, binary=False, on_overflow=lambda: None)
+    assert not box.stop_idle_writer()  # no writer waiting: the caller must cancel it
+    batches: list[list[bytes]] = []
+
+    async def writer() -> None:
+        batches.append(await box.get_batch())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(writer)
+        await trio.testing.wait_all_tasks_blocked()
+        assert box.stop_idle_writer()
+    assert batches == [[]]  # returned by itself, nothing to write
