@@ -170,9 +170,10 @@ def render(result: dict[str, Any], plot_name: str) -> str:
         "    ./dev bench --report    # rewrites this page and benchmarks.png from bench/results/latest.json",
         "",
         "`./dev bench --quick` runs every workload at tiny sizes in well under a minute (CI smoke: it",
-        "checks the harness works, its numbers mean nothing); `--only b,e` picks workloads; `--profile`",
-        "runs signald under cProfile during the largest fan-out. The harness lives in `bench/` and its",
-        "dependencies in the `bench` extra (`pip install -e '.[bench]'`); none of it is a runtime dependency.",
+        "checks the harness works, its numbers mean nothing); `--only b,e` picks workloads; `--profile [b|d|g]`",
+        "runs signald under cProfile during one workload (the largest fan-out by default). The harness",
+        "lives in `bench/` and its dependencies in the `bench` extra (`pip install -e '.[bench]'`); none of it",
+        "is a runtime dependency.",
         "",
         COMPARING.rstrip(),
         "",
@@ -255,7 +256,8 @@ versions are measured minutes apart on the same machine; the printed table gains
 `signald-before` column and `÷before` = signald / signald-before for every metric (for times and
 CPU, below 1 means faster now). The results go to `bench/results/baseline-<commit>.json`, not
 `latest.json`. Workloads: (a) ack p50/p99, (b) fan-out, (c) idle KiB per connection and idle CPU,
-(d) connections/s, (e) acked sends/s, (f) scale. A full-size run of (c) takes much the longest
+(d) connections/s (kept open, and closed after set-up), (e) acked sends/s, (f) scale, (g) the
+reconnect storm (`--storm-sizes 1000,5000,19000`). A full-size run of (c) takes much the longest
 (a 50 s idle window per server and round); `--rounds 1` shortens any run.
 """
 
@@ -300,7 +302,8 @@ METHOD = """## Method
   socket.io every 25 s, websockets every 20 s).
 - **(d) Connection rate:** {connect_count} connections with {connect_concurrency} handshakes in
   flight (source addresses spread over 127.0.0.2-9); a connection counts once its welcome arrived
-  (socket.io: the namespace `40{{"sid"}}` after `0{{...}}`/`40`).
+  (socket.io: the namespace `40{{"sid"}}` after `0{{...}}`/`40`). Then as many again, each closed cleanly
+  once welcomed (close frame, the server's reply, its TCP close): set-up and tear-down together.
 - **(e) Durable acked sends:** {durable_senders} connections, each alone in its own room, each
   sending {durable_messages} `chat.send` and awaiting every ack; sends/s over all. The target compares
   signald's SQLite file with `--db :memory:`; the peers (which store nothing) are shown for scale.
