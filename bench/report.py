@@ -169,7 +169,7 @@ def render(result: dict[str, Any], plot_name: str) -> str:
         "    ./dev bench             # full run (~25 min): prints the table, saves bench/results/latest.json",
         "    ./dev bench --report    # rewrites this page and benchmarks.png from bench/results/latest.json",
         "",
-        "`./dev bench --quick` runs every workload at tiny sizes in well under a minute (CI smoke: it",
+        "`./dev bench --quick` runs every workload at tiny sizes in about a minute and a half (CI smoke: it",
         "checks the harness works, its numbers mean nothing); `--only b,e` picks workloads; `--profile [b|d|g]`",
         "runs signald under cProfile during one workload (the largest fan-out by default). The harness",
         "lives in `bench/` and its dependencies in the `bench` extra (`pip install -e '.[bench]'`); none of it",

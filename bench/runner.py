@@ -297,12 +297,13 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m bench",
         description="signald vs python-socketio vs websockets, same machine, same run, interleaved.",
     )
-    parser.add_argument("--quick", action="store_true", help="tiny sizes, one round (CI smoke, < 60 s)")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, one round (CI smoke, about 90 s)")
     parser.add_argument("--only", help="comma-separated workloads to run, from a,b,c,d,e,f,g (default: all)")
     parser.add_argument("--rounds", type=int, help="rounds per server (default 3; quick 1)")
     parser.add_argument("--scale", type=int, help="connections to aim for in (f) (default 50000)")
     parser.add_argument("--storm-sizes", help="clients per reconnect storm in (g), comma-separated (default "
-                        "1000,5000; the issue's largest is 19000, which needs a file limit above 20,000 or close)")
+                        "1000,5000; the issue's largest is 19000: the server and this process then need a file limit "
+                        "of about 19,100, raised to the hard limit by the bench)")
     parser.add_argument("--out", help="where to save the results JSON (default bench/results/latest.json; "
                         "quick: bench/results/quick.json; --baseline: bench/results/baseline-<commit>[-quick].json)")
     parser.add_argument("--report", action="store_true",
