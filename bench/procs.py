@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import re
 import resource
@@ -123,11 +124,51 @@ class Server:
     port: int
     stderr_path: str
     ps: psutil.Process
+    tmp: str = ""  # the server's directory (its database): a restart keeps it
+    nofile: int | None = None
+    earlier_cpu_s: float = 0.0  # CPU of the processes this server ran as before its last restart
 
     def cpu_seconds(self) -> float:
-        """User + system CPU time of the process so far (all its threads)."""
+        """User + system CPU time of the server so far (all its threads, earlier processes included)."""
+        return self.earlier_cpu_s + self.process_cpu_seconds()
+
+    def process_cpu_seconds(self) -> float:
+        """User + system CPU time of the current process alone."""
         t = self.ps.cpu_times()
         return float(t.user + t.system)
+
+    async def restart(self, startup_s: float = 30.0) -> float:
+        """SIGTERM, wait for the exit, start again on the same port and directory (database).
+
+        Returns the seconds from SIGTERM to the old process's exit (its shutdown).
+        """
+        t0 = time.perf_counter()
+        self.proc.send_signal(signal.SIGTERM)
+        last = self.process_cpu_seconds()
+        while True:  # a zombie's CPU times are still readable: take them before reaping it
+            try:
+                if self.ps.status() == psutil.STATUS_ZOMBIE:
+                    last = self.process_cpu_seconds()
+                    break
+                last = self.process_cpu_seconds()
+            except psutil.NoSuchProcess:
+                break
+            if time.perf_counter() - t0 > startup_s:
+                self.proc.kill()
+            await asyncio.sleep(0.005)
+        await asyncio.to_thread(self.proc.wait)
+        shutdown_s = time.perf_counter() - t0
+        self.earlier_cpu_s += last
+        spec = dataclasses.replace(self.spec, argv=_on_port(self.spec.argv, self.port))
+        proc, stderr_path = _spawn(spec, self.tmp, self.nofile, None, log_name=f"stderr-{self.proc.pid}.log")
+        self.proc, self.stderr_path = proc, stderr_path
+        deadline = time.monotonic() + startup_s
+        started = _ready(spec, proc, stderr_path, deadline)
+        while started is None:
+            await asyncio.sleep(0.01)
+            started = _ready(spec, proc, stderr_path, deadline)
+        self.ps = started.ps
+        return shutdown_s
 
     def rss(self) -> int:
         return int(self.ps.memory_info().rss)
@@ -166,12 +207,21 @@ def spawn_env(spec: ServerSpec) -> dict[str, str]:
     return env
 
 
-def _spawn(spec: ServerSpec, tmp: str, nofile: int | None, wrap: list[str] | None) -> tuple[
-        subprocess.Popen[bytes], str]:
+def _on_port(argv: Callable[[str], list[str]], port: int) -> Callable[[str], list[str]]:
+    """``argv`` with ``--port 0`` replaced by ``--port PORT`` (a restart listens where clients reconnect)."""
+    def patched(tmp: str) -> list[str]:
+        args = argv(tmp)
+        i = args.index("--port")
+        return [*args[:i + 1], str(port), *args[i + 2:]]
+    return patched
+
+
+def _spawn(spec: ServerSpec, tmp: str, nofile: int | None, wrap: list[str] | None, *,
+           log_name: str = "stderr.log") -> tuple[subprocess.Popen[bytes], str]:
     argv = spec.argv(tmp)
     if wrap:
         argv = [argv[0], *wrap, *argv[1:]]
-    stderr_path = os.path.join(tmp, "stderr.log")
+    stderr_path = os.path.join(tmp, log_name)
     with open(stderr_path, "wb") as err:
         proc = subprocess.Popen(argv, cwd=spec.cwd, env=spawn_env(spec), stdin=subprocess.DEVNULL,
                                 stdout=subprocess.DEVNULL, stderr=err, preexec_fn=_preexec(nofile))
@@ -198,15 +248,19 @@ async def running(spec: ServerSpec, *, nofile: int | None = None, startup_s: flo
     """
     with tempfile.TemporaryDirectory(prefix=f"bench-{spec.name}-") as tmp:
         proc, stderr_path = _spawn(spec, tmp, nofile, wrap)
+        server: Server | None = None
         try:
             deadline = time.monotonic() + startup_s
             server = _ready(spec, proc, stderr_path, deadline)
             while server is None:
                 await asyncio.sleep(0.05)
                 server = _ready(spec, proc, stderr_path, deadline)
+            server.tmp, server.nofile = tmp, nofile
             yield server
         finally:
             await stop(proc)
+            if server is not None and server.proc is not proc:  # restarted meanwhile
+                await stop(server.proc)
 
 
 async def stop(proc: subprocess.Popen[bytes], grace_s: float = 15.0) -> None:

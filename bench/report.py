@@ -169,10 +169,11 @@ def render(result: dict[str, Any], plot_name: str) -> str:
         "    ./dev bench             # full run (~25 min): prints the table, saves bench/results/latest.json",
         "    ./dev bench --report    # rewrites this page and benchmarks.png from bench/results/latest.json",
         "",
-        "`./dev bench --quick` runs every workload at tiny sizes in well under a minute (CI smoke: it",
-        "checks the harness works, its numbers mean nothing); `--only b,e` picks workloads; `--profile`",
-        "runs signald under cProfile during the largest fan-out. The harness lives in `bench/` and its",
-        "dependencies in the `bench` extra (`pip install -e '.[bench]'`); none of it is a runtime dependency.",
+        "`./dev bench --quick` runs every workload at tiny sizes in about a minute and a half (CI smoke: it",
+        "checks the harness works, its numbers mean nothing); `--only b,e` picks workloads; `--profile [b|d|g]`",
+        "runs signald under cProfile during one workload (the largest fan-out by default). The harness",
+        "lives in `bench/` and its dependencies in the `bench` extra (`pip install -e '.[bench]'`); none of it",
+        "is a runtime dependency.",
         "",
         COMPARING.rstrip(),
         "",
@@ -226,10 +227,11 @@ def render(result: dict[str, Any], plot_name: str) -> str:
         out += ["", "(f) detail (median): " + ", ".join(f"{k} = {nice(val)}" for k, val in scale.items()) + "."]
     if result.get("notes"):
         out += ["", "Notes from this run:", ""] + [f"- {n}" for n in result["notes"]]
-    out += ["", METHOD.format(**{k: (f"{v:,}" if isinstance(v, int) else v) for k, v in sizes.items()
-                                 if not isinstance(v, list)},
+    out += ["", METHOD.format(**{"storm_send_rate": 10.0, **{k: (f"{v:,}" if isinstance(v, int) else v)
+                                                            for k, v in sizes.items() if not isinstance(v, list)}},
                               fanout_members=" and ".join(str(n) for n in sizes["fanout_members"]),
-                              idle_sizes=" and ".join(f"{n:,}" for n in sizes["idle_sizes"]))]
+                              idle_sizes=" and ".join(f"{n:,}" for n in sizes["idle_sizes"]),
+                              storm_sizes=" and ".join(f"{n:,}" for n in sizes.get("storm_sizes", ())))]
     out += ["", LIMITS]
     profile = RESULTS_DIR / "signald-fanout-profile.txt"
     if profile.exists():
@@ -254,7 +256,8 @@ versions are measured minutes apart on the same machine; the printed table gains
 `signald-before` column and `÷before` = signald / signald-before for every metric (for times and
 CPU, below 1 means faster now). The results go to `bench/results/baseline-<commit>.json`, not
 `latest.json`. Workloads: (a) ack p50/p99, (b) fan-out, (c) idle KiB per connection and idle CPU,
-(d) connections/s, (e) acked sends/s, (f) scale. A full-size run of (c) takes much the longest
+(d) connections/s (kept open, and closed after set-up), (e) acked sends/s, (f) scale, (g) the
+reconnect storm (`--storm-sizes 1000,5000,19000`). A full-size run of (c) takes much the longest
 (a 50 s idle window per server and round); `--rounds 1` shortens any run.
 """
 
@@ -299,7 +302,8 @@ METHOD = """## Method
   socket.io every 25 s, websockets every 20 s).
 - **(d) Connection rate:** {connect_count} connections with {connect_concurrency} handshakes in
   flight (source addresses spread over 127.0.0.2-9); a connection counts once its welcome arrived
-  (socket.io: the namespace `40{{"sid"}}` after `0{{...}}`/`40`).
+  (socket.io: the namespace `40{{"sid"}}` after `0{{...}}`/`40`). Then as many again, each closed cleanly
+  once welcomed (close frame, the server's reply, its TCP close): set-up and tear-down together.
 - **(e) Durable acked sends:** {durable_senders} connections, each alone in its own room, each
   sending {durable_messages} `chat.send` and awaiting every ack; sends/s over all. The target compares
   signald's SQLite file with `--db :memory:`; the peers (which store nothing) are shown for scale.
@@ -309,6 +313,17 @@ METHOD = """## Method
   ports per address pair); RSS after settling, then idle CPU over {scale_window_s} s (two signald
   heartbeat intervals). The 50,000 budget (1.5 GB, 5% of a core) is checked linearly from the
   connections actually held when fewer than 50,000 could be opened; the note above says why.
+- **(g) Reconnect storm:** {storm_sizes} clients over 50 rooms (`bench/storm.py`), joining in four
+  waves while the rooms fill up (each holds the history up to its join ack's `rev` and what it
+  gets live), a fifth of them dropping out before the last messages; then the server gets SIGTERM
+  and is started again on the same port and database while 10 senders keep sending
+  ({storm_send_rate} messages/s each). Every client reconnects with `signald.client.schedule`'s
+  jittered backoff and rejoins with `since_rev` (paging `chat.changes` while truncated); times
+  are from the SIGTERM (and from the restarted server's ready line) to 50/99/100 % resumed;
+  server CPU is the restarted process's, from its ready line to the last resume, per client; a
+  fresh client reads each room's whole history at the end, and every client must hold exactly
+  revisions 1..R (missed and duplicated count the differences). python-socketio: reconnect and
+  rejoin only (no resume).
 - Connections are closed with a TCP reset between runs, so no TIME_WAIT builds up."""
 
 
@@ -352,9 +367,34 @@ LIMITS = """## How signald gets its numbers, and what bounds them
   a WAL append, and every 10,000 WAL pages a checkpoint."""
 
 
+GENERATED_SECTIONS = frozenset({
+    "Comparing two commits", "This run", "Targets", "All results", "Method",
+    "How signald gets its numbers, and what bounds them", "Where signald's fan-out time goes",
+})
+
+
+def hand_written(page: str) -> list[str]:
+    """The ``## `` sections of ``page`` this module does not write (before/after write-ups...), in order."""
+    sections: list[list[str]] = []
+    for line in page.splitlines():
+        if line.startswith("## "):
+            sections.append([line])
+        elif sections:
+            sections[-1].append(line)
+    return ["\n".join(lines).rstrip() for lines in sections if lines[0][3:].strip() not in GENERATED_SECTIONS]
+
+
 def write_report(result: dict[str, Any]) -> list[Path]:
+    """Rewrite the page from ``result``; the hand-written sections already on it are kept, after
+    "Comparing two commits"."""
     DOCS.mkdir(exist_ok=True)
     plot = write_plot(result, DOCS / "benchmarks.png")
     page = DOCS / "benchmarks.md"
-    page.write_text(render(result, plot.name))
+    kept = hand_written(page.read_text()) if page.exists() else []
+    text = render(result, plot.name)
+    if kept:
+        marker = "\n## This run\n"
+        before, _, after = text.partition(marker)
+        text = before + "\n" + "\n\n".join(kept) + "\n" + marker + after
+    page.write_text(text)
     return [page, plot]

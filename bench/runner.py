@@ -81,6 +81,10 @@ def targets_for(sizes: Sizes) -> list[Target]:
     ]
     out += [Target("c", f"rss_kb_{n}", f"idle memory per connection at {n} vs python-socketio", "<=", 0.6,
                    "socketio") for n in sizes.idle_sizes]
+    out += [Target("d", "rate", "connections/s (handshake + welcome), kept open, vs websockets", ">=", 1.2,
+                   "websockets"),
+            Target("d", "closed_rate", "connections/s (handshake + welcome), each closed after set-up, vs websockets",
+                   ">=", 1.2, "websockets")]
     out.append(Target("e", "rate", "durable acked chat.send/s vs the same with --db :memory:", ">=", 0.7,
                       "signald-mem"))
     n = sizes.scale_connections
@@ -91,6 +95,14 @@ def targets_for(sizes: Sizes) -> list[Target]:
         Target("f", "idle_cpu_pct_at_50k", "idle CPU with 50,000 connections, % of one core (linear from those "
                "held)", "<", 5.0, unit="%"),
     ]
+    for n in sizes.storm_sizes:
+        out += [
+            Target("g", f"resumed_all_s_{n}", f"storm of {n:,} clients: 100% resumed after SIGTERM", "<=", 10.0,
+                   unit="s"),
+            Target("g", f"refused_{n}", f"storm of {n:,} clients: handshakes refused", "<=", 0, unit="refused"),
+            Target("g", f"missed_{n}", f"storm of {n:,} clients: changes missed", "<=", 0, unit="changes"),
+            Target("g", f"duplicated_{n}", f"storm of {n:,} clients: changes duplicated", "<=", 0, unit="changes"),
+        ]
     return out
 
 
@@ -224,7 +236,7 @@ async def run_one(key: str, name: str, sizes: Sizes, round_no: int, wait_quiet_s
     deadline = time.monotonic() + wait_quiet_s
     while wait_quiet_s and time.monotonic() < deadline and not await asyncio.to_thread(quiet_machine):
         pass  # someone else is using the machine: give them a moment
-    nofile = sizes.scale_connections + 1000 if key == "f" else None
+    nofile = {"f": sizes.scale_connections + 1000, "g": max(sizes.storm_sizes, default=0) * 2 + 1000}.get(key)
     t0 = time.perf_counter()
     try:
         async with running(SPECS[name], nofile=nofile) as server:
@@ -285,10 +297,13 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m bench",
         description="signald vs python-socketio vs websockets, same machine, same run, interleaved.",
     )
-    parser.add_argument("--quick", action="store_true", help="tiny sizes, one round (CI smoke, < 60 s)")
-    parser.add_argument("--only", help="comma-separated workloads to run, from a,b,c,d,e,f (default: all)")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, one round (CI smoke, about 90 s)")
+    parser.add_argument("--only", help="comma-separated workloads to run, from a,b,c,d,e,f,g (default: all)")
     parser.add_argument("--rounds", type=int, help="rounds per server (default 3; quick 1)")
     parser.add_argument("--scale", type=int, help="connections to aim for in (f) (default 50000)")
+    parser.add_argument("--storm-sizes", help="clients per reconnect storm in (g), comma-separated (default "
+                        "1000,5000; the issue's largest is 19000: the server and this process then need a file limit "
+                        "of about 19,100, raised to the hard limit by the bench)")
     parser.add_argument("--out", help="where to save the results JSON (default bench/results/latest.json; "
                         "quick: bench/results/quick.json; --baseline: bench/results/baseline-<commit>[-quick].json)")
     parser.add_argument("--report", action="store_true",
@@ -297,8 +312,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline", metavar="REV",
                         help="also run signald as of git commit REV (server 'signald-before'), interleaved with "
                         "the others, and print signald / signald-before for every metric")
-    parser.add_argument("--profile", action="store_true",
-                        help="do not run the workloads: profile signald (cProfile) under the largest fan-out")
+    parser.add_argument("--profile", nargs="?", const="b", metavar="WORKLOAD",
+                        help="do not run the workloads: profile signald (cProfile) under one workload (default b, "
+                        "the largest fan-out; d: connections; g: the reconnect storm)")
     args = parser.parse_args(argv)
 
     if args.report:
@@ -317,10 +333,12 @@ def main(argv: list[str] | None = None) -> int:
         sizes = Sizes(**{**asdict(sizes), "rounds": args.rounds})
     if args.scale:
         sizes = Sizes(**{**asdict(sizes), "scale_connections": args.scale})
+    if args.storm_sizes:
+        sizes = Sizes(**{**asdict(sizes), "storm_sizes": tuple(int(n) for n in args.storm_sizes.split(","))})
     if args.profile:
-        from bench.profile import profile_fanout
+        from bench.profile import profile_workload
 
-        return run_loop(profile_fanout(sizes))
+        return run_loop(profile_workload(sizes, args.profile))
     keys = [k.strip() for k in args.only.split(",")] if args.only else list(WORKLOADS)
     unknown = [k for k in keys if k not in WORKLOADS]
     if unknown:

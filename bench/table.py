@@ -13,7 +13,9 @@ from bench.workloads import WORKLOADS, Sizes
 ROWS: dict[str, list[tuple[str, str, str]]] = {  # workload -> (metric, label, format)
     "a": [("p50_ms", "ack p50 (ms)", ".3f"), ("p99_ms", "ack p99 (ms)", ".3f")],
     "c": [],
-    "d": [("rate", "connections/s", ",.0f"), ("cpu_ms_per_conn", "server CPU per connection (ms)", ".2f")],
+    "d": [("rate", "connections/s", ",.0f"), ("cpu_ms_per_conn", "server CPU per connection (ms)", ".2f"),
+          ("closed_rate", "connections/s, each closed after set-up", ",.0f"),
+          ("closed_cpu_ms_per_conn", "server CPU per connection, closed after set-up (ms)", ".2f")],
     "e": [("rate", "acked chat.send/s", ",.0f"), ("cpu_us_per_send", "server CPU per send (µs)", ".0f")],
     "f": [("held", "connections held", ",.0f"), ("rss_mb", "RSS (MiB)", ",.0f"),
           ("rss_kb_per_conn", "RSS per connection (KiB)", ".1f"), ("idle_cpu_pct", "idle CPU (% of a core)", ".2f"),
@@ -35,6 +37,20 @@ def rows_for(workload: str, sizes: Sizes) -> list[tuple[str, str, str]]:
     if workload == "c":
         return [(f"rss_kb_{n}", f"RSS per idle connection at {n:,} (KiB)", ".1f") for n in sizes.idle_sizes] + [
             (f"idle_cpu_pct_{sizes.idle_sizes[-1]}", f"idle CPU at {sizes.idle_sizes[-1]:,} (% of a core)", ".2f")]
+    if workload == "g":
+        rows = []
+        for n in sizes.storm_sizes:
+            rows += [(f"resumed_p50_s_{n}", f"{n:,} clients: 50% resumed after (s)", ".2f"),
+                     (f"resumed_p99_s_{n}", f"{n:,} clients: 99% resumed after (s)", ".2f"),
+                     (f"resumed_all_s_{n}", f"{n:,} clients: 100% resumed after (s)", ".2f"),
+                     (f"ready_to_all_s_{n}", f"{n:,} clients: 100% resumed after the server was ready (s)",
+                      ".2f"),
+                     (f"refused_{n}", f"{n:,} clients: handshakes refused", ",.0f"),
+                     (f"cpu_ms_per_client_{n}", f"{n:,} clients: server CPU per resumed client (ms)", ".2f"),
+                     (f"restart_ready_s_{n}", f"{n:,} clients: SIGTERM to restarted server ready (s)", ".2f"),
+                     (f"missed_{n}", f"{n:,} clients: changes missed (all clients)", ",.0f"),
+                     (f"duplicated_{n}", f"{n:,} clients: changes duplicated (all clients)", ",.0f")]
+        return rows
     return ROWS[workload]
 
 

@@ -20,7 +20,8 @@ from typing import Any
 import psutil
 
 from bench.procs import REPO, Server, client_cpu_seconds
-from bench.wsclient import Conn, Stats, connect_many, quiet
+from bench.storm import storm_workload
+from bench.wsclient import Conn, Stats, connect, connect_many, quiet
 
 BODY = "the quick brown fox jumps over the lazy dog while the daemon fans it out"  # 72 chars
 LOCAL_HOSTS = [f"127.0.0.{i}" for i in range(2, 10)]  # source addresses for handshake-heavy runs
@@ -55,6 +56,10 @@ class Sizes:
     scale_per_holder: int = 10_000
     scale_window_s: float = 40.0  # two signald heartbeat intervals
     scale_settle_s: float = 5.0
+    # (g) reconnect storm
+    storm_sizes: tuple[int, ...] = (1000, 5000)  # --storm-sizes 1000,5000,19000 for the issue's largest
+    storm_send_rate: float = 10.0  # messages/s of each of the 10 senders, all through the storm
+    storm_timeout_s: float = 120.0  # a storm not resumed by then is reported as such
 
 
 FULL = Sizes()
@@ -62,7 +67,7 @@ QUICK = Sizes(
     rounds=1, rtt_warmup=5, rtt_messages=20, fanout_members=(5,), fanout_deliveries=80, fanout_senders=2,
     idle_sizes=(50,), idle_room_size=10, idle_cpu_window_s=1.0, connect_count=50, connect_concurrency=10,
     durable_senders=5, durable_messages=10, scale_connections=200, scale_per_holder=100, scale_window_s=2.0,
-    scale_settle_s=0.5,
+    scale_settle_s=0.5, storm_sizes=(60,), storm_send_rate=20.0, storm_timeout_s=30.0,
 )
 
 
@@ -226,7 +231,40 @@ async def connect_rate(server: Server, sizes: Sizes, tag: str) -> Metrics:
     elapsed = time.perf_counter() - t0
     cpu = server.cpu_seconds() - cpu0
     await drop_all(conns)
-    return {"rate": len(conns) / elapsed, "cpu_ms_per_conn": cpu / max(1, len(conns)) * 1e3, "failed": failed}
+    metrics: Metrics = {"rate": len(conns) / elapsed, "cpu_ms_per_conn": cpu / max(1, len(conns)) * 1e3,
+                        "failed": failed}
+    metrics.update(await _connect_close_rate(server, sizes, tag))
+    return metrics
+
+
+async def _connect_close_rate(server: Server, sizes: Sizes, tag: str) -> Metrics:
+    """The same, each connection closed cleanly once its welcome arrived (close frame, the server's
+    reply and TCP close): set-up and tear-down, counted when the connection is gone."""
+    stats = Stats()
+    dialect = server.spec.dialect
+    count = sizes.connect_count
+    done = failed = 0
+    next_index = 0
+
+    async def worker() -> None:
+        nonlocal next_index, done, failed
+        while next_index < count:
+            i = next_index
+            next_index += 1
+            try:
+                conn = await connect(dialect, server.host, server.port, f"cc-{tag}-{i}", stats,
+                                     local_host=LOCAL_HOSTS[i % len(LOCAL_HOSTS)])
+                await asyncio.wait_for(conn.close(), 30)
+                done += 1
+            except (OSError, TimeoutError):
+                failed += 1
+
+    cpu0, t0 = server.cpu_seconds(), time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(min(sizes.connect_concurrency, count))))
+    elapsed = time.perf_counter() - t0
+    cpu = server.cpu_seconds() - cpu0
+    return {"closed_rate": done / elapsed, "closed_cpu_ms_per_conn": cpu / max(1, done) * 1e3,
+            "closed_failed": failed}
 
 
 # ---------------------------------------------------------------------------------------- (e)
@@ -349,4 +387,6 @@ WORKLOADS: dict[str, Workload] = {w.key: w for w in (
     Workload("e", "acked chat.send/s from 50 senders, durable vs in-memory", (
         "signald", "signald-mem", "socketio", "websockets"), durable_sends),
     Workload("f", "scale: idle connections held by one daemon process", ("signald",), scale),
+    Workload("g", "reconnect storm: restart, every client resumes with since_rev", ("signald", "socketio"),
+             storm_workload),
 )}

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 import time
 from collections.abc import Callable, Coroutine
@@ -188,9 +189,14 @@ class Conn(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         self.ready: asyncio.Future[float] = loop.create_future()  # welcome received (perf_counter)
         self.ready.add_done_callback(_retrieve)
-        self.pending: dict[int, asyncio.Future[bool]] = {}
+        self.pending: dict[int, asyncio.Future[bytes]] = {}
         self.next_id = 1
         self._loop = loop
+        # Called with each counted event's payload when set (the reconnect storm reads its ``rev``).
+        self.on_event: Callable[[bytes], None] | None = None
+        self.on_lost: Callable[[Conn], None] | None = None  # called once the connection is gone
+        self.close_code: int | None = None  # from the server's close frame
+        self.http_status: int | None = None  # of a refused handshake
 
     # ------------------------------------------------------------------ asyncio.Protocol
 
@@ -208,6 +214,8 @@ class Conn(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.stats.closed += 1
+        if self.on_lost is not None:
+            self.on_lost(self)
         if not self.ready.done():
             self.ready.set_exception(ConnectionError(f"connection lost before welcome: {exc}"))
         for fut in self.pending.values():
@@ -224,6 +232,8 @@ class Conn(asyncio.Protocol):
                 return
             if not buf.startswith(b"HTTP/1.1 101"):
                 status = buf[:head_end].split(b"\r\n", 1)[0].decode("latin-1")
+                with contextlib.suppress(ValueError, IndexError):
+                    self.http_status = int(status.split()[1])
                 if not self.ready.done():
                     self.ready.set_exception(ConnectionError(f"handshake refused: {status}"))
                 assert self.transport is not None
@@ -257,11 +267,15 @@ class Conn(asyncio.Protocol):
                     stats.events += 1
                     if stats.events == stats.target:
                         stats.done.set()
+                    if self.on_event is not None:
+                        self.on_event(buf[start:end])
                 else:
                     self._other(buf[start:end])
             elif opcode == 9:  # ping
                 self._write(_frame(buf[start:end], 0xA))
             elif opcode == 8:  # close: echo it; the server closes the TCP connection (RFC 6455 7.1.1)
+                if end - start >= 2:
+                    self.close_code = int.from_bytes(buf[start:start + 2], "big")
                 self._write(_frame(buf[start:start + 2], 0x8))
             pos = end
         self.buf = buf[pos:]
@@ -285,7 +299,7 @@ class Conn(asyncio.Protocol):
             self.stats.errors += 1
         if fut is not None and not fut.done():
             if ok:
-                fut.set_result(True)
+                fut.set_result(payload)
             else:
                 fut.set_exception(ServerError(payload[:300].decode("utf-8", "replace")))
 
@@ -297,20 +311,31 @@ class Conn(asyncio.Protocol):
         """Send one text frame."""
         self._write(_frame(payload))
 
-    def request(self, make: Callable[[int], bytes]) -> asyncio.Future[bool]:
-        """Send ``make(op_id)``; the future resolves with the reply (raises on an error reply)."""
+    def request(self, make: Callable[[int], bytes]) -> asyncio.Future[bytes]:
+        """Send ``make(op_id)``; the future resolves with the reply's payload (raises on an error reply)."""
         op_id = self.next_id
         self.next_id += 1
-        fut: asyncio.Future[bool] = self._loop.create_future()
+        fut: asyncio.Future[bytes] = self._loop.create_future()
         self.pending[op_id] = fut
         self.send_raw(make(op_id))
         return fut
 
-    def join(self, room: str) -> asyncio.Future[bool]:
+    def join(self, room: str) -> asyncio.Future[bytes]:
         return self.request(lambda op_id: self.dialect.join(op_id, room))
 
-    def chat(self, room: str, body: str) -> asyncio.Future[bool]:
+    def chat(self, room: str, body: str) -> asyncio.Future[bytes]:
         return self.request(lambda op_id: self.dialect.send(op_id, room, body))
+
+    def close(self, code: int = 1000) -> asyncio.Future[None]:
+        """Start a clean close (our close frame, the server's reply, its TCP close); the future
+        resolves once the connection is gone."""
+        gone: asyncio.Future[None] = self._loop.create_future()
+        self.on_lost = lambda _c: gone.done() or gone.set_result(None)
+        if self.transport is None or self.transport.is_closing():
+            gone.set_result(None)
+        else:
+            self._write(_frame(code.to_bytes(2, "big"), 0x8))
+        return gone
 
     def abort(self) -> None:
         """Drop the connection at once (RST: no TIME_WAIT left behind on either side)."""

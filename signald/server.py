@@ -47,6 +47,7 @@ from signald.protocol import (
     PROTOCOL_VERSION,
     SUBPROTOCOL_JSON,
     SUBPROTOCOL_MSGPACK,
+    Limits,
     Welcome,
     WelcomeData,
     json_encoder,
@@ -59,7 +60,7 @@ from signald.state.ratelimit import ConnectionRateLimiter, FloodGuard
 from signald.state.refusals import Cause, Refusal, cause_of_status, decide
 from signald.timefmt import iso_utc
 from signald.transport.connection import run_connection
-from signald.transport.handshake import Handshake, peer_address
+from signald.transport.handshake import Handshake, peer_address, stream_closed
 from signald.transport.listeners import reuse_port_listeners
 from signald.transport.websocket import ServerWebSocket
 
@@ -174,7 +175,8 @@ async def serve_signald(
         connections: _Connections = await nursery.start(_run_connections)
         try:
             http = HttpApi(Signald(hub), api_calls=config.api.port is None, websocket_port=True, per_ip=per_ip)
-            handler = partial(_handle_stream, _Serving(hub, router, authenticate, per_ip, closing, http))
+            handler = partial(_handle_stream, _Serving(hub, router, authenticate, per_ip, closing, http,
+                                                       config.limits.to_wire()))
             await nursery.start(partial(trio.serve_listeners, handler, listeners, handler_nursery=connections.nursery))
             api_port = None if config.api.port is None else await nursery.start(
                 serve_api_port, HttpApi(Signald(hub), api_calls=True, websocket_port=False, per_ip=per_ip),
@@ -186,6 +188,7 @@ async def serve_signald(
             await trio.sleep_forever()
         finally:  # shutdown (or a failure to start): the listeners stop, then every connection closes
             closing.set()
+            hub.shutting_down = True
             connections.scope.cancel()
 
 
@@ -282,6 +285,7 @@ class _Serving:
     per_ip: ConnectionRateLimiter | None
     closing: trio.Event  # set once the server shuts down: connections then close with 1001
     http: HttpApi | None = None  # plain HTTP requests (not upgrades): health checks, the server API
+    limits: Limits | None = None  # the welcome's ``limits``, built once (the same for every client)
 
 
 async def _handle_stream(serving: _Serving, stream: trio.abc.Stream) -> None:
@@ -294,7 +298,8 @@ async def _handle_stream(serving: _Serving, stream: trio.abc.Stream) -> None:
     except Exception:
         log.exception("connection from %s failed", peer_address(stream))
     finally:
-        await trio.aclose_forcefully(stream)
+        if not stream_closed(stream):  # a WebSocket's close closed it already (a second close costs a Cancelled)
+            await trio.aclose_forcefully(stream)
 
 
 async def _serve_client(serving: _Serving, stream: trio.abc.Stream) -> None:
@@ -346,12 +351,13 @@ async def _serve_client(serving: _Serving, stream: trio.abc.Stream) -> None:
         if not hub.handshaking[user]:
             del hub.handshaking[user]
     limits = config.limits
+    now_iso = iso_utc(hub.wall_clock())
     session = Session(
         session_id=new_session_id(),
         identity=identity,
         remote=peer,
         binary=binary,
-        connected_at=iso_utc(hub.wall_clock()),
+        connected_at=now_iso,
         send_queue=limits.send_queue,
         flood=FloodGuard(limits.rate_per_s, limits.rate_burst, shared=hub.user_rates.for_user(identity.user_id)),
         cork=hub.cork,
@@ -364,9 +370,9 @@ async def _serve_client(serving: _Serving, stream: trio.abc.Stream) -> None:
         protocol_version=PROTOCOL_VERSION,
         session_id=session.session_id,
         user_id=session.user_id,
-        server_time=iso_utc(hub.wall_clock()),
+        server_time=now_iso,
         heartbeat_s=config.server.heartbeat_s,
-        limits=limits.to_wire(),
+        limits=serving.limits or limits.to_wire(),
     ))))
     hub.connect(session)
     hub.watch(ws)

@@ -31,7 +31,7 @@ from signald.auth import Authenticator, NoneAuthenticator
 from signald.config import Config
 from signald.delivery.broker import Broker, LocalBroker
 from signald.delivery.frames import Frame
-from signald.delivery.outbox import Cork
+from signald.delivery.outbox import BatchCork, Cork
 from signald.errors import StartupError
 from signald.history.contract import ChatStore, SchemaError, StorageError
 from signald.history.factory import make_store
@@ -56,6 +56,7 @@ from signald.timefmt import epoch_of, iso_utc
 from signald.transport.parking import Parking
 
 log = logging.getLogger("signald.hub")
+SEEN_TEXTS = 65536  # last-seen texts member_list keeps formatted
 audit = logging.getLogger("signald.audit")  # one line per connection opened or closed, kick, revocation
 
 
@@ -81,11 +82,15 @@ class Hub:
         self.replica: Replica | None = None
         self.parking = Parking()  # where idle connections wait for bytes (see signald.transport.parking)
         self.cork = Cork()  # see signald.delivery.outbox.Cork; sessions' outboxes and the history store share it
+        self.batch_cork = BatchCork(self.cork)  # publish() holds it: a storm of joins, one write per member per pass
         self.wall_clock: Callable[[], float] = wall_clock or time.time
         self.sessions: dict[str, Session] = {}
         self.sessions_by_user: dict[str, dict[str, Session]] = {}
         self.handshaking: dict[str, int] = {}  # per user: accepted handshakes not yet connected
         self.draining = False  # shutting down soon: /readyz answers 503 (Signald.drain)
+        # Set by the server once it shuts down: departures are no longer announced (see disconnect).
+        self.shutting_down = False
+        self._seen_text: dict[float, str] = {}  # last-seen epoch -> its ISO text (member_list)
         self.counters = Counters()
         self.started_at = 0.0
         self.history: HistoryService | None = None
@@ -140,6 +145,7 @@ class Hub:
                     nursery.start_soon(self.timers.run_heartbeats)
                     nursery.start_soon(self.expiries.run)
                     nursery.start_soon(self.parking.run)
+                    nursery.start_soon(self.batch_cork.run)
                     nursery.start_soon(self.history.run_last_seen_flusher)
                     if self.config.calls.call_log:
                         self.call_log = CallLog(self.rooms, store, self.history.announce)
@@ -191,13 +197,16 @@ class Hub:
             self.metrics.coalesced.inc(session.outbox.coalesced)
         conn = session.session_id
         self.apply_call_outcome(self.calls.device_gone(conn, trio.current_time()))
-        self.publish(self.presence.disconnect(conn, trio.current_time(), self.wall_clock()))
+        gone = self.presence.disconnect(conn, trio.current_time(), self.wall_clock())
         if log.isEnabledFor(logging.DEBUG):  # as room.leave logs it, one line per room
             for room in sorted(self.rooms.rooms_of(conn)):
                 log_event(log, logging.DEBUG, "room left", room=room, user=session.user_id, session=conn,
                           why="disconnected")
-        self.publish(self.rooms.disconnect(conn))
-        self.share(Disconnect(conn))
+        left = self.rooms.disconnect(conn)
+        if not self.shutting_down:  # else every peer is being closed too: nobody to tell (N² frames)
+            self.publish(gone)
+            self.publish(left)
+        self.share(Disconnect(conn))  # the other nodes tell their own clients
         self.remove_session(session)
         code = session.close_code
         # The client's own code when it closed first; 1006 (RFC 6455: no close frame) when it vanished.
@@ -249,12 +258,18 @@ class Hub:
     def member_list(self, room: str) -> list[Member]:
         """The ``members`` of a ``room.join`` ack: one entry per user, with status and devices."""
         members = []
+        presence, seen_text = self.presence, self._seen_text
         for user_id, devices in self.rooms.members(room):
-            seen = self.presence.last_seen(user_id)
-            members.append(Member(
-                user_id=user_id, status=self.presence.status_of(user_id), devices=devices,
-                last_seen=iso_utc(seen) if seen is not None else None,
-            ))
+            seen = presence.last_seen(user_id)
+            text = None
+            if seen is not None:  # formatted once per value: a storm of joins lists the same members again and again
+                text = seen_text.get(seen)
+                if text is None:
+                    if len(seen_text) >= SEEN_TEXTS:
+                        seen_text.clear()
+                    text = seen_text[seen] = iso_utc(seen)
+            members.append(Member(user_id=user_id, status=presence.status_of(user_id), devices=devices,
+                                  last_seen=text))
         return members
 
     def expire_session(self, session: Session) -> None:
@@ -330,7 +345,13 @@ class Hub:
             await sent.wait()
 
     def publish(self, sends: Iterable[Send]) -> None:
-        """Deliver the events a state module returned, in order."""
+        """Deliver the events a state module returned, in order.
+
+        Direct writes wait for the end of the scheduler pass (:class:`BatchCork`): the joins,
+        leaves and presence changes of one pass reach each connection in one write.
+        """
+        if sends:
+            self.batch_cork.hold()
         for send in sends:
             self.send_to(send.conns, send.event)
 

@@ -86,6 +86,56 @@ class Cork:
                 outbox.uncork()
 
 
+class BatchCork:
+    """Holds ``cork`` from the first :meth:`hold` until the tasks Trio runs in the same pass have
+    run: then :meth:`run` (a task of the hub) lets go, and each connection gets one write for what
+    they delivered.
+
+    Why: a reconnect storm brings many joins and leaves within one scheduler pass (the history
+    reads of a batch wake their joiners together), and each of them sends a ``member.*`` event to
+    every member of the room: written one by one that is a write per member per join. The bytes
+    and their order per connection are the same either way; what waits is at most one pass.
+    """
+
+    __slots__ = ("_held", "_task", "cork")
+
+    def __init__(self, cork: Cork) -> None:
+        self.cork = cork
+        self._held = False
+        self._task: trio.lowlevel.Task | None = None  # run(), parked until a hold
+
+    def hold(self) -> None:
+        """Hold the cork until the current scheduler pass is over (no-op unless :meth:`run` runs)."""
+        task = self._task
+        if self._held or task is None:
+            return
+        self._held = True
+        self.cork.__enter__()
+        self._task = None
+        trio.lowlevel.reschedule(task)
+
+    async def run(self) -> None:
+        """Let go of the cork one pass after each hold; lets go on the way out too."""
+        try:
+            while True:
+                self._task = trio.lowlevel.current_task()
+
+                def abort(_: object) -> trio.lowlevel.Abort:
+                    self._task = None
+                    return trio.lowlevel.Abort.SUCCEEDED
+
+                await trio.lowlevel.wait_task_rescheduled(abort)
+                self._release()
+        finally:
+            self._task = None
+            self._release()
+
+    def _release(self) -> None:
+        if self._held:
+            self._held = False
+            self.cork.__exit__(None, None, None)
+
+
 class Outbox:
     """The bounded send queue of one connection, with type-aware backpressure.
 
@@ -122,6 +172,7 @@ class Outbox:
         "high_water",
         "limit",
         "on_overflow",
+        "stopped",
         "writing",
     )
 
@@ -137,6 +188,7 @@ class Outbox:
         self.direct_write: DirectWrite | None = None
         self.closed = False
         self.writing = False
+        self.stopped = False  # stop_idle_writer was called: get_batch returns [] from now on
         self.coalesced = 0
         self._live = 0
         self._partial: bytes | None = None  # the unsent tail of a frame written in part
@@ -274,15 +326,29 @@ class Outbox:
     def _compact(self) -> None:
         self._queued = [f for f in self._queued if not isinstance(f, _Slot) or f.payload is not None]
 
+    def stop_idle_writer(self) -> bool:
+        """If the writer is waiting in :meth:`get_batch` (nothing half written), make it return ``[]``
+        now, leaving what is queued unsent, as cancelling it would; True if it was. Cheaper than a
+        cancellation (no ``Cancelled`` raised through the connection's nursery)."""
+        task = self._waiter
+        if task is None:
+            return False
+        self.stopped = True
+        self._wake()
+        return True
+
     async def get_batch(self) -> list[bytes]:
         """Wait until bytes are queued, then take all of them (complete WebSocket frames) in order.
 
-        Returns an empty list once the outbox is closed and drained: the writer then stops.
+        Returns an empty list once the outbox is closed and drained, or :meth:`stop_idle_writer`
+        was called: the writer then stops.
         """
         while not self._queued and self._partial is None:
             if self.closed:
                 return []
             await self._park()
+            if self.stopped:
+                return []
         if self._partial is None:
             return self._take()
         partial, self._partial = self._partial, None

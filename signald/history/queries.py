@@ -29,6 +29,7 @@ __all__ = [
     "changes",
     "changes_page",
     "rejoin",
+    "rejoin_many",
     "COLUMNS",
     "ROOM_TOTALS_SQL",
     "ROOMS_SQL",
@@ -174,7 +175,10 @@ def last_read(conn: Connection, user_id: str, room: str) -> int | None:
 
 def unread(conn: Connection, user_id: str, room: str) -> int:
     """Not-deleted messages of ``room`` above the user's read receipt (all if none)."""
-    last = last_read(conn, user_id, room) or 0
+    return _unread_above(conn, room, last_read(conn, user_id, room) or 0)
+
+
+def _unread_above(conn: Connection, room: str, last: int) -> int:
     count = conn.execute(
         "SELECT count(*) FROM messages WHERE room = ? AND seq > ? AND deleted_at IS NULL", (room, last)
     ).fetchone()
@@ -286,7 +290,15 @@ def rejoin(
     conn: Connection, user_id: str, room: str, since: int | None, since_rev: int | None, limit: int
 ) -> Rejoin:
     """``unread``, the room's ``rev``, ``missed`` (with ``since``) and ``changes`` (with ``since_rev``)."""
-    unread_count = unread(conn, user_id, room)
+    return rejoin_many(conn, [user_id], room, since, since_rev, limit)[user_id]
+
+
+def rejoin_many(
+    conn: Connection, user_ids: Iterable[str], room: str, since: int | None, since_rev: int | None, limit: int
+) -> dict[str, Rejoin]:
+    """:func:`rejoin` for several users joining ``room`` with the same ``since``/``since_rev``: the
+    room's part is read once, ``unread`` once per distinct read receipt (the answers share their
+    lists, which nobody changes)."""
     revs = room_revs(conn, room)
     missed = truncated = found = more = None
     if since is not None:
@@ -294,4 +306,14 @@ def rejoin(
     reset = since_rev is not None and not revs.complete_after(since_rev)
     if since_rev is not None and not reset:
         found, more = changes(conn, room, since_rev, limit)
-    return Rejoin(missed, truncated, unread_count, revs.rev, found, more, reset)
+    counts: dict[int, int] = {}
+    answers: dict[str, Rejoin] = {}
+    for user_id in user_ids:
+        if user_id in answers:
+            continue
+        last = last_read(conn, user_id, room) or 0
+        count = counts.get(last)
+        if count is None:
+            count = counts[last] = _unread_above(conn, room, last)
+        answers[user_id] = Rejoin(missed, truncated, count, revs.rev, found, more, reset)
+    return answers

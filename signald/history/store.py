@@ -41,6 +41,7 @@ from signald.history import queries, rules, writes
 from signald.history.contract import HistoryStats, SchemaError
 from signald.history.inline import INLINE_SYNC_MODES, InlineCommits, tasks_runnable
 from signald.history.queries import Rejoin
+from signald.history.rejoins import SharedRejoins
 from signald.history.retention import Retention
 from signald.history.rules import Deleted
 from signald.history.schema import SCHEMA_VERSION
@@ -93,6 +94,7 @@ class HistoryStore:
         self._state = "new"  # new -> open -> closing -> closed (Trio thread only)
         self._closed = trio.Event()
         self._in_flight = 0  # ops handed to the thread and not yet completed (Trio thread only)
+        self._rejoins = SharedRejoins(self._put)  # room.join reads: one per room and range while queued
 
     @property
     def commits(self) -> int:
@@ -339,8 +341,9 @@ class HistoryStore:
         """``unread``, the room's ``rev``, ``missed`` (with ``since``) and ``changes`` (with
         ``since_rev``) for ``room.join``: one read, at one point of the commit order."""
         rules.check_limit(limit, "`limit`")
-        return await self._call(
-            lambda conn: (queries.rejoin(conn, user_id, room, since, since_rev, limit), SKIP), write=False)
+        if self._state != "open":
+            raise StorageError(f"history store is {self._state}")
+        return await self._rejoins.rejoin(user_id, room, since, since_rev, limit)  # shared while queued
 
     async def changes(self, *, room: str, after_rev: int, limit: int) -> ChangesPage:
         """Every change of ``room`` after ``after_rev`` (``chat.changes``), at most ``limit``."""

@@ -68,10 +68,15 @@ async def run_connection(
     async with trio.open_nursery() as nursery:
         owner.cancel_scope = nursery.cancel_scope
         nursery.start_soon(_writer, ws, owner.outbox, nursery.cancel_scope)
+        alone = True
         for task in side_tasks:
             nursery.start_soon(task)
+            alone = False
         await _reader(ws, owner, on_message)
-        nursery.cancel_scope.cancel()
+        # An idle writer is told to stop (as if cancelled, but without a Cancelled through the
+        # nursery: closing is most of what a short connection costs); one mid-write is cancelled.
+        if not (alone and owner.outbox.stop_idle_writer()):
+            nursery.cancel_scope.cancel()
 
 
 async def _reader(ws: ServerWebSocket, owner: ConnectionOwner, on_message: OnMessage) -> None:
@@ -111,4 +116,5 @@ async def _writer(ws: ServerWebSocket, outbox: Outbox, scope: trio.CancelScope) 
         ws.broken = True
     finally:
         outbox.direct_write = None
-    scope.cancel()
+    if not outbox.stopped:  # stopped: the reader is done already, nothing to cancel
+        scope.cancel()

@@ -15,12 +15,10 @@ what a signalling server holds most of:
 - heartbeats are one hub-wide sweep (:mod:`signald.state.heartbeat`), not a task per connection;
 - only the close frame is written here, by :meth:`ServerWebSocket.close`, once the writer is gone.
 
-The handshake before all this is :mod:`signald.transport.handshake`. Clients
-(:mod:`signald.client`, the tests) keep using trio-websocket.
+The handshake is :mod:`signald.transport.handshake`; clients (the tests) keep using trio-websocket.
 
-Names: a *message* is what the peer sent (text or bytes, possibly over several frames); a
-*ws_frame* is one RFC 6455 frame; *wire* is bytes as they travel. (:class:`signald.delivery.frames.Frame`
-is the outbound message, encoded once.)
+Names: a *message* is what the peer sent (text or bytes, maybe in several frames); a *ws_frame* is one
+RFC 6455 frame; *wire* is bytes as they travel (a ``delivery.frames.Frame`` is an outbound message).
 
 Error handling: a protocol violation by the peer (bad framing, invalid UTF-8, ...) ends the
 connection with the close code wsproto names (1002, 1007, ...); a message over the transport cap
@@ -358,8 +356,11 @@ class ServerWebSocket:
                 await self._await_close_reply()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
-        finally:
-            await trio.aclose_forcefully(self.stream)
+        finally:  # a plain socket closes as in SocketStream.aclose, without aclose_forcefully's Cancelled
+            if self._socket is None:
+                await trio.aclose_forcefully(self.stream)
+            else:
+                self._socket.close()
 
     @property
     def peer_close_code(self) -> int | None:

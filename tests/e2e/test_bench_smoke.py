@@ -22,8 +22,14 @@ def test_bench_quick_runs_every_workload_against_every_server(tmp_path: Path) ->
                           capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     results = json.loads(out.read_text())
-    assert set(results["summary"]) >= {"a", "b", "c", "d", "e", "f"}
+    assert set(results["summary"]) >= {"a", "b", "c", "d", "e", "f", "g"}
     assert {"signald", "socketio", "websockets"} <= set(results["summary"]["a"])
+    # (g) the reconnect storm: every client came back after the restart, holding exactly the history
+    storm = results["raw"]["g"]["signald"][0]
+    n = results["sizes"]["storm_sizes"][0]
+    assert (storm[f"resumed_{n}"], storm[f"exact_{n}"], storm[f"missed_{n}"], storm[f"duplicated_{n}"]) == (
+        n, 1, 0, 0), storm
+    assert results["raw"]["g"]["socketio"][0][f"resumed_{n}"] == n
 
 
 def test_bench_baseline_runs_an_older_commit_side_by_side(tmp_path: Path) -> None:
@@ -85,3 +91,13 @@ def test_the_abuse_bench_runs_and_prints_its_ratio() -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert re.search(r"flooded / alone: p50 x\d+\.\d\d, p99 x\d+\.\d\d", done.stdout), done.stdout
     assert re.search(r"closed with 1008: [1-9]", done.stdout), done.stdout  # the flood was on, and refused
+
+
+def test_the_report_keeps_the_hand_written_sections_of_the_page(bench_importable: None) -> None:
+    from bench.report import GENERATED_SECTIONS, hand_written
+
+    page = (ROOT / "docs" / "benchmarks.md").read_text()
+    kept = hand_written(page)
+    assert kept and all(not s.startswith(f"## {g}\n") for s in kept for g in GENERATED_SECTIONS)
+    assert any(s.startswith("## Before and after the architecture reshaping") for s in kept)
+    assert hand_written("# T\n\n## This run\n\nx\n\n## Mine\n\nkept\n\n## Method\n\ny\n") == ["## Mine\n\nkept"]

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import trio
+import trio.testing
+
 from signald.delivery.frames import Frame
-from signald.delivery.outbox import CORK_FLUSH, Cork, Outbox
+from signald.delivery.outbox import CORK_FLUSH, BatchCork, Cork, Outbox
 from signald.protocol import RoomActiveEvent, RoomData
 
 
@@ -131,3 +134,48 @@ async def test_the_close_path_takes_the_unsent_tail_once() -> None:
     box.close(drop=True)
     assert box.take_unsent() == frame.wire_text[3:]  # to be sent ahead of the close frame
     assert box.take_unsent() == b"" and not box.mid_frame and await box.get_batch() == []
+
+
+async def test_a_batch_cork_holds_what_one_scheduler_pass_delivers_then_writes_it_at_once() -> None:
+    wire: list[bytes] = []
+    cork = Cork()
+    batch = BatchCork(cork)
+    box = Outbox(100, binary=False, on_overflow=lambda: None, cork=cork)
+    box.direct_write = lambda data: (wire.append(data), len(data))[1]
+    frames = _frames("joined-1", "joined-2", "joined-3")
+    batch.hold()  # not running: nothing is held, the frame goes out at once
+    assert box.push(frames[0]) and wire == [frames[0].wire_text]
+    wire.clear()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(batch.run)
+        await trio.testing.wait_all_tasks_blocked()
+
+        pushed: list[bytes] = []
+
+        async def joiner(frame: Frame) -> None:  # three joins handled in the same pass (in any order)
+            batch.hold()
+            assert box.push(frame)
+            pushed.append(frame.wire_text)
+
+        for frame in frames:
+            nursery.start_soon(joiner, frame)
+        await trio.testing.wait_all_tasks_blocked()
+        assert wire == [b"".join(pushed)] and len(pushed) == 3  # one write, in order, once the pass is over
+        assert box.push(frames[0]) and wire[-1] == frames[0].wire_text  # let go: direct again
+        nursery.cancel_scope.cancel()
+    assert cork.depth == 0
+
+
+async def test_an_idle_writer_is_stopped_without_a_cancellation_and_leaves_the_queue_unsent() -> None:
+    box = Outbox(100, binary=False, on_overflow=lambda: None)
+    assert not box.stop_idle_writer()  # no writer waiting: the caller must cancel it
+    batches: list[list[bytes]] = []
+
+    async def writer() -> None:
+        batches.append(await box.get_batch())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(writer)
+        await trio.testing.wait_all_tasks_blocked()
+        assert box.stop_idle_writer()
+    assert batches == [[]]  # returned by itself, nothing to write
