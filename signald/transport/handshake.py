@@ -25,10 +25,9 @@ from wsproto.events import (
     TextMessage,
 )
 from wsproto.handshake import H11Handshake
-from wsproto.utilities import LocalProtocolError, RemoteProtocolError
+from wsproto.utilities import RemoteProtocolError
 
 from signald.transport.framing import fit_close_reason
-from signald.transport.upgrade import FastUpgrade, accept_response, parse_upgrade
 
 RECEIVE_BYTES: Final = 16384
 #: What a refused peer may send after the upgrade before its close reply; beyond it we stop waiting.
@@ -76,27 +75,11 @@ class Handshake:
 
     def __init__(self, stream: trio.abc.Stream, *, keep_plain: bool = False) -> None:
         self.stream = stream
-        # wsproto's handshake, made only when the request is not the common case (see
-        # signald.transport.upgrade), or to refuse one that was.
-        self._h11_state: H11Handshake | None = None
-        # The request read by the fast path, and its bytes (wsproto reads them again to refuse it).
-        self._fast: FastUpgrade | None = None
-        self._fast_bytes = b""
+        self._h11 = H11Handshake(ConnectionType.SERVER)
         # keep_plain: a request that is not an upgrade is left unanswered, and the bytes read so far
         # kept in ``plain`` for the plain-HTTP server (signald.transport.http) to parse again.
         self._received: bytearray | None = bytearray() if keep_plain else None
         self.plain: bytes | None = None
-
-    @property
-    def _h11(self) -> H11Handshake:
-        h11 = self._h11_state
-        if h11 is None:
-            h11 = self._h11_state = H11Handshake(ConnectionType.SERVER)
-            if self._fast is not None:  # to refuse what the fast path read: wsproto reads it too
-                h11.receive_data(self._fast_bytes)
-                for _ in h11.events():
-                    pass
-        return h11
 
     async def read_request(self) -> Upgrade | None:
         """Read until the client's upgrade request.
@@ -105,25 +88,17 @@ class Handshake:
         ``keep_plain``, :attr:`plain` holds the bytes read, else it was answered ``400``/``426`` as
         wsproto suggests.
         """
-        first = True
         while True:
-            if not first:
-                for event in self._h11.events():
-                    if isinstance(event, Request):
-                        self._received = None
-                        return Upgrade(event.target, tuple(event.extra_headers), tuple(event.subprotocols))
+            for event in self._h11.events():
+                if isinstance(event, Request):
+                    self._received = None
+                    return Upgrade(event.target, tuple(event.extra_headers), tuple(event.subprotocols))
             try:
                 data = await receive_bytes(self.stream)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return None
             if not data:
                 return None
-            if first:
-                first = False
-                fast = parse_upgrade(data)
-                if fast is not None:  # the common request, whole in one read: no h11
-                    self._fast, self._fast_bytes, self._received = fast, data, None
-                    return Upgrade(fast.target, fast.extra_headers, fast.subprotocols)
             if self._received is not None:
                 self._received += data
             try:
@@ -159,7 +134,7 @@ class Handshake:
         data = self._h11.send(AcceptConnection(subprotocol=subprotocol))
         conn = self._h11.connection
         assert conn is not None
-        self._h11_state = None
+        del self._h11
         data += conn.send(TextMessage(data=message) if isinstance(message, str) else BytesMessage(data=message))
         data += conn.send(CloseConnection(code=code, reason=fit_close_reason(reason)))
         await self._send(data)
@@ -178,17 +153,10 @@ class Handshake:
 
     async def accept(self, subprotocol: str | None) -> Connection:
         """Answer ``101 Switching Protocols``; the returned connection carries the frames."""
-        fast = self._fast
-        if fast is not None and self._h11_state is None:
-            if subprotocol is not None and subprotocol not in fast.subprotocols:
-                raise LocalProtocolError(f"unexpected subprotocol {subprotocol}")  # as wsproto
-            self._fast = None
-            await self._send(accept_response(fast.key, subprotocol))
-            return Connection(ConnectionType.SERVER)
         await self._send(self._h11.send(AcceptConnection(subprotocol=subprotocol)))
         connection = self._h11.connection
         assert connection is not None
-        self._h11_state = None  # the HTTP state is not needed any more
+        del self._h11  # the HTTP state is not needed any more
         return connection
 
     async def _send(self, data: bytes) -> None:
