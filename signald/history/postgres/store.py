@@ -257,7 +257,12 @@ class PostgresStore:
             await self._write(lambda c: writes.set_last_seen(c, rows), None)
 
     async def run_retention(self) -> int:
-        return await self._write(lambda c: (self._writer.expire(c.raw), SKIP), None)
+        """Everything expired now, one bounded step (its own transaction) after the other."""
+        total, more = 0, True
+        while more:
+            removed, more = await self._write(lambda c: (self._writer.retention_step(c.raw), SKIP), None)
+            total += removed
+        return total
 
     # ------------------------------------------------------------------ reads
 
