@@ -61,6 +61,12 @@ def connect(url: str, timeout_s: float) -> psycopg.Connection[Any]:
                            options=f"-c search_path={schema.SCHEMA}")
 
 
+def database_size(conn: psycopg.Connection[Any]) -> int:
+    """The size of the connection's database on disk, in bytes."""
+    row = conn.execute("SELECT pg_database_size(current_database())").fetchone()
+    return int(row[0]) if row is not None else 0
+
+
 class PgWriter(WriterThread):
     """The thread, its queue and its connection; see the module docstring."""
 
@@ -80,6 +86,8 @@ class PgWriter(WriterThread):
         super().__init__(deliver)
         self.commits = 0
         self.available = True
+        self.db_bytes = 0
+        """The database's size as last measured (at open, then when the store asks)."""
         self._conn: psycopg.Connection[Any] | None = None
         self._retry_at = 0.0
         self._backoff = BACKOFF_MIN_S
@@ -117,6 +125,7 @@ class PgWriter(WriterThread):
                         " run 'signald history migrate' to upgrade it")
             else:
                 schema.migrate(conn)
+            self.db_bytes = database_size(conn)
         except BaseException:
             conn.close()
             raise
@@ -257,7 +266,7 @@ class PgWriter(WriterThread):
                     op_failed(op, exc, psycopg.Error)
                     return False
                 raw.execute("COMMIT")
-                return True
+                return op.kind == "write"
             wrote = False
             for op in ops:
                 raw.execute("SAVEPOINT op")
@@ -270,7 +279,7 @@ class PgWriter(WriterThread):
                     op_failed(op, exc, psycopg.Error)
                     continue
                 raw.execute("RELEASE SAVEPOINT op")
-                wrote = True
+                wrote = wrote or op.kind == "write"
             raw.execute("COMMIT")
             return wrote
         except BaseException:
