@@ -87,7 +87,7 @@ def print_table(result: dict[str, Any]) -> None:
               " (for times and CPU, below 1 means faster now)")
     print("\ntargets:")
     for v in result["verdicts"]:
-        what = f"signald/{v['peer']}" if v["peer"] else "signald"
+        what = f"{v.get('server', 'signald')}/{v['peer']}" if v["peer"] else v.get("server", "signald")
         value = fmt(v["value"], ".2f" if v["peer"] else ",.1f")
         print(f"  {v['verdict']:5} ({v['workload']}) {v['text']}: {what} = {value} (target {v['op']} "
               f"{v['bound']:g}{' ' + v['unit'] if v['unit'] else ''})")
