@@ -209,15 +209,21 @@ class PgWriter(WriterThread):
         then, in one transaction with a savepoint each, the other writes and the sends that
         statement left out. Nothing a batch's op can see depends on another op of the same batch
         (an op that needs another's result waits for its ack), so the split keeps their meaning.
+        ``ops`` is reordered in place to the order they committed in, the order in which they
+        are delivered (a room's ``rev`` announced in increasing order).
         """
         sends = [op for op in ops if isinstance(op.fn, SendOp)]
-        rest = [op for op in ops if not isinstance(op.fn, SendOp)]
-        if sends:
-            left: list[Op[Any]] = []
-            self._w_attempts(sends, lambda conn: self._w_sends(conn, sends, left))
-            rest = left + rest
+        if not sends:
+            self._w_attempts(ops, lambda conn: self._w_transaction(conn, ops))
+            return
+        left: list[Op[Any]] = []
+        self._w_attempts(sends, lambda conn: self._w_sends(conn, sends, left))
+        again = {id(op) for op in left}
+        rest = [op for op in ops if not isinstance(op.fn, SendOp) or id(op) in again]
         if rest:
             self._w_attempts(rest, lambda conn: self._w_transaction(conn, rest))
+            later = {id(op) for op in rest}
+            ops[:] = [op for op in ops if id(op) not in later] + rest
 
     def _w_attempts(self, ops: list[Op[Any]], run: Callable[[Adapter], bool]) -> None:
         """``run`` (one transaction over ``ops``), again after a deadlock; errors go to ``ops``."""

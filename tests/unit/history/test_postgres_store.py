@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import psycopg
@@ -83,21 +85,29 @@ def collect(outcomes: list[Outcome]) -> Callable[[Any, BaseException | None], No
     return lambda value, error: outcomes.append((value, error))
 
 
-async def held_batch(store: PostgresStore, raw: psycopg.Connection[Any], waiting: Callable[[], int],
-                     queue: Callable[[], None], count: int) -> None:
-    """Run ``queue`` (which queues ``count`` operations) while the writer thread is stuck on a
-    row lock of ``raw``'s, so that they are all taken as one batch when the lock goes."""
+@asynccontextmanager
+async def writer_held(store: PostgresStore, raw: psycopg.Connection[Any], waiting: Callable[[], int]
+                      ) -> AsyncIterator[None]:
+    """The writer thread stuck on a row lock of ``raw``'s for the body of the ``with``: what the
+    body queues is taken as one batch when it ends."""
     await store.send(room="gate", user_id="ann", body="opens the gate's row")
     raw.execute("BEGIN")
     raw.execute("SELECT * FROM signald.rooms WHERE room = 'gate' FOR UPDATE")
     gate: list[Outcome] = []
     store.send_nowait(room="gate", user_id="ann", body="waits", then=collect(gate))
     await until(lambda: waiting() == 1, "the writer waits for the gate")
-    queue()
-    assert store._writer.queue.qsize() == count
+    yield
     raw.execute("COMMIT")
     await until(lambda: bool(gate), "the gate's send")
     assert gate[0][1] is None
+
+
+async def held_batch(store: PostgresStore, raw: psycopg.Connection[Any], waiting: Callable[[], int],
+                     queue: Callable[[], None], count: int) -> None:
+    """Run ``queue`` (which queues ``count`` operations) while the writer is held: one batch."""
+    async with writer_held(store, raw, waiting):
+        queue()
+        assert store._writer.queue.qsize() == count
 
 
 # --------------------------------------------------------------------------- sends of a batch
@@ -149,6 +159,24 @@ async def test_a_batch_of_sends_is_one_commit(
     for r in range(3):
         page = await store.history(room=f"r{r}")
         assert [m.seq for m in page.messages] == list(range(1, 11))
+
+
+async def test_a_batch_is_announced_in_the_order_it_committed(
+    store: PostgresStore, raw: psycopg.Connection[Any], monitor: Callable[[], int]
+) -> None:
+    """An edit queued before a send of the same room commits after it (the batch's sends go first,
+    in one statement): the announcements follow the commits, so the room's ``rev`` only rises."""
+    first, _ = await store.send(room="lobby", user_id="ann", body="v1")
+    events: list[Any] = []
+    outcomes: list[Outcome] = []
+    async with trio.open_nursery() as nursery, writer_held(store, raw, monitor):
+        nursery.start_soon(partial(store.edit, message_id=first.id, user_id="ann", new_body="v2",
+                                   on_commit=events.append))
+        await trio.testing.wait_all_tasks_blocked()
+        store.send_nowait(room="lobby", user_id="bob", body="hello", then=collect(outcomes), on_commit=events.append)
+        assert store._writer.queue.qsize() == 2
+    assert [(type(e).__name__, e.body, e.rev) for e in events] == [("ChatMessage", "hello", 2),
+                                                                   ("ChatMessage", "v2", 3)]
 
 
 # --------------------------------------------------------------------------- two stores, row locks
