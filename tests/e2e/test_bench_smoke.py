@@ -24,6 +24,9 @@ def test_bench_quick_runs_every_workload_against_every_server(tmp_path: Path) ->
     results = json.loads(out.read_text())
     assert set(results["summary"]) >= {"a", "b", "c", "d", "e", "f"}
     assert {"signald", "socketio", "websockets"} <= set(results["summary"]["a"])
+    on_pg = results["summary"]["e"]["signald-pg"]  # the daemon on the bench's own PostgreSQL, beside SQLite
+    assert on_pg["rate"] > 0 and on_pg["p99_ms"] >= on_pg["p50_ms"] > 0
+    assert "durable acked chat.send/s on PostgreSQL vs on SQLite" in done.stdout
 
 
 def test_bench_baseline_runs_an_older_commit_side_by_side(tmp_path: Path) -> None:
