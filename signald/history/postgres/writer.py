@@ -1,10 +1,11 @@
 """The PostgreSQL store's writer thread: group commit on one connection, reconnecting when lost.
 
 Trio tasks put :class:`~signald.history.work.Op` items on a thread-safe queue; the thread takes
-everything queued (up to :data:`MAX_BATCH`) and stores it with at most two commits: its sends in
-one statement (:mod:`~signald.history.postgres.batch`), then the other writes in one transaction
-(a ``SAVEPOINT`` per write unless it is alone, as on SQLite); it hands the batch back to Trio with
-one ``run_sync_soon``, where ``on_commit`` callbacks run in commit order. With ``synchronous_commit``
+everything queued (up to :data:`MAX_BATCH`) and stores it in the order it was queued: each run of
+consecutive sends in one statement (:mod:`~signald.history.postgres.batch`), each run of other
+writes in one transaction (a ``SAVEPOINT`` per write unless it is alone, as on SQLite); it hands
+the batch back to Trio with one ``run_sync_soon``, where ``on_commit`` callbacks run in commit
+order. With ``synchronous_commit``
 on (PostgreSQL's default) a commit is on disk when it returns: nothing is acked before that.
 
 Sends lock their rooms in sorted order, so two daemons' sends never deadlock; other writes lock
@@ -26,6 +27,7 @@ thread: a hung server cannot keep the process alive.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import queue
 import time
@@ -172,7 +174,7 @@ class PgWriter(WriterThread):
     def _w_retention_step(self) -> bool:
         """One retention step in a transaction of its own; whether there is more to do."""
         step: Op[tuple[int, bool]] = Op("write", lambda conn: (self.retention_step(conn.raw), SKIP))
-        self._w_attempts([step], lambda conn: self._w_transaction(conn, [step]))
+        self._w_attempts([step], functools.partial(self._w_transaction, ops=[step]))
         if step.error is not None:
             logger.error("history retention failed: %s", self._scrub(str(step.error)))
         return step.value is not None and step.value[1]
@@ -203,27 +205,29 @@ class PgWriter(WriterThread):
         return conn
 
     def _w_batch(self, ops: list[Op[Any]]) -> None:
-        """Store ``ops``; errors go to the ops (none of them is acked then).
+        """Store ``ops`` in the order they were queued; errors go to the ops (none is acked then).
 
-        The sends first, in one statement of their own (:mod:`~signald.history.postgres.batch`);
-        then, in one transaction with a savepoint each, the other writes and the sends that
-        statement left out. Nothing a batch's op can see depends on another op of the same batch
-        (an op that needs another's result waits for its ack), so the split keeps their meaning.
-        ``ops`` is reordered in place to the order they committed in, the order in which they
-        are delivered (a room's ``rev`` announced in increasing order).
+        Each run of consecutive sends is one statement (:mod:`~signald.history.postgres.batch`),
+        then the sends it left out (a retry, a key twice, a parent not found, or all of them when
+        one made it fail) one savepoint each; each run of other writes is one transaction with a
+        savepoint per write. So writes commit, and are delivered, in the order they were made (a
+        room's ``rev`` announced rising), and a batch of sends alone is one commit.
         """
-        sends = [op for op in ops if isinstance(op.fn, SendOp)]
-        if not sends:
-            self._w_attempts(ops, lambda conn: self._w_transaction(conn, ops))
-            return
-        left: list[Op[Any]] = []
-        self._w_attempts(sends, lambda conn: self._w_sends(conn, sends, left))
-        again = {id(op) for op in left}
-        rest = [op for op in ops if not isinstance(op.fn, SendOp) or id(op) in again]
-        if rest:
-            self._w_attempts(rest, lambda conn: self._w_transaction(conn, rest))
-            later = {id(op) for op in rest}
-            ops[:] = [op for op in ops if id(op) not in later] + rest
+        start = 0
+        while start < len(ops):
+            sends = isinstance(ops[start].fn, SendOp)
+            end = start + 1
+            while end < len(ops) and isinstance(ops[end].fn, SendOp) == sends:
+                end += 1
+            run = ops[start:end]
+            if sends:
+                left: list[Op[Any]] = []
+                self._w_attempts(run, functools.partial(self._w_sends, ops=run, left=left))
+                if left:
+                    self._w_attempts(left, functools.partial(self._w_transaction, ops=left))
+            else:
+                self._w_attempts(run, functools.partial(self._w_transaction, ops=run))
+            start = end
 
     def _w_attempts(self, ops: list[Op[Any]], run: Callable[[Adapter], bool]) -> None:
         """``run`` (one transaction over ``ops``), again after a deadlock; errors go to ``ops``."""

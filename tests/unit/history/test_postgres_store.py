@@ -161,22 +161,25 @@ async def test_a_batch_of_sends_is_one_commit(
         assert [m.seq for m in page.messages] == list(range(1, 11))
 
 
-async def test_a_batch_is_announced_in_the_order_it_committed(
+async def test_a_mixed_batch_commits_and_is_announced_in_the_order_it_was_queued(
     store: PostgresStore, raw: psycopg.Connection[Any], monitor: Callable[[], int]
 ) -> None:
-    """An edit queued before a send of the same room commits after it (the batch's sends go first,
-    in one statement): the announcements follow the commits, so the room's ``rev`` only rises."""
+    """Sends, an edit, sends: each run of sends is one statement, but nothing overtakes what was
+    queued before it, so the room's ``rev`` is announced rising and in call order."""
     first, _ = await store.send(room="lobby", user_id="ann", body="v1")
     events: list[Any] = []
     outcomes: list[Outcome] = []
     async with trio.open_nursery() as nursery, writer_held(store, raw, monitor):
+        store.send_nowait(room="lobby", user_id="bob", body="a", then=collect(outcomes), on_commit=events.append)
         nursery.start_soon(partial(store.edit, message_id=first.id, user_id="ann", new_body="v2",
                                    on_commit=events.append))
         await trio.testing.wait_all_tasks_blocked()
-        store.send_nowait(room="lobby", user_id="bob", body="hello", then=collect(outcomes), on_commit=events.append)
-        assert store._writer.queue.qsize() == 2
-    assert [(type(e).__name__, e.body, e.rev) for e in events] == [("ChatMessage", "hello", 2),
-                                                                   ("ChatMessage", "v2", 3)]
+        for body in ("b", "c"):
+            store.send_nowait(room="lobby", user_id="bob", body=body, then=collect(outcomes),
+                              on_commit=events.append)
+        assert store._writer.queue.qsize() == 4
+    assert [(e.body, e.rev) for e in events] == [("a", 2), ("v2", 3), ("b", 4), ("c", 5)]
+    assert [(value[0].body, value[0].seq) for value, _ in outcomes] == [("a", 2), ("b", 3), ("c", 4)]
 
 
 # --------------------------------------------------------------------------- two stores, row locks
