@@ -25,6 +25,7 @@ from pathlib import Path
 
 import psutil
 
+from bench.pgserver import bench_database_url
 from bench.wsclient import DIALECTS, Dialect
 
 REPO = Path(__file__).resolve().parent.parent
@@ -100,6 +101,12 @@ SPECS: dict[str, ServerSpec] = {
         "signald-mem", "signald",
         lambda tmp: [PY, "-m", "signald", "serve", "--port", "0", "--db", ":memory:", "--log-level", "warning"],
         SIGNALD_ENV, "signald with --db :memory:",
+    ),
+    "signald-pg": ServerSpec(
+        "signald-pg", "signald",
+        lambda tmp: [PY, "-m", "signald", "serve", "--port", "0", "--history-url", bench_database_url(),
+                     "--log-level", "warning"],
+        SIGNALD_ENV, "signald (PostgreSQL: a private local server, fsync and synchronous_commit on)",
     ),
     "socketio": ServerSpec(
         "socketio", "socketio",

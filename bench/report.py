@@ -16,12 +16,12 @@ from bench.table import fmt, table_rows
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = REPO / "docs"
-SERVERS = ("signald", "signald-mem", "socketio", "websockets")
-COLORS = {"signald": "#1f77b4", "signald-mem": "#9ecae1", "socketio": "#ff7f0e", "websockets": "#2ca02c",
-          BEFORE: "#7f7f7f"}
+SERVERS = ("signald", "signald-mem", "signald-pg", "socketio", "websockets")
+COLORS = {"signald": "#1f77b4", "signald-mem": "#9ecae1", "signald-pg": "#6a51a3", "socketio": "#ff7f0e",
+          "websockets": "#2ca02c", BEFORE: "#7f7f7f"}
 GB_BUDGET_MIB = 1.5 * 1024
-LABELS = {"signald": "signald", "signald-mem": "signald :memory:", "socketio": "python-socketio",
-          "websockets": "websockets", BEFORE: "signald before (--baseline)"}
+LABELS = {"signald": "signald", "signald-mem": "signald :memory:", "signald-pg": "signald on PostgreSQL",
+          "socketio": "python-socketio", "websockets": "websockets", BEFORE: "signald before (--baseline)"}
 
 
 def servers_of(result: dict[str, Any]) -> tuple[str, ...]:
@@ -210,7 +210,7 @@ def render(result: dict[str, Any], plot_name: str) -> str:
     out += ["", f"![benchmark plot]({plot_name})", "", "## All results", ""]
     rows = []
     servers = servers_of(result)
-    peers = ("socketio", "websockets", "signald-mem", *((BEFORE,) if "baseline" in result else ()))
+    peers = ("socketio", "websockets", "signald-mem", "signald-pg", *((BEFORE,) if "baseline" in result else ()))
     for row in table_rows(result):
         values = row["values"]
         ratios = row["ratios"]
@@ -219,7 +219,8 @@ def render(result: dict[str, Any], plot_name: str) -> str:
                     + [_rounds(result, row["workload"], row["metric"], row["format"])]
                     + [fmt(ratios.get(p), ".2f") if p in ratios else "" for p in peers])
     out += _md_table(["metric"] + [LABELS[s] for s in servers]
-                     + ["signald, each round", "signald ÷ socketio", "signald ÷ websockets", "signald ÷ :memory:"]
+                     + ["signald, each round", "signald ÷ socketio", "signald ÷ websockets", "signald ÷ :memory:",
+                        "PostgreSQL ÷ SQLite"]
                      + (["signald ÷ before"] if "baseline" in result else []),
                      rows, "l" + "r" * (len(servers) + len(peers) + 1))
     scale = result["summary"].get("f", {}).get("signald", {})

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.baseline import BEFORE, registered, with_before
+from bench.pgserver import for_bench
 from bench.procs import (
     CLIENT_CPU,
     SERVER_CPU,
@@ -87,6 +88,8 @@ def targets_for(sizes: Sizes) -> list[Target]:
                    ">=", 1.2, "websockets")]
     out.append(Target("e", "rate", "durable acked chat.send/s vs the same with --db :memory:", ">=", 0.7,
                       "signald-mem"))
+    out.append(Target("e", "rate", "durable acked chat.send/s on PostgreSQL vs on SQLite", ">=", 0.8, "signald",
+                      server="signald-pg"))
     n = sizes.scale_connections
     out += [
         Target("f", "held", f"{n:,} idle connections held by one process", ">=", n, unit="conns"),
@@ -357,6 +360,12 @@ def main(argv: list[str] | None = None) -> int:
                 parser.error(str(exc))
             extra["servers"] = {key: servers_of(key, True) for key in keys}
             print(f"signald-before: {args.baseline} ({extra['baseline']['commit']}), from {SPECS[BEFORE].cwd}")
+        if any("signald-pg" in servers_of(key, False) for key in keys):
+            try:  # one durable server for the run, on the servers' core: the daemon's database shares its CPU
+                pg = stack.enter_context(for_bench(SERVER_CPU))
+                print(f"signald-pg: PostgreSQL from {pg.bin_dir} on port {pg.port}, pinned to CPU {SERVER_CPU}")
+            except Exception as exc:  # its rounds fail, saying so; the others run
+                print(f"signald-pg: no PostgreSQL for the bench ({type(exc).__name__}: {exc})")
         raw = run_loop(run_all(keys, sizes, log=lambda line: print(line, flush=True), baseline=bool(args.baseline),
                                retries=0 if args.quick else 2, wait_quiet_s=0 if args.quick else 120))
     env["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]

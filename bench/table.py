@@ -16,7 +16,9 @@ ROWS: dict[str, list[tuple[str, str, str]]] = {  # workload -> (metric, label, f
     "d": [("rate", "connections/s", ",.0f"), ("cpu_ms_per_conn", "server CPU per connection (ms)", ".2f"),
           ("closed_rate", "connections/s, each closed after set-up", ",.0f"),
           ("closed_cpu_ms_per_conn", "server CPU per connection, closed after set-up (ms)", ".2f")],
-    "e": [("rate", "acked chat.send/s", ",.0f"), ("cpu_us_per_send", "server CPU per send (µs)", ".0f")],
+    "e": [("rate", "acked chat.send/s", ",.0f"), ("p50_ms", "ack p50 (ms)", ".2f"), ("p99_ms", "ack p99 (ms)", ".2f"),
+          ("cpu_us_per_send", "server CPU per send (µs)", ".0f"),
+          ("db_cpu_us_per_send", "PostgreSQL's CPU per send (µs)", ".0f")],
     "f": [("held", "connections held", ",.0f"), ("rss_mb", "RSS (MiB)", ",.0f"),
           ("rss_kb_per_conn", "RSS per connection (KiB)", ".1f"), ("idle_cpu_pct", "idle CPU (% of a core)", ".2f"),
           ("rss_mb_at_50k", "RSS at 50,000, linear from held (MiB)", ",.0f"),
@@ -73,6 +75,9 @@ def table_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
                 theirs = values.get(peer)
                 if peer in servers and mine is not None and theirs:
                     ratios[peer] = mine / theirs
+            on_pg = values.get("signald-pg")
+            if on_pg is not None and mine:  # the other way round: PostgreSQL's over SQLite's
+                ratios["signald-pg"] = on_pg / mine
             rows.append({"workload": wl, "metric": metric, "label": label, "format": spec, "values": values,
                          "ratios": ratios})
     return rows
@@ -81,16 +86,16 @@ def table_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
 def print_table(result: dict[str, Any]) -> None:
     """The results table; with ``--baseline``, a signald-before column and signald ÷ signald-before."""
     before = "baseline" in result
-    columns = ["signald", *([BEFORE] if before else []), "signald-mem", "socketio", "websockets"]
+    columns = ["signald", *([BEFORE] if before else []), "signald-mem", "signald-pg", "socketio", "websockets"]
     width = 16 if before else 14  # "signald-before" needs room to stay apart from its neighbour
     print(f"\n{'':4}{'metric':48}" + "".join(f"{c:>{width}}" for c in columns)
-          + f"{'÷socketio':>11}{'÷websockets':>13}{'÷mem':>7}" + (f"{'÷before':>9}" if before else ""))
+          + f"{'÷socketio':>11}{'÷websockets':>13}{'÷mem':>7}{'pg÷':>7}" + (f"{'÷before':>9}" if before else ""))
     for row in table_rows(result):
         cells = "".join(f"{fmt(row['values'].get(c), row['format']):>{width}}" for c in columns)
         ratios = row["ratios"]
         print(f"({row['workload']}) {row['label']:48}{cells}"
               f"{fmt(ratios.get('socketio'), '.2f'):>11}{fmt(ratios.get('websockets'), '.2f'):>13}"
-              f"{fmt(ratios.get('signald-mem'), '.2f'):>7}"
+              f"{fmt(ratios.get('signald-mem'), '.2f'):>7}{fmt(ratios.get('signald-pg'), '.2f'):>7}"
               + (f"{fmt(ratios.get(BEFORE), '.3f'):>9}" if before else ""))
     if before:
         base = result["baseline"]
@@ -98,9 +103,11 @@ def print_table(result: dict[str, Any]) -> None:
               " (for times and CPU, below 1 means faster now)")
     print("\ntargets:")
     for v in result["verdicts"]:
-        what = f"signald/{v['peer']}" if v["peer"] else "signald"
+        what = f"{v.get('server', 'signald')}/{v['peer']}" if v["peer"] else v.get("server", "signald")
         value = fmt(v["value"], ".2f" if v["peer"] else ",.1f")
         print(f"  {v['verdict']:5} ({v['workload']}) {v['text']}: {what} = {value} (target {v['op']} "
               f"{v['bound']:g}{' ' + v['unit'] if v['unit'] else ''})")
+    if any("signald-pg" in row["ratios"] for row in table_rows(result)):
+        print("\n(signald-pg: the daemon on PostgreSQL; pg÷ = signald-pg / signald, i.e. PostgreSQL over SQLite)")
     for note in result.get("notes", []):
         print(f"  note: {note}")

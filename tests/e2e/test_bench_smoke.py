@@ -30,6 +30,9 @@ def test_bench_quick_runs_every_workload_against_every_server(tmp_path: Path) ->
     assert (storm[f"resumed_{n}"], storm[f"exact_{n}"], storm[f"missed_{n}"], storm[f"duplicated_{n}"]) == (
         n, 1, 0, 0), storm
     assert results["raw"]["g"]["socketio"][0][f"resumed_{n}"] == n
+    on_pg = results["summary"]["e"]["signald-pg"]  # the daemon on the bench's own PostgreSQL, beside SQLite
+    assert on_pg["rate"] > 0 and on_pg["p99_ms"] >= on_pg["p50_ms"] > 0
+    assert "durable acked chat.send/s on PostgreSQL vs on SQLite" in done.stdout
 
 
 def test_bench_baseline_runs_an_older_commit_side_by_side(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""The PostgreSQL dialect of the history: a connection adapter, the allocator, retention.
+"""The PostgreSQL dialect of the history: a connection adapter and the allocator.
 
 The shared reads and writes (:mod:`signald.history.queries`, :mod:`signald.history.writes`)
 use ``?`` placeholders; :class:`Adapter` turns them into psycopg's ``%s`` (once per statement
@@ -19,7 +19,7 @@ from typing import Any, Final
 
 import psycopg
 
-__all__ = ["RETRYABLE", "Adapter", "Allocator", "expire"]
+__all__ = ["RETRYABLE", "Adapter", "Allocator"]
 
 RETRYABLE: Final = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
 """Errors after which a batch is run again from the start (two daemons locked rooms crosswise)."""
@@ -83,63 +83,3 @@ class Allocator:
         # A failed statement aborts the transaction up to the operation's savepoint: no retry in
         # it. The operation fails (INTERNAL) with a chance of 2**-48 per message in a millisecond.
         return False
-
-
-# --------------------------------------------------------------------------- retention
-
-_AGE_TOMBSTONES: Final = """
-WITH gone AS (DELETE FROM tombstones WHERE created_ts < %(cutoff)s RETURNING room, rev)
-UPDATE rooms SET pruned_rev = GREATEST(pruned_rev, g.rev)
-FROM (SELECT room, max(rev) AS rev FROM gone GROUP BY room) AS g WHERE rooms.room = g.room
-"""
-_AGE_MESSAGES: Final = """
-SELECT room, seq FROM messages m WHERE created_ts < %(cutoff)s AND NOT EXISTS (
-    SELECT 1 FROM messages k WHERE k.room = m.room AND k.seq < m.seq AND k.created_ts >= %(cutoff)s)
-"""
-_OVER_COUNT: Final = """
-SELECT m.room, m.seq FROM rooms r CROSS JOIN LATERAL (
-    SELECT room, seq FROM messages WHERE room = r.room ORDER BY seq LIMIT r.count - %(keep)s) AS m
-WHERE r.count > %(keep)s
-"""
-_PRUNE_ROOM: Final = """
-UPDATE rooms SET pruned_rev = GREATEST(pruned_rev,
-    coalesce((SELECT max(rev) FROM messages WHERE room = %(room)s AND seq <= %(seq)s), 0),
-    coalesce((SELECT max(rev) FROM tombstones WHERE room = %(room)s AND seq <= %(seq)s), 0)),
-    count = count - (SELECT count(*) FROM messages WHERE room = %(room)s AND seq <= %(seq)s)
-WHERE room = %(room)s
-"""
-
-
-def expire(conn: psycopg.Connection[Any], now: float, max_age_s: float, max_count: int) -> int:
-    """Remove what retention removes now, in the caller's transaction; how many messages went.
-
-    The same rules as SQLite's (:mod:`signald.history.retention`): age goes room by room in
-    ``seq`` order up to the first message that is not expired, count keeps each room's newest
-    ``max_count``; tombstones go with the messages of their age or below the oldest one kept, and
-    ``pruned_rev`` rises to what was removed. One statement each, not in bounded steps.
-    """
-    doomed: list[tuple[str, int]] = []
-    if max_age_s > 0:
-        cutoff = {"cutoff": now - max_age_s}
-        conn.execute(_AGE_TOMBSTONES, cutoff)
-        doomed.extend(conn.execute(_AGE_MESSAGES, cutoff).fetchall())
-    removed = _remove(conn, doomed)
-    if max_count > 0:
-        removed += _remove(conn, conn.execute(_OVER_COUNT, {"keep": max_count}).fetchall())
-    return removed
-
-
-def _remove(conn: psycopg.Connection[Any], rows: list[tuple[str, int]]) -> int:
-    """Remove messages ``(room, seq)`` (each room's oldest), their tombstones below, keys, reactions."""
-    below: dict[str, int] = {}
-    for room, seq in rows:
-        below[room] = max(seq, below.get(room, 0))
-    for room, seq in sorted(below.items()):
-        keys = {"room": room, "seq": seq}
-        conn.execute(_PRUNE_ROOM, keys)
-        conn.execute("DELETE FROM tombstones WHERE room = %(room)s AND seq <= %(seq)s", keys)
-        conn.execute("DELETE FROM client_msgs WHERE message_id IN"
-                     " (SELECT id FROM messages WHERE room = %(room)s AND seq <= %(seq)s)", keys)
-        conn.execute("DELETE FROM reactions WHERE room = %(room)s AND seq <= %(seq)s", keys)
-        conn.execute("DELETE FROM messages WHERE room = %(room)s AND seq <= %(seq)s", keys)
-    return len(rows)

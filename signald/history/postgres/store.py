@@ -21,6 +21,7 @@ until the writer (or a reader) connects again; none of them was acked.
 from __future__ import annotations
 
 import logging
+import math
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -35,7 +36,7 @@ from signald.history import queries, rules, writes
 from signald.history.contract import HistoryStats, SchemaError, StorageError
 from signald.history.postgres import schema
 from signald.history.postgres.sql import Adapter, Allocator
-from signald.history.postgres.writer import UNAVAILABLE, PgWriter, connect
+from signald.history.postgres.writer import UNAVAILABLE, PgWriter, connect, database_size
 from signald.history.queries import Rejoin
 from signald.history.rules import Deleted
 from signald.history.work import SKIP, Op, complete
@@ -55,7 +56,7 @@ class PostgresStore:
         self, url: str, *, shown: str | None = None, read_only: bool = False, retention_max_age_s: float = 0,
         retention_max_count: int = 0, clock: Callable[[], float] = time.time, retention_interval_s: float = 10.0,
         completion_scope: AbstractContextManager[Any] | None = None, close_timeout_s: float = 10.0,
-        connect_timeout_s: float = 5.0, readers: int = 4,
+        connect_timeout_s: float = 5.0, readers: int = 4, db_bytes_max_age_s: float = 5.0,
     ) -> None:
         if retention_max_age_s < 0 or retention_max_count < 0 or retention_interval_s <= 0:
             raise ValueError("retention settings must be >= 0 and the interval > 0")
@@ -74,7 +75,9 @@ class PostgresStore:
         self._idle: list[psycopg.Connection[Any]] = []  # reader connections not in use
         self._readers = trio.CapacityLimiter(readers)
         self._state = "new"
-        self._db_bytes = 0
+        self._db_bytes_max_age_s = db_bytes_max_age_s
+        self._sized_at = -math.inf  # time.monotonic() of the last size asked for
+        self._sizing = False  # a size is being measured by the writer thread
 
     def scrub(self, text: str) -> str:
         """``text`` on one line, with the URL's password (if it has one) replaced."""
@@ -257,7 +260,12 @@ class PostgresStore:
             await self._write(lambda c: writes.set_last_seen(c, rows), None)
 
     async def run_retention(self) -> int:
-        return await self._write(lambda c: (self._writer.expire(c.raw), SKIP), None)
+        """Everything expired now, one bounded step (its own transaction) after the other."""
+        total, more = 0, True
+        while more:
+            removed, more = await self._write(lambda c: (self._writer.retention_step(c.raw), SKIP), None)
+            total += removed
+        return total
 
     # ------------------------------------------------------------------ reads
 
@@ -306,12 +314,31 @@ class PostgresStore:
             ).fetchone() or (0, "")
             return int(rooms), int(messages), int(size), str(sync)
 
-        rooms, messages, self._db_bytes, sync = await self._read(fn)
+        rooms, messages, self._writer.db_bytes, sync = await self._read(fn)
         return HistoryStats(
-            rooms=rooms, messages=messages, db_bytes=self._db_bytes, schema_version=schema.SCHEMA_VERSION,
+            rooms=rooms, messages=messages, db_bytes=self._writer.db_bytes, schema_version=schema.SCHEMA_VERSION,
             commits=self.commits, pending=self._writer.queue.qsize(), synchronous=sync, backend="postgresql",
         )
 
     def db_bytes(self) -> int:
-        """The database's size as of the last :meth:`stats` (0 before)."""
-        return self._db_bytes
+        """The database's size (``pg_database_size``) as last measured; never waits.
+
+        Measured when the store opens and by :meth:`stats`; a call that finds the measure older
+        than ``db_bytes_max_age_s`` also asks the writer thread for a new one, which the next
+        call sees. So a metrics scrape (every 15 s or so) shows the size of one scrape ago at
+        worst, and nobody asking costs nothing.
+        """
+        now = time.monotonic()
+        if self._state == "open" and not self._sizing and now - self._sized_at >= self._db_bytes_max_age_s:
+            self._sized_at, self._sizing = now, True
+
+            def measured(size: int | None, error: BaseException | None) -> None:
+                self._sizing = False
+                if size is not None:
+                    self._writer.db_bytes = size
+
+            try:
+                self._writer.put(Op("read", lambda c: (database_size(c.raw), SKIP), then=measured))
+            except StorageError:
+                self._sizing = False
+        return self._writer.db_bytes

@@ -1,13 +1,16 @@
 """The PostgreSQL store's writer thread: group commit on one connection, reconnecting when lost.
 
 Trio tasks put :class:`~signald.history.work.Op` items on a thread-safe queue; the thread takes
-everything queued (up to :data:`MAX_BATCH`), runs it in ONE transaction (a ``SAVEPOINT`` per write
-unless it is alone, as on SQLite), commits, and hands the batch back to Trio with one
-``run_sync_soon``, where ``on_commit`` callbacks run in commit order. With ``synchronous_commit``
+everything queued (up to :data:`MAX_BATCH`) and stores it in the order it was queued: each run of
+consecutive sends in one statement (:mod:`~signald.history.postgres.batch`), each run of other
+writes in one transaction (a ``SAVEPOINT`` per write unless it is alone, as on SQLite); it hands
+the batch back to Trio with one ``run_sync_soon``, where ``on_commit`` callbacks run in commit
+order. With ``synchronous_commit``
 on (PostgreSQL's default) a commit is on disk when it returns: nothing is acked before that.
 
-Two daemons on one database can lock two rooms crosswise; PostgreSQL then aborts one
-transaction (deadlock detected) and the thread runs that batch again from the start
+Sends lock their rooms in sorted order, so two daemons' sends never deadlock; other writes lock
+rooms in the order of the batch, and two daemons can lock two rooms crosswise: PostgreSQL then
+aborts one transaction (deadlock detected) and the thread runs that part again from the start
 (:data:`~signald.history.postgres.sql.RETRYABLE`, at most :data:`RETRIES` times): nothing of it
 had been delivered.
 
@@ -24,6 +27,7 @@ thread: a hung server cannot keep the process alive.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import queue
 import time
@@ -33,14 +37,14 @@ from typing import Any, Final
 import psycopg
 
 from signald.history.contract import SchemaError, StorageError
-from signald.history.postgres import schema
+from signald.history.postgres import retention, schema
 from signald.history.postgres.batch import store_sends
-from signald.history.postgres.sql import RETRYABLE, Adapter, expire
+from signald.history.postgres.sql import RETRYABLE, Adapter
 from signald.history.thread import WriterThread
 from signald.history.work import SKIP, Op, op_failed
 from signald.history.writes import SendOp
 
-__all__ = ["BACKOFF_MAX_S", "BACKOFF_MIN_S", "MAX_BATCH", "RETRIES", "PgWriter", "UNAVAILABLE"]
+__all__ = ["BACKOFF_MAX_S", "BACKOFF_MIN_S", "MAX_BATCH", "RETENTION_EVERY", "RETRIES", "PgWriter", "UNAVAILABLE"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,20 +53,20 @@ RETRIES: Final = 5
 BACKOFF_MIN_S: Final = 0.2
 BACKOFF_MAX_S: Final = 5.0
 UNAVAILABLE: Final = "history store unavailable"
+RETENTION_EVERY: Final = 64
+"""Under sustained load, one retention step runs after this many write batches (as on SQLite)."""
 
 
-def connect(url: str, timeout_s: float, *, prepare: bool = True) -> psycopg.Connection[Any]:
-    """An autocommit connection whose tables are the ``signald`` schema's.
-
-    ``prepare=False``: no server-side prepared statements. The writer's connection runs batches in
-    pipeline mode, and a statement prepared in a pipeline that then fails is not there on the
-    server although psycopg believes it is ("prepared statement ... does not exist" ever after).
-    """
-    conn = psycopg.connect(url, autocommit=True, connect_timeout=max(1, round(timeout_s)),
+def connect(url: str, timeout_s: float) -> psycopg.Connection[Any]:
+    """An autocommit connection whose tables are the ``signald`` schema's."""
+    return psycopg.connect(url, autocommit=True, connect_timeout=max(1, round(timeout_s)),
                            options=f"-c search_path={schema.SCHEMA}")
-    if not prepare:
-        conn.prepare_threshold = None
-    return conn
+
+
+def database_size(conn: psycopg.Connection[Any]) -> int:
+    """The size of the connection's database on disk, in bytes."""
+    row = conn.execute("SELECT pg_database_size(current_database())").fetchone()
+    return int(row[0]) if row is not None else 0
 
 
 class PgWriter(WriterThread):
@@ -84,6 +88,8 @@ class PgWriter(WriterThread):
         super().__init__(deliver)
         self.commits = 0
         self.available = True
+        self.db_bytes = 0
+        """The database's size as last measured (at open, then when the store asks)."""
         self._conn: psycopg.Connection[Any] | None = None
         self._retry_at = 0.0
         self._backoff = BACKOFF_MIN_S
@@ -110,7 +116,7 @@ class PgWriter(WriterThread):
             self._w_stop(closer, [])
 
     def _w_open(self) -> psycopg.Connection[Any]:
-        conn = connect(self.url, self.connect_timeout_s, prepare=False)
+        conn = connect(self.url, self.connect_timeout_s)
         try:
             if self.read_only:
                 version = schema.schema_version(conn)
@@ -121,21 +127,28 @@ class PgWriter(WriterThread):
                         " run 'signald history migrate' to upgrade it")
             else:
                 schema.migrate(conn)
+            self.db_bytes = database_size(conn)
         except BaseException:
             conn.close()
             raise
         return conn
 
     def _w_loop(self) -> Op[Any] | None:
-        retention = self.max_age_s > 0 or self.max_count > 0
+        """Batches until the close request; retention steps when idle or every RETENTION_EVERY batches."""
+        enabled = self.max_age_s > 0 or self.max_count > 0
+        due = enabled  # a retention step should run (there may be something to remove)
         next_check = time.monotonic() + self.interval_s
+        batches = 0  # since the last retention step
         while True:
-            timeout = max(0.0, next_check - time.monotonic()) if retention else None
+            if enabled and time.monotonic() >= next_check:
+                due, next_check = True, time.monotonic() + self.interval_s
+            if due and (batches >= RETENTION_EVERY or self.queue.empty()):
+                due, batches = self._w_retention_step(), 0
+                continue
+            timeout = max(0.0, next_check - time.monotonic()) if enabled else None
             try:
                 first = self.queue.get(timeout=timeout)
             except queue.Empty:
-                next_check = time.monotonic() + self.interval_s
-                self._w_batch([Op("write", lambda conn: (self.expire(conn.raw), SKIP))])
                 continue
             batch = [first]
             closer = first if first.kind == "close" else None
@@ -151,15 +164,25 @@ class PgWriter(WriterThread):
             try:
                 if work:
                     self._w_batch(work)
+                    batches += 1
             finally:
                 if work:
                     self._w_deliver(work)
             if closer is not None:
                 return closer
 
-    def expire(self, conn: psycopg.Connection[Any]) -> int:
-        """Retention now, in the running transaction (see :func:`~signald.history.postgres.sql.expire`)."""
-        return expire(conn, self.clock(), self.max_age_s, self.max_count)
+    def _w_retention_step(self) -> bool:
+        """One retention step in a transaction of its own; whether there is more to do."""
+        step: Op[tuple[int, bool]] = Op("write", lambda conn: (self.retention_step(conn.raw), SKIP))
+        self._w_attempts([step], functools.partial(self._w_transaction, ops=[step]))
+        if step.error is not None:
+            logger.error("history retention failed: %s", self._scrub(str(step.error)))
+        return step.value is not None and step.value[1]
+
+    def retention_step(self, conn: psycopg.Connection[Any]) -> tuple[int, bool]:
+        """One bounded retention step in the running transaction (:func:`~signald.history.postgres.
+        retention.step`): ``(messages removed, more to do)``."""
+        return retention.step(conn, self.clock(), self.max_age_s, self.max_count)
 
     def _w_connected(self) -> psycopg.Connection[Any] | None:
         """The connection, reconnected if it was lost (at most once per backoff period)."""
@@ -169,7 +192,7 @@ class PgWriter(WriterThread):
         if time.monotonic() < self._retry_at:
             return None
         try:
-            self._conn = conn = connect(self.url, self.connect_timeout_s, prepare=False)
+            self._conn = conn = connect(self.url, self.connect_timeout_s)
         except psycopg.Error as exc:
             logger.error("history store: reconnecting failed (next attempt in %.1f s): %s",
                          self._backoff, self._scrub(str(exc)))
@@ -182,7 +205,32 @@ class PgWriter(WriterThread):
         return conn
 
     def _w_batch(self, ops: list[Op[Any]]) -> None:
-        """Run ``ops`` in one transaction and commit; errors go to the ops (none is acked then)."""
+        """Store ``ops`` in the order they were queued; errors go to the ops (none is acked then).
+
+        Each run of consecutive sends is one statement (:mod:`~signald.history.postgres.batch`),
+        then the sends it left out (a retry, a key twice, a parent not found, or all of them when
+        one made it fail) one savepoint each; each run of other writes is one transaction with a
+        savepoint per write. So writes commit, and are delivered, in the order they were made (a
+        room's ``rev`` announced rising), and a batch of sends alone is one commit.
+        """
+        start = 0
+        while start < len(ops):
+            sends = isinstance(ops[start].fn, SendOp)
+            end = start + 1
+            while end < len(ops) and isinstance(ops[end].fn, SendOp) == sends:
+                end += 1
+            run = ops[start:end]
+            if sends:
+                left: list[Op[Any]] = []
+                self._w_attempts(run, functools.partial(self._w_sends, ops=run, left=left))
+                if left:
+                    self._w_attempts(left, functools.partial(self._w_transaction, ops=left))
+            else:
+                self._w_attempts(run, functools.partial(self._w_transaction, ops=run))
+            start = end
+
+    def _w_attempts(self, ops: list[Op[Any]], run: Callable[[Adapter], bool]) -> None:
+        """``run`` (one transaction over ``ops``), again after a deadlock; errors go to ``ops``."""
         for _attempt in range(RETRIES):
             conn = self._w_connected()
             if conn is None:
@@ -190,7 +238,7 @@ class PgWriter(WriterThread):
             for op in ops:
                 op.value, op.error, op.event = None, None, SKIP
             try:
-                wrote = self._w_transaction(Adapter(conn), ops)
+                wrote = run(Adapter(conn))
             except RETRYABLE as exc:
                 logger.warning("history batch of %d retried: %s", len(ops), type(exc).__name__)
                 continue
@@ -215,9 +263,6 @@ class PgWriter(WriterThread):
         """One transaction over ``ops``; whether a write committed. Driver errors that are not one
         operation's own (lost connection, deadlock) propagate, after a rollback when possible."""
         raw = conn.raw
-        sends = [op.fn for op in ops if isinstance(op.fn, SendOp)]
-        if sends and len(sends) == len(ops) and self._w_sends(conn, ops, sends):
-            return True
         raw.execute("BEGIN")
         try:
             if len(ops) == 1:  # alone in its transaction: no savepoint needed
@@ -231,7 +276,7 @@ class PgWriter(WriterThread):
                     op_failed(op, exc, psycopg.Error)
                     return False
                 raw.execute("COMMIT")
-                return True
+                return op.kind == "write"
             wrote = False
             for op in ops:
                 raw.execute("SAVEPOINT op")
@@ -244,7 +289,7 @@ class PgWriter(WriterThread):
                     op_failed(op, exc, psycopg.Error)
                     continue
                 raw.execute("RELEASE SAVEPOINT op")
-                wrote = True
+                wrote = wrote or op.kind == "write"
             raw.execute("COMMIT")
             return wrote
         except BaseException:
@@ -253,29 +298,26 @@ class PgWriter(WriterThread):
                     raw.execute("ROLLBACK")
             raise
 
-    def _w_sends(self, conn: Adapter, ops: list[Op[Any]], sends: list[SendOp]) -> bool:
-        """A batch of sends stored at once (:mod:`~signald.history.postgres.batch`) and committed;
-        False (rolled back, nothing done) where one savepoint per send must decide instead."""
-        raw = conn.raw
+    def _w_sends(self, conn: Adapter, ops: list[Op[Any]], left: list[Op[Any]]) -> bool:
+        """The sends ``ops`` stored by one statement (committed when it returns); those it left
+        out, or all of them when it failed for one send's sake, are put in ``left``."""
+        left.clear()
         try:
-            with raw.pipeline():  # round trips only where a result is needed, and one at the end
-                raw.execute("BEGIN")
-                results = store_sends(conn, sends)
-                if results is not None:
-                    raw.execute("COMMIT")
+            results = store_sends(conn, [op.fn for op in ops if isinstance(op.fn, SendOp)])
         except Exception as exc:
-            if not raw.closed and not raw.broken:
-                with contextlib.suppress(psycopg.Error):
-                    raw.execute("ROLLBACK")
-            if not _own(exc, raw):
+            if not _own(exc, conn.raw):
                 raise
-            return False  # e.g. a random id collided: the savepoints sort it out
-        if results is None:
-            raw.execute("ROLLBACK")
+            logger.warning("history batch of %d sends is stored one by one: %s", len(ops),
+                           self._scrub(f"{type(exc).__name__}: {exc}"))
+            left.extend(ops)  # nothing was stored: each send on its own decides who failed
             return False
-        for op, (value, event) in zip(ops, results, strict=True):
-            op.value, op.event = value, event
-        return True
+        for op, result in zip(ops, results, strict=True):
+            if result is None:
+                left.append(op)
+            else:
+                op.value, op.event = result
+        return len(left) < len(ops)
+
 
 def _own(exc: Exception, raw: psycopg.Connection[Any]) -> bool:
     """Whether ``exc`` fails only its operation (a rule, a constraint), not the whole batch."""
