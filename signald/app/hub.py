@@ -33,8 +33,7 @@ from signald.delivery.broker import Broker, LocalBroker
 from signald.delivery.frames import Frame
 from signald.delivery.outbox import BatchCork, Cork
 from signald.errors import StartupError
-from signald.history.contract import ChatStore, SchemaError, StorageError
-from signald.history.factory import make_store
+from signald.history.factory import make_store, opened_store
 from signald.logfmt import log_event
 from signald.protocol import (
     Error,
@@ -127,7 +126,7 @@ class Hub:
         self.started_at = trio.current_time()
         server = self.config.server
         where = f"server.db {server.db}" if history.url is None else "history.url"
-        async with _opened(store, where, own_message=not self.config.history_url().startswith("sqlite")):
+        async with opened_store(store, where, own_message=not self.config.history_url().startswith("sqlite")):
             self.history = HistoryService(
                 store, self.presence, self.rooms, self.send_to, page_max=self.config.limits.history_page_max,
                 skip_guests=self.config.auth.mode == "none",
@@ -394,25 +393,3 @@ class Hub:
         log_event(audit, logging.INFO, "sessions revoked", user=user_id, reason=reason, sessions=len(sessions))
         self.share(Revoke(user_id, reason))
         return len(sessions)
-
-
-@asynccontextmanager
-async def _opened(store: ChatStore, where: str, *, own_message: bool) -> AsyncIterator[ChatStore]:
-    """``async with store``, where a store that cannot be opened is a :class:`StartupError` naming
-    the setting (``where``: ``server.db PATH`` or ``history.url``).
-
-    ``own_message``: say the store's own error message (a server database's: it names the store by
-    its URL without the password, where the driver's error might hold it) rather than the
-    underlying SQLite or OS error.
-    """
-    try:
-        await store.open()
-    except (StorageError, SchemaError, OSError) as exc:
-        if own_message and isinstance(exc, StorageError):
-            raise StartupError(f"{where}: {exc.message}") from None
-        cause = exc.__cause__ if isinstance(exc, StorageError) and exc.__cause__ is not None else exc
-        raise StartupError(f"{where}: {getattr(cause, 'strerror', None) or cause}") from None
-    try:
-        yield store
-    finally:
-        await store.aclose()
