@@ -15,13 +15,15 @@ import contextlib
 import queue
 import threading
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 import trio
 
 from signald.history.work import Op, StorageError
 
-__all__ = ["WriterThread"]
+__all__ = ["MAX_BATCH", "WriterThread"]
+
+MAX_BATCH: Final = 1024  # operations in one transaction at most (group commit)
 
 
 class WriterThread:
@@ -58,6 +60,26 @@ class WriterThread:
 
     def _w_main(self, opener: Op[None]) -> None:  # pragma: no cover - every store's writer has its own
         raise NotImplementedError
+
+    def _w_take(self, timeout: float | None) -> tuple[list[Op[Any]], Op[Any] | None] | None:
+        """The next batch: what is queued (waiting ``timeout`` for the first, at most
+        :data:`MAX_BATCH`), as ``(work, closer)`` — the work before a close request, and that
+        request; None if nothing came within ``timeout``."""
+        try:
+            first = self.queue.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        batch = [first]
+        closer = first if first.kind == "close" else None
+        while closer is None and len(batch) < MAX_BATCH:
+            try:
+                op = self.queue.get_nowait()
+            except queue.Empty:
+                break
+            batch.append(op)
+            if op.kind == "close":
+                closer = op
+        return (batch if closer is None else batch[:-1]), closer
 
     def _w_stop(self, closer: Op[Any] | None, extra: list[Op[Any]]) -> None:
         """Stop taking work: fail what is still queued (but ``closer``) and hand it all back."""

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import queue
 import sqlite3
 import threading
 import time
@@ -41,7 +40,7 @@ from typing import Any, Final
 from signald.history.counters import RECONCILE_SQL
 from signald.history.retention import Retention
 from signald.history.schema import SCHEMA_VERSION, SchemaError, migrate, user_version
-from signald.history.thread import WriterThread
+from signald.history.thread import MAX_BATCH, WriterThread
 from signald.history.transactions import Transactions
 from signald.history.work import Op, storage_error
 
@@ -49,7 +48,6 @@ __all__ = ["CACHE_KIB", "MAX_BATCH", "WAL_CHECKPOINT_PAGES", "Writer"]
 
 logger = logging.getLogger(__name__)
 
-MAX_BATCH: Final = 1024
 """Most work items run in one transaction."""
 CACHE_KIB: Final = 32 * 1024
 """Upper bound of SQLite's page cache (it grows only as pages are used)."""
@@ -160,21 +158,10 @@ class Writer(WriterThread):
                         retention.step(conn)
                     continue
                 timeout = max(0.0, next_check - now)
-            try:
-                first = self.queue.get(timeout=timeout)
-            except queue.Empty:
+            taken = self._w_take(timeout)
+            if taken is None:
                 continue
-            batch = [first]
-            closer = first if first.kind == "close" else None
-            while closer is None and len(batch) < MAX_BATCH:
-                try:
-                    op = self.queue.get_nowait()
-                except queue.Empty:
-                    break
-                batch.append(op)
-                if op.kind == "close":
-                    closer = op
-            work = batch if closer is None else batch[:-1]
+            work, closer = taken
             # Checkpoint requests (from inline commits) only wake the thread; they are not part
             # of the transaction, but are delivered with the batch (the store counts them).
             ops = [op for op in work if op.kind != "checkpoint"]

@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import queue
 import time
 from collections.abc import Callable
 from typing import Any, Final
@@ -40,7 +39,7 @@ from signald.history.contract import SchemaError, StorageError
 from signald.history.postgres import retention, schema
 from signald.history.postgres.batch import store_sends
 from signald.history.postgres.sql import RETRYABLE, Adapter
-from signald.history.thread import WriterThread
+from signald.history.thread import MAX_BATCH, WriterThread
 from signald.history.work import SKIP, Op, op_failed
 from signald.history.writes import SendOp
 
@@ -48,7 +47,6 @@ __all__ = ["BACKOFF_MAX_S", "BACKOFF_MIN_S", "MAX_BATCH", "RETENTION_EVERY", "RE
 
 logger = logging.getLogger(__name__)
 
-MAX_BATCH: Final = 1024
 RETRIES: Final = 5
 BACKOFF_MIN_S: Final = 0.2
 BACKOFF_MAX_S: Final = 5.0
@@ -146,21 +144,10 @@ class PgWriter(WriterThread):
                 due, batches = self._w_retention_step(), 0
                 continue
             timeout = max(0.0, next_check - time.monotonic()) if enabled else None
-            try:
-                first = self.queue.get(timeout=timeout)
-            except queue.Empty:
+            taken = self._w_take(timeout)
+            if taken is None:
                 continue
-            batch = [first]
-            closer = first if first.kind == "close" else None
-            while closer is None and len(batch) < MAX_BATCH:
-                try:
-                    op = self.queue.get_nowait()
-                except queue.Empty:
-                    break
-                batch.append(op)
-                if op.kind == "close":
-                    closer = op
-            work = batch if closer is None else batch[:-1]
+            work, closer = taken
             try:
                 if work:
                     self._w_batch(work)
