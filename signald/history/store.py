@@ -35,11 +35,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Final, TypeVar
 
-import trio
-
 from signald.history import queries, rules, writes
 from signald.history.contract import HistoryStats, SchemaError
 from signald.history.inline import INLINE_SYNC_MODES, InlineCommits, tasks_runnable
+from signald.history.lifecycle import ThreadedStore
 from signald.history.queries import Rejoin
 from signald.history.rejoins import SharedRejoins
 from signald.history.retention import Retention
@@ -59,8 +58,10 @@ T = TypeVar("T")
 SYNCHRONOUS_MODES: Final = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
 
 
-class HistoryStore:
+class HistoryStore(ThreadedStore):
     """Chat history in one SQLite file (or ``":memory:"``); see the module docstring."""
+
+    _writer: Writer
 
     def __init__(
         self, path: str | os.PathLike[str], *, synchronous: str = "NORMAL", inline: bool = True,
@@ -91,8 +92,7 @@ class HistoryStore:
         self._close_timeout_s = close_timeout_s
         # Each batch's callbacks run inside it (the hub's fan-out cork: one write per member per batch).
         self._completion_scope = completion_scope
-        self._state = "new"  # new -> open -> closing -> closed (Trio thread only)
-        self._closed = trio.Event()
+        self._init_lifecycle()
         self._in_flight = 0  # ops handed to the thread and not yet completed (Trio thread only)
         self._rejoins = SharedRejoins(self._put)  # room.join reads: one per room and range while queued
 
@@ -111,55 +111,16 @@ class HistoryStore:
         """WAL checkpoints run by the writer thread."""
         return self._writer.checkpoints
 
-    async def open(self) -> None:
-        """Start the writer thread, open the database and run pending migrations."""
-        if self._state != "new":
-            raise RuntimeError(f"HistoryStore.open() on a store that is {self._state}")
-        opener: Op[None] = Op("open")
-        self._state = "open"
+    def _starting(self, opener: Op[None]) -> None:
         self._in_flight = 1  # the opener
         self._writer.start(opener)
         self._inline.start()
-        with trio.CancelScope(shield=True):  # bounded by busy_timeout_s plus the migrations
-            await opener.done.wait()
-        if opener.error is not None:
-            self._inline.stop()
-            self._state = "closed"
-            self._closed.set()
-            await self._writer.join(self._close_timeout_s)
-            raise opener.error
 
-    async def aclose(self) -> None:
-        """Finish and commit everything queued, close the database and stop the thread."""
-        if self._state in ("new", "closed"):
-            self._state = "closed"
-            return
-        if self._state == "closing":
-            await self._closed.wait()
-            return
-        self._state = "closing"
+    def _stopping(self) -> None:
         self._inline.stop()
-        closer: Op[None] = Op("close")
-        try:
-            self._put(closer)
-        except StorageError:  # pragma: no cover - the thread is already gone
-            self._state = "closed"
-            self._closed.set()
-            return
-        with trio.move_on_after(self._close_timeout_s, shield=True) as scope:
-            await closer.done.wait()
-            await self._writer.join(self._close_timeout_s)
-        if scope.cancelled_caught:
-            logger.error("history writer did not stop within %.1f s; abandoning it", self._close_timeout_s)
-        self._state = "closed"
-        self._closed.set()
 
-    async def __aenter__(self) -> HistoryStore:
-        await self.open()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
+    def _put_closer(self, closer: Op[None]) -> None:
+        self._put(closer)
 
     # ------------------------------------------------------------------ hand-off to the writer thread
 

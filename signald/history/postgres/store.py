@@ -34,6 +34,7 @@ import trio
 from signald.errors import SignalError
 from signald.history import queries, rules, writes
 from signald.history.contract import HistoryStats, SchemaError, StorageError
+from signald.history.lifecycle import ThreadedStore
 from signald.history.postgres import schema
 from signald.history.postgres.sql import Adapter, Allocator
 from signald.history.postgres.writer import UNAVAILABLE, PgWriter, connect, database_size
@@ -49,8 +50,10 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class PostgresStore:
+class PostgresStore(ThreadedStore):
     """Chat history in a PostgreSQL database; see the module docstring."""
+
+    _writer: PgWriter
 
     def __init__(
         self, url: str, *, shown: str | None = None, read_only: bool = False, retention_max_age_s: float = 0,
@@ -74,7 +77,7 @@ class PostgresStore:
         self._completion_scope = completion_scope
         self._idle: list[psycopg.Connection[Any]] = []  # reader connections not in use
         self._readers = trio.CapacityLimiter(readers)
-        self._state = "new"
+        self._init_lifecycle()
         self._db_bytes_max_age_s = db_bytes_max_age_s
         self._sized_at = -math.inf  # time.monotonic() of the last size asked for
         self._sizing = False  # a size is being measured by the writer thread
@@ -94,51 +97,17 @@ class PostgresStore:
         """Whether the writer's last attempt to reach the database succeeded."""
         return self._writer.available
 
-    async def open(self) -> None:
-        if self._state != "new":
-            raise RuntimeError(f"PostgresStore.open() on a store that is {self._state}")
-        opener: Op[None] = Op("open")
-        self._state = "open"
-        self._writer.start(opener)
-        with trio.CancelScope(shield=True):  # bounded by connect_timeout_s plus the migrations
-            await opener.done.wait()
-        error = opener.error
-        if error is not None:
-            self._state = "closed"
-            await self._writer.join(self._close_timeout_s)
-            if isinstance(error, psycopg.Error):
-                raise StorageError(f"history store {self.shown}: {self.scrub(str(error))}") from None
-            if isinstance(error, SchemaError):
-                raise SchemaError(f"{self.shown}: {error}") from None
-            raise error
+    def _open_error(self, error: BaseException) -> BaseException:
+        if isinstance(error, psycopg.Error):
+            return StorageError(f"history store {self.shown}: {self.scrub(str(error))}")
+        if isinstance(error, SchemaError):
+            return SchemaError(f"{self.shown}: {error}")
+        return error
 
-    async def aclose(self) -> None:
-        if self._state in ("new", "closed", "closing"):
-            self._state = "closed" if self._state == "new" else self._state
-            return
-        self._state = "closing"
-        closer: Op[None] = Op("close")
-        try:
-            self._writer.put(closer)
-        except StorageError:  # pragma: no cover - the thread is already gone
-            pass
-        else:
-            with trio.move_on_after(self._close_timeout_s, shield=True) as scope:
-                await closer.done.wait()
-                await self._writer.join(self._close_timeout_s)
-            if scope.cancelled_caught:
-                logger.error("history writer did not stop within %.1f s; abandoning it", self._close_timeout_s)
+    def _stopped(self) -> None:
         idle, self._idle = self._idle, []
         for conn in idle:
             conn.close()
-        self._state = "closed"
-
-    async def __aenter__(self) -> PostgresStore:
-        await self.open()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
 
     # ------------------------------------------------------------------ the writer thread
 
