@@ -322,15 +322,3 @@ def test_is_loopback() -> None:
         assert is_loopback(host), host
     for host in ["0.0.0.0", "::", "", "192.168.1.1", "example.com", "localhost.example.com", "10.0.0.1"]:
         assert not is_loopback(host), host
-
-
-@pytest.mark.parametrize("path", [
-    "/?user=alice", "/ws?user=alice&token=t", "/?user=a&user=b", "/?user", "/?user=&x=1", "/?a=b=c", "/?&&user=x&",
-    "/", "/?", "/?user=al%69ce", "/?user=a+b", "/?user=x#frag", "http://h/?user=x", "/?;user=x", "/p?q=1?2",
-])
-def test_query_reads_what_parse_qsl_reads(path: str) -> None:
-    # The query of a plain target is split by hand (cheaper at every handshake); it must agree.
-    from urllib.parse import parse_qsl, urlsplit
-
-    expected = dict(reversed(parse_qsl(urlsplit(path).query, keep_blank_values=True)))
-    assert HandshakeRequest(path=path, headers=(), remote="-").query == expected
