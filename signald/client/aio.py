@@ -103,7 +103,7 @@ class Client(ClientBase):
                         await ws.recv()  # until the server's close, with its code
             self._core.opened(welcome.get("data") or {}, _loop_time())
             self._opened.set()
-            writer = asyncio.create_task(self._writer(ws))
+            writer = asyncio.create_task(self._write_frames(ws.send, (ConnectionClosed,)))
             while True:
                 self._core.received(wire.decode(await ws.recv()), _loop_time())
                 self._poke()
@@ -118,18 +118,6 @@ class Client(ClientBase):
                 with contextlib.suppress(asyncio.CancelledError):
                     await writer
             await ws.close()
-
-    async def _writer(self, ws: ClientConnection) -> None:
-        while True:
-            self._changed = asyncio.Event()  # replaced before draining: a frame queued meanwhile sets the new one
-            frames = self._core.take_outgoing()
-            try:
-                for frame in frames:
-                    await ws.send(wire.encode(frame, self.binary))
-            except ConnectionClosed:
-                return  # the reader sees the close too, with its code
-            if not frames:
-                await self._changed.wait()
 
     async def _ticker(self) -> None:
         while self._core.state != "closed":

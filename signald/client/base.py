@@ -6,7 +6,7 @@ Pure: each adapter subclasses :class:`ClientBase` with its event loop's clock, e
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Self
 
 from signald.client.core import ClientCore
@@ -14,7 +14,7 @@ from signald.client.errors import ClientClosed
 from signald.client.model import Call, Event, State, Subscription
 from signald.client.schedule import Backoff, Closed
 from signald.client.view import Msg, Room
-from signald.client.wire import TokenSource, fetch_token, url_with_user
+from signald.client.wire import TokenSource, encode, fetch_token, url_with_user
 
 log = logging.getLogger("signald.client")
 
@@ -121,6 +121,20 @@ class ClientBase:
     def events(self, *types: str) -> Events:
         """Every event of these types (all without types) from now on; see docs/client.md for the buffer."""
         return Events(self._core, self._core.subscribe(frozenset(types)), self.new_waiter)
+
+    async def _write_frames(self, send: Callable[[str | bytes], Awaitable[object]],
+                            closed: tuple[type[BaseException], ...]) -> None:
+        """One connection's writer: send what the core queues until ``send`` raises one of ``closed``."""
+        while True:
+            self._changed = self.new_waiter()  # replaced before draining: a frame queued meanwhile sets the new one
+            frames = self._core.take_outgoing()
+            try:
+                for frame in frames:
+                    await send(encode(frame, self.binary))
+            except closed:
+                return  # the reader sees the close too, with its code
+            if not frames:
+                await self._changed.wait()
 
     async def _wait(self, call: Call) -> Any:
         self._poke()

@@ -127,7 +127,7 @@ class Client(ClientBase):
                         await ws.get_message()  # until the server's close, with its code
             self._core.opened(welcome.get("data") or {}, trio.current_time())
             self._opened.set()
-            nursery.start_soon(self._writer, ws)
+            nursery.start_soon(self._write_frames, ws.send_message, (ConnectionClosed, trio.BrokenResourceError))
             while True:
                 self._core.received(wire.decode(await ws.get_message()), trio.current_time())
                 self._poke()
@@ -135,18 +135,6 @@ class Client(ClientBase):
             return Closed(code=exc.reason.code if exc.reason is not None else None, retry_after_s=refused_retry)
         except trio.TooSlowError:
             return Closed()
-
-    async def _writer(self, ws: WebSocketConnection) -> None:
-        while True:
-            self._changed = trio.Event()  # replaced before draining: a frame queued meanwhile sets the new one
-            frames = self._core.take_outgoing()
-            try:
-                for frame in frames:
-                    await ws.send_message(wire.encode(frame, self.binary))
-            except (ConnectionClosed, trio.BrokenResourceError):
-                return  # the reader sees the close too, with its code
-            if not frames:
-                await self._changed.wait()
 
     async def _ticker(self) -> None:
         while True:
