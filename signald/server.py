@@ -160,7 +160,6 @@ async def serve_signald(
     per_ip = ConnectionRateLimiter(
         config.server.new_connections_per_ip_per_s, max(1, int(config.server.new_connections_per_ip_per_s))
     ) if config.server.new_connections_per_ip_per_s > 0 else None
-    closing = trio.Event()  # set on shutdown before the connections are cancelled: they close with 1001
     async with hub.running(), _cluster(hub.replica), trio.open_nursery() as nursery:
         listeners: list[trio.abc.Listener[trio.abc.Stream]] = []
         if reuse_port:  # one of several node processes on this port (signald serve --workers N)
@@ -175,8 +174,8 @@ async def serve_signald(
         connections: _Connections = await nursery.start(_run_connections)
         try:
             http = HttpApi(Signald(hub), api_calls=config.api.port is None, websocket_port=True, per_ip=per_ip)
-            handler = partial(_handle_stream, _Serving(hub, router, authenticate, per_ip, closing, http,
-                                                       config.limits.to_wire()))
+            serving = _Serving(hub, router, authenticate, per_ip, http, config.limits.to_wire())
+            handler = partial(_handle_stream, serving)
             await nursery.start(partial(trio.serve_listeners, handler, listeners, handler_nursery=connections.nursery))
             api_port = None if config.api.port is None else await nursery.start(
                 serve_api_port, HttpApi(Signald(hub), api_calls=True, websocket_port=False, per_ip=per_ip),
@@ -187,8 +186,7 @@ async def serve_signald(
             task_status.started(running)
             await trio.sleep_forever()
         finally:  # shutdown (or a failure to start): the listeners stop, then every connection closes
-            closing.set()
-            hub.shutting_down = True
+            hub.shutting_down = True  # before the connections are cancelled: they close with 1001
             connections.scope.cancel()
 
 
@@ -224,8 +222,9 @@ async def _cluster(replica: Replica | None) -> AsyncIterator[None]:
 class _Connections:
     """Where the connection tasks run: a nursery that cancellation from outside does not reach.
 
-    Only :func:`serve_signald`'s shutdown cancels it (``scope``), after setting ``closing``, so a
-    connection that finds itself cancelled knows whether the server is shutting down.
+    Only :func:`serve_signald`'s shutdown cancels it (``scope``), after setting
+    ``hub.shutting_down``, so a connection that finds itself cancelled knows whether the server is
+    shutting down.
     """
 
     scope: trio.CancelScope
@@ -283,9 +282,8 @@ class _Serving:
     router: Router
     authenticate: Authenticator
     per_ip: ConnectionRateLimiter | None
-    closing: trio.Event  # set once the server shuts down: connections then close with 1001
-    http: HttpApi | None = None  # plain HTTP requests (not upgrades): health checks, the server API
-    limits: Limits | None = None  # the welcome's ``limits``, built once (the same for every client)
+    http: HttpApi | None  # plain HTTP requests (not upgrades): health checks, the server API
+    limits: Limits  # the welcome's ``limits``, built once (the same for every client)
 
 
 async def _handle_stream(serving: _Serving, stream: trio.abc.Stream) -> None:
@@ -303,8 +301,7 @@ async def _handle_stream(serving: _Serving, stream: trio.abc.Stream) -> None:
 
 
 async def _serve_client(serving: _Serving, stream: trio.abc.Stream) -> None:
-    hub, router, authenticate, per_ip, closing = (
-        serving.hub, serving.router, serving.authenticate, serving.per_ip, serving.closing)
+    hub, router, authenticate, per_ip = serving.hub, serving.router, serving.authenticate, serving.per_ip
     config = hub.config
     peer = peer_address(stream)
     handshake = Handshake(stream, keep_plain=serving.http is not None)
@@ -372,7 +369,7 @@ async def _serve_client(serving: _Serving, stream: trio.abc.Stream) -> None:
         user_id=session.user_id,
         server_time=now_iso,
         heartbeat_s=config.server.heartbeat_s,
-        limits=serving.limits or limits.to_wire(),
+        limits=serving.limits,
     ))))
     hub.connect(session)
     hub.watch(ws)
@@ -381,7 +378,7 @@ async def _serve_client(serving: _Serving, stream: trio.abc.Stream) -> None:
         await run_connection(ws, session, partial(handle_message, hub, router, session))
     finally:
         wait_s = config.server.shutdown_timeout_s
-        if session.close_code is None and closing.is_set():
+        if session.close_code is None and hub.shutting_down:
             session.close_code, session.close_reason = CLOSE_GOING_AWAY, "server shutting down"
             wait_s = min(wait_s, SHUTDOWN_CLOSE_WAIT_S)
         session.peer_close_code = ws.peer_close_code

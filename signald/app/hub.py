@@ -87,7 +87,8 @@ class Hub:
         self.sessions_by_user: dict[str, dict[str, Session]] = {}
         self.handshaking: dict[str, int] = {}  # per user: accepted handshakes not yet connected
         self.draining = False  # shutting down soon: /readyz answers 503 (Signald.drain)
-        # Set by the server once it shuts down: departures are no longer announced (see disconnect).
+        # Set by the server once it shuts down, before its connections are cancelled: they close
+        # with 1001, and departures are no longer announced (see disconnect).
         self.shutting_down = False
         self._seen_text: dict[float, str] = {}  # last-seen epoch -> its ISO text (member_list)
         self.counters = Counters()
