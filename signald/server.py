@@ -210,9 +210,6 @@ async def _cluster(replica: Replica | None) -> AsyncIterator[None]:
     if replica is None:
         yield
         return
-    from signald.cluster.redis_replica import RedisReplica
-
-    assert isinstance(replica, RedisReplica)
     async with replica.running():
         log.info("cluster: node %s joined through %s", replica.node_id, redact(replica.url))
         yield

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any
 
 import msgspec
 
@@ -123,6 +125,11 @@ class Replica(abc.ABC):
     """This node's link to the others (see the module docstring); every method runs on the Trio thread."""
 
     node_id: str
+    url: str  # the broker's (may hold a password: log it redacted)
+
+    @abc.abstractmethod
+    def running(self) -> AbstractAsyncContextManager[Any]:
+        """Join the cluster, run the link while the daemon serves, leave on the way out."""
 
     @abc.abstractmethod
     def share(self, op: Op) -> None:
