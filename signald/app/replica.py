@@ -30,58 +30,78 @@ __all__ = ["Activity", "CallAnswered", "CallEnded", "CallIced", "CallOffered", "
            "Kick", "Leave", "Op", "Replica", "Revoke", "SetStatus", "Typing"]
 
 
-class Connect(msgspec.Struct, tag="connect", array_like=True, frozen=True):
+class SharedOp(msgspec.Struct, array_like=True, frozen=True):
+    """A state change as it travels between nodes: a compact array, tagged with the op's name."""
+
+
+class Connect(SharedOp, tag="connect", frozen=True):
+    """A connection of ``user`` was set up on the origin (its device goes online everywhere)."""
+
     conn: str
     user: str
 
 
-class Disconnect(msgspec.Struct, tag="disconnect", array_like=True, frozen=True):
+class Disconnect(SharedOp, tag="disconnect", frozen=True):
+    """A connection closed on the origin: its rooms are left, its device goes offline, its calls end."""
+
     conn: str
 
 
-class Join(msgspec.Struct, tag="join", array_like=True, frozen=True):
+class Join(SharedOp, tag="join", frozen=True):
+    """A connection joined ``room`` (the origin checked the limits and the token's rooms)."""
+
     conn: str
     user: str
     room: str
 
 
-class Leave(msgspec.Struct, tag="leave", array_like=True, frozen=True):
+class Leave(SharedOp, tag="leave", frozen=True):
+    """A connection left ``room``."""
+
     conn: str
     room: str
 
 
-class Kick(msgspec.Struct, tag="kick", array_like=True, frozen=True):
+class Kick(SharedOp, tag="kick", frozen=True):
+    """``by`` removed every connection of ``user`` from ``room`` (``room.kicked`` to them, wherever they are)."""
+
     room: str
     user: str
     by: str
     reason: str | None
 
 
-class SetStatus(msgspec.Struct, tag="status", array_like=True, frozen=True):
+class SetStatus(SharedOp, tag="status", frozen=True):
+    """``presence.set`` on a device: the user's chosen status, for all of their devices."""
+
     conn: str
     user: str
     status: Status
 
 
-class Typing(msgspec.Struct, tag="typing", array_like=True, frozen=True):
+class Typing(SharedOp, tag="typing", frozen=True):
+    """``chat.typing`` of a connection in ``room`` (its timeout runs on every node)."""
+
     conn: str
     user: str
     room: str
     typing: bool
 
 
-class Activity(msgspec.Struct, tag="activity", array_like=True, frozen=True):
+class Activity(SharedOp, tag="activity", frozen=True):
     """The user was active on the sending node (shared at most every few seconds: auto-away)."""
 
     user: str
 
 
-class Revoke(msgspec.Struct, tag="revoke", array_like=True, frozen=True):
+class Revoke(SharedOp, tag="revoke", frozen=True):
+    """The user's sessions were revoked (``session.revoked`` with ``reason``, then closed, on every node)."""
+
     user: str
     reason: str
 
 
-class CallOffered(msgspec.Struct, tag="call.offer", array_like=True, frozen=True):
+class CallOffered(SharedOp, tag="call.offer", frozen=True):
     """An offer this node accepted: every node rings its own devices of the callee."""
 
     caller: str
@@ -93,7 +113,9 @@ class CallOffered(msgspec.Struct, tag="call.offer", array_like=True, frozen=True
     call_id: str  # as the origin resolved it (the client's, or a fresh one)
 
 
-class CallAnswered(msgspec.Struct, tag="call.answer", array_like=True, frozen=True):
+class CallAnswered(SharedOp, tag="call.answer", frozen=True):
+    """A device of ``user`` answered ``peer``'s call on the origin."""
+
     user: str
     device: str
     peer: str
@@ -101,7 +123,9 @@ class CallAnswered(msgspec.Struct, tag="call.answer", array_like=True, frozen=Tr
     call_id: str
 
 
-class CallIced(msgspec.Struct, tag="call.ice", array_like=True, frozen=True):
+class CallIced(SharedOp, tag="call.ice", frozen=True):
+    """An ICE candidate from a device of ``user`` for ``peer``'s side of the call."""
+
     user: str
     device: str
     peer: str
@@ -109,7 +133,9 @@ class CallIced(msgspec.Struct, tag="call.ice", array_like=True, frozen=True):
     call_id: str
 
 
-class CallEnded(msgspec.Struct, tag="call.end", array_like=True, frozen=True):
+class CallEnded(SharedOp, tag="call.end", frozen=True):
+    """A device of ``user`` ended (or declined) the call with ``peer``."""
+
     user: str
     device: str
     peer: str

@@ -39,14 +39,17 @@ Cancelling a waiting caller does not cancel its operation, only the result is lo
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Protocol, TypedDict
+from typing import Protocol, Required, TypedDict, Unpack
 
 from signald.errors import SignalError
 from signald.history.queries import Rejoin
 from signald.history.rules import Deleted
 from signald.protocol import Attachment, ChangesPage, ChatMessage, DeleteMode, HistoryPage, ReactionAction
 
-__all__ = ["ChatStore", "Deleted", "HistoryStats", "Rejoin", "SchemaError", "StorageError", "storage_error"]
+__all__ = [
+    "ChatStore", "Deleted", "HistoryStats", "NewMessage", "Rejoin", "SchemaError", "SendDone", "StorageError",
+    "storage_error",
+]
 
 
 class StorageError(SignalError):
@@ -81,6 +84,21 @@ class HistoryStats(TypedDict):
     backend: str
 
 
+class NewMessage(TypedDict, total=False):
+    """A message for :meth:`ChatStore.send`: ``room``, ``user_id`` and ``body`` are required."""
+
+    room: Required[str]
+    user_id: Required[str]
+    body: Required[str]
+    attachments: Sequence[Attachment]  # default: none
+    parent_id: str | None  # the message this one answers (a thread)
+    client_msg_id: str | None  # the sender's id for retries: one message per (user, room, id)
+
+
+SendDone = Callable[[tuple[ChatMessage, bool] | None, BaseException | None], None]
+"""``then(result, error)`` of :meth:`ChatStore.send_nowait`: exactly one of the two is None."""
+
+
 class ChatStore(Protocol):
     """The store contract (see the module docstring for the guarantees of every call)."""
 
@@ -105,9 +123,7 @@ class ChatStore(Protocol):
     # ------------------------------------------------------------------ writes
 
     async def send(
-        self, *, room: str, user_id: str, body: str, attachments: Sequence[Attachment] = (),
-        parent_id: str | None = None, client_msg_id: str | None = None,
-        on_commit: Callable[[ChatMessage], None] | None = None,
+        self, *, on_commit: Callable[[ChatMessage], None] | None = None, **message: Unpack[NewMessage]
     ) -> tuple[ChatMessage, bool]:
         """Store a message with the room's next ``seq`` and ``rev``; ``(message, created)``.
 
@@ -116,10 +132,8 @@ class ChatStore(Protocol):
         """
 
     def send_nowait(
-        self, *, room: str, user_id: str, body: str,
-        then: Callable[[tuple[ChatMessage, bool] | None, BaseException | None], None],
-        attachments: Sequence[Attachment] = (), parent_id: str | None = None, client_msg_id: str | None = None,
-        on_commit: Callable[[ChatMessage], None] | None = None,
+        self, *, then: SendDone, on_commit: Callable[[ChatMessage], None] | None = None,
+        **message: Unpack[NewMessage],
     ) -> None:
         """:meth:`send` without waiting: ``then(result, error)`` runs on the Trio thread once the
         commit is done (after ``on_commit``); messages sent one after the other are stored, and

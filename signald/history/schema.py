@@ -46,7 +46,10 @@ from typing import Final
 
 from signald.history.contract import SchemaError
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SchemaError", "migrate", "user_version"]
+__all__ = [
+    "CLIENT_MSGS_COLUMNS", "MIGRATIONS", "READ_RECEIPTS_COLUMNS", "REACTIONS_COLUMNS", "SCHEMA_VERSION",
+    "SchemaError", "migrate", "user_version",
+]
 
 Migration = Callable[[sqlite3.Connection], None]
 
@@ -61,6 +64,30 @@ _MESSAGE_FIELDS: Final = """            user_id TEXT NOT NULL,
             edited_at TEXT,
             deleted_at TEXT,
             redacted INTEGER NOT NULL DEFAULT 0,
+"""
+
+
+# Tables both dialects define alike (PostgreSQL's schema uses these texts too); ``{integer}``
+# is the dialect's counter type.
+REACTIONS_COLUMNS: Final = """\
+            room TEXT NOT NULL,
+            seq {integer} NOT NULL,
+            reaction TEXT NOT NULL,
+            user_id TEXT NOT NULL,
+            UNIQUE (room, seq, reaction, user_id)
+"""
+READ_RECEIPTS_COLUMNS: Final = """\
+            user_id TEXT NOT NULL,
+            room TEXT NOT NULL,
+            seq {integer} NOT NULL,
+            PRIMARY KEY (user_id, room)
+"""
+CLIENT_MSGS_COLUMNS: Final = """\
+            user_id TEXT NOT NULL,
+            room TEXT NOT NULL,
+            client_msg_id TEXT NOT NULL,
+            message_id TEXT NOT NULL,
+            PRIMARY KEY (user_id, room, client_msg_id)
 """
 
 
@@ -79,30 +106,16 @@ def _v1_initial(conn: sqlite3.Connection) -> None:
 {_MESSAGE_FIELDS}            UNIQUE (room, seq)
         )""",
         "CREATE INDEX messages_created_ts ON messages (created_ts)",
-        """CREATE TABLE reactions (
-            room TEXT NOT NULL,
-            seq INTEGER NOT NULL,
-            reaction TEXT NOT NULL,
-            user_id TEXT NOT NULL,
-            UNIQUE (room, seq, reaction, user_id)
-        )""",
-        """CREATE TABLE read_receipts (
-            user_id TEXT NOT NULL,
-            room TEXT NOT NULL,
-            seq INTEGER NOT NULL,
-            PRIMARY KEY (user_id, room)
-        ) WITHOUT ROWID""",
+        f"""CREATE TABLE reactions (
+{REACTIONS_COLUMNS.format(integer="INTEGER")}        )""",
+        f"""CREATE TABLE read_receipts (
+{READ_RECEIPTS_COLUMNS.format(integer="INTEGER")}        ) WITHOUT ROWID""",
         """CREATE TABLE last_seen (
             user_id TEXT PRIMARY KEY,
             at TEXT NOT NULL
         ) WITHOUT ROWID""",
-        """CREATE TABLE client_msgs (
-            user_id TEXT NOT NULL,
-            room TEXT NOT NULL,
-            client_msg_id TEXT NOT NULL,
-            message_id TEXT NOT NULL,
-            PRIMARY KEY (user_id, room, client_msg_id)
-        ) WITHOUT ROWID""",
+        f"""CREATE TABLE client_msgs (
+{CLIENT_MSGS_COLUMNS}        ) WITHOUT ROWID""",
         "CREATE INDEX client_msgs_message ON client_msgs (message_id)",
     )
     for statement in statements:

@@ -31,23 +31,22 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any, Final, TypeVar
 
-from signald.history import queries, rules, writes
+from signald.history import queries, rules
 from signald.history.contract import HistoryStats, SchemaError
 from signald.history.inline import INLINE_SYNC_MODES, InlineCommits, tasks_runnable
-from signald.history.lifecycle import ThreadedStore
-from signald.history.queries import Rejoin
+from signald.history.operations import StoreOperations
+from signald.history.queries import Connection, Rejoin
 from signald.history.rejoins import SharedRejoins
 from signald.history.retention import Retention
 from signald.history.rules import Deleted
 from signald.history.schema import SCHEMA_VERSION
 from signald.history.transactions import Transactions
-from signald.history.work import SKIP, Op, StorageError, complete
+from signald.history.work import SKIP, Op, StorageError
 from signald.history.writer import Writer
-from signald.protocol import Attachment, ChangesPage, ChatMessage, DeleteMode, HistoryPage, ReactionAction
 
 __all__ = ["Deleted", "HistoryStats", "HistoryStore", "Rejoin", "SchemaError", "StorageError"]
 
@@ -58,7 +57,7 @@ T = TypeVar("T")
 SYNCHRONOUS_MODES: Final = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
 
 
-class HistoryStore(ThreadedStore):
+class HistoryStore(StoreOperations):
     """Chat history in one SQLite file (or ``":memory:"``); see the module docstring."""
 
     _writer: Writer
@@ -80,6 +79,7 @@ class HistoryStore(ThreadedStore):
         self.synchronous = sync
         self.read_only = read_only
         self._txns = Transactions(clock)
+        self._alloc = self._txns
         self._retention = Retention(self._txns, max_age_s=retention_max_age_s, max_count=retention_max_count,
                                     interval_s=retention_interval_s)
         inline = inline and not read_only and (self.memory or sync in INLINE_SYNC_MODES)
@@ -177,124 +177,32 @@ class HistoryStore(ThreadedStore):
         self._in_flight -= len(batch)
         self._complete(batch)
 
-    def _complete(self, batch: list[Op[Any]]) -> None:
-        scope = self._completion_scope
-        if scope is None:
-            complete(batch)
-            return
-        with scope:
-            complete(batch)
+    # ------------------------------------------------------------------ the primitives of StoreOperations
 
-    # ------------------------------------------------------------------ writes
-
-    async def send(
-        self, *, room: str, user_id: str, body: str, attachments: Sequence[Attachment] = (),
-        parent_id: str | None = None, client_msg_id: str | None = None,
-        on_commit: Callable[[ChatMessage], None] | None = None,
-    ) -> tuple[ChatMessage, bool]:
-        """Store a message; returns ``(message, created)``. ``created`` is False for a retry."""
-        fn = writes.send_fn(self._txns, room, user_id, body, attachments, parent_id, client_msg_id)
+    async def _write(self, fn: Callable[[Connection], tuple[T, Any]], on_commit: Callable[[Any], None] | None) -> T:
         return await self._call(fn, write=True, on_commit=on_commit)
 
-    def send_nowait(
-        self, *, room: str, user_id: str, body: str,
-        then: Callable[[tuple[ChatMessage, bool] | None, BaseException | None], None],
-        attachments: Sequence[Attachment] = (), parent_id: str | None = None, client_msg_id: str | None = None,
-        on_commit: Callable[[ChatMessage], None] | None = None,
-    ) -> None:
-        """:meth:`send` without waiting for it: ``then(result, error)`` runs once it is done.
+    async def _read(self, fn: Callable[[Connection], T]) -> T:
+        return await self._call(lambda conn: (fn(conn), SKIP), write=False)
 
-        ``then`` runs in the Trio thread right after ``on_commit``, once the transaction that
-        stored the message has committed (or with the error that failed it). Messages sent one
-        after the other are stored, and their callbacks run, in that order. Raises
-        :class:`StorageError` at once if the store is not open.
-
-        On an idle store in an idle process (nothing queued or in progress, no other task waiting
-        to run and no inline commit yet in this turn of the Trio loop, a ``synchronous`` mode that
-        does not fsync, no other connection holding the write lock) the message is stored and
-        committed right here, in the Trio thread, and ``on_commit`` and ``then`` have run when this
-        returns. Otherwise it is queued for the writer thread.
-        """
+    def _submit(self, op: Op[Any]) -> None:
+        """On an idle store in an idle process (nothing queued or in progress, no other task
+        waiting to run and no inline commit yet in this turn of the Trio loop, a ``synchronous``
+        mode that does not fsync, no other connection holding the write lock) the operation is
+        committed right here, in the Trio thread, and its ``on_commit`` and ``then`` have run when
+        this returns. Otherwise it is queued for the writer thread."""
         if self._state != "open":
             raise StorageError(f"history store is {self._state}")
-        fn = writes.send_fn(self._txns, room, user_id, body, attachments, parent_id, client_msg_id)
-        op: Op[tuple[ChatMessage, bool]] = Op("write", fn, on_commit, then)
         inline = self._inline
         if self._in_flight == 0 and not inline.spent and tasks_runnable() == 0 and inline.commit(op):
             return
         self._put(op)
-
-    async def edit(
-        self, *, message_id: str, user_id: str, new_body: str, on_commit: Callable[[ChatMessage], None] | None = None
-    ) -> ChatMessage:
-        """Replace the body of the author's message and set ``edited_at``."""
-        return await self._call(lambda conn: writes.edit(conn, self._txns, message_id, user_id, new_body),
-                                write=True, on_commit=on_commit)
-
-    async def delete(
-        self, *, message_id: str, user_id: str, mode: DeleteMode = "soft", moderator: bool = False,
-        on_commit: Callable[[Deleted], None] | None = None,
-    ) -> Deleted:
-        """Soft- or hard-delete a message (author, or anyone with ``moderator``)."""
-        rules.check_delete_mode(mode)
-        return await self._call(lambda conn: writes.delete(conn, self._txns, message_id, user_id, mode, moderator),
-                                write=True, on_commit=on_commit)
-
-    async def redact(
-        self, *, message_id: str, mask: str, on_commit: Callable[[ChatMessage], None] | None = None
-    ) -> ChatMessage:
-        """Replace the body with ``mask`` and mark it redacted (the caller checks permission)."""
-        return await self._call(lambda conn: writes.redact(conn, self._txns, message_id, mask),
-                                write=True, on_commit=on_commit)
-
-    async def react(
-        self, *, message_id: str, user_id: str, reaction: str, action: ReactionAction, room: str,
-        on_commit: Callable[[int], None] | None = None,
-    ) -> int | None:
-        """Add or remove a reaction (idempotent); returns the change's revision, None if nothing changed."""
-        rules.check_action(action)
-        return await self._call(
-            lambda conn: writes.react(conn, self._txns, message_id, user_id, reaction, action, room),
-            write=True, on_commit=on_commit)
-
-    async def mark_read(
-        self, *, user_id: str, room: str, message_id: str, on_commit: Callable[[bool], None] | None = None
-    ) -> bool:
-        """Move the user's read receipt in ``room`` up to the message; returns whether it moved."""
-        return await self._call(lambda conn: writes.mark_read(conn, user_id, room, message_id),
-                                write=True, on_commit=on_commit)
-
-    async def set_last_seen(self, entries: Mapping[str, str]) -> None:
-        """Record when users were last seen (user id -> ISO 8601 time)."""
-        rows = list(entries.items())
-        if rows:
-            await self._call(lambda conn: writes.set_last_seen(conn, rows), write=True)
 
     async def run_retention(self) -> int:
         """Apply retention now, completely; returns how many messages were removed."""
         return await self._call(lambda conn: (self._retention.run_all(conn), SKIP), write=True)
 
     # ------------------------------------------------------------------ reads
-
-    async def get(self, message_id: str) -> ChatMessage | None:
-        """The folded message, or None if it does not exist (or was hard-deleted)."""
-        return await self._call(lambda conn: (queries.get_message(conn, message_id), SKIP), write=False)
-
-    async def history(
-        self, *, room: str, before: int | None = None, after: int | None = None, limit: int = 50
-    ) -> HistoryPage:
-        """One ``chat.history`` page of ``room`` (:func:`~signald.history.queries.page`); ``limit >= 1``."""
-        rules.check_limit(limit)
-
-        def fn(conn: sqlite3.Connection) -> tuple[HistoryPage, Any]:
-            messages, more = queries.page(conn, room, before, after, limit)
-            return HistoryPage(messages=messages, has_more=more), SKIP
-
-        return await self._call(fn, write=False)
-
-    async def unread(self, *, user_id: str, room: str) -> int:
-        """Not-deleted messages of ``room`` above the user's read receipt (all if none)."""
-        return await self._call(lambda conn: (queries.unread(conn, user_id, room), SKIP), write=False)
 
     async def rejoin(
         self, *, user_id: str, room: str, since: int | None, limit: int, since_rev: int | None = None
@@ -305,20 +213,6 @@ class HistoryStore(ThreadedStore):
         if self._state != "open":
             raise StorageError(f"history store is {self._state}")
         return await self._rejoins.rejoin(user_id, room, since, since_rev, limit)  # shared while queued
-
-    async def changes(self, *, room: str, after_rev: int, limit: int) -> ChangesPage:
-        """Every change of ``room`` after ``after_rev`` (``chat.changes``), at most ``limit``."""
-        rules.check_limit(limit)
-        return await self._call(lambda conn: (queries.changes_page(conn, room, after_rev, limit), SKIP), write=False)
-
-    async def last_read(self, *, user_id: str, room: str) -> int | None:
-        """The ``seq`` of the user's read receipt in ``room``, or None."""
-        return await self._call(lambda conn: (queries.last_read(conn, user_id, room), SKIP), write=False)
-
-    async def last_seen(self, user_ids: Iterable[str]) -> dict[str, str]:
-        """Last-seen times of those of ``user_ids`` that were ever recorded."""
-        ids = list(dict.fromkeys(user_ids))
-        return await self._call(lambda conn: (queries.last_seen(conn, ids), SKIP), write=False) if ids else {}
 
     async def rooms(self) -> list[str]:
         """Rooms that have stored messages, sorted by name."""

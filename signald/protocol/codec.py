@@ -27,6 +27,10 @@ from signald.protocol.common import OpId
 from signald.protocol.inbound import INBOUND_MESSAGES, InboundMessage
 from signald.protocol.types import APP_EVENT_PREFIX, INBOUND_BY_TYPE, type_of
 
+__all__ = [
+    "json_encoder", "msgpack_encoder", "FrameError", "decode_frame", "FrameDecoder", "encode_app_event"
+]
+
 _json_decoder: Final = msgspec.json.Decoder(InboundMessage)
 _msgpack_decoder: Final = msgspec.msgpack.Decoder(InboundMessage)
 _json_any: Final = msgspec.json.Decoder()

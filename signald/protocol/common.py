@@ -10,6 +10,13 @@ from typing import Annotated, Any, Final, Literal, Union
 
 from msgspec import Meta, Struct
 
+__all__ = [
+    "PROTOCOL_VERSION", "SUBPROTOCOL_JSON", "SUBPROTOCOL_MSGPACK", "RoomName", "UserId", "MessageId", "CallId",
+    "OpId", "Seq", "ShortText", "Reaction", "SignalKind", "Reason", "JsonObject", "Status", "CallType", "DeleteMode",
+    "ReactionAction", "MAX_ATTACHMENTS", "Attachment", "Attachments", "ChatMessage", "Limits", "Rev", "Tombstone",
+    "Change"
+]
+
 PROTOCOL_VERSION: Final = 1
 SUBPROTOCOL_JSON: Final = "signald.v1"
 SUBPROTOCOL_MSGPACK: Final = "signald.v1.msgpack"

@@ -31,6 +31,16 @@ from signald.protocol.common import (
     check_free_form,
 )
 
+__all__ = [
+    "NoData", "AuthRefreshData", "RoomJoinData", "RoomLeaveData", "ChatSendData", "ChatEditData", "ChatDeleteData",
+    "ChatRedactData", "ChatReadData", "ChatReactionData", "ChatTypingData", "ChatHistoryData", "CallOfferData",
+    "CallAnswerData", "CallIceData", "CallEndData", "PresenceSetData", "RoomSignalData", "RoomKickData", "Inbound",
+    "AuthRefresh", "RoomJoin", "RoomLeave", "ChatSend", "ChatEdit", "ChatDelete", "ChatRedact", "ChatRead",
+    "ChatReaction", "ChatTyping", "ChatHistory", "ChatChanges", "ChatChangesData", "CallOffer", "CallAnswer",
+    "CallIce", "CallEnd", "PresenceSet", "RoomSignal", "RoomKick", "SessionInfo", "PresencePing", "SystemStats",
+    "INBOUND_MESSAGES", "InboundMessage"
+]
+
 # --------------------------------------------------------------------------- inbound payloads
 
 

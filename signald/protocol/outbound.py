@@ -21,6 +21,19 @@ from signald.protocol.common import (
     Status,
 )
 
+__all__ = [
+    "WelcomeData", "AckData", "ErrorData", "Member", "RoomJoinResult", "HistoryPage", "ChangesPage", "DeletedData",
+    "DeleteResult", "RedactedData", "RedactResult", "ReadUpdateData", "ReactionUpdateData", "ReactionResult",
+    "TypingUserData", "CallOfferEventData", "CallAnswerEventData", "CallIceEventData", "CallEndEventData",
+    "CallOfferResult", "RoomUserData", "RoomData", "DeviceData", "PresenceUpdateData", "PongData",
+    "RoomSignalEventData", "KickedData", "RevokedData", "ExpiredData", "ExpiresResult", "SessionInfoResult",
+    "StatsResult", "Outbound", "Welcome", "Ack", "Error", "ChatMessageEvent", "ChatEditedEvent", "ChatDeletedEvent",
+    "ChatRedactedEvent", "ChatReadUpdateEvent", "ChatReactionUpdateEvent", "ChatTypingUserEvent", "CallOfferEvent",
+    "CallAnswerEvent", "CallIceEvent", "CallEndEvent", "MemberJoinedEvent", "MemberLeftEvent", "RoomActiveEvent",
+    "RoomWaitingEvent", "DeviceOnlineEvent", "DeviceOfflineEvent", "PresenceUpdateEvent", "PresencePongEvent",
+    "RoomSignalEvent", "RoomKickedEvent", "SessionRevokedEvent", "SessionExpiredEvent", "OUTBOUND_MESSAGES"
+]
+
 # --------------------------------------------------------------------------- outbound payloads
 
 class WelcomeData(Struct):

@@ -14,6 +14,10 @@ from msgspec import Struct
 from signald.protocol.inbound import INBOUND_MESSAGES, Inbound
 from signald.protocol.outbound import OUTBOUND_MESSAGES
 
+__all__ = [
+    "type_of", "INBOUND_TYPES", "OUTBOUND_TYPES", "APP_EVENT_PREFIX", "INBOUND_BY_TYPE"
+]
+
 
 def type_of(cls: type[Struct]) -> str:
     """The wire ``type`` string of a message class."""

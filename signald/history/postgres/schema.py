@@ -25,6 +25,7 @@ from typing import Any, Final
 import psycopg
 
 from signald.history.contract import SchemaError
+from signald.history.schema import CLIENT_MSGS_COLUMNS, REACTIONS_COLUMNS, READ_RECEIPTS_COLUMNS
 
 __all__ = ["LOCK_KEY", "MIGRATIONS", "SCHEMA", "SCHEMA_VERSION", "migrate", "schema_version"]
 
@@ -67,28 +68,11 @@ _V1: Final = (
         created_ts DOUBLE PRECISION NOT NULL,
         PRIMARY KEY (room, rev)
     )""",
-    """CREATE TABLE reactions (
-        rowid BIGINT GENERATED ALWAYS AS IDENTITY,
-        room TEXT NOT NULL,
-        seq BIGINT NOT NULL,
-        reaction TEXT NOT NULL,
-        user_id TEXT NOT NULL,
-        UNIQUE (room, seq, reaction, user_id)
-    )""",
-    """CREATE TABLE read_receipts (
-        user_id TEXT NOT NULL,
-        room TEXT NOT NULL,
-        seq BIGINT NOT NULL,
-        PRIMARY KEY (user_id, room)
-    )""",
+    "CREATE TABLE reactions (\n    rowid BIGINT GENERATED ALWAYS AS IDENTITY,\n"
+    f"{REACTIONS_COLUMNS.format(integer='BIGINT')})",
+    f"CREATE TABLE read_receipts (\n{READ_RECEIPTS_COLUMNS.format(integer='BIGINT')})",
     "CREATE TABLE last_seen (user_id TEXT PRIMARY KEY, at TEXT NOT NULL)",
-    """CREATE TABLE client_msgs (
-        user_id TEXT NOT NULL,
-        room TEXT NOT NULL,
-        client_msg_id TEXT NOT NULL,
-        message_id TEXT NOT NULL,
-        PRIMARY KEY (user_id, room, client_msg_id)
-    )""",
+    f"CREATE TABLE client_msgs (\n{CLIENT_MSGS_COLUMNS})",
     "CREATE INDEX client_msgs_message ON client_msgs (message_id)",
 )
 

@@ -24,7 +24,7 @@ import logging
 import math
 import time
 import urllib.parse
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
@@ -32,16 +32,14 @@ import psycopg
 import trio
 
 from signald.errors import SignalError
-from signald.history import queries, rules, writes
+from signald.history import queries, rules
 from signald.history.contract import HistoryStats, SchemaError, StorageError
-from signald.history.lifecycle import ThreadedStore
+from signald.history.operations import StoreOperations
 from signald.history.postgres import schema
 from signald.history.postgres.sql import Adapter, Allocator
 from signald.history.postgres.writer import UNAVAILABLE, PgWriter, connect, database_size
 from signald.history.queries import Rejoin
-from signald.history.rules import Deleted
-from signald.history.work import SKIP, Op, complete
-from signald.protocol import Attachment, ChangesPage, ChatMessage, DeleteMode, HistoryPage, ReactionAction
+from signald.history.work import SKIP, Op
 
 __all__ = ["PostgresStore"]
 
@@ -50,7 +48,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class PostgresStore(ThreadedStore):
+class PostgresStore(StoreOperations):
     """Chat history in a PostgreSQL database; see the module docstring."""
 
     _writer: PgWriter
@@ -112,17 +110,14 @@ class PostgresStore(ThreadedStore):
     # ------------------------------------------------------------------ the writer thread
 
     def _delivered(self, batch: list[Op[Any]]) -> None:
-        scope = self._completion_scope
-        if scope is None:
-            complete(batch)
-            return
-        with scope:
-            complete(batch)
+        self._complete(batch)
 
     def _put(self, op: Op[Any]) -> None:
         if self._state != "open":
             raise StorageError(f"history store is {self._state}")
         self._writer.put(op)
+
+    _submit = _put
 
     async def _write(self, fn: Callable[[Adapter], tuple[T, Any]], on_commit: Callable[[Any], None] | None) -> T:
         op: Op[T] = Op("write", fn, on_commit)
@@ -175,59 +170,6 @@ class PostgresStore(ThreadedStore):
 
     # ------------------------------------------------------------------ writes
 
-    async def send(
-        self, *, room: str, user_id: str, body: str, attachments: Sequence[Attachment] = (),
-        parent_id: str | None = None, client_msg_id: str | None = None,
-        on_commit: Callable[[ChatMessage], None] | None = None,
-    ) -> tuple[ChatMessage, bool]:
-        fn = writes.send_fn(self._alloc, room, user_id, body, attachments, parent_id, client_msg_id)
-        return await self._write(fn, on_commit)
-
-    def send_nowait(
-        self, *, room: str, user_id: str, body: str,
-        then: Callable[[tuple[ChatMessage, bool] | None, BaseException | None], None],
-        attachments: Sequence[Attachment] = (), parent_id: str | None = None, client_msg_id: str | None = None,
-        on_commit: Callable[[ChatMessage], None] | None = None,
-    ) -> None:
-        fn = writes.send_fn(self._alloc, room, user_id, body, attachments, parent_id, client_msg_id)
-        self._put(Op("write", fn, on_commit, then))
-
-    async def edit(
-        self, *, message_id: str, user_id: str, new_body: str, on_commit: Callable[[ChatMessage], None] | None = None
-    ) -> ChatMessage:
-        return await self._write(lambda c: writes.edit(c, self._alloc, message_id, user_id, new_body), on_commit)
-
-    async def delete(
-        self, *, message_id: str, user_id: str, mode: DeleteMode = "soft", moderator: bool = False,
-        on_commit: Callable[[Deleted], None] | None = None,
-    ) -> Deleted:
-        rules.check_delete_mode(mode)
-        return await self._write(
-            lambda c: writes.delete(c, self._alloc, message_id, user_id, mode, moderator), on_commit)
-
-    async def redact(
-        self, *, message_id: str, mask: str, on_commit: Callable[[ChatMessage], None] | None = None
-    ) -> ChatMessage:
-        return await self._write(lambda c: writes.redact(c, self._alloc, message_id, mask), on_commit)
-
-    async def react(
-        self, *, message_id: str, user_id: str, reaction: str, action: ReactionAction, room: str,
-        on_commit: Callable[[int], None] | None = None,
-    ) -> int | None:
-        rules.check_action(action)
-        return await self._write(
-            lambda c: writes.react(c, self._alloc, message_id, user_id, reaction, action, room), on_commit)
-
-    async def mark_read(
-        self, *, user_id: str, room: str, message_id: str, on_commit: Callable[[bool], None] | None = None
-    ) -> bool:
-        return await self._write(lambda c: writes.mark_read(c, user_id, room, message_id), on_commit)
-
-    async def set_last_seen(self, entries: Mapping[str, str]) -> None:
-        rows = sorted(entries.items())  # one order for every daemon: no crosswise row locks
-        if rows:
-            await self._write(lambda c: writes.set_last_seen(c, rows), None)
-
     async def run_retention(self) -> int:
         """Everything expired now, one bounded step (its own transaction) after the other."""
         total, more = 0, True
@@ -238,39 +180,11 @@ class PostgresStore(ThreadedStore):
 
     # ------------------------------------------------------------------ reads
 
-    async def get(self, message_id: str) -> ChatMessage | None:
-        return await self._read(lambda c: queries.get_message(c, message_id))
-
-    async def history(
-        self, *, room: str, before: int | None = None, after: int | None = None, limit: int = 50
-    ) -> HistoryPage:
-        rules.check_limit(limit)
-
-        def fn(conn: Adapter) -> HistoryPage:
-            messages, more = queries.page(conn, room, before, after, limit)
-            return HistoryPage(messages=messages, has_more=more)
-
-        return await self._read(fn)
-
-    async def unread(self, *, user_id: str, room: str) -> int:
-        return await self._read(lambda c: queries.unread(c, user_id, room))
-
     async def rejoin(
         self, *, user_id: str, room: str, since: int | None, limit: int, since_rev: int | None = None
     ) -> Rejoin:
         rules.check_limit(limit, "`limit`")
         return await self._read(lambda c: queries.rejoin(c, user_id, room, since, since_rev, limit))
-
-    async def changes(self, *, room: str, after_rev: int, limit: int) -> ChangesPage:
-        rules.check_limit(limit)
-        return await self._read(lambda c: queries.changes_page(c, room, after_rev, limit))
-
-    async def last_read(self, *, user_id: str, room: str) -> int | None:
-        return await self._read(lambda c: queries.last_read(c, user_id, room))
-
-    async def last_seen(self, user_ids: Iterable[str]) -> dict[str, str]:
-        ids = list(dict.fromkeys(user_ids))
-        return await self._read(lambda c: queries.last_seen(c, ids)) if ids else {}
 
     async def rooms(self) -> list[str]:
         return await self._read(lambda c: [row[0] for row in c.execute(queries.ROOMS_SQL)])

@@ -253,30 +253,16 @@ class PgWriter(WriterThread):
         raw.execute("BEGIN")
         try:
             if len(ops) == 1:  # alone in its transaction: no savepoint needed
-                op = ops[0]
-                try:
-                    op.value, op.event = op.fn(conn) if op.fn is not None else (None, SKIP)
-                except Exception as exc:
-                    if not _own(exc, raw):
-                        raise
-                    raw.execute("ROLLBACK")
-                    op_failed(op, exc, psycopg.Error)
+                if not _attempt(ops[0], conn, "ROLLBACK"):
                     return False
                 raw.execute("COMMIT")
-                return op.kind == "write"
+                return ops[0].kind == "write"
             wrote = False
             for op in ops:
                 raw.execute("SAVEPOINT op")
-                try:
-                    op.value, op.event = op.fn(conn) if op.fn is not None else (None, SKIP)
-                except Exception as exc:
-                    if not _own(exc, raw):
-                        raise
-                    raw.execute("ROLLBACK TO SAVEPOINT op")
-                    op_failed(op, exc, psycopg.Error)
-                    continue
-                raw.execute("RELEASE SAVEPOINT op")
-                wrote = wrote or op.kind == "write"
+                if _attempt(op, conn, "ROLLBACK TO SAVEPOINT op"):
+                    raw.execute("RELEASE SAVEPOINT op")
+                    wrote = wrote or op.kind == "write"
             raw.execute("COMMIT")
             return wrote
         except BaseException:
@@ -304,6 +290,20 @@ class PgWriter(WriterThread):
             else:
                 op.value, op.event = result
         return len(left) < len(ops)
+
+
+def _attempt(op: Op[Any], conn: Adapter, undo: str) -> bool:
+    """Run ``op``; if it fails for its own sake, ``undo`` its changes and fail it alone. Whether it
+    succeeded; an error that is not the operation's own propagates (the batch fails)."""
+    try:
+        op.value, op.event = op.fn(conn) if op.fn is not None else (None, SKIP)
+    except Exception as exc:
+        if not _own(exc, conn.raw):
+            raise
+        conn.raw.execute(undo)
+        op_failed(op, exc, psycopg.Error)
+        return False
+    return True
 
 
 def _own(exc: Exception, raw: psycopg.Connection[Any]) -> bool:
