@@ -29,7 +29,7 @@ from signald.errors import StartupError
 from signald.history.contract import SchemaError, StorageError
 from signald.logfmt import JsonFormatter, announce, log_event, setup_logging
 from signald.server import RunningServer, build_authenticator, build_ssl_context, serve_signald
-from signald.workers import WORKER_FLAG, run_workers
+from signald.workers import WORKER_FLAG, run_workers, watch_parent
 
 log = logging.getLogger("signald")
 
@@ -138,6 +138,8 @@ async def run_daemon(config: Config, *, workers: int = 1, argv: Sequence[str] = 
                      **{name: port for name, port in ports.items() if port is not None})
             if workers > 1:
                 nursery.start_soon(run_workers, config, argv, workers, running.port)
+            if worker:
+                nursery.start_soon(watch_parent)
             async for signum in signals:
                 drain_s = config.server.drain_s
                 if signum == signal.SIGTERM and drain_s > 0:

@@ -1,0 +1,86 @@
+"""``signald serve --workers N`` as processes: a dead worker is started again, and workers whose
+first process died stop by themselves (no orphans holding the port). Real daemons, a private
+Redis and PostgreSQL (docs/cluster.md)."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import trio
+from conftest import daemon
+
+from signald.client.raw import connect
+
+pytestmark = pytest.mark.timeout(90)
+
+CONFIG = '[cluster]\nnode_id = "box"\nnode_ttl_s = 2.0\n'
+
+
+def children(pid: int) -> list[int]:
+    """Live (not zombie) processes whose parent is ``pid``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            state, ppid = stat.rsplit(")", 1)[1].split()[:2]
+            if int(ppid) == pid and state != "Z":
+                found.append(int(entry))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+async def until(check: Callable[[], bool], within: float = 20.0) -> None:
+    with trio.fail_after(within):
+        while not check():
+            await trio.sleep(0.05)
+
+
+async def served_by_workers(url: str, first: int) -> set[int]:
+    """Connect a few times; which worker processes' sessions the kernel handed them to is not
+    visible to a client, so this only proves the port answers: every connection gets a welcome."""
+    for i in range(4):
+        async with connect(url, user=f"probe{i}") as client:
+            assert (await client.request("session.info", {}))["user_id"] == f"probe{i}"
+    return set(children(first))
+
+
+async def test_a_worker_that_dies_is_started_again(tmp_path: Path, redis_url: str, postgres_url: str) -> None:
+    async with daemon(tmp_path, "workers", "--workers", "2", "--broker-url", redis_url,
+                      "--history-url", postgres_url, config_text=CONFIG) as (first, url):
+        await until(lambda: len(children(first.pid)) == 1)
+        [worker] = children(first.pid)
+        os.kill(worker, signal.SIGKILL)
+        await until(lambda: children(first.pid) not in ([], [worker]))  # a new worker process
+        [again] = children(first.pid)
+        assert again != worker
+        await served_by_workers(url, first.pid)
+        log = (tmp_path / "workers.log").read_text(errors="replace")
+        assert "worker 1 exited with status -9; starting it again in 0.5 s" in log, log[-2000:]
+
+
+async def test_workers_stop_when_the_first_process_is_killed(
+    tmp_path: Path, redis_url: str, postgres_url: str
+) -> None:
+    async with daemon(tmp_path, "orphans", "--workers", "3", "--broker-url", redis_url,
+                      "--history-url", postgres_url, config_text=CONFIG) as (first, url):
+        await until(lambda: len(children(first.pid)) == 2)
+        workers = children(first.pid)
+        first.kill()  # SIGKILL: it cannot stop them
+        await first.wait()
+        await until(lambda: not any(alive(pid) for pid in workers), within=15)
+        port = int(url.rsplit(":", 1)[1].strip("/"))
+        with pytest.raises(OSError):  # nobody holds the port any more: connection refused
+            await trio.open_tcp_stream("127.0.0.1", port)
