@@ -77,6 +77,9 @@ UPGRADE_REQUIRED: Final = (b"This is a signald WebSocket endpoint: connect with 
 Call = Callable[[HttpRequest], Awaitable[Any]]
 
 
+HTTP_REFUSED_CAUSE: Final = "http_rate_limited_address"  # signald_refusals_total's label for a 429
+
+
 class HttpApi:
     """The plain-HTTP side of one running daemon; ``api_calls``: serve ``/api/v1/...`` here.
 
@@ -120,6 +123,7 @@ class HttpApi:
             now = trio.current_time()
             if not self.per_ip.allow(client, now):
                 wait_s = max(1, math.ceil(self.per_ip.retry_after_s(client, now)))
+                self.server.hub.metrics.refusals_by[HTTP_REFUSED_CAUSE].inc()
                 if self._refusal_lines.allow(now):
                     log_event(audit, logging.INFO, "http request refused", cause="rate_limited_address",
                               client=client, method=request.method, path=request.path, retry_after_s=wait_s,

@@ -124,8 +124,9 @@ class Metrics:
         self.closes = Counter("signald_closes", "Connections closed by the server, by close code", ["code"],
                               registry=self.registry)
         self.refusals = Counter("signald_refusals",
-                                "Handshakes refused, by cause (unauthorized, forbidden, rate_limited_address, "
-                                "rate_limited_user, subprotocol)", ["cause"], registry=self.registry)
+                                "Handshakes and plain HTTP requests refused, by cause (unauthorized, forbidden, "
+                                "rate_limited_address, rate_limited_user, subprotocol, http_rate_limited_address)",
+                                ["cause"], registry=self.registry)
         self.coalesced = Counter("signald_send_queue_coalesced",
                                  "Ephemeral frames dropped because a newer one superseded them",
                                  registry=self.registry)

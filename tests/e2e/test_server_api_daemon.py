@@ -28,6 +28,7 @@ import pytest
 import trio
 import trustme
 from conftest import daemon, events_of
+from redis_fixture import free_port
 
 from signald.client.raw import Refused, connect
 
@@ -119,7 +120,9 @@ LIMITED = '[server]\nnew_connections_per_ip_per_s = 0.2\ntrusted_proxies = ["127
 
 
 async def test_a_flood_of_plain_http_from_one_address_is_429_and_nobody_else_notices(tmp_path: Path) -> None:
-    async with api_daemon(tmp_path, LIMITED) as (_, url), httpx.AsyncClient(base_url=http_base(url)) as http:
+    metrics_port = free_port()
+    async with api_daemon(tmp_path, LIMITED.replace("[server]\n", f"[server]\nmetrics_port = {metrics_port}\n")) \
+            as (_, url), httpx.AsyncClient(base_url=http_base(url)) as http:
         flooder, other = {"x-forwarded-for": "203.0.113.5"}, {"x-forwarded-for": "203.0.113.6"}
         wrong_key = {**flooder, "authorization": "Bearer guessing"}
         statuses = [(await http.get("/api/v1/stats", headers=wrong_key)).status_code for _ in range(6)]
@@ -135,6 +138,9 @@ async def test_a_flood_of_plain_http_from_one_address_is_429_and_nobody_else_not
             async with connect(url, user="alice", extra_headers=[(b"x-forwarded-for", b"203.0.113.5")]):
                 pass
         assert (refused.value.code, refused.value.close_code) == ("RATE_LIMITED", 4429)
+        metrics = (await http.get(f"http://127.0.0.1:{metrics_port}/metrics")).text
+        assert 'signald_refusals_total{cause="http_rate_limited_address"} 6.0' in metrics  # 5 keys + 1 page
+        assert 'signald_refusals_total{cause="rate_limited_address"} 1.0' in metrics  # the handshake
 
         # Each refusal is logged, but a flood does not flood the log: lines left out are counted.
         log = tmp_path / "daemon.log"
