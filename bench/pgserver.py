@@ -24,6 +24,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from bench.leftovers import claim, sweep
+
 __all__ = ["PostgresServer", "bench_database_url", "bin_dir", "create_database", "for_bench", "private_server"]
 
 _counter = itertools.count()
@@ -94,14 +96,24 @@ class PostgresServer:
         self.pg_ctl("-m", mode, "-w", "stop")
 
 
+PREFIX = "signald-pg-"
+
+
 @contextlib.contextmanager
 def private_server(*, durable: bool = True, cpu: int | None = None) -> Iterator[PostgresServer]:
     """``initdb`` in a temporary directory, start on a free port (its processes pinned to ``cpu``
     if given); stop and remove it on exit."""
     binaries = bin_dir()
-    data = Path(tempfile.mkdtemp(prefix="signald-pg-"))
+    sweep(PREFIX, lambda root: subprocess.run(
+        _as_postgres([str(binaries / "pg_ctl"), "-D", str(root / "data"), "-m", "immediate", "-w", "stop"]),
+        capture_output=True, timeout=60))
+    root = Path(tempfile.mkdtemp(prefix=PREFIX))  # holds owner.pid and the data directory (initdb wants it empty)
+    data = root / "data"
     try:
+        claim(root)
+        data.mkdir()
         if os.geteuid() == 0:
+            shutil.chown(root, "postgres", "postgres")
             shutil.chown(data, "postgres", "postgres")
         subprocess.run(_as_postgres([str(binaries / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
                                      "-E", "UTF8", "--no-sync"]), check=True, capture_output=True, timeout=120)
@@ -112,7 +124,7 @@ def private_server(*, durable: bool = True, cpu: int | None = None) -> Iterator[
         finally:
             server.stop("immediate")
     finally:
-        shutil.rmtree(data, ignore_errors=True)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def create_database(server: PostgresServer) -> str:
