@@ -10,49 +10,24 @@ trusted cannot pick its address with a forged header. ``./dev test`` installs ng
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
-import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
 import trio
 from conftest import make_config, start_server
+from nginx_fixture import NGINX, nginx
 from wsproto.connection import Connection, ConnectionType
 from wsproto.events import TextMessage
 
 from signald.server import RunningServer
 
-NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
 pytestmark = pytest.mark.skipif(NGINX is None, reason="nginx is not installed (./dev test installs it)")
 
 PER_ADDRESS = 50  # new connections per address per second, and the burst (the default)
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-CONFIG = """
-daemon off;
-master_process off;
-worker_processes 1;
-pid {dir}/nginx.pid;
-error_log {dir}/error.log warn;
-events {{ worker_connections 2048; }}
-http {{
-    access_log off;
-    client_body_temp_path {dir}/body;
-    proxy_temp_path {dir}/proxy;
-    fastcgi_temp_path {dir}/fastcgi;
-    uwsgi_temp_path {dir}/uwsgi;
-    scgi_temp_path {dir}/scgi;
+SERVER = """
     map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}
     server {{
         listen 127.0.0.1:{port};
@@ -66,36 +41,11 @@ http {{
             proxy_read_timeout 1h;
         }}
     }}
-}}
 """
 
 
-@contextmanager
-def nginx(tmp_path: Path, upstream: int) -> Iterator[int]:
-    """A private nginx on a free loopback port, proxying to ``upstream``; stopped on the way out."""
-    assert NGINX is not None
-    port = free_port()
-    conf = tmp_path / "nginx.conf"
-    conf.write_text(CONFIG.format(dir=tmp_path, port=port, upstream=upstream))
-    process = subprocess.Popen([NGINX, "-p", str(tmp_path), "-c", str(conf), "-e", str(tmp_path / "error.log")],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        for _ in range(200):  # until it listens (it writes nothing when it starts)
-            if process.poll() is not None:
-                raise AssertionError(f"nginx failed: {process.stderr.read().decode() if process.stderr else ''}")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
-                break
-            except OSError:
-                time.sleep(0.02)
-        yield port
-    finally:
-        process.terminate()
-        try:
-            process.wait(5)
-        except subprocess.TimeoutExpired:  # pragma: no cover
-            process.kill()
-            process.wait()
+def proxy_to(upstream: int) -> Callable[[int], str]:
+    return lambda port: SERVER.format(port=port, upstream=upstream)
 
 
 async def attempt(port: int, source: str, user: str, headers: dict[str, str] | None = None) -> bool:
@@ -134,7 +84,7 @@ async def proxied(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[tuple[
     config = make_config(tmp_path, server={"trusted_proxies": ["127.0.0.1"],
                                            "new_connections_per_ip_per_s": PER_ADDRESS})
     server = await start_server(nursery, config)
-    with nginx(tmp_path, server.port) as port:
+    with nginx(tmp_path, proxy_to(server.port)) as port:
         yield server, port
 
 
