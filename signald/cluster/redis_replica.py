@@ -36,6 +36,7 @@ import trio
 from signald.app.hub import Hub
 from signald.app.replica import Activity, Connect, Disconnect, Join, Kick, Leave, Op, Replica, SetStatus
 from signald.cluster.apply import apply_op
+from signald.cluster.calls import RedisCallDecisions
 from signald.cluster.channels import Subscriptions
 from signald.cluster.nodes import NodeTable
 from signald.cluster.order import HOLD_S, RoomOrder
@@ -69,6 +70,8 @@ CONNECT_S: Final = 5.0  # a broker that does not answer at start within this is 
 class RedisReplica(Replica):
     """This node's link to the others through one Redis (see the module docstring)."""
 
+    calls: RedisCallDecisions
+
     def __init__(self, hub: Hub, config: ClusterConfig) -> None:
         assert config.broker_url
         # coredis says every reconnect attempt at info; signald says when the broker fails and recovers
@@ -89,6 +92,8 @@ class RedisReplica(Replica):
         self._client: coredis.Redis[bytes] = coredis.Redis.from_url(self.url, decode_responses=False)
         self.nodes.client = self._client
         self.writer = Writer(self._client, up=self._up, down=self._down)
+        self.calls = RedisCallDecisions(hub, self.names, self._client, grace_s=2 * self._ttl, down=self._down)
+        hub.timers.decide_ring_timeouts = self.calls.ring_timeouts  # the calls this node offered: decided here
         self._pubsub: Any = None
         self._nursery: trio.Nursery | None = None
         self._heard_state_once = False
@@ -201,7 +206,7 @@ class RedisReplica(Replica):
                 self._heard = trio.current_time()
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
-                    for task in (self._read, self.writer.run, self._heartbeat, self._sweep):
+                    for task in (self._read, self.writer.run, self._heartbeat, self._sweep, self.calls.run):
                         nursery.start_soon(task)
                     try:
                         yield self
