@@ -38,8 +38,9 @@ from signald.app.replica import Activity, Connect, Disconnect, Join, Kick, Leave
 from signald.cluster.apply import apply_op
 from signald.cluster.calls import RedisCallDecisions
 from signald.cluster.channels import Subscriptions
+from signald.cluster.gaps import fill_gap
 from signald.cluster.nodes import NodeTable
-from signald.cluster.order import HOLD_S, RoomOrder
+from signald.cluster.order import RoomOrder
 from signald.cluster.recovery import announcement, close_rooms_behind
 from signald.cluster.wire import (
     ROOM_DECODER,
@@ -148,15 +149,8 @@ class RedisReplica(Replica):
 
     def _in_order(self, room: str, frame: Frame, exclude: str | None) -> None:
         gap = self.order.offer(room, frame, exclude)
-        if gap is not None and self._nursery is not None:
-            self._nursery.start_soon(self._give_up_later, room, gap)
-
-    async def _give_up_later(self, room: str, gap: int) -> None:
-        await trio.sleep(HOLD_S)
-        if self.order.holding(room, gap):
-            log.warning("cluster: room %s: a change did not arrive within %g s; delivering what followed it",
-                        room, HOLD_S)
-            self.order.give_up(room, gap)
+        if gap is not None and self._nursery is not None:  # filled from the store if it stays open
+            self._nursery.start_soon(fill_gap, self.hub, self.order, room, gap)
 
     def _deliver_change(self, room: str, frame: Frame, exclude: str | None) -> None:
         if self.hub.history is not None:
