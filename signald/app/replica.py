@@ -141,8 +141,10 @@ class CallDecisions(abc.ABC):
         (another device, or ``"timeout"`` when the caller's node timed the call out first)."""
 
     @abc.abstractmethod
-    async def busy(self, user: str) -> bool:
-        """Is ``user`` in an answered call on any node (one answered just now included)?"""
+    async def offer(self, call_id: str | None, caller_device: str, callee: str) -> bool:
+        """Before a new call: clear what was decided for an earlier call with this ``call_id`` from
+        this device (an ended call's id may be used again), and say whether ``callee`` is in an
+        answered call on any node (one answered just now included)."""
 
     @abc.abstractmethod
     def ring_timeouts(self, call_ids: list[str]) -> None:

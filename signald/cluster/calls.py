@@ -14,10 +14,11 @@ each of them once, atomically, before any node acts on it:
   answered or timed out, the same everywhere. The timeout then reaches every node once
   (:class:`~signald.app.replica.CallTimedOut`). A caller's node that dies takes the caller's device
   with it, and the survivors end its calls with ``disconnected``;
-- **busy**: an offer to a user whom no node knows to be in an answered call yet asks Redis, where a
-  winning answer marked both of its parties (for :data:`BUSY_MS`: by then every node has heard it),
-  so an offer and an answer on two nodes are ordered once. The offer's node then shares its verdict
-  (rings, ``busy`` or ``glare``) and every node applies that verdict, not its own view.
+- **busy**: an offer asks Redis, where a winning answer marked both of its parties (for
+  :data:`BUSY_MS`: by then every node has heard it), so an offer and an answer on two nodes are
+  ordered once (the same round trip clears an old decision for a ``call_id`` used again). The
+  offer's node then shares its verdict (rings, ``busy`` or ``glare``) and every node applies that
+  verdict, not its own view.
 
 Glare needs no broker: the lower ``call_id`` wins wherever the two offers meet, in either order.
 
@@ -59,6 +60,13 @@ end
 return redis.call('GET', KEYS[1])
 """
 
+# KEYS: the new call's key, the callee's busy key; ARGV: "1" if the call id was chosen by the client
+# (it may be one used before: its old decision goes). Returns the call the callee answered lately.
+_OFFER: Final = """
+if ARGV[1] == '1' then redis.call('DEL', KEYS[1]) end
+return redis.call('GET', KEYS[2])
+"""
+
 
 class RedisCallDecisions(CallDecisions):
     """Claims in Redis for :class:`~signald.app.replica.CallDecisions` (see the module docstring)."""
@@ -70,6 +78,7 @@ class RedisCallDecisions(CallDecisions):
         self._hub, self._client, self._down, self._grace = hub, client, down, grace_s
         self._call_prefix, self._busy_prefix = names.prefix + "call.", names.prefix + "busy."
         self._answer = client.register_script(_ANSWER)
+        self._offer = client.register_script(_OFFER)
         self._due, self._due_out = trio.open_memory_channel[list[str]](math.inf)
 
     def _key(self, call_id: str) -> str | None:
@@ -89,14 +98,15 @@ class RedisCallDecisions(CallDecisions):
             return None
         return None if winner is None else _text(winner)
 
-    async def busy(self, user: str) -> bool:
+    async def offer(self, call_id: str | None, caller_device: str, callee: str) -> bool:
+        keys = [f"{self._call_prefix}{call_id}.{caller_device}", self._busy_prefix + callee]
         try:
-            call_id = await self._client.get(self._busy_prefix + user)
+            answered = await self._offer(keys=keys, args=["0" if call_id is None else "1"])
         except Exception as exc:
             self._down(exc)
             return False
         # A call this node has forgotten has ended since (an ended call's key just waits for its TTL).
-        return call_id is not None and self._hub.calls.state_of(_text(call_id)) is not State.NONE
+        return answered is not None and self._hub.calls.state_of(_text(answered)) is not State.NONE
 
     def ring_timeouts(self, call_ids: list[str]) -> None:
         self._due.send_nowait(call_ids)

@@ -28,6 +28,7 @@ from signald.protocol import (
     CallOffer,
     CallOfferResult,
 )
+from signald.state.calls import State
 
 
 async def call_offer(ctx: Context, msg: CallOffer) -> CallOfferResult:
@@ -36,9 +37,10 @@ async def call_offer(ctx: Context, msg: CallOffer) -> CallOfferResult:
         raise SignalError("INVALID_PAYLOAD", "`$.data.target_id` is yourself")
     shares_room = hub.rooms.shares_room(session.user_id, data.target_id)
     verdict: Literal["busy"] | None = None
-    if (hub.replica is not None and shares_room and not hub.config.calls.allow_concurrent_calls
-            and not hub.calls.is_busy(data.target_id) and await hub.replica.calls.busy(data.target_id)):
-        verdict = "busy"  # answered on another node a moment ago: this node has not heard it yet
+    if hub.replica is not None and shares_room and hub.calls.state_of(data.call_id or "") is State.NONE:
+        busy = await hub.replica.calls.offer(data.call_id, session.session_id, data.target_id)
+        if busy and not hub.config.calls.allow_concurrent_calls and not hub.calls.is_busy(data.target_id):
+            verdict = "busy"  # answered on another node a moment ago: this node has not heard it yet
     callee_devices = hub.devices_of(data.target_id)  # on every node, with several
     outcome = hub.calls.offer(
         caller=session.user_id, caller_device=session.session_id, callee=data.target_id, shares_room=shares_room,
