@@ -194,7 +194,8 @@ class Replica(abc.ABC):
 
     @abc.abstractmethod
     def read_at(self, room: str, rev: int) -> None:
-        """A join of this node read ``room``'s history at ``rev`` (where the room's order starts here)."""
+        """A join of this node read ``room``'s history at ``rev`` (where the room's order starts here);
+        called while the join still keeps what is delivered to the room (``HistoryService.capturing``)."""
 
     @abc.abstractmethod
     def problem(self) -> str | None:

@@ -3,7 +3,9 @@
 Two nodes that commit into one room at once publish in any order; each node therefore passes every
 change of a room it hears (its own included) through :class:`RoomOrder`: the next ``rev`` goes out
 at once, a later one waits for the ones before it. Events without a ``rev`` (read receipts) never
-wait. The first change a node hears of a room, or the first join's read, sets where its order starts.
+wait. A room's order on a node starts where the join that brought the room to the node read its
+history (:meth:`RoomOrder.start`): changes heard while that read is under way wait for it, so two
+changes heard out of order at that moment still go out in order, and none is dropped as old.
 
 A gap that stays open for the hold time (the node that committed the missing change died before
 it published it, or its publish was lost) is **filled from the store**: the caller reads the
@@ -64,9 +66,9 @@ class RoomOrder:
             if skipped is None or rev not in skipped:
                 return None  # delivered already, or filled from the store
             skipped.discard(rev)
-        if rev is None or last is None or rev <= last + 1:
+        if rev is None or (last is not None and rev <= last + 1):
             self._deliver(room, frame, exclude)
-            if rev is not None and (last is None or rev > last):
+            if rev is not None and last is not None and rev > last:
                 self._last[room] = rev
                 self._drain(room)
             return None
@@ -74,16 +76,31 @@ class RoomOrder:
         held[rev] = (frame, exclude)
         return self._gap(room) if len(held) == 1 else None
 
-    def start(self, room: str, rev: int) -> None:
-        """A join read the room at ``rev``: if this node has no order for the room yet, it starts there."""
-        if room not in self._last:
-            self._last[room] = rev
-            self._drain(room)
+    def start(self, room: str, rev: int, *, alone: bool = False) -> None:
+        """A join read the room at ``rev``: if this node has no order for the room yet, or ``alone``
+        (no connection of this node is in the room yet) and its order is behind ``rev`` (it has not
+        heard the room for a while), the order starts there. What was held up to ``rev`` goes out
+        first, in order, for the joins still reading (each keeps what is above its own read)."""
+        last = self._last.get(room)
+        if last is not None and not (alone and rev > last):
+            return
+        held = self._held.get(room, {})
+        for early in sorted(r for r in held if r <= rev):
+            self._deliver(room, *held.pop(early))
+        self._last[room] = rev
+        self._skipped.pop(room, None)
+        self._drain(room)
 
     def missing(self, room: str, gap: int) -> int | None:
         """The hold time of ``gap`` passed: the ``rev`` after which to read the room's stored changes
-        (then :meth:`fill`), or None if the gap was closed meanwhile."""
-        return self._last.get(room) if self._gap_of.get(room) == gap else None
+        (then :meth:`fill`), or None if the gap was closed meanwhile. A room without an order (no
+        join read it: nothing here to deliver to) gives its held changes up instead."""
+        if self._gap_of.get(room) != gap:
+            return None
+        last = self._last.get(room)
+        if last is None:
+            self.give_up(room, gap)
+        return last
 
     def fill(self, room: str, gap: int, stored: list[Frame], upto: int) -> int | None:
         """What the store holds of ``room`` after :meth:`missing`, read at revision ``upto``: deliver

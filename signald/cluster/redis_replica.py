@@ -167,7 +167,8 @@ class RedisReplica(Replica):
             self._down(exc)
 
     def read_at(self, room: str, rev: int) -> None:
-        self.order.start(room, rev)
+        hub = self.hub
+        self.order.start(room, rev, alone=not any(conn in hub.sessions for conn in hub.rooms.conns_in(room)))
 
     def problem(self) -> str | None:
         if self._problem is not None:

@@ -66,9 +66,35 @@ def test_events_without_a_rev_never_wait_and_a_join_sets_where_the_order_starts(
     order.offer("r", change(3), None)
     assert out == [None, 3, 4]
     order.forget("r")
-    order.offer("r", change(42), None)  # heard afresh: the first change starts the order
-    order.offer("r", change(43), None)
-    assert out == [None, 3, 4, 42, 43]
+    gap = order.offer("r", change(43), None)  # heard afresh, with no join reading it: held ...
+    order.offer("r", change(42), None)
+    assert out == [None, 3, 4] and gap is not None
+    assert order.missing("r", gap) is None  # ... for the hold time, then given up on, in order
+    assert out == [None, 3, 4, 42, 43] and order.last("r") == 43
+
+
+def test_changes_heard_while_the_first_join_reads_wait_for_its_read_and_leave_in_order() -> None:
+    order, out = setup()
+    assert order.offer("r", change(12), None) is not None  # two nodes committed 11 and 12: 12 came first
+    order.offer("r", change(11), None)
+    order.offer("r", change(10), None)  # committed before the read: the join's ack has it
+    assert out == []
+    order.start("r", 10, alone=True)
+    assert out == [10, 11, 12]  # 10 only for a join still reading from lower (each keeps what is above its read)
+    order.offer("r", change(11), None)
+    assert out == [10, 11, 12] and order.last("r") == 12
+
+
+def test_a_join_alone_moves_an_order_that_stopped_hearing_the_room_but_never_moves_it_back() -> None:
+    order, out = setup()
+    order.start("r", 5)
+    order.start("r", 50)  # somebody here is still in the room: its order stands
+    assert order.last("r") == 5
+    order.start("r", 50, alone=True)  # nobody here is: what it heard last is stale, the join's read counts
+    order.offer("r", change(51), None)
+    assert out == [51]
+    order.start("r", 40, alone=True)
+    assert order.last("r") == 51
 
 
 def test_a_gap_that_stays_open_is_filled_from_the_store_in_order_and_the_late_change_is_dropped() -> None:
