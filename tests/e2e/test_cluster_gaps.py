@@ -11,9 +11,11 @@ from __future__ import annotations
 
 from contextlib import AsyncExitStack
 from pathlib import Path
+from typing import Any
 
 import coredis
 import pytest
+import trio
 from test_cluster import Event, nodes, of, wait_for
 
 from signald.client.raw import SignaldClient, connect
@@ -70,3 +72,39 @@ async def test_a_change_committed_but_never_published_is_filled_from_the_store_i
         assert [m["rev"] for m in of("chat.message", seen[alice])] == [lost.rev, last["rev"]]
         await wait_for(bob, seen[bob], lambda s: any(m["body"] == "final" for m in of("chat.message", s)))
         assert [m["rev"] for m in of("chat.message", seen[bob])] == [first["rev"], lost.rev, after["rev"], final["rev"]]
+
+
+async def test_a_join_that_brings_a_room_to_its_node_mid_burst_gets_every_change_once_in_order(
+    tmp_path: Path, redis_url: str, postgres_url: str
+) -> None:
+    """Two nodes commit into a room while a join on a third node, which had nobody in it, reads it:
+    the ack's changes and the live events add up to every change, once, live ones in ``rev`` order."""
+    per_sender, rooms = 20, 4
+    async with nodes(tmp_path, redis_url, postgres_url, 3) as started, AsyncExitStack() as stack:
+        alice = await stack.enter_async_context(connect(started[0][1], user="alice"))
+        carol = await stack.enter_async_context(connect(started[2][1], user="carol"))
+        for attempt in range(rooms):
+            room = f"burst-{attempt}"
+            for sender in (alice, carol):
+                await sender.request("room.join", {"room": room})
+            bob = await stack.enter_async_context(connect(started[1][1], user=f"bob{attempt}"))
+
+            async def burst(sender: SignaldClient, name: str, room: str = room) -> None:
+                for i in range(per_sender):  # pipelined: no ack awaited
+                    await sender.send({"type": "chat.send", "id": i, "data": {"scope": room, "body": f"{name} {i}"}})
+
+            ack: dict[str, Any] = {}
+
+            async def join(room: str = room, bob: SignaldClient = bob, ack: dict[str, Any] = ack) -> None:
+                await wait_for(alice, [], lambda s: bool(of("ack", s)))  # the burst has begun
+                ack.update(await bob.request("room.join", {"room": room, "since_rev": 0}))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(burst, alice, "alice")
+                nursery.start_soon(burst, carol, "carol")
+                nursery.start_soon(join)
+            total, at = 2 * per_sender, ack["rev"]
+            assert [change["rev"] for change in ack["changes"]] == list(range(1, at + 1))
+            live: list[Event] = []
+            await wait_for(bob, live, lambda s, at=at, total=total: at + len(of("chat.message", s)) >= total)
+            assert [m["rev"] for m in of("chat.message", live)] == list(range(at + 1, total + 1)), (attempt, at)
