@@ -28,10 +28,11 @@ _ids = itertools.count()
 
 
 @asynccontextmanager
-async def spread(tmp_path: Path, redis_url: str, postgres_url: str,
-                 places: list[tuple[str, int]]) -> AsyncIterator[tuple[list[Any], list[SignaldClient]]]:
-    """Three nodes (small ring timeout); one client per ``(user, node)``, all in one room."""
-    limits = f"ring_timeout_s = {RING_TIMEOUT_S}"
+async def spread(tmp_path: Path, redis_url: str, postgres_url: str, places: list[tuple[str, int]], *,
+                 ring_timeout_s: float = 30.0) -> AsyncIterator[tuple[list[Any], list[SignaldClient]]]:
+    """Three nodes; one client per ``(user, node)``, all in one room. Only the tests of the ring
+    timeout make it short: on a loaded machine a call of another test could time out first."""
+    limits = f"ring_timeout_s = {ring_timeout_s}"
     async with nodes(tmp_path, redis_url, postgres_url, 3, ttl=1.0, limits=limits) as started, \
             AsyncExitStack() as stack:
         clients = [await stack.enter_async_context(connect(started[node][1], user=user)) for user, node in places]
@@ -176,7 +177,8 @@ async def test_a_ring_timeout_is_decided_once_and_told_to_every_party_once(
     tmp_path: Path, redis_url: str, postgres_url: str
 ) -> None:
     places = [("alice", 0), ("bob", 1), ("bob", 2)]
-    async with spread(tmp_path, redis_url, postgres_url, places) as (_, (alice, phone, laptop)):
+    async with spread(tmp_path, redis_url, postgres_url, places, ring_timeout_s=RING_TIMEOUT_S) as (
+            _, (alice, phone, laptop)):
         call_id = "timeout-plain"
         await offer(alice, "bob", call_id)
         for client, from_user in ((alice, "bob"), (phone, "alice"), (laptop, "alice")):
