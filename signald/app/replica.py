@@ -19,15 +19,15 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
 from signald.delivery.frames import Frame
 from signald.protocol import CallType, JsonObject, Status
 
-__all__ = ["Activity", "CallAnswered", "CallEnded", "CallIced", "CallOffered", "Connect", "Disconnect", "Join",
-           "Kick", "Leave", "Op", "Replica", "Revoke", "SetStatus", "Typing"]
+__all__ = ["Activity", "CallAnswered", "CallDecisions", "CallEnded", "CallIced", "CallOffered", "CallTimedOut",
+           "Connect", "Disconnect", "Join", "Kick", "Leave", "Op", "Replica", "Revoke", "SetStatus", "Typing"]
 
 
 class SharedOp(msgspec.Struct, array_like=True, frozen=True):
@@ -111,6 +111,7 @@ class CallOffered(SharedOp, tag="call.offer", frozen=True):
     call_type: CallType
     sdp: JsonObject
     call_id: str  # as the origin resolved it (the client's, or a fresh one)
+    verdict: Literal["ring", "busy", "glare"] = "ring"  # what the origin decided: every node does the same
 
 
 class CallAnswered(SharedOp, tag="call.answer", frozen=True):
@@ -143,8 +144,37 @@ class CallEnded(SharedOp, tag="call.end", frozen=True):
     call_id: str
 
 
+class CallTimedOut(msgspec.Struct, tag="call.timeout", array_like=True, frozen=True):
+    """The caller's node decided that a call still ringing timed out (:meth:`CallDecisions.ring_timeouts`)."""
+
+    call_id: str
+
+
 Op = (Connect | Disconnect | Join | Leave | Kick | SetStatus | Typing | Activity | Revoke
-      | CallOffered | CallAnswered | CallIced | CallEnded)
+      | CallOffered | CallAnswered | CallIced | CallEnded | CallTimedOut)
+
+
+class CallDecisions(abc.ABC):
+    """The call transitions that two nodes could make at once, decided once for the cluster.
+
+    Everything else about a call (offer, ICE, end) is one node's request, applied there and shared.
+    With one node there is nothing to decide: the registry's own order is the truth.
+    """
+
+    @abc.abstractmethod
+    async def answer(self, call_id: str, device: str) -> str | None:
+        """Claim ``call_id``'s answer for ``device``: None if it won, else who had
+        (another device, or ``"timeout"`` when the caller's node timed the call out first)."""
+
+    @abc.abstractmethod
+    async def offer(self, call_id: str | None, caller_device: str, callee: str) -> bool:
+        """Before a new call: clear what was decided for an earlier call with this ``call_id`` from
+        this device (an ended call's id may be used again), and say whether ``callee`` is in an
+        answered call on any node (one answered just now included)."""
+
+    @abc.abstractmethod
+    def ring_timeouts(self, call_ids: list[str]) -> None:
+        """This node's calls whose ring time ran out: time them out unless an answer won first."""
 
 
 class Replica(abc.ABC):
@@ -152,6 +182,8 @@ class Replica(abc.ABC):
 
     node_id: str
     url: str  # the broker's (may hold a password: log it redacted)
+
+    calls: CallDecisions
 
     @abc.abstractmethod
     def running(self) -> AbstractAsyncContextManager[Any]:
@@ -188,7 +220,8 @@ class Replica(abc.ABC):
 
     @abc.abstractmethod
     def read_at(self, room: str, rev: int) -> None:
-        """A join of this node read ``room``'s history at ``rev`` (where the room's order starts here)."""
+        """A join of this node read ``room``'s history at ``rev`` (where the room's order starts here);
+        called while the join still keeps what is delivered to the room (``HistoryService.capturing``)."""
 
     @abc.abstractmethod
     def problem(self) -> str | None:

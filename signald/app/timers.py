@@ -45,6 +45,9 @@ class Timers:
     _changed: trio.Event = attrs.field(init=False, factory=trio.Event)
     _wakes_at: float = attrs.field(init=False, default=math.inf)  # when the deadline task will next look
     wakeups: int = attrs.field(init=False, default=0)  # how many times the deadline task woke (for tests)
+    # Several nodes: ring timeouts are decided with the others (signald.app.replica.CallDecisions),
+    # so the due calls are handed over instead of ended here.
+    decide_ring_timeouts: Callable[[list[str]], None] | None = attrs.field(init=False, default=None)
 
     def next_deadline(self) -> float:
         """The earliest deadline of any state module (``inf``: none)."""
@@ -68,7 +71,12 @@ class Timers:
 
     def tick(self, now: float) -> None:
         """Run every deadline due at ``now``: ring timeouts, typing expiry, automatic away."""
-        self._apply_calls(self._calls.expire(now))
+        if self.decide_ring_timeouts is None:
+            self._apply_calls(self._calls.expire(now))
+        else:
+            due = self._calls.due(now)
+            if due:
+                self.decide_ring_timeouts(due)
         self._publish(self._presence.tick(now))
 
     async def run(self) -> None:

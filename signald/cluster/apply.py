@@ -10,6 +10,7 @@ be, and the snapshot a node loads at start may already hold what an op in flight
 
 from __future__ import annotations
 
+import math
 import sys
 
 import attrs
@@ -23,6 +24,7 @@ from signald.app.replica import (
     CallEnded,
     CallIced,
     CallOffered,
+    CallTimedOut,
     Connect,
     Disconnect,
     Join,
@@ -78,15 +80,18 @@ def apply_op(hub: Hub, op: Op) -> None:
 def _apply_call(hub: Hub, op: Op, now: float) -> None:
     """A call transition another node made: the same transition on this node's copy of the call.
 
-    Its ``started`` call-log entry is the origin's to write (the log follows only calls started
-    on the node), so it is dropped here.
+    An offer is applied with its node's verdict (busy, glare lost, or rings) and no ring deadline
+    here: the caller's node decides the timeout and shares it (:class:`CallTimedOut`); if that node
+    dies, the caller's device goes with it and the call ends ``disconnected``. Its ``started``
+    call-log entry is the origin's to write (the log follows only calls started on the node), so
+    it is dropped here.
     """
     calls = hub.calls
     try:
         if isinstance(op, CallOffered):
             outcome = calls.offer(caller=op.caller, caller_device=op.caller_device, callee=op.callee,
                                   callee_devices=op.callee_devices, call_type=op.call_type, sdp=op.sdp,
-                                  call_id=op.call_id, now=now, ring_timeout_s=hub.config.limits.ring_timeout_s)
+                                  call_id=op.call_id, now=now, ring_timeout_s=math.inf, verdict=op.verdict)
         elif isinstance(op, CallAnswered):
             outcome = calls.answer(user=op.user, device=op.device, peer=op.peer, sdp=op.sdp, call_id=op.call_id,
                                    now=now)
@@ -96,6 +101,8 @@ def _apply_call(hub: Hub, op: Op, now: float) -> None:
         elif isinstance(op, CallEnded):
             outcome = calls.end(user=op.user, device=op.device, peer=op.peer, reason=op.reason, call_id=op.call_id,
                                 now=now)
+        elif isinstance(op, CallTimedOut):
+            outcome = calls.time_out(op.call_id, now)
         else:
             return
     except SignalError:  # this node's copy already moved on (a timeout, a disconnect): nothing to tell

@@ -36,9 +36,11 @@ import trio
 from signald.app.hub import Hub
 from signald.app.replica import Activity, Connect, Disconnect, Join, Kick, Leave, Op, Replica, SetStatus
 from signald.cluster.apply import apply_op
+from signald.cluster.calls import RedisCallDecisions
 from signald.cluster.channels import Subscriptions
+from signald.cluster.gaps import fill_gap
 from signald.cluster.nodes import NodeTable
-from signald.cluster.order import HOLD_S, RoomOrder
+from signald.cluster.order import RoomOrder
 from signald.cluster.recovery import announcement, close_rooms_behind
 from signald.cluster.wire import (
     ROOM_DECODER,
@@ -69,6 +71,8 @@ CONNECT_S: Final = 5.0  # a broker that does not answer at start within this is 
 class RedisReplica(Replica):
     """This node's link to the others through one Redis (see the module docstring)."""
 
+    calls: RedisCallDecisions
+
     def __init__(self, hub: Hub, config: ClusterConfig) -> None:
         assert config.broker_url
         # coredis says every reconnect attempt at info; signald says when the broker fails and recovers
@@ -89,6 +93,8 @@ class RedisReplica(Replica):
         self._client: coredis.Redis[bytes] = coredis.Redis.from_url(self.url, decode_responses=False)
         self.nodes.client = self._client
         self.writer = Writer(self._client, up=self._up, down=self._down)
+        self.calls = RedisCallDecisions(hub, self.names, self._client, grace_s=2 * self._ttl, down=self._down)
+        hub.timers.decide_ring_timeouts = self.calls.ring_timeouts  # the calls this node offered: decided here
         self._pubsub: Any = None
         self._nursery: trio.Nursery | None = None
         self._heard_state_once = False
@@ -143,15 +149,8 @@ class RedisReplica(Replica):
 
     def _in_order(self, room: str, frame: Frame, exclude: str | None) -> None:
         gap = self.order.offer(room, frame, exclude)
-        if gap is not None and self._nursery is not None:
-            self._nursery.start_soon(self._give_up_later, room, gap)
-
-    async def _give_up_later(self, room: str, gap: int) -> None:
-        await trio.sleep(HOLD_S)
-        if self.order.holding(room, gap):
-            log.warning("cluster: room %s: a change did not arrive within %g s; delivering what followed it",
-                        room, HOLD_S)
-            self.order.give_up(room, gap)
+        if gap is not None and self._nursery is not None:  # filled from the store if it stays open
+            self._nursery.start_soon(fill_gap, self.hub, self.order, room, gap)
 
     def _deliver_change(self, room: str, frame: Frame, exclude: str | None) -> None:
         if self.hub.history is not None:
@@ -168,7 +167,8 @@ class RedisReplica(Replica):
             self._down(exc)
 
     def read_at(self, room: str, rev: int) -> None:
-        self.order.start(room, rev)
+        hub = self.hub
+        self.order.start(room, rev, alone=not any(conn in hub.sessions for conn in hub.rooms.conns_in(room)))
 
     def problem(self) -> str | None:
         if self._problem is not None:
@@ -201,7 +201,7 @@ class RedisReplica(Replica):
                 self._heard = trio.current_time()
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
-                    for task in (self._read, self.writer.run, self._heartbeat, self._sweep):
+                    for task in (self._read, self.writer.run, self._heartbeat, self._sweep, self.calls.run):
                         nursery.start_soon(task)
                     try:
                         yield self

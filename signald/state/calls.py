@@ -39,6 +39,13 @@ other party, except where said. A :class:`Send` never has an empty ``conns``.)
       busy callee is acked (``call_id``), then ``call.end busy`` (``from_user`` = callee) goes to the
       caller device; nobody rings and the call is freed. Busy is checked only when an offer arrives:
       a busy user may place a call and may answer another call that is ringing.
+    * Decided elsewhere (several nodes): an offer's ``verdict`` (``busy``, ``glare``: lost, ``ring``:
+      not busy) replaces this registry's own busy/glare check with the one the offer's node made
+      (the glare rule still ends rivals known here that the new call beats, and an offer whose
+      ``ring_timeout_s`` is infinite has no deadline here: its own node times it out). For answers
+      and timeouts decided outside, :meth:`CallRegistry.check_answer` validates an answer without
+      taking it, :meth:`CallRegistry.due` hands over the due calls instead of ending them and
+      :meth:`CallRegistry.time_out` ends one of them.
     * Glare: A offers B while a call B -> A is RINGING: the lower call_id (string order) survives.
       New one loses: acked, then ``call.end glare`` to its caller device, nothing rung. New one wins:
       the older call(s) end with ``glare`` for their caller device and ringing devices, then the new
@@ -55,8 +62,9 @@ other party, except where said. A :class:`Send` never has an empty ``conns``.)
 from __future__ import annotations
 
 import heapq
+import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 from uuid import uuid4
 
 from signald.errors import SignalError
@@ -131,6 +139,11 @@ class CallRegistry:
         return {"calls": calls, "by_device": index(self._by_device), "by_user": index(self._by_user),
                 "by_pair": index(self._by_pair), "deadlines": len(self._deadlines)}
 
+    def parties(self, call_id: str) -> tuple[str, str, str] | None:
+        """(caller, caller device, callee) of a live call, or ``None``."""
+        call = self._calls.get(call_id)
+        return None if call is None else (call.caller, call.caller_device, call.callee)
+
     def next_deadline(self) -> float | None:
         """The earliest ring deadline of a call still ringing, or ``None``."""
         heap = self._deadlines
@@ -142,7 +155,8 @@ class CallRegistry:
 
     def offer(self, *, caller: str, caller_device: str, callee: str, callee_devices: Sequence[str],
               call_type: CallType, sdp: JsonObject, call_id: str | None, now: float,
-              ring_timeout_s: float, shares_room: bool = True) -> CallOutcome:
+              ring_timeout_s: float, shares_room: bool = True,
+              verdict: Literal["ring", "busy", "glare"] | None = None) -> CallOutcome:
         if caller == callee:
             raise SignalError("INVALID_PAYLOAD", "cannot call yourself")
         if not shares_room:  # before any look at the callee's devices: a stranger's presence stays hidden
@@ -152,8 +166,10 @@ class CallRegistry:
             raise SignalError("TARGET_OFFLINE", f"{callee!r} has no connected device")
         cid = self._fresh_id() if call_id is None else call_id
         event, rivals = Event.OFFER, list[CallRecord]()
-        if not self._concurrent and self.is_busy(callee):
+        if verdict == "busy" or (verdict is None and not self._concurrent and self.is_busy(callee)):
             event = Event.OFFER_BUSY
+        elif verdict == "glare":
+            event = Event.OFFER_GLARE_LOST
         else:
             rivals = [c for c in self._between(callee, caller) if c.caller == callee and c.state is _R]
             if any(r.call_id < cid for r in rivals):
@@ -176,18 +192,22 @@ class CallRegistry:
             self._end(call, event, acc, now, reason, to_caller=True, to_callee=False)
         else:
             self._set_state(call, nxt, acc)
-            heapq.heappush(self._deadlines, (call.deadline, call.serial, cid))
+            if call.deadline != math.inf:
+                heapq.heappush(self._deadlines, (call.deadline, call.serial, cid))
             offer = CallOfferEventData(from_user=caller, call_id=cid, call_type=call_type, sdp=sdp)
             acc.send(rung, CallOfferEvent(data=offer))
         return self._outcome(acc, cid)
 
+    def check_answer(self, *, user: str, device: str, peer: str, call_id: str | None) -> str:
+        """The call id :meth:`answer` would answer now, or its error; changes nothing."""
+        call = self._resolve(user, peer, call_id)
+        self._answerable(call, user, device)
+        return call.call_id
+
     def answer(self, *, user: str, device: str, peer: str, sdp: JsonObject, call_id: str | None,
                now: float) -> CallOutcome:
         call = self._resolve(user, peer, call_id)
-        if user == call.caller:
-            raise SignalError("FORBIDDEN", "the caller cannot answer its own call")
-        nxt = transition(call.state, Event.ANSWER)
-        self._check_device(call, False, device)
+        nxt = self._answerable(call, user, device)
         acc = OutcomeBuilder()
         others = [d for d in call.ringing if d != device]
         for other in others:
@@ -248,12 +268,25 @@ class CallRegistry:
     def expire(self, now: float) -> CallOutcome:
         """End every call whose ring deadline is at or before ``now`` with reason ``timeout``."""
         acc = OutcomeBuilder()
-        heap = self._deadlines
+        for cid in self.due(now):
+            self._end(self._calls[cid], Event.TIMEOUT, acc, now, "timeout", to_caller=True, to_callee=True)
+        return self._outcome(acc, None)
+
+    def due(self, now: float) -> list[str]:
+        """Take the calls still ringing at their deadline (at or before ``now``) off the timer, oldest
+        deadline first, without ending them (:meth:`time_out` does, once someone decided it)."""
+        due, heap = [], self._deadlines
         while heap and heap[0][0] <= now:
             entry = heapq.heappop(heap)
             if self._pending(entry):
-                call = self._calls[entry[2]]
-                self._end(call, Event.TIMEOUT, acc, now, "timeout", to_caller=True, to_callee=True)
+                due.append(entry[2])
+        return due
+
+    def time_out(self, call_id: str, now: float) -> CallOutcome:
+        """End ``call_id`` with ``timeout`` if it still rings (else nothing: it was answered or ended)."""
+        acc, call = OutcomeBuilder(), self._calls.get(call_id)
+        if call is not None and call.state is _R:
+            self._end(call, Event.TIMEOUT, acc, now, "timeout", to_caller=True, to_callee=True)
         return self._outcome(acc, None)
 
     # ------------------------------------------------------------------ internals
@@ -290,6 +323,13 @@ class CallRegistry:
         if peer != (call.callee if user == call.caller else call.caller):
             raise SignalError("INVALID_PAYLOAD", f"target_id is not the other party of call {call_id!r}")
         return call
+
+    def _answerable(self, call: CallRecord, user: str, device: str) -> State:
+        if user == call.caller:
+            raise SignalError("FORBIDDEN", "the caller cannot answer its own call")
+        nxt = transition(call.state, Event.ANSWER)
+        self._check_device(call, False, device)
+        return nxt
 
     def _check_device(self, call: CallRecord, by_caller: bool, device: str) -> None:
         if by_caller:

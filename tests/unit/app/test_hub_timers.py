@@ -126,3 +126,15 @@ async def test_automatic_away_fires_after_away_after_s_of_inactivity(rig: Rig, m
     assert rig.presence.status_of("alice") == "away"
     # bob, idle since he connected, went away at 60 s; alice, active at 30 s, at 90 s
     assert sorted(set(rig.away_events())) == [("alice", 30.0 + AWAY_S), ("bob", AWAY_S)]
+
+
+async def test_with_several_nodes_a_due_call_is_handed_over_to_be_decided_not_ended(
+    rig: Rig, mock_clock: MockClock
+) -> None:
+    handed: list[tuple[float, list[str]]] = []
+    rig.timers.decide_ring_timeouts = lambda call_ids: handed.append((trio.current_time(), call_ids))
+    rig.ring("alice", "bob", ring_s=10.0)
+    await rig.jump(10.0)
+    assert handed == [(10.0, rig.calls.calls_of("alice"))] and len(rig.calls) == 1 and not rang_out(rig)
+    await rig.jump(100.0)
+    assert len(handed) == 1  # handed over once; it rings on until the decision ends it

@@ -4,13 +4,20 @@ from __future__ import annotations
 
 from signald.cluster.order import RoomOrder
 from signald.delivery.frames import Frame
-from signald.protocol import ChatReadUpdateEvent, ReactionUpdateData, ReadUpdateData
+from signald.protocol import ChatMessage, ChatMessageEvent, ChatReadUpdateEvent, ReactionUpdateData, ReadUpdateData
 from signald.protocol.outbound import ChatReactionUpdateEvent
 
 
 def change(rev: int) -> Frame:
     return Frame(ChatReactionUpdateEvent(data=ReactionUpdateData(
         message_id="m", user_id="u", reaction="+1", action="add", room="r", rev=rev)))
+
+
+def stored(rev: int, message_id: str = "m") -> Frame:
+    """A message's whole state as the store has it, as a fill delivers it."""
+    return Frame(ChatMessageEvent(data=ChatMessage(
+        id=message_id, room="r", seq=rev, rev=rev, user_id="u", body=f"at {rev}", attachments=[], parent_id=None,
+        created_at="2026-01-01T00:00:00.000Z", edited_at=None, deleted_at=None, redacted=False, reactions={})))
 
 
 def setup() -> tuple[RoomOrder, list[int | None]]:
@@ -33,7 +40,7 @@ def test_a_change_waits_for_the_ones_before_it_and_a_timer_is_armed_once_per_gap
     assert out == [1, 2, 3, 4]
 
 
-def test_a_gap_that_stays_open_is_given_up_and_the_late_change_still_arrives() -> None:
+def test_a_gap_the_store_cannot_fill_is_given_up_and_the_late_change_still_arrives() -> None:
     order, out = setup()
     order.start("r", 5)
     old = order.offer("r", change(7), None)
@@ -59,6 +66,76 @@ def test_events_without_a_rev_never_wait_and_a_join_sets_where_the_order_starts(
     order.offer("r", change(3), None)
     assert out == [None, 3, 4]
     order.forget("r")
-    order.offer("r", change(42), None)  # heard afresh: the first change starts the order
-    order.offer("r", change(43), None)
-    assert out == [None, 3, 4, 42, 43]
+    gap = order.offer("r", change(43), None)  # heard afresh, with no join reading it: held ...
+    order.offer("r", change(42), None)
+    assert out == [None, 3, 4] and gap is not None
+    assert order.missing("r", gap) is None  # ... for the hold time, then given up on, in order
+    assert out == [None, 3, 4, 42, 43] and order.last("r") == 43
+
+
+def test_changes_heard_while_the_first_join_reads_wait_for_its_read_and_leave_in_order() -> None:
+    order, out = setup()
+    assert order.offer("r", change(12), None) is not None  # two nodes committed 11 and 12: 12 came first
+    order.offer("r", change(11), None)
+    order.offer("r", change(10), None)  # committed before the read: the join's ack has it
+    assert out == []
+    order.start("r", 10, alone=True)
+    assert out == [10, 11, 12]  # 10 only for a join still reading from lower (each keeps what is above its read)
+    order.offer("r", change(11), None)
+    assert out == [10, 11, 12] and order.last("r") == 12
+
+
+def test_a_join_alone_moves_an_order_that_stopped_hearing_the_room_but_never_moves_it_back() -> None:
+    order, out = setup()
+    order.start("r", 5)
+    order.start("r", 50)  # somebody here is still in the room: its order stands
+    assert order.last("r") == 5
+    order.start("r", 50, alone=True)  # nobody here is: what it heard last is stale, the join's read counts
+    order.offer("r", change(51), None)
+    assert out == [51]
+    order.start("r", 40, alone=True)
+    assert order.last("r") == 51
+
+
+def test_a_gap_that_stays_open_is_filled_from_the_store_in_order_and_the_late_change_is_dropped() -> None:
+    out: list[tuple[str, int | None]] = []
+    order = RoomOrder(lambda room, frame, exclude: out.append(
+        (type(frame.message).__name__, getattr(frame.message.data, "rev", None))))
+    order.start("r", 5)
+    gap = order.offer("r", change(8), None)  # 6 and 7 are missing
+    assert gap is not None and order.missing("r", gap) == 5
+    order.offer("r", change(9), None)
+    # The store, read at rev 10: 6 is there; 7 was folded into the message's later change (9); 10
+    # is committed but its publish is still on its way: it must wait for its own event.
+    assert order.fill("r", gap, [stored(6, "a"), stored(9, "b"), stored(10, "c")], upto=10) is None
+    assert out == [("ChatMessageEvent", 6), ("ChatReactionUpdateEvent", 8), ("ChatMessageEvent", 9),
+                   ("ChatMessageEvent", 10)]  # 9: the held reaction was part of a message the store has whole
+    for late in (6, 7, 8, 9, 10):  # a publish that turns up after the fill said nothing new
+        order.offer("r", change(late), None)
+    order.offer("r", change(11), None)
+    assert out[4:] == [("ChatReactionUpdateEvent", 11)] and order.last("r") == 11
+
+
+def test_a_fill_stops_at_the_revision_it_read_and_what_waits_above_it_gets_a_new_gap() -> None:
+    out: list[int | None] = []
+    order = RoomOrder(lambda room, frame, exclude: out.append(getattr(frame.message.data, "rev", None)))
+    order.start("r", 0)
+    gap = order.offer("r", change(2), None)
+    assert gap is not None
+    order.offer("r", change(5), None)  # committed after the store was read (at rev 3), 4 still on its way
+    again = order.fill("r", gap, [stored(1), stored(3)], upto=3)
+    assert out == [1, 2, 3] and again is not None and again != gap and order.missing("r", again) == 3
+    order.offer("r", change(4), None)  # arrives in time: 5 follows, the new gap closes
+    assert out == [1, 2, 3, 4, 5] and order.missing("r", again) is None
+    assert order.fill("r", again, [stored(4)], upto=5) is None and out == [1, 2, 3, 4, 5]  # a fill too late: nothing
+
+
+def test_a_fill_for_a_gap_closed_meanwhile_changes_nothing() -> None:
+    order, out = setup()
+    order.start("r", 0)
+    gap = order.offer("r", change(2), None)
+    assert gap is not None
+    order.offer("r", change(1), None)
+    assert order.missing("r", gap) is None
+    assert order.fill("r", gap, [stored(1), stored(2)], upto=2) is None
+    assert out == [1, 2]

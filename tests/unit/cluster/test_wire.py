@@ -30,6 +30,8 @@ OPS: list[replica.Op] = [
     replica.CallAnswered("bob", "c2", "alice", {"type": "answer", "sdp": "v=0"}, "call-1"),
     replica.CallIced("bob", "c2", "alice", {"candidate": "x"}, "call-1"),
     replica.CallEnded("alice", "c1", "bob", None, "call-1"),
+    replica.CallOffered("carol", "c4", "bob", ["c2"], "audio", {"type": "offer", "sdp": "v=0"}, "call-2", "busy"),
+    replica.CallTimedOut("call-1"),
 ]
 
 

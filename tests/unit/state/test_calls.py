@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import itertools
+import math
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 import pytest
@@ -393,6 +394,62 @@ def test_glare_the_new_offer_wins() -> None:
     log = [(e.kind, e.call_id, e.reason) for e in out.log]
     assert log == [("ended", "m", "glare"), ("started", "a", None)]
     assert reg.state_of("m") is State.NONE and reg.state_of("a") is State.RINGING and len(reg) == 1
+
+
+# --------------------------------------------------------------------------- decided on another node
+
+
+def test_due_hands_over_ringing_calls_and_time_out_ends_only_those_still_ringing() -> None:
+    reg = CallRegistry()
+    offer(reg, "m", now=0.0, timeout=5.0)
+    offer(reg, "n", "carol", "c1", "dan", ("d1",), now=1.0, timeout=5.0)
+    assert reg.due(4.9) == []
+    assert reg.due(6.0) == ["m", "n"] and reg.next_deadline() is None  # off the timer, still ringing
+    assert reg.state_of("m") is State.RINGING and reg.due(100.0) == []
+    answer(reg, "n", user="dan", device="d1", peer="carol")  # an answer won the race for "n"
+    assert reg.time_out("n", 7.0).sends == [] and reg.state_of("n") is State.ACTIVE
+    out = reg.time_out("m", 7.0)
+    assert norm(out.sends) == [end_ev(("a1",), "bob", "m", "timeout"), end_ev(("b1", "b2"), "alice", "m", "timeout")]
+    assert reg.time_out("m", 8.0).log == []  # once
+
+
+def test_an_offer_without_a_deadline_here_never_expires() -> None:
+    reg = CallRegistry()
+    offer(reg, timeout=math.inf)
+    assert reg.next_deadline() is None and reg.expire(1e12).sends == [] and reg.state_of("m") is State.RINGING
+
+
+def test_check_answer_says_what_answer_would_and_changes_nothing() -> None:
+    reg = CallRegistry()
+    offer(reg)
+    before = snapshot(reg)
+    assert reg.check_answer(user="bob", device="b2", peer="alice", call_id=None) == "m"
+    assert snapshot(reg) == before
+    assert code_of(lambda: reg.check_answer(user="alice", device="a1", peer="bob", call_id="m")) == "FORBIDDEN"
+    assert code_of(lambda: reg.check_answer(user="bob", device="x9", peer="alice", call_id="m")) == "FORBIDDEN"
+    answer(reg)
+    assert code_of(lambda: reg.check_answer(user="bob", device="b2", peer="alice", call_id="m")) == "CONFLICT"
+
+
+def test_an_offers_verdict_from_its_node_replaces_the_local_busy_check() -> None:
+    reg = CallRegistry()
+    out = offer_with(reg, "busy")  # this copy had not heard bob's answer yet: the verdict says busy
+    assert norm(out.sends) == [end_ev(("a1",), "bob", "m", "busy")] and len(reg) == 0
+    out = offer_with(reg, "glare")
+    assert norm(out.sends) == [end_ev(("a1",), "bob", "m", "glare")] and len(reg) == 0
+    offer(reg, "x", "carol", "c1", "bob", ("b1",))
+    answer(reg, "x", peer="carol")  # bob is busy here; the offer's node did not know yet
+    out = offer_with(reg, "ring")
+    assert [ev[0] for ev in norm(out.sends)] == ["call.offer"] and reg.state_of("m") is State.RINGING
+    out = offer_with(reg, "ring", call_id="z", caller="bob", device="b2", callee="alice", devices=("a1",))
+    assert norm(out.sends) == [end_ev(("b2",), "alice", "z", "glare")]  # "m" < "z": glare still holds
+
+
+def offer_with(reg: CallRegistry, verdict: Literal["ring", "busy", "glare"], *, call_id: str = "m",
+               caller: str = "alice", device: str = "a1", callee: str = "bob",
+               devices: tuple[str, ...] = ("b1", "b2")) -> CallOutcome:
+    return reg.offer(caller=caller, caller_device=device, callee=callee, callee_devices=list(devices),
+                     call_type="video", sdp=SDP, call_id=call_id, now=0.0, ring_timeout_s=math.inf, verdict=verdict)
 
 
 # --------------------------------------------------------------------------- disconnects

@@ -1,0 +1,66 @@
+"""Fill a room's gap in ``rev`` order from the shared store (the effect of :class:`~signald.cluster.order.RoomOrder`).
+
+A change held back behind a missing one waits :data:`~signald.cluster.order.HOLD_S`; if the
+missing change has not arrived by then (its node died between its commit and its publish, or the
+publish was lost), :func:`fill_gap` reads the room's changes after the last one delivered from
+the store every node shares (the store's own reads: off the Trio thread where it has a thread)
+and hands them to :meth:`RoomOrder.fill`, which delivers them in order with what was held. If the
+store cannot say (unreachable, or retention removed part of it), the gap is given up: what waited
+goes out, and the clients that must be exact resume with ``since_rev`` as after any outage.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Final
+
+import trio
+
+from signald.app.hub import Hub
+from signald.cluster.order import HOLD_S, RoomOrder
+from signald.delivery.frames import Frame
+from signald.protocol import ChatDeletedEvent, ChatMessage, ChatMessageEvent, DeletedData
+from signald.protocol.common import Change
+from signald.timefmt import iso_utc
+
+log = logging.getLogger("signald.cluster")
+
+FILL_MAX: Final = 1000  # changes read per fill (a wider gap is filled in several rounds)
+
+
+def frame_of(change: Change, now: float) -> Frame:
+    """The live event of a change read from the store: the message's whole state, or its removal
+    (whose time the store no longer keeps: the time of the fill)."""
+    if isinstance(change, ChatMessage):
+        return Frame(ChatMessageEvent(data=change))
+    return Frame(ChatDeletedEvent(data=DeletedData(message_id=change.id, room=change.room, deleted_at=iso_utc(now),
+                                                   mode="hard", rev=change.rev)))
+
+
+async def fill_gap(hub: Hub, order: RoomOrder, room: str, gap: int | None) -> None:
+    """Wait the hold time of ``gap``; if it is still open, fill it from the store (and so on for a
+    gap found behind it)."""
+    while gap is not None:
+        await trio.sleep(HOLD_S)
+        after = order.missing(room, gap)
+        if after is None:
+            return  # the missing changes arrived in time
+        why = "no history store" if hub.history is None else None
+        if hub.history is not None:
+            try:
+                page = await hub.history.store.changes(room=room, after_rev=after, limit=FILL_MAX)
+            except Exception as exc:
+                why = f"the store cannot be read: {exc or type(exc).__name__}"
+            else:
+                if page.changes_reset:
+                    why = "the store no longer holds every change after it"
+        if why is not None:
+            log.warning("cluster: room %s: a change after rev %d did not arrive within %g s and %s; "
+                        "delivering what followed it", room, after, HOLD_S, why)
+            order.give_up(room, gap)
+            return
+        upto = page.changes[-1].rev if page.has_more and page.changes else page.rev
+        log.warning("cluster: room %s: a change after rev %d did not arrive within %g s; filled from the store up "
+                    "to rev %d", room, after, HOLD_S, upto)
+        now = hub.wall_clock()
+        gap = order.fill(room, gap, [frame_of(change, now) for change in page.changes], upto)
