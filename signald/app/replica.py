@@ -144,7 +144,7 @@ class CallEnded(SharedOp, tag="call.end", frozen=True):
     call_id: str
 
 
-class CallTimedOut(msgspec.Struct, tag="call.timeout", array_like=True, frozen=True):
+class CallTimedOut(SharedOp, tag="call.timeout", frozen=True):
     """The caller's node decided that a call still ringing timed out (:meth:`CallDecisions.ring_timeouts`)."""
 
     call_id: str
