@@ -29,11 +29,14 @@ _ids = itertools.count()
 
 @asynccontextmanager
 async def spread(tmp_path: Path, redis_url: str, postgres_url: str, places: list[tuple[str, int]], *,
-                 ring_timeout_s: float = 30.0) -> AsyncIterator[tuple[list[Any], list[SignaldClient]]]:
+                 ring_timeout_s: float = 30.0, ttl: float = 10.0,
+                 ) -> AsyncIterator[tuple[list[Any], list[SignaldClient]]]:
     """Three nodes; one client per ``(user, node)``, all in one room. Only the tests of the ring
-    timeout make it short: on a loaded machine a call of another test could time out first."""
+    timeout make it short: on a loaded machine a call of another test could time out first. Only
+    the test of a dead node makes ``ttl`` short: a node stalled that long by a loaded machine
+    takes the broker for away and closes its rooms' connections (1012)."""
     limits = f"ring_timeout_s = {ring_timeout_s}"
-    async with nodes(tmp_path, redis_url, postgres_url, 3, ttl=1.0, limits=limits) as started, \
+    async with nodes(tmp_path, redis_url, postgres_url, 3, ttl=ttl, limits=limits) as started, \
             AsyncExitStack() as stack:
         clients = [await stack.enter_async_context(connect(started[node][1], user=user)) for user, node in places]
         for client in clients:
@@ -219,7 +222,7 @@ async def test_a_call_whose_callers_node_dies_ends_for_the_callee_with_disconnec
     tmp_path: Path, redis_url: str, postgres_url: str
 ) -> None:
     places = [("alice", 0), ("bob", 1)]
-    async with spread(tmp_path, redis_url, postgres_url, places) as (started, (alice, bob)):
+    async with spread(tmp_path, redis_url, postgres_url, places, ttl=1.0) as (started, (alice, bob)):
         await offer(alice, "bob", "orphan")
         await rung("orphan", bob)
         started[0][0].kill()  # the caller's node, which holds the ring timer, dies
