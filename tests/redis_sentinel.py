@@ -1,4 +1,5 @@
-"""A private Redis Sentinel set for the failover tests: a primary, a replica of it and one sentinel.
+"""A private Redis Sentinel set for the failover tests: a primary, a replica of it and one sentinel
+(:func:`sentinel_set`); :func:`start_server` / :func:`stop_server` for one server with options of its own.
 
 All three are Debian's ``redis-server`` (``--sentinel`` runs it as a sentinel) on free loopback
 ports in one temporary directory, daemonized, nothing persisted, and stopped (``SHUTDOWN NOSAVE``,
@@ -46,7 +47,7 @@ class SentinelSet:
     """The three servers; :meth:`kill_primary` for the failover, :meth:`primary_port` to watch it."""
 
     def __init__(self, directory: Path) -> None:
-        self.dir, self.binary = directory, redis_binary()
+        self.dir = directory
         self.primary, self.replica, self.sentinel = free_port(), free_port(), free_port()
         self.ports = (self.primary, self.replica, self.sentinel)
 
@@ -54,16 +55,9 @@ class SentinelSet:
         auth = f":{password}@" if password else ""
         return f"redis+sentinel://{auth}127.0.0.1:{self.sentinel}/{SERVICE}/{db}"
 
-    def _data_server(self, port: int, *extra: str) -> None:
-        subprocess.run([self.binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                        "--daemonize", "yes", "--dir", str(self.dir), "--dbfilename", f"{port}.rdb",
-                        "--pidfile", str(self.dir / f"{port}.pid"), "--logfile", str(self.dir / f"{port}.log"),
-                        "--repl-diskless-sync-delay", "0", *extra], check=True, capture_output=True, timeout=30)
-
     def start(self) -> None:
-        self._data_server(self.primary)
-        poll("the primary answering", lambda: cli(self.primary, "PING") == "PONG")
-        self._data_server(self.replica, "--replicaof", "127.0.0.1", str(self.primary))
+        start_server(self.dir, self.primary)
+        start_server(self.dir, self.replica, "--replicaof", "127.0.0.1", str(self.primary))
         poll("the replica in sync", lambda: "master_link_status:up" in cli(self.replica, "INFO", "replication"))
         conf = self.dir / "sentinel.conf"  # the sentinel rewrites it: a file of its own
         conf.write_text(
@@ -72,7 +66,7 @@ class SentinelSet:
             f"sentinel monitor {SERVICE} 127.0.0.1 {self.primary} 1\n"
             f"sentinel down-after-milliseconds {SERVICE} {DOWN_AFTER_MS}\n"
             f"sentinel failover-timeout {SERVICE} {FAILOVER_TIMEOUT_MS}\n")
-        subprocess.run([self.binary, str(conf), "--sentinel"], check=True, capture_output=True, timeout=30)
+        subprocess.run([redis_binary(), str(conf), "--sentinel"], check=True, capture_output=True, timeout=30)
         # a failover needs a replica the sentinel knows of (it learns it from the primary's INFO)
         poll("the sentinel knowing the replica",
              lambda: str(self.replica) in cli(self.sentinel, "SENTINEL", "REPLICAS", SERVICE))
@@ -82,25 +76,41 @@ class SentinelSet:
         reply = cli(self.sentinel, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", SERVICE).split()
         return int(reply[-1]) if reply and reply[-1].isdigit() else None
 
-    def pid(self, port: int) -> int | None:
-        try:
-            return int((self.dir / f"{port}.pid").read_text())
-        except (OSError, ValueError):
-            return None
-
     def kill_primary(self) -> None:
         """``kill -9`` the primary (no goodbye to the replica, the sentinel or the clients)."""
-        pid = self.pid(self.primary)
+        pid = _pid(self.dir, self.primary)
         assert pid is not None
         os.kill(pid, signal.SIGKILL)
 
     def stop(self) -> None:
         for port in self.ports:
-            pid = self.pid(port)
-            cli(port, "SHUTDOWN", "NOSAVE")
-            if pid is not None and not _gone(pid, within=5.0):
-                with suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+            stop_server(self.dir, port)
+
+
+def start_server(directory: Path, port: int, *extra: str) -> None:
+    """A daemonized ``redis-server`` on ``port`` with files ``<port>.*`` in ``directory``, nothing
+    persisted; ``extra``: more options. Returns once it answers ``PING``."""
+    subprocess.run([redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                    "--daemonize", "yes", "--dir", str(directory), "--dbfilename", f"{port}.rdb",
+                    "--pidfile", str(directory / f"{port}.pid"), "--logfile", str(directory / f"{port}.log"),
+                    "--repl-diskless-sync-delay", "0", *extra], check=True, capture_output=True, timeout=30)
+    poll(f"redis-server answering on {port}", lambda: cli(port, "PING") == "PONG")
+
+
+def stop_server(directory: Path, port: int) -> None:
+    """``SHUTDOWN NOSAVE``, then SIGKILL if it has not exited within 5 s."""
+    pid = _pid(directory, port)
+    cli(port, "SHUTDOWN", "NOSAVE")
+    if pid is not None and not _gone(pid, within=5.0):
+        with suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _pid(directory: Path, port: int) -> int | None:
+    try:
+        return int((directory / f"{port}.pid").read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _gone(pid: int, within: float) -> bool:

@@ -21,12 +21,27 @@ from coredis.exceptions import ConnectionError as RedisConnectionError
 from coredis.exceptions import PrimaryNotFoundError, SentinelError
 from coredis.retry import CompositeRetryPolicy, ConstantRetryPolicy, ExponentialBackoffRetryPolicy
 
-from signald.state.brokerurl import BrokerURL, parse_broker_url
+from signald.state.brokerurl import CLUSTER_REFUSAL, BrokerURL, parse_broker_url
 
-__all__ = ["Broker"]
+__all__ = ["Broker", "UnsupportedBroker"]
 
 SENTINEL_TIMEOUT_S: Final = 2.0  # one sentinel that does not answer: ask the next
 PUBSUB_MAX_DELAY_S: Final = 2.0  # a failover takes seconds: do not back off to coredis's 16 s
+
+
+class UnsupportedBroker(Exception):
+    """The URL reaches a Redis signald cannot use (a cluster node)."""
+
+
+async def _cluster_enabled(client: coredis.Redis[bytes]) -> bool:
+    """Whether ``client`` talks to a Redis Cluster node, where signald's keys and PUBLISH order
+    would not hold (``MOVED`` replies for most keys); a server that does not answer is left to the
+    start's own check (``PING`` with a deadline)."""
+    try:
+        info = await client.info("cluster")
+    except Exception:
+        return False
+    return str(info.get("cluster_enabled", 0)) == "1"
 
 
 class Broker:
@@ -72,7 +87,11 @@ class Broker:
                 except PrimaryNotFoundError:
                     await stack.aclose()  # first: raised inside, coredis's task groups would wrap it
                     raise
-            yield await stack.enter_async_context(self.client)
+            client = await stack.enter_async_context(self.client)
+            if await _cluster_enabled(client):
+                await stack.aclose()
+                raise UnsupportedBroker(f"this Redis runs in cluster mode (cluster_enabled:1): {CLUSTER_REFUSAL}")
+            yield client
 
     async def primary(self) -> tuple[str, int]:
         """Where the sentinels say the primary is; :class:`PrimaryNotFoundError` saying which

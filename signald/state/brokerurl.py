@@ -32,10 +32,8 @@ CLUSTER_SCHEMES: Final = ("redis+cluster", "rediss+cluster")
 FORMS: Final = ("redis://host:port/db, rediss://..., unix://PATH or "
                 "redis+sentinel://[:password@]host:port[,host:port...]/service[/db]")
 CLUSTER_REFUSAL: Final = (
-    "Redis Cluster is not supported: signald subscribes to a channel per room and per user with "
-    "SUBSCRIBE, which a cluster sends to every shard, and coredis's sharded pub/sub "
-    "(SSUBSCRIBE) client does not reconnect the way signald's outage recovery needs; use one Redis "
-    "or Redis Sentinel (redis+sentinel://)")
+    "Redis Cluster is not supported (a node's PUBLISHes would go to random shards and lose their "
+    "order; see docs/cluster.md): use one Redis or Redis Sentinel (redis+sentinel://)")
 
 
 class BrokerURL(NamedTuple):
