@@ -28,8 +28,8 @@ import cattrs
 from attrs import field, frozen
 
 from signald.protocol import Limits
-from signald.state.brokerurl import parse_broker_url, shown_broker_url
-from signald.state.dburl import parse_history_url, sqlite_url
+from signald.state.brokerurl import parse_broker_url
+from signald.state.dburl import parse_history_url, redact, sqlite_url
 from signald.state.proxies import parse_networks
 
 
@@ -140,7 +140,7 @@ def _history_url(instance: Any, attribute: attrs.Attribute[Any], value: str | No
 
 
 def _url_repr(value: str | None) -> str:  # also hides a ?password= / ?sentinel_password= in the query
-    return "None" if value is None else repr(shown_broker_url(value))
+    return "None" if value is None else repr(redact(value))
 
 
 @frozen

@@ -27,10 +27,11 @@ DOWN_AFTER_MS: Final = 400
 FAILOVER_TIMEOUT_MS: Final = 3000
 
 
-def cli(port: int, *args: str) -> str:
+def cli(port: int, *args: str, password: str | None = None) -> str:
     """One command through ``redis-cli``; its reply as text ("" when the server is gone)."""
     binary = shutil.which("redis-cli") or "/usr/bin/redis-cli"
-    done = subprocess.run([binary, "-h", "127.0.0.1", "-p", str(port), *args], capture_output=True, text=True,
+    auth = ["-a", password, "--no-auth-warning"] if password else []
+    done = subprocess.run([binary, "-h", "127.0.0.1", "-p", str(port), *auth, *args], capture_output=True, text=True,
                           timeout=10, check=False)
     return done.stdout.strip()
 
@@ -44,36 +45,44 @@ def poll(what: str, check: Callable[[], bool], within: float = 15.0) -> None:
 
 
 class SentinelSet:
-    """The three servers; :meth:`kill_primary` for the failover, :meth:`primary_port` to watch it."""
+    """The three servers; :meth:`kill_primary` for the failover, :meth:`primary_port` to watch it.
+    ``password``: the Redis servers' (``requirepass``, and ``masterauth`` for the replication);
+    ``sentinel_password``: the sentinel's own ``requirepass``."""
 
-    def __init__(self, directory: Path) -> None:
-        self.dir = directory
+    def __init__(self, directory: Path, password: str | None = None, sentinel_password: str | None = None) -> None:
+        self.dir, self.password, self.sentinel_password = directory, password, sentinel_password
         self.primary, self.replica, self.sentinel = free_port(), free_port(), free_port()
         self.ports = (self.primary, self.replica, self.sentinel)
 
-    def url(self, db: int = 0, password: str | None = None) -> str:
-        auth = f":{password}@" if password else ""
-        return f"redis+sentinel://{auth}127.0.0.1:{self.sentinel}/{SERVICE}/{db}"
+    def url(self, db: int = 0) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        query = f"?sentinel_password={self.sentinel_password}" if self.sentinel_password else ""
+        return f"redis+sentinel://{auth}127.0.0.1:{self.sentinel}/{SERVICE}/{db}{query}"
 
     def start(self) -> None:
-        start_server(self.dir, self.primary)
-        start_server(self.dir, self.replica, "--replicaof", "127.0.0.1", str(self.primary))
-        poll("the replica in sync", lambda: "master_link_status:up" in cli(self.replica, "INFO", "replication"))
+        start_server(self.dir, self.primary, password=self.password)
+        start_server(self.dir, self.replica, "--replicaof", "127.0.0.1", str(self.primary), password=self.password)
+        poll("the replica in sync",
+             lambda: "master_link_status:up" in cli(self.replica, "INFO", "replication", password=self.password))
         conf = self.dir / "sentinel.conf"  # the sentinel rewrites it: a file of its own
         conf.write_text(
             f"port {self.sentinel}\nbind 127.0.0.1\ndaemonize yes\ndir {self.dir}\n"
             f"pidfile {self.dir / f'{self.sentinel}.pid'}\nlogfile {self.dir / 'sentinel.log'}\n"
             f"sentinel monitor {SERVICE} 127.0.0.1 {self.primary} 1\n"
             f"sentinel down-after-milliseconds {SERVICE} {DOWN_AFTER_MS}\n"
-            f"sentinel failover-timeout {SERVICE} {FAILOVER_TIMEOUT_MS}\n")
+            f"sentinel failover-timeout {SERVICE} {FAILOVER_TIMEOUT_MS}\n"
+            + (f"sentinel auth-pass {SERVICE} {self.password}\n" if self.password else "")
+            + (f"requirepass {self.sentinel_password}\n" if self.sentinel_password else ""))
         subprocess.run([redis_binary(), str(conf), "--sentinel"], check=True, capture_output=True, timeout=30)
         # a failover needs a replica the sentinel knows of (it learns it from the primary's INFO)
         poll("the sentinel knowing the replica",
-             lambda: str(self.replica) in cli(self.sentinel, "SENTINEL", "REPLICAS", SERVICE))
+             lambda: str(self.replica) in cli(self.sentinel, "SENTINEL", "REPLICAS", SERVICE,
+                                              password=self.sentinel_password))
 
     def primary_port(self) -> int | None:
         """The port the sentinel names as the primary now."""
-        reply = cli(self.sentinel, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", SERVICE).split()
+        reply = cli(self.sentinel, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", SERVICE, password=self.sentinel_password)
+        reply = reply.split()
         return int(reply[-1]) if reply and reply[-1].isdigit() else None
 
     def kill_primary(self) -> None:
@@ -84,23 +93,24 @@ class SentinelSet:
 
     def stop(self) -> None:
         for port in self.ports:
-            stop_server(self.dir, port)
+            stop_server(self.dir, port, password=self.sentinel_password if port == self.sentinel else self.password)
 
 
-def start_server(directory: Path, port: int, *extra: str) -> None:
+def start_server(directory: Path, port: int, *extra: str, password: str | None = None) -> None:
     """A daemonized ``redis-server`` on ``port`` with files ``<port>.*`` in ``directory``, nothing
     persisted; ``extra``: more options. Returns once it answers ``PING``."""
+    auth = ["--requirepass", password, "--masterauth", password] if password else []
     subprocess.run([redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                     "--daemonize", "yes", "--dir", str(directory), "--dbfilename", f"{port}.rdb",
                     "--pidfile", str(directory / f"{port}.pid"), "--logfile", str(directory / f"{port}.log"),
-                    "--repl-diskless-sync-delay", "0", *extra], check=True, capture_output=True, timeout=30)
-    poll(f"redis-server answering on {port}", lambda: cli(port, "PING") == "PONG")
+                    "--repl-diskless-sync-delay", "0", *auth, *extra], check=True, capture_output=True, timeout=30)
+    poll(f"redis-server answering on {port}", lambda: cli(port, "PING", password=password) == "PONG")
 
 
-def stop_server(directory: Path, port: int) -> None:
+def stop_server(directory: Path, port: int, password: str | None = None) -> None:
     """``SHUTDOWN NOSAVE``, then SIGKILL if it has not exited within 5 s."""
     pid = _pid(directory, port)
-    cli(port, "SHUTDOWN", "NOSAVE")
+    cli(port, "SHUTDOWN", "NOSAVE", password=password)
     if pid is not None and not _gone(pid, within=5.0):
         with suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
@@ -128,9 +138,10 @@ def _gone(pid: int, within: float) -> bool:
 
 
 @contextmanager
-def sentinel_set(directory: Path) -> Iterator[SentinelSet]:
+def sentinel_set(directory: Path, password: str | None = None,
+                 sentinel_password: str | None = None) -> Iterator[SentinelSet]:
     """A started :class:`SentinelSet` in ``directory``; everything stopped after."""
-    servers = SentinelSet(directory)
+    servers = SentinelSet(directory, password, sentinel_password)
     try:
         servers.start()
         yield servers

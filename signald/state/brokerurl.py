@@ -23,7 +23,7 @@ from typing import Final, Literal, NamedTuple
 
 from signald.state.dburl import redact
 
-__all__ = ["CLUSTER_REFUSAL", "SENTINEL_PORT", "BrokerURL", "parse_broker_url", "shown_broker_url"]
+__all__ = ["CLUSTER_REFUSAL", "SENTINEL_PORT", "BrokerURL", "parse_broker_url"]
 
 SENTINEL_PORT: Final = 26379
 SINGLE_SCHEMES: Final = ("redis", "rediss", "unix")
@@ -52,20 +52,9 @@ class BrokerURL(NamedTuple):
     """The URL as logs and errors may show it (passwords replaced by ``***``)."""
 
 
-def shown_broker_url(url: str) -> str:
-    """``url`` without its passwords (also a ``sentinel_password`` in the query)."""
-    shown = redact(url)
-    base, sep, query = shown.partition("?")
-    if not sep:
-        return shown
-    pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
-    hidden = [(key, "***" if "password" in key.lower() else value) for key, value in pairs]
-    return f"{base}?{urllib.parse.urlencode(hidden, safe='*')}"
-
-
 def parse_broker_url(url: str) -> BrokerURL:
     """What ``url`` selects; :class:`ValueError` (without a password) if it selects nothing."""
-    shown = shown_broker_url(url)
+    shown = redact(url)  # hides a sentinel_password in the query too
     scheme = url.partition("://")[0].lower() if "://" in url else ""
     if scheme in SINGLE_SCHEMES:
         return BrokerURL("redis", url, _single_db(url, shown), shown=shown)

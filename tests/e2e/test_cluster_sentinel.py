@@ -26,7 +26,8 @@ async def lobby_changes(client: SignaldClient) -> list[dict[str, Any]]:
 
 
 async def test_after_a_failover_every_node_follows_the_new_primary(tmp_path: Path, postgres_url: str) -> None:
-    with sentinel_set(tmp_path) as redis:
+    """With passwords on the Redis servers and on the sentinel, both given in the URL."""
+    with sentinel_set(tmp_path, password="hunter2", sentinel_password="swordfish") as redis:
         async with nodes(tmp_path, redis.url(3), postgres_url, 2, ttl=1.0) as started, AsyncExitStack() as stack:
             (_, url0), (_, url1) = started
             alice = await stack.enter_async_context(connect(url0, user="alice"))
@@ -64,6 +65,9 @@ async def test_after_a_failover_every_node_follows_the_new_primary(tmp_path: Pat
                 ack = await carol.request("room.join", {"room": "lobby", "since": 0})
                 assert [m["user_id"] for m in ack["members"]] == ["alice", "bob", "carol"]
                 assert [m["id"] for m in ack["missed"]] == [before["id"], during["id"], after["id"], back["id"]]
+        logs = "".join(path.read_text(errors="replace") for path in sorted(tmp_path.glob("node*/*.log")))  # noqa: ASYNC240
+        assert "broker (Redis)" in logs  # the outage was logged, without either password
+        assert "hunter2" not in logs and "swordfish" not in logs
 
 
 def test_sentinels_that_do_not_answer_are_one_line_without_the_password(
@@ -85,7 +89,8 @@ def test_a_redis_in_cluster_mode_is_refused_at_start_in_one_line(
     """A ``redis://`` URL that reaches a Redis Cluster node (here one with ``--cluster-enabled yes``):
     refused before serving, not a node that gets ``MOVED`` for most keys later."""
     port = free_port()
-    start_server(tmp_path, port, "--cluster-enabled", "yes", "--cluster-config-file", str(tmp_path / "nodes.conf"))
+    start_server(tmp_path, port, "--cluster-enabled", "yes", "--cluster-config-file", str(tmp_path / "nodes.conf"),
+                 "--cluster-port", str(free_port()))  # the default (port + 10000) may be past 65535
     url = f"redis://127.0.0.1:{port}/0"
     try:
         status = main(["serve", "--port", "0", "--history-url", postgres_url, "--broker-url", url])

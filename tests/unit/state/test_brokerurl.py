@@ -6,7 +6,7 @@ import pytest
 
 from signald.cli import main
 from signald.cluster.wire import Names
-from signald.config import ClusterConfig
+from signald.config import ClusterConfig, HistoryConfig
 from signald.state.brokerurl import BrokerURL, parse_broker_url
 
 
@@ -54,6 +54,8 @@ def test_a_malformed_url_says_what_is_wrong_and_never_the_password(url: str, say
 def test_the_config_repr_hides_both_passwords() -> None:
     config = ClusterConfig(broker_url="redis+sentinel://:hunter2@s1/m?sentinel_password=swordfish")
     assert "hunter2" not in repr(config) and "swordfish" not in repr(config)
+    history = HistoryConfig(url="postgresql://app@db.internal/signald?sslmode=require&password=swordfish")
+    assert "swordfish" not in repr(history) and "sslmode=require" in repr(history)  # libpq's option too
 
 
 def test_a_malformed_sentinel_url_on_the_command_line_is_one_line_naming_the_key(
