@@ -91,6 +91,12 @@ class SentinelSet:
         assert pid is not None
         os.kill(pid, signal.SIGKILL)
 
+    def failover(self) -> None:
+        """``SENTINEL FAILOVER``: the switch an operator makes for maintenance (the old primary lives
+        on as a replica of the new one)."""
+        reply = cli(self.sentinel, "SENTINEL", "FAILOVER", SERVICE, password=self.sentinel_password)
+        assert reply == "OK", reply
+
     def stop(self) -> None:
         for port in self.ports:
             stop_server(self.dir, port, password=self.sentinel_password if port == self.sentinel else self.password)

@@ -1,6 +1,7 @@
 """Several nodes on Redis Sentinel (``redis+sentinel://``): real daemons, a private primary, replica
-and sentinel (tests/redis_sentinel.py), a private PostgreSQL. The primary is killed with SIGKILL;
-the sentinel promotes the replica and every node goes on with the new primary."""
+and sentinel (tests/redis_sentinel.py), a private PostgreSQL. The primary is killed with SIGKILL, or
+switched over for maintenance; the sentinel promotes the replica and every node goes on with the new
+primary."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 from redis_fixture import free_port
 from redis_sentinel import SERVICE, sentinel_set, start_server, stop_server
 from test_cluster import Event, nodes, of, until_ready, wait_for
@@ -68,6 +70,37 @@ async def test_after_a_failover_every_node_follows_the_new_primary(tmp_path: Pat
         logs = "".join(path.read_text(errors="replace") for path in sorted(tmp_path.glob("node*/*.log")))  # noqa: ASYNC240
         assert "broker (Redis)" in logs  # the outage was logged, without either password
         assert "hunter2" not in logs and "swordfish" not in logs
+
+
+async def test_a_failover_for_maintenance_loses_no_acked_message(tmp_path: Path, postgres_url: str) -> None:
+    """``SENTINEL FAILOVER`` while one node sends: every acked message reaches the other node's client
+    once and in order, live or by its resume after a 1012."""
+    with sentinel_set(tmp_path) as redis:
+        async with nodes(tmp_path, redis.url(0), postgres_url, 2, ttl=1.0) as started, AsyncExitStack() as stack:
+            (_, url0), (_, url1) = started
+            alice = await stack.enter_async_context(connect(url0, user="alice"))
+            bob = await stack.enter_async_context(connect(url1, user="bob"))
+            for client in (alice, bob):
+                await client.request("room.join", {"room": "lobby"})
+            redis.failover()
+            acked = []
+            with trio.fail_after(20):
+                while redis.primary_port() != redis.replica or len(acked) < 5:  # and a few once it switched
+                    ack = await bob.request("chat.send", {"scope": "lobby", "body": f"message {len(acked)}"})
+                    acked.append(ack["id"])
+                    await trio.sleep(0.05)
+            await until_ready(url0, True, within=20)
+            await until_ready(url1, True, within=20)
+            seen: list[Event] = []
+            try:
+                await wait_for(alice, seen, lambda s: acked[-1] in [m["id"] for m in of("chat.message", s)])
+                assert [m["id"] for m in of("chat.message", seen)] == acked
+            except ConnectionClosed:
+                assert alice.ws.closed is not None and alice.ws.closed.code == 1012
+                alice = await stack.enter_async_context(connect(url0, user="alice"))
+                assert [m["id"] for m in await lobby_changes(alice)] == acked
+            back = await alice.request("chat.send", {"scope": "lobby", "body": "after the switch"})
+            await wait_for(bob, [], lambda s: back["id"] in [m["id"] for m in of("chat.message", s)])
 
 
 def test_sentinels_that_do_not_answer_are_one_line_without_the_password(
