@@ -28,6 +28,7 @@ import cattrs
 from attrs import field, frozen
 
 from signald.protocol import Limits
+from signald.state.brokerurl import parse_broker_url
 from signald.state.dburl import parse_history_url, redact, sqlite_url
 from signald.state.proxies import parse_networks
 
@@ -138,7 +139,7 @@ def _history_url(instance: Any, attribute: attrs.Attribute[Any], value: str | No
             raise ValueError(f"{attribute.name}: {exc}") from None
 
 
-def _url_repr(value: str | None) -> str:
+def _url_repr(value: str | None) -> str:  # also hides a ?password= / ?sentinel_password= in the query
     return "None" if value is None else repr(redact(value))
 
 
@@ -168,9 +169,10 @@ class ApiConfig:
 
 
 def _broker_url(instance: Any, attribute: attrs.Attribute[Any], value: str | None) -> None:
-    if value and not value.startswith(("redis://", "rediss://", "unix://")):
-        raise ValueError(f"{attribute.name}: expected redis://host:port/db, rediss://... or unix://PATH, "
-                         f"got {redact(value)!r}")
+    try:
+        value and parse_broker_url(value)
+    except ValueError as exc:  # its message never holds a password
+        raise ValueError(f"{attribute.name}: {exc}") from None
 
 
 def _node_id(instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
@@ -182,7 +184,7 @@ def _node_id(instance: Any, attribute: attrs.Attribute[Any], value: str) -> None
 class ClusterConfig:
     """Several nodes on one broker (docs/cluster.md): off while ``broker_url`` is unset or empty."""
 
-    # The password never in a repr (redis://:secret@host/0).
+    # The passwords never in a repr (redis://:secret@host/0, ?sentinel_password=).
     broker_url: str | None = field(default=None, validator=_broker_url, repr=_url_repr)
     node_id: str = field(default="", validator=_node_id)  # "": a random id at each start
     node_ttl_s: float = field(default=10.0, validator=_positive)

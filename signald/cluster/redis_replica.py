@@ -30,7 +30,6 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Final
 
-import coredis
 import trio
 
 from signald.app.hub import Hub
@@ -38,6 +37,7 @@ from signald.app.replica import Activity, Connect, Disconnect, Join, Kick, Leave
 from signald.cluster.apply import apply_op
 from signald.cluster.calls import RedisCallDecisions
 from signald.cluster.channels import Subscriptions
+from signald.cluster.connect import Broker
 from signald.cluster.gaps import fill_gap
 from signald.cluster.nodes import NodeTable
 from signald.cluster.order import RoomOrder
@@ -59,7 +59,6 @@ from signald.cluster.writer import Command, Writer
 from signald.config import ClusterConfig
 from signald.delivery.frames import Frame
 from signald.errors import StartupError
-from signald.state.dburl import redact
 
 log = logging.getLogger("signald.cluster")
 
@@ -90,8 +89,8 @@ class RedisReplica(Replica):
         away = hub.config.presence.away_after_s
         self._activity_every = away / 4 if away > 0 else math.inf
         self._activity_shared: dict[str, float] = {}
-        self._client: coredis.Redis[bytes] = coredis.Redis.from_url(self.url, decode_responses=False)
-        self.nodes.client = self._client
+        self.broker = Broker(self.url)  # one Redis or Sentinel's primary (signald.cluster.connect)
+        self.nodes.client = self._client = self.broker.client
         self.writer = Writer(self._client, up=self._up, down=self._down)
         self.calls = RedisCallDecisions(hub, self.names, self._client, grace_s=2 * self._ttl, down=self._down)
         hub.timers.decide_ring_timeouts = self.calls.ring_timeouts  # the calls this node offered: decided here
@@ -187,13 +186,13 @@ class RedisReplica(Replica):
             try:
                 await holder.start(self._hold_connections)
             except RuntimeError:  # it ended without connecting
-                raise StartupError(f"cluster.broker_url {redact(self.url)}: {self._connect_error}") from None
+                raise StartupError(f"cluster.broker_url {self.broker.shown}: {self._connect_error}") from None
             try:
                 try:
                     with trio.fail_after(CONNECT_S):
                         await self._client.ping()
                 except Exception as exc:
-                    raise StartupError(f"cluster.broker_url {redact(self.url)}: {exc or type(exc).__name__}") from None
+                    raise StartupError(f"cluster.broker_url {self.broker.shown}: {exc or type(exc).__name__}") from None
                 await self._pubsub.subscribe(self.names.state)
                 await self._beat()
                 await self.nodes.load()
@@ -219,8 +218,8 @@ class RedisReplica(Replica):
         close in order (cancelled together, coredis's pub/sub cleanup writes to a closed connection)."""
         try:
             with trio.CancelScope(shield=True, deadline=trio.current_time() + CONNECT_S) as scope:
-                async with self._client:
-                    self._pubsub = self.channels.pubsub = self._client.pubsub()
+                async with self.broker.connected():
+                    self._pubsub = self.channels.pubsub = self.broker.pubsub()
                     async with self._pubsub:
                         scope.deadline = math.inf
                         task_status.started()

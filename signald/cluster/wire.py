@@ -17,12 +17,12 @@ Channels
 from __future__ import annotations
 
 from typing import Any, Final
-from urllib.parse import urlsplit
 
 import msgspec
 
 from signald.app.replica import Op
 from signald.protocol import OUTBOUND_MESSAGES, Outbound
+from signald.state.brokerurl import parse_broker_url
 
 __all__ = ["ConnRecord", "Echo", "Names", "RoomEnvelope", "StateEnvelope", "UserEnvelope", "decode_event"]
 
@@ -88,8 +88,7 @@ class Names:
     """The key and channel names of one Redis database (see the module docstring)."""
 
     def __init__(self, broker_url: str) -> None:
-        path = urlsplit(broker_url).path.strip("/")
-        db = path if path.isdigit() else "0"
+        db = parse_broker_url(broker_url).db
         self.prefix = f"signald.{db}."
         self.nodes = self.prefix + "nodes"
         self.conns = self.prefix + "conns"

@@ -35,14 +35,20 @@ def sqlite_url(path: str) -> str:
 
 
 def redact(url: str) -> str:
-    """``url`` with its password (if any) replaced by ``***``; unparsable URLs are hidden whole."""
+    """``url`` with its password (if any) replaced by ``***``, also a query option whose name holds
+    "password" (libpq's ``?password=``, a broker's ``?sentinel_password=``); unparsable URLs are
+    hidden whole."""
     try:
         parts = urllib.parse.urlsplit(url)
         password = parts.password
     except ValueError:
         return "<unparsable URL>"
+    if "password" in parts.query.lower():
+        pairs = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+        hidden = [(key, "***" if "password" in key.lower() else value) for key, value in pairs]
+        parts = parts._replace(query=urllib.parse.urlencode(hidden, safe="*"))
     if password is None:
-        return url
+        return urllib.parse.urlunsplit(parts)
     netloc = parts.netloc.rpartition("@")
     user = netloc[0].partition(":")[0]
     return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[2]}"))

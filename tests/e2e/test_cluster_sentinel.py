@@ -1,0 +1,136 @@
+"""Several nodes on Redis Sentinel (``redis+sentinel://``): real daemons, a private primary, replica
+and sentinel (tests/redis_sentinel.py), a private PostgreSQL. The primary is killed with SIGKILL, or
+switched over for maintenance; the sentinel promotes the replica and every node goes on with the new
+primary."""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from redis_fixture import free_port
+from redis_sentinel import SERVICE, sentinel_set, start_server, stop_server
+from test_cluster import Event, nodes, of, until_ready, wait_for
+from trio_websocket import ConnectionClosed
+
+from signald.cli import main
+from signald.client.raw import SignaldClient, connect
+
+pytestmark = pytest.mark.timeout(90)
+
+
+async def lobby_changes(client: SignaldClient) -> list[dict[str, Any]]:
+    ack = await client.request("room.join", {"room": "lobby", "since_rev": 0})
+    return list(ack["changes"])
+
+
+async def test_after_a_failover_every_node_follows_the_new_primary(tmp_path: Path, postgres_url: str) -> None:
+    """With passwords on the Redis servers and on the sentinel, both given in the URL."""
+    with sentinel_set(tmp_path, password="hunter2", sentinel_password="swordfish") as redis:
+        async with nodes(tmp_path, redis.url(3), postgres_url, 2, ttl=1.0) as started, AsyncExitStack() as stack:
+            (_, url0), (_, url1) = started
+            alice = await stack.enter_async_context(connect(url0, user="alice"))
+            bob = await stack.enter_async_context(connect(url1, user="bob"))
+            for client in (alice, bob):
+                await client.request("room.join", {"room": "lobby"})
+            before = await bob.request("chat.send", {"scope": "lobby", "body": "before the failover"})
+            await wait_for(alice, [], lambda s: before["id"] in [m["id"] for m in of("chat.message", s)])
+
+            redis.kill_primary()
+            line = await until_ready(url1, False)
+            assert line.startswith("503") and "broker" in line, line
+            during = await bob.request("chat.send", {"scope": "lobby", "body": "while the primary is gone"})
+
+            await until_ready(url0, True, within=20)
+            await until_ready(url1, True, within=20)
+            assert redis.primary_port() == redis.replica  # the replica was promoted, and the nodes found it
+
+            # alice either got "during" live (node 1 published it after the failover) or, her node
+            # having missed it, is closed with 1012 to resume; either way she ends with every message once
+            seen: list[Event] = []
+            try:
+                await wait_for(alice, seen, lambda s: during["id"] in [m["id"] for m in of("chat.message", s)])
+            except ConnectionClosed:
+                assert alice.ws.closed is not None and alice.ws.closed.code == 1012
+                alice = await stack.enter_async_context(connect(url0, user="alice"))
+            assert [m["id"] for m in await lobby_changes(alice)] == [before["id"], during["id"]]
+
+            # chat between the nodes works again, both ways, through the new primary
+            after = await bob.request("chat.send", {"scope": "lobby", "body": "after the failover"})
+            await wait_for(alice, [], lambda s: after["id"] in [m["id"] for m in of("chat.message", s)])
+            back = await alice.request("chat.send", {"scope": "lobby", "body": "heard you"})
+            await wait_for(bob, [], lambda s: back["id"] in [m["id"] for m in of("chat.message", s)])
+            async with connect(url1, user="carol") as carol:  # membership on the new primary spans both nodes
+                ack = await carol.request("room.join", {"room": "lobby", "since": 0})
+                assert [m["user_id"] for m in ack["members"]] == ["alice", "bob", "carol"]
+                assert [m["id"] for m in ack["missed"]] == [before["id"], during["id"], after["id"], back["id"]]
+        logs = "".join(path.read_text(errors="replace") for path in sorted(tmp_path.glob("node*/*.log")))  # noqa: ASYNC240
+        assert "broker (Redis)" in logs  # the outage was logged, without either password
+        assert "hunter2" not in logs and "swordfish" not in logs
+
+
+async def test_a_failover_for_maintenance_loses_no_acked_message(tmp_path: Path, postgres_url: str) -> None:
+    """``SENTINEL FAILOVER`` while one node sends: every acked message reaches the other node's client
+    once and in order, live or by its resume after a 1012."""
+    with sentinel_set(tmp_path) as redis:
+        async with nodes(tmp_path, redis.url(0), postgres_url, 2, ttl=1.0) as started, AsyncExitStack() as stack:
+            (_, url0), (_, url1) = started
+            alice = await stack.enter_async_context(connect(url0, user="alice"))
+            bob = await stack.enter_async_context(connect(url1, user="bob"))
+            for client in (alice, bob):
+                await client.request("room.join", {"room": "lobby"})
+            redis.failover()
+            acked = []
+            with trio.fail_after(20):
+                while redis.primary_port() != redis.replica or len(acked) < 5:  # and a few once it switched
+                    ack = await bob.request("chat.send", {"scope": "lobby", "body": f"message {len(acked)}"})
+                    acked.append(ack["id"])
+                    await trio.sleep(0.05)
+            await until_ready(url0, True, within=20)
+            await until_ready(url1, True, within=20)
+            seen: list[Event] = []
+            try:
+                await wait_for(alice, seen, lambda s: acked[-1] in [m["id"] for m in of("chat.message", s)])
+                assert [m["id"] for m in of("chat.message", seen)] == acked
+            except ConnectionClosed:
+                assert alice.ws.closed is not None and alice.ws.closed.code == 1012
+                alice = await stack.enter_async_context(connect(url0, user="alice"))
+                assert [m["id"] for m in await lobby_changes(alice)] == acked
+            back = await alice.request("chat.send", {"scope": "lobby", "body": "after the switch"})
+            await wait_for(bob, [], lambda s: back["id"] in [m["id"] for m in of("chat.message", s)])
+
+
+def test_sentinels_that_do_not_answer_are_one_line_without_the_password(
+    tmp_path: Path, postgres_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    closed = free_port()
+    url = f"redis+sentinel://:hunter2@127.0.0.1:{closed}/{SERVICE}/0"
+    status = main(["serve", "--port", "0", "--history-url", postgres_url, "--broker-url", url])
+    err = capsys.readouterr().err
+    assert status == 1
+    assert err.startswith(f"signald: cannot start: cluster.broker_url redis+sentinel://:***@127.0.0.1:{closed}/"), err
+    assert f"none of the 1 sentinel(s) answered with a primary for '{SERVICE}'" in err, err
+    assert err.count("\n") == 1 and "hunter2" not in err, err
+
+
+def test_a_redis_in_cluster_mode_is_refused_at_start_in_one_line(
+    tmp_path: Path, postgres_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A ``redis://`` URL that reaches a Redis Cluster node (here one with ``--cluster-enabled yes``):
+    refused before serving, not a node that gets ``MOVED`` for most keys later."""
+    port = free_port()
+    start_server(tmp_path, port, "--cluster-enabled", "yes", "--cluster-config-file", str(tmp_path / "nodes.conf"),
+                 "--cluster-port", str(free_port()))  # the default (port + 10000) may be past 65535
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        status = main(["serve", "--port", "0", "--history-url", postgres_url, "--broker-url", url])
+    finally:
+        stop_server(tmp_path, port)
+    err = capsys.readouterr().err
+    assert status == 1
+    assert err.startswith(f"signald: cannot start: cluster.broker_url {url}: this Redis runs in cluster "
+                          "mode (cluster_enabled:1): Redis Cluster is not supported"), err
+    assert err.count("\n") == 1, err
