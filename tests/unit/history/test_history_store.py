@@ -351,7 +351,9 @@ async def test_cancelled_caller_does_not_cancel_the_operation(store: HistoryStor
         scope.cancel()
         await store.send(room="r", user_id="u", body="x", on_commit=seen.append)
     assert scope.cancelled_caught
-    await store.get("flush")  # a later operation completes after the cancelled one
+    # A later write completes after the cancelled one (writes are applied in order; a read would
+    # not wait for it on PostgreSQL, whose reads run on their own connections).
+    await store.set_last_seen({"flush": "2026-01-01T00:00:00+00:00"})
     assert [m.body for m in seen] == ["x"]
     assert [m.body for m in (await store.history(room="r")).messages] == ["x"]
 
