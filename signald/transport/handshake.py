@@ -3,8 +3,9 @@
 The server reads the client's upgrade request (:meth:`Handshake.read_request`), vets it, then
 either refuses it with an HTTP status (:meth:`Handshake.reject`), refuses it where a browser can
 see why (:meth:`Handshake.refuse_with_close`: the upgrade, one message, a close code), or answers
-``101 Switching Protocols`` (:meth:`Handshake.accept`), which hands back the wsproto connection that
-carries the WebSocket frames from then on (:class:`signald.transport.websocket.ServerWebSocket`).
+``101 Switching Protocols`` (:meth:`Handshake.upgrade`, sent with the first message by
+:func:`send_now`), which hands back the wsproto connection that carries the WebSocket frames from
+then on (:class:`signald.transport.websocket.ServerWebSocket`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from wsproto.events import (
 from wsproto.handshake import H11Handshake
 from wsproto.utilities import RemoteProtocolError
 
+from signald.delivery.outbox import direct_writer
 from signald.transport.framing import fit_close_reason
 
 RECEIVE_BYTES: Final = 16384
@@ -69,7 +71,7 @@ async def receive_bytes(stream: trio.abc.Stream) -> bytes:
 class Handshake:
     """The HTTP/1.1 upgrade of one accepted stream (wsproto's :class:`H11Handshake`).
 
-    Resource handling: the handshake state is dropped once :meth:`accept` returns; the caller
+    Resource handling: the handshake state is dropped once :meth:`upgrade` returns; the caller
     bounds :meth:`read_request` with its connect timeout and closes the stream when refusing.
     """
 
@@ -151,14 +153,32 @@ class Handshake:
             if any(isinstance(event, CloseConnection) for event in conn.events()):  # a protocol error is one too
                 return
 
-    async def accept(self, subprotocol: str | None) -> Connection:
-        """Answer ``101 Switching Protocols``; the returned connection carries the frames."""
-        await self._send(self._h11.send(AcceptConnection(subprotocol=subprotocol)))
+    def upgrade(self, subprotocol: str | None) -> tuple[bytes, Connection]:
+        """The ``101 Switching Protocols`` answer, not sent yet, and the connection that carries the
+        frames from then on: the caller sends the answer with its first message in one write
+        (:func:`send_now`)."""
+        data = self._h11.send(AcceptConnection(subprotocol=subprotocol))
         connection = self._h11.connection
         assert connection is not None
         del self._h11  # the HTTP state is not needed any more
-        return connection
+        return data, connection
 
     async def _send(self, data: bytes) -> None:
-        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-            await self.stream.send_all(data)
+        await send_now(self.stream, data)
+
+
+async def send_now(stream: trio.abc.Stream, data: bytes) -> None:
+    """Write ``data``; a stream that broke or was closed is left for the reader to find.
+
+    On plain TCP the bytes go straight into the socket when they fit (the usual case for a
+    handshake's answer): no task switch and no cancel scope, which ``send_all`` costs every time.
+    What did not fit, and anything under TLS, is written with ``send_all``.
+    """
+    write = direct_writer(stream)
+    if write is not None:
+        written = write(data)
+        if written == len(data):
+            return
+        data = data[written:]
+    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+        await stream.send_all(data)
