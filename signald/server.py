@@ -302,9 +302,10 @@ async def _serve_client(serving: _Serving, stream: trio.abc.Stream) -> None:
     config = hub.config
     peer = peer_address(stream)
     handshake = Handshake(stream, keep_plain=serving.http is not None)
-    request = None  # stays None when the connect timeout fires first
-    with trio.move_on_after(config.server.connect_timeout_s):
-        request = await handshake.read_request()
+    request = handshake.read_now()  # usually all there: no timeout needed
+    if request is None:  # stays None when the connect timeout fires first
+        with trio.move_on_after(config.server.connect_timeout_s):
+            request = await handshake.read_request()
     if request is None:
         if handshake.plain is not None and serving.http is not None:
             await serving.http.serve(stream, handshake.plain, peer)

@@ -1,14 +1,15 @@
 """Per-connection outboxes: a bounded queue of outbound frames, direct writes, and corks.
 
 Every connection owns an :class:`Outbox`, a bounded queue of frames drained by that connection's
-writer task (started only once a frame has to wait). :meth:`Outbox.push` never blocks and never awaits: when the queue is full the
-connection is closed with 1013 (the slow-consumer policy lives here and nowhere else), so one slow
-reader never stalls a room. When the socket is idle, a push writes straight into it
-(:func:`direct_writer`), without a task switch: this is the one delivery module that touches file
-descriptors.
+writer task (started only once a frame has to wait). :meth:`Outbox.push` never blocks and never
+awaits: when the queue is full the connection is closed with 1013 (the slow-consumer policy lives
+here and nowhere else), so one slow reader never stalls a room. When the socket is idle, a push
+writes straight into it (:func:`direct_writer`), without a task switch: this is the one delivery
+module that touches file descriptors.
 
-While a :class:`~signald.delivery.cork.Cork` is held (the history store holds the hub's around each committed batch),
-outboxes collect frames instead of writing them, then write each connection's share at once.
+While a :class:`~signald.delivery.cork.Cork` is held (the history store holds the hub's around
+each committed batch), outboxes collect frames instead of writing them, then write each
+connection's share at once.
 """
 
 from __future__ import annotations

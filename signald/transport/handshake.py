@@ -11,6 +11,7 @@ then on (:class:`signald.transport.websocket.ServerWebSocket`).
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Final
 
 import attrs
@@ -72,7 +73,8 @@ class Handshake:
     """The HTTP/1.1 upgrade of one accepted stream (wsproto's :class:`H11Handshake`).
 
     Resource handling: the handshake state is dropped once :meth:`upgrade` returns; the caller
-    bounds :meth:`read_request` with its connect timeout and closes the stream when refusing.
+    tries :meth:`read_now` first, bounds :meth:`read_request` with its connect timeout and closes
+    the stream when refusing.
     """
 
     def __init__(self, stream: trio.abc.Stream, *, keep_plain: bool = False) -> None:
@@ -82,6 +84,27 @@ class Handshake:
         # kept in ``plain`` for the plain-HTTP server (signald.transport.http) to parse again.
         self._received: bytearray | None = bytearray() if keep_plain else None
         self.plain: bytes | None = None
+        self._ended = False  # the stream ended, or what it sent is not an upgrade
+        self._answer: bytes | None = None  # the refusal wsproto suggests for a bad request, not sent yet
+
+    def read_now(self) -> Upgrade | None:
+        """The upgrade request if all of it has arrived already, read without waiting (plain TCP).
+
+        Usually it has (it follows the TCP handshake at once): then no task switch, timeout or
+        cancel scope is needed. Else None, and :meth:`read_request` goes on from what was read.
+        """
+        fd = self.stream.socket.fileno() if isinstance(self.stream, trio.SocketStream) else -1
+        if fd < 0:
+            return None
+        try:
+            data = os.read(fd, RECEIVE_BYTES)
+        except OSError:  # nothing yet (BlockingIOError), or an error that read_request meets again
+            return None
+        if not data:
+            self._ended = True
+            return None
+        self._feed(data)
+        return self._request()
 
     async def read_request(self) -> Upgrade | None:
         """Read until the client's upgrade request.
@@ -90,28 +113,43 @@ class Handshake:
         ``keep_plain``, :attr:`plain` holds the bytes read, else it was answered ``400``/``426`` as
         wsproto suggests.
         """
-        while True:
-            for event in self._h11.events():
-                if isinstance(event, Request):
-                    self._received = None
-                    return Upgrade(event.target, tuple(event.extra_headers), tuple(event.subprotocols))
+        while not self._ended:
+            request = self._request()
+            if request is not None:
+                return request
             try:
                 data = await receive_bytes(self.stream)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return None
             if not data:
                 return None
+            self._feed(data)
+        if self._answer is not None:
+            answer, self._answer = self._answer, None
+            await self._send(answer)
+        return None
+
+    def _request(self) -> Upgrade | None:
+        """The upgrade request, if wsproto has all of it."""
+        for event in self._h11.events():
+            if isinstance(event, Request):
+                self._received = None
+                return Upgrade(event.target, tuple(event.extra_headers), tuple(event.subprotocols))
+        return None
+
+    def _feed(self, data: bytes) -> None:
+        """Parse ``data``; bytes that are not an upgrade end the reading (``_ended``), with the bytes
+        kept in ``plain`` (``keep_plain``) or the answer wsproto suggests in ``_answer``."""
+        if self._received is not None:
+            self._received += data
+        try:
+            self._h11.receive_data(data)
+        except RemoteProtocolError as exc:
+            self._ended = True
             if self._received is not None:
-                self._received += data
-            try:
-                self._h11.receive_data(data)
-            except RemoteProtocolError as exc:
-                if self._received is not None:
-                    self.plain, self._received = bytes(self._received), None
-                    return None
-                if isinstance(exc.event_hint, RejectConnection):
-                    await self._send(self._h11.send(exc.event_hint))
-                return None
+                self.plain, self._received = bytes(self._received), None
+            elif isinstance(exc.event_hint, RejectConnection):
+                self._answer = self._h11.send(exc.event_hint)
 
     async def reject(
         self, status: int, body: bytes, content_type: bytes = b"text/plain",
