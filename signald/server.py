@@ -60,8 +60,8 @@ from signald.state.ratelimit import ConnectionRateLimiter, FloodGuard
 from signald.state.refusals import Cause, Refusal, cause_of_status, decide
 from signald.timefmt import iso_utc
 from signald.transport.connection import run_connection
-from signald.transport.handshake import Handshake, peer_address, stream_closed
-from signald.transport.listeners import reuse_port_listeners
+from signald.transport.handshake import Handshake, peer_address, send_now, stream_closed
+from signald.transport.listeners import reuse_port_listeners, serve_streams
 from signald.transport.websocket import ServerWebSocket
 
 log = logging.getLogger("signald.server")
@@ -176,7 +176,7 @@ async def serve_signald(
             http = HttpApi(Signald(hub), api_calls=config.api.port is None, websocket_port=True, per_ip=per_ip)
             serving = _Serving(hub, router, authenticate, per_ip, http, config.limits.to_wire())
             handler = partial(_handle_stream, serving)
-            await nursery.start(partial(trio.serve_listeners, handler, listeners, handler_nursery=connections.nursery))
+            await nursery.start(partial(serve_streams, handler, listeners, handler_nursery=connections.nursery))
             api_port = None if config.api.port is None else await nursery.start(
                 serve_api_port, HttpApi(Signald(hub), api_calls=True, websocket_port=False, per_ip=per_ip),
                 config.server.host, config.api.port, ssl_context)
@@ -302,9 +302,10 @@ async def _serve_client(serving: _Serving, stream: trio.abc.Stream) -> None:
     config = hub.config
     peer = peer_address(stream)
     handshake = Handshake(stream, keep_plain=serving.http is not None)
-    request = None  # stays None when the connect timeout fires first
-    with trio.move_on_after(config.server.connect_timeout_s):
-        request = await handshake.read_request()
+    request = handshake.read_now()  # usually all there: no timeout needed
+    if request is None:  # stays None when the connect timeout fires first
+        with trio.move_on_after(config.server.connect_timeout_s):
+            request = await handshake.read_request()
     if request is None:
         if handshake.plain is not None and serving.http is not None:
             await serving.http.serve(stream, handshake.plain, peer)
@@ -337,13 +338,7 @@ async def _serve_client(serving: _Serving, stream: trio.abc.Stream) -> None:
     if hub.connection_count(user) + hub.handshaking.get(user, 0) >= config.limits.max_connections_per_user:
         return await refuse(decide(Cause.RATE_LIMITED_USER, mode, "too many connections for this user"), user=user)
     del request, handshake_request  # the headers are not kept for the connection's lifetime
-    hub.handshaking[user] = hub.handshaking.get(user, 0) + 1  # hold the slot while we answer
-    try:
-        connection = await handshake.accept(subprotocol)
-    finally:
-        hub.handshaking[user] -= 1
-        if not hub.handshaking[user]:
-            del hub.handshaking[user]
+    response, connection = handshake.upgrade(subprotocol)
     limits = config.limits
     now_iso = iso_utc(hub.wall_clock())
     session = Session(
@@ -360,14 +355,23 @@ async def _serve_client(serving: _Serving, stream: trio.abc.Stream) -> None:
     ws.on_silent = partial(_silent, session)
     ws.parking = hub.parking
     ws.flood = session.flood  # pings, pongs and fragments count too
-    session.send(Frame(Welcome(data=WelcomeData(
+    welcome = Frame(Welcome(data=WelcomeData(
         protocol_version=PROTOCOL_VERSION,
         session_id=session.session_id,
         user_id=session.user_id,
         server_time=now_iso,
         heartbeat_s=config.server.heartbeat_s,
         limits=serving.limits,
-    ))))
+    )))
+    # The 101 and the welcome leave in one write (one system call; the client has its welcome
+    # with the upgrade's answer); the session joins the hub after it, so the welcome comes first.
+    hub.handshaking[user] = hub.handshaking.get(user, 0) + 1  # hold the slot while we answer
+    try:
+        await send_now(stream, response + (welcome.wire_binary if binary else welcome.wire_text))
+    finally:
+        hub.handshaking[user] -= 1
+        if not hub.handshaking[user]:
+            del hub.handshaking[user]
     hub.connect(session)
     hub.watch(ws)
     hub.expiries.watch(session)
@@ -380,8 +384,9 @@ async def _serve_client(serving: _Serving, stream: trio.abc.Stream) -> None:
             wait_s = min(wait_s, SHUTDOWN_CLOSE_WAIT_S)
         session.peer_close_code = ws.peer_close_code
         hub.disconnect(session)
-        with trio.CancelScope(shield=True), trio.move_on_after(wait_s):
-            await ws.close(session.close_code or 1000, session.close_reason)
+        if not ws.close_now():  # else: gone or answered at once, nothing to wait for
+            with trio.CancelScope(shield=True), trio.move_on_after(wait_s):
+                await ws.close(session.close_code or 1000, session.close_reason)
 
 
 def _silent(session: Session) -> None:

@@ -1,14 +1,15 @@
 """Per-connection outboxes: a bounded queue of outbound frames, direct writes, and corks.
 
 Every connection owns an :class:`Outbox`, a bounded queue of frames drained by that connection's
-writer task. :meth:`Outbox.push` never blocks and never awaits: when the queue is full the
-connection is closed with 1013 (the slow-consumer policy lives here and nowhere else), so one slow
-reader never stalls a room. When the socket is idle, a push writes straight into it
-(:func:`direct_writer`), without a task switch: this is the one delivery module that touches file
-descriptors.
+writer task (started only once a frame has to wait). :meth:`Outbox.push` never blocks and never
+awaits: when the queue is full the connection is closed with 1013 (the slow-consumer policy lives
+here and nowhere else), so one slow reader never stalls a room. When the socket is idle, a push
+writes straight into it (:func:`direct_writer`), without a task switch: this is the one delivery
+module that touches file descriptors.
 
-While a :class:`Cork` is held (the history store holds the hub's around each committed batch),
-outboxes collect frames instead of writing them, then write each connection's share at once.
+While a :class:`~signald.delivery.cork.Cork` is held (the history store holds the hub's around
+each committed batch), outboxes collect frames instead of writing them, then write each
+connection's share at once.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from typing import Final
 
 import trio
 
+from signald.delivery.cork import CORK_FLUSH
+from signald.delivery.cork import BatchCork as BatchCork  # re-exported: where the hub and sessions look
+from signald.delivery.cork import Cork as Cork
 from signald.delivery.frames import Frame
 
 CLOSE_SLOW_CONSUMER: Final = 1013
@@ -54,86 +58,6 @@ def direct_writer(stream: trio.abc.Stream) -> DirectWrite | None:
             return 0  # broken: the writer task meets the error and ends the connection
 
     return write
-
-
-CORK_FLUSH: Final = 64  # frames one connection collects under a cork before they are written anyway
-
-
-class Cork:
-    """Holds direct writes back while a batch of events is delivered, then writes each connection's
-    share at once: ``with cork: ...``.
-
-    A committed batch of chat messages delivers several frames to every member of a room; under a
-    cork each member gets them in one ``write`` instead of one per frame. Nothing waits longer than
-    the ``with`` block (or :data:`CORK_FLUSH` frames). Corks nest; the outermost one writes.
-    """
-
-    __slots__ = ("depth", "held")
-
-    def __init__(self) -> None:
-        self.depth = 0
-        self.held: list[Outbox] = []
-
-    def __enter__(self) -> Cork:
-        self.depth += 1
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.depth -= 1
-        if self.depth == 0 and self.held:
-            held, self.held = self.held, []
-            for outbox in held:
-                outbox.uncork()
-
-
-class BatchCork:
-    """Holds ``cork`` from the first :meth:`hold` until the tasks Trio runs in the same pass have
-    run: then :meth:`run` (a task of the hub) lets go, and each connection gets one write for what
-    they delivered.
-
-    Why: a reconnect storm brings many joins and leaves within one scheduler pass (the history
-    reads of a batch wake their joiners together), and each of them sends a ``member.*`` event to
-    every member of the room: written one by one that is a write per member per join. The bytes
-    and their order per connection are the same either way; what waits is at most one pass.
-    """
-
-    __slots__ = ("_held", "_task", "cork")
-
-    def __init__(self, cork: Cork) -> None:
-        self.cork = cork
-        self._held = False
-        self._task: trio.lowlevel.Task | None = None  # run(), parked until a hold
-
-    def hold(self) -> None:
-        """Hold the cork until the current scheduler pass is over (no-op unless :meth:`run` runs)."""
-        task = self._task
-        if self._held or task is None:
-            return
-        self._held = True
-        self.cork.__enter__()
-        self._task = None
-        trio.lowlevel.reschedule(task)
-
-    async def run(self) -> None:
-        """Let go of the cork one pass after each hold; lets go on the way out too."""
-        try:
-            while True:
-                self._task = trio.lowlevel.current_task()
-
-                def abort(_: object) -> trio.lowlevel.Abort:
-                    self._task = None
-                    return trio.lowlevel.Abort.SUCCEEDED
-
-                await trio.lowlevel.wait_task_rescheduled(abort)
-                self._release()
-        finally:
-            self._task = None
-            self._release()
-
-    def _release(self) -> None:
-        if self._held:
-            self._held = False
-            self.cork.__exit__(None, None, None)
 
 
 class Outbox:
@@ -172,6 +96,7 @@ class Outbox:
         "high_water",
         "limit",
         "on_overflow",
+        "start_writer",
         "stopped",
         "writing",
     )
@@ -196,6 +121,9 @@ class Outbox:
         self._keyed: dict[tuple[str, ...], _Slot] = {}
         self._pong: _Slot | None = None  # the pong still queued, if any: a newer one replaces it
         self._waiter: trio.lowlevel.Task | None = None  # the writer task, parked in get_batch
+        # Starts the writer task, the first time something must wait for it (then None): most
+        # connections never need one, their frames all fit into the socket (see attach_writer).
+        self.start_writer: Callable[[], None] | None = None
 
     def __len__(self) -> int:
         return self._live
@@ -326,6 +254,23 @@ class Outbox:
     def _compact(self) -> None:
         self._queued = [f for f in self._queued if not isinstance(f, _Slot) or f.payload is not None]
 
+    def attach_writer(self, write: DirectWrite | None, start_writer: Callable[[], None]) -> None:
+        """The connection is up: write directly with ``write`` when idle, and call ``start_writer``
+        (once) when a frame has to wait; at once if some already do."""
+        self.direct_write = write
+        self.start_writer = start_writer
+        if self._queued or self._partial is not None or self.closed:
+            self._wake()
+
+    def stop_writer(self) -> bool:
+        """The connection's reader is done: no more direct writes, and the writer stops if it is idle
+        or never started (True), else the caller cancels it (False)."""
+        if self.start_writer is not None:  # never needed
+            self.start_writer = self.direct_write = None
+            self.stopped = True
+            return True
+        return self.stop_idle_writer()
+
     def stop_idle_writer(self) -> bool:
         """If the writer is waiting in :meth:`get_batch` (nothing half written), make it return ``[]``
         now, leaving what is queued unsent, as cancelling it would; True if it was. Cheaper than a
@@ -368,6 +313,9 @@ class Outbox:
         if task is not None:
             self._waiter = None
             trio.lowlevel.reschedule(task)
+        elif self.start_writer is not None:
+            start, self.start_writer = self.start_writer, None
+            start()
 
     async def _park(self) -> None:
         """Sleep until :meth:`_wake` (one waiter only: the writer; lighter than a ``trio.Event``)."""

@@ -4,7 +4,8 @@
   ``on_message`` (the app's: rate and size checks, decode, dispatch, reply). Messages of one
   connection are handled in order, so a client may pipeline requests: their effects (and ``seq``
   numbers) follow the order it sent them.
-- The **writer** drains what the owner's bounded outbox could not write directly.
+- The **writer** drains what the owner's bounded outbox could not write directly; it is started
+  the first time something has to wait (:meth:`Outbox.attach_writer`).
 - The **heartbeat** is not a task here: the hub pings connections silent for ``heartbeat_s`` from
   one sweep (:mod:`signald.state.heartbeat`); no sign of life within ``heartbeat_timeout_s`` after the
   ping closes the connection (1001, "heartbeat timeout").
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Iterable
+from functools import partial
 from typing import Protocol
 
 import trio
@@ -65,17 +67,24 @@ async def run_connection(
     side_tasks: Iterable[Callable[[], Awaitable[object]]] = (),
 ) -> None:
     """Serve ``owner`` on ``ws`` until either side ends it: each message read goes to ``on_message``."""
+    outbox = owner.outbox
     async with trio.open_nursery() as nursery:
         owner.cancel_scope = nursery.cancel_scope
-        nursery.start_soon(_writer, ws, owner.outbox, nursery.cancel_scope)
+        # The writer task starts only once a frame has to wait for the socket (most never do):
+        # a task less to start and stop per connection.
+        outbox.attach_writer(direct_writer(ws.stream), partial(nursery.start_soon, _writer, ws, outbox,
+                                                                nursery.cancel_scope))
         alone = True
         for task in side_tasks:
             nursery.start_soon(task)
             alone = False
-        await _reader(ws, owner, on_message)
+        try:
+            await _reader(ws, owner, on_message)
+        finally:  # no writer may start once the reader is done, however it ended
+            stopped = outbox.stop_writer()
         # An idle writer is told to stop (as if cancelled, but without a Cancelled through the
         # nursery: closing is most of what a short connection costs); one mid-write is cancelled.
-        if not (alone and owner.outbox.stop_idle_writer()):
+        if not (stopped and alone):
             nursery.cancel_scope.cancel()
 
 
@@ -100,7 +109,6 @@ async def _writer(ws: ServerWebSocket, outbox: Outbox, scope: trio.CancelScope) 
     ``writing`` is cleared however a write ends, cancelled included: the close frame that follows
     depends on it.
     """
-    outbox.direct_write = direct_writer(ws.stream)
     try:
         while True:
             batch = await outbox.get_batch()

@@ -3,13 +3,15 @@
 The server reads the client's upgrade request (:meth:`Handshake.read_request`), vets it, then
 either refuses it with an HTTP status (:meth:`Handshake.reject`), refuses it where a browser can
 see why (:meth:`Handshake.refuse_with_close`: the upgrade, one message, a close code), or answers
-``101 Switching Protocols`` (:meth:`Handshake.accept`), which hands back the wsproto connection that
-carries the WebSocket frames from then on (:class:`signald.transport.websocket.ServerWebSocket`).
+``101 Switching Protocols`` (:meth:`Handshake.upgrade`, sent with the first message by
+:func:`send_now`), which hands back the wsproto connection that carries the WebSocket frames from
+then on (:class:`signald.transport.websocket.ServerWebSocket`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Final
 
 import attrs
@@ -27,6 +29,7 @@ from wsproto.events import (
 from wsproto.handshake import H11Handshake
 from wsproto.utilities import RemoteProtocolError
 
+from signald.delivery.outbox import direct_writer
 from signald.transport.framing import fit_close_reason
 
 RECEIVE_BYTES: Final = 16384
@@ -69,8 +72,9 @@ async def receive_bytes(stream: trio.abc.Stream) -> bytes:
 class Handshake:
     """The HTTP/1.1 upgrade of one accepted stream (wsproto's :class:`H11Handshake`).
 
-    Resource handling: the handshake state is dropped once :meth:`accept` returns; the caller
-    bounds :meth:`read_request` with its connect timeout and closes the stream when refusing.
+    Resource handling: the handshake state is dropped once :meth:`upgrade` returns; the caller
+    tries :meth:`read_now` first, bounds :meth:`read_request` with its connect timeout and closes
+    the stream when refusing.
     """
 
     def __init__(self, stream: trio.abc.Stream, *, keep_plain: bool = False) -> None:
@@ -80,6 +84,27 @@ class Handshake:
         # kept in ``plain`` for the plain-HTTP server (signald.transport.http) to parse again.
         self._received: bytearray | None = bytearray() if keep_plain else None
         self.plain: bytes | None = None
+        self._ended = False  # the stream ended, or what it sent is not an upgrade
+        self._answer: bytes | None = None  # the refusal wsproto suggests for a bad request, not sent yet
+
+    def read_now(self) -> Upgrade | None:
+        """The upgrade request if all of it has arrived already, read without waiting (plain TCP).
+
+        Usually it has (it follows the TCP handshake at once): then no task switch, timeout or
+        cancel scope is needed. Else None, and :meth:`read_request` goes on from what was read.
+        """
+        fd = self.stream.socket.fileno() if isinstance(self.stream, trio.SocketStream) else -1
+        if fd < 0:
+            return None
+        try:
+            data = os.read(fd, RECEIVE_BYTES)
+        except OSError:  # nothing yet (BlockingIOError), or an error that read_request meets again
+            return None
+        if not data:
+            self._ended = True
+            return None
+        self._feed(data)
+        return self._request()
 
     async def read_request(self) -> Upgrade | None:
         """Read until the client's upgrade request.
@@ -88,28 +113,43 @@ class Handshake:
         ``keep_plain``, :attr:`plain` holds the bytes read, else it was answered ``400``/``426`` as
         wsproto suggests.
         """
-        while True:
-            for event in self._h11.events():
-                if isinstance(event, Request):
-                    self._received = None
-                    return Upgrade(event.target, tuple(event.extra_headers), tuple(event.subprotocols))
+        while not self._ended:
+            request = self._request()
+            if request is not None:
+                return request
             try:
                 data = await receive_bytes(self.stream)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return None
             if not data:
                 return None
+            self._feed(data)
+        if self._answer is not None:
+            answer, self._answer = self._answer, None
+            await self._send(answer)
+        return None
+
+    def _request(self) -> Upgrade | None:
+        """The upgrade request, if wsproto has all of it."""
+        for event in self._h11.events():
+            if isinstance(event, Request):
+                self._received = None
+                return Upgrade(event.target, tuple(event.extra_headers), tuple(event.subprotocols))
+        return None
+
+    def _feed(self, data: bytes) -> None:
+        """Parse ``data``; bytes that are not an upgrade end the reading (``_ended``), with the bytes
+        kept in ``plain`` (``keep_plain``) or the answer wsproto suggests in ``_answer``."""
+        if self._received is not None:
+            self._received += data
+        try:
+            self._h11.receive_data(data)
+        except RemoteProtocolError as exc:
+            self._ended = True
             if self._received is not None:
-                self._received += data
-            try:
-                self._h11.receive_data(data)
-            except RemoteProtocolError as exc:
-                if self._received is not None:
-                    self.plain, self._received = bytes(self._received), None
-                    return None
-                if isinstance(exc.event_hint, RejectConnection):
-                    await self._send(self._h11.send(exc.event_hint))
-                return None
+                self.plain, self._received = bytes(self._received), None
+            elif isinstance(exc.event_hint, RejectConnection):
+                self._answer = self._h11.send(exc.event_hint)
 
     async def reject(
         self, status: int, body: bytes, content_type: bytes = b"text/plain",
@@ -151,14 +191,32 @@ class Handshake:
             if any(isinstance(event, CloseConnection) for event in conn.events()):  # a protocol error is one too
                 return
 
-    async def accept(self, subprotocol: str | None) -> Connection:
-        """Answer ``101 Switching Protocols``; the returned connection carries the frames."""
-        await self._send(self._h11.send(AcceptConnection(subprotocol=subprotocol)))
+    def upgrade(self, subprotocol: str | None) -> tuple[bytes, Connection]:
+        """The ``101 Switching Protocols`` answer, not sent yet, and the connection that carries the
+        frames from then on: the caller sends the answer with its first message in one write
+        (:func:`send_now`)."""
+        data = self._h11.send(AcceptConnection(subprotocol=subprotocol))
         connection = self._h11.connection
         assert connection is not None
         del self._h11  # the HTTP state is not needed any more
-        return connection
+        return data, connection
 
     async def _send(self, data: bytes) -> None:
-        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-            await self.stream.send_all(data)
+        await send_now(self.stream, data)
+
+
+async def send_now(stream: trio.abc.Stream, data: bytes) -> None:
+    """Write ``data``; a stream that broke or was closed is left for the reader to find.
+
+    On plain TCP the bytes go straight into the socket when they fit (the usual case for a
+    handshake's answer): no task switch and no cancel scope, which ``send_all`` costs every time.
+    What did not fit, and anything under TLS, is written with ``send_all``.
+    """
+    write = direct_writer(stream)
+    if write is not None:
+        written = write(data)
+        if written == len(data):
+            return
+        data = data[written:]
+    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+        await stream.send_all(data)

@@ -1,4 +1,5 @@
-"""Listening sockets that several processes share (``SO_REUSEPORT``): ``signald serve --workers N``.
+"""Listening sockets: the accept loop (:func:`serve_streams`), and sockets that several processes share
+(``SO_REUSEPORT``): ``signald serve --workers N``.
 
 Each node process binds its own socket to the same address and port; the kernel spreads new
 connections over them, so the machine's cores all serve. Linux only (``SO_REUSEPORT`` with load
@@ -7,9 +8,16 @@ balancing between processes).
 
 from __future__ import annotations
 
+import errno
+import logging
+import os
 import socket
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Final
 
 import trio
+
+log = logging.getLogger("signald.server")
 
 
 async def reuse_port_listeners(host: str, port: int, backlog: int = 4096) -> list[trio.SocketListener]:
@@ -35,3 +43,47 @@ async def reuse_port_listeners(host: str, port: int, backlog: int = 4096) -> lis
             await listener.aclose()
         raise
     return listeners
+
+
+# accept(2) errors that say the machine is out of something for now: wait and accept again.
+ACCEPT_CAPACITY_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+CAPACITY_WAIT_S: Final = 0.1
+
+
+async def serve_streams(
+    handler: Callable[[trio.abc.Stream], Awaitable[object]],
+    listeners: Sequence[trio.abc.Listener[trio.abc.Stream]],
+    *,
+    handler_nursery: trio.Nursery,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Accept on every listener and run ``handler(stream)`` for each stream in ``handler_nursery``.
+
+    Like ``trio.serve_listeners``, except that the handler owns the stream and must close it:
+    trio's wrapper closes every stream once more with ``aclose_forcefully``, which raises and
+    catches a ``Cancelled`` per connection (about 5 % of a connection's set-up and tear-down).
+    Accept errors that mean the machine is out of descriptors or memory are logged and retried
+    after :data:`CAPACITY_WAIT_S`; any other one ends serving (as in trio). The listeners are
+    closed on the way out.
+    """
+    async with trio.open_nursery() as nursery:
+        for listener in listeners:
+            nursery.start_soon(_accept_loop, listener, handler, handler_nursery)
+        task_status.started()
+
+
+async def _accept_loop(
+    listener: trio.abc.Listener[trio.abc.Stream], handler: Callable[[trio.abc.Stream], Awaitable[object]],
+    handler_nursery: trio.Nursery,
+) -> None:
+    async with listener:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
+                    raise
+                log.error("accept failed: %s; accepting again in %.1f s", os.strerror(exc.errno or 0), CAPACITY_WAIT_S)
+                await trio.sleep(CAPACITY_WAIT_S)
+                continue
+            handler_nursery.start_soon(handler, stream)

@@ -40,8 +40,9 @@ import trio
 from wsproto.connection import Connection, ConnectionState
 from wsproto.events import BytesMessage, CloseConnection, Event, Ping, TextMessage
 
-from signald.delivery.outbox import Outbox
+from signald.delivery.outbox import Outbox, direct_writer
 from signald.state.ratelimit import FloodGuard, Verdict
+from signald.transport.closing import await_close_reply, discard_until_closed
 from signald.transport.framing import PING_FRAME, fit_close_reason, is_lone_pong, whole_message
 from signald.transport.handshake import RECEIVE_BYTES, receive_bytes
 from signald.transport.parking import Parking
@@ -344,16 +345,19 @@ class ServerWebSocket:
             if conn.state is ConnectionState.REMOTE_CLOSING:
                 await self.stream.send_all(unsent + conn.send(CloseConnection(code=self.peer_close_code or 1000)))
                 return  # RFC 6455 7.1.1: the server closes TCP right after the closing handshake
-            if conn.state is not ConnectionState.OPEN:
+            if conn.state is not ConnectionState.OPEN:  # close_now began the reply: the rest of it
+                if unsent:
+                    await self.stream.send_all(unsent)
                 return
             failed = self.failure is not None
             if self.failure is not None:
                 code, reason = self.failure
             await self.stream.send_all(unsent + conn.send(CloseConnection(code=code, reason=fit_close_reason(reason))))
             if failed:  # RFC 6455 7.1.7: process nothing more from a failed peer, not even its close
-                await self._discard()
+                await discard_until_closed(self.stream, DISCARD_BYTES)
             else:
-                await self._await_close_reply()
+                self._events = iter(())
+                await await_close_reply(self._conn, self.stream)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         finally:  # a plain socket closes as in SocketStream.aclose, without aclose_forcefully's Cancelled
@@ -362,36 +366,33 @@ class ServerWebSocket:
             else:
                 self._socket.close()
 
+    def close_now(self) -> bool:
+        """Finish at once when nothing needs waiting for (True): on plain TCP, when the stream broke,
+        or the peer closed first and the close reply fits into the socket. Else (False) call
+        :meth:`close`, which also sends what did not fit. Costs no task switch nor cancel scope."""
+        sock, outbox = self._socket, self.outbox
+        if sock is None or outbox.mid_frame or outbox.direct_write is not None:  # a writer is still attached
+            return False
+        if not self.broken:
+            conn = self._conn
+            if conn.state is not ConnectionState.REMOTE_CLOSING:
+                return False
+            reply = conn.send(CloseConnection(code=self.peer_close_code or 1000))
+            write = direct_writer(self.stream)
+            sent = write(reply) if write is not None else 0
+            if sent < len(reply):
+                outbox.keep_unsent(reply[sent:])
+                return False
+        self.gone = True
+        sock.close()
+        return True
+
     @property
     def peer_close_code(self) -> int | None:
         """The code of the peer's close frame (to echo, and for the logs), None if it sent none; the
         close may still wait in ``_events`` if the reader was cancelled."""
         closes = [self._peer_close] + [e for e in self._events if isinstance(e, CloseConnection)]
         return next((event.response().code for event in closes if event is not None), None)
-
-    async def _discard(self) -> None:
-        """Say we are done (TCP FIN after our close frame), then read and drop what the peer still
-        sends, unparsed, until it closes too (at most DISCARD_BYTES): closing with unread bytes would
-        reset the connection, and the peer might lose our close frame."""
-        if isinstance(self.stream, trio.abc.HalfCloseableStream):
-            await self.stream.send_eof()
-        left = DISCARD_BYTES
-        while left > 0:
-            data = await receive_bytes(self.stream)
-            if not data:
-                return
-            left -= len(data)
-
-    async def _await_close_reply(self) -> None:
-        conn = self._conn
-        self._events = iter(())
-        while conn.state is not ConnectionState.CLOSED:
-            data = await receive_bytes(self.stream)
-            if not data:
-                return
-            conn.receive_data(data)
-            if any(isinstance(event, CloseConnection) for event in conn.events()):
-                return
 
 
 async def _wait_readable(fd: int) -> None:

@@ -179,3 +179,44 @@ async def test_an_idle_writer_is_stopped_without_a_cancellation_and_leaves_the_q
         await trio.testing.wait_all_tasks_blocked()
         assert box.stop_idle_writer()
     assert batches == [[]]  # returned by itself, nothing to write
+
+
+async def test_the_writer_starts_only_once_a_frame_has_to_wait() -> None:
+    wire: list[bytes] = []
+    room = [10**6]  # what the socket takes
+    started: list[bool] = []
+
+    def write(data: bytes) -> int:
+        n = min(len(data), room[0])
+        wire.append(data[:n])
+        room[0] -= n
+        return n
+
+    box = Outbox(8, binary=False, on_overflow=lambda: None)
+    box.attach_writer(write, lambda: started.append(True))
+    first, second = (Frame(RoomActiveEvent(data=RoomData(room=r))) for r in ("a", "b"))
+    assert box.push(first)
+    assert not started  # it fit: no writer needed
+    room[0] = 0
+    assert box.push(second)
+    assert box.push(first)
+    assert started == [True]  # once, with the first frame that has to wait
+    assert await box.get_batch() == [second.wire_text, first.wire_text]
+
+
+async def test_frames_queued_before_the_connection_is_up_start_the_writer_at_once() -> None:
+    started: list[bool] = []
+    box = Outbox(8, binary=False, on_overflow=lambda: None)
+    assert box.push(Frame(RoomActiveEvent(data=RoomData(room="a"))))  # no socket yet: queued
+    box.attach_writer(lambda data: len(data), lambda: started.append(True))
+    assert started == [True]
+
+
+async def test_stopping_a_writer_that_never_started_ends_direct_writes() -> None:
+    wire: list[bytes] = []
+    started: list[bool] = []
+    box = Outbox(8, binary=False, on_overflow=lambda: None)
+    box.attach_writer(lambda data: (wire.append(data), len(data))[1], lambda: started.append(True))
+    assert box.stop_writer()  # nothing to cancel
+    box.push(Frame(RoomActiveEvent(data=RoomData(room="a"))))
+    assert not wire and not started  # after the reader is done, nothing is written nor starts a writer

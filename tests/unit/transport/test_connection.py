@@ -214,3 +214,38 @@ async def test_a_connection_cancelled_for_another_reason_is_not_reported_as_a_sh
         assert bob.ws.closed is not None and bob.ws.closed.code == 1000
         assert (await alice.request_raw("presence.ping"))["type"] == "presence.pong"  # the server runs on
     server.scope.cancel()
+
+
+async def _nothing_expected(message: str | bytes) -> None:
+    raise AssertionError("the peer sends no message")  # pragma: no cover
+
+
+async def test_a_peer_that_closes_first_is_answered_at_once(pair: tuple[socket.socket, socket.socket]) -> None:
+    """Its close frame ends the reader; the echo goes straight into the socket and TCP closes, with
+    no wait (``close_now``)."""
+    ours, theirs = pair
+    outbox = Outbox(8, binary=False, on_overflow=lambda: None)
+    ws = ServerWebSocket(trio.SocketStream(trio.socket.from_stdlib_socket(ours)), Connection(ConnectionType.SERVER),
+                         outbox, max_message_bytes=1000)
+    client = Connection(ConnectionType.CLIENT)
+    theirs.sendall(client.send(CloseConnection(code=4000, reason="bye")))
+    with trio.fail_after(10):
+        await run_connection(ws, Owner(outbox), _nothing_expected)
+    assert ws.peer_close_code == 4000
+    assert ws.close_now()
+    client.receive_data(theirs.recv(100))
+    (reply,) = client.events()
+    assert isinstance(reply, CloseConnection) and reply.code == 4000
+    assert theirs.recv(100) == b""  # and TCP is closed
+
+
+async def test_a_peer_that_vanished_is_let_go_at_once(pair: tuple[socket.socket, socket.socket]) -> None:
+    ours, theirs = pair
+    outbox = Outbox(8, binary=False, on_overflow=lambda: None)
+    stream = trio.SocketStream(trio.socket.from_stdlib_socket(ours))
+    ws = ServerWebSocket(stream, Connection(ConnectionType.SERVER), outbox, max_message_bytes=1000)
+    theirs.close()
+    with trio.fail_after(10):
+        await run_connection(ws, Owner(outbox), _nothing_expected)
+    assert ws.broken and ws.close_now()
+    assert stream.socket.fileno() == -1
