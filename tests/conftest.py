@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 import trio
+import over_nodes
+from over_nodes import nodes, nodes_database  # noqa: F401  # fixtures: a test over 1 node and over 3 nodes
 from postgres import postgres_server, postgres_url  # noqa: F401  # fixtures: a private PostgreSQL
 from redis_fixture import redis_server, redis_url  # noqa: F401  # fixtures: a private Redis
 from trio.testing import MockClock
@@ -30,9 +32,19 @@ def make_config(tmp_path: Path, **sections: dict[str, Any]) -> Config:
 
 
 async def start_server(nursery: trio.Nursery, config: Config, **kwargs: Any) -> RunningServer:
-    running: RunningServer = await nursery.start(lambda task_status: serve_signald(
-        config, task_status=task_status, **kwargs))
-    return running
+    """One daemon; in a test over "3 nodes" (tests/over_nodes.py), three that it uses as one."""
+    if over_nodes.current.count == 1:
+        running: RunningServer = await nursery.start(lambda task_status: serve_signald(
+            config, task_status=task_status, **kwargs))
+        return running
+    started = []
+    for index in range(over_nodes.current.count):
+        node_config = over_nodes.node_config(config, index)
+        started.append(await nursery.start(lambda task_status, c=node_config: serve_signald(
+            c, task_status=task_status, **kwargs)))
+    cluster = over_nodes.Nodes(started)
+    over_nodes.current.started.append(cluster)
+    return cluster  # type: ignore[return-value]  # it stands for a RunningServer
 
 
 @pytest.fixture
@@ -96,6 +108,7 @@ async def events_of(c: SignaldClient) -> list[Event]:
     test files (rooms, calls) keep their own unguarded variant.
     """
     with trio.fail_after(5):
+        await over_nodes.settle()
         pong = await c.request_raw("presence.ping")
     assert pong["type"] == "presence.pong"
     return [(e["type"], e["data"]) for e in c.pending_events()]

@@ -96,6 +96,7 @@ class RedisReplica(Replica):
         self._stop = trio.Event()  # running() is done: the broker connections close
         self._connect_error = f"no answer within {CONNECT_S:g} s"
         self._heard = 0.0  # when this node last heard its own heartbeat (trio time)
+        self.echoes_heard = 0  # its own echoes heard back: one that follows a write proves the write was heard
 
     # ------------------------------------------------------------------ the Replica seam
 
@@ -233,8 +234,7 @@ class RedisReplica(Replica):
     async def _leave_cluster(self) -> None:
         """A clean stop: flush what is queued, then take this node's records out at once."""
         pending = self.writer.drain()
-        mine = [conn for conn in self.hub.sessions]
-        if mine:
+        if mine := list(self.hub.sessions):
             pending.append(("hdel", self.names.conns, mine))
         pending.append(("zrem", self.names.nodes, self.node_id))
         try:
@@ -273,7 +273,7 @@ class RedisReplica(Replica):
             envelope = STATE_DECODER.decode(data)
             if isinstance(envelope.op, Echo):
                 if envelope.origin == self.node_id:
-                    self._heard = trio.current_time()
+                    self._heard, self.echoes_heard = trio.current_time(), self.echoes_heard + 1
             elif envelope.origin != self.node_id:
                 self._apply(envelope.origin, envelope.op)
         elif kind == "room":
