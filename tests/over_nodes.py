@@ -116,14 +116,22 @@ class SharedDatabase:
         self._conn = psycopg.connect(url, autocommit=True)
 
     def emptied(self) -> str:
-        tables = [row[0] for row in self._conn.execute(
-            "SELECT quote_ident(tablename) FROM pg_tables WHERE schemaname = current_schema()")]
+        tables = [row[0] for row in self._conn.execute(  # signald's, but for the schema's version
+            "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables"
+            " WHERE schemaname = 'signald' AND tablename <> 'schema_version'")]
         if tables:  # none before the first nodes created the schema
             self._conn.execute(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY")  # type: ignore[arg-type]
         return self.url
 
     def close(self) -> None:
         self._conn.close()
+
+
+def on_sqlite_over_nodes(item: pytest.Item) -> bool:
+    """A "3 nodes" variant of a test that also runs over both stores: several nodes always share
+    PostgreSQL, so its "sqlite" variant would run the "postgres" one again."""
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    return bool(params.get("nodes", 1) > 1 and "sqlite" in params.values())
 
 
 @pytest.fixture(scope="session")
