@@ -11,9 +11,9 @@ from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontext
 from pathlib import Path
 from typing import Any
 
+import over_nodes
 import pytest
 import trio
-import over_nodes
 from over_nodes import nodes, nodes_database  # noqa: F401  # fixtures: a test over 1 node and over 3 nodes
 from postgres import postgres_server, postgres_url  # noqa: F401  # fixtures: a private PostgreSQL
 from redis_fixture import redis_server, redis_url  # noqa: F401  # fixtures: a private Redis
@@ -51,6 +51,7 @@ async def start_server(nursery: trio.Nursery, config: Config, **kwargs: Any) -> 
             c, task_status=task_status, **kwargs)))
     cluster = over_nodes.Nodes(started)
     over_nodes.current.started.append(cluster)
+    nursery.start_soon(over_nodes.unlisted_once_stopped, cluster)
     return cluster  # type: ignore[return-value]  # it stands for a RunningServer
 
 

@@ -22,7 +22,7 @@ differ across nodes is marked ``@pytest.mark.one_node("why")`` and runs on one n
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import attrs
@@ -43,6 +43,9 @@ class Setting:
     redis_url: str = ""
     postgres_url: str = ""
     started: list[Nodes] = attrs.Factory(list)
+    # empties the test's Redis database and PostgreSQL again (for a test that runs several
+    # examples, hypothesis): what the fresh ``tmp_path`` of each example is on one node
+    fresh: Callable[[], None] = lambda: None
 
 
 current = Setting()
@@ -70,6 +73,15 @@ def node_config(config: Any, index: int) -> Any:
         else current.postgres_url
     cluster = attrs.evolve(config.cluster, broker_url=current.redis_url, node_id=f"node-{index}")
     return attrs.evolve(config, history=attrs.evolve(config.history, url=history_url), cluster=cluster)
+
+
+async def unlisted_once_stopped(nodes: Nodes) -> None:
+    """Take ``nodes`` out of :data:`current` (where :func:`settle` finds them) once their nursery
+    stops them (a test that restarts its server)."""
+    try:
+        await trio.sleep_forever()
+    finally:
+        current.started.remove(nodes)
 
 
 async def settle() -> None:
@@ -156,10 +168,19 @@ def nodes(request: pytest.FixtureRequest) -> Iterator[int]:
         pytest.skip("one node only: a mock clock jumps while the nodes wait on Redis, firing their broker timeouts")
     current.count = count
     if count > 1:
-        current.redis_url = request.getfixturevalue("redis_url")
-        current.postgres_url = request.getfixturevalue("nodes_database").emptied()
+        from redis_fixture import flush
+
+        redis_url, database = request.getfixturevalue("redis_url"), request.getfixturevalue("nodes_database")
+        redis_server = request.getfixturevalue("redis_server")
+        current.redis_url, current.postgres_url = redis_url, database.emptied()
+
+        def emptied() -> None:
+            flush(redis_server, int(redis_url.rsplit("/", 1)[1]))
+            database.emptied()
+        current.fresh = emptied
     try:
         yield count
     finally:
         current.count, current.redis_url, current.postgres_url = 1, "", ""
         current.started.clear()
+        current.fresh = lambda: None

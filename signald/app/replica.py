@@ -161,8 +161,9 @@ class Replica(abc.ABC):
         """Before a connection of this node joins ``room``: hear the room's events from now on."""
 
     @abc.abstractmethod
-    def read_at(self, room: str, rev: int) -> None:
-        """A join of this node read ``room``'s history at ``rev`` (where the room's order starts here)."""
+    async def read_at(self, room: str, rev: int) -> None:
+        """A join of this node read ``room``'s history at ``rev`` (where the room's order starts here);
+        returns once this node delivered the room's changes up to ``rev`` (the join still captures)."""
 
     @abc.abstractmethod
     def problem(self) -> str | None:

@@ -36,6 +36,7 @@ import trio
 from signald.app.hub import Hub
 from signald.app.replica import Activity, Connect, Disconnect, Join, Kick, Leave, Op, Replica, SetStatus
 from signald.cluster.apply import apply_op
+from signald.cluster.catchup import CatchUp
 from signald.cluster.channels import Subscriptions
 from signald.cluster.nodes import NodeTable
 from signald.cluster.order import HOLD_S, RoomOrder
@@ -51,6 +52,7 @@ from signald.cluster.wire import (
     RoomEnvelope,
     StateEnvelope,
     UserEnvelope,
+    as_text,
     decode_event,
 )
 from signald.cluster.writer import Command, Writer
@@ -80,7 +82,7 @@ class RedisReplica(Replica):
         self._ttl = config.node_ttl_s
         self._applying = False  # applying another node's op: nothing is shared back
         self.nodes = NodeTable(hub, self.names, self.node_id, config.node_ttl_s, self._apply)
-        self.order = RoomOrder(self._deliver_change)
+        self.order, self.catch_up = RoomOrder(self._deliver_change), CatchUp()
         self.channels = Subscriptions(hub, self.names, dropped=self.order.forget)
         self._problem: str | None = None  # why the broker cannot be used now (/readyz)
         away = hub.config.presence.away_after_s
@@ -157,6 +159,7 @@ class RedisReplica(Replica):
     def _deliver_change(self, room: str, frame: Frame, exclude: str | None) -> None:
         if self.hub.history is not None:
             self.hub.history.deliver_now(room, frame, exclude)
+        self.catch_up.delivered(room, frame)
 
     def user_event(self, user: str, frame: Frame) -> None:
         envelope = UserEnvelope(self.node_id, frame.text.encode())
@@ -168,8 +171,9 @@ class RedisReplica(Replica):
         except Exception as exc:  # the broker is down: join anyway, the sweeper subscribes later
             self._down(exc)
 
-    def read_at(self, room: str, rev: int) -> None:
+    async def read_at(self, room: str, rev: int) -> None:
         self.order.start(room, rev)
+        await self.catch_up.until(room, rev, self.order.last(room))
 
     def problem(self) -> str | None:
         if self._problem is not None:
@@ -254,7 +258,7 @@ class RedisReplica(Replica):
                 continue
             if message is None:
                 continue
-            kind, channel = message["type"], _text(message["channel"])
+            kind, channel = message["type"], as_text(message["channel"])
             if kind == "subscribe" and channel == self.names.state:
                 if self._heard_state_once and self._nursery is not None:
                     self._nursery.start_soon(self._resync)  # a reconnect: the broker may have lost everything
@@ -394,7 +398,3 @@ class RedisReplica(Replica):
         if self._problem is not None:
             log.info("cluster: the broker (Redis) answers again")
         self._problem = None
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

@@ -66,10 +66,10 @@ async def room_join(ctx: Context, msg: RoomJoin) -> RoomJoinResult:
     hub.rooms.check_join(conn, user, room, max_rooms=max_rooms)
     with history.capturing(room, conn) as kept:
         rejoin = await history.rejoin(user, room, data.since, data.since_rev)
+        if hub.replica is not None:  # the changes the read saw, delivered here too: not live again after the join
+            await hub.replica.read_at(room, rejoin.rev)
     if session.detached:  # closed during the read: a gone connection must not become a member
         raise SignalError("INTERNAL", "the connection closed during the join")
-    if hub.replica is not None:
-        hub.replica.read_at(room, rejoin.rev)
     outcome = hub.rooms.join(conn, user, room, max_rooms=max_rooms)
     hub.publish(outcome.sends)
     hub.share(Join(conn, user, room))

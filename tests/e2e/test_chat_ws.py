@@ -16,9 +16,9 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
+import over_nodes
 import pytest
 import trio
-import over_nodes
 from conftest import Event, clients, events_of, make_config, start_server
 
 from signald.client.raw import SignaldClient, connect
