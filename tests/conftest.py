@@ -104,9 +104,12 @@ Event = tuple[str, dict[str, Any]]
 
 @asynccontextmanager
 async def clients(server: RunningServer, *users: str) -> AsyncIterator[list[SignaldClient]]:
-    """One connected client per listed user name (repeat a name for a second device)."""
+    """One connected client per listed user name (repeat a name for a second device); over several
+    nodes, once every node knows of them all (tests/over_nodes.py)."""
     async with AsyncExitStack() as stack:
-        yield [await stack.enter_async_context(connect(server.url, user=u)) for u in users]
+        connected = [await stack.enter_async_context(connect(server.url, user=u)) for u in users]
+        await over_nodes.settle()
+        yield connected
 
 
 async def events_of(c: SignaldClient) -> list[Event]:
