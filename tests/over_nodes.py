@@ -69,6 +69,15 @@ class Nodes:
         return getattr(self.nodes[0], name)
 
 
+def url_of(server: Any, node: int) -> str:
+    """The URL of node ``node`` of ``server`` over several nodes (modulo their number); on one node
+    its only URL. For a test that must place two connections on one node, or on two."""
+    if isinstance(server, Nodes):
+        return server.nodes[node % len(server.nodes)].url
+    url: str = server.url
+    return url
+
+
 def node_config(config: Config, index: int) -> Config:
     """``config`` as node ``index`` of the test's cluster: the shared Redis and PostgreSQL."""
     history_url = config.history.url if (config.history.url or "").startswith("postgresql") \

@@ -122,6 +122,37 @@ async def test_a_join_racing_with_a_burst_of_sends_gets_each_message_exactly_onc
         assert 0 < view.joined_at < burst  # it did race: part in the ack and its pages, part live
 
 
+async def test_a_join_racing_with_sends_from_another_node_where_the_room_has_a_member_gets_each_once(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """Over 3 nodes: alice sends on node 0, carol is already in the room on node 1, bob joins on node 1
+    mid-burst. Node 1's room order may be behind bob's read of the store (it is still delivering to
+    carol what node 0 committed a moment ago): bob gets those in his ack and must not get them live too."""
+    srv = await start_server(nursery, make_config(tmp_path, limits={"history_page_max": 50, **FAST}))
+    burst, view, watched = 300, RoomView("lobby"), RoomView("lobby")
+    async with AsyncExitStack() as stack:
+        alice, carol, bob = [await stack.enter_async_context(connect(over_nodes.url_of(srv, node), user=user))
+                             for user, node in (("alice", 0), ("carol", 1), ("bob", 1))]
+        await alice.request("room.join", {"room": "lobby"})
+        await watched.join(carol)
+        acked = 0
+        for i in range(burst):
+            await alice.send({"type": "chat.send", "id": f"s{i}", "data": {"scope": "lobby", "body": f"{i}"}})
+            if i == 20:
+                while not acked:
+                    acked += (await alice.next_event())["type"] == "ack"
+                nursery.start_soon(view.join, bob)
+        with trio.fail_after(10):
+            while acked < burst:
+                acked += (await alice.next_event())["type"] == "ack"
+            for client, room_view in ((bob, view), (carol, watched)):
+                for event in await events_of(client):
+                    room_view.apply_event(*event)  # asserts: nothing twice, nothing at or below the ack
+        expected = [str(i) for i in range(burst)]
+        assert [m["body"] for m in view.as_history()] == expected == [m["body"] for m in watched.as_history()]
+        assert 0 < view.joined_at < burst
+
+
 # --------------------------------------------------------------------------- the property
 
 
