@@ -130,25 +130,22 @@ async def settle() -> None:
 
 class SharedDatabase:
     """One PostgreSQL database for every "3 nodes" test, emptied before each (tests run one at a
-    time): ``TRUNCATE`` on one open connection takes milliseconds where ``CREATE DATABASE`` and
-    the nodes' schema set-up take a few hundred."""
+    time): ``TRUNCATE`` takes milliseconds where ``CREATE DATABASE`` and the nodes' schema set-up
+    take a few hundred. A connection of its own each time: other tests restart the server."""
 
     def __init__(self, url: str) -> None:
-        import psycopg
-
         self.url = url
-        self._conn = psycopg.connect(url, autocommit=True)
 
     def emptied(self) -> str:
-        tables = [row[0] for row in self._conn.execute(  # signald's, but for the schema's version
-            "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables"
-            " WHERE schemaname = 'signald' AND tablename <> 'schema_version'")]
-        if tables:  # none before the first nodes created the schema
-            self._conn.execute(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY")  # type: ignore[arg-type]
-        return self.url
+        import psycopg
 
-    def close(self) -> None:
-        self._conn.close()
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            tables = [row[0] for row in conn.execute(  # signald's, but for the schema's version
+                "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables"
+                " WHERE schemaname = 'signald' AND tablename <> 'schema_version'")]
+            if tables:  # none before the first nodes created the schema
+                conn.execute(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY")  # type: ignore[arg-type]
+        return self.url
 
 
 def on_sqlite_over_nodes(item: pytest.Item) -> bool:
@@ -159,14 +156,10 @@ def on_sqlite_over_nodes(item: pytest.Item) -> bool:
 
 
 @pytest.fixture(scope="session")
-def nodes_database(postgres_server: Any) -> Iterator[SharedDatabase]:
+def nodes_database(postgres_server: Any) -> SharedDatabase:
     from postgres import create_database
 
-    database = SharedDatabase(create_database(postgres_server))
-    try:
-        yield database
-    finally:
-        database.close()
+    return SharedDatabase(create_database(postgres_server))
 
 
 @pytest.fixture(params=sorted(IDS), ids=IDS.get)
@@ -178,19 +171,19 @@ def nodes(request: pytest.FixtureRequest) -> Iterator[int]:
         pytest.skip(f"one node only: {marker.args[0]}")
     if count > 1 and MOCK_CLOCKS & set(request.fixturenames):
         pytest.skip("one node only: a mock clock jumps while the nodes wait on Redis, firing their broker timeouts")
-    current.count = count
-    if count > 1:
-        from redis_fixture import flush
-
-        redis_url, database = request.getfixturevalue("redis_url"), request.getfixturevalue("nodes_database")
-        redis_server = request.getfixturevalue("redis_server")
-        current.redis_url, current.postgres_url = redis_url, database.emptied()
-
-        def emptied() -> None:
-            flush(redis_server, int(redis_url.rsplit("/", 1)[1]))
-            database.emptied()
-        current.fresh = emptied
     try:
+        if count > 1:
+            from redis_fixture import flush
+
+            redis_url, database = request.getfixturevalue("redis_url"), request.getfixturevalue("nodes_database")
+            redis_server = request.getfixturevalue("redis_server")
+            current.redis_url, current.postgres_url = redis_url, database.emptied()
+
+            def emptied() -> None:
+                flush(redis_server, int(redis_url.rsplit("/", 1)[1]))
+                database.emptied()
+            current.fresh = emptied
+        current.count = count  # last: a set-up that failed leaves the next tests on one node
         yield count
     finally:
         current.count, current.redis_url, current.postgres_url = 1, "", ""
