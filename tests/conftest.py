@@ -11,8 +11,10 @@ from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontext
 from pathlib import Path
 from typing import Any
 
+import over_nodes
 import pytest
 import trio
+from over_nodes import nodes, nodes_database  # noqa: F401  # fixtures: a test over 1 node and over 3 nodes
 from postgres import postgres_server, postgres_url  # noqa: F401  # fixtures: a private PostgreSQL
 from redis_fixture import redis_server, redis_url  # noqa: F401  # fixtures: a private Redis
 from trio.testing import MockClock
@@ -20,6 +22,13 @@ from trio.testing import MockClock
 from signald.client.raw import SignaldClient, connect
 from signald.config import Config, load_config
 from signald.server import RunningServer, serve_signald
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    twice = [item for item in items if over_nodes.on_sqlite_over_nodes(item)]
+    if twice:
+        config.hook.pytest_deselected(items=twice)
+        items[:] = [item for item in items if item not in twice]
 
 
 def make_config(tmp_path: Path, **sections: dict[str, Any]) -> Config:
@@ -30,9 +39,20 @@ def make_config(tmp_path: Path, **sections: dict[str, Any]) -> Config:
 
 
 async def start_server(nursery: trio.Nursery, config: Config, **kwargs: Any) -> RunningServer:
-    running: RunningServer = await nursery.start(lambda task_status: serve_signald(
-        config, task_status=task_status, **kwargs))
-    return running
+    """One daemon; in a test over "3 nodes" (tests/over_nodes.py), three that it uses as one."""
+    if over_nodes.current.count == 1:
+        running: RunningServer = await nursery.start(lambda task_status: serve_signald(
+            config, task_status=task_status, **kwargs))
+        return running
+    started = []
+    for index in range(over_nodes.current.count):
+        node_config = over_nodes.node_config(config, index)
+        started.append(await nursery.start(lambda task_status, c=node_config: serve_signald(
+            c, task_status=task_status, **kwargs)))
+    cluster = over_nodes.Nodes(started)
+    over_nodes.current.started.append(cluster)
+    nursery.start_soon(over_nodes.unlisted_once_stopped, cluster)
+    return cluster  # type: ignore[return-value]  # it stands for a RunningServer
 
 
 @pytest.fixture
@@ -84,9 +104,12 @@ Event = tuple[str, dict[str, Any]]
 
 @asynccontextmanager
 async def clients(server: RunningServer, *users: str) -> AsyncIterator[list[SignaldClient]]:
-    """One connected client per listed user name (repeat a name for a second device)."""
+    """One connected client per listed user name (repeat a name for a second device); over several
+    nodes, once every node knows of them all (tests/over_nodes.py)."""
     async with AsyncExitStack() as stack:
-        yield [await stack.enter_async_context(connect(server.url, user=u)) for u in users]
+        connected = [await stack.enter_async_context(connect(server.url, user=u)) for u in users]
+        await over_nodes.settle()
+        yield connected
 
 
 async def events_of(c: SignaldClient) -> list[Event]:
@@ -96,6 +119,7 @@ async def events_of(c: SignaldClient) -> list[Event]:
     test files (rooms, calls) keep their own unguarded variant.
     """
     with trio.fail_after(5):
+        await over_nodes.settle()
         pong = await c.request_raw("presence.ping")
     assert pong["type"] == "presence.pong"
     return [(e["type"], e["data"]) for e in c.pending_events()]

@@ -123,7 +123,12 @@ def redis_server() -> Iterator[RedisServer]:
 def redis_url(redis_server: RedisServer) -> str:
     """A logical database of its own for one test, emptied first."""
     db = next(_databases) % 16 or 1
-    server_url = redis_server.url(db)
+    flush(redis_server, db)
+    return redis_server.url(db)
+
+
+def flush(redis_server: RedisServer, db: int) -> None:
+    """Empty logical database ``db``."""
     request = f"*2\r\n$6\r\nSELECT\r\n${len(str(db))}\r\n{db}\r\n*1\r\n$7\r\nFLUSHDB\r\n"
     with socket.create_connection(("127.0.0.1", redis_server.port), timeout=5) as sock:
         sock.sendall(request.encode())
@@ -133,4 +138,3 @@ def redis_url(redis_server: RedisServer) -> str:
             if not chunk:
                 raise RuntimeError(f"redis-server closed the connection: {replies!r}")
             replies += chunk
-    return server_url

@@ -219,9 +219,10 @@ class Replica(abc.ABC):
         """Before a connection of this node joins ``room``: hear the room's events from now on."""
 
     @abc.abstractmethod
-    def read_at(self, room: str, rev: int) -> None:
+    async def read_at(self, room: str, rev: int) -> None:
         """A join of this node read ``room``'s history at ``rev`` (where the room's order starts here);
-        called while the join still keeps what is delivered to the room (``HistoryService.capturing``)."""
+        called while the join still keeps what is delivered to the room (``HistoryService.capturing``),
+        returns once this node delivered the room's changes up to ``rev``."""
 
     @abc.abstractmethod
     def problem(self) -> str | None:

@@ -36,6 +36,7 @@ from signald.app.hub import Hub
 from signald.app.replica import Activity, Connect, Disconnect, Join, Kick, Leave, Op, Replica, SetStatus
 from signald.cluster.apply import apply_op
 from signald.cluster.calls import RedisCallDecisions
+from signald.cluster.catchup import CatchUp
 from signald.cluster.channels import Subscriptions
 from signald.cluster.connect import Broker
 from signald.cluster.gaps import fill_gap
@@ -53,6 +54,7 @@ from signald.cluster.wire import (
     RoomEnvelope,
     StateEnvelope,
     UserEnvelope,
+    as_text,
     decode_event,
 )
 from signald.cluster.writer import Command, Writer
@@ -83,7 +85,7 @@ class RedisReplica(Replica):
         self._ttl = config.node_ttl_s
         self._applying = False  # applying another node's op: nothing is shared back
         self.nodes = NodeTable(hub, self.names, self.node_id, config.node_ttl_s, self._apply)
-        self.order = RoomOrder(self._deliver_change)
+        self.order, self.catch_up = RoomOrder(self._deliver_change), CatchUp()
         self.channels = Subscriptions(hub, self.names, dropped=self.order.forget)
         self._problem: str | None = None  # why the broker cannot be used now (/readyz)
         away = hub.config.presence.away_after_s
@@ -101,6 +103,7 @@ class RedisReplica(Replica):
         self._stop = trio.Event()  # running() is done: the broker connections close
         self._connect_error = f"no answer within {CONNECT_S:g} s"
         self._heard = 0.0  # when this node last heard its own heartbeat (trio time)
+        self.echoes_heard = 0  # its own echoes heard back: one that follows a write proves the write was heard
 
     # ------------------------------------------------------------------ the Replica seam
 
@@ -154,6 +157,7 @@ class RedisReplica(Replica):
     def _deliver_change(self, room: str, frame: Frame, exclude: str | None) -> None:
         if self.hub.history is not None:
             self.hub.history.deliver_now(room, frame, exclude)
+        self.catch_up.delivered(room, frame)
 
     def user_event(self, user: str, frame: Frame) -> None:
         envelope = UserEnvelope(self.node_id, frame.text.encode())
@@ -165,9 +169,10 @@ class RedisReplica(Replica):
         except Exception as exc:  # the broker is down: join anyway, the sweeper subscribes later
             self._down(exc)
 
-    def read_at(self, room: str, rev: int) -> None:
+    async def read_at(self, room: str, rev: int) -> None:
         hub = self.hub
         self.order.start(room, rev, alone=not any(conn in hub.sessions for conn in hub.rooms.conns_in(room)))
+        await self.catch_up.until(room, rev, self.order.last(room))
 
     def problem(self) -> str | None:
         if self._problem is not None:
@@ -232,8 +237,7 @@ class RedisReplica(Replica):
     async def _leave_cluster(self) -> None:
         """A clean stop: flush what is queued, then take this node's records out at once."""
         pending = self.writer.drain()
-        mine = [conn for conn in self.hub.sessions]
-        if mine:
+        if mine := list(self.hub.sessions):
             pending.append(("hdel", self.names.conns, mine))
         pending.append(("zrem", self.names.nodes, self.node_id))
         try:
@@ -253,7 +257,7 @@ class RedisReplica(Replica):
                 continue
             if message is None:
                 continue
-            kind, channel = message["type"], _text(message["channel"])
+            kind, channel = message["type"], as_text(message["channel"])
             if kind == "subscribe" and channel == self.names.state:
                 if self._heard_state_once and self._nursery is not None:
                     self._nursery.start_soon(self._resync)  # a reconnect: the broker may have lost everything
@@ -272,7 +276,7 @@ class RedisReplica(Replica):
             envelope = STATE_DECODER.decode(data)
             if isinstance(envelope.op, Echo):
                 if envelope.origin == self.node_id:
-                    self._heard = trio.current_time()
+                    self._heard, self.echoes_heard = trio.current_time(), self.echoes_heard + 1
             elif envelope.origin != self.node_id:
                 self._apply(envelope.origin, envelope.op)
         elif kind == "room":
@@ -393,7 +397,3 @@ class RedisReplica(Replica):
         if self._problem is not None:
             log.info("cluster: the broker (Redis) answers again")
         self._problem = None
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

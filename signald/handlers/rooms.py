@@ -66,8 +66,8 @@ async def room_join(ctx: Context, msg: RoomJoin) -> RoomJoinResult:
     hub.rooms.check_join(conn, user, room, max_rooms=max_rooms)
     with history.capturing(room, conn) as kept:
         rejoin = await history.rejoin(user, room, data.since, data.since_rev)
-        if hub.replica is not None:  # what the room's order held for this read goes out now: kept too
-            hub.replica.read_at(room, rejoin.rev)
+        if hub.replica is not None:  # the changes the read saw are delivered here first: kept, not live again
+            await hub.replica.read_at(room, rejoin.rev)
     if session.detached:  # closed during the read: a gone connection must not become a member
         raise SignalError("INTERNAL", "the connection closed during the join")
     outcome = hub.rooms.join(conn, user, room, max_rooms=max_rooms)

@@ -30,6 +30,8 @@ from wsproto.events import AcceptConnection, CloseConnection, Event, Ping, Pong,
 from signald.client.raw import SignaldClient, connect
 from signald.server import RunningServer
 
+pytestmark = pytest.mark.usefixtures("nodes")  # every test over 1 node and over 3 nodes
+
 
 async def serve(nursery: trio.Nursery, tmp_path: Path, **sections: dict[str, Any]) -> RunningServer:
     """A daemon with some config keys changed (heartbeats far away, so timed tests stay quiet)."""
@@ -327,6 +329,8 @@ async def test_reconnecting_refills_nothing_and_every_device_draws_on_the_same_b
         assert await pings(later, 3) == ["presence.pong"] * 2 + ["RATE_LIMITED"]  # what 2 s refilled
 
 
+@pytest.mark.one_node("the per-user frame budget is per node (docs/cluster.md): reconnects spread over "
+                      "3 nodes draw on 3 budgets")
 async def test_a_reconnect_flood_stores_no_more_than_the_per_user_budget(nursery: trio.Nursery, tmp_path: Path) -> None:
     rate, burst = 20.0, 40
     server = await serve(nursery, tmp_path, limits={"user_rate_per_s": rate, "user_rate_burst": burst},

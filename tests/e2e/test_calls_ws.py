@@ -18,12 +18,15 @@ from typing import Any
 import pytest
 import trio
 from conftest import make_config, start_server, time_flies
+from over_nodes import settle
 from trio.testing import MockClock
 
 from signald.client.raw import SignaldClient, connect
 from signald.server import RunningServer
 
 Event = tuple[str, dict[str, Any]]
+
+pytestmark = pytest.mark.usefixtures("nodes")  # every test over 1 node and over 3 nodes
 
 OFFER_SDP: dict[str, Any] = {
     "type": "offer",
@@ -71,6 +74,7 @@ async def in_lobby(server: RunningServer, *users: str) -> AsyncIterator[list[Sig
 
 async def events_of(c: SignaldClient) -> list[Event]:
     """Every event that reached ``c`` so far, as ``(type, data)``; waits for in-flight ones."""
+    await settle()  # those from the other nodes too
     pong = await c.request_raw("presence.ping")
     assert pong["type"] == "presence.pong"
     return [(e["type"], e["data"]) for e in c.pending_events()]
@@ -102,7 +106,12 @@ async def offer(caller: SignaldClient, target: str, call_id: str | None = None, 
     data: dict[str, Any] = {"target_id": target, "call_type": call_type, "sdp": sdp or OFFER_SDP}
     if call_id is not None:
         data["call_id"] = call_id
+    # Over several nodes, a user acts on what they saw: the joins and calls before reached the
+    # caller's node first, and the offer reaches every node before the test goes on (a few ms
+    # each way; docs/cluster.md). No-ops on one node.
+    await settle()
     result = await caller.request("call.offer", data)
+    await settle()
     assert set(result) == {"call_id"}
     cid: str = result["call_id"]
     return cid

@@ -16,6 +16,7 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
+import over_nodes
 import pytest
 import trio
 from conftest import Event, clients, events_of, make_config, start_server
@@ -29,6 +30,7 @@ MESSAGE_KEYS = {
     "deleted_at", "redacted", "reactions",
 }
 UNKNOWN_ID = "f" * 24
+pytestmark = pytest.mark.usefixtures("nodes")  # every test over 1 node and over 3 nodes
 FAST = {"rate_per_s": 10_000.0, "rate_burst": 10_000}  # pipelining tests send faster than a person
 
 Msg = dict[str, Any]
@@ -43,8 +45,9 @@ async def serve(nursery: trio.Nursery, tmp_path: Path, **sections: dict[str, Any
 
 @pytest.fixture(params=["sqlite", "postgres"])
 async def srv(request: pytest.FixtureRequest, nursery: trio.Nursery, tmp_path: Path) -> RunningServer:
-    """A daemon on SQLite, and one on PostgreSQL: the same chat over both stores."""
-    if request.param == "postgres":
+    """A daemon on SQLite, and one on PostgreSQL: the same chat over both stores (several nodes
+    always run on the session's shared PostgreSQL database: no database of its own)."""
+    if request.param == "postgres" and over_nodes.current.count == 1:
         return await serve(nursery, tmp_path, history={"url": request.getfixturevalue("postgres_url")})
     return await serve(nursery, tmp_path)
 
@@ -187,6 +190,7 @@ async def test_seq_increases_by_one_per_message_in_each_room_independently(srv: 
         assert seqs((await history(a1, "other"))["messages"]) == [1, 2, 3]
 
 
+@pytest.mark.one_node("reads the SQLite store's own setting; several nodes run on PostgreSQL")
 @pytest.mark.parametrize("inline", [True, False])
 async def test_history_inline_commits_setting_reaches_the_store(
     nursery: trio.Nursery, tmp_path: Path, inline: bool

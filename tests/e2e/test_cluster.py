@@ -18,6 +18,7 @@ import pytest
 import trio
 from conftest import daemon
 from redis_fixture import RedisServer, free_port, redis_binary
+from roomview import RoomView
 
 from signald.api.health import check
 from signald.cli import main
@@ -369,18 +370,21 @@ async def test_workers_are_nodes_sharing_one_port(tmp_path: Path, redis_url: str
             await nodes_listed(redis, names, 0)
 
 
-async def test_kill_9_during_traffic_loses_no_acked_message_at_the_survivors(
+async def test_kill_9_during_traffic_loses_no_acked_message_and_its_client_resumes_exactly_elsewhere(
     tmp_path: Path, redis_url: str, postgres_url: str
 ) -> None:
     """A node is killed while its client pipelines sends: every send it acked had already reached the
-    broker, so the other node's clients got each one live, once, in order; the store has them all."""
+    broker, so the other node's clients got each one live, once, in order; the store has them all.
+    The client comes back through the surviving node with ``since_rev`` and ends holding exactly the
+    room the store holds (the sends committed but never acked included), as does the survivor."""
     async with nodes(tmp_path, redis_url, postgres_url, 2, ttl=1.0) as started, AsyncExitStack() as stack:
         (_, url0), (doomed, url1) = started
         alice = await stack.enter_async_context(connect(url0, user="alice"))
-        await alice.request("room.join", {"room": "lobby"})
+        alice_view, bob_view = RoomView("lobby"), RoomView("lobby")
+        await alice_view.join(alice)
         acked: list[dict[str, Any]] = []
         async with connect(url1, user="bob") as bob:
-            await bob.request("room.join", {"room": "lobby"})
+            await bob_view.join(bob)
             for i in range(200):
                 await bob.send({"type": "chat.send", "id": i, "data": {"scope": "lobby", "body": f"{i}"}})
             with trio.move_on_after(10):
@@ -388,6 +392,7 @@ async def test_kill_9_during_traffic_loses_no_acked_message_at_the_survivors(
                     reply = await bob.next_event()
                     if reply["type"] == "ack":
                         acked.append(reply["data"]["data"])
+                        bob_view.apply_event("chat.message", acked[-1])  # its own sends, as a client keeps them
             assert len(acked) == 60
             doomed.send_signal(signal.SIGKILL)
             await doomed.wait()
@@ -396,5 +401,12 @@ async def test_kill_9_during_traffic_loses_no_acked_message_at_the_survivors(
         live = [m["seq"] for m in of("chat.message", seen)]
         assert live == sorted(set(live)), "out of order or twice"
         assert {m["seq"] for m in acked} <= set(live)  # every acked one arrived live
-        ack = await alice.request("chat.history", {"room": "lobby", "after": 0, "limit": 200})
-        assert set(live) <= {m["seq"] for m in ack["messages"]}  # and nothing live that was not stored
+        stored = (await alice.request("chat.history", {"room": "lobby", "after": 0, "limit": 200}))["messages"]
+        assert set(live) <= {m["seq"] for m in stored}  # and nothing live that was not stored
+        for kind, data in seen:
+            alice_view.apply_event(kind, data)
+        async with connect(url0, user="bob") as back:  # through the load balancer, to the node left
+            await bob_view.join(back)  # since_rev: the last of its acks
+            assert bob_view.as_history() == stored
+            await alice_view.join(alice)  # what node 1 committed but never published, if anything
+            assert alice_view.as_history() == stored

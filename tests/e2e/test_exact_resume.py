@@ -15,6 +15,7 @@ from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontext
 from pathlib import Path
 from typing import Any
 
+import over_nodes
 import pytest
 import trio
 from conftest import clients, daemon, events_of, make_config, start_server
@@ -23,16 +24,20 @@ from hypothesis import strategies as st
 from roomview import RoomView
 
 from signald.client.raw import SignaldClient, connect
-from signald.server import RunningServer, serve_signald
 
 FAST = {"rate_per_s": 10_000.0, "rate_burst": 10_000}
 Msg = dict[str, Any]
 
+pytestmark = pytest.mark.usefixtures("nodes")  # every test over 1 node and over 3 nodes
+
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def store_url(request: pytest.FixtureRequest) -> dict[str, str]:
-    """The ``[history]`` keys of a daemon on SQLite (none: ``server.db``) or on PostgreSQL."""
-    return {"url": request.getfixturevalue("postgres_url")} if request.param == "postgres" else {}
+    """The ``[history]`` keys of a daemon on SQLite (none: ``server.db``) or on PostgreSQL (several
+    nodes: none either, they run on the session's shared PostgreSQL database)."""
+    if request.param == "postgres" and over_nodes.current.count == 1:
+        return {"url": request.getfixturevalue("postgres_url")}
+    return {}
 
 
 async def full_history(c: SignaldClient, room: str = "lobby") -> list[Msg]:
@@ -117,6 +122,37 @@ async def test_a_join_racing_with_a_burst_of_sends_gets_each_message_exactly_onc
         assert 0 < view.joined_at < burst  # it did race: part in the ack and its pages, part live
 
 
+async def test_a_join_racing_with_sends_from_another_node_where_the_room_has_a_member_gets_each_once(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """Over 3 nodes: alice sends on node 0, carol is already in the room on node 1, bob joins on node 1
+    mid-burst. Node 1's room order may be behind bob's read of the store (it is still delivering to
+    carol what node 0 committed a moment ago): bob gets those in his ack and must not get them live too."""
+    srv = await start_server(nursery, make_config(tmp_path, limits={"history_page_max": 50, **FAST}))
+    burst, view, watched = 300, RoomView("lobby"), RoomView("lobby")
+    async with AsyncExitStack() as stack:
+        alice, carol, bob = [await stack.enter_async_context(connect(over_nodes.url_of(srv, node), user=user))
+                             for user, node in (("alice", 0), ("carol", 1), ("bob", 1))]
+        await alice.request("room.join", {"room": "lobby"})
+        await watched.join(carol)
+        acked = 0
+        for i in range(burst):
+            await alice.send({"type": "chat.send", "id": f"s{i}", "data": {"scope": "lobby", "body": f"{i}"}})
+            if i == 20:
+                while not acked:
+                    acked += (await alice.next_event())["type"] == "ack"
+                nursery.start_soon(view.join, bob)
+        with trio.fail_after(10):
+            while acked < burst:
+                acked += (await alice.next_event())["type"] == "ack"
+            for client, room_view in ((bob, view), (carol, watched)):
+                for event in await events_of(client):
+                    room_view.apply_event(*event)  # asserts: nothing twice, nothing at or below the ack
+        expected = [str(i) for i in range(burst)]
+        assert [m["body"] for m in view.as_history()] == expected == [m["body"] for m in watched.as_history()]
+        assert 0 < view.joined_at < burst
+
+
 # --------------------------------------------------------------------------- the property
 
 
@@ -155,25 +191,31 @@ async def act(actors: dict[str, SignaldClient], ids: list[str], step: tuple[Any,
         await actors[step[1]].request_raw("chat.reaction", data)
 
 
+Where = Callable[[], str]  # the URL of the node the next connection goes to
+
+
 @asynccontextmanager
-async def in_process(tmp_path: Path, run: int) -> AsyncIterator[tuple[str, Callable[[], None]]]:
-    """A daemon in this process; stopping it cancels it (a clean shutdown)."""
+async def in_process(tmp_path: Path, run: int) -> AsyncIterator[tuple[Where, Callable[[], None]]]:
+    """A daemon in this process (over "3 nodes", three: each connection goes to the next one, so
+    the resuming client comes back through another node); stopping it cancels it (a clean shutdown)."""
+    if run == 1:
+        over_nodes.current.fresh()  # a new example: an empty store, as its fresh tmp_path is on one node
     config = make_config(tmp_path, auth={"mods": ["mod"]}, limits={"history_page_max": 3, **FAST},
                          server={"heartbeat_s": 3600.0})
     async with trio.open_nursery() as nursery:
-        srv: RunningServer = await nursery.start(lambda task_status: serve_signald(config, task_status=task_status))
-        yield srv.url, nursery.cancel_scope.cancel
+        srv = await start_server(nursery, config)
+        yield lambda: srv.url, nursery.cancel_scope.cancel
 
 
 @asynccontextmanager
-async def killed_process(tmp_path: Path, run: int) -> AsyncIterator[tuple[str, Callable[[], None]]]:
+async def killed_process(tmp_path: Path, run: int) -> AsyncIterator[tuple[Where, Callable[[], None]]]:
     """A ``signald serve`` process on the same database each run; stopping it is ``kill -9``."""
     text = 'history_page_max = 3\n[auth]\nmods = ["mod"]\n[server]\nheartbeat_s = 3600.0\n'  # after [limits]
     async with daemon(tmp_path, f"run{run}", "--db", str(tmp_path / "d.db"), config_text=text) as (process, url):
-        yield url, process.kill
+        yield lambda: url, process.kill
 
 
-Daemon = Callable[[Path, int], AbstractAsyncContextManager[tuple[str, Callable[[], None]]]]
+Daemon = Callable[[Path, int], AbstractAsyncContextManager[tuple[Where, Callable[[], None]]]]
 
 
 async def resume_scenario(tmp_path: Path, steps: list[tuple[Any, ...]], daemon: Daemon = in_process) -> None:
@@ -182,15 +224,15 @@ async def resume_scenario(tmp_path: Path, steps: list[tuple[Any, ...]], daemon: 
     restarted, stored, run = False, None, 0
     while stored is None:  # one daemon run per iteration; a "restart" step ends it
         run += 1
-        async with daemon(tmp_path, run) as (url, stop), AsyncExitStack() as stack:
-            actors = {u: await stack.enter_async_context(connect(url, user=u)) for u in ACTORS}
+        async with daemon(tmp_path, run) as (where, stop), AsyncExitStack() as stack:
+            actors = {u: await stack.enter_async_context(connect(where(), user=u)) for u in ACTORS}
             for c in actors.values():
                 await c.request("room.join", {"room": "lobby"})
-            watching = await stack.enter_async_context(connect(url, user="watcher"))
+            watching = await stack.enter_async_context(connect(where(), user="watcher"))
             await watcher.join(watching)
             away = AsyncExitStack()  # rita's connection, closed before the others whatever happens
             try:
-                rita: SignaldClient | None = await away.enter_async_context(connect(url, user="rita"))
+                rita: SignaldClient | None = await away.enter_async_context(connect(where(), user="rita"))
                 assert rita is not None
                 await resumer.join(rita)
                 while steps and steps[0][0] != "restart":
@@ -201,7 +243,7 @@ async def resume_scenario(tmp_path: Path, steps: list[tuple[Any, ...]], daemon: 
                         rita = None
                     elif step[0] == "back" and rita is None:
                         away = AsyncExitStack()
-                        rita = await away.enter_async_context(connect(url, user="rita"))
+                        rita = await away.enter_async_context(connect(where(), user="rita"))
                         await resumer.join(rita)
                     elif step[0] not in ("leave", "back"):
                         await act(actors, ids, step, len(ids))
@@ -213,7 +255,7 @@ async def resume_scenario(tmp_path: Path, steps: list[tuple[Any, ...]], daemon: 
                     watcher.apply_pending(watching)
                 else:
                     if rita is None:  # the end: come back a last time
-                        rita = await away.enter_async_context(connect(url, user="rita"))
+                        rita = await away.enter_async_context(connect(where(), user="rita"))
                         await resumer.join(rita)
                     for event in await events_of(rita):
                         resumer.apply_event(*event)
@@ -228,14 +270,20 @@ async def resume_scenario(tmp_path: Path, steps: list[tuple[Any, ...]], daemon: 
         assert watcher.as_history() == stored
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
-@given(st.lists(STEPS, min_size=1, max_size=24))
 def test_a_client_that_resumes_with_since_rev_ends_in_the_state_of_one_that_never_left(
-    tmp_path_factory: Any, steps: list[tuple[Any, ...]]
+    tmp_path_factory: Any, nodes: int
 ) -> None:
-    trio.run(resume_scenario, tmp_path_factory.mktemp("resume"), list(steps))
+    """40 examples on one node; 8 over three nodes (each start costs three), where the client
+    comes back through another node than the one it left."""
+    @settings(max_examples=40 if nodes == 1 else 8, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.lists(STEPS, min_size=1, max_size=24))
+    def resumes(steps: list[tuple[Any, ...]]) -> None:
+        trio.run(resume_scenario, tmp_path_factory.mktemp("resume"), list(steps))
+
+    resumes()
 
 
+@pytest.mark.one_node("a real daemon process on its own SQLite file; killing a node: tests/e2e/test_cluster.py")
 @settings(max_examples=5, deadline=None, suppress_health_check=list(HealthCheck))
 @given(st.lists(STEPS, max_size=10), st.lists(STEPS, min_size=1, max_size=10))
 def test_the_same_across_kill_9_of_a_real_daemon(

@@ -23,6 +23,7 @@ import pytest
 import trio
 import trio_websocket
 from conftest import clients, events_of, make_config, start_server, time_flies
+from over_nodes import settle
 from trio.testing import MockClock
 
 from signald.auth import AuthRefused, HandshakeRequest, Identity
@@ -219,11 +220,13 @@ async def test_a_subprotocol_mismatch_is_http_400_in_both_modes(
     assert refusals_counted(server, "subprotocol") == 1
 
 
+@pytest.mark.usefixtures("nodes")  # over 3 nodes: the second connection is refused by another node
 async def test_the_client_library_raises_refused_with_the_code_and_retry_after(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:
     server = await start_server(nursery, make_config(tmp_path, limits={"max_connections_per_user": 1}))
     async with connect(server.url, user="alice"):
+        await settle()  # every node knows of it
         with trio.fail_after(5), pytest.raises(Refused) as refused:
             async with connect(server.url, user="alice", msgpack=True):
                 pass  # pragma: no cover

@@ -17,6 +17,7 @@ import pytest
 import trio
 import trio_websocket
 from conftest import clients, make_config, start_server, time_flies
+from over_nodes import settle
 from trio.testing import MockClock
 
 from signald.client.raw import Refused, SignaldClient, connect
@@ -24,6 +25,8 @@ from signald.server import RunningServer
 
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 MEMBER_KEYS = {"user_id", "status", "devices", "last_seen"}
+
+pytestmark = pytest.mark.usefixtures("nodes")  # every test over 1 node and over 3 nodes
 
 Event = tuple[str, dict[str, Any]]
 
@@ -40,6 +43,7 @@ async def serve(nursery: trio.Nursery, tmp_path: Path, **sections: dict[str, Any
 
 async def events_of(c: SignaldClient) -> list[Event]:
     """Every event that reached ``c`` so far, as ``(type, data)``; waits for in-flight ones."""
+    await settle()  # those from the other nodes too
     pong = await c.request_raw("presence.ping")
     assert pong["type"] == "presence.pong"
     return [(e["type"], e["data"]) for e in c.pending_events()]
@@ -586,6 +590,7 @@ async def test_session_info_describes_the_connection(srv: RunningServer) -> None
         assert (await mod.request("session.info"))["roles"] == ["mod"]
 
 
+@pytest.mark.one_node("system.stats counts the node asked (docs/cluster.md)")
 async def test_system_stats_is_for_admins_only(srv: RunningServer) -> None:
     async with clients(srv, "alice", "alice", "bob", "root") as (a1, _, bob, root):
         await join(a1)
