@@ -16,11 +16,12 @@ from bench.table import fmt, table_rows
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = REPO / "docs"
-SERVERS = ("signald", "signald-mem", "signald-pg", "socketio", "websockets")
+SERVERS = ("signald", "signald-mem", "signald-pg", "signald-broker", "signald-cluster", "socketio", "websockets")
 COLORS = {"signald": "#1f77b4", "signald-mem": "#9ecae1", "signald-pg": "#6a51a3", "socketio": "#ff7f0e",
-          "websockets": "#2ca02c", BEFORE: "#7f7f7f"}
+          "websockets": "#2ca02c", "signald-broker": "#d62728", "signald-cluster": "#8c564b", BEFORE: "#7f7f7f"}
 GB_BUDGET_MIB = 1.5 * 1024
 LABELS = {"signald": "signald", "signald-mem": "signald :memory:", "signald-pg": "signald on PostgreSQL",
+          "signald-broker": "signald on PostgreSQL + Redis broker", "signald-cluster": "signald, three nodes",
           "socketio": "python-socketio", "websockets": "websockets", BEFORE: "signald before (--baseline)"}
 
 
