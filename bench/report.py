@@ -211,7 +211,8 @@ def render(result: dict[str, Any], plot_name: str) -> str:
     out += ["", f"![benchmark plot]({plot_name})", "", "## All results", ""]
     rows = []
     servers = servers_of(result)
-    peers = ("socketio", "websockets", "signald-mem", "signald-pg", *((BEFORE,) if "baseline" in result else ()))
+    peers = ("socketio", "websockets", "signald-mem", "signald-pg", "signald-broker",
+             *((BEFORE,) if "baseline" in result else ()))
     for row in table_rows(result):
         values = row["values"]
         ratios = row["ratios"]
@@ -221,7 +222,7 @@ def render(result: dict[str, Any], plot_name: str) -> str:
                     + [fmt(ratios.get(p), ".2f") if p in ratios else "" for p in peers])
     out += _md_table(["metric"] + [LABELS[s] for s in servers]
                      + ["signald, each round", "signald ÷ socketio", "signald ÷ websockets", "signald ÷ :memory:",
-                        "PostgreSQL ÷ SQLite"]
+                        "PostgreSQL ÷ SQLite", "Redis broker ÷ none"]
                      + (["signald ÷ before"] if "baseline" in result else []),
                      rows, "l" + "r" * (len(servers) + len(peers) + 1))
     scale = result["summary"].get("f", {}).get("signald", {})
@@ -326,6 +327,15 @@ METHOD = """## Method
   fresh client reads each room's whole history at the end, and every client must hold exactly
   revisions 1..R (missed and duplicated count the differences). python-socketio: reconnect and
   rejoin only (no resume).
+- **(h) Several nodes** (`bench/cluster.py`), on a private Redis (`bench/redisserver.py`) and the
+  bench's PostgreSQL, both pinned to the servers' core with the nodes. Fan-out: (b)'s workload
+  against one node with `--broker-url` (signald-broker) and one without (signald-pg), both on
+  PostgreSQL, so the ratio is the broker's cost alone. Cross-node: three nodes; a sender on node 0
+  sends {cluster_rate:,.0f} `chat.send`/s for {cluster_seconds} s (paced, acks not awaited, the
+  first tenth not counted), one receiver on node 0 and one on each other node; the body carries
+  the send time; added = across-nodes minus same-node latency, at p50 and p99. Idle: {cluster_idle}
+  connections (rooms of 50) spread evenly over the three nodes by `bench/holder.py` processes,
+  then each node's RSS and CPU over {scale_window_s} s of idleness.
 - Connections are closed with a TCP reset between runs, so no TIME_WAIT builds up."""
 
 

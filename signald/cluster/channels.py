@@ -23,9 +23,14 @@ ROOM_LINGER_S: Final = 10.0
 class Subscriptions:
     """The room and user channels of one node's pub/sub connection (the state channel is fixed)."""
 
-    def __init__(self, hub: Hub, names: Names, *, dropped: Callable[[str], None]) -> None:
+    def __init__(self, hub: Hub, names: Names, *, dropped: Callable[[str], None],
+                 handler: Callable[[Any], None] | None = None) -> None:
         self.hub, self.names = hub, names
         self._dropped = dropped  # a room no longer heard (its order starts again)
+        # coredis calls it with each message of the channel inside its own reading task, sparing
+        # each message a hop through the pub/sub's queue and the reader's wake-up (the reader
+        # still takes what comes without it, e.g. after coredis resubscribed by itself)
+        self._handler = handler
         self.pubsub: Any = None  # set once connected
         self.heard: set[str] = set()
         self._entered: dict[str, float] = {}  # room -> when a join last entered it (trio time)
@@ -50,7 +55,10 @@ class Subscriptions:
         async with self._lock:
             wanted, heard = self.wants(channel), channel in self.heard
             if wanted and not heard:
-                await self.pubsub.subscribe(channel)
+                if self._handler is not None:
+                    await self.pubsub.subscribe(**{channel: self._handler})
+                else:
+                    await self.pubsub.subscribe(channel)
                 self.heard.add(channel)
             elif heard and not wanted:
                 await self.pubsub.unsubscribe(channel)

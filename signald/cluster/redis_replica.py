@@ -48,7 +48,7 @@ from signald.cluster.wire import (
     ConnRecord,
     Echo,
     Names,
-    RoomEnvelope,
+    RoomEvent,
     StateEnvelope,
     UserEnvelope,
     decode_event,
@@ -81,14 +81,14 @@ class RedisReplica(Replica):
         self._applying = False  # applying another node's op: nothing is shared back
         self.nodes = NodeTable(hub, self.names, self.node_id, config.node_ttl_s, self._apply)
         self.order = RoomOrder(self._deliver_change)
-        self.channels = Subscriptions(hub, self.names, dropped=self.order.forget)
+        self.channels = Subscriptions(hub, self.names, dropped=self.order.forget, handler=self._on_message)
         self._problem: str | None = None  # why the broker cannot be used now (/readyz)
         away = hub.config.presence.away_after_s
         self._activity_every = away / 4 if away > 0 else math.inf
         self._activity_shared: dict[str, float] = {}
         self._client: coredis.Redis[bytes] = coredis.Redis.from_url(self.url, decode_responses=False)
         self.nodes.client = self._client
-        self.writer = Writer(self._client, up=self._up, down=self._down)
+        self.writer = Writer(self._client, self.node_id, up=self._up, down=self._down)
         self._pubsub: Any = None
         self._nursery: trio.Nursery | None = None
         self._heard_state_once = False
@@ -133,12 +133,10 @@ class RedisReplica(Replica):
         self.writer.after_sent(callback)
 
     def room_event(self, room: str, frame: Frame, exclude: str | None) -> None:
-        envelope = RoomEnvelope(self.node_id, exclude, False, frame.text.encode())
-        self.writer.put([("publish", self.names.room(room), STATE_ENCODER.encode(envelope))])
+        self.writer.put([("room", self.names.room(room), RoomEvent(exclude, False, frame.text.encode()))])
 
     def history_event(self, room: str, frame: Frame, exclude: str | None) -> None:
-        envelope = RoomEnvelope(self.node_id, exclude, True, frame.text.encode())
-        self.writer.put([("publish", self.names.room(room), STATE_ENCODER.encode(envelope))])
+        self.writer.put([("room", self.names.room(room), RoomEvent(exclude, True, frame.text.encode()))])
         self._in_order(room, frame, exclude)
 
     def _in_order(self, room: str, frame: Frame, exclude: str | None) -> None:
@@ -266,6 +264,13 @@ class RedisReplica(Replica):
             except Exception:
                 log.exception("cluster: cannot apply a message from %s", channel)
 
+    def _on_message(self, message: Any) -> None:
+        """A room's or user's message, called by coredis in its reading task: never let it raise there."""
+        try:
+            self._receive(_text(message["channel"]), message["data"])
+        except Exception:
+            log.exception("cluster: cannot apply a message from %r", message.get("channel"))
+
     def _receive(self, channel: str, data: bytes) -> None:
         kind, name = self.names.parse(channel)
         hub = self.hub
@@ -277,15 +282,17 @@ class RedisReplica(Replica):
             elif envelope.origin != self.node_id:
                 self._apply(envelope.origin, envelope.op)
         elif kind == "room":
-            room = ROOM_DECODER.decode(data)
-            if room.origin == self.node_id:
+            batch = ROOM_DECODER.decode(data)
+            if batch.origin == self.node_id:
                 return
-            frame = Frame.encoded(decode_event(room.text), room.text)
-            if room.history:
-                self._in_order(name, frame, room.exclude)
-            else:
-                conns = hub.rooms.conns_in(name)
-                hub.send_to(conns - {room.exclude} if room.exclude is not None else conns, frame)
+            with hub.cork:  # a batch of events: one write per connection
+                for event in batch.events:
+                    frame = Frame.encoded(decode_event(event.text), event.text)
+                    if event.history:
+                        self._in_order(name, frame, event.exclude)
+                    else:
+                        conns = hub.rooms.conns_in(name)
+                        hub.send_to(conns - {event.exclude} if event.exclude is not None else conns, frame)
         elif kind == "user":
             user = USER_DECODER.decode(data)
             if user.origin != self.node_id:

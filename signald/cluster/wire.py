@@ -10,7 +10,8 @@ Keys
     ``<p>status``  hash: user id -> the status the user chose (``presence.set``), while connected
 Channels
     ``<p>state``       every :data:`~signald.app.replica.Op` (:class:`StateEnvelope`); every node listens
-    ``<p>room.<R>``    room R's events (:class:`RoomEnvelope`); only nodes with a member in R listen
+    ``<p>room.<R>``    room R's events (:class:`RoomEnvelope`: those a node put in one write to Redis, so
+                       a burst costs one message, not one per event); only nodes with a member in R listen
     ``<p>user.<U>``    user U's ``app.*`` events (:class:`UserEnvelope`); only nodes with a device of U
 """
 
@@ -24,7 +25,7 @@ import msgspec
 from signald.app.replica import Op
 from signald.protocol import OUTBOUND_MESSAGES, Outbound
 
-__all__ = ["ConnRecord", "Echo", "Names", "RoomEnvelope", "StateEnvelope", "UserEnvelope", "decode_event"]
+__all__ = ["ConnRecord", "Echo", "Names", "RoomEnvelope", "RoomEvent", "StateEnvelope", "UserEnvelope", "decode_event"]
 
 
 class Echo(msgspec.Struct, tag="echo", array_like=True, frozen=True):
@@ -36,11 +37,18 @@ class StateEnvelope(msgspec.Struct, array_like=True, frozen=True):
     op: Op | Echo
 
 
-class RoomEnvelope(msgspec.Struct, array_like=True, frozen=True):
-    origin: str
+class RoomEvent(msgspec.Struct, array_like=True, frozen=True):
     exclude: str | None
     history: bool  # a change the store committed: goes through the room's capture (and order)
     text: bytes  # the event's JSON, as the origin encoded it once
+
+
+class RoomEnvelope(msgspec.Struct, array_like=True, frozen=True):
+    """A room's events in the order the origin put them: every event of the room that one pipeline
+    of the origin's writer carried (at 5,000 events/s, dozens per message instead of one each)."""
+
+    origin: str
+    events: list[RoomEvent]
 
 
 class UserEnvelope(msgspec.Struct, array_like=True, frozen=True):
