@@ -260,7 +260,7 @@ versions are measured minutes apart on the same machine; the printed table gains
 CPU, below 1 means faster now). The results go to `bench/results/baseline-<commit>.json`, not
 `latest.json`. Workloads: (a) ack p50/p99, (b) fan-out, (c) idle KiB per connection and idle CPU,
 (d) connections/s (kept open, and closed after set-up), (e) acked sends/s, (f) scale, (g) the
-reconnect storm (`--storm-sizes 1000,5000,19000`). A full-size run of (c) takes much the longest
+reconnect storm (`--storm-sizes 1000,5000,19000`), (h) several nodes. A full-size run of (c) takes much the longest
 (a 50 s idle window per server and round); `--rounds 1` shortens any run.
 """
 
