@@ -9,6 +9,7 @@ drops what is no longer needed and retries what failed while the broker was down
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -17,6 +18,8 @@ import trio
 from signald.app.hub import Hub
 from signald.cluster.wire import Names
 
+log = logging.getLogger("signald.cluster")
+
 ROOM_LINGER_S: Final = 10.0
 
 
@@ -24,7 +27,7 @@ class Subscriptions:
     """The room and user channels of one node's pub/sub connection (the state channel is fixed)."""
 
     def __init__(self, hub: Hub, names: Names, *, dropped: Callable[[str], None],
-                 handler: Callable[[Any], None] | None = None) -> None:
+                 handler: Callable[[str, bytes], None] | None = None) -> None:
         self.hub, self.names = hub, names
         self._dropped = dropped  # a room no longer heard (its order starts again)
         # coredis calls it with each message of the channel inside its own reading task, sparing
@@ -56,7 +59,7 @@ class Subscriptions:
             wanted, heard = self.wants(channel), channel in self.heard
             if wanted and not heard:
                 if self._handler is not None:
-                    await self.pubsub.subscribe(**{channel: self._handler})
+                    await self.pubsub.subscribe(**{channel: self._heard})
                 else:
                     await self.pubsub.subscribe(channel)
                 self.heard.add(channel)
@@ -66,6 +69,15 @@ class Subscriptions:
                 kind, name = self.names.parse(channel)
                 if kind == "room":
                     self._dropped(name)
+
+    def _heard(self, message: Any) -> None:
+        """A message of a room or user channel, in coredis's reading task: never let it raise there."""
+        assert self._handler is not None
+        channel = message["channel"]
+        try:
+            self._handler(channel.decode() if isinstance(channel, bytes) else channel, message["data"])
+        except Exception:
+            log.exception("cluster: cannot apply a message from %r", channel)
 
     def wants(self, channel: str) -> bool:
         kind, name = self.names.parse(channel)

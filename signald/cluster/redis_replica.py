@@ -81,7 +81,7 @@ class RedisReplica(Replica):
         self._applying = False  # applying another node's op: nothing is shared back
         self.nodes = NodeTable(hub, self.names, self.node_id, config.node_ttl_s, self._apply)
         self.order = RoomOrder(self._deliver_change)
-        self.channels = Subscriptions(hub, self.names, dropped=self.order.forget, handler=self._on_message)
+        self.channels = Subscriptions(hub, self.names, dropped=self.order.forget, handler=self._receive)
         self._problem: str | None = None  # why the broker cannot be used now (/readyz)
         away = hub.config.presence.away_after_s
         self._activity_every = away / 4 if away > 0 else math.inf
@@ -263,13 +263,6 @@ class RedisReplica(Replica):
                 self._receive(channel, message["data"])
             except Exception:
                 log.exception("cluster: cannot apply a message from %s", channel)
-
-    def _on_message(self, message: Any) -> None:
-        """A room's or user's message, called by coredis in its reading task: never let it raise there."""
-        try:
-            self._receive(_text(message["channel"]), message["data"])
-        except Exception:
-            log.exception("cluster: cannot apply a message from %r", message.get("channel"))
 
     def _receive(self, channel: str, data: bytes) -> None:
         kind, name = self.names.parse(channel)
