@@ -26,6 +26,7 @@ from pathlib import Path
 import psutil
 
 from bench.pgserver import bench_database_url
+from bench.redisserver import bench_broker_url
 from bench.wsclient import DIALECTS, Dialect
 
 REPO = Path(__file__).resolve().parent.parent
@@ -107,6 +108,18 @@ SPECS: dict[str, ServerSpec] = {
         lambda tmp: [PY, "-m", "signald", "serve", "--port", "0", "--history-url", bench_database_url(),
                      "--log-level", "warning"],
         SIGNALD_ENV, "signald (PostgreSQL: a private local server, fsync and synchronous_commit on)",
+    ),
+    "signald-broker": ServerSpec(
+        "signald-broker", "signald",
+        lambda tmp: [PY, "-m", "signald", "serve", "--port", "0", "--history-url", bench_database_url(),
+                     "--broker-url", bench_broker_url(), "--log-level", "warning"],
+        SIGNALD_ENV, "signald on PostgreSQL with the Redis broker (one node of a cluster)",
+    ),
+    "signald-cluster": ServerSpec(  # node 0; workload (h) starts the others on the same database and broker
+        "signald-cluster", "signald",
+        lambda tmp: [PY, "-m", "signald", "serve", "--port", "0", "--history-url", bench_database_url(),
+                     "--broker-url", bench_broker_url(), "--log-level", "warning"],
+        SIGNALD_ENV, "three signald nodes on one PostgreSQL and one Redis",
     ),
     "socketio": ServerSpec(
         "socketio", "socketio",

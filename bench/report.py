@@ -16,11 +16,12 @@ from bench.table import fmt, table_rows
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = REPO / "docs"
-SERVERS = ("signald", "signald-mem", "signald-pg", "socketio", "websockets")
+SERVERS = ("signald", "signald-mem", "signald-pg", "signald-broker", "signald-cluster", "socketio", "websockets")
 COLORS = {"signald": "#1f77b4", "signald-mem": "#9ecae1", "signald-pg": "#6a51a3", "socketio": "#ff7f0e",
-          "websockets": "#2ca02c", BEFORE: "#7f7f7f"}
+          "websockets": "#2ca02c", "signald-broker": "#d62728", "signald-cluster": "#8c564b", BEFORE: "#7f7f7f"}
 GB_BUDGET_MIB = 1.5 * 1024
 LABELS = {"signald": "signald", "signald-mem": "signald :memory:", "signald-pg": "signald on PostgreSQL",
+          "signald-broker": "signald on PostgreSQL + Redis broker", "signald-cluster": "signald, three nodes",
           "socketio": "python-socketio", "websockets": "websockets", BEFORE: "signald before (--baseline)"}
 
 
@@ -210,7 +211,8 @@ def render(result: dict[str, Any], plot_name: str) -> str:
     out += ["", f"![benchmark plot]({plot_name})", "", "## All results", ""]
     rows = []
     servers = servers_of(result)
-    peers = ("socketio", "websockets", "signald-mem", "signald-pg", *((BEFORE,) if "baseline" in result else ()))
+    peers = ("socketio", "websockets", "signald-mem", "signald-pg", "signald-broker",
+             *((BEFORE,) if "baseline" in result else ()))
     for row in table_rows(result):
         values = row["values"]
         ratios = row["ratios"]
@@ -220,7 +222,7 @@ def render(result: dict[str, Any], plot_name: str) -> str:
                     + [fmt(ratios.get(p), ".2f") if p in ratios else "" for p in peers])
     out += _md_table(["metric"] + [LABELS[s] for s in servers]
                      + ["signald, each round", "signald ÷ socketio", "signald ÷ websockets", "signald ÷ :memory:",
-                        "PostgreSQL ÷ SQLite"]
+                        "PostgreSQL ÷ SQLite", "Redis broker ÷ none"]
                      + (["signald ÷ before"] if "baseline" in result else []),
                      rows, "l" + "r" * (len(servers) + len(peers) + 1))
     scale = result["summary"].get("f", {}).get("signald", {})
@@ -258,7 +260,7 @@ versions are measured minutes apart on the same machine; the printed table gains
 CPU, below 1 means faster now). The results go to `bench/results/baseline-<commit>.json`, not
 `latest.json`. Workloads: (a) ack p50/p99, (b) fan-out, (c) idle KiB per connection and idle CPU,
 (d) connections/s (kept open, and closed after set-up), (e) acked sends/s, (f) scale, (g) the
-reconnect storm (`--storm-sizes 1000,5000,19000`). A full-size run of (c) takes much the longest
+reconnect storm (`--storm-sizes 1000,5000,19000`), (h) several nodes. A full-size run of (c) takes much the longest
 (a 50 s idle window per server and round); `--rounds 1` shortens any run.
 """
 
@@ -325,6 +327,15 @@ METHOD = """## Method
   fresh client reads each room's whole history at the end, and every client must hold exactly
   revisions 1..R (missed and duplicated count the differences). python-socketio: reconnect and
   rejoin only (no resume).
+- **(h) Several nodes** (`bench/cluster.py`), on a private Redis (`bench/redisserver.py`) and the
+  bench's PostgreSQL, both pinned to the servers' core with the nodes. Fan-out: (b)'s workload
+  against one node with `--broker-url` (signald-broker) and one without (signald-pg), both on
+  PostgreSQL, so the ratio is the broker's cost alone. Cross-node: three nodes; a sender on node 0
+  sends {cluster_rate:,.0f} `chat.send`/s for {cluster_seconds} s (paced, acks not awaited, the
+  first tenth not counted), one receiver on node 0 and one on each other node; the body carries
+  the send time; added = across-nodes minus same-node latency, at p50 and p99. Idle: {cluster_idle}
+  connections (rooms of 50) spread evenly over the three nodes by `bench/holder.py` processes,
+  then each node's RSS and CPU over {scale_window_s} s of idleness.
 - Connections are closed with a TCP reset between runs, so no TIME_WAIT builds up."""
 
 

@@ -37,6 +37,7 @@ from bench.procs import (
     raise_nofile,
     running,
 )
+from bench.redisserver import for_bench as redis_for_bench
 from bench.table import print_table
 from bench.workloads import FULL, QUICK, WORKLOADS, Sizes
 from bench.wsclient import run_loop
@@ -106,6 +107,13 @@ def targets_for(sizes: Sizes) -> list[Target]:
             Target("g", f"missed_{n}", f"storm of {n:,} clients: changes missed", "<=", 0, unit="changes"),
             Target("g", f"duplicated_{n}", f"storm of {n:,} clients: changes duplicated", "<=", 0, unit="changes"),
         ]
+    out.append(Target("h", "x_added_p99_ms", f"cross-node delivery at {sizes.cluster_rate:,.0f} events/s: p99 added "
+                      "over the same node", "<=", 2.0, server="signald-cluster", unit="ms"))
+    out += [Target("h", f"rate_{n}", f"fan-out delivered msgs/s, {n} members, one node with the Redis broker vs "
+                   "without (both on PostgreSQL)", ">=", 0.7, "signald-pg", server="signald-broker")
+            for n in sizes.fanout_members]
+    out.append(Target("h", "idle_held", f"{sizes.cluster_idle:,} idle connections held by three nodes", ">=",
+                      sizes.cluster_idle, server="signald-cluster", unit="conns"))
     return out
 
 
@@ -239,7 +247,8 @@ async def run_one(key: str, name: str, sizes: Sizes, round_no: int, wait_quiet_s
     deadline = time.monotonic() + wait_quiet_s
     while wait_quiet_s and time.monotonic() < deadline and not await asyncio.to_thread(quiet_machine):
         pass  # someone else is using the machine: give them a moment
-    nofile = {"f": sizes.scale_connections + 1000, "g": max(sizes.storm_sizes, default=0) * 2 + 1000}.get(key)
+    nofile = {"f": sizes.scale_connections + 1000, "g": max(sizes.storm_sizes, default=0) * 2 + 1000,
+              "h": sizes.cluster_idle // 3 + 1000}.get(key)
     t0 = time.perf_counter()
     try:
         async with running(SPECS[name], nofile=nofile) as server:
@@ -301,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         description="signald vs python-socketio vs websockets, same machine, same run, interleaved.",
     )
     parser.add_argument("--quick", action="store_true", help="tiny sizes, one round (CI smoke, about 90 s)")
-    parser.add_argument("--only", help="comma-separated workloads to run, from a,b,c,d,e,f,g (default: all)")
+    parser.add_argument("--only", help="comma-separated workloads to run, from a,b,c,d,e,f,g,h (default: all)")
     parser.add_argument("--rounds", type=int, help="rounds per server (default 3; quick 1)")
     parser.add_argument("--scale", type=int, help="connections to aim for in (f) (default 50000)")
     parser.add_argument("--storm-sizes", help="clients per reconnect storm in (g), comma-separated (default "
@@ -360,12 +369,19 @@ def main(argv: list[str] | None = None) -> int:
                 parser.error(str(exc))
             extra["servers"] = {key: servers_of(key, True) for key in keys}
             print(f"signald-before: {args.baseline} ({extra['baseline']['commit']}), from {SPECS[BEFORE].cwd}")
-        if any("signald-pg" in servers_of(key, False) for key in keys):
+        on_pg = {"signald-pg", "signald-broker", "signald-cluster"}
+        if any(on_pg & set(servers_of(key, False)) for key in keys):
             try:  # one durable server for the run, on the servers' core: the daemon's database shares its CPU
                 pg = stack.enter_context(for_bench(SERVER_CPU))
                 print(f"signald-pg: PostgreSQL from {pg.bin_dir} on port {pg.port}, pinned to CPU {SERVER_CPU}")
             except Exception as exc:  # its rounds fail, saying so; the others run
                 print(f"signald-pg: no PostgreSQL for the bench ({type(exc).__name__}: {exc})")
+        if any({"signald-broker", "signald-cluster"} & set(servers_of(key, False)) for key in keys):
+            try:  # the broker of (h), on the servers' core too
+                redis = stack.enter_context(redis_for_bench(SERVER_CPU))
+                print(f"signald-broker: redis-server on port {redis.port}, pinned to CPU {SERVER_CPU}")
+            except Exception as exc:
+                print(f"signald-broker: no Redis for the bench ({type(exc).__name__}: {exc})")
         raw = run_loop(run_all(keys, sizes, log=lambda line: print(line, flush=True), baseline=bool(args.baseline),
                                retries=0 if args.quick else 2, wait_quiet_s=0 if args.quick else 120))
     env["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]

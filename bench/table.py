@@ -24,6 +24,22 @@ ROWS: dict[str, list[tuple[str, str, str]]] = {  # workload -> (metric, label, f
           ("rss_mb_at_50k", "RSS at 50,000, linear from held (MiB)", ",.0f"),
           ("idle_cpu_pct_at_50k", "idle CPU at 50,000, linear from held (%)", ".2f"),
           ("lost_while_idle", "connections lost while idle", ",.0f")],
+    "h": [("x_same_p50_ms", "cross-node: same node p50 (ms)", ".2f"),
+          ("x_same_p99_ms", "cross-node: same node p99 (ms)", ".2f"),
+          ("x_cross_p50_ms", "cross-node: other nodes p50 (ms)", ".2f"),
+          ("x_cross_p99_ms", "cross-node: other nodes p99 (ms)", ".2f"),
+          ("x_added_p50_ms", "cross-node: added p50 (ms)", ".2f"),
+          ("x_added_p99_ms", "cross-node: added p99 (ms)", ".2f"),
+          ("x_rate", "cross-node: chat.send/s sent (paced)", ",.0f"),
+          ("x_missing", "cross-node: events missing at the receivers", ",.0f"),
+          ("idle_held", "idle connections held by three nodes", ",.0f"),
+          ("idle_rss_mb_total", "idle: RSS of the three nodes (MiB)", ",.0f"),
+          ("idle_rss_kb_per_conn", "idle: RSS per connection, all nodes (KiB)", ".1f"),
+          ("idle_cpu_pct_node0", "idle: node 0 CPU (% of a core)", ".2f"),
+          ("idle_cpu_pct_node1", "idle: node 1 CPU (% of a core)", ".2f"),
+          ("idle_cpu_pct_node2", "idle: node 2 CPU (% of a core)", ".2f"),
+          ("idle_cpu_pct_redis", "idle: Redis CPU (% of a core)", ".2f"),
+          ("idle_lost", "idle: connections lost while idle", ",.0f")],
 }
 
 
@@ -36,6 +52,12 @@ def rows_for(workload: str, sizes: Sizes) -> list[tuple[str, str, str]]:
                      (f"per_core_{n}", f"deliveries per server CPU-second, {n} members", ",.0f"),
                      (f"client_cpu_pct_{n}", f"load client CPU, {n} members (% of a core)", ".0f")]
         return rows
+    if workload == "h":
+        rows = []
+        for n in sizes.fanout_members:
+            rows += [(f"rate_{n}", f"delivered msgs/s, {n} members", ",.0f"),
+                     (f"per_core_{n}", f"deliveries per server CPU-second, {n} members", ",.0f")]
+        return rows + ROWS["h"]
     if workload == "c":
         return [(f"rss_kb_{n}", f"RSS per idle connection at {n:,} (KiB)", ".1f") for n in sizes.idle_sizes] + [
             (f"idle_cpu_pct_{sizes.idle_sizes[-1]}", f"idle CPU at {sizes.idle_sizes[-1]:,} (% of a core)", ".2f")]
@@ -78,6 +100,9 @@ def table_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
             on_pg = values.get("signald-pg")
             if on_pg is not None and mine:  # the other way round: PostgreSQL's over SQLite's
                 ratios["signald-pg"] = on_pg / mine
+            broker = values.get("signald-broker")
+            if broker is not None and on_pg:  # (h): one node with the Redis broker over the same without
+                ratios["signald-broker"] = broker / on_pg
             rows.append({"workload": wl, "metric": metric, "label": label, "format": spec, "values": values,
                          "ratios": ratios})
     return rows
@@ -86,17 +111,22 @@ def table_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
 def print_table(result: dict[str, Any]) -> None:
     """The results table; with ``--baseline``, a signald-before column and signald ÷ signald-before."""
     before = "baseline" in result
+    several = "h" in result["workloads"]
     columns = ["signald", *([BEFORE] if before else []), "signald-mem", "signald-pg", "socketio", "websockets"]
-    width = 16 if before else 14  # "signald-before" needs room to stay apart from its neighbour
+    if several:
+        columns += ["signald-broker", "signald-cluster"]
+    width = 16 if before or several else 14  # "signald-before" needs room to stay apart from its neighbour
     print(f"\n{'':4}{'metric':48}" + "".join(f"{c:>{width}}" for c in columns)
-          + f"{'÷socketio':>11}{'÷websockets':>13}{'÷mem':>7}{'pg÷':>7}" + (f"{'÷before':>9}" if before else ""))
+          + f"{'÷socketio':>11}{'÷websockets':>13}{'÷mem':>7}{'pg÷':>7}" + (f"{'÷before':>9}" if before else "")
+          + (f"{'broker÷pg':>10}" if several else ""))
     for row in table_rows(result):
         cells = "".join(f"{fmt(row['values'].get(c), row['format']):>{width}}" for c in columns)
         ratios = row["ratios"]
         print(f"({row['workload']}) {row['label']:48}{cells}"
               f"{fmt(ratios.get('socketio'), '.2f'):>11}{fmt(ratios.get('websockets'), '.2f'):>13}"
               f"{fmt(ratios.get('signald-mem'), '.2f'):>7}{fmt(ratios.get('signald-pg'), '.2f'):>7}"
-              + (f"{fmt(ratios.get(BEFORE), '.3f'):>9}" if before else ""))
+              + (f"{fmt(ratios.get(BEFORE), '.3f'):>9}" if before else "")
+              + (f"{fmt(ratios.get('signald-broker'), '.2f'):>10}" if several else ""))
     if before:
         base = result["baseline"]
         print(f"\nsignald-before is {base['rev']} ({base['commit']}); ÷before = signald / signald-before"
@@ -109,5 +139,8 @@ def print_table(result: dict[str, Any]) -> None:
               f"{v['bound']:g}{' ' + v['unit'] if v['unit'] else ''})")
     if any("signald-pg" in row["ratios"] for row in table_rows(result)):
         print("\n(signald-pg: the daemon on PostgreSQL; pg÷ = signald-pg / signald, i.e. PostgreSQL over SQLite)")
+    if several:
+        print("(signald-broker: one node on PostgreSQL with the Redis broker; broker÷pg = signald-broker / signald-pg. "
+              "signald-cluster: three nodes, see bench/cluster.py)")
     for note in result.get("notes", []):
         print(f"  note: {note}")

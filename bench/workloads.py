@@ -1,4 +1,4 @@
-"""Workloads (a) to (f). Each runs against one freshly started server and returns its metrics.
+"""Workloads (a) to (h). Each runs against one freshly started server and returns its metrics.
 
 All of them drive the server through :mod:`bench.wsclient` from this (load client) process,
 except (f), which spreads its connections over :mod:`bench.holder` processes. Names used:
@@ -19,8 +19,10 @@ from typing import Any
 
 import psutil
 
+from bench.cluster import cluster_workload
 from bench.pgserver import bench_server
 from bench.procs import REPO, Server, client_cpu_seconds
+from bench.redisserver import bench_redis
 from bench.storm import storm_workload
 from bench.wsclient import Conn, Stats, connect, connect_many, quiet
 
@@ -61,6 +63,10 @@ class Sizes:
     storm_sizes: tuple[int, ...] = (1000, 5000)  # --storm-sizes 1000,5000,19000 for the issue's largest
     storm_send_rate: float = 10.0  # messages/s of each of the 10 senders, all through the storm
     storm_timeout_s: float = 120.0  # a storm not resumed by then is reported as such
+    # (h) several nodes (fan-out: fanout_members; idle: scale_per_holder, scale_settle_s, scale_window_s)
+    cluster_rate: float = 5000.0  # chat.send/s, paced, for the cross-node latency
+    cluster_seconds: float = 6.0
+    cluster_idle: int = 50_000  # idle connections over the three nodes
 
 
 FULL = Sizes()
@@ -68,7 +74,8 @@ QUICK = Sizes(
     rounds=1, rtt_warmup=5, rtt_messages=20, fanout_members=(5,), fanout_deliveries=80, fanout_senders=2,
     idle_sizes=(50,), idle_room_size=10, idle_cpu_window_s=1.0, connect_count=50, connect_concurrency=10,
     durable_senders=5, durable_messages=10, scale_connections=200, scale_per_holder=100, scale_window_s=2.0,
-    scale_settle_s=0.5, storm_sizes=(60,), storm_send_rate=20.0, storm_timeout_s=30.0,
+    scale_settle_s=0.5, storm_sizes=(60,), storm_send_rate=20.0, storm_timeout_s=30.0, cluster_rate=500.0,
+    cluster_seconds=0.6, cluster_idle=150,
 )
 
 
@@ -382,6 +389,19 @@ async def _read_json(proc: asyncio.subprocess.Process) -> dict[str, Any]:
     return value
 
 
+# ---------------------------------------------------------------------------------------- (h)
+
+async def several_nodes(server: Server, sizes: Sizes, tag: str) -> Metrics:
+    """Three nodes (:mod:`bench.cluster`), or (b)'s fan-out on one node with or without the broker."""
+    if server.spec.name == "signald-cluster":
+        return await cluster_workload(server, sizes, tag)
+    stores = [s for s in (bench_server(), bench_redis()) if s is not None]  # the daemon's, not noise
+    before = sum(s.cpu_seconds() for s in stores)
+    metrics = await fanout(server, sizes, tag)
+    metrics["helper_cpu_s"] = sum(s.cpu_seconds() for s in stores) - before
+    return metrics
+
+
 @dataclass(frozen=True)
 class Workload:
     key: str
@@ -402,4 +422,6 @@ WORKLOADS: dict[str, Workload] = {w.key: w for w in (
     Workload("f", "scale: idle connections held by one daemon process", ("signald",), scale),
     Workload("g", "reconnect storm: restart, every client resumes with since_rev", ("signald", "socketio"),
              storm_workload),
+    Workload("h", "several nodes: fan-out with the Redis broker, cross-node latency, idle connections over three",
+             ("signald-pg", "signald-broker", "signald-cluster"), several_nodes),
 )}

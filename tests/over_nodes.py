@@ -173,14 +173,12 @@ def nodes(request: pytest.FixtureRequest) -> Iterator[int]:
         pytest.skip("one node only: a mock clock jumps while the nodes wait on Redis, firing their broker timeouts")
     try:
         if count > 1:
-            from redis_fixture import flush
-
             redis_url, database = request.getfixturevalue("redis_url"), request.getfixturevalue("nodes_database")
             redis_server = request.getfixturevalue("redis_server")
             current.redis_url, current.postgres_url = redis_url, database.emptied()
 
             def emptied() -> None:
-                flush(redis_server, int(redis_url.rsplit("/", 1)[1]))
+                redis_server.flush(int(redis_url.rsplit("/", 1)[1]))
                 database.emptied()
             current.fresh = emptied
         current.count = count  # last: a set-up that failed leaves the next tests on one node

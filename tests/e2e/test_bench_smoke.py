@@ -22,7 +22,7 @@ def test_bench_quick_runs_every_workload_against_every_server(tmp_path: Path) ->
                           capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     results = json.loads(out.read_text())
-    assert set(results["summary"]) >= {"a", "b", "c", "d", "e", "f", "g"}
+    assert set(results["summary"]) >= {"a", "b", "c", "d", "e", "f", "g", "h"}
     assert {"signald", "socketio", "websockets"} <= set(results["summary"]["a"])
     # (g) the reconnect storm: every client came back after the restart, holding exactly the history
     storm = results["raw"]["g"]["signald"][0]
@@ -33,6 +33,17 @@ def test_bench_quick_runs_every_workload_against_every_server(tmp_path: Path) ->
     on_pg = results["summary"]["e"]["signald-pg"]  # the daemon on the bench's own PostgreSQL, beside SQLite
     assert on_pg["rate"] > 0 and on_pg["p99_ms"] >= on_pg["p50_ms"] > 0
     assert "durable acked chat.send/s on PostgreSQL vs on SQLite" in done.stdout
+    # (h) several nodes: every paced event reached the receiver on the sender's node and those on the two
+    # others; every idle connection was held across the three; the broker's fan-out ratio was printed
+    nodes = results["raw"]["h"]["signald-cluster"][0]
+    assert (nodes["x_missing"], nodes["x_failed_acks"], nodes["idle_held"], nodes["idle_lost"]) == (
+        0, 0, results["sizes"]["cluster_idle"], 0), nodes
+    assert nodes["x_cross_p50_ms"] > 0 and nodes["x_same_p50_ms"] > 0
+    assert all(nodes[f"idle_rss_mb_node{i}"] > 0 for i in range(3))
+    broker = results["summary"]["h"]["signald-broker"]
+    assert broker["rate_5"] > 0 and results["summary"]["h"]["signald-pg"]["rate_5"] > 0
+    assert re.search(r"one node with the Redis broker vs without \(both on PostgreSQL\): "
+                     r"signald-broker/signald-pg = \d+\.\d\d", done.stdout), done.stdout
 
 
 def test_bench_baseline_runs_an_older_commit_side_by_side(tmp_path: Path) -> None:
