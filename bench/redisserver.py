@@ -12,6 +12,7 @@ import contextlib
 import itertools
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -19,8 +20,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["RedisServer", "bench_broker_url", "bench_redis", "for_bench", "free_port", "private_server",
-           "redis_binary"]
+from bench.leftovers import claim, sweep
+
+__all__ = ["RedisServer", "bench_broker_url", "bench_redis", "for_bench", "free_port", "new_directory",
+           "private_server", "redis_binary"]
 
 
 def redis_binary() -> str:
@@ -123,10 +126,27 @@ class RedisServer:
             time.sleep(0.02)
 
 
+PREFIX = "signald-redis-"
+
+
+def _kill_left(directory: Path) -> None:
+    with contextlib.suppress(OSError, ValueError):
+        os.kill(int((directory / "redis.pid").read_text()), signal.SIGKILL)
+
+
+def new_directory() -> Path:
+    """A private server's directory, claimed by this process; the servers that killed runs left
+    behind are stopped and their directories removed first (:mod:`bench.leftovers`)."""
+    sweep(PREFIX, _kill_left)
+    directory = Path(tempfile.mkdtemp(prefix=PREFIX))
+    claim(directory)
+    return directory
+
+
 @contextlib.contextmanager
 def private_server(*, cpu: int | None = None) -> Iterator[RedisServer]:
     """Start one on a free port (pinned to ``cpu`` if given); stop it and remove its directory on exit."""
-    directory = Path(tempfile.mkdtemp(prefix="signald-redis-"))
+    directory = new_directory()
     try:
         server = RedisServer(redis_binary(), directory, free_port(), cpu=cpu)
         server.start()

@@ -15,13 +15,11 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from bench.redisserver import RedisServer, free_port, redis_binary
+from bench.redisserver import RedisServer, free_port, new_directory, redis_binary
 
 __all__ = ["RedisServer", "free_port", "redis_binary", "redis_server", "redis_url"]
 
@@ -31,7 +29,7 @@ _databases = itertools.count(1)  # 0 is left alone; Redis has 16 by default
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     require = os.environ.get("SIGNALD_TEST_REDIS") == "require"
-    directory = Path(tempfile.mkdtemp(prefix="signald-redis-"))
+    directory = new_directory()
     try:
         import coredis  # noqa: F401
         server = RedisServer(redis_binary(), directory, free_port())
