@@ -182,7 +182,13 @@ class InlineCommits:
                 conn.execute("BEGIN IMMEDIATE")  # busy_timeout 0: another connection's lock -> queue
             except sqlite3.OperationalError:
                 return False
-            committed = self._txns.execute(conn, ops, begun=True, write_counters=False)
+            if len(ops) == 1:  # a write alone in its transaction needs no savepoint anyway
+                committed = self._txns.execute(conn, ops, begun=True, write_counters=False)
+            else:
+                unguarded = self._txns.execute_unguarded(conn, ops)
+                if unguarded is None:  # one of them failed: all rolled back, the thread runs them
+                    return False  # again, each in a savepoint (the failure is that one's alone)
+                committed = unguarded
         finally:
             writer.conn_lock.release()
         self.spent = True  # the next immediate inline commit waits for the loop's next turn
