@@ -77,6 +77,7 @@ async def test_a_failing_send_in_a_deferred_batch_fails_alone(store: HistoryStor
         send(store, "orphan", outcomes, parent_id="no-such-message")
         send(store, "b", outcomes)
     await trio.testing.wait_all_tasks_blocked()
+    await store.get("none")  # behind them, should they have gone to the writer thread
     errors = [error for _, error in outcomes]
     assert errors[0] is None and errors[2] is None
     assert isinstance(errors[1], SignalError) and errors[1].code == "NOT_FOUND"
