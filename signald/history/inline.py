@@ -180,7 +180,7 @@ class InlineCommits:
         try:
             try:
                 conn.execute("BEGIN IMMEDIATE")  # busy_timeout 0: another connection's lock -> queue
-            except sqlite3.OperationalError:
+            except sqlite3.Error:  # (any other failure too: the writer thread reports it per operation)
                 return False
             if len(ops) == 1:  # a write alone in its transaction needs no savepoint anyway
                 committed = self._txns.execute(conn, ops, begun=True, write_counters=False)
