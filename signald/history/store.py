@@ -133,8 +133,14 @@ class HistoryStore(ThreadedStore):
 
     def _put_many(self, ops: list[Op[Any]]) -> None:
         """Queue sends that were deferred for an inline commit (in order, ahead of anything later)."""
-        for op in ops:
-            self._writer.put(op)
+        for i, op in enumerate(ops):
+            try:
+                self._writer.put(op)
+            except StorageError as exc:  # the thread is gone: these fail now (never silently lost)
+                for failed in ops[i:]:
+                    failed.error, failed.event = exc, SKIP
+                self._complete(ops[i:])
+                return
             self._in_flight += 1
 
     async def _call(

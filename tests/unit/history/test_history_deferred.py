@@ -17,7 +17,8 @@ import trio.lowlevel
 import trio.testing
 
 from signald.errors import SignalError
-from signald.history.store import HistoryStore
+from signald.history.store import HistoryStore, StorageError
+from signald.history.writer import Writer
 
 Outcome = tuple[Any, BaseException | None]
 
@@ -125,3 +126,27 @@ async def test_sends_deferred_when_the_store_closes_are_stored_and_acked(tmp_pat
         await store.aclose()  # before the committer's pass came
     assert len(outcomes) == 1 and outcomes[0][1] is None
     assert stored(tmp_path / "history.db") == [("lobby", 1, "last")]
+
+
+async def test_deferred_sends_fail_with_an_error_if_the_writer_thread_is_gone(
+    store: HistoryStore, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A deferred batch that can neither commit inline nor be queued is failed, not lost."""
+    other = sqlite3.connect(tmp_path / "history.db", isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # the inline commit cannot begin: the batch must be queued
+
+        def gone(self: Writer, op: Any) -> None:
+            raise StorageError("history store is closed")
+
+        monkeypatch.setattr(Writer, "put", gone)
+        outcomes: list[Outcome] = []
+        async with trio.open_nursery() as nursery:
+            make_busy(nursery)
+            send(store, "lost?", outcomes)
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(outcomes) == 1 and isinstance(outcomes[0][1], StorageError)
+        monkeypatch.undo()
+        other.execute("COMMIT")
+    finally:
+        other.close()
