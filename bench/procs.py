@@ -157,6 +157,18 @@ class Server:
         t = self.ps.cpu_times()
         return float(t.user + t.system)
 
+    def thread_cpu_seconds(self) -> tuple[float, float]:
+        """User + system CPU time of the current process: (its main thread, all its other threads).
+
+        signald's main thread runs Trio (everything but the stores' writer threads)."""
+        main = other = 0.0
+        for t in self.ps.threads():
+            if t.id == self.ps.pid:
+                main += t.user_time + t.system_time
+            else:
+                other += t.user_time + t.system_time
+        return main, other
+
     async def restart(self, startup_s: float = 30.0) -> float:
         """SIGTERM, wait for the exit, start again on the same port and directory (database).
 

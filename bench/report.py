@@ -291,6 +291,9 @@ METHOD = """## Method
   is the median over rounds.
 - **(a) Ack round trip:** one connection joined to its own room sends {rtt_messages} `chat.send`
   one at a time (after {rtt_warmup} warm-up sends), timing send → ack; p50 and p99 (nearest rank).
+  Server CPU per acked send: the server process's CPU time (user + system, all threads, and the
+  main thread's apart) over the timed sends ÷ sends; it includes the kernel's work for the
+  loopback TCP of the request and the ack.
 - **(b) Fan-out:** {fanout_members} connections in one room; {fanout_senders} of them send, each
   with at most {fanout_window} unacked messages, until about {fanout_deliveries} deliveries are due.
   Delivered msgs/s = chat events received by all connections ÷ time from the first send to the last
@@ -358,8 +361,10 @@ LIMITS = """## How signald gets its numbers, and what bounds them
   transactions): about 20-25 µs. A request that arrives as one whole frame skips wsproto's
   parser (unmasked with two integer XORs). And the reader of a peer that talks (two messages
   within a second) waits for the next one in Trio rather than in `signald.transport.parking`, saving a
-  scheduler pass per message. Under load (other tasks runnable) sends still go to the SQLite
-  thread and share its transactions. The ratio moves with python-socketio's own round trip,
+  scheduler pass per message. Under load (other tasks runnable) the sends of one scheduler pass
+  are committed together on the event loop in the next pass, without a savepoint each (see
+  "Durable sends: CPU per `chat.send` and the ack tail" below); only a busy store (other work
+  queued) hands them to the SQLite thread. The ratio moves with python-socketio's own round trip,
   which varies a lot between runs here (p50 0.20-0.43 ms, p99 0.29-1.7 ms on 2026-11-26): in a
   quick (a) run where it was fast (p50 0.25 ms) signald measured 0.59x at p50 and 0.65x at p99.
   Against the websockets peer, which stores nothing, the durable ack is 0.9-1.3x.
@@ -372,7 +377,8 @@ LIMITS = """## How signald gets its numbers, and what bounds them
   trips per second at 50,000 connections and the default 20 s. The sandbox's file limit (20,000)
   caps what one process can hold; (f) extrapolates linearly.
 - **(e) durable vs in-memory.** With the server pinned to one core, how many sends share a
-  transaction depends on when the SQLite thread gets the core, so this ratio moves a lot from run
+  transaction depended on when the SQLite thread got the core (since 2026-12-06 they are the
+  sends of one or two scheduler passes, committed on the event loop), so this ratio moved a lot from run
   to run (0.52 to 0.98 across the full runs of 2026-11-26, with code changes in between; 0.74 in
   a quick run while idle-store inline commits still took one send per loop turn under load, 0.81
   and 0.97 once they were limited to an otherwise idle loop). Every extra transaction also costs

@@ -11,13 +11,16 @@ from bench.baseline import BEFORE
 from bench.workloads import WORKLOADS, Sizes
 
 ROWS: dict[str, list[tuple[str, str, str]]] = {  # workload -> (metric, label, format)
-    "a": [("p50_ms", "ack p50 (ms)", ".3f"), ("p99_ms", "ack p99 (ms)", ".3f")],
+    "a": [("p50_ms", "ack p50 (ms)", ".3f"), ("p99_ms", "ack p99 (ms)", ".3f"),
+          ("cpu_us_per_send", "server CPU per acked send (µs)", ".0f"),
+          ("main_cpu_us_per_send", "of it, the main thread's (µs)", ".0f")],
     "c": [],
     "d": [("rate", "connections/s", ",.0f"), ("cpu_ms_per_conn", "server CPU per connection (ms)", ".2f"),
           ("closed_rate", "connections/s, each closed after set-up", ",.0f"),
           ("closed_cpu_ms_per_conn", "server CPU per connection, closed after set-up (ms)", ".2f")],
     "e": [("rate", "acked chat.send/s", ",.0f"), ("p50_ms", "ack p50 (ms)", ".2f"), ("p99_ms", "ack p99 (ms)", ".2f"),
           ("cpu_us_per_send", "server CPU per send (µs)", ".0f"),
+          ("main_cpu_us_per_send", "of it, the main thread's (µs)", ".0f"),
           ("db_cpu_us_per_send", "PostgreSQL's CPU per send (µs)", ".0f")],
     "f": [("held", "connections held", ",.0f"), ("rss_mb", "RSS (MiB)", ",.0f"),
           ("rss_kb_per_conn", "RSS per connection (KiB)", ".1f"), ("idle_cpu_pct", "idle CPU (% of a core)", ".2f"),

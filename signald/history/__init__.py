@@ -7,8 +7,9 @@ decisions), ``writes`` and ``queries`` (the writes and reads in SQL both dialect
 and ``work`` (work items and their completion on the Trio thread).
 
 SQLite (:class:`HistoryStore`, :mod:`signald.history.store`): ``writer`` (its thread, group
-commit), ``transactions`` (a batch, its savepoints and commit), ``inline`` (lone sends committed on
-the Trio thread), ``retention``, ``counters`` (per-room ``seq``/count kept in memory) and
+commit), ``transactions`` (a batch, its savepoints and commit), ``inline`` (sends on an idle store
+committed on the Trio thread: a lone one at once, those of a busy scheduler pass together in the
+next), ``retention``, ``counters`` (per-room ``seq``/count kept in memory) and
 ``schema`` (migrations). PostgreSQL: :mod:`signald.history.postgres` (needs ``signald[postgres]``).
 """
 

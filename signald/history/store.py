@@ -88,7 +88,8 @@ class HistoryStore(StoreOperations):
                               deliver=self._delivered)
         self._queue = self._writer.queue
         self._inline = InlineCommits(self._writer, self._txns, enabled=inline, checkpoints=not self.memory,
-                                     complete=self._complete, request_checkpoint=self._request_checkpoint)
+                                     complete=self._complete, request_checkpoint=self._request_checkpoint,
+                                     queue=self._put_many)
         self._close_timeout_s = close_timeout_s
         # Each batch's callbacks run inside it (the hub's fan-out cork: one write per member per batch).
         self._completion_scope = completion_scope
@@ -125,8 +126,22 @@ class HistoryStore(StoreOperations):
     # ------------------------------------------------------------------ hand-off to the writer thread
 
     def _put(self, op: Op[Any]) -> None:
+        if self._inline.pending:  # sends deferred to the end of this pass go first (call order)
+            self._inline.flush()
         self._writer.put(op)
         self._in_flight += 1
+
+    def _put_many(self, ops: list[Op[Any]]) -> None:
+        """Queue sends that were deferred for an inline commit (in order, ahead of anything later)."""
+        for i, op in enumerate(ops):
+            try:
+                self._writer.put(op)
+            except StorageError as exc:  # the thread is gone: these fail now (never silently lost)
+                for failed in ops[i:]:
+                    failed.error, failed.event = exc, SKIP
+                self._complete(ops[i:])
+                return
+            self._in_flight += 1
 
     async def _call(
         self,
@@ -186,15 +201,19 @@ class HistoryStore(StoreOperations):
         return await self._call(lambda conn: (fn(conn), SKIP), write=False)
 
     def _submit(self, op: Op[Any]) -> None:
-        """On an idle store in an idle process (nothing queued or in progress, no other task
-        waiting to run and no inline commit yet in this turn of the Trio loop, a ``synchronous``
-        mode that does not fsync, no other connection holding the write lock) the operation is
-        committed right here, in the Trio thread, and its ``on_commit`` and ``then`` have run when
-        this returns. Otherwise it is queued for the writer thread."""
+        """Hand a send over. On an idle store (nothing queued or in progress, a ``synchronous`` mode
+        that does not fsync, no other connection holding the write lock) it is committed in the Trio
+        thread (:mod:`signald.history.inline`): right here when no other task waits to run and no
+        inline commit was made yet in this turn of the Trio loop (``on_commit`` and ``then`` have
+        run when this returns), else with the other sends of this scheduler pass, in one
+        transaction, in the next pass. Otherwise it is queued for the writer thread."""
         if self._state != "open":
             raise StorageError(f"history store is {self._state}")
         inline = self._inline
-        if self._in_flight == 0 and not inline.spent and tasks_runnable() == 0 and inline.commit(op):
+        if self._in_flight == 0 and inline.running:
+            if not inline.spent and not inline.pending and tasks_runnable() == 0 and inline.commit([op]):
+                return
+            inline.defer(op)  # committed with the other sends of this pass, in the next pass
             return
         self._put(op)
 

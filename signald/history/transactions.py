@@ -86,6 +86,40 @@ class Transactions:
             self.commits += 1
         return wrote
 
+    def execute_unguarded(self, conn: sqlite3.Connection, batch: list[Op[Any]]) -> bool | None:
+        """Run the writes of ``batch`` in the open transaction without a savepoint each, and commit.
+
+        Two statements per operation fewer than :meth:`execute`, for batches that almost never
+        fail (the sends of a scheduler pass). If one operation raises, the whole transaction is
+        rolled back, every operation is reset and None is returned: the caller runs the batch
+        again with :meth:`execute` (where the failure is the operation's alone). Otherwise as
+        :meth:`execute` (without writing the room counters): whether a write committed.
+        """
+        try:
+            for op in batch:
+                assert op.fn is not None
+                try:
+                    op.value, op.event = op.fn(conn)
+                except Exception:
+                    self._roll_back(conn)
+                    for undone in batch:
+                        undone.value, undone.event = None, SKIP
+                    return None
+                self.counters.end_op(ok=True)
+            try:
+                conn.execute("COMMIT")
+            except BaseException:
+                self._roll_back(conn)
+                raise
+            self.counters.end_transaction(committed=True)
+        except Exception as exc:
+            logger.exception("history transaction failed; failing its %d operations", len(batch))
+            for op in batch:
+                op.error, op.event = storage_error(exc), SKIP
+            return False
+        self.commits += 1
+        return True
+
     def _run_alone(self, conn: sqlite3.Connection, op: Op[Any]) -> bool:
         """A write that is the whole transaction; on failure roll it back (returns False)."""
         assert op.fn is not None
