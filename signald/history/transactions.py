@@ -72,16 +72,12 @@ class Transactions:
                             wrote = True
                 if write_counters and writes:
                     self.write_counters(conn)
-                conn.execute("COMMIT")
             except BaseException:
                 self._roll_back(conn)
                 raise
-            self.counters.end_transaction(committed=True)
+            self._commit(conn)
         except Exception as exc:
-            logger.exception("history transaction failed; failing its %d operations", len(batch))
-            for op in batch:
-                op.error, op.event = storage_error(exc), SKIP
-            return False
+            return self._failed(batch, exc)
         if wrote:
             self.commits += 1
         return wrote
@@ -106,19 +102,27 @@ class Transactions:
                         undone.value, undone.event = None, SKIP
                     return None
                 self.counters.end_op(ok=True)
-            try:
-                conn.execute("COMMIT")
-            except BaseException:
-                self._roll_back(conn)
-                raise
-            self.counters.end_transaction(committed=True)
+            self._commit(conn)
         except Exception as exc:
-            logger.exception("history transaction failed; failing its %d operations", len(batch))
-            for op in batch:
-                op.error, op.event = storage_error(exc), SKIP
-            return False
+            return self._failed(batch, exc)
         self.commits += 1
         return True
+
+    def _commit(self, conn: sqlite3.Connection) -> None:
+        """COMMIT the open transaction; if that fails, roll back and raise."""
+        try:
+            conn.execute("COMMIT")
+        except BaseException:
+            self._roll_back(conn)
+            raise
+        self.counters.end_transaction(committed=True)
+
+    def _failed(self, batch: list[Op[Any]], exc: Exception) -> bool:
+        """The transaction failed as a whole: every operation of ``batch`` gets the error (False)."""
+        logger.exception("history transaction failed; failing its %d operations", len(batch))
+        for op in batch:
+            op.error, op.event = storage_error(exc), SKIP
+        return False
 
     def _run_alone(self, conn: sqlite3.Connection, op: Op[Any]) -> bool:
         """A write that is the whole transaction; on failure roll it back (returns False)."""
