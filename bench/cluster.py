@@ -21,17 +21,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import json
 import math
-import sys
 import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import psutil
 
+from bench.holders import read_report, start_holder, stop_holders
 from bench.pgserver import bench_server
-from bench.procs import REPO, Server, running
+from bench.procs import Server, running
 from bench.redisserver import bench_redis
 from bench.wsclient import Conn, Stats, connect_many, quiet
 
@@ -171,11 +170,10 @@ async def idle_across(nodes: list[Server], helpers: _Helpers, sizes: Sizes, tag:
             holders = max(1, math.ceil(count / sizes.scale_per_holder))
             for h in range(holders):
                 share = count // holders + (1 if h < count % holders else 0)
-                procs.append(await asyncio.create_subprocess_exec(
-                    sys.executable, "-m", "bench.holder", "--host", node.host, "--port", str(node.port),
-                    "--count", str(share), "--src", f"127.0.2.{len(procs) + 1}", "--prefix", f"n{tag}-{n}-{h}",
-                    "--room-size", "50", cwd=REPO, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE))
-        reports = await asyncio.wait_for(asyncio.gather(*(_read_json(p) for p in procs)),
+                procs.append(await start_holder(
+                    node.host, node.port, "--count", str(share), "--src", f"127.0.2.{len(procs) + 1}",
+                    "--prefix", f"n{tag}-{n}-{h}", "--room-size", "50"))
+        reports = await asyncio.wait_for(asyncio.gather(*(read_report(p) for p in procs)),
                                          timeout=max(300.0, total / 50))
         metrics["idle_connect_s"] = time.perf_counter() - t0
         metrics["idle_held"] = sum(r["held"] for r in reports)
@@ -198,32 +196,8 @@ async def idle_across(nodes: list[Server], helpers: _Helpers, sizes: Sizes, tag:
             metrics[f"idle_cpu_pct_{key}"] = (cpu1[key] - cpu0[key]) / window * 100
         metrics["idle_cpu_pct_max_node"] = max(metrics[f"idle_cpu_pct_node{i}"] for i in range(len(nodes)))
     finally:
-        holder_cpu = 0.0
-        for p in procs:
-            with contextlib.suppress(psutil.Error):
-                t = psutil.Process(p.pid).cpu_times()
-                holder_cpu += t.user + t.system
-        metrics["holder_cpu_s"] = holder_cpu
-        lost = 0
-        for p in procs:
-            if p.stdin is not None:
-                p.stdin.close()
-        for p in procs:
-            try:
-                lost += (await asyncio.wait_for(_read_json(p), 60))["lost"]
-            except (TimeoutError, ValueError, KeyError, RuntimeError):
-                p.kill()
-            await p.wait()
+        metrics["holder_cpu_s"], lost = await stop_holders(
+            procs, tolerate=(TimeoutError, ValueError, KeyError, RuntimeError))
         metrics["idle_lost"] = lost
         await asyncio.sleep(0.3)
     return metrics
-
-
-async def _read_json(proc: asyncio.subprocess.Process) -> dict[str, Any]:
-    assert proc.stdout is not None
-    line = await proc.stdout.readline()
-    if not line:
-        raise RuntimeError(f"holder {proc.pid} exited without reporting (exit {await proc.wait()})")
-    value = json.loads(line)
-    assert isinstance(value, dict)
-    return value

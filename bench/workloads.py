@@ -8,20 +8,16 @@ a distinct user per connection (signald limits connections per user), rooms uniq
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import math
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import psutil
-
 from bench.cluster import cluster_workload
+from bench.holders import read_report, start_holder, stop_holders
 from bench.pgserver import bench_server
-from bench.procs import REPO, Server, client_cpu_seconds
+from bench.procs import Server, client_cpu_seconds
 from bench.redisserver import bench_redis
 from bench.storm import storm_workload
 from bench.wsclient import Conn, Stats, connect, connect_many, quiet
@@ -343,15 +339,12 @@ async def scale(server: Server, sizes: Sizes, tag: str) -> Metrics:
     procs = []
     t0 = time.perf_counter()
     for i, count in enumerate(counts):
-        procs.append(await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bench.holder", "--host", server.host, "--port", str(server.port),
-            "--dialect", server.spec.dialect_name, "--count", str(count), "--src", f"127.0.1.{i + 1}",
-            "--prefix", f"h{tag}-{i}", "--room-size", "50",
-            cwd=REPO, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        ))
+        procs.append(await start_holder(
+            server.host, server.port, "--dialect", server.spec.dialect_name, "--count", str(count),
+            "--src", f"127.0.1.{i + 1}", "--prefix", f"h{tag}-{i}", "--room-size", "50"))
     try:
         reports = await asyncio.wait_for(
-            asyncio.gather(*(_read_json(p) for p in procs)), timeout=max(300.0, attempt / 50))
+            asyncio.gather(*(read_report(p) for p in procs)), timeout=max(300.0, attempt / 50))
         metrics["connect_s"] = time.perf_counter() - t0
         held = sum(r["held"] for r in reports)
         metrics.update(held=held, failed=sum(r["failed"] for r in reports), holders=holders)
@@ -368,34 +361,9 @@ async def scale(server: Server, sizes: Sizes, tag: str) -> Metrics:
             metrics["rss_mb_at_50k"] = (base + per_conn_bytes * ISSUE_SCALE) / 2**20
             metrics["idle_cpu_pct_at_50k"] = metrics["idle_cpu_pct"] * ISSUE_SCALE / held
     finally:
-        helper_cpu = 0.0
-        for p in procs:
-            with contextlib.suppress(psutil.Error):
-                t = psutil.Process(p.pid).cpu_times()
-                helper_cpu += t.user + t.system
-        metrics["helper_cpu_s"] = helper_cpu
-        lost = 0
-        for p in procs:
-            if p.stdin is not None:
-                p.stdin.close()
-        for p in procs:
-            try:
-                lost += (await asyncio.wait_for(_read_json(p), 60))["lost"]
-            except (TimeoutError, ValueError, KeyError):
-                p.kill()
-            await p.wait()
+        metrics["helper_cpu_s"], lost = await stop_holders(procs)
         metrics["lost_while_idle"] = lost
     return metrics
-
-
-async def _read_json(proc: asyncio.subprocess.Process) -> dict[str, Any]:
-    assert proc.stdout is not None
-    line = await proc.stdout.readline()
-    if not line:
-        raise RuntimeError(f"holder {proc.pid} exited without reporting (exit {await proc.wait()})")
-    value = json.loads(line)
-    assert isinstance(value, dict)
-    return value
 
 
 # ---------------------------------------------------------------------------------------- (h)
