@@ -349,7 +349,7 @@ LIMITS = """## How signald gets its numbers, and what bounds them
   writer task only takes what does not fit). A connection's reader does not wait for the commit of
   its `chat.send`, so pipelined sends (the bench keeps 8 in flight per sender) share one
   transaction, and the events of a committed batch reach each member in one `write`
-  (`signald.delivery.outbox.Cork`). The peers write every message to every member separately; that is most
+  (`signald.delivery.cork.Cork`). The peers write every message to every member separately; that is most
   of the gap, and why it widens with the room. Over loopback each `write` also pays the receiver's
   TCP processing, charged to the server.
 - **(a) ack round trip.** The ack of a `chat.send` leaves after the message is committed; the

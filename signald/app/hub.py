@@ -30,8 +30,8 @@ from signald.app.timers import Timers
 from signald.auth import Authenticator, NoneAuthenticator
 from signald.config import Config
 from signald.delivery.broker import Broker, LocalBroker
+from signald.delivery.cork import BatchCork, Cork
 from signald.delivery.frames import Frame
-from signald.delivery.outbox import BatchCork, Cork
 from signald.errors import StartupError
 from signald.history.factory import make_store, opened_store
 from signald.logfmt import log_event
@@ -80,7 +80,7 @@ class Hub:
         # The other nodes (signald.app.replica), set before running() when cluster.broker_url is.
         self.replica: Replica | None = None
         self.parking = Parking()  # where idle connections wait for bytes (see signald.transport.parking)
-        self.cork = Cork()  # see signald.delivery.outbox.Cork; sessions' outboxes and the history store share it
+        self.cork = Cork()  # see signald.delivery.cork.Cork; sessions' outboxes and the history store share it
         self.batch_cork = BatchCork(self.cork)  # publish() holds it: a storm of joins, one write per member per pass
         self.wall_clock: Callable[[], float] = wall_clock or time.time
         self.sessions: dict[str, Session] = {}

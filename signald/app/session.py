@@ -15,8 +15,9 @@ import attrs
 import trio
 
 from signald.auth import Identity
+from signald.delivery.cork import Cork
 from signald.delivery.frames import Frame
-from signald.delivery.outbox import CLOSE_SLOW_CONSUMER, Cork, Outbox
+from signald.delivery.outbox import CLOSE_SLOW_CONSUMER, Outbox
 from signald.state.ratelimit import FloodGuard, TokenBucket
 from signald.state.replies import HeldReply, ReplyOrder
 

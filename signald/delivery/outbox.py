@@ -20,9 +20,7 @@ from typing import Final
 
 import trio
 
-from signald.delivery.cork import CORK_FLUSH
-from signald.delivery.cork import BatchCork as BatchCork  # re-exported: where the hub and sessions look
-from signald.delivery.cork import Cork as Cork
+from signald.delivery.cork import CORK_FLUSH, Cork
 from signald.delivery.frames import Frame
 
 CLOSE_SLOW_CONSUMER: Final = 1013

@@ -5,8 +5,9 @@ from __future__ import annotations
 import trio
 import trio.testing
 
+from signald.delivery.cork import CORK_FLUSH, BatchCork, Cork
 from signald.delivery.frames import Frame
-from signald.delivery.outbox import CORK_FLUSH, BatchCork, Cork, Outbox
+from signald.delivery.outbox import Outbox
 from signald.protocol import RoomActiveEvent, RoomData
 
 
