@@ -55,6 +55,15 @@ async def wait_for(client: SignaldClient, seen: list[Event], done: Callable[[lis
     return seen
 
 
+async def alice_and_bob_in_lobby(stack: AsyncExitStack, url0: str, url1: str) -> tuple[SignaldClient, SignaldClient]:
+    """alice connected to ``url0`` and bob to ``url1`` (closed with ``stack``), both in ``lobby``."""
+    alice = await stack.enter_async_context(connect(url0, user="alice"))
+    bob = await stack.enter_async_context(connect(url1, user="bob"))
+    for client in (alice, bob):
+        await client.request("room.join", {"room": "lobby"})
+    return alice, bob
+
+
 def of(kind: str, events: list[Event]) -> list[dict[str, Any]]:
     return [data for t, data in events if t == kind]
 
@@ -199,10 +208,7 @@ async def test_a_broker_restart_is_503_meanwhile_then_delivery_resumes(tmp_path:
     try:
         async with nodes(tmp_path, redis.url(0), postgres_url, 2, ttl=1.0) as started, AsyncExitStack() as stack:
             (_, url0), (_, url1) = started
-            alice = await stack.enter_async_context(connect(url0, user="alice"))
-            bob = await stack.enter_async_context(connect(url1, user="bob"))
-            for client in (alice, bob):
-                await client.request("room.join", {"room": "lobby"})
+            alice, bob = await alice_and_bob_in_lobby(stack, url0, url1)
             assert (await ready(url0))[0]
 
             redis.stop()

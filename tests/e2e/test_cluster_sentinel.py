@@ -13,7 +13,7 @@ import pytest
 import trio
 from redis_fixture import free_port
 from redis_sentinel import SERVICE, sentinel_set, start_server, stop_server
-from test_cluster import Event, nodes, of, until_ready, wait_for
+from test_cluster import Event, alice_and_bob_in_lobby, nodes, of, until_ready, wait_for
 from trio_websocket import ConnectionClosed
 
 from signald.cli import main
@@ -32,10 +32,7 @@ async def test_after_a_failover_every_node_follows_the_new_primary(tmp_path: Pat
     with sentinel_set(tmp_path, password="hunter2", sentinel_password="swordfish") as redis:
         async with nodes(tmp_path, redis.url(3), postgres_url, 2, ttl=1.0) as started, AsyncExitStack() as stack:
             (_, url0), (_, url1) = started
-            alice = await stack.enter_async_context(connect(url0, user="alice"))
-            bob = await stack.enter_async_context(connect(url1, user="bob"))
-            for client in (alice, bob):
-                await client.request("room.join", {"room": "lobby"})
+            alice, bob = await alice_and_bob_in_lobby(stack, url0, url1)
             before = await bob.request("chat.send", {"scope": "lobby", "body": "before the failover"})
             await wait_for(alice, [], lambda s: before["id"] in [m["id"] for m in of("chat.message", s)])
 
@@ -78,10 +75,7 @@ async def test_a_failover_for_maintenance_loses_no_acked_message(tmp_path: Path,
     with sentinel_set(tmp_path) as redis:
         async with nodes(tmp_path, redis.url(0), postgres_url, 2, ttl=1.0) as started, AsyncExitStack() as stack:
             (_, url0), (_, url1) = started
-            alice = await stack.enter_async_context(connect(url0, user="alice"))
-            bob = await stack.enter_async_context(connect(url1, user="bob"))
-            for client in (alice, bob):
-                await client.request("room.join", {"room": "lobby"})
+            alice, bob = await alice_and_bob_in_lobby(stack, url0, url1)
             redis.failover()
             acked = []
             with trio.fail_after(20):

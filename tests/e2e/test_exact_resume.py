@@ -96,6 +96,22 @@ async def test_changes_reset_once_retention_removed_part_of_what_was_asked(
         assert fine == {"changes": sent[2:], "rev": 4, "has_more": False}
 
 
+async def burst_with_a_join(nursery: trio.Nursery, sender: SignaldClient, burst: int, view: RoomView,
+                            joiner: SignaldClient) -> int:
+    """``burst`` sends to ``lobby`` from ``sender``, pipelined; ``joiner`` joins into ``view`` in
+    the middle of their commits. How many were acked by the time the last one went out."""
+    acked = 0
+    for i in range(burst):
+        await sender.send({"type": "chat.send", "id": f"s{i}", "data": {"scope": "lobby", "body": f"{i}"}})
+        if i == 20:
+            # once one is committed, so that the join cannot read before them all (a store on
+            # another server, PostgreSQL, may not have committed any by now)
+            while not acked:
+                acked += (await sender.next_event())["type"] == "ack"
+            nursery.start_soon(view.join, joiner)
+    return acked
+
+
 async def test_a_join_racing_with_a_burst_of_sends_gets_each_message_exactly_once(
     nursery: trio.Nursery, tmp_path: Path, store_url: dict[str, str]
 ) -> None:
@@ -104,15 +120,7 @@ async def test_a_join_racing_with_a_burst_of_sends_gets_each_message_exactly_onc
     view = RoomView("lobby")
     async with clients(srv, "alice", "bob") as (alice, bob):
         await alice.request("room.join", {"room": "lobby"})
-        acked = 0
-        for i in range(burst):  # pipelined: the join lands somewhere in the middle of their commits
-            await alice.send({"type": "chat.send", "id": f"s{i}", "data": {"scope": "lobby", "body": f"{i}"}})
-            if i == 20:
-                # once one is committed, so that the join cannot read before them all (a store on
-                # another server, PostgreSQL, may not have committed any by now)
-                while not acked:
-                    acked += (await alice.next_event())["type"] == "ack"
-                nursery.start_soon(view.join, bob)
+        acked = await burst_with_a_join(nursery, alice, burst, view, bob)
         with trio.fail_after(10):
             while acked < burst:
                 acked += (await alice.next_event())["type"] == "ack"
@@ -135,13 +143,7 @@ async def test_a_join_racing_with_sends_from_another_node_where_the_room_has_a_m
                              for user, node in (("alice", 0), ("carol", 1), ("bob", 1))]
         await alice.request("room.join", {"room": "lobby"})
         await watched.join(carol)
-        acked = 0
-        for i in range(burst):
-            await alice.send({"type": "chat.send", "id": f"s{i}", "data": {"scope": "lobby", "body": f"{i}"}})
-            if i == 20:
-                while not acked:
-                    acked += (await alice.next_event())["type"] == "ack"
-                nursery.start_soon(view.join, bob)
+        acked = await burst_with_a_join(nursery, alice, burst, view, bob)
         with trio.fail_after(10):
             while acked < burst:
                 acked += (await alice.next_event())["type"] == "ack"

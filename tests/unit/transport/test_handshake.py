@@ -5,7 +5,6 @@ not an upgrade kept for the plain-HTTP server or refused."""
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
 
 import pytest
 import trio
@@ -17,15 +16,6 @@ REQUEST = (b"GET /?user=ann HTTP/1.1\r\nHost: example\r\nUpgrade: websocket\r\nC
            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
            b"Sec-WebSocket-Protocol: signald.v1.json\r\n\r\n")
 ACCEPT_TOKEN = b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="  # RFC 6455 1.3's example key
-
-
-@pytest.fixture
-def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
-    """(ours, peer): ours is the server side, peer the client's."""
-    ours, peer = socket.socketpair()
-    ours.setblocking(False)
-    with ours, peer:
-        yield ours, peer
 
 
 def server_stream(ours: socket.socket) -> trio.SocketStream:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
 
 import pytest
 import trio
@@ -25,15 +24,6 @@ class Conn:
             self.pongs += 1
             return True
         return False
-
-
-@pytest.fixture
-def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
-    """(ours, peer): ours is the non-blocking server side a reader parks on."""
-    ours, peer = socket.socketpair()
-    ours.setblocking(False)
-    with ours, peer:
-        yield ours, peer
 
 
 @pytest.fixture
