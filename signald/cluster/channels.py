@@ -26,7 +26,7 @@ class Subscriptions:
     def __init__(self, hub: Hub, names: Names, *, dropped: Callable[[str], None]) -> None:
         self.hub, self.names = hub, names
         self._dropped = dropped  # a room no longer heard (its order starts again)
-        self.pubsub: Any = None  # set once connected
+        self.subscriber: Any = None  # set once connected
         self.heard: set[str] = set()
         self._entered: dict[str, float] = {}  # room -> when a join last entered it (trio time)
         self._lock = trio.Lock()  # one subscription change at a time, in order
@@ -54,10 +54,10 @@ class Subscriptions:
         async with self._lock:
             wanted, heard = self.wants(channel), channel in self.heard
             if wanted and not heard:
-                await self.pubsub.subscribe(channel)
+                await self.subscriber.subscribe(channel)
                 self.heard.add(channel)
             elif heard and not wanted:
-                await self.pubsub.unsubscribe(channel)
+                await self.subscriber.unsubscribe(channel)
                 self.heard.discard(channel)
                 kind, name = self.names.parse(channel)
                 if kind == "room":

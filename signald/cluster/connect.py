@@ -3,10 +3,11 @@
 One Redis: ``coredis.Redis.from_url``. Redis Sentinel: a ``coredis.Sentinel`` over the listed
 sentinels and its client for the service's primary, whose connection pool asks the sentinels
 where the primary is each time it opens a connection (and drops its connections when the answer
-changes). After a failover every new connection, the pub/sub's included, goes to the promoted
-replica; a connection that reaches a demoted primary is refused (coredis checks ``ROLE``), and the
-pub/sub retries that like a lost connection. What the replica does then is its usual recovery
-after a broker outage (:meth:`signald.cluster.redis_replica.RedisReplica._resync`).
+changes). The writer's and the pub/sub's own connections (:meth:`Broker.open_link`) ask them the
+same way each time they open. After a failover every new connection goes to the promoted replica;
+one that reaches a demoted primary is refused (``ROLE`` is checked), and the pub/sub retries that
+like a lost connection. What the replica does then is its usual recovery after a broker outage
+(:meth:`signald.cluster.redis_replica.RedisReplica._resync`).
 """
 
 from __future__ import annotations
@@ -19,14 +20,13 @@ import coredis
 from coredis.connection import TCPLocation
 from coredis.exceptions import ConnectionError as RedisConnectionError
 from coredis.exceptions import PrimaryNotFoundError, SentinelError
-from coredis.retry import CompositeRetryPolicy, ConstantRetryPolicy, ExponentialBackoffRetryPolicy
 
+from signald.cluster.resp import Link, LinkError, endpoint_of, open_link
 from signald.state.brokerurl import CLUSTER_REFUSAL, BrokerURL, parse_broker_url
 
 __all__ = ["Broker", "UnsupportedBroker"]
 
 SENTINEL_TIMEOUT_S: Final = 2.0  # one sentinel that does not answer: ask the next
-PUBSUB_MAX_DELAY_S: Final = 2.0  # a failover takes seconds: do not back off to coredis's 16 s
 
 
 class UnsupportedBroker(Exception):
@@ -45,13 +45,15 @@ async def _cluster_enabled(client: coredis.Redis[bytes]) -> bool:
 
 
 class Broker:
-    """The client for one ``broker_url``: :attr:`client` for commands, :meth:`pubsub` for the one
-    pub/sub, and :meth:`connected` to enter (and, at the end, close) everything they hold."""
+    """The client for one ``broker_url``: :attr:`client` (coredis) for commands, :meth:`open_link`
+    for the writer's and the pub/sub's own connections, and :meth:`connected` to enter (and, at the
+    end, close) what the client holds."""
 
     def __init__(self, url: str) -> None:
         self.url: BrokerURL = parse_broker_url(url)
         self.shown = self.url.shown
         self._sentinel: coredis.Sentinel[bytes] | None = None
+        self._endpoint = endpoint_of(self.url)
         if self.url.kind == "sentinel":
             sentinel_kwargs: dict[str, Any] = {"connect_timeout": SENTINEL_TIMEOUT_S,
                                                "stream_timeout": SENTINEL_TIMEOUT_S}
@@ -65,16 +67,17 @@ class Broker:
         else:
             self.client = coredis.Redis.from_url(self.url.url, decode_responses=False)
 
-    def pubsub(self) -> Any:
-        """The pub/sub of :attr:`client`; under Sentinel it also retries a primary it cannot find
-        (all sentinels down, or the one named is not a primary yet) instead of giving up."""
+    async def open_link(self) -> Link:
+        """A connection of signald's own (:mod:`signald.cluster.resp`) to the same Redis: the
+        writer's and the pub/sub's. Under Sentinel it goes to the primary the sentinels name now,
+        and one that is not a primary (yet) is refused, as coredis's pool refuses it."""
         if self._sentinel is None:
-            return self.client.pubsub()
-        retry = CompositeRetryPolicy(
-            ExponentialBackoffRetryPolicy((RedisConnectionError, SentinelError), retries=None, base_delay=0.1,
-                                          max_delay=PUBSUB_MAX_DELAY_S, jitter=True),
-            ConstantRetryPolicy((TimeoutError,), retries=2, delay=0.1))
-        return self.client.pubsub(retry_policy=retry)
+            return await open_link(self._endpoint)
+        try:
+            host, port = await self.primary()
+        except (PrimaryNotFoundError, SentinelError, RedisConnectionError) as exc:
+            raise LinkError(str(exc) or type(exc).__name__) from exc
+        return await open_link(self._endpoint._replace(host=host, port=port), primary=True)
 
     @asynccontextmanager
     async def connected(self) -> AsyncIterator[coredis.Redis[bytes]]:

@@ -1,19 +1,22 @@
-"""The :class:`~signald.app.replica.Replica` on Redis (coredis, which runs on Trio through anyio).
+"""The :class:`~signald.app.replica.Replica` on Redis.
 
 Tasks, all in :meth:`RedisReplica.running`:
 
 - the **writer** (:mod:`signald.cluster.writer`) sends what :meth:`share`, :meth:`room_event` and
   :meth:`user_event` queued, in order, many at a time in one pipeline (records first, then the
   ``PUBLISH`` that announces them);
-- the **reader** takes messages off the one pub/sub connection with a ``get_message()`` loop (an
-  ``async for`` over a coredis pub/sub was seen to stop silently after a reconnect) and applies
-  them (:func:`signald.cluster.apply.apply_op`, or delivery to this node's connections);
+- the **subscriber** (:mod:`signald.cluster.subscriber`) reads the pub/sub and hands each message
+  to :meth:`RedisReplica._receive` (:func:`signald.cluster.apply.apply_op`, or delivery);
 - the **heartbeat** writes this node's time into ``nodes`` every ``node_ttl_s / 3`` and takes the
   nodes that stopped beating for ``node_ttl_s`` out of this node's copy: their devices go offline
   and leave their rooms, with the usual events to this node's connections;
 - the **sweeper** stops hearing rooms and users this node no longer has a connection in.
 
-Redis restarted or unreachable: coredis reconnects and resubscribes by itself; meanwhile writes fail
+The writer and the subscriber have connections of their own (:mod:`signald.cluster.resp`: coredis
+cost these hot paths several times the CPU); the other commands go through coredis (on anyio).
+
+Redis restarted or unreachable: the subscriber reconnects with backoff and subscribes again, coredis
+reconnects by itself, the writer opens a new connection for its next pipeline; meanwhile writes fail
 (``/readyz`` says 503 with the reason), local delivery goes on, and what was published in between is
 lost. Once the state channel is heard again, the node writes its own records back, announces its
 devices again and reloads everyone's (:meth:`RedisReplica._resync`); no node is declared dead
@@ -28,7 +31,7 @@ import math
 import secrets
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any, Final
+from typing import Final
 
 import trio
 
@@ -43,6 +46,8 @@ from signald.cluster.gaps import fill_gap
 from signald.cluster.nodes import NodeTable
 from signald.cluster.order import RoomOrder
 from signald.cluster.recovery import announcement, close_rooms_behind
+from signald.cluster.resp import LinkError
+from signald.cluster.subscriber import Subscriber
 from signald.cluster.wire import (
     ROOM_DECODER,
     STATE_DECODER,
@@ -54,7 +59,6 @@ from signald.cluster.wire import (
     RoomEnvelope,
     StateEnvelope,
     UserEnvelope,
-    as_text,
     decode_event,
 )
 from signald.cluster.writer import Command, Writer
@@ -93,10 +97,12 @@ class RedisReplica(Replica):
         self._activity_shared: dict[str, float] = {}
         self.broker = Broker(self.url)  # one Redis or Sentinel's primary (signald.cluster.connect)
         self.nodes.client = self._client = self.broker.client
-        self.writer = Writer(self._client, up=self._up, down=self._down)
+        self.writer = Writer(self.broker.open_link, up=self._up, down=self._down)
+        self.subscriber = self.channels.subscriber = Subscriber(
+            self.broker.open_link, on_message=self._on_message, on_subscribed=self._on_subscribed, down=self._down)
+        self._early: list[tuple[str, bytes]] | None = []  # heard before the snapshot loaded: applied after it
         self.calls = RedisCallDecisions(hub, self.names, self._client, grace_s=2 * self._ttl, down=self._down)
         hub.timers.decide_ring_timeouts = self.calls.ring_timeouts  # the calls this node offered: decided here
-        self._pubsub: Any = None
         self._nursery: trio.Nursery | None = None
         self._heard_state_once = False
         self._resyncing = False
@@ -198,14 +204,22 @@ class RedisReplica(Replica):
                         await self._client.ping()
                 except Exception as exc:
                     raise StartupError(f"cluster.broker_url {self.broker.shown}: {exc or type(exc).__name__}") from None
-                await self._pubsub.subscribe(self.names.state)
-                await self._beat()
-                await self.nodes.load()
-                self._problem = None
-                self._heard = trio.current_time()
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
-                    for task in (self._read, self.writer.run, self._heartbeat, self._sweep, self.calls.run):
+                    try:
+                        with trio.fail_after(CONNECT_S):
+                            await nursery.start(self.subscriber.run)
+                            await self.subscriber.subscribe(self.names.state)
+                    except (LinkError, trio.TooSlowError) as exc:
+                        raise StartupError(f"cluster.broker_url {self.broker.shown}: {exc or 'no answer'}") from None
+                    await self._beat()
+                    await self.nodes.load()
+                    self._problem = None
+                    self._heard = trio.current_time()
+                    early, self._early = self._early or [], None
+                    for channel, data in early:
+                        self._on_message(channel, data)
+                    for task in (self.writer.run, self._heartbeat, self._sweep, self.calls.run):
                         nursery.start_soon(task)
                     try:
                         yield self
@@ -214,22 +228,20 @@ class RedisReplica(Replica):
                         with trio.move_on_after(2) as scope:
                             scope.shield = True
                             await self._leave_cluster()
+                            await self.writer.close()
             finally:
                 self._stop.set()
 
     async def _hold_connections(self, *, task_status: trio.TaskStatus[None]) -> None:
-        """Own coredis's connections (its pool and pub/sub run tasks of their own) in a scope that a
-        shutdown does not cancel: the node can still say goodbye, and then the pub/sub and the pool
-        close in order (cancelled together, coredis's pub/sub cleanup writes to a closed connection)."""
+        """Own coredis's connections (its pool runs tasks of its own) in a scope that a shutdown
+        does not cancel: the node can still say goodbye before the pool closes."""
         try:
             with trio.CancelScope(shield=True, deadline=trio.current_time() + CONNECT_S) as scope:
                 async with self.broker.connected():
-                    self._pubsub = self.channels.pubsub = self.broker.pubsub()
-                    async with self._pubsub:
-                        scope.deadline = math.inf
-                        task_status.started()
-                        await self._stop.wait()
-                        scope.deadline = trio.current_time() + 3  # a broker that is down cannot hold us up
+                    scope.deadline = math.inf
+                    task_status.started()
+                    await self._stop.wait()
+                    scope.deadline = trio.current_time() + 3  # a broker that is down cannot hold us up
         except Exception as exc:  # closing connections to a broker that is gone: nothing left to do
             self._connect_error = str(exc) or type(exc).__name__
             log.debug("cluster: closing the broker connections: %r", exc)
@@ -247,27 +259,17 @@ class RedisReplica(Replica):
 
     # ------------------------------------------------------------------ tasks
 
-    async def _read(self) -> None:
-        while True:
-            try:
-                message = await self._pubsub.get_message(timeout=1.0)
-            except Exception as exc:
-                self._down(exc)
-                await trio.sleep(RETRY_S)
-                continue
-            if message is None:
-                continue
-            kind, channel = message["type"], as_text(message["channel"])
-            if kind == "subscribe" and channel == self.names.state:
-                if self._heard_state_once and self._nursery is not None:
-                    self._nursery.start_soon(self._resync)  # a reconnect: the broker may have lost everything
-                self._heard_state_once = True
-            if kind != "message":
-                continue
-            try:
-                self._receive(channel, message["data"])
-            except Exception:
-                log.exception("cluster: cannot apply a message from %s", channel)
+    def _on_message(self, channel: str, data: bytes) -> None:
+        if self._early is not None:
+            self._early.append((channel, data))
+        else:
+            self._receive(channel, data)
+
+    def _on_subscribed(self, channel: str) -> None:
+        if channel == self.names.state:
+            if self._heard_state_once and self._nursery is not None:
+                self._nursery.start_soon(self._resync)  # a reconnect: the broker may have lost everything
+            self._heard_state_once = True
 
     def _receive(self, channel: str, data: bytes) -> None:
         kind, name = self.names.parse(channel)

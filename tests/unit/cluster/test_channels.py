@@ -27,7 +27,7 @@ def subscriptions(sessions: set[str], users: set[str], rooms: dict[str, list[str
                                 rooms=types.SimpleNamespace(conns_in=lambda room: rooms.get(room, [])))
     subs = Subscriptions(hub, NAMES, dropped=dropped.append)  # type: ignore[arg-type]
     pubsub = RecordingPubSub()
-    subs.pubsub = pubsub
+    subs.subscriber = pubsub
     return subs, pubsub
 
 

@@ -1,0 +1,148 @@
+"""The node's one pub/sub connection: channels subscribed, messages read, reconnected when lost.
+
+:meth:`Subscriber.run` connects, subscribes again to every channel it holds, and reads. Each
+message goes to ``on_message(channel, data)`` and each subscription Redis confirms to
+``on_subscribed(channel)`` (a confirmation of a channel already held means a reconnect: the node
+resynchronises). A connection that fails, or stays silent through a ``PING``, is dropped and
+opened again with exponential backoff (0.1 s to 2 s, jittered); meanwhile ``down`` says why.
+
+:meth:`Subscriber.subscribe` returns once Redis confirmed the subscription: a join reads the
+room's history only after that, so nothing published after the read is missed.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
+
+import trio
+
+from signald.cluster.resp import Link, LinkError, pack
+
+log = logging.getLogger("signald.cluster")
+
+CONFIRM_S: Final = 5.0  # a subscription Redis does not confirm within this fails (the sweeper retries)
+IDLE_S: Final = 5.0  # silence this long: PING; silence again as long: the connection is dead
+BACKOFF_S: Final = (0.1, 2.0)  # first and longest wait between reconnects (a failover takes seconds)
+
+
+class Subscriber:
+    """One pub/sub connection and the set of channels it is meant to hear."""
+
+    def __init__(self, connect: Callable[[], Awaitable[Link]], *, on_message: Callable[[str, bytes], None],
+                 on_subscribed: Callable[[str], None], down: Callable[[BaseException], None]) -> None:
+        self._connect, self._on_message, self._on_subscribed, self._down = connect, on_message, on_subscribed, down
+        self.channels: set[str] = set()  # subscribed, or to be subscribed again on a reconnect
+        self._link: Link | None = None
+        self._waiting: dict[str, list[trio.Event]] = {}
+        self.connects = 0  # connections opened (tests: a reconnect happened)
+
+    async def subscribe(self, channel: str) -> None:
+        """Hear ``channel``; returns when Redis confirmed it (:class:`LinkError` if it cannot now)."""
+        self.channels.add(channel)
+        link = self._link
+        if link is None:
+            raise LinkError("the pub/sub connection to Redis is down")
+        confirmed = trio.Event()
+        self._waiting.setdefault(channel, []).append(confirmed)
+        try:
+            await link.send(pack("SUBSCRIBE", channel))
+            with trio.move_on_after(CONFIRM_S):
+                await confirmed.wait()
+        finally:
+            waiting = self._waiting.get(channel, [])
+            if confirmed in waiting:
+                waiting.remove(confirmed)
+        if self._link is not link:
+            raise LinkError("the pub/sub connection to Redis was lost while subscribing")
+        if not confirmed.is_set():
+            raise LinkError(f"Redis did not confirm the subscription within {CONFIRM_S:g} s")
+
+    async def unsubscribe(self, channel: str) -> None:
+        """Stop hearing ``channel`` (messages already on the way may still arrive)."""
+        self.channels.discard(channel)
+        if self._link is not None:
+            await self._link.send(pack("UNSUBSCRIBE", channel))
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Connect and read until cancelled. The first connection's failure is raised (a node that
+        cannot reach its broker at start says so); later failures are retried with backoff.
+
+        Resource handling: the connection is closed when this returns or is cancelled.
+        """
+        link = await self._open()
+        task_status.started()
+        delay = BACKOFF_S[0]
+        while True:
+            try:
+                await self._read(link)
+            except LinkError as exc:
+                self._lost(link, exc)
+            finally:
+                await link.aclose()
+            while True:
+                await trio.sleep(delay * random.uniform(0.5, 1.0))
+                delay = min(2 * delay, BACKOFF_S[1])
+                try:
+                    link = await self._open()
+                except LinkError as exc:
+                    self._down(exc)
+                    continue
+                delay = BACKOFF_S[0]
+                break
+
+    async def _open(self) -> Link:
+        link = await self._connect()
+        try:
+            if self.channels:
+                await link.send(pack("SUBSCRIBE", *sorted(self.channels)))
+        except BaseException:
+            await link.aclose()
+            raise
+        self._link = link
+        self.connects += 1
+        return link
+
+    def _lost(self, link: Link, exc: LinkError) -> None:
+        if self._link is link:
+            self._link = None
+        for waiting in self._waiting.values():  # each subscribe() sees the link changed and fails
+            for event in waiting:
+                event.set()
+        self._down(exc)
+
+    async def _read(self, link: Link) -> None:
+        pinged = False
+        while True:
+            with trio.move_on_after(IDLE_S) as idle:
+                reply = await link.reply()
+            if idle.cancelled_caught:
+                if pinged:
+                    raise LinkError(f"Redis did not answer a PING within {IDLE_S:g} s")
+                await link.send(pack("PING"))
+                pinged = True
+                continue
+            pinged = False
+            while reply is not False:
+                self._dispatch(reply)
+                reply = link.ready()  # (the next reply() waits on the socket: a checkpoint)
+
+    def _dispatch(self, reply: Any) -> None:
+        if not isinstance(reply, list) or len(reply) < 2:
+            if isinstance(reply, Exception):  # an error reply: the connection is in an unknown state
+                raise LinkError(str(reply))
+            return
+        kind = reply[0]
+        if kind == b"message":
+            channel = reply[1].decode()
+            try:
+                self._on_message(channel, reply[2])
+            except Exception:
+                log.exception("cluster: cannot apply a message from %s", channel)
+        elif kind == b"subscribe":
+            channel = reply[1].decode()
+            for event in self._waiting.pop(channel, ()):
+                event.set()
+            self._on_subscribed(channel)

@@ -1,0 +1,184 @@
+"""signald's own Redis connections (signald.cluster.resp, .subscriber, .writer) against real Redis
+servers: the session's, and one of this module's own with a password, a unix socket and TLS."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from signald.cluster.resp import LinkError, endpoint_of, open_link, pack, raise_on_error
+from signald.cluster.subscriber import Subscriber
+from signald.cluster.writer import Writer
+from signald.state.brokerurl import parse_broker_url
+from tests.redis_fixture import RedisServer, free_port, redis_binary
+
+pytest.importorskip("hiredis")
+
+
+def link_to(url: str):  # type: ignore[no-untyped-def]
+    return lambda: open_link(endpoint_of(parse_broker_url(url)))
+
+
+class Own:
+    """A private redis-server with a password, a unix socket and a TLS port (certificates by trustme)."""
+
+    def __init__(self, directory: Path) -> None:
+        import trustme
+
+        ca = trustme.CA()
+        cert = ca.issue_cert("127.0.0.1", "localhost")
+        self.ca = directory / "ca.pem"
+        ca.cert_pem.write_to_path(str(self.ca))
+        cert.cert_chain_pems[0].write_to_path(str(directory / "cert.pem"))
+        cert.private_key_pem.write_to_path(str(directory / "key.pem"))
+        self.port, self.tls_port = free_port(), free_port()
+        self.socket = directory / "redis.sock"
+        self.proc = subprocess.Popen(
+            [redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(directory), "--requirepass", "s3cret", "--unixsocket", str(self.socket),
+             "--tls-port", str(self.tls_port), "--tls-cert-file", str(directory / "cert.pem"),
+             "--tls-key-file", str(directory / "key.pem"), "--tls-ca-cert-file", str(self.ca),
+             "--tls-auth-clients", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while not self.socket.exists():
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError("the private redis-server did not start")
+            time.sleep(0.02)
+
+
+@pytest.fixture(scope="module")
+def own(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Own]:
+    directory = tmp_path_factory.mktemp("redis-own")
+    server = Own(directory)
+    try:
+        yield server
+    finally:
+        server.proc.kill()
+        server.proc.wait()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+async def test_a_pipeline_gets_its_replies_in_order_and_an_error_reply_is_raised(redis_url: str) -> None:
+    link = await link_to(redis_url)()
+    try:
+        replies = await link.call(pack("SET", "k", "v") + pack("GET", "k") + pack("INCR", "k"), 3)
+        assert replies[:2] == [b"OK", b"v"]
+        assert "not an integer" in str(replies[2])
+        with pytest.raises(LinkError, match="unknown command"):
+            raise_on_error(await link.call(pack("NOSUCHCOMMAND"), 1))
+    finally:
+        await link.aclose()
+
+
+async def test_the_writer_sends_records_and_publishes_and_comes_back_after_its_connection_is_killed(
+        redis_url: str, redis_server: RedisServer) -> None:
+    db = parse_broker_url(redis_url).db
+    ups: list[bool] = []
+    writer = Writer(link_to(redis_url), up=lambda: ups.append(True), down=lambda exc: None)
+    await writer.execute([("hset", "h", {"a": b"1", "b": b"2"}), ("publish", "ch", b"x"), ("callback", "", None)])
+    assert redis_server.command("SELECT", str(db)) == b"+OK\r\n"
+    link = await link_to(redis_url)()
+    assert await link.call(pack("HGETALL", "h"), 1) == [[b"a", b"1", b"b", b"2"]]  # in the URL's database
+    await link.call(pack("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"), 1)  # the writer's connection
+    with pytest.raises(LinkError):
+        await writer.execute([("hdel", "h", ["a"])])  # lost with its connection
+    await writer.execute([("hdel", "h", ["a"]), ("zrem", "z", "m")])  # the next one opens a new one
+    assert await link.call(pack("HGETALL", "h"), 1) == [[b"b", b"2"]]
+    assert ups == [True, True]
+    await link.aclose()
+    await writer.close()
+
+
+async def test_login_database_unix_socket_and_tls_as_the_url_says(own: Own) -> None:
+    for url in (f"redis://:s3cret@127.0.0.1:{own.port}/4",
+                f"unix://:s3cret@{own.socket}?db=4",
+                f"rediss://:s3cret@127.0.0.1:{own.tls_port}/4?ssl_ca_certs={own.ca}&ssl_cert_reqs=required"):
+        link = await link_to(url)()
+        try:
+            await link.call(pack("SET", "where", url), 1)
+        finally:
+            await link.aclose()
+        check = await link_to(f"redis://:s3cret@127.0.0.1:{own.port}/4")()
+        assert await check.call(pack("GET", "where"), 1) == [url.encode()]
+        await check.aclose()
+    with pytest.raises(LinkError, match="WRONGPASS|invalid"):
+        await link_to(f"redis://:wrong@127.0.0.1:{own.port}/0")()
+    with pytest.raises(LinkError, match="cannot connect"):  # TLS with a CA that did not sign the server's
+        await link_to(f"rediss://:s3cret@127.0.0.1:{own.tls_port}/0?ssl_cert_reqs=required")()
+
+
+async def test_subscribe_returns_once_confirmed_and_the_subscriber_resubscribes_after_a_kill(
+        redis_url: str) -> None:
+    heard: list[tuple[str, bytes]] = []
+    confirmed: list[str] = []
+    downs: list[str] = []
+    subscriber = Subscriber(link_to(redis_url), on_message=lambda c, d: heard.append((c, d)),
+                            on_subscribed=confirmed.append, down=lambda exc: downs.append(str(exc)))
+    publisher = await link_to(redis_url)()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(subscriber.run)
+        await subscriber.subscribe("a")
+        await subscriber.subscribe("b")
+        assert confirmed == ["a", "b"]
+        assert await publisher.call(pack("PUBLISH", "a", b"1") + pack("PUBLISH", "b", b"2"), 2) == [1, 1]
+        await subscriber.unsubscribe("b")
+        await publisher.call(pack("PUBLISH", "b", b"lost") + pack("PUBLISH", "a", b"3"), 2)
+        with trio.fail_after(5):
+            while len(heard) < 3:
+                await trio.sleep(0.01)
+        assert heard == [("a", b"1"), ("b", b"2"), ("a", b"3")]
+        await publisher.call(pack("CLIENT", "KILL", "TYPE", "pubsub"), 1)
+        with trio.fail_after(10):
+            while confirmed.count("a") < 2:  # back, and subscribed again to what it held (only that)
+                await trio.sleep(0.01)
+        assert downs and "closed" in downs[0]
+        assert sorted(subscriber.channels) == ["a"] and subscriber.connects == 2
+        assert await publisher.call(pack("PUBLISH", "a", b"4"), 1) == [1]
+        with trio.fail_after(5):
+            while len(heard) < 4:
+                await trio.sleep(0.01)
+        assert heard[-1] == ("a", b"4")
+        nursery.cancel_scope.cancel()
+    await publisher.aclose()
+
+
+async def test_a_subscriber_that_cannot_connect_at_first_says_why() -> None:
+    subscriber = Subscriber(link_to(f"redis://127.0.0.1:{free_port()}/0"), on_message=lambda c, d: None,
+                            on_subscribed=lambda c: None, down=lambda exc: None)
+    async with trio.open_nursery() as nursery:
+        with pytest.raises(LinkError, match="cannot connect to Redis at 127.0.0.1"):
+            await nursery.start(subscriber.run)
+    with pytest.raises(LinkError, match="down"):
+        await subscriber.subscribe("a")
+
+
+async def test_a_silent_connection_is_pinged_then_dropped_and_opened_again(autojump_clock: trio.abc.Clock) -> None:
+    """A server that accepts and never answers (a dead peer behind a live TCP connection)."""
+    received: list[bytes] = []
+    downs: list[str] = []
+
+    async def silent(stream: trio.SocketStream) -> None:
+        with contextlib.suppress(trio.BrokenResourceError):
+            async for data in stream:
+                received.append(data)
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(functools.partial(trio.serve_tcp, silent, 0, host="127.0.0.1"))
+        port = listeners[0].socket.getsockname()[1]
+        subscriber = Subscriber(link_to(f"redis://127.0.0.1:{port}/0"), on_message=lambda c, d: None,
+                                on_subscribed=lambda c: None, down=lambda exc: downs.append(str(exc)))
+        await nursery.start(subscriber.run)
+        with trio.fail_after(60):
+            while subscriber.connects < 2:
+                await trio.sleep(1)
+        assert pack("PING") in received
+        assert "did not answer a PING" in downs[0]
+        nursery.cancel_scope.cancel()
