@@ -40,8 +40,16 @@ class Subscriber:
         self.connects = 0  # connections opened (tests: a reconnect happened)
 
     async def subscribe(self, channel: str) -> None:
-        """Hear ``channel``; returns when Redis confirmed it (:class:`LinkError` if it cannot now)."""
+        """Hear ``channel``; returns when Redis confirmed it. :class:`LinkError` if it cannot now:
+        the channel is then not held (the caller tries again later)."""
         self.channels.add(channel)
+        try:
+            await self._confirmed(channel)
+        except BaseException:
+            self.channels.discard(channel)
+            raise
+
+    async def _confirmed(self, channel: str) -> None:
         link = self._link
         if link is None:
             raise LinkError("the pub/sub connection to Redis is down")

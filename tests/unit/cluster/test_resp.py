@@ -159,6 +159,7 @@ async def test_a_subscriber_that_cannot_connect_at_first_says_why() -> None:
             await nursery.start(subscriber.run)
     with pytest.raises(LinkError, match="down"):
         await subscriber.subscribe("a")
+    assert subscriber.channels == set()  # not held: the sweeper asks again, nothing subscribes it behind its back
 
 
 async def test_a_silent_connection_is_pinged_then_dropped_and_opened_again(autojump_clock: trio.abc.Clock) -> None:
