@@ -216,9 +216,9 @@ class RedisReplica(Replica):
                     await self.nodes.load()
                     self._problem = None
                     self._heard = trio.current_time()
-                    early, self._early = self._early or [], None
-                    for channel, data in early:
-                        self._on_message(channel, data)
+                    for early in self._early or ():  # in the order heard, now that the snapshot is in
+                        self._receive(*early)
+                    self._early = None
                     for task in (self.writer.run, self._heartbeat, self._sweep, self.calls.run):
                         nursery.start_soon(task)
                     try:
@@ -256,8 +256,6 @@ class RedisReplica(Replica):
             await self.writer.execute(pending)
         except Exception as exc:  # the others notice within node_ttl_s instead
             log.warning("cluster: could not leave the cluster cleanly: %s", exc or type(exc).__name__)
-
-    # ------------------------------------------------------------------ tasks
 
     def _on_message(self, channel: str, data: bytes) -> None:
         if self._early is not None:
