@@ -99,8 +99,7 @@ class RedisReplica(Replica):
         self.nodes.client = self._client = self.broker.client
         self.writer = Writer(self.broker.open_link, up=self._up, down=self._down)
         self.subscriber = self.channels.subscriber = Subscriber(
-            self.broker.open_link, on_message=self._on_message, on_subscribed=self._on_subscribed, down=self._down)
-        self._early: list[tuple[str, bytes]] | None = []  # heard before the snapshot loaded: applied after it
+            self.broker.open_link, on_message=self._receive, on_subscribed=self._on_subscribed, down=self._down)
         self.calls = RedisCallDecisions(hub, self.names, self._client, grace_s=2 * self._ttl, down=self._down)
         hub.timers.decide_ring_timeouts = self.calls.ring_timeouts  # the calls this node offered: decided here
         self._nursery: trio.Nursery | None = None
@@ -216,9 +215,7 @@ class RedisReplica(Replica):
                     await self.nodes.load()
                     self._problem = None
                     self._heard = trio.current_time()
-                    for early in self._early or ():  # in the order heard, now that the snapshot is in
-                        self._receive(*early)
-                    self._early = None
+                    self.subscriber.release()  # what was heard while the snapshot loaded, in order
                     for task in (self.writer.run, self._heartbeat, self._sweep, self.calls.run):
                         nursery.start_soon(task)
                     try:
@@ -256,12 +253,6 @@ class RedisReplica(Replica):
             await self.writer.execute(pending)
         except Exception as exc:  # the others notice within node_ttl_s instead
             log.warning("cluster: could not leave the cluster cleanly: %s", exc or type(exc).__name__)
-
-    def _on_message(self, channel: str, data: bytes) -> None:
-        if self._early is not None:
-            self._early.append((channel, data))
-        else:
-            self._receive(channel, data)
 
     def _on_subscribed(self, channel: str) -> None:
         if channel == self.names.state:

@@ -1,10 +1,11 @@
 """The node's one pub/sub connection: channels subscribed, messages read, reconnected when lost.
 
 :meth:`Subscriber.run` connects, subscribes again to every channel it holds, and reads. Each
-message goes to ``on_message(channel, data)`` and each subscription Redis confirms to
-``on_subscribed(channel)`` (a confirmation of a channel already held means a reconnect: the node
-resynchronises). A connection that fails, or stays silent through a ``PING``, is dropped and
-opened again with exponential backoff (0.1 s to 2 s, jittered); meanwhile ``down`` says why.
+message goes to ``on_message(channel, data)`` (those heard before :meth:`Subscriber.release` wait
+for it) and each subscription Redis confirms to ``on_subscribed(channel)`` (a confirmation of a
+channel already held means a reconnect: the node resynchronises). A connection that fails, or stays
+silent through a ``PING``, is dropped and opened again with exponential backoff (0.1 s to 2 s,
+jittered); meanwhile ``down`` says why.
 
 :meth:`Subscriber.subscribe` returns once Redis confirmed the subscription: a join reads the
 room's history only after that, so nothing published after the read is missed.
@@ -38,6 +39,14 @@ class Subscriber:
         self._link: Link | None = None
         self._waiting: dict[str, list[trio.Event]] = {}
         self.connects = 0  # connections opened (tests: a reconnect happened)
+        self._held: list[tuple[str, bytes]] | None = []  # messages heard before release()
+
+    def release(self) -> None:
+        """Hand over the messages held since the start, in order, and every later one at once (the
+        node first loads the cluster's snapshot, then applies what was said meanwhile)."""
+        held, self._held = self._held or [], None
+        for channel, data in held:
+            self._deliver(channel, data)
 
     async def subscribe(self, channel: str) -> None:
         """Hear ``channel``; returns when Redis confirmed it. :class:`LinkError` if it cannot now:
@@ -137,6 +146,12 @@ class Subscriber:
                 self._dispatch(reply)
                 reply = link.ready()  # (the next reply() waits on the socket: a checkpoint)
 
+    def _deliver(self, channel: str, data: bytes) -> None:
+        try:
+            self._on_message(channel, data)
+        except Exception:
+            log.exception("cluster: cannot apply a message from %s", channel)
+
     def _dispatch(self, reply: Any) -> None:
         if not isinstance(reply, list) or len(reply) < 2:
             if isinstance(reply, Exception):  # an error reply: the connection is in an unknown state
@@ -144,11 +159,10 @@ class Subscriber:
             return
         kind = reply[0]
         if kind == b"message":
-            channel = reply[1].decode()
-            try:
-                self._on_message(channel, reply[2])
-            except Exception:
-                log.exception("cluster: cannot apply a message from %s", channel)
+            if self._held is not None:
+                self._held.append((reply[1].decode(), reply[2]))
+            else:
+                self._deliver(reply[1].decode(), reply[2])
         elif kind == b"subscribe":
             channel = reply[1].decode()
             for event in self._waiting.pop(channel, ()):

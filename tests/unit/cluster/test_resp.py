@@ -133,7 +133,12 @@ async def test_subscribe_returns_once_confirmed_and_the_subscriber_resubscribes_
     async with trio.open_nursery() as nursery:
         await nursery.start(subscriber.run)
         await subscriber.subscribe("a")
-        await subscriber.subscribe("b")
+        assert await publisher.call(pack("PUBLISH", "a", b"0"), 1) == [1]
+        await subscriber.subscribe("b")  # confirmed on the connection after the message: it was read
+        assert heard == []  # held until released (the node loads its snapshot first)
+        subscriber.release()
+        assert heard == [("a", b"0")]
+        heard.clear()
         assert confirmed == ["a", "b"]
         assert await publisher.call(pack("PUBLISH", "a", b"1") + pack("PUBLISH", "b", b"2"), 2) == [1, 1]
         await subscriber.unsubscribe("b")
