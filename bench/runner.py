@@ -318,6 +318,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", type=int, help="connections to aim for in (f) (default 50000)")
     parser.add_argument("--cluster-idle", type=int, help="idle connections over the three nodes of (h) (default 50000; "
                         "opening 50,000 takes about 10 minutes)")
+    parser.add_argument("--storm-timeout", type=float, help="seconds a storm in (g) may take before it is reported "
+                        "unfinished (default 120; 19,000 clients needed about 200 s here)")
     parser.add_argument("--cluster-rate", type=float, help="chat.send/s of (h)'s cross-node latency (default 5000, "
                         "the target's rate)")
     parser.add_argument("--storm-sizes", help="clients per reconnect storm in (g), comma-separated (default "
@@ -354,6 +356,8 @@ def main(argv: list[str] | None = None) -> int:
         sizes = Sizes(**{**asdict(sizes), "scale_connections": args.scale})
     if args.cluster_idle:
         sizes = Sizes(**{**asdict(sizes), "cluster_idle": args.cluster_idle})
+    if args.storm_timeout:
+        sizes = Sizes(**{**asdict(sizes), "storm_timeout_s": args.storm_timeout})
     if args.cluster_rate:
         sizes = Sizes(**{**asdict(sizes), "cluster_rate": args.cluster_rate})
     if args.storm_sizes:
