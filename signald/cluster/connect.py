@@ -18,8 +18,7 @@ from typing import Any, Final
 
 import coredis
 from coredis.connection import TCPLocation
-from coredis.exceptions import ConnectionError as RedisConnectionError
-from coredis.exceptions import PrimaryNotFoundError, SentinelError
+from coredis.exceptions import PrimaryNotFoundError, RedisError
 
 from signald.cluster.resp import Link, LinkError, endpoint_of, open_link
 from signald.state.brokerurl import CLUSTER_REFUSAL, BrokerURL, parse_broker_url
@@ -75,7 +74,7 @@ class Broker:
             return await open_link(self._endpoint)
         try:
             host, port = await self.primary()
-        except (PrimaryNotFoundError, SentinelError, RedisConnectionError) as exc:
+        except RedisError as exc:  # none answered, none knows a primary, or one refused us (NOAUTH...)
             raise LinkError(str(exc) or type(exc).__name__) from exc
         return await open_link(self._endpoint._replace(host=host, port=port), primary=True)
 

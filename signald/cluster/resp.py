@@ -51,18 +51,21 @@ class Endpoint(NamedTuple):
 
 def endpoint_of(broker: BrokerURL) -> Endpoint:
     """The endpoint of a single Redis (``redis``, ``rediss`` or ``unix``); under Sentinel only the
-    login and database (the host is the primary the sentinels name)."""
+    login and database (the host is the primary the sentinels name).
+
+    The URL is read by coredis's rules, so every connection of the node goes to the same place:
+    the user and password as written (not percent-decoded) or from ``?username=``/``?password=``,
+    ``?db=`` before the path's database, and the ``ssl_*`` options of ``rediss``."""
     if broker.kind == "sentinel":
         return Endpoint(username=broker.username, password=broker.password, db=broker.db)
     parts = urllib.parse.urlsplit(broker.url)
     query = {key: values[0] for key, values in urllib.parse.parse_qs(parts.query).items() if values}
-    username = urllib.parse.unquote(parts.username) if parts.username else None
-    password = urllib.parse.unquote(parts.password) if parts.password else None
+    username = parts.username or query.get("username") or None
+    password = parts.password or query.get("password") or None
     if parts.scheme.lower() == "unix":
-        return Endpoint(path=urllib.parse.unquote(parts.path), username=username, password=password, db=broker.db)
+        return Endpoint(path=parts.path, username=username, password=password, db=broker.db)
     tls = _tls_context(query) if parts.scheme.lower() == "rediss" else None
-    return Endpoint(urllib.parse.unquote(parts.hostname or "localhost"), parts.port or 6379, None, tls,
-                    username, password, broker.db)
+    return Endpoint(parts.hostname or "localhost", parts.port or 6379, None, tls, username, password, broker.db)
 
 
 def _tls_context(query: dict[str, str]) -> ssl.SSLContext:
@@ -77,7 +80,7 @@ def _tls_context(query: dict[str, str]) -> ssl.SSLContext:
             context.load_verify_locations(capath=ca_certs)
         else:
             context.load_verify_locations(cafile=ca_certs)
-    context.check_hostname = query.get("ssl_check_hostname", "").lower() in ("1", "true", "yes", "on")
+    context.check_hostname = query.get("ssl_check_hostname", "").upper() in ("1", "T", "TRUE", "Y", "YES")
     context.verify_mode = CERT_REQS[query.get("ssl_cert_reqs", "optional").lower()]
     return context
 
@@ -110,23 +113,24 @@ class Link:
     async def reply(self) -> Any:
         """The next reply or push; an error reply is returned as a :class:`hiredis.ReplyError`."""
         reader = self._reader
-        while (reply := reader.gets()) is False:
+        while (reply := self.ready()) is False:
             try:
                 data = await self._stream.receive_some(READ_BYTES)
             except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 raise LinkError(f"the connection to Redis failed: {exc or type(exc).__name__}") from exc
             if not data:
                 raise LinkError("Redis closed the connection")
-            try:
-                reader.feed(data)  # type: ignore[arg-type]  # (a bytearray is read as well)
-            except hiredis.ProtocolError as exc:
-                raise LinkError(f"not a Redis reply: {exc}") from exc
+            reader.feed(data)  # type: ignore[arg-type]  # (a bytearray is read as well)
         return reply
 
     def ready(self) -> Any:
         """A reply already read and parsed, or False (the pub/sub reader drains these before it
-        waits on the socket again)."""
-        return self._reader.gets()
+        waits on the socket again). What is not RESP (a proxy's or a TLS port's answer) is a
+        :class:`LinkError`, as a failed connection is."""
+        try:
+            return self._reader.gets()
+        except hiredis.ProtocolError as exc:
+            raise LinkError(f"not a Redis reply: {exc}") from exc
 
     async def call(self, data: bytes, count: int) -> list[Any]:
         """Send ``count`` packed commands at once and return their ``count`` replies, in order."""

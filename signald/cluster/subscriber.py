@@ -13,6 +13,7 @@ room's history only after that, so nothing published after the read is missed.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 from collections.abc import Awaitable, Callable
@@ -24,6 +25,7 @@ from signald.cluster.resp import Link, LinkError, pack
 
 log = logging.getLogger("signald.cluster")
 
+CONNECT_S: Final = 5.0  # connecting and logging in (a host that vanished does not answer a SYN)
 CONFIRM_S: Final = 5.0  # a subscription Redis does not confirm within this fails (the sweeper retries)
 IDLE_S: Final = 5.0  # silence this long: PING; silence again as long: the connection is dead
 BACKOFF_S: Final = (0.1, 2.0)  # first and longest wait between reconnects (a failover takes seconds)
@@ -39,6 +41,7 @@ class Subscriber:
         self._link: Link | None = None
         self._waiting: dict[str, list[trio.Event]] = {}
         self.connects = 0  # connections opened (tests: a reconnect happened)
+        self.problem = ""  # why the last connection was lost (Redis's error reply, if it sent one)
         self._held: list[tuple[str, bytes]] | None = []  # messages heard before release()
 
     def release(self) -> None:
@@ -73,15 +76,18 @@ class Subscriber:
             if confirmed in waiting:
                 waiting.remove(confirmed)
         if self._link is not link:
-            raise LinkError("the pub/sub connection to Redis was lost while subscribing")
+            raise LinkError(f"the pub/sub connection to Redis was lost while subscribing: {self.problem}")
         if not confirmed.is_set():
             raise LinkError(f"Redis did not confirm the subscription within {CONFIRM_S:g} s")
 
     async def unsubscribe(self, channel: str) -> None:
-        """Stop hearing ``channel`` (messages already on the way may still arrive)."""
+        """Stop hearing ``channel`` (messages already on the way may still arrive). Never fails: a
+        connection that is down does not subscribe the channel again when it comes back."""
         self.channels.discard(channel)
-        if self._link is not None:
-            await self._link.send(pack("UNSUBSCRIBE", channel))
+        link = self._link
+        if link is not None:
+            with contextlib.suppress(LinkError):
+                await link.send(pack("UNSUBSCRIBE", channel))
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Connect and read until cancelled. The first connection's failure is raised (a node that
@@ -111,7 +117,11 @@ class Subscriber:
                 break
 
     async def _open(self) -> Link:
-        link = await self._connect()
+        try:
+            with trio.fail_after(CONNECT_S):
+                link = await self._connect()
+        except trio.TooSlowError:
+            raise LinkError(f"no connection to Redis within {CONNECT_S:g} s") from None
         try:
             if self.channels:
                 await link.send(pack("SUBSCRIBE", *sorted(self.channels)))
@@ -123,6 +133,7 @@ class Subscriber:
         return link
 
     def _lost(self, link: Link, exc: LinkError) -> None:
+        self.problem = str(exc)
         if self._link is link:
             self._link = None
         for waiting in self._waiting.values():  # each subscribe() sees the link changed and fails

@@ -24,7 +24,7 @@ from signald.cluster.resp import Link, pack, raise_on_error
 log = logging.getLogger("signald.cluster")
 
 BATCH: Final = 512  # commands per pipeline
-CONNECT_S: Final = 5.0
+REPLY_S: Final = 10.0  # connecting and a pipeline's replies; a broker silent this long is taken for lost
 
 Command = tuple[str, str, Any]  # ("hset" | "hdel" | "zrem" | "publish" | "callback", key or channel, value)
 
@@ -36,6 +36,7 @@ class Writer:
                  down: Callable[[BaseException], None]) -> None:
         self._connect, self._up, self._down = connect, up, down
         self._link: Link | None = None
+        self._lock = trio.Lock()
         self._put, self._queue = trio.open_memory_channel[list[Command]](math.inf)
 
     def put(self, commands: list[Command]) -> None:
@@ -71,18 +72,20 @@ class Writer:
 
     async def execute(self, commands: list[Command]) -> None:
         """Send ``commands`` now, in one pipeline (callbacks among them are not run here);
-        :class:`~signald.cluster.resp.LinkError` if the connection fails or Redis refuses one."""
+        :class:`~signald.cluster.resp.LinkError` if the connection fails or Redis refuses one.
+        One pipeline at a time (:meth:`run`, a resync and the goodbye share the connection)."""
         packed = [_packed(verb, key, value) for verb, key, value in commands if verb != "callback"]
         if not packed:
             return
-        try:
-            if self._link is None:
-                with trio.fail_after(CONNECT_S):
-                    self._link = await self._connect()
-            raise_on_error(await self._link.call(b"".join(packed), len(packed)))
-        except BaseException:  # its replies are not all read (or one is an error, e.g. READONLY
-            await self.close()  # after a failover): the next pipeline starts on a new connection
-            raise
+        async with self._lock:
+            try:
+                with trio.fail_after(REPLY_S):
+                    if self._link is None:
+                        self._link = await self._connect()
+                    raise_on_error(await self._link.call(b"".join(packed), len(packed)))
+            except BaseException:  # its replies are not all read (or one is an error, e.g. READONLY
+                await self.close()  # after a failover): the next pipeline starts on a new connection
+                raise
         self._up()
 
     async def close(self) -> None:

@@ -71,10 +71,9 @@ def _single_db(url: str, shown: str) -> int:
         parts.port  # noqa: B018 - raises ValueError on a port that is not a number
     except ValueError:
         raise ValueError(f"not a valid Redis URL: {shown!r}") from None
-    if parts.scheme.lower() == "unix":
-        db = urllib.parse.parse_qs(parts.query).get("db", ["0"])[0]
-    else:
-        db = parts.path.strip("/") or "0"
+    db = urllib.parse.parse_qs(parts.query).get("db", [""])[0]  # first, as coredis reads it
+    if not db:
+        db = "0" if parts.scheme.lower() == "unix" else parts.path.strip("/") or "0"
     if not db.isdigit():
         raise ValueError(f"the database must be a number: {shown!r}")
     return int(db)

@@ -142,13 +142,14 @@ async def test_subscribe_returns_once_confirmed_and_the_subscriber_resubscribes_
         assert confirmed == ["a", "b"]
         assert await publisher.call(pack("PUBLISH", "a", b"1") + pack("PUBLISH", "b", b"2"), 2) == [1, 1]
         await subscriber.unsubscribe("b")
+        await subscriber.subscribe("c")  # confirmed after the UNSUBSCRIBE on the same connection: it is done
         await publisher.call(pack("PUBLISH", "b", b"lost") + pack("PUBLISH", "a", b"3"), 2)
         await until(lambda: len(heard) >= 3, 5)
         assert heard == [("a", b"1"), ("b", b"2"), ("a", b"3")]
         await publisher.call(pack("CLIENT", "KILL", "TYPE", "pubsub"), 1)
         await until(lambda: confirmed.count("a") >= 2, 10)  # back, and subscribed again to what it held (only that)
         assert downs and "closed" in downs[0]
-        assert sorted(subscriber.channels) == ["a"] and subscriber.connects == 2
+        assert sorted(subscriber.channels) == ["a", "c"] and subscriber.connects == 2
         assert await publisher.call(pack("PUBLISH", "a", b"4"), 1) == [1]
         await until(lambda: len(heard) >= 4, 5)
         assert heard[-1] == ("a", b"4")
@@ -167,23 +168,60 @@ async def test_a_subscriber_that_cannot_connect_at_first_says_why() -> None:
     assert subscriber.channels == set()  # not held: the sweeper asks again, nothing subscribes it behind its back
 
 
-async def test_a_silent_connection_is_pinged_then_dropped_and_opened_again(autojump_clock: trio.abc.Clock) -> None:
-    """A server that accepts and never answers (a dead peer behind a live TCP connection)."""
+@pytest.mark.parametrize("answer", [None, b"HTTP/1.1 400 Bad Request\r\n\r\n"], ids=["silent", "not-redis"])
+async def test_a_silent_or_foreign_server_is_dropped_and_the_subscriber_connects_again(
+        autojump_clock: trio.abc.Clock, answer: bytes | None) -> None:
+    """A dead peer behind a live TCP connection (never answers), or something that is not Redis
+    (a proxy answering HTTP): the subscriber drops the connection and tries again, it never fails."""
     received: list[bytes] = []
     downs: list[str] = []
 
-    async def silent(stream: trio.SocketStream) -> None:
-        with contextlib.suppress(trio.BrokenResourceError):
+    async def server(stream: trio.SocketStream) -> None:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             async for data in stream:
                 received.append(data)
+                if answer is not None:
+                    await stream.send_all(answer)
 
     async with trio.open_nursery() as nursery:
-        listeners = await nursery.start(functools.partial(trio.serve_tcp, silent, 0, host="127.0.0.1"))
+        listeners = await nursery.start(functools.partial(trio.serve_tcp, server, 0, host="127.0.0.1"))
         port = listeners[0].socket.getsockname()[1]
         subscriber = Subscriber(link_to(f"redis://127.0.0.1:{port}/0"), on_message=lambda c, d: None,
                                 on_subscribed=lambda c: None, down=lambda exc: downs.append(str(exc)))
         await nursery.start(subscriber.run)
         await until(lambda: subscriber.connects >= 2, 60)
         assert pack("PING") in received
-        assert "did not answer a PING" in downs[0]
+        assert ("did not answer a PING" if answer is None else "not a Redis reply") in downs[0]
+        await subscriber.unsubscribe("x")  # whatever state the connection is in: never raises
         nursery.cancel_scope.cancel()
+
+
+async def test_pipelines_from_several_tasks_take_turns_on_the_one_connection(redis_url: str) -> None:
+    """The writer's task, a resync and the goodbye may all send at once."""
+    writer = Writer(link_to(redis_url), up=lambda: None, down=lambda exc: None)
+    async with trio.open_nursery() as nursery:
+        for n in range(20):
+            nursery.start_soon(writer.execute, [("hset", "turns", {f"k{n}": b"v"}), ("publish", "ch", b"x")])
+    link = await link_to(redis_url)()
+    assert await link.call(pack("HLEN", "turns"), 1) == [20]
+    await link.aclose()
+    await writer.close()
+
+
+@pytest.mark.parametrize("url", [
+    "redis://127.0.0.1:7000/3?db=5", "redis://u:p%40ss@cache.internal", "redis://cache?password=x&username=y",
+    "unix:///run/redis.sock?db=2&password=x", "rediss://cache:6380/1?ssl_check_hostname=y&ssl_cert_reqs=required", "rediss://cache/0?ssl_cert_reqs=none",
+    "redis://:pw@[::1]:6379/0",
+])
+def test_an_url_reaches_the_same_redis_on_every_connection_as_coredis_reads_it(url: str) -> None:
+    import coredis
+
+    pool = coredis.Redis.from_url(url).connection_pool
+    ours, theirs = endpoint_of(parse_broker_url(url)), pool.connection_kwargs
+    assert (ours.username, ours.password, ours.db) == (theirs.get("username"), theirs.get("password"),
+                                                       theirs.get("db") or 0)
+    assert str(pool.location) == (ours.path if ours.path is not None else f"{ours.host}:{ours.port}")
+    tls = theirs.get("ssl_context")
+    assert (ours.tls is None) == (tls is None)
+    if ours.tls is not None:
+        assert (ours.tls.check_hostname, ours.tls.verify_mode) == (tls.check_hostname, tls.verify_mode)
