@@ -75,6 +75,8 @@ class Subscriber:
             waiting = self._waiting.get(channel, [])
             if confirmed in waiting:
                 waiting.remove(confirmed)
+            if not waiting:
+                self._waiting.pop(channel, None)
         if self._link is not link:
             raise LinkError(f"the pub/sub connection to Redis was lost while subscribing: {self.problem}")
         if not confirmed.is_set():
