@@ -69,7 +69,6 @@ from signald.errors import StartupError
 log = logging.getLogger("signald.cluster")
 
 SWEEP_S: Final = 2.0
-RETRY_S: Final = 0.5
 CONNECT_S: Final = 5.0  # a broker that does not answer at start within this is a startup error
 
 

@@ -101,7 +101,6 @@ class Link:
         self._stream = stream
         self._reader = hiredis.Reader()
         self._send_lock = trio.Lock()
-        self.closed = False
 
     async def send(self, data: bytes) -> None:
         async with self._send_lock:
@@ -138,7 +137,6 @@ class Link:
         return [await self.reply() for _ in range(count)]
 
     async def aclose(self) -> None:
-        self.closed = True
         with trio.CancelScope(shield=True):
             await trio.aclose_forcefully(self._stream)
 

@@ -112,8 +112,3 @@ class Names:
         if channel.startswith(self._user):
             return "user", channel[len(self._user):]
         return "", channel
-
-
-def as_text(value: bytes | str) -> str:
-    """A channel name or key as coredis gave it (bytes with ``decode_responses=False``)."""
-    return value.decode() if isinstance(value, bytes) else value
