@@ -8,13 +8,13 @@ import functools
 import shutil
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
 import trio
 
-from signald.cluster.resp import LinkError, endpoint_of, open_link, pack, raise_on_error
+from signald.cluster.resp import Link, LinkError, endpoint_of, open_link, pack, raise_on_error
 from signald.cluster.subscriber import Subscriber
 from signald.cluster.writer import Writer
 from signald.state.brokerurl import parse_broker_url
@@ -30,7 +30,8 @@ async def until(check: Callable[[], bool], within: float) -> None:
             await trio.sleep(0.01)
 
 
-def link_to(url: str):  # type: ignore[no-untyped-def]
+def link_to(url: str) -> Callable[[], Awaitable[Link]]:
+    """What a Writer or Subscriber connects with: a new connection to ``url`` each call."""
     return lambda: open_link(endpoint_of(parse_broker_url(url)))
 
 

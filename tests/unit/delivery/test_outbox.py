@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import trio
 import trio.testing
 
@@ -11,15 +13,20 @@ from signald.delivery.outbox import Outbox
 from signald.protocol import RoomActiveEvent, RoomData
 
 
+def socket_taking(room: list[int], wire: list[bytes]) -> Callable[[bytes], int]:
+    """A non-blocking write that takes at most ``room[0]`` more bytes (the test sets it) into ``wire``."""
+    def write(data: bytes) -> int:
+        n = min(len(data), room[0])
+        wire.append(data[:n])
+        room[0] -= n
+        return n
+    return write
+
+
 async def test_direct_writes_when_idle_and_queues_only_the_unsent_tail() -> None:
     wire: list[bytes] = []
     budget = [10**6]
-
-    def write(data: bytes) -> int:
-        n = min(len(data), budget[0])
-        wire.append(data[:n])
-        budget[0] -= n
-        return n
+    write = socket_taking(budget, wire)
 
     box = Outbox(8, binary=False, on_overflow=lambda: None)
     box.direct_write = write
@@ -186,12 +193,7 @@ async def test_the_writer_starts_only_once_a_frame_has_to_wait() -> None:
     wire: list[bytes] = []
     room = [10**6]  # what the socket takes
     started: list[bool] = []
-
-    def write(data: bytes) -> int:
-        n = min(len(data), room[0])
-        wire.append(data[:n])
-        room[0] -= n
-        return n
+    write = socket_taking(room, wire)
 
     box = Outbox(8, binary=False, on_overflow=lambda: None)
     box.attach_writer(write, lambda: started.append(True))
