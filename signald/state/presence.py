@@ -78,6 +78,7 @@ from signald.protocol import (
     Status,
     TypingUserData,
 )
+from signald.state.changes import Changes
 from signald.state.send import Send
 
 __all__ = ["LAST_SEEN_CAP", "PresenceTracker"]
@@ -136,6 +137,8 @@ class PresenceTracker:
         self._typing_of: dict[str, dict[str, str]] = {}  # conn -> room -> user
         self._typing_heap: list[tuple[float, int, str, str, str]] = []  # deadline, n, room, user, conn
         self._counter = itertools.count()
+        # Users whose status, devices or last seen may have changed (the app's member lists read it).
+        self.changed: Changes[str] = Changes()
 
     # ------------------------------------------------------------------ devices
 
@@ -258,6 +261,7 @@ class PresenceTracker:
                     state.seen = wall
             elif user not in self._offline_seen:
                 self._remember_offline(user, wall)
+            self.changed.add(user)
 
     # ------------------------------------------------------------------ typing
 
@@ -347,15 +351,19 @@ class PresenceTracker:
 
     def _set_last_seen(self, user: str, wall: float) -> None:
         self._users[user].seen = self._seen_dirty[user] = wall
+        self.changed.add(user)
 
     def _remember_offline(self, user: str, wall: float) -> None:
         seen = self._offline_seen
         seen[user] = wall
         seen.move_to_end(user)
+        self.changed.add(user)
         while len(seen) > self._seen_cap:
-            seen.popitem(last=False)
+            self.changed.add(seen.popitem(last=False)[0])
 
     def _publish(self, user: str, sends: list[Send], exclude: str | None = None) -> None:
+        """Every change of a user's state ends here: tell others if the status they see changed."""
+        self.changed.add(user)
         state = self._users[user]
         status = state.effective()
         if status != state.shown:
