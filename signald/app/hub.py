@@ -23,6 +23,7 @@ import trio
 from signald.app.calls import CallLog
 from signald.app.expiry import Expiries
 from signald.app.history import HistoryService
+from signald.app.members import MemberLists
 from signald.app.metrics import Gauges, Metrics
 from signald.app.replica import Connect, Disconnect, Op, Replica, Revoke
 from signald.app.session import CLOSE_SESSION_EXPIRED, CLOSE_SESSION_REVOKED, Session
@@ -31,6 +32,7 @@ from signald.auth import Authenticator, NoneAuthenticator
 from signald.config import Config
 from signald.delivery.broker import Broker, LocalBroker
 from signald.delivery.cork import BatchCork, Cork
+from signald.delivery.feeds import RoomFeeds
 from signald.delivery.frames import Frame
 from signald.errors import StartupError
 from signald.history.factory import make_store, opened_store
@@ -55,7 +57,6 @@ from signald.timefmt import epoch_of, iso_utc
 from signald.transport.parking import Parking
 
 log = logging.getLogger("signald.hub")
-SEEN_TEXTS = 65536  # last-seen texts member_list keeps formatted
 audit = logging.getLogger("signald.audit")  # one line per connection opened or closed, kick, revocation
 
 
@@ -82,6 +83,7 @@ class Hub:
         self.parking = Parking()  # where idle connections wait for bytes (see signald.transport.parking)
         self.cork = Cork()  # see signald.delivery.cork.Cork; sessions' outboxes and the history store share it
         self.batch_cork = BatchCork(self.cork)  # publish() holds it: a storm of joins, one write per member per pass
+        self.feeds = RoomFeeds(self.broker.outbox, self.cork)  # a busy room's member events, in batches
         self.wall_clock: Callable[[], float] = wall_clock or time.time
         self.sessions: dict[str, Session] = {}
         self.sessions_by_user: dict[str, dict[str, Session]] = {}
@@ -90,7 +92,6 @@ class Hub:
         # Set by the server once it shuts down, before its connections are cancelled: they close
         # with 1001, and departures are no longer announced (see disconnect).
         self.shutting_down = False
-        self._seen_text: dict[float, str] = {}  # last-seen epoch -> its ISO text (member_list)
         self.counters = Counters()
         self.started_at = 0.0
         self.history: HistoryService | None = None
@@ -99,6 +100,7 @@ class Hub:
         self.presence = PresenceTracker(
             self.rooms.peers_of_user, self.rooms.conns_in, away_after_s=config.presence.away_after_s
         )
+        self.member_lists = MemberLists(self.rooms, self.presence)
         self.calls = CallRegistry(allow_concurrent_calls=config.calls.allow_concurrent_calls)
         self.metrics = Metrics()
         self.metrics_port: int | None = None
@@ -146,6 +148,7 @@ class Hub:
                     nursery.start_soon(self.expiries.run)
                     nursery.start_soon(self.parking.run)
                     nursery.start_soon(self.batch_cork.run)
+                    nursery.start_soon(self.feeds.run)
                     nursery.start_soon(self.history.run_last_seen_flusher)
                     if self.config.calls.call_log:
                         self.call_log = CallLog(self.rooms, store, self.history.announce)
@@ -257,20 +260,7 @@ class Hub:
 
     def member_list(self, room: str) -> list[Member]:
         """The ``members`` of a ``room.join`` ack: one entry per user, with status and devices."""
-        members = []
-        presence, seen_text = self.presence, self._seen_text
-        for user_id, devices in self.rooms.members(room):
-            seen = presence.last_seen(user_id)
-            text = None
-            if seen is not None:  # formatted once per value: a storm of joins lists the same members again and again
-                text = seen_text.get(seen)
-                if text is None:
-                    if len(seen_text) >= SEEN_TEXTS:
-                        seen_text.clear()
-                    text = seen_text[seen] = iso_utc(seen)
-            members.append(Member(user_id=user_id, status=presence.status_of(user_id), devices=devices,
-                                  last_seen=text))
-        return members
+        return self.member_lists.of(room)
 
     def expire_session(self, session: Session) -> None:
         """The session's token expired: ``session.expired`` then close 4001."""
@@ -318,7 +308,9 @@ class Hub:
     def send_to(self, session_ids: Iterable[str], event: Outbound | Frame) -> int:
         """Encode ``event`` once and queue it for every listed session."""
         frame = event if isinstance(event, Frame) else Frame(event)
-        queued = self.broker.deliver(session_ids, frame)
+        return self._count(frame, self.broker.deliver(session_ids, frame))
+
+    def _count(self, frame: Frame, queued: int) -> int:
         self.counters.messages_out += queued
         if queued:
             self.metrics.messages_out_by[frame.kind].inc(queued)
@@ -353,7 +345,11 @@ class Hub:
         if sends:
             self.batch_cork.hold()
         for send in sends:
-            self.send_to(send.conns, send.event)
+            if send.room is None:
+                self.send_to(send.conns, send.event)
+            else:  # everyone in the room: through its feed (signald.delivery.feeds)
+                frame = Frame(send.event)
+                self._count(frame, self.feeds.publish(send.room, send.conns, frame))
 
     def reply(self, session: Session, message: Outbound) -> None:
         """Queue a reply (ack, error, pong) for the requesting session, in request order."""

@@ -30,6 +30,10 @@ class Broker(abc.ABC):
         """Stop delivering to a connection (it closed)."""
 
     @abc.abstractmethod
+    def outbox(self, session_id: str) -> Outbox | None:
+        """The outbox of a connection of this node (None if gone or elsewhere)."""
+
+    @abc.abstractmethod
     def deliver(self, session_ids: Iterable[str], frame: Frame) -> int:
         """Hand ``frame`` to every listed connection; returns how many queued it."""
 
@@ -45,6 +49,9 @@ class LocalBroker(Broker):
 
     def detach(self, session_id: str) -> None:
         self._outboxes.pop(session_id, None)
+
+    def outbox(self, session_id: str) -> Outbox | None:
+        return self._outboxes.get(session_id)
 
     def deliver(self, session_ids: Iterable[str], frame: Frame) -> int:
         outboxes = self._outboxes

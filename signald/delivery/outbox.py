@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Final
+from typing import Final, Protocol
 
 import trio
 
@@ -36,6 +36,14 @@ class _Slot:
 
 
 DirectWrite = Callable[[bytes], int]
+
+
+class Feed(Protocol):
+    """A room feed this outbox reads (:class:`signald.delivery.feeds.RoomFeed`)."""
+
+    def give(self, outbox: Outbox) -> None:
+        """Hand the outbox its waiting share now."""
+        ...
 
 
 def direct_writer(stream: trio.abc.Stream) -> DirectWrite | None:
@@ -94,6 +102,7 @@ class Outbox:
         "high_water",
         "limit",
         "on_overflow",
+        "reading",
         "start_writer",
         "stopped",
         "writing",
@@ -118,6 +127,7 @@ class Outbox:
         self._queued: list[bytes | _Slot] = []  # wire bytes: each Frame's ws_frame, or a control ws_frame
         self._keyed: dict[tuple[str, ...], _Slot] = {}
         self._pong: _Slot | None = None  # the pong still queued, if any: a newer one replaces it
+        self.reading: list[Feed] | None = None  # room feeds holding frames for this connection (rarely any)
         self._waiter: trio.lowlevel.Task | None = None  # the writer task, parked in get_batch
         # Starts the writer task, the first time something must wait for it (then None): most
         # connections never need one, their frames all fit into the socket (see attach_writer).
@@ -167,6 +177,10 @@ class Outbox:
         """Queue ``frame`` for this connection; False if it was not queued."""
         if self.closed:
             return False
+        if self.reading:  # member events of a busy room wait for this connection: they go first
+            self.catch_up()
+            if self.closed:  # their share overflowed the queue
+                return False
         key = frame.key
         if key is not None and self._live >= self.high_water:
             superseded = self._keyed.get(key)
@@ -180,7 +194,19 @@ class Outbox:
             self.close(drop=True)
             self.on_overflow()
             return False
-        payload = frame.wire_binary if self.binary else frame.wire_text
+        return self._enqueue(frame.wire_binary if self.binary else frame.wire_text, key)
+
+    def push_batch(self, payload: bytes) -> bool:
+        """Queue whole frames joined into one piece (a room feed's share); counts as one frame."""
+        if self.closed:
+            return False
+        if self._live >= self.limit:
+            self.close(drop=True)
+            self.on_overflow()
+            return False
+        return self._enqueue(payload, None)
+
+    def _enqueue(self, payload: bytes, key: tuple[str, ...] | None) -> bool:
         cork = self.cork
         corked = cork is not None and cork.depth > 0
         if not corked and self._write_if_idle(payload):
@@ -200,6 +226,24 @@ class Outbox:
             self._corked = True
             cork.held.append(self)  # type: ignore[union-attr]  # corked implies a cork
         return True
+
+    def start_reading(self, feed: Feed) -> None:
+        """``feed`` holds frames for this connection: :meth:`push` lets them out first."""
+        if self.reading is None:
+            self.reading = [feed]
+        else:
+            self.reading.append(feed)
+
+    def stop_reading(self, feed: Feed) -> None:
+        """``feed`` holds nothing more for this connection."""
+        reading = self.reading
+        if reading is not None and feed in reading:
+            reading.remove(feed)
+
+    def catch_up(self) -> None:
+        """Take every waiting room-feed share now (before a frame that must come after them)."""
+        for feed in list(self.reading or ()):
+            feed.give(self)
 
     def uncork(self) -> None:
         """Write what the cork held back: one direct write if the socket is idle, else the writer's."""
@@ -327,6 +371,8 @@ class Outbox:
 
     def close(self, *, drop: bool) -> None:
         """Accept no more frames; ``drop`` discards those still queued, else they are flushed."""
+        if self.reading and not drop and not self.closed:
+            self.catch_up()
         self.closed = True
         if drop:
             self._queued.clear()

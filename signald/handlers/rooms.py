@@ -57,6 +57,7 @@ async def room_join(ctx: Context, msg: RoomJoin) -> RoomJoinResult:
         outcome = hub.rooms.join(conn, user, room, max_rooms=max_rooms)
         hub.publish(outcome.sends)
         if not outcome.already_member:
+            hub.feeds.entered(room, conn)
             hub.share(Join(conn, user, room))
         ctx.after_reply.extend(outcome.after_ack)
         result = RoomJoinResult(room=room, members=hub.member_list(room), active=outcome.active, unread=0, rev=0)
@@ -72,6 +73,7 @@ async def room_join(ctx: Context, msg: RoomJoin) -> RoomJoinResult:
         raise SignalError("INTERNAL", "the connection closed during the join")
     outcome = hub.rooms.join(conn, user, room, max_rooms=max_rooms)
     hub.publish(outcome.sends)
+    hub.feeds.entered(room, conn)  # its member list has what the room's feed still holds
     hub.share(Join(conn, user, room))
     history.replay(conn, kept, rejoin)
     ctx.after_reply.extend(outcome.after_ack)

@@ -51,6 +51,8 @@ Presence fan-out
 
 from __future__ import annotations
 
+from bisect import insort
+
 import attrs
 
 from signald.errors import SignalError
@@ -63,6 +65,7 @@ from signald.protocol import (
     RoomUserData,
     RoomWaitingEvent,
 )
+from signald.state.changes import Changes
 from signald.state.send import Send
 
 __all__ = ["JoinOutcome", "RoomRegistry"]
@@ -73,7 +76,6 @@ class JoinOutcome:
     """Result of :meth:`RoomRegistry.join`.
 
     ``sends`` are delivered at once (before the ack); ``after_ack`` only after the joiner's ack.
-    ``members`` is ``[(user_id, [conn ids])]`` sorted by user id, the joiner included, for the ack.
     """
 
     room: str
@@ -82,12 +84,12 @@ class JoinOutcome:
     first_device_in: bool
     active: bool
     already_member: bool
-    members: list[tuple[str, list[str]]]
 
 
-def _send(out: list[Send], conns: set[str] | frozenset[str], event: Outbound) -> None:
+def _send(out: list[Send], conns: set[str] | frozenset[str], event: Outbound, room: str | None = None) -> None:
+    """``room``: ``conns`` are everyone in that room (its member events; see :class:`Send`)."""
     if conns:
-        out.append(Send(frozenset(conns), event))
+        out.append(Send(frozenset(conns), event, room))
 
 
 class RoomRegistry:
@@ -99,6 +101,9 @@ class RoomRegistry:
         self._conn_rooms: dict[str, set[str]] = {}  # conn -> rooms (only conns in >= 1 room)
         self._conn_user: dict[str, str] = {}  # conn -> user (only conns in >= 1 room)
         self._user_conns: dict[str, set[str]] = {}  # user -> conns in >= 1 room
+        self._sorted_users: dict[str, list[str]] = {}  # room -> its users, sorted (kept so: joins are many)
+        # (room, user) whose devices in the room changed (the app's member lists read it).
+        self.changed: Changes[tuple[str, str]] = Changes()
 
     # ------------------------------------------------------------------ mutations
 
@@ -117,17 +122,20 @@ class RoomRegistry:
         rooms = self._conn_rooms.get(conn)
         if rooms is not None and room in rooms:
             users = self._members[room]
-            return JoinOutcome(room, [], [], False, len(users) >= 2, True, self.members(room))
+            return JoinOutcome(room, [], [], False, len(users) >= 2, True)
 
         users = self._members.setdefault(room, {})
         conns = self._room_conns.setdefault(room, set())
         first_device_in = user not in users
         sends: list[Send] = []
         if first_device_in:
-            _send(sends, conns, MemberJoinedEvent(data=RoomUserData(room=room, user_id=user)))
+            _send(sends, conns, MemberJoinedEvent(data=RoomUserData(room=room, user_id=user)), room)
             if len(users) == 1:
                 _send(sends, conns, RoomActiveEvent(data=RoomData(room=room)))
+        if first_device_in:
+            insort(self._sorted_users.setdefault(room, []), user)
         users.setdefault(user, set()).add(conn)
+        self.changed.add((room, user))
         conns.add(conn)
         self._conn_rooms.setdefault(conn, set()).add(room)
         self._conn_user[conn] = user
@@ -136,9 +144,7 @@ class RoomRegistry:
         after_ack: list[Send] = []
         if len(users) == 1:
             _send(after_ack, {conn}, RoomWaitingEvent(data=RoomData(room=room)))
-        return JoinOutcome(
-            room, sends, after_ack, first_device_in, len(users) >= 2, False, self.members(room)
-        )
+        return JoinOutcome(room, sends, after_ack, first_device_in, len(users) >= 2, False)
 
     def leave(self, conn: str, room: str) -> list[Send]:
         """Remove ``conn`` from ``room``; raises ``NOT_IN_ROOM`` if it is not a member."""
@@ -183,16 +189,19 @@ class RoomRegistry:
             if not own:
                 del self._user_conns[user]
 
+        self.changed.add((room, user))
         sends: list[Send] = []
         if not devices:
             del users[user]
-            _send(sends, conns, MemberLeftEvent(data=RoomUserData(room=room, user_id=user)))
+            self._sorted_users[room].remove(user)
+            _send(sends, conns, MemberLeftEvent(data=RoomUserData(room=room, user_id=user)), room)
             if len(users) == 1:
                 (remaining,) = users.values()
                 _send(sends, remaining, RoomWaitingEvent(data=RoomData(room=room)))
         if not users:
             del self._members[room]
             del self._room_conns[room]
+            del self._sorted_users[room]
         return sends
 
     # ------------------------------------------------------------------ queries
@@ -215,7 +224,14 @@ class RoomRegistry:
 
     def members(self, room: str) -> list[tuple[str, list[str]]]:
         """``[(user_id, sorted conn ids)]`` sorted by user id, for the ``room.join`` ack."""
-        return [(user, sorted(conns)) for user, conns in sorted(self._members.get(room, {}).items())]
+        users = self._members.get(room)
+        if users is None:
+            return []
+        return [(user, sorted(users[user])) for user in self._sorted_users[room]]
+
+    def sorted_users(self, room: str) -> list[str]:
+        """The distinct users in ``room``, sorted (do not modify)."""
+        return self._sorted_users.get(room, [])
 
     def is_member(self, conn: str, room: str) -> bool:
         """Whether ``conn`` is in ``room``."""

@@ -15,7 +15,12 @@ __all__ = ["Send"]
 
 @attrs.frozen(slots=True)
 class Send:
-    """One event and the connections (devices) it goes to; ``conns`` is never empty."""
+    """One event and the connections (devices) it goes to; ``conns`` is never empty.
+
+    ``room`` is set when ``conns`` are every connection in that room (``member.joined``/``left``):
+    the app may then batch the room's events (see :mod:`signald.delivery.feeds`).
+    """
 
     conns: frozenset[str]
     event: Outbound
+    room: str | None = attrs.field(default=None, eq=False)
