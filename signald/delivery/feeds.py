@@ -9,8 +9,9 @@ hands every member its share in one piece: per event one append, per flush one w
 The rules (``docs/protocol.md``, "Member events in busy rooms"):
 
 - a quiet room's event leaves at the end of the scheduler pass, as any event does;
-- after a flush, the room's next member events wait until :data:`INTERVAL_S` has passed since it
-  and then leave together, each still its own message, in order;
+- after a flush, the room's next member events wait until :func:`interval_for` the room's size has
+  passed since it (50 ms for 5 members, 1 s for 100 or more) and then leave together, each still
+  its own message, in order;
 - a connection gets exactly the events it was a recipient of (a joiner does not get events from
   before its join, whose member list already holds them; a leaver gets those from before it left);
 - any other frame for a connection first takes that connection's waiting share: what a connection
@@ -31,7 +32,16 @@ from signald.delivery.cork import Cork
 from signald.delivery.frames import Frame
 from signald.delivery.outbox import Outbox
 
-INTERVAL_S: Final = 0.25  # a busy room's member events leave at most this often
+# A busy room's member events leave at most every interval_for(members) seconds: each flush is
+# a write per member, so a room's flushes cost at most about WRITES_PER_S writes a second.
+WRITES_PER_S: Final = 100
+MIN_INTERVAL_S: Final = 0.05
+MAX_INTERVAL_S: Final = 1.0
+
+
+def interval_for(members: int) -> float:
+    """How long a busy room with ``members`` local recipients holds its member events."""
+    return min(MAX_INTERVAL_S, max(MIN_INTERVAL_S, members / WRITES_PER_S))
 
 
 class RoomFeed:
@@ -99,11 +109,10 @@ class RoomFeeds:
     ``cork`` is held around each flush, so a connection gets all rooms' shares in one write.
     """
 
-    def __init__(self, outbox_of: Callable[[str], Outbox | None], cork: Cork, interval_s: float = INTERVAL_S) -> None:
+    def __init__(self, outbox_of: Callable[[str], Outbox | None], cork: Cork) -> None:
         self.outbox_of = outbox_of
         self.cork = cork
-        self.interval_s = interval_s
-        self._feeds: dict[str, RoomFeed] = {}  # rooms with waiting events or flushed within interval_s
+        self._feeds: dict[str, RoomFeed] = {}  # rooms with waiting events or flushed within MAX_INTERVAL_S
         self._pending: dict[str, RoomFeed] = {}
         self._running = False
         self._task: trio.lowlevel.Task | None = None  # run(), parked
@@ -151,7 +160,7 @@ class RoomFeeds:
                 readers[outbox] = 0
                 outbox.start_reading(feed)
         now = trio.current_time()
-        feed.due = max(now, feed.flushed_at + self.interval_s)
+        feed.due = max(now, feed.flushed_at + interval_for(len(readers)))
         self._pending[feed.room] = feed
         if feed.due < self._wake_at and self._task is not None:
             task, self._task = self._task, None
@@ -182,7 +191,7 @@ class RoomFeeds:
             for feed in due:
                 del self._pending[feed.room]
                 feed.flush(min(now, trio.current_time()))
-        horizon = trio.current_time() - self.interval_s
+        horizon = trio.current_time() - MAX_INTERVAL_S
         if len(self._feeds) > 2 * len(self._pending) + 64:  # forget rooms quiet for a while
             self._feeds = {room: feed for room, feed in self._feeds.items()
                            if room in self._pending or feed.flushed_at > horizon}
