@@ -50,16 +50,19 @@ class RoomFeed:
     ``readers`` maps each local recipient's outbox to the index of its first frame in ``frames``;
     ``conns`` are the recipients of the latest event (to see who joined or left since); ``order``
     numbers each frame across all rooms, so a connection in several busy rooms gets their frames
-    in the order they were published.
+    in the order they were published. A reader that took its share early (:meth:`give`) stops
+    being checked on each of its pushes (``Outbox.reading``) until the feed has a new frame:
+    ``caught_up`` lists them.
     """
 
-    __slots__ = ("conns", "due", "flushed_at", "frames", "order", "readers", "room")
+    __slots__ = ("caught_up", "conns", "due", "flushed_at", "frames", "order", "readers", "room")
 
     def __init__(self, room: str) -> None:
         self.room = room
         self.frames: list[Frame] = []
         self.order: list[int] = []
         self.readers: dict[Outbox, int] = {}
+        self.caught_up: list[Outbox] = []
         self.conns: frozenset[str] = frozenset()
         self.due = 0.0
         self.flushed_at = -math.inf
@@ -71,9 +74,13 @@ class RoomFeed:
         for feed in outbox.reading or (self,):
             assert isinstance(feed, RoomFeed)
             start, end = feed.readers.get(outbox), len(feed.frames)
-            if start is not None and start < end:
+            if start is None:
+                continue
+            if start < end:
                 pending += zip(feed.order[start:], feed.frames[start:], strict=True)
                 feed.readers[outbox] = end
+            feed.caught_up.append(outbox)
+        outbox.reading = None  # nothing waits for it any more: its pushes skip the feeds
         if pending:
             pending.sort(key=lambda item: item[0])
             binary = outbox.binary
@@ -99,6 +106,7 @@ class RoomFeed:
                     f.wire_binary if binary else f.wire_text for f in frames[start:])
             outbox.push_batch(data)
         self.frames, self.order, self.readers, self.conns = [], [], {}, frozenset()
+        self.caught_up.clear()
         self.flushed_at = now
 
 
@@ -132,6 +140,11 @@ class RoomFeeds:
             self._recipients_changed(feed, conns)
         feed.conns = conns
         feed.frames.append(frame)
+        if feed.caught_up:  # readers that took their share early: this frame waits for them again
+            for outbox in feed.caught_up:
+                if outbox in feed.readers:
+                    outbox.start_reading(feed)
+            feed.caught_up.clear()
         self._published += 1
         feed.order.append(self._published)
         return len(feed.readers)

@@ -242,8 +242,8 @@ class Outbox:
 
     def catch_up(self) -> None:
         """Take every waiting room-feed share now (before a frame that must come after them)."""
-        for feed in list(self.reading or ()):
-            feed.give(self)
+        if self.reading:
+            self.reading[0].give(self)  # hands over every feed's share, in publication order
 
     def uncork(self) -> None:
         """Write what the cork held back: one direct write if the socket is idle, else the writer's."""

@@ -137,10 +137,16 @@ async def test_another_frame_for_a_reader_takes_its_waiting_share_first(rig: Rig
     chat = Frame(RoomActiveEvent(data=RoomData(room="r")))
     assert a.outbox.push(chat)  # e.g. dave's first message: after the news that he joined
     assert a.received == wire(joined("warmup"), waiting, chat)
+    assert a.outbox.reading is None  # caught up: its next pushes do not look at the feed
+    again = joined("erin")
+    rig.feeds.publish("r", frozenset({"a", "b"}), again)
+    assert a.outbox.reading  # a new frame waits for it: looked at again
+    assert a.outbox.push(chat)
+    assert a.received == wire(joined("warmup"), waiting, chat, again, chat)
     mock_clock.jump(MIN_INTERVAL_S)
     await wait_all_tasks_blocked()
-    assert a.received == wire(joined("warmup"), waiting, chat)  # not again
-    assert b.received == wire(joined("warmup"), waiting)
+    assert a.received == wire(joined("warmup"), waiting, chat, again, chat)  # not again
+    assert b.received == wire(joined("warmup"), waiting, again)
 
 
 async def test_a_rejoined_connection_skips_what_its_member_list_already_holds(rig: Rig, mock_clock: MockClock) -> None:
