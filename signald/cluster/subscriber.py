@@ -155,9 +155,12 @@ class Subscriber:
                 pinged = True
                 continue
             pinged = False
+            strays: list[str] = []
             while reply is not False:
-                self._dispatch(reply)
+                self._dispatch(reply, strays)
                 reply = link.ready()  # (the next reply() waits on the socket: a checkpoint)
+            if strays:  # confirmed after their subscribe() gave up: Redis would send them forever
+                await link.send(pack("UNSUBSCRIBE", *strays))
 
     def _deliver(self, channel: str, data: bytes) -> None:
         try:
@@ -165,7 +168,7 @@ class Subscriber:
         except Exception:
             log.exception("cluster: cannot apply a message from %s", channel)
 
-    def _dispatch(self, reply: Any) -> None:
+    def _dispatch(self, reply: Any, strays: list[str]) -> None:
         if not isinstance(reply, list) or len(reply) < 2:
             if isinstance(reply, Exception):  # an error reply: the connection is in an unknown state
                 raise LinkError(str(reply))
@@ -180,4 +183,7 @@ class Subscriber:
             channel = reply[1].decode()
             for event in self._waiting.pop(channel, ()):
                 event.set()
-            self._on_subscribed(channel)
+            if channel in self.channels:
+                self._on_subscribed(channel)
+            else:  # its subscribe() timed out or was cancelled, or unsubscribe() came first
+                strays.append(channel)

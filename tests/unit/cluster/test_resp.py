@@ -158,6 +158,36 @@ async def test_subscribe_returns_once_confirmed_and_the_subscriber_resubscribes_
     await publisher.aclose()
 
 
+async def test_a_subscription_confirmed_after_its_subscribe_gave_up_is_dropped(redis_url: str) -> None:
+    """A subscribe() that timed out or was cancelled after its SUBSCRIBE went out: Redis confirms it
+    later, when the node no longer holds the channel. The node unsubscribes instead of hearing the
+    room's messages for nobody until the next reconnect."""
+    confirmed: list[str] = []
+    subscriber = Subscriber(link_to(redis_url), on_message=lambda c, d: None, on_subscribed=confirmed.append,
+                            down=lambda exc: None)
+    publisher = await link_to(redis_url)()
+
+    async def listeners(channel: str) -> int:
+        reply = await publisher.call(pack("PUBSUB", "NUMSUB", channel), 1)
+        return int(reply[0][1])
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(subscriber.run)
+        await subscriber.subscribe("held")
+        link = subscriber._link
+        assert link is not None
+        await link.send(pack("SUBSCRIBE", "given-up"))  # what the abandoned subscribe() left on the wire
+        await subscriber.subscribe("after")  # confirmed after it on the same connection: Redis has done it
+        for _ in range(200):
+            await trio.sleep(0.01)
+            if await listeners("given-up") == 0 and "given-up" not in subscriber.channels:
+                break
+        assert await listeners("given-up") == 0 and await listeners("held") == 1
+        assert confirmed == ["held", "after"]  # the stray confirmation is not taken for a reconnect
+        nursery.cancel_scope.cancel()
+    await publisher.aclose()
+
+
 async def test_a_subscriber_that_cannot_connect_at_first_says_why() -> None:
     subscriber = Subscriber(link_to(f"redis://127.0.0.1:{free_port()}/0"), on_message=lambda c, d: None,
                             on_subscribed=lambda c: None, down=lambda exc: None)
