@@ -21,9 +21,29 @@ from typing import Final, Protocol
 import trio
 
 from signald.delivery.cork import CORK_FLUSH, Cork
-from signald.delivery.frames import Frame
 
 CLOSE_SLOW_CONSUMER: Final = 1013
+
+
+class Pushed(Protocol):
+    """What :meth:`Outbox.push` takes: a :class:`~signald.delivery.frames.Frame` or a ``_Batch``."""
+
+    @property
+    def key(self) -> tuple[str, ...] | None: ...
+    @property
+    def wire_text(self) -> bytes: ...
+    @property
+    def wire_binary(self) -> bytes: ...
+
+
+class _Batch:
+    """Frames already joined into one piece, pushed like one frame (never superseded)."""
+
+    __slots__ = ("wire_binary", "wire_text")
+    key = None
+
+    def __init__(self, payload: bytes) -> None:
+        self.wire_binary = self.wire_text = payload
 
 
 class _Slot:
@@ -173,7 +193,7 @@ class Outbox:
             return True
         return False
 
-    def push(self, frame: Frame) -> bool:
+    def push(self, frame: Pushed) -> bool:
         """Queue ``frame`` for this connection; False if it was not queued."""
         if self.closed:
             return False
@@ -194,19 +214,7 @@ class Outbox:
             self.close(drop=True)
             self.on_overflow()
             return False
-        return self._enqueue(frame.wire_binary if self.binary else frame.wire_text, key)
-
-    def push_batch(self, payload: bytes) -> bool:
-        """Queue whole frames joined into one piece (a room feed's share); counts as one frame."""
-        if self.closed:
-            return False
-        if self._live >= self.limit:
-            self.close(drop=True)
-            self.on_overflow()
-            return False
-        return self._enqueue(payload, None)
-
-    def _enqueue(self, payload: bytes, key: tuple[str, ...] | None) -> bool:
+        payload = frame.wire_binary if self.binary else frame.wire_text
         cork = self.cork
         corked = cork is not None and cork.depth > 0
         if not corked and self._write_if_idle(payload):
@@ -226,6 +234,14 @@ class Outbox:
             self._corked = True
             cork.held.append(self)  # type: ignore[union-attr]  # corked implies a cork
         return True
+
+    def push_batch(self, payload: bytes) -> bool:
+        """Queue whole frames joined into one piece (a room feed's share); counts as one frame.
+
+        Error handling: as :meth:`push`. The caller has taken this connection off its feeds'
+        waiting list first (no catching up from here).
+        """
+        return self.push(_Batch(payload))
 
     def start_reading(self, feed: Feed) -> None:
         """``feed`` holds frames for this connection: :meth:`push` lets them out first."""
