@@ -322,6 +322,8 @@ async def _serve_client(serving: _Serving, stream: trio.abc.Stream) -> None:
     if hub.connection_count(user) + hub.handshaking.get(user, 0) >= config.limits.max_connections_per_user:
         return await refuse(decide(Cause.RATE_LIMITED_USER, mode, "too many connections for this user"), user=user)
     del request, handshake_request  # the headers are not kept for the connection's lifetime
+    if hub.shutting_down:  # close_all has been: no welcome now (the stream is closed, as if cancelled)
+        return
     response, connection = handshake.upgrade(subprotocol)
     limits = config.limits
     now_iso = iso_utc(hub.wall_clock())
