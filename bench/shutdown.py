@@ -147,7 +147,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         for k, n in enumerate(args.sizes):
             order = specs if k % 2 == 0 else specs[::-1]
             for spec in order:
-                profile = RESULTS_DIR / f"shutdown-{spec.name}-{n}.prof" if args.profile else None
+                where = args.json.parent if args.json else RESULTS_DIR
+                profile = where / f"shutdown-{spec.name}-{n}.prof" if args.profile else None
                 metrics = await measure(spec, n, f"{spec.name[-1]}{k}", profile)
                 results[f"{spec.name}_{n}"] = metrics
                 print(f"{spec.name} n={n}: {json.dumps(metrics)}", flush=True)
@@ -162,7 +163,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[5000])
     parser.add_argument("--baseline", help="also measure this commit, in the same run")
-    parser.add_argument("--profile", action="store_true", help="profile each daemon from its SIGTERM on")
+    parser.add_argument("--profile", action="store_true",
+                        help="profile each daemon from its SIGTERM on (stats beside --json, else in bench/results)")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args()
     pin_to(CLIENT_CPU)
