@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import io
 import json
 import pstats
@@ -54,6 +55,16 @@ def _bindable(host: str, port: int) -> bool:
         except OSError:
             return False
         return True
+
+
+def at_level(spec: ServerSpec, level: str) -> ServerSpec:
+    """``spec`` with ``--log-level LEVEL`` (the bench's servers log at ``warning``; ``info``, the
+    default, adds an audit line per connection closed)."""
+    def argv(tmp: str) -> list[str]:
+        args = spec.argv(tmp)
+        i = args.index("--log-level")
+        return [*args[:i + 1], level, *args[i + 2:]]
+    return dataclasses.replace(spec, argv=argv)
 
 
 async def measure(spec: ServerSpec, n: int, tag: str, profile: Path | None) -> dict[str, Any]:
@@ -144,6 +155,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             specs.append(baseline_spec(tree, commit))
             results["baseline"] = commit
         check_imports(specs)
+        specs = [at_level(spec, args.log_level) for spec in specs]
+        results["log_level"] = args.log_level
         for k, n in enumerate(args.sizes):
             order = specs if k % 2 == 0 else specs[::-1]
             for spec in order:
@@ -166,6 +179,7 @@ def main() -> int:
     parser.add_argument("--profile", action="store_true",
                         help="profile each daemon from its SIGTERM on (stats beside --json, else in bench/results)")
     parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--log-level", default="warning", help="the daemons' (default warning, as in the bench)")
     args = parser.parse_args()
     pin_to(CLIENT_CPU)
     raise_nofile()
