@@ -14,7 +14,9 @@ what a signalling server holds most of:
   one writer;
 - heartbeats are one hub-wide sweep (:mod:`signald.state.heartbeat`), not a task per connection;
 - only the close frame is written here: by ``close`` once the writer is gone, or ``send_close_now``.
+
 The handshake is :mod:`signald.transport.handshake`; clients (the tests) keep using trio-websocket.
+
 Names: a *message* is what the peer sent (text or bytes, maybe in several frames); a *ws_frame* is one
 RFC 6455 frame; *wire* is bytes as they travel (a ``delivery.frames.Frame`` is an outbound message).
 
@@ -27,7 +29,6 @@ with 1009; a message in more than :data:`MAX_FRAGMENTS` frames, or pings and pon
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import math
 import os
@@ -43,7 +44,7 @@ from signald.state.ratelimit import FloodGuard, Verdict
 from signald.transport.closing import await_close_reply, close_frame_now, discard_until_closed
 from signald.transport.framing import PING_FRAME, fit_close_reason, is_lone_pong, whole_message
 from signald.transport.handshake import RECEIVE_BYTES, receive_bytes
-from signald.transport.parking import Parking
+from signald.transport.parking import Parking, wait_readable
 from signald.transport.wsproto_probe import frame_decoder
 
 # A peer whose messages come this close together talks: its reader waits for the next one in Trio rather
@@ -190,7 +191,7 @@ class ServerWebSocket:
                     # After a heartbeat ping (a full interval of silence) the pong wakes it here
                     # once more, and from then on it parks. (No timer or cancel scope: either
                     # costs each wait more than the hop it saves.)
-                    await _wait_readable(fd)
+                    await wait_readable(fd)
                     continue
                 try:
                     data = await parking.wait(self, fd)
@@ -393,8 +394,3 @@ class ServerWebSocket:
         close may still wait in ``_events`` if the reader was cancelled."""
         closes = [self._peer_close] + [e for e in self._events if isinstance(e, CloseConnection)]
         return next((event.response().code for event in closes if event is not None), None)
-
-
-async def _wait_readable(fd: int) -> None:
-    with contextlib.suppress(trio.ClosedResourceError):  # closed meanwhile: the next read sees fd -1
-        await trio.lowlevel.wait_readable(fd)
