@@ -335,7 +335,8 @@ def main(argv: list[str] | None = None) -> int:
                         "the others, and print signald / signald-before for every metric")
     parser.add_argument("--profile", nargs="?", const="b", metavar="WORKLOAD",
                         help="do not run the workloads: profile signald (cProfile) under one workload (default b, "
-                        "the largest fan-out; d: connections; g: the reconnect storm)")
+                        "the largest fan-out; d: connections; g: the reconnect storm; WORKLOAD:SERVER for another "
+                        "signald server, e.g. e:signald-pg, the durable sends on PostgreSQL)")
     args = parser.parse_args(argv)
 
     if args.report:

@@ -41,7 +41,7 @@ from signald.protocol import DeleteMode, ReactionAction
 __all__ = [
     "EMPTY_ATTACHMENTS", "SOFT_DELETED_BODY", "Deleted", "Facts", "check_action", "check_delete",
     "check_delete_mode", "check_edit", "check_in_room", "check_limit", "check_parent", "check_react",
-    "check_receipt", "check_redact", "check_retry", "is_repeat_delete", "new_id",
+    "check_receipt", "check_redact", "check_retry", "is_repeat_delete", "new_id", "new_ids",
 ]
 
 SOFT_DELETED_BODY: Final = ""
@@ -74,6 +74,13 @@ class Facts(NamedTuple):
 def new_id(now: float) -> str:
     """A new message id: creation time in milliseconds (48 bits), then 48 random bits, in hex."""
     return f"{math.floor(now * 1000) & 0xFFFFFFFFFFFF:012x}{os.urandom(6).hex()}"
+
+
+def new_ids(now: float, count: int) -> list[str]:
+    """``count`` new message ids of the same time (:func:`new_id`), from one read of randomness."""
+    stamp = f"{math.floor(now * 1000) & 0xFFFFFFFFFFFF:012x}"
+    random = os.urandom(6 * count).hex()
+    return [stamp + random[12 * i:12 * i + 12] for i in range(count)]
 
 
 def check_limit(limit: int, where: str = "`$.data.limit`") -> None:

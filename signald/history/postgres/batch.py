@@ -9,14 +9,16 @@ WAL flush store the batch durably, and it is all or nothing. Measured on a 2-cor
 senders: a batch of 50 took 7.8 ms in one room (19 ms in 50 rooms) with a statement per room and
 pipelined ``executemany``, about 5 ms now in either case (the statement executes in 1.4 ms).
 
-What the statement does, in order: unpacks the batch from arrays (``unnest ... WITH
-ORDINALITY``: the batch's order); keeps the sends that are simply stored — no ``client_msg_id``
-already stored, the first of a key repeated in the batch, a parent (if any) that is a message of
-the room; adds each room's count of them to its ``rooms`` row (``INSERT ... ON CONFLICT DO
-UPDATE``, rooms in sorted order, so daemons sharing the database lock them in the same order and
-never deadlock on sends); numbers the sends of each room from the row's old values in batch
-order (``seq`` and ``rev`` without gaps: the row stays locked until the statement commits);
-inserts the messages and their keys; returns ``(ordinality, seq, rev)`` of what it stored.
+What the statement does, in order: unpacks the batch from its one JSON parameter
+(``json_to_recordset ... WITH ORDINALITY``: the batch's order); keeps the sends that are simply
+stored — no ``client_msg_id`` already stored, the first of a key repeated in the batch, a parent
+(if any) that is a message of the room; adds each room's count of them to its ``rooms`` row
+(``INSERT ... ON CONFLICT DO UPDATE``, rooms in sorted order, so daemons sharing the database
+lock them in the same order and never deadlock on sends); numbers the sends of each room from
+the row's old values in batch order (``seq`` and ``rev`` without gaps: the row stays locked
+until the statement commits);
+inserts the messages and their keys; returns ``[ordinality, seq, rev]`` of what it stored, as one
+JSON array.
 
 The sends it left out (a retry, a key twice, a bad parent) are returned to the writer, which runs
 them one savepoint each after this commit, where the rules (:mod:`signald.history.rules`) answer
@@ -29,6 +31,8 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+import msgspec
+
 from signald.history import rules
 from signald.history.postgres.sql import Adapter
 from signald.history.writes import SendOp
@@ -39,9 +43,9 @@ __all__ = ["store_sends"]
 
 _STORE: Final = """
 WITH b AS (
-    SELECT * FROM unnest(%(ids)s::text[], %(rooms)s::text[], %(users)s::text[], %(bodies)s::text[],
-                         %(attachments)s::text[], %(parents)s::text[], %(keys)s::text[], %(firsts)s::bool[])
-        WITH ORDINALITY AS b(id, room, user_id, body, attachments, parent_id, client_msg_id, first, ord)
+    SELECT * FROM ROWS FROM (json_to_recordset(%s::json) AS (
+        id text, room text, user_id text, body text, attachments text, parent_id text, client_msg_id text,
+        first bool)) WITH ORDINALITY AS b(id, room, user_id, body, attachments, parent_id, client_msg_id, first, ord)
 ), fresh AS (
     SELECT * FROM b WHERE b.first
         AND (b.client_msg_id IS NULL OR NOT EXISTS (SELECT 1 FROM client_msgs c
@@ -61,13 +65,16 @@ WITH b AS (
     WINDOW w AS (PARTITION BY f.room ORDER BY f.ord)
 ), stored AS (
     INSERT INTO messages (id, room, seq, rev, user_id, body, attachments, parent_id, created_at, created_ts)
-    SELECT id, room, seq, rev, user_id, body, attachments, parent_id, %(created_at)s, %(created_ts)s FROM numbered
+    SELECT id, room, seq, rev, user_id, body, attachments, parent_id, %s, %s FROM numbered
 ), keys AS (
     INSERT INTO client_msgs (user_id, room, client_msg_id, message_id)
     SELECT user_id, room, client_msg_id, id FROM numbered WHERE client_msg_id IS NOT NULL
 )
-SELECT ord, seq, rev FROM numbered
+SELECT coalesce(json_agg(json_build_array(ord, seq, rev))::text, '[]') FROM numbered
 """
+
+_encode = msgspec.json.Encoder().encode
+_decode_rows = msgspec.json.Decoder(list[tuple[int, int, int]]).decode
 
 
 def store_sends(conn: Adapter, sends: list[SendOp]) -> list[tuple[tuple[ChatMessage, bool], Any] | None]:
@@ -75,29 +82,34 @@ def store_sends(conn: Adapter, sends: list[SendOp]) -> list[tuple[tuple[ChatMess
 
     Per send, in order: ``((message, True), message)`` if the statement stored it, None if it left
     it for a send of its own. Driver errors propagate; nothing was stored then.
+
+    The batch goes as ONE parameter, a JSON array of objects (``json_to_recordset``), and comes
+    back as one JSON text: psycopg then adapts three values, not eight arrays element by element
+    and a row per send (measured: the writer thread's Python per send fell from about 45 µs to
+    about 17 µs, which is also GIL time the Trio thread no longer waits for). The statement is
+    prepared on the server (``prepare=True``): parsed and planned once per connection.
     """
     now = sends[0].alloc.clock()
     created_at = iso_utc(now)
-    ids = [rules.new_id(now) for _ in sends]
+    ids = rules.new_ids(now, len(sends))
     seen: set[tuple[str, str, str]] = set()
-    firsts = []
-    for s in sends:
-        key = None if s.client_msg_id is None else (s.user_id, s.room, s.client_msg_id)
-        firsts.append(key is None or key not in seen)
+    rows = []
+    for s, message_id in zip(sends, ids, strict=True):
+        key = s.client_msg_id
+        first = True
         if key is not None:
-            seen.add(key)
-    rows = conn.raw.execute(_STORE, {
-        "ids": ids, "rooms": [s.room for s in sends], "users": [s.user_id for s in sends],
-        "bodies": [s.body for s in sends], "attachments": [s.encoded for s in sends],
-        "parents": [s.parent_id for s in sends], "keys": [s.client_msg_id for s in sends], "firsts": firsts,
-        "created_at": created_at, "created_ts": now,
-    }).fetchall()
+            scoped = (s.user_id, s.room, key)
+            first = scoped not in seen
+            seen.add(scoped)
+        rows.append({"id": message_id, "room": s.room, "user_id": s.user_id, "body": s.body,
+                     "attachments": s.encoded, "parent_id": s.parent_id, "client_msg_id": key, "first": first})
+    row = conn.raw.execute(_STORE, (_encode(rows).decode(), created_at, now), prepare=True).fetchone()
     results: list[tuple[tuple[ChatMessage, bool], Any] | None] = [None] * len(sends)
-    for ordinality, seq, rev in rows:
-        i = int(ordinality) - 1
+    for ordinality, seq, rev in _decode_rows(row[0] if row is not None else "[]"):
+        i = ordinality - 1
         s = sends[i]
         message = ChatMessage(
-            id=ids[i], room=s.room, seq=int(seq), rev=int(rev), user_id=s.user_id, body=s.body,
+            id=ids[i], room=s.room, seq=seq, rev=rev, user_id=s.user_id, body=s.body,
             attachments=s.attachments, parent_id=s.parent_id, created_at=created_at, edited_at=None,
             deleted_at=None, redacted=False, reactions={},
         )
