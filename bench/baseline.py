@@ -23,6 +23,8 @@ from pathlib import Path
 from bench.procs import PY, REPO, SPECS, ServerSpec, spawn_env
 
 BEFORE = "signald-before"
+PG_BEFORE = "signald-pg-before"
+"""The baseline on PostgreSQL: beside ``signald-pg`` wherever that runs (PostgreSQL ÷ SQLite before)."""
 
 
 def resolve(rev: str, repo: Path = REPO) -> str:
@@ -75,6 +77,8 @@ def with_before(servers: tuple[str, ...]) -> tuple[str, ...]:
         out.append(name)
         if name == "signald":
             out.append(BEFORE)
+        if name == "signald-pg":
+            out.append(PG_BEFORE)
     return tuple(out)
 
 
@@ -86,7 +90,9 @@ def registered(rev: str) -> Iterator[dict[str, str]]:
         spec = before_spec(tree, commit)
         check_imports([SPECS["signald"], spec])
         SPECS[BEFORE] = spec
+        SPECS[PG_BEFORE] = dataclasses.replace(SPECS["signald-pg"], name=PG_BEFORE, cwd=tree,
+                                               label=f"signald on PostgreSQL at {commit} (--baseline)")
         try:
             yield {"rev": rev, "commit": commit}
         finally:
-            del SPECS[BEFORE]
+            del SPECS[BEFORE], SPECS[PG_BEFORE]

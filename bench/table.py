@@ -115,7 +115,8 @@ def print_table(result: dict[str, Any]) -> None:
     """The results table; with ``--baseline``, a signald-before column and signald ÷ signald-before."""
     before = "baseline" in result
     several = "h" in result["workloads"]
-    columns = ["signald", *([BEFORE] if before else []), "signald-mem", "signald-pg", "socketio", "websockets"]
+    columns = ["signald", *([BEFORE] if before else []), "signald-mem", "signald-pg",
+               *(["signald-pg-before"] if before and "e" in result["workloads"] else []), "socketio", "websockets"]
     if several:
         columns += ["signald-broker", "signald-cluster"]
     width = 16 if before or several else 14  # "signald-before" needs room to stay apart from its neighbour

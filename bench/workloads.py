@@ -299,7 +299,7 @@ async def durable_sends(server: Server, sizes: Sizes, tag: str) -> Metrics:
             await conn.chat(room, BODY)
             acks.append(time.perf_counter() - t)
 
-    database = bench_server() if server.spec.name == "signald-pg" else None
+    database = bench_server() if server.spec.name in ("signald-pg", "signald-pg-before") else None
     db0 = database.cpu_seconds() if database else 0.0
     cpu0, t0 = server.cpu_seconds(), time.perf_counter()
     main0, _ = server.thread_cpu_seconds()
