@@ -4,6 +4,7 @@ of every message."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
@@ -18,6 +19,7 @@ import trio
 from conftest import daemon, make_config, start_server
 from postgres import PostgresServer, create_database
 from test_durability import all_history
+from trio_websocket import ConnectionClosed
 
 from signald.client.raw import connect
 from signald.config import load_config
@@ -167,3 +169,58 @@ async def test_postgres_stopped_and_restarted_during_traffic(
         stored = await all_history(ann, "lobby")
         assert stored[:5] == acked and stored[-1] == back
         assert [m["seq"] for m in stored] == list(range(1, len(stored) + 1))
+
+
+async def test_kill_9_in_the_middle_of_concurrent_batches_loses_no_acked_send_and_stores_each_once(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """Four clients pipelining into one shared room and rooms of their own (the sends of several
+    clients go in one statement); ``kill -9`` while sends are still
+    in flight. After a restart every acked send is stored once, as acked; each room's ``seq`` runs
+    without a gap; a send that was never acked is stored once or not at all."""
+    users = ("ann", "bob", "cat", "dan")
+    per_client = 200
+    acks: dict[str, dict[str, Any]] = {}
+    with trio.fail_after(60):
+        async with daemon(tmp_path, "first", "--history-url", postgres_url) as (process, url):
+            enough = trio.Event()
+
+            async def sender(user: str) -> None:
+                async with connect(url, user=user) as client:
+                    for room in ("shared", f"own-{user}"):
+                        await client.request("room.join", {"room": room})
+                    for i in range(per_client):  # every frame out before any ack is read
+                        room = "shared" if i % 2 else f"own-{user}"
+                        await client.send({"type": "chat.send", "id": f"{user}-{i}",
+                                           "data": {"scope": room, "body": f"{user}-{i}"}})
+                    with contextlib.suppress(ConnectionClosed):  # the kill
+                        while True:
+                            reply = await client.next_event()
+                            assert reply["type"] != "error", reply
+                            if reply["type"] == "ack":
+                                acks[reply["data"]["op_id"]] = reply["data"]["data"]
+                                if len(acks) == len(users) * per_client // 8:
+                                    process.kill()  # SIGKILL at once, with most sends unacked
+                                    enough.set()
+
+            async with trio.open_nursery() as nursery:
+                for user in users:
+                    nursery.start_soon(sender, user)
+                await enough.wait()
+                await process.wait()
+                nursery.cancel_scope.cancel()
+        assert process.returncode == -signal.SIGKILL
+        assert len(acks) < len(users) * per_client, "every send was acked before the kill: nothing was in flight"
+        async with daemon(tmp_path, "restarted", "--history-url", postgres_url) as (_, again), \
+                connect(again, user="eve") as eve:
+            stored: list[dict[str, Any]] = []
+            for room in ("shared", *(f"own-{u}" for u in users)):
+                await eve.request("room.join", {"room": room})
+                in_room = await all_history(eve, room)
+                assert [m["seq"] for m in in_room] == list(range(1, len(in_room) + 1)), room
+                stored += in_room
+    bodies = [m["body"] for m in stored]
+    assert len(bodies) == len(set(bodies)), "a send was stored twice"
+    by_body = {m["body"]: m for m in stored}
+    for op_id, acked in acks.items():
+        assert by_body.get(op_id) == acked, f"acked {op_id} is not stored as acked"
