@@ -62,7 +62,7 @@ class RoomFeed:
         self.frames: list[Frame] = []
         self.order: list[int] = []
         self.readers: dict[Outbox, int] = {}
-        self.caught_up: list[Outbox] = []
+        self.caught_up: set[Outbox] = set()
         self.conns: frozenset[str] = frozenset()
         self.due = 0.0
         self.flushed_at = -math.inf
@@ -79,7 +79,7 @@ class RoomFeed:
             if start < end:
                 pending += zip(feed.order[start:], feed.frames[start:], strict=True)
                 feed.readers[outbox] = end
-            feed.caught_up.append(outbox)
+            feed.caught_up.add(outbox)
         outbox.reading = None  # nothing waits for it any more: its pushes skip the feeds
         if pending:
             pending.sort(key=lambda item: item[0])

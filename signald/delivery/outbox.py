@@ -247,7 +247,7 @@ class Outbox:
         """``feed`` holds frames for this connection: :meth:`push` lets them out first."""
         if self.reading is None:
             self.reading = [feed]
-        else:
+        elif feed not in self.reading:  # a connection that left and joined again is listed once
             self.reading.append(feed)
 
     def stop_reading(self, feed: Feed) -> None:

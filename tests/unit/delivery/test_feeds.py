@@ -241,3 +241,23 @@ def test_every_connection_receives_its_frames_in_order(steps: list[tuple[str, st
 
     trio.run(scenario, clock=MockClock(autojump_threshold=0))
 
+
+
+async def test_leaving_and_joining_again_many_times_keeps_one_entry_per_feed(rig: Rig, mock_clock: MockClock) -> None:
+    """A reconnect storm's retries: a connection leaves and joins a busy room again and again while
+    it also gets other frames. Its list of feeds to check must not grow with each round (every push
+    walks it)."""
+    a, _ = rig.add("a", "b")
+    rig.feeds.publish("r", frozenset({"a", "b"}), joined("warmup"))
+    await wait_all_tasks_blocked()
+    chat = Frame(RoomActiveEvent(data=RoomData(room="r")))
+    for n in range(50):
+        rig.feeds.publish("r", frozenset({"b"}), joined(f"left{n}"))  # a is out of the room
+        rig.feeds.publish("r", frozenset({"a", "b"}), joined(f"back{n}"))  # and in again
+        a.outbox.push(chat)
+        assert len(a.outbox.reading or ()) <= 1
+    feed = rig.feeds._pending["r"]
+    assert len(feed.caught_up) <= 2
+    mock_clock.jump(MAX_INTERVAL_S)
+    await wait_all_tasks_blocked()
+    assert a.received == wire(joined("warmup"), *(f for n in range(50) for f in (joined(f"back{n}"), chat)))
