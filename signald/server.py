@@ -69,7 +69,6 @@ audit = logging.getLogger("signald.audit")
 
 OUR_SUBPROTOCOLS = (SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK)
 SHUTDOWN_CLOSE_WAIT_S = 0.5
-CLUSTER_FLUSH_S = 2.0  # the most a stopping node waits for its last writes to the broker
 REFUSAL_WAIT_S = 2.0  # the most a refused handshake may take to answer (and, in "close" mode, to close)
 RESERVED_USER_PREFIX = "$"  # "$system" writes the call log; no client may be it
 
@@ -213,13 +212,7 @@ async def _cluster(replica: Replica | None) -> AsyncIterator[None]:
         return
     async with replica.running():
         log.info("cluster: node %s joined through %s", replica.node_id, redact(replica.url))
-        try:
-            yield
-        finally:  # the connections' last departures (Disconnect) go out before the link stops (not cancelled mid-write)
-            with trio.CancelScope(shield=True), trio.move_on_after(CLUSTER_FLUSH_S):
-                sent = trio.Event()
-                replica.after_sent(sent.set)
-                await sent.wait()
+        yield
 
 
 @attrs.frozen
