@@ -83,7 +83,7 @@ class Hub:
         self.parking = Parking()  # where idle connections wait for bytes (see signald.transport.parking)
         self.cork = Cork()  # see signald.delivery.cork.Cork; sessions' outboxes and the history store share it
         self.batch_cork = BatchCork(self.cork)  # publish() holds it: a storm of joins, one write per member per pass
-        self.feeds = RoomFeeds(self.broker.outbox, self.cork)  # a busy room's member events, in batches
+        self.feeds = RoomFeeds(self.broker, self.cork)  # a busy room's member events, in batches
         self.wall_clock: Callable[[], float] = wall_clock or time.time
         self.sessions: dict[str, Session] = {}
         self.sessions_by_user: dict[str, dict[str, Session]] = {}

@@ -23,11 +23,11 @@ Without :meth:`RoomFeeds.run` running (a hub that is not serving) events are del
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Final
 
 import trio
 
+from signald.delivery.broker import Broker
 from signald.delivery.cork import Cork
 from signald.delivery.frames import Frame
 from signald.delivery.outbox import Outbox
@@ -95,8 +95,7 @@ class RoomFeed:
                 outbox.stop_reading(self)
                 continue
             if outbox.reading is not None and len(outbox.reading) > 1:  # in several busy rooms
-                self.give(outbox)
-                outbox.stop_reading(self)
+                self.give(outbox)  # (which takes it off every feed's waiting list)
                 continue
             outbox.stop_reading(self)
             binary = outbox.binary
@@ -113,12 +112,14 @@ class RoomFeed:
 class RoomFeeds:
     """The room feeds of one hub and the task that flushes them (:meth:`run`).
 
-    ``outbox_of`` finds a local connection's outbox (None for one on another node or gone);
-    ``cork`` is held around each flush, so a connection gets all rooms' shares in one write.
+    ``broker`` finds a local connection's outbox (None for one on another node or gone) and
+    delivers at once while :meth:`run` is not running; ``cork`` is held around each flush, so a
+    connection gets all rooms' shares in one write.
     """
 
-    def __init__(self, outbox_of: Callable[[str], Outbox | None], cork: Cork) -> None:
-        self.outbox_of = outbox_of
+    def __init__(self, broker: Broker, cork: Cork) -> None:
+        self.broker = broker
+        self.outbox_of = broker.outbox
         self.cork = cork
         self._feeds: dict[str, RoomFeed] = {}  # rooms with waiting events or flushed within MAX_INTERVAL_S
         self._pending: dict[str, RoomFeed] = {}
@@ -130,7 +131,7 @@ class RoomFeeds:
     def publish(self, room: str, conns: frozenset[str], frame: Frame) -> int:
         """``frame`` goes to ``conns`` (every connection in ``room``, as of now); returns how many are local."""
         if not self._running:
-            return self._deliver_now(conns, frame)
+            return self.broker.deliver(conns, frame)
         feed = self._feeds.get(room)
         if feed is None:
             feed = self._feeds[room] = RoomFeed(room)
@@ -156,14 +157,6 @@ class RoomFeeds:
         if feed is not None and outbox is not None and outbox in feed.readers:
             feed.readers[outbox] = len(feed.frames)
 
-    def _deliver_now(self, conns: frozenset[str], frame: Frame) -> int:
-        queued = 0
-        for conn in conns:
-            outbox = self.outbox_of(conn)
-            if outbox is not None and outbox.push(frame):
-                queued += 1
-        return queued
-
     def _open(self, feed: RoomFeed, conns: frozenset[str], frame: Frame) -> None:
         """The room's first waiting event: its recipients become the readers."""
         readers = feed.readers
@@ -186,9 +179,8 @@ class RoomFeeds:
         for conn in feed.conns - conns:
             outbox = self.outbox_of(conn)
             if outbox is not None and outbox in feed.readers:
-                feed.give(outbox)
+                feed.give(outbox)  # (which takes it off every feed's waiting list)
                 del feed.readers[outbox]
-                outbox.stop_reading(feed)
         for conn in conns - feed.conns:
             outbox = self.outbox_of(conn)
             if outbox is not None and not outbox.closed and outbox not in feed.readers:

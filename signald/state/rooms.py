@@ -132,7 +132,6 @@ class RoomRegistry:
             _send(sends, conns, MemberJoinedEvent(data=RoomUserData(room=room, user_id=user)), room)
             if len(users) == 1:
                 _send(sends, conns, RoomActiveEvent(data=RoomData(room=room)))
-        if first_device_in:
             insort(self._sorted_users.setdefault(room, []), user)
         users.setdefault(user, set()).add(conn)
         self.changed.add((room, user))

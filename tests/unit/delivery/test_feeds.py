@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from trio.testing import MockClock, wait_all_tasks_blocked
 
+from signald.delivery.broker import LocalBroker
 from signald.delivery.cork import Cork
 from signald.delivery.feeds import MAX_INTERVAL_S, MIN_INTERVAL_S, RoomFeeds, interval_for
 from signald.delivery.frames import Frame
@@ -40,15 +41,13 @@ class Rig:
     def __init__(self) -> None:
         self.cork = Cork()
         self.conns: dict[str, Conn] = {}
-        self.feeds = RoomFeeds(self.outbox_of, self.cork)
-
-    def outbox_of(self, conn: str) -> Outbox | None:
-        found = self.conns.get(conn)
-        return found.outbox if found is not None else None
+        self.broker = LocalBroker()
+        self.feeds = RoomFeeds(self.broker, self.cork)
 
     def add(self, *names: str, binary: bool = False) -> list[Conn]:
         for name in names:
             self.conns[name] = Conn(name, self.cork, binary=binary)
+            self.broker.attach(name, self.conns[name].outbox)
         return [self.conns[n] for n in names]
 
 
