@@ -220,11 +220,12 @@ class RedisReplica(Replica):
                     try:
                         yield self
                     finally:
-                        nursery.cancel_scope.cancel()
+                        nursery.cancel_scope.cancel()  # the writer still sends the batch in flight
                         with trio.move_on_after(2) as scope:
                             scope.shield = True
-                            await self._leave_cluster()
+                            await self._leave_cluster()  # after that batch: they share one link
                             await self.writer.close()
+                        self.writer.abandon()  # a broker silent for 2 s: the others notice by the TTL
             finally:
                 self._stop.set()
 

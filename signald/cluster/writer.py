@@ -6,6 +6,9 @@ announces them, as they were put), and then runs the callbacks put behind them
 (:meth:`Writer.after_sent`: an ack that must not leave before its event did). A pipeline that fails
 is lost (pub/sub would have lost it anyway): the node's recovery after the outage repairs the
 records (:mod:`signald.cluster.recovery`), and the connection is opened again for the next one.
+A batch taken off the queue is sent whole even when :meth:`run` is cancelled (a node that stops
+cancels it with the last ``Disconnect`` writes in flight; its goodbye follows that batch on the link),
+unless :meth:`abandon` gives up on a broker that does not answer.
 The pipeline goes over signald's own connection (:mod:`signald.cluster.resp`): through coredis
 one ``PUBLISH`` cost a node about four times the CPU.
 """
@@ -37,6 +40,7 @@ class Writer:
         self._connect, self._up, self._down = connect, up, down
         self._link: Link | None = None
         self._lock = trio.Lock()
+        self._sending: trio.CancelScope | None = None
         self._put, self._queue = trio.open_memory_channel[list[Command]](math.inf)
 
     def put(self, commands: list[Command]) -> None:
@@ -61,14 +65,21 @@ class Writer:
                     commands.extend(self._queue.receive_nowait())
                 except trio.WouldBlock:
                     break
-            try:
-                await self.execute(commands)
-            except Exception as exc:
-                self._down(exc)
-                log.warning("cluster: %d broker writes lost: %s", len(commands), exc)
+            with trio.CancelScope(shield=True) as self._sending:
+                try:
+                    await self.execute(commands)
+                except Exception as exc:
+                    self._down(exc)
+                    log.warning("cluster: %d broker writes lost: %s", len(commands), exc)
+            self._sending = None
             for verb, _, callback in commands:
                 if verb == "callback":
                     callback()
+
+    def abandon(self) -> None:
+        """Stop sending the batch in flight (a stopping node that waited long enough for the broker)."""
+        if self._sending is not None:
+            self._sending.cancel()
 
     async def execute(self, commands: list[Command]) -> None:
         """Send ``commands`` now, in one pipeline (callbacks among them are not run here);

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from signald.cluster.resp import Link, LinkError, endpoint_of, open_link, pack, raise_on_error
 from signald.cluster.subscriber import Subscriber
@@ -256,3 +257,42 @@ def test_an_url_reaches_the_same_redis_on_every_connection_as_coredis_reads_it(u
     assert (ours.tls is None) == (tls is None)
     if ours.tls is not None:
         assert (ours.tls.check_hostname, ours.tls.verify_mode) == (tls.check_hostname, tls.verify_mode)
+
+
+async def test_a_batch_in_flight_is_sent_whole_when_the_writer_is_cancelled_and_the_goodbye_follows_it(
+        redis_url: str) -> None:
+    """A stopping node cancels the writer while its last ``Disconnect`` writes are on the way: they still
+    reach Redis, before the goodbye that the node sends next (the others would wait out the TTL)."""
+    go = trio.Event()
+
+    async def slow_connect() -> Link:  # the batch is in flight (it holds the link) until ``go``
+        await go.wait()
+        return await link_to(redis_url)()
+
+    writer = Writer(slow_connect, up=lambda: None, down=lambda exc: None)
+    writer.put([("hset", "stopping", {"conn": b"in flight"}), ("publish", "ch", b"x")])
+    async with trio.open_nursery() as leaving, trio.open_nursery() as nursery:
+        nursery.start_soon(writer.run)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()  # what RedisReplica.running() does on the way out
+        leaving.start_soon(writer.execute, [("hset", "stopping", {"conn": b"goodbye"})])
+        with trio.CancelScope(shield=True):
+            await trio.testing.wait_all_tasks_blocked()
+        go.set()
+    link = await link_to(redis_url)()
+    assert await link.call(pack("HGET", "stopping", "conn"), 1) == [b"goodbye"]  # in that order
+    await writer.close()
+
+    async def silent() -> Link:
+        await trio.sleep_forever()
+
+    stuck = Writer(silent, up=lambda: None, down=lambda exc: None)
+    stuck.put([("hset", "never", {"a": b"1"})])
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(stuck.run)
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.cancel_scope.cancel()
+            stuck.abandon()  # a broker that does not answer does not hold the node's exit up
+    assert await link.call(pack("EXISTS", "never"), 1) == [0]
+    await link.aclose()
