@@ -303,6 +303,9 @@ async def _serve_client(serving: _Serving, stream: trio.abc.Stream) -> None:
     peer = peer_address(stream)
     handshake = Handshake(stream, keep_plain=serving.http is not None)
     request = handshake.read_now()  # usually all there: no timeout needed
+    if handshake.abandoned:
+        hub.metrics.abandoned.inc()
+        return
     if request is None:  # stays None when the connect timeout fires first
         with trio.move_on_after(config.server.connect_timeout_s):
             request = await handshake.read_request()

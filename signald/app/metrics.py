@@ -127,6 +127,10 @@ class Metrics:
                                 "Handshakes and plain HTTP requests refused, by cause (unauthorized, forbidden, "
                                 "rate_limited_address, rate_limited_user, subprotocol, http_rate_limited_address)",
                                 ["cause"], registry=self.registry)
+        self.abandoned = Counter("signald_handshakes_abandoned",
+                                 "Connections closed by their client before its upgrade request was read (it gave "
+                                 "up waiting to be accepted: the server is not keeping up with new connections)",
+                                 registry=self.registry)
         self.coalesced = Counter("signald_send_queue_coalesced",
                                  "Ephemeral frames dropped because a newer one superseded them",
                                  registry=self.registry)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 from typing import Final
 
 import attrs
@@ -35,6 +36,8 @@ from signald.transport.framing import fit_close_reason
 RECEIVE_BYTES: Final = 16384
 #: What a refused peer may send after the upgrade before its close reply; beyond it we stop waiting.
 REFUSED_READ_BYTES: Final = 65536
+#: poll(2) events of a socket whose peer closed its end (POLLRDHUP: Linux) or reset it.
+_HUNG_UP: Final = getattr(select, "POLLRDHUP", 0) | select.POLLHUP | select.POLLERR
 
 
 @attrs.frozen
@@ -86,6 +89,7 @@ class Handshake:
         self.plain: bytes | None = None
         self._ended = False  # the stream ended, or what it sent is not an upgrade
         self._answer: bytes | None = None  # the refusal wsproto suggests for a bad request, not sent yet
+        self.abandoned = False  # the client closed before we read its request (see read_now)
 
     def read_now(self) -> Upgrade | None:
         """The upgrade request if all of it has arrived already, read without waiting (plain TCP).
@@ -104,7 +108,14 @@ class Handshake:
             self._ended = True
             return None
         self._feed(data)
-        return self._request()
+        request = self._request()
+        if request is not None and _hung_up(fd):
+            # Its client closed after sending it: it gave up waiting in the listen queue (a storm of
+            # reconnects fills it), and is trying again on a new connection. Answering would cost a
+            # whole session's set-up and tear-down for nobody.
+            self._ended = self.abandoned = True
+            return None
+        return request
 
     async def read_request(self) -> Upgrade | None:
         """Read until the client's upgrade request.
@@ -203,6 +214,13 @@ class Handshake:
 
     async def _send(self, data: bytes) -> None:
         await send_now(self.stream, data)
+
+
+def _hung_up(fd: int) -> bool:
+    """Whether the peer of socket ``fd`` has closed its end or reset the connection (one poll(2))."""
+    poller = select.poll()
+    poller.register(fd, _HUNG_UP)
+    return bool(poller.poll(0))
 
 
 async def send_now(stream: trio.abc.Stream, data: bytes) -> None:
