@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import random
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -144,6 +145,10 @@ class Storm:
     stop_sending: asyncio.Event = field(default_factory=asyncio.Event)
     sent: int = 0
     send_errors: int = 0
+    # failed reconnect attempts by where they failed: "no_server" (refused: not listening yet),
+    # "tcp" (no TCP connection within the timeout: the listen queue was full), "welcome" (connected,
+    # no welcome in time), "join" (no join ack in time), "closed" (closed or refused by the server)
+    failed: Counter[str] = field(default_factory=Counter)
 
     @property
     def envelope(self) -> bool:
@@ -220,11 +225,18 @@ async def resume(storm: Storm, client: Client, lost: asyncio.Future[None], *, jo
         attempt = decision.next_attempt
         client.attempts += 1
         client.last = None
+        phase = "welcome"
         try:
             conn = await open_conn(storm, client)
+            phase = "join"
             await join(storm, client, conn, since_rev=client.held if storm.envelope else None)
-        except (OSError, TimeoutError, ConnectionError, ServerError):
+        except (OSError, TimeoutError, ConnectionError, ServerError) as exc:
             tried = client.last  # None when not even TCP connected (the server is still starting)
+            if tried is None:
+                phase = "tcp" if isinstance(exc, TimeoutError) else "no_server"
+            elif not isinstance(exc, TimeoutError):
+                phase = "closed"
+            storm.failed[phase] += 1
             code = tried.close_code if tried is not None else None
             status = tried.http_status if tried is not None else None
             if code in REFUSED_CODES or status is not None:
@@ -413,6 +425,8 @@ async def reconnect_storm(server: Server, n: int, tag: str, *, send_rate: float,
         f"ready_to_all_s_{n}": quantile_time(after_ready, 1.0, n),
         f"refused_{n}": sum(c.refused for c in clients),
         f"attempts_{n}": sum(c.attempts for c in clients),
+        **{f"attempts_failed_{phase}_{n}": storm.failed[phase]
+           for phase in ("no_server", "tcp", "welcome", "join", "closed")},
         f"shutdown_s_{n}": shutdown_s,
         f"restart_ready_s_{n}": ready_s,
         f"cpu_ms_per_client_{n}": cpu / max(1, len(times)) * 1e3,

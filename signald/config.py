@@ -73,6 +73,10 @@ class ServerConfig:
     heartbeat_timeout_s: float = field(default=10.0, validator=_positive)
     max_transport_bytes: int = field(default=1 << 20, validator=_positive)
     connect_timeout_s: float = field(default=10.0, validator=_positive)
+    # The listen queue (listen(2)'s backlog; the kernel caps it at net.core.somaxconn). A client
+    # queued longer than its own connect timeout gives up and comes back: keep the queue shorter
+    # than the time the server needs to accept and set up this many connections.
+    backlog: int = field(default=1024, validator=_positive)
     shutdown_timeout_s: float = field(default=3.0, validator=_positive)
     # On SIGTERM, keep serving this long with /readyz answering 503, so that a load balancer stops
     # sending new clients before the connections close (0: close at once).

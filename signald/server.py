@@ -163,14 +163,16 @@ async def serve_signald(
     async with hub.running(), _cluster(hub.replica), trio.open_nursery() as nursery:
         listeners: list[trio.abc.Listener[trio.abc.Stream]] = []
         if reuse_port:  # one of several node processes on this port (signald serve --workers N)
-            shared = await reuse_port_listeners(config.server.host, config.server.port)
+            shared = await reuse_port_listeners(config.server.host, config.server.port, config.server.backlog)
             listeners += shared if ssl_context is None else [
                 trio.SSLListener(listener, ssl_context, https_compatible=True) for listener in shared]
         elif ssl_context is None:
-            listeners += await trio.open_tcp_listeners(config.server.port, host=config.server.host)
+            listeners += await trio.open_tcp_listeners(config.server.port, host=config.server.host,
+                                                       backlog=config.server.backlog)
         else:
             listeners += await trio.open_ssl_over_tcp_listeners(
-                config.server.port, ssl_context, host=config.server.host, https_compatible=True)
+                config.server.port, ssl_context, host=config.server.host, https_compatible=True,
+                backlog=config.server.backlog)
         connections: _Connections = await nursery.start(_run_connections)
         try:
             http = HttpApi(Signald(hub), api_calls=config.api.port is None, websocket_port=True, per_ip=per_ip)

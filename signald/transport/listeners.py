@@ -20,7 +20,7 @@ import trio
 log = logging.getLogger("signald.server")
 
 
-async def reuse_port_listeners(host: str, port: int, backlog: int = 4096) -> list[trio.SocketListener]:
+async def reuse_port_listeners(host: str, port: int, backlog: int) -> list[trio.SocketListener]:
     """One listener per address ``host`` resolves to, each with ``SO_REUSEPORT`` set."""
     listeners: list[trio.SocketListener] = []
     infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)

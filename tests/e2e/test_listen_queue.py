@@ -9,6 +9,7 @@ room on the way.
 
 from __future__ import annotations
 
+import shutil
 import socket
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -66,3 +67,13 @@ async def test_a_connection_closed_before_it_was_accepted_gets_no_session(
         assert ("device.online", {"user_id": "alice", "device_id": seen[0][1]["device_id"]}) in seen
         await stays.aclose()
         assert abandoned(server) == 1
+
+
+async def test_the_listen_queue_is_as_long_as_configured(nursery: trio.Nursery, tmp_path: Path) -> None:
+    """``server.backlog``: what ``ss`` shows as the listening socket's queue limit (Send-Q)."""
+    server = await start_server(nursery, make_config(tmp_path, server={"backlog": 7}))
+    ss = shutil.which("ss") or "/bin/ss"
+    shown = await trio.run_process([ss, "-ltnH", f"sport = :{server.port}"], capture_stdout=True)
+    [line] = shown.stdout.decode().splitlines()
+    state, queued, limit = line.split()[:3]
+    assert (state, queued, limit) == ("LISTEN", "0", "7")
