@@ -62,14 +62,65 @@ async def serve_streams(
     Like ``trio.serve_listeners``, except that the handler owns the stream and must close it:
     trio's wrapper closes every stream once more with ``aclose_forcefully``, which raises and
     catches a ``Cancelled`` per connection (about 5 % of a connection's set-up and tear-down).
-    Accept errors that mean the machine is out of descriptors or memory are logged and retried
-    after :data:`CAPACITY_WAIT_S`; any other one ends serving (as in trio). The listeners are
-    closed on the way out.
+    A plain TCP listener is drained: every connection waiting in its listen queue (up to
+    :data:`ACCEPT_BATCH`) is accepted at once, where ``SocketListener.accept`` takes one per
+    scheduler pass. Under load a pass is long (every connection's work of the moment runs in it),
+    so one accept per pass let the queue fill: new clients then waited in the kernel until they gave
+    up, or sat half-open (a full queue drops the last packet of their TCP handshake). Other
+    listeners (TLS) accept one stream per call.
+
+    Error handling: accept errors that mean the machine is out of descriptors or memory are logged
+    and retried after :data:`CAPACITY_WAIT_S`; errors that concern only the connection being
+    accepted (it was reset, as trio's ``SocketListener`` ignores them) are skipped; any other one
+    ends serving (as in trio).
+
+    Resource handling: the listeners are closed on the way out.
     """
     async with trio.open_nursery() as nursery:
         for listener in listeners:
-            nursery.start_soon(_accept_loop, listener, handler, handler_nursery)
+            if isinstance(listener, trio.SocketListener):
+                nursery.start_soon(_drain_loop, listener, handler, handler_nursery)
+            else:
+                nursery.start_soon(_accept_loop, listener, handler, handler_nursery)
         task_status.started()
+
+
+ACCEPT_BATCH: Final = 256  # the most connections taken from one listen queue per scheduler pass
+# accept(2) errors about the connection being accepted only (trio's SocketListener ignores them too)
+_CONNECTION_GONE_ERRNOS: Final = frozenset({
+    errno.EPERM, errno.ECONNABORTED, errno.EPROTO, errno.ENETDOWN, errno.ENOPROTOOPT, errno.EHOSTDOWN,
+    errno.ENONET, errno.EHOSTUNREACH, errno.EOPNOTSUPP, errno.ENETUNREACH,
+})
+
+
+async def _drain_loop(
+    listener: trio.SocketListener, handler: Callable[[trio.abc.Stream], Awaitable[object]],
+    handler_nursery: trio.Nursery,
+) -> None:
+    """Wait until the listening socket is readable, then accept everything queued (a batch)."""
+    # accept(2) without waiting needs a plain socket object: one on a duplicate of the listening
+    # descriptor (trio's socket offers only an accept that waits, and yields after each stream).
+    async with listener:
+        with socket.socket(fileno=os.dup(listener.socket.fileno())) as sock:
+            sock.setblocking(False)
+            while True:
+                await trio.lowlevel.wait_readable(sock)
+                for _ in range(ACCEPT_BATCH):
+                    try:
+                        accepted, _ = sock.accept()
+                    except BlockingIOError:
+                        break
+                    except OSError as exc:
+                        if exc.errno in _CONNECTION_GONE_ERRNOS:
+                            continue
+                        if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
+                            raise
+                        log.error("accept failed: %s; accepting again in %.1f s", os.strerror(exc.errno or 0),
+                                  CAPACITY_WAIT_S)
+                        await trio.sleep(CAPACITY_WAIT_S)
+                        break
+                    stream = trio.SocketStream(trio.socket.from_stdlib_socket(accepted))
+                    handler_nursery.start_soon(handler, stream)
 
 
 async def _accept_loop(
