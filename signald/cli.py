@@ -208,7 +208,7 @@ def _serve(args: argparse.Namespace) -> int:
         log.warning("serving %s with auth mode 'none': anyone can connect as anyone", config.server.host)
     tune_gc()
     try:
-        return trio.run(partial(run_daemon, config, workers=args.workers, argv=args.argv, worker=args.worker))
+        status = trio.run(partial(run_daemon, config, workers=args.workers, argv=args.argv, worker=args.worker))
     except (OSError, StartupError) as exc:
         print(f"signald: cannot start: {_startup_failure(config, exc)}", file=sys.stderr)
         return 1
@@ -219,6 +219,10 @@ def _serve(args: argparse.Namespace) -> int:
         first = next(iter(_leaves(errors)))
         print(f"signald: cannot start: {_startup_failure(config, first)}", file=sys.stderr)
         return 1
+    # Stopped, everything closed: the interpreter's exit need not walk what the run left behind in
+    # its collections (~0.4 s of SIGTERM-to-exit at 5,000 connections); the memory goes with the process.
+    gc.freeze()
+    return status
 
 
 def _startup_failure(config: Config, exc: BaseException) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from datetime import datetime
 from typing import Any, Final, TextIO
@@ -34,9 +35,12 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
     return fields if isinstance(fields, dict) else {}
 
 
+_QUOTED: Final = re.compile(r'[\s"=]')  # \s is str.isspace(); one C-level scan, not a generator per character
+
+
 def _text_value(value: Any) -> str:
     text = "-" if value is None else str(value)
-    return json.dumps(text) if (not text or any(c.isspace() or c in '"=' for c in text)) else text
+    return json.dumps(text) if (not text or _QUOTED.search(text)) else text
 
 
 class TextFormatter(logging.Formatter):

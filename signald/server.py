@@ -24,6 +24,7 @@ from pathlib import Path
 import attrs
 import trio
 
+from signald.app.connections import Connections, close_all, run_connections
 from signald.app.facade import Signald
 from signald.app.httpapi import HttpApi, serve_api_port
 from signald.app.hub import Hub
@@ -144,8 +145,9 @@ async def serve_signald(
     binds with ``SO_REUSEPORT``, so other node processes can serve the same port.
 
     Resource handling: on cancellation the listener stops accepting, every connection is closed
-    with 1001 (each close bounded by ``server.shutdown_timeout_s``), and the history store is
-    flushed and closed before this function returns.
+    with 1001 "server shutting down" (all close frames in one pass, then one shared wait for the
+    replies of at most 0.5 s or ``server.shutdown_timeout_s`` if lower: :mod:`signald.app.connections`),
+    and the history store is flushed and closed before this function returns.
 
     Error handling: a failing handler answers ``INTERNAL`` to its client and is logged; it never
     ends the server or touches other connections. Bind errors (``OSError``) and a history store
@@ -173,10 +175,10 @@ async def serve_signald(
             listeners += await trio.open_ssl_over_tcp_listeners(
                 config.server.port, ssl_context, host=config.server.host, https_compatible=True,
                 backlog=config.server.backlog)
-        connections: _Connections = await nursery.start(_run_connections)
+        connections: Connections = await nursery.start(run_connections)
         try:
             http = HttpApi(Signald(hub), api_calls=config.api.port is None, websocket_port=True, per_ip=per_ip)
-            serving = _Serving(hub, router, authenticate, per_ip, http, config.limits.to_wire())
+            serving = _Serving(hub, router, authenticate, per_ip, http, config.limits.to_wire(), connections)
             handler = partial(_handle_stream, serving)
             await nursery.start(partial(serve_streams, handler, listeners, handler_nursery=connections.nursery))
             api_port = None if config.api.port is None else await nursery.start(
@@ -188,8 +190,9 @@ async def serve_signald(
             task_status.started(running)
             await trio.sleep_forever()
         finally:  # shutdown (or a failure to start): the listeners stop, then every connection closes
-            hub.shutting_down = True  # before the connections are cancelled: they close with 1001
-            connections.scope.cancel()
+            hub.shutting_down = True  # before the connections close: departures are not announced
+            close_all(connections, CLOSE_GOING_AWAY, "server shutting down",
+                      min(config.server.shutdown_timeout_s, SHUTDOWN_CLOSE_WAIT_S))
 
 
 def _replica(hub: Hub, config: Config) -> Replica | None:
@@ -215,26 +218,6 @@ async def _cluster(replica: Replica | None) -> AsyncIterator[None]:
     async with replica.running():
         log.info("cluster: node %s joined through %s", replica.node_id, redact(replica.url))
         yield
-
-
-@attrs.frozen
-class _Connections:
-    """Where the connection tasks run: a nursery that cancellation from outside does not reach.
-
-    Only :func:`serve_signald`'s shutdown cancels it (``scope``), after setting
-    ``hub.shutting_down``, so a connection that finds itself cancelled knows whether the server is
-    shutting down.
-    """
-
-    scope: trio.CancelScope
-    nursery: trio.Nursery
-
-
-async def _run_connections(*, task_status: trio.TaskStatus[_Connections] = trio.TASK_STATUS_IGNORED) -> None:
-    with trio.CancelScope(shield=True) as scope:
-        async with trio.open_nursery() as nursery:
-            task_status.started(_Connections(scope, nursery))
-            await trio.sleep_forever()
 
 
 def _bound_port(listener: trio.abc.Listener[trio.abc.Stream]) -> int:
@@ -283,6 +266,7 @@ class _Serving:
     per_ip: ConnectionRateLimiter | None
     http: HttpApi | None  # plain HTTP requests (not upgrades): health checks, the server API
     limits: Limits  # the welcome's ``limits``, built once (the same for every client)
+    connections: Connections  # where the connections are listed for a shutdown's close_all
 
 
 async def _handle_stream(serving: _Serving, stream: trio.abc.Stream) -> None:
@@ -343,6 +327,8 @@ async def _serve_client(serving: _Serving, stream: trio.abc.Stream) -> None:
     if hub.connection_count(user) + hub.handshaking.get(user, 0) >= config.limits.max_connections_per_user:
         return await refuse(decide(Cause.RATE_LIMITED_USER, mode, "too many connections for this user"), user=user)
     del request, handshake_request  # the headers are not kept for the connection's lifetime
+    if hub.shutting_down:  # close_all has been: no welcome now (the stream is closed, as if cancelled)
+        return
     response, connection = handshake.upgrade(subprotocol)
     limits = config.limits
     now_iso = iso_utc(hub.wall_clock())
@@ -380,12 +366,15 @@ async def _serve_client(serving: _Serving, stream: trio.abc.Stream) -> None:
     hub.connect(session)
     hub.watch(ws)
     hub.expiries.watch(session)
+    serving.connections.add(session, ws)
     try:
         await run_connection(ws, session, partial(handle_message, hub, router, session))
     finally:
+        serving.connections.remove(session)
         wait_s = config.server.shutdown_timeout_s
-        if session.close_code is None and hub.shutting_down:
-            session.close_code, session.close_reason = CLOSE_GOING_AWAY, "server shutting down"
+        if hub.shutting_down:  # close_all set 1001 (unless it was closing already), or it came too late for it
+            if session.close_code is None:
+                session.close_code, session.close_reason = CLOSE_GOING_AWAY, "server shutting down"
             wait_s = min(wait_s, SHUTDOWN_CLOSE_WAIT_S)
         session.peer_close_code = ws.peer_close_code
         hub.disconnect(session)

@@ -200,13 +200,16 @@ class Hub:
             self.metrics.coalesced.inc(session.outbox.coalesced)
         conn = session.session_id
         self.apply_call_outcome(self.calls.device_gone(conn, trio.current_time()))
-        gone = self.presence.disconnect(conn, trio.current_time(), self.wall_clock())
         if log.isEnabledFor(logging.DEBUG):  # as room.leave logs it, one line per room
             for room in sorted(self.rooms.rooms_of(conn)):
                 log_event(log, logging.DEBUG, "room left", room=room, user=session.user_id, session=conn,
                           why="disconnected")
-        left = self.rooms.disconnect(conn)
-        if not self.shutting_down:  # else every peer is being closed too: nobody to tell (N² frames)
+        if self.shutting_down:  # every peer is being closed too: nobody to tell (N² frames), nothing made for them
+            self.rooms.disconnect(conn, announce=False)  # first: presence then finds no peers to address
+            self.presence.disconnect(conn, trio.current_time(), self.wall_clock())  # still records last seen
+        else:
+            gone = self.presence.disconnect(conn, trio.current_time(), self.wall_clock())
+            left = self.rooms.disconnect(conn)
             self.publish(gone)
             self.publish(left)
         self.share(Disconnect(conn))  # the other nodes tell their own clients

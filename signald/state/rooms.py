@@ -151,11 +151,14 @@ class RoomRegistry:
             raise SignalError("NOT_IN_ROOM", f"not in room {room!r}")
         return self._remove(conn, room)
 
-    def disconnect(self, conn: str) -> list[Send]:
-        """Leave every room of ``conn`` (sorted by room name); never raises."""
+    def disconnect(self, conn: str, *, announce: bool = True) -> list[Send]:
+        """Leave every room of ``conn`` (sorted by room name); never raises.
+
+        Without ``announce`` no event is made (a stopping server: every peer is leaving too, and
+        each event would cost a copy of its room's connections)."""
         sends: list[Send] = []
         for room in sorted(self._conn_rooms.get(conn, ())):
-            sends.extend(self._remove(conn, room))
+            sends.extend(self._remove(conn, room, announce))
         return sends
 
     def kick(self, room: str, user: str) -> list[Send]:
@@ -171,7 +174,7 @@ class RoomRegistry:
             sends.extend(self._remove(conn, room))
         return sends
 
-    def _remove(self, conn: str, room: str) -> list[Send]:
+    def _remove(self, conn: str, room: str, announce: bool = True) -> list[Send]:
         users = self._members[room]
         conns = self._room_conns[room]
         user = self._conn_user[conn]
@@ -193,8 +196,9 @@ class RoomRegistry:
         if not devices:
             del users[user]
             self._sorted_users[room].remove(user)
-            _send(sends, conns, MemberLeftEvent(data=RoomUserData(room=room, user_id=user)), room)
-            if len(users) == 1:
+            if announce:
+                _send(sends, conns, MemberLeftEvent(data=RoomUserData(room=room, user_id=user)), room)
+            if announce and len(users) == 1:
                 (remaining,) = users.values()
                 _send(sends, remaining, RoomWaitingEvent(data=RoomData(room=room)))
         if not users:

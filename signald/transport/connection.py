@@ -80,8 +80,8 @@ async def run_connection(
             alone = False
         try:
             await _reader(ws, owner, on_message)
-        finally:  # no writer may start once the reader is done, however it ended
-            stopped = outbox.stop_writer()
+        finally:  # no writer may start once the reader is done, however it ended (stopped: by send_close_now)
+            stopped = outbox.stopped or outbox.stop_writer()
         # An idle writer is told to stop (as if cancelled, but without a Cancelled through the
         # nursery: closing is most of what a short connection costs); one mid-write is cancelled.
         if not (stopped and alone):

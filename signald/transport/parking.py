@@ -130,3 +130,10 @@ class Parking:
             parked.clear()
             self._epoll = None
             epoll.close()
+
+
+async def wait_readable(fd: int) -> None:
+    """Wait in Trio until ``fd`` is readable (a reader that does not park); returns if it is closed
+    meanwhile (the next read sees fd -1)."""
+    with contextlib.suppress(trio.ClosedResourceError):
+        await trio.lowlevel.wait_readable(fd)

@@ -13,7 +13,7 @@ what a signalling server holds most of:
   the rest to the connection's writer task (:meth:`ServerWebSocket.send_wire`), so there is exactly
   one writer;
 - heartbeats are one hub-wide sweep (:mod:`signald.state.heartbeat`), not a task per connection;
-- only the close frame is written here, by :meth:`ServerWebSocket.close`, once the writer is gone.
+- only the close frame is written here: by ``close`` once the writer is gone, or ``send_close_now``.
 
 The handshake is :mod:`signald.transport.handshake`; clients (the tests) keep using trio-websocket.
 
@@ -29,7 +29,6 @@ with 1009; a message in more than :data:`MAX_FRAGMENTS` frames, or pings and pon
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import math
 import os
@@ -42,22 +41,19 @@ from wsproto.events import BytesMessage, CloseConnection, Event, Ping, TextMessa
 
 from signald.delivery.outbox import Outbox, direct_writer
 from signald.state.ratelimit import FloodGuard, Verdict
-from signald.transport.closing import await_close_reply, discard_until_closed
+from signald.transport.closing import await_close_reply, close_frame_now, discard_until_closed
 from signald.transport.framing import PING_FRAME, fit_close_reason, is_lone_pong, whole_message
 from signald.transport.handshake import RECEIVE_BYTES, receive_bytes
-from signald.transport.parking import Parking
+from signald.transport.parking import Parking, wait_readable
 from signald.transport.wsproto_probe import frame_decoder
 
-# A peer whose messages come this close together talks: its reader waits for the next one in Trio
-# rather than in signald.transport.parking, until our next heartbeat ping (see ServerWebSocket._read). A
-# peer that goes on sending at least every heartbeat_s is never pinged, so it never parks; it
-# sends no pongs for parking to take either.
+# A peer whose messages come this close together talks: its reader waits for the next one in Trio rather
+# than in signald.transport.parking, until our next heartbeat ping (see ServerWebSocket._read). A peer
+# that goes on sending at least every heartbeat_s is never pinged: it never parks, sends no pongs.
 TALKING_S: Final = 1.0
-CLOSE_ABNORMAL: Final = 1006
 CLOSE_POLICY: Final = 1008
 CLOSE_TOO_BIG: Final = 1009
 MAX_FRAGMENTS: Final = 64  # frames one message may come in; more closes with 1008
-DISCARD_BYTES: Final = 1 << 20  # what a failed peer may still send after our close frame before we hang up
 
 
 class ServerWebSocket:
@@ -118,6 +114,8 @@ class ServerWebSocket:
                 kind = type(event)
                 if kind is TextMessage or kind is BytesMessage:
                     assert isinstance(event, (TextMessage, BytesMessage))
+                    if conn.state is not ConnectionState.OPEN:  # sent after our close frame: not handled
+                        continue
                     message = self._add(event.data, event.message_finished, event.frame_finished)
                     if message is not None:
                         self._spoke()
@@ -136,7 +134,7 @@ class ServerWebSocket:
                     assert isinstance(event, CloseConnection)
                     if conn.state is ConnectionState.REMOTE_CLOSING:
                         self._peer_close = event
-                    else:  # wsproto's ParseFailed: the peer broke the protocol
+                    elif conn.state is not ConnectionState.CLOSED:  # CLOSED: our close answered; else ParseFailed
                         self.failure = (event.code, event.reason or "protocol error")
                     return None
                 elif self._check_control() is Verdict.CLOSE:  # a Pong: having heard from the peer is all
@@ -193,7 +191,7 @@ class ServerWebSocket:
                     # After a heartbeat ping (a full interval of silence) the pong wakes it here
                     # once more, and from then on it parks. (No timer or cancel scope: either
                     # costs each wait more than the hop it saves.)
-                    await _wait_readable(fd)
+                    await wait_readable(fd)
                     continue
                 try:
                     data = await parking.wait(self, fd)
@@ -328,13 +326,12 @@ class ServerWebSocket:
 
         The reply to a peer's close echoes its code; a ``failure`` of this layer wins over
         ``code``, and then what the peer still sends is dropped unparsed, its close reply too. Call
-        it once the connection's writer has stopped; bound it with a cancel scope.
+        it once the connection's writer has stopped; bound it with a cancel scope. A ws_frame the
+        writer left half sent (its tail kept in the outbox) is finished first, so the close frame
+        that follows it is well-formed.
 
-        A ws_frame the writer left half sent (its tail kept in the outbox) is finished first, so
-        the close frame that follows it is well-formed.
-
-        Resource handling: the stream is always closed on the way out, forcefully when the
-        stream broke or the wait is cancelled.
+        Resource handling: the stream is always closed on the way out, forcefully when the stream
+        broke or the wait is cancelled.
         """
         self.gone = True
         try:
@@ -349,12 +346,11 @@ class ServerWebSocket:
                 if unsent:
                     await self.stream.send_all(unsent)
                 return
-            failed = self.failure is not None
-            if self.failure is not None:
+            if failed := self.failure is not None:
                 code, reason = self.failure
             await self.stream.send_all(unsent + conn.send(CloseConnection(code=code, reason=fit_close_reason(reason))))
             if failed:  # RFC 6455 7.1.7: process nothing more from a failed peer, not even its close
-                await discard_until_closed(self.stream, DISCARD_BYTES)
+                await discard_until_closed(self.stream)
             else:
                 self._events = iter(())
                 await await_close_reply(self._conn, self.stream)
@@ -366,15 +362,20 @@ class ServerWebSocket:
             else:
                 self._socket.close()
 
+    def send_close_now(self, code: int, reason: str) -> bool:
+        """Our close frame now, from any task: see :func:`signald.transport.closing.close_frame_now`."""
+        return self._socket is not None and not self.broken and close_frame_now(self._conn, self.outbox, code, reason)
+
     def close_now(self) -> bool:
         """Finish at once when nothing needs waiting for (True): on plain TCP, when the stream broke,
-        or the peer closed first and the close reply fits into the socket. Else (False) call
-        :meth:`close`, which also sends what did not fit. Costs no task switch nor cancel scope."""
+        the peer answered our close frame (:meth:`send_close_now`), or the peer closed first and the
+        close reply fits into the socket. Else (False) call :meth:`close`, which also sends what did
+        not fit. Costs no task switch nor cancel scope."""
         sock, outbox = self._socket, self.outbox
         if sock is None or outbox.mid_frame or outbox.direct_write is not None:  # a writer is still attached
             return False
-        if not self.broken:
-            conn = self._conn
+        conn = self._conn
+        if not self.broken and conn.state is not ConnectionState.CLOSED:  # CLOSED: our close frame was answered
             if conn.state is not ConnectionState.REMOTE_CLOSING:
                 return False
             reply = conn.send(CloseConnection(code=self.peer_close_code or 1000))
@@ -393,8 +394,3 @@ class ServerWebSocket:
         close may still wait in ``_events`` if the reader was cancelled."""
         closes = [self._peer_close] + [e for e in self._events if isinstance(e, CloseConnection)]
         return next((event.response().code for event in closes if event is not None), None)
-
-
-async def _wait_readable(fd: int) -> None:
-    with contextlib.suppress(trio.ClosedResourceError):  # closed meanwhile: the next read sees fd -1
-        await trio.lowlevel.wait_readable(fd)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import pstats
 import re
 import subprocess
 import sys
@@ -115,3 +116,18 @@ def test_the_report_keeps_the_hand_written_sections_of_the_page(bench_importable
     assert kept and all(not s.startswith(f"## {g}\n") for s in kept for g in GENERATED_SECTIONS)
     assert any(s.startswith("## Before and after the architecture reshaping") for s in kept)
     assert hand_written("# T\n\n## This run\n\nx\n\n## Mine\n\nkept\n\n## Method\n\ny\n") == ["## Mine\n\nkept"]
+
+
+def test_the_shutdown_bench_times_a_sigterm_and_profiles_only_the_shutdown(tmp_path: Path) -> None:
+    out = tmp_path / "shutdown.json"
+    done = subprocess.run([sys.executable, "-m", "bench.shutdown", "--sizes", "30", "--profile", "--json", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    run = json.loads(out.read_text())["signald_30"]
+    assert (run["connected"], run["close_1001"], run["not_closed"], run["exit_code"]) == (30, 30, 0, 0), run
+    assert run["exit_s"] >= run["clients_closed_s"] > 0
+    assert "close_all" in (tmp_path / "shutdown-signald-30.txt").read_text()  # the summary printed
+    functions = pstats.Stats(str(tmp_path / "shutdown-signald-30.prof")).get_stats_profile().func_profiles
+    profiled = {(Path(function.file_name).name, name) for name, function in functions.items()}
+    assert ("connections.py", "close_all") in profiled  # the shutdown is in the profile...
+    assert ("hub.py", "connect") not in profiled  # ... and the 30 connections' set-up before it is not

@@ -8,12 +8,13 @@ import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import pytest
 import trio
+from conftest import daemon as shared_daemon
 from trio_websocket import ConnectionClosed
 
 from signald.cli import main
@@ -66,20 +67,45 @@ async def daemon(*args: str, cwd: Path, env: dict[str, str] | None = None) -> As
             await process.wait()
 
 
-async def test_serve_then_sigterm_closes_clients_with_1001_and_exits_0(tmp_path: Path) -> None:
-    async with daemon("--db", str(tmp_path / "d.db"), cwd=tmp_path) as (process, url, _):
-        async with connect(url, user="alice") as client:
-            joined = await client.request("room.join", {"room": "lobby"})
-            assert joined["room"] == "lobby"
-            process.send_signal(signal.SIGTERM)
-            with trio.fail_after(10):
+CLIENTS = 200  # in ROOMS rooms: a shutdown closes them all in one pass (signald.app.connections)
+ROOMS = 4
+ACKED = 50
+
+
+async def test_sigterm_closes_every_client_with_1001_keeps_every_acked_message_and_exits_0(tmp_path: Path) -> None:
+    db = str(tmp_path / "d.db")
+    no_limit = "[server]\nnew_connections_per_ip_per_s = 0\n"
+    async with shared_daemon(tmp_path, "first", "--db", db, config_text=no_limit) as (process, url), \
+            AsyncExitStack() as stack:
+        clients = [await stack.enter_async_context(connect(url, user=f"u{i}")) for i in range(CLIENTS)]
+        for i, client in enumerate(clients):
+            await client.request("room.join", {"room": f"room-{i % ROOMS}"})
+        sender = clients[0]
+        for i in range(ACKED):  # pipelined: all sent before any ack is read
+            await sender.send({"type": "chat.send", "id": f"s-{i}", "data": {"scope": "room-0", "body": f"m{i}"}})
+        acks: dict[str, dict[str, Any]] = {}
+        while len(acks) < ACKED:
+            reply = await sender.next_event()
+            assert reply["type"] != "error", reply
+            if reply["type"] == "ack":
+                acks[reply["data"]["op_id"]] = reply["data"]["data"]
+        process.send_signal(signal.SIGTERM)  # right after the last ack
+        with trio.fail_after(30):
+            for client in clients:
                 await client.closed.wait()
-            assert client.ws.closed is not None
-            assert client.ws.closed.code == 1001
-            with pytest.raises(ConnectionClosed):
-                await client.request("presence.ping")
-        with trio.fail_after(10):
+        assert [client.ws.closed.code if client.ws.closed else None for client in clients] == [1001] * CLIENTS
+        assert {client.ws.closed.reason for client in clients if client.ws.closed} == {"server shutting down"}
+        with pytest.raises(ConnectionClosed):
+            await sender.request("presence.ping")
+        with trio.fail_after(30):
             assert await process.wait() == 0
+    acked = [(acks[f"s-{i}"]["seq"], acks[f"s-{i}"]["body"]) for i in range(ACKED)]
+    assert acked == [(i + 1, f"m{i}") for i in range(ACKED)]
+    async with shared_daemon(tmp_path, "restarted", "--db", db) as (_, again), connect(again, user="u0") as client:
+        await client.request("room.join", {"room": "room-0"})
+        page = await client.request("chat.history", {"room": "room-0", "after": 0, "limit": 200})
+        assert [(m["seq"], m["body"]) for m in page["messages"]] == acked
+        assert not page["has_more"]
 
 
 async def test_defaults_put_database_in_working_directory(tmp_path: Path) -> None:

@@ -33,7 +33,7 @@ from trio.testing import MockClock
 
 from signald.client.raw import Refused, SignaldClient, connect
 from signald.logfmt import FIELDS
-from signald.server import RunningServer
+from signald.server import RunningServer, serve_signald
 from signald.timefmt import iso_utc
 
 SECRET = "signald-test-secret-0123456789abcdef"  # HS256 needs >= 32 bytes
@@ -668,6 +668,33 @@ async def test_tls_server_serves_wss_to_a_client_trusting_its_ca_and_nothing_to_
     assert server.hub.connection_count("mallory") == 0
     async with connect(server.url, user="carol", ssl_context=trusting) as carol:  # still serving
         assert carol.user_id == "carol"
+
+
+async def test_a_stopping_tls_server_closes_its_clients_with_1001_too(
+    nursery: trio.Nursery, tmp_path: Path, tls_files: tuple[trustme.CA, str, str]
+) -> None:
+    """Over TLS no close frame can be written from outside a connection's task: each closes itself."""
+    ca, certfile, keyfile = tls_files
+    config = make_config(tmp_path, server={"certfile": certfile, "keyfile": keyfile, "heartbeat_s": 3600.0})
+    stop = trio.CancelScope()
+
+    async def run(task_status: trio.TaskStatus[RunningServer]) -> None:
+        with stop:
+            await serve_signald(config, task_status=task_status)
+
+    server: RunningServer = await nursery.start(run)
+    trusting = ssl.create_default_context()
+    ca.configure_trust(trusting)
+    async with connect(server.url, user="alice", ssl_context=trusting) as alice, \
+            connect(server.url, user="bob", ssl_context=trusting) as bob:
+        await join(alice)
+        await join(bob)
+        stop.cancel()  # what SIGTERM does to serve_signald
+        with trio.fail_after(10):
+            await alice.closed.wait()
+            await bob.closed.wait()
+        assert [(c.ws.closed.code, c.ws.closed.reason) for c in (alice, bob) if c.ws.closed] == [
+            (1001, "server shutting down")] * 2
 
 
 # --------------------------------------------------------------------------- flooding

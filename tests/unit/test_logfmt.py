@@ -43,6 +43,14 @@ def test_text_lines_append_fields_as_key_value(captured: io.StringIO) -> None:
     assert re.fullmatch(ISO_MS_OFFSET + r' DEBUG signald.rooms: room joined room=lobby reason="a b" x=-', line)
 
 
+def test_text_values_are_quoted_when_they_hold_any_whitespace_a_quote_or_an_equals_sign(captured: io.StringIO) -> None:
+    setup_logging("info", "text", captured)
+    values = {"nbsp": "a\u00a0b", "tab": "a\tb", "quote": 'say "hi"', "eq": "k=v", "empty": "", "plain": "s-1:é"}
+    log_event(logging.getLogger("signald.audit"), logging.INFO, "x", **values)
+    line = captured.getvalue().strip()
+    assert line.endswith(' x nbsp="a\\u00a0b" tab="a\\tb" quote="say \\"hi\\"" eq="k=v" empty="" plain=s-1:é'), line
+
+
 def test_below_the_level_nothing_is_built(captured: io.StringIO) -> None:
     setup_logging("info", "text", captured)
     log_event(logging.getLogger("signald.rooms"), logging.DEBUG, "room joined", room="lobby")

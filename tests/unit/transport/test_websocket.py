@@ -455,3 +455,47 @@ async def test_a_whole_message_over_the_cap_fails_with_1009() -> None:
         assert await ws.receive_message() is None
         assert ws.failure is not None and ws.failure[0] == 1009
         assert parsed == []
+
+
+# --------------------------------------------------------------------------- a stopping server's close
+
+
+@asynccontextmanager
+async def socket_pair() -> AsyncIterator[tuple[Any, Any, Any]]:
+    """A ServerWebSocket on one end of a real socket pair (its outbox writes directly), the other
+    end, and a wsproto client speaking on it."""
+    from wsproto.connection import Connection
+
+    from signald.delivery.outbox import Outbox, direct_writer
+    from signald.transport.websocket import ServerWebSocket
+
+    server_sock, client_sock = trio.socket.socketpair()
+    server_end, client_end = trio.SocketStream(server_sock), trio.SocketStream(client_sock)
+    outbox = Outbox(8, binary=False, on_overflow=lambda: None)
+    outbox.attach_writer(direct_writer(server_end), lambda: None)
+    ws = ServerWebSocket(server_end, Connection(ConnectionType.SERVER), outbox, max_message_bytes=1 << 20)
+    async with client_end:
+        yield ws, client_end, Connection(ConnectionType.CLIENT)
+
+
+async def test_a_close_frame_written_from_outside_completes_on_the_peers_reply() -> None:
+    async with socket_pair() as (ws, client_end, client):
+        assert ws.send_close_now(1001, "server shutting down")
+        client.receive_data(await client_end.receive_some())
+        (close,) = client.events()
+        assert (close.code, close.reason) == (1001, "server shutting down")
+        # a request the client sent before it saw the close frame is not handed to the server
+        await client_end.send_all(client_wire('{"type":"presence.ping","id":1}') + client.send(close.response()))
+        assert await ws.receive_message() is None
+        assert ws.failure is None  # a clean close, not a protocol error
+        ws.outbox.push_control(b"\x89\x00")  # nothing goes out after the close frame
+        assert ws.close_now()
+        assert await client_end.receive_some() == b""  # and the server ended TCP
+
+
+async def test_a_close_frame_is_not_written_from_outside_while_a_frame_is_half_sent() -> None:
+    async with socket_pair() as (ws, client_end, _):
+        ws.outbox.keep_unsent(b"\x81\x05hel")  # the tail of a frame a cancelled writer left
+        assert not ws.send_close_now(1001, "server shutting down")
+        with trio.move_on_after(0.05):
+            assert await client_end.receive_some() == b"", "nothing may be written"
