@@ -73,18 +73,14 @@ class ServerConfig:
     heartbeat_timeout_s: float = field(default=10.0, validator=_positive)
     max_transport_bytes: int = field(default=1 << 20, validator=_positive)
     connect_timeout_s: float = field(default=10.0, validator=_positive)
-    # The listen queue (listen(2)'s backlog; the kernel caps it at net.core.somaxconn). A client
-    # queued longer than its own connect timeout gives up and comes back: keep the queue shorter
-    # than the time the server needs to accept and set up this many connections.
+    # listen(2)'s queue: short enough that a queued client is answered before it gives up
     backlog: int = field(default=1024, validator=_positive)
     shutdown_timeout_s: float = field(default=3.0, validator=_positive)
-    # On SIGTERM, keep serving this long with /readyz answering 503, so that a load balancer stops
-    # sending new clients before the connections close (0: close at once).
+    # On SIGTERM, serve this long with /readyz 503 first, for a load balancer to notice (0: close at once)
     drain_s: float = field(default=0.0, validator=_non_negative)
     new_connections_per_ip_per_s: float = field(default=50.0, validator=_non_negative)
     metrics_port: int | None = None
-    # How a refused handshake is answered (signald.state.refusals): "close" completes it, sends one
-    # error frame and closes with 4401/4403/4429, which browsers can see; "http" answers 401/403/429.
+    # A refused handshake: "close" = upgrade, one error frame, 4401/4403/4429 (browsers see it); "http" = 401/403/429
     refusals: Literal["close", "http"] = "close"
     # Serve the browser demo (examples/web) at /demo/ on the WebSocket port (signald.app.demo).
     demo: bool = False
