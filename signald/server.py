@@ -163,24 +163,19 @@ async def serve_signald(
         config.server.new_connections_per_ip_per_s, max(1, int(config.server.new_connections_per_ip_per_s))
     ) if config.server.new_connections_per_ip_per_s > 0 else None
     async with hub.running(), _cluster(hub.replica), trio.open_nursery() as nursery:
-        listeners: list[trio.abc.Listener[trio.abc.Stream]] = []
+        listeners: list[trio.SocketListener]  # TLS is added to each accepted stream (serve_streams)
         if reuse_port:  # one of several node processes on this port (signald serve --workers N)
-            shared = await reuse_port_listeners(config.server.host, config.server.port, config.server.backlog)
-            listeners += shared if ssl_context is None else [
-                trio.SSLListener(listener, ssl_context, https_compatible=True) for listener in shared]
-        elif ssl_context is None:
-            listeners += await trio.open_tcp_listeners(config.server.port, host=config.server.host,
-                                                       backlog=config.server.backlog)
+            listeners = await reuse_port_listeners(config.server.host, config.server.port, config.server.backlog)
         else:
-            listeners += await trio.open_ssl_over_tcp_listeners(
-                config.server.port, ssl_context, host=config.server.host, https_compatible=True,
-                backlog=config.server.backlog)
+            listeners = list(await trio.open_tcp_listeners(config.server.port, host=config.server.host,
+                                                           backlog=config.server.backlog))
         connections: Connections = await nursery.start(run_connections)
         try:
             http = HttpApi(Signald(hub), api_calls=config.api.port is None, websocket_port=True, per_ip=per_ip)
             serving = _Serving(hub, router, authenticate, per_ip, http, config.limits.to_wire(), connections)
             handler = partial(_handle_stream, serving)
-            await nursery.start(partial(serve_streams, handler, listeners, handler_nursery=connections.nursery))
+            await nursery.start(partial(serve_streams, handler, listeners, handler_nursery=connections.nursery,
+                                        ssl_context=ssl_context))
             api_port = None if config.api.port is None else await nursery.start(
                 serve_api_port, HttpApi(Signald(hub), api_calls=True, websocket_port=False, per_ip=per_ip),
                 config.server.host, config.api.port, ssl_context)
@@ -220,10 +215,8 @@ async def _cluster(replica: Replica | None) -> AsyncIterator[None]:
         yield
 
 
-def _bound_port(listener: trio.abc.Listener[trio.abc.Stream]) -> int:
-    inner = listener.transport_listener if isinstance(listener, trio.SSLListener) else listener
-    assert isinstance(inner, trio.SocketListener)
-    port: int = inner.socket.getsockname()[1]
+def _bound_port(listener: trio.SocketListener) -> int:
+    port: int = listener.socket.getsockname()[1]
     return port
 
 

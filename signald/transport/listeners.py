@@ -12,7 +12,9 @@ import errno
 import logging
 import os
 import socket
+import ssl
 from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from typing import Final
 
 import trio
@@ -55,9 +57,12 @@ async def serve_streams(
     listeners: Sequence[trio.abc.Listener[trio.abc.Stream]],
     *,
     handler_nursery: trio.Nursery,
+    ssl_context: ssl.SSLContext | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Accept on every listener and run ``handler(stream)`` for each stream in ``handler_nursery``.
+    """Accept on every listener and run ``handler(stream)`` for each stream in ``handler_nursery``;
+    with ``ssl_context``, a TCP listener's streams are served over TLS (``trio.SSLStream``, the TLS
+    handshake done by the first read or write, as ``trio.SSLListener`` does).
 
     Like ``trio.serve_listeners``, except that the handler owns the stream and must close it:
     trio's wrapper closes every stream once more with ``aclose_forcefully``, which raises and
@@ -67,7 +72,7 @@ async def serve_streams(
     scheduler pass. Under load a pass is long (every connection's work of the moment runs in it),
     so one accept per pass let the queue fill: new clients then waited in the kernel until they gave
     up, or sat half-open (a full queue drops the last packet of their TCP handshake). Other
-    listeners (TLS) accept one stream per call.
+    listeners accept one stream per call.
 
     Error handling: accept errors that mean the machine is out of descriptors or memory are logged
     and retried after :data:`CAPACITY_WAIT_S`; errors that concern only the connection being
@@ -79,7 +84,8 @@ async def serve_streams(
     async with trio.open_nursery() as nursery:
         for listener in listeners:
             if isinstance(listener, trio.SocketListener):
-                nursery.start_soon(_drain_loop, listener, handler, handler_nursery)
+                serve = handler if ssl_context is None else partial(_over_tls, handler, ssl_context)
+                nursery.start_soon(_drain_loop, listener, serve, handler_nursery)
             else:
                 nursery.start_soon(_accept_loop, listener, handler, handler_nursery)
         task_status.started()
@@ -91,6 +97,11 @@ _CONNECTION_GONE_ERRNOS: Final = frozenset({
     errno.EPERM, errno.ECONNABORTED, errno.EPROTO, errno.ENETDOWN, errno.ENOPROTOOPT, errno.EHOSTDOWN,
     errno.ENONET, errno.EHOSTUNREACH, errno.EOPNOTSUPP, errno.ENETUNREACH,
 })
+
+
+async def _over_tls(handler: Callable[[trio.abc.Stream], Awaitable[object]], ssl_context: ssl.SSLContext,
+                    stream: trio.SocketStream) -> None:
+    await handler(trio.SSLStream(stream, ssl_context, server_side=True, https_compatible=True))
 
 
 async def _drain_loop(

@@ -6,6 +6,7 @@ import errno
 import logging
 import os
 import socket
+import ssl
 from typing import Any
 
 import pytest
@@ -28,7 +29,8 @@ class Passes:
             await trio.lowlevel.checkpoint()
 
 
-async def serving(nursery: trio.Nursery, handled: list[tuple[int, trio.abc.Stream]], passes: Passes) -> int:
+async def serving(nursery: trio.Nursery, handled: list[tuple[int, trio.abc.Stream]], passes: Passes,
+                  ssl_context: ssl.SSLContext | None = None) -> int:
     """serve_streams on a fresh loopback listener; each stream is recorded with the pass it came in."""
     [listener] = await trio.open_tcp_listeners(0, host="127.0.0.1")
     port = listener.socket.getsockname()[1]
@@ -37,17 +39,24 @@ async def serving(nursery: trio.Nursery, handled: list[tuple[int, trio.abc.Strea
         handled.append((passes.count, stream))
 
     await nursery.start(lambda task_status: serve_streams(handler, [listener], handler_nursery=nursery,
-                                                          task_status=task_status))
+                                                          ssl_context=ssl_context, task_status=task_status))
     return int(port)
 
 
-async def test_every_queued_connection_is_accepted_in_the_same_pass() -> None:
+@pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
+async def test_every_queued_connection_is_accepted_in_the_same_pass(tls: bool) -> None:
     """A burst that arrives while the server is busy is taken from the listen queue at once, not one
-    connection per scheduler pass (under load a pass is long: the queue would fill)."""
+    connection per scheduler pass (under load a pass is long: the queue would fill); over TLS too."""
     handled: list[tuple[int, trio.abc.Stream]] = []
     passes = Passes()
+    context = None
+    if tls:
+        import trustme
+
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        trustme.CA().issue_cert("127.0.0.1").configure_cert(context)
     async with trio.open_nursery() as nursery:
-        port = await serving(nursery, handled, passes)
+        port = await serving(nursery, handled, passes, context)
         await trio.testing.wait_all_tasks_blocked()
         nursery.start_soon(passes.run)
         clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(40)]  # queued: no checkpoint
@@ -57,6 +66,7 @@ async def test_every_queued_connection_is_accepted_in_the_same_pass() -> None:
         # one pass: trio shuffles the tasks of a pass, so the counter may tick amid the handlers (2
         # values); taken one per pass they would span about 40
         assert len({seen for seen, _ in handled}) <= 2, "accepted over several passes"
+        assert all(isinstance(stream, trio.SSLStream) == tls for _, stream in handled)
         for sock in clients:
             sock.close()
         for _, stream in handled:
