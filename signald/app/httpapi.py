@@ -61,6 +61,7 @@ from signald.state.proxies import client_address
 from signald.state.ratelimit import ConnectionRateLimiter, TokenBucket
 from signald.transport.handshake import peer_address
 from signald.transport.http import HttpRequest, HttpResponse, Routes, error_response, serve_http
+from signald.transport.listeners import serve_streams
 
 audit = logging.getLogger("signald.audit")
 
@@ -238,15 +239,10 @@ async def serve_api_port(
     ``task_status.started``; a failing connection is logged and never reaches the listener.
     """
     try:
-        listeners: list[trio.abc.Listener[Any]] = list(await trio.open_tcp_listeners(port, host=host))
+        listeners = list(await trio.open_tcp_listeners(port, host=host))
     except OSError as exc:
         raise StartupError(f"api.port {host}:{port}: {exc.strerror or exc}") from None
-    if ssl_context is not None:
-        listeners = [trio.SSLListener(listener, ssl_context, https_compatible=True) for listener in listeners]
-    first = listeners[0]
-    inner = first.transport_listener if isinstance(first, trio.SSLListener) else first
-    assert isinstance(inner, trio.SocketListener)
-    bound: int = inner.socket.getsockname()[1]
+    bound: int = listeners[0].socket.getsockname()[1]
 
     async def handle(stream: trio.abc.Stream) -> None:
         try:
@@ -256,6 +252,7 @@ async def serve_api_port(
         finally:
             await trio.aclose_forcefully(stream)
 
+    # The WebSocket port's accept loop, TLS included (trio.serve_listeners closes each stream twice).
     async with trio.open_nursery() as nursery:
-        await nursery.start(trio.serve_listeners, handle, listeners)
+        await nursery.start(partial(serve_streams, handle, listeners, handler_nursery=nursery, ssl_context=ssl_context))
         task_status.started(bound)
