@@ -1,4 +1,4 @@
-"""The HTTP/1.1 upgrade of one accepted stream, on wsproto's :class:`H11Handshake`.
+"""The HTTP/1.1 upgrade of one accepted stream: the request parsed by h11, vetted by :mod:`signald.transport.upgrade`.
 
 The server reads the client's upgrade request (:meth:`Handshake.read_request`), vets it, then
 either refuses it with an HTTP status (:meth:`Handshake.reject`), refuses it where a browser can
@@ -15,38 +15,23 @@ import os
 import select
 from typing import Final
 
-import attrs
+import h11
 import trio
 from wsproto.connection import Connection, ConnectionType
-from wsproto.events import (
-    AcceptConnection,
-    BytesMessage,
-    CloseConnection,
-    RejectConnection,
-    RejectData,
-    Request,
-    TextMessage,
-)
-from wsproto.handshake import H11Handshake
-from wsproto.utilities import RemoteProtocolError
+from wsproto.events import BytesMessage, CloseConnection, TextMessage
 
 from signald.delivery.outbox import direct_writer
 from signald.transport.framing import fit_close_reason
+from signald.transport.upgrade import BAD_REQUEST, BadUpgrade, Upgrade, switching_protocols, vet_request
+
+__all__ = ["RECEIVE_BYTES", "REFUSED_READ_BYTES", "Handshake", "Upgrade", "peer_address", "receive_bytes",
+           "send_now", "stream_closed"]
 
 RECEIVE_BYTES: Final = 16384
 #: What a refused peer may send after the upgrade before its close reply; beyond it we stop waiting.
 REFUSED_READ_BYTES: Final = 65536
 #: poll(2) events of a socket whose peer closed its end (POLLRDHUP: Linux) or reset it.
 _HUNG_UP: Final = getattr(select, "POLLRDHUP", 0) | select.POLLHUP | select.POLLERR
-
-
-@attrs.frozen
-class Upgrade:
-    """What the client's upgrade request asked for."""
-
-    path: str
-    headers: tuple[tuple[bytes, bytes], ...]  # lower-cased names; Host and Sec-WebSocket-Protocol excluded
-    subprotocols: tuple[str, ...]
 
 
 def peer_address(stream: trio.abc.Stream) -> str:
@@ -73,22 +58,27 @@ async def receive_bytes(stream: trio.abc.Stream) -> bytes:
 
 
 class Handshake:
-    """The HTTP/1.1 upgrade of one accepted stream (wsproto's :class:`H11Handshake`).
+    """The HTTP/1.1 upgrade of one accepted stream: h11 parses the request, :func:`vet_request` vets it.
 
-    Resource handling: the handshake state is dropped once :meth:`upgrade` returns; the caller
-    tries :meth:`read_now` first, bounds :meth:`read_request` with its connect timeout and closes
-    the stream when refusing.
+    Resource handling: the HTTP state is dropped once :meth:`upgrade` returns; the caller tries
+    :meth:`read_now` first, bounds :meth:`read_request` with its connect timeout and closes the
+    stream when refusing.
+
+    Error handling: bytes h11 cannot parse, and a request that is not an acceptable upgrade, end
+    the reading: with ``keep_plain`` the bytes are kept for the plain-HTTP server, else they are
+    answered with :func:`vet_request`'s status (400 for what h11 refuses).
     """
 
     def __init__(self, stream: trio.abc.Stream, *, keep_plain: bool = False) -> None:
         self.stream = stream
-        self._h11 = H11Handshake(ConnectionType.SERVER)
+        self._h11 = h11.Connection(h11.SERVER)
         # keep_plain: a request that is not an upgrade is left unanswered, and the bytes read so far
         # kept in ``plain`` for the plain-HTTP server (signald.transport.http) to parse again.
         self._received: bytearray | None = bytearray() if keep_plain else None
         self.plain: bytes | None = None
+        self._request: Upgrade | None = None  # the upgrade asked for, once all of it arrived
         self._ended = False  # the stream ended, or what it sent is not an upgrade
-        self._answer: bytes | None = None  # the refusal wsproto suggests for a bad request, not sent yet
+        self._answer: BadUpgrade | None = None  # the refusal of a bad request, not sent yet
         self.abandoned = False  # the client closed before we read its request (see read_now)
 
     def read_now(self) -> Upgrade | None:
@@ -107,8 +97,7 @@ class Handshake:
         if not data:
             self._ended = True
             return None
-        self._feed(data)
-        request = self._request()
+        request = self._feed(data)
         if request is not None and _hung_up(fd):
             # Its client closed after sending it: it gave up waiting in the listen queue (a storm of
             # reconnects fills it), and is trying again on a new connection. Answering would cost a
@@ -121,13 +110,12 @@ class Handshake:
         """Read until the client's upgrade request.
 
         None if the stream ended first, or the request was not a WebSocket upgrade: then, with
-        ``keep_plain``, :attr:`plain` holds the bytes read, else it was answered ``400``/``426`` as
-        wsproto suggests.
+        ``keep_plain``, :attr:`plain` holds the bytes read, else it was answered ``400``/``426``
+        (:func:`~signald.transport.upgrade.vet_request`).
         """
         while not self._ended:
-            request = self._request()
-            if request is not None:
-                return request
+            if self._request is not None:
+                return self._request
             try:
                 data = await receive_bytes(self.stream)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -137,30 +125,40 @@ class Handshake:
             self._feed(data)
         if self._answer is not None:
             answer, self._answer = self._answer, None
-            await self._send(answer)
+            await self._send(self._response(answer.status, [*answer.headers, (b"content-length", b"0")]))
         return None
 
-    def _request(self) -> Upgrade | None:
-        """The upgrade request, if wsproto has all of it."""
-        for event in self._h11.events():
-            if isinstance(event, Request):
-                self._received = None
-                return Upgrade(event.target, tuple(event.extra_headers), tuple(event.subprotocols))
-        return None
-
-    def _feed(self, data: bytes) -> None:
-        """Parse ``data``; bytes that are not an upgrade end the reading (``_ended``), with the bytes
-        kept in ``plain`` (``keep_plain``) or the answer wsproto suggests in ``_answer``."""
+    def _feed(self, data: bytes) -> Upgrade | None:
+        """Parse ``data``: the upgrade request once h11 has all of it. Bytes that are not an upgrade
+        end the reading (``_ended``), with the bytes kept in ``plain`` (``keep_plain``) or the
+        refusal in ``_answer``."""
         if self._received is not None:
             self._received += data
+        self._h11.receive_data(data)
         try:
-            self._h11.receive_data(data)
-        except RemoteProtocolError as exc:
-            self._ended = True
-            if self._received is not None:
-                self.plain, self._received = bytes(self._received), None
-            elif isinstance(exc.event_hint, RejectConnection):
-                self._answer = self._h11.send(exc.event_hint)
+            event = self._h11.next_event()  # the request, else NEED_DATA: nothing after it matters
+        except h11.RemoteProtocolError:
+            vetted: Upgrade | BadUpgrade = BAD_REQUEST
+        else:
+            if not isinstance(event, h11.Request):
+                return None
+            vetted = vet_request(event)
+        if isinstance(vetted, Upgrade):
+            self._request, self._received = vetted, None
+            return vetted
+        self._ended = True
+        if self._received is not None:
+            self.plain, self._received = bytes(self._received), None
+        else:
+            self._answer = vetted
+        return None
+
+    def _response(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes = b"") -> bytes:
+        """A whole HTTP response, as h11 writes it."""
+        data = self._h11.send(h11.Response(status_code=status, headers=headers)) or b""
+        if body:
+            data += self._h11.send(h11.Data(data=body)) or b""
+        return data + (self._h11.send(h11.EndOfMessage()) or b"")
 
     async def reject(
         self, status: int, body: bytes, content_type: bytes = b"text/plain",
@@ -168,9 +166,7 @@ class Handshake:
     ) -> None:
         """Refuse the upgrade with an HTTP status, a short body and any extra ``headers`` (``Retry-After``)."""
         fields = [(b"content-type", content_type), (b"content-length", str(len(body)).encode()), *headers]
-        data = self._h11.send(RejectConnection(status_code=status, headers=fields, has_body=True))
-        data += self._h11.send(RejectData(data=body))
-        await self._send(data)
+        await self._send(self._response(status, fields, body))
 
     async def refuse_with_close(self, subprotocol: str | None, message: str | bytes, code: int, reason: str) -> None:
         """Complete the upgrade, send ``message`` (text or binary) and a close frame with ``code``.
@@ -182,10 +178,7 @@ class Handshake:
         read and dropped, at most :data:`REFUSED_READ_BYTES` of it; the caller bounds the time (a
         peer that never reads or never replies is left behind when it runs out) and closes the stream.
         """
-        data = self._h11.send(AcceptConnection(subprotocol=subprotocol))
-        conn = self._h11.connection
-        assert conn is not None
-        del self._h11
+        data, conn = self.upgrade(subprotocol)
         data += conn.send(TextMessage(data=message) if isinstance(message, str) else BytesMessage(data=message))
         data += conn.send(CloseConnection(code=code, reason=fit_close_reason(reason)))
         await self._send(data)
@@ -205,12 +198,13 @@ class Handshake:
     def upgrade(self, subprotocol: str | None) -> tuple[bytes, Connection]:
         """The ``101 Switching Protocols`` answer, not sent yet, and the connection that carries the
         frames from then on: the caller sends the answer with its first message in one write
-        (:func:`send_now`)."""
-        data = self._h11.send(AcceptConnection(subprotocol=subprotocol))
-        connection = self._h11.connection
-        assert connection is not None
-        del self._h11  # the HTTP state is not needed any more
-        return data, connection
+        (:func:`send_now`). ``subprotocol`` must be one the client offered, or None."""
+        request = self._request
+        assert request is not None, "upgrade() before the request was read"
+        if subprotocol is not None and subprotocol not in request.subprotocols:
+            raise ValueError(f"subprotocol {subprotocol!r} was not offered")
+        del self._h11, self._request  # the HTTP state is not needed any more
+        return switching_protocols(request.key, subprotocol), Connection(ConnectionType.SERVER)
 
     async def _send(self, data: bytes) -> None:
         await send_now(self.stream, data)

@@ -38,7 +38,7 @@ LAYERS: Final[tuple[tuple[str, tuple[str, ...]], ...]] = (
 # Modules that do no I/O and hold no event loop: they take ``now`` and return what to send.
 PURE: Final = ("signald.errors", "signald.timefmt", "signald.protocol", "signald.state", "signald.auth",
                "signald.history.queries", "signald.history.rules", "signald.history.writes",
-               "signald.history.contract", "signald.transport.framing",
+               "signald.history.contract", "signald.transport.framing", "signald.transport.upgrade",
                # the client core both adapters (and the JavaScript client's port) share
                "signald.client.core", "signald.client.schedule", "signald.client.view", "signald.client.model",
                "signald.client.wire", "signald.client.base", "signald.client.errors")
