@@ -71,7 +71,8 @@ def vet_request(request: h11.Request) -> Upgrade | BadUpgrade:
     host = False
     offered: list[str] = []
     headers: list[tuple[bytes, bytes]] = []
-    for name, value in request.headers:  # h11 lower-cases the names and strips the values
+    for raw_name, value in request.headers.raw_items():  # a list: cheaper to walk than the Headers sequence
+        name = raw_name.lower()  # (h11's own lower-case names are what iterating the sequence costs)
         if name == b"host":
             host = True
             continue
