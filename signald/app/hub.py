@@ -185,9 +185,10 @@ class Hub:
         log_event(audit, logging.INFO, "connection opened", user=session.user_id, session=session.session_id,
                   peer=session.remote)
         self.add_session(session)
-        self.publish(self.presence.connect(session.session_id, session.user_id, trio.current_time()))
+        now = trio.current_time()
+        self.publish(self.presence.connect(session.session_id, session.user_id, now))
         self.share(Connect(session.session_id, session.user_id))
-        self.poke_timers()
+        self.timers.activity(now)  # the one deadline a connect can bring forward: its user's automatic away
         for hook in self.connect_hooks:
             hook(session)
 
@@ -199,7 +200,8 @@ class Hub:
         if session.outbox.coalesced:
             self.metrics.coalesced.inc(session.outbox.coalesced)
         conn = session.session_id
-        self.apply_call_outcome(self.calls.device_gone(conn, trio.current_time()))
+        if self.calls.holds(conn):  # most connections never were in a call: nothing to end, no timer to poke
+            self.apply_call_outcome(self.calls.device_gone(conn, trio.current_time()))
         if log.isEnabledFor(logging.DEBUG):  # as room.leave logs it, one line per room
             for room in sorted(self.rooms.rooms_of(conn)):
                 log_event(log, logging.DEBUG, "room left", room=room, user=session.user_id, session=conn,
@@ -214,12 +216,14 @@ class Hub:
             self.publish(left)
         self.share(Disconnect(conn))  # the other nodes tell their own clients
         self.remove_session(session)
-        code = session.close_code
-        # The client's own code when it closed first; 1006 (RFC 6455: no close frame) when it vanished.
-        logged_code = code if code is not None else session.peer_close_code or 1006
-        log_event(audit, logging.INFO, "connection closed", user=session.user_id, session=conn, peer=session.remote,
-                  duration_s=round(self.wall_clock() - epoch_of(session.connected_at), 3), close_code=logged_code,
-                  closed_by="client" if code is None else "server", reason=session.close_reason)
+        if audit.isEnabledFor(logging.INFO):  # the duration is worth computing only for a line that is written
+            code = session.close_code
+            # The client's own code when it closed first; 1006 (RFC 6455: no close frame) when it vanished.
+            logged_code = code if code is not None else session.peer_close_code or 1006
+            log_event(audit, logging.INFO, "connection closed", user=session.user_id, session=conn,
+                      peer=session.remote, duration_s=round(self.wall_clock() - epoch_of(session.connected_at), 3),
+                      close_code=logged_code, closed_by="client" if code is None else "server",
+                      reason=session.close_reason)
         for hook in self.disconnect_hooks:
             hook(session)
 

@@ -125,6 +125,10 @@ class CallRegistry:
         """Ids of the user's live calls, as caller or callee, oldest first."""
         return list(self._by_user.get(user, ()))
 
+    def holds(self, device: str) -> bool:
+        """Whether ``device`` takes part in a call (rings, calls or answered one)."""
+        return device in self._by_device
+
     def is_busy(self, user: str) -> bool:
         return any(self._calls[c].state is State.ACTIVE for c in self._by_user.get(user, ()))
 

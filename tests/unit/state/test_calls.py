@@ -455,6 +455,17 @@ def offer_with(reg: CallRegistry, verdict: Literal["ring", "busy", "glare"], *, 
 # --------------------------------------------------------------------------- disconnects
 
 
+def test_holds_says_which_devices_a_disconnect_must_end_calls_for() -> None:
+    reg = CallRegistry()
+    assert not reg.holds("a1")  # the hub skips device_gone for these (most connections)
+    offer(reg)
+    assert [d for d in ("a1", "b1", "b2", "b3") if reg.holds(d)] == ["a1", "b1", "b2"]
+    answer(reg, device="b2")
+    assert [d for d in ("a1", "b1", "b2") if reg.holds(d)] == ["a1", "b2"]  # b1 stopped ringing
+    reg.device_gone("b2", 3.0)
+    assert not any(reg.holds(d) for d in ("a1", "b1", "b2"))
+
+
 def test_caller_disconnect_ends_for_ringing_devices_and_for_the_winner() -> None:
     reg = CallRegistry()
     offer(reg)
