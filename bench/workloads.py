@@ -162,9 +162,9 @@ async def _fanout_one(server: Server, sizes: Sizes, tag: str, members: int) -> M
     if failed:
         abort_all(conns)
         raise RuntimeError(f"fan-out {members}: {failed} connections failed")
-    # Longer than signald's longest hold of a room's member events (1 s, docs/protocol.md "Member
-    # events in busy rooms"): the joins' events are delivered before the measured window opens.
-    await quiet(stats, interval=1.2)
+    # Longer than signald's hold of a room's member events (members/100 s, at most 1 s; docs/protocol.md
+    # "Member events in busy rooms"): the joins' events are delivered before the measured window opens.
+    await quiet(stats, interval=min(1.2, 0.5 + members / 100))
     senders = conns[:min(sizes.fanout_senders, members)]
     per_sender = max(1, math.ceil(sizes.fanout_deliveries / (members - 1) / len(senders)))
     expected = per_sender * len(senders) * (members - 1)
