@@ -54,25 +54,24 @@ CAPACITY_WAIT_S: Final = 0.1
 
 async def serve_streams(
     handler: Callable[[trio.abc.Stream], Awaitable[object]],
-    listeners: Sequence[trio.abc.Listener[trio.abc.Stream]],
+    listeners: Sequence[trio.SocketListener],
     *,
     handler_nursery: trio.Nursery,
     ssl_context: ssl.SSLContext | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Accept on every listener and run ``handler(stream)`` for each stream in ``handler_nursery``;
-    with ``ssl_context``, a TCP listener's streams are served over TLS (``trio.SSLStream``, the TLS
+    with ``ssl_context``, the streams are served over TLS (``trio.SSLStream``, the TLS
     handshake done by the first read or write, as ``trio.SSLListener`` does).
 
     Like ``trio.serve_listeners``, except that the handler owns the stream and must close it:
     trio's wrapper closes every stream once more with ``aclose_forcefully``, which raises and
     catches a ``Cancelled`` per connection (about 5 % of a connection's set-up and tear-down).
-    A plain TCP listener is drained: every connection waiting in its listen queue (up to
+    Each listener is drained: every connection waiting in its listen queue (up to
     :data:`ACCEPT_BATCH`) is accepted at once, where ``SocketListener.accept`` takes one per
     scheduler pass. Under load a pass is long (every connection's work of the moment runs in it),
     so one accept per pass let the queue fill: new clients then waited in the kernel until they gave
-    up, or sat half-open (a full queue drops the last packet of their TCP handshake). Other
-    listeners accept one stream per call.
+    up, or sat half-open (a full queue drops the last packet of their TCP handshake).
 
     Error handling: accept errors that mean the machine is out of descriptors or memory are logged
     and retried after :data:`CAPACITY_WAIT_S`; errors that concern only the connection being
@@ -82,12 +81,9 @@ async def serve_streams(
     Resource handling: the listeners are closed on the way out.
     """
     async with trio.open_nursery() as nursery:
+        serve = handler if ssl_context is None else partial(_over_tls, handler, ssl_context)
         for listener in listeners:
-            if isinstance(listener, trio.SocketListener):
-                serve = handler if ssl_context is None else partial(_over_tls, handler, ssl_context)
-                nursery.start_soon(_drain_loop, listener, serve, handler_nursery)
-            else:
-                nursery.start_soon(_accept_loop, listener, handler, handler_nursery)
+            nursery.start_soon(_drain_loop, listener, serve, handler_nursery)
         task_status.started()
 
 
@@ -132,20 +128,3 @@ async def _drain_loop(
                         break
                     stream = trio.SocketStream(trio.socket.from_stdlib_socket(accepted))
                     handler_nursery.start_soon(handler, stream)
-
-
-async def _accept_loop(
-    listener: trio.abc.Listener[trio.abc.Stream], handler: Callable[[trio.abc.Stream], Awaitable[object]],
-    handler_nursery: trio.Nursery,
-) -> None:
-    async with listener:
-        while True:
-            try:
-                stream = await listener.accept()
-            except OSError as exc:
-                if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
-                    raise
-                log.error("accept failed: %s; accepting again in %.1f s", os.strerror(exc.errno or 0), CAPACITY_WAIT_S)
-                await trio.sleep(CAPACITY_WAIT_S)
-                continue
-            handler_nursery.start_soon(handler, stream)
