@@ -214,7 +214,8 @@ class Hub:
             left = self.rooms.disconnect(conn)
             self.publish(gone)
             self.publish(left)
-        self.share(Disconnect(conn))  # the other nodes tell their own clients
+        # The other nodes tell their own clients, and bound the user's frame budget by this node's.
+        self.share(Disconnect(conn, session.user_id, self.user_rates.level(session.user_id, trio.current_time())))
         self.remove_session(session)
         if audit.isEnabledFor(logging.INFO):  # the duration is worth computing only for a line that is written
             code = session.close_code

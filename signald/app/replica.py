@@ -26,8 +26,9 @@ import msgspec
 from signald.delivery.frames import Frame
 from signald.protocol import CallType, JsonObject, Status
 
-__all__ = ["Activity", "CallAnswered", "CallDecisions", "CallEnded", "CallIced", "CallOffered", "CallTimedOut",
-           "Connect", "Disconnect", "Join", "Kick", "Leave", "Op", "Replica", "Revoke", "SetStatus", "Typing"]
+__all__ = ["Activity", "Budget", "CallAnswered", "CallDecisions", "CallEnded", "CallIced", "CallOffered",
+           "CallTimedOut", "Connect", "Disconnect", "Join", "Kick", "Leave", "Op", "Replica", "Revoke",
+           "SetStatus", "Typing"]
 
 
 class SharedOp(msgspec.Struct, array_like=True, frozen=True):
@@ -42,9 +43,21 @@ class Connect(SharedOp, tag="connect", frozen=True):
 
 
 class Disconnect(SharedOp, tag="disconnect", frozen=True):
-    """A connection closed on the origin: its rooms are left, its device goes offline, its calls end."""
+    """A connection closed on the origin: its rooms are left, its device goes offline, its calls end.
+    ``level``: the user's frame budget on the origin then (tokens over capacity; None: full), which
+    the others take as an upper bound for theirs (reconnecting elsewhere refills nothing)."""
 
     conn: str
+    user: str = ""
+    level: float | None = None
+
+
+class Budget(SharedOp, tag="budget", frozen=True):
+    """A node that holds ``user``'s budget below full heard of the user's connection elsewhere: its
+    level, which the others take as an upper bound for theirs (see :class:`Disconnect`)."""
+
+    user: str
+    level: float
 
 
 class Join(SharedOp, tag="join", frozen=True):
@@ -150,7 +163,7 @@ class CallTimedOut(SharedOp, tag="call.timeout", frozen=True):
     call_id: str
 
 
-Op = (Connect | Disconnect | Join | Leave | Kick | SetStatus | Typing | Activity | Revoke
+Op = (Connect | Disconnect | Budget | Join | Leave | Kick | SetStatus | Typing | Activity | Revoke
       | CallOffered | CallAnswered | CallIced | CallEnded | CallTimedOut)
 
 

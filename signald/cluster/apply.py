@@ -20,6 +20,7 @@ from signald.app.facade import kick_from_room
 from signald.app.hub import Hub
 from signald.app.replica import (
     Activity,
+    Budget,
     CallAnswered,
     CallEnded,
     CallIced,
@@ -37,7 +38,7 @@ from signald.app.replica import (
 )
 from signald.errors import SignalError
 
-__all__ = ["apply_op"]
+__all__ = ["apply_op", "budget_share"]
 
 
 def apply_op(hub: Hub, op: Op) -> None:
@@ -52,6 +53,10 @@ def apply_op(hub: Hub, op: Op) -> None:
         hub.apply_call_outcome(hub.calls.device_gone(op.conn, now))
         hub.publish(presence.disconnect(op.conn, now, hub.wall_clock()))
         hub.publish(rooms.disconnect(op.conn))
+        if op.level is not None:
+            hub.user_rates.cap(op.user, op.level, now)
+    elif isinstance(op, Budget):
+        hub.user_rates.cap(op.user, op.level, now)
     elif isinstance(op, Join):
         if rooms.user_of(op.conn) in (None, op.user):
             if not presence.devices_of(op.user) & {op.conn}:  # joined before this node heard it connect
@@ -75,6 +80,15 @@ def apply_op(hub: Hub, op: Op) -> None:
         hub.revoke_user(op.user, op.reason)
     else:
         _apply_call(hub, op, now)
+
+
+def budget_share(hub: Hub, user: str) -> float:
+    """The fraction of ``user``'s frame budget this node holds: the fraction of the user's
+    connections that are its own (signald.state.ratelimit). A node with none of them keeps the
+    whole capacity for the level it remembers; it spends nothing until one connects here."""
+    local = len(hub.sessions_by_user.get(user, ()))
+    total = hub.presence.device_count(user)
+    return local / total if 0 < local < total else 1.0
 
 
 def _apply_call(hub: Hub, op: Op, now: float) -> None:

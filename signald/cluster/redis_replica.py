@@ -31,13 +31,14 @@ import math
 import secrets
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Final
 
 import trio
 
 from signald.app.hub import Hub
-from signald.app.replica import Activity, Connect, Disconnect, Join, Kick, Leave, Op, Replica, SetStatus
-from signald.cluster.apply import apply_op
+from signald.app.replica import Activity, Budget, Connect, Disconnect, Join, Kick, Leave, Op, Replica, SetStatus
+from signald.cluster.apply import apply_op, budget_share
 from signald.cluster.calls import RedisCallDecisions
 from signald.cluster.catchup import CatchUp
 from signald.cluster.channels import Subscriptions
@@ -94,6 +95,7 @@ class RedisReplica(Replica):
         away = hub.config.presence.away_after_s
         self._activity_every = away / 4 if away > 0 else math.inf
         self._activity_shared: dict[str, float] = {}
+        hub.user_rates.share_of = partial(budget_share, hub)  # the user's frame budget, split over nodes
         self.broker = Broker(self.url)  # one Redis or Sentinel's primary (signald.cluster.connect)
         self.nodes.client = self._client = self.broker.client
         self.writer = Writer(self.broker.open_link, up=self._up, down=self._down)
@@ -293,7 +295,11 @@ class RedisReplica(Replica):
             apply_op(self.hub, op)
         finally:
             self._applying = False
-        if isinstance(op, Disconnect):
+        if isinstance(op, Connect):
+            level = self.hub.user_rates.level(op.user, trio.current_time())
+            if level is not None:  # the user spent here: the new connection's node must not start full
+                self.share(Budget(op.user, level))
+        elif isinstance(op, Disconnect):
             self.nodes.remote.pop(op.conn, None)
         elif isinstance(op, Kick):  # this node's devices of the user left the room: their records say so
             records = self._records_of(op.user)

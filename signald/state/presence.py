@@ -222,6 +222,11 @@ class PresenceTracker:
         state = self._users.get(user)
         return frozenset(state.devices) if state is not None else frozenset()
 
+    def device_count(self, user: str) -> int:
+        """How many devices ``user`` has connected (without copying them)."""
+        state = self._users.get(user)
+        return len(state.devices) if state is not None else 0
+
     def is_online(self, user: str) -> bool:
         """Whether ``user`` has at least one connected device."""
         return user in self._users

@@ -28,6 +28,13 @@ Nothing here reads a clock: every call takes ``now`` in seconds from one monoton
 - **UserRateLimiter**: one :class:`TokenBucket` per user id, remembered as long as it is not full,
   with the same bounded memory as the per-address limiter below (a forgotten bucket was full, so
   forgetting it changes nothing).
+- **Several nodes** (docs/cluster.md): each node holds a *share* of a user's budget, the fraction
+  of the user's connections that are its own (``share_of``: 1 on one node), and its bucket's rate
+  and capacity are the budget's times that share (a capacity of at least one token). When the
+  share changes the bucket keeps its *level* (tokens ÷ capacity), so the shares always add up to
+  one budget. Nodes tell each other a user's level when a connection closes or appears elsewhere
+  (:meth:`UserRateLimiter.level`); :meth:`UserRateLimiter.cap` lowers this node's level to
+  the one told, never raises it, so moving to another node refills nothing.
 - **ConnectionRateLimiter**: one :class:`TokenBucket` per client address for new connections.
   IPv6 addresses are keyed by their /64 (one subscriber usually owns a whole /64, so rotating through
   it gains nothing); IPv4-mapped IPv6 counts as the IPv4 address; anything unparsable is keyed as
@@ -55,7 +62,7 @@ DEFAULT_MAX_TRACKED: Final = 65_536
 _EPSILON: Final = 1e-9
 
 
-def _check_rate(rate_per_s: float, burst: int) -> None:
+def _check_rate(rate_per_s: float, burst: float) -> None:
     if not (rate_per_s > 0 and math.isfinite(rate_per_s)):
         raise ValueError("rate_per_s must be a finite number > 0")
     if burst < 1:
@@ -67,12 +74,16 @@ class TokenBucket:
 
     __slots__ = ("_burst", "_last", "_rate", "_tokens")
 
-    def __init__(self, rate_per_s: float, burst: int) -> None:
+    def __init__(self, rate_per_s: float, burst: float) -> None:
         _check_rate(rate_per_s, burst)
         self._rate = float(rate_per_s)
         self._burst = float(burst)
         self._tokens = float(burst)
         self._last: float | None = None
+
+    @property
+    def capacity(self) -> float:
+        return self._burst
 
     def tokens(self, now: float) -> float:
         """The tokens available at ``now`` (without taking any)."""
@@ -98,6 +109,24 @@ class TokenBucket:
     def has_token(self, now: float) -> bool:
         """Whether :meth:`allow` at ``now`` would succeed (takes nothing)."""
         return self.tokens(now) >= 1.0 - _EPSILON
+
+    def level(self, now: float) -> float:
+        """The tokens at ``now`` over the capacity: 1 when full, below 0 in debt."""
+        return self.tokens(now) / self._burst
+
+    def rescale(self, rate_per_s: float, burst: float, now: float) -> None:
+        """Change the rate and the capacity, keeping the :meth:`level`."""
+        level = self.level(now)
+        self._rate, self._burst = float(rate_per_s), float(burst)
+        self._tokens = level * self._burst
+        if self._last is None or now > self._last:
+            self._last = now
+
+    def cap_level(self, level: float, now: float) -> None:
+        """Lower the :meth:`level` to ``level`` if it is above (never raise it)."""
+        self._tokens = min(self.tokens(now), max(-1.0, level) * self._burst)
+        if self._last is None or now > self._last:
+            self._last = now
 
     def allow(self, now: float) -> bool:
         """Take one token if available; True when the action may proceed."""
@@ -239,14 +268,52 @@ class ConnectionRateLimiter(_KeyedBuckets):
 
 
 class UserRateLimiter(_KeyedBuckets):
-    """The frame budget all connections of one user share; a FloodGuard's ``shared``."""
+    """The frame budget all connections of one user share; a FloodGuard's ``shared``.
 
-    __slots__ = ()
+    ``share_of`` (several nodes) gives the fraction of a user's budget this node holds; each
+    bucket is rescaled to it when it is used (see the module docstring)."""
+
+    __slots__ = ("share_of",)
+
+    def __init__(self, rate_per_s: float, burst: int, *, max_tracked: int = DEFAULT_MAX_TRACKED,
+                 share_of: Callable[[str], float] | None = None) -> None:
+        super().__init__(rate_per_s, burst, max_tracked=max_tracked)
+        self.share_of = share_of
 
     def allow(self, user_id: str, now: float) -> bool:
         """Take one token of ``user_id``'s budget at ``now``; False if there is none."""
-        return self._allow(user_id, now)
+        if self.share_of is None:
+            return self._allow(user_id, now)
+        return self._bucket_of(user_id, now).allow(now)
 
     def for_user(self, user_id: str) -> Callable[[float], bool]:
         """``allow`` bound to ``user_id``: what a connection's FloodGuard draws on."""
-        return lambda now: self._allow(user_id, now)
+        return lambda now: self.allow(user_id, now)
+
+    def level(self, user_id: str, now: float) -> float | None:
+        """``user_id``'s level at ``now`` (tokens over capacity), None when the budget is full."""
+        bucket = self._buckets.get(user_id)
+        if bucket is None or bucket.is_full(now):
+            return None
+        return bucket.level(now)
+
+    def cap(self, user_id: str, level: float, now: float) -> None:
+        """Another node told ``user_id``'s level: lower this node's to it (never raise it)."""
+        if level < 1.0:
+            self._bucket_of(user_id, now).cap_level(level, now)
+
+    def _bucket_of(self, user_id: str, now: float) -> TokenBucket:
+        """The user's bucket, made or moved to the recent end, at this node's share of the budget."""
+        self._forget_idle(now)
+        buckets = self._buckets
+        bucket = buckets.pop(user_id, None)
+        share = 1.0 if self.share_of is None else self.share_of(user_id)
+        burst = max(1.0, self._burst * share)
+        if bucket is None:
+            bucket = TokenBucket(self._rate * share, burst)
+        elif bucket.capacity != burst:
+            bucket.rescale(self._rate * share, burst, now)
+        buckets[user_id] = bucket
+        while len(buckets) > self._max_tracked:
+            del buckets[next(iter(buckets))]
+        return bucket

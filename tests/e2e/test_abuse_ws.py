@@ -329,8 +329,36 @@ async def test_reconnecting_refills_nothing_and_every_device_draws_on_the_same_b
         assert await pings(later, 3) == ["presence.pong"] * 2 + ["RATE_LIMITED"]  # what 2 s refilled
 
 
-@pytest.mark.one_node("the per-user frame budget is per node (docs/cluster.md): reconnects spread over "
-                      "3 nodes draw on 3 budgets")
+async def _until_gone(server: Any, user: str) -> None:
+    """Until every node (one, or each of several) has seen the last of ``user``'s connections go."""
+    hubs = [node.hub for node in getattr(server, "nodes", [server])]
+    with trio.fail_after(5):
+        while any(hub.presence.device_count(user) for hub in hubs):  # noqa: ASYNC110 - no event per node to wait on
+            await trio.sleep(0.005)
+
+
+async def test_devices_on_several_nodes_draw_on_one_budget_and_moving_refills_nothing(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    # A slow refill (one token in 10 s): what each step gets is the burst's, not the clock's.
+    server = await serve(nursery, tmp_path, limits={"user_rate_per_s": 0.1, "user_rate_burst": 10},
+                         server={"new_connections_per_ip_per_s": 0})
+
+    async def pongs(c: SignaldClient, n: int) -> int:
+        for _ in range(n):
+            await c.send({"type": "presence.ping", "id": "p"})
+        with trio.fail_after(5):
+            return sum([(await next_reply(c))["type"] == "presence.pong" for _ in range(n)])
+
+    async with clients(server, "alice", "alice") as (phone, laptop):  # over 3 nodes: on two of them
+        assert await pongs(phone, 10) + await pongs(laptop, 10) == 10  # one burst between the two
+    await _until_gone(server, "alice")
+    async with clients(server, "alice") as (again,):  # over 3 nodes: on the third
+        assert await pongs(again, 3) == 0  # it spent its burst elsewhere: nothing refilled
+    async with clients(server, "bob") as (bob,):
+        assert await pongs(bob, 10) == 10  # somebody else's budget is their own
+
+
 async def test_a_reconnect_flood_stores_no_more_than_the_per_user_budget(nursery: trio.Nursery, tmp_path: Path) -> None:
     rate, burst = 20.0, 40
     server = await serve(nursery, tmp_path, limits={"user_rate_per_s": rate, "user_rate_burst": burst},

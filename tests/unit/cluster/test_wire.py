@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typing
 
+import msgspec
 import pytest
 
 from signald.app import replica
@@ -23,7 +24,8 @@ def test_names_carry_the_database_so_two_clusters_on_one_redis_never_hear_each_o
 
 
 OPS: list[replica.Op] = [
-    replica.Connect("c1", "alice"), replica.Disconnect("c1"), replica.Join("c1", "alice", "lobby"),
+    replica.Connect("c1", "alice"), replica.Disconnect("c1"), replica.Disconnect("c1", "alice", 0.25),
+    replica.Budget("alice", -0.5), replica.Join("c1", "alice", "lobby"),
     replica.Leave("c1", "lobby"), replica.Kick("lobby", "bob", "alice", None), replica.SetStatus("c1", "alice", "away"),
     replica.Typing("c1", "alice", "lobby", True), replica.Activity("alice"), replica.Revoke("bob", "bye"),
     replica.CallOffered("alice", "c1", "bob", ["c2", "c3"], "video", {"type": "offer", "sdp": "v=0"}, "call-1"),
@@ -42,6 +44,24 @@ def test_every_op_kind_is_tried() -> None:
 @pytest.mark.parametrize("op", [*OPS, Echo()], ids=lambda op: type(op).__name__)
 def test_an_op_survives_the_state_channel(op: replica.Op | Echo) -> None:
     assert STATE_DECODER.decode(STATE_ENCODER.encode(StateEnvelope("node-1", op))) == StateEnvelope("node-1", op)
+
+
+class OldDisconnect(msgspec.Struct, array_like=True, tag="disconnect"):
+    conn: str
+
+
+class OldEnvelope(msgspec.Struct, array_like=True):
+    origin: str
+    op: OldDisconnect
+
+
+def test_disconnects_decode_both_ways_between_this_release_and_the_one_before() -> None:
+    """Nodes of the release before (whose ``Disconnect`` has the connection only) and of this one
+    mix during a rolling upgrade: their ops take no budget level, and ours lose only the level there."""
+    assert STATE_DECODER.decode(msgspec.msgpack.encode(["node-1", ["disconnect", "c1"]])).op == replica.Disconnect("c1")
+
+    ours = STATE_ENCODER.encode(StateEnvelope("node-2", replica.Disconnect("c1", "alice", 0.5)))
+    assert msgspec.msgpack.decode(ours, type=OldEnvelope).op == OldDisconnect("c1")
 
 
 def test_our_events_come_back_as_their_structs_and_an_embedders_as_a_dict() -> None:

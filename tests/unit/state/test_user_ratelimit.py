@@ -78,3 +78,63 @@ def test_debt_is_bounded_by_the_burst() -> None:
         guard.charge(0.0)
     assert guard.check(2.5) is Verdict.LIMITED  # owes at most the burst (2), not 998
     assert guard.check(3.5) is Verdict.ALLOW
+
+
+# --------------------------------------------------------------------------- several nodes
+
+
+def _node(counts: dict[str, tuple[int, int]], rate: float = 10.0, burst: int = 40) -> UserRateLimiter:
+    """One node's limiter; ``counts[user]`` is (the user's connections here, everywhere)."""
+    def share_of(user: str) -> float:
+        local, total = counts.get(user, (0, 0))
+        return local / total if 0 < local < total else 1.0
+    return UserRateLimiter(rate_per_s=rate, burst=burst, share_of=share_of)
+
+
+def _spend(users: UserRateLimiter, user: str, now: float, at_most: int = 1000) -> int:
+    return sum(users.allow(user, now) for _ in range(at_most))
+
+
+def test_connections_on_two_nodes_split_the_budget_so_the_user_gets_one_budget_in_all() -> None:
+    a_counts, b_counts = {"alice": (1, 2)}, {"alice": (1, 2)}
+    a, b = _node(a_counts), _node(b_counts)
+    assert _spend(a, "alice", 0.0) + _spend(b, "alice", 0.0) == 40  # one burst, not two
+    assert _spend(a, "alice", 1.0) + _spend(b, "alice", 1.0) == 10  # one rate: 5 a second each
+    assert _spend(a, "alice", 1.0) == 0
+
+
+def test_a_share_that_grows_keeps_the_level_so_the_budget_still_adds_up() -> None:
+    counts = {"alice": (1, 2)}
+    a = _node(counts)
+    assert _spend(a, "alice", 0.0, at_most=10) == 10  # half of its 20
+    counts["alice"] = (1, 1)  # the other node's connection closed (it reports its level: see below)
+    assert _spend(a, "alice", 0.0) == 20  # still half full: half of 40
+    counts["alice"] = (1, 4)  # three more connections elsewhere: a quarter of the budget here
+    assert _spend(a, "alice", 4.0) == 10  # empty before; 4 s at 2.5 a second
+
+
+def test_reconnecting_to_another_node_refills_nothing() -> None:
+    a, b = _node({"alice": (1, 1)}), _node({"alice": (1, 1)})
+    assert _spend(a, "alice", 0.0) == 40
+    level = a.level("alice", 0.0)
+    assert level == 0.0
+    b.cap("alice", level, 0.0)  # the Disconnect that node a shared, heard by b
+    assert _spend(b, "alice", 0.0) == 0
+    assert _spend(b, "alice", 0.5) == 5  # what refilled meanwhile, nothing more
+
+
+def test_a_level_told_never_raises_the_budget_and_a_full_budget_tells_nothing() -> None:
+    a = _node({})
+    assert a.level("alice", 0.0) is None
+    assert _spend(a, "alice", 0.0, at_most=30) == 30
+    assert a.level("alice", 0.0) == 0.25
+    a.cap("alice", 0.9, 0.0)
+    assert a.level("alice", 0.0) == 0.25
+    a.cap("alice", 1.0, 0.0)  # full elsewhere: nothing to remember
+    a.cap("bob", 1.0, 0.0)
+    assert len(a) == 1
+
+
+def test_a_share_never_leaves_a_node_less_than_one_token() -> None:
+    users = _node({"alice": (1, 5)}, rate=1.0, burst=2)  # 2/5 of a token would never allow a frame
+    assert _spend(users, "alice", 0.0) == 1
