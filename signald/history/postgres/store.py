@@ -1,7 +1,9 @@
 """The history store on PostgreSQL: the contract of :mod:`signald.history.contract`.
 
 Writes go to one writer thread (:mod:`signald.history.postgres.writer`) in the order the calls
-were made and commit in groups, as on SQLite; ``on_commit`` callbacks run in commit order on the
+were made and commit in groups, as on SQLite, except sends, which the Trio thread commits itself
+in groups on a connection of their own (:mod:`signald.history.postgres.sendpath`; ``trio_sends``
+False: on the writer thread too), in turn with the writer; ``on_commit`` callbacks run in commit order on the
 Trio thread inside ``completion_scope`` (the hub's fan-out cork). Reads run on a small pool of
 reader connections through ``trio.to_thread`` (at most ``readers`` at once), each in one
 ``REPEATABLE READ`` transaction, so a ``rejoin`` sees one snapshot; they see every write that
@@ -36,6 +38,7 @@ from signald.history import queries, rules
 from signald.history.contract import HistoryStats, SchemaError, StorageError
 from signald.history.operations import StoreOperations
 from signald.history.postgres import schema
+from signald.history.postgres.sendpath import SendPath
 from signald.history.postgres.sql import Adapter, Allocator
 from signald.history.postgres.writer import UNAVAILABLE, PgWriter, connect, database_size
 from signald.history.queries import Rejoin
@@ -57,7 +60,7 @@ class PostgresStore(StoreOperations):
         self, url: str, *, shown: str | None = None, read_only: bool = False, retention_max_age_s: float = 0,
         retention_max_count: int = 0, clock: Callable[[], float] = time.time, retention_interval_s: float = 10.0,
         completion_scope: AbstractContextManager[Any] | None = None, close_timeout_s: float = 10.0,
-        connect_timeout_s: float = 5.0, readers: int = 4, db_bytes_max_age_s: float = 5.0,
+        connect_timeout_s: float = 5.0, readers: int = 4, db_bytes_max_age_s: float = 5.0, trio_sends: bool = True,
     ) -> None:
         if retention_max_age_s < 0 or retention_max_count < 0 or retention_interval_s <= 0:
             raise ValueError("retention settings must be >= 0 and the interval > 0")
@@ -79,6 +82,12 @@ class PostgresStore(StoreOperations):
         self._db_bytes_max_age_s = db_bytes_max_age_s
         self._sized_at = -math.inf  # time.monotonic() of the last size asked for
         self._sizing = False  # a size is being measured by the writer thread
+        self._handed: set[int] = set()  # id() of the operations handed to the writer thread, unfinished
+        self._writer_idle = trio.Event()
+        self._writer_idle.set()
+        self._sends: SendPath | None = None if read_only or not trio_sends else SendPath(
+            lambda: connect(url, connect_timeout_s), to_writer=self._to_writer, writer_busy=lambda: bool(self._handed),
+            writer_idle=lambda: self._writer_idle.wait(), complete=self._complete, scrub=self.scrub)
 
     def scrub(self, text: str) -> str:
         """``text`` on one line, with the URL's password (if it has one) replaced."""
@@ -88,7 +97,13 @@ class PostgresStore(StoreOperations):
 
     @property
     def commits(self) -> int:
-        return self._writer.commits
+        return self._writer.commits + (self._sends.commits if self._sends is not None else 0)
+
+    async def open(self) -> None:
+        """Start the writer thread (which connects and migrates), then the Trio-side send path."""
+        await super().open()
+        if self._sends is not None:
+            await self._sends.start()
 
     @property
     def available(self) -> bool:
@@ -102,7 +117,13 @@ class PostgresStore(StoreOperations):
             return SchemaError(f"{self.shown}: {error}")
         return error
 
+    def _put_closer(self, closer: Op[None]) -> None:
+        if self._sends is None or not self._sends.take(closer):  # behind the sends queued there
+            self._writer.put(closer)
+
     def _stopped(self) -> None:
+        if self._sends is not None:
+            self._sends.close()
         idle, self._idle = self._idle, []
         for conn in idle:
             conn.close()
@@ -110,12 +131,35 @@ class PostgresStore(StoreOperations):
     # ------------------------------------------------------------------ the writer thread
 
     def _delivered(self, batch: list[Op[Any]]) -> None:
+        handed = self._handed
+        if handed:
+            for op in batch:
+                handed.discard(id(op))
+            if not handed:
+                self._writer_idle.set()
         self._complete(batch)
 
     def _put(self, op: Op[Any]) -> None:
+        """Every write, in the order made: to the send path or, in turn, to the writer thread."""
         if self._state != "open":
             raise StorageError(f"history store is {self._state}")
-        self._writer.put(op)
+        if self._sends is None or not self._sends.take(op):
+            self._to_writer(op)
+
+    def _to_writer(self, op: Op[Any]) -> None:
+        """Hand ``op`` to the writer thread, counted unfinished until it comes back; one it no
+        longer takes fails (from the send path, which cannot take the error itself)."""
+        try:
+            self._writer.put(op)
+        except StorageError as exc:
+            if self._sends is None or self._state == "open":
+                raise
+            op.error = exc
+            self._complete([op])
+            return
+        if not self._handed:
+            self._writer_idle = trio.Event()
+        self._handed.add(id(op))
 
     _submit = _put
 

@@ -33,7 +33,8 @@ Outcome = tuple[Any, BaseException | None]
 
 @pytest.fixture
 async def store(postgres_url: str) -> AsyncIterator[PostgresStore]:
-    async with PostgresStore(postgres_url) as s:
+    """Sends on the writer thread too: these tests hold that thread on a row lock."""
+    async with PostgresStore(postgres_url, trio_sends=False) as s:
         yield s
 
 
