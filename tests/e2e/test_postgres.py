@@ -175,7 +175,7 @@ async def test_kill_9_in_the_middle_of_concurrent_batches_loses_no_acked_send_an
     tmp_path: Path, postgres_url: str
 ) -> None:
     """Four clients pipelining into one shared room and rooms of their own (the sends of several
-    clients go in one statement); ``kill -9`` while sends are still
+    clients go in one statement, committed from the event loop); ``kill -9`` while sends are still
     in flight. After a restart every acked send is stored once, as acked; each room's ``seq`` runs
     without a gap; a send that was never acked is stored once or not at all."""
     users = ("ann", "bob", "cat", "dan")

@@ -91,6 +91,8 @@ class SendPath:
         self._retry_at = 0.0
         self._connecting = False
         self.commits = 0
+        self.down = False
+        """Whether this path lost its connection and has not connected again."""
 
     @property
     def busy(self) -> bool:
@@ -192,6 +194,7 @@ class SendPath:
     def _lost(self, exc: BaseException) -> None:
         logger.error("history store lost (send path): %s", self._scrub(str(exc)))
         conn, self._conn = self._conn, None
+        self.down = True
         self._retry_at = time.monotonic() + RECONNECT_S
         if conn is not None:
             with contextlib.suppress(psycopg.Error):
@@ -214,7 +217,7 @@ class SendPath:
             if self._scope is not None and self._scope.cancel_called:
                 conn.close()
             else:
-                self._conn = conn
+                self._conn, self.down = conn, False
         finally:
             self._connecting = False
 

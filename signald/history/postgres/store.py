@@ -107,8 +107,8 @@ class PostgresStore(StoreOperations):
 
     @property
     def available(self) -> bool:
-        """Whether the writer's last attempt to reach the database succeeded."""
-        return self._writer.available
+        """Whether the writer's last attempt to reach the database succeeded (and the send path's)."""
+        return self._writer.available and not (self._sends is not None and self._sends.down)
 
     def _open_error(self, error: BaseException) -> BaseException:
         if isinstance(error, psycopg.Error):
