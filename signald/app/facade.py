@@ -231,15 +231,22 @@ class Signald:
         return await history.last_seen(user_ids)
 
     def stats(self) -> StatsResult:
-        """The daemon's counters now: what ``system.stats`` and ``GET /api/v1/stats`` answer."""
+        """The daemon's counters now: what ``system.stats`` and ``GET /api/v1/stats`` answer.
+
+        With several nodes they are the cluster's: connections and users on every node (this node
+        knows them all), and the message counters of the others as of their last heartbeat."""
         hub = self.hub
+        connections, users, elsewhere = len(hub.sessions), len(hub.sessions_by_user), (0, 0)
+        if hub.replica is not None:
+            connections, users = hub.presence.device_total(), hub.presence.user_count
+            elsewhere = hub.replica.counters_elsewhere()
         return StatsResult(
-            connections=len(hub.sessions),
-            users=len(hub.sessions_by_user),
+            connections=connections,
+            users=users,
             rooms=hub.rooms.room_count,
             calls=hub.active_calls(),
-            messages_in=hub.counters.messages_in,
-            messages_out=hub.counters.messages_out,
+            messages_in=hub.counters.messages_in + elsewhere[0],
+            messages_out=hub.counters.messages_out + elsewhere[1],
             uptime_s=round(trio.current_time() - hub.started_at, 3),
             db_bytes=hub.history.store.db_bytes() if hub.history is not None else 0,
         )

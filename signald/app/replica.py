@@ -238,5 +238,9 @@ class Replica(abc.ABC):
         returns once this node delivered the room's changes up to ``rev``."""
 
     @abc.abstractmethod
+    def counters_elsewhere(self) -> tuple[int, int]:
+        """The other live nodes' ``(messages_in, messages_out)`` together, as of their last heartbeat."""
+
+    @abc.abstractmethod
     def problem(self) -> str | None:
         """Why the broker cannot be used now (for ``/readyz``), or None."""

@@ -17,7 +17,7 @@ from typing import Any
 
 from signald.app.hub import Hub
 from signald.app.replica import Connect, Disconnect, Join, Leave, Op, SetStatus
-from signald.cluster.wire import RECORD_DECODER, Names
+from signald.cluster.wire import COUNTERS_DECODER, RECORD_DECODER, STATE_ENCODER, Names
 
 log = logging.getLogger("signald.cluster")
 
@@ -33,6 +33,8 @@ class NodeTable:
         self.remote: dict[str, str] = {}  # every other node's connected device -> its node
         self._alive: dict[str, float] = {}  # node -> when it was last known to beat (wall clock)
         self._beaten: float | None = None  # when this node last wrote its own heartbeat
+        # the live other nodes' (messages_in, messages_out) as of their last heartbeat: system.stats
+        self.counters: dict[str, tuple[int, int]] = {}
         self.client: Any = None  # the coredis client, once connected
 
     async def beat(self) -> bool:
@@ -46,6 +48,8 @@ class NodeTable:
         missed = self._beaten is not None and now - self._beaten > self.ttl / 2
         forgotten = self._beaten is not None and await client.zscore(names.nodes, self.node_id) is None
         await client.zadd(names.nodes, {self.node_id: now})
+        counted = STATE_ENCODER.encode((self.hub.counters.messages_in, self.hub.counters.messages_out))
+        await client.hset(names.stats, {self.node_id: counted})
         if missed:
             self.grace()  # this node could not beat either (stalled, or the broker was away): no verdicts yet
         self._beaten = now
@@ -59,6 +63,9 @@ class NodeTable:
                 self.forget(node)
         for node in set(self._alive) - known - set(scores):
             del self._alive[node]
+        others = {_text(node): raw for node, raw in (await client.hgetall(names.stats)).items()}
+        self.counters = {node: COUNTERS_DECODER.decode(raw) for node, raw in others.items()
+                         if node in live and node != self.node_id}
         dead = sorted(set(scores) - live - {self.node_id})
         if dead:
             records = await client.hgetall(names.conns)
@@ -66,7 +73,13 @@ class NodeTable:
             if gone:
                 await client.hdel(names.conns, gone)
             await client.zrem(names.nodes, dead)
+            await client.hdel(names.stats, dead)
         return forgotten or missed
+
+    def counters_elsewhere(self) -> tuple[int, int]:
+        """The live other nodes' ``(messages_in, messages_out)`` together, as of their last heartbeat."""
+        counted = self.counters.values()
+        return sum(c[0] for c in counted), sum(c[1] for c in counted)
 
     def grace(self) -> None:
         """Back on the broker after an outage: the other nodes get ``node_ttl_s`` to beat again

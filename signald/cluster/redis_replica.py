@@ -180,6 +180,9 @@ class RedisReplica(Replica):
         self.order.start(room, rev, alone=not any(conn in hub.sessions for conn in hub.rooms.conns_in(room)))
         await self.catch_up.until(room, rev, self.order.last(room))
 
+    def counters_elsewhere(self) -> tuple[int, int]:
+        return self.nodes.counters_elsewhere()
+
     def problem(self) -> str | None:
         if self._problem is not None:
             return self._problem
@@ -251,6 +254,7 @@ class RedisReplica(Replica):
         if mine := list(self.hub.sessions):
             pending.append(("hdel", self.names.conns, mine))
         pending.append(("zrem", self.names.nodes, self.node_id))
+        pending.append(("hdel", self.names.stats, self.node_id))
         try:
             await self.writer.execute(pending)
         except Exception as exc:  # the others notice within node_ttl_s instead

@@ -59,6 +59,7 @@ STATE_DECODER: Final = msgspec.msgpack.Decoder(StateEnvelope)
 ROOM_DECODER: Final = msgspec.msgpack.Decoder(RoomEnvelope)
 USER_DECODER: Final = msgspec.msgpack.Decoder(UserEnvelope)
 RECORD_DECODER: Final = msgspec.msgpack.Decoder(ConnRecord)
+COUNTERS_DECODER: Final = msgspec.msgpack.Decoder(tuple[int, int])  # (messages_in, messages_out)
 
 _ANY: Final = msgspec.json.Decoder()
 _BY_TAG: Final[dict[str, msgspec.json.Decoder[Any]]] = {
@@ -93,6 +94,7 @@ class Names:
         self.nodes = self.prefix + "nodes"
         self.conns = self.prefix + "conns"
         self.status = self.prefix + "status"
+        self.stats = self.prefix + "stats"  # node -> its message counters, written with its heartbeat
         self.state = self.prefix + "state"
         self._room = self.prefix + "room."
         self._user = self.prefix + "user."

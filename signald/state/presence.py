@@ -231,6 +231,10 @@ class PresenceTracker:
         """Whether ``user`` has at least one connected device."""
         return user in self._users
 
+    def device_total(self) -> int:
+        """How many devices are connected, all users together."""
+        return sum(len(state.devices) for state in self._users.values())
+
     @property
     def user_count(self) -> int:
         """Number of users with at least one connected device."""

@@ -116,7 +116,8 @@ async def test_chat_from_every_node_reaches_every_connection_once_in_seq_order(
 
 
 async def test_membership_and_presence_span_the_nodes(tmp_path: Path, redis_url: str, postgres_url: str) -> None:
-    async with nodes(tmp_path, redis_url, postgres_url, 3, limits="max_connections_per_user = 2") as started:
+    limits = 'max_connections_per_user = 2\n[auth]\nadmins = ["root"]'
+    async with nodes(tmp_path, redis_url, postgres_url, 3, ttl=1.5, limits=limits) as started:
         urls = [url for _, url in started]
         alice_seen: list[Event] = []
         async with connect(urls[0], user="alice") as alice:
@@ -137,6 +138,16 @@ async def test_membership_and_presence_span_the_nodes(tmp_path: Path, redis_url:
                         async with connect(urls[0], user="bob"):
                             pass
                     assert refused.value.close_code == 4429
+                    async with connect(urls[2], user="root") as root:  # system.stats tells the cluster's
+                        asked = 0
+                        with trio.fail_after(5):
+                            while True:  # the other nodes' counters come with their heartbeats
+                                stats = await root.request("system.stats")
+                                asked += 1
+                                if stats["messages_in"] - asked >= 3:  # the three joins, one per node
+                                    break
+                                await trio.sleep(0.1)
+                        assert (stats["connections"], stats["users"], stats["rooms"]) == (4, 3, 1)
 
                     await bob.request("presence.set", {"status": "away"})
                     update = {"user_id": "bob", "status": "away"}
