@@ -102,9 +102,11 @@ class Typing(SharedOp, tag="typing", frozen=True):
 
 
 class Activity(SharedOp, tag="activity", frozen=True):
-    """The user was active on the sending node (shared at most every few seconds: auto-away)."""
+    """The user was active on the sending node ``ago`` seconds before it shared this (at most one
+    per user every ``away_after_s / 4``: signald.cluster.activity)."""
 
     user: str
+    ago: float = 0.0
 
 
 class Revoke(SharedOp, tag="revoke", frozen=True):

@@ -75,7 +75,8 @@ def apply_op(hub: Hub, op: Op) -> None:
             hub.publish(presence.typing(op.conn, op.user, op.room, op.typing, now, hub.config.limits.typing_timeout_s))
             hub.poke_timers()
     elif isinstance(op, Activity):
-        hub.publish(presence.activity(op.user, now, hub.wall_clock()))
+        hub.publish(presence.activity(op.user, now, hub.wall_clock(), ago=op.ago))
+        hub.timers.activity(now - op.ago)  # a deadline that may come before the timer task wakes
     elif isinstance(op, Revoke):
         hub.revoke_user(op.user, op.reason)
     else:

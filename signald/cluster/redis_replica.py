@@ -37,7 +37,8 @@ from typing import Final
 import trio
 
 from signald.app.hub import Hub
-from signald.app.replica import Activity, Budget, Connect, Disconnect, Join, Kick, Leave, Op, Replica, SetStatus
+from signald.app.replica import Budget, Connect, Disconnect, Join, Kick, Leave, Op, Replica, SetStatus
+from signald.cluster.activity import ActivityShare
 from signald.cluster.apply import apply_op, budget_share
 from signald.cluster.calls import RedisCallDecisions
 from signald.cluster.catchup import CatchUp
@@ -92,9 +93,7 @@ class RedisReplica(Replica):
         self.order, self.catch_up = RoomOrder(self._deliver_change), CatchUp()
         self.channels = Subscriptions(hub, self.names, dropped=self.order.forget)
         self._problem: str | None = None  # why the broker cannot be used now (/readyz)
-        away = hub.config.presence.away_after_s
-        self._activity_every = away / 4 if away > 0 else math.inf
-        self._activity_shared: dict[str, float] = {}
+        self._activity = ActivityShare(self.share, hub.config.presence.away_after_s)
         hub.user_rates.share_of = partial(budget_share, hub)  # the user's frame budget, split over nodes
         self.broker = Broker(self.url)  # one Redis or Sentinel's primary (signald.cluster.connect)
         self.nodes.client = self._client = self.broker.client
@@ -128,7 +127,7 @@ class RedisReplica(Replica):
                 if not self.hub.presence.is_online(session.user_id):
                     commands.append(("hdel", names.status, session.user_id))
                 if len(self.hub.sessions_by_user.get(session.user_id, ())) <= 1:  # its last one here
-                    self._activity_shared.pop(session.user_id, None)
+                    self._activity.forget(session.user_id, trio.current_time())
                 self._later(names.user(session.user_id))
         elif isinstance(op, Kick):
             commands.extend(self._records_of(op.user))
@@ -138,10 +137,7 @@ class RedisReplica(Replica):
         self.writer.put(commands)
 
     def activity(self, user: str) -> None:
-        now = trio.current_time()
-        if now - self._activity_shared.get(user, -math.inf) >= self._activity_every:
-            self._activity_shared[user] = now
-            self.share(Activity(user))
+        self._activity.activity(user, trio.current_time())
 
     def after_sent(self, callback: Callable[[], None]) -> None:
         self.writer.after_sent(callback)
@@ -220,7 +216,7 @@ class RedisReplica(Replica):
                     self._problem = None
                     self._heard = trio.current_time()
                     self.subscriber.release()  # what was heard while the snapshot loaded, in order
-                    for task in (self.writer.run, self._heartbeat, self._sweep, self.calls.run):
+                    for task in (self.writer.run, self._heartbeat, self._sweep, self.calls.run, self._activity.run):
                         nursery.start_soon(task)
                     try:
                         yield self

@@ -36,7 +36,9 @@ Status
       becomes idle in ``tick``; idle only shows (as ``away``) when the chosen status is ``online`` —
       an explicit ``away``/``busy``/``offline`` is left alone. The next activity ends idleness and
       restores the chosen status. ``away_after_s = 0`` disables it. ``next_deadline`` tells the
-      timer task when ``tick`` has work (``None``: nothing pending).
+      timer task when ``tick`` has work (``None``: nothing pending). An activity learned late
+      (``activity(..., ago=s)``: another node's, ``s`` seconds old when heard) counts from when it
+      happened; one already older than ``away_after_s`` ends no idleness.
     * Calls: ``set_in_call(user, True/False)``; while in a call the user shows ``busy`` and then
       returns to what the other rules give. Ignored for users with no connected device.
     * Last seen: per user, updated by ``activity`` and ``disconnect`` (the ``wall`` they get).
@@ -79,6 +81,7 @@ from signald.protocol import (
     TypingUserData,
 )
 from signald.state.changes import Changes
+from signald.state.idle import Idleness
 from signald.state.send import Send
 
 __all__ = ["LAST_SEEN_CAP", "PresenceTracker"]
@@ -127,8 +130,7 @@ class PresenceTracker:
         self._away_after = away_after_s
         self._users: dict[str, _User] = {}
         self._conn_user: dict[str, str] = {}
-        # Non-idle connected users by last activity, oldest first (``now`` never decreases).
-        self._last_active: OrderedDict[str, float] = OrderedDict()
+        self._idleness = Idleness(away_after_s)  # when each non-idle connected user goes idle
         # Last seen of offline users, least recently seen first, at most ``last_seen_cap`` of them.
         self._offline_seen: OrderedDict[str, float] = OrderedDict()
         self._seen_cap = last_seen_cap
@@ -170,7 +172,7 @@ class PresenceTracker:
         self._publish(user, sends, exclude=conn)
         if not state.devices:
             del self._users[user]
-            self._last_active.pop(user, None)
+            self._idleness.forget(user)
             self._remember_offline(user, wall)
         return sends
 
@@ -186,11 +188,17 @@ class PresenceTracker:
         self._publish(user, sends, exclude=conn)
         return sends
 
-    def activity(self, user: str, now: float, wall: float) -> list[Send]:
-        """Any inbound message from any device of ``user``: ends idleness, records last seen."""
+    def activity(self, user: str, now: float, wall: float, *, ago: float = 0.0) -> list[Send]:
+        """Any inbound message from any device of ``user`` (``ago`` seconds before ``now`` and
+        ``wall``: one learned late): ends idleness, records last seen."""
         state = self._users.get(user)
         if state is None:
             return []
+        if ago > 0:
+            now, wall = now - ago, max(wall - ago, state.seen or 0.0)
+            if 0 < self._away_after <= ago:  # that activity is idle again by now
+                state.seen = self._seen_dirty[user] = wall
+                return []
         state.seen = self._seen_dirty[user] = wall
         self._touch(user, now)
         sends: list[Send] = []
@@ -325,14 +333,9 @@ class PresenceTracker:
     def tick(self, now: float) -> list[Send]:
         """Expire idle users (auto-away) and unrenewed typing whose deadline is ``<= now``."""
         sends: list[Send] = []
-        if self._away_after > 0:
-            while self._last_active:
-                user = next(iter(self._last_active))
-                if self._last_active[user] + self._away_after > now:
-                    break
-                del self._last_active[user]
-                self._users[user].idle = True
-                self._publish(user, sends)
+        for user in self._idleness.expire(now):
+            self._users[user].idle = True
+            self._publish(user, sends)
         heap = self._typing_heap
         while heap and heap[0][0] <= now:
             deadline, _, room, user, conn = heapq.heappop(heap)
@@ -346,17 +349,16 @@ class PresenceTracker:
         while heap and self._typing.get((heap[0][2], heap[0][3]), {}).get(heap[0][4]) != heap[0][0]:
             heapq.heappop(heap)  # drop entries superseded by a renewal or a stop
         deadlines = [heap[0][0]] if heap else []
-        if self._away_after > 0 and self._last_active:
-            deadlines.append(self._last_active[next(iter(self._last_active))] + self._away_after)
+        idle_at = self._idleness.next_deadline()
+        if idle_at is not None:
+            deadlines.append(idle_at)
         return min(deadlines) if deadlines else None
 
     # ------------------------------------------------------------------ internals
 
     def _touch(self, user: str, now: float) -> None:
-        self._users[user].idle = False
-        if self._away_after > 0:
-            self._last_active[user] = now
-            self._last_active.move_to_end(user)
+        if self._idleness.touch(user, now):  # not when a later activity is known: nothing changes
+            self._users[user].idle = False
 
     def _set_last_seen(self, user: str, wall: float) -> None:
         self._users[user].seen = self._seen_dirty[user] = wall

@@ -65,9 +65,18 @@ async def test_typing_expires_once_and_away_counts_activity_on_any_node(
                     await a1.request_raw("presence.ping")
                     await trio.sleep(0.3)
             assert not alices(await quiet_for(bob, 0.1))
+            # Her last activity comes 0.45 s after one that node 0 shared at once: within the
+            # 0.5 s (away_after_s / 4) in which it shares no more, so it goes later, saying how long
+            # ago it was, and bob's node counts 2 s from it, not from the one before.
+            await trio.sleep(0.6)
+            await a1.request_raw("presence.ping")
+            await trio.sleep(0.45)
+            await a1.request_raw("presence.ping")
+            last_active = trio.current_time()
             # Idle everywhere: away once, for everyone; active again on node 2: online.
             away, online = {"user_id": "alice", "status": "away"}, {"user_id": "alice", "status": "online"}
             seen = await wait_for(bob, [], lambda s: ("presence.update", away) in s, within=6.0)
+            assert trio.current_time() - last_active >= 1.8  # 2.0 after her last activity, not 1.55
             await a2.request_raw("presence.ping")
             seen = await wait_for(bob, seen, lambda s: ("presence.update", online) in s)
             assert alices(seen) == [away, online], seen
