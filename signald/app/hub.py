@@ -199,23 +199,23 @@ class Hub:
         session.detached = True
         if session.outbox.coalesced:
             self.metrics.coalesced.inc(session.outbox.coalesced)
-        conn = session.session_id
+        conn, now = session.session_id, trio.current_time()
         if self.calls.holds(conn):  # most connections never were in a call: nothing to end, no timer to poke
-            self.apply_call_outcome(self.calls.device_gone(conn, trio.current_time()))
+            self.apply_call_outcome(self.calls.device_gone(conn, now))
         if log.isEnabledFor(logging.DEBUG):  # as room.leave logs it, one line per room
             for room in sorted(self.rooms.rooms_of(conn)):
                 log_event(log, logging.DEBUG, "room left", room=room, user=session.user_id, session=conn,
                           why="disconnected")
         if self.shutting_down:  # every peer is being closed too: nobody to tell (N² frames), nothing made for them
             self.rooms.disconnect(conn, announce=False)  # first: presence then finds no peers to address
-            self.presence.disconnect(conn, trio.current_time(), self.wall_clock())  # still records last seen
+            self.presence.disconnect(conn, now, self.wall_clock())  # still records last seen
         else:
-            gone = self.presence.disconnect(conn, trio.current_time(), self.wall_clock())
+            gone = self.presence.disconnect(conn, now, self.wall_clock())
             left = self.rooms.disconnect(conn)
             self.publish(gone)
             self.publish(left)
-        # The other nodes tell their own clients, and bound the user's frame budget by this node's.
-        self.share(Disconnect(conn, session.user_id, self.user_rates.level(session.user_id, trio.current_time())))
+        if self.replica is not None:  # they tell their own clients, and bound the user's frame budget by ours
+            self.replica.share(Disconnect(conn, session.user_id, self.user_rates.level(session.user_id, now)))
         self.remove_session(session)
         if audit.isEnabledFor(logging.INFO):  # the duration is worth computing only for a line that is written
             code = session.close_code

@@ -12,6 +12,7 @@ changes nothing.
 from __future__ import annotations
 
 import heapq
+import math
 from collections import OrderedDict
 
 __all__ = ["Idleness"]
@@ -20,11 +21,12 @@ __all__ = ["Idleness"]
 class Idleness:
     """The non-idle users and when each goes idle (``away_after_s = 0``: never)."""
 
-    __slots__ = ("_active", "_after", "_late", "_late_at")
+    __slots__ = ("_active", "_after", "_late", "_late_at", "_newest")
 
     def __init__(self, away_after_s: float) -> None:
         self._after = away_after_s
         self._active: OrderedDict[str, float] = OrderedDict()  # user -> last activity, oldest first
+        self._newest = -math.inf  # the last activity put at the end of _active
         self._late: list[tuple[float, str]] = []  # (activity, user), current while _late_at says so
         self._late_at: dict[str, float] = {}
 
@@ -33,16 +35,19 @@ class Idleness:
         if self._after <= 0:
             return True
         active, late_at = self._active, self._late_at
-        known = active.get(user, late_at.get(user))
+        known = active.get(user)
+        if known is None and late_at:
+            known = late_at.get(user)
         if known is not None and known >= when:
             return False
-        if active and when < active[next(reversed(active))]:  # older than the newest: learned late
+        if when < self._newest:  # older than the newest: learned late
             active.pop(user, None)
             late_at[user] = when
             heapq.heappush(self._late, (when, user))
         else:
-            late_at.pop(user, None)
-            active[user] = when
+            if late_at:
+                late_at.pop(user, None)
+            active[user] = self._newest = when
             active.move_to_end(user)
         return True
 

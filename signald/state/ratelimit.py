@@ -288,7 +288,9 @@ class UserRateLimiter(_KeyedBuckets):
 
     def for_user(self, user_id: str) -> Callable[[float], bool]:
         """``allow`` bound to ``user_id``: what a connection's FloodGuard draws on."""
-        return lambda now: self.allow(user_id, now)
+        if self.share_of is None:  # one node (a replica sets it before any connection): as ever
+            return lambda now: self._allow(user_id, now)
+        return lambda now: self._bucket_of(user_id, now).allow(now)
 
     def level(self, user_id: str, now: float) -> float | None:
         """``user_id``'s level at ``now`` (tokens over capacity), None when the budget is full."""
