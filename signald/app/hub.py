@@ -175,13 +175,7 @@ class Hub:
         Once the session is asked to close (slow consumer, expiry, revocation...) it leaves the
         hub right away, before its socket is torn down, so its rooms are not kept waiting.
         """
-        token = trio.lowlevel.current_trio_token()
-
-        def closing() -> None:
-            self.metrics.closes.labels(str(session.close_code)).inc()
-            token.run_sync_soon(self.disconnect, session)
-
-        session.on_close = closing
+        session.on_close = self._closing  # given the session: no closure of it, no reference cycle
         log_event(audit, logging.INFO, "connection opened", user=session.user_id, session=session.session_id,
                   peer=session.remote)
         self.add_session(session)
@@ -191,6 +185,11 @@ class Hub:
         self.timers.activity(now)  # the one deadline a connect can bring forward: its user's automatic away
         for hook in self.connect_hooks:
             hook(session)
+
+    def _closing(self, session: Session) -> None:
+        """``session`` was asked to close (on the Trio thread): count it; it leaves the hub soon, not in its close."""
+        self.metrics.closes.labels(str(session.close_code)).inc()
+        trio.lowlevel.current_trio_token().run_sync_soon(self.disconnect, session)
 
     def disconnect(self, session: Session) -> None:
         """The connection ended: the session leaves every room, with the usual events."""

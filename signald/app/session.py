@@ -8,7 +8,9 @@ Its ``session_id`` is also the ``device_id`` other clients see in ``device.*`` e
 from __future__ import annotations
 
 import secrets
+import weakref
 from collections.abc import Callable
+from functools import partial
 from typing import Final
 
 import attrs
@@ -50,7 +52,7 @@ class Session:
     close_reason: str = ""
     peer_close_code: int | None = None  # the client's close frame, when it closed first (for the logs)
     detached: bool = False
-    on_close: Callable[[], None] | None = None
+    on_close: Callable[[Session], None] | None = None  # given the session: the hub keeps no closure of it
     cancel_scope: trio.CancelScope | None = None
     # Replies go out in request order (see signald.state.replies).
     replies: ReplyOrder = attrs.field(init=False, factory=ReplyOrder)
@@ -61,7 +63,11 @@ class Session:
 
     def __attrs_post_init__(self) -> None:
         self.user_id = self.identity.user_id
-        self.outbox = Outbox(self.send_queue, binary=self.binary, on_overflow=self._overflow, cork=self.cork)
+        # The outbox reaches back to its session only weakly (and on_close is given the session):
+        # nothing the session holds refers to it, so it is freed when its connection's task ends,
+        # without waiting for a garbage collection that would have to find the cycle first.
+        self.outbox = Outbox(self.send_queue, binary=self.binary, on_overflow=partial(_overflowed, weakref.ref(self)),
+                             cork=self.cork)
 
     @property
     def device_id(self) -> str:
@@ -116,11 +122,15 @@ class Session:
             self.close_code = code
             self.close_reason = reason
             if self.on_close is not None:
-                self.on_close()
+                self.on_close(self)
         if self.replies.close(flush=flush):  # else the held replies go out first (within grace_s)
             self.outbox.close(drop=not flush)
         if self.cancel_scope is not None:
             self.cancel_scope.deadline = min(self.cancel_scope.deadline, trio.current_time() + grace_s)
 
-    def _overflow(self) -> None:
-        self.close(CLOSE_SLOW_CONSUMER, "send queue full", flush=False)
+
+def _overflowed(session: weakref.ref[Session]) -> None:
+    """The outbox of ``session`` overflowed: close it (1013), unless it is gone already."""
+    live = session()
+    if live is not None:
+        live.close(CLOSE_SLOW_CONSUMER, "send queue full", flush=False)

@@ -167,6 +167,7 @@ class InlineCommits:
                 ops, self.pending = self.pending, []
                 if not self.commit(ops):
                     self._queue(ops)
+                del ops  # not kept while parked (nor the sessions their callbacks name)
         finally:
             self._parked = False
             self._committer = None

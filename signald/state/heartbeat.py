@@ -7,6 +7,12 @@ share one list (appending is all scheduling costs), and a small heap orders the 
 connection costs one list entry and one ping per ``interval``; there is no task, timer or cancel
 scope per connection.
 
+The wheel holds connections by weak reference: a closed connection is freed (socket, session,
+outbox and all) when its task ends, not when its slot next comes due, up to ``interval`` later.
+Kept alive that long, every short connection's objects outlived the young garbage collections
+and were traversed again and again by them (about a tenth of the CPU of a connection closed
+right after its set-up).
+
 Sans-IO: :meth:`Heartbeats.tick` is driven by the hub's heartbeat task (or by a test) with the
 current time; it calls :meth:`Monitored.send_ping` and :meth:`Monitored.silent`, which never block.
 """
@@ -15,6 +21,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import weakref
 from typing import Protocol
 
 
@@ -39,7 +46,7 @@ class Heartbeats:
         # Connections come due one by one; waking for each costs more than the ping. Ticks at most
         # this often handle all that came due together (their timing is that much less exact).
         self.resolution = min(1.0, max(0.01, min(interval, timeout) / 20))
-        self._slots: dict[int, list[Monitored]] = {}  # slot number -> connections due then
+        self._slots: dict[int, list[weakref.ref[Monitored]]] = {}  # slot number -> connections due then
         self._slot_order: list[int] = []  # heap of the slot numbers in _slots
         self._count = 0
 
@@ -47,8 +54,8 @@ class Heartbeats:
         return self._count
 
     def add(self, conn: Monitored, now: float) -> None:
-        """Watch a new connection (its first look is ``interval`` from now)."""
-        self._push(now + self.interval, conn)
+        """Watch a new connection (its first look is ``interval`` from now); ``conn`` must take weak references."""
+        self._push(now + self.interval, weakref.ref(conn))
 
     def next_due(self) -> float:
         return self._slot_order[0] * self.resolution if self._slot_order else math.inf
@@ -59,28 +66,29 @@ class Heartbeats:
         while order and order[0] * resolution <= now:
             due = slots.pop(heapq.heappop(order))
             self._count -= len(due)
-            for conn in due:
-                if conn.gone:
+            for ref in due:
+                conn = ref()
+                if conn is None or conn.gone:
                     continue
                 sent = conn.ping_sent_at
                 if sent is None:
                     if now - conn.heard_at < self.interval:
-                        self._push(conn.heard_at + self.interval, conn)
+                        self._push(conn.heard_at + self.interval, ref)
                     else:
                         conn.ping_sent_at = now
                         conn.send_ping()
-                        self._push(now + self.timeout, conn)
+                        self._push(now + self.timeout, ref)
                 elif conn.heard_at >= sent:  # heard from at or after the ping (a mock clock may stand still)
                     conn.ping_sent_at = None
-                    self._push(max(conn.heard_at + self.interval, now), conn)
+                    self._push(max(conn.heard_at + self.interval, now), ref)
                 else:
                     conn.silent()
 
-    def _push(self, when: float, conn: Monitored) -> None:
+    def _push(self, when: float, ref: weakref.ref[Monitored]) -> None:
         slot = math.ceil(when / self.resolution)
         due = self._slots.get(slot)
         if due is None:
             self._slots[slot] = due = []
             heapq.heappush(self._slot_order, slot)
-        due.append(conn)
+        due.append(ref)
         self._count += 1

@@ -123,6 +123,7 @@ class Parking:
                     del parked[fd]
                     self._forget(fd)
                     trio.lowlevel.reschedule(slot.task)
+                slot = None  # not kept (nor its connection, once ended) until the next wake-up
         finally:
             self._running = False
             for slot in parked.values():  # readers still parked read for themselves from now on

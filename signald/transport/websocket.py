@@ -64,9 +64,9 @@ class ServerWebSocket:
     are what it calls.
     """
 
-    __slots__ = ("_conn", "_decoder", "_drained", "_events", "_fileno", "_fragments", "_parts", "_peer_close", "_size",
-                 "_socket", "_spoke_at", "_talking", "broken", "failure", "flood", "gone", "heard_at",
-                 "max_message_bytes", "on_silent", "outbox", "parking", "ping_sent_at", "stream")
+    __slots__ = ("__weakref__", "_conn", "_decoder", "_drained", "_events", "_fileno", "_fragments", "_parts",
+                 "_peer_close", "_size", "_socket", "_spoke_at", "_talking", "broken", "failure", "flood", "gone",
+                 "heard_at", "max_message_bytes", "on_silent", "outbox", "parking", "ping_sent_at", "stream")
 
     def __init__(self, stream: trio.abc.Stream, conn: Connection, outbox: Outbox, *, max_message_bytes: int) -> None:
         self.stream = stream

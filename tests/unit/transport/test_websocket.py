@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -114,6 +115,19 @@ def test_closed_connections_are_dropped_and_cost_nothing() -> None:
     beats.tick(20)
     assert len(beats) == 0 and beats.next_due() == math.inf
     assert not any(c.pings for c in conns)
+
+
+def test_the_wheel_does_not_keep_a_closed_connection_alive() -> None:
+    """It holds connections weakly: an ended one is freed with its task, not when its slot comes due."""
+    beats = Heartbeats(interval=20, timeout=10)
+    conn, kept = FakeConn(), FakeConn()
+    beats.add(conn, now=0)
+    beats.add(kept, now=0)
+    freed = weakref.ref(conn)
+    del conn
+    assert freed() is None
+    run(beats, [kept], until=30)
+    assert kept.pings == [20] and not kept.timed_out  # the one still held is looked after as before
 
 
 # ---------------------------------------------------------------------- on the wire
