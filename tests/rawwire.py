@@ -8,6 +8,7 @@ close code that is not allowed, and read back exactly what the server wrote.
 from __future__ import annotations
 
 import os
+import socket
 
 import trio
 
@@ -51,9 +52,14 @@ async def until_eof(stream: trio.SocketStream) -> bytes:
     return got
 
 
-async def welcomed(port: int, user: str) -> trio.SocketStream:
-    """A connection upgraded to a WebSocket whose welcome has been read (and nothing after it)."""
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
+async def welcomed(port: int, user: str, *, receive_buffer: int | None = None) -> trio.SocketStream:
+    """A connection upgraded to a WebSocket whose welcome has been read (and nothing after it);
+    ``receive_buffer`` fixes the socket's receive buffer (before connecting: no autotuning)."""
+    sock = trio.socket.socket()
+    if receive_buffer is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    await sock.connect(("127.0.0.1", port))
+    stream = trio.SocketStream(sock)
     await stream.send_all(UPGRADE.format(user=user).encode())
     got = b""
     while b"\r\n\r\n" not in got or not got.endswith(b"}}"):

@@ -1,8 +1,10 @@
 """The whole-frame fast path of the server's reads, as pure functions on bytes (no Trio, no wsproto).
 
 A client sends one request at a time, so most reads hold exactly one whole, unfragmented, masked
-text or binary frame, or the 6-byte pong that answers our heartbeat ping. Recognising those here
-skips wsproto's frame parser (about four fifths of the cost of receiving a small message).
+text or binary frame, or the 6-byte pong that answers our heartbeat ping, and a client that leaves
+sends one close frame. Recognising those here skips wsproto's frame parser (about four fifths of
+the cost of receiving a small message; for a close, parsing it and building the reply, about 30 µs
+of a connection's set-up and tear-down).
 These functions look at the bytes only: the caller must also know that no earlier frame is half
 received (wsproto's decoder is idle, see :mod:`signald.transport.wsproto_probe`) and that the
 connection is open; anything these functions do not recognise (None, False) goes through wsproto,
@@ -21,6 +23,7 @@ PING_FRAME: Final = b"\x89\x00"  # FIN + ping, empty payload, unmasked (server t
 PONG_HEAD: Final = b"\x8a\x80"
 PONG_SIZE: Final = 6
 MAX_CLOSE_REASON_BYTES: Final = 123  # RFC 6455 5.5: control frames carry at most 125 bytes, 2 of them the code
+CLOSE_NO_CODE: Final = 1005  # RFC 6455 7.1.5: the code of a close frame that carries none (never sent itself)
 
 
 def is_lone_pong(wire: bytes) -> bool:
@@ -53,15 +56,56 @@ def whole_message(wire: bytes) -> str | bytes | None:
         return None
     if start + n != size:
         return None
-    key = wire[start - 4:start]
-    mask = int.from_bytes((key * ((n >> 2) + 1))[:n], "little")
-    payload = (int.from_bytes(wire[start:], "little") ^ mask).to_bytes(n, "little")
+    payload = _unmasked(wire, start, n)
     if first == 0x82:
         return payload
     try:
         return payload.decode("utf-8")
     except UnicodeDecodeError:
         return None  # wsproto closes with 1007
+
+
+def lone_close(wire: bytes) -> int | None:
+    """The code of the peer's close frame if ``wire`` is exactly one that needs no further checks, else None.
+
+    That is: one masked close ws_frame (no RSV bits) with no code (:data:`CLOSE_NO_CODE`, as
+    wsproto reports it) or with 1000, 1001 or an application code (3000-4999) and a reason that
+    is valid UTF-8. Every other close (a code that is reserved or not allowed, a bad reason, one
+    byte of payload, a frame cut over two reads) goes through wsproto, which fails the connection
+    with 1002 or 1007 where RFC 6455 says so.
+    """
+    size = len(wire)
+    if size < 6 or wire[0] != 0x88 or wire[1] < 0x80:  # FIN + close, masked
+        return None
+    n = wire[1] & 0x7F
+    if 6 + n != size:  # also a 16- or 64-bit length: a control frame carries at most 125 bytes
+        return None
+    if n == 0:
+        return CLOSE_NO_CODE
+    if n == 1:
+        return None
+    payload = _unmasked(wire, 6, n)
+    code = int.from_bytes(payload[:2], "big")
+    if code != 1000 and code != 1001 and not 3000 <= code <= 4999:
+        return None
+    try:
+        payload[2:].decode("utf-8")
+    except UnicodeDecodeError:
+        return None  # wsproto closes with 1007
+    return code
+
+
+def close_reply(code: int) -> bytes:
+    """The server's close frame echoing the peer's ``code``, byte for byte as wsproto builds it
+    (RFC 6455 5.5.1): the code alone, and no payload at all for :data:`CLOSE_NO_CODE`."""
+    return b"\x88\x00" if code == CLOSE_NO_CODE else b"\x88\x02" + code.to_bytes(2, "big")
+
+
+def _unmasked(wire: bytes, start: int, n: int) -> bytes:
+    """The ``n`` payload bytes from ``start``, unmasked with the 4-byte key before them: one XOR of two ints."""
+    key = wire[start - 4:start]
+    mask = int.from_bytes((key * ((n >> 2) + 1))[:n], "little")
+    return (int.from_bytes(wire[start:], "little") ^ mask).to_bytes(n, "little")
 
 
 def fit_close_reason(reason: str) -> str:

@@ -6,11 +6,11 @@ writes every frame under a lock with a checkpoint. signald needs less, and idle 
 what a signalling server holds most of:
 
 - the connection's own task reads (:meth:`ServerWebSocket.receive_message`), answering pings
-  and noting when the peer was last heard from; a read holding one whole message or a lone pong
-  skips wsproto (:mod:`signald.transport.framing`);
+  and noting when the peer was last heard from; a read holding one whole message, a lone pong or
+  a plain close frame skips wsproto (:mod:`signald.transport.framing`);
 - every outgoing byte (events, replies, pongs, heartbeat pings) goes through the connection's
   :class:`signald.delivery.outbox.Outbox`, which writes directly when the socket is idle and leaves
-  the rest to the connection's writer task (:meth:`ServerWebSocket.send_wire`), so there is exactly
+  the rest to the connection's writer task (:mod:`signald.transport.connection`), so there is exactly
   one writer;
 - heartbeats are one hub-wide sweep (:mod:`signald.state.heartbeat`), not a task per connection;
 - only the close frame is written here: by ``close`` once the writer is gone, or ``send_close_now``.
@@ -29,7 +29,6 @@ with 1009; a message in more than :data:`MAX_FRAGMENTS` frames, or pings and pon
 
 from __future__ import annotations
 
-import errno
 import math
 import os
 from collections.abc import Callable, Iterator
@@ -42,7 +41,14 @@ from wsproto.events import BytesMessage, CloseConnection, Event, Ping, TextMessa
 from signald.delivery.outbox import Outbox, direct_writer
 from signald.state.ratelimit import FloodGuard, Verdict
 from signald.transport.closing import await_close_reply, close_frame_now, discard_until_closed
-from signald.transport.framing import PING_FRAME, fit_close_reason, is_lone_pong, whole_message
+from signald.transport.framing import (
+    PING_FRAME,
+    close_reply,
+    fit_close_reason,
+    is_lone_pong,
+    lone_close,
+    whole_message,
+)
 from signald.transport.handshake import RECEIVE_BYTES, receive_bytes
 from signald.transport.parking import Parking, wait_readable
 from signald.transport.wsproto_probe import frame_decoder
@@ -64,9 +70,9 @@ class ServerWebSocket:
     are what it calls.
     """
 
-    __slots__ = ("__weakref__", "_conn", "_decoder", "_drained", "_events", "_fileno", "_fragments", "_parts",
-                 "_peer_close", "_size", "_socket", "_spoke_at", "_talking", "broken", "failure", "flood", "gone",
-                 "heard_at", "max_message_bytes", "on_silent", "outbox", "parking", "ping_sent_at", "stream")
+    __slots__ = ("__weakref__", "_conn", "_decoder", "_drained", "_events", "_fast_close", "_fileno", "_fragments",
+                 "_parts", "_peer_close", "_size", "_socket", "_spoke_at", "_talking", "broken", "failure", "flood",
+                 "gone", "heard_at", "max_message_bytes", "on_silent", "outbox", "parking", "ping_sent_at", "stream")
 
     def __init__(self, stream: trio.abc.Stream, conn: Connection, outbox: Outbox, *, max_message_bytes: int) -> None:
         self.stream = stream
@@ -89,10 +95,12 @@ class ServerWebSocket:
         # handled): pings and pongs are checked, fragments charged (signald.state.ratelimit).
         self.flood: FloodGuard | None = None
         self._peer_close: CloseConnection | None = None
+        # The peer's close frame and its code, read by the fast path and not yet given to wsproto (see _wsproto).
+        self._fast_close: tuple[bytes, int] | None = None
         # Plain TCP is read with os.read after waiting for readability (see _read); TLS through
         # the stream. wsproto's frame decoder is looked at to tell a lone pong or a whole message
         # from the tail of a ws_frame that wsproto holds the start of.
-        self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None  # the writer's (send_wire)
+        self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
         self._fileno = self._socket.fileno if self._socket is not None else None
         self._drained = True
         self._decoder = frame_decoder(conn)
@@ -157,6 +165,10 @@ class ServerWebSocket:
                     if message is not None:
                         self._spoke()
                         return self._add(message, True)  # None if it is too big: failure says so
+                    code = lone_close(wire)
+                    if code is not None:  # the peer leaves: close_now answers, wsproto is told only if needed
+                        self._fast_close = (wire, code)
+                        return None
             conn.receive_data(wire)
             del wire  # not kept alive while waiting for more
             self._events = conn.events()
@@ -285,40 +297,6 @@ class ServerWebSocket:
         if self.on_silent is not None:
             self.on_silent()
 
-    # ------------------------------------------------------------------ writing
-
-    async def send_wire(self, wire: bytes) -> None:
-        """Write ``wire`` (whole ws_frames): what the connection's writer task does with a batch.
-
-        On plain TCP it writes with the socket's own ``send``, like ``SocketStream.send_all``,
-        but knows what went out: cancelled midway, the unsent tail is kept in the outbox
-        (:meth:`~signald.delivery.outbox.Outbox.keep_unsent`) so that :meth:`close` can finish
-        that ws_frame before its close frame. Under TLS a cancelled ``send_all`` leaves the stream
-        broken, and it is marked so.
-
-        Error handling: raises :exc:`trio.BrokenResourceError` (failed) or
-        :exc:`trio.ClosedResourceError` (closed by this side), as ``send_all`` does.
-        """
-        sock = self._socket
-        if sock is None:
-            try:
-                await self.stream.send_all(wire)
-            except trio.Cancelled:
-                self.broken = True  # how much of the ws_frame went out is unknown
-                raise
-            return
-        unsent = memoryview(wire)
-        try:
-            while unsent:
-                unsent = unsent[await sock.send(unsent):]
-        except OSError as exc:
-            if exc.errno == errno.EBADF:
-                raise trio.ClosedResourceError("socket was already closed") from exc
-            raise trio.BrokenResourceError from exc
-        finally:
-            if unsent:
-                self.outbox.keep_unsent(bytes(unsent))
-
     # ------------------------------------------------------------------ closing
 
     async def close(self, code: int, reason: str) -> None:
@@ -338,7 +316,7 @@ class ServerWebSocket:
             if self.broken:
                 return
             unsent = self.outbox.take_unsent()
-            conn = self._conn
+            conn = self._wsproto()
             if conn.state is ConnectionState.REMOTE_CLOSING:
                 await self.stream.send_all(unsent + conn.send(CloseConnection(code=self.peer_close_code or 1000)))
                 return  # RFC 6455 7.1.1: the server closes TCP right after the closing handshake
@@ -364,7 +342,8 @@ class ServerWebSocket:
 
     def send_close_now(self, code: int, reason: str) -> bool:
         """Our close frame now, from any task: see :func:`signald.transport.closing.close_frame_now`."""
-        return self._socket is not None and not self.broken and close_frame_now(self._conn, self.outbox, code, reason)
+        return self._socket is not None and not self.broken and close_frame_now(self._wsproto(), self.outbox, code,
+                                                                                 reason)
 
     def close_now(self) -> bool:
         """Finish at once when nothing needs waiting for (True): on plain TCP, when the stream broke,
@@ -374,14 +353,19 @@ class ServerWebSocket:
         sock, outbox = self._socket, self.outbox
         if sock is None or outbox.mid_frame or outbox.direct_write is not None:  # a writer is still attached
             return False
-        conn = self._conn
+        conn, fast = self._conn, self._fast_close
         if not self.broken and conn.state is not ConnectionState.CLOSED:  # CLOSED: our close frame was answered
-            if conn.state is not ConnectionState.REMOTE_CLOSING:
+            if fast is not None:  # the peer's close, read by the fast path: echoed without wsproto
+                reply = close_reply(fast[1])
+            elif conn.state is ConnectionState.REMOTE_CLOSING:
+                reply = conn.send(CloseConnection(code=self.peer_close_code or 1000))
+            else:
                 return False
-            reply = conn.send(CloseConnection(code=self.peer_close_code or 1000))
             write = direct_writer(self.stream)
             sent = write(reply) if write is not None else 0
             if sent < len(reply):
+                if fast is not None:  # close() sends the rest through wsproto: its state follows (same bytes)
+                    self._wsproto().send(CloseConnection(code=self.peer_close_code or 1000))
                 outbox.keep_unsent(reply[sent:])
                 return False
         self.gone = True
@@ -392,5 +376,19 @@ class ServerWebSocket:
     def peer_close_code(self) -> int | None:
         """The code of the peer's close frame (to echo, and for the logs), None if it sent none; the
         close may still wait in ``_events`` if the reader was cancelled."""
+        if self._fast_close is not None:
+            return self._fast_close[1]
         closes = [self._peer_close] + [e for e in self._events if isinstance(e, CloseConnection)]
         return next((event.response().code for event in closes if event is not None), None)
+
+    def _wsproto(self) -> Connection:
+        """wsproto's connection, told first of a close frame the fast path read: its state is then what
+        it would be had it parsed the frame itself (REMOTE_CLOSING), for whatever looks at it."""
+        conn, fast = self._conn, self._fast_close
+        if fast is not None:
+            self._fast_close = None
+            conn.receive_data(fast[0])
+            for event in conn.events():
+                if isinstance(event, CloseConnection):
+                    self._peer_close = event
+        return conn

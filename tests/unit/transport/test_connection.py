@@ -7,6 +7,7 @@ The transport tests run a :class:`ServerWebSocket` on a real socket pair, served
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -249,3 +250,50 @@ async def test_a_peer_that_vanished_is_let_go_at_once(pair: tuple[socket.socket,
         await run_connection(ws, Owner(outbox), _nothing_expected)
     assert ws.broken and ws.close_now()
     assert stream.socket.fileno() == -1
+
+
+def server_side(ours: socket.socket) -> tuple[ServerWebSocket, Outbox]:
+    outbox = Outbox(8, binary=False, on_overflow=lambda: None)
+    ws = ServerWebSocket(trio.SocketStream(trio.socket.from_stdlib_socket(ours)), Connection(ConnectionType.SERVER),
+                         outbox, max_message_bytes=1000)
+    return ws, outbox
+
+
+async def test_a_close_reply_that_does_not_fit_follows_what_fills_the_socket(
+    pair: tuple[socket.socket, socket.socket]
+) -> None:
+    """The peer's close comes while our socket is full (it reads nothing for a while): the reply
+    ``close_now`` cannot write waits, and ``close`` sends it, once, when the peer reads on."""
+    ours, theirs = pair
+    ws, outbox = server_side(ours)
+    theirs.sendall(Connection(ConnectionType.CLIENT).send(CloseConnection(code=1001)))
+    filled = 0
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            filled += ours.send(b"x" * 65536)
+    with trio.fail_after(10):
+        await run_connection(ws, Owner(outbox), _nothing_expected)
+        assert ws.peer_close_code == 1001
+        assert not ws.close_now()  # no room for the reply
+        peer = trio.socket.from_stdlib_socket(theirs)
+        got = b""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ws.close, 1000, "")
+            while data := await peer.recv(1 << 20):
+                got += data
+    assert len(got) == filled + 4 and got[filled:] == b"\x88\x02\x03\xe9"  # the echo, once, then TCP closed
+
+
+async def test_a_shutdown_after_the_peer_closed_echoes_its_close_and_sends_none_of_its_own(
+    pair: tuple[socket.socket, socket.socket]
+) -> None:
+    ours, theirs = pair
+    ws, outbox = server_side(ours)
+    theirs.sendall(Connection(ConnectionType.CLIENT).send(CloseConnection(code=4000, reason="bye")))
+    with trio.fail_after(10):
+        await run_connection(ws, Owner(outbox), _nothing_expected)
+    assert not ws.send_close_now(1001, "server shutting down")  # what close_all tries on every connection
+    assert ws.peer_close_code == 4000
+    assert ws.close_now()
+    assert theirs.recv(100) == b"\x88\x02\x0f\xa0"
+    assert theirs.recv(100) == b""

@@ -13,7 +13,15 @@ from wsproto.connection import ConnectionType
 from wsproto.events import AcceptConnection, Request, TextMessage
 
 from signald.delivery.wsframe import OPCODE_BINARY, OPCODE_TEXT, websocket_frame, websocket_payload
-from signald.transport.framing import PING_FRAME, fit_close_reason, is_lone_pong, whole_message
+from signald.transport.framing import (
+    CLOSE_NO_CODE,
+    PING_FRAME,
+    close_reply,
+    fit_close_reason,
+    is_lone_pong,
+    lone_close,
+    whole_message,
+)
 
 
 @pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65535, 65536, 70000])
@@ -86,3 +94,72 @@ def test_close_reasons_are_cut_to_123_bytes_on_a_character_boundary() -> None:
     assert fit_close_reason("x" * 200) == "x" * 123
     cut = fit_close_reason("é" * 100)  # 2 bytes each: 61 fit
     assert cut == "é" * 61 and len(cut.encode()) <= 123
+
+
+# ------------------------------------------------------------------ a lone close frame (transport)
+
+
+def masked_close(payload: bytes, key: bytes = b"\x12\x34\x56\x78") -> bytes:
+    return bytes((0x88, 0x80 | len(payload))) + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+
+def wsproto_answer(wire: bytes) -> tuple[int, bytes] | tuple[str, int]:
+    """What wsproto makes of ``wire`` on an open server connection: (code, the reply the server builds
+    with it: the code alone, as ServerWebSocket.close_now) for a peer's close, or ("failed", the
+    code it fails the connection with)."""
+    from wsproto.connection import Connection, ConnectionState
+    from wsproto.events import CloseConnection
+
+    server = Connection(ConnectionType.SERVER)
+    server.receive_data(wire)
+    (event,) = server.events()
+    assert isinstance(event, CloseConnection)
+    if server.state is not ConnectionState.REMOTE_CLOSING:  # ParseFailed: reported as a close, state OPEN
+        return "failed", event.code
+    code = event.response().code
+    return code, server.send(CloseConnection(code=code))
+
+
+@given(code=st.one_of(st.none(), st.integers(0, 65535), st.sampled_from([1000, 1001, 1005, 1015, 2999, 3000, 4999])),
+       reason=st.one_of(st.text(max_size=40), st.binary(max_size=40)))
+@settings(max_examples=500, deadline=None)
+def test_a_close_taken_without_wsproto_is_one_wsproto_accepts_with_the_same_code_and_reply(
+    code: int | None, reason: str | bytes
+) -> None:
+    raw_reason = reason.encode() if isinstance(reason, str) else reason
+    payload = b"" if code is None else code.to_bytes(2, "big") + raw_reason[:123]
+    wire = masked_close(payload)
+    taken = lone_close(wire)
+    if taken is not None:
+        assert wsproto_answer(wire) == (taken, close_reply(taken))
+
+
+@pytest.mark.parametrize(("payload", "code"), [
+    (b"", CLOSE_NO_CODE),  # no code: 1005, answered with an empty close frame
+    ((1000).to_bytes(2, "big"), 1000),
+    ((1001).to_bytes(2, "big") + b"going away", 1001),
+    ((4321).to_bytes(2, "big") + "é".encode() * 61, 4321),  # a 122-byte reason
+    ((3000).to_bytes(2, "big"), 3000),
+])
+def test_the_closes_clients_send_are_taken_without_wsproto(payload: bytes, code: int) -> None:
+    wire = masked_close(payload)
+    assert lone_close(wire) == code
+    assert wsproto_answer(wire) == (code, close_reply(code))
+
+
+@pytest.mark.parametrize(("wire", "why"), [
+    (masked_close((1002).to_bytes(2, "big")), "a protocol code: wsproto's to judge"),
+    (masked_close((1005).to_bytes(2, "big")), "1005 may not be sent: wsproto fails it (1002)"),
+    (masked_close((999).to_bytes(2, "big")), "below the codes"),
+    (masked_close((5000).to_bytes(2, "big")), "above the codes"),
+    (masked_close((2999).to_bytes(2, "big")), "reserved"),
+    (masked_close(b"\x03"), "one byte of payload"),
+    (masked_close((1000).to_bytes(2, "big") + b"\xff"), "a reason that is not UTF-8: wsproto closes 1007"),
+    (masked_close((1000).to_bytes(2, "big"))[:7], "cut over two reads"),
+    (masked_close((1000).to_bytes(2, "big")) + client_wire("hi"), "a message after it in the same read"),
+    (b"\x88\x02\x03\xe8", "unmasked"),
+    (b"\x08\x82" + masked_close((1000).to_bytes(2, "big"))[2:], "not FIN: a fragmented control frame"),
+    (b"\xc8\x82" + masked_close((1000).to_bytes(2, "big"))[2:], "RSV1 set"),
+])
+def test_any_other_close_is_left_to_wsproto(wire: bytes, why: str) -> None:
+    assert lone_close(wire) is None, why
