@@ -60,6 +60,8 @@ async def test_every_queued_connection_is_accepted_in_the_same_pass(tls: bool) -
         await trio.testing.wait_all_tasks_blocked()
         nursery.start_soon(passes.run)
         clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(40)]  # queued: no checkpoint
+        for sock in clients:
+            sock.sendall(b"G")  # clients speak first: what the kernel waits for before it queues them
         with trio.fail_after(5):
             while len(handled) < 40:  # noqa: ASYNC110 - a list the handler fills
                 await trio.sleep(0.01)
@@ -90,7 +92,8 @@ async def test_accept_errors_wait_when_out_of_descriptors_and_skip_a_reset_conne
     caplog.set_level(logging.ERROR, logger="signald.server")
     async with trio.open_nursery() as nursery:
         port = await serving(nursery, handled, Passes())
-        with socket.create_connection(("127.0.0.1", port)):
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            client.sendall(b"G")
             with trio.fail_after(5):
                 while not handled:  # noqa: ASYNC110 - a list the handler fills
                     await trio.sleep(0.01)
@@ -110,6 +113,32 @@ async def test_another_accept_error_ends_serving(monkeypatch: pytest.MonkeyPatch
     with pytest.raises(ExceptionGroup) as raised:
         async with trio.open_nursery() as nursery:
             port = await serving(nursery, [], Passes())
-            with socket.create_connection(("127.0.0.1", port)), trio.fail_after(5):
+            with socket.create_connection(("127.0.0.1", port)) as client, trio.fail_after(5):
+                client.sendall(b"G")
                 await trio.sleep_forever()
     assert raised.group_contains(OSError, match="injected")
+
+
+@pytest.mark.skipif(not hasattr(socket, "TCP_DEFER_ACCEPT"), reason="Linux only")
+async def test_a_connection_is_accepted_once_its_first_bytes_arrive_or_after_a_silent_second() -> None:
+    """The kernel holds a connection that has sent nothing (TCP_DEFER_ACCEPT): accepted before its
+    request arrived, it would cost the daemon an awaited read under the connect timeout."""
+    handled: list[tuple[int, trio.abc.Stream]] = []
+    async with trio.open_nursery() as nursery:
+        port = await serving(nursery, handled, Passes())
+        with socket.create_connection(("127.0.0.1", port)) as silent, \
+                socket.create_connection(("127.0.0.1", port)) as speaking:
+            await trio.sleep(0.3)
+            assert handled == []  # both connected, neither has sent anything
+            speaking.sendall(b"GET / HTTP/1.1\r\n")
+            with trio.fail_after(0.5):
+                while not handled:  # noqa: ASYNC110 - a list the handler fills
+                    await trio.sleep(0.01)
+            assert len(handled) == 1
+            with trio.fail_after(listeners_module.DEFER_ACCEPT_S + 2):  # the silent one, all the same
+                while len(handled) < 2:  # noqa: ASYNC110 - a list the handler fills
+                    await trio.sleep(0.01)
+            silent.sendall(b"x")  # (it is still open)
+        for _, stream in handled:
+            await stream.aclose()
+        nursery.cancel_scope.cancel()
