@@ -16,7 +16,7 @@ import over_nodes
 import pytest
 import trio
 from over_nodes import nodes, nodes_database  # noqa: F401  # fixtures: a test over 1 node and over 3 nodes
-from postgres import postgres_server, postgres_url  # noqa: F401  # fixtures: a private PostgreSQL
+from postgres import fresh_databases, postgres_server, postgres_url  # noqa: F401  # fixtures: a private PostgreSQL
 from redis_fixture import redis_server, redis_url  # noqa: F401  # fixtures: a private Redis
 from trio.testing import MockClock
 

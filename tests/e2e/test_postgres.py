@@ -9,6 +9,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import psycopg
 import pytest
 import trio
 from conftest import daemon, make_config, start_server
-from postgres import PostgresServer, create_database
+from postgres import FreshDatabases, PostgresServer, create_database
 from test_durability import all_history
 from trio_websocket import ConnectionClosed
 
@@ -224,3 +225,33 @@ async def test_kill_9_in_the_middle_of_concurrent_batches_loses_no_acked_send_an
     by_body = {m["body"]: m for m in stored}
     for op_id, acked in acks.items():
         assert by_body.get(op_id) == acked, f"acked {op_id} is not stored as acked"
+
+
+def test_each_test_gets_a_database_no_test_had_and_it_is_dropped_after(postgres_server: PostgresServer) -> None:
+    """The suite's own ``postgres_url`` (tests/postgres.py): made ahead on a thread, never handed out
+    twice, empty, and gone once given back."""
+    databases = FreshDatabases(postgres_server, ahead=2)
+
+    def names() -> set[str]:
+        with psycopg.connect(postgres_server.url()) as conn:
+            return {row[0] for row in conn.execute("SELECT datname FROM pg_database")}
+
+    try:
+        first, second = databases.take(), databases.take()
+        assert first != second and {first.rsplit("/", 1)[1], second.rsplit("/", 1)[1]} <= names()
+        for url in (first, second):
+            with psycopg.connect(url) as conn:
+                assert conn.execute("SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+                                    " WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')"
+                                    ).fetchone() == (0,)
+        with psycopg.connect(first, autocommit=True) as conn:
+            conn.execute("CREATE TABLE left_behind (x int)")  # a session still open: dropped all the same
+            databases.used(first)
+            for _ in range(200):  # the worker drops it soon after
+                if first.rsplit("/", 1)[1] not in names():
+                    break
+                time.sleep(0.05)
+            assert first.rsplit("/", 1)[1] not in names()
+        assert second.rsplit("/", 1)[1] in names()
+    finally:
+        databases.close()
