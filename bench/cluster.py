@@ -160,7 +160,7 @@ async def cross_node(nodes: list[Server], helpers: _Helpers, sizes: Sizes, tag: 
 async def idle_across(nodes: list[Server], helpers: _Helpers, sizes: Sizes, tag: str) -> dict[str, Any]:
     total = sizes.cluster_idle
     per_node = [total // len(nodes) + (1 if i < total % len(nodes) else 0) for i in range(len(nodes))]
-    await asyncio.sleep(1.0)
+    await asyncio.sleep(sizes.rss_settle_s)
     base = [node.rss() for node in nodes]
     procs: list[asyncio.subprocess.Process] = []
     t0 = time.perf_counter()

@@ -169,8 +169,9 @@ class Server:
                 other += t.user_time + t.system_time
         return main, other
 
-    async def restart(self, startup_s: float = 30.0) -> float:
-        """SIGTERM, wait for the exit, start again on the same port and directory (database).
+    async def restart(self, startup_s: float = 30.0, grace_s: float = 30.0) -> float:
+        """SIGTERM, wait for the exit (SIGKILL after ``grace_s``), start again on the same port and
+        directory (database).
 
         Returns the seconds from SIGTERM to the old process's exit (its shutdown).
         """
@@ -185,7 +186,7 @@ class Server:
                 last = self.process_cpu_seconds()
             except psutil.NoSuchProcess:
                 break
-            if time.perf_counter() - t0 > startup_s:
+            if time.perf_counter() - t0 > grace_s:
                 self.proc.kill()
             await asyncio.sleep(0.005)
         await asyncio.to_thread(self.proc.wait)

@@ -354,7 +354,8 @@ async def send_round(storm: Storm, senders: list[Client], rooms_of: Callable[[in
     await asyncio.gather(*(one(i, s) for i, s in enumerate(senders)))
 
 
-async def reconnect_storm(server: Server, n: int, tag: str, *, send_rate: float, timeout_s: float) -> Metrics:
+async def reconnect_storm(server: Server, n: int, tag: str, *, send_rate: float, timeout_s: float,
+                          stop_grace_s: float = 30.0) -> Metrics:
     """One storm of ``n`` clients against ``server`` (restarted in the middle); metrics suffixed ``_n``."""
     storm = Storm(server, server.spec.dialect_name)
     rooms = [f"st{n}-{tag}-{r}" for r in range(STORM_ROOMS)]
@@ -401,7 +402,7 @@ async def reconnect_storm(server: Server, n: int, tag: str, *, send_rate: float,
     client0 = client_cpu_seconds()
     storm.sigterm_at = t0 = time.perf_counter()
     resuming = [asyncio.create_task(resume(storm, c, f)) for c, f in zip(clients, losses, strict=True)]
-    shutdown_s = await server.restart()
+    shutdown_s = await server.restart(grace_s=stop_grace_s)
     ready_s = time.perf_counter() - t0
     cpu0 = server.process_cpu_seconds()
     _, pending = await asyncio.wait(resuming, timeout=timeout_s)
@@ -456,5 +457,5 @@ async def storm_workload(server: Server, sizes: Any, tag: str) -> Metrics:
     metrics: Metrics = {}
     for n in sizes.storm_sizes:
         metrics.update(await reconnect_storm(server, n, tag, send_rate=sizes.storm_send_rate,
-                                             timeout_s=sizes.storm_timeout_s))
+                                             timeout_s=sizes.storm_timeout_s, stop_grace_s=sizes.storm_stop_grace_s))
     return metrics

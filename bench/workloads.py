@@ -40,6 +40,8 @@ class Sizes:
     fanout_deliveries: int = 300_000
     fanout_senders: int = 5
     fanout_window: int = 8
+    # (c), (f), (h): the pause before a server's RSS is read, after its connections came or went
+    rss_settle_s: float = 1.0
     # (c) idle memory
     idle_sizes: tuple[int, ...] = (1000, 5000)
     idle_room_size: int = 50
@@ -59,6 +61,11 @@ class Sizes:
     storm_sizes: tuple[int, ...] = (1000, 5000)  # --storm-sizes 1000,5000,19000 for the issue's largest
     storm_send_rate: float = 10.0  # messages/s of each of the 10 senders, all through the storm
     storm_timeout_s: float = 120.0  # a storm not resumed by then is reported as such
+    # SIGTERM to SIGKILL of the server restarted mid-storm. --quick, whose figures mean nothing, cuts
+    # it short for python-socketio on aiohttp, which holds its sockets open 10 s (aiohttp's close
+    # timeout: the handlers' reads are cancelled, so no peer's close reply is read) and meanwhile
+    # grows every client's backoff: 23 of the test suite's 27 s for that run. signald is gone in 0.6 s.
+    storm_stop_grace_s: float = 30.0
     # (h) several nodes (fan-out: fanout_members; idle: scale_per_holder, scale_settle_s, scale_window_s)
     cluster_rate: float = 5000.0  # chat.send/s, paced, for the cross-node latency
     cluster_seconds: float = 6.0
@@ -68,10 +75,10 @@ class Sizes:
 FULL = Sizes()
 QUICK = Sizes(
     rounds=1, rtt_warmup=5, rtt_messages=20, fanout_members=(5,), fanout_deliveries=80, fanout_senders=2,
-    idle_sizes=(50,), idle_room_size=10, idle_cpu_window_s=1.0, connect_count=50, connect_concurrency=10,
-    durable_senders=5, durable_messages=10, scale_connections=200, scale_per_holder=100, scale_window_s=2.0,
-    scale_settle_s=0.5, storm_sizes=(60,), storm_send_rate=20.0, storm_timeout_s=30.0, cluster_rate=500.0,
-    cluster_seconds=0.6, cluster_idle=150,
+    rss_settle_s=0.2, idle_sizes=(50,), idle_room_size=10, idle_cpu_window_s=1.0, connect_count=50,
+    connect_concurrency=10, durable_senders=5, durable_messages=10, scale_connections=200, scale_per_holder=100,
+    scale_window_s=1.0, scale_settle_s=0.5, storm_sizes=(60,), storm_send_rate=20.0, storm_timeout_s=30.0,
+    storm_stop_grace_s=2.0, cluster_rate=500.0, cluster_seconds=0.6, cluster_idle=150,
 )
 
 
@@ -219,7 +226,7 @@ async def idle_memory(server: Server, sizes: Sizes, tag: str) -> Metrics:
                                  rooms=[f"warm-{tag}"] * 20)
     await quiet(stats)
     abort_all(warm)
-    await asyncio.sleep(1.0)
+    await asyncio.sleep(sizes.rss_settle_s)
     base = server.rss()
     metrics: Metrics = {"base_rss_mb": base / 2**20}
     conns: list[Conn] = []
@@ -231,7 +238,7 @@ async def idle_memory(server: Server, sizes: Sizes, tag: str) -> Metrics:
                                           concurrency=100, local_hosts=LOCAL_HOSTS, timeout_s=120)
         conns += more
         await quiet(stats, interval=0.5)
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(sizes.rss_settle_s)
         rss = server.rss()
         metrics[f"rss_kb_{size}"] = (rss - base) / max(1, len(conns)) / 1024
         metrics[f"rss_mb_{size}"] = rss / 2**20
@@ -349,7 +356,7 @@ async def scale(server: Server, sizes: Sizes, tag: str) -> Metrics:
     if attempt < target:
         metrics["limited_by"] = (f"the server's RLIMIT_NOFILE is {soft} (hard {hard}) and cannot be raised "
                                  "without CAP_SYS_RESOURCE, so one process cannot hold more sockets")
-    await asyncio.sleep(1.0)
+    await asyncio.sleep(sizes.rss_settle_s)
     base = server.rss()
     holders = math.ceil(attempt / sizes.scale_per_holder)
     counts = [attempt // holders + (1 if i < attempt % holders else 0) for i in range(holders)]
