@@ -119,11 +119,21 @@ class RedisServer:
         self.command("SHUTDOWN", "NOSAVE")
         deadline = time.monotonic() + 10
         while pid is not None and time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
+            if not _alive(pid):
                 return
             time.sleep(0.02)
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` still runs. A daemonized server's parent is init, which may reap it a second
+    after it exited (1.15 s here): a zombie has stopped, its port and files are free."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with contextlib.suppress(OSError, IndexError):
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] not in ("Z", "X")
+    return True
 
 
 PREFIX = "signald-redis-"
