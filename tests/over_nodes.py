@@ -130,8 +130,12 @@ async def settle() -> None:
 
 class SharedDatabase:
     """One PostgreSQL database for every "3 nodes" test, emptied before each (tests run one at a
-    time): ``TRUNCATE`` takes milliseconds where ``CREATE DATABASE`` and the nodes' schema set-up
-    take a few hundred. A connection of its own each time: other tests restart the server."""
+    time): emptying takes milliseconds where ``CREATE DATABASE`` and the nodes' schema set-up
+    take a few hundred. A connection of its own each time: other tests restart the server.
+
+    ``DELETE`` and a restart of the schema's sequences leave what ``TRUNCATE ... RESTART
+    IDENTITY`` leaves (empty tables, identities from 1) in 3 ms instead of 65 (new files for
+    every table and index), before each of ~200 tests and each example of their hypothesis tests."""
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -143,8 +147,13 @@ class SharedDatabase:
             tables = [row[0] for row in conn.execute(  # signald's, but for the schema's version
                 "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables"
                 " WHERE schemaname = 'signald' AND tablename <> 'schema_version'")]
-            if tables:  # none before the first nodes created the schema
-                conn.execute(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY")  # type: ignore[arg-type]
+            sequences = [row[0] for row in conn.execute(
+                "SELECT format('%I.%I', schemaname, sequencename) FROM pg_sequences WHERE schemaname = 'signald'")]
+            with conn.transaction():  # none before the first nodes created the schema
+                for table in tables:
+                    conn.execute(f"DELETE FROM {table}")  # type: ignore[arg-type]
+                for sequence in sequences:
+                    conn.execute(f"ALTER SEQUENCE {sequence} RESTART")  # type: ignore[arg-type]
         return self.url
 
 

@@ -255,3 +255,22 @@ def test_each_test_gets_a_database_no_test_had_and_it_is_dropped_after(postgres_
         assert second.rsplit("/", 1)[1] in names()
     finally:
         databases.close()
+
+
+async def test_the_shared_database_of_the_3_node_tests_is_emptied_like_a_new_one(postgres_url: str) -> None:
+    """``over_nodes.SharedDatabase.emptied``: every signald table empty, identities from 1 again, the
+    schema (and its version) kept for the next test's nodes."""
+    from over_nodes import SharedDatabase
+
+    async with make_store(postgres_url) as store:
+        for room in ("a", "b"):
+            message, *_ = await store.send(room=room, user_id="ann", body="hi")
+            await store.react(message_id=message.id, user_id="bob", reaction="+1", action="add", room=room)
+        await store.mark_read(user_id="bob", room="b", message_id=message.id)
+    assert SharedDatabase(postgres_url).emptied() == postgres_url
+    with psycopg.connect(postgres_url) as conn:
+        tables = [row[0] for row in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'signald'")]
+        assert len(tables) > 5
+        counts = {t: conn.execute(f"SELECT count(*) FROM signald.{t}").fetchone() for t in tables}  # type: ignore[arg-type]
+        assert counts == {t: (1,) if t == "schema_version" else (0,) for t in tables}
+        assert conn.execute("SELECT nextval('signald.reactions_rowid_seq')").fetchone() == (1,)
