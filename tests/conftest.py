@@ -55,12 +55,17 @@ async def start_server(nursery: trio.Nursery, config: Config, **kwargs: Any) -> 
         running: RunningServer = await nursery.start(lambda task_status: serve_signald(
             config, task_status=task_status, **kwargs))
         return running
-    started = []
-    for index in range(over_nodes.current.count):
+    started: dict[int, RunningServer] = {}
+
+    async def start_node(index: int) -> None:
         node_config = over_nodes.node_config(config, index)
-        started.append(await nursery.start(lambda task_status, c=node_config: serve_signald(
-            c, task_status=task_status, **kwargs)))
-    cluster = over_nodes.Nodes(started)
+        started[index] = await nursery.start(lambda task_status: serve_signald(
+            node_config, task_status=task_status, **kwargs))
+
+    async with trio.open_nursery() as starting:  # together, as a cluster's nodes come up: waits overlap
+        for index in range(over_nodes.current.count):
+            starting.start_soon(start_node, index)
+    cluster = over_nodes.Nodes([started[index] for index in sorted(started)])
     over_nodes.current.started.append(cluster)
     nursery.start_soon(over_nodes.unlisted_once_stopped, cluster)
     return cluster  # type: ignore[return-value]  # it stands for a RunningServer
