@@ -230,15 +230,19 @@ class _KeyedBuckets:
         return len(self._buckets)
 
     def _allow(self, key: str, now: float) -> bool:
+        return self._bucket(key, now).allow(now)
+
+    def _bucket(self, key: str, now: float) -> TokenBucket:
+        """``key``'s bucket (a full one if none is remembered), moved to the recent end."""
         self._forget_idle(now)
-        bucket = self._buckets.pop(key, None)
+        buckets = self._buckets
+        bucket = buckets.pop(key, None)
         if bucket is None:
             bucket = TokenBucket(self._rate, self._burst)
-        allowed = bucket.allow(now)
-        self._buckets[key] = bucket
-        while len(self._buckets) > self._max_tracked:
-            del self._buckets[next(iter(self._buckets))]
-        return allowed
+        buckets[key] = bucket
+        while len(buckets) > self._max_tracked:
+            del buckets[next(iter(buckets))]
+        return bucket
 
     def retry_after_s(self, ip: str, now: float) -> float:
         """Seconds from ``now`` until ``ip`` may connect again (0 if it may now); counts nothing."""
@@ -282,15 +286,13 @@ class UserRateLimiter(_KeyedBuckets):
 
     def allow(self, user_id: str, now: float) -> bool:
         """Take one token of ``user_id``'s budget at ``now``; False if there is none."""
-        if self.share_of is None:
-            return self._allow(user_id, now)
-        return self._bucket_of(user_id, now).allow(now)
+        return self._shared_bucket(user_id, now).allow(now)
 
     def for_user(self, user_id: str) -> Callable[[float], bool]:
         """``allow`` bound to ``user_id``: what a connection's FloodGuard draws on."""
-        if self.share_of is None:  # one node (a replica sets it before any connection): as ever
+        if self.share_of is None:  # one node (a replica sets it before any connection): no share to fit
             return lambda now: self._allow(user_id, now)
-        return lambda now: self._bucket_of(user_id, now).allow(now)
+        return lambda now: self._shared_bucket(user_id, now).allow(now)
 
     def level(self, user_id: str, now: float) -> float | None:
         """``user_id``'s level at ``now`` (tokens over capacity), None when the budget is full."""
@@ -302,20 +304,14 @@ class UserRateLimiter(_KeyedBuckets):
     def cap(self, user_id: str, level: float, now: float) -> None:
         """Another node told ``user_id``'s level: lower this node's to it (never raise it)."""
         if level < 1.0:
-            self._bucket_of(user_id, now).cap_level(level, now)
+            self._shared_bucket(user_id, now).cap_level(level, now)
 
-    def _bucket_of(self, user_id: str, now: float) -> TokenBucket:
-        """The user's bucket, made or moved to the recent end, at this node's share of the budget."""
-        self._forget_idle(now)
-        buckets = self._buckets
-        bucket = buckets.pop(user_id, None)
-        share = 1.0 if self.share_of is None else self.share_of(user_id)
-        burst = max(1.0, self._burst * share)
-        if bucket is None:
-            bucket = TokenBucket(self._rate * share, burst)
-        elif bucket.capacity != burst:
-            bucket.rescale(self._rate * share, burst, now)
-        buckets[user_id] = bucket
-        while len(buckets) > self._max_tracked:
-            del buckets[next(iter(buckets))]
+    def _shared_bucket(self, user_id: str, now: float) -> TokenBucket:
+        """The user's bucket, at this node's share of the budget (a new one made full at it)."""
+        bucket = self._bucket(user_id, now)
+        if self.share_of is not None:
+            share = self.share_of(user_id)
+            burst = max(1.0, self._burst * share)
+            if bucket.capacity != burst:
+                bucket.rescale(self._rate * share, burst, now)
         return bucket
