@@ -213,8 +213,7 @@ class Hub:
             left = self.rooms.disconnect(conn)
             self.publish(gone)
             self.publish(left)
-        if self.replica is not None:  # they tell their own clients, and bound the user's frame budget by ours
-            self.replica.share(Disconnect(conn, session.user_id, self.user_rates.level(session.user_id, now)))
+        self.share(Disconnect(conn))  # the other nodes tell their own clients
         self.remove_session(session)
         if audit.isEnabledFor(logging.INFO):  # the duration is worth computing only for a line that is written
             code = session.close_code

@@ -45,7 +45,8 @@ class Connect(SharedOp, tag="connect", frozen=True):
 class Disconnect(SharedOp, tag="disconnect", frozen=True):
     """A connection closed on the origin: its rooms are left, its device goes offline, its calls end.
     ``level``: the user's frame budget on the origin then (tokens over capacity; None: full), which
-    the others take as an upper bound for theirs (reconnecting elsewhere refills nothing)."""
+    the others take as an upper bound for theirs (reconnecting elsewhere refills nothing); the
+    replica fills in ``user`` and ``level`` as it shares the op."""
 
     conn: str
     user: str = ""

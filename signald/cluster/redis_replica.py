@@ -124,11 +124,14 @@ class RedisReplica(Replica):
             commands.append(("hdel", names.conns, op.conn))
             session = self.hub.sessions.get(op.conn)
             if session is not None:
-                if not self.hub.presence.is_online(session.user_id):
-                    commands.append(("hdel", names.status, session.user_id))
-                if len(self.hub.sessions_by_user.get(session.user_id, ())) <= 1:  # its last one here
-                    self._activity.forget(session.user_id, trio.current_time())
-                self._later(names.user(session.user_id))
+                user, now = session.user_id, trio.current_time()
+                # the others bound the user's frame budget by this node's (reconnecting refills nothing)
+                op = Disconnect(op.conn, user, self.hub.user_rates.level(user, now))
+                if not self.hub.presence.is_online(user):
+                    commands.append(("hdel", names.status, user))
+                if len(self.hub.sessions_by_user.get(user, ())) <= 1:  # its last one here
+                    self._activity.forget(user, now)
+                self._later(names.user(user))
         elif isinstance(op, Kick):
             commands.extend(self._records_of(op.user))
         elif isinstance(op, SetStatus):
