@@ -374,8 +374,9 @@ class ServerWebSocket:
 
     @property
     def peer_close_code(self) -> int | None:
-        """The code of the peer's close frame (to echo, and for the logs), None if it sent none; the
-        close may still wait in ``_events`` if the reader was cancelled."""
+        """The code of the peer's close frame (to echo, and for the logs): None if no close frame came,
+        1005 if one came without a code. The close may still wait in ``_events`` if the reader was
+        cancelled."""
         if self._fast_close is not None:
             return self._fast_close[1]
         closes = [self._peer_close] + [e for e in self._events if isinstance(e, CloseConnection)]
