@@ -4,12 +4,13 @@ Every module imported costs start-up time, and after a restart every millisecond
 line is a millisecond in which reconnecting clients are refused and back off (issue #21; the figures
 are in docs/benchmarks.md, "Daemon start-up"). The optional parts of the daemon load their heavy
 libraries only when configured: PyJWT and cryptography for ``auth.mode = "jwt"``, psycopg for a
-PostgreSQL ``history.url``, coredis and hiredis for ``cluster.broker_url``; httpx is the server API's
-client, never the daemon's.
+PostgreSQL ``history.url``, coredis and hiredis for ``cluster.broker_url``; prometheus-client (and
+the HTTP server modules it imports) on the first counted event after the ready line, or for
+``server.metrics_port`` before it; httpx is the server API's client, never the daemon's.
 
 The real daemon runs in a subprocess under ``python -X importtime``, which writes a line to stderr
 for every module as it is imported: the modules named before the ready line are exactly those the
-start-up imported. A daemon in JWT mode shows that the method sees such an import.
+start-up imported. A daemon in JWT mode, and one with a metrics port, show that the method sees such imports.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ IMPORTED = re.compile(r"^import time:\s+\d+ \|\s+\d+ \|\s*(\S+)\s*$")
 
 # Libraries the default daemon must not load before it is ready (nor any module of theirs).
 NOT_ON_THE_DEFAULT_PATH = ("jwt", "cryptography", "psycopg", "psycopg_binary", "psycopg_c", "coredis", "hiredis",
-                           "httpx", "signald.history.postgres", "signald.cluster", "signald.api")
+                           "httpx", "prometheus_client", "wsgiref", "signald.history.postgres", "signald.cluster",
+                           "signald.api")
 
 
 def modules_before_ready(tmp_path: Path, **env_extra: str) -> list[str]:
@@ -74,3 +76,8 @@ def test_a_jwt_daemon_loads_pyjwt_before_it_is_ready(tmp_path: Path) -> None:
     # auth.mode = "jwt" checks its key at start-up (a bad key is a configuration error, exit 2)
     modules = modules_before_ready(tmp_path, SIGNALD_AUTH_MODE="jwt", SIGNALD_AUTH_JWT_SECRET="s" * 32)
     assert "jwt" in heavy(modules)
+
+
+def test_a_daemon_with_a_metrics_port_loads_prometheus_client_before_it_is_ready(tmp_path: Path) -> None:
+    modules = modules_before_ready(tmp_path, SIGNALD_SERVER_METRICS_PORT="0")
+    assert "prometheus_client" in heavy(modules) and "jwt" not in heavy(modules)
