@@ -31,6 +31,8 @@ from bench.wsclient import DIALECTS, Dialect
 
 REPO = Path(__file__).resolve().parent.parent
 READY = re.compile(r"ready on ws://([0-9.]+):(\d+)/")
+# Where servers keep their compiled bytecode when this environment writes none (see ``spawn_env``).
+BYTECODE_CACHE = os.path.join(tempfile.gettempdir(), f"signald-bench-pycache-{os.getuid()}")
 
 # signald's per-connection limits are for abuse, not for a load client: raise them for the bench.
 SIGNALD_ENV = {
@@ -232,11 +234,18 @@ def spawn_env(spec: ServerSpec) -> dict[str, str]:
     Every inherited ``SIGNALD_*`` variable is dropped, not only configuration keys: a developer's
     settings must not change what is measured, and a ``--baseline`` commit may be old enough to
     refuse variables it does not know (``./dev`` itself passes ``SIGNALD_VENV``). ``spec.cwd`` goes
-    first on ``PYTHONPATH`` so its ``signald`` wins over the editable install.
+    first on ``PYTHONPATH`` so its ``signald`` wins over the editable install. Servers start from
+    compiled bytecode as an installed daemon does (kept in ``BYTECODE_CACHE`` if this environment
+    says ``PYTHONDONTWRITEBYTECODE``).
     """
     env = {k: v for k, v in os.environ.items() if not k.startswith("SIGNALD_")}
     env.update(spec.env)
     env["PYTHONPATH"] = str(spec.cwd) + os.pathsep + env.get("PYTHONPATH", "")
+    if env.pop("PYTHONDONTWRITEBYTECODE", ""):
+        # An installed signald has its bytecode compiled (pip does it); a server that compiled its
+        # ~100 modules from source at every start would add ~0.1 s to each restart (the storm's
+        # start-up, docs/benchmarks.md "Daemon start-up"). The cache goes outside the repository.
+        env["PYTHONPYCACHEPREFIX"] = BYTECODE_CACHE
     return env
 
 
