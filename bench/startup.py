@@ -1,15 +1,17 @@
 """How long ``signald serve`` takes from spawn to its ready line, on an empty or a filled database.
 
-    python -m bench.startup [--runs 15] [--history 2000] [--baseline REV] [--profile OUT.prof] [--json OUT]
+    python -m bench.startup [--runs 15] [--history 2000] [--baseline REV] [--from-source] [--profile OUT.prof]
+                            [--json OUT]
 
 Each run starts the daemon exactly as the bench's ``signald`` server (``SPECS["signald"]``: same
 argv, environment and core), on port 0, and times from just before the ``fork`` to the moment the
 ``ready on ws://...`` line (:data:`bench.procs.READY`) arrives on its stderr, read from a pipe (the
 bench's own ``_ready`` polls a file, which adds up to its poll interval); then SIGTERM. Every run of
 one server uses the same database, as a restart does. ``--history N`` fills it first with
-:data:`bench.storm.STORM_ROOMS` rooms of N messages each (plus read receipts and last-seen times),
-the shape the reconnect storm (g) restarts on. With ``--baseline REV`` that commit is started in
-the same run, alternating with today's. ``--profile OUT`` runs one more start of today's code
+:data:`bench.storm.STORM_ROOMS` rooms of N messages each (plus read receipts and last-seen times):
+the storm's (g) rooms, with far more history than the storm itself leaves in them. With ``--baseline REV`` that commit is started in
+the same run, alternating with today's. ``--from-source`` starts them without a bytecode cache
+(every module compiled at every start). ``--profile OUT`` runs one more start of today's code
 under cProfile up to the ready line (the profile ends there) and prints its top functions.
 """
 
@@ -56,11 +58,21 @@ def _preexec() -> None:
         os.sched_setaffinity(0, {SERVER_CPU})
 
 
-def start_once(spec: ServerSpec, tmp: str, timeout_s: float = 30.0) -> float:
+def server_env(spec: ServerSpec, *, from_source: bool = False) -> dict[str, str]:
+    """The bench's environment for ``spec``; ``from_source``: no bytecode cache, every module compiled
+    at every start (what the bench's servers did before ``spawn_env`` gave them one)."""
+    env = spawn_env(spec)
+    if from_source:
+        env.pop("PYTHONPYCACHEPREFIX", None)
+        env["PYTHONDONTWRITEBYTECODE"] = "1"
+    return env
+
+
+def start_once(spec: ServerSpec, tmp: str, timeout_s: float = 30.0, *, from_source: bool = False) -> float:
     """Seconds from spawn to the ready line of one daemon of ``spec`` on ``tmp``'s database; stops it."""
     argv = spec.argv(tmp)
     t0 = time.perf_counter()
-    proc = subprocess.Popen(argv, cwd=spec.cwd, env=spawn_env(spec), stdin=subprocess.DEVNULL,
+    proc = subprocess.Popen(argv, cwd=spec.cwd, env=server_env(spec, from_source=from_source), stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=_preexec)
     assert proc.stderr is not None
     seen: list[bytes] = []
@@ -99,7 +111,7 @@ def fill_history(db: str, per_room: int) -> int:
                     sent += 1
                 assert last is not None
                 for u in range(40):
-                    await store.mark_read(user_id=f"user-{u}", room=room, message_id=last["id"])
+                    await store.mark_read(user_id=f"user-{u}", room=room, message_id=last.id)
             await store.set_last_seen({f"user-{u}": "2026-12-07T08:00:00.000Z" for u in range(40)})
         return sent
 
@@ -130,6 +142,8 @@ def main() -> None:
     parser.add_argument("--history", type=int, default=0, metavar="N",
                         help=f"fill the database with {STORM_ROOMS} rooms of N messages first")
     parser.add_argument("--baseline", metavar="REV", help="also start this commit, alternating")
+    parser.add_argument("--from-source", action="store_true",
+                        help="no bytecode cache: compile every module at every start")
     parser.add_argument("--profile", type=Path, metavar="OUT", help="cProfile one more start up to ready")
     parser.add_argument("--json", type=Path, metavar="OUT", help="write the results here")
     args = parser.parse_args()
@@ -159,8 +173,8 @@ def main() -> None:
         times: dict[str, list[float]] = {spec.name: [] for spec in specs}
         for i in range(args.runs):
             for spec in specs if i % 2 == 0 else specs[::-1]:
-                times[spec.name].append(start_once(spec, dirs[spec.name]))
-        results: dict[str, Any] = {"history_messages": stored, "runs": args.runs,
+                times[spec.name].append(start_once(spec, dirs[spec.name], from_source=args.from_source))
+        results: dict[str, Any] = {"history_messages": stored, "runs": args.runs, "from_source": args.from_source,
                                    "baseline": args.baseline, "servers": {}}
         for spec in specs:
             s = summary(times[spec.name])
