@@ -21,6 +21,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import psutil
@@ -31,6 +32,8 @@ from bench.wsclient import DIALECTS, Dialect
 
 REPO = Path(__file__).resolve().parent.parent
 READY = re.compile(r"ready on ws://([0-9.]+):(\d+)/")
+# The same line in the text log format, with the time the daemon wrote it (its own clock).
+READY_LOGGED = re.compile(r"^(\S+) INFO signald: signald ready on ws://", re.MULTILINE)
 # Where servers keep their compiled bytecode when this environment writes none (see ``spawn_env``).
 BYTECODE_CACHE = os.path.join(tempfile.gettempdir(), f"signald-bench-pycache-{os.getuid()}")
 
@@ -149,6 +152,10 @@ class Server:
     tmp: str = ""  # the server's directory (its database): a restart keeps it
     nofile: int | None = None
     earlier_cpu_s: float = 0.0  # CPU of the processes this server ran as before its last restart
+    # Wall-clock times of the last restart's spawn and of its ready line as the daemon logged it:
+    # unlike the bench's view of it (polled from an event loop busy with thousands of clients).
+    spawned_wall: float = 0.0
+    ready_wall: float | None = None
 
     def cpu_seconds(self) -> float:
         """User + system CPU time of the server so far (all its threads, earlier processes included)."""
@@ -195,6 +202,7 @@ class Server:
         shutdown_s = time.perf_counter() - t0
         self.earlier_cpu_s += last
         spec = dataclasses.replace(self.spec, argv=_on_port(self.spec.argv, self.port))
+        self.spawned_wall = time.time()
         proc, stderr_path = _spawn(spec, self.tmp, self.nofile, None, log_name=f"stderr-{self.proc.pid}.log")
         self.proc, self.stderr_path = proc, stderr_path
         deadline = time.monotonic() + startup_s
@@ -203,6 +211,7 @@ class Server:
             await asyncio.sleep(0.01)
             started = _ready(spec, proc, stderr_path, deadline)
         self.ps = started.ps
+        self.ready_wall = logged_ready(stderr_path)
         return shutdown_s
 
     def rss(self) -> int:
@@ -278,6 +287,16 @@ def _ready(spec: ServerSpec, proc: subprocess.Popen[bytes], stderr_path: str, de
         return Server(spec, proc, match.group(1), int(match.group(2)), stderr_path, psutil.Process(proc.pid))
     if proc.poll() is not None or time.monotonic() > deadline:
         raise RuntimeError(f"{spec.name} did not start (exit {proc.poll()}):\n{text[-2000:]}")
+    return None
+
+
+def logged_ready(stderr_path: str) -> float | None:
+    """When the server wrote its ready line (epoch seconds, to the millisecond); None if not known."""
+    with contextlib.suppress(OSError):
+        match = READY_LOGGED.search(Path(stderr_path).read_text(errors="replace"))
+        if match:
+            with contextlib.suppress(ValueError):
+                return datetime.fromisoformat(match.group(1)).timestamp()
     return None
 
 

@@ -9,10 +9,11 @@ argv, environment and core), on port 0, and times from just before the ``fork`` 
 bench's own ``_ready`` polls a file, which adds up to its poll interval); then SIGTERM. Every run of
 one server uses the same database, as a restart does. ``--history N`` fills it first with
 :data:`bench.storm.STORM_ROOMS` rooms of N messages each (plus read receipts and last-seen times):
-the storm's (g) rooms, with far more history than the storm itself leaves in them. With ``--baseline REV`` that commit is started in
-the same run, alternating with today's. ``--from-source`` starts them without a bytecode cache
-(every module compiled at every start). ``--profile OUT`` runs one more start of today's code
-under cProfile up to the ready line (the profile ends there) and prints its top functions.
+the storm's (g) rooms, with far more history than the storm itself leaves in them. With
+``--baseline REV`` that commit is started in the same run, alternating with today's.
+``--from-source`` starts them without a bytecode cache (every module compiled at every start).
+``--profile OUT`` runs one more start of today's code under cProfile up to the ready line (the
+profile ends there) and prints its top functions.
 """
 
 from __future__ import annotations
