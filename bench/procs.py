@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -182,28 +183,35 @@ class Server:
         """SIGTERM, wait for the exit (SIGKILL after ``grace_s``), start again on the same port and
         directory (database).
 
-        Returns the seconds from SIGTERM to the old process's exit (its shutdown).
+        Returns the seconds from SIGTERM to the old process's exit (its shutdown). The exit is
+        waited for, and the new process spawned, on a thread of its own: polled from this event
+        loop, busy with thousands of reconnecting clients, the exit was seen late and the new
+        server started that much later (19,000 clients: 0.23 s from the exit seen to the spawn).
         """
         t0 = time.perf_counter()
-        self.proc.send_signal(signal.SIGTERM)
-        last = self.process_cpu_seconds()
-        while True:  # a zombie's CPU times are still readable: take them before reaping it
-            try:
-                if self.ps.status() == psutil.STATUS_ZOMBIE:
-                    last = self.process_cpu_seconds()
-                    break
-                last = self.process_cpu_seconds()
-            except psutil.NoSuchProcess:
-                break
-            if time.perf_counter() - t0 > grace_s:
-                self.proc.kill()
-            await asyncio.sleep(0.005)
-        await asyncio.to_thread(self.proc.wait)
-        shutdown_s = time.perf_counter() - t0
-        self.earlier_cpu_s += last
+        old = self.proc
+        old.send_signal(signal.SIGTERM)
         spec = dataclasses.replace(self.spec, argv=_on_port(self.spec.argv, self.port))
-        self.spawned_wall = time.time()
-        proc, stderr_path = _spawn(spec, self.tmp, self.nofile, None, log_name=f"stderr-{self.proc.pid}.log")
+
+        def exit_then_spawn() -> tuple[float, float, subprocess.Popen[bytes], str]:
+            killer = threading.Timer(grace_s, old.kill)
+            killer.start()
+            try:
+                last = self.process_cpu_seconds()
+                with contextlib.suppress(ChildProcessError):  # until it is a zombie, not reaped yet:
+                    os.waitid(os.P_PID, old.pid, os.WEXITED | os.WNOWAIT)
+                with contextlib.suppress(psutil.NoSuchProcess):  # a zombie's CPU times are still readable
+                    last = self.process_cpu_seconds()
+                old.wait()
+            finally:
+                killer.cancel()
+            shutdown_s = time.perf_counter() - t0
+            self.spawned_wall = time.time()
+            proc, stderr_path = _spawn(spec, self.tmp, self.nofile, None, log_name=f"stderr-{old.pid}.log")
+            return shutdown_s, last, proc, stderr_path
+
+        shutdown_s, last, proc, stderr_path = await asyncio.to_thread(exit_then_spawn)
+        self.earlier_cpu_s += last
         self.proc, self.stderr_path = proc, stderr_path
         deadline = time.monotonic() + startup_s
         started = _ready(spec, proc, stderr_path, deadline)
