@@ -1,7 +1,7 @@
 """How long ``signald serve`` takes from spawn to its ready line, on an empty or a filled database.
 
-    python -m bench.startup [--runs 15] [--history 2000] [--baseline REV] [--from-source] [--profile OUT.prof]
-                            [--json OUT]
+    python -m bench.startup [--runs 15] [--history 2000] [--baseline REV] [--from-source] [--importtime N]
+                            [--profile OUT.prof] [--json OUT]
 
 Each run starts the daemon exactly as the bench's ``signald`` server (``SPECS["signald"]``: same
 argv, environment and core), on port 0, and times from just before the ``fork`` to the moment the
@@ -12,8 +12,10 @@ one server uses the same database, as a restart does. ``--history N`` fills it f
 the storm's (g) rooms, with far more history than the storm itself leaves in them. With
 ``--baseline REV`` that commit is started in the same run, alternating with today's.
 ``--from-source`` starts them without a bytecode cache (every module compiled at every start).
-``--profile OUT`` runs one more start of today's code under cProfile up to the ready line (the
-profile ends there) and prints its top functions.
+``--importtime N`` adds N starts of each under ``python -X importtime`` and prints the median self
+time per top-level package of the modules imported before the ready line. ``--profile OUT`` runs
+one more start of today's code under cProfile up to the ready line (the profile ends there) and
+prints its top functions.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import contextlib
 import json
 import os
 import pstats
+import re
 import shutil
 import signal
 import statistics
@@ -119,6 +122,51 @@ def fill_history(db: str, per_room: int) -> int:
     return trio.run(fill)
 
 
+IMPORTED = re.compile(r"^import time:\s+(\d+) \|\s+(\d+) \|\s*(\S+)\s*$")
+
+
+def imports_to_ready(spec: ServerSpec, tmp: str) -> dict[str, int]:
+    """One start under ``-X importtime`` up to the ready line: self time (µs) per imported module."""
+    argv = spec.argv(tmp)
+    proc = subprocess.Popen([argv[0], "-X", "importtime", *argv[1:]], cwd=spec.cwd, env=server_env(spec),
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_preexec)
+    assert proc.stderr is not None
+    found: dict[str, int] = {}
+    try:
+        for line in proc.stderr:
+            if READY.search(line):
+                return found
+            if match := IMPORTED.match(line):
+                found[match.group(3)] = int(match.group(1))
+        raise RuntimeError(f"{spec.name} did not start (exit {proc.poll()})")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+
+
+def print_importtime(specs: list[ServerSpec], dirs: dict[str, str], runs: int) -> dict[str, dict[str, float]]:
+    """Median self time (ms) per top-level package over ``runs`` starts of each server; printed, returned."""
+    per: dict[str, dict[str, list[float]]] = {spec.name: {} for spec in specs}
+    for run in range(runs):
+        for spec in specs:
+            found = imports_to_ready(spec, dirs[spec.name])
+            packages: dict[str, float] = {"(all modules)": sum(found.values()) / 1e3, "(modules, count)": len(found)}
+            for name, us in found.items():
+                top = name.split(".")[0]
+                packages[top] = packages.get(top, 0.0) + us / 1e3
+            for key in set(packages) | set(per[spec.name]):
+                per[spec.name].setdefault(key, [0.0] * run).append(packages.get(key, 0.0))
+    medians = {name: {k: statistics.median(v) for k, v in table.items()} for name, table in per.items()}
+    keys = sorted({k for table in medians.values() for k in table},
+                  key=lambda k: -max(table.get(k, 0.0) for table in medians.values()))
+    print(f"\n-X importtime up to the ready line, self ms per top-level package, median of {runs} starts:")
+    print(f"{'':28}" + "".join(f"{spec.name:>16}" for spec in specs))
+    for key in keys[:25]:
+        print(f"{key:28}" + "".join(f"{medians[spec.name].get(key, 0.0):16.1f}" for spec in specs))
+    return medians
+
+
 def summary(times: list[float]) -> dict[str, float]:
     ordered = sorted(times)
     quartiles = statistics.quantiles(ordered, n=4) if len(ordered) > 1 else [ordered[0]] * 3
@@ -145,6 +193,8 @@ def main() -> None:
     parser.add_argument("--baseline", metavar="REV", help="also start this commit, alternating")
     parser.add_argument("--from-source", action="store_true",
                         help="no bytecode cache: compile every module at every start")
+    parser.add_argument("--importtime", type=int, default=0, metavar="N",
+                        help="also N starts of each under -X importtime: self time per package")
     parser.add_argument("--profile", type=Path, metavar="OUT", help="cProfile one more start up to ready")
     parser.add_argument("--json", type=Path, metavar="OUT", help="write the results here")
     args = parser.parse_args()
@@ -183,6 +233,8 @@ def main() -> None:
             print(f"{spec.name:16} spawn to ready: median {s['median_s'] * 1e3:.0f} ms "
                   f"(p25 {s['p25_s'] * 1e3:.0f}, p75 {s['p75_s'] * 1e3:.0f}, min {s['min_s'] * 1e3:.0f}, "
                   f"max {s['max_s'] * 1e3:.0f}; {s['runs']} runs)")
+        if args.importtime:
+            results["importtime_ms"] = print_importtime(specs, dirs, args.importtime)
         if args.profile:
             profile_start(specs[0], dirs[specs[0].name], args.profile)
     if args.json:
