@@ -401,6 +401,7 @@ async def reconnect_storm(server: Server, n: int, tag: str, *, send_rate: float,
     sending = [asyncio.create_task(sender(storm, me, rooms_of(i), send_rate, finals)) for i, me in enumerate(senders)]
     client0 = client_cpu_seconds()
     storm.sigterm_at = t0 = time.perf_counter()
+    sigterm_wall = time.time()
     resuming = [asyncio.create_task(resume(storm, c, f)) for c, f in zip(clients, losses, strict=True)]
     shutdown_s = await server.restart(grace_s=stop_grace_s)
     ready_s = time.perf_counter() - t0
@@ -430,6 +431,9 @@ async def reconnect_storm(server: Server, n: int, tag: str, *, send_rate: float,
            for phase in ("no_server", "tcp", "welcome", "join", "closed")},
         f"shutdown_s_{n}": shutdown_s,
         f"restart_ready_s_{n}": ready_s,
+        # the same two by the daemon's own ready line (the bench, busy with every client, sees it later)
+        f"restart_ready_logged_s_{n}": None if server.ready_wall is None else server.ready_wall - sigterm_wall,
+        f"restart_start_s_{n}": None if server.ready_wall is None else server.ready_wall - server.spawned_wall,
         f"cpu_ms_per_client_{n}": cpu / max(1, len(times)) * 1e3,
         f"client_cpu_pct_{n}": client_cpu / max(1e-9, (times[-1] if times else timeout_s)) * 100,
         f"sent_during_{n}": storm.sent,

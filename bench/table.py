@@ -75,6 +75,9 @@ def rows_for(workload: str, sizes: Sizes) -> list[tuple[str, str, str]]:
                      (f"refused_{n}", f"{n:,} clients: handshakes refused", ",.0f"),
                      (f"cpu_ms_per_client_{n}", f"{n:,} clients: server CPU per resumed client (ms)", ".2f"),
                      (f"restart_ready_s_{n}", f"{n:,} clients: SIGTERM to restarted server ready (s)", ".2f"),
+                     (f"restart_ready_logged_s_{n}",
+                      f"{n:,} clients: same, by the server's clock (s)", ".2f"),
+                     (f"restart_start_s_{n}", f"{n:,} clients: restart: spawn to ready line (s)", ".2f"),
                      (f"missed_{n}", f"{n:,} clients: changes missed (all clients)", ",.0f"),
                      (f"duplicated_{n}", f"{n:,} clients: changes duplicated (all clients)", ",.0f")]
         return rows

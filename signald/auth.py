@@ -45,13 +45,15 @@ from typing import TYPE_CHECKING, Any, Final, Protocol, runtime_checkable
 from urllib.parse import parse_qsl, urlsplit
 
 import attrs
-import jwt
-from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from signald.errors import SignalError
 
 if TYPE_CHECKING:
     from jwt.types import Options
+
+# PyJWT (and the cryptography package under it) is imported by the JWT code only, where it is
+# used: it is the largest import of the daemon (about 50 ms of its start-up), and auth mode "none"
+# never needs it (tests/e2e/test_startup_imports.py).
 
 USER_NAME_RE: Final = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
 ROLE_MOD: Final = "mod"
@@ -161,17 +163,27 @@ _OPTIONS: Final[Options] = {
     "verify_sub": False,
     "enforce_minimum_key_length": True,
 }
-_REASONS: Final[tuple[tuple[type[Exception], str], ...]] = (
-    (jwt.InvalidSignatureError, "bad signature"),  # before DecodeError, its base class
-    (jwt.InvalidAudienceError, "bad audience"),
-    (jwt.InvalidIssuerError, "bad issuer"),
-    (jwt.InvalidAlgorithmError, "algorithm not allowed"),
-    (jwt.DecodeError, "malformed token"),
-)
+
+
+def _reason(exc: Exception) -> str:
+    """The short refusal reason of one of PyJWT's errors."""
+    import jwt
+
+    reasons: tuple[tuple[type[Exception], str], ...] = (
+        (jwt.InvalidSignatureError, "bad signature"),  # before DecodeError, its base class
+        (jwt.InvalidAudienceError, "bad audience"),
+        (jwt.InvalidIssuerError, "bad issuer"),
+        (jwt.InvalidAlgorithmError, "algorithm not allowed"),
+        (jwt.DecodeError, "malformed token"),
+    )
+    return next((reason for kind, reason in reasons if isinstance(exc, kind)), "invalid token")
 
 
 def _load_key(secret: str | None, public_key: str | None, algorithms: list[str]) -> Any:
     """The verification key, checked against every algorithm (ValueError if unfit)."""
+    import jwt
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
     hmac = [name.startswith("HS") for name in algorithms]
     if not hmac or (any(hmac) and not all(hmac)) or "none" in (a.lower() for a in algorithms):
         raise ValueError("algorithms: not empty, no 'none', no mix of HS* and public-key ones")
@@ -249,6 +261,8 @@ class JwtAuthenticator:
         return Identity(sub, frozenset(roles or ()), None if rooms is None else tuple(rooms), exp)
 
     def _decode(self, token: str) -> Mapping[str, Any]:
+        import jwt  # already loaded by __init__ (_load_key): a lookup in sys.modules
+
         try:
             aud, iss = self._audience, self._issuer
             return jwt.decode(token, self._key, self._algorithms, _OPTIONS, audience=aud, issuer=iss)
@@ -256,8 +270,7 @@ class JwtAuthenticator:
             claim = exc.claim if exc.claim in ("exp", "sub", "aud", "iss") else "claim"
             raise AuthRefused(401, f"missing {claim}") from None
         except jwt.PyJWTError as exc:
-            reason = next((r for kind, r in _REASONS if isinstance(exc, kind)), "invalid token")
-            raise AuthRefused(401, reason) from None
+            raise AuthRefused(401, _reason(exc)) from None
 
 
 def _number(value: object, name: str) -> float:

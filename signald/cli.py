@@ -127,7 +127,7 @@ async def run_daemon(config: Config, *, workers: int = 1, argv: Sequence[str] = 
     SIGTERM (what systemd, Docker and Kubernetes send) with ``server.drain_s`` > 0 first drains:
     ``/readyz`` answers 503 while everything else goes on for that long, so that a load balancer
     stops sending new clients before the connections close; a second signal ends the drain at once.
-    SIGINT (Ctrl-C) stops at once.
+    SIGINT (Ctrl-C) stops at once. Once ready, it tunes the garbage collector (:func:`tune_gc`).
     """
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
@@ -136,6 +136,7 @@ async def run_daemon(config: Config, *, workers: int = 1, argv: Sequence[str] = 
             ports = {"api_port": running.api_port, "metrics_port": running.metrics_port}
             announce(log, f"signald ready on {running.url}", url=running.url,
                      **{name: port for name, port in ports.items() if port is not None})
+            tune_gc()  # after the ready line: clients connecting meanwhile wait in the listen queue
             if workers > 1:
                 nursery.start_soon(run_workers, config, argv, workers, running.port)
             if worker:
@@ -165,6 +166,11 @@ def tune_gc() -> None:
     With many idle connections the default thresholds (700, 10, 10) run young collections so
     often that they cost more CPU than the heartbeats (measured: 19,900 idle connections, 10% of a
     core -> 7%). Only the daemon does this; an embedding program keeps its own GC policy.
+
+    :func:`run_daemon` calls it once the daemon is ready, not before: the full collection takes
+    15-25 ms, and a client that tries to connect before the port is bound is refused and backs
+    off (after a restart, thousands of them), while one that comes during it waits in the listen
+    queue for a few milliseconds.
     """
     gc.collect()
     gc.freeze()
@@ -206,7 +212,6 @@ def _serve(args: argparse.Namespace) -> int:
         log.warning("configuration: %s", warning)
     if config.auth.mode == "none" and not is_loopback(config.server.host):
         log.warning("serving %s with auth mode 'none': anyone can connect as anyone", config.server.host)
-    tune_gc()
     try:
         status = trio.run(partial(run_daemon, config, workers=args.workers, argv=args.argv, worker=args.worker))
     except (OSError, StartupError) as exc:
