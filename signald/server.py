@@ -186,8 +186,8 @@ async def serve_signald(
             await trio.sleep_forever()
         finally:  # shutdown (or a failure to start): the listeners stop, then every connection closes
             hub.shutting_down = True  # before the connections close: departures are not announced
-            close_all(connections, CLOSE_GOING_AWAY, "server shutting down",
-                      min(config.server.shutdown_timeout_s, SHUTDOWN_CLOSE_WAIT_S))
+            hub.disconnect_all(close_all(connections, CLOSE_GOING_AWAY, "server shutting down",
+                                         min(config.server.shutdown_timeout_s, SHUTDOWN_CLOSE_WAIT_S)))
 
 
 def _replica(hub: Hub, config: Config) -> Replica | None:
