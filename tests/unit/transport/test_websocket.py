@@ -518,9 +518,11 @@ async def test_the_reply_to_a_close_frame_written_from_outside_ends_the_connecti
         (close,) = client.events()
         reply = client.send(CloseConnection(code=1005) if arrival == "without a code" else close.response())
         ended: list[str | bytes | None] = []
+        done = trio.Event()
 
         async def read() -> None:
             ended.append(await ws.receive_message())
+            done.set()
 
         nursery.start_soon(read)
         parts = {"cut in two": [reply[:3], reply[3:]],
@@ -529,8 +531,7 @@ async def test_the_reply_to_a_close_frame_written_from_outside_ends_the_connecti
             await trio.testing.wait_all_tasks_blocked()  # the server has read what came before
             await client_end.send_all(part)
         with trio.fail_after(5):
-            while not ended:
-                await trio.sleep(0.001)
+            await done.wait()
         assert ended == [None] and ws.failure is None and not ws.broken  # a clean close, nothing handed over
         assert ws.close_now()
         assert await client_end.receive_some() == b""  # the server ended TCP, writing nothing more
