@@ -192,12 +192,12 @@ class Hub:
 
     def disconnect(self, session: Session) -> None:
         """The connection ended: the session leaves every room, with the usual events."""
-        self.disconnect_all((session,))
+        if not session.detached:  # (else it left already: asked to close, or a stopping server's)
+            self.disconnect_all((session,))
 
     def disconnect_all(self, sessions: Iterable[Session]) -> None:
-        """Connections that ended leave (those not gone already), their audit lines written together:
-        a stopping server's, once their close frames are out, in one pass rather than each when its
-        peer answers."""
+        """Connections that ended leave, their audit lines written together: a stopping server's in one
+        pass once their close frames are out, rather than each when its peer answers."""
         now, wall = trio.current_time(), self.wall_clock()
         leaving = [session for session in sessions if not session.detached]
         for session in leaving:
