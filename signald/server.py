@@ -363,7 +363,8 @@ async def _serve_client(serving: _Serving, stream: trio.abc.Stream) -> None:
     hub.expiries.watch(session)
     serving.connections.add(session, ws)
     try:
-        await run_connection(ws, session, partial(handle_message, hub, router, session))
+        await run_connection(ws, session, partial(handle_message, hub, router, session),
+                             helpers=serving.connections.nursery)
     finally:
         serving.connections.remove(session)
         wait_s = config.server.shutdown_timeout_s

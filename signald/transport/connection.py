@@ -66,8 +66,68 @@ async def run_connection(
     on_message: OnMessage,
     *,
     side_tasks: Iterable[Callable[[], Awaitable[object]]] = (),
+    helpers: trio.Nursery | None = None,
 ) -> None:
-    """Serve ``owner`` on ``ws`` until either side ends it: each message read goes to ``on_message``."""
+    """Serve ``owner`` on ``ws`` until either side ends it: each message read goes to ``on_message``.
+
+    With ``helpers`` (the server's nursery of connection tasks) and no ``side_tasks``, the
+    connection runs in a cancel scope and its writer, if it ever needs one, in ``helpers``: a
+    nursery of its own costs each connection about 15 µs more, and one more task switch at its end
+    (19,000 of them when a server stops). Either way the writer has ended when this returns, and
+    an error of the writer's is raised here.
+    """
+    if helpers is None or side_tasks:
+        await _in_nursery(ws, owner, on_message, side_tasks)
+        return
+    outbox = owner.outbox
+    writer = _Writer(helpers, ws, outbox)
+    try:
+        with trio.CancelScope() as scope:
+            owner.cancel_scope = writer.reader_scope = scope
+            outbox.attach_writer(direct_writer(ws.stream), writer.start)
+            try:
+                await _reader(ws, owner, on_message)
+            finally:  # no writer may start once the reader is done (stopped: by send_close_now)
+                if not (outbox.stopped or outbox.stop_writer()):  # one mid-write is cancelled
+                    writer.scope.cancel()
+    finally:  # however the reader ended (cancelled from outside too), the writer has ended before the close
+        if writer.done is not None:
+            with trio.CancelScope(shield=True):
+                await writer.done.wait()
+    if writer.error is not None:
+        raise writer.error
+
+
+class _Writer:
+    """A connection's writer task, started in the server's nursery the first time a frame has to wait."""
+
+    __slots__ = ("done", "error", "helpers", "outbox", "reader_scope", "scope", "ws")
+
+    def __init__(self, helpers: trio.Nursery, ws: ServerWebSocket, outbox: Outbox) -> None:
+        self.helpers, self.ws, self.outbox = helpers, ws, outbox
+        self.scope = trio.CancelScope()  # made now: cancelling it before the task runs is cancelling it
+        self.reader_scope: trio.CancelScope | None = None
+        self.done: trio.Event | None = None
+        self.error: Exception | None = None
+
+    def start(self) -> None:
+        self.done = trio.Event()
+        self.helpers.start_soon(self._run)
+
+    async def _run(self) -> None:
+        assert self.done is not None and self.reader_scope is not None
+        try:
+            with self.scope:
+                await _writer(self.ws, self.outbox, self.reader_scope)
+        except Exception as exc:  # the connection's error, raised by run_connection: not the server's
+            self.error = exc
+            self.reader_scope.cancel()
+        finally:
+            self.done.set()
+
+
+async def _in_nursery(ws: ServerWebSocket, owner: ConnectionOwner, on_message: OnMessage,
+                      side_tasks: Iterable[Callable[[], Awaitable[object]]]) -> None:
     outbox = owner.outbox
     async with trio.open_nursery() as nursery:
         owner.cancel_scope = nursery.cancel_scope
