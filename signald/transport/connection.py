@@ -1,22 +1,25 @@
-"""The life of one accepted WebSocket: a nursery of reader and writer.
+"""The life of one accepted WebSocket: its reader, and its writer when one is needed.
 
 - The **reader** (the connection's own task) takes messages one at a time and hands each to
   ``on_message`` (the app's: rate and size checks, decode, dispatch, reply). Messages of one
   connection are handled in order, so a client may pipeline requests: their effects (and ``seq``
   numbers) follow the order it sent them.
 - The **writer** drains what the owner's bounded outbox could not write directly; it is started
-  the first time something has to wait (:meth:`Outbox.attach_writer`).
+  the first time something has to wait (:meth:`Outbox.attach_writer`). In the server it runs in the
+  server's nursery of connection tasks (``helpers``) and the reader in a cancel scope; elsewhere
+  both run in a nursery of the connection's own.
 - The **heartbeat** is not a task here: the hub pings connections silent for ``heartbeat_s`` from
   one sweep (:mod:`signald.state.heartbeat`); no sign of life within ``heartbeat_timeout_s`` after the
   ping closes the connection (1001, "heartbeat timeout").
-- ``side_tasks`` run beside them (the server passes the session-expiry task).
+- ``side_tasks`` run beside them in the connection's own nursery (the server passes none).
 
 This module knows nothing of the app: the session is a :class:`ConnectionOwner`, and what a
 message means is ``on_message``'s business.
 
 Resource handling: when any of them ends (peer closed, outbox overflow, heartbeat timeout,
-session expiry, server shutdown) the nursery is cancelled; the caller then closes the WebSocket
-with the recorded code within a bounded time.
+session expiry, server shutdown) the others are cancelled or told to stop, and ended before
+:func:`run_connection` returns; the caller then closes the WebSocket with the recorded code within
+a bounded time.
 
 Error handling: nothing a client sends can end the connection except the abuse rules of
 docs/protocol.md (flooding: 1008; frames over the transport cap: 1009; not reading: 1013).
