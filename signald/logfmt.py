@@ -60,11 +60,13 @@ def _handlers_of(logger: logging.Logger) -> list[logging.Handler]:
 class LineStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """A stream handler that can hold its lines and write them at once (:func:`log_events`).
 
-    Lines that other threads log meanwhile are held with them, in order."""
+    Lines that other threads log meanwhile are held with them, in order. A write that fails is
+    reported as ``StreamHandler`` reports one (``handleError``), never raised."""
 
     def __init__(self, stream: TextIO) -> None:
         super().__init__(stream)
         self._held: list[str] | None = None
+        self._last: logging.LogRecord | None = None  # the last record held: named if the write fails
 
     def hold(self) -> None:
         with self.lock or contextlib.nullcontext():
@@ -73,10 +75,13 @@ class LineStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     def write_held(self) -> None:
         with self.lock or contextlib.nullcontext():
-            held, self._held = self._held, None
-            if held:
-                self.stream.write("".join(held))
-                self.flush()
+            held, last, self._held, self._last = self._held, self._last, None, None
+            if held and last is not None:
+                try:
+                    self.stream.write("".join(held))
+                    self.flush()
+                except Exception:
+                    self.handleError(last)
 
     def emit(self, record: logging.LogRecord) -> None:
         held = self._held
@@ -85,6 +90,7 @@ class LineStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
             return
         try:
             held.append(self.format(record) + self.terminator)
+            self._last = record
         except Exception:
             self.handleError(record)
 

@@ -105,3 +105,13 @@ def test_lines_logged_together_are_the_lines_logged_one_by_one(captured: io.Stri
 
     assert timeless(captured.getvalue()) == timeless(one_by_one) and len(timeless(one_by_one)) == 3
     assert [record.getMessage() for record in theirs] == ["connection closed"] * 6
+
+
+def test_lines_logged_together_to_a_stream_that_fails_are_reported_not_raised(
+    captured: io.StringIO, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """As ``StreamHandler`` does for one line: the daemon goes on (a test's closed stderr, a full disk)."""
+    setup_logging("info", "text", captured)
+    captured.close()
+    log_events(logging.getLogger("signald.audit"), logging.INFO, "connection closed", [{"user": "u0"}])
+    assert "--- Logging error ---" in capsys.readouterr().err
