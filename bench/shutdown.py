@@ -163,7 +163,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 where = args.json.parent if args.json else RESULTS_DIR
                 profile = where / f"shutdown-{spec.name}-{n}.prof" if args.profile else None
                 metrics = await measure(spec, n, f"{spec.name[-1]}{k}", profile)
-                results[f"{spec.name}_{n}"] = metrics
+                key = f"{spec.name}_{n}"
+                results[key if key not in results else f"{key}_{k}"] = metrics  # a size given again: kept too
                 print(f"{spec.name} n={n}: {json.dumps(metrics)}", flush=True)
                 if profile is not None:
                     text = summary(profile)

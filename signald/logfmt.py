@@ -10,10 +10,12 @@ Secrets (tokens, API keys) are never passed to these functions; nothing here fil
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
 import sys
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any, Final, TextIO
 
@@ -24,6 +26,73 @@ def log_event(logger: logging.Logger, level: int, message: str, /, **fields: Any
     """Log ``message`` with ``fields`` kept apart from it (see the module docstring)."""
     if logger.isEnabledFor(level):
         logger.log(level, message, extra={FIELDS: fields})
+
+
+def log_events(logger: logging.Logger, level: int, message: str, rows: Iterable[dict[str, Any]], /) -> None:
+    """Log ``message`` once per row of fields, each a line of its own as :func:`log_event` writes
+    it, but cheaper: no caller lookup, and our handlers write the lines together (one write for
+    thousands of lines instead of one each: :class:`LineStreamHandler`). For a stopping server's
+    "connection closed" lines; other handlers (an embedding program's) get one record per row."""
+    if not logger.isEnabledFor(level):
+        return
+    holding = [handler for handler in _handlers_of(logger) if isinstance(handler, LineStreamHandler)]
+    for handler in holding:
+        handler.hold()
+    try:
+        for fields in rows:
+            logger.handle(logger.makeRecord(logger.name, level, "(signald)", 0, message, (), None,
+                                            extra={FIELDS: fields}))
+    finally:
+        for handler in holding:
+            handler.write_held()
+
+
+def _handlers_of(logger: logging.Logger) -> list[logging.Handler]:
+    """The handlers a record of ``logger`` reaches (as ``Logger.callHandlers`` walks them)."""
+    found: list[logging.Handler] = []
+    current: logging.Logger | None = logger
+    while current is not None:
+        found.extend(current.handlers)
+        current = current.parent if current.propagate else None
+    return found
+
+
+class LineStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A stream handler that can hold its lines and write them at once (:func:`log_events`).
+
+    Lines that other threads log meanwhile are held with them, in order. A write that fails is
+    reported as ``StreamHandler`` reports one (``handleError``), never raised."""
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__(stream)
+        self._held: list[str] | None = None
+        self._last: logging.LogRecord | None = None  # the last record held: named if the write fails
+
+    def hold(self) -> None:
+        with self.lock or contextlib.nullcontext():
+            if self._held is None:
+                self._held = []
+
+    def write_held(self) -> None:
+        with self.lock or contextlib.nullcontext():
+            held, last, self._held, self._last = self._held, self._last, None, None
+            if held and last is not None:
+                try:
+                    self.stream.write("".join(held))
+                    self.flush()
+                except Exception:
+                    self.handleError(last)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        held = self._held
+        if held is None:
+            super().emit(record)
+            return
+        try:
+            held.append(self.format(record) + self.terminator)
+            self._last = record
+        except Exception:
+            self.handleError(record)
 
 
 def _timestamp(record: logging.LogRecord) -> str:
@@ -75,7 +144,7 @@ class JsonFormatter(logging.Formatter):
 
 def setup_logging(level: str, fmt: str, stream: TextIO | None = None) -> None:
     """One handler on the root logger, writing ``fmt`` (``text`` or ``json``) to stderr."""
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler = LineStreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -186,8 +186,10 @@ async def serve_signald(
             await trio.sleep_forever()
         finally:  # shutdown (or a failure to start): the listeners stop, then every connection closes
             hub.shutting_down = True  # before the connections close: departures are not announced
-            close_all(connections, CLOSE_GOING_AWAY, "server shutting down",
-                      min(config.server.shutdown_timeout_s, SHUTDOWN_CLOSE_WAIT_S))
+            with trio.CancelScope(shield=True):  # one pass first: the listeners close, the port is free at once
+                await trio.lowlevel.checkpoint()
+            hub.disconnect_all(close_all(connections, CLOSE_GOING_AWAY, "server shutting down",
+                                         min(config.server.shutdown_timeout_s, SHUTDOWN_CLOSE_WAIT_S)))
 
 
 def _replica(hub: Hub, config: Config) -> Replica | None:
@@ -361,7 +363,8 @@ async def _serve_client(serving: _Serving, stream: trio.abc.Stream) -> None:
     hub.expiries.watch(session)
     serving.connections.add(session, ws)
     try:
-        await run_connection(ws, session, partial(handle_message, hub, router, session))
+        await run_connection(ws, session, partial(handle_message, hub, router, session),
+                             helpers=serving.connections.nursery)
     finally:
         serving.connections.remove(session)
         wait_s = config.server.shutdown_timeout_s
@@ -369,8 +372,9 @@ async def _serve_client(serving: _Serving, stream: trio.abc.Stream) -> None:
             if session.close_code is None:
                 session.close_code, session.close_reason = CLOSE_GOING_AWAY, "server shutting down"
             wait_s = min(wait_s, SHUTDOWN_CLOSE_WAIT_S)
-        session.peer_close_code = ws.peer_close_code
-        hub.disconnect(session)
+        if not session.detached:  # (a stopping server's connections whose close frames went out left together)
+            session.peer_close_code = ws.peer_close_code
+            hub.disconnect(session)
         if not ws.close_now():  # else: gone or answered at once, nothing to wait for
             with trio.CancelScope(shield=True), trio.move_on_after(wait_s):
                 await ws.close(session.close_code or 1000, session.close_reason)

@@ -48,7 +48,7 @@ async def run_connections(*, task_status: trio.TaskStatus[Connections] = trio.TA
             await connections.stopping.wait()
 
 
-def close_all(connections: Connections, code: int, reason: str, grace_s: float) -> int:
+def close_all(connections: Connections, code: int, reason: str, grace_s: float) -> list[Session]:
     """Close every open connection with ``code``: the close frames now, the rest within ``grace_s``.
 
     A connection whose close frame could be written at once (plain TCP, nothing queued or half
@@ -56,16 +56,17 @@ def close_all(connections: Connections, code: int, reason: str, grace_s: float) 
     backlog) is stopped now and closes itself as before (:meth:`ServerWebSocket.close`, bounded by
     the caller). Connections already closing with a code of their own keep it. Handshakes under way
     and replies that do not come within ``grace_s`` are cancelled at the deadline. Never blocks;
-    returns how many close frames went out in the pass.
+    returns the sessions whose close frames went out in the pass (the caller lets them leave the
+    hub together, while the replies travel: :meth:`signald.app.hub.Hub.disconnect_all`).
     """
     connections.scope.deadline = trio.current_time() + grace_s
-    written = 0
+    written: list[Session] = []
     for session, ws in connections.open.values():
         if session.close_code is not None:
             continue
         session.close_code, session.close_reason = code, reason
         if ws.send_close_now(code, reason):
-            written += 1
+            written.append(session)
         elif session.cancel_scope is not None:
             session.cancel_scope.cancel()
     connections.stopping.set()

@@ -184,7 +184,8 @@ class HistoryService:
 
     async def flush_last_seen(self) -> None:
         changed = self._presence.drain_last_seen()
-        entries = {user: iso_utc(when) for user, when in changed.items()
+        texts: dict[float, str] = {}  # a stopping server's users all left at one time: formatted once
+        entries = {user: texts.get(when) or texts.setdefault(when, iso_utc(when)) for user, when in changed.items()
                    if not (self._skip_guests and is_guest(user))}
         if entries:
             await self.store.set_last_seen(entries)

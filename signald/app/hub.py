@@ -20,6 +20,7 @@ from typing import Any
 import attrs
 import trio
 
+from signald.app.audit import audit, log_closed, log_opened
 from signald.app.calls import CallLog
 from signald.app.expiry import Expiries
 from signald.app.history import HistoryService
@@ -53,11 +54,10 @@ from signald.state.presence import PresenceTracker
 from signald.state.ratelimit import UserRateLimiter
 from signald.state.rooms import RoomRegistry
 from signald.state.send import Send
-from signald.timefmt import epoch_of, iso_utc
+from signald.timefmt import iso_utc
 from signald.transport.parking import Parking
 
 log = logging.getLogger("signald.hub")
-audit = logging.getLogger("signald.audit")  # one line per connection opened or closed, kick, revocation
 
 
 @attrs.define
@@ -176,8 +176,7 @@ class Hub:
         hub right away, before its socket is torn down, so its rooms are not kept waiting.
         """
         session.on_close = self._closing  # given the session: no closure of it, no reference cycle
-        log_event(audit, logging.INFO, "connection opened", user=session.user_id, session=session.session_id,
-                  peer=session.remote)
+        log_opened(session)
         self.add_session(session)
         now = trio.current_time()
         self.publish(self.presence.connect(session.session_id, session.user_id, now))
@@ -193,12 +192,26 @@ class Hub:
 
     def disconnect(self, session: Session) -> None:
         """The connection ended: the session leaves every room, with the usual events."""
-        if session.detached:
-            return
+        if not session.detached:  # (else it left already: asked to close, or a stopping server's)
+            self.disconnect_all((session,))
+
+    def disconnect_all(self, sessions: Iterable[Session]) -> None:
+        """Connections that ended leave, their audit lines written together: a stopping server's in one
+        pass once their close frames are out, rather than each when its peer answers."""
+        now, wall = trio.current_time(), self.wall_clock()
+        leaving = [session for session in sessions if not session.detached]
+        for session in leaving:
+            self._leave(session, now, wall)
+        log_closed(leaving, wall)
+        for session in leaving:
+            for hook in self.disconnect_hooks:
+                hook(session)
+
+    def _leave(self, session: Session, now: float, wall: float) -> None:
         session.detached = True
         if session.outbox.coalesced:
             self.metrics.coalesced.inc(session.outbox.coalesced)
-        conn, now = session.session_id, trio.current_time()
+        conn = session.session_id
         if self.calls.holds(conn):  # most connections never were in a call: nothing to end, no timer to poke
             self.apply_call_outcome(self.calls.device_gone(conn, now))
         if log.isEnabledFor(logging.DEBUG):  # as room.leave logs it, one line per room
@@ -206,25 +219,14 @@ class Hub:
                 log_event(log, logging.DEBUG, "room left", room=room, user=session.user_id, session=conn,
                           why="disconnected")
         if self.shutting_down:  # every peer is being closed too: nobody to tell (N² frames), nothing made for them
-            self.rooms.disconnect(conn, announce=False)  # first: presence then finds no peers to address
-            self.presence.disconnect(conn, now, self.wall_clock())  # still records last seen
+            self.rooms.disconnect(conn, announce=False)
+            self.presence.disconnect(conn, now, wall, announce=False)  # still records last seen
         else:
-            gone = self.presence.disconnect(conn, now, self.wall_clock())
+            gone = self.presence.disconnect(conn, now, wall)
             left = self.rooms.disconnect(conn)
-            self.publish(gone)
-            self.publish(left)
+            self.publish([*gone, *left])  # in this order, as they were made
         self.share(Disconnect(conn))  # the other nodes tell their own clients
         self.remove_session(session)
-        if audit.isEnabledFor(logging.INFO):  # the duration is worth computing only for a line that is written
-            code = session.close_code
-            # The client's own code when it closed first; 1006 (RFC 6455: no close frame) when it vanished.
-            logged_code = code if code is not None else session.peer_close_code or 1006
-            log_event(audit, logging.INFO, "connection closed", user=session.user_id, session=conn,
-                      peer=session.remote, duration_s=round(self.wall_clock() - epoch_of(session.connected_at), 3),
-                      close_code=logged_code, closed_by="client" if code is None else "server",
-                      reason=session.close_reason)
-        for hook in self.disconnect_hooks:
-            hook(session)
 
     def on_activity(self, session: Session) -> None:
         """An inbound message arrived from ``session`` (feeds automatic away and last seen)."""

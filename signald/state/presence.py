@@ -158,18 +158,24 @@ class PresenceTracker:
         self._publish(user, sends, exclude=conn)
         return sends
 
-    def disconnect(self, conn: str, now: float, wall: float) -> list[Send]:
-        """A device went away: clears its typing, ``device.offline``, maybe ``presence.update``."""
+    def disconnect(self, conn: str, now: float, wall: float, *, announce: bool = True) -> list[Send]:
+        """A device went away: clears its typing, ``device.offline``, maybe ``presence.update``.
+
+        Without ``announce`` the state changes the same (last seen included) but no event is made:
+        a stopping server, whose every peer is leaving too."""
         user = self._conn_user.pop(conn, None)
         if user is None:
             return []
-        sends = self.clear_typing(conn, None)
+        sends = self.clear_typing(conn, None) if conn in self._typing_of else []
         state = self._users[user]
         state.devices.discard(conn)
         self._set_last_seen(user, wall)
-        _send(sends, self._peers(user), DeviceOfflineEvent(data=DeviceData(device_id=conn, user_id=user)),
-              exclude=conn)
-        self._publish(user, sends, exclude=conn)
+        if announce:
+            _send(sends, self._peers(user), DeviceOfflineEvent(data=DeviceData(device_id=conn, user_id=user)),
+                  exclude=conn)
+            self._publish(user, sends, exclude=conn)
+        else:
+            state.shown = state.effective()  # what the others would have been told
         if not state.devices:
             del self._users[user]
             self._idleness.forget(user)

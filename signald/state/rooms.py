@@ -51,7 +51,7 @@ Presence fan-out
 
 from __future__ import annotations
 
-from bisect import insort
+from bisect import bisect_left, insort
 
 import attrs
 
@@ -195,7 +195,8 @@ class RoomRegistry:
         sends: list[Send] = []
         if not devices:
             del users[user]
-            self._sorted_users[room].remove(user)
+            ordered = self._sorted_users[room]
+            del ordered[bisect_left(ordered, user)]  # found by halving, not compared one by one (rooms of hundreds)
             if announce:
                 _send(sends, conns, MemberLeftEvent(data=RoomUserData(room=room, user_id=user)), room)
             if announce and len(users) == 1:

@@ -70,9 +70,10 @@ class ServerWebSocket:
     are what it calls.
     """
 
-    __slots__ = ("__weakref__", "_conn", "_decoder", "_drained", "_events", "_fast_close", "_fileno", "_fragments",
-                 "_parts", "_peer_close", "_size", "_socket", "_spoke_at", "_talking", "broken", "failure", "flood",
-                 "gone", "heard_at", "max_message_bytes", "on_silent", "outbox", "parking", "ping_sent_at", "stream")
+    __slots__ = ("__weakref__", "_answered", "_conn", "_decoder", "_drained", "_events", "_fast_close", "_fileno",
+                 "_fragments", "_parts", "_peer_close", "_size", "_socket", "_spoke_at", "_talking", "broken",
+                 "failure", "flood", "gone", "heard_at", "max_message_bytes", "on_silent", "outbox", "parking",
+                 "ping_sent_at", "stream")
 
     def __init__(self, stream: trio.abc.Stream, conn: Connection, outbox: Outbox, *, max_message_bytes: int) -> None:
         self.stream = stream
@@ -97,6 +98,7 @@ class ServerWebSocket:
         self._peer_close: CloseConnection | None = None
         # The peer's close frame and its code, read by the fast path and not yet given to wsproto (see _wsproto).
         self._fast_close: tuple[bytes, int] | None = None
+        self._answered = False  # our close frame's reply, read by the fast path (wsproto not told): as CLOSED
         # Plain TCP is read with os.read after waiting for readability (see _read); TLS through
         # the stream. wsproto's frame decoder is looked at to tell a lone pong or a whole message
         # from the tail of a ws_frame that wsproto holds the start of.
@@ -153,9 +155,12 @@ class ServerWebSocket:
                 return None
             self.heard_at = trio.current_time()
             decoder = self._decoder
-            if decoder is not None and decoder.header is None and not len(decoder.buffer) \
-                    and conn.state is ConnectionState.OPEN:
-                # wire starts a ws_frame (none is half received): the fast paths may look at it
+            # wire starts a ws_frame (none is half received): the fast paths may look at it
+            starts = decoder is not None and decoder.header is None and not len(decoder.buffer)
+            if starts and conn.state is ConnectionState.LOCAL_CLOSING and lone_close(wire) is not None:
+                self._answered = True  # the reply to our close frame (send_close_now): the handshake is done
+                return None
+            if starts and conn.state is ConnectionState.OPEN:
                 if is_lone_pong(wire):  # the answer to a heartbeat: having heard from the peer is all it is for
                     if self._check_control() is Verdict.CLOSE:
                         return None
@@ -354,7 +359,7 @@ class ServerWebSocket:
         if sock is None or outbox.mid_frame or outbox.direct_write is not None:  # a writer is still attached
             return False
         conn, fast = self._conn, self._fast_close
-        if not self.broken and conn.state is not ConnectionState.CLOSED:  # CLOSED: our close frame was answered
+        if not (self.broken or self._answered or conn.state is ConnectionState.CLOSED):  # answered: our close frame
             if fast is not None:  # the peer's close, read by the fast path: echoed without wsproto
                 reply = close_reply(fast[1])
             elif conn.state is ConnectionState.REMOTE_CLOSING:

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from signald.logfmt import JsonFormatter, TextFormatter, announce, log_event, setup_logging
+from signald.logfmt import JsonFormatter, TextFormatter, announce, log_event, log_events, setup_logging
 
 ISO_MS_OFFSET = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d"
 
@@ -76,3 +76,42 @@ def test_formatters_render_tracebacks() -> None:
         record = logging.LogRecord("x", logging.ERROR, __file__, 1, "failed", (), __import__("sys").exc_info())
     assert "RuntimeError: boom" in json.loads(JsonFormatter().format(record))["traceback"]
     assert "RuntimeError: boom" in TextFormatter().format(record)
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_lines_logged_together_are_the_lines_logged_one_by_one(captured: io.StringIO, fmt: str) -> None:
+    """log_events: the same lines as log_event's (but the time), in one write to our handler; another
+    handler (an embedding program's) still gets one record per line."""
+    setup_logging("info", fmt, captured)
+    theirs: list[logging.LogRecord] = []
+    other = logging.Handler()
+    other.emit = theirs.append  # type: ignore[method-assign]
+    audit = logging.getLogger("signald.audit")
+    audit.addHandler(other)
+    try:
+        rows = [{"user": f"u{i}", "session": f"s-{i}", "reason": "server shutting down"} for i in range(3)]
+        for fields in rows:
+            log_event(audit, logging.INFO, "connection closed", **fields)
+        one_by_one = captured.getvalue()
+        captured.seek(0)
+        captured.truncate()
+        log_events(audit, logging.INFO, "connection closed", rows)
+        log_events(logging.getLogger("signald.rooms"), logging.DEBUG, "room left", rows)  # below the level: nothing
+    finally:
+        audit.removeHandler(other)
+
+    def timeless(text: str) -> list[str]:
+        return [re.sub(ISO_MS_OFFSET, "T", line) for line in text.splitlines()]
+
+    assert timeless(captured.getvalue()) == timeless(one_by_one) and len(timeless(one_by_one)) == 3
+    assert [record.getMessage() for record in theirs] == ["connection closed"] * 6
+
+
+def test_lines_logged_together_to_a_stream_that_fails_are_reported_not_raised(
+    captured: io.StringIO, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """As ``StreamHandler`` does for one line: the daemon goes on (a test's closed stderr, a full disk)."""
+    setup_logging("info", "text", captured)
+    captured.close()
+    log_events(logging.getLogger("signald.audit"), logging.INFO, "connection closed", [{"user": "u0"}])
+    assert "--- Logging error ---" in capsys.readouterr().err

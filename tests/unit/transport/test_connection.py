@@ -65,11 +65,16 @@ async def read_all(peer: trio.socket.SocketType, client: Connection) -> list[Eve
     return events
 
 
+WRITER_PLACES = pytest.mark.parametrize("in_helpers", [False, True], ids=["own nursery", "server's nursery"])
+
+
+@WRITER_PLACES
 async def test_a_writer_cancelled_mid_write_still_lets_the_close_frame_out_after_the_frame(
-    pair: tuple[socket.socket, socket.socket],
+    pair: tuple[socket.socket, socket.socket], in_helpers: bool,
 ) -> None:
     """Shutdown cancels a writer blocked on a peer that reads slowly: the frame it was writing is
-    finished, then the 1001 close frame follows (not a cut frame and a bare TCP close)."""
+    finished, then the 1001 close frame follows (not a cut frame and a bare TCP close). The writer
+    runs in the connection's own nursery, or in the server's (``helpers``) beside the reader."""
     ours, theirs = pair
     outbox = Outbox(8, binary=False, on_overflow=lambda: None)
     stream = trio.SocketStream(trio.socket.from_stdlib_socket(ours))
@@ -82,12 +87,12 @@ async def test_a_writer_cancelled_mid_write_still_lets_the_close_frame_out_after
 
     serving = trio.CancelScope()
 
-    async def serve() -> None:
+    async def serve(helpers: trio.Nursery | None) -> None:
         with serving:
-            await run_connection(ws, owner, on_message)
+            await run_connection(ws, owner, on_message, helpers=helpers)
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(serve)
+        nursery.start_soon(serve, nursery if in_helpers else None)
         await trio.testing.wait_all_tasks_blocked()
         assert outbox.push(big)  # what fits is written directly, the writer blocks on the rest
         await trio.testing.wait_all_tasks_blocked()
@@ -107,7 +112,8 @@ async def test_a_writer_cancelled_mid_write_still_lets_the_close_frame_out_after
     assert (close.code, close.reason) == (1001, "server shutting down")
 
 
-async def test_a_stream_writer_cancelled_mid_write_marks_the_stream_broken() -> None:
+@WRITER_PLACES
+async def test_a_stream_writer_cancelled_mid_write_marks_the_stream_broken(in_helpers: bool) -> None:
     """Where bytes go through a stream (TLS), a cancelled ``send_all`` leaves it in an unknown state:
     no close frame may follow, and the flag that says a write is under way is cleared all the same."""
     client_end, server_end = trio.testing.lockstep_stream_pair()  # send_all waits for the reader
@@ -119,12 +125,12 @@ async def test_a_stream_writer_cancelled_mid_write_marks_the_stream_broken() -> 
 
     serving = trio.CancelScope()
 
-    async def serve() -> None:
+    async def serve(helpers: trio.Nursery | None) -> None:
         with serving:
-            await run_connection(ws, Owner(outbox), on_message)
+            await run_connection(ws, Owner(outbox), on_message, helpers=helpers)
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(serve)
+        nursery.start_soon(serve, nursery if in_helpers else None)
         await trio.testing.wait_all_tasks_blocked()
         frame = _frame("a")
         assert outbox.push(frame)  # no direct write here: the writer takes it and blocks

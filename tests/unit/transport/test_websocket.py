@@ -507,6 +507,36 @@ async def test_a_close_frame_written_from_outside_completes_on_the_peers_reply()
         assert await client_end.receive_some() == b""  # and the server ended TCP
 
 
+@pytest.mark.parametrize("arrival", ["whole", "cut in two", "after a request of its own", "without a code"])
+async def test_the_reply_to_a_close_frame_written_from_outside_ends_the_connection_however_it_arrives(
+    arrival: str,
+) -> None:
+    """A plain close reply alone in one read is taken without wsproto; the others go through it."""
+    async with socket_pair() as (ws, client_end, client), trio.open_nursery() as nursery:
+        assert ws.send_close_now(1001, "server shutting down")
+        client.receive_data(await client_end.receive_some())
+        (close,) = client.events()
+        reply = client.send(CloseConnection(code=1005) if arrival == "without a code" else close.response())
+        ended: list[str | bytes | None] = []
+        done = trio.Event()
+
+        async def read() -> None:
+            ended.append(await ws.receive_message())
+            done.set()
+
+        nursery.start_soon(read)
+        parts = {"cut in two": [reply[:3], reply[3:]],
+                 "after a request of its own": [client_wire('{"type":"presence.ping","id":1}'), reply]}
+        for part in parts.get(arrival, [reply]):
+            await trio.testing.wait_all_tasks_blocked()  # the server has read what came before
+            await client_end.send_all(part)
+        with trio.fail_after(5):
+            await done.wait()
+        assert ended == [None] and ws.failure is None and not ws.broken  # a clean close, nothing handed over
+        assert ws.close_now()
+        assert await client_end.receive_some() == b""  # the server ended TCP, writing nothing more
+
+
 async def test_a_close_frame_is_not_written_from_outside_while_a_frame_is_half_sent() -> None:
     async with socket_pair() as (ws, client_end, _):
         ws.outbox.keep_unsent(b"\x81\x05hel")  # the tail of a frame a cancelled writer left
