@@ -7,12 +7,14 @@ when present, the profile summary of ``python -m bench --profile``; edit this mo
 from __future__ import annotations
 
 import math
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from bench.baseline import BEFORE
 from bench.runner import RESULTS_DIR
 from bench.table import fmt, table_rows
+from bench.workloads import Sizes
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = REPO / "docs"
@@ -165,9 +167,10 @@ def render(result: dict[str, Any], plot_name: str) -> str:
         "signald against what a Python team would otherwise use, on the same machine in the same run:",
         "[python-socketio](https://python-socketio.readthedocs.io/) (`AsyncServer` on aiohttp) and a minimal asyncio",
         "[`websockets`](https://websockets.readthedocs.io/) broadcast server (the transport ceiling a Python user",
-        "could reach). Numbers below are from one run; they are regenerated, plot included, by",
+        "could reach). The sections from \"This run\" on are from one full run (its date is there); they are",
+        "regenerated, plot included, by",
         "",
-        "    ./dev bench             # full run (~25 min): prints the table, saves bench/results/latest.json",
+        "    ./dev bench             # full run (over an hour): prints the table, saves bench/results/latest.json",
         "    ./dev bench --report    # rewrites this page and benchmarks.png from bench/results/latest.json",
         "",
         "`./dev bench --quick` runs every workload at tiny sizes in about a minute (CI smoke: it checks the",
@@ -175,7 +178,8 @@ def render(result: dict[str, Any], plot_name: str) -> str:
         "python-socketio would take 10 s); `--only b,e` picks workloads; `--profile [b|d|g]`",
         "runs signald under cProfile during one workload (the largest fan-out by default). The harness",
         "lives in `bench/` and its dependencies in the `bench` extra (`pip install -e '.[bench]'`); none of it",
-        "is a runtime dependency.",
+        "is a runtime dependency. The dated sections between \"Comparing two commits\" and \"This run\" are",
+        "written by hand: before/after measurements of one change each, usually newer than the full run.",
         "",
         COMPARING.rstrip(),
         "",
@@ -231,8 +235,10 @@ def render(result: dict[str, Any], plot_name: str) -> str:
         out += ["", "(f) detail (median): " + ", ".join(f"{k} = {nice(val)}" for k, val in scale.items()) + "."]
     if result.get("notes"):
         out += ["", "Notes from this run:", ""] + [f"- {n}" for n in result["notes"]]
-    out += ["", METHOD.format(**{"storm_send_rate": 10.0, **{k: (f"{v:,}" if isinstance(v, int) else v)
-                                                            for k, v in sizes.items() if not isinstance(v, list)}},
+    # A results file from before a size existed still renders: that size takes today's full default.
+    known = {**asdict(Sizes()), **sizes}
+    out += ["", METHOD.format(**{k: (f"{v:,}" if isinstance(v, int) else v)
+                                 for k, v in known.items() if not isinstance(v, (list, tuple))},
                               fanout_members=" and ".join(str(n) for n in sizes["fanout_members"]),
                               idle_sizes=" and ".join(f"{n:,}" for n in sizes["idle_sizes"]),
                               storm_sizes=" and ".join(f"{n:,}" for n in sizes.get("storm_sizes", ())))]
