@@ -191,15 +191,15 @@ class Hub:
         trio.lowlevel.current_trio_token().run_sync_soon(self.disconnect, session)
 
     def disconnect(self, session: Session) -> None:
-        """The connection ended: the session leaves every room, with the usual events."""
-        if not session.detached:  # (else it left already: asked to close, or a stopping server's)
-            self.disconnect_all((session,))
+        """The connection ended: the session leaves every room, with the usual events (unless it left already)."""
+        self.disconnect_all((session,))
 
     def disconnect_all(self, sessions: Iterable[Session]) -> None:
-        """Connections that ended leave, their audit lines written together: a stopping server's in one
-        pass once their close frames are out, rather than each when its peer answers."""
+        """Connections that ended leave, audit lines written together (a stopping server's, in one pass)."""
+        leaving = [session for session in sessions if not session.detached]  # the others left already
+        if not leaving:
+            return
         now, wall = trio.current_time(), self.wall_clock()
-        leaving = [session for session in sessions if not session.detached]
         for session in leaving:
             self._leave(session, now, wall)
         log_closed(leaving, wall)
