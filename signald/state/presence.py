@@ -166,7 +166,7 @@ class PresenceTracker:
         user = self._conn_user.pop(conn, None)
         if user is None:
             return []
-        sends = self.clear_typing(conn, None) if conn in self._typing_of else []
+        sends = self.clear_typing(conn, None)
         state = self._users[user]
         state.devices.discard(conn)
         self._set_last_seen(user, wall)
