@@ -24,6 +24,7 @@ Last seen
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -184,9 +185,8 @@ class HistoryService:
 
     async def flush_last_seen(self) -> None:
         changed = self._presence.drain_last_seen()
-        texts: dict[float, str] = {}  # a stopping server's users all left at one time: formatted once
-        entries = {user: texts.get(when) or texts.setdefault(when, iso_utc(when)) for user, when in changed.items()
-                   if not (self._skip_guests and is_guest(user))}
+        as_text = functools.cache(iso_utc)  # a stopping server's users all left at one time: formatted once
+        entries = {user: as_text(when) for user, when in changed.items() if not (self._skip_guests and is_guest(user))}
         if entries:
             await self.store.set_last_seen(entries)
 
