@@ -278,6 +278,8 @@ def notes_for(raw: dict[str, dict[str, list[dict[str, Any]]]]) -> list[str]:
             for i, r in enumerate(rounds):
                 if "error" in r:
                     notes.append(f"({key}) {server} round {i + 1} failed: {r['error']}")
+                notes.extend(f"({key}) {server} round {i + 1}, size {metric[6:]}, failed: {value}"
+                             for metric, value in r.items() if metric.startswith("error_"))
                 for metric, value in r.items():
                     if metric.startswith("complete_") and value is False:
                         notes.append(f"({key}) {server} round {i + 1}: {metric[9:]} members, only "
