@@ -23,11 +23,11 @@ from collections.abc import Sequence
 
 import trio
 
+from signald.commands.parser import WORKER_FLAG
 from signald.config import Config
 
 log = logging.getLogger("signald.workers")
 
-WORKER_FLAG = "--worker"  # hidden: this process is one of the further nodes
 RESTART_MIN_S = 0.5  # first wait before a dead node is started again
 RESTART_MAX_S = 30.0
 HEALTHY_AFTER_S = 60.0  # a node that ran this long before dying is restarted at once again

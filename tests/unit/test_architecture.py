@@ -31,8 +31,8 @@ LAYERS: Final[tuple[tuple[str, tuple[str, ...]], ...]] = (
     ("app", ("signald.app",)),
     ("cluster", ("signald.cluster",)),
     ("handlers", ("signald.router", "signald.handlers", "signald.inbound")),
-    ("entry", ("signald.server", "signald.cli", "signald.workers", "signald.client", "signald.hub", "signald.__main__",
-               "signald.api", "signald")),
+    ("entry", ("signald.server", "signald.cli", "signald.commands", "signald.workers", "signald.client", "signald.hub",
+               "signald.__main__", "signald.api", "signald")),
 )
 
 # Modules that do no I/O and hold no event loop: they take ``now`` and return what to send.
