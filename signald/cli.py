@@ -7,7 +7,7 @@ daemon cannot start (e.g. the port is taken); ``signald health``: 0 on HTTP 200,
 This module loads only the parser (:mod:`signald.commands.parser`); a subcommand's module is
 imported when it runs. ``signald health`` is what a container's HEALTHCHECK runs every few
 seconds, next to the daemon: it loads the standard library's HTTP client and nothing of trio,
-msgspec or the daemon (tests/e2e/test_health_imports.py). The names that lived here before
+msgspec or the daemon (tests/e2e/test_health_probe.py). The names that lived here before
 (``tune_gc``, ``config_from_args``, ...) load from their modules on first use (PEP 562).
 """
 
