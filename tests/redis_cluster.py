@@ -1,5 +1,5 @@
 """A private Redis Cluster for the tests of ``redis+cluster://``: three primaries and a replica of each
-(:func:`redis_cluster`, a context manager; the ``redis_cluster`` fixture of the e2e tests shares one).
+(:func:`started_cluster`, a context manager; the ``redis_cluster`` fixture shares one per session).
 
 Six ``redis-server --cluster-enabled yes`` (Debian's, as in tests/redis_sentinel.py) on free
 loopback ports in one directory, daemonized, nothing persisted, joined by ``redis-cli --cluster
@@ -20,8 +20,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Final
 
+import pytest
 from redis_fixture import free_port
 from redis_sentinel import _pid, cli, poll, start_server, stop_server
+
+__all__ = ["TAG", "Cluster", "redis_cluster", "started_cluster"]
 
 NODE_TIMEOUT_MS: Final = 500
 TAG: Final = "{signald.0}"  # the hash tag of signald's keys and channels on database 0 (signald.cluster.wire)
@@ -116,11 +119,30 @@ def _slots(lines: list[str]) -> list[tuple[int, int, list[int]]]:
 
 
 @contextmanager
-def redis_cluster(directory: Path) -> Iterator[Cluster]:
+def started_cluster(directory: Path) -> Iterator[Cluster]:
     """A started :class:`Cluster` in ``directory``; every server stopped after."""
     cluster = Cluster(directory)
     try:
         cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """The session's cluster, for the tests that leave it whole (each empties it first: :meth:`Cluster.flush`).
+    Skipped, as the one-Redis tests are (tests/redis_fixture.py), when it cannot start, unless
+    ``SIGNALD_TEST_REDIS=require``."""
+    cluster = Cluster(tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        cluster.start()
+    except Exception as exc:
+        cluster.stop()
+        if os.environ.get("SIGNALD_TEST_REDIS") == "require":
+            raise
+        pytest.skip(f"no Redis Cluster for the tests: {exc}")
+    try:
         yield cluster
     finally:
         cluster.stop()

@@ -1,5 +1,7 @@
 """Several nodes on a Redis Cluster (``redis+cluster://``): real daemons, a private cluster of three
-primaries and three replicas (tests/redis_cluster.py), a private PostgreSQL.
+primaries and three replicas (tests/redis_cluster.py), a private PostgreSQL. (Representative
+end-to-end tests of rooms, presence, chat, resume and calls also run on three in-process nodes on
+the cluster: ``@pytest.mark.on_redis_cluster``, tests/over_nodes.py.)
 
 signald keeps everything in one hash slot, so one shard carries it; the cluster gives failover: the
 primary owning that slot is killed, or switched over for maintenance, its replica takes over and
@@ -7,14 +9,13 @@ every node follows it."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
 
 import pytest
 import test_cluster as on_one_redis
 import trio
-from redis_cluster import TAG, Cluster, redis_cluster
+from redis_cluster import TAG, Cluster, started_cluster
 from redis_fixture import RedisServer, free_port
 from redis_sentinel import cli
 from test_cluster import Event, alice_and_bob_in_lobby, nodes, of, until_ready, wait_for
@@ -27,16 +28,15 @@ from signald.client.raw import connect
 pytestmark = pytest.mark.timeout(90)
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    """One cluster for the module's tests that leave it whole (emptied before each)."""
-    with redis_cluster(tmp_path_factory.mktemp("redis-cluster")) as servers:
-        yield servers
+@pytest.fixture
+def cluster(redis_cluster: Cluster) -> Cluster:
+    """The session's cluster (tests/redis_cluster.py), emptied."""
+    redis_cluster.flush()
+    return redis_cluster
 
 
 @pytest.fixture
 def cluster_url(cluster: Cluster) -> str:
-    cluster.flush()
     return cluster.url()
 
 
@@ -56,12 +56,6 @@ async def test_chat_from_every_node_reaches_every_connection_once_in_seq_order(
 ) -> None:
     await on_one_redis.test_chat_from_every_node_reaches_every_connection_once_in_seq_order(
         tmp_path, cluster_url, postgres_url)
-
-
-async def test_membership_and_presence_span_the_nodes(
-    tmp_path: Path, cluster: Cluster, cluster_url: str, postgres_url: str
-) -> None:
-    await on_one_redis.test_membership_and_presence_span_the_nodes(tmp_path, cluster_url, postgres_url)
 
 
 async def test_a_failover_for_maintenance_loses_no_acked_message(
@@ -104,7 +98,7 @@ async def test_after_the_owner_is_killed_every_node_follows_its_promoted_replica
     tmp_path: Path, postgres_url: str
 ) -> None:
     """``kill -9`` of the primary that owns signald's slot (a cluster of the test's own)."""
-    with redis_cluster(tmp_path / "redis") as cluster:
+    with started_cluster(tmp_path / "redis") as cluster:
         owner, replica = cluster.owner(), cluster.replica_of_owner()
         assert replica is not None
         async with nodes(tmp_path, cluster.url(), postgres_url, 2, ttl=1.0) as started, AsyncExitStack() as stack:
