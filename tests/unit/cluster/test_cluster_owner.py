@@ -15,11 +15,11 @@ pytest.importorskip("hiredis")
 
 async def test_seeds_are_asked_in_turn_and_the_one_that_answered_is_asked_first_next_time(
         redis_cluster: Cluster) -> None:
-    closed, replica_seed = free_port(), redis_cluster.ports[4]  # a replica answers as well as a primary
-    broker = Broker(f"redis+cluster://127.0.0.1:{closed},127.0.0.1:{replica_seed}")
+    closed, seed = free_port(), redis_cluster.ports[4]  # a replica (unless a failover promoted it) answers too
+    broker = Broker(f"redis+cluster://127.0.0.1:{closed},127.0.0.1:{seed}")
     assert await broker.owner() == ("127.0.0.1", redis_cluster.owner())
     seeds = broker._seeds
-    assert seeds[:2] == [("127.0.0.1", replica_seed), ("127.0.0.1", closed)]
+    assert seeds[:2] == [("127.0.0.1", seed), ("127.0.0.1", closed)]
     primaries = {("127.0.0.1", ports[0]) for _, _, ports in redis_cluster.slot_map()}
     assert primaries <= set(seeds)  # the nodes it named are asked after the seeds
 
