@@ -75,7 +75,13 @@ async def test_a_failover_for_maintenance_loses_no_acked_message(
         acked = []
         with trio.fail_after(20):
             while cluster.owner(via=replica) != replica or len(acked) < 10:  # and a few once it switched
-                ack = await bob.request("chat.send", {"scope": "lobby", "body": f"message {len(acked)}"})
+                try:
+                    ack = await bob.request("chat.send", {"scope": "lobby", "body": f"message {len(acked)}"})
+                except ConnectionClosed:  # its node's resync can race its own send in flight: 1012, resume
+                    assert bob.ws.closed is not None and bob.ws.closed.code == 1012
+                    bob = await stack.enter_async_context(connect(url1, user="bob"))
+                    await bob.request("room.join", {"room": "lobby"})
+                    continue
                 acked.append(ack["id"])
                 await trio.sleep(0.05)
         await until_ready(url0, True, within=20)
@@ -83,11 +89,13 @@ async def test_a_failover_for_maintenance_loses_no_acked_message(
         seen: list[Event] = []
         try:
             await wait_for(alice, seen, lambda s: acked[-1] in [m["id"] for m in of("chat.message", s)])
-            assert [m["id"] for m in of("chat.message", seen)] == acked
+            got = [m["id"] for m in of("chat.message", seen)]
         except ConnectionClosed:
             assert alice.ws.closed is not None and alice.ws.closed.code == 1012
             alice = await stack.enter_async_context(connect(url0, user="alice"))
-            assert [m["id"] for m in await lobby_changes(alice)] == acked
+            got = [m["id"] for m in await lobby_changes(alice)]
+        # (a send cut off by bob's 1012 may have been stored without its ack: alice may have it too)
+        assert [i for i in got if i in set(acked)] == acked and len(set(got)) == len(got)
         back = await alice.request("chat.send", {"scope": "lobby", "body": "after the switch"})
         await wait_for(bob, [], lambda s: back["id"] in [m["id"] for m in of("chat.message", s)])
         assert cluster.owner() == replica and old != replica
