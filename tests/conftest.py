@@ -18,6 +18,7 @@ import pytest
 import trio
 from over_nodes import nodes, nodes_database  # noqa: F401  # fixtures: a test over 1 node and over 3 nodes
 from postgres import fresh_databases, postgres_server, postgres_url  # noqa: F401  # fixtures: a private PostgreSQL
+from redis_cluster import redis_cluster  # noqa: F401  # fixture: a private Redis Cluster
 from redis_fixture import redis_server, redis_url  # noqa: F401  # fixtures: a private Redis
 from trio.testing import MockClock
 
@@ -40,10 +41,11 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    twice = [item for item in items if over_nodes.on_sqlite_over_nodes(item)]
+    twice = [item for item in items if over_nodes.on_sqlite_over_nodes(item) or over_nodes.off_redis_cluster(item)]
     if twice:
         config.hook.pytest_deselected(items=twice)
-        items[:] = [item for item in items if item not in twice]
+        dropped = set(map(id, twice))
+        items[:] = [item for item in items if id(item) not in dropped]
 
 
 @pytest.fixture

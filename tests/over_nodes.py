@@ -14,6 +14,10 @@ Helpers that assert what did or did not arrive call :func:`settle` first: it ret
 node has heard everything every node had sent to Redis, so a ping after it is answered after
 every event the test's earlier requests caused, as on one node.
 
+A few representative tests, marked ``@pytest.mark.on_redis_cluster``, run a third time:
+``3-nodes-redis-cluster``, the three nodes on the session's private Redis Cluster
+(tests/redis_cluster.py, emptied before each) instead of one Redis.
+
 A test that also runs over SQLite and PostgreSQL keeps one "3 nodes" variant (several nodes always
 share PostgreSQL). A test on a mock clock runs on one node only (the clock would jump while the nodes wait on
 Redis). A test that inspects one process (its hub, its store, its clock) or a behaviour documented to
@@ -33,7 +37,8 @@ import trio
 from signald.config import Config
 from signald.server import RunningServer
 
-IDS = {1: "1-node", 3: "3-nodes"}
+CLUSTER = "cluster"  # the "nodes" parameter of the variant on a Redis Cluster (three nodes)
+IDS: dict[int | str, str] = {1: "1-node", 3: "3-nodes", CLUSTER: "3-nodes-redis-cluster"}
 MOCK_CLOCKS = {"frozen_clock", "autojump_clock", "mock_clock"}
 
 
@@ -161,7 +166,13 @@ def on_sqlite_over_nodes(item: pytest.Item) -> bool:
     """A "3 nodes" variant of a test that also runs over both stores: several nodes always share
     PostgreSQL, so its "sqlite" variant would run the "postgres" one again."""
     params = getattr(getattr(item, "callspec", None), "params", {})
-    return bool(params.get("nodes", 1) > 1 and "sqlite" in params.values())
+    return bool(params.get("nodes", 1) != 1 and "sqlite" in params.values())
+
+
+def off_redis_cluster(item: pytest.Item) -> bool:
+    """A ``3-nodes-redis-cluster`` variant of a test not marked ``on_redis_cluster``."""
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    return params.get("nodes") == CLUSTER and item.get_closest_marker("on_redis_cluster") is None
 
 
 @pytest.fixture(scope="session")
@@ -171,17 +182,26 @@ def nodes_database(postgres_server: Any) -> SharedDatabase:
     return SharedDatabase(create_database(postgres_server))
 
 
-@pytest.fixture(params=sorted(IDS), ids=IDS.get)
+@pytest.fixture(params=list(IDS), ids=IDS.get)
 def nodes(request: pytest.FixtureRequest) -> Iterator[int]:
     """How many nodes the test's servers run as (see the module docstring)."""
-    count: int = request.param
+    count: int = 3 if request.param == CLUSTER else request.param
     marker = request.node.get_closest_marker("one_node")
     if count > 1 and marker is not None:
         pytest.skip(f"one node only: {marker.args[0]}")
     if count > 1 and MOCK_CLOCKS & set(request.fixturenames):
         pytest.skip("one node only: a mock clock jumps while the nodes wait on Redis, firing their broker timeouts")
     try:
-        if count > 1:
+        if request.param == CLUSTER:
+            cluster, database = request.getfixturevalue("redis_cluster"), request.getfixturevalue("nodes_database")
+            cluster.flush()
+            current.redis_url, current.postgres_url = cluster.url(), database.emptied()
+
+            def emptied_cluster() -> None:
+                cluster.flush()
+                database.emptied()
+            current.fresh = emptied_cluster
+        elif count > 1:
             redis_url, database = request.getfixturevalue("redis_url"), request.getfixturevalue("nodes_database")
             redis_server = request.getfixturevalue("redis_server")
             current.redis_url, current.postgres_url = redis_url, database.emptied()

@@ -4,24 +4,20 @@ Tasks, all in :meth:`RedisReplica.running`:
 
 - the **writer** (:mod:`signald.cluster.writer`) sends what :meth:`share`, :meth:`room_event` and
   :meth:`user_event` queued, in order, many at a time in one pipeline (records first, then the
-  ``PUBLISH`` that announces them);
-- the **subscriber** (:mod:`signald.cluster.subscriber`) reads the pub/sub and hands each message
-  to :meth:`RedisReplica._receive` (:func:`signald.cluster.apply.apply_op`, or delivery);
+  ``PUBLISH`` that announces them), and the **subscriber** (:mod:`signald.cluster.subscriber`)
+  hands each pub/sub message to :meth:`RedisReplica._receive`, each over a connection of its own
+  (:mod:`signald.cluster.resp`: coredis cost these hot paths several times the CPU);
 - the **heartbeat** writes this node's time into ``nodes`` every ``node_ttl_s / 3`` and takes the
-  nodes that stopped beating for ``node_ttl_s`` out of this node's copy: their devices go offline
-  and leave their rooms, with the usual events to this node's connections;
+  nodes that stopped beating for ``node_ttl_s`` out of this node's copy (:mod:`signald.cluster.nodes`);
 - the **sweeper** stops hearing rooms and users this node no longer has a connection in.
 
-The writer and the subscriber have connections of their own (:mod:`signald.cluster.resp`: coredis
-cost these hot paths several times the CPU); the other commands go through coredis (on anyio).
-
-Redis restarted or unreachable: the subscriber reconnects with backoff and subscribes again, coredis
+Redis restarted or unreachable, or a failover (Sentinel, Redis Cluster): the subscriber reconnects
+with backoff and subscribes again (also when a write failed: the records need repair), coredis
 reconnects by itself, the writer opens a new connection for its next pipeline; meanwhile writes fail
 (``/readyz`` says 503 with the reason), local delivery goes on, and what was published in between is
-lost. Once the state channel is heard again, the node writes its own records back, announces its
-devices again and reloads everyone's (:meth:`RedisReplica._resync`); no node is declared dead
-for the outage itself (:meth:`NodeTable.grace`). Chat changes lost in between are in the store:
-clients get them with an exact resume (``room.join {since_rev}``).
+lost. Once the state channel is heard again, the node writes its records back, announces its devices
+again and reloads everyone's (:meth:`RedisReplica._resync`); no node is declared dead for the outage
+itself (:meth:`NodeTable.grace`). Clients get the chat changes lost meanwhile by exact resume.
 """
 
 from __future__ import annotations
@@ -97,9 +93,11 @@ class RedisReplica(Replica):
         hub.user_rates.share_of = partial(budget_share, hub)  # the user's frame budget, split over nodes
         self.broker = Broker(self.url)  # one Redis or Sentinel's primary (signald.cluster.connect)
         self.nodes.client = self._client = self.broker.client
-        self.writer = Writer(self.broker.open_link, up=self._up, down=self._down)
+        publish = "SPUBLISH" if self.broker.sharded else "PUBLISH"  # a Redis Cluster: on one shard
+        self.writer = Writer(self.broker.open_link, up=self._up, down=self._write_failed, publish=publish)
         self.subscriber = self.channels.subscriber = Subscriber(
-            self.broker.open_link, on_message=self._receive, on_subscribed=self._on_subscribed, down=self._down)
+            self.broker.open_link, on_message=self._receive, on_subscribed=self._on_subscribed, down=self._down,
+            sharded=self.broker.sharded)
         self.calls = RedisCallDecisions(hub, self.names, self._client, grace_s=2 * self._ttl, down=self._down)
         hub.timers.decide_ring_timeouts = self.calls.ring_timeouts  # the calls this node offered: decided here
         self._nursery: trio.Nursery | None = None
@@ -337,25 +335,19 @@ class RedisReplica(Replica):
 
     async def _resync(self) -> None:
         """After a reconnect: records and ops again, everyone else's reloaded, rooms behind closed
-        (:mod:`signald.cluster.recovery`)."""
-        if self._resyncing:  # a reconnect and a beat can both ask for it
+        (:mod:`signald.cluster.recovery`). One at a time: a reconnect and a beat can both ask."""
+        if self._resyncing:
             return
         self._resyncing = True
-        try:
-            await self._announce_again()
-        finally:
-            self._resyncing = False
-
-    async def _announce_again(self) -> None:
         hub, names = self.hub, self.names
-        self.nodes.grace()
-        commands: list[Command] = [self._record(conn) for conn in hub.sessions]
-        statuses = {user: hub.presence.chosen_status(user) for user in hub.sessions_by_user}
-        if statuses:
-            commands.append(("hset", names.status, statuses))
-        commands.extend(("publish", names.state, STATE_ENCODER.encode(StateEnvelope(self.node_id, op)))
-                        for op in announcement(hub))
         try:
+            self.nodes.grace()
+            commands: list[Command] = [self._record(conn) for conn in hub.sessions]
+            statuses = {user: hub.presence.chosen_status(user) for user in hub.sessions_by_user}
+            if statuses:
+                commands.append(("hset", names.status, statuses))
+            commands.extend(("publish", names.state, STATE_ENCODER.encode(StateEnvelope(self.node_id, op)))
+                            for op in announcement(hub))
             await self.writer.execute(commands)
             await self._beat()
             await self.nodes.load()
@@ -366,6 +358,8 @@ class RedisReplica(Replica):
         else:
             log.info("cluster: back on the broker; %d devices announced again, %d closed to resume",
                      len(hub.sessions), closed)
+        finally:
+            self._resyncing = False
 
     # ------------------------------------------------------------------ helpers
 
@@ -392,6 +386,12 @@ class RedisReplica(Replica):
         if self._problem is None:
             log.warning("cluster: the broker (Redis) failed: %s", exc or type(exc).__name__)
         self._problem = f"the broker (Redis) is unreachable: {exc or type(exc).__name__}"
+
+    def _write_failed(self, exc: BaseException) -> None:
+        """Writes were lost (``READONLY``/``MOVED`` after a failover...): the pub/sub reconnects
+        too, to the primary of the moment, and its re-subscription runs :meth:`_resync`."""
+        self._down(exc)
+        self.subscriber.drop(exc)
 
     def _up(self) -> None:
         if self._problem is not None:

@@ -50,13 +50,14 @@ class Endpoint(NamedTuple):
 
 
 def endpoint_of(broker: BrokerURL) -> Endpoint:
-    """The endpoint of a single Redis (``redis``, ``rediss`` or ``unix``); under Sentinel only the
-    login and database (the host is the primary the sentinels name).
+    """The endpoint of a single Redis (``redis``, ``rediss`` or ``unix``); under Sentinel or on a
+    Redis Cluster only the login and database (the host is the primary the sentinels or the seed
+    nodes name).
 
     The URL is read by coredis's rules, so every connection of the node goes to the same place:
     the user and password as written (not percent-decoded) or from ``?username=``/``?password=``,
     ``?db=`` before the path's database, and the ``ssl_*`` options of ``rediss``."""
-    if broker.kind == "sentinel":
+    if broker.kind != "redis":
         return Endpoint(username=broker.username, password=broker.password, db=broker.db)
     parts = urllib.parse.urlsplit(broker.url)
     query = {key: values[0] for key, values in urllib.parse.parse_qs(parts.query).items() if values}

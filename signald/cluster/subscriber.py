@@ -5,7 +5,13 @@ message goes to ``on_message(channel, data)`` (those heard before :meth:`Subscri
 for it) and each subscription Redis confirms to ``on_subscribed(channel)`` (a confirmation of a
 channel already held means a reconnect: the node resynchronises). A connection that fails, or stays
 silent through a ``PING``, is dropped and opened again with exponential backoff (0.1 s to 2 s,
-jittered); meanwhile ``down`` says why.
+jittered); meanwhile ``down`` says why. :meth:`Subscriber.drop` does the same on request (a write
+to Redis failed: the node's records need the same repair as after a lost pub/sub).
+
+``sharded`` (a Redis Cluster): ``SSUBSCRIBE``, every channel on the shard that owns signald's slot.
+Redis unsubscribes such a connection itself (a ``sunsubscribe`` nobody asked for) when that slot
+moves to another node (a failover, a resharding); that, like a ``MOVED`` error reply, is a lost
+connection: the next one goes to the slot's owner of the moment.
 
 :meth:`Subscriber.subscribe` returns once Redis confirmed the subscription: a join reads the
 room's history only after that, so nothing published after the read is missed.
@@ -35,8 +41,15 @@ class Subscriber:
     """One pub/sub connection and the set of channels it is meant to hear."""
 
     def __init__(self, connect: Callable[[], Awaitable[Link]], *, on_message: Callable[[str, bytes], None],
-                 on_subscribed: Callable[[str], None], down: Callable[[BaseException], None]) -> None:
+                 on_subscribed: Callable[[str], None], down: Callable[[BaseException], None],
+                 sharded: bool = False) -> None:
         self._connect, self._on_message, self._on_subscribed, self._down = connect, on_message, on_subscribed, down
+        prefix = "S" if sharded else ""
+        self._subscribe, self._unsubscribe = prefix + "SUBSCRIBE", prefix + "UNSUBSCRIBE"
+        self._message, self._subscribed = (b"smessage", b"ssubscribe") if sharded else (b"message", b"subscribe")
+        self._unsubscribed = b"sunsubscribe" if sharded else None  # plain pub/sub: the replies are not read
+        self._unsubscribing: dict[str, int] = {}  # channel -> SUNSUBSCRIBEs sent on this link, not yet confirmed
+        self._reading: trio.CancelScope | None = None
         self.channels: set[str] = set()  # subscribed, or to be subscribed again on a reconnect
         self._link: Link | None = None
         self._waiting: dict[str, list[trio.Event]] = {}
@@ -68,7 +81,7 @@ class Subscriber:
         confirmed = trio.Event()
         self._waiting.setdefault(channel, []).append(confirmed)
         try:
-            await link.send(pack("SUBSCRIBE", channel))
+            await link.send(pack(self._subscribe, channel))
             with trio.move_on_after(CONFIRM_S):
                 await confirmed.wait()
         finally:
@@ -89,7 +102,19 @@ class Subscriber:
         link = self._link
         if link is not None:
             with contextlib.suppress(LinkError):
-                await link.send(pack("UNSUBSCRIBE", channel))
+                await self._send_unsubscribe(link, [channel])
+
+    async def _send_unsubscribe(self, link: Link, channels: list[str]) -> None:
+        if self._unsubscribed is not None:  # their confirmations are ours, not the slot moving
+            for channel in channels:
+                self._unsubscribing[channel] = self._unsubscribing.get(channel, 0) + 1
+        await link.send(pack(self._unsubscribe, *channels))
+
+    def drop(self, why: BaseException) -> None:
+        """Drop the connection now and open a new one (with backoff), as if it had been lost."""
+        if self._reading is not None:
+            self.problem = f"dropped after a write to Redis failed: {why or type(why).__name__}"
+            self._reading.cancel()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Connect and read until cancelled. The first connection's failure is raised (a node that
@@ -101,12 +126,18 @@ class Subscriber:
         task_status.started()
         delay = BACKOFF_S[0]
         while True:
+            opened = trio.current_time()
             try:
-                await self._read(link)
+                with trio.CancelScope() as self._reading:
+                    await self._read(link)
+                self._lost(link, LinkError(self.problem))  # drop() cancelled it
             except LinkError as exc:
                 self._lost(link, exc)
             finally:
+                self._reading = None
                 await link.aclose()
+            if trio.current_time() - opened > BACKOFF_S[1]:  # it served a while: start again quickly
+                delay = BACKOFF_S[0]  # (one dropped right after it opened keeps backing off)
             while True:
                 await trio.sleep(delay * random.uniform(0.5, 1.0))
                 delay = min(2 * delay, BACKOFF_S[1])
@@ -115,7 +146,6 @@ class Subscriber:
                 except LinkError as exc:
                     self._down(exc)
                     continue
-                delay = BACKOFF_S[0]
                 break
 
     async def _open(self) -> Link:
@@ -124,9 +154,10 @@ class Subscriber:
                 link = await self._connect()
         except trio.TooSlowError:
             raise LinkError(f"no connection to Redis within {CONNECT_S:g} s") from None
+        self._unsubscribing.clear()
         try:
             if self.channels:
-                await link.send(pack("SUBSCRIBE", *sorted(self.channels)))
+                await link.send(pack(self._subscribe, *sorted(self.channels)))
         except BaseException:
             await link.aclose()
             raise
@@ -160,7 +191,7 @@ class Subscriber:
                 self._dispatch(reply, strays)
                 reply = link.ready()  # (the next reply() waits on the socket: a checkpoint)
             if strays:  # confirmed after their subscribe() gave up: Redis would send them forever
-                await link.send(pack("UNSUBSCRIBE", *strays))
+                await self._send_unsubscribe(link, strays)
 
     def _deliver(self, channel: str, data: bytes) -> None:
         try:
@@ -174,12 +205,17 @@ class Subscriber:
                 raise LinkError(str(reply))
             return
         kind = reply[0]
-        if kind == b"message":
+        if kind == self._message:
             if self._held is not None:
                 self._held.append((reply[1].decode(), reply[2]))
             else:
                 self._deliver(reply[1].decode(), reply[2])
-        elif kind == b"subscribe":
+        elif kind == self._unsubscribed:
+            channel = reply[1].decode()
+            if not self._unsubscribing.get(channel):
+                raise LinkError(f"Redis unsubscribed {channel} (its hash slot moved: a failover or resharding)")
+            self._unsubscribing[channel] -= 1
+        elif kind == self._subscribed:
             channel = reply[1].decode()
             for event in self._waiting.pop(channel, ()):
                 event.set()

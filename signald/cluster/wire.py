@@ -1,8 +1,11 @@
 """What the nodes put into Redis: key and channel names, envelopes and records (sans-IO).
 
 Everything is MessagePack. Pub/sub channels are server-wide in Redis (not per database), so every
-name starts with ``signald.<db>.``: two clusters on one Redis in different databases never hear
-each other.
+name starts with ``{signald.<db>}.``: two clusters on one Redis in different databases never hear
+each other. The braces make ``signald.<db>`` the hash tag of every key and channel: on a Redis
+Cluster they all live in one hash slot, so one shard carries everything signald writes and
+publishes, in the order each node sent it (docs/cluster.md, "Redis Cluster"). One name scheme
+everywhere: nodes of one cluster run one version of signald.
 
 Keys
     ``<p>nodes``   sorted set: node id -> wall-clock time of its last heartbeat
@@ -90,7 +93,8 @@ class Names:
 
     def __init__(self, broker_url: str) -> None:
         db = parse_broker_url(broker_url).db
-        self.prefix = f"signald.{db}."
+        self.tag = f"{{signald.{db}}}"  # the hash tag: one slot for everything on a Redis Cluster
+        self.prefix = self.tag + "."
         self.nodes = self.prefix + "nodes"
         self.conns = self.prefix + "conns"
         self.status = self.prefix + "status"

@@ -4,8 +4,10 @@
 :meth:`Writer.run` task sends what waits in one pipeline (records first, then the ``PUBLISH`` that
 announces them, as they were put), and then runs the callbacks put behind them
 (:meth:`Writer.after_sent`: an ack that must not leave before its event did). A pipeline that fails
-is lost (pub/sub would have lost it anyway): the node's recovery after the outage repairs the
-records (:mod:`signald.cluster.recovery`), and the connection is opened again for the next one.
+is lost (pub/sub would have lost it anyway): ``down`` hears of it, the node's recovery after the
+outage repairs the records (:mod:`signald.cluster.recovery`), and the connection is opened again
+for the next one. On a Redis Cluster the publishes are ``SPUBLISH`` (``publish``): everything goes
+to the one shard that owns signald's slot, in the order it was put.
 A batch taken off the queue is sent whole even when :meth:`run` is cancelled (a node that stops
 cancels it with the last ``Disconnect`` writes in flight; its goodbye follows that batch on the link),
 unless :meth:`abandon` gives up on a broker that does not answer.
@@ -36,8 +38,8 @@ class Writer:
     """The ordered queue of commands to the broker, and the task that sends them."""
 
     def __init__(self, connect: Callable[[], Awaitable[Link]], *, up: Callable[[], None],
-                 down: Callable[[BaseException], None]) -> None:
-        self._connect, self._up, self._down = connect, up, down
+                 down: Callable[[BaseException], None], publish: str = "PUBLISH") -> None:
+        self._connect, self._up, self._down, self._publish = connect, up, down, publish
         self._link: Link | None = None
         self._lock = trio.Lock()
         self._sending: trio.CancelScope | None = None
@@ -69,7 +71,6 @@ class Writer:
                 try:
                     await self.execute(commands)
                 except Exception as exc:
-                    self._down(exc)
                     log.warning("cluster: %d broker writes lost: %s", len(commands), exc)
             self._sending = None
             for verb, _, callback in commands:
@@ -83,9 +84,11 @@ class Writer:
 
     async def execute(self, commands: list[Command]) -> None:
         """Send ``commands`` now, in one pipeline (callbacks among them are not run here);
-        :class:`~signald.cluster.resp.LinkError` if the connection fails or Redis refuses one.
-        One pipeline at a time (:meth:`run`, a resync and the goodbye share the connection)."""
-        packed = [_packed(verb, key, value) for verb, key, value in commands if verb != "callback"]
+        :class:`~signald.cluster.resp.LinkError` if the connection fails or Redis refuses one
+        (``down`` hears of it first). One pipeline at a time (:meth:`run`, a resync and the goodbye
+        share the connection)."""
+        publish = self._publish
+        packed = [_packed(verb, key, value, publish) for verb, key, value in commands if verb != "callback"]
         if not packed:
             return
         async with self._lock:
@@ -94,8 +97,10 @@ class Writer:
                     if self._link is None:
                         self._link = await self._connect()
                     raise_on_error(await self._link.call(b"".join(packed), len(packed)))
-            except BaseException:  # its replies are not all read (or one is an error, e.g. READONLY
-                await self.close()  # after a failover): the next pipeline starts on a new connection
+            except BaseException as exc:  # its replies are not all read (or one is an error, e.g. READONLY
+                await self.close()  # or MOVED after a failover): the next pipeline starts on a new connection
+                if isinstance(exc, Exception):
+                    self._down(exc)
                 raise
         self._up()
 
@@ -105,9 +110,9 @@ class Writer:
             await link.aclose()
 
 
-def _packed(verb: str, key: str, value: Any) -> bytes:
+def _packed(verb: str, key: str, value: Any, publish: str) -> bytes:
     if verb == "publish":
-        return pack("PUBLISH", key, value)
+        return pack(publish, key, value)
     if verb == "hset":
         return pack("HSET", key, *(item for pair in value.items() for item in pair))
     if verb == "hdel":

@@ -299,6 +299,7 @@ async def test_an_sdp_that_is_not_an_object_is_rejected(srv: RunningServer, sdp:
 # --------------------------------------------------------------------------- several devices
 
 
+@pytest.mark.on_redis_cluster
 async def test_every_callee_device_rings_and_the_first_to_answer_wins(srv: RunningServer) -> None:
     async with in_lobby(srv, "alice", "bob", "bob") as (alice, b1, b2):
         cid = await offer(alice, "bob", "multi")

@@ -161,6 +161,7 @@ async def test_send_ack_is_the_stored_message_with_all_thirteen_fields(srv: Runn
         assert (await history(a1))["messages"] == [message]
 
 
+@pytest.mark.on_redis_cluster
 async def test_send_reaches_every_other_connection_including_senders_other_device_but_not_the_sender(
     srv: RunningServer,
 ) -> None:
@@ -233,6 +234,7 @@ async def test_pipelined_sends_replies_keep_request_order(nursery: trio.Nursery,
         assert got == [f"m{i}" for i in range(60)]
 
 
+@pytest.mark.on_redis_cluster
 async def test_pipelined_sends_get_seqs_in_send_order_and_members_see_them_in_seq_order(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:

@@ -251,6 +251,25 @@ async def test_a_broker_restart_is_503_meanwhile_then_delivery_resumes(tmp_path:
         redis.stop()
 
 
+async def test_writes_lost_with_their_connection_are_repaired_as_after_an_outage(
+    tmp_path: Path, redis_url: str, redis_server: RedisServer, postgres_url: str
+) -> None:
+    """Only the nodes' command connections break (``CLIENT KILL TYPE normal``; their pub/sub stays):
+    the batch that carried carol's join is lost with node 1's writer connection, and node 1
+    resynchronises as after an outage (its pub/sub reconnects, it announces its devices again)."""
+    async with nodes(tmp_path, redis_url, postgres_url, 2) as started, AsyncExitStack() as stack:
+        (_, url0), (_, url1) = started
+        alice = await stack.enter_async_context(connect(url0, user="alice"))
+        await alice.request("room.join", {"room": "lobby"})
+        carol = await stack.enter_async_context(connect(url1, user="carol"))
+        await carol.request("room.join", {"room": "elsewhere"})
+        await carol.request("chat.send", {"scope": "elsewhere", "body": "x"})  # acked: node 1's writes are out
+        assert redis_server.command("CLIENT", "KILL", "TYPE", "normal").startswith(b":")
+        await carol.request("room.join", {"room": "lobby"})
+        await wait_for(alice, [], lambda s: ("member.joined", {"room": "lobby", "user_id": "carol"}) in s)
+        await until_ready(url1, True)
+
+
 async def test_a_node_that_stalled_past_the_ttl_comes_back_with_its_devices(
     tmp_path: Path, redis_url: str, postgres_url: str
 ) -> None:

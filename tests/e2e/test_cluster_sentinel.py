@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import trio
 from redis_fixture import free_port
-from redis_sentinel import SERVICE, sentinel_set, start_server, stop_server
+from redis_sentinel import SERVICE, sentinel_set
 from test_cluster import Event, alice_and_bob_in_lobby, nodes, of, until_ready, wait_for
 from trio_websocket import ConnectionClosed
 
@@ -108,23 +108,3 @@ def test_sentinels_that_do_not_answer_are_one_line_without_the_password(
     assert err.startswith(f"signald: cannot start: cluster.broker_url redis+sentinel://:***@127.0.0.1:{closed}/"), err
     assert f"none of the 1 sentinel(s) answered with a primary for '{SERVICE}'" in err, err
     assert err.count("\n") == 1 and "hunter2" not in err, err
-
-
-def test_a_redis_in_cluster_mode_is_refused_at_start_in_one_line(
-    tmp_path: Path, postgres_url: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """A ``redis://`` URL that reaches a Redis Cluster node (here one with ``--cluster-enabled yes``):
-    refused before serving, not a node that gets ``MOVED`` for most keys later."""
-    port = free_port()
-    start_server(tmp_path, port, "--cluster-enabled", "yes", "--cluster-config-file", str(tmp_path / "nodes.conf"),
-                 "--cluster-port", str(free_port()))  # the default (port + 10000) may be past 65535
-    url = f"redis://127.0.0.1:{port}/0"
-    try:
-        status = main(["serve", "--port", "0", "--history-url", postgres_url, "--broker-url", url])
-    finally:
-        stop_server(tmp_path, port)
-    err = capsys.readouterr().err
-    assert status == 1
-    assert err.startswith(f"signald: cannot start: cluster.broker_url {url}: this Redis runs in cluster "
-                          "mode (cluster_enabled:1): Redis Cluster is not supported"), err
-    assert err.count("\n") == 1, err

@@ -130,6 +130,7 @@ async def test_a_join_racing_with_a_burst_of_sends_gets_each_message_exactly_onc
         assert 0 < view.joined_at < burst  # it did race: part in the ack and its pages, part live
 
 
+@pytest.mark.on_redis_cluster
 async def test_a_join_racing_with_sends_from_another_node_where_the_room_has_a_member_gets_each_once(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:

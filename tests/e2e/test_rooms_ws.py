@@ -90,6 +90,7 @@ async def srv(nursery: trio.Nursery, tmp_path: Path) -> RunningServer:
 # --------------------------------------------------------------------------- join / leave
 
 
+@pytest.mark.on_redis_cluster
 async def test_join_ack_lists_one_member_entry_per_user_with_their_devices(srv: RunningServer) -> None:
     async with clients(srv, "alice", "alice", "bob") as (a1, a2, bob):
         await join(a1)
@@ -200,6 +201,7 @@ async def test_member_left_only_when_the_last_device_leaves(srv: RunningServer) 
         ]
 
 
+@pytest.mark.on_redis_cluster
 async def test_disconnect_counts_as_leave_and_goes_offline(srv: RunningServer) -> None:
     async with clients(srv, "alice") as (a1,):
         await join(a1)

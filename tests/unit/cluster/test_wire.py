@@ -16,7 +16,7 @@ from signald.protocol import MemberJoinedEvent, RoomUserData, encode_app_event
 def test_names_carry_the_database_so_two_clusters_on_one_redis_never_hear_each_other() -> None:
     one, two = Names("redis://127.0.0.1:6379/1"), Names("redis://:pw@127.0.0.1:6379/2")
     assert one.room("lobby") != two.room("lobby") and one.state != two.state
-    assert Names("redis://127.0.0.1:6379").state == "signald.0.state"
+    assert Names("redis://127.0.0.1:6379").state == "{signald.0}.state"
     assert one.parse(one.room("a.b:c")) == ("room", "a.b:c")
     assert one.parse(one.user("alice")) == ("user", "alice")
     assert one.parse(one.state) == ("state", "")

@@ -21,13 +21,22 @@ def test_sentinel_lists_its_sentinels_service_database_and_secrets() -> None:
     url = parse_broker_url("redis+sentinel://app:s3cret@s1.internal,s2.internal:26380,[fd00::7]:5000"
                            "/mymaster/2?sentinel_password=other")
     assert url.kind == "sentinel"
-    assert url.sentinels == (("s1.internal", 26379), ("s2.internal", 26380), ("fd00::7", 5000))
+    assert url.hosts == (("s1.internal", 26379), ("s2.internal", 26380), ("fd00::7", 5000))
     assert (url.service, url.db, url.username, url.password, url.sentinel_password) == (
         "mymaster", 2, "app", "s3cret", "other")
     assert "s3cret" not in url.shown and "other" not in url.shown
     assert url.shown.startswith("redis+sentinel://app:***@s1.internal,")
     plain = parse_broker_url("redis+sentinel://127.0.0.1/mymaster")
     assert (plain.db, plain.password, plain.sentinel_password) == (0, None, None)
+
+
+def test_redis_cluster_lists_its_seed_nodes_and_login() -> None:
+    url = parse_broker_url("redis+cluster://app:s3cret@10.0.0.1:7000,10.0.0.2,[fd00::7]:7001/0")
+    assert url.kind == "cluster"
+    assert url.hosts == (("10.0.0.1", 7000), ("10.0.0.2", 6379), ("fd00::7", 7001))
+    assert (url.db, url.username, url.password) == (0, "app", "s3cret")
+    assert url.shown == "redis+cluster://app:***@10.0.0.1:7000,10.0.0.2,[fd00::7]:7001/0"
+    assert parse_broker_url("redis+cluster://127.0.0.1:7000").hosts == (("127.0.0.1", 7000),)
 
 
 @pytest.mark.parametrize(("url", "says"), [
@@ -42,7 +51,10 @@ def test_sentinel_lists_its_sentinels_service_database_and_secrets() -> None:
     ("redis://:hunter2@h:6379/x", "the database must be a number"),
     ("redis://:hunter2@h:port/0", "not a valid Redis URL"),
     ("http://:hunter2@h/0", "expected redis://host:port/db"),
-    ("redis+cluster://:hunter2@h:7000", "Redis Cluster is not supported"),
+    ("redis+cluster://:hunter2@h:7000/3", "a Redis Cluster has database 0 only"),
+    ("redis+cluster://:hunter2@h:7000,h:x", "a seed node must be host[:port], got 'h:x'"),
+    ("redis+cluster://:hunter2@h?ssl=true", "a redis+cluster:// URL takes no options"),
+    ("rediss+cluster://:hunter2@h:7000", "TLS to a Redis Cluster (rediss+cluster://) is not supported"),
 ])
 def test_a_malformed_url_says_what_is_wrong_and_never_the_password(url: str, says: str) -> None:
     with pytest.raises(ValueError, match=r"^broker_url: ") as caught:
@@ -69,5 +81,6 @@ def test_a_malformed_sentinel_url_on_the_command_line_is_one_line_naming_the_key
 
 
 def test_names_take_the_database_of_a_sentinel_url() -> None:
-    assert Names("redis+sentinel://s1,s2/mymaster/4").state == "signald.4.state"
+    assert Names("redis+sentinel://s1,s2/mymaster/4").state == "{signald.4}.state"
     assert Names("redis+sentinel://s1/mymaster").state == Names("redis://h:6379/0").state
+    assert Names("redis+cluster://h1:7000,h2:7000").state == "{signald.0}.state"

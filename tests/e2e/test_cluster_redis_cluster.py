@@ -1,0 +1,182 @@
+"""Several nodes on a Redis Cluster (``redis+cluster://``): real daemons, a private cluster of three
+primaries and three replicas (tests/redis_cluster.py), a private PostgreSQL. (Representative
+end-to-end tests of rooms, presence, chat, resume and calls also run on three in-process nodes on
+the cluster: ``@pytest.mark.on_redis_cluster``, tests/over_nodes.py.)
+
+signald keeps everything in one hash slot, so one shard carries it; the cluster gives failover: the
+primary owning that slot is killed, or switched over for maintenance, its replica takes over and
+every node follows it."""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+import pytest
+import test_cluster as on_one_redis
+import trio
+from redis_cluster import TAG, Cluster, started_cluster
+from redis_fixture import RedisServer, free_port
+from redis_sentinel import cli
+from test_cluster import Event, alice_and_bob_in_lobby, nodes, of, until_ready, wait_for
+from test_cluster_sentinel import lobby_changes
+from trio_websocket import ConnectionClosed
+
+from signald.cli import main
+from signald.client.raw import connect
+
+pytestmark = pytest.mark.timeout(90)
+
+
+@pytest.fixture
+def cluster(redis_cluster: Cluster) -> Cluster:
+    """The session's cluster (tests/redis_cluster.py), emptied."""
+    redis_cluster.flush()
+    return redis_cluster
+
+
+@pytest.fixture
+def cluster_url(cluster: Cluster) -> str:
+    return cluster.url()
+
+
+def on_one_shard(cluster: Cluster) -> None:
+    """Everything signald wrote is on the shard that owns its slot, and the nodes hear that shard's
+    sharded channels (not the cluster-wide pub/sub)."""
+    owner = cluster.owner()
+    for _, _, ports in cluster.slot_map():
+        keys = cli(ports[0], "DBSIZE")
+        assert (keys != "0") == (ports[0] == owner), (ports[0], owner, keys)
+    assert f"{TAG}.state" in cli(owner, "PUBSUB", "SHARDCHANNELS").split()
+    assert not cli(owner, "PUBSUB", "CHANNELS")
+
+
+async def test_chat_from_every_node_reaches_every_connection_once_in_seq_order(
+    tmp_path: Path, cluster: Cluster, cluster_url: str, postgres_url: str
+) -> None:
+    await on_one_redis.test_chat_from_every_node_reaches_every_connection_once_in_seq_order(
+        tmp_path, cluster_url, postgres_url)
+
+
+async def test_a_failover_for_maintenance_loses_no_acked_message(
+    tmp_path: Path, cluster: Cluster, cluster_url: str, postgres_url: str
+) -> None:
+    """``CLUSTER FAILOVER`` on the owner's replica while one node sends every 50 ms: Redis
+    unsubscribes the nodes from the demoted primary and refuses their writes there (``MOVED``); they
+    follow the new one, and every acked message reaches the other node's client once and in order."""
+    old = cluster.owner()
+    replica = cluster.replica_of_owner()
+    assert replica is not None
+    async with nodes(tmp_path, cluster_url, postgres_url, 2, ttl=1.0) as started, AsyncExitStack() as stack:
+        (_, url0), (_, url1) = started
+        alice, bob = await alice_and_bob_in_lobby(stack, url0, url1)
+        on_one_shard(cluster)
+        assert cli(replica, "CLUSTER", "FAILOVER") == "OK"
+        acked = []
+        with trio.fail_after(20):
+            while cluster.owner(via=replica) != replica or len(acked) < 10:  # and a few once it switched
+                try:
+                    ack = await bob.request("chat.send", {"scope": "lobby", "body": f"message {len(acked)}"})
+                except ConnectionClosed:  # its node's resync can race its own send in flight: 1012, resume
+                    assert bob.ws.closed is not None and bob.ws.closed.code == 1012
+                    bob = await stack.enter_async_context(connect(url1, user="bob"))
+                    await bob.request("room.join", {"room": "lobby"})
+                    continue
+                acked.append(ack["id"])
+                await trio.sleep(0.05)
+        await until_ready(url0, True, within=20)
+        await until_ready(url1, True, within=20)
+        seen: list[Event] = []
+        try:
+            await wait_for(alice, seen, lambda s: acked[-1] in [m["id"] for m in of("chat.message", s)])
+            got = [m["id"] for m in of("chat.message", seen)]
+        except ConnectionClosed:
+            assert alice.ws.closed is not None and alice.ws.closed.code == 1012
+            alice = await stack.enter_async_context(connect(url0, user="alice"))
+            got = [m["id"] for m in await lobby_changes(alice)]
+        # (a send cut off by bob's 1012 may have been stored without its ack: alice may have it too)
+        assert [i for i in got if i in set(acked)] == acked and len(set(got)) == len(got)
+        back = await alice.request("chat.send", {"scope": "lobby", "body": "after the switch"})
+        await wait_for(bob, [], lambda s: back["id"] in [m["id"] for m in of("chat.message", s)])
+        assert cluster.owner() == replica and old != replica
+        on_one_shard(cluster)
+
+
+async def test_after_the_owner_is_killed_every_node_follows_its_promoted_replica(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """``kill -9`` of the primary that owns signald's slot (a cluster of the test's own)."""
+    with started_cluster(tmp_path / "redis") as cluster:
+        owner, replica = cluster.owner(), cluster.replica_of_owner()
+        assert replica is not None
+        async with nodes(tmp_path, cluster.url(), postgres_url, 2, ttl=1.0) as started, AsyncExitStack() as stack:
+            (_, url0), (_, url1) = started
+            alice, bob = await alice_and_bob_in_lobby(stack, url0, url1)
+            before = await bob.request("chat.send", {"scope": "lobby", "body": "before the failover"})
+            await wait_for(alice, [], lambda s: before["id"] in [m["id"] for m in of("chat.message", s)])
+
+            cluster.kill(owner)
+            line = await until_ready(url1, False)
+            assert line.startswith("503") and "broker" in line, line
+            during = await bob.request("chat.send", {"scope": "lobby", "body": "while the owner is gone"})
+
+            await until_ready(url0, True, within=20)
+            await until_ready(url1, True, within=20)
+            assert cluster.owner(via=replica) == replica  # promoted, and the nodes found it
+
+            seen: list[Event] = []  # "during" live (published after the switch), or by resume after a 1012
+            try:
+                await wait_for(alice, seen, lambda s: during["id"] in [m["id"] for m in of("chat.message", s)])
+            except ConnectionClosed:
+                assert alice.ws.closed is not None and alice.ws.closed.code == 1012
+                alice = await stack.enter_async_context(connect(url0, user="alice"))
+            assert [m["id"] for m in await lobby_changes(alice)] == [before["id"], during["id"]]
+
+            after = await bob.request("chat.send", {"scope": "lobby", "body": "after the failover"})
+            await wait_for(alice, [], lambda s: after["id"] in [m["id"] for m in of("chat.message", s)])
+            back = await alice.request("chat.send", {"scope": "lobby", "body": "heard you"})
+            await wait_for(bob, [], lambda s: back["id"] in [m["id"] for m in of("chat.message", s)])
+            async with connect(url1, user="carol") as carol:  # membership on the new owner spans both nodes
+                ack = await carol.request("room.join", {"room": "lobby", "since": 0})
+                assert [m["user_id"] for m in ack["members"]] == ["alice", "bob", "carol"]
+                assert [m["id"] for m in ack["missed"]] == [before["id"], during["id"], after["id"], back["id"]]
+
+
+def test_a_redis_url_to_a_cluster_node_is_refused_naming_the_cluster_form(
+    cluster: Cluster, postgres_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``redis://`` means one Redis: on a cluster node it would get ``MOVED`` for most keys and no
+    failover, so the start is refused with the URL form to use."""
+    url = f"redis://127.0.0.1:{cluster.owner()}/0"
+    status = main(["serve", "--port", "0", "--history-url", postgres_url, "--broker-url", url])
+    err = capsys.readouterr().err
+    assert status == 1
+    assert err == (f"signald: cannot start: cluster.broker_url {url}: this Redis runs in cluster mode "
+                   "(cluster_enabled:1): give its nodes as redis+cluster://[:password@]host:port[,host:port...] "
+                   "(docs/cluster.md, Redis Cluster)\n"), err
+
+
+def test_a_cluster_url_to_one_redis_is_refused_in_one_line(
+    redis_server: RedisServer, postgres_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"redis+cluster://127.0.0.1:{redis_server.port}"
+    status = main(["serve", "--port", "0", "--history-url", postgres_url, "--broker-url", url])
+    err = capsys.readouterr().err
+    assert status == 1
+    assert err.startswith(f"signald: cannot start: cluster.broker_url {url}: none of the 1 Redis Cluster node(s) "
+                          f"named the owner of signald's slot: 127.0.0.1:{redis_server.port}: not a Redis Cluster "
+                          "node: "), err
+    assert "cluster support disabled" in err and err.count("\n") == 1, err
+
+
+def test_seed_nodes_that_do_not_answer_are_one_line_without_the_password(
+    postgres_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    closed = [free_port(), free_port()]
+    url = f"redis+cluster://:hunter2@127.0.0.1:{closed[0]},127.0.0.1:{closed[1]}"
+    status = main(["serve", "--port", "0", "--history-url", postgres_url, "--broker-url", url])
+    err = capsys.readouterr().err
+    assert status == 1
+    assert err.startswith(f"signald: cannot start: cluster.broker_url redis+cluster://:***@127.0.0.1:{closed[0]},"
+                          f"127.0.0.1:{closed[1]}: none of the 2 Redis Cluster node(s) named the owner"), err
+    assert err.count("\n") == 1 and "hunter2" not in err, err
