@@ -1,20 +1,149 @@
-"""The last writes and reads of a WebSocket that is closing (:class:`signald.transport.websocket.ServerWebSocket`).
+"""How a server WebSocket closes: the base of :class:`signald.transport.websocket.ServerWebSocket`.
+
+:class:`ClosableWebSocket` holds what a connection needs to end it: the stream, the outbox, wsproto's
+connection and what of the closing handshake the reader's fast paths did without telling wsproto
+(the peer's close frame, the reply to ours); it writes our close frame (``close``, or
+``send_close_now`` from any task) and closes TCP (``close_now``, ``close``). The reader, in the
+subclass, only records what it read. Below it, the last reads of a closing connection.
 
 Resource handling: the reads stop at the end of the stream and read a bounded amount; the caller
-bounds their time and closes the stream.
+bounds their time, and the stream is always closed on the way out of ``close``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Final
 
 import trio
 from wsproto.connection import Connection, ConnectionState
-from wsproto.events import CloseConnection
+from wsproto.events import CloseConnection, Event
 
-from signald.delivery.outbox import Outbox
-from signald.transport.framing import fit_close_reason
+from signald.delivery.outbox import Outbox, direct_writer
+from signald.transport.framing import close_reply, fit_close_reason
 from signald.transport.handshake import receive_bytes
+
+
+class ClosableWebSocket:
+    """One accepted WebSocket's stream, outbox and wsproto connection, and its clean close.
+
+    ``failure`` is a close the reader decided (1009, 1002, 1007...), ``broken`` says the TCP stream
+    ended or failed (no close handshake is possible), ``gone`` that it is closed (heartbeats forget it).
+    """
+
+    __slots__ = ("__weakref__", "_answered", "_conn", "_events", "_fast_close", "_peer_close", "_socket", "broken",
+                 "failure", "gone", "outbox", "stream")
+
+    def __init__(self, stream: trio.abc.Stream, conn: Connection, outbox: Outbox) -> None:
+        self.stream = stream
+        self.outbox = outbox
+        self.failure: tuple[int, str] | None = None  # a close this layer decided (1009, 1002, 1007...)
+        self.broken = False  # the TCP stream ended or failed: no close handshake is possible
+        self.gone = False  # closed: heartbeats forget it
+        self._conn = conn
+        # wsproto's events, parsed lazily: a read full of tiny frames is parsed only as far as it is
+        # used (a connection that is failed after 64 empty fragments does not parse the rest).
+        self._events: Iterator[Event] = iter(())
+        self._peer_close: CloseConnection | None = None
+        # The peer's close frame and its code, read by the fast path and not yet given to wsproto (see _wsproto).
+        self._fast_close: tuple[bytes, int] | None = None
+        self._answered = False  # our close frame's reply, read by the fast path (wsproto not told): as CLOSED
+        self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
+
+    async def close(self, code: int, reason: str) -> None:
+        """Finish the connection: a close frame, the peer's close reply if we spoke first, the TCP close.
+
+        The reply to a peer's close echoes its code; a ``failure`` of this layer wins over
+        ``code``, and then what the peer still sends is dropped unparsed, its close reply too. Call
+        it once the connection's writer has stopped; bound it with a cancel scope. A ws_frame the
+        writer left half sent (its tail kept in the outbox) is finished first, so the close frame
+        that follows it is well-formed.
+
+        Resource handling: the stream is always closed on the way out, forcefully when the stream
+        broke or the wait is cancelled.
+        """
+        self.gone = True
+        try:
+            if self.broken:
+                return
+            unsent = self.outbox.take_unsent()
+            conn = self._wsproto()
+            if conn.state is ConnectionState.REMOTE_CLOSING:
+                await self.stream.send_all(unsent + conn.send(CloseConnection(code=self.peer_close_code or 1000)))
+                return  # RFC 6455 7.1.1: the server closes TCP right after the closing handshake
+            if conn.state is not ConnectionState.OPEN:  # close_now began the reply: the rest of it
+                if unsent:
+                    await self.stream.send_all(unsent)
+                return
+            if failed := self.failure is not None:
+                code, reason = self.failure
+            await self.stream.send_all(unsent + conn.send(CloseConnection(code=code, reason=fit_close_reason(reason))))
+            if failed:  # RFC 6455 7.1.7: process nothing more from a failed peer, not even its close
+                await discard_until_closed(self.stream)
+            else:
+                self._events = iter(())
+                await await_close_reply(self._conn, self.stream)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:  # a plain socket closes as in SocketStream.aclose, without aclose_forcefully's Cancelled
+            if self._socket is None:
+                await trio.aclose_forcefully(self.stream)
+            else:
+                self._socket.close()
+
+    def send_close_now(self, code: int, reason: str) -> bool:
+        """Our close frame now, from any task: see :func:`signald.transport.closing.close_frame_now`."""
+        return self._socket is not None and not self.broken and close_frame_now(self._wsproto(), self.outbox, code,
+                                                                                 reason)
+
+    def close_now(self) -> bool:
+        """Finish at once when nothing needs waiting for (True): on plain TCP, when the stream broke,
+        the peer answered our close frame (:meth:`send_close_now`), or the peer closed first and the
+        close reply fits into the socket. Else (False) call :meth:`close`, which also sends what did
+        not fit. Costs no task switch nor cancel scope."""
+        sock, outbox = self._socket, self.outbox
+        if sock is None or outbox.mid_frame or outbox.direct_write is not None:  # a writer is still attached
+            return False
+        conn, fast = self._conn, self._fast_close
+        if not (self.broken or self._answered or conn.state is ConnectionState.CLOSED):  # answered: our close frame
+            if fast is not None:  # the peer's close, read by the fast path: echoed without wsproto
+                reply = close_reply(fast[1])
+            elif conn.state is ConnectionState.REMOTE_CLOSING:
+                reply = conn.send(CloseConnection(code=self.peer_close_code or 1000))
+            else:
+                return False
+            write = direct_writer(self.stream)
+            sent = write(reply) if write is not None else 0
+            if sent < len(reply):
+                if fast is not None:  # close() sends the rest through wsproto: its state follows (same bytes)
+                    self._wsproto().send(CloseConnection(code=self.peer_close_code or 1000))
+                outbox.keep_unsent(reply[sent:])
+                return False
+        self.gone = True
+        sock.close()
+        return True
+
+    @property
+    def peer_close_code(self) -> int | None:
+        """The code of the peer's close frame (to echo, and for the logs): None if no close frame came,
+        1005 if one came without a code. The close may still wait in ``_events`` if the reader was
+        cancelled."""
+        if self._fast_close is not None:
+            return self._fast_close[1]
+        closes = [self._peer_close] + [e for e in self._events if isinstance(e, CloseConnection)]
+        return next((event.response().code for event in closes if event is not None), None)
+
+    def _wsproto(self) -> Connection:
+        """wsproto's connection, told first of a close frame the fast path read: its state is then what
+        it would be had it parsed the frame itself (REMOTE_CLOSING), for whatever looks at it."""
+        conn, fast = self._conn, self._fast_close
+        if fast is not None:
+            self._fast_close = None
+            conn.receive_data(fast[0])
+            for event in conn.events():
+                if isinstance(event, CloseConnection):
+                    self._peer_close = event
+        return conn
 
 
 def close_frame_now(conn: Connection, outbox: Outbox, code: int, reason: str) -> bool:
