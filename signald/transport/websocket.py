@@ -45,7 +45,6 @@ from signald.transport.closing import ClosableWebSocket
 from signald.transport.framing import PING_FRAME, is_lone_pong, lone_close, whole_message
 from signald.transport.handshake import RECEIVE_BYTES, receive_bytes
 from signald.transport.parking import Parking, wait_readable
-from signald.transport.wsproto_probe import frame_decoder
 
 # A peer whose messages come this close together talks: its reader waits for the next one in Trio rather
 # than in signald.transport.parking, until our next heartbeat ping (see ServerWebSocket._read). A peer
@@ -84,7 +83,6 @@ class ServerWebSocket(ClosableWebSocket):
         # from the tail of a ws_frame that wsproto holds the start of.
         self._fileno = self._socket.fileno if self._socket is not None else None
         self._drained = True
-        self._decoder = frame_decoder(conn)
         self.parking: Parking | None = None  # where the reader waits when idle (the hub's), if anywhere
         self._spoke_at = -math.inf  # when the peer's last message (not a pong) arrived
         self._talking = False  # two messages within TALKING_S since our last ping: don't park
@@ -97,7 +95,9 @@ class ServerWebSocket(ClosableWebSocket):
         It ends when the peer sent a close frame, the stream ended or failed (``broken``), or this
         layer decided to close (``failure``: protocol error, message over ``max_message_bytes``).
         """
-        conn = self._conn
+        # What is left of the last read is parsed knowing that our close frame went out (send_close_now
+        # while a message of it was being handled): wsproto is told of the frame first.
+        conn = self._conn if self._untold is None else self._wsproto()
         while True:
             for event in self._events:
                 kind = type(event)
@@ -136,10 +136,12 @@ class ServerWebSocket(ClosableWebSocket):
             decoder = self._decoder
             # wire starts a ws_frame (none is half received): the fast paths may look at it
             starts = decoder is not None and decoder.header is None and not len(decoder.buffer)
-            if starts and conn.state is ConnectionState.LOCAL_CLOSING and lone_close(wire) is not None:
-                self._answered = True  # the reply to our close frame (send_close_now): the handshake is done
-                return None
-            if starts and conn.state is ConnectionState.OPEN:
+            if self._closing:  # our close frame went out (send_close_now): its reply is all we wait for
+                if starts and lone_close(wire) is not None:
+                    self._answered = True  # the handshake is done
+                    return None
+                conn = self._wsproto()  # told of our close frame, if it was not, before it parses what follows it
+            elif starts and conn.state is ConnectionState.OPEN:
                 if is_lone_pong(wire):  # the answer to a heartbeat: having heard from the peer is all it is for
                     if self._check_control() is Verdict.CLOSE:
                         return None
@@ -217,7 +219,7 @@ class ServerWebSocket(ClosableWebSocket):
         """If ``wire`` is a lone pong, note that the peer was heard from and say so (for signald.transport.parking)."""
         decoder = self._decoder
         if is_lone_pong(wire) and decoder is not None and decoder.header is None and not len(decoder.buffer) \
-                and self._conn.state is ConnectionState.OPEN:
+                and self._conn.state is ConnectionState.OPEN and not self._closing:
             self.heard_at = trio.current_time()
             return True
         return False
