@@ -2,7 +2,7 @@
 
 Delivery frames each outbound message once per fan-out (:class:`signald.delivery.frames.Frame`),
 so the framing must live at or below delivery; transport, above it, imports it from here too (the
-whole-frame read path and the close path). Keeping it in its own module, free of outboxes and
+whole-frame read path and the close frames). Keeping it in its own module, free of outboxes and
 sockets, lets both layers share one definition without delivery ever importing transport.
 """
 
@@ -13,6 +13,7 @@ from typing import Final
 
 OPCODE_TEXT: Final = 0x1
 OPCODE_BINARY: Final = 0x2
+OPCODE_CLOSE: Final = 0x8
 
 
 def websocket_frame(payload: bytes, opcode: int) -> bytes:

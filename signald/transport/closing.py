@@ -1,39 +1,206 @@
-"""The last writes and reads of a WebSocket that is closing (:class:`signald.transport.websocket.ServerWebSocket`).
+"""How a server WebSocket closes: the base of :class:`signald.transport.websocket.ServerWebSocket`.
+
+:class:`ClosableWebSocket` holds what a connection needs to end it: the stream, the outbox, wsproto's
+connection and what of the closing handshake was done without telling wsproto; it writes our close
+frame (``close``, or ``send_close_now`` from any task) and closes TCP (``close_now``, ``close``). The
+reader, in the subclass, only records what it read. Below it, the last reads of a closing connection.
+
+Three steps of the closing handshake are done without wsproto. The peer's close frame, read by the
+reader's fast path, and our close frame or close reply, built by
+:func:`signald.transport.framing.close_frame` (wsproto's ``send`` costs ~8 µs), wsproto is told of
+late, and only when something asks for its state (:meth:`ClosableWebSocket._wsproto`): then it
+reads the peer's frame as it came and "sends" ours, building the same bytes again, dropped. The
+peer's reply to our close frame, read by a fast path too, it never needs to hear of (``_answered``).
+A stopping server's connection whose client answers its close frame plainly closes without wsproto
+doing anything.
 
 Resource handling: the reads stop at the end of the stream and read a bounded amount; the caller
-bounds their time and closes the stream.
+bounds their time, and the stream is always closed on the way out of ``close``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Final
 
 import trio
 from wsproto.connection import Connection, ConnectionState
-from wsproto.events import CloseConnection
+from wsproto.events import CloseConnection, Event
 
-from signald.delivery.outbox import Outbox
-from signald.transport.framing import fit_close_reason
+from signald.delivery.outbox import Outbox, direct_writer
+from signald.transport.framing import close_frame, lone_close
 from signald.transport.handshake import receive_bytes
+from signald.transport.wsproto_probe import frame_decoder
 
 
-def close_frame_now(conn: Connection, outbox: Outbox, code: int, reason: str) -> bool:
-    """Write the close frame of an open plain-TCP connection through its idle outbox, from any task.
+class ClosableWebSocket:
+    """One accepted WebSocket's stream, outbox and wsproto connection, and its clean close.
 
-    True if it went out: the outbox's writer is stopped (nothing follows the close frame), and the
-    connection's reader returns None on the peer's close reply. False, with nothing written, when
-    frames are queued or being written, or the connection is not open: then stop the connection
-    and close it as usual. A frame the socket takes only in part is finished by ``close``.
+    ``failure`` is a close the reader decided (1009, 1002, 1007...), ``broken`` says the TCP stream
+    ended or failed (no close handshake is possible), ``gone`` that it is closed (heartbeats forget it).
     """
-    write = outbox.direct_write
-    if (write is None or conn.state is not ConnectionState.OPEN or outbox.mid_frame or outbox.queued_bytes
-            or not outbox.stop_writer()):
-        return False
-    wire = conn.send(CloseConnection(code=code, reason=fit_close_reason(reason)))
-    sent = write(wire)
-    if sent < len(wire):  # the socket is full: the reply may never come, the deadline ends the wait
-        outbox.keep_unsent(wire[sent:])
-    return True
+
+    __slots__ = ("__weakref__", "_answered", "_closing", "_conn", "_decoder", "_events", "_fast_close", "_peer_close",
+                 "_socket", "_untold", "broken", "failure", "gone", "outbox", "stream")
+
+    def __init__(self, stream: trio.abc.Stream, conn: Connection, outbox: Outbox) -> None:
+        self.stream = stream
+        self.outbox = outbox
+        self.failure: tuple[int, str] | None = None  # a close this layer decided (1009, 1002, 1007...)
+        self.broken = False  # the TCP stream ended or failed: no close handshake is possible
+        self.gone = False  # closed: heartbeats forget it
+        self._conn = conn
+        # wsproto's events, parsed lazily: a read full of tiny frames is parsed only as far as it is
+        # used (a connection that is failed after 64 empty fragments does not parse the rest).
+        self._events: Iterator[Event] = iter(())
+        self._peer_close: CloseConnection | None = None
+        # The peer's close frame and its code, read by the fast path and not yet given to wsproto (see _wsproto).
+        self._fast_close: tuple[bytes, int] | None = None
+        self._answered = False  # our close frame's reply, read by the fast path (wsproto not told): as CLOSED
+        # Our close frame (or close reply) went out; built without wsproto, which is told of it (code,
+        # reason) only when something needs its state (see _wsproto).
+        self._closing = False
+        self._untold: tuple[int, str] | None = None
+        self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
+        # wsproto's frame decoder: a read may be taken by a fast path only when no ws_frame is half received.
+        self._decoder = frame_decoder(conn)
+
+    async def close(self, code: int, reason: str) -> None:
+        """Finish the connection: a close frame, the peer's close reply if we spoke first, the TCP close.
+
+        The reply to a peer's close echoes its code; a ``failure`` of this layer wins over
+        ``code``, and then what the peer still sends is dropped unparsed, its close reply too. Call
+        it once the connection's writer has stopped; bound it with a cancel scope. A ws_frame the
+        writer left half sent (its tail kept in the outbox) is finished first, so the close frame
+        that follows it is well-formed.
+
+        Resource handling: the stream is always closed on the way out, forcefully when the stream
+        broke or the wait is cancelled.
+        """
+        self.gone = True
+        try:
+            if self.broken:
+                return
+            unsent = self.outbox.take_unsent()
+            conn = self._wsproto()
+            if conn.state is ConnectionState.REMOTE_CLOSING:
+                await self.stream.send_all(unsent + self._our_close(self.peer_close_code or 1000, ""))
+                return  # RFC 6455 7.1.1: the server closes TCP right after the closing handshake
+            if conn.state is not ConnectionState.OPEN:  # close_now began the reply: the rest of it
+                if unsent:
+                    await self.stream.send_all(unsent)
+                return
+            if failed := self.failure is not None:
+                code, reason = self.failure
+            await self.stream.send_all(unsent + self._our_close(code, reason))
+            if failed:  # RFC 6455 7.1.7: process nothing more from a failed peer, not even its close
+                await discard_until_closed(self.stream)
+            else:
+                self._events = iter(())
+                await self._await_close_reply()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:  # a plain socket closes as in SocketStream.aclose, without aclose_forcefully's Cancelled
+            if self._socket is None:
+                await trio.aclose_forcefully(self.stream)
+            else:
+                self._socket.close()
+
+    def send_close_now(self, code: int, reason: str) -> bool:
+        """Write our close frame of an open plain-TCP connection through its idle outbox, from any task.
+
+        True if it went out: the outbox's writer is stopped (nothing follows the close frame), and the
+        connection's reader returns None on the peer's close reply. False, with nothing written, when
+        frames are queued or being written, or the connection is not open: then stop the connection
+        and close it as usual. A frame the socket takes only in part is finished by ``close``.
+        """
+        if self._socket is None or self.broken:
+            return False
+        outbox, write = self.outbox, self.outbox.direct_write
+        if (write is None or self._wsproto().state is not ConnectionState.OPEN or outbox.mid_frame
+                or outbox.queued_bytes or not outbox.stop_writer()):
+            return False
+        wire = self._our_close(code, reason)
+        sent = write(wire)
+        if sent < len(wire):  # the socket is full: the reply may never come, the deadline ends the wait
+            outbox.keep_unsent(wire[sent:])
+        return True
+
+    def close_now(self) -> bool:
+        """Finish at once when nothing needs waiting for (True): on plain TCP, when the stream broke,
+        the peer answered our close frame (:meth:`send_close_now`), or the peer closed first and the
+        close reply fits into the socket. Else (False) call :meth:`close`, which also sends what did
+        not fit. Costs no task switch nor cancel scope."""
+        sock, outbox = self._socket, self.outbox
+        if sock is None or outbox.mid_frame or outbox.direct_write is not None:  # a writer is still attached
+            return False
+        # Our close frame, if wsproto was not told of it (OPEN to it), reads here as LOCAL_CLOSING would
+        # (neither CLOSED nor REMOTE_CLOSING); a close reply only partly written is mid_frame above.
+        conn, fast = self._conn, self._fast_close
+        if not (self.broken or self._answered or conn.state is ConnectionState.CLOSED):  # answered: our close frame
+            if fast is not None:  # the peer's close, read by the fast path: echoed, wsproto not told of either
+                reply = self._our_close(fast[1], "")
+            elif conn.state is ConnectionState.REMOTE_CLOSING:
+                reply = self._our_close(self.peer_close_code or 1000, "")
+            else:
+                return False
+            write = direct_writer(self.stream)
+            sent = write(reply) if write is not None else 0
+            if sent < len(reply):  # close() sends the rest (wsproto told of both closes then)
+                outbox.keep_unsent(reply[sent:])
+                return False
+        self.gone = True
+        sock.close()
+        return True
+
+    @property
+    def peer_close_code(self) -> int | None:
+        """The code of the peer's close frame (to echo, and for the logs): None if no close frame came,
+        1005 if one came without a code. The close may still wait in ``_events`` if the reader was
+        cancelled."""
+        if self._fast_close is not None:
+            return self._fast_close[1]
+        closes = [self._peer_close] + [e for e in self._events if isinstance(e, CloseConnection)]
+        return next((event.response().code for event in closes if event is not None), None)
+
+    def _our_close(self, code: int, reason: str) -> bytes:
+        """Our close frame, built without wsproto (``send`` costs ~8 µs), which is told of it only when
+        something asks for its state (:meth:`_wsproto`)."""
+        self._closing, self._untold = True, (code, reason)
+        return close_frame(code, reason)
+
+    def _wsproto(self) -> Connection:
+        """wsproto's connection, told first of what the fast paths did without it: the peer's close frame
+        they read, then our close frame they wrote. Its state is then what it would be had it parsed and
+        built them itself (REMOTE_CLOSING, LOCAL_CLOSING, CLOSED after both), for whatever looks at it."""
+        conn, fast, ours = self._conn, self._fast_close, self._untold
+        if fast is not None:
+            self._fast_close = None
+            conn.receive_data(fast[0])
+            for event in conn.events():
+                if isinstance(event, CloseConnection):
+                    self._peer_close = event
+        if ours is not None:
+            self._untold = None
+            conn.send(CloseConnection(code=ours[0], reason=ours[1]))  # the bytes are those we wrote
+        return conn
+
+    async def _await_close_reply(self) -> None:
+        """Read until the peer's close frame answers ours (or the stream ends). A plain close frame alone
+        in a read, with no frame half received before it, ends the wait without wsproto, as in the reader."""
+        while True:
+            data = await receive_bytes(self.stream)
+            if not data:
+                return
+            decoder = self._decoder
+            if (decoder is not None and decoder.header is None and not len(decoder.buffer)
+                    and lone_close(data) is not None):
+                self._answered = True
+                return
+            conn = self._wsproto()
+            conn.receive_data(data)
+            if any(isinstance(event, CloseConnection) for event in conn.events()):
+                return
 
 
 DISCARD_BYTES: Final = 1 << 20  # what a failed peer may still send after our close frame before we hang up
@@ -52,13 +219,3 @@ async def discard_until_closed(stream: trio.abc.Stream, limit: int = DISCARD_BYT
             return
         left -= len(data)
 
-
-async def await_close_reply(conn: Connection, stream: trio.abc.Stream) -> None:
-    """Read until the peer's close frame answers ours (or the stream ends)."""
-    while conn.state is not ConnectionState.CLOSED:
-        data = await receive_bytes(stream)
-        if not data:
-            return
-        conn.receive_data(data)
-        if any(isinstance(event, CloseConnection) for event in conn.events()):
-            return

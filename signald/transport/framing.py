@@ -10,6 +10,10 @@ received (wsproto's decoder is idle, see :mod:`signald.transport.wsproto_probe`)
 connection is open; anything these functions do not recognise (None, False) goes through wsproto,
 which also reports every protocol error.
 
+The server's own close frames are built here too (:func:`close_frame`), byte for byte as wsproto
+builds them; the caller tells wsproto of them when it needs its state
+(:class:`signald.transport.closing.ClosableWebSocket`).
+
 Names: a *message* is what the peer sent (text or bytes); a *ws_frame* is one RFC 6455 frame;
 *wire* is the bytes as read from the socket.
 """
@@ -18,12 +22,17 @@ from __future__ import annotations
 
 from typing import Final
 
+from signald.delivery.wsframe import OPCODE_CLOSE, websocket_frame
+
 PING_FRAME: Final = b"\x89\x00"  # FIN + ping, empty payload, unmasked (server to client)
 # The answer to PING_FRAME: FIN + pong, masked, empty payload, then the 4-byte masking key.
 PONG_HEAD: Final = b"\x8a\x80"
 PONG_SIZE: Final = 6
 MAX_CLOSE_REASON_BYTES: Final = 123  # RFC 6455 5.5: control frames carry at most 125 bytes, 2 of them the code
 CLOSE_NO_CODE: Final = 1005  # RFC 6455 7.1.5: the code of a close frame that carries none (never sent itself)
+CLOSE_NORMAL: Final = 1000
+# RFC 6455 7.4.1: codes that name what happened locally and may never be sent; wsproto sends 1000 instead.
+CLOSE_LOCAL_ONLY: Final = frozenset({1006, 1015})
 
 
 def is_lone_pong(wire: bytes) -> bool:
@@ -95,10 +104,24 @@ def lone_close(wire: bytes) -> int | None:
     return code
 
 
-def close_reply(code: int) -> bytes:
-    """The server's close frame echoing the peer's ``code``, byte for byte as wsproto builds it
-    (RFC 6455 5.5.1): the code alone, and no payload at all for :data:`CLOSE_NO_CODE`."""
-    return b"\x88\x00" if code == CLOSE_NO_CODE else b"\x88\x02" + code.to_bytes(2, "big")
+def close_frame(code: int, reason: str) -> bytes:
+    """The server's close frame with ``code`` and ``reason``, byte for byte as wsproto's
+    ``send(CloseConnection(code, reason))`` builds it: the reason cut to 123 bytes of UTF-8 on a
+    character boundary (RFC 6455 5.5: a control frame carries at most 125 bytes, 2 of them the
+    code), 1000 for a code that may never be sent, and no payload at all for :data:`CLOSE_NO_CODE`:
+    the reply to a peer's close without code (RFC 6455 5.5.1 echoes the code alone, ``reason`` "").
+
+    (wsproto tells 1005 by identity with its own enum, which is how it reports a close without code;
+    a plain ``int`` 1005 it would send as 1000. Both reach here only as the code to echo.)
+    """
+    if code == CLOSE_NO_CODE:
+        return b"\x88\x00"
+    if code in CLOSE_LOCAL_ONLY:
+        code = CLOSE_NORMAL
+    encoded = reason.encode("utf-8")
+    if len(encoded) > MAX_CLOSE_REASON_BYTES:
+        encoded = encoded[:MAX_CLOSE_REASON_BYTES].decode("utf-8", "ignore").encode("utf-8")
+    return websocket_frame(code.to_bytes(2, "big") + encoded, OPCODE_CLOSE)
 
 
 def _unmasked(wire: bytes, start: int, n: int) -> bytes:
@@ -106,11 +129,3 @@ def _unmasked(wire: bytes, start: int, n: int) -> bytes:
     key = wire[start - 4:start]
     mask = int.from_bytes((key * ((n >> 2) + 1))[:n], "little")
     return (int.from_bytes(wire[start:], "little") ^ mask).to_bytes(n, "little")
-
-
-def fit_close_reason(reason: str) -> str:
-    """A close reason cut to fit a close ws_frame (at most 123 bytes of UTF-8)."""
-    encoded = reason.encode("utf-8")
-    if len(encoded) <= MAX_CLOSE_REASON_BYTES:
-        return reason
-    return encoded[:MAX_CLOSE_REASON_BYTES].decode("utf-8", "ignore")

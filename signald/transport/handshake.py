@@ -21,7 +21,7 @@ from wsproto.connection import Connection, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, TextMessage
 
 from signald.delivery.outbox import direct_writer
-from signald.transport.framing import fit_close_reason
+from signald.transport.framing import close_frame
 from signald.transport.upgrade import BAD_REQUEST, BadUpgrade, Upgrade, switching_protocols, vet_request
 
 __all__ = ["RECEIVE_BYTES", "REFUSED_READ_BYTES", "Handshake", "Upgrade", "peer_address", "receive_bytes",
@@ -180,7 +180,9 @@ class Handshake:
         """
         data, conn = self.upgrade(subprotocol)
         data += conn.send(TextMessage(data=message) if isinstance(message, str) else BytesMessage(data=message))
-        data += conn.send(CloseConnection(code=code, reason=fit_close_reason(reason)))
+        # Our close frame, not wsproto's (nothing asks wsproto's state here: the reads below end at
+        # the first close event, the peer's reply or a protocol error, whatever state it leaves).
+        data += close_frame(code, reason)
         await self._send(data)
         budget = REFUSED_READ_BYTES
         while budget > 0:

@@ -13,7 +13,8 @@ what a signalling server holds most of:
   the rest to the connection's writer task (:mod:`signald.transport.connection`), so there is exactly
   one writer;
 - heartbeats are one hub-wide sweep (:mod:`signald.state.heartbeat`), not a task per connection;
-- only the close frame is written here: by ``close`` once the writer is gone, or ``send_close_now``.
+- only the close frame is written by the connection itself, and how it closes is the business of
+  its base class, :class:`signald.transport.closing.ClosableWebSocket`.
 
 The handshake is :mod:`signald.transport.handshake`; clients (the tests) keep using trio-websocket.
 
@@ -31,27 +32,19 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Final
 
 import trio
 from wsproto.connection import Connection, ConnectionState
-from wsproto.events import BytesMessage, CloseConnection, Event, Ping, TextMessage
+from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
 
-from signald.delivery.outbox import Outbox, direct_writer
+from signald.delivery.outbox import Outbox
 from signald.state.ratelimit import FloodGuard, Verdict
-from signald.transport.closing import await_close_reply, close_frame_now, discard_until_closed
-from signald.transport.framing import (
-    PING_FRAME,
-    close_reply,
-    fit_close_reason,
-    is_lone_pong,
-    lone_close,
-    whole_message,
-)
+from signald.transport.closing import ClosableWebSocket
+from signald.transport.framing import PING_FRAME, is_lone_pong, lone_close, whole_message
 from signald.transport.handshake import RECEIVE_BYTES, receive_bytes
 from signald.transport.parking import Parking, wait_readable
-from signald.transport.wsproto_probe import frame_decoder
 
 # A peer whose messages come this close together talks: its reader waits for the next one in Trio rather
 # than in signald.transport.parking, until our next heartbeat ping (see ServerWebSocket._read). A peer
@@ -62,50 +55,34 @@ CLOSE_TOO_BIG: Final = 1009
 MAX_FRAGMENTS: Final = 64  # frames one message may come in; more closes with 1008
 
 
-class ServerWebSocket:
-    """One accepted WebSocket: messages in, pongs out through the outbox, a clean close.
+class ServerWebSocket(ClosableWebSocket):
+    """One accepted WebSocket: messages in, pongs out through the outbox, a clean close (the base class's).
 
     ``heard_at`` (``trio.current_time()`` of the last bytes received) and ``ping_sent_at`` are
     what :class:`signald.state.heartbeat.Heartbeats` looks at; :meth:`send_ping` and ``on_silent``
     are what it calls.
     """
 
-    __slots__ = ("__weakref__", "_answered", "_conn", "_decoder", "_drained", "_events", "_fast_close", "_fileno",
-                 "_fragments", "_parts", "_peer_close", "_size", "_socket", "_spoke_at", "_talking", "broken",
-                 "failure", "flood", "gone", "heard_at", "max_message_bytes", "on_silent", "outbox", "parking",
-                 "ping_sent_at", "stream")
+    __slots__ = ("_decoder", "_drained", "_fileno", "_fragments", "_parts", "_size", "_spoke_at", "_talking", "flood",
+                 "heard_at", "max_message_bytes", "on_silent", "parking", "ping_sent_at")
 
     def __init__(self, stream: trio.abc.Stream, conn: Connection, outbox: Outbox, *, max_message_bytes: int) -> None:
-        self.stream = stream
-        self.outbox = outbox
+        super().__init__(stream, conn, outbox)
         self.max_message_bytes = max_message_bytes
         self.heard_at = trio.current_time()
         self.ping_sent_at: float | None = None
         self.on_silent: Callable[[], None] | None = None
-        self.failure: tuple[int, str] | None = None  # a close this layer decided (1009, 1002, 1007...)
-        self.broken = False  # the TCP stream ended or failed: no close handshake is possible
-        self.gone = False  # closed: heartbeats forget it
-        self._conn = conn
-        # wsproto's events, parsed lazily: a read full of tiny frames is parsed only as far as it is
-        # used (a connection that is failed after 64 empty fragments does not parse the rest).
-        self._events: Iterator[Event] = iter(())
         self._parts: list[str | bytes] = []
         self._size = 0
         self._fragments = 0  # frames of the message under way so far
         # Counts every frame the peer sends besides whole messages (those are counted where they are
         # handled): pings and pongs are checked, fragments charged (signald.state.ratelimit).
         self.flood: FloodGuard | None = None
-        self._peer_close: CloseConnection | None = None
-        # The peer's close frame and its code, read by the fast path and not yet given to wsproto (see _wsproto).
-        self._fast_close: tuple[bytes, int] | None = None
-        self._answered = False  # our close frame's reply, read by the fast path (wsproto not told): as CLOSED
         # Plain TCP is read with os.read after waiting for readability (see _read); TLS through
         # the stream. wsproto's frame decoder is looked at to tell a lone pong or a whole message
         # from the tail of a ws_frame that wsproto holds the start of.
-        self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
         self._fileno = self._socket.fileno if self._socket is not None else None
         self._drained = True
-        self._decoder = frame_decoder(conn)
         self.parking: Parking | None = None  # where the reader waits when idle (the hub's), if anywhere
         self._spoke_at = -math.inf  # when the peer's last message (not a pong) arrived
         self._talking = False  # two messages within TALKING_S since our last ping: don't park
@@ -118,7 +95,9 @@ class ServerWebSocket:
         It ends when the peer sent a close frame, the stream ended or failed (``broken``), or this
         layer decided to close (``failure``: protocol error, message over ``max_message_bytes``).
         """
-        conn = self._conn
+        # What is left of the last read is parsed knowing that our close frame went out (send_close_now
+        # while a message of it was being handled): wsproto is told of the frame first.
+        conn = self._conn if self._untold is None else self._wsproto()
         while True:
             for event in self._events:
                 kind = type(event)
@@ -157,10 +136,12 @@ class ServerWebSocket:
             decoder = self._decoder
             # wire starts a ws_frame (none is half received): the fast paths may look at it
             starts = decoder is not None and decoder.header is None and not len(decoder.buffer)
-            if starts and conn.state is ConnectionState.LOCAL_CLOSING and lone_close(wire) is not None:
-                self._answered = True  # the reply to our close frame (send_close_now): the handshake is done
-                return None
-            if starts and conn.state is ConnectionState.OPEN:
+            if self._closing:  # our close frame went out (send_close_now): its reply is all we wait for
+                if starts and lone_close(wire) is not None:
+                    self._answered = True  # the handshake is done
+                    return None
+                conn = self._wsproto()  # told of our close frame, if it was not, before it parses what follows it
+            elif starts and conn.state is ConnectionState.OPEN:
                 if is_lone_pong(wire):  # the answer to a heartbeat: having heard from the peer is all it is for
                     if self._check_control() is Verdict.CLOSE:
                         return None
@@ -238,7 +219,7 @@ class ServerWebSocket:
         """If ``wire`` is a lone pong, note that the peer was heard from and say so (for signald.transport.parking)."""
         decoder = self._decoder
         if is_lone_pong(wire) and decoder is not None and decoder.header is None and not len(decoder.buffer) \
-                and self._conn.state is ConnectionState.OPEN:
+                and self._conn.state is ConnectionState.OPEN and not self._closing:
             self.heard_at = trio.current_time()
             return True
         return False
@@ -301,100 +282,3 @@ class ServerWebSocket:
     def silent(self) -> None:
         if self.on_silent is not None:
             self.on_silent()
-
-    # ------------------------------------------------------------------ closing
-
-    async def close(self, code: int, reason: str) -> None:
-        """Finish the connection: a close frame, the peer's close reply if we spoke first, the TCP close.
-
-        The reply to a peer's close echoes its code; a ``failure`` of this layer wins over
-        ``code``, and then what the peer still sends is dropped unparsed, its close reply too. Call
-        it once the connection's writer has stopped; bound it with a cancel scope. A ws_frame the
-        writer left half sent (its tail kept in the outbox) is finished first, so the close frame
-        that follows it is well-formed.
-
-        Resource handling: the stream is always closed on the way out, forcefully when the stream
-        broke or the wait is cancelled.
-        """
-        self.gone = True
-        try:
-            if self.broken:
-                return
-            unsent = self.outbox.take_unsent()
-            conn = self._wsproto()
-            if conn.state is ConnectionState.REMOTE_CLOSING:
-                await self.stream.send_all(unsent + conn.send(CloseConnection(code=self.peer_close_code or 1000)))
-                return  # RFC 6455 7.1.1: the server closes TCP right after the closing handshake
-            if conn.state is not ConnectionState.OPEN:  # close_now began the reply: the rest of it
-                if unsent:
-                    await self.stream.send_all(unsent)
-                return
-            if failed := self.failure is not None:
-                code, reason = self.failure
-            await self.stream.send_all(unsent + conn.send(CloseConnection(code=code, reason=fit_close_reason(reason))))
-            if failed:  # RFC 6455 7.1.7: process nothing more from a failed peer, not even its close
-                await discard_until_closed(self.stream)
-            else:
-                self._events = iter(())
-                await await_close_reply(self._conn, self.stream)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
-        finally:  # a plain socket closes as in SocketStream.aclose, without aclose_forcefully's Cancelled
-            if self._socket is None:
-                await trio.aclose_forcefully(self.stream)
-            else:
-                self._socket.close()
-
-    def send_close_now(self, code: int, reason: str) -> bool:
-        """Our close frame now, from any task: see :func:`signald.transport.closing.close_frame_now`."""
-        return self._socket is not None and not self.broken and close_frame_now(self._wsproto(), self.outbox, code,
-                                                                                 reason)
-
-    def close_now(self) -> bool:
-        """Finish at once when nothing needs waiting for (True): on plain TCP, when the stream broke,
-        the peer answered our close frame (:meth:`send_close_now`), or the peer closed first and the
-        close reply fits into the socket. Else (False) call :meth:`close`, which also sends what did
-        not fit. Costs no task switch nor cancel scope."""
-        sock, outbox = self._socket, self.outbox
-        if sock is None or outbox.mid_frame or outbox.direct_write is not None:  # a writer is still attached
-            return False
-        conn, fast = self._conn, self._fast_close
-        if not (self.broken or self._answered or conn.state is ConnectionState.CLOSED):  # answered: our close frame
-            if fast is not None:  # the peer's close, read by the fast path: echoed without wsproto
-                reply = close_reply(fast[1])
-            elif conn.state is ConnectionState.REMOTE_CLOSING:
-                reply = conn.send(CloseConnection(code=self.peer_close_code or 1000))
-            else:
-                return False
-            write = direct_writer(self.stream)
-            sent = write(reply) if write is not None else 0
-            if sent < len(reply):
-                if fast is not None:  # close() sends the rest through wsproto: its state follows (same bytes)
-                    self._wsproto().send(CloseConnection(code=self.peer_close_code or 1000))
-                outbox.keep_unsent(reply[sent:])
-                return False
-        self.gone = True
-        sock.close()
-        return True
-
-    @property
-    def peer_close_code(self) -> int | None:
-        """The code of the peer's close frame (to echo, and for the logs): None if no close frame came,
-        1005 if one came without a code. The close may still wait in ``_events`` if the reader was
-        cancelled."""
-        if self._fast_close is not None:
-            return self._fast_close[1]
-        closes = [self._peer_close] + [e for e in self._events if isinstance(e, CloseConnection)]
-        return next((event.response().code for event in closes if event is not None), None)
-
-    def _wsproto(self) -> Connection:
-        """wsproto's connection, told first of a close frame the fast path read: its state is then what
-        it would be had it parsed the frame itself (REMOTE_CLOSING), for whatever looks at it."""
-        conn, fast = self._conn, self._fast_close
-        if fast is not None:
-            self._fast_close = None
-            conn.receive_data(fast[0])
-            for event in conn.events():
-                if isinstance(event, CloseConnection):
-                    self._peer_close = event
-        return conn

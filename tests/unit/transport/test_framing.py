@@ -16,8 +16,7 @@ from signald.delivery.wsframe import OPCODE_BINARY, OPCODE_TEXT, websocket_frame
 from signald.transport.framing import (
     CLOSE_NO_CODE,
     PING_FRAME,
-    close_reply,
-    fit_close_reason,
+    close_frame,
     is_lone_pong,
     lone_close,
     whole_message,
@@ -90,10 +89,10 @@ def test_a_lone_pong_is_what_wsproto_clients_answer_our_ping_with() -> None:
 
 
 def test_close_reasons_are_cut_to_123_bytes_on_a_character_boundary() -> None:
-    assert fit_close_reason("short") == "short"
-    assert fit_close_reason("x" * 200) == "x" * 123
-    cut = fit_close_reason("é" * 100)  # 2 bytes each: 61 fit
-    assert cut == "é" * 61 and len(cut.encode()) <= 123
+    assert close_frame(1000, "short")[4:] == b"short"
+    assert close_frame(1000, "x" * 200)[4:] == b"x" * 123
+    cut = close_frame(1000, "é" * 100)  # 2 bytes each: 61 fit
+    assert cut[4:] == ("é" * 61).encode() and cut[1] == 2 + 122
 
 
 # ------------------------------------------------------------------ a lone close frame (transport)
@@ -131,7 +130,7 @@ def test_a_close_taken_without_wsproto_is_one_wsproto_accepts_with_the_same_code
     wire = masked_close(payload)
     taken = lone_close(wire)
     if taken is not None:
-        assert wsproto_answer(wire) == (taken, close_reply(taken))
+        assert wsproto_answer(wire) == (taken, close_frame(taken, ""))
 
 
 @pytest.mark.parametrize(("payload", "code"), [
@@ -144,7 +143,7 @@ def test_a_close_taken_without_wsproto_is_one_wsproto_accepts_with_the_same_code
 def test_the_closes_clients_send_are_taken_without_wsproto(payload: bytes, code: int) -> None:
     wire = masked_close(payload)
     assert lone_close(wire) == code
-    assert wsproto_answer(wire) == (code, close_reply(code))
+    assert wsproto_answer(wire) == (code, close_frame(code, ""))
 
 
 @pytest.mark.parametrize(("wire", "why"), [
