@@ -3,19 +3,25 @@
 Redis may have restarted empty, and whatever was published while a node was off it is lost to that
 node. So the node announces its own devices, rooms and chosen statuses again (:func:`announcement`:
 ops the others apply only where they lack them), and closes with 1012 (service restart) the local
-connections of every room whose store moved past what the node delivered
-(:func:`close_rooms_behind`): their clients reconnect and resume exactly with ``since_rev``.
+connections of every room whose store moved past what the node delivered and does not catch up
+within a moment (:func:`close_rooms_behind`): their clients reconnect and resume exactly with
+``since_rev``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Final
+
+import trio
 
 from signald.app.hub import Hub
 from signald.app.replica import Connect, Join, Op, SetStatus
 
 CLOSE_SERVICE_RESTART: Final = 1012  # RFC 6455 (IANA): clients reconnect with backoff
+
+# (room, rev, delivered): returns once ``rev`` was delivered here, or when it stops waiting
+CatchUpWait = Callable[[str, int, "int | None"], Awaitable[None]]
 
 
 def announcement(hub: Hub) -> list[Op]:
@@ -28,19 +34,37 @@ def announcement(hub: Hub) -> list[Op]:
     return ops
 
 
-async def close_rooms_behind(hub: Hub, rooms: Iterable[str], delivered: Callable[[str], int | None]) -> int:
+async def close_rooms_behind(hub: Hub, rooms: Iterable[str], delivered: Callable[[str], int | None],
+                             catch_up: CatchUpWait | None = None) -> int:
     """Close (1012) this node's connections in each of ``rooms`` whose stored revision is past the
-    ``delivered`` one; returns how many were closed."""
-    closed = 0
+    ``delivered`` one; returns how many were closed.
+
+    A room can be behind only for a moment: a change committed here or on another node just before
+    the resync, still on its way (being published, or held back for its order). So each room behind
+    is first given ``catch_up`` (:meth:`signald.cluster.catchup.CatchUp.until`: up to
+    :data:`~signald.cluster.catchup.WAIT_S`, all rooms at once), and only those still behind after
+    it, whose changes were lost with the broker, are closed. A room whose changes were cut by
+    retention (``changes_reset``) is closed at once.
+    """
     if hub.history is None:
         return 0
+    behind: dict[str, int] = {}
+    reset: set[str] = set()
     for room in sorted(rooms):
         last = delivered(room)
         if last is None:  # nothing delivered here yet: nothing this node could have missed
             continue
         page = await hub.history.store.changes(room=room, after_rev=last, limit=1)
-        if page.rev <= last and not page.changes_reset:
-            continue
+        if page.changes_reset:
+            reset.add(room)
+        elif page.rev > last:
+            behind[room] = page.rev
+    if catch_up is not None and behind:
+        async with trio.open_nursery() as nursery:
+            for room, rev in behind.items():
+                nursery.start_soon(catch_up, room, rev, delivered(room))
+    closed = 0
+    for room in sorted(reset | {room for room, rev in behind.items() if (delivered(room) or 0) < rev}):
         for conn in sorted(hub.rooms.conns_in(room)):
             session = hub.sessions.get(conn)
             if session is not None and not session.detached:

@@ -352,7 +352,7 @@ class RedisReplica(Replica):
             await self._beat()
             await self.nodes.load()
             rooms = [name for kind, name in map(names.parse, self.channels.heard) if kind == "room"]
-            closed = await close_rooms_behind(hub, rooms, self.order.last)
+            closed = await close_rooms_behind(hub, rooms, self.order.last, self.catch_up.until)
         except Exception as exc:
             self._down(exc)
         else:

@@ -1,0 +1,93 @@
+"""After an outage a node closes (1012) the connections of the rooms it is truly behind in, not of
+rooms whose last change is only still on its way (signald.cluster.recovery.close_rooms_behind)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+from trio.testing import MockClock
+
+from signald.cluster.catchup import WAIT_S, CatchUp
+from signald.cluster.order import RoomOrder
+from signald.cluster.recovery import CLOSE_SERVICE_RESTART, close_rooms_behind
+from signald.delivery.frames import Frame
+from signald.protocol import ReactionUpdateData
+from signald.protocol.outbound import ChatReactionUpdateEvent
+
+
+def change(room: str, rev: int) -> Frame:
+    return Frame(ChatReactionUpdateEvent(data=ReactionUpdateData(
+        message_id="m", user_id="u", reaction="+1", action="add", room=room, rev=rev)))
+
+
+class Page:
+    def __init__(self, rev: int, reset: bool = False) -> None:
+        self.rev, self.changes_reset = rev, reset
+
+
+class Store:
+    """The shared store's revision of each room (and whether retention cut its changes)."""
+
+    def __init__(self, revs: dict[str, int], reset: frozenset[str] = frozenset()) -> None:
+        self.revs, self.reset = revs, reset
+
+    async def changes(self, *, room: str, after_rev: int, limit: int) -> Page:
+        return Page(self.revs[room], room in self.reset)
+
+
+class Session:
+    def __init__(self) -> None:
+        self.detached = False
+        self.closed: tuple[int, str] | None = None
+
+    def close(self, code: int, reason: str) -> None:
+        self.closed = (code, reason)
+
+
+class Hub:
+    """What close_rooms_behind reads of the hub: the store, who is in which room, the sessions."""
+
+    def __init__(self, store: Store, members: dict[str, list[str]]) -> None:
+        self.history = type("History", (), {"store": store})()
+        self.sessions = {conn: Session() for conns in members.values() for conn in conns}
+        self._members = members
+        self.rooms = self
+
+    def conns_in(self, room: str) -> list[str]:
+        return self._members[room]
+
+
+async def test_only_rooms_still_behind_after_the_catch_up_wait_are_closed(autojump_clock: MockClock) -> None:
+    # "late": its rev 4 is on its way (arrives 0.1 s into the wait); "lost": its rev 7 was published
+    # while this node was off the broker and never comes; "even": nothing missed; "cut": retention.
+    catch_up = CatchUp()
+    order = RoomOrder(lambda room, frame, exclude: catch_up.delivered(room, frame))
+    for room, rev in (("late", 3), ("lost", 6), ("even", 2), ("cut", 1)):
+        order.start(room, rev)
+    store = Store({"late": 4, "lost": 7, "even": 2, "cut": 1}, reset=frozenset({"cut"}))
+    hub: Any = Hub(store, {"late": ["c1", "c2"], "lost": ["c3"], "even": ["c4"], "cut": ["c5"]})
+    start = trio.current_time()
+    closed: list[int] = []
+
+    async def resync() -> None:
+        closed.append(await close_rooms_behind(hub, ["late", "lost", "even", "cut"], order.last, catch_up.until))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(resync)
+        await trio.sleep(0.1)
+        order.offer("late", change("late", 4), None)
+
+    assert closed == [2]
+    assert trio.current_time() - start == WAIT_S  # the rooms waited together, not one after the other
+    assert {conn for conn, s in hub.sessions.items() if s.closed} == {"c3", "c5"}
+    assert hub.sessions["c3"].closed[0] == CLOSE_SERVICE_RESTART
+
+
+async def test_without_a_catch_up_every_room_behind_is_closed_at_once(autojump_clock: MockClock) -> None:
+    order = RoomOrder(lambda room, frame, exclude: None)
+    order.start("late", 3)
+    hub: Any = Hub(Store({"late": 4}), {"late": ["c1"]})
+    start = trio.current_time()
+    assert await close_rooms_behind(hub, ["late"], order.last) == 1
+    assert trio.current_time() == start
