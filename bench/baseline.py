@@ -25,6 +25,8 @@ from bench.procs import PY, REPO, SPECS, ServerSpec, spawn_env
 BEFORE = "signald-before"
 PG_BEFORE = "signald-pg-before"
 """The baseline on PostgreSQL: beside ``signald-pg`` wherever that runs (PostgreSQL ÷ SQLite before)."""
+BROKER_BEFORE = "signald-broker-before"
+"""The baseline with the Redis broker: beside ``signald-broker`` in (h) (a change on the broker's path)."""
 
 
 def resolve(rev: str, repo: Path = REPO) -> str:
@@ -79,6 +81,8 @@ def with_before(servers: tuple[str, ...]) -> tuple[str, ...]:
             out.append(BEFORE)
         if name == "signald-pg":
             out.append(PG_BEFORE)
+        if name == "signald-broker":
+            out.append(BROKER_BEFORE)
     return tuple(out)
 
 
@@ -92,7 +96,9 @@ def registered(rev: str) -> Iterator[dict[str, str]]:
         SPECS[BEFORE] = spec
         SPECS[PG_BEFORE] = dataclasses.replace(SPECS["signald-pg"], name=PG_BEFORE, cwd=tree,
                                                label=f"signald on PostgreSQL at {commit} (--baseline)")
+        SPECS[BROKER_BEFORE] = dataclasses.replace(SPECS["signald-broker"], name=BROKER_BEFORE, cwd=tree,
+                                                   label=f"signald with the Redis broker at {commit} (--baseline)")
         try:
             yield {"rev": rev, "commit": commit}
         finally:
-            del SPECS[BEFORE], SPECS[PG_BEFORE]
+            del SPECS[BEFORE], SPECS[PG_BEFORE], SPECS[BROKER_BEFORE]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.baseline import BEFORE
+from bench.baseline import BEFORE, BROKER_BEFORE
 from bench.workloads import WORKLOADS, Sizes
 
 ROWS: dict[str, list[tuple[str, str, str]]] = {  # workload -> (metric, label, format)
@@ -109,6 +109,9 @@ def table_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
             broker = values.get("signald-broker")
             if broker is not None and on_pg:  # (h): one node with the Redis broker over the same without
                 ratios["signald-broker"] = broker / on_pg
+            broker_before = values.get(BROKER_BEFORE)
+            if broker is not None and broker_before:  # (h) with --baseline: the broker's path before/after
+                ratios[BROKER_BEFORE] = broker / broker_before
             rows.append({"workload": wl, "metric": metric, "label": label, "format": spec, "values": values,
                          "ratios": ratios})
     return rows
@@ -121,11 +124,12 @@ def print_table(result: dict[str, Any]) -> None:
     columns = ["signald", *([BEFORE] if before else []), "signald-mem", "signald-pg",
                *(["signald-pg-before"] if before and "e" in result["workloads"] else []), "socketio", "websockets"]
     if several:
-        columns += ["signald-broker", "signald-cluster"]
-    width = 16 if before or several else 14  # "signald-before" needs room to stay apart from its neighbour
+        columns += ["signald-broker", *([BROKER_BEFORE] if before else []), "signald-cluster"]
+    # "signald-before" needs room to stay apart from its neighbour, "signald-broker-before" more
+    width = 22 if before and several else 16 if before or several else 14
     print(f"\n{'':4}{'metric':48}" + "".join(f"{c:>{width}}" for c in columns)
           + f"{'÷socketio':>11}{'÷websockets':>13}{'÷mem':>7}{'pg÷':>7}" + (f"{'÷before':>9}" if before else "")
-          + (f"{'broker÷pg':>10}" if several else ""))
+          + (f"{'broker÷pg':>10}" if several else "") + (f"{'broker÷before':>15}" if several and before else ""))
     for row in table_rows(result):
         cells = "".join(f"{fmt(row['values'].get(c), row['format']):>{width}}" for c in columns)
         ratios = row["ratios"]
@@ -133,7 +137,8 @@ def print_table(result: dict[str, Any]) -> None:
               f"{fmt(ratios.get('socketio'), '.2f'):>11}{fmt(ratios.get('websockets'), '.2f'):>13}"
               f"{fmt(ratios.get('signald-mem'), '.2f'):>7}{fmt(ratios.get('signald-pg'), '.2f'):>7}"
               + (f"{fmt(ratios.get(BEFORE), '.3f'):>9}" if before else "")
-              + (f"{fmt(ratios.get('signald-broker'), '.2f'):>10}" if several else ""))
+              + (f"{fmt(ratios.get('signald-broker'), '.2f'):>10}" if several else "")
+              + (f"{fmt(ratios.get(BROKER_BEFORE), '.3f'):>15}" if several and before else ""))
     if before:
         base = result["baseline"]
         print(f"\nsignald-before is {base['rev']} ({base['commit']}); ÷before = signald / signald-before"
@@ -148,6 +153,8 @@ def print_table(result: dict[str, Any]) -> None:
         print("\n(signald-pg: the daemon on PostgreSQL; pg÷ = signald-pg / signald, i.e. PostgreSQL over SQLite)")
     if several:
         print("(signald-broker: one node on PostgreSQL with the Redis broker; broker÷pg = signald-broker / signald-pg. "
-              "signald-cluster: three nodes, see bench/cluster.py)")
+              "signald-cluster: three nodes, see bench/cluster.py)"
+              + ("\n(signald-broker-before: the same at the --baseline commit; broker÷before = signald-broker / "
+                 "signald-broker-before)" if before else ""))
     for note in result.get("notes", []):
         print(f"  note: {note}")

@@ -100,6 +100,22 @@ def test_baseline_ratios_in_the_table(bench_importable: None) -> None:
     assert table_rows(result)[0]["ratios"] == {}
 
 
+def test_baseline_beside_the_broker_in_h(bench_importable: None) -> None:
+    """A change on the Redis broker's path is measured before/after in one run (signald-broker-before)."""
+    from bench.baseline import BROKER_BEFORE, PG_BEFORE, with_before
+    from bench.table import table_rows
+    from bench.workloads import QUICK
+
+    servers = with_before(("signald-pg", "signald-broker", "signald-cluster"))
+    assert servers == ("signald-pg", PG_BEFORE, "signald-broker", BROKER_BEFORE, "signald-cluster")
+    n = QUICK.fanout_members[0]
+    result = {"sizes": dataclasses.asdict(QUICK), "workloads": ["h"], "servers": {"h": list(servers)},
+              "summary": {"h": {"signald-pg": {f"rate_{n}": 200.0}, "signald-broker": {f"rate_{n}": 150.0},
+                                BROKER_BEFORE: {f"rate_{n}": 100.0}}}}
+    rate = next(row for row in table_rows(result) if row["metric"] == f"rate_{n}")
+    assert rate["ratios"] == {"signald-broker": 0.75, BROKER_BEFORE: 1.5}
+
+
 def test_the_abuse_bench_runs_and_prints_its_ratio() -> None:
     done = subprocess.run([sys.executable, "-m", "bench.abuse", "--seconds", "0.5"], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
