@@ -19,7 +19,7 @@ from redis_cluster import TAG, Cluster, started_cluster
 from redis_fixture import RedisServer, free_port
 from redis_sentinel import cli
 from test_cluster import Event, alice_and_bob_in_lobby, nodes, of, until_ready, wait_for
-from test_cluster_sentinel import lobby_changes
+from test_cluster_sentinel import after_the_failover, lobby_changes
 from trio_websocket import ConnectionClosed
 
 from signald.cli import main
@@ -124,22 +124,7 @@ async def test_after_the_owner_is_killed_every_node_follows_its_promoted_replica
             await until_ready(url1, True, within=20)
             assert cluster.owner(via=replica) == replica  # promoted, and the nodes found it
 
-            seen: list[Event] = []  # "during" live (published after the switch), or by resume after a 1012
-            try:
-                await wait_for(alice, seen, lambda s: during["id"] in [m["id"] for m in of("chat.message", s)])
-            except ConnectionClosed:
-                assert alice.ws.closed is not None and alice.ws.closed.code == 1012
-                alice = await stack.enter_async_context(connect(url0, user="alice"))
-            assert [m["id"] for m in await lobby_changes(alice)] == [before["id"], during["id"]]
-
-            after = await bob.request("chat.send", {"scope": "lobby", "body": "after the failover"})
-            await wait_for(alice, [], lambda s: after["id"] in [m["id"] for m in of("chat.message", s)])
-            back = await alice.request("chat.send", {"scope": "lobby", "body": "heard you"})
-            await wait_for(bob, [], lambda s: back["id"] in [m["id"] for m in of("chat.message", s)])
-            async with connect(url1, user="carol") as carol:  # membership on the new owner spans both nodes
-                ack = await carol.request("room.join", {"room": "lobby", "since": 0})
-                assert [m["user_id"] for m in ack["members"]] == ["alice", "bob", "carol"]
-                assert [m["id"] for m in ack["missed"]] == [before["id"], during["id"], after["id"], back["id"]]
+            await after_the_failover(stack, url0, url1, alice, bob, before, during)
 
 
 def test_a_redis_url_to_a_cluster_node_is_refused_naming_the_cluster_form(

@@ -27,6 +27,30 @@ async def lobby_changes(client: SignaldClient) -> list[dict[str, Any]]:
     return list(ack["changes"])
 
 
+async def after_the_failover(stack: AsyncExitStack, url0: str, url1: str, alice: SignaldClient, bob: SignaldClient,
+                             before: dict[str, Any], during: dict[str, Any]) -> None:
+    """Both nodes follow the new primary: alice (node 0) ends with every message once, whether she got
+    ``during`` live (node 1 published it after the switch) or, her node having missed it, was closed
+    with 1012 to resume; then chat between the nodes works both ways, and a join on node 1 sees the
+    room's members on both nodes and every message."""
+    seen: list[Event] = []
+    try:
+        await wait_for(alice, seen, lambda s: during["id"] in [m["id"] for m in of("chat.message", s)])
+    except ConnectionClosed:
+        assert alice.ws.closed is not None and alice.ws.closed.code == 1012
+        alice = await stack.enter_async_context(connect(url0, user="alice"))
+    assert [m["id"] for m in await lobby_changes(alice)] == [before["id"], during["id"]]
+
+    after = await bob.request("chat.send", {"scope": "lobby", "body": "after the failover"})
+    await wait_for(alice, [], lambda s: after["id"] in [m["id"] for m in of("chat.message", s)])
+    back = await alice.request("chat.send", {"scope": "lobby", "body": "heard you"})
+    await wait_for(bob, [], lambda s: back["id"] in [m["id"] for m in of("chat.message", s)])
+    async with connect(url1, user="carol") as carol:
+        ack = await carol.request("room.join", {"room": "lobby", "since": 0})
+        assert [m["user_id"] for m in ack["members"]] == ["alice", "bob", "carol"]
+        assert [m["id"] for m in ack["missed"]] == [before["id"], during["id"], after["id"], back["id"]]
+
+
 async def test_after_a_failover_every_node_follows_the_new_primary(tmp_path: Path, postgres_url: str) -> None:
     """With passwords on the Redis servers and on the sentinel, both given in the URL."""
     with sentinel_set(tmp_path, password="hunter2", sentinel_password="swordfish") as redis:
@@ -45,25 +69,7 @@ async def test_after_a_failover_every_node_follows_the_new_primary(tmp_path: Pat
             await until_ready(url1, True, within=20)
             assert redis.primary_port() == redis.replica  # the replica was promoted, and the nodes found it
 
-            # alice either got "during" live (node 1 published it after the failover) or, her node
-            # having missed it, is closed with 1012 to resume; either way she ends with every message once
-            seen: list[Event] = []
-            try:
-                await wait_for(alice, seen, lambda s: during["id"] in [m["id"] for m in of("chat.message", s)])
-            except ConnectionClosed:
-                assert alice.ws.closed is not None and alice.ws.closed.code == 1012
-                alice = await stack.enter_async_context(connect(url0, user="alice"))
-            assert [m["id"] for m in await lobby_changes(alice)] == [before["id"], during["id"]]
-
-            # chat between the nodes works again, both ways, through the new primary
-            after = await bob.request("chat.send", {"scope": "lobby", "body": "after the failover"})
-            await wait_for(alice, [], lambda s: after["id"] in [m["id"] for m in of("chat.message", s)])
-            back = await alice.request("chat.send", {"scope": "lobby", "body": "heard you"})
-            await wait_for(bob, [], lambda s: back["id"] in [m["id"] for m in of("chat.message", s)])
-            async with connect(url1, user="carol") as carol:  # membership on the new primary spans both nodes
-                ack = await carol.request("room.join", {"room": "lobby", "since": 0})
-                assert [m["user_id"] for m in ack["members"]] == ["alice", "bob", "carol"]
-                assert [m["id"] for m in ack["missed"]] == [before["id"], during["id"], after["id"], back["id"]]
+            await after_the_failover(stack, url0, url1, alice, bob, before, during)
         logs = "".join(path.read_text(errors="replace") for path in sorted(tmp_path.glob("node*/*.log")))  # noqa: ASYNC240
         assert "broker (Redis)" in logs  # the outage was logged, without either password
         assert "hunter2" not in logs and "swordfish" not in logs
