@@ -1,13 +1,15 @@
 """The whole-frame fast path of the server's reads, as pure functions on bytes (no Trio, no wsproto).
 
 A client sends one request at a time, so most reads hold exactly one whole, unfragmented, masked
-text or binary frame, or the 6-byte pong that answers our heartbeat ping, and a client that leaves
-sends one close frame. Recognising those here skips wsproto's frame parser (about four fifths of
-the cost of receiving a small message; for a close, parsing it and building the reply, about 30 µs
-of a connection's set-up and tear-down).
+text or binary frame (several when the client sends faster than the server reads: a burst, a busy
+server), or the 6-byte pong that answers our heartbeat ping, and a client that leaves sends one
+close frame. Recognising those here skips wsproto's frame parser (about four fifths of the cost of
+receiving a small message; for a close, parsing it and building the reply, about 30 µs of a
+connection's set-up and tear-down).
 These functions look at the bytes only: the caller must also know that no earlier frame is half
 received (wsproto's decoder is idle, see :mod:`signald.transport.wsproto_probe`) and that the
-connection is open; anything these functions do not recognise (None, False) goes through wsproto,
+connection is open; anything these functions do not recognise (None, False, what follows the
+leading messages) goes through wsproto,
 which also reports every protocol error.
 
 The server's own close frames are built here too (:func:`close_frame`), byte for byte as wsproto
@@ -40,38 +42,46 @@ def is_lone_pong(wire: bytes) -> bool:
     return len(wire) == PONG_SIZE and wire[:2] == PONG_HEAD
 
 
-def whole_message(wire: bytes) -> str | bytes | None:
-    """The message if ``wire`` is exactly one whole text or binary message, else None.
+def leading_messages(wire: bytes) -> tuple[list[str | bytes], int]:
+    """The whole text and binary messages that ``wire`` starts with, and where the rest of it begins.
 
-    That is: one unfragmented, masked ws_frame with a 7- or 16-bit length and no RSV bits (no
-    extension is negotiated); text must be valid UTF-8. The payload is unmasked with one XOR of
-    two ints, not byte by byte.
+    Each is one unfragmented, masked ws_frame with a 7- or 16-bit length and no RSV bits (no
+    extension is negotiated), its payload unmasked with one XOR of two ints, not byte by byte; text
+    must be valid UTF-8. Parsing stops at the first ws_frame that is anything else (a control
+    frame, a fragment, one cut off at the end of ``wire``, invalid UTF-8, a 64-bit length); wsproto
+    parses from there on, at a frame boundary. A client that sends faster than the server reads (a
+    burst, a busy server) puts several frames in one read: each costs here what a lone one does.
     """
+    messages: list[str | bytes] = []
     size = len(wire)
-    if size < 6:
-        return None
-    first, second = wire[0], wire[1]
-    if (first != 0x81 and first != 0x82) or second < 0x80:  # FIN + text/binary, masked
-        return None
-    n = second & 0x7F
-    start = 6
-    if n == 126:
-        if size < 8:
-            return None
-        n, start = int.from_bytes(wire[2:4], "big"), 8
-        if n < 126:  # not the shortest length encoding: wsproto fails the connection
-            return None
-    elif n == 127:
-        return None
-    if start + n != size:
-        return None
-    payload = _unmasked(wire, start, n)
-    if first == 0x82:
-        return payload
-    try:
-        return payload.decode("utf-8")
-    except UnicodeDecodeError:
-        return None  # wsproto closes with 1007
+    at = 0
+    while size - at >= 6:
+        first, second = wire[at], wire[at + 1]
+        if (first != 0x81 and first != 0x82) or second < 0x80:  # FIN + text/binary, masked
+            break
+        n = second & 0x7F
+        start = at + 6
+        if n == 126:
+            if size - at < 8:
+                break
+            n, start = int.from_bytes(wire[at + 2:at + 4], "big"), at + 8
+            if n < 126:  # not the shortest length encoding: wsproto fails the connection
+                break
+        elif n == 127:
+            break
+        end = start + n
+        if end > size:
+            break
+        payload = _unmasked(wire, start, n)
+        if first == 0x81:
+            try:
+                messages.append(payload.decode("utf-8"))
+            except UnicodeDecodeError:
+                break  # wsproto closes with 1007
+        else:
+            messages.append(payload)
+        at = end
+    return messages, at
 
 
 def lone_close(wire: bytes) -> int | None:
@@ -128,4 +138,4 @@ def _unmasked(wire: bytes, start: int, n: int) -> bytes:
     """The ``n`` payload bytes from ``start``, unmasked with the 4-byte key before them: one XOR of two ints."""
     key = wire[start - 4:start]
     mask = int.from_bytes((key * ((n >> 2) + 1))[:n], "little")
-    return (int.from_bytes(wire[start:], "little") ^ mask).to_bytes(n, "little")
+    return (int.from_bytes(wire[start:start + n], "little") ^ mask).to_bytes(n, "little")

@@ -6,8 +6,8 @@ writes every frame under a lock with a checkpoint. signald needs less, and idle 
 what a signalling server holds most of:
 
 - the connection's own task reads (:meth:`ServerWebSocket.receive_message`), answering pings
-  and noting when the peer was last heard from; a read holding one whole message, a lone pong or
-  a plain close frame skips wsproto (:mod:`signald.transport.framing`);
+  and noting when the peer was last heard from; the whole messages a read starts with, a lone pong
+  or a plain close frame skip wsproto (:mod:`signald.transport.framing`);
 - every outgoing byte (events, replies, pongs, heartbeat pings) goes through the connection's
   :class:`signald.delivery.outbox.Outbox`, which writes directly when the socket is idle and leaves
   the rest to the connection's writer task (:mod:`signald.transport.connection`), so there is exactly
@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections import deque
 from collections.abc import Callable
 from typing import Final
 
@@ -42,7 +43,7 @@ from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
 from signald.delivery.outbox import Outbox
 from signald.state.ratelimit import FloodGuard, Verdict
 from signald.transport.closing import ClosableWebSocket
-from signald.transport.framing import PING_FRAME, is_lone_pong, lone_close, whole_message
+from signald.transport.framing import PING_FRAME, is_lone_pong, leading_messages, lone_close
 from signald.transport.handshake import RECEIVE_BYTES, receive_bytes
 from signald.transport.parking import Parking, wait_readable
 
@@ -63,7 +64,8 @@ class ServerWebSocket(ClosableWebSocket):
     are what it calls.
     """
 
-    __slots__ = ("_decoder", "_drained", "_fileno", "_fragments", "_parts", "_size", "_spoke_at", "_talking", "flood",
+    __slots__ = ("_decoder", "_drained", "_fileno", "_fragments", "_parts", "_queued", "_size", "_spoke_at", "_talking",
+                 "flood",
                  "heard_at", "max_message_bytes", "on_silent", "parking", "ping_sent_at")
 
     def __init__(self, stream: trio.abc.Stream, conn: Connection, outbox: Outbox, *, max_message_bytes: int) -> None:
@@ -75,6 +77,9 @@ class ServerWebSocket(ClosableWebSocket):
         self._parts: list[str | bytes] = []
         self._size = 0
         self._fragments = 0  # frames of the message under way so far
+        # Whole messages of the last read parsed ahead of wsproto (framing.leading_messages): handled
+        # before the events wsproto makes of the rest of that read.
+        self._queued: deque[str | bytes] = deque()
         # Counts every frame the peer sends besides whole messages (those are counted where they are
         # handled): pings and pongs are checked, fragments charged (signald.state.ratelimit).
         self.flood: FloodGuard | None = None
@@ -99,6 +104,12 @@ class ServerWebSocket(ClosableWebSocket):
         # while a message of it was being handled): wsproto is told of the frame first.
         conn = self._conn if self._untold is None else self._wsproto()
         while True:
+            queued = self._queued
+            while queued:
+                ahead = queued.popleft()
+                if conn.state is ConnectionState.OPEN:  # else sent after our close frame: not handled
+                    self._spoke()
+                    return self._add(ahead, True)  # None if it is too big: failure says so
             for event in self._events:
                 kind = type(event)
                 if kind is TextMessage or kind is BytesMessage:
@@ -147,14 +158,20 @@ class ServerWebSocket(ClosableWebSocket):
                         return None
                     continue
                 if not self._parts:  # no fragmented message under way
-                    message = whole_message(wire)
-                    if message is not None:
-                        self._spoke()
-                        return self._add(message, True)  # None if it is too big: failure says so
-                    code = lone_close(wire)
-                    if code is not None:  # the peer leaves: close_now answers, wsproto is told only if needed
-                        self._fast_close = (wire, code)
-                        return None
+                    messages, end = leading_messages(wire)
+                    if messages:
+                        if end == len(wire) and len(messages) == 1:  # the usual read: one request
+                            self._spoke()
+                            return self._add(messages[0], True)  # None if it is too big: failure says so
+                        self._queued.extend(messages)
+                        wire = wire[end:]  # starts a ws_frame: wsproto parses it after the queued messages
+                        if not wire:
+                            continue
+                    else:
+                        code = lone_close(wire)
+                        if code is not None:  # the peer leaves: close_now answers, wsproto is told only if needed
+                            self._fast_close = (wire, code)
+                            return None
             conn.receive_data(wire)
             del wire  # not kept alive while waiting for more
             self._events = conn.events()

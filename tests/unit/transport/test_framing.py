@@ -18,8 +18,8 @@ from signald.transport.framing import (
     PING_FRAME,
     close_frame,
     is_lone_pong,
+    leading_messages,
     lone_close,
-    whole_message,
 )
 
 
@@ -49,17 +49,18 @@ def test_prebuilt_frames_parse_like_wsproto_frames(size: int, opcode: int) -> No
 @given(st.one_of(st.text(max_size=400), st.binary(max_size=400)))
 @settings(max_examples=200, deadline=None)
 def test_a_whole_message_reads_as_the_client_sent_it(message: str | bytes) -> None:
-    assert whole_message(client_wire(message)) == message
+    wire = client_wire(message)
+    assert leading_messages(wire) == ([message], len(wire))
 
 
 @pytest.mark.parametrize("size", [0, 125, 126, 65535, 65536])
 def test_7_and_16_bit_lengths_are_read_and_64_bit_ones_left_to_wsproto(size: int) -> None:
     message = "é" * (size // 2) + "x" * (size % 2)  # size bytes of UTF-8
-    assert whole_message(client_wire(message)) == (message if size < 1 << 16 else None)
+    wire = client_wire(message)
+    assert leading_messages(wire) == (([message], len(wire)) if size < 1 << 16 else ([], 0))
 
 
 @pytest.mark.parametrize(("wire", "why"), [
-    (client_wire('{"a":1}') + client_wire('{"b":2}'), "two messages in one read"),
     (client_wire("x" * 300)[:100], "a ws_frame split over reads"),
     (client_wire("hel", "lo")[:9], "the first fragment of a message"),
     (b"\x81\x05hello", "unmasked"),
@@ -69,8 +70,49 @@ def test_7_and_16_bit_lengths_are_read_and_64_bit_ones_left_to_wsproto(size: int
     (b"\x89\x80\x00\x00\x00\x00", "a ping"),
     (b"\x81\xfe\x01", "a truncated header"),
 ])
-def test_what_is_not_exactly_one_valid_whole_message_is_left_to_wsproto(wire: bytes, why: str) -> None:
-    assert whole_message(wire) is None, why
+def test_what_is_not_a_valid_whole_message_is_left_to_wsproto(wire: bytes, why: str) -> None:
+    assert leading_messages(wire) == ([], 0), why
+    before = client_wire("a") + client_wire(b"b")  # after whole messages, it stops there too
+    assert leading_messages(before + wire) == (["a", b"b"], len(before)), why
+
+
+_FRAMES = st.lists(st.one_of(
+    st.text(max_size=150), st.binary(max_size=150),
+    st.lists(st.text(max_size=30), min_size=2, max_size=3).map(tuple),  # a fragmented message
+    st.binary(max_size=10).map(lambda payload: ("ping", payload)),
+), max_size=10)
+
+
+@given(_FRAMES)
+@settings(max_examples=200, deadline=None)
+def test_leading_messages_and_wsproto_on_the_rest_read_what_wsproto_reads_alone(frames: list[object]) -> None:
+    from wsproto.connection import Connection
+    from wsproto.events import BytesMessage, Message, Ping
+
+    client = Connection(ConnectionType.CLIENT)
+    wire = b""
+    for frame in frames:
+        if isinstance(frame, tuple) and frame[:1] == ("ping",):
+            wire += client.send(Ping(frame[1]))
+        elif isinstance(frame, tuple):
+            wire += client_wire(*frame)
+        else:
+            assert isinstance(frame, (str, bytes))
+            wire += client_wire(frame)
+
+    def wsproto_reads(data: bytes) -> list[str | bytes]:
+        server, parts, out = Connection(ConnectionType.SERVER), [], []
+        server.receive_data(data)
+        for event in server.events():
+            if isinstance(event, Message):
+                parts.append(event.data)
+                if event.message_finished:
+                    out.append(b"".join(parts) if isinstance(event, BytesMessage) else "".join(parts))
+                    parts = []
+        return out
+
+    ahead, end = leading_messages(wire)
+    assert ahead + wsproto_reads(wire[end:]) == wsproto_reads(wire)
 
 
 def test_a_lone_pong_is_what_wsproto_clients_answer_our_ping_with() -> None:

@@ -23,7 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from trio.testing import MockClock
 from wsproto import WSConnection
-from wsproto.connection import ConnectionType
+from wsproto.connection import Connection, ConnectionType
 from wsproto.events import (
     AcceptConnection,
     CloseConnection,
@@ -429,25 +429,113 @@ def test_a_whole_message_skips_wsproto_and_reads_exactly_as_wsproto_would(messag
     trio.run(main)
 
 
-async def test_what_is_not_one_whole_message_goes_through_wsproto() -> None:
+async def test_several_whole_messages_in_one_read_skip_wsproto_and_come_in_order() -> None:
     async with server_socket(max_message_bytes=1000) as (ws, client_end, parsed):
-        two = client_wire('{"a":1}') + client_wire('{"b":2}')  # two messages in one read
-        await client_end.send_all(two)
-        assert [await ws.receive_message(), await ws.receive_message()] == ['{"a":1}', '{"b":2}']
-        assert parsed == [two]
-        wire = client_wire("x" * 300)
+        three = client_wire('{"a":1}') + client_wire(b"\x00\x01") + client_wire("é" * 200)  # 7-, 16-bit
+        await client_end.send_all(three)
+        assert [await ws.receive_message() for _ in range(3)] == ['{"a":1}', b"\x00\x01", "é" * 200]
+        assert parsed == []
+
+
+async def test_a_burst_is_parsed_ahead_up_to_what_only_wsproto_handles() -> None:
+    """Whole messages, then a ping, a message and half a frame: the messages come in the order sent,
+    the ping is answered (queued), and wsproto parses from the ping on (at a frame boundary)."""
+    async with server_socket(max_message_bytes=1000) as (ws, client_end, parsed):
+        client = Connection(ConnectionType.CLIENT)
+        ping = client.send(Ping(b"p"))
+        last = client_wire("x" * 300)
+        wire = client_wire("one") + client_wire("two") + ping + client_wire("three") + last[:100]
         received: list[str | bytes | None] = []
 
-        async def receive() -> None:
-            received.append(await ws.receive_message())
+        async def receive(count: int) -> None:
+            for _ in range(count):
+                received.append(await ws.receive_message())
 
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(receive)
-            await client_end.send_all(wire[:100])  # a frame split over reads
+            nursery.start_soon(receive, 4)
+            await client_end.send_all(wire)
             await trio.testing.wait_all_tasks_blocked()
-            await client_end.send_all(wire[100:])
-        assert received == ["x" * 300]
-        assert parsed[1:] == [wire[:100], wire[100:]]
+            assert received == ["one", "two", "three"]
+            await client_end.send_all(last[100:])
+        assert received == ["one", "two", "three", "x" * 300]
+        tail = wire[len(client_wire("one") + client_wire("two")):]
+        assert parsed == [tail, last[100:]]
+        assert ws.outbox.queued_bytes == 3  # the pong (b"\\x8a\\x01p"), for the writer (this test runs none)
+
+
+async def test_messages_parsed_ahead_are_dropped_once_our_close_went_out() -> None:
+    """As for wsproto's events: what the peer sent after the message during which the server
+    closed is not handed over; the peer's close reply still ends the connection cleanly."""
+    async with socket_pair() as (ws, client_end, client):
+        await client_end.send_all(client_wire("first") + client_wire("second") + client_wire("third"))
+        assert await ws.receive_message() == "first"
+        assert ws.send_close_now(1001, "server shutting down")  # while "first" is handled
+        client.receive_data(await client_end.receive_some())
+        (close,) = client.events()
+        await client_end.send_all(client.send(close.response()))
+        with trio.fail_after(5):
+            assert await ws.receive_message() is None
+        assert ws.failure is None and not ws.broken
+
+
+async def test_a_message_over_the_cap_in_a_burst_fails_with_1009_after_those_before_it() -> None:
+    async with server_socket(max_message_bytes=10) as (ws, client_end, parsed):
+        await client_end.send_all(client_wire("ok") + client_wire("y" * 11) + client_wire("never"))
+        assert await ws.receive_message() == "ok"
+        assert await ws.receive_message() is None
+        assert ws.failure is not None and ws.failure[0] == 1009
+        assert parsed == []
+
+
+_FRAMES = st.lists(st.one_of(
+    st.text(max_size=200).map(lambda t: ("message", t)),
+    st.binary(max_size=200).map(lambda b: ("message", b)),
+    st.lists(st.text(max_size=40), min_size=2, max_size=4).map(lambda parts: ("fragments", parts)),
+    st.binary(max_size=20).map(lambda b: ("ping", b)),
+), min_size=1, max_size=12)
+
+
+@given(_FRAMES, st.lists(st.integers(min_value=1, max_value=400), max_size=6))
+@settings(max_examples=150, deadline=None)
+def test_any_frames_cut_anywhere_read_as_the_client_sent_them(frames: list[tuple[str, Any]], cuts: list[int]) -> None:
+    """Whole messages, fragmented ones and pings, sent as one stream cut into reads at random
+    places: the server reads every message whole and in order, whichever parser took each."""
+    client = Connection(ConnectionType.CLIENT)
+    wire, expected = b"", []
+    for kind, value in frames:
+        if kind == "ping":
+            wire += client.send(Ping(value))
+        elif kind == "fragments":
+            wire += client_wire(*value)
+            expected.append("".join(value))
+        else:
+            wire += client_wire(value)
+            expected.append(value)
+    pieces, at = [], 0
+    for cut in cuts:
+        if at >= len(wire):
+            break
+        pieces.append(wire[at:at + cut])
+        at += cut
+    pieces.append(wire[at:])
+
+    async def main() -> None:
+        async with server_socket(max_message_bytes=10_000) as (ws, client_end, _):
+            received: list[str | bytes | None] = []
+
+            async def receive() -> None:
+                for _ in expected:
+                    received.append(await ws.receive_message())
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(receive)
+                for piece in pieces:
+                    if piece:
+                        await client_end.send_all(piece)
+                        await trio.testing.wait_all_tasks_blocked()
+            assert received == expected
+
+    trio.run(main)
 
 
 @pytest.mark.parametrize(("wire", "code"), [
