@@ -349,7 +349,7 @@ class RedisReplica(Replica):
                 commands.append(("hset", names.status, statuses))
             commands.extend(("publish", names.state, STATE_ENCODER.encode(StateEnvelope(self.node_id, op)))
                             for op in announcement(hub))
-            await self.writer.execute(commands)
+            await self.writer.execute(commands, fresh=True)  # to the server the pub/sub found
             await self._beat()
             await self.nodes.load()
             rooms = [name for kind, name in map(names.parse, self.channels.heard) if kind == "room"]

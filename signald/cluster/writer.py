@@ -87,16 +87,20 @@ class Writer:
         if self._sending is not None:
             self._sending.cancel()
 
-    async def execute(self, commands: list[Command]) -> None:
+    async def execute(self, commands: list[Command], *, fresh: bool = False) -> None:
         """Send ``commands`` now, in one pipeline (callbacks among them are not run here);
         :class:`~signald.cluster.resp.LinkError` if the connection fails or Redis refuses one
         (``down`` hears of it first). One pipeline at a time (:meth:`run`, a resync and the goodbye
-        share the connection)."""
+        share the connection). ``fresh``: on a new connection (a resync: the pub/sub found Redis
+        again, and this one may still reach a server that is no longer the primary or the slot's
+        owner, which would refuse it and cost another round of reconnects)."""
         publish = self._publish
         packed = [_packed(verb, key, value, publish) for verb, key, value in commands if verb != "callback"]
         if not packed:
             return
         async with self._lock:
+            if fresh:
+                await self.close()
             try:
                 with trio.fail_after(REPLY_S):
                     if self._link is None:
