@@ -182,18 +182,22 @@ async def move_slot(cluster: Cluster, source: int, target: int, sender: Sender, 
     assert len(keys) >= 3, keys  # nodes, conns, stats, status...
     assert cli(target, "CLUSTER", "SETSLOT", str(slot), "IMPORTING", source_id) == "OK"
     assert cli(source, "CLUSTER", "SETSLOT", str(slot), "MIGRATING", target_id) == "OK"
-    for i, key in enumerate(sorted(keys)):
-        reply = cli(source, "MIGRATE", "127.0.0.1", str(target), "", "0", "5000", "KEYS", key)
-        assert reply in ("OK", "NOKEY"), reply
-        if i == 0:
-            assert cluster.keys_in_slot(target, slot) and cluster.keys_in_slot(source, slot)
-            await while_split()
-        await sender.more(3)
-        for url in urls:
-            assert (await ready(url))[0], url
-    assert cluster.keys_in_slot(source, slot) == []  # nothing written there meanwhile (ASK sent it on)
-    assert cli(target, "CLUSTER", "SETSLOT", str(slot), "NODE", target_id) == "OK"
-    assert cli(source, "CLUSTER", "SETSLOT", str(slot), "NODE", target_id) == "OK"
+    try:
+        for i, key in enumerate(sorted(keys)):
+            reply = cli(source, "MIGRATE", "127.0.0.1", str(target), "", "0", "5000", "KEYS", key)
+            assert reply in ("OK", "NOKEY"), reply
+            if i == 0:
+                assert cluster.keys_in_slot(target, slot) and cluster.keys_in_slot(source, slot)
+                await while_split()
+            await sender.more(3)
+            for url in urls:
+                assert (await ready(url))[0], url
+        assert cluster.keys_in_slot(source, slot) == []  # nothing written there meanwhile (ASK sent it on)
+    finally:  # the move is finished even after a failed check: the session's cluster stays whole
+        for key in cluster.keys_in_slot(source, slot):
+            cli(source, "MIGRATE", "127.0.0.1", str(target), "", "0", "5000", "KEYS", key)
+        for port in (target, source):
+            assert cli(port, "CLUSTER", "SETSLOT", str(slot), "NODE", target_id) == "OK"
 
 
 async def test_a_resharding_that_moves_signalds_slot_loses_no_acked_message(
