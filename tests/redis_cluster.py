@@ -85,6 +85,13 @@ class Cluster:
                 return port
         return None
 
+    def node_id(self, port: int) -> str:
+        return cli(port, "CLUSTER", "MYID")
+
+    def keys_in_slot(self, port: int, slot: int) -> list[str]:
+        """The keys of ``slot`` that the server on ``port`` holds (all of them: signald has a few)."""
+        return cli(port, "CLUSTER", "GETKEYSINSLOT", str(slot), "1000").split()
+
     def kill(self, port: int) -> None:
         """``kill -9`` one server (no goodbye to the cluster or the clients)."""
         pid = _pid(self.dir, port)

@@ -103,6 +103,11 @@ class Broker:
             raise LinkError(str(exc) or type(exc).__name__) from exc
         return await open_link(self._endpoint._replace(host=host, port=port), primary=True)
 
+    async def open_link_at(self, host: str, port: int) -> Link:
+        """A connection of signald's own to one node of the Redis Cluster (where an ``ASK`` sends a
+        write while signald's slot moves there), with the URL's login."""
+        return await open_link(self._endpoint._replace(host=host, port=port))
+
     @asynccontextmanager
     async def connected(self) -> AsyncIterator[coredis.Redis[bytes] | coredis.RedisCluster[bytes]]:
         """The sentinels' clients (if any), then the data client; closed in reverse order."""

@@ -94,7 +94,8 @@ class RedisReplica(Replica):
         self.broker = Broker(self.url)  # one Redis or Sentinel's primary (signald.cluster.connect)
         self.nodes.client = self._client = self.broker.client
         publish = "SPUBLISH" if self.broker.sharded else "PUBLISH"  # a Redis Cluster: on one shard
-        self.writer = Writer(self.broker.open_link, up=self._up, down=self._write_failed, publish=publish)
+        self.writer = Writer(self.broker.open_link, up=self._up, down=self._write_failed, publish=publish,
+                             redirect=self.broker.open_link_at if self.broker.sharded else None)
         self.subscriber = self.channels.subscriber = Subscriber(
             self.broker.open_link, on_message=self._receive, on_subscribed=self._on_subscribed, down=self._down,
             sharded=self.broker.sharded)
@@ -348,7 +349,7 @@ class RedisReplica(Replica):
                 commands.append(("hset", names.status, statuses))
             commands.extend(("publish", names.state, STATE_ENCODER.encode(StateEnvelope(self.node_id, op)))
                             for op in announcement(hub))
-            await self.writer.execute(commands)
+            await self.writer.execute(commands, fresh=True)  # to the server the pub/sub found
             await self._beat()
             await self.nodes.load()
             rooms = [name for kind, name in map(names.parse, self.channels.heard) if kind == "room"]

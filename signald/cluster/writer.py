@@ -7,7 +7,10 @@ announces them, as they were put), and then runs the callbacks put behind them
 is lost (pub/sub would have lost it anyway): ``down`` hears of it, the node's recovery after the
 outage repairs the records (:mod:`signald.cluster.recovery`), and the connection is opened again
 for the next one. On a Redis Cluster the publishes are ``SPUBLISH`` (``publish``): everything goes
-to the one shard that owns signald's slot, in the order it was put.
+to the one shard that owns signald's slot, in the order it was put. While a resharding moves that
+slot, the owner answers ``ASK`` for the keys it already handed over (the rest, and the publishes, it
+still serves): those writes go to the node named, each after ``ASKING`` (``redirect``), as a cluster
+client does, so the move is no outage for the node. ``MOVED`` (the move is done) is one, as above.
 A batch taken off the queue is sent whole even when :meth:`run` is cancelled (a node that stops
 cancels it with the last ``Disconnect`` writes in flight; its goodbye follows that batch on the link),
 unless :meth:`abandon` gives up on a broker that does not answer.
@@ -38,8 +41,10 @@ class Writer:
     """The ordered queue of commands to the broker, and the task that sends them."""
 
     def __init__(self, connect: Callable[[], Awaitable[Link]], *, up: Callable[[], None],
-                 down: Callable[[BaseException], None], publish: str = "PUBLISH") -> None:
+                 down: Callable[[BaseException], None], publish: str = "PUBLISH",
+                 redirect: Callable[[str, int], Awaitable[Link]] | None = None) -> None:
         self._connect, self._up, self._down, self._publish = connect, up, down, publish
+        self._redirect = redirect  # a connection to another node of a Redis Cluster (ASK)
         self._link: Link | None = None
         self._lock = trio.Lock()
         self._sending: trio.CancelScope | None = None
@@ -82,27 +87,55 @@ class Writer:
         if self._sending is not None:
             self._sending.cancel()
 
-    async def execute(self, commands: list[Command]) -> None:
+    async def execute(self, commands: list[Command], *, fresh: bool = False) -> None:
         """Send ``commands`` now, in one pipeline (callbacks among them are not run here);
         :class:`~signald.cluster.resp.LinkError` if the connection fails or Redis refuses one
         (``down`` hears of it first). One pipeline at a time (:meth:`run`, a resync and the goodbye
-        share the connection)."""
+        share the connection). ``fresh``: on a new connection (a resync: the pub/sub found Redis
+        again, and this one may still reach a server that is no longer the primary or the slot's
+        owner, which would refuse it and cost another round of reconnects)."""
         publish = self._publish
         packed = [_packed(verb, key, value, publish) for verb, key, value in commands if verb != "callback"]
         if not packed:
             return
         async with self._lock:
+            if fresh:
+                await self.close()
             try:
                 with trio.fail_after(REPLY_S):
                     if self._link is None:
                         self._link = await self._connect()
-                    raise_on_error(await self._link.call(b"".join(packed), len(packed)))
+                    replies = await self._link.call(b"".join(packed), len(packed))
+                    if self._redirect is not None:
+                        await self._follow_ask(packed, replies, self._redirect)
+                    raise_on_error(replies)
             except BaseException as exc:  # its replies are not all read (or one is an error, e.g. READONLY
                 await self.close()  # or MOVED after a failover): the next pipeline starts on a new connection
                 if isinstance(exc, Exception):
                     self._down(exc)
                 raise
         self._up()
+
+    @staticmethod
+    async def _follow_ask(packed: list[bytes], replies: list[Any],
+                          redirect: Callable[[str, int], Awaitable[Link]]) -> None:
+        """Send again, to the node each ``ASK`` names, the commands refused with it (each after
+        ``ASKING``, which admits one command to a slot still being imported), and put their replies
+        in ``replies``. Those keys are written a moment after the publishes of the same pipeline:
+        no node reads them to apply a publish, only to load the cluster's state."""
+        asked: dict[str, list[int]] = {}
+        for i, reply in enumerate(replies):
+            if isinstance(reply, Exception) and str(reply).startswith("ASK "):
+                asked.setdefault(str(reply).split()[2], []).append(i)  # "ASK <slot> <host>:<port>"
+        for where, indexes in asked.items():
+            host, _, port = where.rpartition(":")
+            link = await redirect(host, int(port))
+            try:
+                answered = await link.call(b"".join(pack("ASKING") + packed[i] for i in indexes), 2 * len(indexes))
+            finally:
+                await link.aclose()
+            for i, reply in zip(indexes, answered[1::2], strict=True):
+                replies[i] = reply
 
     async def close(self) -> None:
         link, self._link = self._link, None

@@ -9,6 +9,8 @@ every node follows it."""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 
@@ -18,12 +20,12 @@ import trio
 from redis_cluster import TAG, Cluster, started_cluster
 from redis_fixture import RedisServer, free_port
 from redis_sentinel import cli
-from test_cluster import Event, alice_and_bob_in_lobby, nodes, of, until_ready, wait_for
+from test_cluster import Event, alice_and_bob_in_lobby, nodes, of, ready, until_ready, wait_for
 from test_cluster_sentinel import after_the_failover, lobby_changes
 from trio_websocket import ConnectionClosed
 
 from signald.cli import main
-from signald.client.raw import connect
+from signald.client.raw import SignaldClient, connect
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -125,6 +127,143 @@ async def test_after_the_owner_is_killed_every_node_follows_its_promoted_replica
             assert cluster.owner(via=replica) == replica  # promoted, and the nodes found it
 
             await after_the_failover(stack, url0, url1, alice, bob, before, during)
+
+
+async def in_lobby(url: str, user: str, *, task_status: trio.TaskStatus[SignaldClient]) -> None:
+    """``user`` connected to ``url`` and in the lobby until cancelled (a task: a connection opened
+    in the middle of a test, closed at its end)."""
+    async with connect(url, user=user) as client:
+        await client.request("room.join", {"room": "lobby"})
+        task_status.started(client)
+        await trio.sleep_forever()
+
+
+class Sender:
+    """A user on ``url`` who sends to the lobby every 50 ms (:meth:`run`, until cancelled): the ids
+    acked, and the connections used (after a 1012, its node resynchronising, it connects again in
+    ``held``, as a client would)."""
+
+    def __init__(self, held: trio.Nursery, url: str, client: SignaldClient, first: str) -> None:
+        self.held, self.url, self.clients, self.acked = held, url, [client], [first]
+        self._acked = trio.Event()
+
+    async def run(self) -> None:
+        while True:
+            client = self.clients[-1]
+            try:
+                ack = await client.request("chat.send", {"scope": "lobby", "body": f"message {len(self.acked)}"})
+            except ConnectionClosed:
+                assert client.ws.closed is not None and client.ws.closed.code == 1012
+                self.clients.append(await self.held.start(in_lobby, self.url, client.user_id))
+                continue
+            self.acked.append(ack["id"])
+            self._acked.set()
+            self._acked = trio.Event()
+            await trio.sleep(0.05)
+
+    async def more(self, count: int) -> None:
+        """Returns once ``count`` more sends were acked (fails after 10 s)."""
+        with trio.fail_after(10):
+            wanted = len(self.acked) + count
+            while len(self.acked) < wanted:
+                await self._acked.wait()
+
+
+async def move_slot(cluster: Cluster, source: int, target: int, sender: Sender, urls: list[str],
+                    while_split: Callable[[], Awaitable[None]]) -> None:
+    """Move signald's slot from ``source`` to ``target`` the standard way (Redis's cluster
+    specification; ``redis-cli --cluster reshard`` takes these steps): ``IMPORTING`` on the target,
+    ``MIGRATING`` on the owner, the keys ``MIGRATE``d (one at a time here, with a few acked sends
+    after each), then ``SETSLOT NODE`` on the target and on the owner. Once the
+    first key went (the owner answers ``ASK`` for it, and still serves the others) ``while_split``
+    runs. The nodes at ``urls`` stay ready throughout (until the ``NODE``s: then Redis unsubscribes them)."""
+    slot, source_id, target_id = cluster.slot(), cluster.node_id(source), cluster.node_id(target)
+    keys = cluster.keys_in_slot(source, slot)
+    assert len(keys) >= 3, keys  # nodes, conns, stats, status...
+    assert cli(target, "CLUSTER", "SETSLOT", str(slot), "IMPORTING", source_id) == "OK"
+    assert cli(source, "CLUSTER", "SETSLOT", str(slot), "MIGRATING", target_id) == "OK"
+    try:
+        for i, key in enumerate(sorted(keys)):
+            reply = cli(source, "MIGRATE", "127.0.0.1", str(target), "", "0", "5000", "KEYS", key)
+            assert reply in ("OK", "NOKEY"), reply
+            if i == 0:
+                assert cluster.keys_in_slot(target, slot) and cluster.keys_in_slot(source, slot)
+                await while_split()
+            await sender.more(3)
+            for url in urls:
+                assert (await ready(url))[0], url
+        assert cluster.keys_in_slot(source, slot) == []  # nothing written there meanwhile (ASK sent it on)
+    finally:  # the move is finished even after a failed check: the session's cluster stays whole
+        for key in cluster.keys_in_slot(source, slot):
+            cli(source, "MIGRATE", "127.0.0.1", str(target), "", "0", "5000", "KEYS", key)
+        for port in (target, source):
+            assert cli(port, "CLUSTER", "SETSLOT", str(slot), "NODE", target_id) == "OK"
+
+
+async def test_a_resharding_that_moves_signalds_slot_loses_no_acked_message(
+    tmp_path: Path, cluster: Cluster, cluster_url: str, postgres_url: str
+) -> None:
+    """signald's slot moved to another primary (:func:`move_slot`) while node 1 sends every 50 ms;
+    with the keys split between the two, a user joins on node 0 and another changes status (their
+    records are keys the owner now answers with ``ASK``). Every acked message reaches the other
+    node's client once and in order, both nodes are ready again, chat goes both ways, and the
+    nodes' records are whole on the new owner."""
+    source = cluster.owner()
+    # not the first seed of the URL either: the node the nodes ask first learns the move by gossip
+    target = next(ports[0] for _, _, ports in cluster.slot_map() if ports[0] not in (source, cluster.ports[0]))
+    async with nodes(tmp_path, cluster_url, postgres_url, 2, ttl=1.0) as started, trio.open_nursery() as held:
+        (_, url0), (_, url1) = started
+        alice, bob = await held.start(in_lobby, url0, "alice"), await held.start(in_lobby, url1, "bob")
+        await bob.request("presence.set", {"status": "busy"})
+        before = await bob.request("chat.send", {"scope": "lobby", "body": "before the move"})
+        await wait_for(alice, [], lambda s: before["id"] in [m["id"] for m in of("chat.message", s)])
+        on_one_shard(cluster)
+
+        daves: list[SignaldClient] = []
+
+        async def while_split() -> None:
+            daves.append(await held.start(in_lobby, url0, "dave"))
+            await alice.request("presence.set", {"status": "away"})
+
+        sender = Sender(held, url1, bob, before["id"])
+        async with trio.open_nursery() as sending:
+            sending.start_soon(sender.run)
+            await sender.more(3)
+            await move_slot(cluster, source, target, sender, [url0, url1], while_split)
+            await until_ready(url0, True, within=20)
+            await until_ready(url1, True, within=20)
+            await sender.more(3)
+            sending.cancel_scope.cancel()
+        acked, bobs = sender.acked, sender.clients
+        assert cluster.owner(via=source) == target and cluster.owner(via=target) == target
+
+        seen: list[Event] = []
+        resumed = False
+        try:
+            await wait_for(alice, seen, lambda s: acked[-1] in [m["id"] for m in of("chat.message", s)])
+            got = [before["id"], *(m["id"] for m in of("chat.message", seen))]
+        except ConnectionClosed:
+            assert alice.ws.closed is not None and alice.ws.closed.code == 1012
+            alice, resumed = await held.start(in_lobby, url0, "alice"), True
+            got = [m["id"] for m in await lobby_changes(alice)]
+        # (a send cut off by bob's 1012 may have been stored without its ack: alice may have it too)
+        assert [i for i in got if i in set(acked)] == acked and len(set(got)) == len(got)
+        back = await alice.request("chat.send", {"scope": "lobby", "body": "after the move"})
+        await wait_for(bobs[-1], [], lambda s: back["id"] in [m["id"] for m in of("chat.message", s)])
+        if daves[-1].closed.is_set():  # told to resume (1012), as alice may have been: back in
+            daves.append(await held.start(in_lobby, url0, "dave"))
+        async with connect(url1, user="carol") as carol:
+            ack = await carol.request("room.join", {"room": "lobby"})
+            members = {m["user_id"]: m["status"] for m in ack["members"]}
+            # a chosen status lasts while the user has a device (a 1012 closed the last one)
+            assert members == {"alice": "online" if resumed else "away", "bob": "online" if len(bobs) > 1 else "busy",
+                               "carol": "online", "dave": "online"}, members
+        on_one_shard(cluster)
+        held.cancel_scope.cancel()
+    # while the keys were split the nodes' writes followed ASK: none was refused (each refusal is
+    # an outage for the node: its pub/sub reconnects, and what it missed meanwhile comes late)
+    logs = "".join(path.read_text(errors="replace") for path in sorted(tmp_path.glob("node*/*.log")))  # noqa: ASYNC240
+    assert re.search(r"\bASK \d", logs) is None, logs
 
 
 def test_a_redis_url_to_a_cluster_node_is_refused_naming_the_cluster_form(

@@ -6,9 +6,11 @@ from __future__ import annotations
 import pytest
 from redis_cluster import TAG, Cluster
 from redis_fixture import RedisServer, free_port
+from redis_sentinel import cli
 
 from signald.cluster.connect import Broker
-from signald.cluster.resp import LinkError, pack
+from signald.cluster.resp import Endpoint, Link, LinkError, open_link, pack
+from signald.cluster.writer import Writer
 
 pytest.importorskip("hiredis")
 
@@ -42,3 +44,42 @@ async def test_a_server_that_is_not_a_cluster_node_is_named_with_the_reason(redi
     broker = Broker(f"redis+cluster://127.0.0.1:{port}")
     with pytest.raises(LinkError, match=rf"127.0.0.1:{port}: not a Redis Cluster node: .*cluster support disabled"):
         await broker.owner()
+
+
+async def test_the_writer_sends_writes_answered_with_ask_to_the_node_named(redis_cluster: Cluster) -> None:
+    """A slot being moved (not signald's: the session's cluster keeps that one where it is): the owner
+    answers ``ASK`` for a key it already handed over and still takes the rest; the writer sends the
+    refused write to the node named, after ``ASKING``, and the pipeline succeeds."""
+    redis_cluster.flush()
+    moved, kept = "{ask-test}.moved", "{ask-test}.kept"
+    slot = int(cli(redis_cluster.ports[0], "CLUSTER", "KEYSLOT", moved))
+    source = next(ports[0] for first, last, ports in redis_cluster.slot_map() if first <= slot <= last)
+    target = next(ports[0] for _, _, ports in redis_cluster.slot_map() if ports[0] != source)
+
+    async def to_source() -> Link:
+        return await open_link(Endpoint("127.0.0.1", source))
+
+    async def to(host: str, port: int) -> Link:
+        return await open_link(Endpoint(host, port))
+
+    downs: list[BaseException] = []
+    writer = Writer(to_source, up=lambda: None, down=downs.append, publish="SPUBLISH", redirect=to)
+    await writer.execute([("hset", moved, {"a": b"0"}), ("hset", kept, {"a": b"0"})])
+    source_id, target_id = redis_cluster.node_id(source), redis_cluster.node_id(target)
+    assert cli(target, "CLUSTER", "SETSLOT", str(slot), "IMPORTING", source_id) == "OK"
+    assert cli(source, "CLUSTER", "SETSLOT", str(slot), "MIGRATING", target_id) == "OK"
+    try:
+        assert cli(source, "MIGRATE", "127.0.0.1", str(target), "", "0", "5000", "KEYS", moved) == "OK"
+        await writer.execute([("hset", moved, {"b": b"1"}), ("publish", "{ask-test}.ch", b"x"),
+                              ("hset", kept, {"b": b"1"})])
+        assert downs == []
+        assert redis_cluster.keys_in_slot(target, slot) == [moved]
+        assert redis_cluster.keys_in_slot(source, slot) == [kept]
+        assert cli(source, "HGET", kept, "b") == "1"
+        ask = cli(source, "HGET", moved, "b")
+        assert ask.startswith("ASK"), ask  # the source does not have it
+    finally:  # the slot stays with its owner (the moved key is dropped with the import)
+        cli(target, "FLUSHALL")
+        for port in (target, source):
+            cli(port, "CLUSTER", "SETSLOT", str(slot), "STABLE")
+        await writer.close()

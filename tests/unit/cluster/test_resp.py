@@ -296,3 +296,23 @@ async def test_a_batch_in_flight_is_sent_whole_when_the_writer_is_cancelled_and_
             stuck.abandon()  # a broker that does not answer does not hold the node's exit up
     assert await link.call(pack("EXISTS", "never"), 1) == [0]
     await link.aclose()
+
+
+async def test_a_fresh_pipeline_goes_over_a_new_connection(redis_url: str) -> None:
+    """A resync sends ``fresh``: the pub/sub found Redis again, maybe on another server (a failover,
+    signald's slot moved), and the writer's old connection may still reach the server it left."""
+    opened: list[Link] = []
+
+    async def connect() -> Link:
+        opened.append(await link_to(redis_url)())
+        return opened[-1]
+
+    writer = Writer(connect, up=lambda: None, down=lambda exc: None)
+    await writer.execute([("hset", "fresh", {"a": b"1"})])
+    await writer.execute([("hset", "fresh", {"b": b"2"})])
+    assert len(opened) == 1
+    await writer.execute([("hset", "fresh", {"c": b"3"})], fresh=True)
+    assert len(opened) == 2
+    with pytest.raises(LinkError):  # the old one was closed
+        await opened[0].call(pack("PING"), 1)
+    await writer.close()
