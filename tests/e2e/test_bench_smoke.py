@@ -47,6 +47,18 @@ def test_bench_quick_runs_every_workload_against_every_server(tmp_path: Path) ->
                      r"signald-broker/signald-pg = \d+\.\d\d", done.stdout), done.stdout
 
 
+def test_the_cross_node_latency_sweep_runs_each_rate_and_every_event_arrives(tmp_path: Path) -> None:
+    out = tmp_path / "sweep.json"
+    done = subprocess.run([sys.executable, "-m", "bench.cluster_latency", "--rates", "200,400", "--seconds", "0.5",
+                           "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rates = json.loads(out.read_text())["rates"]
+    assert [m["rate_asked"] for m in rates] == [200, 400]
+    assert all(m["x_missing"] == 0 and m["x_failed_acks"] == 0 and m["x_cross_p50_ms"] > 0 for m in rates), rates
+    assert all(m["x_cpu_us_node0"] > 0 and m["x_cpu_us_client"] > 0 for m in rates), rates
+    assert done.stdout.count("added p99") == 2
+
+
 def test_bench_baseline_runs_an_older_commit_side_by_side(tmp_path: Path) -> None:
     pytest.importorskip("socketio", reason="the bench extra is not installed (./dev test installs it)")
     pytest.importorskip("websockets")
