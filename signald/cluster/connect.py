@@ -7,7 +7,7 @@ changes). The writer's and the pub/sub's own connections (:meth:`Broker.open_lin
 same way each time they open. After a failover every new connection goes to the promoted replica;
 one that reaches a demoted primary is refused (``ROLE`` is checked), and the pub/sub retries that
 like a lost connection. What the replica does then is its usual recovery after a broker outage
-(:meth:`signald.cluster.redis_replica.RedisReplica._resync`).
+(:meth:`signald.cluster.recovery.Resync.run`).
 
 Redis Cluster: every key and channel of signald carries one hash tag (:class:`~signald.cluster.wire.Names`),
 so one shard holds them all. The coredis client is a ``coredis.RedisCluster`` over the seed nodes

@@ -1,15 +1,17 @@
 """Back on the broker after an outage: what a node says again, and whom it asks to resume.
 
 Redis may have restarted empty, and whatever was published while a node was off it is lost to that
-node. So the node announces its own devices, rooms and chosen statuses again (:func:`announcement`:
-ops the others apply only where they lack them), and closes with 1012 (service restart) the local
-connections of every room whose store moved past what the node delivered and does not catch up
-within a moment (:func:`close_rooms_behind`): their clients reconnect and resume exactly with
-``since_rev``.
+node. So once the pub/sub hears the state channel again (or a heartbeat finds the node taken out of
+``nodes``), :meth:`Resync.run` writes the node's records back, announces its own devices, rooms and
+chosen statuses again (:func:`announcement`: ops the others apply only where they lack them),
+reloads everyone else's, and closes with 1012 (service restart) the local connections of every
+room whose store moved past what the node delivered and does not catch up within a moment
+(:func:`close_rooms_behind`): their clients reconnect and resume exactly with ``since_rev``.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Final
 
@@ -17,6 +19,14 @@ import trio
 
 from signald.app.hub import Hub
 from signald.app.replica import Connect, Join, Op, SetStatus
+from signald.cluster.catchup import CatchUp
+from signald.cluster.channels import Subscriptions
+from signald.cluster.nodes import NodeTable
+from signald.cluster.order import RoomOrder
+from signald.cluster.records import NodeRecords
+from signald.cluster.writer import Writer
+
+log = logging.getLogger("signald.cluster")
 
 CLOSE_SERVICE_RESTART: Final = 1012  # RFC 6455 (IANA): clients reconnect with backoff
 
@@ -71,3 +81,47 @@ async def close_rooms_behind(hub: Hub, rooms: Iterable[str], delivered: Callable
                 session.close(CLOSE_SERVICE_RESTART, "room events were missed while the broker was away: resume")
                 closed += 1
     return closed
+
+
+class Resync:
+    """The resynchronisation after a broker outage (:meth:`run`), one at a time: a reconnect and a
+    heartbeat that found the node taken out can both ask for it."""
+
+    def __init__(self, hub: Hub, records: NodeRecords, writer: Writer, nodes: NodeTable, channels: Subscriptions,
+                 order: RoomOrder, catch_up: CatchUp, *, beat: Callable[[], Awaitable[None]],
+                 down: Callable[[BaseException], None]) -> None:
+        self.hub, self.records, self.writer, self.nodes, self.channels = hub, records, writer, nodes, channels
+        self.order, self.catch_up, self._beat, self._down = order, catch_up, beat, down
+        self.nursery: trio.Nursery | None = None  # where it runs, once the replica does
+        self._heard_state_once = False
+        self._running = False
+
+    def subscribed(self, channel: str) -> None:
+        """The pub/sub subscribed to ``channel``: the state channel heard again after a reconnect
+        starts :meth:`run`."""
+        if channel == self.records.names.state:
+            if self._heard_state_once and self.nursery is not None:
+                self.nursery.start_soon(self.run)  # a reconnect: the broker may have lost everything
+            self._heard_state_once = True
+
+    async def run(self) -> None:
+        """After a reconnect: records and ops again, everyone else's reloaded, rooms behind closed."""
+        if self._running:
+            return
+        self._running = True
+        hub, records = self.hub, self.records
+        try:
+            self.nodes.grace()
+            commands = records.rewritten() + [records.published(op) for op in announcement(hub)]
+            await self.writer.execute(commands, fresh=True)  # to the server the pub/sub found
+            await self._beat()
+            await self.nodes.load()
+            rooms = [name for kind, name in map(records.names.parse, self.channels.heard) if kind == "room"]
+            closed = await close_rooms_behind(hub, rooms, self.order.last, self.catch_up.until)
+        except Exception as exc:
+            self._down(exc)
+        else:
+            log.info("cluster: back on the broker; %d devices announced again, %d closed to resume",
+                     len(hub.sessions), closed)
+        finally:
+            self._running = False

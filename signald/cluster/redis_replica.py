@@ -16,8 +16,8 @@ with backoff and subscribes again (also when a write failed: the records need re
 reconnects by itself, the writer opens a new connection for its next pipeline; meanwhile writes fail
 (``/readyz`` says 503 with the reason), local delivery goes on, and what was published in between is
 lost. Once the state channel is heard again, the node writes its records back, announces its devices
-again and reloads everyone's (:meth:`RedisReplica._resync`); no node is declared dead for the outage
-itself (:meth:`NodeTable.grace`). Clients get the chat changes lost meanwhile by exact resume.
+again and reloads everyone's (:mod:`signald.cluster.recovery`); no node is declared dead for the
+outage itself (:meth:`NodeTable.grace`). Clients get the chat changes lost meanwhile by exact resume.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from typing import Final
 import trio
 
 from signald.app.hub import Hub
-from signald.app.replica import Budget, Connect, Disconnect, Join, Kick, Leave, Op, Replica, SetStatus
+from signald.app.replica import Budget, Connect, Disconnect, Join, Kick, Op, Replica
 from signald.cluster.activity import ActivityShare
 from signald.cluster.apply import apply_op, budget_share
 from signald.cluster.calls import RedisCallDecisions
@@ -43,7 +43,8 @@ from signald.cluster.connect import Broker
 from signald.cluster.gaps import fill_gap
 from signald.cluster.nodes import NodeTable
 from signald.cluster.order import RoomOrder
-from signald.cluster.recovery import announcement, close_rooms_behind
+from signald.cluster.records import NodeRecords
+from signald.cluster.recovery import Resync
 from signald.cluster.resp import LinkError
 from signald.cluster.subscriber import Subscriber
 from signald.cluster.wire import (
@@ -51,7 +52,6 @@ from signald.cluster.wire import (
     STATE_DECODER,
     STATE_ENCODER,
     USER_DECODER,
-    ConnRecord,
     Echo,
     Names,
     RoomEnvelope,
@@ -59,7 +59,7 @@ from signald.cluster.wire import (
     UserEnvelope,
     decode_event,
 )
-from signald.cluster.writer import Command, Writer
+from signald.cluster.writer import Writer
 from signald.config import ClusterConfig
 from signald.delivery.frames import Frame
 from signald.errors import StartupError
@@ -82,6 +82,7 @@ class RedisReplica(Replica):
         self.hub = hub
         self.node_id = config.node_id or f"n-{secrets.token_hex(4)}"
         self.names = Names(config.broker_url)
+        self.records = NodeRecords(hub, self.names, self.node_id)  # this node's records in Redis
         self.url = config.broker_url
         self._ttl = config.node_ttl_s
         self._applying = False  # applying another node's op: nothing is shared back
@@ -96,14 +97,14 @@ class RedisReplica(Replica):
         publish = "SPUBLISH" if self.broker.sharded else "PUBLISH"  # a Redis Cluster: on one shard
         self.writer = Writer(self.broker.open_link, up=self._up, down=self._write_failed, publish=publish,
                              redirect=self.broker.open_link_at if self.broker.sharded else None)
+        self.resync = Resync(hub, self.records, self.writer, self.nodes, self.channels, self.order, self.catch_up,
+                             beat=self._beat, down=self._down)  # after a broker outage (signald.cluster.recovery)
         self.subscriber = self.channels.subscriber = Subscriber(
-            self.broker.open_link, on_message=self._receive, on_subscribed=self._on_subscribed, down=self._down,
+            self.broker.open_link, on_message=self._receive, on_subscribed=self.resync.subscribed, down=self._down,
             sharded=self.broker.sharded)
         self.calls = RedisCallDecisions(hub, self.names, self._client, grace_s=2 * self._ttl, down=self._down)
         hub.timers.decide_ring_timeouts = self.calls.ring_timeouts  # the calls this node offered: decided here
         self._nursery: trio.Nursery | None = None
-        self._heard_state_once = False
-        self._resyncing = False
         self._stop = trio.Event()  # running() is done: the broker connections close
         self._connect_error = f"no answer within {CONNECT_S:g} s"
         self._heard = 0.0  # when this node last heard its own heartbeat (trio time)
@@ -114,29 +115,17 @@ class RedisReplica(Replica):
     def share(self, op: Op) -> None:
         if self._applying:
             return
-        names, commands = self.names, []
-        if isinstance(op, Connect | Join | Leave):
-            commands.append(self._record(op.conn))
+        commands = self.records.changed_by(op)  # written before the op is published
         if isinstance(op, Connect):
-            self._later(names.user(op.user))
-        elif isinstance(op, Disconnect):
-            commands.append(("hdel", names.conns, op.conn))
-            session = self.hub.sessions.get(op.conn)
-            if session is not None:
-                user, now = session.user_id, trio.current_time()
-                # the others bound the user's frame budget by this node's (reconnecting refills nothing)
-                op = Disconnect(op.conn, user, self.hub.user_rates.level(user, now))
-                if not self.hub.presence.is_online(user):
-                    commands.append(("hdel", names.status, user))
-                if len(self.hub.sessions_by_user.get(user, ())) <= 1:  # its last one here
-                    self._activity.forget(user, now)
-                self._later(names.user(user))
-        elif isinstance(op, Kick):
-            commands.extend(self._records_of(op.user))
-        elif isinstance(op, SetStatus):
-            commands.append(("hset", names.status, {op.user: op.status}))
-        commands.append(("publish", names.state, STATE_ENCODER.encode(StateEnvelope(self.node_id, op))))
-        self.writer.put(commands)
+            self._later(self.names.user(op.user))
+        elif isinstance(op, Disconnect) and (session := self.hub.sessions.get(op.conn)) is not None:
+            user, now = session.user_id, trio.current_time()
+            # the others bound the user's frame budget by this node's (reconnecting refills nothing)
+            op = Disconnect(op.conn, user, self.hub.user_rates.level(user, now))
+            if len(self.hub.sessions_by_user.get(user, ())) <= 1:  # its last one here
+                self._activity.forget(user, now)
+            self._later(self.names.user(user))
+        self.writer.put([*commands, self.records.published(op)])
 
     def activity(self, user: str) -> None:
         self._activity.activity(user, trio.current_time())
@@ -206,7 +195,7 @@ class RedisReplica(Replica):
                 except Exception as exc:
                     raise StartupError(f"cluster.broker_url {self.broker.shown}: {exc or type(exc).__name__}") from None
                 async with trio.open_nursery() as nursery:
-                    self._nursery = nursery
+                    self._nursery = self.resync.nursery = nursery
                     try:
                         with trio.fail_after(CONNECT_S):
                             await nursery.start(self.subscriber.run)
@@ -248,21 +237,10 @@ class RedisReplica(Replica):
 
     async def _leave_cluster(self) -> None:
         """A clean stop: flush what is queued, then take this node's records out at once."""
-        pending = self.writer.drain()
-        if mine := list(self.hub.sessions):
-            pending.append(("hdel", self.names.conns, mine))
-        pending.append(("zrem", self.names.nodes, self.node_id))
-        pending.append(("hdel", self.names.stats, self.node_id))
         try:
-            await self.writer.execute(pending)
+            await self.writer.execute(self.writer.drain() + self.records.removed())
         except Exception as exc:  # the others notice within node_ttl_s instead
             log.warning("cluster: could not leave the cluster cleanly: %s", exc or type(exc).__name__)
-
-    def _on_subscribed(self, channel: str) -> None:
-        if channel == self.names.state:
-            if self._heard_state_once and self._nursery is not None:
-                self._nursery.start_soon(self._resync)  # a reconnect: the broker may have lost everything
-            self._heard_state_once = True
 
     def _receive(self, channel: str, data: bytes) -> None:
         kind, name = self.names.parse(channel)
@@ -303,15 +281,13 @@ class RedisReplica(Replica):
                 self.share(Budget(op.user, level))
         elif isinstance(op, Disconnect):
             self.nodes.remote.pop(op.conn, None)
-        elif isinstance(op, Kick):  # this node's devices of the user left the room: their records say so
-            records = self._records_of(op.user)
-            if records:
-                self.writer.put(records)
+        elif isinstance(op, Kick) and (records := self.records.of_user(op.user)):
+            self.writer.put(records)  # this node's devices of the user left the room: their records say so
 
     async def _beat(self) -> None:
         if await self.nodes.beat() and self._nursery is not None:
             log.warning("cluster: this node had been taken out of the cluster; announcing its devices again")
-            self._nursery.start_soon(self._resync)
+            self._nursery.start_soon(self.resync.run)
         self._up()
         echo = STATE_ENCODER.encode(StateEnvelope(self.node_id, Echo()))
         self.writer.put([("publish", self.names.state, echo)])
@@ -332,46 +308,7 @@ class RedisReplica(Replica):
             except Exception as exc:
                 self._down(exc)
 
-    # ------------------------------------------------------------------ state snapshots
-
-    async def _resync(self) -> None:
-        """After a reconnect: records and ops again, everyone else's reloaded, rooms behind closed
-        (:mod:`signald.cluster.recovery`). One at a time: a reconnect and a beat can both ask."""
-        if self._resyncing:
-            return
-        self._resyncing = True
-        hub, names = self.hub, self.names
-        try:
-            self.nodes.grace()
-            commands: list[Command] = [self._record(conn) for conn in hub.sessions]
-            statuses = {user: hub.presence.chosen_status(user) for user in hub.sessions_by_user}
-            if statuses:
-                commands.append(("hset", names.status, statuses))
-            commands.extend(("publish", names.state, STATE_ENCODER.encode(StateEnvelope(self.node_id, op)))
-                            for op in announcement(hub))
-            await self.writer.execute(commands, fresh=True)  # to the server the pub/sub found
-            await self._beat()
-            await self.nodes.load()
-            rooms = [name for kind, name in map(names.parse, self.channels.heard) if kind == "room"]
-            closed = await close_rooms_behind(hub, rooms, self.order.last, self.catch_up.until)
-        except Exception as exc:
-            self._down(exc)
-        else:
-            log.info("cluster: back on the broker; %d devices announced again, %d closed to resume",
-                     len(hub.sessions), closed)
-        finally:
-            self._resyncing = False
-
     # ------------------------------------------------------------------ helpers
-
-    def _record(self, conn: str) -> Command:
-        session = self.hub.sessions.get(conn)
-        user = session.user_id if session is not None else self.hub.rooms.user_of(conn) or ""
-        record = ConnRecord(self.node_id, user, sorted(self.hub.rooms.rooms_of(conn)))
-        return ("hset", self.names.conns, {conn: STATE_ENCODER.encode(record)})
-
-    def _records_of(self, user: str) -> list[Command]:
-        return [self._record(conn) for conn in self.hub.sessions_by_user.get(user, ())]
 
     def _later(self, channel: str) -> None:
         if self._nursery is not None:
@@ -390,7 +327,7 @@ class RedisReplica(Replica):
 
     def _write_failed(self, exc: BaseException) -> None:
         """Writes were lost (``READONLY``/``MOVED`` after a failover...): the pub/sub reconnects
-        too, to the primary of the moment, and its re-subscription runs :meth:`_resync`."""
+        too, to the primary of the moment, and its re-subscription runs :meth:`Resync.run`."""
         self._down(exc)
         self.subscriber.drop(exc)
 
