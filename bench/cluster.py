@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import dataclasses
 import math
+import resource
 import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
@@ -39,6 +40,11 @@ if TYPE_CHECKING:
 
 NODES = 3
 _BODY = b'"body":"'
+
+
+def _own_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _quantile(values: list[float], q: float) -> float:
@@ -63,8 +69,8 @@ async def more_nodes(first: Server, count: int) -> AsyncIterator[list[Server]]:
         yield list(nodes)
 
 
-class _Helpers:
-    """CPU of what serves the cluster besides node 0: the other nodes, Redis, PostgreSQL."""
+class ServerCPU:
+    """CPU so far of what serves the cluster: each node, Redis, PostgreSQL (:meth:`each`)."""
 
     def __init__(self, nodes: list[Server]) -> None:
         self.nodes = nodes
@@ -80,7 +86,7 @@ class _Helpers:
 async def cluster_workload(server: Server, sizes: Sizes, tag: str) -> dict[str, Any]:
     async with more_nodes(server, NODES - 1) as others:
         nodes = [server, *others]
-        helpers = _Helpers(nodes)
+        helpers = ServerCPU(nodes)
         start = helpers.each()
         metrics = await cross_node(nodes, helpers, sizes, tag)
         metrics.update(await idle_across(nodes, helpers, sizes, tag))
@@ -92,7 +98,7 @@ async def cluster_workload(server: Server, sizes: Sizes, tag: str) -> dict[str, 
 
 # ------------------------------------------------------------------------------ cross-node delivery
 
-async def cross_node(nodes: list[Server], helpers: _Helpers, sizes: Sizes, tag: str) -> dict[str, Any]:
+async def cross_node(nodes: list[Server], helpers: ServerCPU, sizes: Sizes, tag: str) -> dict[str, Any]:
     room = f"x-{tag}"
     stats = Stats()
     names = ["sender", "near", *(f"far{i}" for i in range(1, len(nodes)))]
@@ -124,7 +130,7 @@ async def cross_node(nodes: list[Server], helpers: _Helpers, sizes: Sizes, tag: 
         conn.on_event = receiver(into)
     sender = conns[0]
     acks: list[asyncio.Future[bytes]] = []
-    cpu0, t0 = helpers.each(), time.perf_counter()
+    cpu0, client0, t0 = helpers.each(), _own_cpu_s(), time.perf_counter()
     sent = 0
     while sent < count:  # paced by the clock, never waiting for an ack
         due = min(count, int((time.perf_counter() - t0) * sizes.cluster_rate) + 1)
@@ -135,7 +141,7 @@ async def cross_node(nodes: list[Server], helpers: _Helpers, sizes: Sizes, tag: 
     send_s = time.perf_counter() - t0
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(done.wait(), 10 + count / sizes.cluster_rate)
-    cpu1 = helpers.each()
+    cpu1, client1 = helpers.each(), _own_cpu_s()
     failed_acks = sum(1 for r in await asyncio.gather(*acks, return_exceptions=True) if isinstance(r, BaseException))
     for conn in conns:
         conn.abort()
@@ -151,13 +157,14 @@ async def cross_node(nodes: list[Server], helpers: _Helpers, sizes: Sizes, tag: 
     metrics["x_added_p99_ms"] = metrics["x_cross_p99_ms"] - metrics["x_same_p99_ms"]
     for key in cpu1:  # who was busy during the paced run: CPU per event sent (µs), robust to a busy machine
         metrics[f"x_cpu_us_{key}"] = (cpu1[key] - cpu0[key]) / count * 1e6
+    metrics["x_cpu_us_client"] = (client1 - client0) / count * 1e6  # this load client: did it keep up?
     await asyncio.sleep(0.3)  # let the nodes see the resets
     return metrics
 
 
 # ------------------------------------------------------------------------------ idle connections
 
-async def idle_across(nodes: list[Server], helpers: _Helpers, sizes: Sizes, tag: str) -> dict[str, Any]:
+async def idle_across(nodes: list[Server], helpers: ServerCPU, sizes: Sizes, tag: str) -> dict[str, Any]:
     total = sizes.cluster_idle
     per_node = [total // len(nodes) + (1 if i < total % len(nodes) else 0) for i in range(len(nodes))]
     await asyncio.sleep(sizes.rss_settle_s)

@@ -22,11 +22,10 @@ import asyncio
 import contextlib
 import dataclasses
 import json
-import resource
 from pathlib import Path
 from typing import Any
 
-from bench.cluster import _Helpers, cross_node, more_nodes
+from bench.cluster import ServerCPU, cross_node, more_nodes
 from bench.pgserver import for_bench
 from bench.procs import CLIENT_CPU, SERVER_CPU, SPECS, pin_to, running
 from bench.redisserver import for_bench as redis_for_bench
@@ -40,22 +39,15 @@ SHOWN = [("x_rate", "sent/s", ",.0f"), ("x_same_p50_ms", "same p50", ".2f"), ("x
          ("x_cpu_us_client", "client µs", ".0f"), ("x_missing", "missing", ".0f")]
 
 
-def _cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 async def sweep(rates: list[float], seconds: float) -> list[dict[str, Any]]:
     """One cross-node run per rate on one set of three nodes; each run's metrics."""
     out: list[dict[str, Any]] = []
     async with running(SPECS["signald-cluster"]) as first, more_nodes(first, 2) as others:
         nodes = [first, *others]
-        helpers = _Helpers(nodes)
+        helpers = ServerCPU(nodes)
         for i, rate in enumerate(rates):
             sizes = dataclasses.replace(Sizes(), cluster_rate=rate, cluster_seconds=seconds)
-            cpu0 = _cpu_s()
             metrics = await cross_node(nodes, helpers, sizes, f"r{i}")
-            metrics["x_cpu_us_client"] = (_cpu_s() - cpu0) / int(rate * seconds) * 1e6
             metrics["rate_asked"] = rate
             print("  " + "  ".join(f"{label} {metrics[key]:{fmt}}" for key, label, fmt in SHOWN), flush=True)
             out.append(metrics)

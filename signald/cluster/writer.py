@@ -10,7 +10,10 @@ for the next one. On a Redis Cluster the publishes are ``SPUBLISH`` (``publish``
 to the one shard that owns signald's slot, in the order it was put. While a resharding moves that
 slot, the owner answers ``ASK`` for the keys it already handed over (the rest, and the publishes, it
 still serves): those writes go to the node named, each after ``ASKING`` (``redirect``), as a cluster
-client does, so the move is no outage for the node. ``MOVED`` (the move is done) is one, as above.
+client does, so the move is no outage for the node. They land after the publishes of their pipeline,
+not before: while the keys are split, a record may follow the event that announces it by a round
+trip (no node reads a record to apply an event, only to load the cluster's state after an outage or
+at start). ``MOVED`` (the move is done) is an outage, as above.
 A batch taken off the queue is sent whole even when :meth:`run` is cancelled (a node that stops
 cancels it with the last ``Disconnect`` writes in flight; its goodbye follows that batch on the link),
 unless :meth:`abandon` gives up on a broker that does not answer.

@@ -9,8 +9,7 @@ connection's set-up and tear-down).
 These functions look at the bytes only: the caller must also know that no earlier frame is half
 received (wsproto's decoder is idle, see :mod:`signald.transport.wsproto_probe`) and that the
 connection is open; anything these functions do not recognise (None, False, what follows the
-leading messages) goes through wsproto,
-which also reports every protocol error.
+leading messages) goes through wsproto, which also reports every protocol error.
 
 The server's own close frames are built here too (:func:`close_frame`), byte for byte as wsproto
 builds them; the caller tells wsproto of them when it needs its state

@@ -64,9 +64,8 @@ class ServerWebSocket(ClosableWebSocket):
     are what it calls.
     """
 
-    __slots__ = ("_decoder", "_drained", "_fileno", "_fragments", "_parts", "_queued", "_size", "_spoke_at", "_talking",
-                 "flood",
-                 "heard_at", "max_message_bytes", "on_silent", "parking", "ping_sent_at")
+    __slots__ = ("_decoder", "_drained", "_fileno", "_fragments", "_parts", "_queued", "_size", "_spoke_at",
+                 "_talking", "flood", "heard_at", "max_message_bytes", "on_silent", "parking", "ping_sent_at")
 
     def __init__(self, stream: trio.abc.Stream, conn: Connection, outbox: Outbox, *, max_message_bytes: int) -> None:
         super().__init__(stream, conn, outbox)
@@ -261,7 +260,7 @@ class ServerWebSocket(ClosableWebSocket):
         if isinstance(data, bytearray):
             data = bytes(data)
         if finished and not self._parts:
-            if len(data) > self.max_message_bytes:
+            if _bytes_of(data) > self.max_message_bytes:
                 self._too_big()
                 return None
             return data
@@ -270,7 +269,7 @@ class ServerWebSocket(ClosableWebSocket):
             self._parts, self._size, self._fragments = [], 0, 0
             self.failure = (CLOSE_POLICY, f"message in more than {MAX_FRAGMENTS} frames")
             return None
-        self._size += len(data)
+        self._size += _bytes_of(data)
         if self._size > self.max_message_bytes:
             self._too_big()
             return None
@@ -299,3 +298,11 @@ class ServerWebSocket(ClosableWebSocket):
     def silent(self) -> None:
         if self.on_silent is not None:
             self.on_silent()
+
+
+def _bytes_of(data: str | bytes) -> int:
+    """The size of ``data`` on the wire: text counts its UTF-8 bytes (``isascii`` is O(1) in CPython:
+    only text that is not ASCII is encoded to count them)."""
+    if isinstance(data, str) and not data.isascii():
+        return len(data.encode("utf-8"))
+    return len(data)

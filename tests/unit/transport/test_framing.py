@@ -9,8 +9,8 @@ import wsproto
 from conftest import client_wire
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from wsproto.connection import ConnectionType
-from wsproto.events import AcceptConnection, Request, TextMessage
+from wsproto.connection import Connection, ConnectionType
+from wsproto.events import AcceptConnection, BytesMessage, Message, Ping, Request, TextMessage
 
 from signald.delivery.wsframe import OPCODE_BINARY, OPCODE_TEXT, websocket_frame, websocket_payload
 from signald.transport.framing import (
@@ -86,9 +86,6 @@ _FRAMES = st.lists(st.one_of(
 @given(_FRAMES)
 @settings(max_examples=200, deadline=None)
 def test_leading_messages_and_wsproto_on_the_rest_read_what_wsproto_reads_alone(frames: list[object]) -> None:
-    from wsproto.connection import Connection
-    from wsproto.events import BytesMessage, Message, Ping
-
     client = Connection(ConnectionType.CLIENT)
     wire = b""
     for frame in frames:

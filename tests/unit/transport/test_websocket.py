@@ -478,6 +478,14 @@ async def test_messages_parsed_ahead_are_dropped_once_our_close_went_out() -> No
         assert ws.failure is None and not ws.broken
 
 
+@pytest.mark.parametrize("wire", [client_wire("é" * 8), client_wire("éé", "é" * 6)], ids=["whole", "fragments"])
+async def test_the_cap_counts_the_bytes_of_text_not_its_characters(wire: bytes) -> None:
+    async with server_socket(max_message_bytes=10) as (ws, client_end, _):
+        await client_end.send_all(wire)  # 8 characters, 16 bytes of UTF-8
+        assert await ws.receive_message() is None
+        assert ws.failure is not None and ws.failure[0] == 1009
+
+
 async def test_a_message_over_the_cap_in_a_burst_fails_with_1009_after_those_before_it() -> None:
     async with server_socket(max_message_bytes=10) as (ws, client_end, parsed):
         await client_end.send_all(client_wire("ok") + client_wire("y" * 11) + client_wire("never"))
