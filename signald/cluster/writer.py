@@ -48,6 +48,7 @@ class Writer:
                  redirect: Callable[[str, int], Awaitable[Link]] | None = None) -> None:
         self._connect, self._up, self._down, self._publish = connect, up, down, publish
         self._redirect = redirect  # a connection to another node of a Redis Cluster (ASK)
+        self._asked: dict[str, Link] = {}  # "host:port" -> the link to the node a migration's ASK named
         self._link: Link | None = None
         self._lock = trio.Lock()
         self._sending: trio.CancelScope | None = None
@@ -119,31 +120,44 @@ class Writer:
                 raise
         self._up()
 
-    @staticmethod
-    async def _follow_ask(packed: list[bytes], replies: list[Any],
+    async def _follow_ask(self, packed: list[bytes], replies: list[Any],
                           redirect: Callable[[str, int], Awaitable[Link]]) -> None:
         """Send again, to the node each ``ASK`` names, the commands refused with it (each after
         ``ASKING``, which admits one command to a slot still being imported), and put their replies
         in ``replies``. Those keys are written a moment after the publishes of the same pipeline:
-        no node reads them to apply a publish, only to load the cluster's state."""
+        no node reads them to apply a publish, only to load the cluster's state.
+
+        The link to that node is kept while the migration lasts (one that stops halfway can last
+        for hours: a connection per pipeline would pile up sockets in TIME_WAIT), and closed with
+        the first pipeline that gets no ``ASK``, or with the writer's own."""
         asked: dict[str, list[int]] = {}
         for i, reply in enumerate(replies):
             if isinstance(reply, Exception) and str(reply).startswith("ASK "):
                 asked.setdefault(str(reply).split()[2], []).append(i)  # "ASK <slot> <host>:<port>"
+        if not asked:
+            if self._asked:
+                await self._close_asked()
+            return
         for where, indexes in asked.items():
-            host, _, port = where.rpartition(":")
-            link = await redirect(host, int(port))
-            try:
-                answered = await link.call(b"".join(pack("ASKING") + packed[i] for i in indexes), 2 * len(indexes))
-            finally:
-                await link.aclose()
+            link = self._asked.get(where)
+            if link is None:
+                log.info("cluster: signald's slot is moving to %s: writes of keys moved already go there", where)
+                host, _, port = where.rpartition(":")
+                link = self._asked[where] = await redirect(host, int(port))
+            answered = await link.call(b"".join(pack("ASKING") + packed[i] for i in indexes), 2 * len(indexes))
             for i, reply in zip(indexes, answered[1::2], strict=True):
                 replies[i] = reply
+
+    async def _close_asked(self) -> None:
+        asked, self._asked = self._asked, {}
+        for link in asked.values():
+            await link.aclose()
 
     async def close(self) -> None:
         link, self._link = self._link, None
         if link is not None:
             await link.aclose()
+        await self._close_asked()
 
 
 def _packed(verb: str, key: str, value: Any, publish: str) -> bytes:

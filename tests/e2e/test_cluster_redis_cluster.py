@@ -26,6 +26,7 @@ from trio_websocket import ConnectionClosed
 
 from signald.cli import main
 from signald.client.raw import SignaldClient, connect
+from signald.cluster.resp import Endpoint, open_link, pack
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -259,6 +260,15 @@ async def test_a_resharding_that_moves_signalds_slot_loses_no_acked_message(
             assert members == {"alice": "online" if resumed else "away", "bob": "online" if len(bobs) > 1 else "busy",
                                "carol": "online", "dave": "online"}, members
         on_one_shard(cluster)
+        # the records written while the keys were split (answered ASK) are on the new owner: dave's
+        # device, alice's chosen status (what nodes read when they start or come back after an outage)
+        link = await open_link(Endpoint("127.0.0.1", target))
+        try:
+            (records,) = await link.call(pack("HVALS", f"{TAG}.conns"), 1)
+        finally:
+            await link.aclose()
+        assert any(b"dave" in record for record in records), records
+        assert cli(target, "HGET", f"{TAG}.status", "alice") == ("" if resumed else "away")
         held.cancel_scope.cancel()
     # while the keys were split the nodes' writes followed ASK: none was refused (each refusal is
     # an outage for the node: its pub/sub reconnects, and what it missed meanwhile comes late)

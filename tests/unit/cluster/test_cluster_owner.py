@@ -46,6 +46,11 @@ async def test_a_server_that_is_not_a_cluster_node_is_named_with_the_reason(redi
         await broker.owner()
 
 
+def connections_received(port: int) -> int:
+    stats = dict(line.split(":", 1) for line in cli(port, "INFO", "stats").splitlines() if ":" in line)
+    return int(stats["total_connections_received"])
+
+
 async def test_the_writer_sends_writes_answered_with_ask_to_the_node_named(redis_cluster: Cluster) -> None:
     """A slot being moved (not signald's: the session's cluster keeps that one where it is): the owner
     answers ``ASK`` for a key it already handed over and still takes the rest; the writer sends the
@@ -77,7 +82,18 @@ async def test_the_writer_sends_writes_answered_with_ask_to_the_node_named(redis
         assert redis_cluster.keys_in_slot(source, slot) == [kept]
         assert cli(source, "HGET", kept, "b") == "1"
         ask = cli(source, "HGET", moved, "b")
-        assert ask.startswith("ASK"), ask  # the source does not have it
+        assert ask.startswith("ASK"), ask  # the source does not have it: the target does, written there
+        reader = await open_link(Endpoint("127.0.0.1", target))
+        try:
+            assert (await reader.call(pack("ASKING") + pack("HGET", moved, "b"), 2))[1] == b"1"
+        finally:
+            await reader.aclose()
+        # a migration that lasts (one stopped halfway): the link to the target is kept, not one per pipeline
+        before = connections_received(target)
+        for i in range(20):
+            await writer.execute([("hset", moved, {"c": str(i).encode()}), ("hset", kept, {"c": b"1"})])
+        assert connections_received(target) - before <= 2  # the one before, and INFO's own redis-cli
+        assert downs == []
     finally:  # the slot stays with its owner (the moved key is dropped with the import)
         cli(target, "FLUSHALL")
         for port in (target, source):

@@ -91,3 +91,56 @@ async def test_without_a_catch_up_every_room_behind_is_closed_at_once(autojump_c
     start = trio.current_time()
     assert await close_rooms_behind(hub, ["late"], order.last) == 1
     assert trio.current_time() == start
+
+
+class Recorder:
+    """A writer that remembers each pipeline and whether it asked for a fresh connection."""
+
+    def __init__(self) -> None:
+        self.pipelines: list[tuple[list[Any], bool]] = []
+
+    async def execute(self, commands: list[Any], *, fresh: bool = False) -> None:
+        self.pipelines.append((commands, fresh))
+
+
+class Records:
+    """The node's records: one connection's."""
+
+    names = type("Names", (), {"parse": staticmethod(lambda channel: ("room", channel))})
+
+    def rewritten(self) -> list[Any]:
+        return [("hset", "conns", {"c1": b"record"})]
+
+    def published(self, op: Any) -> Any:
+        return ("publish", "state", op)
+
+
+class Nodes:
+    def grace(self) -> None:
+        pass
+
+    async def load(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+class Channels:
+    heard: list[str] = []
+
+
+async def test_the_resync_writes_its_records_over_a_fresh_connection() -> None:
+    """After the pub/sub found Redis again (a failover, the slot moved), the writer's connection may
+    still reach the old server, which would refuse the resync and drop the pub/sub once more."""
+    from signald.cluster.recovery import Resync
+
+    hub: Any = Hub(Store({}), {})
+    hub.history, hub.sessions_by_user = None, {}
+    writer, downs, beats = Recorder(), [], []
+
+    async def beat() -> None:
+        beats.append(1)
+
+    resync = Resync(hub, Records(), writer, Nodes(), Channels(), RoomOrder(lambda *a: None),  # type: ignore[arg-type]
+                    CatchUp(), beat=beat, down=downs.append)
+    await resync.run()
+    assert writer.pipelines == [([("hset", "conns", {"c1": b"record"})], True)]
+    assert beats == [1] and downs == []
