@@ -19,7 +19,7 @@ import signal
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -231,16 +231,23 @@ async def run_all(keys: list[str], sizes: Sizes, log: Any = print, *, retries: i
     for key in keys:
         workload = WORKLOADS[key]
         log(f"({key}) {workload.title}")
+        # Storm sizes a server failed at, not run again in its later rounds: python-socketio loses
+        # connections while 19,000 clients set up, and each failed try cost six minutes.
+        failed_sizes: dict[str, set[int]] = {}
         for round_no in range(sizes.rounds):
             servers = servers_of(key, baseline)
             order = servers if round_no % 2 == 0 else tuple(reversed(servers))
             for name in order:
+                skipped = failed_sizes.setdefault(name, set())
+                run_sizes = replace(sizes, storm_sizes=tuple(n for n in sizes.storm_sizes if n not in skipped))
                 for attempt in range(1, retries + 2):
-                    metrics = await run_one(key, name, sizes, round_no, wait_quiet_s, log)
+                    metrics = await run_one(key, name, run_sizes, round_no, wait_quiet_s, log)
                     if metrics.get("foreign_cpu_pct", 0) <= NOISY_PCT or attempt > retries:
                         break
                     log(f"    round {round_no + 1} {name}: other processes used {metrics['foreign_cpu_pct']:.0f}% "
                         "of a core meanwhile; running it again")
+                metrics.update({f"skipped_{n}": "failed in an earlier round" for n in sorted(skipped)})
+                skipped.update(int(metric[6:]) for metric in metrics if metric.startswith("error_"))
                 raw.setdefault(key, {}).setdefault(name, []).append(metrics)
     return raw
 
@@ -280,6 +287,8 @@ def notes_for(raw: dict[str, dict[str, list[dict[str, Any]]]]) -> list[str]:
                     notes.append(f"({key}) {server} round {i + 1} failed: {r['error']}")
                 notes.extend(f"({key}) {server} round {i + 1}, size {metric[6:]}, failed: {value}"
                              for metric, value in r.items() if metric.startswith("error_"))
+                notes.extend(f"({key}) {server} round {i + 1}, size {metric[8:]}, not run: {value}"
+                             for metric, value in r.items() if metric.startswith("skipped_"))
                 for metric, value in r.items():
                     if metric.startswith("complete_") and value is False:
                         notes.append(f"({key}) {server} round {i + 1}: {metric[9:]} members, only "

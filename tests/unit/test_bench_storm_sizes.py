@@ -27,3 +27,35 @@ def test_a_failed_size_is_noted_and_the_other_sizes_are_kept(monkeypatch: pytest
     raw = {"g": {"socketio": [metrics]}}
     assert summarize(raw) == {"g": {"socketio": {"resumed_all_s_1000": 1.0, "resumed_all_s_5000": 5.0}}}
     assert notes_for(raw) == ["(g) socketio round 1, size 19000, failed: ConnectionError: connection lost"]
+
+
+def test_a_size_that_failed_is_not_run_again_in_later_rounds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """python-socketio's 19,000 storm fails after minutes of set-up: the later rounds skip it."""
+    import bench.runner
+
+    asked: list[tuple[str, tuple[int, ...]]] = []
+
+    async def run_one(key: str, name: str, sizes: Sizes, round_no: int, wait_quiet_s: float,
+                      log: Any) -> dict[str, Any]:
+        asked.append((name, sizes.storm_sizes))
+        metrics: dict[str, Any] = {f"resumed_all_s_{n}": n / 1000 for n in sizes.storm_sizes if n != 19000}
+        if name == "socketio" and 19000 in sizes.storm_sizes:
+            metrics["error_19000"] = "ConnectionError: connection lost"
+        return metrics
+
+    monkeypatch.setattr(bench.runner, "run_one", run_one)
+    monkeypatch.setattr(bench.runner, "servers_of", lambda key, baseline: ("signald", "socketio"))
+    sizes = Sizes(rounds=3, storm_sizes=(1000, 19000))
+    raw = asyncio.run(bench.runner.run_all(["g"], sizes, log=lambda line: None))
+
+    assert asked == [("signald", (1000, 19000)), ("socketio", (1000, 19000)),
+                     ("socketio", (1000,)), ("signald", (1000, 19000)),
+                     ("signald", (1000, 19000)), ("socketio", (1000,))]
+    assert [r.get("skipped_19000") for r in raw["g"]["socketio"]] == [
+        None, "failed in an earlier round", "failed in an earlier round"]
+    assert summarize(raw)["g"]["socketio"] == {"resumed_all_s_1000": 1.0}
+    assert notes_for(raw) == [
+        "(g) socketio round 1, size 19000, failed: ConnectionError: connection lost",
+        "(g) socketio round 2, size 19000, not run: failed in an earlier round",
+        "(g) socketio round 3, size 19000, not run: failed in an earlier round",
+    ]
