@@ -435,6 +435,9 @@ async def reconnect_storm(server: Server, n: int, tag: str, *, send_rate: float,
         f"restart_ready_logged_s_{n}": None if server.ready_wall is None else server.ready_wall - sigterm_wall,
         f"restart_start_s_{n}": None if server.ready_wall is None else server.ready_wall - server.spawned_wall,
         f"cpu_ms_per_client_{n}": cpu / max(1, len(times)) * 1e3,
+        # what the restarted daemon used before the bench saw it ready (its start-up and the clients
+        # it took meanwhile), which cpu_ms_per_client leaves out
+        f"restart_cpu_s_{n}": cpu0,
         f"client_cpu_pct_{n}": client_cpu / max(1e-9, (times[-1] if times else timeout_s)) * 100,
         f"sent_during_{n}": storm.sent,
         f"failures_{n}": sum(1 for c in clients if c.failure),

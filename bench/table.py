@@ -74,6 +74,8 @@ def rows_for(workload: str, sizes: Sizes) -> list[tuple[str, str, str]]:
                       ".2f"),
                      (f"refused_{n}", f"{n:,} clients: handshakes refused", ",.0f"),
                      (f"cpu_ms_per_client_{n}", f"{n:,} clients: server CPU per resumed client (ms)", ".2f"),
+                     (f"restart_cpu_s_{n}", f"{n:,} clients: restarted server's CPU until seen ready (s)",
+                      ".2f"),
                      (f"restart_ready_s_{n}", f"{n:,} clients: SIGTERM to restarted server ready (s)", ".2f"),
                      (f"restart_ready_logged_s_{n}",
                       f"{n:,} clients: same, by the server's clock (s)", ".2f"),
