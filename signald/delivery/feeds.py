@@ -55,7 +55,8 @@ class RoomFeed:
     ``caught_up`` lists them.
     """
 
-    __slots__ = ("caught_up", "conns", "due", "flushed_at", "frames", "order", "readers", "room")
+    __slots__ = ("_shares", "_shares_end", "caught_up", "conns", "due", "flushed_at", "frames", "order", "readers",
+                 "room")
 
     def __init__(self, room: str) -> None:
         self.room = room
@@ -66,12 +67,30 @@ class RoomFeed:
         self.conns: frozenset[str] = frozenset()
         self.due = 0.0
         self.flushed_at = -math.inf
+        # The bytes of frames[start:] by (start, binary), for the frames as they are now: every reader
+        # that came before the feed's first event has the same share, so a live message in a busy room
+        # (each recipient takes its share first) joins it once, not once per member.
+        self._shares: dict[tuple[int, bool], bytes] = {}
+        self._shares_end = 0
 
     def give(self, outbox: Outbox) -> None:
         """Hand ``outbox`` its waiting share now (it has another frame to send behind it), with its
         shares of the other feeds it reads, in publication order."""
+        reading = outbox.reading
+        if not reading or (len(reading) == 1 and reading[0] is self):  # one busy room: its share as it is
+            start = self.readers.get(outbox)
+            if start is not None:
+                if start < len(self.frames):
+                    self.readers[outbox] = len(self.frames)
+                    self.caught_up.add(outbox)
+                    outbox.reading = None
+                    outbox.push_batch(self.share(start, outbox.binary))
+                    return
+                self.caught_up.add(outbox)
+            outbox.reading = None
+            return
         pending: list[tuple[int, Frame]] = []
-        for feed in outbox.reading or (self,):
+        for feed in reading:
             assert isinstance(feed, RoomFeed)
             start, end = feed.readers.get(outbox), len(feed.frames)
             if start is None:
@@ -86,10 +105,21 @@ class RoomFeed:
             binary = outbox.binary
             outbox.push_batch(b"".join(f.wire_binary if binary else f.wire_text for _, f in pending))
 
+    def share(self, start: int, binary: bool) -> bytes:
+        """``frames[start:]`` as one piece, in the reader's format; joined once per start and format."""
+        end = len(self.frames)
+        if self._shares_end != end:
+            self._shares.clear()
+            self._shares_end = end
+        data = self._shares.get((start, binary))
+        if data is None:
+            data = self._shares[start, binary] = b"".join(
+                f.wire_binary if binary else f.wire_text for f in self.frames[start:])
+        return data
+
     def flush(self, now: float) -> None:
         """Every reader gets its share; the feed is empty after."""
-        frames, end = self.frames, len(self.frames)
-        joined: dict[tuple[int, bool], bytes] = {}  # most readers start at 0: one join per format
+        end = len(self.frames)
         for outbox, start in self.readers.items():
             if start >= end:
                 outbox.stop_reading(self)
@@ -98,14 +128,10 @@ class RoomFeed:
                 self.give(outbox)  # (which takes it off every feed's waiting list)
                 continue
             outbox.stop_reading(self)
-            binary = outbox.binary
-            data = joined.get((start, binary))
-            if data is None:
-                data = joined[start, binary] = b"".join(
-                    f.wire_binary if binary else f.wire_text for f in frames[start:])
-            outbox.push_batch(data)
+            outbox.push_batch(self.share(start, outbox.binary))
         self.frames, self.order, self.readers, self.conns = [], [], {}, frozenset()
         self.caught_up.clear()
+        self._shares.clear()
         self.flushed_at = now
 
 
