@@ -6,18 +6,33 @@ Field constraints declared here (lengths, patterns, bounds) are what turns bad i
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Final, Literal, Union
 
+import msgspec
 from msgspec import Meta, Struct
 
 __all__ = [
     "PROTOCOL_VERSION", "SUBPROTOCOL_JSON", "SUBPROTOCOL_MSGPACK", "RoomName", "UserId", "MessageId", "CallId",
     "OpId", "Seq", "ShortText", "Reaction", "SignalKind", "Reason", "JsonObject", "Status", "CallType", "DeleteMode",
     "ReactionAction", "MAX_ATTACHMENTS", "Attachment", "Attachments", "ChatMessage", "Limits", "Rev", "Tombstone",
-    "Change"
+    "Change", "field_error_text"
 ]
 
 PROTOCOL_VERSION: Final = 1
+
+_ROOM_PATTERN_TEXT: Final = re.compile(r"`str` matching regex '[^']*'")
+
+
+def field_error_text(exc: msgspec.ValidationError) -> str:
+    """The ``INVALID_PAYLOAD`` message for a schema refusal, always naming the field's path.
+
+    msgspec gives the path after `` - at `` except for a field missing at the top level (`data` of a
+    frame, `room` of a server API body), which gets `` - at `$` `` here; a room name's regex is told
+    as the rule it stands for.
+    """
+    text = _ROOM_PATTERN_TEXT.sub("a room name (1-128 characters of [A-Za-z0-9._:@-])", str(exc))
+    return text if " - at `$" in text else text + " - at `$`"
 SUBPROTOCOL_JSON: Final = "signald.v1"
 SUBPROTOCOL_MSGPACK: Final = "signald.v1.msgpack"
 
