@@ -3,7 +3,8 @@
 The contract: "fields missing, of the wrong type or out of range → ``INVALID_PAYLOAD``, with a
 message that names the field (e.g. ``$.data.room``)". A message names a field in one of two forms,
 both read by :func:`named_path`: the field's path in backquotes (`` `$.data.limit` must be at most
-... ``), or msgspec's "missing required field `room` - at `$.data`" (the field under that path). A
+... ``, ``Expected `int` >= 1 - at `$.data.limit` ``), or the field's name under the path of the
+object that holds it (``Object missing required field `room` - at `$.data` ``). A
 client can show or log that path; these tests pin it for every way a request can be refused so, the
 schema's own errors and the rules the handlers check (calls to yourself, ambiguous calls, blank
 bodies, page sizes) alike.
@@ -28,15 +29,18 @@ from signald.server import RunningServer
 
 KEY = "field-paths-key-0123456789"
 SDP = {"type": "offer", "sdp": "v=0\r\n"}
-_MISSING = re.compile(r"missing required field `([^`]+)` - at `(\$[^`]*)`")
-_PATH = re.compile(r"`(\$[^`]*)`")
+# "Object missing required field `room` - at `$.data`", "`payload` nests ... - at `$.data`": a name
+# under the path of the object that holds it
+_NAME_AT = re.compile(r"(?:^|missing required field )`([A-Za-z_]\w*)`.* - at `(\$[^`]*)`$")
+_AT = re.compile(r" - at `(\$[^`]*)`$")  # msgspec's "Expected `int` >= 1 - at `$.data.limit`"
+_PATH = re.compile(r"`(\$[^`]*)`")  # "`$.data.target_id` is yourself"
 
 
 def named_path(message: str) -> str | None:
     """The path of the field ``message`` names, or None if it names none."""
-    if missing := _MISSING.search(message):
-        return f"{missing.group(2)}.{missing.group(1)}"
-    path = _PATH.search(message)
+    if name_at := _NAME_AT.search(message):
+        return f"{name_at.group(2)}.{name_at.group(1)}"
+    path = _AT.search(message) or _PATH.search(message)
     return path.group(1) if path else None
 
 
