@@ -33,7 +33,7 @@ def field_error_text(exc: msgspec.ValidationError) -> str:
     as the rule it stands for.
     """
     text = _ROOM_PATTERN_TEXT.sub("a room name (1-128 characters of [A-Za-z0-9._:@-])", str(exc))
-    return text if " - at `$" in text else text + " - at `$`"
+    return text if " - at `" in text else text + " - at `$`"
 SUBPROTOCOL_JSON: Final = "signald.v1"
 SUBPROTOCOL_MSGPACK: Final = "signald.v1.msgpack"
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 import trio
 from conftest import events_of, make_config, start_server
@@ -92,6 +93,17 @@ SCHEMA: list[tuple[str, dict[str, Any], str]] = [
 async def test_a_schema_refusal_names_its_field(srv: RunningServer, frame: dict[str, Any], path: str) -> None:
     async with connect(srv.url, user="alice") as c:
         assert await refusal(c, {**frame, "id": "p-1"}) == ("p-1", "INVALID_PAYLOAD", path)
+
+
+async def test_a_messagepack_map_key_that_is_not_a_string_names_the_object_holding_it(srv: RunningServer) -> None:
+    async with connect(srv.url, user="alice", msgpack=True) as c:
+        for frame, path in (({"type": "room.join", "id": "k-1", "data": {"room": "lobby", 7: 1}}, "$.data"),
+                            ({"type": "presence.ping", "id": "k-2", 7: 1}, "$")):
+            await c.send(msgspec.msgpack.encode(frame))
+            with trio.fail_after(5):
+                reply = (await c.next_event("error"))["data"]
+            got = (reply["op_id"], reply["code"], named_path(reply["message"]))
+            assert got == (frame["id"], "INVALID_PAYLOAD", path)
 
 
 async def test_a_bad_id_names_the_id_with_a_null_op_id(srv: RunningServer) -> None:
