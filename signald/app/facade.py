@@ -24,7 +24,7 @@ what this API does not offer (and tell us what that is).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 import attrs
@@ -143,9 +143,15 @@ class Signald:
 
     # ------------------------------------------------------------------ push
 
+    def _elsewhere(self, conns: Iterable[str]) -> int:
+        """How many of ``conns`` are another node's (with several nodes): each node delivers to its
+        own, and the counts this API returns are of every node's, as on one node."""
+        return sum(1 for conn in conns if conn not in self.hub.sessions)
+
     def publish_to_room(self, room: str, event_type: str, data: Any) -> int:
-        """Send an ``app.*`` event to every connection in ``room``; returns how many got it."""
-        return self.hub.publish_to_room(room, event_type, data)
+        """Send an ``app.*`` event to every connection in ``room``; returns how many got it (every node's)."""
+        elsewhere = self._elsewhere(self.hub.rooms.conns_in(room))
+        return self.hub.publish_to_room(room, event_type, data) + elsewhere
 
     async def publish_and_store(self, room: str, event_type: str, data: Any) -> int:
         """:meth:`publish_to_room`, after keeping the event in ``room``'s history; returns how many got it.
@@ -174,20 +180,24 @@ class Signald:
         def on_commit(message: ChatMessage) -> None:  # in commit order, on the Trio thread
             nonlocal delivered
             history.announce(room, ChatMessageEvent(data=message))
-            delivered = self.hub.publish_to_room(room, event_type, data)
+            delivered = self.publish_to_room(room, event_type, data)
 
         await history.store.send(room=room, user_id=APP_EVENT_AUTHOR, body=body, on_commit=on_commit)
         return delivered
 
     def publish_to_user(self, user_id: str, event_type: str, data: Any) -> int:
-        """Send an ``app.*`` event to every connected device of ``user_id``; returns how many got it."""
-        return self.hub.publish_to_user(user_id, event_type, data)
+        """Send an ``app.*`` event to every connected device of ``user_id``; returns how many got it (every
+        node's)."""
+        elsewhere = self._elsewhere(self.hub.devices_of(user_id))
+        return self.hub.publish_to_user(user_id, event_type, data) + elsewhere
 
     # ------------------------------------------------------------------ act
 
     def revoke_user(self, user_id: str, reason: str) -> int:
-        """End every session of ``user_id``: ``session.revoked {reason}`` then close 4003; returns how many."""
-        return self.hub.revoke_user(user_id, reason)
+        """End every session of ``user_id``: ``session.revoked {reason}`` then close 4003; returns how many
+        (every node's)."""
+        elsewhere = self._elsewhere(self.hub.devices_of(user_id))
+        return self.hub.revoke_user(user_id, reason) + elsewhere
 
     def kick(self, room: str, user_id: str, reason: str | None = None) -> int:
         """Remove ``user_id`` from ``room`` as ``room.kick`` does (``by`` is ``"$system"``); returns devices kicked."""

@@ -15,7 +15,6 @@ those decode in the same single pass instead of failing first.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from typing import Any, Final, Union, cast
 
@@ -23,7 +22,7 @@ import msgspec
 from msgspec import Struct
 
 from signald.errors import ErrorCode, SignalError
-from signald.protocol.common import OpId
+from signald.protocol.common import OpId, field_error_text
 from signald.protocol.inbound import INBOUND_MESSAGES, InboundMessage
 from signald.protocol.types import APP_EVENT_PREFIX, INBOUND_BY_TYPE, type_of
 
@@ -74,9 +73,6 @@ def _readable_op_id(value: Any) -> OpId:
     if isinstance(value, int) or (isinstance(value, str) and len(value) <= 128):
         return value
     return None
-
-
-_ROOM_PATTERN_TEXT: Final = re.compile(r"`str` matching regex '[^']*'")
 
 
 def read_op_id(frame: bytes | str, *, msgpack: bool = False) -> OpId:
@@ -171,7 +167,7 @@ def _classify(
         return FrameError("BAD_REQUEST", "`type` must be a string", op_id)
     if kind not in INBOUND_BY_TYPE:
         if kind in extra and isinstance(refusal, msgspec.ValidationError):
-            return FrameError("INVALID_PAYLOAD", str(refusal), op_id)
+            return FrameError("INVALID_PAYLOAD", field_error_text(refusal), op_id)
         if kind in extra:  # pragma: no cover - the loose decode of the same bytes succeeded
             return FrameError("BAD_REQUEST", str(refusal), op_id)
         return FrameError("UNKNOWN_TYPE", f"unknown message type {kind[:64]!r}", op_id)
@@ -179,7 +175,7 @@ def _classify(
     try:
         typed.decode(cast(Any, frame))
     except msgspec.ValidationError as exc:
-        text = _ROOM_PATTERN_TEXT.sub("a room name (1-128 characters of [A-Za-z0-9._:@-])", str(exc))
+        text = field_error_text(exc)
         if text.endswith("- at `$.id`"):
             return FrameError("INVALID_PAYLOAD", text, None)
         if "data" in value and not isinstance(value["data"], dict) and value["data"] is not None:

@@ -6,18 +6,34 @@ Field constraints declared here (lengths, patterns, bounds) are what turns bad i
 
 from __future__ import annotations
 
+import math
+import re
 from typing import Annotated, Any, Final, Literal, Union
 
+import msgspec
 from msgspec import Meta, Struct
 
 __all__ = [
     "PROTOCOL_VERSION", "SUBPROTOCOL_JSON", "SUBPROTOCOL_MSGPACK", "RoomName", "UserId", "MessageId", "CallId",
     "OpId", "Seq", "ShortText", "Reaction", "SignalKind", "Reason", "JsonObject", "Status", "CallType", "DeleteMode",
     "ReactionAction", "MAX_ATTACHMENTS", "Attachment", "Attachments", "ChatMessage", "Limits", "Rev", "Tombstone",
-    "Change"
+    "Change", "field_error_text"
 ]
 
 PROTOCOL_VERSION: Final = 1
+
+_ROOM_PATTERN_TEXT: Final = re.compile(r"`str` matching regex '[^']*'")
+
+
+def field_error_text(exc: msgspec.ValidationError) -> str:
+    """The ``INVALID_PAYLOAD`` message for a schema refusal, always naming the field's path.
+
+    msgspec gives the path after `` - at `` except for a field missing at the top level (`data` of a
+    frame, `room` of a server API body), which gets `` - at `$` `` here; a room name's regex is told
+    as the rule it stands for.
+    """
+    text = _ROOM_PATTERN_TEXT.sub("a room name (1-128 characters of [A-Za-z0-9._:@-])", str(exc))
+    return text if " - at `" in text else text + " - at `$`"
 SUBPROTOCOL_JSON: Final = "signald.v1"
 SUBPROTOCOL_MSGPACK: Final = "signald.v1.msgpack"
 
@@ -57,25 +73,47 @@ MAX_NESTING: Final = 64  # levels of arrays/objects in a free-form field (room.s
 _WIDE_INT: Final = (-(2**63), 2**64)  # what both wire formats can carry (MessagePack: int64 and uint64)
 
 
+def _scalar_refusal(value: Any, field: str) -> str | None:
+    """Why the value (neither an array nor an object) cannot reach every recipient, or None."""
+    kind = type(value)
+    if kind is str or kind is bool or value is None:
+        return None
+    if kind is int:
+        fits = _WIDE_INT[0] <= value < _WIDE_INT[1]
+        return None if fits else f"`{field}` holds an integer that does not fit in 64 bits"
+    if kind is float:
+        return None if math.isfinite(value) else f"`{field}` holds NaN or an infinity, which JSON cannot carry"
+    return f"`{field}` holds a {kind.__name__} value, which JSON cannot carry"
+
+
 def check_free_form(value: Any, field: str) -> None:
-    """Refuse a free-form value that some recipient could not be sent: nested deeper than
-    :data:`MAX_NESTING` levels (the encoder would hit Python's recursion limit) or holding an integer
-    outside 64 bits (MessagePack cannot carry it). Raises ValueError naming ``field``; called from a
-    Struct's ``__post_init__``, msgspec turns it into a ValidationError with the path.
+    """Refuse a free-form value that some recipient could not be sent as it came: nested deeper than
+    :data:`MAX_NESTING` levels (the encoder would hit Python's recursion limit), holding an integer
+    outside 64 bits (MessagePack cannot carry it), or holding what only MessagePack can say (a map key
+    that is not a string, binary data, an extension type, a timestamp, NaN or an infinity: a JSON
+    member could not get it untouched, and a key JSON cannot encode at all failed the whole fan-out).
+    Raises ValueError naming ``field``; called from a Struct's ``__post_init__``, msgspec turns it into
+    a ValidationError with the path.
     """
     if not isinstance(value, dict | list):
-        if isinstance(value, int) and not _WIDE_INT[0] <= value < _WIDE_INT[1]:
-            raise ValueError(f"`{field}` holds an integer that does not fit in 64 bits")
+        if (refusal := _scalar_refusal(value, field)) is not None:
+            raise ValueError(refusal)
         return
     level: list[Any] = [value]
     for depth in range(1, MAX_NESTING + 2):
         deeper: list[Any] = []
         for item in level:
-            for child in item.values() if isinstance(item, dict) else item:
+            if isinstance(item, dict):
+                if not all(type(key) is str for key in item):
+                    raise ValueError(f"`{field}` holds an object key that is not a string")
+                children: Any = item.values()
+            else:
+                children = item
+            for child in children:
                 if isinstance(child, dict | list):
                     deeper.append(child)
-                elif isinstance(child, int) and not _WIDE_INT[0] <= child < _WIDE_INT[1]:
-                    raise ValueError(f"`{field}` holds an integer that does not fit in 64 bits")
+                elif type(child) is not str and (refusal := _scalar_refusal(child, field)) is not None:
+                    raise ValueError(refusal)
         if not deeper:
             return
         if depth >= MAX_NESTING:

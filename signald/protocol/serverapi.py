@@ -15,7 +15,7 @@ import msgspec
 from msgspec import Meta, Struct
 
 from signald.errors import ErrorCode, SignalError
-from signald.protocol.common import Reason, RoomName, UserId
+from signald.protocol.common import Reason, RoomName, UserId, field_error_text
 from signald.protocol.types import APP_EVENT_PREFIX
 
 # Every error code, with the HTTP status an API call that fails with it answers. A body that is
@@ -118,7 +118,7 @@ def decode_body(data: bytes, kind: type[Any]) -> Any:
     try:
         return msgspec.json.decode(data, type=kind)
     except msgspec.ValidationError as exc:
-        raise SignalError("INVALID_PAYLOAD", str(exc)) from None
+        raise SignalError("INVALID_PAYLOAD", field_error_text(exc)) from None
     except msgspec.DecodeError as exc:
         raise SignalError("BAD_REQUEST", f"the body is not JSON: {exc}") from None
 
@@ -128,4 +128,4 @@ def decode_query(query: dict[str, str], kind: type[Any]) -> Any:
     try:
         return msgspec.convert(query, type=kind, strict=False)
     except msgspec.ValidationError as exc:
-        raise SignalError("INVALID_PAYLOAD", str(exc)) from None
+        raise SignalError("INVALID_PAYLOAD", field_error_text(exc)) from None

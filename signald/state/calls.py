@@ -162,7 +162,7 @@ class CallRegistry:
               ring_timeout_s: float, shares_room: bool = True,
               verdict: Literal["ring", "busy", "glare"] | None = None) -> CallOutcome:
         if caller == callee:
-            raise SignalError("INVALID_PAYLOAD", "cannot call yourself")
+            raise SignalError("INVALID_PAYLOAD", "`$.data.target_id` is yourself")
         if not shares_room:  # before any look at the callee's devices: a stranger's presence stays hidden
             raise SignalError("FORBIDDEN", f"you share no room with {callee!r}")
         rung = dict.fromkeys(callee_devices)
@@ -311,13 +311,13 @@ class CallRegistry:
 
     def _resolve(self, user: str, peer: str, call_id: str | None) -> CallRecord:
         if user == peer:
-            raise SignalError("INVALID_PAYLOAD", "target_id: cannot signal yourself")
+            raise SignalError("INVALID_PAYLOAD", "`$.data.target_id` is yourself")
         if call_id is None:
             live = self._between(user, peer)
             if not live:
                 raise SignalError("NOT_FOUND", f"no call with {peer!r}")
             if len(live) > 1:
-                raise SignalError("INVALID_PAYLOAD", f"several calls with {peer!r}: give call_id")
+                raise SignalError("INVALID_PAYLOAD", f"`$.data.call_id` needed: several calls with {peer!r}")
             return live[0]
         call = self._calls.get(call_id)
         if call is None:
@@ -325,7 +325,7 @@ class CallRegistry:
         if user not in (call.caller, call.callee):
             raise SignalError("FORBIDDEN", f"not a party of call {call_id!r}")
         if peer != (call.callee if user == call.caller else call.caller):
-            raise SignalError("INVALID_PAYLOAD", f"target_id is not the other party of call {call_id!r}")
+            raise SignalError("INVALID_PAYLOAD", f"`$.data.target_id` is not the other party of call {call_id!r}")
         return call
 
     def _answerable(self, call: CallRecord, user: str, device: str) -> State:
