@@ -15,6 +15,7 @@ those decode in the same single pass instead of failing first.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from typing import Any, Final, Union, cast
 
@@ -91,8 +92,29 @@ def read_op_id(frame: bytes | str, *, msgpack: bool = False) -> OpId:
     decoder = _msgpack_id if msgpack and not isinstance(frame, str) else _json_id
     try:
         return decoder.decode(cast(Any, frame)).id
+    except msgspec.DecodeError as exc:
+        if decoder is _json_id and "surrogate" in str(exc):
+            return _id_beside_lone_surrogate(frame)
+        return None
     except _DECODE_FAILURES:
         return None
+
+
+def _id_beside_lone_surrogate(frame: bytes | str) -> OpId:
+    """The ``id`` of a JSON frame that msgspec refuses only for a lone UTF-16 surrogate escape
+    (``"\\udc00"``: valid JSON grammar, what a browser's ``JSON.stringify`` writes for text cut in the
+    middle of an emoji). The standard library reads such text, so the client's request still completes.
+    Only frames refused for a surrogate come here; they are bounded like every frame."""
+    try:
+        value = json.loads(frame)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(value, dict):
+        return None
+    op_id = _readable_op_id(value.get("id"))
+    if isinstance(op_id, int) and not -(2**63) <= op_id < 2**64:
+        return None
+    return op_id
 
 
 def _text_frame_on_msgpack(frame: str) -> FrameError:
@@ -155,7 +177,12 @@ def _classify(
         value = loose.decode(cast(Any, frame))
     except RecursionError:
         return FrameError("BAD_REQUEST", _TOO_DEEP)
-    except (msgspec.DecodeError, UnicodeDecodeError):
+    except msgspec.DecodeError as exc:
+        if not msgpack and "surrogate" in str(exc):
+            return FrameError("BAD_REQUEST", "frame holds a lone UTF-16 surrogate (an escape such as \\udc00 "
+                              "without its pair), which is not text", _id_beside_lone_surrogate(frame))
+        return FrameError("BAD_REQUEST", "frame is not valid " + ("MessagePack" if msgpack else "JSON"))
+    except UnicodeDecodeError:
         return FrameError("BAD_REQUEST", "frame is not valid " + ("MessagePack" if msgpack else "JSON"))
     if not isinstance(value, dict):
         return FrameError("BAD_REQUEST", "frame must be an object")

@@ -93,6 +93,9 @@ BAD_FRAMES: list[tuple[str, str | bytes, str, Any, str]] = [
     ("type-not-string", '{"type": 5, "id": "t1"}', "BAD_REQUEST", "t1", "type"),
     ("type-null", '{"type": null, "id": 9}', "BAD_REQUEST", 9, "type"),
     ("unknown-type", '{"type": "room.explode", "id": "u1"}', "UNKNOWN_TYPE", "u1", "room.explode"),
+    # what a browser's JSON.stringify writes for text cut in the middle of an emoji: valid JSON grammar
+    ("lone-surrogate", '{"type": "chat.send", "id": "s3", "data": {"scope": "lobby", "body": "a\\udc00b"}}',
+     "BAD_REQUEST", "s3", "surrogate"),
     ("unknown-type-no-id", '{"type": "nope"}', "UNKNOWN_TYPE", None, "nope"),
     ("data-array", '{"type": "room.join", "id": "d1", "data": [1]}', "INVALID_PAYLOAD", "d1", "$.data"),
     ("data-string", '{"type": "room.join", "id": "d2", "data": "lobby"}', "INVALID_PAYLOAD", "d2", "$.data"),

@@ -89,3 +89,30 @@ def test_read_op_id_agrees_with_what_decode_frame_echoes(message: dict[str, Any]
         assert read_op_id(frame) == exc.op_id
     else:
         assert read_op_id(frame) == op_id
+
+
+@pytest.mark.parametrize("op_id", ["s3", 7, "x" * 128])
+@pytest.mark.parametrize("as_text", [False, True])
+def test_an_id_beside_a_lone_surrogate_is_read_and_echoed(op_id: Any, as_text: bool) -> None:
+    """msgspec refuses a lone UTF-16 surrogate escape (valid JSON grammar: a browser's JSON.stringify
+    writes it for text cut inside an emoji); the frame's id is still read, so the request completes."""
+    frame = json.dumps({"type": "chat.send", "id": op_id, "data": {"scope": "lobby", "body": "a\udc00b"}})
+    assert "\\udc00" in frame
+    data = frame if as_text else frame.encode()
+    assert read_op_id(data) == op_id
+    with pytest.raises(FrameError) as refused:
+        decode_frame(data)
+    assert (refused.value.code, refused.value.op_id) == ("BAD_REQUEST", op_id)
+    assert "surrogate" in str(refused.value)
+
+
+@pytest.mark.parametrize("frame", [
+    '["\\udc00"]', '{"id": true, "a": "\\udc00"}', '{"id": 18446744073709551616, "a": "\\udc00"}',
+    '{"id": "x", "a": "\\udc00"', '{"data": {"id": "x"}, "a": "\\udc00"}',
+    '{"id": "' + "x" * 129 + '", "a": "\\udc00"}',
+])
+def test_beside_a_lone_surrogate_only_a_readable_id_is_read(frame: str) -> None:
+    assert read_op_id(frame) is None
+    with pytest.raises(FrameError) as refused:
+        decode_frame(frame)
+    assert refused.value.op_id is None
