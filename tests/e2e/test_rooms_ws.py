@@ -552,6 +552,21 @@ async def test_room_kick_gives_the_moderator_only_the_ack(srv: RunningServer) ->
         assert await events_of(mod) == []
 
 
+async def test_a_moderator_who_kicks_their_own_user_is_out_of_the_room_on_every_device(srv: RunningServer) -> None:
+    async with clients(srv, "mod1", "mod1", "bob") as (m1, m2, bob):
+        for c in (m1, m2, bob):
+            await join(c)
+        for c in (m1, m2, bob):
+            await events_of(c)
+        assert await m1.request("room.kick", {"room": "lobby", "user_id": "mod1", "reason": "me"}) is None
+        kicked = ("room.kicked", {"room": "lobby", "by": "mod1", "reason": "me"})
+        assert await events_of(m1) == [kicked]  # after its ack, as every device of the kicked user
+        assert await events_of(m2) == [kicked]
+        assert await events_of(bob) == [("member.left", {"room": "lobby", "user_id": "mod1"}),
+                                        ("room.waiting", {"room": "lobby"})]
+        assert (await m1.request("session.info"))["rooms"] == []
+
+
 async def test_kicking_someone_not_in_the_room_is_not_in_room(srv: RunningServer) -> None:
     async with clients(srv, "mod1", "alice") as (mod, a1):
         await join(mod)
