@@ -2,11 +2,11 @@
 
 Each node keeps a copy of every call (:mod:`signald.cluster.apply`); a request is applied on the
 node that takes it and shared. Three things, though, are races between nodes, and Redis decides
-each of them once, atomically, before any node acts on it:
+each of them once, before any node acts on it:
 
 - **the answer**: two devices of the callee on two nodes answering at once. Each node claims the
-  call's key (``SET NX``, in a script that also marks both parties busy); the one that set it
-  wins and shares the answer, which ends the ringing elsewhere with ``answered_elsewhere``; the
+  call's key (``SET NX``); the one that set it marks both parties busy, then wins and shares the
+  answer, which ends the ringing elsewhere with ``answered_elsewhere``; the
   other is refused with ``CONFLICT`` (its device gets that ``call.end`` from the winner's answer);
 - **the ring timeout**: only the caller's node runs the call's timer; when it fires, that node
   claims the same key with ``timeout``. An answer that claimed it first wins over the timer, and a
@@ -16,7 +16,7 @@ each of them once, atomically, before any node acts on it:
   with it, and the survivors end its calls with ``disconnected``;
 - **busy**: an offer asks Redis, where a winning answer marked both of its parties (for
   :data:`BUSY_MS`: by then every node has heard it), so an offer and an answer on two nodes are
-  ordered once (the same round trip clears an old decision for a ``call_id`` used again). The
+  ordered once (an offer first clears an old decision for a ``call_id`` used again). The
   offer's node then shares its verdict (rings, ``busy`` or ``glare``) and every node applies that
   verdict, not its own view.
 
@@ -26,6 +26,14 @@ Keys: ``<p>call.<call_id>.<caller device>`` (the winning device or ``timeout``) 
 ``<p>busy.<user>`` (the call just answered), both with a TTL: nothing to clean up after a node dies.
 If the broker cannot be reached, the node decides alone (as one node would) and says the broker
 is down (``/readyz``).
+
+Each command touches one key, one at a time (no script over several): while a resharding moves
+signald's slot on a Redis Cluster, Redis refuses a command over several keys unless they are all
+on one node (``TRYAGAIN``), which a call's keys, new ones, never are; scripts failed there every
+time, so the node decided alone and said the broker was down. One key at a time, the old owner
+answers ``ASK`` for the keys it has not got and coredis follows it. The answer's busy marks follow
+its claim by a round trip instead of in the same instant: an offer in between rings, as one sent
+just before the answer does.
 """
 
 from __future__ import annotations
@@ -49,25 +57,6 @@ DECIDED_MS: Final = 60_000  # how long a call's decision stays in Redis (every n
 BUSY_MS: Final = 60_000  # how long a fresh answer marks its parties busy in Redis (then their copies do)
 TIMEOUT: Final = b"timeout"
 
-# KEYS: the call's key, the busy keys of caller and callee; ARGV: device, call id, ttl ms of each.
-# Returns nil when this device won, else who had claimed the call (a device or "timeout").
-_ANSWER: Final = """
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[3]) then
-  redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[4])
-  redis.call('SET', KEYS[3], ARGV[2], 'PX', ARGV[4])
-  return false
-end
-return redis.call('GET', KEYS[1])
-"""
-
-# KEYS: the new call's key, the callee's busy key; ARGV: "1" if the call id was chosen by the client
-# (it may be one used before: its old decision goes). Returns the call the callee answered lately.
-_OFFER: Final = """
-if ARGV[1] == '1' then redis.call('DEL', KEYS[1]) end
-return redis.call('GET', KEYS[2])
-"""
-
-
 class RedisCallDecisions(CallDecisions):
     """Claims in Redis for :class:`~signald.app.replica.CallDecisions` (see the module docstring)."""
 
@@ -77,8 +66,6 @@ class RedisCallDecisions(CallDecisions):
         arrive before this node times it out after all (the answering node died before sharing it)."""
         self._hub, self._client, self._down, self._grace = hub, client, down, grace_s
         self._call_prefix, self._busy_prefix = names.prefix + "call.", names.prefix + "busy."
-        self._answer = client.register_script(_ANSWER)
-        self._offer = client.register_script(_OFFER)
         self._due, self._due_out = trio.open_memory_channel[list[str]](math.inf)
 
     def _key(self, call_id: str) -> str | None:
@@ -90,18 +77,23 @@ class RedisCallDecisions(CallDecisions):
         if parties is None:
             return None  # ended meanwhile: the answer itself says so
         caller, caller_device, callee = parties
-        keys = [f"{self._call_prefix}{call_id}.{caller_device}", self._busy_prefix + caller, self._busy_prefix + callee]
+        key, client = f"{self._call_prefix}{call_id}.{caller_device}", self._client
         try:
-            winner = await self._answer(keys=keys, args=[device, call_id, DECIDED_MS, BUSY_MS])
+            if not await client.set(key, device, condition=coredis.PureToken.NX, px=DECIDED_MS):
+                winner = await client.get(key)  # who had claimed it
+                return None if winner is None else _text(winner)
+            for user in (caller, callee):  # before the answer is shared: an offer after it finds them busy
+                await client.set(self._busy_prefix + user, call_id, px=BUSY_MS)
         except Exception as exc:  # the broker is down: decide here, as one node would
             self._down(exc)
-            return None
-        return None if winner is None else _text(winner)
+        return None
 
     async def offer(self, call_id: str | None, caller_device: str, callee: str) -> bool:
-        keys = [f"{self._call_prefix}{call_id}.{caller_device}", self._busy_prefix + callee]
+        client = self._client
         try:
-            answered = await self._offer(keys=keys, args=["0" if call_id is None else "1"])
+            if call_id is not None:  # chosen by the client: it may be one used before, whose decision goes
+                await client.delete([f"{self._call_prefix}{call_id}.{caller_device}"])
+            answered = await client.get(self._busy_prefix + callee)
         except Exception as exc:
             self._down(exc)
             return False

@@ -12,6 +12,7 @@ goes out, and the clients that must be exact resume with ``since_rev`` as after 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Final
 
 import trio
@@ -64,3 +65,28 @@ async def fill_gap(hub: Hub, order: RoomOrder, room: str, gap: int | None) -> No
                     "to rev %d", room, after, HOLD_S, upto)
         now = hub.wall_clock()
         gap = order.fill(room, gap, [frame_of(change, now) for change in page.changes], upto)
+
+
+async def fill_now(hub: Hub, order: RoomOrder, room: str, gap_left: Callable[[str, int], None]) -> bool:
+    """Deliver, in order and at once, what the store holds of ``room`` after what this node
+    delivered (its pub/sub was away a moment: what was published meanwhile will not come); False
+    if that cannot be done in one read (the store fails, or holds more than :data:`FILL_MAX`
+    changes, or no longer every one of them). A gap left behind changes held above the read goes
+    to ``gap_left``, to be filled as any other (:func:`fill_gap`)."""
+    after = order.last(room)
+    if hub.history is None or after is None:
+        return False
+    try:
+        page = await hub.history.store.changes(room=room, after_rev=after, limit=FILL_MAX)
+    except Exception as exc:
+        log.warning("cluster: room %s: cannot read the changes after rev %d: %s", room, after, exc or repr(exc))
+        return False
+    if page.changes_reset or page.has_more:
+        return False
+    if page.changes:
+        log.info("cluster: room %s: %d change(s) published while this node's pub/sub moved, delivered from the "
+                 "store", room, len(page.changes))
+    gap = order.fill(room, None, [frame_of(change, hub.wall_clock()) for change in page.changes], page.rev)
+    if gap is not None:
+        gap_left(room, gap)
+    return True

@@ -102,13 +102,16 @@ class RoomOrder:
             self.give_up(room, gap)
         return last
 
-    def fill(self, room: str, gap: int, stored: list[Frame], upto: int) -> int | None:
-        """What the store holds of ``room`` after :meth:`missing`, read at revision ``upto``: deliver
-        it with what was held, in ``rev`` order, up to ``upto`` (see the module docstring). Returns
-        a gap number to arm a timer for if changes above ``upto`` still wait behind a gap."""
-        if self._gap_of.get(room) != gap:
+    def fill(self, room: str, gap: int | None, stored: list[Frame], upto: int) -> int | None:
+        """What the store holds of ``room`` after :meth:`missing` (``gap`` None: after :meth:`last`,
+        whether or not a gap is open), read at revision ``upto``: deliver it with what was held, in
+        ``rev`` order, up to ``upto`` (see the module docstring). Returns a gap number to arm a
+        timer for if changes above ``upto`` still wait behind a gap."""
+        if gap is not None and self._gap_of.get(room) != gap:
             return None  # closed meanwhile (the missing changes arrived)
-        last = self._last[room]
+        last = self._last.get(room)
+        if last is None:
+            return None  # no order (the room is not heard here any more)
         held = self._held.get(room, {})
         found = {rev: frame for frame in stored if (rev := rev_of(frame)) is not None and last < rev <= upto}
         for rev in sorted(found.keys() | {rev for rev in held if rev <= upto}):
@@ -118,7 +121,7 @@ class RoomOrder:
             else:
                 self._deliver(room, found[rev], None)
         self._last[room] = max(last, upto)
-        del self._gap_of[room]
+        self._gap_of.pop(room, None)  # (a timer armed for it finds it gone)
         if not held:
             self._held.pop(room, None)
             return None

@@ -7,6 +7,10 @@ chosen statuses again (:func:`announcement`: ops the others apply only where the
 reloads everyone else's, and closes with 1012 (service restart) the local connections of every
 room whose store moved past what the node delivered and does not catch up within a moment
 (:func:`close_rooms_behind`): their clients reconnect and resume exactly with ``since_rev``.
+When the pub/sub was away only because signald's slot moved on a Redis Cluster (Redis lost
+nothing; the node missed what was published between the old owner unsubscribing it and its
+subscribing on the new one), what its rooms missed is delivered from the store at once instead
+(:func:`signald.cluster.gaps.fill_now`).
 """
 
 from __future__ import annotations
@@ -45,7 +49,8 @@ def announcement(hub: Hub) -> list[Op]:
 
 
 async def close_rooms_behind(hub: Hub, rooms: Iterable[str], delivered: Callable[[str], int | None],
-                             catch_up: CatchUpWait | None = None) -> int:
+                             catch_up: CatchUpWait | None = None,
+                             fill: Callable[[str], Awaitable[bool]] | None = None) -> int:
     """Close (1012) this node's connections in each of ``rooms`` whose stored revision is past the
     ``delivered`` one; returns how many were closed.
 
@@ -54,7 +59,9 @@ async def close_rooms_behind(hub: Hub, rooms: Iterable[str], delivered: Callable
     is first given ``catch_up`` (:meth:`signald.cluster.catchup.CatchUp.until`: up to
     :data:`~signald.cluster.catchup.WAIT_S`, all rooms at once), and only those still behind after
     it, whose changes were lost with the broker, are closed. A room whose changes were cut by
-    retention (``changes_reset``) is closed at once.
+    retention (``changes_reset``) is closed at once. ``fill`` (the pub/sub was away only while
+    signald's slot moved: :func:`signald.cluster.gaps.fill_now`) delivers a room's missed changes
+    from the store at once instead; a room it cannot fill waits and may be closed as above.
     """
     if hub.history is None:
         return 0
@@ -69,10 +76,16 @@ async def close_rooms_behind(hub: Hub, rooms: Iterable[str], delivered: Callable
             reset.add(room)
         elif page.rev > last:
             behind[room] = page.rev
-    if catch_up is not None and behind:
+    async def settle(room: str, rev: int) -> None:
+        if fill is not None and await fill(room):
+            return
+        if catch_up is not None:
+            await catch_up(room, rev, delivered(room))
+
+    if behind and (catch_up is not None or fill is not None):
         async with trio.open_nursery() as nursery:
             for room, rev in behind.items():
-                nursery.start_soon(catch_up, room, rev, delivered(room))
+                nursery.start_soon(settle, room, rev)
     closed = 0
     for room in sorted(reset | {room for room, rev in behind.items() if (delivered(room) or 0) < rev}):
         for conn in sorted(hub.rooms.conns_in(room)):
@@ -89,10 +102,16 @@ class Resync:
 
     def __init__(self, hub: Hub, records: NodeRecords, writer: Writer, nodes: NodeTable, channels: Subscriptions,
                  order: RoomOrder, catch_up: CatchUp, *, beat: Callable[[], Awaitable[None]],
-                 down: Callable[[BaseException], None]) -> None:
+                 down: Callable[[BaseException], None], spawn: Callable[[Callable[[], Awaitable[None]]], None],
+                 moved_only: Callable[[], bool] = lambda: False,
+                 fill: Callable[[str], Awaitable[bool]] | None = None) -> None:
+        """``spawn``: start a task where the replica runs its own (nowhere before it runs);
+        ``moved_only``: whether every pub/sub connection lost since it was last asked went because
+        signald's slot moved (Redis lost nothing: only this node missed the moment between two
+        owners), and then ``fill`` delivers a room's missed changes from the store at once."""
         self.hub, self.records, self.writer, self.nodes, self.channels = hub, records, writer, nodes, channels
         self.order, self.catch_up, self._beat, self._down = order, catch_up, beat, down
-        self.nursery: trio.Nursery | None = None  # where it runs, once the replica does
+        self._spawn, self._moved_only, self._fill = spawn, moved_only, fill
         self._heard_state_once = False
         self._running = False
 
@@ -100,8 +119,8 @@ class Resync:
         """The pub/sub subscribed to ``channel``: the state channel heard again after a reconnect
         starts :meth:`run`."""
         if channel == self.records.names.state:
-            if self._heard_state_once and self.nursery is not None:
-                self.nursery.start_soon(self.run)  # a reconnect: the broker may have lost everything
+            if self._heard_state_once:
+                self._spawn(self.run)  # a reconnect: the broker may have lost everything
             self._heard_state_once = True
 
     async def run(self) -> None:
@@ -110,6 +129,7 @@ class Resync:
             return
         self._running = True
         hub, records = self.hub, self.records
+        fill = self._fill if self._moved_only() else None
         try:
             self.nodes.grace()
             commands = records.rewritten() + [records.published(op) for op in announcement(hub)]
@@ -117,7 +137,7 @@ class Resync:
             await self._beat()
             await self.nodes.load()
             rooms = [name for kind, name in map(records.names.parse, self.channels.heard) if kind == "room"]
-            closed = await close_rooms_behind(hub, rooms, self.order.last, self.catch_up.until)
+            closed = await close_rooms_behind(hub, rooms, self.order.last, self.catch_up.until, fill)
         except Exception as exc:
             self._down(exc)
         else:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import math
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Final
@@ -40,7 +40,7 @@ from signald.cluster.calls import RedisCallDecisions
 from signald.cluster.catchup import CatchUp
 from signald.cluster.channels import Subscriptions
 from signald.cluster.connect import Broker
-from signald.cluster.gaps import fill_gap
+from signald.cluster.gaps import fill_gap, fill_now
 from signald.cluster.nodes import NodeTable
 from signald.cluster.order import RoomOrder
 from signald.cluster.records import NodeRecords
@@ -97,8 +97,10 @@ class RedisReplica(Replica):
         publish = "SPUBLISH" if self.broker.sharded else "PUBLISH"  # a Redis Cluster: on one shard
         self.writer = Writer(self.broker.open_link, up=self._up, down=self._write_failed, publish=publish,
                              redirect=self.broker.open_link_at if self.broker.sharded else None)
-        self.resync = Resync(hub, self.records, self.writer, self.nodes, self.channels, self.order, self.catch_up,
-                             beat=self._beat, down=self._down)  # after a broker outage (signald.cluster.recovery)
+        self.resync = Resync(  # after a broker outage (signald.cluster.recovery)
+            hub, self.records, self.writer, self.nodes, self.channels, self.order, self.catch_up, beat=self._beat,
+            down=self._down, spawn=self._spawn, moved_only=lambda: self.subscriber.moved_only(),
+            fill=partial(fill_now, hub, self.order, gap_left=self._gap_left))
         self.subscriber = self.channels.subscriber = Subscriber(
             self.broker.open_link, on_message=self._receive, on_subscribed=self.resync.subscribed, down=self._down,
             sharded=self.broker.sharded)
@@ -144,7 +146,11 @@ class RedisReplica(Replica):
 
     def _in_order(self, room: str, frame: Frame, exclude: str | None) -> None:
         gap = self.order.offer(room, frame, exclude)
-        if gap is not None and self._nursery is not None:  # filled from the store if it stays open
+        if gap is not None:
+            self._gap_left(room, gap)
+
+    def _gap_left(self, room: str, gap: int) -> None:
+        if self._nursery is not None:  # filled from the store if it stays open
             self._nursery.start_soon(fill_gap, self.hub, self.order, room, gap)
 
     def _deliver_change(self, room: str, frame: Frame, exclude: str | None) -> None:
@@ -195,7 +201,7 @@ class RedisReplica(Replica):
                 except Exception as exc:
                     raise StartupError(f"cluster.broker_url {self.broker.shown}: {exc or type(exc).__name__}") from None
                 async with trio.open_nursery() as nursery:
-                    self._nursery = self.resync.nursery = nursery
+                    self._nursery = nursery
                     try:
                         with trio.fail_after(CONNECT_S):
                             await nursery.start(self.subscriber.run)
@@ -287,7 +293,7 @@ class RedisReplica(Replica):
     async def _beat(self) -> None:
         if await self.nodes.beat() and self._nursery is not None:
             log.warning("cluster: this node had been taken out of the cluster; announcing its devices again")
-            self._nursery.start_soon(self.resync.run)
+            self._spawn(self.resync.run)
         self._up()
         echo = STATE_ENCODER.encode(StateEnvelope(self.node_id, Echo()))
         self.writer.put([("publish", self.names.state, echo)])
@@ -309,6 +315,10 @@ class RedisReplica(Replica):
                 self._down(exc)
 
     # ------------------------------------------------------------------ helpers
+
+    def _spawn(self, task: Callable[[], Awaitable[None]]) -> None:
+        if self._nursery is not None:
+            self._nursery.start_soon(task)
 
     def _later(self, channel: str) -> None:
         if self._nursery is not None:

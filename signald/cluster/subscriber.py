@@ -11,7 +11,8 @@ to Redis failed: the node's records need the same repair as after a lost pub/sub
 ``sharded`` (a Redis Cluster): ``SSUBSCRIBE``, every channel on the shard that owns signald's slot.
 Redis unsubscribes such a connection itself (a ``sunsubscribe`` nobody asked for) when that slot
 moves to another node (a failover, a resharding); that, like a ``MOVED`` error reply, is a lost
-connection: the next one goes to the slot's owner of the moment.
+connection (:class:`SlotMoved`): the next one goes to the slot's owner of the moment, and
+:meth:`Subscriber.moved_only` tells the node's resync that nothing else was lost.
 
 :meth:`Subscriber.subscribe` returns once Redis confirmed the subscription: a join reads the
 room's history only after that, so nothing published after the read is missed.
@@ -37,6 +38,11 @@ IDLE_S: Final = 5.0  # silence this long: PING; silence again as long: the conne
 BACKOFF_S: Final = (0.1, 2.0)  # first and longest wait between reconnects (a failover takes seconds)
 
 
+class SlotMoved(LinkError):
+    """Redis unsubscribed the connection, or refused a subscription with ``MOVED``: signald's slot
+    moved to another node of the Redis Cluster (a resharding, a failover)."""
+
+
 class Subscriber:
     """One pub/sub connection and the set of channels it is meant to hear."""
 
@@ -56,6 +62,14 @@ class Subscriber:
         self.connects = 0  # connections opened (tests: a reconnect happened)
         self.problem = ""  # why the last connection was lost (Redis's error reply, if it sent one)
         self._held: list[tuple[str, bytes]] | None = []  # messages heard before release()
+        self._moved_only = True  # every connection lost since moved_only() was asked: SlotMoved
+
+    def moved_only(self) -> bool:
+        """Whether every connection lost since the last call went because signald's slot moved
+        (:class:`SlotMoved`: Redis lost nothing, this node only missed what was published between
+        the two owners), and none failed to open; starts over."""
+        moved_only, self._moved_only = self._moved_only, True
+        return moved_only
 
     def release(self) -> None:
         """Hand over the messages held since the start, in order, and every later one at once (the
@@ -144,6 +158,7 @@ class Subscriber:
                 try:
                     link = await self._open()
                 except LinkError as exc:
+                    self._moved_only = False
                     self._down(exc)
                     continue
                 break
@@ -167,6 +182,7 @@ class Subscriber:
 
     def _lost(self, link: Link, exc: LinkError) -> None:
         self.problem = str(exc)
+        self._moved_only = self._moved_only and isinstance(exc, SlotMoved)
         if self._link is link:
             self._link = None
         for waiting in self._waiting.values():  # each subscribe() sees the link changed and fails
@@ -202,7 +218,7 @@ class Subscriber:
     def _dispatch(self, reply: Any, strays: list[str]) -> None:
         if not isinstance(reply, list) or len(reply) < 2:
             if isinstance(reply, Exception):  # an error reply: the connection is in an unknown state
-                raise LinkError(str(reply))
+                raise (SlotMoved if str(reply).startswith("MOVED ") else LinkError)(str(reply))
             return
         kind = reply[0]
         if kind == self._message:
@@ -213,7 +229,7 @@ class Subscriber:
         elif kind == self._unsubscribed:
             channel = reply[1].decode()
             if not self._unsubscribing.get(channel):
-                raise LinkError(f"Redis unsubscribed {channel} (its hash slot moved: a failover or resharding)")
+                raise SlotMoved(f"Redis unsubscribed {channel} (its hash slot moved: a failover or resharding)")
             self._unsubscribing[channel] -= 1
         elif kind == self._subscribed:
             channel = reply[1].decode()

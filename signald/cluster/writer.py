@@ -13,7 +13,9 @@ still serves): those writes go to the node named, each after ``ASKING`` (``redir
 client does, so the move is no outage for the node. They land after the publishes of their pipeline,
 not before: while the keys are split, a record may follow the event that announces it by a round
 trip (no node reads a record to apply an event, only to load the cluster's state after an outage or
-at start). ``MOVED`` (the move is done) is an outage, as above.
+at start). When the move is done (or a failover moved the slot to a replica), the old owner
+answers ``MOVED``: the writes refused so go, in their order, to the node named (``redirect``), which
+serves the writer from then on, so the end of a move loses no write either.
 A batch taken off the queue is sent whole even when :meth:`run` is cancelled (a node that stops
 cancels it with the last ``Disconnect`` writes in flight; its goodbye follows that batch on the link),
 unless :meth:`abandon` gives up on a broker that does not answer.
@@ -112,6 +114,7 @@ class Writer:
                     replies = await self._link.call(b"".join(packed), len(packed))
                     if self._redirect is not None:
                         await self._follow_ask(packed, replies, self._redirect)
+                        await self._follow_moved(packed, replies, self._redirect)
                     raise_on_error(replies)
             except BaseException as exc:  # its replies are not all read (or one is an error, e.g. READONLY
                 await self.close()  # or MOVED after a failover): the next pipeline starts on a new connection
@@ -148,6 +151,27 @@ class Writer:
             for i, reply in zip(indexes, answered[1::2], strict=True):
                 replies[i] = reply
 
+    async def _follow_moved(self, packed: list[bytes], replies: list[Any],
+                            redirect: Callable[[str, int], Awaitable[Link]]) -> None:
+        """The slot moved (a resharding that ended, a failover): send the commands refused with
+        ``MOVED`` again, in their order, to the node it names, which serves the writer from now on,
+        and put their replies in ``replies``. Redis runs a pipeline's commands in order, so those
+        refused are the ones after the move: sent on now, they keep the order they were put in."""
+        moved = [i for i, reply in enumerate(replies) if isinstance(reply, Exception) and _moved(reply)]
+        if not moved:
+            return
+        where = {str(replies[i]).split()[2] for i in moved}  # "MOVED <slot> <host>:<port>"
+        if len(where) != 1:  # not signald's one slot: nothing to follow
+            return
+        (to,) = where
+        log.info("cluster: signald's slot moved to %s: the writer follows it", to)
+        host, _, port = to.rpartition(":")
+        await self.close()  # the old owner's link, and the migration's to the new one
+        self._link = await redirect(host, int(port))
+        answered = await self._link.call(b"".join(packed[i] for i in moved), len(moved))
+        for i, reply in zip(moved, answered, strict=True):
+            replies[i] = reply
+
     async def _close_asked(self) -> None:
         asked, self._asked = self._asked, {}
         for link in asked.values():
@@ -158,6 +182,10 @@ class Writer:
         if link is not None:
             await link.aclose()
         await self._close_asked()
+
+
+def _moved(reply: Exception) -> bool:
+    return str(reply).startswith("MOVED ")
 
 
 def _packed(verb: str, key: str, value: Any, publish: str) -> bytes:

@@ -12,7 +12,9 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 import test_cluster as on_one_redis
@@ -29,6 +31,8 @@ from signald.client.raw import SignaldClient, connect
 from signald.cluster.resp import Endpoint, open_link, pack
 
 pytestmark = pytest.mark.timeout(90)
+
+LATE_S = 0.25  # a live event later than this after its ack was filled from the store (after 0.5 s)
 
 
 @pytest.fixture
@@ -146,6 +150,7 @@ class Sender:
 
     def __init__(self, held: trio.Nursery, url: str, client: SignaldClient, first: str) -> None:
         self.held, self.url, self.clients, self.acked = held, url, [client], [first]
+        self.acked_at: dict[str, float] = {}  # id -> when its ack arrived (trio time)
         self._acked = trio.Event()
 
     async def run(self) -> None:
@@ -158,6 +163,7 @@ class Sender:
                 self.clients.append(await self.held.start(in_lobby, self.url, client.user_id))
                 continue
             self.acked.append(ack["id"])
+            self.acked_at[ack["id"]] = trio.current_time()
             self._acked.set()
             self._acked = trio.Event()
             await trio.sleep(0.05)
@@ -170,11 +176,41 @@ class Sender:
                 await self._acked.wait()
 
 
-async def move_slot(cluster: Cluster, source: int, target: int, sender: Sender, urls: list[str],
-                    while_split: Callable[[], Awaitable[None]]) -> None:
+class Arrivals:
+    """When each ``chat.message`` reached a client (:meth:`run`, a task, until its connection
+    closes), by id, in the order they came: how late the live events were."""
+
+    def __init__(self) -> None:
+        self.at: dict[str, float] = {}  # id -> trio time
+        self.closed = False
+        self._came = trio.Event()
+
+    async def run(self, client: SignaldClient, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        task_status.started()
+        try:
+            while True:
+                event = await client.next_event("chat.message")
+                self.at.setdefault(event["data"]["id"], trio.current_time())
+                self._came.set()
+                self._came = trio.Event()
+        except ConnectionClosed:
+            self.closed = True
+            self._came.set()
+
+    async def until(self, message_id: str, within: float = 10.0) -> None:
+        with trio.fail_after(within):
+            while message_id not in self.at:
+                assert not self.closed, "the connection was closed (a 1012: resume)"
+                await self._came.wait()
+
+
+async def move_slot(cluster: Cluster, source: int, target: int, urls: list[str],
+                    while_split: Callable[[], Awaitable[None]],
+                    after_each: Callable[[], Awaitable[None]] | None = None) -> None:
     """Move signald's slot from ``source`` to ``target`` the standard way (Redis's cluster
     specification; ``redis-cli --cluster reshard`` takes these steps): ``IMPORTING`` on the target,
-    ``MIGRATING`` on the owner, the keys ``MIGRATE``d (one at a time here, with a few acked sends
+    ``MIGRATING`` on the owner, the keys ``MIGRATE``d (one at a time here, ``after_each`` awaited
     after each), then ``SETSLOT NODE`` on the target and on the owner. Once the
     first key went (the owner answers ``ASK`` for it, and still serves the others) ``while_split``
     runs. The nodes at ``urls`` stay ready throughout (until the ``NODE``s: then Redis unsubscribes them)."""
@@ -190,7 +226,8 @@ async def move_slot(cluster: Cluster, source: int, target: int, sender: Sender, 
             if i == 0:
                 assert cluster.keys_in_slot(target, slot) and cluster.keys_in_slot(source, slot)
                 await while_split()
-            await sender.more(3)
+            if after_each is not None:
+                await after_each()
             for url in urls:
                 assert (await ready(url))[0], url
         assert cluster.keys_in_slot(source, slot) == []  # nothing written there meanwhile (ASK sent it on)
@@ -219,6 +256,8 @@ async def test_a_resharding_that_moves_signalds_slot_loses_no_acked_message(
         before = await bob.request("chat.send", {"scope": "lobby", "body": "before the move"})
         await wait_for(alice, [], lambda s: before["id"] in [m["id"] for m in of("chat.message", s)])
         on_one_shard(cluster)
+        arrived = Arrivals()
+        await held.start(arrived.run, alice)
 
         daves: list[SignaldClient] = []
 
@@ -230,7 +269,7 @@ async def test_a_resharding_that_moves_signalds_slot_loses_no_acked_message(
         async with trio.open_nursery() as sending:
             sending.start_soon(sender.run)
             await sender.more(3)
-            await move_slot(cluster, source, target, sender, [url0, url1], while_split)
+            await move_slot(cluster, source, target, [url0, url1], while_split, partial(sender.more, 3))
             await until_ready(url0, True, within=20)
             await until_ready(url1, True, within=20)
             await sender.more(3)
@@ -238,17 +277,15 @@ async def test_a_resharding_that_moves_signalds_slot_loses_no_acked_message(
         acked, bobs = sender.acked, sender.clients
         assert cluster.owner(via=source) == target and cluster.owner(via=target) == target
 
-        seen: list[Event] = []
-        resumed = False
-        try:
-            await wait_for(alice, seen, lambda s: acked[-1] in [m["id"] for m in of("chat.message", s)])
-            got = [before["id"], *(m["id"] for m in of("chat.message", seen))]
-        except ConnectionClosed:
-            assert alice.ws.closed is not None and alice.ws.closed.code == 1012
-            alice, resumed = await held.start(in_lobby, url0, "alice"), True
-            got = [m["id"] for m in await lobby_changes(alice)]
+        await arrived.until(acked[-1])
+        got = [before["id"], *arrived.at]
         # (a send cut off by bob's 1012 may have been stored without its ack: alice may have it too)
         assert [i for i in got if i in set(acked)] == acked and len(set(got)) == len(got)
+        # and live: the publish refused with MOVED when the move ended went to the new owner at once,
+        # and what alice's node missed while its pub/sub moved there came from the store at once
+        # (not 0.5 s later from the gap filler, nor by closing her connection to resume)
+        late = {i: round(arrived.at[i] - sender.acked_at[i], 3) for i in sender.acked_at}
+        assert max(late.values()) < LATE_S, late
         back = await alice.request("chat.send", {"scope": "lobby", "body": "after the move"})
         await wait_for(bobs[-1], [], lambda s: back["id"] in [m["id"] for m in of("chat.message", s)])
         if daves[-1].closed.is_set():  # told to resume (1012), as alice may have been: back in
@@ -257,7 +294,7 @@ async def test_a_resharding_that_moves_signalds_slot_loses_no_acked_message(
             ack = await carol.request("room.join", {"room": "lobby"})
             members = {m["user_id"]: m["status"] for m in ack["members"]}
             # a chosen status lasts while the user has a device (a 1012 closed the last one)
-            assert members == {"alice": "online" if resumed else "away", "bob": "online" if len(bobs) > 1 else "busy",
+            assert members == {"alice": "away", "bob": "online" if len(bobs) > 1 else "busy",
                                "carol": "online", "dave": "online"}, members
         on_one_shard(cluster)
         # the records written while the keys were split (answered ASK) are on the new owner: dave's
@@ -268,12 +305,69 @@ async def test_a_resharding_that_moves_signalds_slot_loses_no_acked_message(
         finally:
             await link.aclose()
         assert any(b"dave" in record for record in records), records
-        assert cli(target, "HGET", f"{TAG}.status", "alice") == ("" if resumed else "away")
+        assert cli(target, "HGET", f"{TAG}.status", "alice") == "away"
         held.cancel_scope.cancel()
-    # while the keys were split the nodes' writes followed ASK: none was refused (each refusal is
-    # an outage for the node: its pub/sub reconnects, and what it missed meanwhile comes late)
+    # while the keys were split the nodes' writes followed ASK, and at the end MOVED: none was
+    # refused, none lost (each would be an outage for the node: its pub/sub reconnects, what it
+    # missed comes late, and its records wait for the resync)
     logs = "".join(path.read_text(errors="replace") for path in sorted(tmp_path.glob("node*/*.log")))  # noqa: ASYNC240
     assert re.search(r"\bASK \d", logs) is None, logs
+    assert "broker writes lost" not in logs, logs
+
+
+async def test_a_call_set_up_and_ended_while_signalds_slot_moves(
+    tmp_path: Path, cluster: Cluster, cluster_url: str, postgres_url: str
+) -> None:
+    """With signald's slot migrating (its keys split between the old owner and the new one), alice
+    on node 0 calls bob on node 1, he answers, carol's offer to him ends ``busy``, alice hangs up:
+    every request gets one reply, at once; both sides see the call set up and ended; the decisions
+    were taken in Redis (the claim and the busy marks are on the new owner), and no node took the
+    broker for down meanwhile."""
+    source = cluster.owner()
+    target = next(ports[0] for _, _, ports in cluster.slot_map() if ports[0] not in (source, cluster.ports[0]))
+    async with nodes(tmp_path, cluster_url, postgres_url, 2, ttl=1.0) as started, trio.open_nursery() as held:
+        (_, url0), (_, url1) = started
+        alice, bob = await held.start(in_lobby, url0, "alice"), await held.start(in_lobby, url1, "bob")
+        carol = await held.start(in_lobby, url0, "carol")
+        call_id, busy_id = f"c-{tmp_path.name}", f"b-{tmp_path.name}"
+        offer = {"target_id": "bob", "call_type": "audio", "sdp": {"type": "offer", "sdp": "v=0"}}
+        replies: dict[str, tuple[str, float]] = {}
+        claims: list[str] = []
+
+        async def request(client: SignaldClient, kind: str, data: dict[str, Any]) -> None:
+            start = trio.current_time()
+            reply = await client.request_raw(kind, data)
+            replies[f"{client.user_id} {kind}"] = (reply["type"], round(trio.current_time() - start, 3))
+
+        async def call_while_split() -> None:
+            await request(alice, "call.offer", {**offer, "call_id": call_id})
+            await wait_for(bob, [], lambda s: any(t == "call.offer" for t, _ in s))
+            await request(bob, "call.answer", {"target_id": "alice", "call_id": call_id,
+                                               "sdp": {"type": "answer", "sdp": "v=0"}})
+            await wait_for(alice, [], lambda s: any(t == "call.answer" for t, _ in s))
+            claims.extend(cluster.keys_in_slot(target, cluster.slot()))  # (the call's keys are new: there)
+            await request(carol, "call.offer", {**offer, "call_id": busy_id})
+            await wait_for(carol, [], lambda s: (busy_id, "busy") in [(d["call_id"], d["reason"]) for t, d in s
+                                                                      if t == "call.end"])
+            await request(alice, "call.end", {"target_id": "bob", "call_id": call_id})
+            ended = await wait_for(bob, [], lambda s: any(t == "call.end" for t, _ in s))
+            assert [d for t, d in ended if t == "call.end"] == [{"from_user": "alice", "call_id": call_id,
+                                                                  "reason": "hangup"}]
+            for url in (url0, url1):
+                assert (await ready(url))[0], url
+
+        await move_slot(cluster, source, target, [url0, url1], call_while_split)
+        for client in (alice, bob, carol):  # one reply each: nothing else came for them
+            assert (await client.request_raw("presence.ping"))["type"] == "presence.pong"
+            assert client.unmatched_errors == [], client.unmatched_errors
+        assert {kind: reply for kind, (reply, _) in replies.items()} == {
+            "alice call.offer": "ack", "bob call.answer": "ack", "carol call.offer": "ack", "alice call.end": "ack"}
+        assert max(took for _, took in replies.values()) < 0.2, replies
+        assert f"{TAG}.busy.bob" in claims and any(key.startswith(f"{TAG}.call.{call_id}.") for key in claims), claims
+        held.cancel_scope.cancel()
+    logs = "".join(path.read_text(errors="replace") for path in sorted(tmp_path.glob("node*/*.log")))  # noqa: ASYNC240
+    failed = [line for line in logs.splitlines() if "broker (Redis) failed" in line]
+    assert all("hash slot moved" in line for line in failed), failed  # only when the move was done
 
 
 def test_a_redis_url_to_a_cluster_node_is_refused_naming_the_cluster_form(

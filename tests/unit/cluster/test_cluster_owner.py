@@ -4,6 +4,7 @@ seed nodes of a ``redis+cluster://`` URL: against the session's private cluster 
 from __future__ import annotations
 
 import pytest
+import trio
 from redis_cluster import TAG, Cluster
 from redis_fixture import RedisServer, free_port
 from redis_sentinel import cli
@@ -99,3 +100,56 @@ async def test_the_writer_sends_writes_answered_with_ask_to_the_node_named(redis
         for port in (target, source):
             cli(port, "CLUSTER", "SETSLOT", str(slot), "STABLE")
         await writer.close()
+
+
+def move(cluster: Cluster, slot: int, source: int, target: int) -> None:
+    """Move ``slot`` and its keys from ``source`` to ``target`` the standard way (as a resharding)."""
+    source_id, target_id = cluster.node_id(source), cluster.node_id(target)
+    assert cli(target, "CLUSTER", "SETSLOT", str(slot), "IMPORTING", source_id) == "OK"
+    assert cli(source, "CLUSTER", "SETSLOT", str(slot), "MIGRATING", target_id) == "OK"
+    for key in cluster.keys_in_slot(source, slot):
+        assert cli(source, "MIGRATE", "127.0.0.1", str(target), "", "0", "5000", "KEYS", key) == "OK"
+    for port in (target, source):
+        assert cli(port, "CLUSTER", "SETSLOT", str(slot), "NODE", target_id) == "OK"
+
+
+async def test_the_writer_follows_moved_to_the_new_owner_at_once(redis_cluster: Cluster) -> None:
+    """A slot that moved to another primary (a resharding that ended): the old owner refuses the
+    writer's next pipeline with ``MOVED``; the writer sends it again, in order, to the node named
+    (a subscriber there hears the publish) and stays there; nothing is lost, ``down`` hears nothing."""
+    redis_cluster.flush()
+    key, channel = "{moved-test}.key", "{moved-test}.channel"
+    slot = int(cli(redis_cluster.ports[0], "CLUSTER", "KEYSLOT", key))
+    source = next(ports[0] for first, last, ports in redis_cluster.slot_map() if first <= slot <= last)
+    target = next(ports[0] for _, _, ports in redis_cluster.slot_map() if ports[0] != source)
+
+    async def to_source() -> Link:
+        return await open_link(Endpoint("127.0.0.1", source))
+
+    async def to(host: str, port: int) -> Link:
+        return await open_link(Endpoint(host, port))
+
+    downs: list[BaseException] = []
+    writer = Writer(to_source, up=lambda: None, down=downs.append, publish="SPUBLISH", redirect=to)
+    await writer.execute([("hset", key, {"a": b"0"})])
+    move(redis_cluster, slot, source, target)
+    subscriber = await open_link(Endpoint("127.0.0.1", target))
+    try:
+        assert (await subscriber.call(pack("SSUBSCRIBE", channel), 1))[0][0] == b"ssubscribe"
+        await writer.execute([("hset", key, {"b": b"1"}), ("publish", channel, b"first"),
+                              ("publish", channel, b"second")])
+        assert downs == []
+        with trio.fail_after(5):
+            heard = [await subscriber.reply(), await subscriber.reply()]
+        assert heard == [[b"smessage", channel.encode(), b"first"], [b"smessage", channel.encode(), b"second"]]
+        assert cli(target, "HGET", key, "b") == "1"
+        before = connections_received(target)
+        for i in range(5):
+            await writer.execute([("hset", key, {"c": str(i).encode()})])
+        assert connections_received(target) - before <= 1  # INFO's own redis-cli: the writer stayed there
+        assert cli(target, "HGET", key, "c") == "4" and downs == []
+    finally:  # the slot goes back to its owner, the same way (the session's cluster stays as it was)
+        await subscriber.aclose()
+        await writer.close()
+        move(redis_cluster, slot, target, source)
+        cli(source, "FLUSHALL")

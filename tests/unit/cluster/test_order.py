@@ -139,3 +139,17 @@ def test_a_fill_for_a_gap_closed_meanwhile_changes_nothing() -> None:
     assert order.missing("r", gap) is None
     assert order.fill("r", gap, [stored(1), stored(2)], upto=2) is None
     assert out == [1, 2]
+
+
+def test_a_fill_at_once_delivers_what_was_missed_with_or_without_a_gap_and_its_timer_finds_it_gone() -> None:
+    """After the pub/sub moved (signald's slot moved), what the store holds past the order is filled
+    at once (``gap`` None): with nothing held, or with a gap whose timer is still running."""
+    order, out = setup()
+    order.start("r", 0)
+    assert order.fill("r", None, [stored(1), stored(2)], upto=2) is None  # missed, nothing after it heard
+    assert out == [1, 2] and order.last("r") == 2
+    gap = order.offer("r", change(4), None)  # 3 was missed, 4 came once the pub/sub was back
+    assert gap is not None
+    assert order.fill("r", None, [stored(3), stored(4)], upto=4) is None
+    assert out == [1, 2, 3, 4] and order.missing("r", gap) is None  # the gap's timer: nothing left to do
+    assert order.fill("unheard", None, [stored(1)], upto=1) is None and out == [1, 2, 3, 4]

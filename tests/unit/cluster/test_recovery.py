@@ -93,6 +93,34 @@ async def test_without_a_catch_up_every_room_behind_is_closed_at_once(autojump_c
     assert trio.current_time() == start
 
 
+async def test_after_a_slot_move_rooms_behind_are_filled_at_once(autojump_clock: MockClock) -> None:
+    """The pub/sub was away only while signald's slot moved: ``fill`` delivers what a room missed
+    from the store at once (no catch-up wait); a room it cannot fill (too much missed, the store
+    failing) waits as after an outage and is closed if still behind."""
+    catch_up = CatchUp()
+    order = RoomOrder(lambda room, frame, exclude: catch_up.delivered(room, frame))
+    for room, rev in (("moved", 3), ("big", 6)):
+        order.start(room, rev)
+    hub: Any = Hub(Store({"moved": 5, "big": 9000}), {"moved": ["c1"], "big": ["c2"]})
+    filled: list[str] = []
+
+    async def fill(room: str) -> bool:
+        await trio.lowlevel.checkpoint()
+        if room == "big":
+            return False
+        filled.append(room)
+        order.fill(room, None, [change(room, 4), change(room, 5)], 5)
+        return True
+
+    start = trio.current_time()
+    assert await close_rooms_behind(hub, ["big"], order.last, catch_up.until, fill) == 1
+    assert trio.current_time() - start == WAIT_S  # "big" could not be filled: it waited, then was closed
+    start = trio.current_time()
+    assert await close_rooms_behind(hub, ["moved"], order.last, catch_up.until, fill) == 0
+    assert trio.current_time() == start and filled == ["moved"] and order.last("moved") == 5
+    assert hub.sessions["c1"].closed is None
+
+
 class Recorder:
     """A writer that remembers each pipeline and whether it asked for a fresh connection."""
 
@@ -140,7 +168,7 @@ async def test_the_resync_writes_its_records_over_a_fresh_connection() -> None:
         beats.append(1)
 
     resync = Resync(hub, Records(), writer, Nodes(), Channels(), RoomOrder(lambda *a: None),  # type: ignore[arg-type]
-                    CatchUp(), beat=beat, down=downs.append)
+                    CatchUp(), beat=beat, down=downs.append, spawn=lambda task: None)
     await resync.run()
     assert writer.pipelines == [([("hset", "conns", {"c1": b"record"})], True)]
     assert beats == [1] and downs == []
