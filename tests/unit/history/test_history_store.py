@@ -559,9 +559,13 @@ async def test_inline_commits_leave_the_room_counters_to_the_writer_thread(
         assert rooms_table(path) == [("lobby", 3, 3)]
         await inline_sends(store, [f"m{i}" for i in range(3, 8)], outcomes)
         await store.get("none")  # after the checkpoint asked for by the 5th inline commit
-        assert store.checkpoints == 1 and rooms_table(path) == [("lobby", 8, 8)]
+        assert store.checkpoints == 1
+        # as of when the thread ran it: the loop's next sends may or may not have come first (a
+        # busy machine lets the thread in sooner)
+        counted = rooms_table(path)
+        assert counted in [[("lobby", n, n)] for n in range(5, 9)]
         await inline_sends(store, ["last"], outcomes)
-        assert rooms_table(path) == [("lobby", 8, 8)]
+        assert rooms_table(path) == counted
     assert rooms_table(path) == [("lobby", 9, 9)]  # written when the store closed
     assert [error for _, error in outcomes] == [None] * 9
 
