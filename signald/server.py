@@ -70,6 +70,10 @@ audit = logging.getLogger("signald.audit")
 
 OUR_SUBPROTOCOLS = (SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK)
 SHUTDOWN_CLOSE_WAIT_S = 0.5
+# How long a connection whose close reply did not come in time is given after that wait to read
+# our close frame and close its end (ServerWebSocket.close's linger): when the server stops, one
+# deadline for all of them, at most this long after the wait (docs/benchmarks.md "lingering close").
+CLOSE_LINGER_S = 1.0
 REFUSAL_WAIT_S = 2.0  # the most a refused handshake may take to answer (and, in "close" mode, to close)
 RESERVED_USER_PREFIX = "$"  # "$system" writes the call log; no client may be it
 
@@ -367,17 +371,20 @@ async def _serve_client(serving: _Serving, stream: trio.abc.Stream) -> None:
                              helpers=serving.connections.nursery)
     finally:
         serving.connections.remove(session)
-        wait_s = config.server.shutdown_timeout_s
+        reply_by = trio.current_time() + config.server.shutdown_timeout_s
         if hub.shutting_down:  # close_all set 1001 (unless it was closing already), or it came too late for it
             if session.close_code is None:
                 session.close_code, session.close_reason = CLOSE_GOING_AWAY, "server shutting down"
-            wait_s = min(wait_s, SHUTDOWN_CLOSE_WAIT_S)
+            # One wait for all: close_all's deadline (at most 0.5 s after the close frames went out)
+            reply_by = min(reply_by, trio.current_time() + SHUTDOWN_CLOSE_WAIT_S, serving.connections.scope.deadline)
         if not session.detached:  # (a stopping server's connections whose close frames went out left together)
             session.peer_close_code = ws.peer_close_code
             hub.disconnect(session)
         if not ws.close_now():  # else: gone or answered at once, nothing to wait for
-            with trio.CancelScope(shield=True), trio.move_on_after(wait_s):
-                await ws.close(session.close_code or 1000, session.close_reason)
+            linger_until = reply_by + min(config.server.shutdown_timeout_s, CLOSE_LINGER_S)  # shared when stopping
+            with trio.CancelScope(shield=True):
+                await ws.close(session.close_code or 1000, session.close_reason, reply_by=reply_by,
+                               linger_until=linger_until)
 
 
 def _silent(session: Session) -> None:
