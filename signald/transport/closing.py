@@ -108,7 +108,8 @@ class ClosableWebSocket:
             if left == _DONE or (left == _LINGER and linger_until is None) or self.broken:
                 return
             with trio.move_on_at(math.inf if linger_until is None else linger_until):
-                await self._linger()
+                # (the reply still answers our close frame, parsed; a failed peer's bytes are not)
+                await self._linger(left == _LINGER and self._wsproto().state is ConnectionState.LOCAL_CLOSING)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         finally:  # a plain socket closes as in SocketStream.aclose, without aclose_forcefully's Cancelled
@@ -138,9 +139,10 @@ class ClosableWebSocket:
         await self._await_close_reply()
         return _DONE
 
-    async def _linger(self) -> None:
-        """Close our half only (TCP FIN) once all our frames are written, and until the peer closes its
-        own, read and drop what it sends, unparsed, at most :data:`DISCARD_BYTES`.
+    async def _linger(self, until_reply: bool) -> None:
+        """Close our half only (TCP FIN) once all our frames are written, and read what the peer still
+        sends until it closes its own, or (``until_reply``) its close frame answers ours: then it has
+        all of ours. At most :data:`DISCARD_BYTES` are read; what is not the reply is dropped.
 
         Closing a socket with bytes of the peer's unread, or receiving some after the close, makes
         the kernel reset the connection, and what it had not delivered of ours (our close frame, if
@@ -152,16 +154,28 @@ class ClosableWebSocket:
         unsent = self.outbox.take_unsent()
         if not unsent:
             self._half_close()
-            await discard(self.stream)
+            await self._drain(until_reply)
             return
         async with trio.open_nursery() as nursery:  # (errors are caught in each task: no ExceptionGroup)
             nursery.start_soon(self._finish, unsent, nursery.cancel_scope)
             try:
-                closed = await discard(self.stream)
+                over = await self._drain(until_reply)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
-                closed = False
-            if not closed:  # flooding or reset: no more waiting for our frames to go out
+                over = False
+            if not over:  # flooding or reset: no more waiting for our frames to go out
                 nursery.cancel_scope.cancel()
+
+    async def _drain(self, until_reply: bool) -> bool:
+        """Read until the peer closes or (``until_reply``, within its first :data:`REPLY_PARSE_BYTES`)
+        answers our close frame (True), or until :data:`DISCARD_BYTES` are read (False)."""
+        left = DISCARD_BYTES
+        while left > 0:
+            data = await receive_bytes(self.stream)
+            if not data or (until_reply and self._answers(data)):
+                return True
+            left -= len(data)
+            until_reply = until_reply and left > DISCARD_BYTES - REPLY_PARSE_BYTES  # then its TCP close ends it
+        return False
 
     async def _finish(self, unsent: bytes, linger: trio.CancelScope) -> None:
         """Write the rest of our frames, then half-close; the linger ends if the stream broke."""
@@ -289,36 +303,30 @@ class ClosableWebSocket:
         return conn
 
     async def _await_close_reply(self) -> None:
-        """Read until the peer's close frame answers ours (or the stream ends). A plain close frame alone
-        in a read, with no frame half received before it, ends the wait without wsproto, as in the reader."""
-        while True:
-            data = await receive_bytes(self.stream)
-            if not data:
-                return
-            decoder = self._decoder
-            if (decoder is not None and decoder.header is None and not len(decoder.buffer)
-                    and lone_close(data) is not None):
-                self._answered = True
-                return
-            conn = self._wsproto()
-            conn.receive_data(data)
-            if any(isinstance(event, CloseConnection) for event in conn.events()):
-                return
+        """Read until the peer's close frame answers ours (or the stream ends)."""
+        while (data := await receive_bytes(self.stream)) and not self._answers(data):
+            pass
+
+    def _answers(self, data: bytes) -> bool:
+        """Whether ``data``, read after our close frame, holds the peer's close (the handshake is done).
+
+        A plain close frame alone in a read, with no frame half received before it, is taken
+        without wsproto, as in the reader; anything else is parsed by wsproto, whose state must be
+        LOCAL_CLOSING (our close frame told: see :meth:`_wsproto`).
+        """
+        decoder = self._decoder
+        if decoder is not None and decoder.header is None and not len(decoder.buffer) and lone_close(data) is not None:
+            self._answered = True
+            return True
+        conn = self._wsproto()
+        conn.receive_data(data)
+        return any(isinstance(event, CloseConnection) for event in conn.events())
 
 
 DISCARD_BYTES: Final = 1 << 20  # what a peer may still send after our close frame before we hang up
+# How much of that a lingering close parses for the peer's close reply (wsproto: ~0.5 s a MiB of small frames).
+REPLY_PARSE_BYTES: Final = 1 << 16
 # What is left of a closing handshake after our part of it (ClosableWebSocket._handshake).
 _DONE: Final = 0
 _LINGER: Final = 1  # our close frame is out, no reply came: linger if the caller allows it
 _DISCARD: Final = 2  # a failed peer: linger at once
-
-
-async def discard(stream: trio.abc.Stream, limit: int = DISCARD_BYTES) -> bool:
-    """Read and drop what the peer sends until it closes (True), or ``limit`` bytes are read (False)."""
-    left = limit
-    while left > 0:
-        data = await receive_bytes(stream)
-        if not data:
-            return True
-        left -= len(data)
-    return False

@@ -19,7 +19,7 @@ from contextlib import asynccontextmanager
 import pytest
 import trio
 from conftest import client_wire
-from rawwire import OP_CLOSE, OP_TEXT, close_payload
+from rawwire import OP_CLOSE, OP_TEXT, close_payload, masked
 from wsproto.connection import Connection, ConnectionType
 
 from signald.delivery.outbox import Outbox
@@ -128,3 +128,20 @@ async def test_a_client_that_floods_the_linger_is_given_up_on_after_discard_byte
             await ws.close(1008, "rate limit exceeded repeatedly", reply_by=start, linger_until=start + 30)
             assert trio.current_time() - start < 10  # the bytes ended it, not the 30 s
         assert DISCARD_BYTES <= sent < 64 * DISCARD_BYTES
+
+
+async def test_the_linger_ends_with_the_clients_close_reply() -> None:
+    """A client that answers our close frame late has all of ours: no need to wait for its TCP close."""
+    async with tcp_pair() as (ws, client):
+        expected = fill(ws) + CLOSE
+        start = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lambda: ws.close(4003, "session revoked", reply_by=start + 0.1,
+                                                linger_until=start + 30))
+            await trio.sleep(0.3)  # past reply_by: the server lingers
+            got = b""
+            while not got.endswith(CLOSE):
+                got += await client.receive_some(65536)
+            await client.send_all(masked(OP_CLOSE, close_payload(4003)))
+        assert trio.current_time() - start < 5  # the reply ended it, not the 30 s (the client never closed)
+        assert got == expected and await client.receive_some(1) == b""
