@@ -150,8 +150,10 @@ async def serve_signald(
 
     Resource handling: on cancellation the listener stops accepting, every connection is closed
     with 1001 "server shutting down" (all close frames in one pass, then one shared wait for the
-    replies of at most 0.5 s or ``server.shutdown_timeout_s`` if lower: :mod:`signald.app.connections`),
-    and the history store is flushed and closed before this function returns.
+    replies of at most 0.5 s or ``server.shutdown_timeout_s`` if lower: :mod:`signald.app.connections`;
+    a connection not answered by then lingers until one shared deadline at most :data:`CLOSE_LINGER_S`
+    later: :meth:`ServerWebSocket.close`), and the history store is flushed and closed before this
+    function returns.
 
     Error handling: a failing handler answers ``INTERNAL`` to its client and is logged; it never
     ends the server or touches other connections. Bind errors (``OSError``) and a history store
