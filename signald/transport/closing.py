@@ -3,7 +3,9 @@
 :class:`ClosableWebSocket` holds what a connection needs to end it: the stream, the outbox, wsproto's
 connection and what of the closing handshake was done without telling wsproto; it writes our close
 frame (``close``, or ``send_close_now`` from any task) and closes TCP (``close_now``, ``close``). The
-reader, in the subclass, only records what it read. Below it, the last reads of a closing connection.
+reader, in the subclass, only records what it read, in the attributes defined here (``_events``,
+``_fast_close``, ``_peer_close``, ``_answered``; wsproto's ``_decoder``, asked through
+``_at_frame_start`` except on the reader's hot path). Below it, the last reads of a closing connection.
 
 Three steps of the closing handshake are done without wsproto. The peer's close frame, read by the
 reader's fast path, and our close frame or close reply, built by
@@ -286,6 +288,12 @@ class ClosableWebSocket:
         self._closing, self._untold = True, (code, reason)
         return close_frame(code, reason)
 
+    def _at_frame_start(self) -> bool:
+        """No ws_frame is half received (wsproto's decoder holds none): the next read starts one, and the
+        fast paths may look at it. False when the decoder cannot be looked at (every read goes to wsproto)."""
+        decoder = self._decoder
+        return decoder is not None and decoder.header is None and not len(decoder.buffer)
+
     def _wsproto(self) -> Connection:
         """wsproto's connection, told first of what the fast paths did without it: the peer's close frame
         they read, then our close frame they wrote. Its state is then what it would be had it parsed and
@@ -314,8 +322,7 @@ class ClosableWebSocket:
         without wsproto, as in the reader; anything else is parsed by wsproto, whose state must be
         LOCAL_CLOSING (our close frame told: see :meth:`_wsproto`).
         """
-        decoder = self._decoder
-        if decoder is not None and decoder.header is None and not len(decoder.buffer) and lone_close(data) is not None:
+        if self._at_frame_start() and lone_close(data) is not None:
             self._answered = True
             return True
         conn = self._wsproto()
