@@ -373,20 +373,19 @@ async def _serve_client(serving: _Serving, stream: trio.abc.Stream) -> None:
                              helpers=serving.connections.nursery)
     finally:
         serving.connections.remove(session)
-        reply_by = trio.current_time() + config.server.shutdown_timeout_s
-        if hub.shutting_down:  # close_all set 1001 (unless it was closing already), or it came too late for it
-            if session.close_code is None:
-                session.close_code, session.close_reason = CLOSE_GOING_AWAY, "server shutting down"
-            # One wait for all: close_all's deadline (at most 0.5 s after the close frames went out)
-            reply_by = min(reply_by, trio.current_time() + SHUTDOWN_CLOSE_WAIT_S, serving.connections.scope.deadline)
+        if hub.shutting_down and session.close_code is None:  # close_all came too late for it
+            session.close_code, session.close_reason = CLOSE_GOING_AWAY, "server shutting down"
         if not session.detached:  # (a stopping server's connections whose close frames went out left together)
             session.peer_close_code = ws.peer_close_code
             hub.disconnect(session)
         if not ws.close_now():  # else: gone or answered at once, nothing to wait for
-            linger_until = reply_by + min(config.server.shutdown_timeout_s, CLOSE_LINGER_S)  # shared when stopping
-            with trio.CancelScope(shield=True):
+            wait_s, now = config.server.shutdown_timeout_s, trio.current_time()
+            reply_by = now + wait_s
+            if hub.shutting_down:  # one wait for all: close_all's deadline (0.5 s after the close frames at most)
+                reply_by = min(reply_by, now + SHUTDOWN_CLOSE_WAIT_S, serving.connections.scope.deadline)
+            with trio.CancelScope(shield=True):  # then the linger, also shared when stopping
                 await ws.close(session.close_code or 1000, session.close_reason, reply_by=reply_by,
-                               linger_until=linger_until)
+                               linger_until=reply_by + min(wait_s, CLOSE_LINGER_S))
 
 
 def _silent(session: Session) -> None:
