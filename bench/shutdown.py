@@ -1,6 +1,6 @@
 """How long a daemon with N connected clients takes from SIGTERM to its exit, and what the clients see.
 
-    python -m bench.shutdown --sizes 5000 19000 [--baseline REV] [--profile] [--json OUT]
+    python -m bench.shutdown --sizes 5000 19000 [--baseline REV] [--mute K] [--profile] [--json OUT]
 
 N clients (one process, the storm's cheap client) connect from 40 source addresses and join one of
 :data:`bench.storm.STORM_ROOMS` rooms, as before the reconnect storm (g); once the join chatter has
@@ -8,7 +8,9 @@ drained the daemon gets SIGTERM. Reported, in seconds from the SIGTERM: when the
 bound again by a new daemon (a probe binds it with ``SO_REUSEADDR``, as trio's listeners do), when
 the last client saw its connection end, and when the process was gone; and how many clients got
 the close code 1001 (the contract's "server shutting down"). With ``--baseline REV`` the same is
-measured for that commit in the same run (server order alternates per size); ``--profile`` runs
+measured for that commit in the same run (server order alternates per size); ``--mute K`` makes K of
+the clients stop reading just before the SIGTERM (they never answer the close frame: a stuck or
+vanished client, which the daemon waits for at most until its deadlines); ``--profile`` runs
 each daemon under :mod:`bench.sigprofile`, which profiles only from the SIGTERM on, and prints the
 top functions of the shutdown.
 """
@@ -67,7 +69,7 @@ def at_level(spec: ServerSpec, level: str) -> ServerSpec:
     return dataclasses.replace(spec, argv=argv)
 
 
-async def measure(spec: ServerSpec, n: int, tag: str, profile: Path | None) -> dict[str, Any]:
+async def measure(spec: ServerSpec, n: int, tag: str, profile: Path | None, mute: int = 0) -> dict[str, Any]:
     """Connect ``n`` clients to a fresh daemon of ``spec``, SIGTERM it, time what follows."""
     wrap = ["-m", "bench.sigprofile", "-o", str(profile)] if profile is not None else None
     async with running(spec, wrap=wrap) as server:
@@ -79,8 +81,14 @@ async def measure(spec: ServerSpec, n: int, tag: str, profile: Path | None) -> d
                                            local_hosts=SOURCES, rooms=rooms, timeout_s=120)
         connect_s = time.perf_counter() - t_connect
         await quiet(stats, interval=0.5, limit_s=300)
-        return {"connected": len(conns), "failed": failed, "connect_s": round(connect_s, 2),
-                **await _sigterm(server, conns, profile is not None)}
+        for conn in conns[:mute]:  # stuck: the close frame waits in its socket, unanswered
+            assert conn.transport is not None
+            conn.transport.pause_reading()
+        result = await _sigterm(server, conns[mute:], profile is not None)
+        for conn in conns[:mute]:
+            assert conn.transport is not None
+            conn.transport.abort()
+        return {"connected": len(conns), "failed": failed, "connect_s": round(connect_s, 2), "mute": mute, **result}
 
 
 async def _sigterm(server: Server, conns: list[Conn], profiled: bool) -> dict[str, Any]:
@@ -162,7 +170,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             for spec in order:
                 where = args.json.parent if args.json else RESULTS_DIR
                 profile = where / f"shutdown-{spec.name}-{n}.prof" if args.profile else None
-                metrics = await measure(spec, n, f"{spec.name[-1]}{k}", profile)
+                metrics = await measure(spec, n, f"{spec.name[-1]}{k}", profile, args.mute)
                 key = f"{spec.name}_{n}"
                 results[key if key not in results else f"{key}_{k}"] = metrics  # a size given again: kept too
                 print(f"{spec.name} n={n}: {json.dumps(metrics)}", flush=True)
@@ -179,6 +187,7 @@ def main() -> int:
     parser.add_argument("--baseline", help="also measure this commit, in the same run")
     parser.add_argument("--profile", action="store_true",
                         help="profile each daemon from its SIGTERM on (stats beside --json, else in bench/results)")
+    parser.add_argument("--mute", type=int, default=0, help="clients that stop reading before the SIGTERM")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--log-level", default="warning", help="the daemons' (default warning, as in the bench)")
     args = parser.parse_args()

@@ -70,6 +70,10 @@ audit = logging.getLogger("signald.audit")
 
 OUR_SUBPROTOCOLS = (SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK)
 SHUTDOWN_CLOSE_WAIT_S = 0.5
+# How long a connection whose close reply did not come in time is given after that wait to read
+# our close frame and close its end (ServerWebSocket.close's linger): when the server stops, one
+# deadline for all of them, at most this long after the wait (docs/benchmarks.md "lingering close").
+CLOSE_LINGER_S = 1.0
 REFUSAL_WAIT_S = 2.0  # the most a refused handshake may take to answer (and, in "close" mode, to close)
 RESERVED_USER_PREFIX = "$"  # "$system" writes the call log; no client may be it
 
@@ -146,8 +150,10 @@ async def serve_signald(
 
     Resource handling: on cancellation the listener stops accepting, every connection is closed
     with 1001 "server shutting down" (all close frames in one pass, then one shared wait for the
-    replies of at most 0.5 s or ``server.shutdown_timeout_s`` if lower: :mod:`signald.app.connections`),
-    and the history store is flushed and closed before this function returns.
+    replies of at most 0.5 s or ``server.shutdown_timeout_s`` if lower: :mod:`signald.app.connections`;
+    a connection not answered by then lingers until one shared deadline at most :data:`CLOSE_LINGER_S`
+    later: :meth:`ServerWebSocket.close`), and the history store is flushed and closed before this
+    function returns.
 
     Error handling: a failing handler answers ``INTERNAL`` to its client and is logged; it never
     ends the server or touches other connections. Bind errors (``OSError``) and a history store
@@ -367,17 +373,19 @@ async def _serve_client(serving: _Serving, stream: trio.abc.Stream) -> None:
                              helpers=serving.connections.nursery)
     finally:
         serving.connections.remove(session)
-        wait_s = config.server.shutdown_timeout_s
-        if hub.shutting_down:  # close_all set 1001 (unless it was closing already), or it came too late for it
-            if session.close_code is None:
-                session.close_code, session.close_reason = CLOSE_GOING_AWAY, "server shutting down"
-            wait_s = min(wait_s, SHUTDOWN_CLOSE_WAIT_S)
+        if hub.shutting_down and session.close_code is None:  # close_all came too late for it
+            session.close_code, session.close_reason = CLOSE_GOING_AWAY, "server shutting down"
         if not session.detached:  # (a stopping server's connections whose close frames went out left together)
             session.peer_close_code = ws.peer_close_code
             hub.disconnect(session)
         if not ws.close_now():  # else: gone or answered at once, nothing to wait for
-            with trio.CancelScope(shield=True), trio.move_on_after(wait_s):
-                await ws.close(session.close_code or 1000, session.close_reason)
+            wait_s, now = config.server.shutdown_timeout_s, trio.current_time()
+            reply_by = now + wait_s
+            if hub.shutting_down:  # one wait for all: close_all's deadline (0.5 s after the close frames at most)
+                reply_by = min(reply_by, now + SHUTDOWN_CLOSE_WAIT_S, serving.connections.scope.deadline)
+            with trio.CancelScope(shield=True):  # then the linger, also shared when stopping
+                await ws.close(session.close_code or 1000, session.close_reason, reply_by=reply_by,
+                               linger_until=reply_by + min(wait_s, CLOSE_LINGER_S))
 
 
 def _silent(session: Session) -> None:

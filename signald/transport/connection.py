@@ -27,7 +27,6 @@ docs/protocol.md (flooding: 1008; frames over the transport cap: 1009; not readi
 
 from __future__ import annotations
 
-import errno
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from functools import partial
@@ -166,14 +165,14 @@ async def _reader(ws: ServerWebSocket, owner: ConnectionOwner, on_message: OnMes
 
 
 async def _writer(ws: ServerWebSocket, outbox: Outbox, scope: trio.CancelScope) -> None:
-    """Write what the outbox could not write directly, each batch at once (:func:`_send_wire`).
+    """Write what the outbox could not write directly, each batch at once (:meth:`ServerWebSocket.send_wire`:
+    cancelled midway, the unsent tail of a ws_frame is kept for the close frame to follow).
 
     This task is the connection's only writer besides the outbox's direct writes, which only
     happen while it is idle (``outbox.writing`` is False; see :class:`signald.delivery.outbox.Outbox`).
     ``writing`` is cleared however a write ends, cancelled included: the close frame that follows
     depends on it.
     """
-    sock = ws.stream.socket if isinstance(ws.stream, trio.SocketStream) else None
     try:
         while True:
             batch = await outbox.get_batch()
@@ -181,7 +180,7 @@ async def _writer(ws: ServerWebSocket, outbox: Outbox, scope: trio.CancelScope) 
                 break
             outbox.writing = True
             try:
-                await _send_wire(ws, sock, batch[0] if len(batch) == 1 else b"".join(batch))
+                await ws.send_wire(batch[0] if len(batch) == 1 else b"".join(batch))
             finally:
                 outbox.writing = False
             del batch
@@ -191,35 +190,3 @@ async def _writer(ws: ServerWebSocket, outbox: Outbox, scope: trio.CancelScope) 
         outbox.direct_write = None
     if not outbox.stopped:  # stopped: the reader is done already, nothing to cancel
         scope.cancel()
-
-
-async def _send_wire(ws: ServerWebSocket, sock: trio.socket.SocketType | None, wire: bytes) -> None:
-    """Write ``wire`` (whole ws_frames, a batch of the writer's) to ``sock``, or through the stream under TLS.
-
-    On plain TCP it writes with the socket's own ``send``, like ``SocketStream.send_all``, but
-    knows what went out: cancelled midway, the unsent tail is kept in the outbox
-    (:meth:`~signald.delivery.outbox.Outbox.keep_unsent`) so that :meth:`ServerWebSocket.close`
-    can finish that ws_frame before its close frame. Under TLS a cancelled ``send_all`` leaves the
-    stream broken, and it is marked so.
-
-    Error handling: raises :exc:`trio.BrokenResourceError` (failed) or
-    :exc:`trio.ClosedResourceError` (closed by this side), as ``send_all`` does.
-    """
-    if sock is None:
-        try:
-            await ws.stream.send_all(wire)
-        except trio.Cancelled:
-            ws.broken = True  # how much of the ws_frame went out is unknown
-            raise
-        return
-    unsent = memoryview(wire)
-    try:
-        while unsent:
-            unsent = unsent[await sock.send(unsent):]
-    except OSError as exc:
-        if exc.errno == errno.EBADF:
-            raise trio.ClosedResourceError("socket was already closed") from exc
-        raise trio.BrokenResourceError from exc
-    finally:
-        if unsent:
-            ws.outbox.keep_unsent(bytes(unsent))

@@ -12,7 +12,8 @@ the hub stopped, a call rung on a callee being closed, a join while rooms are to
 What an operator and the users would notice is asserted, nothing about timing but generous bounds:
 
 - the daemon exits 0 and its log has no traceback, no ERROR/CRITICAL line and no "Exception";
-- every connection ends with 1001 "server shutting down" (no client closes on its own);
+- every connection ends with 1001 "server shutting down" (no client closes on its own; none is
+  reset, although the clients keep sending while the server closes);
 - each connection's replies are exactly one per request, in request order: the requests answered
   are a prefix of those sent, none answered twice, no reply to something never sent;
 - after a restart on the same SQLite file every acked ``chat.send`` is there with its acked
@@ -43,8 +44,10 @@ USERS = 60  # clients past USERS are second devices (u0..u11): calls ring on two
 ROOMS = [f"r{n}" for n in range(9)]
 # Requests a client has sent and not yet had answered: pipelined, but few enough that this one test
 # process reads what ~70 connections receive (every member of a room gets each request's events)
-# well within the 0.5 s a stopping server waits for close replies; a client that is seconds behind
-# on its reads is a slow consumer, which is not what this test is about.
+# well within the 1.5 s a stopping server gives a client to read its close frame (0.5 s for the
+# replies, then the linger: a client behind on its reads that kept sending is not reset, see
+# test_close_linger.py); a client that is seconds behind on its reads is a slow consumer, which is
+# not what this test is about.
 WINDOW = 4
 SDP = {"type": "offer", "sdp": "v=0\r\n"}
 CANDIDATE = {"candidate": "candidate:1 1 udp 1 192.0.2.1 9 typ host"}
