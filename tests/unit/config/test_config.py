@@ -272,3 +272,9 @@ def test_the_defaults_are_the_documented_ones() -> None:
         assert documented[section] == actual, f"[{section}] in docs/configuration.md"
         for key, value in actual.items():  # 20.0 in the code is written 20.0 in the doc, not 20
             assert type(documented[section][key]) is type(value), f"{section}.{key}"
+
+
+def test_the_opening_names_every_section() -> None:
+    # it said "seven sections" and left out [api] and [cluster] once those came
+    opening = DOC.read_text(encoding="utf-8").split("\n## ")[0]
+    assert re.findall(r"`\[(\w+)\]`", opening) == list(SECTIONS), opening
