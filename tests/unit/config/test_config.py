@@ -278,3 +278,32 @@ def test_the_opening_names_every_section() -> None:
     # it said "seven sections" and left out [api] and [cluster] once those came
     opening = DOC.read_text(encoding="utf-8").split("\n## ")[0]
     assert re.findall(r"`\[(\w+)\]`", opening) == list(SECTIONS), opening
+
+
+# a value for each flag of the table; the flag's key is read from the table itself
+FLAG_VALUES = {"--host": "10.0.0.1", "--port": "1234", "--db": "x.db", "--history-url": "sqlite:///h.db",
+               "--broker-url": "redis://10.0.0.21:6379/0", "--certfile": "a.pem", "--keyfile": "b.pem",
+               "--metrics-port": "9100", "--log-level": "debug", "--log-format": "json"}
+
+
+def documented_flags() -> dict[str, str]:
+    """flag -> the key it overrides, from the table of `signald serve` flags in docs/configuration.md."""
+    table = DOC.read_text(encoding="utf-8").split("## `signald serve` flags")[1].split("\n\n")[1]
+    flags = {}
+    for row in table.splitlines()[2:]:
+        flag, key = (cell.strip() for cell in re.split(r"(?<!\\)\|", row.strip("|"))[:2])  # not at \|
+        if named := re.match(r"`(\w+\.\w+)", key):
+            flags[flag.strip("`").split()[0]] = named.group(1)
+    return flags
+
+
+def test_every_documented_flag_sets_its_key() -> None:
+    flags = documented_flags()
+    assert len(flags) == 12, flags
+    config = load_config(env={})
+    for flag, key in flags.items():
+        argv = ["serve", flag] + ([FLAG_VALUES[flag]] if flag in FLAG_VALUES else [])
+        got = get(config_from_args(build_parser().parse_args(argv)), key)
+        assert got != get(config, key), f"{flag} left {key} at its default"
+        expected = FLAG_VALUES.get(flag, True)
+        assert str(got).lower() == str(expected).lower(), (flag, key, got)

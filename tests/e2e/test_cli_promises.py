@@ -1,0 +1,66 @@
+"""Exit statuses and outputs of the ``signald`` command that docs/configuration.md promises and no
+other test held: the cross-key checks of ``signald serve`` (status 2 before anything starts),
+``--workers``, the JWT algorithm rules, and ``signald history migrate|stats`` on SQLite (``--url``
+from ``$SIGNALD_HISTORY_URL``, status 1 for a file SQLite cannot read).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from signald.cli import main
+from signald.history.schema import SCHEMA_VERSION
+
+SECRET = "a-test-secret-that-is-at-least-32-bytes-long"
+
+
+@pytest.fixture(autouse=True)
+def no_signald_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("SIGNALD_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.mark.parametrize(("toml", "flags", "said"), [
+    ("", ["--certfile", "c.pem"], "signald: server.certfile and server.keyfile go together"),
+    ("", ["--keyfile", "k.pem"], "signald: server.certfile and server.keyfile go together"),
+    ("", ["--workers", "2"], "signald: configuration error: --workers: more than one node needs cluster.broker_url"),
+    ("", ["--workers", "0"], "signald: --workers must be 1 or more"),
+    (f'[auth]\nmode = "jwt"\njwt_secret = "{SECRET}"\njwt_algorithms = ["none"]\n', [],
+     "signald: configuration error: auth: algorithms:"),
+    (f'[auth]\nmode = "jwt"\njwt_secret = "{SECRET}"\njwt_algorithms = ["HS256", "RS256"]\n', [],
+     "signald: configuration error: auth: algorithms:"),
+    ('[auth]\nmode = "jwt"\njwt_secret = "short"\n', [], "signald: configuration error: auth: "),
+])
+def test_serve_refuses_before_starting_with_status_2(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], toml: str, flags: list[str], said: str) -> None:
+    config = tmp_path / "signald.toml"
+    config.write_text(toml)
+    assert main(["serve", "--config", str(config), "--port", "0", "--db", ":memory:", *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(said) and err.count("\n") == 1, err
+
+
+def test_history_migrate_creates_the_schema_and_stats_reads_it_from_the_environment(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    db = tmp_path / "new.db"
+    assert main(["history", "migrate", "--db", str(db)]) == 0
+    assert capsys.readouterr().out == f"signald: {db}: schema version {SCHEMA_VERSION}\n"
+    monkeypatch.setenv("SIGNALD_HISTORY_URL", f"sqlite:///{db}")
+    monkeypatch.chdir(tmp_path)  # no ./signald.db here: only the variable names the database
+    assert main(["history", "stats"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert (stats["schema_version"], stats["messages"], stats["backend"]) == (SCHEMA_VERSION, 0, "sqlite")
+    assert not (tmp_path / "signald.db").exists()
+
+
+def test_history_of_a_file_sqlite_cannot_read_is_status_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"\x13" * 4096)
+    assert main(["history", "stats", "--db", str(garbage)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"signald: cannot read {garbage}: ") and err.count("\n") == 1, err
