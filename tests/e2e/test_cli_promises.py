@@ -1,18 +1,23 @@
 """Exit statuses and outputs of the ``signald`` command that docs/configuration.md promises and no
 other test held: the cross-key checks of ``signald serve`` (status 2 before anything starts),
-``--workers``, the JWT algorithm rules, and ``signald history migrate|stats`` on SQLite (``--url``
-from ``$SIGNALD_HISTORY_URL``, status 1 for a file SQLite cannot read).
+``--workers``, the JWT algorithm rules, ``signald history migrate|stats`` on SQLite (``--url``
+from ``$SIGNALD_HISTORY_URL``, status 1 for a file SQLite cannot read), and SIGINT never draining
+(docs/deploy.md).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 from pathlib import Path
 
 import pytest
+import trio
+from conftest import daemon
 
 from signald.cli import main
+from signald.client.raw import connect
 from signald.history.schema import SCHEMA_VERSION
 
 SECRET = "a-test-secret-that-is-at-least-32-bytes-long"
@@ -64,3 +69,15 @@ def test_history_of_a_file_sqlite_cannot_read_is_status_1(tmp_path: Path, capsys
     assert main(["history", "stats", "--db", str(garbage)]) == 1
     err = capsys.readouterr().err
     assert err.startswith(f"signald: cannot read {garbage}: ") and err.count("\n") == 1, err
+
+
+async def test_sigint_never_drains(tmp_path: Path) -> None:
+    async with daemon(tmp_path, "ctrl-c", "--db", ":memory:", config_text="[server]\ndrain_s = 600.0\n") as (
+            process, url):
+        async with connect(url, user="alice") as alice:
+            process.send_signal(signal.SIGINT)
+            with trio.fail_after(10):  # not the 600 s drain
+                await alice.closed.wait()
+                assert await process.wait() == 0
+        assert alice.ws.closed is not None and alice.ws.closed.code == 1001
+    assert "draining" not in (tmp_path / "ctrl-c.log").read_text()
