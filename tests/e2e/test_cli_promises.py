@@ -2,7 +2,7 @@
 other test held: the cross-key checks of ``signald serve`` (status 2 before anything starts),
 ``--workers``, the JWT algorithm rules, ``signald history migrate|stats`` on SQLite (``--url``
 from ``$SIGNALD_HISTORY_URL``, status 1 for a file SQLite cannot read), and SIGINT never draining
-(docs/deploy.md).
+(docs/deploy.md); a broker with a SQLite history is status 1 naming cluster.broker_url (docs/cluster.md).
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -81,3 +83,14 @@ async def test_sigint_never_drains(tmp_path: Path) -> None:
                 assert await process.wait() == 0
         assert alice.ws.closed is not None and alice.ws.closed.code == 1001
     assert "draining" not in (tmp_path / "ctrl-c.log").read_text()
+
+
+def test_a_broker_with_a_sqlite_history_cannot_start(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SIGNALD_")}
+    done = subprocess.run([sys.executable, "-m", "signald", "serve", "--port", "0", "--db", "h.db",
+                           "--broker-url", "redis://127.0.0.1:1/0"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 1
+    assert done.stderr.startswith("signald: cannot start: cluster.broker_url: several nodes need one shared "
+                                  "PostgreSQL history store"), done.stderr
+    assert done.stderr.count("\n") == 1
