@@ -103,6 +103,7 @@ class Client(ClientBase):
                     while True:
                         await ws.recv()  # until the server's close, with its code
             self._core.opened(welcome.get("data") or {}, _loop_time())
+            self._poke()  # the ticker had no deadline before the welcome: now the heartbeat's
             self._opened.set()
             writer = asyncio.create_task(self._write_frames(ws.send, (ConnectionClosed,)))
             while True:

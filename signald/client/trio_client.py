@@ -126,6 +126,7 @@ class Client(ClientBase):
                     while True:
                         await ws.get_message()  # until the server's close, with its code
             self._core.opened(welcome.get("data") or {}, trio.current_time())
+            self._poke()  # the ticker had no deadline before the welcome: now the heartbeat's
             self._opened.set()
             nursery.start_soon(self._write_frames, ws.send_message, (ConnectionClosed, trio.BrokenResourceError))
             while True:
