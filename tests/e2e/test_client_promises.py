@@ -10,7 +10,10 @@
 - with ``reconnect=False`` a daemon restart closes the client (``ClientClosed`` with the close code);
 - the token goes as ``Authorization: Bearer`` (never in the URL); an async ``get_token`` is awaited;
   an authenticator's refusal reaches ``connect`` as ``ClientClosed`` with the close code (``"close"``)
-  or the HTTP status (``"http"``); any status but 403 and 429 is a 4401 (docs/embedding.md).
+  or the HTTP status (``"http"``); any status but 403 and 429 is a 4401 (docs/embedding.md);
+- an expired session (4001) makes the client call ``get_token`` and come back;
+- a connection that stays silent (the daemon stopped with SIGSTOP) is taken for dead after twice
+  ``heartbeat_s`` plus 5 s and replaced, even when nothing at all came after the welcome.
 
 Each test runs the Trio client in this task and the asyncio one in a thread (``asyncio.run``).
 """
@@ -20,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -269,3 +273,72 @@ async def test_the_token_goes_in_the_header_and_a_refusal_reaches_connect_with_i
         seen = await run_in(adapter, program)
     assert seen == {"refused": code, "user": "alice"}
     assert auth.seen == [("/", "Bearer bad"), ("/", "Bearer good")]
+
+
+class Expiring:
+    """Token ``short`` makes a session that expires in 0.6 s; ``long`` one that never does."""
+
+    def __init__(self) -> None:
+        self.tokens: list[str | None] = []
+
+    def __call__(self, request: HandshakeRequest) -> Identity:
+        self.tokens.append(request.token())
+        if request.token() == "short":
+            return Identity("alice", expires_at=time.time() + 0.6)
+        if request.token() == "long":
+            return Identity("alice")
+        raise AuthRefused(401, "unknown token")
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
+async def test_an_expired_session_gets_a_new_token_and_comes_back(
+        nursery: trio.Nursery, tmp_path: Path, adapter: str) -> None:
+    auth = Expiring()
+    srv = await start_server(nursery, make_config(tmp_path), authenticator=auth)
+
+    async def program(connect: Connect, sleep: Sleep) -> dict[str, Any]:
+        seen: dict[str, Any] = {}
+        asked: list[str] = []
+
+        def get_token() -> str:
+            asked.append("long")
+            return "long"
+
+        async with connect(srv.url, token="short", get_token=get_token, backoff=FAST) as client:
+            expired = client.events("session.expired")
+            states = client.events("client.state")
+            first = client.session_id
+            await expired.next()  # then close 4001: get_token, and in again
+            await wait_until(sleep, lambda: client.state == "open" and client.session_id != first, "back in")
+            seen["states"] = [e.data["state"] for e in states.pending()]
+            seen["user"] = (await client.request("session.info"))["user_id"]
+            seen["asked"] = asked
+        return seen
+
+    with trio.fail_after(20):
+        seen = await run_in(adapter, program)
+    assert seen == {"states": ["reconnecting", "open"], "user": "alice", "asked": ["long"]}
+    assert auth.tokens == ["short", "long"]
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
+async def test_a_silent_connection_is_taken_for_dead_and_replaced(tmp_path: Path, adapter: str) -> None:
+    # heartbeat_s 0.5: after 0.5 s of silence the client pings; after 2 x 0.5 + 5 s it gives up
+    async with daemon(tmp_path, "hangs", "--db", str(tmp_path / "d.db"),
+                      config_text="[server]\nheartbeat_s = 0.5\n") as (process, url):
+
+        async def program(connect: Connect, sleep: Sleep) -> dict[str, Any]:
+            async with connect(url, user="patient", backoff=FAST) as client:
+                first = client.session_id
+                process.send_signal(signal.SIGSTOP)  # the socket stays up, nothing answers
+                try:
+                    await wait_until(sleep, lambda: client.state == "reconnecting", "taken for dead", 15)
+                finally:
+                    process.send_signal(signal.SIGCONT)
+                await wait_until(sleep, lambda: client.state == "open" and client.session_id != first, "replaced")
+                return {"user": (await client.request("session.info"))["user_id"]}
+
+        with trio.fail_after(30):
+            started = trio.current_time()
+            assert await run_in(adapter, program) == {"user": "patient"}
+            assert trio.current_time() - started >= 6  # not before 2 x heartbeat_s + 5 s
