@@ -13,7 +13,8 @@
   or the HTTP status (``"http"``); any status but 403 and 429 is a 4401 (docs/embedding.md);
 - an expired session (4001) makes the client call ``get_token`` and come back;
 - a connection that stays silent (the daemon stopped with SIGSTOP) is taken for dead after twice
-  ``heartbeat_s`` plus 5 s and replaced, even when nothing at all came after the welcome.
+  ``heartbeat_s`` plus 5 s and replaced, even when nothing at all came after the welcome;
+- a server ping that crosses the client's close is no error ("plain exceptions", nothing logged).
 
 Each test runs the Trio client in this task and the asyncio one in a thread (``asyncio.run``).
 """
@@ -21,6 +22,7 @@ Each test runs the Trio client in this task and the asyncio one in a thread (``a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import time
@@ -342,3 +344,35 @@ async def test_a_silent_connection_is_taken_for_dead_and_replaced(tmp_path: Path
             started = trio.current_time()
             assert await run_in(adapter, program) == {"user": "patient"}
             assert trio.current_time() - started >= 6  # not before 2 x heartbeat_s + 5 s
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
+async def test_a_ping_that_crosses_the_close_is_no_error(
+        nursery: trio.Nursery, tmp_path: Path, adapter: str, caplog: pytest.LogCaptureFixture) -> None:
+    # The server answers a slow request, then pings the silent client (heartbeat_s 0.1) before it
+    # reads the client's close: the client's WebSocket library must not answer that ping.
+    router = default_router()
+    router.add_custom("app.slow", Slow, slow)
+    srv = await start_server(nursery, make_config(tmp_path, server={"heartbeat_s": 0.1}), router=router)
+
+    async def program(connect: Connect, sleep: Sleep) -> None:
+        async with connect(srv.url, user="closer") as client:
+            async def waiting() -> None:
+                with contextlib.suppress(ClientClosed):
+                    await client.request("app.slow", {"seconds": 0.5})
+
+            if connect.__module__.startswith("signald.client.aio"):
+                task = asyncio.ensure_future(waiting())
+                await sleep(0.1)
+                await client.close()
+                await task
+            else:
+                async with trio.open_nursery() as tasks:
+                    tasks.start_soon(waiting)
+                    await sleep(0.1)
+                    await client.close()
+
+    with trio.fail_after(20):
+        for _ in range(3):
+            await run_in(adapter, program)
+    assert not [r.getMessage() for r in caplog.records if r.name == "signald.client" and r.levelno >= logging.ERROR]
