@@ -307,3 +307,30 @@ def test_every_documented_flag_sets_its_key() -> None:
         assert got != get(config, key), f"{flag} left {key} at its default"
         expected = FLAG_VALUES.get(flag, True)
         assert str(got).lower() == str(expected).lower(), (flag, key, got)
+
+
+# ------------------------------------------------------------------ the value syntax table
+
+@pytest.mark.parametrize(("text", "value"), [
+    ("true", True), ("TRUE", True), ("1", True), ("yes", True), ("On", True),
+    ("false", False), ("False", False), ("0", False), ("NO", False), ("off", False)])
+def test_a_boolean_variable_reads_every_documented_spelling(text: str, value: bool) -> None:
+    assert load_config(env={"SIGNALD_SERVER_INSECURE": text}).server.insecure is value
+
+
+def test_a_list_variable_is_trimmed_and_drops_empty_items_and_a_comma_is_the_empty_list() -> None:
+    assert load_config(env={"SIGNALD_AUTH_ADMINS": " a , ,b,"}).auth.admins == ("a", "b")
+    assert load_config(env={"SIGNALD_AUTH_ADMINS": ","}).auth.admins == ()
+
+
+def test_toml_integers_numbers_lists_and_choices_as_documented(tmp_path: Path) -> None:
+    def load(text: str) -> Config:
+        return load_config(write_toml(tmp_path, text), env={})
+
+    assert load("[limits]\nmax_rooms = 10.0\n").limits.max_rooms == 10  # an integral float is an integer
+    assert load("[limits]\nrate_per_s = 2\n").limits.rate_per_s == 2.0  # an integer is a number
+    assert load('[auth]\nadmins = "a, b"\n').auth.admins == ("a", "b")  # a comma-separated string is a list
+    with pytest.raises(ConfigError, match=r"^limits\.max_rooms: "):
+        load("[limits]\nmax_rooms = 10.5\n")
+    with pytest.raises(ConfigError, match=r"^history\.synchronous: "):  # choices are case-sensitive
+        load('[history]\nsynchronous = "normal"\n')
