@@ -50,7 +50,7 @@ class Client(ClientBase):
         self._poke()
         if self._ws is not None:
             with contextlib.suppress(Exception):
-                async with asyncio.timeout(2):
+                async with asyncio.timeout(wire.CLOSE_TIMEOUT_S):
                     await self._ws.close()
         current = asyncio.current_task()
         for task in self._tasks:
@@ -85,7 +85,8 @@ class Client(ClientBase):
     async def _connect_once(self) -> Closed:
         try:
             ws = await ws_connect(self.url, subprotocols=[Subprotocol(wire.subprotocol(self.binary))],
-                                  additional_headers=wire.auth_headers(self._token), max_size=None)
+                                  additional_headers=wire.auth_headers(self._token), max_size=None,
+                                  close_timeout=wire.CLOSE_TIMEOUT_S)  # every close, the one after a cancel too
         except InvalidStatus as exc:
             headers = exc.response.headers.raw_items()
             return Closed(http_status=exc.response.status_code, retry_after_s=wire.retry_after(headers))
@@ -102,6 +103,7 @@ class Client(ClientBase):
                     while True:
                         await ws.recv()  # until the server's close, with its code
             self._core.opened(welcome.get("data") or {}, _loop_time())
+            self._poke()  # the ticker had no deadline before the welcome: now the heartbeat's
             self._opened.set()
             writer = asyncio.create_task(self._write_frames(ws.send, (ConnectionClosed,)))
             while True:

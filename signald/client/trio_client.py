@@ -32,6 +32,7 @@ from trio_websocket import (
     WebSocketConnection,
     connect_websocket_url,
 )
+from wsproto.utilities import LocalProtocolError
 
 from signald.client import wire
 from signald.client.base import ClientBase
@@ -107,7 +108,10 @@ class Client(ClientBase):
                     with trio.move_on_after(2):  # trio_websocket's reader, which completes it
                         await self._close_done.wait()
                 nursery.cancel_scope.cancel()
-        except* (OSError, HandshakeError, ConnectionClosed, trio.BrokenResourceError, ValueError) as group:
+        # LocalProtocolError: trio_websocket answers a ping that crosses our close frame (a pong in
+        # the closing state); the connection is over either way
+        except* (OSError, HandshakeError, ConnectionClosed, trio.BrokenResourceError, ValueError,
+                 LocalProtocolError) as group:
             closed = Closed()
             for leaf in _leaves(group):
                 if isinstance(leaf, ConnectionRejected):  # raised by trio_websocket's own task
@@ -126,6 +130,7 @@ class Client(ClientBase):
                     while True:
                         await ws.get_message()  # until the server's close, with its code
             self._core.opened(welcome.get("data") or {}, trio.current_time())
+            self._poke()  # the ticker had no deadline before the welcome: now the heartbeat's
             self._opened.set()
             nursery.start_soon(self._write_frames, ws.send_message, (ConnectionClosed, trio.BrokenResourceError))
             while True:

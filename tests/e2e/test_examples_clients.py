@@ -109,6 +109,29 @@ async def test_the_asyncio_bot_echoes(tmp_path: Path) -> None:
     assert bot.lines[-1] == "answered alice: two"
 
 
+async def test_the_asyncio_bot_comes_back_after_a_restart_by_itself(tmp_path: Path) -> None:
+    # docs/client.md: the example has no reconnect code, and its test restarts the daemon under it
+    db = str(tmp_path / "d.db")
+    with trio.fail_after(30):
+        async with daemon(tmp_path, "first", "--db", db) as (process, url), \
+                example("bot_asyncio.py", "--url", url, "--count", "2") as bot:
+            await bot.line("^echo-bot listening in lobby$")
+            async with raw_connect(url, user="alice") as alice:
+                await alice.request("room.join", {"room": "lobby"})
+                await alice.request("chat.send", {"scope": "lobby", "body": "before"})
+                await bot.line("^answered alice: before$")
+            process.send_signal(signal.SIGTERM)
+            await process.wait()
+            port = urlsplit(url).port
+            assert port
+            async with daemon(tmp_path, "second", "--db", db, port=port), raw_connect(url, user="alice") as alice:
+                await alice.request("room.join", {"room": "lobby"})
+                await alice.request("chat.send", {"scope": "lobby", "body": "after"})
+                assert await bot.process.wait() == 0
+    assert [line for line in bot.lines if line.startswith("answered")] == ["answered alice: before",
+                                                                            "answered alice: after"]
+
+
 async def test_presence_watch_sees_a_user_come_go_away_and_type(tmp_path: Path) -> None:
     with trio.fail_after(30):
         async with daemon(tmp_path, "d") as (_, url), \

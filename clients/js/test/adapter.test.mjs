@@ -4,7 +4,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { ClientClosed, connect } from "../signald.js";
+import { ClientClosed, connect, TimeoutError } from "../signald.js";
 
 function fakeServer(script) {
   const sockets = [];
@@ -151,4 +151,41 @@ test("a machine that slept (the wall clock ran ahead of the monotonic one) probe
     Date.now = realNow;
     await client.close();
   }
+});
+
+test("on() returns its remover and '*' hears every event; chat.send gets a client_msg_id; a request times out; close() sends 1000 and rejects what waits", async () => {
+  const { FakeWebSocket, sockets } = fakeServer((ws) => {
+    ws.onsent = (frame) => {
+      if (frame.type === "chat.send") ws.deliver({ type: "ack", data: { op_id: frame.id, data: { id: "m1" } } });
+    };  // anything else is never answered
+    ws.deliver(welcome);
+  });
+  const client = connect("ws://x/", { user: "bot", WebSocket: FakeWebSocket, window: null });
+  await client.ready;
+  const all = [];
+  const typed = [];
+  client.on("*", (data, event) => all.push(event.type));
+  const off = client.on("app.news", (data) => typed.push(data.n));
+  sockets[0].deliver({ type: "app.news", data: { n: 1 } });
+  await new Promise((resolve) => setTimeout(resolve, 0));
+  off();
+  sockets[0].deliver({ type: "app.news", data: { n: 2 } });
+  sockets[0].deliver({ type: "app.other", data: {} });
+  await new Promise((resolve) => setTimeout(resolve, 0));
+  assert.deepEqual(typed, [1]);
+  assert.deepEqual(all, ["app.news", "app.news", "app.other"]);
+
+  assert.deepEqual(await client.request("chat.send", { scope: "r", body: "hi" }), { id: "m1" });
+  const send = sockets[0].sent.find((frame) => frame.type === "chat.send");
+  assert.match(send.data.client_msg_id, /.+/);
+  await assert.rejects(client.request("session.info", null, { timeout: 0.05 }), TimeoutError);
+
+  const waiting = client.request("session.info", null, { timeout: 30 });
+  const codes = [];
+  const fakeClose = sockets[0].close.bind(sockets[0]);
+  sockets[0].close = (code) => { codes.push(code); fakeClose(code); };
+  await client.close();
+  await assert.rejects(waiting, ClientClosed);
+  assert.deepEqual(codes, [1000]);
+  assert.equal(client.state, "closed");
 });

@@ -272,3 +272,65 @@ def test_the_defaults_are_the_documented_ones() -> None:
         assert documented[section] == actual, f"[{section}] in docs/configuration.md"
         for key, value in actual.items():  # 20.0 in the code is written 20.0 in the doc, not 20
             assert type(documented[section][key]) is type(value), f"{section}.{key}"
+
+
+def test_the_opening_names_every_section() -> None:
+    # it said "seven sections" and left out [api] and [cluster] once those came
+    opening = DOC.read_text(encoding="utf-8").split("\n## ")[0]
+    assert re.findall(r"`\[(\w+)\]`", opening) == list(SECTIONS), opening
+
+
+# a value for each flag of the table; the flag's key is read from the table itself
+FLAG_VALUES = {"--host": "10.0.0.1", "--port": "1234", "--db": "x.db", "--history-url": "sqlite:///h.db",
+               "--broker-url": "redis://10.0.0.21:6379/0", "--certfile": "a.pem", "--keyfile": "b.pem",
+               "--metrics-port": "9100", "--log-level": "debug", "--log-format": "json"}
+
+
+def documented_flags() -> dict[str, str]:
+    """flag -> the key it overrides, from the table of `signald serve` flags in docs/configuration.md."""
+    table = DOC.read_text(encoding="utf-8").split("## `signald serve` flags")[1].split("\n\n")[1]
+    flags = {}
+    for row in table.splitlines()[2:]:
+        flag, key = (cell.strip() for cell in re.split(r"(?<!\\)\|", row.strip("|"))[:2])  # not at \|
+        if named := re.match(r"`(\w+\.\w+)", key):
+            flags[flag.strip("`").split()[0]] = named.group(1)
+    return flags
+
+
+def test_every_documented_flag_sets_its_key() -> None:
+    flags = documented_flags()
+    assert len(flags) == 12, flags
+    config = load_config(env={})
+    for flag, key in flags.items():
+        argv = ["serve", flag] + ([FLAG_VALUES[flag]] if flag in FLAG_VALUES else [])
+        got = get(config_from_args(build_parser().parse_args(argv)), key)
+        assert got != get(config, key), f"{flag} left {key} at its default"
+        expected = FLAG_VALUES.get(flag, True)
+        assert str(got).lower() == str(expected).lower(), (flag, key, got)
+
+
+# ------------------------------------------------------------------ the value syntax table
+
+@pytest.mark.parametrize(("text", "value"), [
+    ("true", True), ("TRUE", True), ("1", True), ("yes", True), ("On", True),
+    ("false", False), ("False", False), ("0", False), ("NO", False), ("off", False)])
+def test_a_boolean_variable_reads_every_documented_spelling(text: str, value: bool) -> None:
+    assert load_config(env={"SIGNALD_SERVER_INSECURE": text}).server.insecure is value
+
+
+def test_a_list_variable_is_trimmed_and_drops_empty_items_and_a_comma_is_the_empty_list() -> None:
+    assert load_config(env={"SIGNALD_AUTH_ADMINS": " a , ,b,"}).auth.admins == ("a", "b")
+    assert load_config(env={"SIGNALD_AUTH_ADMINS": ","}).auth.admins == ()
+
+
+def test_toml_integers_numbers_lists_and_choices_as_documented(tmp_path: Path) -> None:
+    def load(text: str) -> Config:
+        return load_config(write_toml(tmp_path, text), env={})
+
+    assert load("[limits]\nmax_rooms = 10.0\n").limits.max_rooms == 10  # an integral float is an integer
+    assert load("[limits]\nrate_per_s = 2\n").limits.rate_per_s == 2.0  # an integer is a number
+    assert load('[auth]\nadmins = "a, b"\n').auth.admins == ("a", "b")  # a comma-separated string is a list
+    with pytest.raises(ConfigError, match=r"^limits\.max_rooms: "):
+        load("[limits]\nmax_rooms = 10.5\n")
+    with pytest.raises(ConfigError, match=r"^history\.synchronous: "):  # choices are case-sensitive
+        load('[history]\nsynchronous = "normal"\n')
