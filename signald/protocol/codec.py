@@ -114,6 +114,11 @@ def _id_beside_lone_surrogate(frame: bytes | str) -> OpId:
     op_id = _readable_op_id(value.get("id"))
     if isinstance(op_id, int) and not -(2**63) <= op_id < 2**64:
         return None
+    if isinstance(op_id, str) and not op_id.isascii():  # the id may be the lone surrogate: no text to echo
+        try:
+            op_id.encode()
+        except UnicodeEncodeError:
+            return None
     return op_id
 
 

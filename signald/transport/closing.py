@@ -104,7 +104,8 @@ class ClosableWebSocket:
         try:
             if self.broken:
                 return
-            left = _LINGER
+            # what is left if reply_by cuts our part short: a failed peer's bytes are never parsed, even then
+            left = _LINGER if self.failure is None else _DISCARD
             with trio.move_on_at(reply_by):
                 left = await self._handshake(code, reason)
             if left == _DONE or (left == _LINGER and linger_until is None) or self.broken:

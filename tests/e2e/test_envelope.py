@@ -96,6 +96,9 @@ BAD_FRAMES: list[tuple[str, str | bytes, str, Any, str]] = [
     # what a browser's JSON.stringify writes for text cut in the middle of an emoji: valid JSON grammar
     ("lone-surrogate", '{"type": "chat.send", "id": "s3", "data": {"scope": "lobby", "body": "a\\udc00b"}}',
      "BAD_REQUEST", "s3", "surrogate"),
+    # the id itself a lone surrogate: no text, so it cannot be echoed (the reply could not be encoded)
+    ("lone-surrogate-id", '{"type": "chat.send", "id": "\\udc00", "data": {"scope": "lobby", "body": "b"}}',
+     "BAD_REQUEST", None, "surrogate"),
     ("unknown-type-no-id", '{"type": "nope"}', "UNKNOWN_TYPE", None, "nope"),
     ("data-array", '{"type": "room.join", "id": "d1", "data": [1]}', "INVALID_PAYLOAD", "d1", "$.data"),
     ("data-string", '{"type": "room.join", "id": "d2", "data": "lobby"}', "INVALID_PAYLOAD", "d2", "$.data"),

@@ -110,6 +110,7 @@ def test_an_id_beside_a_lone_surrogate_is_read_and_echoed(op_id: Any, as_text: b
     '["\\udc00"]', '{"id": true, "a": "\\udc00"}', '{"id": 18446744073709551616, "a": "\\udc00"}',
     '{"id": "x", "a": "\\udc00"', '{"data": {"id": "x"}, "a": "\\udc00"}',
     '{"id": "' + "x" * 129 + '", "a": "\\udc00"}',
+    '{"id": "\\udc00", "type": "ping"}', '{"id": "s\\ud83d", "a": "\\udc00"}',  # the id cannot be echoed
 ])
 def test_beside_a_lone_surrogate_only_a_readable_id_is_read(frame: str) -> None:
     assert read_op_id(frame) is None

@@ -145,3 +145,33 @@ async def test_the_linger_ends_with_the_clients_close_reply() -> None:
             await client.send_all(masked(OP_CLOSE, close_payload(4003)))
         assert trio.current_time() - start < 5  # the reply ended it, not the 30 s (the client never closed)
         assert got == expected and await client.receive_some(1) == b""
+
+
+async def test_a_failed_peers_close_frame_does_not_end_the_linger_when_our_close_frame_was_late() -> None:
+    """After a failure (here 1009) nothing more of the peer's is parsed, its close frame neither
+    (RFC 6455 7.1.7): only its TCP close ends the linger. Also when writing our close frame took
+    past ``reply_by`` (the peer was behind on its reads), which once parsed the peer's bytes as a reply."""
+    async with tcp_pair() as (ws, client):
+        ws.failure = (1009, "message too big")
+        expected = fill(ws) + bytes((0x80 | OP_CLOSE, 17)) + close_payload(1009, b"message too big")
+        start = trio.current_time()
+        closed_at = client_closed_at = 0.0
+
+        async def close() -> None:
+            nonlocal closed_at
+            await ws.close(1009, "message too big", reply_by=start + 0.1, linger_until=start + 30)
+            closed_at = trio.current_time()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(close)
+            await client.send_all(masked(OP_CLOSE, close_payload(1000)))  # what a failed peer may still send
+            await trio.sleep(0.3)  # past reply_by, not reading: the server's close frame waits in its socket
+            got = b""
+            while not got.endswith(expected[-19:]):
+                got += await client.receive_some(65536)
+            await trio.sleep(0.3)
+            assert not closed_at  # still lingering: the peer's close frame was not taken for a reply
+            client_closed_at = trio.current_time()
+            await client.aclose()
+        assert got == expected
+        assert client_closed_at <= closed_at < start + 5  # ended by the peer's TCP close, not the 30 s
