@@ -100,11 +100,18 @@ def read_op_id(frame: bytes | str, *, msgpack: bool = False) -> OpId:
         return None
 
 
+SURROGATE_READ_BYTES: Final = 1 << 16  # the largest frame read again for its id beside a lone surrogate
+
+
 def _id_beside_lone_surrogate(frame: bytes | str) -> OpId:
     """The ``id`` of a JSON frame that msgspec refuses only for a lone UTF-16 surrogate escape
     (``"\\udc00"``: valid JSON grammar, what a browser's ``JSON.stringify`` writes for text cut in the
     middle of an emoji). The standard library reads such text, so the client's request still completes.
-    Only frames refused for a surrogate come here; they are bounded like every frame."""
+    Only frames refused for a surrogate come here, and only up to :data:`SURROGATE_READ_BYTES`: the
+    standard library builds the whole frame (~8x msgspec's id-only pass), so a larger one keeps the
+    cheap refusal and gives no id."""
+    if len(frame) > SURROGATE_READ_BYTES:
+        return None
     try:
         value = json.loads(frame)
     except (ValueError, RecursionError):

@@ -117,3 +117,16 @@ def test_beside_a_lone_surrogate_only_a_readable_id_is_read(frame: str) -> None:
     with pytest.raises(FrameError) as refused:
         decode_frame(frame)
     assert refused.value.op_id is None
+
+
+def test_a_frame_over_the_surrogate_read_bound_keeps_the_cheap_refusal_without_its_id() -> None:
+    """Read again only up to SURROGATE_READ_BYTES: a refused frame must not cost a full parse."""
+    from signald.protocol.codec import SURROGATE_READ_BYTES
+
+    def frame(size: int) -> str:
+        head = '{"type": "chat.send", "id": "s9", "data": {"scope": "lobby", "body": "\\udc00'
+        return head + "x" * (size - len(head) - 3) + '"}}'
+
+    assert len(frame(SURROGATE_READ_BYTES)) == SURROGATE_READ_BYTES
+    assert read_op_id(frame(SURROGATE_READ_BYTES)) == "s9"
+    assert read_op_id(frame(SURROGATE_READ_BYTES + 1)) is None
