@@ -56,6 +56,7 @@ log = logging.getLogger("signald.cluster")
 DECIDED_MS: Final = 60_000  # how long a call's decision stays in Redis (every node has heard it long before)
 BUSY_MS: Final = 60_000  # how long a fresh answer marks its parties busy in Redis (then their copies do)
 TIMEOUT: Final = b"timeout"
+CLAIM_TRIES: Final = 3  # SET NX refused and the key gone by the GET: the claim is tried again
 
 class RedisCallDecisions(CallDecisions):
     """Claims in Redis for :class:`~signald.app.replica.CallDecisions` (see the module docstring)."""
@@ -79,9 +80,15 @@ class RedisCallDecisions(CallDecisions):
         caller, caller_device, callee = parties
         key, client = f"{self._call_prefix}{call_id}.{caller_device}", self._client
         try:
-            if not await client.set(key, device, condition=coredis.PureToken.NX, px=DECIDED_MS):
+            for _ in range(CLAIM_TRIES):
+                if await client.set(key, device, condition=coredis.PureToken.NX, px=DECIDED_MS):
+                    break
                 winner = await client.get(key)  # who had claimed it
-                return None if winner is None else _text(winner)
+                if winner is not None:
+                    return _text(winner)
+                # gone between the two commands (an offer that reused the call id cleared it): claim again
+            else:
+                return ""  # refused every time, the winner never seen: not ours (CONFLICT), never taken as ours
             for user in (caller, callee):  # before the answer is shared: an offer after it finds them busy
                 await client.set(self._busy_prefix + user, call_id, px=BUSY_MS)
         except Exception as exc:  # the broker is down: decide here, as one node would
