@@ -52,7 +52,7 @@ def check_exposure(config: Config) -> str | None:
         return (f"refusing to serve {config.server.host} with auth mode 'none' "
                 "(anyone could connect as anyone); pass --insecure to do it anyway")
     if bool(config.server.certfile) != bool(config.server.keyfile):
-        return "server.certfile and server.keyfile go together"
+        return "configuration error: server.certfile and server.keyfile go together"
     return None
 
 
@@ -121,9 +121,9 @@ def serve(args: argparse.Namespace) -> int:
         print(f"signald: configuration error: {exc}", file=sys.stderr)
         return 2
     if args.workers < 1 or (args.workers > 1 and not config.cluster.enabled):
-        print("signald: configuration error: --workers: more than one node needs cluster.broker_url "
-              "(and a PostgreSQL history.url)" if args.workers > 1 else "signald: --workers must be 1 or more",
-              file=sys.stderr)
+        wrong = ("--workers: more than one node needs cluster.broker_url (and a PostgreSQL history.url)"
+                 if args.workers > 1 else "--workers must be 1 or more")
+        print(f"signald: configuration error: {wrong}", file=sys.stderr)
         return 2
     if args.workers > 1 and config.cluster.node_id:
         config = config.replace(cluster={"node_id": f"{config.cluster.node_id}-0"})

@@ -33,10 +33,10 @@ def no_signald_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.parametrize(("toml", "flags", "said"), [
-    ("", ["--certfile", "c.pem"], "signald: server.certfile and server.keyfile go together"),
-    ("", ["--keyfile", "k.pem"], "signald: server.certfile and server.keyfile go together"),
+    ("", ["--certfile", "c.pem"], "signald: configuration error: server.certfile and server.keyfile go together"),
+    ("", ["--keyfile", "k.pem"], "signald: configuration error: server.certfile and server.keyfile go together"),
     ("", ["--workers", "2"], "signald: configuration error: --workers: more than one node needs cluster.broker_url"),
-    ("", ["--workers", "0"], "signald: --workers must be 1 or more"),
+    ("", ["--workers", "0"], "signald: configuration error: --workers must be 1 or more"),
     (f'[auth]\nmode = "jwt"\njwt_secret = "{SECRET}"\njwt_algorithms = ["none"]\n', [],
      "signald: configuration error: auth: algorithms:"),
     (f'[auth]\nmode = "jwt"\njwt_secret = "{SECRET}"\njwt_algorithms = ["HS256", "RS256"]\n', [],
