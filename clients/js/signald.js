@@ -315,6 +315,7 @@ export class ClientCore {
     this._openedAt = null;
     this._lastHeard = 0.0;
     this._pinged = false;
+    this._givenUp = false; // tick() said the connection is dead: not again until the next opens
     this._retryAfter = null;
   }
 
@@ -324,6 +325,7 @@ export class ClientCore {
     this.welcome = welcome;
     this._openedAt = this._lastHeard = now;
     this._pinged = false;
+    this._givenUp = false; // tick() said the connection is dead: not again until the next opens
     this._setState("open");
     for (const room of [...this.rooms.values()]) this._sync(room, now);
     for (const call of [...this._calls.values()]) if (call.internal === null && !call.sent) this._send(call);
@@ -376,21 +378,22 @@ export class ClientCore {
         this._finish(call, { error: new TimeoutError(`no reply to ${call.type} in time`) });
       }
     }
-    if (this.state !== "open") return false;
+    if (this.state !== "open" || this._givenUp) return false; // (once, until the connection is closed)
     const heartbeat = Number(this.welcome.heartbeat_s ?? 20.0);
     const silent = now - this._lastHeard;
     if (silent >= heartbeat && !this._pinged) {
       this._pinged = true;
       this._outgoing.push({ type: "presence.ping" });
     }
-    return silent >= 2 * heartbeat + PING_GRACE_S;
+    this._givenUp = silent >= 2 * heartbeat + PING_GRACE_S;
+    return this._givenUp;
   }
 
   /** When tick() has something to do next (Infinity: nothing planned). */
   nextDeadline() {
     const deadlines = [...this._calls.values()].filter((c) => c.internal === null).map((c) => c.deadline);
     for (const calls of this._joins.values()) for (const c of calls) deadlines.push(c.deadline);
-    if (this.state === "open") {
+    if (this.state === "open" && !this._givenUp) {
       const heartbeat = Number(this.welcome.heartbeat_s ?? 20.0);
       deadlines.push(this._lastHeard + (this._pinged ? 2 * heartbeat + PING_GRACE_S : heartbeat));
     }

@@ -75,6 +75,7 @@ class ClientCore:
         self._opened_at: float | None = None
         self._last_heard = 0.0
         self._pinged = False
+        self._given_up = False  # tick() said the connection is dead: not again until the next one opens
         self._retry_after: float | None = None
 
     # --- the connection ----------------------------------------------------------------------
@@ -83,7 +84,7 @@ class ClientCore:
         """The connection is up and sent ``welcome``: rejoin the rooms, then send what waits."""
         self.welcome = welcome
         self._opened_at = self._last_heard = now
-        self._pinged = False
+        self._pinged = self._given_up = False
         self._set_state("open")
         for room in list(self.rooms.values()):
             self._sync(room, now)
@@ -150,20 +151,21 @@ class ClientCore:
         for call in [*self._calls.values(), *(c for calls in self._joins.values() for c in calls)]:
             if call.internal is None and call.deadline <= now:
                 self._finish(call, error=TimeoutError(f"no reply to {call.type} in time"))
-        if self.state != "open":
+        if self.state != "open" or self._given_up:  # (once: until the adapter has closed it, no busy ticks)
             return False
         heartbeat = float(self.welcome.get("heartbeat_s", 20.0))
         silent = now - self._last_heard
         if silent >= heartbeat and not self._pinged:
             self._pinged = True
             self._outgoing.append({"type": "presence.ping"})
-        return silent >= 2 * heartbeat + PING_GRACE_S
+        self._given_up = silent >= 2 * heartbeat + PING_GRACE_S
+        return self._given_up
 
     def next_deadline(self) -> float:
         """When :meth:`tick` has something to do next (``math.inf``: nothing planned)."""
         deadlines = [c.deadline for c in self._calls.values() if c.internal is None]
         deadlines += [c.deadline for calls in self._joins.values() for c in calls]
-        if self.state == "open":
+        if self.state == "open" and not self._given_up:
             heartbeat = float(self.welcome.get("heartbeat_s", 20.0))
             wait = 2 * heartbeat + PING_GRACE_S if self._pinged else heartbeat
             deadlines.append(self._last_heard + wait)
