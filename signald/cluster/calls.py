@@ -58,6 +58,7 @@ BUSY_MS: Final = 60_000  # how long a fresh answer marks its parties busy in Red
 TIMEOUT: Final = b"timeout"
 CLAIM_TRIES: Final = 3  # SET NX refused and the key gone by the GET: the claim is tried again
 
+
 class RedisCallDecisions(CallDecisions):
     """Claims in Redis for :class:`~signald.app.replica.CallDecisions` (see the module docstring)."""
 

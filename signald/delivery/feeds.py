@@ -78,16 +78,14 @@ class RoomFeed:
         shares of the other feeds it reads, in publication order."""
         reading = outbox.reading
         if not reading or (len(reading) == 1 and reading[0] is self):  # one busy room: its share as it is
-            start = self.readers.get(outbox)
-            if start is not None:
-                if start < len(self.frames):
-                    self.readers[outbox] = len(self.frames)
-                    self.caught_up.add(outbox)
-                    outbox.reading = None
-                    outbox.push_batch(self.share(start, outbox.binary))
-                    return
-                self.caught_up.add(outbox)
-            outbox.reading = None
+            outbox.reading = None  # (before the push below, which would look at the feeds again)
+            start, end = self.readers.get(outbox), len(self.frames)
+            if start is None:
+                return
+            self.caught_up.add(outbox)
+            if start < end:
+                self.readers[outbox] = end
+                outbox.push_batch(self.share(start, outbox.binary))
             return
         pending: list[tuple[int, Frame]] = []
         for feed in reading:

@@ -21,19 +21,6 @@ __all__ = [
 ]
 
 PROTOCOL_VERSION: Final = 1
-
-_ROOM_PATTERN_TEXT: Final = re.compile(r"`str` matching regex '[^']*'")
-
-
-def field_error_text(exc: msgspec.ValidationError) -> str:
-    """The ``INVALID_PAYLOAD`` message for a schema refusal, always naming the field's path.
-
-    msgspec gives the path after `` - at `` except for a field missing at the top level (`data` of a
-    frame, `room` of a server API body), which gets `` - at `$` `` here; a room name's regex is told
-    as the rule it stands for.
-    """
-    text = _ROOM_PATTERN_TEXT.sub("a room name (1-128 characters of [A-Za-z0-9._:@-])", str(exc))
-    return text if " - at `" in text else text + " - at `$`"
 SUBPROTOCOL_JSON: Final = "signald.v1"
 SUBPROTOCOL_MSGPACK: Final = "signald.v1.msgpack"
 
@@ -71,6 +58,20 @@ ReactionAction = Literal["add", "remove"]
 MAX_ATTACHMENTS: Final = 10
 MAX_NESTING: Final = 64  # levels of arrays/objects in a free-form field (room.signal payload, sdp, candidate)
 _WIDE_INT: Final = (-(2**63), 2**64)  # what both wire formats can carry (MessagePack: int64 and uint64)
+
+
+_ROOM_PATTERN_TEXT: Final = re.compile(r"`str` matching regex '[^']*'")
+
+
+def field_error_text(exc: msgspec.ValidationError) -> str:
+    """The ``INVALID_PAYLOAD`` message for a schema refusal, always naming the field's path.
+
+    msgspec gives the path after `` - at `` except for a field missing at the top level (`data` of a
+    frame, `room` of a server API body), which gets `` - at `$` `` here; a room name's regex is told
+    as the rule it stands for.
+    """
+    text = _ROOM_PATTERN_TEXT.sub("a room name (1-128 characters of [A-Za-z0-9._:@-])", str(exc))
+    return text if " - at `" in text else text + " - at `$`"
 
 
 def _scalar_refusal(value: Any, field: str) -> str | None:
