@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import datetime
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -56,17 +58,24 @@ async def reply_to(c: SignaldClient, message: dict[str, Any]) -> dict[str, Any]:
                 return event
 
 
-@pytest.mark.parametrize("value", list(NOT_JSON.values()), ids=list(NOT_JSON))
-async def test_a_value_that_is_not_json_is_refused_naming_the_field_and_reaches_nobody(
-    srv: RunningServer, value: Any, caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level(logging.DEBUG)
+@asynccontextmanager
+async def in_lobby(srv: RunningServer) -> AsyncIterator[tuple[SignaldClient, SignaldClient, SignaldClient]]:
+    """A MessagePack sender, a JSON reader and a MessagePack other member, all in "lobby", events read."""
     async with connect(srv.url, user="packer", msgpack=True) as packer, \
             connect(srv.url, user="reader") as reader, connect(srv.url, user="other", msgpack=True) as other:
         for c in (packer, reader, other):
             await c.request("room.join", {"room": "lobby"})
         for c in (packer, reader, other):
             await events_of(c)
+        yield packer, reader, other
+
+
+@pytest.mark.parametrize("value", list(NOT_JSON.values()), ids=list(NOT_JSON))
+async def test_a_value_that_is_not_json_is_refused_naming_the_field_and_reaches_nobody(
+    srv: RunningServer, value: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    async with in_lobby(srv) as (packer, reader, other):
         requests = [
             ("room.signal", {"room": "lobby", "kind": "k", "payload": value}, "$.data.payload"),
             ("call.offer", {"target_id": "reader", "call_type": "data", "sdp": {"type": "offer", "x": value}},
@@ -84,12 +93,7 @@ async def test_a_value_that_is_not_json_is_refused_naming_the_field_and_reaches_
 
 
 async def test_every_json_value_reaches_json_and_msgpack_members_as_sent(srv: RunningServer) -> None:
-    async with connect(srv.url, user="packer", msgpack=True) as packer, \
-            connect(srv.url, user="reader") as reader, connect(srv.url, user="other", msgpack=True) as other:
-        for c in (packer, reader, other):
-            await c.request("room.join", {"room": "lobby"})
-        for c in (packer, reader, other):
-            await events_of(c)
+    async with in_lobby(srv) as (packer, reader, other):
         for sender, receivers in ((packer, (reader, other)), (reader, (packer, other))):
             for value in JSON_VALUES:
                 assert await sender.request("room.signal", {"room": "lobby", "kind": "k", "payload": value}) is None

@@ -52,24 +52,34 @@ def connections_received(port: int) -> int:
     return int(stats["total_connections_received"])
 
 
-async def test_the_writer_sends_writes_answered_with_ask_to_the_node_named(redis_cluster: Cluster) -> None:
-    """A slot being moved (not signald's: the session's cluster keeps that one where it is): the owner
-    answers ``ASK`` for a key it already handed over and still takes the rest; the writer sends the
-    refused write to the node named, after ``ASKING``, and the pipeline succeeds."""
-    redis_cluster.flush()
-    moved, kept = "{ask-test}.moved", "{ask-test}.kept"
-    slot = int(cli(redis_cluster.ports[0], "CLUSTER", "KEYSLOT", moved))
-    source = next(ports[0] for first, last, ports in redis_cluster.slot_map() if first <= slot <= last)
-    target = next(ports[0] for _, _, ports in redis_cluster.slot_map() if ports[0] != source)
+def slot_and_nodes(cluster: Cluster, key: str) -> tuple[int, int, int]:
+    """``key``'s slot, the primary that owns it (source) and another primary (target), as ports."""
+    slot = int(cli(cluster.ports[0], "CLUSTER", "KEYSLOT", key))
+    source = next(ports[0] for first, last, ports in cluster.slot_map() if first <= slot <= last)
+    target = next(ports[0] for _, _, ports in cluster.slot_map() if ports[0] != source)
+    return slot, source, target
 
+
+def writer_at(source: int, downs: list[BaseException]) -> Writer:
+    """A writer whose link goes to ``source`` and that follows redirections to the node named."""
     async def to_source() -> Link:
         return await open_link(Endpoint("127.0.0.1", source))
 
     async def to(host: str, port: int) -> Link:
         return await open_link(Endpoint(host, port))
 
+    return Writer(to_source, up=lambda: None, down=downs.append, publish="SPUBLISH", redirect=to)
+
+
+async def test_the_writer_sends_writes_answered_with_ask_to_the_node_named(redis_cluster: Cluster) -> None:
+    """A slot being moved (not signald's: the session's cluster keeps that one where it is): the owner
+    answers ``ASK`` for a key it already handed over and still takes the rest; the writer sends the
+    refused write to the node named, after ``ASKING``, and the pipeline succeeds."""
+    redis_cluster.flush()
+    moved, kept = "{ask-test}.moved", "{ask-test}.kept"
+    slot, source, target = slot_and_nodes(redis_cluster, moved)
     downs: list[BaseException] = []
-    writer = Writer(to_source, up=lambda: None, down=downs.append, publish="SPUBLISH", redirect=to)
+    writer = writer_at(source, downs)
     await writer.execute([("hset", moved, {"a": b"0"}), ("hset", kept, {"a": b"0"})])
     source_id, target_id = redis_cluster.node_id(source), redis_cluster.node_id(target)
     assert cli(target, "CLUSTER", "SETSLOT", str(slot), "IMPORTING", source_id) == "OK"
@@ -119,18 +129,9 @@ async def test_the_writer_follows_moved_to_the_new_owner_at_once(redis_cluster: 
     (a subscriber there hears the publish) and stays there; nothing is lost, ``down`` hears nothing."""
     redis_cluster.flush()
     key, channel = "{moved-test}.key", "{moved-test}.channel"
-    slot = int(cli(redis_cluster.ports[0], "CLUSTER", "KEYSLOT", key))
-    source = next(ports[0] for first, last, ports in redis_cluster.slot_map() if first <= slot <= last)
-    target = next(ports[0] for _, _, ports in redis_cluster.slot_map() if ports[0] != source)
-
-    async def to_source() -> Link:
-        return await open_link(Endpoint("127.0.0.1", source))
-
-    async def to(host: str, port: int) -> Link:
-        return await open_link(Endpoint(host, port))
-
+    slot, source, target = slot_and_nodes(redis_cluster, key)
     downs: list[BaseException] = []
-    writer = Writer(to_source, up=lambda: None, down=downs.append, publish="SPUBLISH", redirect=to)
+    writer = writer_at(source, downs)
     await writer.execute([("hset", key, {"a": b"0"})])
     move(redis_cluster, slot, source, target)
     subscriber = await open_link(Endpoint("127.0.0.1", target))
