@@ -63,6 +63,22 @@ async def wait_until(sleep: Sleep, check: Callable[[], bool], what: str, limit_s
     raise AssertionError(f"never: {what}")
 
 
+async def close_during(connect: Connect, sleep: Sleep, client: Any, waiting: Callable[[], Awaitable[None]],
+                       *, after_s: float) -> None:
+    """Run ``waiting`` beside the client's own tasks (either adapter's event loop), close the client
+    ``after_s`` later, and return once ``waiting`` has ended."""
+    if connect.__module__.startswith("signald.client.aio"):
+        task = asyncio.ensure_future(waiting())
+        await sleep(after_s)
+        await client.close()
+        await task
+    else:
+        async with trio.open_nursery() as tasks:
+            tasks.start_soon(waiting)
+            await sleep(after_s)
+            await client.close()
+
+
 @pytest.mark.parametrize("adapter", ADAPTERS)
 async def test_close_fails_what_waits_ends_the_iterators_and_closes_with_1000(
         nursery: trio.Nursery, tmp_path: Path, adapter: str, caplog: pytest.LogCaptureFixture) -> None:
@@ -92,16 +108,7 @@ async def test_close_fails_what_waits_ends_the_iterators_and_closes_with_1000(
                 except ClientClosed as exc:
                     seen["waiting"] = ("ClientClosed", exc.code)
 
-            if connect.__module__.startswith("signald.client.aio"):
-                task = asyncio.ensure_future(waiting())
-                await sleep(0.2)  # the request is out
-                await client.close()
-                await task
-            else:
-                async with trio.open_nursery() as tasks:
-                    tasks.start_soon(waiting)
-                    await sleep(0.2)
-                    await client.close()
+            await close_during(connect, sleep, client, waiting, after_s=0.2)  # the request is out by then
             seen["state"] = client.state
             seen["states"] = [e.data["state"] async for e in states]  # ends quietly after "closed"
             seen["everything"] = [e.type async for e in everything]
@@ -361,16 +368,7 @@ async def test_a_ping_that_crosses_the_close_is_no_error(
                 with contextlib.suppress(ClientClosed):
                     await client.request("app.slow", {"seconds": 0.5})
 
-            if connect.__module__.startswith("signald.client.aio"):
-                task = asyncio.ensure_future(waiting())
-                await sleep(0.1)
-                await client.close()
-                await task
-            else:
-                async with trio.open_nursery() as tasks:
-                    tasks.start_soon(waiting)
-                    await sleep(0.1)
-                    await client.close()
+            await close_during(connect, sleep, client, waiting, after_s=0.1)
 
     with trio.fail_after(20):
         for _ in range(3):
