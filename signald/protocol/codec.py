@@ -23,7 +23,7 @@ import msgspec
 from msgspec import Struct
 
 from signald.errors import ErrorCode, SignalError
-from signald.protocol.common import OpId, field_error_text
+from signald.protocol.common import OpId, field_error_text, fits_wire_int
 from signald.protocol.inbound import INBOUND_MESSAGES, InboundMessage
 from signald.protocol.types import APP_EVENT_PREFIX, INBOUND_BY_TYPE, type_of
 
@@ -119,7 +119,7 @@ def _id_beside_lone_surrogate(frame: bytes | str) -> OpId:
     if not isinstance(value, dict):
         return None
     op_id = _readable_op_id(value.get("id"))
-    if isinstance(op_id, int) and not -(2**63) <= op_id < 2**64:
+    if isinstance(op_id, int) and not fits_wire_int(op_id):
         return None
     if isinstance(op_id, str) and not op_id.isascii():  # the id may be the lone surrogate: no text to echo
         try:

@@ -17,7 +17,7 @@ __all__ = [
     "PROTOCOL_VERSION", "SUBPROTOCOL_JSON", "SUBPROTOCOL_MSGPACK", "RoomName", "UserId", "MessageId", "CallId",
     "OpId", "Seq", "ShortText", "Reaction", "SignalKind", "Reason", "JsonObject", "Status", "CallType", "DeleteMode",
     "ReactionAction", "MAX_ATTACHMENTS", "Attachment", "Attachments", "ChatMessage", "Limits", "Rev", "Tombstone",
-    "Change", "field_error_text"
+    "Change", "field_error_text", "fits_wire_int"
 ]
 
 PROTOCOL_VERSION: Final = 1
@@ -60,6 +60,11 @@ MAX_NESTING: Final = 64  # levels of arrays/objects in a free-form field (room.s
 _WIDE_INT: Final = (-(2**63), 2**64)  # what both wire formats can carry (MessagePack: int64 and uint64)
 
 
+def fits_wire_int(value: int) -> bool:
+    """Whether both wire formats can carry ``value`` (MessagePack: int64 and uint64)."""
+    return _WIDE_INT[0] <= value < _WIDE_INT[1]
+
+
 _ROOM_PATTERN_TEXT: Final = re.compile(r"`str` matching regex '[^']*'")
 
 
@@ -80,8 +85,7 @@ def _scalar_refusal(value: Any, field: str) -> str | None:
     if kind is str or kind is bool or value is None:
         return None
     if kind is int:
-        fits = _WIDE_INT[0] <= value < _WIDE_INT[1]
-        return None if fits else f"`{field}` holds an integer that does not fit in 64 bits"
+        return None if fits_wire_int(value) else f"`{field}` holds an integer that does not fit in 64 bits"
     if kind is float:
         return None if math.isfinite(value) else f"`{field}` holds NaN or an infinity, which JSON cannot carry"
     return f"`{field}` holds a {kind.__name__} value, which JSON cannot carry"
