@@ -18,21 +18,25 @@ number of refusals).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 import trio
 
+from signald.app.beside import Beside
 from signald.app.context import Context
 from signald.app.hub import Hub
 from signald.app.session import CLOSE_POLICY, Session
-from signald.protocol import FrameError
+from signald.protocol import FrameError, Inbound
 from signald.protocol.codec import read_op_id
-from signald.router import Router
+from signald.router import CustomMessage, Router
 from signald.state.ratelimit import Verdict
 from signald.state.replies import error_reply
 
 log = logging.getLogger("signald.connection")  # the logger name operators already filter on
 audit = logging.getLogger("signald.audit")
+Spawn = Callable[..., Any]  # trio.Nursery.start_soon: (async function, *args)
 
 
 def message_size(message: str | bytes) -> int:
@@ -42,17 +46,36 @@ def message_size(message: str | bytes) -> int:
     return len(message.encode("utf-8", "surrogatepass"))
 
 
-async def handle_message(hub: Hub, router: Router, session: Session, message: str | bytes) -> None:
-    """Carry out one inbound message and queue its reply (if it gets one)."""
+async def handle_message(hub: Hub, router: Router, session: Session, message: str | bytes,
+                         spawn: Spawn | None = None) -> None:
+    """Carry out one inbound message and queue its reply (if it gets one).
+
+    With ``spawn`` (the server's nursery of connection tasks), an embedder's ``app.*`` handler runs
+    in a task of its own while the connection goes on reading (:mod:`signald.app.beside`); the
+    frames read meanwhile are carried out after it, in order.
+    """
     if session.close_code is not None:
         return  # closing: nothing more is carried out
-    hub.counters.messages_in += 1
     verdict = session.flood.check(trio.current_time())
-    if verdict is not Verdict.ALLOW:
-        if verdict is Verdict.CLOSE:
-            audit.warning("close 1008 user=%s peer=%s reason=flooding", session.user_id, session.remote)
-            session.close(CLOSE_POLICY, "rate limit exceeded repeatedly", flush=True, grace_s=1.0)
+    if verdict is Verdict.CLOSE:
+        hub.counters.messages_in += 1
+        audit.warning("close 1008 user=%s peer=%s reason=flooding", session.user_id, session.remote)
+        session.close(CLOSE_POLICY, "rate limit exceeded repeatedly", flush=True, grace_s=1.0)
+        return
+    beside = session.beside
+    if beside is not None:
+        if beside.hold(message, verdict):
             return
+        await beside.done.wait()  # full: read nothing more until what it holds is carried out
+        if session.close_code is not None:
+            return
+    await _carry_out(hub, router, session, message, verdict, spawn)
+
+
+async def _carry_out(hub: Hub, router: Router, session: Session, message: str | bytes, verdict: Verdict,
+                     spawn: Spawn | None) -> None:
+    hub.counters.messages_in += 1
+    if verdict is not Verdict.ALLOW:
         op_id = read_op_id(message, msgpack=session.binary)
         hub.reply(session, error_reply(op_id, "RATE_LIMITED", "too many messages; slow down"))
         return
@@ -71,10 +94,32 @@ async def handle_message(hub: Hub, router: Router, session: Session, message: st
         hub.reply(session, error_reply(read_op_id(message, msgpack=session.binary), "BAD_REQUEST",
                                        "frame could not be decoded"))
         return
+    del message
     hub.on_activity(session)
+    if spawn is not None and isinstance(request, CustomMessage):
+        session.beside = beside = Beside()
+        spawn(_beside, hub, router, session, beside, request)
+        return
+    await _dispatch(hub, router, session, request)
+
+
+async def _dispatch(hub: Hub, router: Router, session: Session, request: Inbound | CustomMessage) -> None:
     ctx = Context(hub, session)
     reply = await router.dispatch(ctx, request)
     if reply is not None:
         hub.reply(session, reply)
     if ctx.after_reply:  # events that must follow the reply, in its turn
         session.replies.in_turn(partial(hub.publish, ctx.after_reply))
+
+
+async def _beside(hub: Hub, router: Router, session: Session, beside: Beside, request: CustomMessage) -> None:
+    """Run an embedder's handler, then carry out the frames read meanwhile (their own ``app.*`` inline)."""
+    try:
+        with beside.scope:
+            await _dispatch(hub, router, session, request)
+            while (held := beside.next()) is not None:
+                if session.close_code is None:
+                    await _carry_out(hub, router, session, held[0], held[1], None)
+    finally:
+        session.beside = None
+        beside.done.set()

@@ -369,9 +369,12 @@ async def _serve_client(serving: _Serving, stream: trio.abc.Stream) -> None:
     hub.expiries.watch(session)
     serving.connections.add(session, ws)
     try:
-        await run_connection(ws, session, partial(handle_message, hub, router, session),
+        await run_connection(ws, session, partial(handle_message, hub, router, session,
+                                                  spawn=serving.connections.nursery.start_soon),
                              helpers=serving.connections.nursery)
     finally:
+        if session.beside is not None:  # an embedder's handler still running: its reply has nowhere to go
+            session.beside.cancel()
         serving.connections.remove(session)
         if hub.shutting_down and session.close_code is None:  # close_all came too late for it
             session.close_code, session.close_reason = CLOSE_GOING_AWAY, "server shutting down"

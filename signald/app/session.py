@@ -16,6 +16,7 @@ from typing import Final
 import attrs
 import trio
 
+from signald.app.beside import Beside
 from signald.auth import Identity
 from signald.delivery.cork import Cork
 from signald.delivery.frames import Frame
@@ -54,6 +55,7 @@ class Session:
     detached: bool = False
     on_close: Callable[[Session], None] | None = None  # given the session: the hub keeps no closure of it
     cancel_scope: trio.CancelScope | None = None
+    beside: Beside | None = None  # an embedder's handler running beside the reader (signald.app.beside)
     # Replies go out in request order (see signald.state.replies).
     replies: ReplyOrder = attrs.field(init=False, factory=ReplyOrder)
     # Audit lines about this connection's refused requests: 10 at once, then one every 2 s.
