@@ -120,6 +120,10 @@ async def _beside(hub: Hub, router: Router, session: Session, beside: Beside, re
             while (held := beside.next()) is not None:
                 if session.close_code is None:
                     await _carry_out(hub, router, session, held[0], held[1], None)
+    except Exception:  # as if the reader had raised it: logged, and this connection ends (never the server)
+        log.exception("connection of session %s failed", session.session_id)
+        if session.cancel_scope is not None:
+            session.cancel_scope.cancel()
     finally:
         session.beside = None
         beside.done.set()

@@ -9,6 +9,7 @@ order, as if the handler had been quick (docs/embedding.md, "Handlers that take 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -17,13 +18,13 @@ from typing import Any
 import pytest
 import trio
 from conftest import make_config, start_server
-from trio_websocket import WebSocketConnection, open_websocket_url
+from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 
 from signald.app.beside import BACKLOG_FRAMES
 from signald.app.context import Context
 from signald.client.raw import build_url
 from signald.handlers import default_router
-from signald.router import CustomMessage
+from signald.router import CustomMessage, Router
 from signald.server import RunningServer
 
 
@@ -171,3 +172,35 @@ async def test_a_client_closing_during_a_slow_handler_ends_it(serve: Serve, gate
         await gate.cancelled.wait()
         await gone.wait()
     assert server.sessions_of("alice") == ()
+
+
+class FailingRouter(Router):
+    """A router whose dispatch itself fails for ``app.fail``: a bug below the handler."""
+
+    async def dispatch(self, ctx: Context, message: Any) -> Any:
+        if isinstance(message, CustomMessage) and message.type == "app.fail":
+            raise RuntimeError("dispatch bug")
+        return await super().dispatch(ctx, message)
+
+
+async def test_a_failure_beside_the_reader_ends_that_connection_only(
+    nursery: trio.Nursery, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def quick(ctx: Context, msg: CustomMessage) -> dict[str, Any]:
+        return {"n": msg.data["n"]}
+
+    router = FailingRouter()
+    for message_type, handler in default_router()._handlers.items():
+        router._handlers[message_type] = handler
+    router.add_custom("app.fail", dict, quick)
+    router.add_custom("app.quick", dict, quick)
+    server = await start_server(nursery, make_config(tmp_path), router=router)
+    async with frames(server, "bob") as other:
+        with caplog.at_level(logging.ERROR, logger="signald.connection"):
+            async with frames(server, "alice") as ws:
+                await send(ws, "app.fail", "f1", {"n": 1})
+                with trio.fail_after(5), pytest.raises(ConnectionClosed):
+                    await ws.get_message()
+        assert any("dispatch bug" in repr(record.exc_info) for record in caplog.records)
+        await send(other, "app.quick", "q1", {"n": 2})
+        assert await replies(other, 1) == [("ack", "q1", {"n": 2})]
