@@ -69,38 +69,41 @@ async def handle_message(hub: Hub, router: Router, session: Session, message: st
         await beside.done.wait()  # full: read nothing more until what it holds is carried out
         if session.close_code is not None:
             return
-    await _carry_out(hub, router, session, message, verdict, spawn)
-
-
-async def _carry_out(hub: Hub, router: Router, session: Session, message: str | bytes, verdict: Verdict,
-                     spawn: Spawn | None) -> None:
-    hub.counters.messages_in += 1
-    if verdict is not Verdict.ALLOW:
-        op_id = read_op_id(message, msgpack=session.binary)
-        hub.reply(session, error_reply(op_id, "RATE_LIMITED", "too many messages; slow down"))
+    request = _decoded(hub, router, session, message, verdict)
+    if request is None:
         return
-    limit = hub.config.limits.max_frame_bytes
-    if message_size(message) > limit:
-        op_id = read_op_id(message, msgpack=session.binary)
-        hub.reply(session, error_reply(op_id, "TOO_LARGE", f"frame exceeds max_frame_bytes ({limit})"))
-        return
-    try:
-        request = router.decode(message, binary=session.binary)
-    except FrameError as exc:
-        hub.reply(session, error_reply(exc.op_id, exc.code, exc.message))
-        return
-    except Exception:  # a decoder bug must not cost the connection (or the server)
-        log.exception("could not decode a frame from session %s", session.session_id)
-        hub.reply(session, error_reply(read_op_id(message, msgpack=session.binary), "BAD_REQUEST",
-                                       "frame could not be decoded"))
-        return
-    del message
-    hub.on_activity(session)
     if spawn is not None and isinstance(request, CustomMessage):
         session.beside = beside = Beside()
         spawn(_beside, hub, router, session, beside, request)
         return
     await _dispatch(hub, router, session, request)
+
+
+def _decoded(hub: Hub, router: Router, session: Session, message: str | bytes,
+             verdict: Verdict) -> Inbound | CustomMessage | None:
+    """The request ``message`` holds, or None when it was refused (its error reply queued)."""
+    hub.counters.messages_in += 1
+    if verdict is not Verdict.ALLOW:
+        op_id = read_op_id(message, msgpack=session.binary)
+        hub.reply(session, error_reply(op_id, "RATE_LIMITED", "too many messages; slow down"))
+        return None
+    limit = hub.config.limits.max_frame_bytes
+    if message_size(message) > limit:
+        op_id = read_op_id(message, msgpack=session.binary)
+        hub.reply(session, error_reply(op_id, "TOO_LARGE", f"frame exceeds max_frame_bytes ({limit})"))
+        return None
+    try:
+        request = router.decode(message, binary=session.binary)
+    except FrameError as exc:
+        hub.reply(session, error_reply(exc.op_id, exc.code, exc.message))
+        return None
+    except Exception:  # a decoder bug must not cost the connection (or the server)
+        log.exception("could not decode a frame from session %s", session.session_id)
+        hub.reply(session, error_reply(read_op_id(message, msgpack=session.binary), "BAD_REQUEST",
+                                       "frame could not be decoded"))
+        return None
+    hub.on_activity(session)
+    return request
 
 
 async def _dispatch(hub: Hub, router: Router, session: Session, request: Inbound | CustomMessage) -> None:
@@ -118,8 +121,8 @@ async def _beside(hub: Hub, router: Router, session: Session, beside: Beside, re
         with beside.scope:
             await _dispatch(hub, router, session, request)
             while (held := beside.next()) is not None:
-                if session.close_code is None:
-                    await _carry_out(hub, router, session, held[0], held[1], None)
+                if session.close_code is None and (later := _decoded(hub, router, session, *held)) is not None:
+                    await _dispatch(hub, router, session, later)
     except Exception:  # as if the reader had raised it: logged, and this connection ends (never the server)
         log.exception("connection of session %s failed", session.session_id)
         if session.cancel_scope is not None:
