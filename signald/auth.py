@@ -42,7 +42,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, Protocol, runtime_checkable
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl
 
 import attrs
 
@@ -70,8 +70,13 @@ class HandshakeRequest:
 
     @property
     def query(self) -> dict[str, str]:
-        """Query parameters, first value of each name, percent-decoded."""
-        return dict(reversed(parse_qsl(urlsplit(self.path).query, keep_blank_values=True)))
+        """Query parameters, first value of each name, percent-decoded.
+
+        The query is what follows the first ``?`` (up to a ``#``), as ``urlsplit`` reads it, without
+        ``urlsplit``: it raised ``ValueError`` on a target such as ``http://[zz]/?user=a``, which h11
+        accepts (the path is not checked), and that dropped the connection with a traceback."""
+        query = self.path.partition("#")[0].partition("?")[2]
+        return dict(reversed(parse_qsl(query, keep_blank_values=True)))
 
     def header(self, name: str) -> str | None:
         """The first value of header ``name`` (case-insensitive), or None."""
