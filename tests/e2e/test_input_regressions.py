@@ -4,12 +4,29 @@ shrunk to the one input that broke a promise of docs/protocol.md, against an in-
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
 from typing import Any
 
+import httpx
+import pytest
 import trio
+from conftest import events_of, make_config, start_server
 
 from signald.client.raw import SignaldClient, connect
 from signald.server import RunningServer
+
+KEY = "k" * 40
+AUTH = {"authorization": f"Bearer {KEY}"}
+
+
+@pytest.fixture
+async def api_server(nursery: trio.Nursery, tmp_path: Path) -> RunningServer:
+    return await start_server(nursery, make_config(tmp_path, api={"keys": [KEY]}))
+
+
+def http_url(server: RunningServer) -> str:
+    return server.url.replace("ws://", "http://").rstrip("/")
 
 
 async def reply_to(c: SignaldClient, frame: str | bytes) -> dict[str, Any]:
@@ -68,3 +85,100 @@ async def test_a_text_frame_whose_id_msgpack_cannot_carry_is_refused_on_a_msgpac
         reply = await reply_to(alice, too_large)
         assert (reply["data"]["code"], reply["data"]["op_id"]) == ("TOO_LARGE", None)
         assert (await alice.request_raw("presence.ping", op_id=7))["data"]["op_id"] == 7
+
+
+# --------------------------------------------------------------------------- the server API (HTTP)
+
+
+async def test_app_event_data_past_64_bits_or_too_deep_is_refused_before_anything_is_delivered(
+    api_server: RunningServer, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``data`` of ``publish``/``notify`` is free-form like ``room.signal``'s payload, but was not held to
+    its bounds: an integer past 64 bits answered 500 (the MessagePack member's frame failed to encode,
+    after the JSON member may have got it; with ``store`` the message was stored first), and a body nested
+    deeper than the decoder goes raised RecursionError, 500 as well. Now both are 400 and nothing moves."""
+    async with connect(api_server.url, user="mp", msgpack=True) as mp, connect(api_server.url, user="js") as js, \
+            httpx.AsyncClient(base_url=http_url(api_server)) as http:
+        for c in (mp, js):
+            await c.request("room.join", {"room": "lobby"})
+        await events_of(mp)
+        await events_of(js)
+        refused = [
+            ("publish", f'{{"room": "lobby", "type": "app.t", "data": {{"n": {2**64}}}}}', "INVALID_PAYLOAD",
+             "64 bits"),
+            ("publish", f'{{"room": "lobby", "type": "app.t", "data": [{-(2**63) - 1}], "store": true}}',
+             "INVALID_PAYLOAD", "64 bits"),
+            ("notify", f'{{"user_id": "mp", "type": "app.t", "data": {10**30}}}', "INVALID_PAYLOAD", "64 bits"),
+            ("publish", '{"room": "lobby", "type": "app.t", "data": ' + "[" * 65 + "]" * 65 + "}", "INVALID_PAYLOAD",
+             "64 levels"),
+            ("publish", '{"room": "lobby", "type": "app.t", "data": ' + "[" * 5000 + "]" * 5000 + "}", "BAD_REQUEST",
+             "nests too deeply"),
+        ]
+        with caplog.at_level(logging.ERROR):
+            for call, body, code, said in refused:
+                response = await http.post(f"/api/v1/{call}", content=body, headers=AUTH)
+                assert response.status_code == 400, (body[:80], response.text)
+                error = response.json()["error"]
+                assert error["code"] == code and said in error["message"], (body[:80], error)
+        assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+        assert await events_of(mp) == [] and await events_of(js) == []
+        assert (await mp.request("chat.history", {"room": "lobby"}))["messages"] == []
+        response = await http.post("/api/v1/publish", json={"room": "lobby", "type": "app.t", "data": [2**64 - 1]},
+                                   headers=AUTH)
+        assert response.json() == {"result": {"delivered": 2}}
+
+
+async def test_a_kick_body_with_an_unknown_field_is_refused_as_every_body_is(api_server: RunningServer) -> None:
+    """docs/server-api.md: "unknown fields are refused"; ``kick`` reused ``room.kick``'s struct, which
+    ignores them, so a misspelt ``reson`` dropped the reason silently and kicked all the same."""
+    async with connect(api_server.url, user="bob") as bob, httpx.AsyncClient(base_url=http_url(api_server)) as http:
+        await bob.request("room.join", {"room": "lobby"})
+        response = await http.post("/api/v1/kick", json={"room": "lobby", "user_id": "bob", "reson": "spam"},
+                                   headers=AUTH)
+        assert response.status_code == 400
+        assert response.json()["error"]["code"] == "INVALID_PAYLOAD" and "reson" in response.json()["error"]["message"]
+        assert [e for e in await events_of(bob) if e[0] == "room.kicked"] == []
+        response = await http.post("/api/v1/kick", json={"room": "lobby", "user_id": "bob", "reason": "spam"},
+                                   headers=AUTH)
+        assert response.json() == {"result": {"sessions": 1}}
+
+
+@pytest.mark.parametrize("target", ["http://[zz]/healthz", "http://[::1/healthz", "//[/api/v1/stats"])
+async def test_a_request_target_that_is_no_url_gets_400_not_a_dropped_connection(
+    api_server: RunningServer, target: str, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """h11 takes any visible characters as the target; ``urlsplit`` raised ValueError on a bracketed host
+    that is no address, which dropped the connection unanswered with a traceback."""
+    port = int(http_url(api_server).rsplit(":", 1)[1])
+    with caplog.at_level(logging.ERROR):
+        async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
+            await stream.send_all(f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            got = b""
+            with trio.fail_after(5):
+                while chunk := await stream.receive_some(65536):
+                    got += chunk
+    assert got.startswith(b"HTTP/1.1 400 ") and got.endswith(b"bad HTTP request\n"), got
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+    async with httpx.AsyncClient(base_url=http_url(api_server)) as http:
+        assert (await http.get("/healthz")).status_code == 200
+
+
+async def test_an_upgrade_whose_target_is_no_url_still_reads_its_query(
+    api_server: RunningServer, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The request path is not checked (docs/protocol.md), so ``GET http://[zz]/?user=ann`` is an upgrade
+    like any other: ``?user=`` was read with ``urlsplit``, whose ValueError dropped the connection."""
+    port = int(http_url(api_server).rsplit(":", 1)[1])
+    with caplog.at_level(logging.ERROR):
+        async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
+            await stream.send_all(b"GET http://[zz]/?user=ann HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                                  b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                                  b"Sec-WebSocket-Version: 13\r\n\r\n")
+            got = b""
+            with trio.fail_after(5):
+                while b'"user_id":"ann"' not in got:
+                    chunk = await stream.receive_some(65536)
+                    assert chunk, got
+                    got += chunk
+    assert got.startswith(b"HTTP/1.1 101 ")
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
