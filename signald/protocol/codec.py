@@ -16,6 +16,7 @@ those decode in the same single pass instead of failing first.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from typing import Any, Final, Union, cast
 
@@ -95,7 +96,7 @@ def read_op_id(frame: bytes | str, *, msgpack: bool = False) -> OpId:
     try:
         op_id = decoder.decode(cast(Any, frame)).id
     except msgspec.DecodeError as exc:
-        if decoder is _json_id and "surrogate" in str(exc):
+        if decoder is _json_id and _for_a_surrogate(exc, frame):
             return _id_beside_lone_surrogate(frame)
         return None
     except _DECODE_FAILURES:
@@ -106,6 +107,22 @@ def read_op_id(frame: bytes | str, *, msgpack: bool = False) -> OpId:
 
 
 SURROGATE_READ_BYTES: Final = 1 << 16  # the largest frame read again for its id beside a lone surrogate
+# A surrogate escape (\ud800-\udfff): msgspec names a lone one in its error only sometimes. For a high
+# one followed by no escape (what JSON.stringify writes for text cut after the first half of an emoji)
+# it reports truncated input, or, when only skipping the string, the end of a hex escape.
+_SURROGATE_TEXT: Final = re.compile(r"\\u[dD][89a-fA-F]")
+_SURROGATE_BYTES: Final = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _for_a_surrogate(exc: msgspec.DecodeError, frame: bytes | str) -> bool:
+    """Whether msgspec may have refused JSON ``frame`` for a lone UTF-16 surrogate escape: its error
+    says so, or the frame holds a surrogate escape at all (the second read,
+    :func:`_id_beside_lone_surrogate`, tells whether the frame is JSON otherwise)."""
+    if "surrogate" in str(exc):
+        return True
+    if isinstance(frame, str):
+        return _SURROGATE_TEXT.search(frame) is not None
+    return _SURROGATE_BYTES.search(frame) is not None
 
 
 def _id_beside_lone_surrogate(frame: bytes | str) -> OpId:
@@ -137,12 +154,13 @@ def _id_beside_lone_surrogate(frame: bytes | str) -> OpId:
 _UNREAD: Final = object()
 
 
-def _out_of_range_read(frame: bytes | str) -> Any:
-    """The value of a JSON frame msgspec refuses only for a number beyond a float (``1e400``: valid JSON
-    grammar), so that it is classified like any other frame: the typed decode then names the field
-    (``Number out of range - at `$.data.limit```) and the reply keeps the frame's ``id``. Read by the
-    standard library, which takes such numbers, and only up to :data:`SURROGATE_READ_BYTES` (as the
-    lone surrogate's second read); :data:`_UNREAD` for a larger frame or one it refuses too."""
+def _read_again(frame: bytes | str) -> Any:
+    """The value of a JSON frame msgspec refuses though it is JSON grammar: a number beyond a float
+    (``1e400``), so that it is classified like any other frame (the typed decode then names the field,
+    ``Number out of range - at `$.data.limit```, and the reply keeps the frame's ``id``), or a lone
+    high surrogate that msgspec calls truncated input. Read by the standard library, which takes
+    both, and only up to :data:`SURROGATE_READ_BYTES` (as the lone surrogate's id is);
+    :data:`_UNREAD` for a larger frame or one it refuses too."""
     if len(frame) > SURROGATE_READ_BYTES:
         return _UNREAD
     try:
@@ -212,11 +230,12 @@ def _classify(
     except RecursionError:
         return FrameError("BAD_REQUEST", _TOO_DEEP)
     except msgspec.ValidationError:  # valid JSON holding a number no float can hold (1e400)
-        value = _UNREAD if msgpack else _out_of_range_read(frame)
+        value = _UNREAD if msgpack else _read_again(frame)
         if value is _UNREAD:
             return FrameError("BAD_REQUEST", "frame holds a number out of range", read_op_id(frame, msgpack=msgpack))
     except msgspec.DecodeError as exc:
-        if not msgpack and "surrogate" in str(exc):
+        if not msgpack and _for_a_surrogate(exc, frame) and (
+                "surrogate" in str(exc) or _read_again(frame) is not _UNREAD):  # else truly cut short
             return FrameError("BAD_REQUEST", "frame holds a lone UTF-16 surrogate (an escape such as \\udc00 "
                               "without its pair), which is not text", _id_beside_lone_surrogate(frame))
         return FrameError("BAD_REQUEST", "frame is not valid " + ("MessagePack" if msgpack else "JSON"))

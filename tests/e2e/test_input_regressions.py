@@ -87,6 +87,19 @@ async def test_a_text_frame_whose_id_msgpack_cannot_carry_is_refused_on_a_msgpac
         assert (await alice.request_raw("presence.ping", op_id=7))["data"]["op_id"] == 7
 
 
+async def test_text_cut_after_half_an_emoji_is_refused_as_a_lone_surrogate_with_its_id(server: RunningServer) -> None:
+    """``"😀".slice(0, 1)`` in a browser is a lone high surrogate, which JSON.stringify writes as
+    ``"\\ud83d"``; the frame got ``BAD_REQUEST "frame is not valid JSON"`` with ``op_id: null`` (msgspec
+    reports it as truncated input), so the request never completed. Now it is refused as a lone
+    surrogate with its id, as a lone low surrogate already was."""
+    async with connect(server.url, user="alice") as alice:
+        await alice.request("room.join", {"room": "lobby"})
+        reply = await reply_to(alice, '{"type":"chat.send","id":"cut","data":{"scope":"lobby","body":"hi \\ud83d"}}')
+        assert (reply["type"], reply["data"]["code"], reply["data"]["op_id"]) == ("error", "BAD_REQUEST", "cut")
+        assert "surrogate" in reply["data"]["message"]
+        assert (await alice.request("chat.history", {"room": "lobby"}))["messages"] == []
+
+
 # --------------------------------------------------------------------------- the server API (HTTP)
 
 

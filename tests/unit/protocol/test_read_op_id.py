@@ -169,3 +169,23 @@ def test_a_large_frame_with_a_number_beyond_a_float_keeps_the_cheap_refusal() ->
     with pytest.raises(FrameError) as refused:
         decode_frame(frame)
     assert (refused.value.code, refused.value.op_id) == ("BAD_REQUEST", 9)
+
+
+@pytest.mark.parametrize("body", ["\ud83d", "cut \ud83d", "\ud83d then text", "\udbff"])
+@pytest.mark.parametrize("as_text", [False, True])
+def test_a_lone_high_surrogate_is_refused_as_one_with_its_id(body: str, as_text: bool) -> None:
+    """What JSON.stringify writes for text cut after the first half of an emoji: a high surrogate escape
+    followed by no low one. msgspec calls that "truncated" input (a low one it calls a bad surrogate),
+    so the frame got "not valid JSON" and lost its id."""
+    frame = json.dumps({"type": "chat.send", "id": "h1", "data": {"scope": "lobby", "body": body}})
+    data = frame if as_text else frame.encode()
+    assert read_op_id(data) == "h1"
+    with pytest.raises(FrameError) as refused:
+        decode_frame(data)
+    assert (refused.value.code, refused.value.op_id) == ("BAD_REQUEST", "h1")
+    assert "surrogate" in str(refused.value)
+    cut = data[:-4]  # truly cut short, with the escape inside: not JSON, and no id
+    assert read_op_id(cut) is None
+    with pytest.raises(FrameError) as refused:
+        decode_frame(cut)
+    assert (refused.value.code, refused.value.op_id) == ("BAD_REQUEST", None)
