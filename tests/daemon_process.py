@@ -39,12 +39,18 @@ class Served:
     def http(self) -> str:
         return "http://" + self.url.split("://", 1)[1].rstrip("/")
 
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace")
+    def log_text(self, since: int = 0) -> str:
+        with self.log.open("rb") as log:
+            log.seek(since)
+            return log.read().decode(errors="replace")
 
-    def tracebacks(self) -> list[str]:
-        """Each traceback the daemon logged, with the line before it (what failed)."""
-        lines = self.log_text().splitlines()
+    def log_size(self) -> int:
+        """Where the log ends now: pass it to :meth:`tracebacks` to see only what follows."""
+        return self.log.stat().st_size
+
+    def tracebacks(self, since: int = 0) -> list[str]:
+        """Each traceback the daemon logged (after byte ``since``), with the line before it (what failed)."""
+        lines = self.log_text(since).splitlines()
         return ["\n".join(lines[max(0, n - 1):n + 40]) for n, line in enumerate(lines) if line == TRACEBACK]
 
 
