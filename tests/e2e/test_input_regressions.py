@@ -195,3 +195,51 @@ async def test_an_upgrade_whose_target_is_no_url_still_reads_its_query(
                     got += chunk
     assert got.startswith(b"HTTP/1.1 101 ")
     assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+# --------------------------------------------------------------------------- the handshake
+
+UPGRADE = (b"GET /?user=ann HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+           b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+
+
+async def answer_to(server: RunningServer, request: bytes) -> bytes:
+    """Everything the daemon writes back to ``request`` on a new connection, until it closes."""
+    port = int(server.url.rstrip("/").rsplit(":", 1)[1])
+    got = b""
+    async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
+        await stream.send_all(request)
+        with trio.fail_after(5):
+            while chunk := await stream.receive_some(65536):
+                got += chunk
+    return got
+
+
+@pytest.mark.parametrize(("request_bytes", "status"), [
+    (UPGRADE.replace(b"dGhlIHNhbXBsZSBub25jZQ==", b"short"), b"400"),  # a key that is not 16 bytes
+    (UPGRADE.replace(b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", b""), b"400"),  # no key
+    (UPGRADE.replace(b"GET ", b"POST "), b"400"),
+    (UPGRADE.replace(b"Connection: Upgrade", b"Connection: keep-alive"), b"400"),
+    (UPGRADE.replace(b"Upgrade: websocket\r\n", b"Upgrade: h2c\r\n"), b"400"),  # a key, but no websocket
+    (UPGRADE.replace(b"Version: 13", b"Version: 8"), b"426"),
+])
+async def test_an_upgrade_that_cannot_be_accepted_gets_its_documented_status_not_the_plain_426(
+    server: RunningServer, request_bytes: bytes, status: bytes,
+) -> None:
+    """docs/protocol.md: a WebSocket upgrade the server cannot accept (RFC 6455 4.2.1) gets 400, a
+    version other than 13 gets 426, both with ``Sec-WebSocket-Version: 13``. Every such request was
+    handed to the plain-HTTP server and answered its 426 "connect with a WebSocket client" instead,
+    which tells a client that did use one nothing (and a bad key is no reason to upgrade)."""
+    got = await answer_to(server, request_bytes)
+    assert got.startswith(b"HTTP/1.1 " + status + b" "), got
+    assert b"signald WebSocket endpoint" not in got
+    if status == b"426":
+        assert b"Sec-WebSocket-Version: 13" in got
+
+
+async def test_requests_that_never_asked_for_a_websocket_are_still_plain_http(server: RunningServer) -> None:
+    got = await answer_to(server, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert got.startswith(b"HTTP/1.1 426 ") and b"signald WebSocket endpoint" in got
+    got = await answer_to(server, b"GET /healthz HTTP/1.1\r\nHost: x\r\nUpgrade: h2c\r\n"
+                                  b"Connection: Upgrade, close\r\n\r\n")
+    assert got.startswith(b"HTTP/1.1 200 ") and got.endswith(b'{"status":"ok"}')
