@@ -243,3 +243,28 @@ async def test_requests_that_never_asked_for_a_websocket_are_still_plain_http(se
     got = await answer_to(server, b"GET /healthz HTTP/1.1\r\nHost: x\r\nUpgrade: h2c\r\n"
                                   b"Connection: Upgrade, close\r\n\r\n")
     assert got.startswith(b"HTTP/1.1 200 ") and got.endswith(b'{"status":"ok"}')
+
+
+@pytest.mark.parametrize(("origins", "refused"), [
+    ((b"https://good.example", b"https://evil.example"), True),
+    ((b"https://evil.example", b"https://good.example"), True),
+    ((b"https://good.example", b"HTTPS://GOOD.EXAMPLE:443/"), False),
+])
+async def test_every_origin_header_must_be_allowed(
+    nursery: trio.Nursery, tmp_path: Path, origins: tuple[bytes, bytes], refused: bool,
+) -> None:
+    """With an allow-list, only the first of two ``Origin`` headers was checked: an allowed one first let
+    any second one through. A browser sends one; now each must pass."""
+    server = await start_server(nursery, make_config(tmp_path, server={"allowed_origins": ["https://good.example"]}))
+    port = int(server.url.rstrip("/").rsplit(":", 1)[1])
+    request = UPGRADE.replace(b"\r\n\r\n", b"".join(b"\r\nOrigin: " + o for o in origins) + b"\r\n\r\n")
+    async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
+        await stream.send_all(request)
+        got = b""
+        with trio.fail_after(5):
+            while b'"type":"welcome"' not in got and b"\x88" not in got.partition(b'"FORBIDDEN"')[2]:
+                chunk = await stream.receive_some(65536)
+                assert chunk, got
+                got += chunk
+    assert got.startswith(b"HTTP/1.1 101 ")
+    assert (b'"code":"FORBIDDEN"' in got) == refused and (b'"type":"welcome"' in got) == (not refused), got
