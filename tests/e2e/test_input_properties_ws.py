@@ -37,6 +37,7 @@ import trio
 from daemon_process import Served, serving
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from trio_websocket import ConnectionClosed
 
 from signald.client.raw import connect
 from signald.protocol.types import INBOUND_BY_TYPE
@@ -243,7 +244,8 @@ def readable_ids(serial: int) -> list[Any]:
             2**64 + serial, -(2**63) - 1 - serial, 10**30 + serial]  # past 64 bits: echoed to JSON as given
 UNICODE_BODIES: list[tuple[str, frozenset[str] | None, str]] = [
     ("\u202eevil\u202c", None, "right-to-left override"), ("e\u0301", None, "not NFC"), ("\u200b.", None, "zero width"),
-    ("\U0001f600", None, "emoji"), ("a\x00b", frozenset({"INVALID_PAYLOAD"}), "NUL"),
+    ("\U0001f600", None, "emoji"),
+    ("a\x00b", frozenset({"INVALID_PAYLOAD", "NOT_IN_ROOM"}), "NUL"),  # a handler's check, after membership
     ("a\udc00b", frozenset({"BAD_REQUEST"}), "lone low surrogate"),
     ("\ud83d", frozenset({"BAD_REQUEST"}), "lone high surrogate"), ("\ufeff\ufffe\uffff", None, "noncharacters"),
 ]
@@ -430,7 +432,7 @@ def properties(examples: int) -> settings:
 def test_frames_of_one_fault_get_their_one_reply_and_break_nothing(
     daemon: Served, fault: str, binary: bool, data: st.DataObject, count: int
 ) -> None:
-    room = f"p{next(rooms)}"
+    room = f"p{next(rooms):06d}"  # one width: a frame's size must not change on replay
     batch = [data.draw(cases(room, serial, binary, fault), label=f"frame {serial}") for serial in range(count)]
     logged = daemon.log_size()
     trio.run(exercise, daemon.url, room, batch, binary)
@@ -443,11 +445,74 @@ def test_frames_of_one_fault_get_their_one_reply_and_break_nothing(
 def test_every_bad_frame_gets_its_one_reply_and_breaks_nothing(
     daemon: Served, binary: bool, data: st.DataObject, count: int
 ) -> None:
-    room = f"p{next(rooms)}"
+    room = f"p{next(rooms):06d}"  # one width: a frame's size must not change on replay
     batch = [data.draw(cases(room, serial, binary), label=f"frame {serial}") for serial in range(count)]
     logged = daemon.log_size()
     trio.run(exercise, daemon.url, room, batch, binary)
     assert daemon.tracebacks(since=logged) == []
+
+
+# --------------------------------------------------------------------------- the rate limit's rule
+
+BURST = 5
+STRICT_CONFIG = f"""
+[limits]
+max_frame_bytes = {FRAME_LIMIT}
+rate_per_s = 0.1
+rate_burst = {BURST}
+[server]
+heartbeat_s = 3600.0
+new_connections_per_ip_per_s = 0
+"""
+
+
+@pytest.fixture(scope="module")
+def strict(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    with serving(tmp_path_factory.mktemp("props-ws-strict"), STRICT_CONFIG) as served:
+        yield served
+
+
+async def flood(url: str, batch: list[Case], binary: bool, user: str) -> None:
+    """The rate limit's rule whatever the frames: the first ``BURST`` are carried out (their replies as
+    above), the next ``BURST`` get ``RATE_LIMITED`` with their id, and the one after closes with 1008
+    (a ping sent after the batch is one more frame)."""
+    closes = len(batch) >= 2 * BURST
+    async with connect(url, user=user, msgpack=binary) as fz:
+        try:
+            for case in batch:
+                await fz.send(wire(case, binary))
+            if closes:
+                await fz.send({"type": "presence.ping", "id": "one-more"})
+        except ConnectionClosed:  # the close for flooding came while we sent
+            assert closes
+        if closes:
+            with trio.fail_after(5):
+                await fz.closed.wait()
+            assert fz.ws.closed is not None and fz.ws.closed.code == 1008
+        else:
+            with trio.fail_after(5):
+                reply = await fz.request_raw("presence.ping", op_id="sentinel")  # limited or not, answered
+            assert reply["data"]["op_id"] == "sentinel"
+            assert reply["type"] == ("presence.pong" if len(batch) < BURST else "error")
+        replies = [e for e in fz.pending_events() if e["type"] in REPLIES]
+    check_replies(batch[:BURST], [r for r in replies if r["data"].get("code") != "RATE_LIMITED"])
+    limited = [r["data"]["op_id"] for r in replies if r["data"].get("code") == "RATE_LIMITED"]
+    expected = batch[BURST:2 * BURST]
+    assert len(limited) == len(expected), (limited, [c.why for c in expected])
+    assert [op_id for op_id in limited if op_id is not None] == [c.op_id for c in expected if c.op_id is not None]
+
+
+@pytest.mark.parametrize("binary", [False, True], ids=["json", "msgpack"])
+@properties(15)
+@given(data=st.data(), count=st.integers(1, 3 * BURST))
+def test_whatever_a_flood_holds_the_rate_limit_answers_each_frame_then_closes_1008(
+    strict: Served, binary: bool, data: st.DataObject, count: int
+) -> None:
+    room = f"f{next(rooms):06d}"
+    batch = [data.draw(cases(room, serial, binary), label=f"frame {serial}") for serial in range(count)]
+    logged = strict.log_size()
+    trio.run(flood, strict.url, batch, binary, room)  # a user of its own: the user's budget survives reconnects
+    assert strict.tracebacks(since=logged) == []
 
 
 def test_zz_the_daemon_logged_no_traceback_and_still_serves(daemon: Served) -> None:
