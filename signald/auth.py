@@ -27,7 +27,8 @@
 - **Origin** (:func:`origin_allowed`): all pass with an empty allow-list, a ``"*"`` entry, or no
   ``Origin`` header (non-browser clients; the check protects browsers only). Else it must equal an
   entry, case-insensitive, ignoring a trailing ``/`` and default ports (80 http/ws, 443 https/wss);
-  ``"null"`` only if listed literally.
+  ``"null"`` only if listed literally. Every ``Origin`` header of a request must pass (a second one is
+  no browser's).
 - **Loopback** (:func:`is_loopback`): ``localhost`` (any case, trailing dot ok), 127.0.0.0/8, ``::1``,
   IPv4-mapped loopback, bracketed or not. Names are not resolved: others need ``--insecure``.
 """
@@ -42,7 +43,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, Protocol, runtime_checkable
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl
 
 import attrs
 
@@ -70,8 +71,13 @@ class HandshakeRequest:
 
     @property
     def query(self) -> dict[str, str]:
-        """Query parameters, first value of each name, percent-decoded."""
-        return dict(reversed(parse_qsl(urlsplit(self.path).query, keep_blank_values=True)))
+        """Query parameters, first value of each name, percent-decoded.
+
+        The query is what follows the first ``?`` (up to a ``#``), as ``urlsplit`` reads it, without
+        ``urlsplit``: it raised ``ValueError`` on a target such as ``http://[zz]/?user=a``, which h11
+        accepts (the path is not checked), and that dropped the connection with a traceback."""
+        query = self.path.partition("#")[0].partition("?")[2]
+        return dict(reversed(parse_qsl(query, keep_blank_values=True)))
 
     def header(self, name: str) -> str | None:
         """The first value of header ``name`` (case-insensitive), or None."""
@@ -301,6 +307,12 @@ def origin_allowed(origin: str | None, allowed: Sequence[str]) -> bool:
     if origin is None or not allowed or "*" in allowed:
         return True
     return _normalize_origin(origin) in {_normalize_origin(entry) for entry in allowed}
+
+
+def origins_allowed(request: HandshakeRequest, allowed: Sequence[str]) -> bool:
+    """:func:`origin_allowed` for every ``Origin`` header of ``request``: a browser sends one, so a
+    second one is someone else's, and the first must not speak for the others (nor the reverse)."""
+    return all(origin_allowed(value, allowed) for name, value in request.headers if name == "origin")
 
 
 def is_loopback(host: str) -> bool:

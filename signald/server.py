@@ -36,7 +36,7 @@ from signald.auth import (
     HandshakeRequest,
     JwtAuthenticator,
     NoneAuthenticator,
-    origin_allowed,
+    origins_allowed,
 )
 from signald.config import Config
 from signald.delivery.frames import Frame
@@ -316,7 +316,7 @@ async def _serve_client(serving: _Serving, stream: trio.abc.Stream) -> None:
         assert per_ip is not None
         return await refuse(decide(Cause.RATE_LIMITED_ADDRESS, mode, "too many new connections from this address",
                                    retry_after_s=per_ip.retry_after_s(peer, now)))
-    if not origin_allowed(handshake_request.header("origin"), config.server.allowed_origins):
+    if not origins_allowed(handshake_request, config.server.allowed_origins):
         return await refuse(decide(Cause.FORBIDDEN, mode, "origin not allowed"))
     try:
         identity = authenticate(handshake_request)

@@ -46,10 +46,11 @@ from signald.app.facade import Signald
 from signald.app.serverapi import ServerApi
 from signald.errors import SignalError, StartupError
 from signald.logfmt import log_event
-from signald.protocol import ChatHistoryData, RoomKickData
+from signald.protocol import ChatHistoryData
 from signald.protocol.serverapi import (
     DisconnectBody,
     Health,
+    KickBody,
     NotifyBody,
     PresenceQuery,
     PublishBody,
@@ -105,7 +106,7 @@ class HttpApi:
             self._call("POST", "publish", lambda r: calls.publish(decode_body(r.body, PublishBody)))
             self._call("POST", "notify", lambda r: _sync(calls.notify, decode_body(r.body, NotifyBody)))
             self._call("POST", "disconnect", lambda r: _sync(calls.disconnect, decode_body(r.body, DisconnectBody)))
-            self._call("POST", "kick", lambda r: _sync(calls.kick, decode_body(r.body, RoomKickData)))
+            self._call("POST", "kick", lambda r: _sync(calls.kick, decode_body(r.body, KickBody)))
             self._call("GET", "presence", lambda r: _sync(calls.presence, decode_query(_query(r), PresenceQuery)))
             self._call("GET", "history", lambda r: calls.history(decode_query(_query(r), ChatHistoryData)))
             self._call("GET", "stats", lambda r: _sync(lambda _: calls.stats(), r))

@@ -16,6 +16,7 @@ those decode in the same single pass instead of failing first.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from typing import Any, Final, Union, cast
 
@@ -83,7 +84,9 @@ def read_op_id(frame: bytes | str, *, msgpack: bool = False) -> OpId:
     map for binary frames of a MessagePack connection; text frames are read as JSON whatever the
     connection speaks) whose ``id`` is an integer or a string of at most 128 characters. A bool,
     a float, an over-long string or anything else gives None, as does a frame that does not
-    decode; an ``id`` nested in ``data`` is never taken.
+    decode; an ``id`` nested in ``data`` is never taken. With ``msgpack`` (the reply goes out in
+    MessagePack) an integer must also fit it (:func:`fits_wire_int`): a JSON text frame can hold
+    ``2**70``, which no MessagePack reply could carry (encoding it failed the whole connection).
 
     Cost: one msgspec pass that validates the syntax and skips every other value without
     building it, linear in the frame's size (docs/benchmarks.md, "Reading the id of a refused
@@ -91,16 +94,35 @@ def read_op_id(frame: bytes | str, *, msgpack: bool = False) -> OpId:
     """
     decoder = _msgpack_id if msgpack and not isinstance(frame, str) else _json_id
     try:
-        return decoder.decode(cast(Any, frame)).id
+        op_id = decoder.decode(cast(Any, frame)).id
     except msgspec.DecodeError as exc:
-        if decoder is _json_id and "surrogate" in str(exc):
+        if decoder is _json_id and _for_a_surrogate(exc, frame):
             return _id_beside_lone_surrogate(frame)
         return None
     except _DECODE_FAILURES:
         return None
+    if msgpack and type(op_id) is int and not fits_wire_int(op_id):
+        return None
+    return op_id
 
 
 SURROGATE_READ_BYTES: Final = 1 << 16  # the largest frame read again for its id beside a lone surrogate
+# A surrogate escape (\ud800-\udfff): msgspec names a lone one in its error only sometimes. For a high
+# one followed by no escape (what JSON.stringify writes for text cut after the first half of an emoji)
+# it reports truncated input, or, when only skipping the string, the end of a hex escape.
+_SURROGATE_TEXT: Final = re.compile(r"\\u[dD][89a-fA-F]")
+_SURROGATE_BYTES: Final = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _for_a_surrogate(exc: msgspec.DecodeError, frame: bytes | str) -> bool:
+    """Whether msgspec may have refused JSON ``frame`` for a lone UTF-16 surrogate escape: its error
+    says so, or the frame holds a surrogate escape at all (the second read,
+    :func:`_id_beside_lone_surrogate`, tells whether the frame is JSON otherwise)."""
+    if "surrogate" in str(exc):
+        return True
+    if isinstance(frame, str):
+        return _SURROGATE_TEXT.search(frame) is not None
+    return _SURROGATE_BYTES.search(frame) is not None
 
 
 def _id_beside_lone_surrogate(frame: bytes | str) -> OpId:
@@ -129,9 +151,27 @@ def _id_beside_lone_surrogate(frame: bytes | str) -> OpId:
     return op_id
 
 
+_UNREAD: Final = object()
+
+
+def _read_again(frame: bytes | str) -> Any:
+    """The value of a JSON frame msgspec refuses though it is JSON grammar: a number beyond a float
+    (``1e400``), so that it is classified like any other frame (the typed decode then names the field,
+    ``Number out of range - at `$.data.limit```, and the reply keeps the frame's ``id``), or a lone
+    high surrogate that msgspec calls truncated input. Read by the standard library, which takes
+    both, and only up to :data:`SURROGATE_READ_BYTES` (as the lone surrogate's id is);
+    :data:`_UNREAD` for a larger frame or one it refuses too."""
+    if len(frame) > SURROGATE_READ_BYTES:
+        return _UNREAD
+    try:
+        return json.loads(frame)
+    except (ValueError, RecursionError):
+        return _UNREAD
+
+
 def _text_frame_on_msgpack(frame: str) -> FrameError:
     return FrameError("BAD_REQUEST", "this connection speaks MessagePack: send binary frames",
-                      read_op_id(frame))
+                      read_op_id(frame, msgpack=True))
 
 
 def decode_frame(frame: bytes | str, *, msgpack: bool = False) -> InboundMessage:
@@ -189,8 +229,13 @@ def _classify(
         value = loose.decode(cast(Any, frame))
     except RecursionError:
         return FrameError("BAD_REQUEST", _TOO_DEEP)
+    except msgspec.ValidationError:  # valid JSON holding a number no float can hold (1e400)
+        value = _UNREAD if msgpack else _read_again(frame)
+        if value is _UNREAD:
+            return FrameError("BAD_REQUEST", "frame holds a number out of range", read_op_id(frame, msgpack=msgpack))
     except msgspec.DecodeError as exc:
-        if not msgpack and "surrogate" in str(exc):
+        if not msgpack and _for_a_surrogate(exc, frame) and (
+                "surrogate" in str(exc) or _read_again(frame) is not _UNREAD):  # else truly cut short
             return FrameError("BAD_REQUEST", "frame holds a lone UTF-16 surrogate (an escape such as \\udc00 "
                               "without its pair), which is not text", _id_beside_lone_surrogate(frame))
         return FrameError("BAD_REQUEST", "frame is not valid " + ("MessagePack" if msgpack else "JSON"))

@@ -3,7 +3,7 @@
 Bodies are decoded with msgspec into the structs below, so a bad body becomes an
 ``INVALID_PAYLOAD`` error whose message names the field (``$.room``), exactly as a bad WebSocket
 frame does; where a call does what a WebSocket request does, it reuses that request's struct
-(``kick`` decodes :class:`~signald.protocol.inbound.RoomKickData`, ``history`` builds a
+(``kick`` decodes :class:`KickBody`, a :class:`~signald.protocol.inbound.RoomKickData`, ``history`` builds a
 :class:`~signald.protocol.inbound.ChatHistoryData`). Sans-IO: no sockets, no event loop.
 """
 
@@ -15,7 +15,8 @@ import msgspec
 from msgspec import Meta, Struct
 
 from signald.errors import ErrorCode, SignalError
-from signald.protocol.common import Reason, RoomName, UserId, field_error_text
+from signald.protocol.common import Reason, RoomName, UserId, check_free_form, field_error_text
+from signald.protocol.inbound import RoomKickData
 from signald.protocol.types import APP_EVENT_PREFIX
 
 # Every error code, with the HTTP status an API call that fails with it answers. A body that is
@@ -53,6 +54,9 @@ class PublishBody(Struct, forbid_unknown_fields=True):
     data: Any = None
     store: bool = False
 
+    def __post_init__(self) -> None:
+        check_free_form(self.data, "data")  # what every member's wire format carries, as room.signal's payload
+
 
 class NotifyBody(Struct, forbid_unknown_fields=True):
     """``POST /api/v1/notify``: an ``app.*`` event to every device of ``user_id``."""
@@ -61,12 +65,20 @@ class NotifyBody(Struct, forbid_unknown_fields=True):
     type: AppType
     data: Any = None
 
+    def __post_init__(self) -> None:
+        check_free_form(self.data, "data")
+
 
 class DisconnectBody(Struct, forbid_unknown_fields=True):
     """``POST /api/v1/disconnect``: ``session.revoked {reason}`` then close 4003."""
 
     user_id: UserId
     reason: Reason
+
+
+class KickBody(RoomKickData, forbid_unknown_fields=True):
+    """``POST /api/v1/kick``: ``room.kick``'s fields, with unknown fields refused like every body's (a
+    WebSocket frame ignores them; a backend's ``"reson"`` must not drop its reason silently)."""
 
 
 class PresenceQuery(Struct, forbid_unknown_fields=True):
@@ -113,14 +125,16 @@ def error_body(code: ErrorCode, message: str) -> bytes:
 
 
 def decode_body(data: bytes, kind: type[Any]) -> Any:
-    """Decode a JSON body into ``kind``; ``BAD_REQUEST`` if it is not JSON, ``INVALID_PAYLOAD``
-    (naming the field) if it does not fit."""
+    """Decode a JSON body into ``kind``; ``BAD_REQUEST`` if it is not JSON (or nests deeper than the
+    decoder goes), ``INVALID_PAYLOAD`` (naming the field) if it does not fit."""
     try:
         return msgspec.json.decode(data, type=kind)
     except msgspec.ValidationError as exc:
         raise SignalError("INVALID_PAYLOAD", field_error_text(exc)) from None
     except msgspec.DecodeError as exc:
         raise SignalError("BAD_REQUEST", f"the body is not JSON: {exc}") from None
+    except RecursionError:  # deeper than the decoder goes: a client's fault, as in a WebSocket frame
+        raise SignalError("BAD_REQUEST", "the body nests too deeply") from None
 
 
 def decode_query(query: dict[str, str], kind: type[Any]) -> Any:

@@ -22,7 +22,14 @@ from wsproto.events import BytesMessage, CloseConnection, TextMessage
 
 from signald.delivery.outbox import direct_writer
 from signald.transport.framing import close_frame
-from signald.transport.upgrade import BAD_REQUEST, BadUpgrade, Upgrade, switching_protocols, vet_request
+from signald.transport.upgrade import (
+    BAD_REQUEST,
+    BadUpgrade,
+    Upgrade,
+    asks_for_websocket,
+    switching_protocols,
+    vet_request,
+)
 
 __all__ = ["RECEIVE_BYTES", "REFUSED_READ_BYTES", "Handshake", "Upgrade", "peer_address", "receive_bytes",
            "send_now", "stream_closed"]
@@ -65,8 +72,9 @@ class Handshake:
     stream when refusing.
 
     Error handling: bytes h11 cannot parse, and a request that is not an acceptable upgrade, end
-    the reading: with ``keep_plain`` the bytes are kept for the plain-HTTP server, else they are
-    answered with :func:`vet_request`'s status (400 for what h11 refuses).
+    the reading: with ``keep_plain`` the bytes are kept for the plain-HTTP server, unless the
+    request asked for a WebSocket (:func:`asks_for_websocket`); else, and then, they are answered
+    with :func:`vet_request`'s status (400 for what h11 refuses).
     """
 
     def __init__(self, stream: trio.abc.Stream, *, keep_plain: bool = False) -> None:
@@ -135,19 +143,23 @@ class Handshake:
         if self._received is not None:
             self._received += data
         self._h11.receive_data(data)
+        event: h11.Request | None = None
         try:
-            event = self._h11.next_event()  # the request, else NEED_DATA: nothing after it matters
-        except h11.RemoteProtocolError:
+            next_event = self._h11.next_event()  # the request, else NEED_DATA: nothing after it matters
+        except h11.RemoteProtocolError:  # not HTTP: the plain-HTTP server (if any) answers it as such
             vetted: Upgrade | BadUpgrade = BAD_REQUEST
         else:
-            if not isinstance(event, h11.Request):
+            if not isinstance(next_event, h11.Request):
                 return None
+            event = next_event
             vetted = vet_request(event)
         if isinstance(vetted, Upgrade):
             self._request, self._received = vetted, None
             return vetted
         self._ended = True
-        if self._received is not None:
+        # Kept for the plain-HTTP server: bytes that are not HTTP, and requests that never asked for a
+        # WebSocket; one that asked but cannot be accepted is answered its status (RFC 6455 4.2.2).
+        if self._received is not None and (event is None or not asks_for_websocket(event)):
             self.plain, self._received = bytes(self._received), None
         else:
             self._answer = vetted

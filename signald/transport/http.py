@@ -170,7 +170,10 @@ async def _read_request(
                 raise _Refused(error_response("TOO_LARGE", f"the body is over {max_body_bytes} bytes", close=True))
         elif isinstance(event, h11.EndOfMessage):
             assert head is not None
-            target = urlsplit(head.target.decode("latin-1"))
+            try:
+                target = urlsplit(head.target.decode("latin-1"))
+            except ValueError:  # h11 takes any visible characters; "http://[zz]/" is no URL
+                raise _Refused(HttpResponse(400, b"bad HTTP request\n", "text/plain", close=True)) from None
             return HttpRequest(
                 method=head.method.decode("latin-1").upper(), path=target.path or "/",
                 query=dict(parse_qsl(target.query)),

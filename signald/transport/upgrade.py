@@ -101,6 +101,20 @@ def vet_request(request: h11.Request) -> Upgrade | BadUpgrade:
     return Upgrade(request.target.decode("ascii"), tuple(headers), tuple(offered), key)
 
 
+def asks_for_websocket(request: h11.Request) -> bool:
+    """Whether ``request`` tries to open a WebSocket, well-formed or not: it names ``websocket`` in
+    ``Upgrade`` or carries a ``Sec-WebSocket-Key`` or ``Sec-WebSocket-Version``. Such a request that
+    :func:`vet_request` refuses gets its status (400, 426), not the plain-HTTP answer that a request
+    which never asked for a WebSocket gets (426 Upgrade Required "connect with a WebSocket client")."""
+    for raw_name, value in request.headers.raw_items():
+        name = raw_name.lower()
+        if name in (b"sec-websocket-key", b"sec-websocket-version"):
+            return True
+        if name == b"upgrade" and any(token.strip().lower() == b"websocket" for token in value.split(b",")):
+            return True
+    return False
+
+
 def _well_formed_key(key: bytes) -> bool:
     """RFC 6455 4.2.1: ``Sec-WebSocket-Key`` decodes (strict base64) to 16 bytes."""
     try:

@@ -130,3 +130,62 @@ def test_a_frame_over_the_surrogate_read_bound_keeps_the_cheap_refusal_without_i
     assert len(frame(SURROGATE_READ_BYTES)) == SURROGATE_READ_BYTES
     assert read_op_id(frame(SURROGATE_READ_BYTES)) == "s9"
     assert read_op_id(frame(SURROGATE_READ_BYTES + 1)) is None
+
+
+def test_an_id_no_msgpack_reply_could_carry_is_not_read_for_a_msgpack_connection() -> None:
+    """A JSON text frame may hold ``2**64``; a MessagePack reply cannot, and encoding it failed the connection."""
+    for big in (2**64, -(2**63) - 1, 10**30):
+        frame = f'{{"type": "presence.ping", "id": {big}}}'
+        assert read_op_id(frame) == big  # a JSON connection echoes it as given
+        assert read_op_id(frame, msgpack=True) is None
+        with pytest.raises(FrameError) as refused:
+            decode_frame(frame, msgpack=True)
+        assert (refused.value.code, refused.value.op_id) == ("BAD_REQUEST", None)
+    assert read_op_id(f'{{"id": {2**64 - 1}}}', msgpack=True) == 2**64 - 1
+
+
+@pytest.mark.parametrize(("frame", "code", "op_id", "named"), [
+    ('{"type": "chat.history", "id": 1, "data": {"room": "r", "limit": 1e400}}', "INVALID_PAYLOAD", 1, "$.data.limit"),
+    ('{"type": "nope", "id": "n", "x": -1e400}', "UNKNOWN_TYPE", "n", "nope"),
+    ('{"type": 5, "id": "t", "x": 1e400}', "BAD_REQUEST", "t", "type"),
+    ('{"type": "presence.ping", "id": 1e400}', "INVALID_PAYLOAD", None, "$.id"),
+    ("[1e400]", "BAD_REQUEST", None, "object"),
+])
+def test_a_number_beyond_a_float_is_classified_like_any_other_value(frame: str, code: str, op_id: Any,
+                                                                     named: str) -> None:
+    """msgspec refuses ``1e400`` as out of range; the frame used to be "not valid JSON" without its id."""
+    with pytest.raises(FrameError) as refused:
+        decode_frame(frame)
+    assert (refused.value.code, refused.value.op_id) == (code, op_id)
+    assert named in refused.value.message
+    assert read_op_id(frame) == op_id
+
+
+def test_a_large_frame_with_a_number_beyond_a_float_keeps_the_cheap_refusal() -> None:
+    from signald.protocol.codec import SURROGATE_READ_BYTES
+
+    padding = "x" * SURROGATE_READ_BYTES
+    frame = f'{{"type": "room.signal", "id": 9, "data": {{"room": "r", "kind": "k", "payload": [1e400, "{padding}"]}}}}'
+    with pytest.raises(FrameError) as refused:
+        decode_frame(frame)
+    assert (refused.value.code, refused.value.op_id) == ("BAD_REQUEST", 9)
+
+
+@pytest.mark.parametrize("body", ["\ud83d", "cut \ud83d", "\ud83d then text", "\udbff"])
+@pytest.mark.parametrize("as_text", [False, True])
+def test_a_lone_high_surrogate_is_refused_as_one_with_its_id(body: str, as_text: bool) -> None:
+    """What JSON.stringify writes for text cut after the first half of an emoji: a high surrogate escape
+    followed by no low one. msgspec calls that "truncated" input (a low one it calls a bad surrogate),
+    so the frame got "not valid JSON" and lost its id."""
+    frame = json.dumps({"type": "chat.send", "id": "h1", "data": {"scope": "lobby", "body": body}})
+    data = frame if as_text else frame.encode()
+    assert read_op_id(data) == "h1"
+    with pytest.raises(FrameError) as refused:
+        decode_frame(data)
+    assert (refused.value.code, refused.value.op_id) == ("BAD_REQUEST", "h1")
+    assert "surrogate" in str(refused.value)
+    cut = data[:-4]  # truly cut short, with the escape inside: not JSON, and no id
+    assert read_op_id(cut) is None
+    with pytest.raises(FrameError) as refused:
+        decode_frame(cut)
+    assert (refused.value.code, refused.value.op_id) == ("BAD_REQUEST", None)

@@ -197,3 +197,40 @@ def test_a_request_h11_parsed_is_vetted_without_io() -> None:
     event = parser.next_event()
     assert isinstance(event, h11.Request)
     assert vet_request(event) == BadUpgrade(426, ((b"Sec-WebSocket-Version", b"13"),))
+
+
+@pytest.mark.parametrize("case", list(BAD))
+async def test_beside_a_plain_http_server_a_bad_upgrade_is_still_refused_and_only_plain_http_is_kept(
+    pair: tuple[socket.socket, socket.socket], case: str,
+) -> None:
+    """The daemon always has a plain-HTTP server (keep_plain): a request that asked for a WebSocket
+    (``Upgrade: websocket``, a key or a version) gets its refusal as above; it used to be handed over
+    and answered 426 "connect with a WebSocket client". What never asked for one, or is not HTTP, is kept."""
+    data, status = BAD[case]
+    ours, peer = pair
+    peer.sendall(data)
+    handshake = Handshake(server_stream(ours), keep_plain=True)
+    assert (handshake.read_now() or await handshake.read_request()) is None
+    if case in ("not HTTP", "no Host (HTTP/1.1: h11 refuses it)"):  # the plain-HTTP server answers 400 itself
+        assert handshake.plain == data
+        return
+    assert handshake.plain is None
+    assert answered(peer) == wsproto_answer(data)
+    assert wsproto_answer(data).startswith(b"HTTP/1.1 %d " % status)
+
+
+def test_only_a_request_that_names_websocket_or_carries_its_headers_asks_for_one() -> None:
+    from signald.transport.upgrade import asks_for_websocket
+
+    def parsed(*lines: str) -> h11.Request:
+        parser = h11.Connection(h11.SERVER)
+        parser.receive_data(request(*lines))
+        event = parser.next_event()
+        assert isinstance(event, h11.Request)
+        return event
+
+    assert asks_for_websocket(parsed("Host: x", "Upgrade: h2c, WebSocket"))
+    assert asks_for_websocket(parsed("Host: x", "Sec-WebSocket-Version: 8"))
+    assert asks_for_websocket(parsed("Host: x", f"Sec-WebSocket-Key: {KEY.decode()}"))
+    assert not asks_for_websocket(parsed("Host: x", "Upgrade: h2c", "Connection: Upgrade"))
+    assert not asks_for_websocket(parsed("Host: x", "Sec-WebSocket-Protocol: signald.v1"))
