@@ -119,6 +119,22 @@ class NodeTable:
             if status in STATUSES and user not in hub.sessions_by_user:
                 self._apply("", SetStatus("", user, status))  # type: ignore[arg-type]
 
+    async def leftovers(self) -> list[Op]:
+        """What this node's records in Redis still say that is no longer so, as the ops that tell
+        the others: connections an earlier run under this node id had when it died (a node started
+        again within ``node_ttl_s`` never stopped beating, so nobody took those devices offline),
+        and connections closed or rooms left while the broker was away (their writes were lost)."""
+        hub, ops = self.hub, list[Op]()
+        records = await self.client.hgetall(self.names.conns)
+        for conn, record in sorted((_text(conn), RECORD_DECODER.decode(raw)) for conn, raw in records.items()):
+            if record.node != self.node_id:
+                continue
+            if conn not in hub.sessions:
+                ops.append(Disconnect(conn, record.user))
+            else:
+                ops.extend(Leave(conn, room) for room in sorted(set(record.rooms) - hub.rooms.rooms_of(conn)))
+        return ops
+
     async def _scores(self) -> dict[str, float]:
         found = await self.client.zrange(self.names.nodes, 0, -1, withscores=True)
         return {_text(member): float(score) for member, score in found}

@@ -55,6 +55,10 @@ class NodeRecords:
         """``op`` on the state channel, which every node hears."""
         return ("publish", self.names.state, STATE_ENCODER.encode(StateEnvelope(self.node_id, op)))
 
+    def shared(self, ops: list[Op]) -> list[Command]:
+        """``ops`` as this node shares them: each one's records, then its publish."""
+        return [command for op in ops for command in (*self.changed_by(op), self.published(op))]
+
     def rewritten(self) -> list[Command]:
         """Every record of this node again: its connections and its users' chosen statuses."""
         hub = self.hub

@@ -209,6 +209,7 @@ class RedisReplica(Replica):
                     except (LinkError, trio.TooSlowError) as exc:
                         raise StartupError(f"cluster.broker_url {self.broker.shown}: {exc or 'no answer'}") from None
                     await self._beat()
+                    self.writer.put(self.records.shared(await self.nodes.leftovers()))  # a run before this one
                     await self.nodes.load()
                     self._problem = None
                     self._heard = trio.current_time()
