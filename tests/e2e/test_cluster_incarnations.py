@@ -84,3 +84,35 @@ async def test_a_leave_and_a_close_whose_writes_were_lost_reach_the_others_after
         await wait_for(alice, seen, lambda s: all(event in s for event in gone))
         members = (await alice.request("room.join", {"room": "lobby"}))["members"]
         assert [m["user_id"] for m in members] == ["alice"]
+
+
+async def test_a_status_chosen_on_a_node_that_died_does_not_come_back_with_the_user(
+    tmp_path: Path, redis_url: str, postgres_url: str
+) -> None:
+    """bob chose ``away`` on node 1, which dies; back on node 0 he is ``online`` (a user whose every
+    device went away starts afresh, as on one node), and a node that starts later must say so too:
+    it loads the statuses from Redis."""
+    ttl = 1.0
+    async with nodes(tmp_path, redis_url, postgres_url, 2, ttl=ttl) as started, AsyncExitStack() as stack:
+        (_, url0), (doomed, url1) = started
+        alice = await stack.enter_async_context(connect(url0, user="alice"))
+        await alice.request("room.join", {"room": "lobby"})
+        seen: list[Event] = []
+        async with connect(url1, user="bob") as bob:
+            await bob.request("room.join", {"room": "lobby"})
+            await bob.request("presence.set", {"status": "away"})
+            await wait_for(alice, seen, lambda s: ("presence.update", {"user_id": "bob", "status": "away"}) in s)
+            doomed.send_signal(signal.SIGKILL)
+            await doomed.wait()
+        await wait_for(alice, seen, lambda s: ("presence.update", {"user_id": "bob", "status": "offline"}) in s,
+                       within=ttl * 6)
+        bob = await stack.enter_async_context(connect(url0, user="bob"))
+        await bob.request("room.join", {"room": "lobby"})
+        later = tmp_path / "later"
+        later.mkdir()
+        config = f'\n[cluster]\nnode_id = "node-2"\nnode_ttl_s = {ttl}\n'
+        async with daemon(later, "node", "--broker-url", redis_url, "--history-url", postgres_url,
+                          config_text=config) as (_, url2), connect(url2, user="carol") as carol:
+            members = (await carol.request("room.join", {"room": "lobby"}))["members"]
+            assert [(m["user_id"], m["status"]) for m in members] == [
+                ("alice", "online"), ("bob", "online"), ("carol", "online")]
