@@ -33,7 +33,7 @@ from typing import Final
 import trio
 
 from signald.app.hub import Hub
-from signald.app.replica import Budget, Connect, Disconnect, Join, Kick, Op, Replica
+from signald.app.replica import Budget, Connect, Disconnect, Join, Kick, Leave, Op, Replica
 from signald.cluster.activity import ActivityShare
 from signald.cluster.apply import apply_op, budget_share
 from signald.cluster.calls import RedisCallDecisions
@@ -277,6 +277,9 @@ class RedisReplica(Replica):
     def _apply(self, origin: str, op: Op) -> None:
         if isinstance(op, Connect | Join):
             self.nodes.remote[op.conn] = origin
+        # a kick takes out the devices of the user this node knows; its own it says it took out, for
+        # the origin may not have heard yet that one of them joined (it would keep it in the room)
+        kicked = self.hub.rooms.devices_of(op.user, op.room) & self.hub.sessions.keys() if isinstance(op, Kick) else ()
         self._applying = True
         try:
             apply_op(self.hub, op)
@@ -288,8 +291,8 @@ class RedisReplica(Replica):
                 self.share(Budget(op.user, level))
         elif isinstance(op, Disconnect):
             self.nodes.remote.pop(op.conn, None)
-        elif isinstance(op, Kick) and (records := self.records.of_user(op.user)):
-            self.writer.put(records)  # this node's devices of the user left the room: their records say so
+        elif isinstance(op, Kick) and kicked:
+            self.writer.put(self.records.shared([Leave(conn, op.room) for conn in sorted(kicked)]))
 
     async def _beat(self) -> None:
         if await self.nodes.beat() and self._nursery is not None:
