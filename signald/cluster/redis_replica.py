@@ -30,10 +30,11 @@ from contextlib import asynccontextmanager
 from functools import partial
 from typing import Final
 
+import msgspec
 import trio
 
 from signald.app.hub import Hub
-from signald.app.replica import Budget, Connect, Disconnect, Join, Kick, Leave, Op, Replica
+from signald.app.replica import Budget, Connect, Disconnect, Join, Kick, Leave, Op, Replica, SetStatus
 from signald.cluster.activity import ActivityShare
 from signald.cluster.apply import apply_op, budget_share
 from signald.cluster.calls import RedisCallDecisions
@@ -46,6 +47,7 @@ from signald.cluster.order import RoomOrder
 from signald.cluster.records import NodeRecords
 from signald.cluster.recovery import Resync
 from signald.cluster.resp import LinkError
+from signald.cluster.stamps import StatusStamps
 from signald.cluster.subscriber import Subscriber
 from signald.cluster.wire import (
     ROOM_DECODER,
@@ -83,6 +85,7 @@ class RedisReplica(Replica):
         self.node_id = config.node_id or f"n-{secrets.token_hex(4)}"
         self.names = Names(config.broker_url)
         self.records = NodeRecords(hub, self.names, self.node_id)  # this node's records in Redis
+        self.stamps = StatusStamps(self.node_id)  # the same last status on every node
         self.url = config.broker_url
         self._ttl = config.node_ttl_s
         self._applying = False  # applying another node's op: nothing is shared back
@@ -117,6 +120,8 @@ class RedisReplica(Replica):
     def share(self, op: Op) -> None:
         if self._applying:
             return
+        if isinstance(op, SetStatus):
+            op = msgspec.structs.replace(op, stamp=self.stamps.stamp(op.user))
         commands = self.records.changed_by(op)  # written before the op is published
         if isinstance(op, Connect):
             self._later(self.names.user(op.user))
@@ -126,6 +131,8 @@ class RedisReplica(Replica):
             op = Disconnect(op.conn, user, self.hub.user_rates.level(user, now))
             if len(self.hub.sessions_by_user.get(user, ())) <= 1:  # its last one here
                 self._activity.forget(user, now)
+            if not self.hub.presence.devices_of(user) - {op.conn}:
+                self.stamps.forget(user)
             self._later(self.names.user(user))
         self.writer.put([*commands, self.records.published(op)])
 
@@ -277,6 +284,11 @@ class RedisReplica(Replica):
     def _apply(self, origin: str, op: Op) -> None:
         if isinstance(op, Connect | Join):
             self.nodes.remote[op.conn] = origin
+        elif isinstance(op, SetStatus) and not self.stamps.later(op.user, op.stamp, origin):
+            if self.stamps.mine(op.user):  # the older one may have reached Redis after this node's
+                chosen = self.hub.presence.chosen_status(op.user)
+                self.writer.put(self.records.changed_by(SetStatus("", op.user, chosen)))
+            return  # crossed a later one: every node keeps that
         # a kick takes out the devices of the user this node knows; its own it says it took out, for
         # the origin may not have heard yet that one of them joined (it would keep it in the room)
         kicked = self.hub.rooms.devices_of(op.user, op.room) & self.hub.sessions.keys() if isinstance(op, Kick) else ()
@@ -291,6 +303,8 @@ class RedisReplica(Replica):
                 self.share(Budget(op.user, level))
         elif isinstance(op, Disconnect):
             self.nodes.remote.pop(op.conn, None)
+            if op.user and not self.hub.presence.devices_of(op.user):
+                self.stamps.forget(op.user)
         elif isinstance(op, Kick) and kicked:
             self.writer.put(self.records.shared([Leave(conn, op.room) for conn in sorted(kicked)]))
 

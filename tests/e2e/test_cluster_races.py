@@ -53,3 +53,26 @@ async def test_a_kick_racing_a_join_of_another_device_of_the_user_ends_the_same_
                 with contextlib.suppress(SignalError):  # out already
                     await device.request("room.leave", {"room": "lobby"})
             await settle()
+
+
+async def test_two_devices_choosing_a_status_at_once_on_two_nodes_end_with_one_status_everywhere(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """Last writer wins across devices: when the two writes cross between nodes, every node must
+    still pick the same last one."""
+    server: RunningServer = await start_server(nursery, make_config(tmp_path))
+    async with connect(server.url, user="bob") as bob, connect(server.url, user="alice") as a1, \
+            connect(server.url, user="alice") as a2:
+        for client in (bob, a1, a2):
+            await client.request("room.join", {"room": "lobby"})
+        for step in range(20):
+            first, second = ("away", "busy") if step % 2 else ("busy", "away")
+            async with trio.open_nursery() as racing:
+                racing.start_soon(a1.request, "presence.set", {"status": first})
+                await trio.sleep(step * 0.0002)
+                racing.start_soon(a2.request, "presence.set", {"status": second})
+            await settle()
+            chosen = [hub.presence.chosen_status("alice") for hub in hubs(server)]
+            assert len(set(chosen)) == 1, (step, chosen)
+            await a1.request("presence.set", {"status": "online"})
+            await settle()
