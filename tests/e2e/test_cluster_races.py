@@ -76,3 +76,27 @@ async def test_two_devices_choosing_a_status_at_once_on_two_nodes_end_with_one_s
             assert len(set(chosen)) == 1, (step, chosen)
             await a1.request("presence.set", {"status": "online"})
             await settle()
+
+
+async def test_two_devices_of_a_user_joining_and_leaving_at_once_on_two_nodes_are_one_member(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """First device in and last device out across nodes: however the two devices' joins and leaves
+    cross, the others hear one ``member.joined`` and one ``member.left`` per round."""
+    server: RunningServer = await start_server(nursery, make_config(tmp_path))
+    async with connect(server.url, user="alice") as alice, connect(server.url, user="bob") as b1, \
+            connect(server.url, user="bob") as b2:
+        await alice.request("room.join", {"room": "lobby"})
+        rounds = 10
+        for step in range(rounds):
+            for kind in ("room.join", "room.leave"):
+                async with trio.open_nursery() as racing:
+                    racing.start_soon(b1.request, kind, {"room": "lobby"})
+                    await trio.sleep(step * 0.0002)
+                    racing.start_soon(b2.request, kind, {"room": "lobby"})
+                await settle()
+                assert len({tuple(view) for view in views(server, "bob", "lobby")}) == 1
+        await settle()
+        await alice.request("presence.ping")
+        seen = [event["type"] for event in alice.pending_events() if event["type"].startswith("member.")]
+        assert seen == ["member.joined", "member.left"] * rounds, seen
