@@ -37,9 +37,10 @@ class NodeRecords:
     def changed_by(self, op: Op) -> list[Command]:
         """What ``op``, shared by this node, changes in its records (written before it is published)."""
         names = self.names
-        if isinstance(op, Connect):  # the status too: one left by a node that died must not come back
+        if isinstance(op, Connect) and self.hub.presence.devices_of(op.user) == {op.conn}:
+            # the user's first device anywhere starts afresh: not with a status left by a node that died
             return [self.of_conn(op.conn), ("hset", names.status, {op.user: self.hub.presence.chosen_status(op.user)})]
-        if isinstance(op, Join | Leave):
+        if isinstance(op, Connect | Join | Leave):
             return [self.of_conn(op.conn)]
         if isinstance(op, Disconnect):
             commands: list[Command] = [("hdel", names.conns, op.conn)]
