@@ -106,9 +106,11 @@ async def test_the_users_of_a_worker_that_died_go_offline_when_it_is_started_aga
             client = await stack.enter_async_context(connect(url, user=f"u{len(clients)}"))
             await client.request("room.join", {"room": "lobby"})
             clients.append(client)
-            records = {conn.decode(): RECORD_DECODER.decode(raw)
-                       for conn, raw in (await redis.hgetall(Names(redis_url).conns)).items()}
-            nodes = {conn: record.node for conn, record in records.items()}
+            with trio.fail_after(5):
+                while client.session_id not in nodes:  # its node writes the record soon after the ack
+                    records = await redis.hgetall(Names(redis_url).conns)
+                    nodes = {conn.decode(): RECORD_DECODER.decode(raw).node for conn, raw in records.items()}
+                    await trio.sleep(0.01)
         [worker] = children(first.pid)
         os.kill(worker, signal.SIGKILL)  # box-1: the first process is box-0
         gone = {f"u{i}" for i, client in enumerate(clients) if nodes[client.session_id] == "box-1"}
