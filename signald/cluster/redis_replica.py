@@ -8,7 +8,8 @@ Tasks, all in :meth:`RedisReplica.running`:
   hands each pub/sub message to :meth:`RedisReplica._receive`, each over a connection of its own
   (:mod:`signald.cluster.resp`: coredis cost these hot paths several times the CPU);
 - the **heartbeat** writes this node's time into ``nodes`` every ``node_ttl_s / 3`` and takes the
-  nodes that stopped beating for ``node_ttl_s`` out of this node's copy (:mod:`signald.cluster.nodes`);
+  nodes that stopped beating for ``node_ttl_s`` out of this node's copy (:mod:`signald.cluster.nodes`),
+  looking again in between when a node's last beat comes of age before the next one;
 - the **sweeper** stops hearing rooms and users this node no longer has a connection in.
 
 Redis restarted or unreachable, or a failover (Sentinel, Redis Cluster): the subscriber reconnects
@@ -69,6 +70,7 @@ from signald.errors import StartupError
 log = logging.getLogger("signald.cluster")
 
 SWEEP_S: Final = 2.0
+VERDICT_SLACK_S: Final = 0.01  # a node is dead once its last beat is older than node_ttl_s: look just after
 CONNECT_S: Final = 5.0  # a broker that does not answer at start within this is a startup error
 
 
@@ -320,11 +322,20 @@ class RedisReplica(Replica):
         self.writer.put([("publish", self.names.state, echo)])
 
     async def _heartbeat(self) -> None:
+        """A beat every ``node_ttl_s / 3``, and in between a look at a node due for a verdict."""
+        next_beat, failed = trio.current_time() + self._ttl / 3, False
         while True:
-            await trio.sleep(self._ttl / 3)
+            due = None if failed else self.nodes.verdict_in()  # a look that failed: wait for the beat
+            look = None if due is None else trio.current_time() + due + VERDICT_SLACK_S
+            await trio.sleep_until(look if look is not None and look < next_beat else next_beat)
             try:
-                await self._beat()
+                if look is not None and look < next_beat:
+                    await self.nodes.watch()
+                else:
+                    next_beat, failed = trio.current_time() + self._ttl / 3, False
+                    await self._beat()
             except Exception as exc:
+                failed = True
                 self._down(exc)
 
     async def _sweep(self) -> None:

@@ -130,3 +130,43 @@ async def test_a_user_who_moved_to_another_node_before_the_old_one_died_stays_in
         members = (await alice.request("room.join", {"room": "lobby"}))["members"]
         assert [(m["user_id"], m["status"], m["devices"]) for m in members] == [
             ("alice", "online", [alice.session_id]), ("bob", "online", [moved.session_id])]
+
+
+async def test_the_nodes_that_die_are_noticed_within_the_ttl_of_their_last_heartbeat(
+    tmp_path: Path, redis_url: str, postgres_url: str
+) -> None:
+    """The contract: a dead node's users go offline for the others "within cluster.node_ttl_s". A
+    node's last heartbeat is at most when it died, so the others must notice by that beat plus the
+    TTL, not at their own next heartbeat after it (up to a third of the TTL later). Two nodes are
+    killed at once: their heartbeats are out of step with the observer's (and with each other's)."""
+    import time
+
+    import coredis
+
+    from signald.cluster.wire import Names
+
+    ttl = 4.5
+    async with nodes(tmp_path, redis_url, postgres_url, 3, ttl=ttl) as started, AsyncExitStack() as stack:
+        (_, url0), (doomed1, url1), (doomed2, url2) = started
+        redis: coredis.Redis[bytes] = coredis.Redis.from_url(redis_url)
+        await stack.enter_async_context(redis)
+        alice = await stack.enter_async_context(connect(url0, user="alice"))
+        await alice.request("room.join", {"room": "lobby"})
+        async with connect(url1, user="bob") as bob, connect(url2, user="carol") as carol:
+            for client in (bob, carol):
+                await client.request("room.join", {"room": "lobby"})
+            await wait_for(alice, [], lambda s: len(of("member.joined", s)) == 2)
+            for doomed in (doomed1, doomed2):
+                doomed.send_signal(signal.SIGKILL)
+                await doomed.wait()
+        names = Names(redis_url)
+        last_beat = {user: await redis.zscore(names.nodes, node) for user, node in (("bob", "node-1"),
+                                                                                   ("carol", "node-2"))}
+        late = {}
+        with trio.fail_after(ttl * 3):
+            while len(late) < 2:
+                event = await alice.next_event()
+                if event["type"] == "member.left":
+                    user = event["data"]["user_id"]
+                    late[user] = time.time() - (last_beat[user] or 0) - ttl
+        assert all(seconds < 0.25 for seconds in late.values()), late  # after the TTL, at once
