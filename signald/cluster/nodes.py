@@ -2,11 +2,12 @@
 
 Every node writes its wall-clock time into the ``nodes`` sorted set every ``node_ttl_s / 3``.
 A node whose time is older than ``node_ttl_s`` is dead (looked at with each heartbeat, and in
-between at the moment a node's last beat comes of age: :meth:`NodeTable.watch`): each survivor takes its devices out of its
-own copy (``device.offline``, ``member.left``, ``presence.update`` to its own connections), and
-the records it left in Redis are removed (by whichever survivor gets there first; doing it twice
-is harmless). A node that starts, or that lost the broker for a while, loads the live nodes'
-records (:meth:`NodeTable.load`) and applies the difference to its copy as ops.
+between at the moment a node's last beat comes of age: :meth:`NodeTable.watch`): each survivor
+takes its devices out of its own copy (``device.offline``, ``member.left``, ``presence.update`` to
+its own connections), and the records it left in Redis are removed (by whichever survivor gets
+there first; doing it twice is harmless). A node that starts, or that lost the broker for a
+while, loads the live nodes' records (:meth:`NodeTable.load`) and applies the difference to its
+copy as ops.
 """
 
 from __future__ import annotations
