@@ -86,11 +86,14 @@ class Kick(SharedOp, tag="kick", frozen=True):
 
 
 class SetStatus(SharedOp, tag="status", frozen=True):
-    """``presence.set`` on a device: the user's chosen status, for all of their devices."""
+    """``presence.set`` on a device: the user's chosen status, for all of their devices. ``stamp``:
+    when, by the origin's clock, so that every node keeps the same last one when two cross (0: a
+    state announced again, applied as it comes)."""
 
     conn: str
     user: str
     status: Status
+    stamp: float = 0.0
 
 
 class Typing(SharedOp, tag="typing", frozen=True):

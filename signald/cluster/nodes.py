@@ -1,11 +1,13 @@
 """The other nodes as this node knows them: heartbeats, a node's death, the state snapshot.
 
 Every node writes its wall-clock time into the ``nodes`` sorted set every ``node_ttl_s / 3``.
-A node whose time is older than ``node_ttl_s`` is dead: each survivor takes its devices out of its
-own copy (``device.offline``, ``member.left``, ``presence.update`` to its own connections), and
-the records it left in Redis are removed (by whichever survivor gets there first; doing it twice
-is harmless). A node that starts, or that lost the broker for a while, loads the live nodes'
-records (:meth:`NodeTable.load`) and applies the difference to its copy as ops.
+A node whose time is older than ``node_ttl_s`` is dead (looked at with each heartbeat, and in
+between at the moment a node's last beat comes of age: :meth:`NodeTable.watch`): each survivor
+takes its devices out of its own copy (``device.offline``, ``member.left``, ``presence.update`` to
+its own connections), and the records it left in Redis are removed (by whichever survivor gets
+there first; doing it twice is harmless). A node that starts, or that lost the broker for a
+while, loads the live nodes' records (:meth:`NodeTable.load`) and applies the difference to its
+copy as ops.
 """
 
 from __future__ import annotations
@@ -55,12 +57,7 @@ class NodeTable:
         self._beaten = now
         scores = await self._scores()
         live = {node for node, beat in scores.items() if beat >= now - self.ttl}
-        for node, beat in scores.items():
-            self._alive[node] = max(self._alive.get(node, beat), beat)
-        known = set(self.remote.values()) - {self.node_id}
-        for node in sorted(known):  # missing from the set (removed as dead) or beating too long ago
-            if now - self._alive.setdefault(node, now) > self.ttl:
-                self.forget(node)
+        known = self._judge(scores, now)
         for node in set(self._alive) - known - set(scores):
             del self._alive[node]
         others = {_text(node): raw for node, raw in (await client.hgetall(names.stats)).items()}
@@ -75,6 +72,31 @@ class NodeTable:
             await client.zrem(names.nodes, dead)
             await client.hdel(names.stats, dead)
         return forgotten or missed
+
+    def verdict_in(self) -> float | None:
+        """Seconds until the first other node with devices here has not beaten for ``node_ttl_s``
+        (when to look again: :meth:`watch`), or None (none, or this node is in no state to judge)."""
+        now = time.time()
+        if self._beaten is None or now - self._beaten > self.ttl / 2:  # stalled or off the broker: beat first
+            return None
+        beats = [self._alive[node] for node in set(self.remote.values()) - {self.node_id} if node in self._alive]
+        return max(0.0, min(beats) + self.ttl - now) if beats else None
+
+    async def watch(self) -> None:
+        """Between two heartbeats, at a node's :meth:`verdict_in`: forget it unless it beat meanwhile.
+        So a node that dies goes within ``node_ttl_s`` of its last beat, not up to a third later."""
+        if self.verdict_in() is not None:
+            self._judge(await self._scores(), time.time())
+
+    def _judge(self, scores: dict[str, float], now: float) -> set[str]:
+        """Take in the beats read; forget the nodes with devices here that stopped; returns those nodes."""
+        for node, beat in scores.items():
+            self._alive[node] = max(self._alive.get(node, beat), beat)
+        known = set(self.remote.values()) - {self.node_id}
+        for node in sorted(known):  # missing from the set (removed as dead) or beating too long ago
+            if now - self._alive.setdefault(node, now) > self.ttl:
+                self.forget(node)
+        return known
 
     def counters_elsewhere(self) -> tuple[int, int]:
         """The live other nodes' ``(messages_in, messages_out)`` together, as of their last heartbeat."""
@@ -118,6 +140,22 @@ class NodeTable:
         for user, status in sorted(statuses.items()):
             if status in STATUSES and user not in hub.sessions_by_user:
                 self._apply("", SetStatus("", user, status))  # type: ignore[arg-type]
+
+    async def leftovers(self) -> list[Op]:
+        """What this node's records in Redis still say that is no longer so, as the ops that tell
+        the others: connections an earlier run under this node id had when it died (a node started
+        again within ``node_ttl_s`` never stopped beating, so nobody took those devices offline),
+        and connections closed or rooms left while the broker was away (their writes were lost)."""
+        hub, ops = self.hub, list[Op]()
+        records = await self.client.hgetall(self.names.conns)
+        for conn, record in sorted((_text(conn), RECORD_DECODER.decode(raw)) for conn, raw in records.items()):
+            if record.node != self.node_id:
+                continue
+            if conn not in hub.sessions:
+                ops.append(Disconnect(conn, record.user))
+            else:
+                ops.extend(Leave(conn, room) for room in sorted(set(record.rooms) - hub.rooms.rooms_of(conn)))
+        return ops
 
     async def _scores(self) -> dict[str, float]:
         found = await self.client.zrange(self.names.nodes, 0, -1, withscores=True)

@@ -37,6 +37,9 @@ class NodeRecords:
     def changed_by(self, op: Op) -> list[Command]:
         """What ``op``, shared by this node, changes in its records (written before it is published)."""
         names = self.names
+        if isinstance(op, Connect) and self.hub.presence.devices_of(op.user) == {op.conn}:
+            # the user's first device anywhere starts afresh: not with a status left by a node that died
+            return [self.of_conn(op.conn), ("hset", names.status, {op.user: self.hub.presence.chosen_status(op.user)})]
         if isinstance(op, Connect | Join | Leave):
             return [self.of_conn(op.conn)]
         if isinstance(op, Disconnect):
@@ -54,6 +57,10 @@ class NodeRecords:
     def published(self, op: Op) -> Command:
         """``op`` on the state channel, which every node hears."""
         return ("publish", self.names.state, STATE_ENCODER.encode(StateEnvelope(self.node_id, op)))
+
+    def shared(self, ops: list[Op]) -> list[Command]:
+        """``ops`` as this node shares them: each one's records, then its publish."""
+        return [command for op in ops for command in (*self.changed_by(op), self.published(op))]
 
     def rewritten(self) -> list[Command]:
         """Every record of this node again: its connections and its users' chosen statuses."""

@@ -132,7 +132,9 @@ class Resync:
         fill = self._fill if self._moved_only() else None
         try:
             self.nodes.grace()
-            commands = records.rewritten() + [records.published(op) for op in announcement(hub)]
+            # first what changed here while the writes were lost (closes, leaves), then the rest again
+            commands = records.shared(await self.nodes.leftovers()) + records.rewritten() + [
+                records.published(op) for op in announcement(hub)]
             await self.writer.execute(commands, fresh=True)  # to the server the pub/sub found
             await self._beat()
             await self.nodes.load()

@@ -8,7 +8,8 @@ Tasks, all in :meth:`RedisReplica.running`:
   hands each pub/sub message to :meth:`RedisReplica._receive`, each over a connection of its own
   (:mod:`signald.cluster.resp`: coredis cost these hot paths several times the CPU);
 - the **heartbeat** writes this node's time into ``nodes`` every ``node_ttl_s / 3`` and takes the
-  nodes that stopped beating for ``node_ttl_s`` out of this node's copy (:mod:`signald.cluster.nodes`);
+  nodes that stopped beating for ``node_ttl_s`` out of this node's copy (:mod:`signald.cluster.nodes`),
+  looking again in between when a node's last beat comes of age before the next one;
 - the **sweeper** stops hearing rooms and users this node no longer has a connection in.
 
 Redis restarted or unreachable, or a failover (Sentinel, Redis Cluster): the subscriber reconnects
@@ -30,10 +31,11 @@ from contextlib import asynccontextmanager
 from functools import partial
 from typing import Final
 
+import msgspec
 import trio
 
 from signald.app.hub import Hub
-from signald.app.replica import Budget, Connect, Disconnect, Join, Kick, Op, Replica
+from signald.app.replica import Budget, Connect, Disconnect, Join, Kick, Leave, Op, Replica, SetStatus
 from signald.cluster.activity import ActivityShare
 from signald.cluster.apply import apply_op, budget_share
 from signald.cluster.calls import RedisCallDecisions
@@ -46,6 +48,7 @@ from signald.cluster.order import RoomOrder
 from signald.cluster.records import NodeRecords
 from signald.cluster.recovery import Resync
 from signald.cluster.resp import LinkError
+from signald.cluster.stamps import StatusStamps
 from signald.cluster.subscriber import Subscriber
 from signald.cluster.wire import (
     ROOM_DECODER,
@@ -67,6 +70,7 @@ from signald.errors import StartupError
 log = logging.getLogger("signald.cluster")
 
 SWEEP_S: Final = 2.0
+VERDICT_SLACK_S: Final = 0.01  # a node is dead once its last beat is older than node_ttl_s: look just after
 CONNECT_S: Final = 5.0  # a broker that does not answer at start within this is a startup error
 
 
@@ -83,6 +87,7 @@ class RedisReplica(Replica):
         self.node_id = config.node_id or f"n-{secrets.token_hex(4)}"
         self.names = Names(config.broker_url)
         self.records = NodeRecords(hub, self.names, self.node_id)  # this node's records in Redis
+        self.stamps = StatusStamps(self.node_id)  # the same last status on every node
         self.url = config.broker_url
         self._ttl = config.node_ttl_s
         self._applying = False  # applying another node's op: nothing is shared back
@@ -117,6 +122,8 @@ class RedisReplica(Replica):
     def share(self, op: Op) -> None:
         if self._applying:
             return
+        if isinstance(op, SetStatus):
+            op = msgspec.structs.replace(op, stamp=self.stamps.stamp(op.user))
         commands = self.records.changed_by(op)  # written before the op is published
         if isinstance(op, Connect):
             self._later(self.names.user(op.user))
@@ -126,6 +133,8 @@ class RedisReplica(Replica):
             op = Disconnect(op.conn, user, self.hub.user_rates.level(user, now))
             if len(self.hub.sessions_by_user.get(user, ())) <= 1:  # its last one here
                 self._activity.forget(user, now)
+            if not self.hub.presence.devices_of(user) - {op.conn}:
+                self.stamps.forget(user)
             self._later(self.names.user(user))
         self.writer.put([*commands, self.records.published(op)])
 
@@ -209,6 +218,10 @@ class RedisReplica(Replica):
                     except (LinkError, trio.TooSlowError) as exc:
                         raise StartupError(f"cluster.broker_url {self.broker.shown}: {exc or 'no answer'}") from None
                     await self._beat()
+                    if gone := await self.nodes.leftovers():  # an earlier run under this node id died
+                        log.warning("cluster: an earlier run of node %s left %d devices; they go offline"
+                                    " (two running nodes must never share a node_id)", self.node_id, len(gone))
+                        self.writer.put(self.records.shared(gone))
                     await self.nodes.load()
                     self._problem = None
                     self._heard = trio.current_time()
@@ -276,6 +289,14 @@ class RedisReplica(Replica):
     def _apply(self, origin: str, op: Op) -> None:
         if isinstance(op, Connect | Join):
             self.nodes.remote[op.conn] = origin
+        elif isinstance(op, SetStatus) and not self.stamps.later(op.user, op.stamp, origin):
+            if self.stamps.mine(op.user):  # the older one may have reached Redis after this node's
+                chosen = self.hub.presence.chosen_status(op.user)
+                self.writer.put(self.records.changed_by(SetStatus("", op.user, chosen)))
+            return  # crossed a later one: every node keeps that
+        # a kick takes out the devices of the user this node knows; its own it says it took out, for
+        # the origin may not have heard yet that one of them joined (it would keep it in the room)
+        kicked = self.hub.rooms.devices_of(op.user, op.room) & self.hub.sessions.keys() if isinstance(op, Kick) else ()
         self._applying = True
         try:
             apply_op(self.hub, op)
@@ -287,8 +308,10 @@ class RedisReplica(Replica):
                 self.share(Budget(op.user, level))
         elif isinstance(op, Disconnect):
             self.nodes.remote.pop(op.conn, None)
-        elif isinstance(op, Kick) and (records := self.records.of_user(op.user)):
-            self.writer.put(records)  # this node's devices of the user left the room: their records say so
+            if op.user and not self.hub.presence.devices_of(op.user):
+                self.stamps.forget(op.user)
+        elif isinstance(op, Kick) and kicked:
+            self.writer.put(self.records.shared([Leave(conn, op.room) for conn in sorted(kicked)]))
 
     async def _beat(self) -> None:
         if await self.nodes.beat() and self._nursery is not None:
@@ -299,11 +322,20 @@ class RedisReplica(Replica):
         self.writer.put([("publish", self.names.state, echo)])
 
     async def _heartbeat(self) -> None:
+        """A beat every ``node_ttl_s / 3``, and in between a look at a node due for a verdict."""
+        next_beat, failed = trio.current_time() + self._ttl / 3, False
         while True:
-            await trio.sleep(self._ttl / 3)
+            due = None if failed else self.nodes.verdict_in()  # a look that failed: wait for the beat
+            look = None if due is None else trio.current_time() + due + VERDICT_SLACK_S
+            await trio.sleep_until(look if look is not None and look < next_beat else next_beat)
             try:
-                await self._beat()
+                if look is not None and look < next_beat:
+                    await self.nodes.watch()
+                else:
+                    next_beat, failed = trio.current_time() + self._ttl / 3, False
+                    await self._beat()
             except Exception as exc:
+                failed = True
                 self._down(exc)
 
     async def _sweep(self) -> None:

@@ -139,6 +139,9 @@ class Records:
     def rewritten(self) -> list[Any]:
         return [("hset", "conns", {"c1": b"record"})]
 
+    def shared(self, ops: list[Any]) -> list[Any]:
+        return [("publish", "state", op) for op in ops]
+
     def published(self, op: Any) -> Any:
         return ("publish", "state", op)
 
@@ -149,6 +152,10 @@ class Nodes:
 
     async def load(self) -> None:
         await trio.lowlevel.checkpoint()
+
+    async def leftovers(self) -> list[Any]:  # what its records said that is no longer so
+        await trio.lowlevel.checkpoint()
+        return ["c2 closed meanwhile"]
 
 
 class Channels:
@@ -170,5 +177,7 @@ async def test_the_resync_writes_its_records_over_a_fresh_connection() -> None:
     resync = Resync(hub, Records(), writer, Nodes(), Channels(), RoomOrder(lambda *a: None),  # type: ignore[arg-type]
                     CatchUp(), beat=beat, down=downs.append, spawn=lambda task: None)
     await resync.run()
-    assert writer.pipelines == [([("hset", "conns", {"c1": b"record"})], True)]
+    # what changed while the writes were lost goes first, then the records as they are
+    assert writer.pipelines == [([("publish", "state", "c2 closed meanwhile"), ("hset", "conns", {"c1": b"record"})],
+                                 True)]
     assert beats == [1] and downs == []
