@@ -86,8 +86,9 @@ class PostgresStore(StoreOperations):
         self._writer_idle = trio.Event()
         self._writer_idle.set()
         self._sends: SendPath | None = None if read_only or not trio_sends else SendPath(
-            lambda: connect(url, connect_timeout_s), to_writer=self._to_writer, writer_busy=lambda: bool(self._handed),
-            writer_idle=lambda: self._writer_idle.wait(), complete=self._complete, scrub=self.scrub)
+            lambda: connect(url, connect_timeout_s, "sends"), to_writer=self._to_writer,
+            writer_busy=lambda: bool(self._handed), writer_idle=lambda: self._writer_idle.wait(),
+            complete=self._complete, scrub=self.scrub)
 
     def scrub(self, text: str) -> str:
         """``text`` on one line, with the URL's password (if it has one) replaced."""
@@ -195,7 +196,7 @@ class PostgresStore(StoreOperations):
         """In a worker thread: (the connection to keep or None, result, error)."""
         try:
             if conn is None or conn.closed or conn.broken:
-                conn = connect(self.url, self._connect_timeout_s)
+                conn = connect(self.url, self._connect_timeout_s, "reader")
             conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             try:
                 result = fn(Adapter(conn))

@@ -55,10 +55,11 @@ RETENTION_EVERY: Final = 64
 """Under sustained load, one retention step runs after this many write batches (as on SQLite)."""
 
 
-def connect(url: str, timeout_s: float) -> psycopg.Connection[Any]:
-    """An autocommit connection whose tables are the ``signald`` schema's."""
+def connect(url: str, timeout_s: float, role: str) -> psycopg.Connection[Any]:
+    """An autocommit connection whose tables are the ``signald`` schema's, named ``signald-<role>``
+    in ``pg_stat_activity`` (``writer``, ``sends``, ``reader``) unless the URL names it."""
     return psycopg.connect(url, autocommit=True, connect_timeout=max(1, round(timeout_s)),
-                           options=f"-c search_path={schema.SCHEMA}")
+                           options=f"-c search_path={schema.SCHEMA}", fallback_application_name=f"signald-{role}")
 
 
 def database_size(conn: psycopg.Connection[Any]) -> int:
@@ -114,7 +115,7 @@ class PgWriter(WriterThread):
             self._w_stop(closer, [])
 
     def _w_open(self) -> psycopg.Connection[Any]:
-        conn = connect(self.url, self.connect_timeout_s)
+        conn = connect(self.url, self.connect_timeout_s, "writer")
         try:
             if self.read_only:
                 version = schema.schema_version(conn)
@@ -179,7 +180,7 @@ class PgWriter(WriterThread):
         if time.monotonic() < self._retry_at:
             return None
         try:
-            self._conn = conn = connect(self.url, self.connect_timeout_s)
+            self._conn = conn = connect(self.url, self.connect_timeout_s, "writer")
         except psycopg.Error as exc:
             logger.error("history store: reconnecting failed (next attempt in %.1f s): %s",
                          self._backoff, self._scrub(str(exc)))
