@@ -7,11 +7,15 @@ signald's connections ended by ``pg_terminate_backend``; each test waits on cond
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
+import psutil
+import psycopg
 import pytest
 import trio
 from conftest import make_config, start_server
@@ -77,3 +81,51 @@ async def test_a_last_seen_flush_while_postgres_is_down_neither_stops_the_daemon
         assert (await store.last_seen(["ann"])).keys() == {"ann"}
         async with connect(server.url, user="bob") as bob:
             assert (await bob.request_raw("presence.ping"))["type"] == "presence.pong"
+
+
+def end_backends(postgres_server: PostgresServer, database: str, role: str) -> int:
+    """``pg_terminate_backend`` on signald's connections of ``role`` to ``database``, and wait until
+    their processes are gone (their sockets closed); how many."""
+    with psycopg.connect(postgres_server.url(), autocommit=True) as conn:
+        pids = [pid for pid, in conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = %s AND application_name = %s",
+            (database, f"signald-{role}"))]
+        for pid in pids:
+            conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    for pid in pids:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            psutil.Process(pid).wait(timeout=10)
+    return len(pids)
+
+
+@pytest.mark.parametrize("fault", ["restart-fast", "restart-immediate", "sends", "writer", "reader"])
+async def test_the_first_requests_after_an_idle_connection_was_lost_succeed(
+    nursery: trio.Nursery, tmp_path: Path, postgres_server: PostgresServer, fault: str
+) -> None:
+    """PostgreSQL restarted while the daemon was idle, or one kind of signald's connections ended
+    by ``pg_terminate_backend``: the server is back, so the next send (send path), edit (writer),
+    history page and join (readers) and ``/readyz`` succeed at once. Each connection found dead
+    was only noticed when used, so the first requests after the outage got ``INTERNAL``."""
+    url = create_database(postgres_server)
+    server = await start_server(nursery, make_config(tmp_path, history={"url": url}))
+    async with connect(server.url, user="ann") as ann, \
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}") as http:
+        await ann.request("room.join", {"room": "lobby"})
+        first = await ann.request("chat.send", {"scope": "lobby", "body": "before"})
+        await ann.request("chat.edit", {"message_id": first["id"], "new_body": "edited before"})
+        for _ in range(4):  # every reader connection in use once
+            assert (await http.get("/readyz")).status_code == 200
+        with trio.fail_after(15):
+            if fault.startswith("restart"):
+                async with stopped(postgres_server, fault.split("-")[1]):
+                    pass
+            else:
+                assert await trio.to_thread.run_sync(end_backends, postgres_server, url.rsplit("/", 1)[1], fault)
+            sent = await ann.request("chat.send", {"scope": "lobby", "body": "after"})
+            assert (await ann.request("chat.edit", {"message_id": sent["id"], "new_body": "edited after"}))["rev"] == 4
+            for _ in range(4):
+                assert (await http.get("/readyz")).status_code == 200
+            page = await ann.request("chat.history", {"room": "lobby"})
+            assert [m["body"] for m in page["messages"]] == ["edited before", "edited after"]
+            async with connect(server.url, user="bob") as bob:
+                assert (await bob.request("room.join", {"room": "lobby"}))["rev"] == 4

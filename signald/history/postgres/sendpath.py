@@ -26,7 +26,9 @@ deadlock, goes to the writer thread, which stores those sends one savepoint each
 exact answers. A lost connection fails the batch in flight with ``INTERNAL`` "history store
 unavailable" (none of it is acked; the statement may or may not have committed, exactly as on the
 writer thread) and sends go to the writer thread, which reconnects on its own, until this path
-connects again (at most once per :data:`RECONNECT_S`).
+connects again (at most once per :data:`RECONNECT_S`). A connection found dead before a
+statement is sent (lost while idle: :func:`~signald.history.postgres.sql.alive`) fails nothing:
+that batch goes to the writer thread and the path connects again at the next send.
 
 Resource handling: the connection is opened (in a worker thread) by :meth:`SendPath.start`, which
 also starts one system task; :meth:`SendPath.close` cancels that task and closes the connection.
@@ -46,7 +48,7 @@ import trio
 from psycopg import pq
 
 from signald.history.postgres.batch import STORE_PREPARED, Encoded
-from signald.history.postgres.sql import RETRYABLE
+from signald.history.postgres.sql import RETRYABLE, alive
 from signald.history.thread import MAX_BATCH
 from signald.history.work import SKIP, Op, StorageError
 from signald.history.writes import SendOp
@@ -152,7 +154,10 @@ class SendPath:
     async def _store(self, batch: list[Op[Any]]) -> None:
         """One statement over ``batch``; what it stored completes here, the rest goes to the writer."""
         conn = self._conn
-        if conn is None:  # lost since these were taken
+        if conn is not None and not alive(conn.pgconn):  # lost while idle: nothing was sent
+            self._lost(psycopg.OperationalError("the connection was lost while idle"), retry_s=0.0)
+            conn = None
+        if conn is None:  # lost since these were taken: the writer stores them
             for op in batch:
                 self._to_writer(op)
             return
@@ -191,11 +196,11 @@ class SendPath:
 
     # ------------------------------------------------------------------ the connection
 
-    def _lost(self, exc: BaseException) -> None:
+    def _lost(self, exc: BaseException, retry_s: float = RECONNECT_S) -> None:
         logger.error("history store lost (send path): %s", self._scrub(str(exc)))
         conn, self._conn = self._conn, None
         self.down = True
-        self._retry_at = time.monotonic() + RECONNECT_S
+        self._retry_at = time.monotonic() + retry_s
         if conn is not None:
             with contextlib.suppress(psycopg.Error):
                 conn.close()

@@ -39,7 +39,7 @@ from signald.history.contract import HistoryStats, SchemaError, StorageError
 from signald.history.operations import StoreOperations
 from signald.history.postgres import schema
 from signald.history.postgres.sendpath import SendPath
-from signald.history.postgres.sql import Adapter, Allocator
+from signald.history.postgres.sql import Adapter, Allocator, alive
 from signald.history.postgres.writer import UNAVAILABLE, PgWriter, connect, database_size
 from signald.history.queries import Rejoin
 from signald.history.work import SKIP, Op
@@ -195,6 +195,8 @@ class PostgresStore(StoreOperations):
     ) -> tuple[psycopg.Connection[Any] | None, T | None, BaseException | None]:
         """In a worker thread: (the connection to keep or None, result, error)."""
         try:
+            if conn is not None and not conn.closed and not alive(conn.pgconn):  # lost while idle
+                conn.close()
             if conn is None or conn.closed or conn.broken:
                 conn = connect(self.url, self._connect_timeout_s, "reader")
             conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")

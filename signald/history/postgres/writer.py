@@ -17,7 +17,9 @@ had been delivered.
 Error handling: a connection that is lost fails the batch it was running (``INTERNAL``, "history
 store unavailable"; none of it is acked) and the thread reconnects before the next one, waiting
 :data:`BACKOFF_MIN_S` doubling to :data:`BACKOFF_MAX_S` between attempts, failing what arrives
-meanwhile at once. :attr:`PgWriter.available` says whether the last attempt succeeded.
+meanwhile at once. :attr:`PgWriter.available` says whether the last attempt succeeded. A
+connection found dead before a batch is sent on it (the server restarted, the backend terminated
+while idle: :func:`~signald.history.postgres.sql.alive`) is replaced first: nothing fails for it.
 
 Resource handling: the thread opens its connection (migrating the schema unless read-only) and
 closes it when it takes the close request, after everything queued before it. It is a daemon
@@ -38,7 +40,7 @@ import psycopg
 from signald.history.contract import SchemaError, StorageError
 from signald.history.postgres import retention, schema
 from signald.history.postgres.batch import store_sends
-from signald.history.postgres.sql import RETRYABLE, Adapter
+from signald.history.postgres.sql import RETRYABLE, Adapter, alive
 from signald.history.thread import MAX_BATCH, WriterThread
 from signald.history.work import SKIP, Op, op_failed
 from signald.history.writes import SendOp
@@ -176,7 +178,10 @@ class PgWriter(WriterThread):
         """The connection, reconnected if it was lost (at most once per backoff period)."""
         conn = self._conn
         if conn is not None and not conn.closed and not conn.broken:
-            return conn
+            if alive(conn.pgconn):
+                return conn
+            logger.warning("history store: the writer's connection was lost while idle; connecting again")
+            conn.close()
         if time.monotonic() < self._retry_at:
             return None
         try:
