@@ -8,7 +8,8 @@ signald's connections ended by ``pg_terminate_backend``; each test waits on cond
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable
+import signal
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ import trio
 from conftest import make_config, start_server
 from postgres import PostgresServer, create_database
 
+from signald.app.httpapi import READY_TIMEOUT_S
 from signald.client.raw import connect
 from signald.errors import SignalError
 from signald.server import RunningServer
@@ -129,3 +131,59 @@ async def test_the_first_requests_after_an_idle_connection_was_lost_succeed(
             assert [m["body"] for m in page["messages"]] == ["edited before", "edited after"]
             async with connect(server.url, user="bob") as bob:
                 assert (await bob.request("room.join", {"room": "lobby"}))["rev"] == 4
+
+
+@contextlib.contextmanager
+def paused(postgres_server: PostgresServer) -> Iterator[None]:
+    """The server's postmaster and every backend stopped (SIGSTOP) inside the block: connections
+    stay open and the kernel takes what is sent, but nothing answers."""
+    postmaster = psutil.Process(int((postgres_server.data / "postmaster.pid").read_text().split()[0]))
+    processes = [postmaster, *postmaster.children(recursive=True)]
+    for process in processes:
+        process.send_signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for process in processes:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.send_signal(signal.SIGCONT)
+
+
+async def test_a_paused_postgres_makes_readyz_503_in_time_and_every_send_is_answered_once_after(
+    nursery: trio.Nursery, tmp_path: Path, postgres_server: PostgresServer
+) -> None:
+    """While PostgreSQL answers nothing, ``/readyz`` says 503 within READY_TIMEOUT_S (its read was
+    not cancellable: it waited, for as long as the pause, and then said 200), however often it
+    is asked; the sends made meanwhile wait and each gets its one ack once the server goes on, and
+    each is stored once."""
+    server = await on_postgres(nursery, tmp_path, postgres_server)
+    users = ("ann", "bob", "cat")
+    per_user = 30
+    async with contextlib.AsyncExitStack() as stack:
+        http = await stack.enter_async_context(httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}"))
+        senders = [await stack.enter_async_context(connect(server.url, user=u)) for u in users]
+        for c in senders:
+            await c.request("room.join", {"room": "lobby"})
+        with paused(postgres_server):
+            for c in senders:  # every frame out; the store cannot answer any of them yet
+                for i in range(per_user):
+                    await c.send({"type": "chat.send", "id": f"{c.user_id}-{i}",
+                                  "data": {"scope": "lobby", "body": f"{c.user_id}-{i}"}})
+            for _ in range(2):  # the first probe hangs; the next one does not wait behind it for long
+                with trio.fail_after(READY_TIMEOUT_S + 1):
+                    ready = await http.get("/readyz")
+                assert ready.status_code == 503 and "did not answer" in ready.json()["reason"]
+        acks: dict[str, dict[str, Any]] = {}
+        with trio.fail_after(10):
+            for c in senders:
+                for _ in range(per_user):
+                    reply = await c.next_event(skip=frozenset({"member.joined", "room.active", "room.waiting",
+                                                               "chat.message", "presence.update"}))
+                    assert reply["type"] == "ack", reply
+                    acks[reply["data"]["op_id"]] = reply["data"]["data"]
+            assert (await http.get("/readyz")).status_code == 200
+            page = await senders[0].request("chat.history", {"room": "lobby", "limit": 200})
+        assert sorted(m["body"] for m in page["messages"]) == sorted(acks) and len(acks) == len(users) * per_user
+        for c in senders:
+            await c.request("presence.ping")
+            assert not [e for e in c.pending_events() if e["type"] in ("ack", "error")]
