@@ -187,3 +187,29 @@ async def test_a_paused_postgres_makes_readyz_503_in_time_and_every_send_is_answ
         for c in senders:
             await c.request("presence.ping")
             assert not [e for e in c.pending_events() if e["type"] in ("ack", "error")]
+
+
+async def test_once_readyz_says_200_again_the_next_send_is_acked(
+    nursery: trio.Nursery, tmp_path: Path, postgres_server: PostgresServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After an outage the writer thread waits out its backoff (up to 5 s) and the send path its
+    RECONNECT_S before they try again, while ``/readyz`` (a reader) connects at once: it said 200
+    and sends still got INTERNAL for seconds. A reader that connects again now cuts both waits
+    short. (Both waits are lengthened here so that the window cannot close by itself.)"""
+    monkeypatch.setattr("signald.history.postgres.writer.BACKOFF_MIN_S", 60.0)
+    monkeypatch.setattr("signald.history.postgres.sendpath.RECONNECT_S", 60.0)
+    server = await on_postgres(nursery, tmp_path, postgres_server)
+    async with connect(server.url, user="ann") as ann, \
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}") as http:
+        await ann.request("room.join", {"room": "lobby"})
+        first = await ann.request("chat.send", {"scope": "lobby", "body": "before"})
+        with trio.fail_after(10):
+            async with stopped(postgres_server):
+                for body in ("lost", "and the writer backs off"):  # the send path, then the writer, fail
+                    with pytest.raises(SignalError):
+                        await ann.request("chat.send", {"scope": "lobby", "body": body})
+                assert (await http.get("/readyz")).status_code == 503
+            assert (await http.get("/readyz")).status_code == 200
+            after = await ann.request("chat.send", {"scope": "lobby", "body": "after"})
+            assert [m["id"] for m in (await ann.request("chat.history", {"room": "lobby"}))["messages"]] == \
+                [first["id"], after["id"]]

@@ -205,6 +205,10 @@ class SendPath:
             with contextlib.suppress(psycopg.Error):
                 conn.close()
 
+    def retry_now(self) -> None:
+        """Another connection reached the server: connect again at the next send."""
+        self._retry_at = 0.0
+
     def _maybe_reconnect(self) -> None:
         if not self._connecting and time.monotonic() >= self._retry_at:
             self._connecting = True

@@ -179,8 +179,12 @@ class PostgresStore(StoreOperations):
         if self._state != "open":
             raise StorageError(f"history store is {self._state}")
         async with self._readers:
-            conn = self._idle.pop() if self._idle else None
-            conn, result, error = await trio.to_thread.run_sync(self._read_on, conn, fn)
+            pooled = self._idle.pop() if self._idle else None
+            conn, result, error = await trio.to_thread.run_sync(self._read_on, pooled, fn)
+            if conn is not None and conn is not pooled:  # connected: the server is there, writes may try now
+                self._writer.retry_now()
+                if self._sends is not None:
+                    self._sends.retry_now()
             if conn is not None:
                 if self._state == "open":
                     self._idle.append(conn)

@@ -17,7 +17,8 @@ had been delivered.
 Error handling: a connection that is lost fails the batch it was running (``INTERNAL``, "history
 store unavailable"; none of it is acked) and the thread reconnects before the next one, waiting
 :data:`BACKOFF_MIN_S` doubling to :data:`BACKOFF_MAX_S` between attempts, failing what arrives
-meanwhile at once. :attr:`PgWriter.available` says whether the last attempt succeeded. A
+meanwhile at once; a reader that connects meanwhile (``/readyz``'s, say) ends the wait
+(:meth:`PgWriter.retry_now`). :attr:`PgWriter.available` says whether the last attempt succeeded. A
 connection found dead before a batch is sent on it (the server restarted, the backend terminated
 while idle: :func:`~signald.history.postgres.sql.alive`) is replaced first: nothing fails for it.
 
@@ -173,6 +174,11 @@ class PgWriter(WriterThread):
         """One bounded retention step in the running transaction (:func:`~signald.history.postgres.
         retention.step`): ``(messages removed, more to do)``."""
         return retention.step(conn, self.clock(), self.max_age_s, self.max_count)
+
+    def retry_now(self) -> None:
+        """Another connection reached the server: the next batch connects again without waiting
+        out the backoff (``/readyz`` said 200, sends must not fail for seconds more)."""
+        self._retry_at = 0.0
 
     def _w_connected(self) -> psycopg.Connection[Any] | None:
         """The connection, reconnected if it was lost (at most once per backoff period)."""
