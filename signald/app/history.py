@@ -48,6 +48,8 @@ __all__ = ["DEFAULT_PAGE_LIMIT", "LAST_SEEN_FLUSH_S", "HistoryService", "is_gues
 logger = logging.getLogger(__name__)
 
 LAST_SEEN_FLUSH_S: Final = 30.0
+LAST_SEEN_AT_CLOSE_S: Final = 2.0
+"""The longest a stopping daemon waits for its last flush of last-seen times."""
 DEFAULT_PAGE_LIMIT: Final = 50  # a page without limit: 50, or history_page_max if that is lower
 GUEST_ID: Final = re.compile(r"guest-[0-9a-f]{8}")  # what auth mode none gives a connection without ?user=
 
@@ -198,6 +200,15 @@ class HistoryService:
                 logger.error("last-seen times not written (%d users, kept for the next flush): %s",
                              len(entries), exc.message)
                 self._presence.undrain_last_seen(changed)
+
+    async def flush_last_seen_at_close(self) -> None:
+        """The last flush of a stopping daemon: shielded, but bounded (a hung store would hold the
+        stop up for ever)."""
+        with trio.move_on_after(LAST_SEEN_AT_CLOSE_S, shield=True) as flushing:
+            await self.flush_last_seen()
+        if flushing.cancelled_caught:
+            logger.error("last-seen times not written: the history store did not answer within %g s",
+                         LAST_SEEN_AT_CLOSE_S)
 
     async def run_last_seen_flusher(self) -> None:
         """Persist last-seen times every ``LAST_SEEN_FLUSH_S`` seconds."""

@@ -19,9 +19,10 @@ import psutil
 import psycopg
 import pytest
 import trio
-from conftest import make_config, start_server
+from conftest import daemon, make_config, start_server
 from postgres import PostgresServer, create_database
 
+from signald.app.history import LAST_SEEN_AT_CLOSE_S
 from signald.app.httpapi import READY_TIMEOUT_S
 from signald.client.raw import connect
 from signald.errors import SignalError
@@ -213,3 +214,26 @@ async def test_once_readyz_says_200_again_the_next_send_is_acked(
             after = await ann.request("chat.send", {"scope": "lobby", "body": "after"})
             assert [m["id"] for m in (await ann.request("chat.history", {"room": "lobby"}))["messages"]] == \
                 [first["id"], after["id"]]
+
+
+async def test_sigterm_stops_the_daemon_while_postgres_hangs(tmp_path: Path, postgres_server: PostgresServer) -> None:
+    """PostgreSQL paused with a join's read, a send and a /readyz probe waiting on it: SIGTERM ends
+    the daemon within its shutdown wait, the last flush of last-seen times (2 s) and the store's
+    close limit (10 s). It stayed until the server answered again: the last flush was shielded
+    without a limit, the reads waited in threads that could not be abandoned, and the send path's
+    wait on its socket could not be cancelled."""
+    url = create_database(postgres_server)
+    async with daemon(tmp_path, "hung", "--history-url", url, config_text="[server]\nshutdown_timeout_s = 0.5\n"
+                      ) as (process, ws_url), connect(ws_url, user="ann") as ann, connect(ws_url, user="bob") as bob:
+        await ann.request("room.join", {"room": "lobby"})
+        await ann.request("chat.send", {"scope": "lobby", "body": "warm"})
+        with paused(postgres_server):
+            await ann.send({"type": "chat.send", "id": "hung", "data": {"scope": "lobby", "body": "hung"}})
+            await bob.send({"type": "room.join", "id": "hung", "data": {"room": "lobby"}})
+            async with httpx.AsyncClient(timeout=0.5) as probe:  # not waiting for it: its read goes on
+                with pytest.raises(httpx.ReadTimeout):
+                    await probe.get(ws_url.replace("ws://", "http://") + "readyz")
+            process.send_signal(signal.SIGTERM)
+            with trio.fail_after(0.5 + LAST_SEEN_AT_CLOSE_S + 10 + 1.5):  # shutdown, last seen, the store
+                await process.wait()
+    assert process.returncode == 0, (tmp_path / "hung.log").read_text()

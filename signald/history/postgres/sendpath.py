@@ -109,11 +109,16 @@ class SendPath:
         trio.lowlevel.spawn_system_task(self._run, name="signald-history-pg-sends")
 
     def close(self) -> None:
-        """Stop the task and close the connection (nothing is queued here any more)."""
+        """Stop the task and close the connection. Nothing is queued here any more, unless the
+        store gave up waiting for a statement that never came back (a hung server): its wait on the
+        socket ends too, its sends fail, and the task can stop."""
         if self._scope is not None:
             self._scope.cancel()
         conn, self._conn = self._conn, None
         if conn is not None:
+            if self._in_flight:
+                with contextlib.suppress(psycopg.Error):  # no socket left to wait on: nothing to wake
+                    trio.lowlevel.notify_closing(conn.pgconn.socket)
             conn.close()
 
     def take(self, op: Op[Any]) -> bool:
@@ -165,7 +170,7 @@ class SendPath:
         try:
             result = await _execute(conn.pgconn, [encoded.payload, encoded.created_at.encode(),
                                                    repr(encoded.now).encode()])
-        except psycopg.OperationalError as exc:
+        except (psycopg.OperationalError, trio.ClosedResourceError) as exc:  # closed: by close()
             self._lost(exc)
             for op in batch:
                 op.value, op.error, op.event = None, StorageError("history store unavailable"), SKIP
