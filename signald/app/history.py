@@ -19,12 +19,14 @@ Last seen
     ``LAST_SEEN_FLUSH_S`` the changed ones are written to the store, except those of the guest ids
     auth mode ``none`` makes up for anonymous connections (one per connection, never seen again:
     persisting them would grow the table without bound). :meth:`last_seen` reads back what memory
-    no longer (or not yet, after a restart) holds.
+    no longer (or not yet, after a restart) holds. A flush the store fails (it is down) is logged
+    and its times are written by the next one; the one at shutdown is then lost, logged.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import re
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -35,7 +37,7 @@ import trio
 
 from signald.delivery.frames import Frame
 from signald.errors import SignalError
-from signald.history.contract import ChatStore, Rejoin
+from signald.history.contract import ChatStore, Rejoin, StorageError
 from signald.protocol import HistoryPage, Outbound, RoomJoinResult
 from signald.state.presence import PresenceTracker
 from signald.state.rooms import RoomRegistry
@@ -43,7 +45,11 @@ from signald.timefmt import epoch_of, iso_utc
 
 __all__ = ["DEFAULT_PAGE_LIMIT", "LAST_SEEN_FLUSH_S", "HistoryService", "is_guest"]
 
+logger = logging.getLogger(__name__)
+
 LAST_SEEN_FLUSH_S: Final = 30.0
+LAST_SEEN_AT_CLOSE_S: Final = 2.0
+"""The longest a stopping daemon waits for its last flush of last-seen times."""
 DEFAULT_PAGE_LIMIT: Final = 50  # a page without limit: 50, or history_page_max if that is lower
 GUEST_ID: Final = re.compile(r"guest-[0-9a-f]{8}")  # what auth mode none gives a connection without ?user=
 
@@ -188,7 +194,21 @@ class HistoryService:
         as_text = functools.cache(iso_utc)  # a stopping server's users all left at one time: formatted once
         entries = {user: as_text(when) for user, when in changed.items() if not (self._skip_guests and is_guest(user))}
         if entries:
-            await self.store.set_last_seen(entries)
+            try:
+                await self.store.set_last_seen(entries)
+            except StorageError as exc:  # the store is down: the next flush writes them
+                logger.error("last-seen times not written (%d users, kept for the next flush): %s",
+                             len(entries), exc.message)
+                self._presence.undrain_last_seen(changed)
+
+    async def flush_last_seen_at_close(self) -> None:
+        """The last flush of a stopping daemon: shielded, but bounded (a hung store would hold the
+        stop up for ever)."""
+        with trio.move_on_after(LAST_SEEN_AT_CLOSE_S, shield=True) as flushing:
+            await self.flush_last_seen()
+        if flushing.cancelled_caught:
+            logger.error("last-seen times not written: the history store did not answer within %g s",
+                         LAST_SEEN_AT_CLOSE_S)
 
     async def run_last_seen_flusher(self) -> None:
         """Persist last-seen times every ``LAST_SEEN_FLUSH_S`` seconds."""

@@ -6,8 +6,9 @@ answers only the health checks and 426, and the API calls live on ``api.port``.
 
 - ``GET /healthz``: 200 ``{"status": "ok"}`` while the process serves.
 - ``GET /readyz``: 200 when the history store answers a read within :data:`READY_TIMEOUT_S`, else 503
-  ``{"status": "unavailable", "reason": ...}``; 503 ``shutting down`` once the daemon drains
-  (:meth:`Signald.drain`).
+  ``{"status": "unavailable", "reason": ...}`` (one read at a time: while one hangs, each request
+  waits for it at most that long, and a hung store holds one reader, not one per probe); 503
+  ``shutting down`` once the daemon drains (:meth:`Signald.drain`).
 - ``/api/v1/...``: the calls of :class:`signald.app.serverapi.ServerApi`, JSON in, JSON out, each
   behind ``Authorization: Bearer <key>`` (a key of ``api.keys``). No key configured: the API is off
   and answers 404; a missing or wrong key: 401, and nothing happens.
@@ -38,6 +39,7 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any, Final
 
+import attrs
 import msgspec
 import trio
 
@@ -45,6 +47,7 @@ from signald.app.demo import is_demo_path, load_demo
 from signald.app.facade import Signald
 from signald.app.serverapi import ServerApi
 from signald.errors import SignalError, StartupError
+from signald.history.contract import ChatStore
 from signald.logfmt import log_event
 from signald.protocol import ChatHistoryData
 from signald.protocol.serverapi import (
@@ -82,6 +85,14 @@ Call = Callable[[HttpRequest], Awaitable[Any]]
 HTTP_REFUSED_CAUSE: Final = "http_rate_limited_address"  # signald_refusals_total's label for a 429
 
 
+@attrs.define
+class _Probe:
+    """The readiness read in flight: ``done`` once it answered, ``failure`` why it failed."""
+
+    done: trio.Event = attrs.Factory(trio.Event)
+    failure: str | None = None
+
+
 class HttpApi:
     """The plain-HTTP side of one running daemon; ``api_calls``: serve ``/api/v1/...`` here.
 
@@ -98,6 +109,7 @@ class HttpApi:
         self.demo = load_demo(websocket_port and self.config.server.demo)
         self._refusal_lines = TokenBucket(REFUSAL_LINES_PER_S, REFUSAL_LINES_BURST)
         self._refusals_not_logged = 0
+        self._probe: _Probe | None = None  # the readiness read in flight
         self.routes = Routes(self._upgrade_required if websocket_port else self._not_found)
         self.routes.add("GET", "/healthz", self.healthz)
         self.routes.add("GET", "/readyz", self.readyz)
@@ -158,15 +170,29 @@ class HttpApi:
         history = self.server.hub.history
         if history is None:
             return "the history store is not open"
-        try:
-            with trio.move_on_after(READY_TIMEOUT_S) as scope:
-                await history.store.last_seen(["$readyz"])  # a real read, through the writer thread
-        except Exception as exc:  # any failure of the store means: not ready, and why
-            return f"the history store failed: {exc}"
-        if scope.cancelled_caught:
+        probe = self._probe
+        if probe is None:  # one read at a time: a store that hangs holds one, however often we are asked
+            probe = self._probe = _Probe()
+            trio.lowlevel.spawn_system_task(self._read_probe, history.store, probe, name="signald-readyz-probe")
+        with trio.move_on_after(READY_TIMEOUT_S):
+            await probe.done.wait()
+            if probe.failure is not None:
+                return probe.failure
+        if not probe.done.is_set():
             return f"the history store did not answer within {READY_TIMEOUT_S:g} s"
         replica = self.server.hub.replica
         return replica.problem() if replica is not None else None  # several nodes: the broker too
+
+    async def _read_probe(self, store: ChatStore, probe: _Probe) -> None:
+        """A real read of the store (a reader connection on PostgreSQL), which may take as long as
+        the store hangs: readiness waits for it at most READY_TIMEOUT_S, the read is not cut short."""
+        try:
+            await store.last_seen(["$readyz"])
+        except Exception as exc:  # any failure of the store means: not ready, and why
+            probe.failure = f"the history store failed: {exc}"
+        finally:
+            self._probe = None
+            probe.done.set()
 
     # ------------------------------------------------------------------ other paths
 

@@ -159,8 +159,7 @@ class Hub:
                         nursery.cancel_scope.cancel()
             finally:
                 self.metrics.close()
-                with trio.CancelScope(shield=True):
-                    await self.history.flush_last_seen()
+                await self.history.flush_last_seen_at_close()
 
     def gauges(self) -> Gauges:
         """The metrics' gauges now; the metrics ask for them on the Trio thread at each scrape."""

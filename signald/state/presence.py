@@ -271,6 +271,11 @@ class PresenceTracker:
         changed, self._seen_dirty = self._seen_dirty, {}
         return changed
 
+    def undrain_last_seen(self, entries: Mapping[str, float]) -> None:
+        """Entries a drain returned that could not be persisted: changed again (newer ones win)."""
+        for user, wall in entries.items():
+            self._seen_dirty.setdefault(user, wall)
+
     def load_last_seen(self, entries: Mapping[str, float]) -> None:
         """Seed last-seen values (e.g. from storage) without marking them changed.
 

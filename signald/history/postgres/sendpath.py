@@ -26,7 +26,9 @@ deadlock, goes to the writer thread, which stores those sends one savepoint each
 exact answers. A lost connection fails the batch in flight with ``INTERNAL`` "history store
 unavailable" (none of it is acked; the statement may or may not have committed, exactly as on the
 writer thread) and sends go to the writer thread, which reconnects on its own, until this path
-connects again (at most once per :data:`RECONNECT_S`).
+connects again (at most once per :data:`RECONNECT_S`). A connection found dead before a
+statement is sent (lost while idle: :func:`~signald.history.postgres.sql.alive`) fails nothing:
+that batch goes to the writer thread and the path connects again at the next send.
 
 Resource handling: the connection is opened (in a worker thread) by :meth:`SendPath.start`, which
 also starts one system task; :meth:`SendPath.close` cancels that task and closes the connection.
@@ -46,7 +48,7 @@ import trio
 from psycopg import pq
 
 from signald.history.postgres.batch import STORE_PREPARED, Encoded
-from signald.history.postgres.sql import RETRYABLE
+from signald.history.postgres.sql import RETRYABLE, alive
 from signald.history.thread import MAX_BATCH
 from signald.history.work import SKIP, Op, StorageError
 from signald.history.writes import SendOp
@@ -107,11 +109,16 @@ class SendPath:
         trio.lowlevel.spawn_system_task(self._run, name="signald-history-pg-sends")
 
     def close(self) -> None:
-        """Stop the task and close the connection (nothing is queued here any more)."""
+        """Stop the task and close the connection. Nothing is queued here any more, unless the
+        store gave up waiting for a statement that never came back (a hung server): its wait on the
+        socket ends too, its sends fail, and the task can stop."""
         if self._scope is not None:
             self._scope.cancel()
         conn, self._conn = self._conn, None
         if conn is not None:
+            if self._in_flight:
+                with contextlib.suppress(psycopg.Error):  # no socket left to wait on: nothing to wake
+                    trio.lowlevel.notify_closing(conn.pgconn.socket)
             conn.close()
 
     def take(self, op: Op[Any]) -> bool:
@@ -152,7 +159,10 @@ class SendPath:
     async def _store(self, batch: list[Op[Any]]) -> None:
         """One statement over ``batch``; what it stored completes here, the rest goes to the writer."""
         conn = self._conn
-        if conn is None:  # lost since these were taken
+        if conn is not None and not alive(conn.pgconn):  # lost while idle: nothing was sent
+            self._lost(psycopg.OperationalError("the connection was lost while idle"), retry_s=0.0)
+            conn = None
+        if conn is None:  # lost since these were taken: the writer stores them
             for op in batch:
                 self._to_writer(op)
             return
@@ -160,7 +170,7 @@ class SendPath:
         try:
             result = await _execute(conn.pgconn, [encoded.payload, encoded.created_at.encode(),
                                                    repr(encoded.now).encode()])
-        except psycopg.OperationalError as exc:
+        except (psycopg.OperationalError, trio.ClosedResourceError) as exc:  # closed: by close()
             self._lost(exc)
             for op in batch:
                 op.value, op.error, op.event = None, StorageError("history store unavailable"), SKIP
@@ -191,14 +201,18 @@ class SendPath:
 
     # ------------------------------------------------------------------ the connection
 
-    def _lost(self, exc: BaseException) -> None:
+    def _lost(self, exc: BaseException, retry_s: float = RECONNECT_S) -> None:
         logger.error("history store lost (send path): %s", self._scrub(str(exc)))
         conn, self._conn = self._conn, None
         self.down = True
-        self._retry_at = time.monotonic() + RECONNECT_S
+        self._retry_at = time.monotonic() + retry_s
         if conn is not None:
             with contextlib.suppress(psycopg.Error):
                 conn.close()
+
+    def retry_now(self) -> None:
+        """Another connection reached the server: connect again at the next send."""
+        self._retry_at = 0.0
 
     def _maybe_reconnect(self) -> None:
         if not self._connecting and time.monotonic() >= self._retry_at:

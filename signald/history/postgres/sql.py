@@ -18,8 +18,9 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final
 
 import psycopg
+from psycopg import pq
 
-__all__ = ["RETRYABLE", "Adapter", "Allocator"]
+__all__ = ["RETRYABLE", "Adapter", "Allocator", "alive"]
 
 RETRYABLE: Final = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
 """Errors after which a batch is run again from the start (two daemons locked rooms crosswise)."""
@@ -59,6 +60,19 @@ class Adapter:
         cur = self.raw.cursor()
         cur.executemany(self._text(sql), parameters)
         return cur
+
+
+def alive(pg: pq.abc.PGconn) -> bool:
+    """Whether an idle connection is still usable, asked before it is given work: what the server
+    sent meanwhile is read without waiting (a terminated backend's FATAL, a restart's end of the
+    socket). One found dead was sent nothing of that work, which can go to a new connection
+    instead of failing as "unavailable" on a server that is up again."""
+    try:
+        for _ in range(2):  # a read that got data does not look for the end after it: the FATAL, then EOF
+            pg.consume_input()
+    except psycopg.OperationalError:
+        return False
+    return pg.status == pq.ConnStatus.OK
 
 
 class Allocator:

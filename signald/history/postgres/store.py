@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable
@@ -39,7 +40,7 @@ from signald.history.contract import HistoryStats, SchemaError, StorageError
 from signald.history.operations import StoreOperations
 from signald.history.postgres import schema
 from signald.history.postgres.sendpath import SendPath
-from signald.history.postgres.sql import Adapter, Allocator
+from signald.history.postgres.sql import Adapter, Allocator, alive
 from signald.history.postgres.writer import UNAVAILABLE, PgWriter, connect, database_size
 from signald.history.queries import Rejoin
 from signald.history.work import SKIP, Op
@@ -86,8 +87,9 @@ class PostgresStore(StoreOperations):
         self._writer_idle = trio.Event()
         self._writer_idle.set()
         self._sends: SendPath | None = None if read_only or not trio_sends else SendPath(
-            lambda: connect(url, connect_timeout_s), to_writer=self._to_writer, writer_busy=lambda: bool(self._handed),
-            writer_idle=lambda: self._writer_idle.wait(), complete=self._complete, scrub=self.scrub)
+            lambda: connect(url, connect_timeout_s, "sends"), to_writer=self._to_writer,
+            writer_busy=lambda: bool(self._handed), writer_idle=lambda: self._writer_idle.wait(),
+            complete=self._complete, scrub=self.scrub)
 
     def scrub(self, text: str) -> str:
         """``text`` on one line, with the URL's password (if it has one) replaced."""
@@ -178,8 +180,18 @@ class PostgresStore(StoreOperations):
         if self._state != "open":
             raise StorageError(f"history store is {self._state}")
         async with self._readers:
-            conn = self._idle.pop() if self._idle else None
-            conn, result, error = await trio.to_thread.run_sync(self._read_on, conn, fn)
+            pooled = self._idle.pop() if self._idle else None
+            handoff = _Handoff()
+            try:  # abandoned when cancelled: a hung server must not hold up a stopping daemon
+                conn, result, error = await trio.to_thread.run_sync(
+                    self._read_on, pooled, fn, handoff, abandon_on_cancel=True)
+            except trio.Cancelled:
+                handoff.abandon()
+                raise
+            if conn is not None and conn is not pooled:  # connected: the server is there, writes may try now
+                self._writer.retry_now()
+                if self._sends is not None:
+                    self._sends.retry_now()
             if conn is not None:
                 if self._state == "open":
                     self._idle.append(conn)
@@ -190,12 +202,21 @@ class PostgresStore(StoreOperations):
         return result  # type: ignore[return-value]  # set whenever error is None
 
     def _read_on(
-        self, conn: psycopg.Connection[Any] | None, fn: Callable[[Adapter], T]
+        self, conn: psycopg.Connection[Any] | None, fn: Callable[[Adapter], T], handoff: _Handoff
     ) -> tuple[psycopg.Connection[Any] | None, T | None, BaseException | None]:
         """In a worker thread: (the connection to keep or None, result, error)."""
+        outcome = self._read_with(conn, fn)
+        handoff.finished(outcome[0])
+        return outcome
+
+    def _read_with(
+        self, conn: psycopg.Connection[Any] | None, fn: Callable[[Adapter], T]
+    ) -> tuple[psycopg.Connection[Any] | None, T | None, BaseException | None]:
         try:
+            if conn is not None and not conn.closed and not alive(conn.pgconn):  # lost while idle
+                conn.close()
             if conn is None or conn.closed or conn.broken:
-                conn = connect(self.url, self._connect_timeout_s)
+                conn = connect(self.url, self._connect_timeout_s, "reader")
             conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             try:
                 result = fn(Adapter(conn))
@@ -269,3 +290,26 @@ class PostgresStore(StoreOperations):
             except StorageError:
                 self._sizing = False
         return self._writer.db_bytes
+
+
+class _Handoff:
+    """A read's connection between its worker thread and a Trio task that may abandon it: the one
+    that comes second (the thread finishing, or the task abandoning) closes it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._abandoned = False
+        self._conn: psycopg.Connection[Any] | None = None
+        self._finished = False
+
+    def finished(self, conn: psycopg.Connection[Any] | None) -> None:
+        with self._lock:
+            self._conn, self._finished, abandoned = conn, True, self._abandoned
+        if abandoned and conn is not None:
+            conn.close()
+
+    def abandon(self) -> None:
+        with self._lock:
+            self._abandoned, conn = True, self._conn if self._finished else None
+        if conn is not None:  # finished, but its result never reached the task
+            conn.close()

@@ -17,7 +17,10 @@ had been delivered.
 Error handling: a connection that is lost fails the batch it was running (``INTERNAL``, "history
 store unavailable"; none of it is acked) and the thread reconnects before the next one, waiting
 :data:`BACKOFF_MIN_S` doubling to :data:`BACKOFF_MAX_S` between attempts, failing what arrives
-meanwhile at once. :attr:`PgWriter.available` says whether the last attempt succeeded.
+meanwhile at once; a reader that connects meanwhile (``/readyz``'s, say) ends the wait
+(:meth:`PgWriter.retry_now`). :attr:`PgWriter.available` says whether the last attempt succeeded. A
+connection found dead before a batch is sent on it (the server restarted, the backend terminated
+while idle: :func:`~signald.history.postgres.sql.alive`) is replaced first: nothing fails for it.
 
 Resource handling: the thread opens its connection (migrating the schema unless read-only) and
 closes it when it takes the close request, after everything queued before it. It is a daemon
@@ -38,7 +41,7 @@ import psycopg
 from signald.history.contract import SchemaError, StorageError
 from signald.history.postgres import retention, schema
 from signald.history.postgres.batch import store_sends
-from signald.history.postgres.sql import RETRYABLE, Adapter
+from signald.history.postgres.sql import RETRYABLE, Adapter, alive
 from signald.history.thread import MAX_BATCH, WriterThread
 from signald.history.work import SKIP, Op, op_failed
 from signald.history.writes import SendOp
@@ -55,10 +58,11 @@ RETENTION_EVERY: Final = 64
 """Under sustained load, one retention step runs after this many write batches (as on SQLite)."""
 
 
-def connect(url: str, timeout_s: float) -> psycopg.Connection[Any]:
-    """An autocommit connection whose tables are the ``signald`` schema's."""
+def connect(url: str, timeout_s: float, role: str) -> psycopg.Connection[Any]:
+    """An autocommit connection whose tables are the ``signald`` schema's, named ``signald-<role>``
+    in ``pg_stat_activity`` (``writer``, ``sends``, ``reader``) unless the URL names it."""
     return psycopg.connect(url, autocommit=True, connect_timeout=max(1, round(timeout_s)),
-                           options=f"-c search_path={schema.SCHEMA}")
+                           options=f"-c search_path={schema.SCHEMA}", fallback_application_name=f"signald-{role}")
 
 
 def database_size(conn: psycopg.Connection[Any]) -> int:
@@ -114,7 +118,7 @@ class PgWriter(WriterThread):
             self._w_stop(closer, [])
 
     def _w_open(self) -> psycopg.Connection[Any]:
-        conn = connect(self.url, self.connect_timeout_s)
+        conn = connect(self.url, self.connect_timeout_s, "writer")
         try:
             if self.read_only:
                 version = schema.schema_version(conn)
@@ -171,15 +175,23 @@ class PgWriter(WriterThread):
         retention.step`): ``(messages removed, more to do)``."""
         return retention.step(conn, self.clock(), self.max_age_s, self.max_count)
 
+    def retry_now(self) -> None:
+        """Another connection reached the server: the next batch connects again without waiting
+        out the backoff (``/readyz`` said 200, sends must not fail for seconds more)."""
+        self._retry_at = 0.0
+
     def _w_connected(self) -> psycopg.Connection[Any] | None:
         """The connection, reconnected if it was lost (at most once per backoff period)."""
         conn = self._conn
         if conn is not None and not conn.closed and not conn.broken:
-            return conn
+            if alive(conn.pgconn):
+                return conn
+            logger.warning("history store: the writer's connection was lost while idle; connecting again")
+            conn.close()
         if time.monotonic() < self._retry_at:
             return None
         try:
-            self._conn = conn = connect(self.url, self.connect_timeout_s)
+            self._conn = conn = connect(self.url, self.connect_timeout_s, "writer")
         except psycopg.Error as exc:
             logger.error("history store: reconnecting failed (next attempt in %.1f s): %s",
                          self._backoff, self._scrub(str(exc)))

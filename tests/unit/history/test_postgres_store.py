@@ -272,7 +272,7 @@ async def test_a_deadlock_with_another_writer_is_retried_and_nothing_is_lost(
 
 def test_retention_removes_at_most_one_batch_per_step(postgres_url: str) -> None:
     now = 1795694400.0
-    with connect(postgres_url, 5) as conn:
+    with connect(postgres_url, 5, "test") as conn:
         migrate(conn)
         conn.execute(
             "INSERT INTO messages (id, room, seq, rev, user_id, body, created_at, created_ts)"
