@@ -57,13 +57,8 @@ async def handle_message(hub: Hub, router: Router, session: Session, message: st
     if session.close_code is not None:
         return  # closing: nothing more is carried out
     verdict = session.flood.check(trio.current_time())
-    if verdict is Verdict.CLOSE:
-        hub.counters.messages_in += 1
-        audit.warning("close 1008 user=%s peer=%s reason=flooding", session.user_id, session.remote)
-        session.close(CLOSE_POLICY, "rate limit exceeded repeatedly", flush=True, grace_s=1.0)
-        return
     beside = session.beside
-    if beside is not None:
+    if beside is not None:  # a flood's close too waits its turn: the replies before it go out first
         if beside.hold(message, verdict):
             return
         await beside.done.wait()  # full: read nothing more until what it holds is carried out
@@ -81,9 +76,14 @@ async def handle_message(hub: Hub, router: Router, session: Session, message: st
 
 def _decoded(hub: Hub, router: Router, session: Session, message: str | bytes,
              verdict: Verdict) -> Inbound | CustomMessage | None:
-    """The request ``message`` holds, or None when it was refused (its error reply queued)."""
+    """The request ``message`` holds, or None when it was refused (its error reply queued, or the
+    connection closed for flooding)."""
     hub.counters.messages_in += 1
     if verdict is not Verdict.ALLOW:
+        if verdict is Verdict.CLOSE:
+            audit.warning("close 1008 user=%s peer=%s reason=flooding", session.user_id, session.remote)
+            session.close(CLOSE_POLICY, "rate limit exceeded repeatedly", flush=True, grace_s=1.0)
+            return None
         op_id = read_op_id(message, msgpack=session.binary)
         hub.reply(session, error_reply(op_id, "RATE_LIMITED", "too many messages; slow down"))
         return None

@@ -15,7 +15,8 @@ Resource handling: the backlog holds at most :data:`BACKLOG_FRAMES` frames and
 client back, as when a reader is slow). The task ends with its connection (:meth:`Beside.cancel`).
 
 Each frame's flood check is made when it is read, not when it is carried out, so frames that
-arrived at a steady pace are not refused for being carried out together.
+arrived at a steady pace are not refused for being carried out together; a flood's close (1008)
+takes its turn among them too, after the replies of the frames read before it.
 """
 
 from __future__ import annotations

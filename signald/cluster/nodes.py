@@ -65,10 +65,15 @@ class NodeTable:
                          if node in live and node != self.node_id}
         dead = sorted(set(scores) - live - {self.node_id})
         if dead:
-            records = await client.hgetall(names.conns)
-            gone = [conn for conn, raw in records.items() if RECORD_DECODER.decode(raw).node in dead]
+            records = {conn: RECORD_DECODER.decode(raw) for conn, raw in (await client.hgetall(names.conns)).items()}
+            gone = [conn for conn, record in records.items() if record.node in dead]
             if gone:
                 await client.hdel(names.conns, gone)
+                # their users' statuses too, unless a device elsewhere keeps it (one that connects
+                # meanwhile writes it again: a user's first device anywhere does)
+                users = {records[conn].user for conn in gone} - {r.user for r in records.values() if r.node not in dead}
+                if users:
+                    await client.hdel(names.status, sorted(users))
             await client.zrem(names.nodes, dead)
             await client.hdel(names.stats, dead)
         return forgotten or missed

@@ -297,6 +297,8 @@ class RedisReplica(Replica):
         # a kick takes out the devices of the user this node knows; its own it says it took out, for
         # the origin may not have heard yet that one of them joined (it would keep it in the room)
         kicked = self.hub.rooms.devices_of(op.user, op.room) & self.hub.sessions.keys() if isinstance(op, Kick) else ()
+        # a dead node's devices go as Disconnect(conn), without their user: read it before it is gone
+        gone = (op.user or self.hub.presence.user_of(op.conn)) if isinstance(op, Disconnect) else None
         self._applying = True
         try:
             apply_op(self.hub, op)
@@ -308,8 +310,8 @@ class RedisReplica(Replica):
                 self.share(Budget(op.user, level))
         elif isinstance(op, Disconnect):
             self.nodes.remote.pop(op.conn, None)
-            if op.user and not self.hub.presence.devices_of(op.user):
-                self.stamps.forget(op.user)
+            if gone and not self.hub.presence.devices_of(gone):
+                self.stamps.forget(gone)
         elif isinstance(op, Kick) and kicked:
             self.writer.put(self.records.shared([Leave(conn, op.room) for conn in sorted(kicked)]))
 

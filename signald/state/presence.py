@@ -236,6 +236,10 @@ class PresenceTracker:
         state = self._users.get(user)
         return frozenset(state.devices) if state is not None else frozenset()
 
+    def user_of(self, conn: str) -> str | None:
+        """The user of connected device ``conn``, or None."""
+        return self._conn_user.get(conn)
+
     def device_count(self, user: str) -> int:
         """How many devices ``user`` has connected (without copying them)."""
         state = self._users.get(user)

@@ -170,3 +170,36 @@ async def test_the_nodes_that_die_are_noticed_within_the_ttl_of_their_last_heart
                     user = event["data"]["user_id"]
                     late[user] = time.time() - (last_beat[user] or 0) - ttl
         assert all(seconds < 0.25 for seconds in late.values()), late  # after the TTL, at once
+
+
+async def test_a_dead_nodes_users_leave_no_status_behind_in_redis(
+    tmp_path: Path, redis_url: str, postgres_url: str
+) -> None:
+    """A user's chosen status is kept in Redis while the user has a device (docs/cluster.md): when
+    the node of bob's last device dies, the survivor that cleans up its records takes bob's status
+    out too; carol, still connected on the survivor, keeps hers. Else every user whose last device
+    was on a node that died leaves a field in ``status`` for good."""
+    import coredis
+
+    from signald.cluster.wire import Names
+
+    names = Names(redis_url)
+    async with nodes(tmp_path, redis_url, postgres_url, 2, ttl=TTL) as started, AsyncExitStack() as stack:
+        (_, url0), (doomed, url1) = started
+        redis: coredis.Redis[bytes] = coredis.Redis.from_url(redis_url)
+        await stack.enter_async_context(redis)
+        carol = await stack.enter_async_context(connect(url0, user="carol"))
+        await carol.request("room.join", {"room": "lobby"})
+        await carol.request("presence.set", {"status": "busy"})
+        async with connect(url1, user="bob") as bob:
+            await bob.request("room.join", {"room": "lobby"})
+            await bob.request("presence.set", {"status": "away"})
+            await wait_for(carol, [], lambda s: ("presence.update", {"user_id": "bob", "status": "away"}) in s)
+            assert set(await redis.hkeys(names.status)) == {b"bob", b"carol"}
+            doomed.send_signal(signal.SIGKILL)
+            await doomed.wait()
+        await wait_for(carol, [], lambda s: bool(of("member.left", s)), within=TTL * 6)
+        with trio.fail_after(TTL * 6):  # the survivor's clean-up ends with node-1 out of the set
+            while await redis.zscore(names.nodes, "node-1") is not None:  # noqa: ASYNC110 - polls Redis
+                await trio.sleep(0.05)
+        assert set(await redis.hkeys(names.status)) == {b"carol"}

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import trio
 from conftest import make_config, start_server
-from over_nodes import Nodes, settle
+from over_nodes import Nodes, settle, url_of
 
 from signald.client.raw import connect
 from signald.errors import SignalError
@@ -100,3 +100,22 @@ async def test_two_devices_of_a_user_joining_and_leaving_at_once_on_two_nodes_ar
         await alice.request("presence.ping")
         seen = [event["type"] for event in alice.pending_events() if event["type"].startswith("member.")]
         assert seen == ["member.joined", "member.left"] * rounds, seen
+
+
+async def test_a_node_that_takes_a_dead_nodes_devices_offline_forgets_their_users_status_stamps(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """The stamps a node keeps (signald.cluster.stamps) are for users with a device somewhere: a
+    user whose last device was on a node that died is forgotten too, as one who disconnected is
+    (else every such user stays in every survivor's table for good)."""
+    server: Any = await start_server(nursery, make_config(tmp_path))
+    if not isinstance(server, Nodes):
+        pytest.skip("status stamps are a cluster's")
+    async with connect(url_of(server, 1), user="alice") as alice:
+        await alice.request("presence.set", {"status": "away"})
+        await settle()
+        survivor = server.nodes[0].hub.replica
+        assert survivor.stamps.later("alice", 1.0, "node-9") is False  # alice's stamp is held
+        survivor.nodes.forget("node-1")  # what a survivor does when node-1 stops beating
+        assert not server.nodes[0].hub.presence.devices_of("alice")
+        assert survivor.stamps.later("alice", 1.0, "node-9")  # forgotten: starts afresh

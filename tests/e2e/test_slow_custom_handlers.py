@@ -204,3 +204,33 @@ async def test_a_failure_beside_the_reader_ends_that_connection_only(
         assert any("dispatch bug" in repr(record.exc_info) for record in caplog.records)
         await send(other, "app.quick", "q1", {"n": 2})
         assert await replies(other, 1) == [("ack", "q1", {"n": 2})]
+
+
+async def test_a_flood_behind_a_slow_handler_keeps_the_rate_limits_rule(serve: Serve, gate: Gate) -> None:
+    """As if the reader had waited (docs/protocol.md, limits): the first ``rate_burst`` frames are
+    carried out (the slow handler's among them), the next ``rate_burst`` get ``RATE_LIMITED``, and
+    the one after closes with 1008, after those replies, not before them, nor with them lost."""
+    server = await serve(rate_per_s=0.1, rate_burst=2)
+    async with frames(server, "alice") as ws:
+        await send(ws, "app.wait", "w1", {})
+        await gate.entered.wait()
+        for n in range(4):  # q0 carried out, q1 and q2 refused, q3 the one rejection too many
+            await send(ws, "app.quick", f"q{n}", {"n": n})
+        (session,) = server.hub.sessions_by_user["alice"].values()
+        def read_all() -> bool:
+            return session.close_code is not None or (session.beside is not None and len(session.beside.backlog) == 4)
+
+        with trio.fail_after(5):  # until the server has read all four (no ping: it would be limited too)
+            while not read_all():  # noqa: ASYNC110 - the server's reader holds them, no event to wait on
+                await trio.sleep(0.01)
+        gate.release.set()
+        got: list[tuple[str, str, Any]] = []
+        with trio.fail_after(5), pytest.raises(ConnectionClosed) as closed:
+            while True:
+                frame = json.loads(await ws.get_message())
+                if frame["type"] in ("ack", "error"):
+                    data = frame["data"]
+                    got.append((frame["type"], data["op_id"], data.get("code", data.get("data"))))
+    assert got == [("ack", "w1", {"in_room": False}), ("ack", "q0", {"n": 0}),
+                   ("error", "q1", "RATE_LIMITED"), ("error", "q2", "RATE_LIMITED")]
+    assert closed.value.reason.code == 1008
