@@ -375,10 +375,10 @@ class ClientCore:
             return  # the first load: the program reads room.messages, not a flood of old events
         for entry in sorted(fresh, key=lambda e: int(e["seq"])):
             if int(entry["seq"]) > replay_after and entry.get("user_id") != self.welcome.get("user_id"):
-                self._emit(Event("chat.message", entry, replayed=True))
+                self._emit(Event("chat.message", dict(room.message(str(entry["id"])) or entry), replayed=True))
 
     def _synced(self, room: Room) -> None:
-        room.synced = True
+        room.caught_up()
         self._loaded.add(room.name)
         self._replay_after.pop(room.name, None)
         for call in self._joins.pop(room.name, []):
