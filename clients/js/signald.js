@@ -491,13 +491,17 @@ export class ClientCore {
     if (kind === "welcome") return;
     const name = data.room ?? data.scope;
     const room = name !== undefined && name !== null ? this.rooms.get(String(name)) : undefined;
+    let event = { type: kind, data, replayed: false };
     if (room !== undefined) {
+      if (kind === "chat.edited" && room.message(String(data.id)) === null) { // new to us (before a rejoin's ack)
+        event = { type: "chat.message", data, replayed: true }; // the program sees each message once as one
+      }
       const changed = room.applyEvent(kind, data);
       if (CHANGE_EVENTS.has(kind) && !changed) return; // the view already holds this change
       if (kind === "room.kicked") this._forgetRoom(room.name);
     }
     if (USER_EVENTS.has(kind)) for (const each of this.rooms.values()) each.applyUserEvent(kind, data);
-    this._emit({ type: kind, data, replayed: false });
+    this._emit(event);
   }
 
   // --- inside
