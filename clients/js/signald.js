@@ -493,7 +493,8 @@ export class ClientCore {
     const room = name !== undefined && name !== null ? this.rooms.get(String(name)) : undefined;
     let event = { type: kind, data, replayed: false };
     if (room !== undefined) {
-      if (kind === "chat.edited" && room.message(String(data.id)) === null) { // new to us (before a rejoin's ack)
+      if (kind === "chat.edited" && room.message(String(data.id)) === null // new to us (before a rejoin's ack)
+          && data.user_id !== this.welcome.user_id) { // (our own are not replayed)
         event = { type: "chat.message", data, replayed: true }; // the program sees each message once as one
       }
       const changed = room.applyEvent(kind, data);

@@ -72,8 +72,7 @@ class ClientCore:
         self._subs: list[Subscription] = []
         self._attempt = 0
         self._opened_at: float | None = None
-        self._last_heard = 0.0
-        self._pinged = False
+        self._last_heard, self._pinged = 0.0, False
         self._given_up = False  # tick() said the connection is dead: not again until the next one opens
         self._retry_after: float | None = None
 
@@ -257,7 +256,8 @@ class ClientCore:
         room = self.rooms.get(str(name)) if name is not None else None
         event = Event(kind, data)
         if room is not None:
-            if kind == "chat.edited" and room.message(str(data["id"])) is None:  # new to us (before a rejoin's ack)
+            if (kind == "chat.edited" and room.message(str(data["id"])) is None  # new to us (before a rejoin's ack)
+                    and data.get("user_id") != self.welcome.get("user_id")):  # (our own are not replayed)
                 event = Event("chat.message", data, replayed=True)  # the program sees each message once as one
             if not room.apply_event(kind, data) and kind in CHANGE_EVENTS:
                 return  # the view already holds this change (a chat.changes page reached it): once only
