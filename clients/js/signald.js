@@ -172,6 +172,7 @@ export class Room {
     this.left = false;
     this._messages = new Map();
     this._gone = new Map(); // hard-deleted message id -> the deletion's rev
+    this._waiting = new Map(); // message id -> [kind, data] delta events received while syncing
   }
 
   /** The current messages in ascending seq (soft-deleted ones as tombstones). */
@@ -199,6 +200,14 @@ export class Room {
     this.rev = Math.max(this.rev, Number(ack.rev));
   }
 
+  /** The (re)join's last page is in: apply the delta events that waited, in rev order. */
+  caughtUp() {
+    this.synced = true;
+    const waiting = [...this._waiting.values()].flat();
+    this._waiting = new Map();
+    this._applyWaiting(waiting);
+  }
+
   /** changes_reset: forget every message; a history reload follows. */
   reset() { this._messages.clear(); this._gone.clear(); }
 
@@ -206,6 +215,8 @@ export class Room {
   applyEntry(entry) {
     const messageId = String(entry.id);
     if (Number(entry.rev) <= this._known(messageId)) return false;
+    const waiting = this._waiting.get(messageId) ?? [];
+    this._waiting.delete(messageId);
     if (entry.removed) {
       this._messages.delete(messageId);
       this._gone.set(messageId, Number(entry.rev));
@@ -213,6 +224,7 @@ export class Room {
     }
     const fresh = !this._messages.has(messageId);
     this._messages.set(messageId, { ...entry });
+    this._applyWaiting(waiting); // those above the entry's rev
     return fresh;
   }
 
@@ -241,7 +253,12 @@ export class Room {
     } else if (kind === "device.offline") member.devices = member.devices.filter((d) => d !== data.device_id);
   }
 
-  _applyChange(kind, data, live) {
+  _applyWaiting(events) {
+    events.sort((a, b) => Number(a[1].rev) - Number(b[1].rev));
+    for (const [kind, data] of events) this._applyChange(kind, data, false, true);
+  }
+
+  _applyChange(kind, data, live, waited = false) {
     const rev = Number(data.rev);
     if (live) this.rev = Math.max(this.rev, rev); // an ack may overtake an event below it
     const messageId = String(kind === "chat.message" || kind === "chat.edited" ? data.id : data.message_id);
@@ -256,6 +273,11 @@ export class Room {
       return true;
     }
     const current = this._messages.get(messageId);
+    if (!(this.synced || waited)) { // a page on its way may bring a newer state below this rev: wait for it
+      if (!this._waiting.has(messageId)) this._waiting.set(messageId, []);
+      this._waiting.get(messageId).push([kind, data]);
+      return current !== undefined; // passed on as it would be at once (the view applies it later)
+    }
     if (current === undefined) return false; // removed by retention before we loaded
     const message = { ...current, rev };
     this._messages.set(messageId, message);
@@ -469,13 +491,18 @@ export class ClientCore {
     if (kind === "welcome") return;
     const name = data.room ?? data.scope;
     const room = name !== undefined && name !== null ? this.rooms.get(String(name)) : undefined;
+    let event = { type: kind, data, replayed: false };
     if (room !== undefined) {
+      if (kind === "chat.edited" && room.message(String(data.id)) === null // new to us (before a rejoin's ack)
+          && data.user_id !== this.welcome.user_id) { // (our own are not replayed)
+        event = { type: "chat.message", data, replayed: true }; // the program sees each message once as one
+      }
       const changed = room.applyEvent(kind, data);
       if (CHANGE_EVENTS.has(kind) && !changed) return; // the view already holds this change
       if (kind === "room.kicked") this._forgetRoom(room.name);
     }
     if (USER_EVENTS.has(kind)) for (const each of this.rooms.values()) each.applyUserEvent(kind, data);
-    this._emit({ type: kind, data, replayed: false });
+    this._emit(event);
   }
 
   // --- inside
@@ -574,13 +601,13 @@ export class ClientCore {
     if (replayAfter === undefined) return; // the first load: the program reads room.messages
     for (const entry of fresh.sort((a, b) => Number(a.seq) - Number(b.seq))) {
       if (Number(entry.seq) > replayAfter && entry.user_id !== this.welcome.user_id) {
-        this._emit({ type: "chat.message", data: entry, replayed: true });
+        this._emit({ type: "chat.message", data: { ...(room.message(String(entry.id)) ?? entry) }, replayed: true });
       }
     }
   }
 
   _synced(room) {
-    room.synced = true;
+    room.caughtUp();
     this._loaded.add(room.name);
     this._replayAfter.delete(room.name);
     for (const call of this._joins.get(room.name) ?? []) this._finish(call, { result: room });

@@ -86,6 +86,7 @@ class Client(ClientBase):
         try:
             ws = await ws_connect(self.url, subprotocols=[Subprotocol(wire.subprotocol(self.binary))],
                                   additional_headers=wire.auth_headers(self._token), max_size=None,
+                                  open_timeout=wire.OPEN_TIMEOUT_S,
                                   close_timeout=wire.CLOSE_TIMEOUT_S)  # every close, the one after a cancel too
         except InvalidStatus as exc:
             headers = exc.response.headers.raw_items()

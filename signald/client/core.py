@@ -17,7 +17,7 @@ What it keeps:
   point, paging with ``chat.changes`` (or reloading with ``chat.history`` after ``changes_reset``).
   A change event the view already holds is not passed on, so the program sees each change once;
   a message first seen in ``changes`` after a reconnect (newer than the view held, by another user)
-  is passed on as a ``chat.message`` event with ``replayed=True``.
+  or in a ``chat.edited`` (before a rejoin's ack) is passed on as ``chat.message``, ``replayed=True``.
 - **Event subscriptions**, each a bounded buffer; **liveness**: a ``presence.ping`` after
   ``heartbeat_s`` of silence, the connection dead after twice that plus :data:`PING_GRACE_S`.
 """
@@ -62,8 +62,7 @@ class ClientCore:
         self.policy = policy or Backoff()
         self.events_limit = events_limit
         self.close_reason: ClientClosed | None = None
-        self._rand = rand
-        self._notify = notify
+        self._rand, self._notify = rand, notify
         self._ids = itertools.count(1)
         self._calls: dict[str, Call] = {}  # sent or waiting to be sent, in request order
         self._joins: dict[str, list[Call]] = {}  # room -> the program's join() calls waiting for its sync
@@ -73,8 +72,7 @@ class ClientCore:
         self._subs: list[Subscription] = []
         self._attempt = 0
         self._opened_at: float | None = None
-        self._last_heard = 0.0
-        self._pinged = False
+        self._last_heard, self._pinged = 0.0, False
         self._given_up = False  # tick() said the connection is dead: not again until the next one opens
         self._retry_after: float | None = None
 
@@ -256,16 +254,19 @@ class ClientCore:
             return
         name = data.get("room", data.get("scope"))
         room = self.rooms.get(str(name)) if name is not None else None
+        event = Event(kind, data)
         if room is not None:
-            changed = room.apply_event(kind, data)
-            if kind in CHANGE_EVENTS and not changed:
+            if (kind == "chat.edited" and room.message(str(data["id"])) is None  # new to us (before a rejoin's ack)
+                    and data.get("user_id") != self.welcome.get("user_id")):  # (our own are not replayed)
+                event = Event("chat.message", data, replayed=True)  # the program sees each message once as one
+            if not room.apply_event(kind, data) and kind in CHANGE_EVENTS:
                 return  # the view already holds this change (a chat.changes page reached it): once only
             if kind == "room.kicked":
                 self._forget_room(room.name)
         if kind in USER_EVENTS:
             for each in self.rooms.values():
                 each.apply_user_event(kind, data)
-        self._emit(Event(kind, data))
+        self._emit(event)
 
     # --- inside ------------------------------------------------------------------------------
 
@@ -375,10 +376,10 @@ class ClientCore:
             return  # the first load: the program reads room.messages, not a flood of old events
         for entry in sorted(fresh, key=lambda e: int(e["seq"])):
             if int(entry["seq"]) > replay_after and entry.get("user_id") != self.welcome.get("user_id"):
-                self._emit(Event("chat.message", entry, replayed=True))
+                self._emit(Event("chat.message", dict(room.message(str(entry["id"])) or entry), replayed=True))
 
     def _synced(self, room: Room) -> None:
-        room.synced = True
+        room.caught_up()
         self._loaded.add(room.name)
         self._replay_after.pop(room.name, None)
         for call in self._joins.pop(room.name, []):

@@ -97,11 +97,15 @@ class Client(ClientBase):
             async with trio.open_nursery() as nursery:
                 self._connection = nursery.cancel_scope
                 try:
-                    ws = await connect_websocket_url(nursery, self.url, subprotocols=[wire.subprotocol(self.binary)],
-                                                     extra_headers=headers)
+                    with trio.fail_after(wire.OPEN_TIMEOUT_S):  # an upgrade nobody answers: not for ever
+                        ws = await connect_websocket_url(nursery, self.url, extra_headers=headers,
+                                                         subprotocols=[wire.subprotocol(self.binary)])
                 except ConnectionRejected as exc:
                     nursery.cancel_scope.cancel()
                     return Closed(http_status=exc.status_code, retry_after_s=wire.retry_after(exc.headers))
+                except trio.TooSlowError:
+                    nursery.cancel_scope.cancel()
+                    return Closed()
                 self._ws = ws
                 closed = await self._serve(ws, nursery)
                 if self._core.state == "closed":  # close() is in its closing handshake: our nursery runs

@@ -9,8 +9,14 @@ never does I/O. The rules are those of docs/protocol.md, "Exact resume" → "Wha
 - A page entry or live event whose ``rev`` is not above the ``rev`` the view already holds for
   that message (or for its hard deletion) is skipped: that is how "nothing twice, nothing stale"
   holds when ``chat.changes`` pages reach into what also arrives live.
-- A delta event (delete, redact, reaction) for a message the view does not hold is skipped: the
-  view only lacks messages that retention removed.
+- While the view is not in sync (a (re)join's ack or pages are on their way) a delta event (soft
+  delete, redact, reaction) waits: the message it changes may come in a page at a lower ``rev``
+  than the event (the server delivers what was committed during its read before the ack, and a
+  page's reply may be overtaken by an event). It is applied on top of that page entry, or on top of
+  what the view holds once in sync (:meth:`Room.caught_up`). Applied at once, it would be lost on a
+  message not yet held, or applied to a stale copy that the page's older entry then cannot correct.
+- In sync, a delta event for a message the view does not hold is skipped: the view only lacks
+  messages that retention removed.
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ class Room:
         self.left = False  # the program left, or the room was left by a kick: not rejoined
         self._messages: dict[str, Msg] = {}
         self._gone: dict[str, int] = {}  # hard-deleted message id -> the deletion's rev
+        self._waiting: dict[str, list[tuple[str, Msg]]] = {}  # message id -> delta events received while syncing
 
     @property
     def messages(self) -> list[Msg]:
@@ -79,6 +86,12 @@ class Room:
         self.typing.clear()  # the server repeats ``typing: true`` only on a change; stale otherwise
         self.rev = max(self.rev, int(ack["rev"]))
 
+    def caught_up(self) -> None:
+        """The (re)join's last page is in: apply the delta events that waited, in ``rev`` order."""
+        self.synced = True
+        waiting, self._waiting = self._waiting, {}
+        self._apply_waiting([event for events in waiting.values() for event in events])
+
     def reset(self) -> None:
         """``changes_reset``: forget every message; a history reload follows."""
         self._messages.clear()
@@ -89,12 +102,14 @@ class Room:
         message_id = str(entry["id"])
         if int(entry["rev"]) <= self._known(message_id):
             return False
+        waiting = self._waiting.pop(message_id, [])
         if entry.get("removed"):
             self._messages.pop(message_id, None)
             self._gone[message_id] = int(entry["rev"])
             return False
         new = message_id not in self._messages
         self._messages[message_id] = dict(entry)
+        self._apply_waiting(waiting)  # those above the entry's rev
         return new
 
     # --- live events -----------------------------------------------------------------------
@@ -129,7 +144,11 @@ class Room:
         elif kind == "device.offline":
             member["devices"] = [d for d in member["devices"] if d != data["device_id"]]
 
-    def _apply_change(self, kind: str, data: Msg, live: bool) -> bool:
+    def _apply_waiting(self, events: list[tuple[str, Msg]]) -> None:
+        for kind, data in sorted(events, key=lambda event: int(event[1]["rev"])):
+            self._apply_change(kind, data, live=False, waited=True)
+
+    def _apply_change(self, kind: str, data: Msg, live: bool, waited: bool = False) -> bool:
         rev = int(data["rev"])
         if live:  # the resume point moves with live events only: an ack may overtake an event below it
             self.rev = max(self.rev, rev)
@@ -144,6 +163,9 @@ class Room:
             self._gone[message_id] = rev
             return True
         current = self._messages.get(message_id)
+        if not (self.synced or waited):  # a page on its way may bring a newer state below this rev: wait for it
+            self._waiting.setdefault(message_id, []).append((kind, data))
+            return current is not None  # passed on as it would be at once (the view applies it later)
         if current is None:
             return False  # not held (removed by retention before we loaded): nothing to change
         message = self._messages[message_id] = {**current, "rev": rev}

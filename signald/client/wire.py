@@ -16,6 +16,7 @@ from signald.client.view import Msg
 from signald.protocol import SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK
 
 TokenSource = Callable[[], str | Awaitable[str]]
+OPEN_TIMEOUT_S = 10.0  # a TCP connection whose WebSocket upgrade gets no answer: give up, reconnect
 WELCOME_TIMEOUT_S = 10.0  # a server that accepted the socket but sends no welcome: give up, reconnect
 CLOSE_TIMEOUT_S = 2.0  # a closing handshake the server does not answer: drop the connection after this
 

@@ -48,6 +48,7 @@ describe("rooms", () => {
   for (const c of CASES.rooms) {
     test(c.name, () => {
       const room = new Room("r");
+      room.synced = true; // a view in sync: the core's (re)joins and their waiting deltas are the "core" cases
       for (const step of c.steps) {
         if ("join" in step) {
           room.joined(step.join);
@@ -120,10 +121,11 @@ class Driver {
       const room = core.rooms.get(step.expect_room);
       assert.equal(room.rev, step.rev);
       assert.deepEqual(room.messages.map((m) => m.id), step.ids);
+      (step.messages ?? []).forEach((m, i) => assert.ok(subset(room.messages[i], m), JSON.stringify([room.messages[i], m])));
     } else if ("expect_events" in step) {
       const chat = this.events.buffer.filter((e) => e.type.startsWith("chat."));
       this.events.buffer.length = 0;
-      assert.deepEqual(chat.map((e) => ({ type: e.type, id: e.data.id, replayed: e.replayed })), step.expect_events);
+      assert.deepEqual(chat.map((e) => ({ type: e.type, id: e.data.id ?? null, replayed: e.replayed })), step.expect_events);
     } else {
       throw new Error(`unknown step ${JSON.stringify(step)}`);
     }

@@ -62,6 +62,7 @@ def check_room(room: Room, expect: dict[str, Any]) -> None:
 @pytest.mark.parametrize("case", CASES["rooms"], ids=ids("rooms"))
 def test_room_view(case: dict[str, Any]) -> None:
     room = Room("r")
+    room.synced = True  # a view in sync: the core's (re)joins and their waiting deltas are the "core" cases
     for step in case["steps"]:
         if "join" in step:
             room.joined(step["join"])
@@ -137,10 +138,13 @@ class Driver:
             room = core.rooms[step["expect_room"]]
             assert room.rev == step["rev"]
             assert [m["id"] for m in room.messages] == step["ids"]
+            for message, wanted in zip(room.messages, step.get("messages", []), strict=False):
+                assert subset(message, wanted), (message, wanted)
         elif "expect_events" in step:
             chat = [e for e in self.events.buffer if e.type.startswith("chat.")]
             self.events.buffer.clear()
-            assert [{"type": e.type, "id": e.data["id"], "replayed": e.replayed} for e in chat] == step["expect_events"]
+            seen = [{"type": e.type, "id": e.data.get("id"), "replayed": e.replayed} for e in chat]
+            assert seen == step["expect_events"]
         else:
             raise AssertionError(f"unknown step {step}")
 
