@@ -125,32 +125,6 @@ def _for_a_surrogate(exc: msgspec.DecodeError, frame: bytes | str) -> bool:
     return _SURROGATE_BYTES.search(frame) is not None
 
 
-def _id_beside_lone_surrogate(frame: bytes | str) -> OpId:
-    """The ``id`` of a JSON frame that msgspec refuses only for a lone UTF-16 surrogate escape
-    (``"\\udc00"``: valid JSON grammar, what a browser's ``JSON.stringify`` writes for text cut in the
-    middle of an emoji). The standard library reads such text, so the client's request still completes.
-    Only frames refused for a surrogate come here, and only up to :data:`SURROGATE_READ_BYTES`: the
-    standard library builds the whole frame (~8x msgspec's id-only pass), so a larger one keeps the
-    cheap refusal and gives no id."""
-    if len(frame) > SURROGATE_READ_BYTES:
-        return None
-    try:
-        value = json.loads(frame)
-    except (ValueError, RecursionError):
-        return None
-    if not isinstance(value, dict):
-        return None
-    op_id = _readable_op_id(value.get("id"))
-    if isinstance(op_id, int) and not fits_wire_int(op_id):
-        return None
-    if isinstance(op_id, str) and not op_id.isascii():  # the id may be the lone surrogate: no text to echo
-        try:
-            op_id.encode()
-        except UnicodeEncodeError:
-            return None
-    return op_id
-
-
 _UNREAD: Final = object()
 
 
@@ -167,6 +141,31 @@ def _read_again(frame: bytes | str) -> Any:
         return json.loads(frame)
     except (ValueError, RecursionError):
         return _UNREAD
+
+
+def _id_beside_lone_surrogate(frame: bytes | str) -> OpId:
+    """The ``id`` of a JSON frame that msgspec refuses only for a lone UTF-16 surrogate escape
+    (``"\\udc00"``: valid JSON grammar, what a browser's ``JSON.stringify`` writes for text cut in the
+    middle of an emoji). The standard library reads such text, so the client's request still completes.
+    Only frames refused for a surrogate come here, and only up to :data:`SURROGATE_READ_BYTES`: the
+    standard library builds the whole frame (~8x msgspec's id-only pass), so a larger one keeps the
+    cheap refusal and gives no id."""
+    return _id_read_again(_read_again(frame))
+
+
+def _id_read_again(value: Any) -> OpId:
+    """The ``id`` a reply can echo from what :func:`_read_again` read (None for :data:`_UNREAD`)."""
+    if not isinstance(value, dict):
+        return None
+    op_id = _readable_op_id(value.get("id"))
+    if isinstance(op_id, int) and not fits_wire_int(op_id):
+        return None
+    if isinstance(op_id, str) and not op_id.isascii():  # the id may be the lone surrogate: no text to echo
+        try:
+            op_id.encode()
+        except UnicodeEncodeError:
+            return None
+    return op_id
 
 
 def _text_frame_on_msgpack(frame: str) -> FrameError:
@@ -234,10 +233,11 @@ def _classify(
         if value is _UNREAD:
             return FrameError("BAD_REQUEST", "frame holds a number out of range", read_op_id(frame, msgpack=msgpack))
     except msgspec.DecodeError as exc:
-        if not msgpack and _for_a_surrogate(exc, frame) and (
-                "surrogate" in str(exc) or _read_again(frame) is not _UNREAD):  # else truly cut short
-            return FrameError("BAD_REQUEST", "frame holds a lone UTF-16 surrogate (an escape such as \\udc00 "
-                              "without its pair), which is not text", _id_beside_lone_surrogate(frame))
+        if not msgpack and _for_a_surrogate(exc, frame):
+            again = _read_again(frame)  # read once, for the verdict and the id
+            if "surrogate" in str(exc) or again is not _UNREAD:  # else truly cut short
+                return FrameError("BAD_REQUEST", "frame holds a lone UTF-16 surrogate (an escape such as \\udc00 "
+                                  "without its pair), which is not text", _id_read_again(again))
         return FrameError("BAD_REQUEST", "frame is not valid " + ("MessagePack" if msgpack else "JSON"))
     except UnicodeDecodeError:
         return FrameError("BAD_REQUEST", "frame is not valid " + ("MessagePack" if msgpack else "JSON"))
