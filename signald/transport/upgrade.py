@@ -92,7 +92,7 @@ def vet_request(request: h11.Request) -> Upgrade | BadUpgrade:
         elif name == b"upgrade":
             upgrade = value
         headers.append((name, value))
-    if connection is None or not any(token.strip().lower() == b"upgrade" for token in connection.split(b",")):
+    if connection is None or not _names(connection, b"upgrade"):
         return BAD_REQUEST
     if version != WEBSOCKET_VERSION:
         return BadUpgrade(426 if version else 400, ((b"Sec-WebSocket-Version", WEBSOCKET_VERSION),))
@@ -110,9 +110,14 @@ def asks_for_websocket(request: h11.Request) -> bool:
         name = raw_name.lower()
         if name in (b"sec-websocket-key", b"sec-websocket-version"):
             return True
-        if name == b"upgrade" and any(token.strip().lower() == b"websocket" for token in value.split(b",")):
+        if name == b"upgrade" and _names(value, b"websocket"):
             return True
     return False
+
+
+def _names(value: bytes, token: bytes) -> bool:
+    """Whether the comma-separated header ``value`` names ``token`` (lower case), in any case."""
+    return any(piece.strip().lower() == token for piece in value.split(b","))
 
 
 def _well_formed_key(key: bytes) -> bool:
