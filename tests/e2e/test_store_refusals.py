@@ -52,6 +52,17 @@ def end_sessions(server: PostgresServer, role: str) -> None:
     admin(server, f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}'")
 
 
+async def sent_once_back(c: SignaldClient, body: str) -> Any:
+    """The ack of a ``chat.send`` to lobby tried every 0.1 s, each refusal the documented one, until
+    the store takes it (the caller bounds the wait)."""
+    while True:
+        try:
+            return await c.request("chat.send", {"scope": "lobby", "body": body})
+        except SignalError as exc:
+            assert (exc.code, exc.message) == UNAVAILABLE
+            await trio.sleep(0.1)
+
+
 async def refused(c: SignaldClient, kind: str, data: dict[str, Any]) -> None:
     with pytest.raises(SignalError) as info:
         await c.request(kind, data)
@@ -97,13 +108,7 @@ async def test_too_few_connections_at_start_and_while_running(
             assert await ready(server) == 503
             admin(postgres_server, "ALTER ROLE signald_few CONNECTION LIMIT -1")
             with trio.fail_after(8):  # the writer's backoff (0.2 s doubling) and the send path's 2 s
-                while True:
-                    try:
-                        acked.append(await ann.request("chat.send", {"scope": "lobby", "body": "back"}))
-                        break
-                    except SignalError as exc:
-                        assert (exc.code, exc.message) == UNAVAILABLE
-                        await trio.sleep(0.1)
+                acked.append(await sent_once_back(ann, "back"))
             assert await all_history(ann, "lobby") == acked
             assert await ready(server) == 200
 
@@ -174,11 +179,5 @@ async def test_a_full_disk_refuses_sends_and_they_work_again_once_there_is_room(
                 await refused(ann, "chat.send", {"scope": "lobby", "body": "x" * 3000})
                 filler.execute("DROP TABLE filler")
             with trio.fail_after(8):  # the writer's backoff after it took the failure for a lost store
-                while True:
-                    try:
-                        acked.append(await ann.request("chat.send", {"scope": "lobby", "body": "room again"}))
-                        break
-                    except SignalError as exc:
-                        assert (exc.code, exc.message) == UNAVAILABLE
-                        await trio.sleep(0.1)
+                acked.append(await sent_once_back(ann, "room again"))
             assert await all_history(ann, "lobby") == acked
