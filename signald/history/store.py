@@ -182,14 +182,18 @@ class HistoryStore(StoreOperations):
         return self._writer.conn_lock.locked()
 
     def _request_checkpoint(self) -> None:
-        """After inline commits: have the writer thread checkpoint. Never fails the commit that asked."""
+        """After inline commits: have the writer thread checkpoint. Never fails the commit that asked.
+
+        Not counted in :attr:`_in_flight`: the thread copies the WAL on a connection of its own,
+        and sends made meanwhile are committed inline as before instead of waiting for the copy
+        (~10 ms every :data:`~signald.history.inline.CHECKPOINT_INLINE` inline commits)."""
         try:
-            self._put(Op("checkpoint"))
+            self._writer.put(Op("checkpoint"))
         except StorageError:  # the thread stopped; it checkpointed when it closed the connection
             logger.warning("history writer thread is gone; WAL checkpoint skipped")
 
     def _delivered(self, batch: list[Op[Any]]) -> None:
-        self._in_flight -= len(batch)
+        self._in_flight -= sum(op.kind != "checkpoint" for op in batch)
         self._complete(batch)
 
     # ------------------------------------------------------------------ the primitives of StoreOperations
