@@ -12,6 +12,7 @@ from bench.workloads import WORKLOADS, Sizes
 
 ROWS: dict[str, list[tuple[str, str, str]]] = {  # workload -> (metric, label, format)
     "a": [("p50_ms", "ack p50 (ms)", ".3f"), ("p99_ms", "ack p99 (ms)", ".3f"),
+          ("p999_ms", "ack p99.9 (ms)", ".2f"), ("max_ms", "slowest ack (ms)", ".2f"),
           ("cpu_us_per_send", "server CPU per acked send (µs)", ".0f"),
           ("main_cpu_us_per_send", "of it, the main thread's (µs)", ".0f")],
     "c": [],
@@ -19,6 +20,7 @@ ROWS: dict[str, list[tuple[str, str, str]]] = {  # workload -> (metric, label, f
           ("closed_rate", "connections/s, each closed after set-up", ",.0f"),
           ("closed_cpu_ms_per_conn", "server CPU per connection, closed after set-up (ms)", ".2f")],
     "e": [("rate", "acked chat.send/s", ",.0f"), ("p50_ms", "ack p50 (ms)", ".2f"), ("p99_ms", "ack p99 (ms)", ".2f"),
+          ("p999_ms", "ack p99.9 (ms)", ".2f"), ("max_ms", "slowest ack (ms)", ".2f"),
           ("cpu_us_per_send", "server CPU per send (µs)", ".0f"),
           ("main_cpu_us_per_send", "of it, the main thread's (µs)", ".0f"),
           ("db_cpu_us_per_send", "PostgreSQL's CPU per send (µs)", ".0f")],
