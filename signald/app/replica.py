@@ -27,8 +27,8 @@ from signald.delivery.frames import Frame
 from signald.protocol import CallType, JsonObject, Status
 
 __all__ = ["Activity", "Budget", "CallAnswered", "CallDecisions", "CallEnded", "CallIced", "CallOffered",
-           "CallTimedOut", "Connect", "Disconnect", "Join", "Kick", "Leave", "Op", "Replica", "Revoke",
-           "SetStatus", "Typing"]
+           "CallTimedOut", "Connect", "Disconnect", "Join", "Kick", "Leave", "Op", "Replica", "Resynced",
+           "Revoke", "SetStatus", "Typing"]
 
 
 class SharedOp(msgspec.Struct, array_like=True, frozen=True):
@@ -169,8 +169,13 @@ class CallTimedOut(SharedOp, tag="call.timeout", frozen=True):
     call_id: str
 
 
+class Resynced(SharedOp, tag="resynced", frozen=True):
+    """The origin is back on the broker after an outage: the others tell again the call transitions
+    and kicks they shared lately (its pub/sub may have missed them: signald.cluster.kept)."""
+
+
 Op = (Connect | Disconnect | Budget | Join | Leave | Kick | SetStatus | Typing | Activity | Revoke
-      | CallOffered | CallAnswered | CallIced | CallEnded | CallTimedOut)
+      | CallOffered | CallAnswered | CallIced | CallEnded | CallTimedOut | Resynced)
 
 
 class CallDecisions(abc.ABC):

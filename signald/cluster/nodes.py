@@ -122,8 +122,10 @@ class NodeTable:
         for conn in conns:
             self._apply(node, Disconnect(conn))
 
-    async def load(self) -> None:
-        """Take in every live node's devices, rooms and chosen statuses; drop what is gone."""
+    async def load(self, kicked: frozenset[tuple[str, str]] = frozenset()) -> None:
+        """Take in every live node's devices, rooms and chosen statuses; drop what is gone.
+        ``kicked``: (room, user) of the kicks this node is about to tell again (after an outage
+        that lost them): the user's node has not taken them out yet, so their records still say in."""
         now = time.time()
         client, names, hub = self.client, self.names, self.hub
         live = {node for node, beat in (await self._scores()).items() if beat >= now - self.ttl} - {self.node_id}
@@ -141,7 +143,8 @@ class NodeTable:
             for room in sorted(hub.rooms.rooms_of(conn) - set(record.rooms)):
                 self._apply(record.node, Leave(conn, room))
             for room in record.rooms:
-                self._apply(record.node, Join(conn, record.user, room))
+                if (room, record.user) not in kicked:
+                    self._apply(record.node, Join(conn, record.user, room))
         for user, status in sorted(statuses.items()):
             if status in STATUSES and user not in hub.sessions_by_user:
                 self._apply("", SetStatus("", user, status))  # type: ignore[arg-type]

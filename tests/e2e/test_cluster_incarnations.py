@@ -8,6 +8,7 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 
 import pytest
+import trio
 from conftest import daemon
 from redis_fixture import RedisServer
 from test_cluster import Event, nodes, of, wait_for
@@ -118,8 +119,6 @@ async def test_a_status_chosen_on_a_node_that_died_does_not_come_back_with_the_u
                 ("alice", "online"), ("bob", "online"), ("carol", "online")]
 
 
-@pytest.mark.xfail(strict=True, reason="not fixed: a resync after lost writes repairs devices, rooms and statuses, "
-                   "not calls (docs/cluster.md, 'Not across nodes yet')")
 async def test_a_hangup_whose_write_was_lost_still_ends_the_call_on_the_other_node(
     tmp_path: Path, redis_url: str, redis_server: RedisServer, postgres_url: str
 ) -> None:
@@ -140,5 +139,75 @@ async def test_a_hangup_whose_write_was_lost_still_ends_the_call_on_the_other_no
         await wait_for(carol, carol_seen, lambda s: ("presence.update", {"user_id": "bob", "status": "busy"}) in s)
         kill_command_connections(redis_server, started[1][0].pid)
         await alice.request("call.end", {"target_id": "bob", "call_id": call_id})
-        await wait_for(bob, [], lambda s: bool(of("call.end", s)), within=5.0)
+        bob_seen = await wait_for(bob, [], lambda s: bool(of("call.end", s)), within=5.0)
+        # told again as it was: alice's own reason (none given: ``hangup``), not a guess
+        assert of("call.end", bob_seen) == [{"from_user": "alice", "call_id": call_id, "reason": "hangup"}]
         await wait_for(carol, carol_seen, lambda s: ("presence.update", {"user_id": "bob", "status": "online"}) in s)
+        again = await carol.request("call.offer", {"target_id": "bob", "call_type": "audio", "sdp": sdp})
+        await wait_for(bob, [], lambda s: ("call.offer", {"from_user": "carol", "call_id": again["call_id"],
+                                                         "call_type": "audio", "sdp": sdp}) in s)
+
+
+async def test_an_answer_whose_write_was_lost_still_reaches_the_caller_on_the_other_node(
+    tmp_path: Path, redis_url: str, redis_server: RedisServer, postgres_url: str
+) -> None:
+    """bob (node 1) answers just as node 1's command connections break: alice (node 0) must still
+    get ``call.answer`` (with bob's sdp) once node 1 is back, not a ``timeout`` after the ring time."""
+    sdp, answer_sdp = {"type": "offer", "sdp": "v=0"}, {"type": "answer", "sdp": "v=0 bob"}
+    async with nodes(tmp_path, redis_url, postgres_url, 2) as started, AsyncExitStack() as stack:
+        (_, url0), (_, url1) = started
+        alice = await stack.enter_async_context(connect(url0, user="alice"))
+        bob = await stack.enter_async_context(connect(url1, user="bob"))
+        for client in (alice, bob):
+            await client.request("room.join", {"room": "lobby"})
+        call_id = (await alice.request("call.offer", {"target_id": "bob", "call_type": "audio", "sdp": sdp}))["call_id"]
+        await wait_for(bob, [], lambda s: bool(of("call.offer", s)))
+        kill_command_connections(redis_server, started[1][0].pid)
+        await bob.request("call.answer", {"target_id": "alice", "sdp": answer_sdp, "call_id": call_id})
+        seen = await wait_for(alice, [], lambda s: bool(of("call.answer", s) or of("call.end", s)), within=8.0)
+        assert of("call.answer", seen) == [{"from_user": "bob", "call_id": call_id, "sdp": answer_sdp}]
+        await bob.request("call.end", {"target_id": "alice", "call_id": call_id})
+        seen = await wait_for(alice, [], lambda s: bool(of("call.end", s)))
+        assert of("call.end", seen) == [{"from_user": "bob", "call_id": call_id, "reason": "hangup"}]
+
+
+async def members_on(url: str, room: str, user: str, expected: list[str]) -> None:
+    """Wait (10 s at most) until a new device of ``user`` joining ``room`` at ``url`` is told ``expected``."""
+    async with connect(url, user=user) as client:
+        with trio.fail_after(10):
+            while [m["user_id"] for m in (await client.request("room.join", {"room": room}))["members"]] != expected:
+                await client.request("room.leave", {"room": room})
+                await trio.sleep(0.05)
+
+
+async def test_a_kick_whose_write_was_lost_still_takes_the_user_out_on_every_node(
+    tmp_path: Path, redis_url: str, redis_server: RedisServer, postgres_url: str
+) -> None:
+    """mod1 (node 1) kicks dave (node 0) just as node 1's command connections break: dave must still
+    be kicked once node 1 is back, and node 1 must not take him back in when it reloads the records."""
+    mods = '\n[auth]\nmods = ["mod1"]\n'
+    async with nodes(tmp_path, redis_url, postgres_url, 2, limits=mods) as started, AsyncExitStack() as stack:
+        (_, url0), (_, url1) = started
+        alice = await stack.enter_async_context(connect(url0, user="alice"))
+        dave = await stack.enter_async_context(connect(url0, user="dave"))
+        mod = await stack.enter_async_context(connect(url1, user="mod1"))
+        for client in (alice, dave, mod):
+            await client.request("room.join", {"room": "lobby"})
+        seen: list[Event] = []
+        await wait_for(alice, seen, lambda s: len(of("member.joined", s)) == 2)
+        kill_command_connections(redis_server, started[1][0].pid)
+        await mod.request("room.kick", {"room": "lobby", "user_id": "dave", "reason": "spam"})
+        kicked = await wait_for(dave, [], lambda s: bool(of("room.kicked", s)), within=8.0)
+        assert of("room.kicked", kicked) == [{"room": "lobby", "by": "mod1", "reason": "spam"}]
+        await wait_for(alice, seen, lambda s: ("member.left", {"room": "lobby", "user_id": "dave"}) in s)
+        await members_on(url1, "lobby", "erin", ["alice", "erin", "mod1"])
+        await members_on(url0, "lobby", "erin", ["alice", "erin", "mod1"])
+
+        def erin_came_and_went(s: list[Event]) -> bool:
+            erin = {"room": "lobby", "user_id": "erin"}
+            came, went = (s.count((kind, erin)) for kind in ("member.joined", "member.left"))
+            return came == went >= 2
+
+        # node 1 did not take dave back in, not even for a moment, when it reloaded the records
+        mod_seen = await wait_for(mod, [], erin_came_and_went)
+        assert [d["user_id"] for d in of("member.joined", mod_seen)] == ["erin"] * len(of("member.joined", mod_seen))
