@@ -87,13 +87,15 @@ class Kick(SharedOp, tag="kick", frozen=True):
 
 class SetStatus(SharedOp, tag="status", frozen=True):
     """``presence.set`` on a device: the user's chosen status, for all of their devices. ``stamp``:
-    when, by the origin's clock, so that every node keeps the same last one when two cross (0: a
-    state announced again, applied as it comes)."""
+    when, by the origin's clock, so that every node keeps the same last one when two cross (0:
+    applied as it comes); ``by``: the node that stamped it, when not the origin (a status announced
+    again after an outage keeps the stamp it was applied with: signald.cluster.stamps)."""
 
     conn: str
     user: str
     status: Status
     stamp: float = 0.0
+    by: str = ""
 
 
 class Typing(SharedOp, tag="typing", frozen=True):

@@ -108,7 +108,7 @@ class RedisReplica(Replica):
             hub, self.records, self.writer, self.nodes, self.channels, self.order, self.catch_up, beat=self._beat,
             down=self._down, spawn=self._spawn, moved_only=lambda: self.subscriber.moved_only(),
             fill=partial(fill_now, hub, self.order, gap_left=self._gap_left),
-            again=lambda: self.kept.again(trio.current_time()))
+            again=lambda: self.kept.again(trio.current_time()), stamp=self.stamps.last)
         self.subscriber = self.channels.subscriber = Subscriber(
             self.broker.open_link, on_message=self._receive, on_subscribed=self.resync.subscribed, down=self._down,
             sharded=self.broker.sharded)
@@ -300,10 +300,10 @@ class RedisReplica(Replica):
             self.kept.joined(op)
         if isinstance(op, Connect | Join):
             self.nodes.remote[op.conn] = origin
-        elif isinstance(op, SetStatus) and not self.stamps.later(op.user, op.stamp, origin):
-            if self.stamps.mine(op.user):  # the older one may have reached Redis after this node's
-                chosen = self.hub.presence.chosen_status(op.user)
-                self.writer.put(self.records.changed_by(SetStatus("", op.user, chosen)))
+        elif isinstance(op, SetStatus) and not self.stamps.later(op.user, op.stamp, op.by or origin):
+            if self.stamps.mine(op.user):  # the older one may have reached Redis after this node's, or
+                chosen = self.hub.presence.chosen_status(op.user)  # be a stale one announced again
+                self.writer.put(self.records.shared([SetStatus("", op.user, chosen, *self.stamps.last(op.user))]))
             return  # crossed a later one: every node keeps that
         # a kick takes out the devices of the user this node knows; its own it says it took out, for
         # the origin may not have heard yet that one of them joined (it would keep it in the room)

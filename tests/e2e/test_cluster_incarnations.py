@@ -3,6 +3,7 @@ Redis and PostgreSQL (docs/cluster.md, "When something fails")."""
 
 from __future__ import annotations
 
+import secrets
 import signal
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -211,3 +212,44 @@ async def test_a_kick_whose_write_was_lost_still_takes_the_user_out_on_every_nod
         # node 1 did not take dave back in, not even for a moment, when it reloaded the records
         mod_seen = await wait_for(mod, [], erin_came_and_went)
         assert [d["user_id"] for d in of("member.joined", mod_seen)] == ["erin"] * len(of("member.joined", mod_seen))
+
+
+async def test_a_status_announced_again_after_an_outage_does_not_undo_one_chosen_meanwhile_elsewhere(
+    tmp_path: Path, redis_url: str, redis_server: RedisServer, postgres_url: str
+) -> None:
+    """Node 1 is cut off the broker (its Redis user switched off, every connection of it closed)
+    while bob, on node 0, chooses ``away``; when node 1 is let back, it announces bob's status as it
+    knew it (``online``): that older one must not undo ``away`` on node 0, and node 1 must learn it."""
+    user = f"n1-{secrets.token_hex(4)}"
+    redis_server.command("ACL", "SETUSER", user, "on", ">pw", "~*", "&*", "+@all")
+    urls = [redis_url, redis_url.replace("redis://", f"redis://{user}:pw@")]
+    away = ("presence.update", {"user_id": "bob", "status": "away"})
+    try:
+        async with AsyncExitStack() as stack:
+            started = []
+            for i, broker in enumerate(urls):
+                (tmp_path / f"node{i}").mkdir()
+                started.append(await stack.enter_async_context(daemon(
+                    tmp_path / f"node{i}", "node", "--broker-url", broker, "--history-url", postgres_url,
+                    config_text=f'\n[cluster]\nnode_id = "node-{i}"\nnode_ttl_s = 10\n')))
+            (_, url0), (_, url1) = started
+            places = [("alice", url0), ("bob", url0), ("bob", url1), ("carol", url1)]
+            alice, bob0, _bob1, carol = [await stack.enter_async_context(connect(url, user=name))
+                                         for name, url in places]
+            for client in (alice, bob0, _bob1, carol):
+                await client.request("room.join", {"room": "lobby"})
+            seen: list[Event] = []
+            await wait_for(alice, seen, lambda s: len(of("member.joined", s)) == 2)  # bob, carol
+            redis_server.command("ACL", "SETUSER", user, "off")
+            redis_server.command("CLIENT", "KILL", "USER", user)
+            await bob0.request("presence.set", {"status": "away"})
+            await wait_for(alice, seen, lambda s: away in s)
+            redis_server.command("ACL", "SETUSER", user, "on")
+            await wait_for(carol, [], lambda s: away in s, within=15.0)
+            async with connect(url0, user="erin") as erin:
+                members = (await erin.request("room.join", {"room": "lobby"}))["members"]
+                assert {m["user_id"]: m["status"] for m in members}["bob"] == "away"
+                await wait_for(alice, seen, lambda s: ("member.joined", {"room": "lobby", "user_id": "erin"}) in s)
+            assert [d["status"] for d in of("presence.update", seen) if d["user_id"] == "bob"] == ["away"]
+    finally:
+        redis_server.command("ACL", "DELUSER", user)
