@@ -141,7 +141,7 @@ class Resync:
             # first what changed here while the writes were lost (closes, leaves), then the rest again;
             # the others are asked to tell their calls' and kicks' transitions again (this node may
             # have missed them)
-            commands = [records.published(Resynced())] + records.shared(await self.nodes.leftovers()) + (
+            commands = [records.published(Resynced())] + records.shared(*await self.nodes.leftovers()) + (
                 records.rewritten() + [records.published(op) for op in announcement(hub, self._stamp)])
             again = self._again()
             await self.writer.execute(commands, fresh=True)  # to the server the pub/sub found

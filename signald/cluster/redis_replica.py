@@ -224,10 +224,11 @@ class RedisReplica(Replica):
                     except (LinkError, trio.TooSlowError) as exc:
                         raise StartupError(f"cluster.broker_url {self.broker.shown}: {exc or 'no answer'}") from None
                     await self._beat()
-                    if gone := await self.nodes.leftovers():  # an earlier run under this node id died
+                    gone, statuses = await self.nodes.leftovers()
+                    if gone:  # an earlier run under this node id died
                         log.warning("cluster: an earlier run of node %s left %d devices; they go offline"
                                     " (two running nodes must never share a node_id)", self.node_id, len(gone))
-                        self.writer.put(self.records.shared(gone))
+                        self.writer.put(self.records.shared(gone, statuses))
                     await self.nodes.load()
                     self._problem = None
                     self._heard = trio.current_time()

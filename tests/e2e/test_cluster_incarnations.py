@@ -15,6 +15,7 @@ from redis_fixture import RedisServer
 from test_cluster import Event, nodes, of, wait_for
 
 from signald.client.raw import connect
+from signald.cluster.wire import Names
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -253,3 +254,40 @@ async def test_a_status_announced_again_after_an_outage_does_not_undo_one_chosen
             assert [d["status"] for d in of("presence.update", seen) if d["user_id"] == "bob"] == ["away"]
     finally:
         redis_server.command("ACL", "DELUSER", user)
+
+
+async def test_a_node_restarted_under_its_node_id_takes_its_old_users_chosen_statuses_out_of_redis(
+    tmp_path: Path, redis_url: str, postgres_url: str
+) -> None:
+    """bob chose ``away`` on node 1, which is killed and started again at once under its node id:
+    with his devices, his chosen status must go from Redis (carol's stays: she is still on node 0),
+    or a node that loads the statuses later holds a status nobody connected chose."""
+    import coredis
+
+    ttl, names = 5.0, Names(redis_url)
+    async with nodes(tmp_path, redis_url, postgres_url, 2, ttl=ttl) as started, AsyncExitStack() as stack:
+        (_, url0), (doomed, url1) = started
+        alice = await stack.enter_async_context(connect(url0, user="alice"))
+        carol = await stack.enter_async_context(connect(url0, user="carol"))
+        for client in (alice, carol):
+            await client.request("room.join", {"room": "lobby"})
+        await carol.request("presence.set", {"status": "busy"})
+        seen: list[Event] = []
+        async with connect(url1, user="bob") as bob, connect(url1, user="carol") as carol1:
+            for client in (bob, carol1):
+                await client.request("room.join", {"room": "lobby"})
+            await bob.request("presence.set", {"status": "away"})
+            await wait_for(alice, seen, lambda s: ("presence.update", {"user_id": "bob", "status": "away"}) in s)
+            doomed.send_signal(signal.SIGKILL)
+            await doomed.wait()
+        again = tmp_path / "again"
+        again.mkdir()
+        config = f'\n[cluster]\nnode_id = "node-1"\nnode_ttl_s = {ttl}\n'
+        async with daemon(again, "node", "--broker-url", redis_url, "--history-url", postgres_url,
+                          config_text=config):
+            await wait_for(alice, seen, lambda s: ("presence.update", {"user_id": "bob", "status": "offline"}) in s,
+                           within=ttl)
+            redis: coredis.Redis[bytes] = coredis.Redis.from_url(redis_url)
+            async with redis:  # written in the batch before the publish that took bob offline
+                assert not await redis.hexists(names.status, "bob")
+                assert await redis.hget(names.status, "carol") == b"busy"

@@ -140,7 +140,7 @@ class Records:
     def rewritten(self) -> list[Any]:
         return [("hset", "conns", {"c1": b"record"})]
 
-    def shared(self, ops: list[Any]) -> list[Any]:
+    def shared(self, ops: list[Any], statuses_gone: list[str] | None = None) -> list[Any]:
         return [("publish", "state", op) for op in ops]
 
     def published(self, op: Any) -> Any:
@@ -154,9 +154,9 @@ class Nodes:
     async def load(self, kicked: frozenset[tuple[str, str]] = frozenset()) -> None:
         await trio.lowlevel.checkpoint()
 
-    async def leftovers(self) -> list[Any]:  # what its records said that is no longer so
+    async def leftovers(self) -> tuple[list[Any], list[str]]:  # what its records said that is no longer so
         await trio.lowlevel.checkpoint()
-        return ["c2 closed meanwhile"]
+        return ["c2 closed meanwhile"], []
 
 
 class Channels:
