@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import secrets
 import signal
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -215,45 +216,86 @@ async def test_a_kick_whose_write_was_lost_still_takes_the_user_out_on_every_nod
         assert [d["user_id"] for d in of("member.joined", mod_seen)] == ["erin"] * len(of("member.joined", mod_seen))
 
 
+class CutOff:
+    """Two nodes; node 1 reaches Redis as a user of its own, so that :meth:`cut` can keep it off the
+    broker (the user switched off, every connection of it closed: it cannot reconnect) until
+    :meth:`let_back`. Unlike closing its connections, nothing it would hear meanwhile reaches it."""
+
+    def __init__(self, redis_server: RedisServer, redis_url: str) -> None:
+        self.redis, self.user = redis_server, f"n1-{secrets.token_hex(4)}"
+        self.urls = [redis_url, redis_url.replace("redis://", f"redis://{self.user}:pw@")]
+
+    def cut(self) -> None:
+        self.redis.command("ACL", "SETUSER", self.user, "off")
+        self.redis.command("CLIENT", "KILL", "USER", self.user)
+
+    def let_back(self) -> None:
+        self.redis.command("ACL", "SETUSER", self.user, "on")
+
+    @asynccontextmanager
+    async def nodes(self, tmp_path: Path, postgres_url: str) -> AsyncIterator[tuple[str, str]]:
+        self.redis.command("ACL", "SETUSER", self.user, "on", ">pw", "~*", "&*", "+@all")
+        try:
+            async with AsyncExitStack() as stack:
+                urls = []
+                for i, broker in enumerate(self.urls):
+                    (tmp_path / f"node{i}").mkdir()
+                    urls.append((await stack.enter_async_context(daemon(
+                        tmp_path / f"node{i}", "node", "--broker-url", broker, "--history-url", postgres_url,
+                        config_text=f'\n[cluster]\nnode_id = "node-{i}"\nnode_ttl_s = 10\n')))[1])
+                yield urls[0], urls[1]
+        finally:
+            self.redis.command("ACL", "DELUSER", self.user)
+
+
 async def test_a_status_announced_again_after_an_outage_does_not_undo_one_chosen_meanwhile_elsewhere(
     tmp_path: Path, redis_url: str, redis_server: RedisServer, postgres_url: str
 ) -> None:
-    """Node 1 is cut off the broker (its Redis user switched off, every connection of it closed)
-    while bob, on node 0, chooses ``away``; when node 1 is let back, it announces bob's status as it
-    knew it (``online``): that older one must not undo ``away`` on node 0, and node 1 must learn it."""
-    user = f"n1-{secrets.token_hex(4)}"
-    redis_server.command("ACL", "SETUSER", user, "on", ">pw", "~*", "&*", "+@all")
-    urls = [redis_url, redis_url.replace("redis://", f"redis://{user}:pw@")]
+    """Node 1 is cut off the broker while bob, on node 0, chooses ``away``; when node 1 is let back,
+    it announces bob's status as it knew it (``online``): that older one must not undo ``away`` on
+    node 0, and node 1 must learn it."""
+    off = CutOff(redis_server, redis_url)
     away = ("presence.update", {"user_id": "bob", "status": "away"})
-    try:
-        async with AsyncExitStack() as stack:
-            started = []
-            for i, broker in enumerate(urls):
-                (tmp_path / f"node{i}").mkdir()
-                started.append(await stack.enter_async_context(daemon(
-                    tmp_path / f"node{i}", "node", "--broker-url", broker, "--history-url", postgres_url,
-                    config_text=f'\n[cluster]\nnode_id = "node-{i}"\nnode_ttl_s = 10\n')))
-            (_, url0), (_, url1) = started
-            places = [("alice", url0), ("bob", url0), ("bob", url1), ("carol", url1)]
-            alice, bob0, _bob1, carol = [await stack.enter_async_context(connect(url, user=name))
-                                         for name, url in places]
-            for client in (alice, bob0, _bob1, carol):
-                await client.request("room.join", {"room": "lobby"})
-            seen: list[Event] = []
-            await wait_for(alice, seen, lambda s: len(of("member.joined", s)) == 2)  # bob, carol
-            redis_server.command("ACL", "SETUSER", user, "off")
-            redis_server.command("CLIENT", "KILL", "USER", user)
-            await bob0.request("presence.set", {"status": "away"})
-            await wait_for(alice, seen, lambda s: away in s)
-            redis_server.command("ACL", "SETUSER", user, "on")
-            await wait_for(carol, [], lambda s: away in s, within=15.0)
-            async with connect(url0, user="erin") as erin:
-                members = (await erin.request("room.join", {"room": "lobby"}))["members"]
-                assert {m["user_id"]: m["status"] for m in members}["bob"] == "away"
-                await wait_for(alice, seen, lambda s: ("member.joined", {"room": "lobby", "user_id": "erin"}) in s)
-            assert [d["status"] for d in of("presence.update", seen) if d["user_id"] == "bob"] == ["away"]
-    finally:
-        redis_server.command("ACL", "DELUSER", user)
+    async with off.nodes(tmp_path, postgres_url) as (url0, url1), AsyncExitStack() as stack:
+        places = [("alice", url0), ("bob", url0), ("bob", url1), ("carol", url1)]
+        alice, bob0, bob1, carol = [await stack.enter_async_context(connect(url, user=name)) for name, url in places]
+        for client in (alice, bob0, bob1, carol):
+            await client.request("room.join", {"room": "lobby"})
+        seen: list[Event] = []
+        await wait_for(alice, seen, lambda s: len(of("member.joined", s)) == 2)  # bob, carol
+        off.cut()
+        await bob0.request("presence.set", {"status": "away"})
+        await wait_for(alice, seen, lambda s: away in s)
+        off.let_back()
+        await wait_for(carol, [], lambda s: away in s, within=15.0)
+        async with connect(url0, user="erin") as erin:
+            members = (await erin.request("room.join", {"room": "lobby"}))["members"]
+            assert {m["user_id"]: m["status"] for m in members}["bob"] == "away"
+            await wait_for(alice, seen, lambda s: ("member.joined", {"room": "lobby", "user_id": "erin"}) in s)
+        assert [d["status"] for d in of("presence.update", seen) if d["user_id"] == "bob"] == ["away"]
+
+
+async def test_a_hangup_a_node_did_not_hear_while_cut_off_reaches_its_party_once_it_is_back(
+    tmp_path: Path, redis_url: str, redis_server: RedisServer, postgres_url: str
+) -> None:
+    """alice (node 0) hangs up while node 1, where bob is, is cut off the broker: node 0's write
+    went through, but node 1 never heard it. Back on the broker, node 1 asks the others to tell
+    their calls again, and bob gets ``call.end`` as alice sent it."""
+    off, sdp = CutOff(redis_server, redis_url), {"type": "offer", "sdp": "v=0"}
+    async with off.nodes(tmp_path, postgres_url) as (url0, url1), AsyncExitStack() as stack:
+        alice = await stack.enter_async_context(connect(url0, user="alice"))
+        bob = await stack.enter_async_context(connect(url1, user="bob"))
+        for client in (alice, bob):
+            await client.request("room.join", {"room": "lobby"})
+        call_id = (await alice.request("call.offer", {"target_id": "bob", "call_type": "audio", "sdp": sdp}))["call_id"]
+        await wait_for(bob, [], lambda s: bool(of("call.offer", s)))
+        await bob.request("call.answer", {"target_id": "alice", "sdp": sdp, "call_id": call_id})
+        await wait_for(alice, [], lambda s: bool(of("call.answer", s)))
+        off.cut()
+        await alice.request("call.end", {"target_id": "bob", "call_id": call_id, "reason": "bye"})
+        off.let_back()
+        seen = await wait_for(bob, [], lambda s: bool(of("call.end", s)), within=15.0)
+        assert of("call.end", seen) == [{"from_user": "alice", "call_id": call_id, "reason": "bye"}]
 
 
 async def test_a_node_restarted_under_its_node_id_takes_its_old_users_chosen_statuses_out_of_redis(
