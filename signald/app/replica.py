@@ -27,8 +27,8 @@ from signald.delivery.frames import Frame
 from signald.protocol import CallType, JsonObject, Status
 
 __all__ = ["Activity", "Budget", "CallAnswered", "CallDecisions", "CallEnded", "CallIced", "CallOffered",
-           "CallTimedOut", "Connect", "Disconnect", "Join", "Kick", "Leave", "Op", "Replica", "Revoke",
-           "SetStatus", "Typing"]
+           "CallTimedOut", "Connect", "Disconnect", "Join", "Kick", "Leave", "Op", "Replica", "Resynced",
+           "Revoke", "SetStatus", "Typing"]
 
 
 class SharedOp(msgspec.Struct, array_like=True, frozen=True):
@@ -87,13 +87,15 @@ class Kick(SharedOp, tag="kick", frozen=True):
 
 class SetStatus(SharedOp, tag="status", frozen=True):
     """``presence.set`` on a device: the user's chosen status, for all of their devices. ``stamp``:
-    when, by the origin's clock, so that every node keeps the same last one when two cross (0: a
-    state announced again, applied as it comes)."""
+    when, by the origin's clock, so that every node keeps the same last one when two cross (0:
+    applied as it comes); ``by``: the node that stamped it, when not the origin (a status announced
+    again after an outage keeps the stamp it was applied with: signald.cluster.stamps)."""
 
     conn: str
     user: str
     status: Status
     stamp: float = 0.0
+    by: str = ""
 
 
 class Typing(SharedOp, tag="typing", frozen=True):
@@ -169,8 +171,13 @@ class CallTimedOut(SharedOp, tag="call.timeout", frozen=True):
     call_id: str
 
 
+class Resynced(SharedOp, tag="resynced", frozen=True):
+    """The origin is back on the broker after an outage: the others tell again the call transitions
+    and kicks they shared lately (its pub/sub may have missed them: signald.cluster.kept)."""
+
+
 Op = (Connect | Disconnect | Budget | Join | Leave | Kick | SetStatus | Typing | Activity | Revoke
-      | CallOffered | CallAnswered | CallIced | CallEnded | CallTimedOut)
+      | CallOffered | CallAnswered | CallIced | CallEnded | CallTimedOut | Resynced)
 
 
 class CallDecisions(abc.ABC):

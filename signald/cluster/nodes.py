@@ -122,8 +122,10 @@ class NodeTable:
         for conn in conns:
             self._apply(node, Disconnect(conn))
 
-    async def load(self) -> None:
-        """Take in every live node's devices, rooms and chosen statuses; drop what is gone."""
+    async def load(self, kicked: frozenset[tuple[str, str]] = frozenset()) -> None:
+        """Take in every live node's devices, rooms and chosen statuses; drop what is gone.
+        ``kicked``: (room, user) of the kicks this node is about to tell again (after an outage
+        that lost them): the user's node has not taken them out yet, so their records still say in."""
         now = time.time()
         client, names, hub = self.client, self.names, self.hub
         live = {node for node, beat in (await self._scores()).items() if beat >= now - self.ttl} - {self.node_id}
@@ -141,26 +143,33 @@ class NodeTable:
             for room in sorted(hub.rooms.rooms_of(conn) - set(record.rooms)):
                 self._apply(record.node, Leave(conn, room))
             for room in record.rooms:
-                self._apply(record.node, Join(conn, record.user, room))
+                if (room, record.user) not in kicked:
+                    self._apply(record.node, Join(conn, record.user, room))
         for user, status in sorted(statuses.items()):
             if status in STATUSES and user not in hub.sessions_by_user:
                 self._apply("", SetStatus("", user, status))  # type: ignore[arg-type]
 
-    async def leftovers(self) -> list[Op]:
+    async def leftovers(self) -> tuple[list[Op], list[str]]:
         """What this node's records in Redis still say that is no longer so, as the ops that tell
         the others: connections an earlier run under this node id had when it died (a node started
         again within ``node_ttl_s`` never stopped beating, so nobody took those devices offline),
-        and connections closed or rooms left while the broker was away (their writes were lost)."""
+        and connections closed or rooms left while the broker was away (their writes were lost);
+        and the users of those connections whose chosen status goes from ``status`` with them (no
+        other record, of any node, keeps them connected)."""
         hub, ops = self.hub, list[Op]()
-        records = await self.client.hgetall(self.names.conns)
-        for conn, record in sorted((_text(conn), RECORD_DECODER.decode(raw)) for conn, raw in records.items()):
+        records = sorted((_text(conn), RECORD_DECODER.decode(raw))
+                         for conn, raw in (await self.client.hgetall(self.names.conns)).items())
+        gone: set[str] = set()
+        for conn, record in records:
             if record.node != self.node_id:
                 continue
             if conn not in hub.sessions:
                 ops.append(Disconnect(conn, record.user))
+                gone.add(conn)
             else:
                 ops.extend(Leave(conn, room) for room in sorted(set(record.rooms) - hub.rooms.rooms_of(conn)))
-        return ops
+        kept = {record.user for conn, record in records if conn not in gone} | set(hub.sessions_by_user)
+        return ops, sorted({record.user for conn, record in records if conn in gone} - kept)
 
     async def _scores(self) -> dict[str, float]:
         found = await self.client.zrange(self.names.nodes, 0, -1, withscores=True)

@@ -58,9 +58,11 @@ class NodeRecords:
         """``op`` on the state channel, which every node hears."""
         return ("publish", self.names.state, STATE_ENCODER.encode(StateEnvelope(self.node_id, op)))
 
-    def shared(self, ops: list[Op]) -> list[Command]:
-        """``ops`` as this node shares them: each one's records, then its publish."""
-        return [command for op in ops for command in (*self.changed_by(op), self.published(op))]
+    def shared(self, ops: list[Op], statuses_gone: list[str] | None = None) -> list[Command]:
+        """``ops`` as this node shares them: each one's records, then its publish; first the chosen
+        statuses of ``statuses_gone`` out (users whose last device went while no write could say so)."""
+        commands: list[Command] = [("hdel", self.names.status, statuses_gone)] if statuses_gone else []
+        return commands + [command for op in ops for command in (*self.changed_by(op), self.published(op))]
 
     def rewritten(self) -> list[Command]:
         """Every record of this node again: its connections and its users' chosen statuses."""

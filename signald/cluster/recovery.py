@@ -22,7 +22,7 @@ from typing import Final
 import trio
 
 from signald.app.hub import Hub
-from signald.app.replica import Connect, Join, Op, SetStatus
+from signald.app.replica import Connect, Join, Kick, Op, Resynced, SetStatus
 from signald.cluster.catchup import CatchUp
 from signald.cluster.channels import Subscriptions
 from signald.cluster.nodes import NodeTable
@@ -38,13 +38,14 @@ CLOSE_SERVICE_RESTART: Final = 1012  # RFC 6455 (IANA): clients reconnect with b
 CatchUpWait = Callable[[str, int, "int | None"], Awaitable[None]]
 
 
-def announcement(hub: Hub) -> list[Op]:
-    """This node's devices, their rooms and its users' chosen statuses, as ops."""
+def announcement(hub: Hub, stamp: Callable[[str], tuple[float, str]]) -> list[Op]:
+    """This node's devices, their rooms and its users' chosen statuses (each with ``stamp(user)``:
+    the stamp of the one applied last, signald.cluster.stamps), as ops."""
     ops: list[Op] = []
     for conn, session in hub.sessions.items():
         ops.append(Connect(conn, session.user_id))
         ops.extend(Join(conn, session.user_id, room) for room in sorted(hub.rooms.rooms_of(conn)))
-    ops.extend(SetStatus("", user, hub.presence.chosen_status(user)) for user in hub.sessions_by_user)
+    ops.extend(SetStatus("", user, hub.presence.chosen_status(user), *stamp(user)) for user in hub.sessions_by_user)
     return ops
 
 
@@ -104,14 +105,19 @@ class Resync:
                  order: RoomOrder, catch_up: CatchUp, *, beat: Callable[[], Awaitable[None]],
                  down: Callable[[BaseException], None], spawn: Callable[[Callable[[], Awaitable[None]]], None],
                  moved_only: Callable[[], bool] = lambda: False,
-                 fill: Callable[[str], Awaitable[bool]] | None = None) -> None:
+                 fill: Callable[[str], Awaitable[bool]] | None = None,
+                 again: Callable[[], list[Op]] = list,
+                 stamp: Callable[[str], tuple[float, str]] = lambda user: (0.0, "")) -> None:
         """``spawn``: start a task where the replica runs its own (nowhere before it runs);
         ``moved_only``: whether every pub/sub connection lost since it was last asked went because
         signald's slot moved (Redis lost nothing: only this node missed the moment between two
-        owners), and then ``fill`` delivers a room's missed changes from the store at once."""
+        owners), and then ``fill`` delivers a room's missed changes from the store at once;
+        ``again``: the call transitions and kicks to tell again (:class:`signald.cluster.kept.KeptOps`);
+        ``stamp``: the stamp to announce a user's status again with (signald.cluster.stamps)."""
         self.hub, self.records, self.writer, self.nodes, self.channels = hub, records, writer, nodes, channels
         self.order, self.catch_up, self._beat, self._down = order, catch_up, beat, down
-        self._spawn, self._moved_only, self._fill = spawn, moved_only, fill
+        self._spawn, self._moved_only, self._fill, self._again = spawn, moved_only, fill, again
+        self._stamp = stamp
         self._heard_state_once = False
         self._running = False
 
@@ -132,12 +138,19 @@ class Resync:
         fill = self._fill if self._moved_only() else None
         try:
             self.nodes.grace()
-            # first what changed here while the writes were lost (closes, leaves), then the rest again
-            commands = records.shared(await self.nodes.leftovers()) + records.rewritten() + [
-                records.published(op) for op in announcement(hub)]
+            # first what changed here while the writes were lost (closes, leaves), then the rest again;
+            # the others are asked to tell their calls' and kicks' transitions again (this node may
+            # have missed them)
+            commands = [records.published(Resynced())] + records.shared(*await self.nodes.leftovers()) + (
+                records.rewritten() + [records.published(op) for op in announcement(hub, self._stamp)])
+            again = self._again()
             await self.writer.execute(commands, fresh=True)  # to the server the pub/sub found
             await self._beat()
-            await self.nodes.load()
+            await self.nodes.load(frozenset((op.room, op.user) for op in again if isinstance(op, Kick)))
+            # this node's own only after the load: a kick told before it could reach the kicked
+            # user's node (which then rewrites its records) while the load still reads the old ones
+            if again:
+                await self.writer.execute(records.shared(again))
             rooms = [name for kind, name in map(records.names.parse, self.channels.heard) if kind == "room"]
             closed = await close_rooms_behind(hub, rooms, self.order.last, self.catch_up.until, fill)
         except Exception as exc:

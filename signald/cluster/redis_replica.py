@@ -35,7 +35,7 @@ import msgspec
 import trio
 
 from signald.app.hub import Hub
-from signald.app.replica import Budget, Connect, Disconnect, Join, Kick, Leave, Op, Replica, SetStatus
+from signald.app.replica import Budget, Connect, Disconnect, Join, Kick, Leave, Op, Replica, Resynced, SetStatus
 from signald.cluster.activity import ActivityShare
 from signald.cluster.apply import apply_op, budget_share
 from signald.cluster.calls import RedisCallDecisions
@@ -43,6 +43,7 @@ from signald.cluster.catchup import CatchUp
 from signald.cluster.channels import Subscriptions
 from signald.cluster.connect import Broker
 from signald.cluster.gaps import fill_gap, fill_now
+from signald.cluster.kept import KeptOps
 from signald.cluster.nodes import NodeTable
 from signald.cluster.order import RoomOrder
 from signald.cluster.records import NodeRecords
@@ -88,6 +89,7 @@ class RedisReplica(Replica):
         self.names = Names(config.broker_url)
         self.records = NodeRecords(hub, self.names, self.node_id)  # this node's records in Redis
         self.stamps = StatusStamps(self.node_id)  # the same last status on every node
+        self.kept = KeptOps(hub)  # the call transitions and kicks told again after an outage
         self.url = config.broker_url
         self._ttl = config.node_ttl_s
         self._applying = False  # applying another node's op: nothing is shared back
@@ -105,7 +107,8 @@ class RedisReplica(Replica):
         self.resync = Resync(  # after a broker outage (signald.cluster.recovery)
             hub, self.records, self.writer, self.nodes, self.channels, self.order, self.catch_up, beat=self._beat,
             down=self._down, spawn=self._spawn, moved_only=lambda: self.subscriber.moved_only(),
-            fill=partial(fill_now, hub, self.order, gap_left=self._gap_left))
+            fill=partial(fill_now, hub, self.order, gap_left=self._gap_left),
+            again=lambda: self.kept.again(trio.current_time()), stamp=self.stamps.last)
         self.subscriber = self.channels.subscriber = Subscriber(
             self.broker.open_link, on_message=self._receive, on_subscribed=self.resync.subscribed, down=self._down,
             sharded=self.broker.sharded)
@@ -125,7 +128,10 @@ class RedisReplica(Replica):
         if isinstance(op, SetStatus):
             op = msgspec.structs.replace(op, stamp=self.stamps.stamp(op.user))
         commands = self.records.changed_by(op)  # written before the op is published
-        if isinstance(op, Connect):
+        self.kept.shared(op, trio.current_time())
+        if isinstance(op, Join):
+            self.kept.joined(op)
+        elif isinstance(op, Connect):
             self._later(self.names.user(op.user))
         elif isinstance(op, Disconnect) and (session := self.hub.sessions.get(op.conn)) is not None:
             user, now = session.user_id, trio.current_time()
@@ -218,10 +224,11 @@ class RedisReplica(Replica):
                     except (LinkError, trio.TooSlowError) as exc:
                         raise StartupError(f"cluster.broker_url {self.broker.shown}: {exc or 'no answer'}") from None
                     await self._beat()
-                    if gone := await self.nodes.leftovers():  # an earlier run under this node id died
+                    gone, statuses = await self.nodes.leftovers()
+                    if gone:  # an earlier run under this node id died
                         log.warning("cluster: an earlier run of node %s left %d devices; they go offline"
                                     " (two running nodes must never share a node_id)", self.node_id, len(gone))
-                        self.writer.put(self.records.shared(gone))
+                        self.writer.put(self.records.shared(gone, statuses))
                     await self.nodes.load()
                     self._problem = None
                     self._heard = trio.current_time()
@@ -287,12 +294,17 @@ class RedisReplica(Replica):
                 hub.send_to(hub.devices_of(name), Frame.encoded(decode_event(user.text), user.text))
 
     def _apply(self, origin: str, op: Op) -> None:
+        if isinstance(op, Resynced):  # its pub/sub may have missed what this node shared: tell it again
+            self.writer.put(self.records.shared(self.kept.again(trio.current_time())))
+            return
+        if isinstance(op, Join) and not self.hub.rooms.is_member(op.conn, op.room):
+            self.kept.joined(op)
         if isinstance(op, Connect | Join):
             self.nodes.remote[op.conn] = origin
-        elif isinstance(op, SetStatus) and not self.stamps.later(op.user, op.stamp, origin):
-            if self.stamps.mine(op.user):  # the older one may have reached Redis after this node's
-                chosen = self.hub.presence.chosen_status(op.user)
-                self.writer.put(self.records.changed_by(SetStatus("", op.user, chosen)))
+        elif isinstance(op, SetStatus) and not self.stamps.later(op.user, op.stamp, op.by or origin):
+            if self.stamps.mine(op.user):  # the older one may have reached Redis after this node's, or
+                chosen = self.hub.presence.chosen_status(op.user)  # be a stale one announced again
+                self.writer.put(self.records.shared([SetStatus("", op.user, chosen, *self.stamps.last(op.user))]))
             return  # crossed a later one: every node keeps that
         # a kick takes out the devices of the user this node knows; its own it says it took out, for
         # the origin may not have heard yet that one of them joined (it would keep it in the room)

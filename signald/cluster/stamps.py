@@ -6,13 +6,19 @@ one's. So every ``SetStatus`` a node shares carries a stamp, and a node applies 
 only if it is later than the last it applied for that user, ties broken by node id: every node
 keeps the same one. A stamp is the wall clock, but never below the last stamp the node saw for the
 user (a hybrid logical clock): a status chosen after another one was heard wins over it even on a
-node whose clock is behind.
+node whose clock is behind. A node back from a broker outage announces its users' statuses again
+with the stamp of the one it applied last (:meth:`StatusStamps.last`): a status chosen elsewhere
+meanwhile, which it missed, is later and wins, and the node that refuses the stale one tells its own
+again.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from typing import Final
+
+FIRST: Final = math.ulp(0.0)  # the stamp of a status nobody chose (before any chosen one)
 
 
 class StatusStamps:
@@ -29,9 +35,15 @@ class StatusStamps:
         self._last[user] = (stamp, self.node_id)
         return stamp
 
+    def last(self, user: str) -> tuple[float, str]:
+        """The stamp and the node that stamped the status applied last for ``user`` (what a node
+        announcing it again after an outage sends), or (:data:`FIRST`, "") when none was chosen
+        since the user's first device (any chosen one wins over it)."""
+        return self._last.get(user, (FIRST, ""))
+
     def later(self, user: str, stamp: float, origin: str) -> bool:
         """Whether a status ``origin`` set at ``stamp`` is to be applied (and is now the last)."""
-        if stamp == 0.0:  # announced again after an outage, or loaded: no order of its own
+        if stamp == 0.0:  # loaded from Redis: no order of its own
             return True
         last = self._last.get(user)
         if last is not None and (stamp, origin) < last:

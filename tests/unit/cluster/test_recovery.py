@@ -8,6 +8,7 @@ from typing import Any
 import trio
 from trio.testing import MockClock
 
+from signald.app.replica import Resynced
 from signald.cluster.catchup import WAIT_S, CatchUp
 from signald.cluster.order import RoomOrder
 from signald.cluster.recovery import CLOSE_SERVICE_RESTART, close_rooms_behind
@@ -139,7 +140,7 @@ class Records:
     def rewritten(self) -> list[Any]:
         return [("hset", "conns", {"c1": b"record"})]
 
-    def shared(self, ops: list[Any]) -> list[Any]:
+    def shared(self, ops: list[Any], statuses_gone: list[str] | None = None) -> list[Any]:
         return [("publish", "state", op) for op in ops]
 
     def published(self, op: Any) -> Any:
@@ -150,12 +151,12 @@ class Nodes:
     def grace(self) -> None:
         pass
 
-    async def load(self) -> None:
+    async def load(self, kicked: frozenset[tuple[str, str]] = frozenset()) -> None:
         await trio.lowlevel.checkpoint()
 
-    async def leftovers(self) -> list[Any]:  # what its records said that is no longer so
+    async def leftovers(self) -> tuple[list[Any], list[str]]:  # what its records said that is no longer so
         await trio.lowlevel.checkpoint()
-        return ["c2 closed meanwhile"]
+        return ["c2 closed meanwhile"], []
 
 
 class Channels:
@@ -178,6 +179,7 @@ async def test_the_resync_writes_its_records_over_a_fresh_connection() -> None:
                     CatchUp(), beat=beat, down=downs.append, spawn=lambda task: None)
     await resync.run()
     # what changed while the writes were lost goes first, then the records as they are
-    assert writer.pipelines == [([("publish", "state", "c2 closed meanwhile"), ("hset", "conns", {"c1": b"record"})],
-                                 True)]
+    # (the others asked first to tell their calls' and kicks' transitions again)
+    assert writer.pipelines == [([("publish", "state", Resynced()), ("publish", "state", "c2 closed meanwhile"),
+                                  ("hset", "conns", {"c1": b"record"})], True)]
     assert beats == [1] and downs == []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from signald.cluster.stamps import StatusStamps
+from signald.cluster.stamps import FIRST, StatusStamps
 
 
 def test_two_nodes_that_hear_each_others_crossing_statuses_keep_the_same_one() -> None:
@@ -30,10 +30,20 @@ def test_a_status_set_after_one_was_heard_is_later_even_on_a_clock_behind() -> N
     assert StatusStamps("node-c").later("alice", ahead, "node-b")
 
 
-def test_announced_statuses_always_apply_and_a_user_gone_starts_afresh() -> None:
+def test_loaded_statuses_always_apply_and_a_user_gone_starts_afresh() -> None:
     stamps = StatusStamps("node-a")
     assert stamps.later("alice", time.time() + 3600, "node-b")
-    assert stamps.later("alice", 0.0, "node-c")  # announced again after an outage: unordered
+    assert stamps.later("alice", 0.0, "node-c")  # loaded from Redis: unordered
     assert not stamps.later("alice", 1.0, "node-c")
     stamps.forget("alice")
     assert stamps.later("alice", 1.0, "node-c")
+
+
+def test_a_status_announced_again_after_an_outage_loses_to_one_chosen_meanwhile() -> None:
+    cut_off, heard = StatusStamps("node-a"), StatusStamps("node-b")
+    assert cut_off.last("alice") == (FIRST, "")  # alice chose nothing yet
+    chosen = heard.stamp("alice")  # node-a did not hear it
+    assert not heard.later("alice", *cut_off.last("alice"))  # node-a's announcement is older
+    assert heard.mine("alice")  # so node-b tells its own again, with its stamp, which node-a takes
+    assert cut_off.later("alice", *heard.last("alice")) and cut_off.last("alice") == (chosen, "node-b")
+    assert heard.later("alice", *cut_off.last("alice")) and heard.mine("alice")  # the same one again

@@ -34,7 +34,7 @@ OPS: list[replica.Op] = [
     replica.CallIced("bob", "c2", "alice", {"candidate": "x"}, "call-1"),
     replica.CallEnded("alice", "c1", "bob", None, "call-1"),
     replica.CallOffered("carol", "c4", "bob", ["c2"], "audio", {"type": "offer", "sdp": "v=0"}, "call-2", "busy"),
-    replica.CallTimedOut("call-1"),
+    replica.CallTimedOut("call-1"), replica.SetStatus("", "alice", "busy", 12.5, "node-b"), replica.Resynced(),
 ]
 
 
