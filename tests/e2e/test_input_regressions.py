@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 import trio
 from conftest import events_of, make_config, start_server
@@ -85,6 +86,21 @@ async def test_a_text_frame_whose_id_msgpack_cannot_carry_is_refused_on_a_msgpac
         reply = await reply_to(alice, too_large)
         assert (reply["data"]["code"], reply["data"]["op_id"]) == ("TOO_LARGE", None)
         assert (await alice.request_raw("presence.ping", op_id=7))["data"]["op_id"] == 7
+
+
+async def test_a_refused_msgpack_frame_whose_map_has_a_key_that_is_no_string_keeps_its_id(
+    server: RunningServer,
+) -> None:
+    """MessagePack maps may have keys of any type. A frame refused before it is decoded (here
+    TOO_LARGE) was answered with ``op_id: null`` when its map held such a key, though its ``id`` was
+    readable and the same frame, refused after decoding, kept it."""
+    async with connect(server.url, user="alice", msgpack=True) as alice:
+        for op_id in (9, "big-1"):
+            frame = msgspec.msgpack.encode({1: 2, "type": "presence.ping", "id": op_id, "pad": "x" * 70_000})
+            reply = await reply_to(alice, frame)
+            assert (reply["type"], reply["data"]["code"], reply["data"]["op_id"]) == ("error", "TOO_LARGE", op_id)
+        reply = await reply_to(alice, msgspec.msgpack.encode({1: 2, "type": "presence.pang", "id": 10}))
+        assert (reply["data"]["code"], reply["data"]["op_id"]) == ("UNKNOWN_TYPE", 10)
 
 
 async def test_text_cut_after_half_an_emoji_is_refused_as_a_lone_surrogate_with_its_id(server: RunningServer) -> None:
