@@ -27,11 +27,12 @@ import trio
 
 from signald.errors import ErrorCode
 from signald.protocol.serverapi import STATUS_OF, error_body
+from signald.transport.upgrade import MAX_HEAD_BYTES, head_bytes
 
 log = logging.getLogger("signald.http")
 
 RECEIVE_BYTES: Final = 16384
-MAX_HEADER_BYTES: Final = 16384
+MAX_HEADER_BYTES: Final = MAX_HEAD_BYTES
 
 
 @attrs.frozen
@@ -158,6 +159,8 @@ async def _read_request(
             await _receive(conn, stream)
         elif isinstance(event, h11.Request):
             head = event
+            if head_bytes(event) > MAX_HEADER_BYTES:  # h11 bounds only an incomplete head
+                raise _Refused(HttpResponse(431, b"request header fields too large\n", "text/plain", close=True))
             length = _content_length(event)
             if length is not None and length > max_body_bytes:
                 raise _Refused(error_response("TOO_LARGE", f"the body is over {max_body_bytes} bytes", close=True))

@@ -253,6 +253,29 @@ async def test_an_upgrade_that_cannot_be_accepted_gets_its_documented_status_not
         assert b"Sec-WebSocket-Version: 13" in got
 
 
+@pytest.mark.parametrize("padding", [17_000, 20_000, 30_000])
+@pytest.mark.parametrize("upgrade", [True, False])
+async def test_a_request_head_over_16_kib_gets_431_whatever_the_read_boundaries(
+    server: RunningServer, padding: int, upgrade: bool,
+) -> None:
+    """h11 bounds only a request it has not seen whole (16 KiB), and the daemon reads 16 KiB at a
+    time: an upgrade of 17-32 KiB written at once was completed by its second read and accepted
+    (101), while the same request arriving in smaller pieces got 431. Now its size decides."""
+    request = UPGRADE if upgrade else b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    request = request.replace(b"Host: x\r\n", b"Host: x\r\nX-Padding: " + b"p" * padding + b"\r\n")
+    got = await answer_to(server, request)
+    assert got.startswith(b"HTTP/1.1 431 "), got[:200]
+
+
+async def test_a_request_head_of_exactly_16_kib_is_still_served(server: RunningServer) -> None:
+    head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Padding: \r\n\r\n"
+    for size, status in ((16384, b"200"), (16385, b"431")):
+        request = head.replace(b"X-Padding: ", b"X-Padding: " + b"p" * (size - len(head)))
+        assert len(request) == size
+        got = await answer_to(server, request)
+        assert got.startswith(b"HTTP/1.1 " + status + b" "), (size, got[:200])
+
+
 async def test_requests_that_never_asked_for_a_websocket_are_still_plain_http(server: RunningServer) -> None:
     got = await answer_to(server, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     assert got.startswith(b"HTTP/1.1 426 ") and b"signald WebSocket endpoint" in got
