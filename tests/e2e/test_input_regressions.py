@@ -5,6 +5,7 @@ shrunk to the one input that broke a promise of docs/protocol.md, against an in-
 from __future__ import annotations
 
 import logging
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -274,6 +275,45 @@ async def test_a_request_head_of_exactly_16_kib_is_still_served(server: RunningS
         assert len(request) == size
         got = await answer_to(server, request)
         assert got.startswith(b"HTTP/1.1 " + status + b" "), (size, got[:200])
+
+
+async def whole_answer_despite_unread_input(server: RunningServer, request: bytes, more: bytes) -> bytes:
+    """What the daemon answers to ``request`` followed by ``more`` (which it refuses to read as a
+    request), read to the end once all of it is written, as an HTTP client that sends its whole
+    body first does; a TCP reset fails the write or cuts the answer short."""
+    port = int(server.url.rstrip("/").rsplit(":", 1)[1])
+    got = b""
+    async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
+        # A small send buffer: the writes wait on the daemon's reads, as over a long path.
+        stream.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+        with trio.fail_after(5):
+            try:
+                await stream.send_all(request + more)
+                while chunk := await stream.receive_some(65536):
+                    got += chunk
+            except trio.BrokenResourceError as exc:
+                raise AssertionError(f"connection reset after {got[:100]!r}") from exc
+    return got
+
+
+@pytest.mark.parametrize(("request_bytes", "status"), [
+    (b"GET /healthz HTTP/1.1\r\nHost: x\r\nNo colon here\r\nContent-Length: 400000\r\n\r\n", b"400"),
+    (b"POST /api/v1/publish HTTP/1.1\r\nHost: x\r\nContent-Length: 400000\r\n\r\n", b"400"),  # TOO_LARGE
+    (b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Padding: " + b"p" * 20_000 + b"\r\n\r\n", b"431"),
+])
+async def test_a_refused_request_is_answered_whole_though_the_client_sent_more_than_was_read(
+    api_server: RunningServer, request_bytes: bytes, status: bytes,
+) -> None:
+    """A refused plain HTTP request closed the connection with the client's input unread: the
+    kernel then answers with a TCP reset, and a client still writing (a large body after a bad
+    header) lost the response it had not read yet. The daemon now half-closes and reads what
+    follows (bounded) before it closes, as HTTP servers do."""
+    got = await whole_answer_despite_unread_input(api_server, request_bytes, b"b" * 600_000)
+    head, _, body = got.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 " + status + b" "), got[:200]
+    fields = dict(line.split(b":", 1) for line in head.lower().split(b"\r\n")[1:])
+    length = int(fields[b"content-length"])
+    assert len(body) == length, got
 
 
 async def test_requests_that_never_asked_for_a_websocket_are_still_plain_http(server: RunningServer) -> None:
