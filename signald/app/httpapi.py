@@ -49,10 +49,10 @@ from signald.app.serverapi import ServerApi
 from signald.errors import SignalError, StartupError
 from signald.history.contract import ChatStore
 from signald.logfmt import log_event
-from signald.protocol import ChatHistoryData
 from signald.protocol.serverapi import (
     DisconnectBody,
     Health,
+    HistoryQuery,
     KickBody,
     NotifyBody,
     PresenceQuery,
@@ -120,7 +120,7 @@ class HttpApi:
             self._call("POST", "disconnect", lambda r: _sync(calls.disconnect, decode_body(r.body, DisconnectBody)))
             self._call("POST", "kick", lambda r: _sync(calls.kick, decode_body(r.body, KickBody)))
             self._call("GET", "presence", lambda r: _sync(calls.presence, decode_query(_query(r), PresenceQuery)))
-            self._call("GET", "history", lambda r: calls.history(decode_query(_query(r), ChatHistoryData)))
+            self._call("GET", "history", lambda r: calls.history(decode_query(_query(r), HistoryQuery)))
             self._call("GET", "stats", lambda r: _sync(lambda _: calls.stats(), r))
 
     async def serve(self, stream: trio.abc.Stream, initial: bytes, peer: str) -> None:

@@ -137,6 +137,12 @@ class Resync:
         hub, records = self.hub, self.records
         fill = self._fill if self._moved_only() else None
         try:
+            await self._run(hub, records, fill)
+        finally:
+            self._running = False
+
+    async def _run(self, hub: Hub, records: NodeRecords, fill: Callable[[str], Awaitable[bool]] | None) -> None:
+        try:
             self.nodes.grace()
             # first what changed here while the writes were lost (closes, leaves), then the rest again;
             # the others are asked to tell their calls' and kicks' transitions again (this node may
@@ -152,11 +158,14 @@ class Resync:
             if again:
                 await self.writer.execute(records.shared(again))
             rooms = [name for kind, name in map(records.names.parse, self.channels.heard) if kind == "room"]
-            closed = await close_rooms_behind(hub, rooms, self.order.last, self.catch_up.until, fill)
         except Exception as exc:
             self._down(exc)
-        else:
-            log.info("cluster: back on the broker; %d devices announced again, %d closed to resume",
-                     len(hub.sessions), closed)
-        finally:
-            self._running = False
+            return
+        try:
+            closed = await close_rooms_behind(hub, rooms, self.order.last, self.catch_up.until, fill)
+        except Exception as exc:  # the broker is back: this is the history store's failure, not Redis's
+            log.warning("cluster: back on the broker, but the history store failed, so the rooms that missed "
+                        "events could not be found and closed to resume: %s", exc or type(exc).__name__)
+            return
+        log.info("cluster: back on the broker; %d devices announced again, %d closed to resume",
+                 len(hub.sessions), closed)

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from signald.history.counters import Counter, RoomCounters
-from signald.history.work import SKIP, Op, op_failed, storage_error
+from signald.history.work import SKIP, FailureLog, Op, op_failed, storage_error
 
 __all__ = ["Transactions"]
 
@@ -39,6 +39,8 @@ class Transactions:
         """Committed transactions in which a write succeeded (group commit makes it < writes)."""
         self.rooms_to_trim: set[str] | None = None
         """Rooms count retention should look at next, None for all (owned by the retention)."""
+        self.failures = FailureLog(logger)
+        """The log of failed operations and transactions: one traceback, then a line per interval."""
 
     def counter(self, conn: sqlite3.Connection, room: str) -> Counter:
         """``[last_seq, count, last_rev]`` of ``room`` for the running operation; change it in place."""
@@ -119,7 +121,7 @@ class Transactions:
 
     def _failed(self, batch: list[Op[Any]], exc: Exception) -> bool:
         """The transaction failed as a whole: every operation of ``batch`` gets the error (False)."""
-        logger.exception("history transaction failed; failing its %d operations", len(batch))
+        self.failures.failed(exc, "history transaction failed; failing its %d operations", len(batch))
         for op in batch:
             op.error, op.event = storage_error(exc), SKIP
         return False
@@ -131,7 +133,7 @@ class Transactions:
             op.value, op.event = op.fn(conn)
         except Exception as exc:
             self._roll_back(conn)
-            op_failed(op, exc)
+            op_failed(op, exc, failures=self.failures)
             return False
         self.counters.end_op(ok=True)
         return True
@@ -149,7 +151,7 @@ class Transactions:
                 conn.execute("ROLLBACK TO op")
                 conn.execute("RELEASE op")
             self.counters.end_op(ok=False)
-            op_failed(op, exc)
+            op_failed(op, exc, failures=self.failures)
             return False
         self.counters.end_op(ok=True)
         if write:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import threading
+import time
 from collections.abc import Callable
 from typing import Any, Final, Generic, Literal, TypeVar
 
@@ -19,7 +21,7 @@ import trio
 from signald.history.contract import StorageError, storage_error
 from signald.history.writes import SKIP
 
-__all__ = ["SKIP", "Op", "OpKind", "StorageError", "complete", "op_failed", "storage_error"]
+__all__ = ["SKIP", "FailureLog", "Op", "OpKind", "StorageError", "complete", "op_failed", "storage_error"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,11 +57,52 @@ class Op(Generic[T]):
         self.done = trio.Event() if then is None else _NO_WAITER
 
 
-def op_failed(op: Op[Any], exc: Exception, db_errors: type[Exception] | tuple[type[Exception], ...] = sqlite3.Error
-              ) -> None:
-    """Record why ``op`` failed: driver errors (``db_errors``) become a :class:`StorageError`, logged."""
+#: How often a store that keeps failing logs a line about it (after the first failure's traceback).
+FAILURE_LOG_INTERVAL_S: Final = 10.0
+
+
+class FailureLog:
+    """The log of one store's failures: the first with its traceback, then at most one line per
+    :data:`FAILURE_LOG_INTERVAL_S` ("N more store failures like it"), where a full disk failed every
+    transaction with a traceback (~1000 in 3 s). A failure after a quiet interval is a first again.
+
+    Thread-safe (the writer thread and the Trio thread's inline commits both fail ops).
+    """
+
+    def __init__(self, log: logging.Logger = logger, clock: Callable[[], float] = time.monotonic,
+                 interval_s: float | None = None) -> None:
+        self._log = log
+        self._clock = clock
+        self._interval = FAILURE_LOG_INTERVAL_S if interval_s is None else interval_s
+        self._lock = threading.Lock()
+        self._quiet_from = -float("inf")  # when the current interval ends
+        self._more = 0  # failures not logged in the current interval
+
+    def failed(self, exc: BaseException, message: str, *args: object) -> None:
+        """Log failure ``exc`` (``message % args``), or count it for the next summary line."""
+        with self._lock:
+            now = self._clock()
+            if now < self._quiet_from:
+                self._more += 1
+                return
+            more, self._more = self._more, 0
+            self._quiet_from = now + self._interval
+        if more:  # it kept failing: one line for the interval, this failure included
+            self._log.error("%d more store failures like it in the last %g s; the last: %s: %s",
+                         more + 1, self._interval, type(exc).__name__, exc)
+            return
+        self._log.error(message, *args, exc_info=exc)
+
+
+def op_failed(op: Op[Any], exc: Exception, db_errors: type[Exception] | tuple[type[Exception], ...] = sqlite3.Error,
+              failures: FailureLog | None = None) -> None:
+    """Record why ``op`` failed: driver errors (``db_errors``) become a :class:`StorageError`, logged
+    (through ``failures`` when given: the store's rate-limited log)."""
     if isinstance(exc, db_errors):
-        logger.error("history operation failed", exc_info=exc)
+        if failures is None:
+            logger.error("history operation failed", exc_info=exc)
+        else:
+            failures.failed(exc, "history operation failed")
         op.error = storage_error(exc)
     else:
         op.error = exc

@@ -95,6 +95,10 @@ def read_op_id(frame: bytes | str, *, msgpack: bool = False) -> OpId:
     decoder = _msgpack_id if msgpack and not isinstance(frame, str) else _json_id
     try:
         op_id = decoder.decode(cast(Any, frame)).id
+    except msgspec.ValidationError:  # before DecodeError, its base class
+        if decoder is not _msgpack_id:
+            return None
+        op_id = _msgpack_id_beside_other_keys(frame)
     except msgspec.DecodeError as exc:
         if decoder is _json_id and _for_a_surrogate(exc, frame):
             return _id_beside_lone_surrogate(frame)
@@ -104,6 +108,22 @@ def read_op_id(frame: bytes | str, *, msgpack: bool = False) -> OpId:
     if msgpack and type(op_id) is int and not fits_wire_int(op_id):
         return None
     return op_id
+
+
+# A map of keys of any type whose values are left unbuilt (msgspec skips them as raw bytes).
+_msgpack_raw_map: Final = msgspec.msgpack.Decoder(dict[Any, msgspec.Raw])
+
+
+def _msgpack_id_beside_other_keys(frame: bytes | str) -> OpId:
+    """The ``id`` of a MessagePack map that :class:`_IdOnly` refuses, typically for a key that is no
+    string (``{1: 2, "id": 5}``, which MessagePack allows and :func:`decode_frame` reads): the map is
+    read again with keys of any type and every value left raw, then only the ``id`` is decoded. Only
+    refused frames come here; the second pass is as cheap as the first (nothing else is built)."""
+    try:
+        raw = _msgpack_raw_map.decode(cast(Any, frame)).get("id")
+        return None if raw is None else _readable_op_id(_msgpack_any.decode(raw))
+    except (*_DECODE_FAILURES, TypeError):
+        return None
 
 
 SURROGATE_READ_BYTES: Final = 1 << 16  # the largest frame read again for its id beside a lone surrogate

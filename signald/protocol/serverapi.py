@@ -3,8 +3,8 @@
 Bodies are decoded with msgspec into the structs below, so a bad body becomes an
 ``INVALID_PAYLOAD`` error whose message names the field (``$.room``), exactly as a bad WebSocket
 frame does; where a call does what a WebSocket request does, it reuses that request's struct
-(``kick`` decodes :class:`KickBody`, a :class:`~signald.protocol.inbound.RoomKickData`, ``history`` builds a
-:class:`~signald.protocol.inbound.ChatHistoryData`). Sans-IO: no sockets, no event loop.
+(``kick`` decodes :class:`KickBody`, a :class:`~signald.protocol.inbound.RoomKickData`, ``history``
+:class:`HistoryQuery`, a :class:`~signald.protocol.inbound.ChatHistoryData`). Sans-IO: no sockets, no event loop.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from msgspec import Meta, Struct
 
 from signald.errors import ErrorCode, SignalError
 from signald.protocol.common import Reason, RoomName, UserId, check_free_form, field_error_text
-from signald.protocol.inbound import RoomKickData
+from signald.protocol.inbound import ChatHistoryData, RoomKickData
 from signald.protocol.types import APP_EVENT_PREFIX
 
 # Every error code, with the HTTP status an API call that fails with it answers. A body that is
@@ -79,6 +79,12 @@ class DisconnectBody(Struct, forbid_unknown_fields=True):
 class KickBody(RoomKickData, forbid_unknown_fields=True):
     """``POST /api/v1/kick``: ``room.kick``'s fields, with unknown fields refused like every body's (a
     WebSocket frame ignores them; a backend's ``"reson"`` must not drop its reason silently)."""
+
+
+class HistoryQuery(ChatHistoryData, forbid_unknown_fields=True):
+    """``GET /api/v1/history?room=R&before=&after=&limit=``: ``chat.history``'s fields, with unknown
+    parameters refused as ``presence`` refuses them (a frame ignores unknown fields; a backend's
+    ``limt=5`` must not silently give a default page)."""
 
 
 class PresenceQuery(Struct, forbid_unknown_fields=True):

@@ -23,10 +23,12 @@ from wsproto.events import BytesMessage, CloseConnection, TextMessage
 from signald.delivery.outbox import direct_writer
 from signald.transport.framing import close_frame
 from signald.transport.upgrade import (
-    BAD_REQUEST,
+    HEAD_TOO_LARGE,
+    MAX_HEAD_BYTES,
     BadUpgrade,
     Upgrade,
     asks_for_websocket,
+    head_bytes,
     switching_protocols,
     vet_request,
 )
@@ -74,7 +76,7 @@ class Handshake:
     Error handling: bytes h11 cannot parse, and a request that is not an acceptable upgrade, end
     the reading: with ``keep_plain`` the bytes are kept for the plain-HTTP server, unless the
     request asked for a WebSocket (:func:`asks_for_websocket`); else, and then, they are answered
-    with :func:`vet_request`'s status (400 for what h11 refuses).
+    with :func:`vet_request`'s status (400 for what h11 refuses, 431 for a head over 16 KiB).
     """
 
     def __init__(self, stream: trio.abc.Stream, *, keep_plain: bool = False) -> None:
@@ -84,6 +86,7 @@ class Handshake:
         # kept in ``plain`` for the plain-HTTP server (signald.transport.http) to parse again.
         self._received: bytearray | None = bytearray() if keep_plain else None
         self.plain: bytes | None = None
+        self._fed = 0  # bytes given to h11: only a request after more than MAX_HEAD_BYTES is measured
         self._request: Upgrade | None = None  # the upgrade asked for, once all of it arrived
         self._ended = False  # the stream ended, or what it sent is not an upgrade
         self._answer: BadUpgrade | None = None  # the refusal of a bad request, not sent yet
@@ -143,16 +146,19 @@ class Handshake:
         if self._received is not None:
             self._received += data
         self._h11.receive_data(data)
+        self._fed += len(data)
         event: h11.Request | None = None
         try:
             next_event = self._h11.next_event()  # the request, else NEED_DATA: nothing after it matters
-        except h11.RemoteProtocolError:  # not HTTP: the plain-HTTP server (if any) answers it as such
-            vetted: Upgrade | BadUpgrade = BAD_REQUEST
+        except h11.RemoteProtocolError as exc:  # not HTTP: the plain-HTTP server (if any) answers it as such
+            vetted: Upgrade | BadUpgrade = BadUpgrade(exc.error_status_hint)  # 400, or 431 for a long head
         else:
             if not isinstance(next_event, h11.Request):
                 return None
             event = next_event
-            vetted = vet_request(event)
+            # h11 bounds only an incomplete head; one read may have completed a larger one.
+            too_large = self._fed > MAX_HEAD_BYTES and head_bytes(event) > MAX_HEAD_BYTES
+            vetted = HEAD_TOO_LARGE if too_large else vet_request(event)
         if isinstance(vetted, Upgrade):
             self._request, self._received = vetted, None
             return vetted

@@ -27,11 +27,15 @@ import trio
 
 from signald.errors import ErrorCode
 from signald.protocol.serverapi import STATUS_OF, error_body
+from signald.transport.upgrade import MAX_HEAD_BYTES, head_bytes
 
 log = logging.getLogger("signald.http")
 
 RECEIVE_BYTES: Final = 16384
-MAX_HEADER_BYTES: Final = 16384
+#: What a refused client may still send after our answer, and for how long, before we hang up anyway.
+LINGER_BYTES: Final = 1 << 20
+LINGER_S: Final = 5.0
+MAX_HEADER_BYTES: Final = MAX_HEAD_BYTES
 
 
 @attrs.frozen
@@ -120,6 +124,7 @@ async def serve_http(
             return
         except _Refused as refused:
             await _respond(conn, stream, refused.response, head=False)
+            await linger(stream)
             return
         if request is None:
             return
@@ -130,8 +135,27 @@ async def serve_http(
             response = error_response("INTERNAL", "internal error")
         await _respond(conn, stream, response, head=request.method == "HEAD")
         if response.close or conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+            await linger(stream)
             return
         conn.start_next_cycle()
+
+
+async def linger(stream: trio.abc.Stream) -> None:
+    """Before the caller closes ``stream``: half-close it (TCP FIN after our answer; plain TCP only)
+    and read and drop what the client still sends until it closes its end, at most
+    :data:`LINGER_BYTES` for at most :data:`LINGER_S`, as HTTP servers do (nginx's lingering close).
+
+    Closing with the client's bytes unread (the body after a refused head, a body over the limit)
+    makes the kernel reset the connection: a client still writing fails its write, or loses our
+    answer before it reads it. :meth:`signald.transport.closing.ClosableWebSocket._linger` does the
+    same for a WebSocket, around its outbox and close frames.
+    """
+    with trio.move_on_after(LINGER_S), contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+        if isinstance(stream, trio.abc.HalfCloseableStream):
+            await stream.send_eof()
+        left = LINGER_BYTES
+        while left > 0 and (data := await stream.receive_some(RECEIVE_BYTES)):
+            left -= len(data)
 
 
 async def _receive(conn: h11.Connection, stream: trio.abc.Stream) -> None:
@@ -158,6 +182,8 @@ async def _read_request(
             await _receive(conn, stream)
         elif isinstance(event, h11.Request):
             head = event
+            if head_bytes(event) > MAX_HEADER_BYTES:  # h11 bounds only an incomplete head
+                raise _Refused(HttpResponse(431, b"request header fields too large\n", "text/plain", close=True))
             length = _content_length(event)
             if length is not None and length > max_body_bytes:
                 raise _Refused(error_response("TOO_LARGE", f"the body is over {max_body_bytes} bytes", close=True))

@@ -53,6 +53,24 @@ class BadUpgrade:
 #: wsproto's answer to anything that is not a well-formed upgrade.
 BAD_REQUEST: Final = BadUpgrade(400)
 
+#: The largest request head (request line and headers) either server reads: h11's default bound.
+MAX_HEAD_BYTES: Final = 16384
+#: The answer to a larger one, whether it is an upgrade or plain HTTP.
+HEAD_TOO_LARGE: Final = BadUpgrade(431)
+
+
+def head_bytes(request: h11.Request) -> int:
+    """The size of ``request``'s head as h11 read it (less any optional whitespace it dropped).
+
+    h11 bounds a head only while it is incomplete (``max_incomplete_event_size``): one that a single
+    read completes may be larger by up to that read's size. Checking this size against
+    :data:`MAX_HEAD_BYTES` makes the bound the same whatever the read boundaries.
+    """
+    size = len(request.method) + len(request.target) + len(request.http_version) + 9  # " ", " HTTP/", CRLF
+    for name, value in request.headers.raw_items():
+        size += len(name) + len(value) + 4  # ": ", CRLF
+    return size + 2  # the blank line
+
 
 def vet_request(request: h11.Request) -> Upgrade | BadUpgrade:
     """The upgrade ``request`` asks for, or how to refuse it.

@@ -7,6 +7,7 @@ other member once (live, or by the exact resume a node's 1012 asks for)."""
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -116,10 +117,14 @@ async def test_postgres_restarted_under_three_nodes_with_redis_up(
 
 @pytest.mark.parametrize("first", ["postgres", "redis"])
 async def test_postgres_and_redis_restarted_together_under_three_nodes(
-    nursery: trio.Nursery, tmp_path: Path, postgres_server: PostgresServer, first: str
+    nursery: trio.Nursery, tmp_path: Path, postgres_server: PostgresServer, first: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Both down at once, back in either order: with Redis back first, each node's resync after
-    the broker outage reads the store that is still down, and must try again rather than settle."""
+    the broker outage reads the store that is still down, and must try again rather than settle.
+    Its log line names the store: it said "the broker (Redis) failed: INTERNAL: ...", which sent
+    an operator to a Redis that was fine."""
+    caplog.set_level(logging.INFO, logger="signald.cluster")
     redis = RedisServer(redis_binary(), tmp_path, free_port())  # its own: the session's stays up
     redis.start()
     try:
@@ -150,3 +155,7 @@ async def test_postgres_and_redis_restarted_together_under_three_nodes(
                 await everyone_saw(clients, [n.url for n in nodes], acked)
     finally:
         redis.stop()
+    lines = [r.getMessage() for r in caplog.records if r.name == "signald.cluster"]
+    assert not [line for line in lines if "broker (Redis) failed" in line and "INTERNAL" in line], lines
+    if first == "redis":  # each node's resync met the store still down
+        assert [line for line in lines if "the history store failed" in line], lines

@@ -5,10 +5,12 @@ shrunk to the one input that broke a promise of docs/protocol.md, against an in-
 from __future__ import annotations
 
 import logging
+import socket
 from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 import trio
 from conftest import events_of, make_config, start_server
@@ -85,6 +87,21 @@ async def test_a_text_frame_whose_id_msgpack_cannot_carry_is_refused_on_a_msgpac
         reply = await reply_to(alice, too_large)
         assert (reply["data"]["code"], reply["data"]["op_id"]) == ("TOO_LARGE", None)
         assert (await alice.request_raw("presence.ping", op_id=7))["data"]["op_id"] == 7
+
+
+async def test_a_refused_msgpack_frame_whose_map_has_a_key_that_is_no_string_keeps_its_id(
+    server: RunningServer,
+) -> None:
+    """MessagePack maps may have keys of any type. A frame refused before it is decoded (here
+    TOO_LARGE) was answered with ``op_id: null`` when its map held such a key, though its ``id`` was
+    readable and the same frame, refused after decoding, kept it."""
+    async with connect(server.url, user="alice", msgpack=True) as alice:
+        for op_id in (9, "big-1"):
+            frame = msgspec.msgpack.encode({1: 2, "type": "presence.ping", "id": op_id, "pad": "x" * 70_000})
+            reply = await reply_to(alice, frame)
+            assert (reply["type"], reply["data"]["code"], reply["data"]["op_id"]) == ("error", "TOO_LARGE", op_id)
+        reply = await reply_to(alice, msgspec.msgpack.encode({1: 2, "type": "presence.pang", "id": 10}))
+        assert (reply["data"]["code"], reply["data"]["op_id"]) == ("UNKNOWN_TYPE", 10)
 
 
 async def test_text_cut_after_half_an_emoji_is_refused_as_a_lone_surrogate_with_its_id(server: RunningServer) -> None:
@@ -235,6 +252,68 @@ async def test_an_upgrade_that_cannot_be_accepted_gets_its_documented_status_not
     assert b"signald WebSocket endpoint" not in got
     if status == b"426":
         assert b"Sec-WebSocket-Version: 13" in got
+
+
+@pytest.mark.parametrize("padding", [17_000, 20_000, 30_000])
+@pytest.mark.parametrize("upgrade", [True, False])
+async def test_a_request_head_over_16_kib_gets_431_whatever_the_read_boundaries(
+    server: RunningServer, padding: int, upgrade: bool,
+) -> None:
+    """h11 bounds only a request it has not seen whole (16 KiB), and the daemon reads 16 KiB at a
+    time: an upgrade of 17-32 KiB written at once was completed by its second read and accepted
+    (101), while the same request arriving in smaller pieces got 431. Now its size decides."""
+    request = UPGRADE if upgrade else b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    request = request.replace(b"Host: x\r\n", b"Host: x\r\nX-Padding: " + b"p" * padding + b"\r\n")
+    got = await answer_to(server, request)
+    assert got.startswith(b"HTTP/1.1 431 "), got[:200]
+
+
+async def test_a_request_head_of_exactly_16_kib_is_still_served(server: RunningServer) -> None:
+    head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Padding: \r\n\r\n"
+    for size, status in ((16384, b"200"), (16385, b"431")):
+        request = head.replace(b"X-Padding: ", b"X-Padding: " + b"p" * (size - len(head)))
+        assert len(request) == size
+        got = await answer_to(server, request)
+        assert got.startswith(b"HTTP/1.1 " + status + b" "), (size, got[:200])
+
+
+async def whole_answer_despite_unread_input(server: RunningServer, request: bytes, more: bytes) -> bytes:
+    """What the daemon answers to ``request`` followed by ``more`` (which it refuses to read as a
+    request), read to the end once all of it is written, as an HTTP client that sends its whole
+    body first does; a TCP reset fails the write or cuts the answer short."""
+    port = int(server.url.rstrip("/").rsplit(":", 1)[1])
+    got = b""
+    async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
+        # A small send buffer: the writes wait on the daemon's reads, as over a long path.
+        stream.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+        with trio.fail_after(5):
+            try:
+                await stream.send_all(request + more)
+                while chunk := await stream.receive_some(65536):
+                    got += chunk
+            except trio.BrokenResourceError as exc:
+                raise AssertionError(f"connection reset after {got[:100]!r}") from exc
+    return got
+
+
+@pytest.mark.parametrize(("request_bytes", "status"), [
+    (b"GET /healthz HTTP/1.1\r\nHost: x\r\nNo colon here\r\nContent-Length: 400000\r\n\r\n", b"400"),
+    (b"POST /api/v1/publish HTTP/1.1\r\nHost: x\r\nContent-Length: 400000\r\n\r\n", b"400"),  # TOO_LARGE
+    (b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Padding: " + b"p" * 20_000 + b"\r\n\r\n", b"431"),
+])
+async def test_a_refused_request_is_answered_whole_though_the_client_sent_more_than_was_read(
+    api_server: RunningServer, request_bytes: bytes, status: bytes,
+) -> None:
+    """A refused plain HTTP request closed the connection with the client's input unread: the
+    kernel then answers with a TCP reset, and a client still writing (a large body after a bad
+    header) lost the response it had not read yet. The daemon now half-closes and reads what
+    follows (bounded) before it closes, as HTTP servers do."""
+    got = await whole_answer_despite_unread_input(api_server, request_bytes, b"b" * 600_000)
+    head, _, body = got.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 " + status + b" "), got[:200]
+    fields = dict(line.split(b":", 1) for line in head.lower().split(b"\r\n")[1:])
+    length = int(fields[b"content-length"])
+    assert len(body) == length, got
 
 
 async def test_requests_that_never_asked_for_a_websocket_are_still_plain_http(server: RunningServer) -> None:

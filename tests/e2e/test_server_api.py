@@ -119,6 +119,21 @@ async def test_presence_history_and_stats_answer_what_the_websocket_requests_ans
         assert "limit" in too_big.json()["error"]["message"]
 
 
+async def test_history_refuses_an_unknown_query_parameter_as_presence_does(
+    api_server: RunningServer, http: httpx.AsyncClient
+) -> None:
+    """``presence`` answered 400 to an unknown parameter, ``history`` ignored it: a backend's
+    ``?room=lobby&limt=5`` (or ``&befor=9``) got a full first page and no sign of its typo."""
+    for call, query in (("presence", "room=lobby&limt=5"), ("history", "room=lobby&limt=5"),
+                        ("history", "room=lobby&befor=9&limit=1")):
+        refused = await http.get(f"/api/v1/{call}?{query}", headers=AUTH)
+        assert refused.status_code == 400, (call, query, refused.text)
+        error = refused.json()["error"]
+        assert error["code"] == "INVALID_PAYLOAD" and "unknown field" in error["message"], (call, error)
+        assert query.split("&")[1].split("=")[0] in error["message"], (call, error)
+    assert (await http.get("/api/v1/history?room=lobby&before=&limit=1", headers=AUTH)).status_code == 200
+
+
 @pytest.mark.parametrize("headers", [{}, {"authorization": "Bearer nope"}, {"authorization": KEY}])
 async def test_a_missing_or_wrong_key_is_401_and_nothing_happens(
     api_server: RunningServer, http: httpx.AsyncClient, headers: dict[str, str]

@@ -8,6 +8,7 @@ root, and a filesystem with a file open for writing cannot be remounted read-onl
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import subprocess
@@ -101,3 +102,44 @@ async def test_a_full_disk_refuses_sends_and_they_work_again_once_there_is_room(
             filler.unlink()
             acked.append(await ann.request("chat.send", {"scope": "lobby", "body": "after"}))
             assert await all_history(ann, "lobby") == acked
+
+
+async def test_a_store_that_keeps_failing_logs_one_traceback_then_a_line_per_interval(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A full disk logged a whole traceback for every failed transaction (~1000 in 3 s), drowning the
+    log. Now the first failure has its traceback and then one line per interval counts the rest."""
+    interval_s = 0.5
+    monkeypatch.setattr("signald.history.work.FAILURE_LOG_INTERVAL_S", interval_s, raising=False)
+    caplog.set_level(logging.ERROR, logger="signald.history")
+    with small_filesystem("4m") as where, trio.fail_after(20):
+        server = await start_server(nursery, make_config(where, limits={"rate_per_s": 1e6, "rate_burst": 1_000_000}))
+        async with connect(server.url, user="ann") as ann:
+            await ann.request("room.join", {"room": "lobby"})
+            filler = where / "filler"
+            with filler.open("wb", buffering=0) as out, contextlib.suppress(OSError):  # ENOSPC: full
+                while True:
+                    out.write(b"\0" * 65536)
+            refused = 0
+            for i in range(2000):
+                reply = await ann.request_raw("chat.send", {"scope": "lobby", "body": f"{i:04} " + "x" * 3000})
+                refused += reply["type"] == "error"
+                if refused == 50:
+                    break
+            assert refused == 50, "the full disk did not refuse the sends"
+            started = trio.current_time()
+
+            def store_records() -> list[logging.LogRecord]:
+                return [r for r in caplog.records if r.name.startswith("signald.history")]
+
+            while not any("more store failures like it" in r.getMessage() for r in store_records()):
+                reply = await ann.request_raw("chat.send", {"scope": "lobby", "body": "y" * 3000})
+                assert reply["type"] == "error", reply
+            elapsed = trio.current_time() - started
+            filler.unlink()
+            await ann.request("chat.send", {"scope": "lobby", "body": "after"})
+    records = store_records()
+    assert len([r for r in records if r.exc_info]) == 1, [r.getMessage() for r in records]
+    summaries = [r.getMessage() for r in records if "more store failures like it" in r.getMessage()]
+    assert 1 <= len(summaries) <= elapsed / interval_s + 2, summaries
+    assert all("Error" in line for line in summaries), summaries  # the last failure named, in one line

@@ -189,3 +189,19 @@ def test_a_lone_high_surrogate_is_refused_as_one_with_its_id(body: str, as_text:
     with pytest.raises(FrameError) as refused:
         decode_frame(cut)
     assert (refused.value.code, refused.value.op_id) == ("BAD_REQUEST", None)
+
+
+@pytest.mark.parametrize("other_key", [1, -3, b"k", 1.5, True, None, (1, 2)])
+@pytest.mark.parametrize("op_id", [5, "c-9", 2**64 - 1])
+def test_a_msgpack_map_with_a_key_that_is_no_string_keeps_its_id(other_key: Any, op_id: Any) -> None:
+    """MessagePack maps may have keys of any type; decode_frame reads such a map and echoes its id,
+    so the refusals answered before decoding (RATE_LIMITED, TOO_LARGE) must echo it too. The id-only
+    Struct refused the map and the reply carried ``op_id: null``."""
+    frame = msgspec.msgpack.encode({other_key: 2, "type": "presence.ping", "id": op_id, "data": {}})
+    assert read_op_id(frame, msgpack=True) == op_id
+    with pytest.raises(FrameError) as refused:
+        decode_frame(msgspec.msgpack.encode({other_key: 2, "type": "nope", "id": op_id}), msgpack=True)
+    assert refused.value.op_id == op_id
+    for unreadable in UNREADABLE:
+        assert read_op_id(msgspec.msgpack.encode({other_key: 2, "id": unreadable}), msgpack=True) is None
+    assert read_op_id(msgspec.msgpack.encode({other_key: 2}), msgpack=True) is None
