@@ -98,8 +98,7 @@ class LimitsConfig:
     history_page_max: int = field(default=200, validator=_positive)
     ring_timeout_s: float = field(default=30.0, validator=_positive)
     typing_timeout_s: float = field(default=6.0, validator=_positive)
-    # Shared by all of a user's connections, on top of rate_per_s / rate_burst (not in welcome.limits);
-    # unset: twice the per-connection values (see user_rate).
+    # Per user (all its connections), on top of rate_per_s / rate_burst (not in welcome.limits); unset: twice those
     user_rate_per_s: float | None = field(default=None, validator=attrs.validators.optional(_positive))
     user_rate_burst: int | None = field(default=None, validator=attrs.validators.optional(_positive))
 
@@ -149,6 +148,7 @@ class HistoryConfig:
     url: str | None = field(default=None, validator=_history_url, repr=_url_repr)
     synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
     inline_commits: bool = True
+    request_timeout_s: float = field(default=10.0, validator=_positive)  # a request's wait for the store, at most
     retention_max_age_s: float = field(default=0.0, validator=_non_negative)
     retention_max_count: int = field(default=0, validator=_non_negative)
 

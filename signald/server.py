@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import ssl
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
@@ -347,6 +348,7 @@ async def _serve_client(serving: _Serving, stream: trio.abc.Stream) -> None:
     ws.on_silent = partial(_silent, session)
     ws.parking = hub.parking
     ws.flood = session.flood  # pings, pongs and fragments count too
+    session.reader = weakref.ref(ws)  # when it last read: see HistoryService.answered
     welcome = Frame(Welcome(data=WelcomeData(
         protocol_version=PROTOCOL_VERSION,
         session_id=session.session_id,

@@ -60,6 +60,7 @@ class DeferredReply:
     _place: HeldReply
     _kind: str
     _op_id: Any
+    sent: bool = attrs.field(default=False, init=False)  # answered: a later outcome is dropped (one reply)
 
     def done(self, result: Any) -> None:
         """The work succeeded with ``result``: ``ack`` it (or nothing, for a request without id)."""
@@ -72,5 +73,8 @@ class DeferredReply:
                                  session_id=session.session_id, may_audit=session.may_audit))
 
     def _send(self, reply: Outbound | None) -> None:
+        if self.sent:  # e.g. the store answered after the request's deadline had answered it
+            return
+        self.sent = True
         session = self._session
         session.release(self._place, partial(self._hub.reply_now, session, reply) if reply is not None else None)

@@ -14,6 +14,23 @@ Joining a room with history
     (:meth:`capturing`). Once the read is back the handler joins and :meth:`replay` delivers what
     was kept and committed after the read (a higher ``rev``; read receipts, which have none, all).
 
+A store that does not answer
+    A request waits for the store at most ``history.request_timeout_s`` (below the heartbeat's
+    ``heartbeat_s`` + ``heartbeat_timeout_s``, so that a reader waiting on a hung store is back to
+    reading before its healthy client is taken for dead), then gets ``INTERNAL``. An awaited call
+    is bounded by :meth:`answered` (one cancel scope around the wait; the store's operation is not
+    cancelled, its result is dropped). Once a connection's request timed out, those of its requests
+    that were read before that (they waited behind it) and need the store fail at once: requests
+    sent together (a client rejoining its rooms after a reconnect) would otherwise hold its reader
+    ``request_timeout_s`` each, one after the other, and the heartbeat would give up on it all the
+    same. What it reads next is tried again.
+
+    A ``chat.send`` is not awaited (its ack follows the commit): :meth:`watch` keeps those not
+    acked when ``send_nowait`` returned, oldest first, and :meth:`run` answers the ones still
+    unacked at their deadline (a late commit then sends nothing: a deferred reply is sent once).
+    One task for the daemon, no timer per send; it wakes every :data:`PRUNE_S` while sends are
+    watched, to drop those acked meanwhile.
+
 Last seen
     Presence keeps last-seen times in memory (capped for offline users); every
     ``LAST_SEEN_FLUSH_S`` the changed ones are written to the store, except those of the guest ids
@@ -28,9 +45,12 @@ from __future__ import annotations
 import functools
 import logging
 import re
-from collections.abc import Callable, Iterable, Iterator
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Final
+from typing import Any, Final, Protocol, TypeVar
 
 import attrs
 import trio
@@ -51,7 +71,31 @@ LAST_SEEN_FLUSH_S: Final = 30.0
 LAST_SEEN_AT_CLOSE_S: Final = 2.0
 """The longest a stopping daemon waits for its last flush of last-seen times."""
 DEFAULT_PAGE_LIMIT: Final = 50  # a page without limit: 50, or history_page_max if that is lower
+PRUNE_S: Final = 0.5
+"""While sends are watched, how often the ones acked meanwhile are dropped from the watch."""
+MAY_BE_DONE: Final = "; the change may still be made"
+MAY_BE_STORED: Final = "; the message may still be stored: send it again with the same client_msg_id"
 GUEST_ID: Final = re.compile(r"guest-[0-9a-f]{8}")  # what auth mode none gives a connection without ?user=
+
+T = TypeVar("T")
+
+
+class Unanswered(Protocol):
+    """A reply still to send (:class:`signald.app.context.DeferredReply`): ``sent`` once answered."""
+
+    @property
+    def sent(self) -> bool: ...
+
+    def failed(self, exc: BaseException) -> None: ...
+
+
+class Waiter(Protocol):
+    """The connection a request came on (:class:`signald.app.session.Session`)."""
+
+    store_late_at: float
+
+    def heard_at(self) -> float: ...
+
 
 Deliver = Callable[[Iterable[str], Outbound | Frame], int]
 Forward = Callable[[str, Frame, "str | None"], None]  # Replica.history_event
@@ -80,6 +124,60 @@ class HistoryService:
     _forward: Forward | None = attrs.field(default=None, kw_only=True)
     # room -> joining conn -> events kept for it while its join reads history
     _joining: dict[str, dict[str, list[Frame]]] = attrs.field(init=False, factory=dict)
+    request_timeout_s: float = attrs.field(default=10.0, kw_only=True)
+    # (perf_counter at the send, its reply by weak reference: an acked one, freed, keeps no session alive)
+    _watched: deque[tuple[float, weakref.ref[Unanswered]]] = attrs.field(init=False, factory=deque)
+    _watching: trio.Event = attrs.field(init=False, factory=trio.Event)  # set once a send is watched
+
+    # ------------------------------------------------------------------ a store that does not answer
+
+    def too_late(self, then: str = "") -> SignalError:
+        """The ``INTERNAL`` error of a request the store did not answer in time (``then``: what may still happen)."""
+        return SignalError("INTERNAL", f"the history store did not answer within {self.request_timeout_s:g} s{then}")
+
+    async def answered(self, call: Coroutine[Any, Any, T], then: str = "", by: Waiter | None = None) -> T:
+        """``await call``, at most ``request_timeout_s``; then ``INTERNAL`` (``then`` says what may still
+        happen). For a request of connection ``by``: at once if it was read before one of ``by``'s
+        requests timed out (it waited behind it: a reader is never held up more than once in a row)."""
+        if by is not None and by.store_late_at >= by.heard_at():
+            call.close()
+            raise self.too_late(then)
+        with trio.move_on_after(self.request_timeout_s):
+            return await call
+        if by is not None:
+            by.store_late_at = trio.current_time()
+        raise self.too_late(then)
+
+    def watch(self, started: float, reply: Unanswered) -> None:
+        """Answer ``reply`` (a send, made at ``time.perf_counter()`` ``started``) with ``INTERNAL``
+        unless it is sent within ``request_timeout_s``."""
+        self._watched.append((started, weakref.ref(reply)))
+        self._watching.set()
+
+    async def run(self) -> None:
+        """The app's history tasks: the last-seen flusher and the sends' deadline."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.run_last_seen_flusher)
+            nursery.start_soon(self._answer_late_sends)
+
+    async def _answer_late_sends(self) -> None:
+        watched, limit = self._watched, self.request_timeout_s
+        while True:
+            while watched and ((reply := watched[0][1]()) is None or reply.sent):
+                watched.popleft()
+            if not watched:
+                self._watching = trio.Event()
+                await self._watching.wait()
+                continue
+            started, ref = watched[0]
+            left = started + limit - time.perf_counter()
+            if left > 0:
+                del reply  # not kept while asleep
+                await trio.sleep(min(left, PRUNE_S))
+                continue
+            watched.popleft()
+            if (reply := ref()) is not None:
+                reply.failed(self.too_late(MAY_BE_STORED))
 
     # ------------------------------------------------------------------ room events
 
@@ -139,20 +237,21 @@ class HistoryService:
         return limit
 
     async def page(self, room: str, before: int | None, after: int | None, limit: int | None,
-                   where: str = "$.data.limit") -> HistoryPage:
+                   where: str = "$.data.limit", by: Waiter | None = None) -> HistoryPage:
         """One history page of ``room``, as ``chat.history`` and ``GET /api/v1/history`` answer it."""
         count = self.page_limit(limit, where)
         if before is not None and after is not None and before <= after + 1:
             return HistoryPage(messages=[], has_more=False)  # an empty interval: no read needed
-        return await self.store.history(room=room, before=before, after=after, limit=count)
+        return await self.answered(self.store.history(room=room, before=before, after=after, limit=count), by=by)
 
     # ------------------------------------------------------------------ room.join
 
-    async def rejoin(self, user_id: str, room: str, since: int | None, since_rev: int | None) -> Rejoin:
+    async def rejoin(self, user_id: str, room: str, since: int | None, since_rev: int | None,
+                     by: Waiter | None = None) -> Rejoin:
         """``unread``, ``rev`` and, with ``since``/``since_rev``, what was missed (at most
         ``history_page_max`` of each)."""
-        return await self.store.rejoin(user_id=user_id, room=room, since=since, since_rev=since_rev,
-                                       limit=self._page_max)
+        return await self.answered(self.store.rejoin(user_id=user_id, room=room, since=since, since_rev=since_rev,
+                                                     limit=self._page_max), by=by)
 
     @staticmethod
     def fill_join_result(result: RoomJoinResult, rejoin: Rejoin) -> None:
@@ -182,7 +281,7 @@ class HistoryService:
             else:
                 found[user] = seen
         if ask:
-            stored = {user: epoch_of(at) for user, at in (await self.store.last_seen(ask)).items()}
+            stored = {user: epoch_of(at) for user, at in (await self.answered(self.store.last_seen(ask))).items()}
             presence.load_last_seen(stored)
             for user, at in stored.items():
                 fresher = presence.last_seen(user)  # activity while the store was read wins

@@ -132,7 +132,7 @@ class Hub:
         async with opened_store(store, where, own_message=not self.config.history_url().startswith("sqlite")):
             self.history = HistoryService(
                 store, self.presence, self.rooms, self.send_to, page_max=self.config.limits.history_page_max,
-                skip_guests=self.config.auth.mode == "none",
+                skip_guests=self.config.auth.mode == "none", request_timeout_s=history.request_timeout_s,
                 forward=self.replica.history_event if self.replica is not None else None,
             )
             try:
@@ -149,7 +149,7 @@ class Hub:
                     nursery.start_soon(self.parking.run)
                     nursery.start_soon(self.batch_cork.run)
                     nursery.start_soon(self.feeds.run)
-                    nursery.start_soon(self.history.run_last_seen_flusher)
+                    nursery.start_soon(self.history.run)
                     if self.config.calls.call_log:
                         self.call_log = CallLog(self.rooms, store, self.history.announce)
                         nursery.start_soon(self.call_log.run)

@@ -11,7 +11,7 @@ import secrets
 import weakref
 from collections.abc import Callable
 from functools import partial
-from typing import Final
+from typing import Final, Protocol
 
 import attrs
 import trio
@@ -36,6 +36,12 @@ def new_session_id() -> str:
     return "s-" + secrets.token_hex(8)
 
 
+class Heard(Protocol):
+    """A connection's reader (:class:`signald.transport.websocket.ServerWebSocket`)."""
+
+    heard_at: float  # trio.current_time() when bytes last arrived
+
+
 @attrs.define(eq=False)
 class Session:
     """State of one connection; mutated only from the Trio thread."""
@@ -56,6 +62,10 @@ class Session:
     on_close: Callable[[Session], None] | None = None  # given the session: the hub keeps no closure of it
     cancel_scope: trio.CancelScope | None = None
     beside: Beside | None = None  # an embedder's handler running beside the reader (signald.app.beside)
+    # When a request of it last waited for the history store in vain, and what reads its bytes (by weak
+    # reference: it refers to the session); the frames read before then that need the store fail at once.
+    store_late_at: float = float("-inf")
+    reader: weakref.ref[Heard] | None = None
     # Replies go out in request order (see signald.state.replies).
     replies: ReplyOrder = attrs.field(init=False, factory=ReplyOrder)
     # Audit lines about this connection's refused requests: 10 at once, then one every 2 s.
@@ -70,6 +80,11 @@ class Session:
         # without waiting for a garbage collection that would have to find the cycle first.
         self.outbox = Outbox(self.send_queue, binary=self.binary, on_overflow=partial(_overflowed, weakref.ref(self)),
                              cork=self.cork)
+
+    def heard_at(self) -> float:
+        """``trio.current_time()`` when its reader last read bytes (infinity without a reader)."""
+        reader = self.reader() if self.reader is not None else None
+        return reader.heard_at if reader is not None else float("inf")
 
     @property
     def device_id(self) -> str:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 
 from signald.app.context import Context
-from signald.app.history import HistoryService
+from signald.app.history import MAY_BE_DONE, HistoryService
 from signald.errors import SignalError
 from signald.handlers.rooms import require_member
 from signald.history.contract import ChatStore, Deleted
@@ -106,6 +106,8 @@ async def chat_send(ctx: Context, msg: ChatSend) -> Later:
         )
     except Exception as exc:  # e.g. the store is closed: the reply still takes its place
         reply.failed(exc)
+    if not reply.sent:  # not committed inline: INTERNAL if the store does not answer in time
+        service.watch(started, reply)
     return LATER
 
 
@@ -115,10 +117,10 @@ async def chat_edit(ctx: Context, msg: ChatEdit) -> ChatMessage:
     def announce(message: ChatMessage) -> None:
         _announce(ctx, message.room, ChatEditedEvent(data=message))
 
-    edited = await _history(ctx).edit(
+    edited = await _service(ctx).answered(_history(ctx).edit(
         message_id=msg.data.message_id, user_id=ctx.session.user_id, new_body=msg.data.new_body,
         on_commit=announce,
-    )
+    ), MAY_BE_DONE, ctx.session)
     await ctx.hub.published()
     return edited
 
@@ -132,10 +134,10 @@ async def chat_delete(ctx: Context, msg: ChatDelete) -> DeleteResult:
             rev=deleted.rev))
         _announce(ctx, deleted.room, event)
 
-    deleted = await _history(ctx).delete(
+    deleted = await _service(ctx).answered(_history(ctx).delete(
         message_id=data.message_id, user_id=ctx.session.user_id, mode=data.mode,
         moderator=ctx.session.is_moderator, on_commit=announce,
-    )
+    ), MAY_BE_DONE, ctx.session)
     await ctx.hub.published()
     return DeleteResult(message_id=data.message_id, deleted_at=deleted.deleted_at, rev=deleted.rev)
 
@@ -149,7 +151,8 @@ async def chat_redact(ctx: Context, msg: ChatRedact) -> RedactResult:
             message_id=message.id, room=message.room, new_body=message.body, rev=message.rev))
         _announce(ctx, message.room, event)
 
-    message = await _history(ctx).redact(message_id=msg.data.message_id, mask=msg.data.mask, on_commit=announce)
+    message = await _service(ctx).answered(_history(ctx).redact(
+        message_id=msg.data.message_id, mask=msg.data.mask, on_commit=announce), MAY_BE_DONE, ctx.session)
     await ctx.hub.published()
     return RedactResult(message_id=message.id, new_body=message.body, rev=message.rev)
 
@@ -163,8 +166,9 @@ async def chat_read(ctx: Context, msg: ChatRead) -> None:
             message_id=data.message_id, user_id=ctx.session.user_id, room=data.room))
         _announce(ctx, data.room, event)
 
-    await _history(ctx).mark_read(
-        user_id=ctx.session.user_id, room=data.room, message_id=data.message_id, on_commit=announce)
+    await _service(ctx).answered(_history(ctx).mark_read(
+        user_id=ctx.session.user_id, room=data.room, message_id=data.message_id, on_commit=announce,
+    ), MAY_BE_DONE, ctx.session)
 
 
 async def chat_reaction(ctx: Context, msg: ChatReaction) -> ReactionResult | None:
@@ -177,10 +181,10 @@ async def chat_reaction(ctx: Context, msg: ChatReaction) -> ReactionResult | Non
             action=data.action, room=data.scope, rev=rev))
         _announce(ctx, data.scope, event)
 
-    rev = await _history(ctx).react(
+    rev = await _service(ctx).answered(_history(ctx).react(
         message_id=data.message_id, user_id=ctx.session.user_id, reaction=data.reaction,
         action=data.action, room=data.scope, on_commit=announce,
-    )
+    ), MAY_BE_DONE, ctx.session)
     await ctx.hub.published()
     return None if rev is None else ReactionResult(rev=rev)
 
@@ -190,11 +194,12 @@ async def chat_changes(ctx: Context, msg: ChatChanges) -> ChangesPage:
     data = msg.data
     require_member(ctx, data.room)
     limit = _service(ctx).page_limit(data.limit)
-    return await _history(ctx).changes(room=data.room, after_rev=data.after_rev, limit=limit)
+    changes = _history(ctx).changes(room=data.room, after_rev=data.after_rev, limit=limit)
+    return await _service(ctx).answered(changes, by=ctx.session)
 
 
 async def chat_history(ctx: Context, msg: ChatHistory) -> HistoryPage:
     """A page of the room's history; ``GET /api/v1/history`` reads it the same way (:meth:`HistoryService.page`)."""
     data = msg.data
     require_member(ctx, data.room)
-    return await _service(ctx).page(data.room, data.before, data.after, data.limit)
+    return await _service(ctx).page(data.room, data.before, data.after, data.limit, by=ctx.session)

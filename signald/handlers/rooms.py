@@ -62,11 +62,11 @@ async def room_join(ctx: Context, msg: RoomJoin) -> RoomJoinResult:
         ctx.after_reply.extend(outcome.after_ack)
         result = RoomJoinResult(room=room, members=hub.member_list(room), active=outcome.active, unread=0, rev=0)
         if history is not None:
-            history.fill_join_result(result, await history.rejoin(user, room, data.since, data.since_rev))
+            history.fill_join_result(result, await history.rejoin(user, room, data.since, data.since_rev, session))
         return result
     hub.rooms.check_join(conn, user, room, max_rooms=max_rooms)
     with history.capturing(room, conn) as kept:
-        rejoin = await history.rejoin(user, room, data.since, data.since_rev)
+        rejoin = await history.rejoin(user, room, data.since, data.since_rev, session)
         if hub.replica is not None:  # the changes the read saw are delivered here first: kept, not live again
             await hub.replica.read_at(room, rejoin.rev)
     if session.detached:  # closed during the read: a gone connection must not become a member
