@@ -21,6 +21,17 @@ from signald.cluster.wire import Names
 pytestmark = pytest.mark.timeout(90)
 
 
+@asynccontextmanager
+async def node_1_again(tmp_path: Path, redis_url: str, postgres_url: str, ttl: float) -> AsyncIterator[None]:
+    """node 1 of :func:`test_cluster.nodes` started again under its ``node_id`` (as ``serve
+    --workers`` does for a dead worker), in a directory of its own."""
+    again = tmp_path / "again"
+    again.mkdir()
+    config = f'\n[cluster]\nnode_id = "node-1"\nnode_ttl_s = {ttl}\n'
+    async with daemon(again, "node", "--broker-url", redis_url, "--history-url", postgres_url, config_text=config):
+        yield
+
+
 async def test_a_node_restarted_at_once_under_its_node_id_takes_its_old_devices_offline(
     tmp_path: Path, redis_url: str, postgres_url: str
 ) -> None:
@@ -37,11 +48,7 @@ async def test_a_node_restarted_at_once_under_its_node_id_takes_its_old_devices_
             await wait_for(alice, [], lambda s: bool(of("member.joined", s)))
             doomed.send_signal(signal.SIGKILL)
             await doomed.wait()
-        again = tmp_path / "again"
-        again.mkdir()
-        config = f'\n[cluster]\nnode_id = "node-1"\nnode_ttl_s = {ttl}\n'
-        async with daemon(again, "node", "--broker-url", redis_url, "--history-url", postgres_url,
-                          config_text=config):
+        async with node_1_again(tmp_path, redis_url, postgres_url, ttl):
             left = ("member.left", {"room": "lobby", "user_id": "bob"})
             offline = ("presence.update", {"user_id": "bob", "status": "offline"})
             # not after the TTL: the node under that id never stopped beating
@@ -322,11 +329,7 @@ async def test_a_node_restarted_under_its_node_id_takes_its_old_users_chosen_sta
             await wait_for(alice, seen, lambda s: ("presence.update", {"user_id": "bob", "status": "away"}) in s)
             doomed.send_signal(signal.SIGKILL)
             await doomed.wait()
-        again = tmp_path / "again"
-        again.mkdir()
-        config = f'\n[cluster]\nnode_id = "node-1"\nnode_ttl_s = {ttl}\n'
-        async with daemon(again, "node", "--broker-url", redis_url, "--history-url", postgres_url,
-                          config_text=config):
+        async with node_1_again(tmp_path, redis_url, postgres_url, ttl):
             await wait_for(alice, seen, lambda s: ("presence.update", {"user_id": "bob", "status": "offline"}) in s,
                            within=ttl)
             redis: coredis.Redis[bytes] = coredis.Redis.from_url(redis_url)
