@@ -35,7 +35,6 @@ RECEIVE_BYTES: Final = 16384
 #: What a refused client may still send after our answer, and for how long, before we hang up anyway.
 LINGER_BYTES: Final = 1 << 20
 LINGER_S: Final = 5.0
-MAX_HEADER_BYTES: Final = MAX_HEAD_BYTES
 
 
 @attrs.frozen
@@ -113,7 +112,7 @@ async def serve_http(
     max_body_bytes: int, idle_timeout_s: float,
 ) -> None:
     """Serve HTTP requests on ``stream`` until the client closes, goes idle, or asks to close."""
-    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
+    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
     if initial:  # b"" would tell h11 the client closed
         conn.receive_data(initial)
     while True:
@@ -182,7 +181,7 @@ async def _read_request(
             await _receive(conn, stream)
         elif isinstance(event, h11.Request):
             head = event
-            if head_bytes(event) > MAX_HEADER_BYTES:  # h11 bounds only an incomplete head
+            if head_bytes(event) > MAX_HEAD_BYTES:  # h11 bounds only an incomplete head
                 raise _Refused(HttpResponse(431, b"request header fields too large\n", "text/plain", close=True))
             length = _content_length(event)
             if length is not None and length > max_body_bytes:
