@@ -241,6 +241,12 @@ class Replica(abc.ABC):
         """Call ``callback`` once everything shared so far was handed to the broker (or failed to be)."""
 
     @abc.abstractmethod
+    async def caught_up(self) -> None:
+        """Apply what the other nodes had handed to the broker before now: a change acked on another
+        node (a join, a device) is known here when this returns. For a request refused on what this
+        node knows (a call to a user not yet seen joining); gives up after a second when it cannot."""
+
+    @abc.abstractmethod
     async def enter_room(self, room: str) -> None:
         """Before a connection of this node joins ``room``: hear the room's events from now on."""
 

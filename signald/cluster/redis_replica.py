@@ -73,6 +73,7 @@ log = logging.getLogger("signald.cluster")
 SWEEP_S: Final = 2.0
 VERDICT_SLACK_S: Final = 0.01  # a node is dead once its last beat is older than node_ttl_s: look just after
 CONNECT_S: Final = 5.0  # a broker that does not answer at start within this is a startup error
+CAUGHT_UP_S: Final = 1.0  # caught_up(): a refusal waits at most this for the pub/sub to show what it missed
 
 
 class RedisReplica(Replica):
@@ -176,6 +177,9 @@ class RedisReplica(Replica):
     def user_event(self, user: str, frame: Frame) -> None:
         envelope = UserEnvelope(self.node_id, frame.text.encode())
         self.writer.put([("publish", self.names.user(user), STATE_ENCODER.encode(envelope))])
+
+    async def caught_up(self) -> None:
+        await self.subscriber.caught_up(CAUGHT_UP_S)
 
     async def enter_room(self, room: str) -> None:
         try:

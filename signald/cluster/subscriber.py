@@ -63,6 +63,8 @@ class Subscriber:
         self.problem = ""  # why the last connection was lost (Redis's error reply, if it sent one)
         self._held: list[tuple[str, bytes]] | None = []  # messages heard before release()
         self._moved_only = True  # every connection lost since moved_only() was asked: SlotMoved
+        self._pings = 0  # caught_up() PINGs sent (their numbers come back in order)
+        self._caught_up: dict[int, trio.Event] = {}  # PING number -> set once its answer is read
 
     def moved_only(self) -> bool:
         """Whether every connection lost since the last call went because signald's slot moved
@@ -108,6 +110,28 @@ class Subscriber:
             raise LinkError(f"the pub/sub connection to Redis was lost while subscribing: {self.problem}")
         if not confirmed.is_set():
             raise LinkError(f"Redis did not confirm the subscription within {CONFIRM_S:g} s")
+
+    async def caught_up(self, within: float) -> bool:
+        """Wait until every message Redis pushed to this connection before now has been handed on:
+        a ``PING`` through it, which Redis answers after what it sent before (so a change another
+        node published before this call is applied here when it returns True). False, at once,
+        while the connection is down or the messages are still held; False after ``within``
+        seconds without the answer (a connection lost meanwhile ends the wait)."""
+        link = self._link
+        if link is None or self._held is not None:
+            return False
+        self._pings += 1
+        number, answered = self._pings, trio.Event()
+        self._caught_up[number] = answered
+        try:
+            await link.send(pack("PING", str(number)))
+            with trio.move_on_after(within):
+                await answered.wait()
+        except LinkError:
+            return False
+        finally:
+            self._caught_up.pop(number, None)
+        return answered.is_set() and self._link is link
 
     async def unsubscribe(self, channel: str) -> None:
         """Stop hearing ``channel`` (messages already on the way may still arrive). Never fails: a
@@ -185,6 +209,8 @@ class Subscriber:
         self._moved_only = self._moved_only and isinstance(exc, SlotMoved)
         if self._link is link:
             self._link = None
+        for answered in self._caught_up.values():  # each caught_up() sees the link changed
+            answered.set()
         for waiting in self._waiting.values():  # each subscribe() sees the link changed and fails
             for event in waiting:
                 event.set()
@@ -219,6 +245,8 @@ class Subscriber:
         if not isinstance(reply, list) or len(reply) < 2:
             if isinstance(reply, Exception):  # an error reply: the connection is in an unknown state
                 raise (SlotMoved if str(reply).startswith("MOVED ") else LinkError)(str(reply))
+            if isinstance(reply, bytes):  # a PING answered before any subscription: its argument
+                self._pinged(reply)
             return
         kind = reply[0]
         if kind == self._message:
@@ -239,3 +267,11 @@ class Subscriber:
                 self._on_subscribed(channel)
             else:  # its subscribe() timed out or was cancelled, or unsubscribe() came first
                 strays.append(channel)
+        elif kind == b"pong":  # subscribed: ["pong", argument] (the idle PING's is empty)
+            self._pinged(reply[1])
+
+    def _pinged(self, argument: bytes) -> None:
+        if argument.isdigit():  # answers come in order: every caught_up() up to this one is done
+            number = int(argument)
+            for waiting in [n for n in self._caught_up if n <= number]:
+                self._caught_up.pop(waiting).set()

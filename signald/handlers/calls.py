@@ -36,6 +36,11 @@ async def call_offer(ctx: Context, msg: CallOffer) -> CallOfferResult:
     if data.target_id == session.user_id:
         raise SignalError("INVALID_PAYLOAD", "`$.data.target_id` is yourself")
     shares_room = hub.rooms.shares_room(session.user_id, data.target_id)
+    if hub.replica is not None and not (shares_room and hub.devices_of(data.target_id)):
+        # a refusal on what this node knows: the callee's join or device, acked on another node a
+        # moment ago, may still be on its way here; look again once the broker showed it
+        await hub.replica.caught_up()
+        shares_room = hub.rooms.shares_room(session.user_id, data.target_id)
     verdict: Literal["busy"] | None = None
     if hub.replica is not None and shares_room and hub.calls.state_of(data.call_id or "") is State.NONE:
         busy = await hub.replica.calls.offer(data.call_id, session.session_id, data.target_id)

@@ -63,6 +63,7 @@ async def room_join(ctx: Context, msg: RoomJoin) -> RoomJoinResult:
         result = RoomJoinResult(room=room, members=hub.member_list(room), active=outcome.active, unread=0, rev=0)
         if history is not None:
             history.fill_join_result(result, await history.rejoin(user, room, data.since, data.since_rev, session))
+        await hub.published()
         return result
     hub.rooms.check_join(conn, user, room, max_rooms=max_rooms)
     with history.capturing(room, conn) as kept:
@@ -80,6 +81,7 @@ async def room_join(ctx: Context, msg: RoomJoin) -> RoomJoinResult:
     result = RoomJoinResult(room=room, members=hub.member_list(room), active=outcome.active, unread=0, rev=0)
     history.fill_join_result(result, rejoin)
     log_event(log, logging.DEBUG, "room joined", room=room, user=user, session=conn)
+    await hub.published()  # several nodes: acked once the others can know (a call to this user right after)
     return result
 
 
@@ -98,8 +100,15 @@ async def room_kick(ctx: Context, msg: RoomKick) -> None:
         raise SignalError("FORBIDDEN", "room.kick needs the mod or admin role")
     require_member(ctx, data.room)
     # The embedding API's Signald.kick runs the same function: one implementation, two doors.
-    if not kick_from_room(hub, data.room, data.user_id, by=session.user_id, reason=data.reason,
-                          spare=session.session_id):
+    def kicked() -> bool:
+        return bool(kick_from_room(hub, data.room, data.user_id, by=session.user_id, reason=data.reason,
+                                   spare=session.session_id))
+
+    done = kicked()
+    if not done and hub.replica is not None:  # a join acked on another node may still be on its way
+        await hub.replica.caught_up()
+        done = kicked()
+    if not done:
         raise SignalError("NOT_IN_ROOM", f"{data.user_id!r} is not in {data.room!r}")
 
 

@@ -159,6 +159,40 @@ async def test_subscribe_returns_once_confirmed_and_the_subscriber_resubscribes_
     await publisher.aclose()
 
 
+async def test_caught_up_returns_once_what_was_published_before_it_was_handed_on(redis_url: str) -> None:
+    """A node about to refuse a request on what it knows first asks its pub/sub to catch up: every
+    message Redis took before the call is handed on when it returns True, with or without a channel
+    subscribed, for several callers at once; a connection that is down says False at once."""
+    heard: list[tuple[str, bytes]] = []
+    subscriber = Subscriber(link_to(redis_url), on_message=lambda c, d: heard.append((c, d)),
+                            on_subscribed=lambda c: None, down=lambda exc: None)
+    assert await subscriber.caught_up(1.0) is False  # not connected yet
+    publisher = await link_to(redis_url)()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(subscriber.run)
+        subscriber.release()
+        assert await subscriber.caught_up(1.0) is True  # no channel yet: a plain PONG with its number
+        await subscriber.subscribe("a")
+        for round_ in range(3):
+            sent = [str(round_ * 100 + i).encode() for i in range(100)]
+            assert await publisher.call(b"".join(pack("PUBLISH", "a", d) for d in sent), 100) == [1] * 100
+            results: list[bool] = []
+
+            async def ask() -> None:
+                results.append(await subscriber.caught_up(1.0))
+
+            async with trio.open_nursery() as asking:
+                for _ in range(3):
+                    asking.start_soon(ask)
+            assert results == [True] * 3
+            assert heard[-100:] == [("a", d) for d in sent]  # all of them, before any answer came back
+        await publisher.call(pack("CLIENT", "KILL", "TYPE", "pubsub"), 1)
+        await until(lambda: subscriber._link is None, 5)
+        assert await subscriber.caught_up(1.0) is False  # down: nothing to wait for
+        nursery.cancel_scope.cancel()
+    await publisher.aclose()
+
+
 async def test_a_subscription_confirmed_after_its_subscribe_gave_up_is_dropped(redis_url: str) -> None:
     """A subscribe() that timed out or was cancelled after its SUBSCRIBE went out: Redis confirms it
     later, when the node no longer holds the channel. The node unsubscribes instead of hearing the
