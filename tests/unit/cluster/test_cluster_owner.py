@@ -40,6 +40,30 @@ async def test_the_links_go_to_the_owner_of_the_slot_and_are_sharded_there(redis
         await link.aclose()
 
 
+async def test_a_sharded_subscriber_catches_up_through_its_ping(redis_cluster: Cluster) -> None:
+    """On a Redis Cluster the pub/sub is ``SSUBSCRIBE``d: :meth:`Subscriber.caught_up` still reads
+    its numbered ``PING``'s answer there, after every message sent to the shard before it."""
+    from signald.cluster.subscriber import Subscriber
+
+    broker = Broker(redis_cluster.url(seeds=1))
+    heard: list[bytes] = []
+    subscriber = Subscriber(broker.open_link, on_message=lambda c, d: heard.append(d),
+                            on_subscribed=lambda c: None, down=lambda exc: None, sharded=True)
+    publisher = await broker.open_link()
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(subscriber.run)
+            subscriber.release()
+            await subscriber.subscribe(f"{TAG}.state")
+            sent = [str(i).encode() for i in range(50)]
+            await publisher.call(b"".join(pack("SPUBLISH", f"{TAG}.state", d) for d in sent), 50)
+            assert await subscriber.caught_up(1.0) is True  # (False: its answer not recognised)
+            assert heard == sent
+            nursery.cancel_scope.cancel()
+    finally:
+        await publisher.aclose()
+
+
 async def test_a_server_that_is_not_a_cluster_node_is_named_with_the_reason(redis_server: RedisServer) -> None:
     port = redis_server.port
     broker = Broker(f"redis+cluster://127.0.0.1:{port}")
