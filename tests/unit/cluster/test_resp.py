@@ -159,6 +159,10 @@ async def test_subscribe_returns_once_confirmed_and_the_subscriber_resubscribes_
     await publisher.aclose()
 
 
+async def ask(subscriber: Subscriber, results: list[bool]) -> None:
+    results.append(await subscriber.caught_up(1.0))
+
+
 async def test_caught_up_returns_once_what_was_published_before_it_was_handed_on(redis_url: str) -> None:
     """A node about to refuse a request on what it knows first asks its pub/sub to catch up: every
     message Redis took before the call is handed on when it returns True, with or without a channel
@@ -177,13 +181,9 @@ async def test_caught_up_returns_once_what_was_published_before_it_was_handed_on
             sent = [str(round_ * 100 + i).encode() for i in range(100)]
             assert await publisher.call(b"".join(pack("PUBLISH", "a", d) for d in sent), 100) == [1] * 100
             results: list[bool] = []
-
-            async def ask() -> None:
-                results.append(await subscriber.caught_up(1.0))
-
             async with trio.open_nursery() as asking:
                 for _ in range(3):
-                    asking.start_soon(ask)
+                    asking.start_soon(ask, subscriber, results)
             assert results == [True] * 3
             assert heard[-100:] == [("a", d) for d in sent]  # all of them, before any answer came back
         await publisher.call(pack("CLIENT", "KILL", "TYPE", "pubsub"), 1)
