@@ -335,13 +335,14 @@ class Hub:
             self.replica.room_event(room, frame, exclude)
         return queued
 
-    async def published(self) -> None:
-        """With several nodes: wait until what this node announced so far is on its way to the others
-        (so a change is acked only once a node's death can no longer lose its live event)."""
+    async def published(self, within: float = float("inf")) -> None:
+        """With several nodes: wait (``within`` s at most) until what this node announced so far is on
+        its way to the others (so a change is acked only once a node's death cannot lose its event)."""
         if self.replica is not None:
             sent = trio.Event()
             self.replica.after_sent(sent.set)
-            await sent.wait()
+            with trio.move_on_after(within):
+                await sent.wait()
 
     def publish(self, sends: Iterable[Send]) -> None:
         """Deliver the events a state module returned, in order.

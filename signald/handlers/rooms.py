@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Final
 
 import trio
 
@@ -30,6 +31,8 @@ from signald.protocol import (
 from signald.timefmt import iso_utc
 
 log = logging.getLogger("signald.rooms")  # joins and leaves, at debug: one line each
+
+JOIN_PUBLISHED_S: Final = 1.0  # several nodes: a join's ack waits this long at most for the broker
 
 
 def require_member(ctx: Context, room: str) -> None:
@@ -63,7 +66,7 @@ async def room_join(ctx: Context, msg: RoomJoin) -> RoomJoinResult:
         result = RoomJoinResult(room=room, members=hub.member_list(room), active=outcome.active, unread=0, rev=0)
         if history is not None:
             history.fill_join_result(result, await history.rejoin(user, room, data.since, data.since_rev, session))
-        await hub.published()
+        await hub.published(within=JOIN_PUBLISHED_S)
         return result
     hub.rooms.check_join(conn, user, room, max_rooms=max_rooms)
     with history.capturing(room, conn) as kept:
@@ -81,7 +84,9 @@ async def room_join(ctx: Context, msg: RoomJoin) -> RoomJoinResult:
     result = RoomJoinResult(room=room, members=hub.member_list(room), active=outcome.active, unread=0, rev=0)
     history.fill_join_result(result, rejoin)
     log_event(log, logging.DEBUG, "room joined", room=room, user=user, session=conn)
-    await hub.published()  # several nodes: acked once the others can know (a call to this user right after)
+    # several nodes: acked once the others can know (a call to this user right after), unless the
+    # broker hangs (a join is this node's to make: it does not wait out a broker outage)
+    await hub.published(within=JOIN_PUBLISHED_S)
     return result
 
 

@@ -8,11 +8,12 @@ that a loaded machine opens now and then is open every time.
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
 from pathlib import Path
 
+import attrs
 import pytest
 import trio
 from conftest import daemon
@@ -26,8 +27,18 @@ HELD_S = 0.25
 SDP = {"type": "offer", "sdp": "v=0"}
 
 
-async def _pump(source: trio.SocketStream, sink: trio.SocketStream, held_s: float) -> None:
-    """Copy ``source`` to ``sink`` in order, each chunk ``held_s`` after it was read."""
+@attrs.define
+class SlowLink:
+    """A local proxy to Redis: what Redis sends (replies, pushes) is held ``replies_s``, what is
+    sent to it ``requests_s``, each in order; both can change while it runs (new bytes only)."""
+
+    url: str = ""
+    replies_s: float = 0.0
+    requests_s: float = 0.0
+
+
+async def _pump(source: trio.SocketStream, sink: trio.SocketStream, held_s: Callable[[], float]) -> None:
+    """Copy ``source`` to ``sink`` in order, each chunk ``held_s()`` after it was read."""
     put, queue = trio.open_memory_channel[tuple[float, bytes]](math.inf)
 
     async def forward() -> None:
@@ -38,24 +49,24 @@ async def _pump(source: trio.SocketStream, sink: trio.SocketStream, held_s: floa
     async with trio.open_nursery() as nursery:
         nursery.start_soon(forward)
         while data := await source.receive_some(65536):
-            put.send_nowait((trio.current_time() + held_s, data))
+            put.send_nowait((trio.current_time() + held_s(), data))
         put.close()
 
 
 @asynccontextmanager
-async def slow_link(redis_url: str, *, replies_s: float = 0.0, requests_s: float = 0.0) -> AsyncIterator[str]:
-    """``redis_url`` through a local proxy that holds Redis's replies (and pushes) ``replies_s`` and
-    what is sent to Redis ``requests_s``, each in order; yields the URL to give a node."""
+async def slow_link(redis_url: str, *, replies_s: float = 0.0, requests_s: float = 0.0) -> AsyncIterator[SlowLink]:
+    """``redis_url`` through a :class:`SlowLink`; its ``url`` is the one to give a node."""
     host_port, _, db = redis_url.removeprefix("redis://").partition("/")
     host, _, port = host_port.rpartition(":")
+    link = SlowLink(replies_s=replies_s, requests_s=requests_s)
 
     async def relay(client: trio.SocketStream) -> None:
         with trio.CancelScope() as scope:
             redis = await trio.open_tcp_stream(host, int(port))
             try:
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(_pump, client, redis, requests_s)
-                    nursery.start_soon(_pump, redis, client, replies_s)
+                    nursery.start_soon(_pump, client, redis, lambda: link.requests_s)
+                    nursery.start_soon(_pump, redis, client, lambda: link.replies_s)
             except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 scope.cancel()  # either side closed: so does the other
             finally:
@@ -64,7 +75,8 @@ async def slow_link(redis_url: str, *, replies_s: float = 0.0, requests_s: float
 
     async with trio.open_nursery() as nursery:
         listeners = await nursery.start(partial(trio.serve_tcp, relay, 0, host="127.0.0.1"))
-        yield f"redis://127.0.0.1:{listeners[0].socket.getsockname()[1]}/{db}"
+        link.url = f"redis://127.0.0.1:{listeners[0].socket.getsockname()[1]}/{db}"
+        yield link
         nursery.cancel_scope.cancel()
 
 
@@ -119,9 +131,22 @@ async def test_a_call_or_a_kick_right_after_the_users_join_on_another_node_reach
     writes held): either way bob's join was acked, so alice's call must not be refused FORBIDDEN
     (nor a moderator's kick of a user who just joined NOT_IN_ROOM)."""
     held = {"replies_s": HELD_S} if slow == "callers-node-hears-late" else {"requests_s": HELD_S}
-    async with slow_link(redis_url, **held) as slow_url:
-        urls = [slow_url, redis_url] if slow == "callers-node-hears-late" else [redis_url, slow_url]
+    async with slow_link(redis_url, **held) as slow:
+        urls = [slow.url, redis_url] if slow == "callers-node-hears-late" else [redis_url, slow.url]
         async with two_nodes(tmp_path, urls, postgres_url) as (url0, url1):
             await call_right_after_the_join(url0, url1)
             await kick_right_after_the_join(url0, url1)
 
+
+
+async def test_a_join_does_not_wait_out_a_broker_that_hangs(tmp_path: Path, redis_url: str, postgres_url: str) -> None:
+    """What a node sends to Redis stops reaching it for 3 s: a join in a room the node already
+    hears (no subscription to wait for) is acked after at most about 1 s (JOIN_PUBLISHED_S), not
+    when the broker answers again."""
+    async with slow_link(redis_url) as slow, two_nodes(tmp_path, [slow.url], postgres_url) as (url0,), \
+            connect(url0, user="alice") as alice, connect(url0, user="bob") as bob:
+        await alice.request("room.join", {"room": "lobby"})
+        slow.requests_s = 3.0
+        started = trio.current_time()
+        await bob.request("room.join", {"room": "lobby"})
+        assert trio.current_time() - started < 2.5
