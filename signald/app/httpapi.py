@@ -57,6 +57,7 @@ from signald.protocol.serverapi import (
     NotifyBody,
     PresenceQuery,
     PublishBody,
+    StatsQuery,
     decode_body,
     decode_query,
     result_body,
@@ -119,9 +120,9 @@ class HttpApi:
             self._call("POST", "notify", lambda r: _sync(calls.notify, decode_body(r.body, NotifyBody)))
             self._call("POST", "disconnect", lambda r: _sync(calls.disconnect, decode_body(r.body, DisconnectBody)))
             self._call("POST", "kick", lambda r: _sync(calls.kick, decode_body(r.body, KickBody)))
-            self._call("GET", "presence", lambda r: _sync(calls.presence, decode_query(_query(r), PresenceQuery)))
-            self._call("GET", "history", lambda r: calls.history(decode_query(_query(r), HistoryQuery)))
-            self._call("GET", "stats", lambda r: _sync(lambda _: calls.stats(), r))
+            self._call("GET", "presence", lambda r: _sync(calls.presence, decode_query(r.query, PresenceQuery)))
+            self._call("GET", "history", lambda r: calls.history(decode_query(r.query, HistoryQuery)))
+            self._call("GET", "stats", lambda r: _sync(lambda _: calls.stats(), decode_query(r.query, StatsQuery)))
 
     async def serve(self, stream: trio.abc.Stream, initial: bytes, peer: str) -> None:
         """Serve the plain HTTP requests of one connection (the first one's bytes in ``initial``)."""
@@ -246,11 +247,6 @@ def _health_body(health: Health) -> bytes:
 
 async def _sync(fn: Callable[[Any], Any], arg: Any) -> Any:
     return fn(arg)
-
-
-def _query(request: HttpRequest) -> dict[str, str]:
-    # ``before=`` (empty) means "not given", as curl users write it.
-    return {key: value for key, value in request.query.items() if value != ""}
 
 
 async def serve_api_port(

@@ -9,6 +9,7 @@ frame does; where a call does what a WebSocket request does, it reuses that requ
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated, Any, Final
 
 import msgspec
@@ -93,6 +94,10 @@ class PresenceQuery(Struct, forbid_unknown_fields=True):
     room: RoomName
 
 
+class StatsQuery(Struct, forbid_unknown_fields=True):
+    """``GET /api/v1/stats``: no parameters (one given is a typo or a misunderstanding: refused)."""
+
+
 class Delivered(Struct):
     delivered: int
 
@@ -143,9 +148,11 @@ def decode_body(data: bytes, kind: type[Any]) -> Any:
         raise SignalError("BAD_REQUEST", "the body nests too deeply") from None
 
 
-def decode_query(query: dict[str, str], kind: type[Any]) -> Any:
-    """Build ``kind`` from query parameters (strings, converted as their fields say)."""
+def decode_query(query: Mapping[str, str], kind: type[Any]) -> Any:
+    """Build ``kind`` from query parameters (strings, converted as their fields say). A field given
+    empty (``before=``, as curl users write it) is not given; an unknown name is refused, empty or not."""
+    fields = kind.__struct_fields__
     try:
-        return msgspec.convert(query, type=kind, strict=False)
+        return msgspec.convert({k: v for k, v in query.items() if v != "" or k not in fields}, type=kind, strict=False)
     except msgspec.ValidationError as exc:
         raise SignalError("INVALID_PAYLOAD", field_error_text(exc)) from None

@@ -201,7 +201,7 @@ async def _read_request(
                 raise _Refused(HttpResponse(400, b"bad HTTP request\n", "text/plain", close=True)) from None
             return HttpRequest(
                 method=head.method.decode("latin-1").upper(), path=target.path or "/",
-                query=dict(parse_qsl(target.query)),
+                query=dict(parse_qsl(target.query, keep_blank_values=True)),  # ``limt=``: still a name
                 headers=tuple((k.lower(), v) for k, v in head.headers), body=bytes(body), peer=peer,
             )
         else:  # ConnectionClosed, or PAUSED after a request we did not finish (never: we always answer)

@@ -123,15 +123,19 @@ async def test_history_refuses_an_unknown_query_parameter_as_presence_does(
     api_server: RunningServer, http: httpx.AsyncClient
 ) -> None:
     """``presence`` answered 400 to an unknown parameter, ``history`` ignored it: a backend's
-    ``?room=lobby&limt=5`` (or ``&befor=9``) got a full first page and no sign of its typo."""
-    for call, query in (("presence", "room=lobby&limt=5"), ("history", "room=lobby&limt=5"),
-                        ("history", "room=lobby&befor=9&limit=1")):
+    ``?room=lobby&limt=5`` (or ``&befor=9``) got a full first page and no sign of its typo. A name
+    given empty (``limt=``) is a name all the same, and ``stats`` takes no parameter at all."""
+    for call, query, name in (("presence", "room=lobby&limt=5", "limt"), ("history", "room=lobby&limt=5", "limt"),
+                              ("history", "room=lobby&befor=9&limit=1", "befor"),
+                              ("history", "room=lobby&limt=", "limt"),
+                              ("stats", "verbose=1", "verbose"), ("stats", "verbose=", "verbose")):
         refused = await http.get(f"/api/v1/{call}?{query}", headers=AUTH)
         assert refused.status_code == 400, (call, query, refused.text)
         error = refused.json()["error"]
         assert error["code"] == "INVALID_PAYLOAD" and "unknown field" in error["message"], (call, error)
-        assert query.split("&")[1].split("=")[0] in error["message"], (call, error)
+        assert f"`{name}`" in error["message"], (call, error)
     assert (await http.get("/api/v1/history?room=lobby&before=&limit=1", headers=AUTH)).status_code == 200
+    assert (await http.get("/api/v1/stats", headers=AUTH)).status_code == 200
 
 
 @pytest.mark.parametrize("headers", [{}, {"authorization": "Bearer nope"}, {"authorization": KEY}])
