@@ -248,7 +248,9 @@ class Replica(abc.ABC):
 
     @abc.abstractmethod
     async def enter_room(self, room: str) -> None:
-        """Before a connection of this node joins ``room``: hear the room's events from now on."""
+        """Before a connection of this node joins ``room``: hear the room's events from now on, and
+        apply what the other nodes had handed to the broker before (a join acked on another node a
+        moment ago is in this join's member list)."""
 
     @abc.abstractmethod
     async def read_at(self, room: str, rev: int) -> None:

@@ -182,10 +182,14 @@ class RedisReplica(Replica):
         await self.subscriber.caught_up(CAUGHT_UP_S)
 
     async def enter_room(self, room: str) -> None:
+        heard = self.names.room(room) in self.channels.heard
         try:
             await self.channels.enter_room(room)
         except Exception as exc:  # the broker is down: join anyway, the sweeper subscribes later
             self._down(exc)
+            return
+        if heard:  # a subscription confirmed now would have come after what was pushed before it
+            await self.caught_up()
 
     async def read_at(self, room: str, rev: int) -> None:
         hub = self.hub

@@ -1,8 +1,9 @@
 """What one node acked, the next request on another node sees (docs/cluster.md): a call to a user
-(or a kick of them) right after their join was acked on another node reaches them, whichever
-side's link to Redis is slow. Real daemons on one Redis and one PostgreSQL; one node reaches Redis
-through :func:`slow_link`, a proxy that holds what passes one way for :data:`HELD_S`, so the window
-that a loaded machine opens now and then is open every time.
+(or a kick of them) right after their join was acked on another node reaches them, and a join
+right after it lists them, whichever side's link to Redis is slow. Real daemons on one Redis and
+one PostgreSQL; one node reaches Redis through :func:`slow_link`, a proxy that holds what passes
+one way for :data:`HELD_S`, so the window that a loaded machine opens now and then is open every
+time.
 """
 
 from __future__ import annotations
@@ -113,6 +114,17 @@ async def call_right_after_the_join(url0: str, url1: str) -> None:
         assert not [e for e in dave.pending_events() if e["type"].startswith("call.")]
 
 
+async def members_right_after_the_join(url0: str, url1: str) -> None:
+    """carol joins on node 0 (which already hears the room) as soon as frank's join on node 1 is
+    acked: her member list has frank."""
+    async with connect(url0, user="alice") as alice, connect(url0, user="carol") as carol, \
+            connect(url1, user="frank") as frank:
+        await alice.request("room.join", {"room": "hall"})
+        await frank.request("room.join", {"room": "hall"})
+        members = (await carol.request("room.join", {"room": "hall"}))["members"]
+        assert [m["user_id"] for m in members] == ["alice", "carol", "frank"]
+
+
 async def kick_right_after_the_join(url0: str, url1: str) -> None:
     """mod1 (node 0) kicks erin as soon as her join on node 1 is acked: she is kicked."""
     async with connect(url0, user="mod1") as mod, connect(url1, user="erin") as erin:
@@ -131,11 +143,12 @@ async def test_a_call_or_a_kick_right_after_the_users_join_on_another_node_reach
     writes held): either way bob's join was acked, so alice's call must not be refused FORBIDDEN
     (nor a moderator's kick of a user who just joined NOT_IN_ROOM)."""
     held = {"replies_s": HELD_S} if slow == "callers-node-hears-late" else {"requests_s": HELD_S}
-    async with slow_link(redis_url, **held) as slow:
-        urls = [slow.url, redis_url] if slow == "callers-node-hears-late" else [redis_url, slow.url]
+    async with slow_link(redis_url, **held) as link:
+        urls = [link.url, redis_url] if slow == "callers-node-hears-late" else [redis_url, link.url]
         async with two_nodes(tmp_path, urls, postgres_url) as (url0, url1):
             await call_right_after_the_join(url0, url1)
             await kick_right_after_the_join(url0, url1)
+            await members_right_after_the_join(url0, url1)
 
 
 
