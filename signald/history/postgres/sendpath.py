@@ -21,14 +21,15 @@ server has it (on by default), and an op completes (its ack leaves) only after t
 result, i.e. after the commit, came back.
 
 Error handling: what the statement leaves out (a retried ``client_msg_id``, a key twice, a bad
-parent), and the whole batch when it fails for one send's sake (a constraint or data error) or a
-deadlock, goes to the writer thread, which stores those sends one savepoint each with the rules'
-exact answers. A lost connection fails the batch in flight with ``INTERNAL`` "history store
-unavailable" (none of it is acked; the statement may or may not have committed, exactly as on the
-writer thread) and sends go to the writer thread, which reconnects on its own, until this path
-connects again (at most once per :data:`RECONNECT_S`). A connection found dead before a
-statement is sent (lost while idle: :func:`~signald.history.postgres.sql.alive`) fails nothing:
-that batch goes to the writer thread and the path connects again at the next send.
+parent), and the whole batch when it fails for one send's sake (a constraint or data error, in the
+statement or at its commit) or a deadlock, goes to the writer thread, which stores those sends
+one savepoint each with the rules' exact answers. A lost connection fails the batch in flight
+with ``INTERNAL`` "history store unavailable" (none of it is acked; the statement may or may not
+have committed, exactly as on the writer thread) and sends go to the writer thread, which
+reconnects on its own, until this path connects again (at most once per :data:`RECONNECT_S`).
+A connection found dead before a statement is sent (lost while idle:
+:func:`~signald.history.postgres.sql.alive`) fails nothing: that batch goes to the writer thread
+and the path connects again at the next send.
 
 Resource handling: the connection is opened (in a worker thread) by :meth:`SendPath.start`, which
 also starts one system task; :meth:`SendPath.close` cancels that task and closes the connection.
@@ -266,7 +267,8 @@ async def _execute(pg: pq.abc.PGconn, params: list[bytes | None]) -> pq.abc.PGre
     """Run the prepared statement on ``pg`` (non-blocking), waiting on its socket; its result.
 
     Errors of the connection raise :class:`psycopg.OperationalError`; the statement's own errors
-    are in the result. Shielded: once sent, the statement's outcome is always read (a cancelled
+    are in the result, and so are its commit's (then the error is the result, not the rows that
+    came before it). Shielded: once sent, the statement's outcome is always read (a cancelled
     caller would leave the connection in the middle of a reply).
     """
     with trio.CancelScope(shield=True):
@@ -282,7 +284,9 @@ async def _execute(pg: pq.abc.PGconn, params: list[bytes | None]) -> pq.abc.PGre
                     if result is None:
                         raise psycopg.OperationalError("history store: no result")
                     return result
-                if result is None:  # the first result is the statement's
+                # The first result is the statement's, unless an error follows: its COMMIT (at the
+                # Sync, after the rows came back) failed, a deferred constraint say: nothing stored.
+                if result is None or got.status == pq.ExecStatus.FATAL_ERROR:
                     result = got
             await trio.lowlevel.wait_readable(pg.socket)
     raise AssertionError("unreachable: the shielded scope is never cancelled")  # pragma: no cover
