@@ -197,11 +197,12 @@ REFUSING: Final[dict[str, LiteralString]] = {
 
 
 @pytest.mark.parametrize("refused_at", list(REFUSING))
-async def test_a_table_that_refuses_writes_logs_one_traceback_not_one_per_failure(
+async def test_a_table_that_refuses_writes_logs_one_traceback_then_one_line_once_they_are_taken_again(
     nursery: trio.Nursery, tmp_path: Path, postgres_url: str, caplog: pytest.LogCaptureFixture, refused_at: str,
 ) -> None:
     """Each failed transaction logged its whole traceback (as on SQLite before it: ~1000 a second
-    from a full disk). Now the first has it and the rest are counted."""
+    from a full disk). Now the first has it and the rest are counted, the count logged by the first
+    send stored again: no failure after it would have told of them."""
     caplog.set_level(logging.INFO, logger="signald.history")
     with trio.fail_after(15):
         server = await start_server(nursery, make_config(tmp_path, history={"url": postgres_url}))
@@ -220,3 +221,5 @@ async def test_a_table_that_refuses_writes_logs_one_traceback_not_one_per_failur
             assert await all_history(ann, "lobby") == acked
     records = [r for r in caplog.records if r.name.startswith("signald.history")]
     assert len([r for r in records if r.exc_info]) == 1, [r.getMessage() for r in records]
+    assert [r.getMessage() for r in records if "recovered" in r.getMessage()] == [
+        "history store recovered after 20 failures (19 not logged before)"]

@@ -71,13 +71,14 @@ class SendPath:
     ``connect`` opens a connection (blocking: run in a worker thread); ``to_writer`` queues an op
     for the writer thread (counted by the store as unfinished until it comes back);
     ``writer_idle`` waits until nothing handed to the writer is unfinished; ``complete`` runs a
-    finished batch's callbacks; ``scrub`` removes the password from a driver message.
+    finished batch's callbacks; ``scrub`` removes the password from a driver message;
+    ``committed`` is told of each statement that committed (the store's failure log).
     """
 
     def __init__(
         self, connect: Callable[[], psycopg.Connection[Any]], *, to_writer: Callable[[Op[Any]], None],
         writer_busy: Callable[[], bool], writer_idle: Callable[[], Any], complete: Callable[[list[Op[Any]]], None],
-        scrub: Callable[[str], str],
+        scrub: Callable[[str], str], committed: Callable[[], None],
     ) -> None:
         self._connect = connect
         self._to_writer = to_writer
@@ -85,6 +86,7 @@ class SendPath:
         self._writer_idle = writer_idle
         self._complete = complete
         self._scrub = scrub
+        self._committed = committed
         self._conn: psycopg.Connection[Any] | None = None
         self._pending: list[Op[Any]] = []  # sends taken, not yet in a statement
         self._behind: list[Op[Any]] = []  # operations for the writer thread, after the sends
@@ -188,6 +190,7 @@ class SendPath:
                 self._to_writer(op)
             return
         self.commits += 1
+        self._committed()
         left = []
         for op, stored in zip(batch, encoded.results(result.get_value(0, 0)), strict=True):
             if stored is None:

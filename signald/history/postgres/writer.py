@@ -92,7 +92,8 @@ class PgWriter(WriterThread):
         super().__init__(deliver)
         self.commits = 0
         self.failures = FailureLog(logger)
-        """The log of failed operations and transactions: one traceback, then a line per interval."""
+        """The log of failed operations and transactions (one traceback, then a line per interval),
+        told of the send path's commits too (a store that recovered says so)."""
         self.available = True
         self.db_bytes = 0
         """The database's size as last measured (at open, then when the store asks)."""
@@ -255,6 +256,7 @@ class PgWriter(WriterThread):
                 return
             if wrote:
                 self.commits += 1
+                self.failures.succeeded()
             return
         self._w_fail(ops, UNAVAILABLE)
 
