@@ -29,6 +29,7 @@ from attrs import field, frozen
 
 from signald.protocol import Limits
 from signald.state.brokerurl import parse_broker_url
+from signald.state.confvalues import converter
 from signald.state.dburl import parse_history_url, redact, sqlite_url
 from signald.state.proxies import parse_networks
 
@@ -223,65 +224,6 @@ class Config:
         return load_config(overrides={k: dict(v) for k, v in sections.items()}, base=self, env={})
 
 
-_converter = cattrs.Converter(forbid_extra_keys=True)
-
-
-def _structure_bool(value: Any, _: type) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
-        return True
-    if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"expected true or false, got {value!r}")
-
-
-def _structure_number(kind: type) -> Any:
-    def structure(value: Any, _: type) -> Any:
-        if isinstance(value, bool) or not isinstance(value, int | float | str):
-            raise ValueError(f"expected a number, got {value!r}")
-        try:
-            number = kind(value)
-        except ValueError:
-            raise ValueError(f"expected {'an integer' if kind is int else 'a number'}, got {value!r}") from None
-        if kind is int and isinstance(value, float) and value != number:
-            raise ValueError(f"expected an integer, got {value!r}")
-        return number
-    return structure
-
-
-def _structure_str(value: Any, _: type) -> str:
-    if not isinstance(value, str):
-        raise ValueError(f"expected a string, got {value!r}")
-    return value
-
-
-def _structure_str_tuple(value: Any, _: type) -> tuple[str, ...]:
-    if isinstance(value, str):
-        return tuple(part.strip() for part in value.split(",") if part.strip())
-    if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
-        return tuple(value)
-    raise ValueError(f"expected a list of strings, got {value!r}")
-
-
-def _structure_literal(value: Any, type_: Any) -> Any:
-    if value not in typing.get_args(type_):
-        raise ValueError(f"expected one of {', '.join(map(repr, typing.get_args(type_)))}, got {value!r}")
-    return value
-
-
-def _is_literal(type_: Any) -> bool:
-    origin: Any = typing.get_origin(type_)
-    return bool(origin is Literal)
-
-
-_converter.register_structure_hook_func(_is_literal, _structure_literal)
-_converter.register_structure_hook(bool, _structure_bool)
-_converter.register_structure_hook(int, _structure_number(int))
-_converter.register_structure_hook(float, _structure_number(float))
-_converter.register_structure_hook(str, _structure_str)
-_converter.register_structure_hook_func(lambda t: t == tuple[str, ...], _structure_str_tuple)
-
 SECTIONS: tuple[str, ...] = tuple(a.name for a in attrs.fields(Config))
 
 
@@ -361,7 +303,7 @@ def _build_section(section: str, values: dict[str, Any], base: Any) -> Any:
     merged = {**attrs.asdict(base, recurse=False), **values}
     merged = {k: v for k, v in merged.items() if v is not None or k in values}
     try:
-        return _converter.structure(merged, cls)
+        return converter.structure(merged, cls)
     except cattrs.BaseValidationError as exc:
         raise ConfigError(_first_error_line(exc, section)) from None
 
