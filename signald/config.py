@@ -7,9 +7,11 @@ Every key lives in a section (``[server]``, ``[limits]``, ``[auth]``, ``[presenc
 
 Error handling: any unknown key (in a file or a flag), wrong type or out-of-range value raises
 :class:`ConfigError` with one line that names the key (``limits.rate_per_s: expected a number, got
-'fast'``); the CLI prints it and exits with status 2. An unknown ``SIGNALD_*`` environment variable
-is only a warning: other tools share the prefix (``./dev`` reads ``SIGNALD_VENV``), and the
-environment is inherited, not written for signald alone; a file or a flag is.
+'fast'``), and so do keys of two sections that cannot go together, whatever their sources
+(``Config.__attrs_post_init__``); the CLI prints it and exits with status 2. An unknown
+``SIGNALD_*`` environment variable is only a warning: other tools share the prefix (``./dev`` reads
+``SIGNALD_VENV``), and the environment is inherited, not written for signald alone; a file or a
+flag is.
 """
 
 from __future__ import annotations
@@ -214,6 +216,19 @@ class Config:
     log: LogConfig = LogConfig()
     api: ApiConfig = ApiConfig()
     cluster: ClusterConfig = ClusterConfig()
+
+    def __attrs_post_init__(self) -> None:
+        """The checks across sections, whichever source set the keys (file, environment, flags)."""
+        # A request waiting for a hung store holds its connection's reader: nothing is read, not
+        # even a pong, so the heartbeat closes the connection (1001) once it was silent this long.
+        # request_timeout_s exists to answer INTERNAL before that; not below it, it never does.
+        heartbeat = self.server.heartbeat_s + self.server.heartbeat_timeout_s
+        if self.history.request_timeout_s >= heartbeat:
+            raise ConfigError(
+                f"history.request_timeout_s: {self.history.request_timeout_s:g} s must be below server.heartbeat_s"
+                f" + server.heartbeat_timeout_s ({self.server.heartbeat_s:g} + {self.server.heartbeat_timeout_s:g}"
+                f" = {heartbeat:g} s): a request that waits that long for a hung history store gets its client"
+                " closed with 1001 (heartbeat timeout) before its INTERNAL reply")
 
     def history_url(self) -> str:
         """The history store's URL: ``history.url``, else the SQLite file ``server.db``."""
