@@ -1,7 +1,9 @@
 """PostgreSQL up but refusing: its connection limit reached at start and while running, a
 ``statement_timeout``, a full disk (a tablespace on a small tmpfs: root only). Requests get the
 documented error (INTERNAL "history store unavailable"), the daemon stays up, nothing acked is
-lost, and everything works again once the cause is gone (docs/configuration.md "On PostgreSQL")."""
+lost, and everything works again once the cause is gone (docs/configuration.md "On PostgreSQL").
+A table that refuses writes (a trigger) fails each send (INTERNAL "history storage failed"), and
+the log says so once with a traceback, not once per send (docs/deploy.md)."""
 
 from __future__ import annotations
 
@@ -185,7 +187,7 @@ async def test_a_full_disk_refuses_sends_and_they_work_again_once_there_is_room(
 
 
 REFUSE_SQL: Final = ("CREATE FUNCTION signald.refuse() RETURNS trigger LANGUAGE plpgsql"
-              " AS $$ BEGIN RAISE EXCEPTION 'messages are refused'; END $$")
+                     " AS $$ BEGIN RAISE EXCEPTION 'messages are refused'; END $$")
 REFUSING: Final[dict[str, LiteralString]] = {
     # each insert fails on its own (the writer tries each send alone in a savepoint)
     "each insert": "CREATE TRIGGER refuse BEFORE INSERT ON signald.messages FOR EACH ROW"
