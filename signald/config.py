@@ -7,9 +7,11 @@ Every key lives in a section (``[server]``, ``[limits]``, ``[auth]``, ``[presenc
 
 Error handling: any unknown key (in a file or a flag), wrong type or out-of-range value raises
 :class:`ConfigError` with one line that names the key (``limits.rate_per_s: expected a number, got
-'fast'``); the CLI prints it and exits with status 2. An unknown ``SIGNALD_*`` environment variable
-is only a warning: other tools share the prefix (``./dev`` reads ``SIGNALD_VENV``), and the
-environment is inherited, not written for signald alone; a file or a flag is.
+'fast'``), and so do keys of two sections that cannot go together, whatever their sources
+(``Config.__attrs_post_init__``); the CLI prints it and exits with status 2. An unknown
+``SIGNALD_*`` environment variable is only a warning: other tools share the prefix (``./dev`` reads
+``SIGNALD_VENV``), and the environment is inherited, not written for signald alone; a file or a
+flag is.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from attrs import field, frozen
 
 from signald.protocol import Limits
 from signald.state.brokerurl import parse_broker_url
+from signald.state.confvalues import converter
 from signald.state.dburl import parse_history_url, redact, sqlite_url
 from signald.state.proxies import parse_networks
 
@@ -214,6 +217,19 @@ class Config:
     api: ApiConfig = ApiConfig()
     cluster: ClusterConfig = ClusterConfig()
 
+    def __attrs_post_init__(self) -> None:
+        """The checks across sections, whichever source set the keys (file, environment, flags)."""
+        # A request waiting for a hung store holds its connection's reader: nothing is read, not
+        # even a pong, so the heartbeat closes the connection (1001) once it was silent this long.
+        # request_timeout_s exists to answer INTERNAL before that; not below it, it never does.
+        heartbeat = self.server.heartbeat_s + self.server.heartbeat_timeout_s
+        if self.history.request_timeout_s >= heartbeat:
+            raise ConfigError(
+                f"history.request_timeout_s: {self.history.request_timeout_s:g} s must be below server.heartbeat_s"
+                f" + server.heartbeat_timeout_s ({self.server.heartbeat_s:g} + {self.server.heartbeat_timeout_s:g}"
+                f" = {heartbeat:g} s): a request that waits that long for a hung history store gets its client"
+                " closed with 1001 (heartbeat timeout) before its INTERNAL reply")
+
     def history_url(self) -> str:
         """The history store's URL: ``history.url``, else the SQLite file ``server.db``."""
         return self.history.url if self.history.url is not None else sqlite_url(self.server.db)
@@ -222,65 +238,6 @@ class Config:
         """A copy with some keys of some sections changed: ``cfg.replace(limits={"max_rooms": 3})``."""
         return load_config(overrides={k: dict(v) for k, v in sections.items()}, base=self, env={})
 
-
-_converter = cattrs.Converter(forbid_extra_keys=True)
-
-
-def _structure_bool(value: Any, _: type) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
-        return True
-    if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"expected true or false, got {value!r}")
-
-
-def _structure_number(kind: type) -> Any:
-    def structure(value: Any, _: type) -> Any:
-        if isinstance(value, bool) or not isinstance(value, int | float | str):
-            raise ValueError(f"expected a number, got {value!r}")
-        try:
-            number = kind(value)
-        except ValueError:
-            raise ValueError(f"expected {'an integer' if kind is int else 'a number'}, got {value!r}") from None
-        if kind is int and isinstance(value, float) and value != number:
-            raise ValueError(f"expected an integer, got {value!r}")
-        return number
-    return structure
-
-
-def _structure_str(value: Any, _: type) -> str:
-    if not isinstance(value, str):
-        raise ValueError(f"expected a string, got {value!r}")
-    return value
-
-
-def _structure_str_tuple(value: Any, _: type) -> tuple[str, ...]:
-    if isinstance(value, str):
-        return tuple(part.strip() for part in value.split(",") if part.strip())
-    if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
-        return tuple(value)
-    raise ValueError(f"expected a list of strings, got {value!r}")
-
-
-def _structure_literal(value: Any, type_: Any) -> Any:
-    if value not in typing.get_args(type_):
-        raise ValueError(f"expected one of {', '.join(map(repr, typing.get_args(type_)))}, got {value!r}")
-    return value
-
-
-def _is_literal(type_: Any) -> bool:
-    origin: Any = typing.get_origin(type_)
-    return bool(origin is Literal)
-
-
-_converter.register_structure_hook_func(_is_literal, _structure_literal)
-_converter.register_structure_hook(bool, _structure_bool)
-_converter.register_structure_hook(int, _structure_number(int))
-_converter.register_structure_hook(float, _structure_number(float))
-_converter.register_structure_hook(str, _structure_str)
-_converter.register_structure_hook_func(lambda t: t == tuple[str, ...], _structure_str_tuple)
 
 SECTIONS: tuple[str, ...] = tuple(a.name for a in attrs.fields(Config))
 
@@ -361,7 +318,7 @@ def _build_section(section: str, values: dict[str, Any], base: Any) -> Any:
     merged = {**attrs.asdict(base, recurse=False), **values}
     merged = {k: v for k, v in merged.items() if v is not None or k in values}
     try:
-        return _converter.structure(merged, cls)
+        return converter.structure(merged, cls)
     except cattrs.BaseValidationError as exc:
         raise ConfigError(_first_error_line(exc, section)) from None
 

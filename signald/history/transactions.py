@@ -40,7 +40,8 @@ class Transactions:
         self.rooms_to_trim: set[str] | None = None
         """Rooms count retention should look at next, None for all (owned by the retention)."""
         self.failures = FailureLog(logger)
-        """The log of failed operations and transactions: one traceback, then a line per interval."""
+        """The log of failed operations and transactions: one traceback, then a line per interval
+        (and one when a write commits again after failures it did not log)."""
 
     def counter(self, conn: sqlite3.Connection, room: str) -> Counter:
         """``[last_seq, count, last_rev]`` of ``room`` for the running operation; change it in place."""
@@ -82,6 +83,7 @@ class Transactions:
             return self._failed(batch, exc)
         if wrote:
             self.commits += 1
+            self.failures.succeeded()
         return wrote
 
     def execute_unguarded(self, conn: sqlite3.Connection, batch: list[Op[Any]]) -> bool | None:
@@ -108,6 +110,7 @@ class Transactions:
         except Exception as exc:
             return self._failed(batch, exc)
         self.commits += 1
+        self.failures.succeeded()
         return True
 
     def _commit(self, conn: sqlite3.Connection) -> None:

@@ -65,8 +65,12 @@ class FailureLog:
     """The log of one store's failures: the first with its traceback, then at most one line per
     :data:`FAILURE_LOG_INTERVAL_S` ("N more store failures like it"), where a full disk failed every
     transaction with a traceback (~1000 in 3 s). A failure after a quiet interval is a first again.
+    The first success after failures that were only counted says so ("history store recovered after
+    N failures (M not logged before)"), at most once an interval; otherwise the count would wait
+    for a failure that may never come.
 
-    Thread-safe (the writer thread and the Trio thread's inline commits both fail ops).
+    Thread-safe (the writer thread and the Trio thread's inline commits both fail ops). Time is
+    ``clock()`` (a test gives its own).
     """
 
     def __init__(self, log: logging.Logger = logger, clock: Callable[[], float] = time.monotonic,
@@ -77,21 +81,43 @@ class FailureLog:
         self._lock = threading.Lock()
         self._quiet_from = -float("inf")  # when the current interval ends
         self._more = 0  # failures not logged in the current interval
+        self._failed = 0  # failures since a success last found them all logged, or told of them
+        self._recovery_told = False  # a recovery line was logged in the current interval
 
     def failed(self, exc: BaseException, message: str, *args: object) -> None:
         """Log failure ``exc`` (``message % args``), or count it for the next summary line."""
         with self._lock:
+            self._failed += 1
             now = self._clock()
             if now < self._quiet_from:
                 self._more += 1
                 return
             more, self._more = self._more, 0
-            self._quiet_from = now + self._interval
+            self._quiet_from, self._recovery_told = now + self._interval, False
         if more:  # it kept failing: one line for the interval, this failure included
             self._log.error("%d more store failures like it in the last %g s; the last: %s: %s",
                          more + 1, self._interval, type(exc).__name__, exc)
             return
         self._log.error(message, *args, exc_info=exc)
+
+    def succeeded(self) -> None:
+        """A write committed: if failures before it were counted but not logged, say how many."""
+        if not self._failed:  # the usual case, without the lock (a failure it misses is told later)
+            return
+        with self._lock:
+            failed, more = self._failed, self._more
+            self._failed = 0
+            if not more:  # every failure was logged
+                return
+            now = self._clock()
+            if self._recovery_told and now < self._quiet_from:
+                self._failed = failed  # a store that flaps: told once an interval, the count goes on
+                return
+            self._more, self._recovery_told = 0, True
+            if now >= self._quiet_from:  # this line counts the interval, as a summary line would
+                self._quiet_from = now + self._interval
+        self._log.warning("history store recovered after %d failure%s (%d not logged before)",
+                          failed, "" if failed == 1 else "s", more)
 
 
 def op_failed(op: Op[Any], exc: Exception, db_errors: type[Exception] | tuple[type[Exception], ...] = sqlite3.Error,

@@ -42,6 +42,9 @@ def no_signald_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     (f'[auth]\nmode = "jwt"\njwt_secret = "{SECRET}"\njwt_algorithms = ["HS256", "RS256"]\n', [],
      "signald: configuration error: auth: algorithms:"),
     ('[auth]\nmode = "jwt"\njwt_secret = "short"\n', [], "signald: configuration error: auth: "),
+    ("[server]\nheartbeat_s = 5.0\nheartbeat_timeout_s = 3.0\n", [],
+     "signald: configuration error: history.request_timeout_s: 10 s must be below server.heartbeat_s"
+     " + server.heartbeat_timeout_s (5 + 3 = 8 s)"),
 ])
 def test_serve_refuses_before_starting_with_status_2(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], toml: str, flags: list[str], said: str) -> None:

@@ -65,7 +65,7 @@ def serve(nursery: trio.Nursery, tmp_path: Path, gate: Gate) -> Serve:
         router.add_custom("app.wait", dict, wait)
         router.add_custom("app.quick", dict, quick)
         config = make_config(tmp_path, server={"heartbeat_s": heartbeat_s, "heartbeat_timeout_s": heartbeat_s},
-                             limits=limits)
+                             limits=limits, history={"request_timeout_s": heartbeat_s})  # below the heartbeat's 2x
         return await start_server(nursery, config, router=router)
 
     return start

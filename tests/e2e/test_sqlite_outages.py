@@ -143,3 +143,34 @@ async def test_a_store_that_keeps_failing_logs_one_traceback_then_a_line_per_int
     summaries = [r.getMessage() for r in records if "more store failures like it" in r.getMessage()]
     assert 1 <= len(summaries) <= elapsed / interval_s + 2, summaries
     assert all("Error" in line for line in summaries), summaries  # the last failure named, in one line
+
+
+async def test_a_store_that_works_again_logs_how_many_failures_it_did_not_log(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The failures counted after the first traceback were logged only by the next failure after
+    the interval: when the disk had room again before that, nobody ever heard of them. The first
+    send stored again logs their count."""
+    caplog.set_level(logging.INFO, logger="signald.history")
+    with small_filesystem("4m") as where, trio.fail_after(20):
+        server = await start_server(nursery, make_config(where, limits={"rate_per_s": 1e6, "rate_burst": 1_000_000}))
+        async with connect(server.url, user="ann") as ann:
+            await ann.request("room.join", {"room": "lobby"})
+            filler = where / "filler"
+            with filler.open("wb", buffering=0) as out, contextlib.suppress(OSError):  # ENOSPC: full
+                while True:
+                    out.write(b"\0" * 65536)
+            refused = 0
+            for i in range(2000):  # within the first 10 s interval: counted after the first
+                reply = await ann.request_raw("chat.send", {"scope": "lobby", "body": f"{i:04} " + "x" * 3000})
+                refused += reply["type"] == "error"
+                if refused == 20:
+                    break
+            assert refused == 20, "the full disk did not refuse the sends"
+            filler.unlink()
+            await ann.request("chat.send", {"scope": "lobby", "body": "after"})
+    records = [r for r in caplog.records if r.name.startswith("signald.history")]
+    messages = [r.getMessage() for r in records]
+    assert len([r for r in records if r.exc_info]) == 1, messages
+    assert [m for m in messages if "recovered" in m] == messages[-1:] == [
+        "history store recovered after 20 failures (19 not logged before)"], messages

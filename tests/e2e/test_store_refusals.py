@@ -1,11 +1,14 @@
 """PostgreSQL up but refusing: its connection limit reached at start and while running, a
 ``statement_timeout``, a full disk (a tablespace on a small tmpfs: root only). Requests get the
 documented error (INTERNAL "history store unavailable"), the daemon stays up, nothing acked is
-lost, and everything works again once the cause is gone (docs/configuration.md "On PostgreSQL")."""
+lost, and everything works again once the cause is gone (docs/configuration.md "On PostgreSQL").
+A table that refuses writes (a trigger) fails each send (INTERNAL "history storage failed"), and
+the log says so once with a traceback, not once per send (docs/deploy.md)."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import subprocess
@@ -13,7 +16,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Final, LiteralString
 
 import httpx
 import psycopg
@@ -181,3 +184,44 @@ async def test_a_full_disk_refuses_sends_and_they_work_again_once_there_is_room(
             with trio.fail_after(8):  # the writer's backoff after it took the failure for a lost store
                 acked.append(await sent_once_back(ann, "room again"))
             assert await all_history(ann, "lobby") == acked
+
+
+REFUSE_SQL: Final = ("CREATE FUNCTION signald.refuse() RETURNS trigger LANGUAGE plpgsql"
+                     " AS $$ BEGIN RAISE EXCEPTION 'messages are refused'; END $$")
+REFUSING: Final[dict[str, LiteralString]] = {
+    # each insert fails on its own (the writer tries each send alone in a savepoint)
+    "each insert": "CREATE TRIGGER refuse BEFORE INSERT ON signald.messages FOR EACH ROW"
+                   " EXECUTE FUNCTION signald.refuse()",
+    # the COMMIT fails: the whole transaction does
+    "the commit": "CREATE CONSTRAINT TRIGGER refuse AFTER INSERT ON signald.messages DEFERRABLE INITIALLY DEFERRED"
+                  " FOR EACH ROW EXECUTE FUNCTION signald.refuse()",
+}
+
+
+@pytest.mark.parametrize("refused_at", list(REFUSING))
+async def test_a_table_that_refuses_writes_logs_one_traceback_then_one_line_once_they_are_taken_again(
+    nursery: trio.Nursery, tmp_path: Path, postgres_url: str, caplog: pytest.LogCaptureFixture, refused_at: str,
+) -> None:
+    """Each failed transaction logged its whole traceback (as on SQLite before it: ~1000 a second
+    from a full disk). Now the first has it and the rest are counted, the count logged by the first
+    send stored again: no failure after it would have told of them."""
+    caplog.set_level(logging.INFO, logger="signald.history")
+    with trio.fail_after(15):
+        server = await start_server(nursery, make_config(tmp_path, history={"url": postgres_url}))
+        async with connect(server.url, user="ann") as ann:
+            await ann.request("room.join", {"room": "lobby"})
+            acked = [await ann.request("chat.send", {"scope": "lobby", "body": "first"})]
+            with psycopg.connect(postgres_url, autocommit=True) as dba:
+                dba.execute(REFUSE_SQL)
+                dba.execute(REFUSING[refused_at])
+                for i in range(20):  # well within the 10 s of one interval
+                    reply = await ann.request_raw("chat.send", {"scope": "lobby", "body": f"refused {i}"})
+                    assert reply["type"] == "error", reply
+                    assert (reply["data"]["code"], reply["data"]["message"]) == ("INTERNAL", "history storage failed")
+                dba.execute("DROP TRIGGER refuse ON signald.messages")
+            acked.append(await ann.request("chat.send", {"scope": "lobby", "body": "taken again"}))
+            assert await all_history(ann, "lobby") == acked
+    records = [r for r in caplog.records if r.name.startswith("signald.history")]
+    assert len([r for r in records if r.exc_info]) == 1, [r.getMessage() for r in records]
+    assert [r.getMessage() for r in records if "recovered" in r.getMessage()] == [
+        "history store recovered after 20 failures (19 not logged before)"]

@@ -21,14 +21,15 @@ server has it (on by default), and an op completes (its ack leaves) only after t
 result, i.e. after the commit, came back.
 
 Error handling: what the statement leaves out (a retried ``client_msg_id``, a key twice, a bad
-parent), and the whole batch when it fails for one send's sake (a constraint or data error) or a
-deadlock, goes to the writer thread, which stores those sends one savepoint each with the rules'
-exact answers. A lost connection fails the batch in flight with ``INTERNAL`` "history store
-unavailable" (none of it is acked; the statement may or may not have committed, exactly as on the
-writer thread) and sends go to the writer thread, which reconnects on its own, until this path
-connects again (at most once per :data:`RECONNECT_S`). A connection found dead before a
-statement is sent (lost while idle: :func:`~signald.history.postgres.sql.alive`) fails nothing:
-that batch goes to the writer thread and the path connects again at the next send.
+parent), and the whole batch when it fails for one send's sake (a constraint or data error, in the
+statement or at its commit) or a deadlock, goes to the writer thread, which stores those sends
+one savepoint each with the rules' exact answers. A lost connection fails the batch in flight
+with ``INTERNAL`` "history store unavailable" (none of it is acked; the statement may or may not
+have committed, exactly as on the writer thread) and sends go to the writer thread, which
+reconnects on its own, until this path connects again (at most once per :data:`RECONNECT_S`).
+A connection found dead before a statement is sent (lost while idle:
+:func:`~signald.history.postgres.sql.alive`) fails nothing: that batch goes to the writer thread
+and the path connects again at the next send.
 
 Resource handling: the connection is opened (in a worker thread) by :meth:`SendPath.start`, which
 also starts one system task; :meth:`SendPath.close` cancels that task and closes the connection.
@@ -70,13 +71,14 @@ class SendPath:
     ``connect`` opens a connection (blocking: run in a worker thread); ``to_writer`` queues an op
     for the writer thread (counted by the store as unfinished until it comes back);
     ``writer_idle`` waits until nothing handed to the writer is unfinished; ``complete`` runs a
-    finished batch's callbacks; ``scrub`` removes the password from a driver message.
+    finished batch's callbacks; ``scrub`` removes the password from a driver message;
+    ``committed`` is told of each statement that committed (the store's failure log).
     """
 
     def __init__(
         self, connect: Callable[[], psycopg.Connection[Any]], *, to_writer: Callable[[Op[Any]], None],
         writer_busy: Callable[[], bool], writer_idle: Callable[[], Any], complete: Callable[[list[Op[Any]]], None],
-        scrub: Callable[[str], str],
+        scrub: Callable[[str], str], committed: Callable[[], None],
     ) -> None:
         self._connect = connect
         self._to_writer = to_writer
@@ -84,6 +86,7 @@ class SendPath:
         self._writer_idle = writer_idle
         self._complete = complete
         self._scrub = scrub
+        self._committed = committed
         self._conn: psycopg.Connection[Any] | None = None
         self._pending: list[Op[Any]] = []  # sends taken, not yet in a statement
         self._behind: list[Op[Any]] = []  # operations for the writer thread, after the sends
@@ -187,6 +190,7 @@ class SendPath:
                 self._to_writer(op)
             return
         self.commits += 1
+        self._committed()
         left = []
         for op, stored in zip(batch, encoded.results(result.get_value(0, 0)), strict=True):
             if stored is None:
@@ -266,7 +270,8 @@ async def _execute(pg: pq.abc.PGconn, params: list[bytes | None]) -> pq.abc.PGre
     """Run the prepared statement on ``pg`` (non-blocking), waiting on its socket; its result.
 
     Errors of the connection raise :class:`psycopg.OperationalError`; the statement's own errors
-    are in the result. Shielded: once sent, the statement's outcome is always read (a cancelled
+    are in the result, and so are its commit's (then the error is the result, not the rows that
+    came before it). Shielded: once sent, the statement's outcome is always read (a cancelled
     caller would leave the connection in the middle of a reply).
     """
     with trio.CancelScope(shield=True):
@@ -282,7 +287,9 @@ async def _execute(pg: pq.abc.PGconn, params: list[bytes | None]) -> pq.abc.PGre
                     if result is None:
                         raise psycopg.OperationalError("history store: no result")
                     return result
-                if result is None:  # the first result is the statement's
+                # The first result is the statement's, unless an error follows: its COMMIT (at the
+                # Sync, after the rows came back) failed, a deferred constraint say: nothing stored.
+                if result is None or got.status == pq.ExecStatus.FATAL_ERROR:
                     result = got
             await trio.lowlevel.wait_readable(pg.socket)
     raise AssertionError("unreachable: the shielded scope is never cancelled")  # pragma: no cover

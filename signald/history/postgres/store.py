@@ -89,7 +89,7 @@ class PostgresStore(StoreOperations):
         self._sends: SendPath | None = None if read_only or not trio_sends else SendPath(
             lambda: connect(url, connect_timeout_s, "sends"), to_writer=self._to_writer,
             writer_busy=lambda: bool(self._handed), writer_idle=lambda: self._writer_idle.wait(),
-            complete=self._complete, scrub=self.scrub)
+            complete=self._complete, scrub=self.scrub, committed=self._writer.failures.succeeded)
 
     def scrub(self, text: str) -> str:
         """``text`` on one line, with the URL's password (if it has one) replaced."""

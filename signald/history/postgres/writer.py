@@ -21,6 +21,8 @@ meanwhile at once; a reader that connects meanwhile (``/readyz``'s, say) ends th
 (:meth:`PgWriter.retry_now`). :attr:`PgWriter.available` says whether the last attempt succeeded. A
 connection found dead before a batch is sent on it (the server restarted, the backend terminated
 while idle: :func:`~signald.history.postgres.sql.alive`) is replaced first: nothing fails for it.
+Failed operations and transactions are logged by a :class:`~signald.history.work.FailureLog`,
+as on SQLite: the first with its traceback, then at most one line per interval counting the rest.
 
 Resource handling: the thread opens its connection (migrating the schema unless read-only) and
 closes it when it takes the close request, after everything queued before it. It is a daemon
@@ -43,7 +45,7 @@ from signald.history.postgres import retention, schema
 from signald.history.postgres.batch import store_sends
 from signald.history.postgres.sql import RETRYABLE, Adapter, alive
 from signald.history.thread import MAX_BATCH, WriterThread
-from signald.history.work import SKIP, Op, op_failed
+from signald.history.work import SKIP, FailureLog, Op, op_failed
 from signald.history.writes import SendOp
 
 __all__ = ["BACKOFF_MAX_S", "BACKOFF_MIN_S", "MAX_BATCH", "RETENTION_EVERY", "RETRIES", "PgWriter", "UNAVAILABLE"]
@@ -89,6 +91,9 @@ class PgWriter(WriterThread):
         self._scrub = scrub  # what may be logged of a driver error (no password)
         super().__init__(deliver)
         self.commits = 0
+        self.failures = FailureLog(logger)
+        """The log of failed operations and transactions (one traceback, then a line per interval),
+        told of the send path's commits too (a store that recovered says so)."""
         self.available = True
         self.db_bytes = 0
         """The database's size as last measured (at open, then when the store asks)."""
@@ -246,11 +251,12 @@ class PgWriter(WriterThread):
                     logger.error("history store lost: %s", self._scrub(str(exc)))
                     self.available = False
                     break
-                logger.exception("history transaction failed; failing its %d operations", len(ops))
+                self.failures.failed(exc, "history transaction failed; failing its %d operations", len(ops))
                 self._w_fail(ops, "history storage failed")
                 return
             if wrote:
                 self.commits += 1
+                self.failures.succeeded()
             return
         self._w_fail(ops, UNAVAILABLE)
 
@@ -265,14 +271,14 @@ class PgWriter(WriterThread):
         raw.execute("BEGIN")
         try:
             if len(ops) == 1:  # alone in its transaction: no savepoint needed
-                if not _attempt(ops[0], conn, "ROLLBACK"):
+                if not _attempt(ops[0], conn, "ROLLBACK", self.failures):
                     return False
                 raw.execute("COMMIT")
                 return ops[0].kind == "write"
             wrote = False
             for op in ops:
                 raw.execute("SAVEPOINT op")
-                if _attempt(op, conn, "ROLLBACK TO SAVEPOINT op"):
+                if _attempt(op, conn, "ROLLBACK TO SAVEPOINT op", self.failures):
                     raw.execute("RELEASE SAVEPOINT op")
                     wrote = wrote or op.kind == "write"
             raw.execute("COMMIT")
@@ -304,16 +310,17 @@ class PgWriter(WriterThread):
         return len(left) < len(ops)
 
 
-def _attempt(op: Op[Any], conn: Adapter, undo: str) -> bool:
-    """Run ``op``; if it fails for its own sake, ``undo`` its changes and fail it alone. Whether it
-    succeeded; an error that is not the operation's own propagates (the batch fails)."""
+def _attempt(op: Op[Any], conn: Adapter, undo: str, failures: FailureLog) -> bool:
+    """Run ``op``; if it fails for its own sake, ``undo`` its changes and fail it alone (logged
+    through ``failures``). Whether it succeeded; an error that is not the operation's own
+    propagates (the batch fails)."""
     try:
         op.value, op.event = op.fn(conn) if op.fn is not None else (None, SKIP)
     except Exception as exc:
         if not _own(exc, conn.raw):
             raise
         conn.raw.execute(undo)
-        op_failed(op, exc, psycopg.Error)
+        op_failed(op, exc, psycopg.Error, failures)
         return False
     return True
 

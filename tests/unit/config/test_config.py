@@ -201,6 +201,48 @@ def test_an_empty_variable_unsets_only_keys_that_may_be_unset() -> None:
         load_config(env={"SIGNALD_SERVER_PORT": ""})
 
 
+# ------------------------------------------------------------------ checks across sections
+
+TOO_LONG = ("history.request_timeout_s: 10 s must be below server.heartbeat_s + server.heartbeat_timeout_s"
+            " (5 + 3 = 8 s): a request that waits that long for a hung history store gets its client closed with"
+            " 1001 (heartbeat timeout) before its INTERNAL reply")
+
+
+def test_a_request_timeout_the_heartbeat_would_cut_short_is_an_error_from_every_source(tmp_path: Path) -> None:
+    """``history.request_timeout_s`` (10 s) exists to answer a request whose store hangs before the
+    heartbeat closes its connection, which reads nothing meanwhile: with a heartbeat of 5 + 3 s the
+    client was dropped with 1001 instead, and nothing said the configuration could not work. (The
+    command line has no flag for these keys: its layer is ``overrides``; tests/e2e/test_cli_promises.py
+    runs ``signald serve``.)"""
+    heartbeat = {"heartbeat_s": 5, "heartbeat_timeout_s": 3}
+    toml = write_toml(tmp_path, "[server]\nheartbeat_s = 5\nheartbeat_timeout_s = 3\n")
+    heartbeat_env = {"SIGNALD_SERVER_HEARTBEAT_S": "5", "SIGNALD_SERVER_HEARTBEAT_TIMEOUT_S": "3"}
+    history_toml = tmp_path / "history.toml"
+    history_toml.write_text("[history]\nrequest_timeout_s = 10\n")
+    loads: list[Any] = [
+        lambda: load_config(toml, env={}),
+        lambda: load_config(env=heartbeat_env),
+        lambda: load_config(overrides={"server": heartbeat}, env={}),
+        lambda: load_config(history_toml, env=heartbeat_env),
+        lambda: Config().replace(server=heartbeat),
+        lambda: Config(server=load_config(env=heartbeat_env | {"SIGNALD_HISTORY_REQUEST_TIMEOUT_S": "7"}).server),
+    ]
+    for load in loads:
+        with pytest.raises(ConfigError) as caught:
+            load()
+        assert str(caught.value) == TOO_LONG
+
+
+@pytest.mark.parametrize(("timeout_s", "allowed"), [(7.9, True), (8.0, False), (8.5, False)])
+def test_the_request_timeout_must_be_below_the_heartbeat_not_equal(timeout_s: float, allowed: bool) -> None:
+    sections = {"server": {"heartbeat_s": 5, "heartbeat_timeout_s": 3}, "history": {"request_timeout_s": timeout_s}}
+    if allowed:
+        assert load_config(overrides=sections, env={}).history.request_timeout_s == timeout_s
+    else:
+        with pytest.raises(ConfigError, match=rf"^history\.request_timeout_s: {timeout_s:g} s must be below .*= 8 s\)"):
+            load_config(overrides=sections, env={})
+
+
 # ------------------------------------------------------------------ Config.replace
 
 def test_replace_returns_a_new_frozen_config_with_the_change() -> None:

@@ -143,6 +143,26 @@ async def test_one_bad_send_fails_alone_and_the_rest_of_its_batch_is_stored(
     assert created and message.seq == 5  # the failed send's key was not kept
 
 
+async def test_a_send_whose_commit_fails_is_refused_not_acked(postgres_url: str, raw: psycopg.Connection[Any]) -> None:
+    """A deferred constraint (here a DBA's trigger) fails the COMMIT of the send path's statement
+    after its rows came back. The send path took those rows for the outcome: the send was acked
+    with a ``seq`` though nothing was stored."""
+    async with PostgresStore(postgres_url) as store:
+        await store.send(room="lobby", user_id="ann", body="stored")
+        raw.execute("CREATE FUNCTION signald.refuse() RETURNS trigger LANGUAGE plpgsql"
+                    " AS $$ BEGIN RAISE EXCEPTION 'refused at commit'; END $$")
+        raw.execute("CREATE CONSTRAINT TRIGGER refuse AFTER INSERT ON signald.messages"
+                    " DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION signald.refuse()")
+        with pytest.raises(StorageError) as info:
+            await store.send(room="lobby", user_id="ann", body="refused", client_msg_id="k")
+        assert (info.value.code, info.value.message) == ("INTERNAL", "history storage failed")
+        raw.execute("DROP TRIGGER refuse ON signald.messages")
+        again, created = await store.send(room="lobby", user_id="ann", body="refused", client_msg_id="k")
+        assert created and again.seq == 2
+        page = await store.history(room="lobby")
+        assert [(m.body, m.seq) for m in page.messages] == [("stored", 1), ("refused", 2)]
+
+
 async def test_a_batch_of_sends_is_one_commit(
     store: PostgresStore, raw: psycopg.Connection[Any], monitor: Callable[[], int]
 ) -> None:
