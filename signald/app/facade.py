@@ -31,6 +31,7 @@ import attrs
 import msgspec
 import trio
 
+from signald.app.history import MAY_BE_PUBLISHED
 from signald.app.hub import Hub
 from signald.app.replica import Kick, Leave
 from signald.app.session import Session
@@ -164,7 +165,9 @@ class Signald:
         Returns after the commit: the event is durable then.
 
         Error handling: ``ValueError`` for a type that is not ``app.<name>``; ``TOO_LARGE`` when the
-        JSON text is longer than ``limits.max_body_chars``; a store failure raises as the store's.
+        JSON text is longer than ``limits.max_body_chars``; a store failure raises as the store's, and
+        a store that does not answer within ``history.request_timeout_s`` ``INTERNAL`` (the event may
+        still be stored and delivered then).
         """
         encode_app_event(event_type, data)  # the type check of publish_to_room, before anything is stored
         body = msgspec.json.encode({"type": event_type, "data": data}).decode()  # never a raw U+0000
@@ -182,7 +185,9 @@ class Signald:
             history.announce(room, ChatMessageEvent(data=message))
             delivered = self.publish_to_room(room, event_type, data)
 
-        await history.store.send(room=room, user_id=APP_EVENT_AUTHOR, body=body, on_commit=on_commit)
+        # a hung store: INTERNAL after history.request_timeout_s, as a client's chat.send gets
+        await history.answered(history.store.send(room=room, user_id=APP_EVENT_AUTHOR, body=body,
+                                                  on_commit=on_commit), then=MAY_BE_PUBLISHED)
         return delivered
 
     def publish_to_user(self, user_id: str, event_type: str, data: Any) -> int:

@@ -75,6 +75,7 @@ PRUNE_S: Final = 0.5
 """While sends are watched, how often the ones acked meanwhile are dropped from the watch."""
 MAY_BE_DONE: Final = "; the change may still be made"
 MAY_BE_STORED: Final = "; the message may still be stored: send it again with the same client_msg_id"
+MAY_BE_PUBLISHED: Final = "; the event may still be stored and delivered"
 GUEST_ID: Final = re.compile(r"guest-[0-9a-f]{8}")  # what auth mode none gives a connection without ?user=
 
 T = TypeVar("T")

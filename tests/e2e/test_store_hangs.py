@@ -21,7 +21,7 @@ from postgres import PostgresServer, create_database
 from test_sqlite_outages import BUSY_TIMEOUT_S, locked
 from test_store_outages import paused
 
-from signald.app.history import MAY_BE_DONE, MAY_BE_STORED
+from signald.app.history import MAY_BE_DONE, MAY_BE_PUBLISHED, MAY_BE_STORED
 from signald.client.raw import SignaldClient, connect
 
 REQUEST_TIMEOUT_S = 1.0
@@ -110,6 +110,32 @@ async def test_a_paused_postgres_answers_each_request_in_time_and_keeps_the_conn
         with paused(postgres_server):
             await replies_while_hung(ann, first)
         await answered_once_after(ann, first)
+
+
+async def test_a_stored_publish_of_the_server_api_is_answered_in_time_while_the_store_hangs(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """``POST /api/v1/publish`` with ``store`` (the embedding API's ``publish_and_store``) waited
+    for a hung store with no limit: a backend's request hung with it (here, the 5 s busy timeout of
+    a locked file, then "history storage failed"). It gets ``INTERNAL`` after ``request_timeout_s``
+    like a client's ``chat.send``; the store back, the same call works."""
+    import httpx
+
+    key = "test-key-0123456789"
+    server = await start_server(nursery, make_config(
+        tmp_path, server=HEARTBEAT, history={"request_timeout_s": REQUEST_TIMEOUT_S}, api={"keys": [key]}))
+    body = {"room": "lobby", "type": "app.score", "data": {"home": 1}, "store": True}
+    async with httpx.AsyncClient(base_url=server.url.replace("ws://", "http://").rstrip("/"),
+                                 headers={"authorization": f"Bearer {key}"}, timeout=30) as http:
+        with locked(tmp_path / "signald.db"):
+            started = trio.current_time()
+            hung = await http.post("/api/v1/publish", json=body)
+            assert trio.current_time() - started < BUSY_TIMEOUT_S - 1
+            assert hung.status_code == 500, hung.text
+            assert hung.json()["error"] == {"code": "INTERNAL", "message": LATE + MAY_BE_PUBLISHED}
+        with trio.fail_after(BUSY_TIMEOUT_S + 5):
+            back = await http.post("/api/v1/publish", json=body)
+        assert back.status_code == 200, back.text
 
 
 @pytest.mark.parametrize("timeout_s", [0.5, 29.0])  # below the heartbeat's 20 + 10 s (a configuration error)
