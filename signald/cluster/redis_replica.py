@@ -112,7 +112,7 @@ class RedisReplica(Replica):
             again=lambda: self.kept.again(trio.current_time()), stamp=self.stamps.last)
         self.subscriber = self.channels.subscriber = Subscriber(
             self.broker.open_link, on_message=self._receive, on_subscribed=self.resync.subscribed, down=self._down,
-            sharded=self.broker.sharded)
+            sharded=self.broker.sharded, lost=self.writer.renew)  # the writer's link likely went with it
         self.calls = RedisCallDecisions(hub, self.names, self._client, grace_s=2 * self._ttl, down=self._down)
         hub.timers.decide_ring_timeouts = self.calls.ring_timeouts  # the calls this node offered: decided here
         self._nursery: trio.Nursery | None = None
