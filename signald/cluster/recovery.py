@@ -141,19 +141,21 @@ class Resync:
 
         If the history store fails to say which rooms are behind, that check is tried again with
         backoff (:meth:`_until_checked`) until the store answers, the node stops, or a newer run
-        (which makes the same check) cancels it."""
+        that got as far as that check (it makes the same, with what is delivered by then) takes over."""
         if self._running:
             return
         self._running = True
-        if self._retrying is not None:
-            self._retrying.cancel()  # this run checks the rooms itself, with what is delivered now
-        hub, records = self.hub, self.records
         fill = self._fill if self._moved_only() else None
         try:
-            owed = not await self._run(hub, records, fill)
+            rooms = await self._run(self.hub, self.records)
+            if rooms is None:  # the broker failed again: an older run's check, if any, goes on
+                return
+            if self._retrying is not None:
+                self._retrying.cancel()  # never two checks at once
+            checked = await self._first_check(rooms, fill)
         finally:
             self._running = False
-        if owed:  # (no checkpoint since: a newer run cannot have started before this scope exists)
+        if not checked:  # (no checkpoint since: a newer run cannot have started before this scope exists)
             with trio.CancelScope() as self._retrying:
                 await self._until_checked(fill)
 
@@ -161,8 +163,8 @@ class Resync:
         """The rooms this node hears."""
         return [name for kind, name in map(self.records.names.parse, self.channels.heard) if kind == "room"]
 
-    async def _run(self, hub: Hub, records: NodeRecords, fill: Callable[[str], Awaitable[bool]] | None) -> bool:
-        """False if the rooms behind could not be found (the store failed): that check is owed."""
+    async def _run(self, hub: Hub, records: NodeRecords) -> list[str] | None:
+        """The broker's part; the rooms to check, or None if the broker failed (said to ``down``)."""
         try:
             self.nodes.grace()
             # first what changed here while the writes were lost (closes, leaves), then the rest again;
@@ -178,11 +180,10 @@ class Resync:
             # user's node (which then rewrites its records) while the load still reads the old ones
             if again:
                 await self.writer.execute(records.shared(again))
-            rooms = self._rooms()
-        except Exception as exc:  # the broker failed again: its next reconnect runs a resync again
+        except Exception as exc:
             self._down(exc)
-            return True
-        return await self._first_check(rooms, fill)
+            return None
+        return self._rooms()
 
     async def _first_check(self, rooms: list[str], fill: Callable[[str], Awaitable[bool]] | None) -> bool:
         """The first try of :func:`close_rooms_behind` after a resync; False if the store failed."""

@@ -16,6 +16,7 @@ from signald.app.replica import Resynced
 from signald.cluster.catchup import WAIT_S, CatchUp
 from signald.cluster.order import RoomOrder
 from signald.cluster.recovery import CLOSE_SERVICE_RESTART, close_rooms_behind
+from signald.cluster.resp import LinkError
 from signald.delivery.frames import Frame
 from signald.history.contract import StorageError
 from signald.protocol import ReactionUpdateData
@@ -280,4 +281,32 @@ async def test_a_newer_resync_takes_over_the_store_check_of_an_older_one(
         20, 20.5, 21.5, 23.5, 27.5, 32.5, 37.5,  # the newer one, alone (the older would try at 22.5)
         42.5]  # the store answers
     assert ended == [("older", 20), ("newer", 42.5 + WAIT_S)]  # (the room waited to catch up, then closed)
+    assert resync.hub.sessions["c1"].closed[0] == CLOSE_SERVICE_RESTART
+
+
+async def test_a_newer_resync_that_meets_the_broker_down_leaves_the_older_ones_check_going(
+    autojump_clock: MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The newer one never gets to the store check (Redis failed again meanwhile): the older one's
+    tries go on, and the room is closed once the store answers."""
+    monkeypatch.setattr(random, "uniform", lambda low, high: high)
+    catch_up = CatchUp()
+    order = RoomOrder(lambda room, frame, exclude: catch_up.delivered(room, frame))
+    order.start("lost", 6)
+    store = FailingStore({"lost": 7})
+    resync = resync_over(store, {"lost": ["c1"]}, order, catch_up)
+    start = trio.current_time()
+
+    async def broker_down(kicked: frozenset[tuple[str, str]] = frozenset()) -> None:
+        await trio.lowlevel.checkpoint()
+        raise LinkError("Redis closed the connection")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(resync.run)
+        await trio.sleep(10)
+        monkeypatch.setattr(resync.nodes, "load", broker_down)
+        await resync.run()  # returns at once: nothing for it to check
+        await trio.sleep(10)
+        store.down = False
+    assert [t - start for t in store.reads] == [0, 0.5, 1.5, 3.5, 7.5, 12.5, 17.5, 22.5]
     assert resync.hub.sessions["c1"].closed[0] == CLOSE_SERVICE_RESTART
