@@ -7,6 +7,9 @@ chosen statuses again (:func:`announcement`: ops the others apply only where the
 reloads everyone else's, and closes with 1012 (service restart) the local connections of every
 room whose store moved past what the node delivered and does not catch up within a moment
 (:func:`close_rooms_behind`): their clients reconnect and resume exactly with ``since_rev``.
+If the history store fails to say which rooms those are (the node's own link to it is down), that
+check is tried again, with backoff, until the store answers: nothing will publish those changes
+again, so until then the rooms' clients here go without them.
 When the pub/sub was away only because signald's slot moved on a Redis Cluster (Redis lost
 nothing; the node missed what was published between the old owner unsubscribing it and its
 subscribing on the new one), what its rooms missed is delivered from the store at once instead
@@ -16,6 +19,7 @@ subscribing on the new one), what its rooms missed is delivered from the store a
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Final
 
@@ -33,6 +37,8 @@ from signald.cluster.writer import Writer
 log = logging.getLogger("signald.cluster")
 
 CLOSE_SERVICE_RESTART: Final = 1012  # RFC 6455 (IANA): clients reconnect with backoff
+RETRY_S: Final = (0.5, 5.0)  # first and longest wait between tries of a store check that failed
+LOG_EVERY_S: Final = 10.0  # a store check failing again: at most one line this often
 
 # (room, rev, delivered): returns once ``rev`` was delivered here, or when it stops waiting
 CatchUpWait = Callable[[str, int, "int | None"], Awaitable[None]]
@@ -120,6 +126,7 @@ class Resync:
         self._stamp = stamp
         self._heard_state_once = False
         self._running = False
+        self._retrying: trio.CancelScope | None = None  # the store check tried again after a resync
 
     def subscribed(self, channel: str) -> None:
         """The pub/sub subscribed to ``channel``: the state channel heard again after a reconnect
@@ -130,18 +137,34 @@ class Resync:
             self._heard_state_once = True
 
     async def run(self) -> None:
-        """After a reconnect: records and ops again, everyone else's reloaded, rooms behind closed."""
+        """After a reconnect: records and ops again, everyone else's reloaded, rooms behind closed.
+
+        If the history store fails to say which rooms are behind, that check is tried again with
+        backoff (:meth:`_until_checked`) until the store answers, the node stops, or a newer run
+        that got as far as that check (it makes the same, with what is delivered by then) takes over."""
         if self._running:
             return
         self._running = True
-        hub, records = self.hub, self.records
         fill = self._fill if self._moved_only() else None
         try:
-            await self._run(hub, records, fill)
+            rooms = await self._run(self.hub, self.records)
+            if rooms is None:  # the broker failed again: an older run's check, if any, goes on
+                return
+            if self._retrying is not None:
+                self._retrying.cancel()  # never two checks at once
+            checked = await self._first_check(rooms, fill)
         finally:
             self._running = False
+        if not checked:  # (no checkpoint since: a newer run cannot have started before this scope exists)
+            with trio.CancelScope() as self._retrying:
+                await self._until_checked(fill)
 
-    async def _run(self, hub: Hub, records: NodeRecords, fill: Callable[[str], Awaitable[bool]] | None) -> None:
+    def _rooms(self) -> list[str]:
+        """The rooms this node hears."""
+        return [name for kind, name in map(self.records.names.parse, self.channels.heard) if kind == "room"]
+
+    async def _run(self, hub: Hub, records: NodeRecords) -> list[str] | None:
+        """The broker's part; the rooms to check, or None if the broker failed (said to ``down``)."""
         try:
             self.nodes.grace()
             # first what changed here while the writes were lost (closes, leaves), then the rest again;
@@ -157,15 +180,45 @@ class Resync:
             # user's node (which then rewrites its records) while the load still reads the old ones
             if again:
                 await self.writer.execute(records.shared(again))
-            rooms = [name for kind, name in map(records.names.parse, self.channels.heard) if kind == "room"]
         except Exception as exc:
             self._down(exc)
-            return
+            return None
+        return self._rooms()
+
+    async def _first_check(self, rooms: list[str], fill: Callable[[str], Awaitable[bool]] | None) -> bool:
+        """The first try of :func:`close_rooms_behind` after a resync; False if the store failed."""
         try:
-            closed = await close_rooms_behind(hub, rooms, self.order.last, self.catch_up.until, fill)
+            closed = await close_rooms_behind(self.hub, rooms, self.order.last, self.catch_up.until, fill)
         except Exception as exc:  # the broker is back: this is the history store's failure, not Redis's
             log.warning("cluster: back on the broker, but the history store failed, so the rooms that missed "
-                        "events could not be found and closed to resume: %s", exc or type(exc).__name__)
-            return
+                        "events could not be found and closed to resume yet (trying again): %s",
+                        exc or type(exc).__name__)
+            return False
         log.info("cluster: back on the broker; %d devices announced again, %d closed to resume",
-                 len(hub.sessions), closed)
+                 len(self.hub.sessions), closed)
+        return True
+
+    async def _until_checked(self, fill: Callable[[str], Awaitable[bool]] | None) -> None:
+        """Try :func:`close_rooms_behind` again, with backoff, until the store answers it: the rooms
+        that missed events while the broker was away are still behind (none of their changes will
+        be published again), and their clients get them only by resuming. Each try reads what was
+        delivered at its moment, and the rooms heard then: a room that caught up meanwhile (a fill
+        from the store, its missing changes arriving late) is not closed."""
+        delay, logged = RETRY_S[0], trio.current_time()
+        failed = 0
+        while True:
+            await trio.sleep(delay * random.uniform(0.5, 1.0))
+            delay = min(2 * delay, RETRY_S[1])
+            try:
+                closed = await close_rooms_behind(self.hub, self._rooms(), self.order.last, self.catch_up.until, fill)
+            except Exception as exc:
+                failed += 1
+                if trio.current_time() - logged >= LOG_EVERY_S:  # a store down for an hour: one line a while
+                    logged = trio.current_time()
+                    log.warning("cluster: the history store still fails, so the rooms that missed events while the "
+                                "broker was away are not closed to resume yet (%d tries failed): %s",
+                                failed, exc or type(exc).__name__)
+                continue
+            log.info("cluster: the history store answers again; %d connections closed to resume (their rooms "
+                     "missed events while the broker was away)", closed)
+            return

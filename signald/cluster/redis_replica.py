@@ -73,7 +73,6 @@ log = logging.getLogger("signald.cluster")
 SWEEP_S: Final = 2.0
 VERDICT_SLACK_S: Final = 0.01  # a node is dead once its last beat is older than node_ttl_s: look just after
 CONNECT_S: Final = 5.0  # a broker that does not answer at start within this is a startup error
-CAUGHT_UP_S: Final = 1.0  # caught_up(): a refusal waits at most this for the pub/sub to show what it missed
 
 
 class RedisReplica(Replica):
@@ -112,7 +111,7 @@ class RedisReplica(Replica):
             again=lambda: self.kept.again(trio.current_time()), stamp=self.stamps.last)
         self.subscriber = self.channels.subscriber = Subscriber(
             self.broker.open_link, on_message=self._receive, on_subscribed=self.resync.subscribed, down=self._down,
-            sharded=self.broker.sharded)
+            sharded=self.broker.sharded, lost=self.writer.renew)  # the writer's link likely went with it
         self.calls = RedisCallDecisions(hub, self.names, self._client, grace_s=2 * self._ttl, down=self._down)
         hub.timers.decide_ring_timeouts = self.calls.ring_timeouts  # the calls this node offered: decided here
         self._nursery: trio.Nursery | None = None
@@ -179,7 +178,7 @@ class RedisReplica(Replica):
         self.writer.put([("publish", self.names.user(user), STATE_ENCODER.encode(envelope))])
 
     async def caught_up(self) -> None:
-        await self.subscriber.caught_up(CAUGHT_UP_S)
+        await self.subscriber.caught_up(1.0)  # a refusal or join waits at most this for the pub/sub
 
     async def enter_room(self, room: str) -> None:
         heard = self.names.room(room) in self.channels.heard

@@ -48,8 +48,10 @@ class Subscriber:
 
     def __init__(self, connect: Callable[[], Awaitable[Link]], *, on_message: Callable[[str, bytes], None],
                  on_subscribed: Callable[[str], None], down: Callable[[BaseException], None],
-                 sharded: bool = False) -> None:
+                 sharded: bool = False, lost: Callable[[], None] = lambda: None) -> None:
+        """``lost``: called as a connection that was open is lost (before ``down``)."""
         self._connect, self._on_message, self._on_subscribed, self._down = connect, on_message, on_subscribed, down
+        self._on_lost = lost
         prefix = "S" if sharded else ""
         self._subscribe, self._unsubscribe = prefix + "SUBSCRIBE", prefix + "UNSUBSCRIBE"
         self._message, self._subscribed = (b"smessage", b"ssubscribe") if sharded else (b"message", b"subscribe")
@@ -206,6 +208,7 @@ class Subscriber:
 
     def _lost(self, link: Link, exc: LinkError) -> None:
         self.problem = str(exc)
+        self._on_lost()
         self._moved_only = self._moved_only and isinstance(exc, SlotMoved)
         if self._link is link:
             self._link = None

@@ -54,10 +54,17 @@ class Writer:
         self._link: Link | None = None
         self._lock = trio.Lock()
         self._sending: trio.CancelScope | None = None
+        self._renew = False  # the next pipeline goes over a new connection (renew())
         self._put, self._queue = trio.open_memory_channel[list[Command]](math.inf)
 
     def put(self, commands: list[Command]) -> None:
         self._put.send_nowait(commands)
+
+    def renew(self) -> None:
+        """Send the next pipeline over a new connection: the pub/sub lost its own, and what closed
+        it (Redis restarting, a failover) most likely closed this idle one too. Sent on that one,
+        the pipeline would be lost, and the node would drop its new pub/sub once more."""
+        self._renew = True
 
     def after_sent(self, callback: Callable[[], None]) -> None:
         self._put.send_nowait([("callback", "", callback)])
@@ -105,7 +112,8 @@ class Writer:
         if not packed:
             return
         async with self._lock:
-            if fresh:
+            if fresh or self._renew:
+                self._renew = False
                 await self.close()
             try:
                 with trio.fail_after(REPLY_S):

@@ -3,8 +3,12 @@ rooms whose last change is only still on its way (signald.cluster.recovery.close
 
 from __future__ import annotations
 
+import itertools
+import logging
+import random
 from typing import Any
 
+import pytest
 import trio
 from trio.testing import MockClock
 
@@ -12,7 +16,9 @@ from signald.app.replica import Resynced
 from signald.cluster.catchup import WAIT_S, CatchUp
 from signald.cluster.order import RoomOrder
 from signald.cluster.recovery import CLOSE_SERVICE_RESTART, close_rooms_behind
+from signald.cluster.resp import LinkError
 from signald.delivery.frames import Frame
+from signald.history.contract import StorageError
 from signald.protocol import ReactionUpdateData
 from signald.protocol.outbound import ChatReactionUpdateEvent
 
@@ -183,3 +189,124 @@ async def test_the_resync_writes_its_records_over_a_fresh_connection() -> None:
     assert writer.pipelines == [([("publish", "state", Resynced()), ("publish", "state", "c2 closed meanwhile"),
                                   ("hset", "conns", {"c1": b"record"})], True)]
     assert beats == [1] and downs == []
+
+
+class FailingStore(Store):
+    """A store that fails every read while ``down``; when each read was made."""
+
+    def __init__(self, revs: dict[str, int]) -> None:
+        super().__init__(revs)
+        self.down, self.reads = True, list[float]()
+
+    async def changes(self, *, room: str, after_rev: int, limit: int) -> Page:
+        self.reads.append(trio.current_time())
+        await trio.lowlevel.checkpoint()
+        if self.down:
+            raise StorageError("history store unavailable")
+        return await super().changes(room=room, after_rev=after_rev, limit=limit)
+
+
+def resync_over(store: Store, members: dict[str, list[str]], order: RoomOrder, catch_up: CatchUp) -> Any:
+    from signald.cluster.recovery import Resync
+
+    hub: Any = Hub(store, members)
+    hub.sessions_by_user, hub.rooms_of = {}, lambda conn: set()
+    for session in hub.sessions.values():
+        session.user_id = "u"
+    channels = type("Heard", (), {"heard": sorted(members)})()
+
+    async def beat() -> None:
+        await trio.lowlevel.checkpoint()
+
+    return Resync(hub, Records(), Recorder(), Nodes(), channels, order, catch_up,  # type: ignore[arg-type]
+                  beat=beat, down=lambda exc: None, spawn=lambda task: None)
+
+
+async def test_a_store_check_that_failed_is_tried_again_until_the_store_answers(
+    autojump_clock: MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The store fails for a minute after the resync: the check is tried again with backoff (0.5 s
+    doubling to 5 s), logged at most once per 10 s, and closes the room still behind once the store
+    answers, not the one whose missing change arrived meanwhile."""
+    caplog.set_level(logging.INFO, logger="signald.cluster")
+    catch_up = CatchUp()
+    order = RoomOrder(lambda room, frame, exclude: catch_up.delivered(room, frame))
+    order.start("lost", 6)  # rev 7 was lost with the broker
+    order.start("caught", 3)  # rev 4 arrives while the store is down
+    store = FailingStore({"lost": 7, "caught": 4})
+    resync = resync_over(store, {"lost": ["c1"], "caught": ["c2"]}, order, catch_up)
+    start = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(resync.run)
+        await trio.sleep(30)
+        order.offer("caught", change("caught", 4), None)
+        await trio.sleep(30)
+        store.down = False
+    sessions = resync.hub.sessions
+    assert sessions["c1"].closed[0] == CLOSE_SERVICE_RESTART and sessions["c2"].closed is None
+    tries = sorted({round(t - start, 6) for t in store.reads})
+    waits = [later - earlier for earlier, later in itertools.pairwise(tries)]
+    assert tries[0] == 0 and 0.25 <= waits[0] <= 0.5 and max(waits) <= 5.0 and tries[-1] - 60 <= 5.0
+    lines = [r.getMessage() for r in caplog.records if r.name == "signald.cluster"]
+    failed = [line for line in lines if "history store" in line and "fail" in line]
+    assert 4 <= len(failed) <= 7, lines  # the first, then one per 10 s at most (tries 2.5-5 s apart)
+    assert lines[-1].startswith("cluster: the history store answers again; 1 connections closed"), lines
+
+
+async def test_a_newer_resync_takes_over_the_store_check_of_an_older_one(
+    autojump_clock: MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A resync whose store check is being tried again stops trying when a newer one starts (which
+    checks with what is delivered then): never two loops of tries at once, and each room closed once."""
+    monkeypatch.setattr(random, "uniform", lambda low, high: high)  # no jitter: the tries' times are known
+    catch_up = CatchUp()
+    order = RoomOrder(lambda room, frame, exclude: catch_up.delivered(room, frame))
+    order.start("lost", 6)
+    store = FailingStore({"lost": 7})
+    resync = resync_over(store, {"lost": ["c1"]}, order, catch_up)
+    start, ended = trio.current_time(), list[tuple[str, float]]()
+
+    async def run(name: str) -> None:
+        await resync.run()
+        ended.append((name, trio.current_time() - start))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run, "older")
+        await trio.sleep(20)
+        nursery.start_soon(run, "newer")
+        await trio.sleep(21)
+        store.down = False
+    assert [t - start for t in store.reads] == [
+        0, 0.5, 1.5, 3.5, 7.5, 12.5, 17.5,  # the older one: 0.5 s doubling to 5 s
+        20, 20.5, 21.5, 23.5, 27.5, 32.5, 37.5,  # the newer one, alone (the older would try at 22.5)
+        42.5]  # the store answers
+    assert ended == [("older", 20), ("newer", 42.5 + WAIT_S)]  # (the room waited to catch up, then closed)
+    assert resync.hub.sessions["c1"].closed[0] == CLOSE_SERVICE_RESTART
+
+
+async def test_a_newer_resync_that_meets_the_broker_down_leaves_the_older_ones_check_going(
+    autojump_clock: MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The newer one never gets to the store check (Redis failed again meanwhile): the older one's
+    tries go on, and the room is closed once the store answers."""
+    monkeypatch.setattr(random, "uniform", lambda low, high: high)
+    catch_up = CatchUp()
+    order = RoomOrder(lambda room, frame, exclude: catch_up.delivered(room, frame))
+    order.start("lost", 6)
+    store = FailingStore({"lost": 7})
+    resync = resync_over(store, {"lost": ["c1"]}, order, catch_up)
+    start = trio.current_time()
+
+    async def broker_down(kicked: frozenset[tuple[str, str]] = frozenset()) -> None:
+        await trio.lowlevel.checkpoint()
+        raise LinkError("Redis closed the connection")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(resync.run)
+        await trio.sleep(10)
+        monkeypatch.setattr(resync.nodes, "load", broker_down)
+        await resync.run()  # returns at once: nothing for it to check
+        await trio.sleep(10)
+        store.down = False
+    assert [t - start for t in store.reads] == [0, 0.5, 1.5, 3.5, 7.5, 12.5, 17.5, 22.5]
+    assert resync.hub.sessions["c1"].closed[0] == CLOSE_SERVICE_RESTART
