@@ -22,6 +22,7 @@ from wsproto.events import BytesMessage, CloseConnection, TextMessage
 
 from signald.delivery.outbox import direct_writer
 from signald.transport.framing import close_frame
+from signald.transport.http import linger
 from signald.transport.upgrade import (
     HEAD_TOO_LARGE,
     MAX_HEAD_BYTES,
@@ -137,6 +138,7 @@ class Handshake:
         if self._answer is not None:
             answer, self._answer = self._answer, None
             await self._send(self._response(answer.status, [*answer.headers, (b"content-length", b"0")]))
+            await linger(self.stream)  # the client may still be sending: no reset over our answer
         return None
 
     def _feed(self, data: bytes) -> Upgrade | None:
