@@ -316,6 +316,25 @@ async def test_a_refused_request_is_answered_whole_though_the_client_sent_more_t
     assert len(body) == length, got
 
 
+@pytest.mark.parametrize(("request_bytes", "status"), [
+    (UPGRADE.replace(b"Version: 13", b"Version: 8"), b"426"),
+    (UPGRADE.replace(b"GET ", b"POST "), b"400"),
+    (UPGRADE.replace(b"Host: x\r\n", b"Host: x\r\nX-Padding: " + b"p" * 20_000 + b"\r\n"), b"431"),
+])
+async def test_a_refused_upgrade_is_answered_whole_though_the_client_sent_more_than_was_read(
+    server: RunningServer, request_bytes: bytes, status: bytes,
+) -> None:
+    """A WebSocket upgrade refused with an HTTP status closed the connection at once, with what the
+    client sent after its request unread: the kernel then resets the connection, and the client
+    lost the answer it had not read yet. It now lingers as a refused plain request does."""
+    got = await whole_answer_despite_unread_input(server, request_bytes, b"b" * 600_000)
+    assert got.startswith(b"HTTP/1.1 " + status + b" "), got[:200]
+    assert got.endswith(b"\r\n\r\n"), got[:200]  # the whole head, and its body is empty
+    assert b"content-length: 0\r\n" in got.lower()
+    if status == b"426":
+        assert b"Sec-WebSocket-Version: 13" in got
+
+
 async def test_requests_that_never_asked_for_a_websocket_are_still_plain_http(server: RunningServer) -> None:
     got = await answer_to(server, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     assert got.startswith(b"HTTP/1.1 426 ") and b"signald WebSocket endpoint" in got
