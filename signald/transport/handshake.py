@@ -122,8 +122,9 @@ class Handshake:
         """Read until the client's upgrade request.
 
         None if the stream ended first, or the request was not a WebSocket upgrade: then, with
-        ``keep_plain``, :attr:`plain` holds the bytes read, else it was answered ``400``/``426``
-        (:func:`~signald.transport.upgrade.vet_request`).
+        ``keep_plain``, :attr:`plain` holds the bytes read, else it was answered ``400``/``426``/``431``
+        (:func:`~signald.transport.upgrade.vet_request`), and what the client still sends is read and
+        dropped until it closes its end, within the bounds of :func:`~signald.transport.http.linger`.
         """
         while not self._ended:
             if self._request is not None:
