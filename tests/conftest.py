@@ -25,6 +25,7 @@ from trio.testing import MockClock
 from signald.client.raw import SignaldClient, connect
 from signald.config import Config, load_config
 from signald.server import RunningServer, serve_signald
+from signald.transport.handshake import Handshake, Upgrade
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -56,6 +57,41 @@ def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
     ours.setblocking(False)
     with ours, peer:
         yield ours, peer
+
+
+async def handshake_over(
+    pair: tuple[socket.socket, socket.socket], data: bytes, *, keep_plain: bool = False,
+) -> tuple[Handshake, Upgrade | None, bytes]:
+    """A :class:`Handshake` on ``pair``'s server end reads ``data``, which the client end sent, and the
+    client reads the answer as a real one does: a refused upgrade's answer up to the end of the
+    server's side of the stream, then it closes its own side. The handshake half-closes after a
+    refusal, then lingers (signald.transport.http.linger) until the client has closed its side,
+    which it does at once here; a client that never closed would hold the handshake for the whole
+    linger. When the handshake is over, the stream is closed, as the daemon closes it.
+
+    Returns the handshake, the upgrade read (None when it was refused, or kept for plain HTTP in
+    ``handshake.plain``), and what the client read up to the server's end: ``b""`` when the server
+    did not answer yet (an upgrade to accept, plain HTTP to serve).
+    """
+    ours, peer = pair
+    peer.sendall(data)
+    handshake = Handshake(trio.SocketStream(trio.socket.from_stdlib_socket(ours)), keep_plain=keep_plain)
+    client = trio.socket.from_stdlib_socket(peer)  # non-blocking from now on
+    answer = bytearray()
+
+    async def read_to_the_servers_end() -> None:
+        while chunk := await client.recv(65536):
+            answer.extend(chunk)
+        peer.shutdown(socket.SHUT_WR)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(read_to_the_servers_end)
+        upgrade = handshake.read_now() or await handshake.read_request()
+        if upgrade is None and handshake.plain is None:
+            await handshake.stream.aclose()  # refused: signald.server closes the stream then
+        else:
+            nursery.cancel_scope.cancel()  # not answered yet: no end to read up to
+    return handshake, upgrade, bytes(answer)
 
 
 def make_config(tmp_path: Path, **sections: dict[str, Any]) -> Config:

@@ -22,6 +22,7 @@ from wsproto.events import BytesMessage, CloseConnection, TextMessage
 
 from signald.delivery.outbox import direct_writer
 from signald.transport.framing import close_frame
+from signald.transport.http import linger
 from signald.transport.upgrade import (
     HEAD_TOO_LARGE,
     MAX_HEAD_BYTES,
@@ -121,8 +122,9 @@ class Handshake:
         """Read until the client's upgrade request.
 
         None if the stream ended first, or the request was not a WebSocket upgrade: then, with
-        ``keep_plain``, :attr:`plain` holds the bytes read, else it was answered ``400``/``426``
-        (:func:`~signald.transport.upgrade.vet_request`).
+        ``keep_plain``, :attr:`plain` holds the bytes read, else it was answered ``400``/``426``/``431``
+        (:func:`~signald.transport.upgrade.vet_request`), and what the client still sends is read and
+        dropped until it closes its end, within the bounds of :func:`~signald.transport.http.linger`.
         """
         while not self._ended:
             if self._request is not None:
@@ -137,6 +139,7 @@ class Handshake:
         if self._answer is not None:
             answer, self._answer = self._answer, None
             await self._send(self._response(answer.status, [*answer.headers, (b"content-length", b"0")]))
+            await linger(self.stream)  # the client may still be sending: no reset over our answer
         return None
 
     def _feed(self, data: bytes) -> Upgrade | None:

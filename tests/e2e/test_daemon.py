@@ -179,3 +179,33 @@ async def test_sigterm_does_not_wait_for_peers_that_never_answer_the_close(tmp_p
             assert await process.wait() == 0
         assert trio.current_time() - started < 2.5  # not the 3 s shutdown_timeout_s per connection
         await stream.aclose()
+
+
+async def test_sigterm_does_not_wait_out_the_linger_of_refused_requests(tmp_path: Path) -> None:
+    """A refused upgrade, and a refused plain request, linger (up to 5 s) for clients that keep the
+    connection open; a stopping daemon gives them the shutdown's shared wait at most (0.5 s)."""
+    async with daemon("--db", str(tmp_path / "d.db"), cwd=tmp_path) as (process, url, _):
+        port = int(url.rsplit(":", 1)[1].strip("/"))
+        refused = [b"GET /?user=ann HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                   b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 8\r\n\r\n",  # 426
+                   b"POST /api/v1/publish HTTP/1.1\r\nHost: x\r\nContent-Length: 400000\r\n\r\n"]  # 400 TOO_LARGE
+        streams = []
+        for request in refused:
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            streams.append(stream)
+            await stream.send_all(request + b"b" * 30_000)  # more than the daemon reads: it lingers
+            got = b""
+            with trio.fail_after(5):
+                while chunk := await stream.receive_some(65536):  # the daemon half-closes after its answer
+                    got += chunk
+            assert got.startswith((b"HTTP/1.1 426 ", b"HTTP/1.1 400 ")), got
+        # Both clients keep their side open: the daemon is still lingering on each.
+        started = trio.current_time()
+        process.send_signal(signal.SIGTERM)
+        with trio.fail_after(10):
+            assert await process.wait() == 0
+        took = trio.current_time() - started
+        for stream in streams:
+            await stream.aclose()
+    print(f"exit took {took:.3f} s")
+    assert took < 2.5  # not LINGER_S (5 s)

@@ -316,6 +316,43 @@ async def test_a_refused_request_is_answered_whole_though_the_client_sent_more_t
     assert len(body) == length, got
 
 
+@pytest.mark.parametrize(("request_bytes", "status"), [
+    (UPGRADE.replace(b"Version: 13", b"Version: 8"), b"426"),
+    (UPGRADE.replace(b"GET ", b"POST "), b"400"),
+    (UPGRADE.replace(b"Host: x\r\n", b"Host: x\r\nX-Padding: " + b"p" * 20_000 + b"\r\n"), b"431"),
+])
+async def test_a_refused_upgrade_is_answered_whole_though_the_client_sent_more_than_was_read(
+    server: RunningServer, request_bytes: bytes, status: bytes,
+) -> None:
+    """A WebSocket upgrade refused with an HTTP status closed the connection at once, with what the
+    client sent after its request unread: the kernel then resets the connection, and the client
+    lost the answer it had not read yet. It now lingers as a refused plain request does."""
+    got = await whole_answer_despite_unread_input(server, request_bytes, b"b" * 600_000)
+    assert got.startswith(b"HTTP/1.1 " + status + b" "), got[:200]
+    assert got.endswith(b"\r\n\r\n"), got[:200]  # the whole head, and its body is empty
+    assert b"content-length: 0\r\n" in got.lower()
+    if status == b"426":
+        assert b"Sec-WebSocket-Version: 13" in got
+
+
+async def test_a_lingering_refused_upgrade_holds_no_connection_of_its_user(
+    nursery: trio.Nursery, tmp_path: Path,
+) -> None:
+    """While ann's refused upgrade lingers (her client keeps its end open, the daemon reads on), her one
+    allowed connection (``max_connections_per_user = 1``) is still hers to open."""
+    server = await start_server(nursery, make_config(tmp_path, limits={"max_connections_per_user": 1}))
+    port = int(server.url.rstrip("/").rsplit(":", 1)[1])
+    async with await trio.open_tcp_stream("127.0.0.1", port) as refused:
+        await refused.send_all(UPGRADE.replace(b"Version: 13", b"Version: 8"))
+        got = b""
+        with trio.fail_after(5):
+            while chunk := await refused.receive_some(65536):  # up to the daemon's half-close
+                got += chunk
+        assert got.startswith(b"HTTP/1.1 426 "), got
+        async with connect(server.url, user="ann") as ann:
+            assert (await ann.request_raw("presence.ping"))["type"] == "presence.pong"
+
+
 async def test_requests_that_never_asked_for_a_websocket_are_still_plain_http(server: RunningServer) -> None:
     got = await answer_to(server, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     assert got.startswith(b"HTTP/1.1 426 ") and b"signald WebSocket endpoint" in got

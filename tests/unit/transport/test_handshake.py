@@ -9,6 +9,7 @@ import socket
 import pytest
 import trio
 import trio.testing
+from conftest import handshake_over
 
 from signald.transport.handshake import Handshake, send_now
 
@@ -75,12 +76,9 @@ async def test_plain_http_is_kept_for_the_http_server(pair: tuple[socket.socket,
 
 
 async def test_plain_http_without_an_http_server_is_refused(pair: tuple[socket.socket, socket.socket]) -> None:
-    ours, peer = pair
-    peer.sendall(b"GET /health HTTP/1.1\r\nHost: example\r\n\r\n")
-    handshake = Handshake(server_stream(ours))
-    assert handshake.read_now() is None
-    assert await handshake.read_request() is None
-    assert peer.recv(65536).startswith(b"HTTP/1.1 400 ")  # wsproto's answer to a request with no Upgrade
+    _, upgrade, answer = await handshake_over(pair, b"GET /health HTTP/1.1\r\nHost: example\r\n\r\n")
+    assert upgrade is None
+    assert answer.startswith(b"HTTP/1.1 400 ")  # wsproto's answer to a request with no Upgrade
 
 
 async def test_a_stream_that_ends_before_its_request_gives_none(pair: tuple[socket.socket, socket.socket]) -> None:

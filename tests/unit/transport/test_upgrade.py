@@ -14,13 +14,13 @@ import socket
 
 import h11
 import pytest
-import trio
+from conftest import handshake_over
 from wsproto.connection import ConnectionType
 from wsproto.events import AcceptConnection, RejectConnection, Request, TextMessage
 from wsproto.handshake import H11Handshake
 from wsproto.utilities import RemoteProtocolError
 
-from signald.transport.handshake import Handshake, Upgrade, send_now
+from signald.transport.handshake import Upgrade, send_now
 from signald.transport.upgrade import BadUpgrade, switching_protocols, vet_request
 
 KEY = b"dGhlIHNhbXBsZSBub25jZQ=="
@@ -68,10 +68,6 @@ GOOD = {
 }
 
 
-def server_stream(ours: socket.socket) -> trio.SocketStream:
-    return trio.SocketStream(trio.socket.from_stdlib_socket(ours))
-
-
 def wsproto_reading(data: bytes) -> Request | RejectConnection:
     """What wsproto's H11Handshake made of ``data``: the request, or the refusal it suggested."""
     handshake = H11Handshake(ConnectionType.SERVER)
@@ -96,13 +92,6 @@ def wsproto_answer(data: bytes, subprotocol: str | None = None) -> bytes:
     return handshake.send(AcceptConnection(subprotocol=subprotocol))
 
 
-async def read_upgrade(pair: tuple[socket.socket, socket.socket], data: bytes) -> tuple[Handshake, Upgrade | None]:
-    ours, peer = pair
-    peer.sendall(data)
-    handshake = Handshake(server_stream(ours))
-    return handshake, handshake.read_now() or await handshake.read_request()
-
-
 def answered(peer: socket.socket) -> bytes:
     peer.settimeout(5)
     return peer.recv(65536)
@@ -113,9 +102,8 @@ async def test_a_bad_upgrade_gets_the_status_wsproto_gave_it_byte_for_byte(
     pair: tuple[socket.socket, socket.socket], case: str,
 ) -> None:
     data, status = BAD[case]
-    _, upgrade = await read_upgrade(pair, data)
+    _, upgrade, answer = await handshake_over(pair, data)
     assert upgrade is None
-    answer = answered(pair[1])
     assert answer.startswith(b"HTTP/1.1 %d " % status)
     assert answer == wsproto_answer(data)
     if status == 426 or case == "no version":
@@ -127,7 +115,7 @@ async def test_a_good_upgrade_is_read_as_wsproto_read_it_and_accepted_with_its_1
     pair: tuple[socket.socket, socket.socket], case: str,
 ) -> None:
     data = GOOD[case]
-    handshake, upgrade = await read_upgrade(pair, data)
+    handshake, upgrade, _ = await handshake_over(pair, data)
     assert upgrade is not None
     theirs = wsproto_reading(data)
     assert isinstance(theirs, Request)
@@ -161,7 +149,7 @@ def test_the_101_is_what_h11_writes_for_each_connection(subprotocol: str | None)
 
 
 async def test_only_an_offered_subprotocol_can_be_selected(pair: tuple[socket.socket, socket.socket]) -> None:
-    handshake, upgrade = await read_upgrade(pair, request(*BASE, "Sec-WebSocket-Protocol: signald.v1.json"))
+    handshake, upgrade, _ = await handshake_over(pair, request(*BASE, "Sec-WebSocket-Protocol: signald.v1.json"))
     assert upgrade is not None and upgrade.subprotocols == ("signald.v1.json",)
     with pytest.raises(ValueError, match="not offered"):
         handshake.upgrade("signald.v1.msgpack")
@@ -173,9 +161,9 @@ async def test_a_key_that_is_not_16_bytes_in_base64_is_refused_400_where_wsproto
     pair: tuple[socket.socket, socket.socket], key: bytes,
 ) -> None:
     data = request(*without("Sec-WebSocket-Key"), "Sec-WebSocket-Key: " + key.decode())
-    _, upgrade = await read_upgrade(pair, data)
+    _, upgrade, answer = await handshake_over(pair, data)
     assert upgrade is None
-    assert answered(pair[1]).startswith(b"HTTP/1.1 400 ")
+    assert answer.startswith(b"HTTP/1.1 400 ")
     assert isinstance(wsproto_reading(data), Request)  # stricter than before: RFC 6455 4.2.1
 
 
@@ -207,15 +195,13 @@ async def test_beside_a_plain_http_server_a_bad_upgrade_is_still_refused_and_onl
     (``Upgrade: websocket``, a key or a version) gets its refusal as above; it used to be handed over
     and answered 426 "connect with a WebSocket client". What never asked for one, or is not HTTP, is kept."""
     data, status = BAD[case]
-    ours, peer = pair
-    peer.sendall(data)
-    handshake = Handshake(server_stream(ours), keep_plain=True)
-    assert (handshake.read_now() or await handshake.read_request()) is None
+    handshake, upgrade, answer = await handshake_over(pair, data, keep_plain=True)
+    assert upgrade is None
     if case in ("not HTTP", "no Host (HTTP/1.1: h11 refuses it)"):  # the plain-HTTP server answers 400 itself
-        assert handshake.plain == data
+        assert (handshake.plain, answer) == (data, b"")
         return
     assert handshake.plain is None
-    assert answered(peer) == wsproto_answer(data)
+    assert answer == wsproto_answer(data)
     assert wsproto_answer(data).startswith(b"HTTP/1.1 %d " % status)
 
 
