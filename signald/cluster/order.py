@@ -16,8 +16,15 @@ message whose creation was lost), and moves the order past that revision. A chan
 after that is dropped: what it said was delivered (a change that several later ones folded into
 went out as the message's later state). Filled messages go out as ``chat.message`` with their
 whole current state (a hard-deleted one as ``chat.deleted``), which a client applies by ``id`` and
-``rev`` as it applies a ``chat.changes`` page. If the store cannot be read, :meth:`RoomOrder.give_up`
-delivers what waited and a missing change still goes out if it arrives later.
+``rev`` as it applies a ``chat.changes`` page.
+
+If the store cannot say what is missing (it cannot be read, or retention removed part of it), the
+gap is **lost** (:meth:`RoomOrder.lose`): nothing held above it goes out, and the room's order is
+forgotten, so the next join's read starts it again. Delivering past the gap would give the room's
+clients a resume point above changes they never got; their connections here are closed instead
+(:func:`signald.cluster.gaps.fill_gap`), and they resume from the last change they applied.
+A room with no order here (no join read it) still delivers what it heard, in order, once the hold
+time passed (:meth:`RoomOrder.give_up`): nobody here holds a resume point it could move past.
 """
 
 from __future__ import annotations
@@ -54,7 +61,7 @@ class RoomOrder:
         self._held: dict[str, dict[int, Held]] = {}
         self._gaps = 0  # counts gaps, so a timer armed for one gap never acts on a later one
         self._gap_of: dict[str, int] = {}
-        self._skipped: dict[str, set[int]] = {}  # revs given up on (not filled): still delivered if they come
+        self._skipped: dict[str, set[int]] = {}  # revs given up on (no order): still delivered if they come
 
     def offer(self, room: str, frame: Frame, exclude: str | None) -> int | None:
         """Deliver ``frame`` now or hold it; a gap number when the room just started holding (arm a
@@ -128,8 +135,22 @@ class RoomOrder:
         self._drain(room)
         return self._gap(room) if room in self._held else None
 
+    def lose(self, room: str, gap: int) -> bool:
+        """``gap`` cannot be filled (the store cannot say what is missing): drop what waits behind it,
+        deliver none of it, and forget the room's order (the next join's read starts it again, as
+        for a room heard afresh). False if ``gap`` was closed meanwhile: nothing changes then."""
+        if self._gap_of.get(room) != gap:
+            return False
+        self._gap_of.pop(room, None)
+        self._held.pop(room, None)
+        self._last.pop(room, None)
+        self._skipped.pop(room, None)
+        return True
+
     def give_up(self, room: str, gap: int | None = None) -> None:
-        """``gap`` cannot be filled (None: any): deliver what waits, in order, leaving the gap behind."""
+        """Deliver what waits behind ``gap`` (None: any), in order, leaving the gap behind (a change
+        in it that turns up later still goes out): for a room no join read here (no order to keep
+        exact) or one this node stops hearing (:meth:`forget`)."""
         if gap is not None and self._gap_of.get(room) != gap:
             return  # that gap was filled; the room may be waiting on a newer one, with its own timer
         self._gap_of.pop(room, None)
