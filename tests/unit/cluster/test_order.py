@@ -52,13 +52,31 @@ def test_a_gap_the_store_cannot_fill_is_lost_nothing_past_it_goes_out_and_the_ne
     assert order.lose("r", old)  # the store could not say what 6 was
     assert out == [] and order.last("r") is None  # 7 and 8 never go out: a client given them would skip 6
     assert not order.lose("r", old)  # its timer again: nothing left to lose
-    order.offer("r", change(6), None)  # late changes of the lost order: held like any heard afresh ...
-    order.offer("r", change(9), None)
+    order.offer("r", change(6), None)  # heard before a join's read starts the room again: dropped (its
+    order.offer("r", change(9), None)  # connections here are closing: none may get a change past 6)
     assert out == []
-    order.start("r", 8, alone=True)  # ... until a join's read (at 8: 6 to 8 are in its ack) starts it again
-    assert out == [6, 9] and order.last("r") == 9  # (6 only for a join still reading: it keeps what is above 8)
+    again = order.start("r", 8, alone=True)  # a rejoin's read (at 8: 6 to 8 are in its ack) starts the room:
+    assert again is not None and order.missing("r", again) == 8  # 9, dropped, is a gap to fill from the store
+    assert order.fill("r", again, [stored(9)], upto=9) is None
     order.offer("r", change(10), None)
-    assert out == [6, 9, 10]
+    assert out == [9, 10] and order.last("r") == 10
+
+
+def test_a_join_that_starts_a_lost_room_above_what_was_dropped_opens_no_gap() -> None:
+    order, out = setup()
+    order.start("r", 5)
+    gap = order.offer("r", change(7), None)
+    assert gap is not None and order.lose("r", gap)
+    order.offer("r", change(8), None)
+    assert order.start("r", 8) is None  # its read has all that was dropped
+    order.offer("r", change(9), None)
+    assert out == [9]
+    order.forget("r")  # forgetting a lost room ends it too: heard afresh, held, then given up in order
+    lost = order.offer("r", change(3), None)
+    assert lost is not None and order.lose("r", lost)
+    order.forget("r")
+    order.offer("r", change(12), None)
+    assert out == [9] and order.last("r") is None
 
 
 def test_a_gap_closed_while_the_store_was_asked_is_not_lost_and_a_newer_gap_keeps_its_own_timer() -> None:
