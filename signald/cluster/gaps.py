@@ -10,12 +10,12 @@ If the store cannot say what is missing (unreachable from this node, or retentio
 it), nothing past the gap goes out: a client given the later change would hold a resume point above
 the missing one, and its next resume would skip it for good. Instead the gap is lost
 (:meth:`RoomOrder.lose`: nothing of the room goes out here until the next join's read starts its
-order again) and this node's
-connections in the room, and those joining it, are closed with 1012 (service restart, "room events
-were missed: resume"). Their clients reconnect with backoff and join again with ``since_rev``, the
-last change they applied: while this node still cannot read the store the join fails with
-``INTERNAL`` (to be tried again later); once it can, the join's ack holds exactly what they missed.
-The room's connections on other nodes, and this node's connections not in the room, are not affected.
+order again) and this node's connections in the room, and those joining it, are closed with 1012
+(service restart, "room events were missed: resume"). Their clients reconnect with backoff and
+join again with ``since_rev``, the last change they applied: while this node still cannot read the
+store the join fails with ``INTERNAL`` (to be tried again later); once it can, the join's ack holds
+exactly what they missed. The room's connections on other nodes, and this node's connections not
+in the room, are not affected.
 """
 
 from __future__ import annotations

@@ -24,8 +24,7 @@ room heard after it, until a join's read starts the room's order again (the chan
 meanwhile above that read are then filled from the store as a gap). Delivering past the gap would
 give the room's clients a resume point above changes they never got; their connections here are
 closed instead (:func:`signald.cluster.gaps.fill_gap`), and they resume from the last change they
-applied.
-A room with no order here (no join read it) still delivers what it heard, in order, once the hold
+applied. A room with no order here (no join read it) still delivers what it heard, in order, once the hold
 time passed (:meth:`RoomOrder.give_up`): nobody here holds a resume point it could move past.
 """
 
