@@ -219,6 +219,10 @@ class HistoryService:
             if not joiners:
                 del self._joining[room]
 
+    def joining(self, room: str) -> list[str]:
+        """The connections whose join of ``room`` is reading history now (not members yet)."""
+        return list(self._joining.get(room, ()))
+
     def replay(self, conn: str, kept: list[Frame], rejoin: Rejoin) -> None:
         """Deliver to a fresh member what was committed for its room after its join's read."""
         for frame in kept:

@@ -7,7 +7,8 @@ read can be ahead of what this node has delivered in order: were the joiner a me
 arrive, it would get them live a second time, older than its ack. So the join waits, still
 capturing what is delivered meanwhile (and keeping only what is newer than its read), until this
 node's order has delivered up to its read, for at most :data:`WAIT_S`: a change whose node died
-before publishing it is filled in or given up on by then.
+before publishing it is filled in by then (or, if the store cannot say what it was, the join is
+closed with 1012, as the room's connections are: signald.cluster.gaps).
 """
 
 from __future__ import annotations

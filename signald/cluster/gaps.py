@@ -4,9 +4,18 @@ A change held back behind a missing one waits :data:`~signald.cluster.order.HOLD
 missing change has not arrived by then (its node died between its commit and its publish, or the
 publish was lost), :func:`fill_gap` reads the room's changes after the last one delivered from
 the store every node shares (the store's own reads: off the Trio thread where it has a thread)
-and hands them to :meth:`RoomOrder.fill`, which delivers them in order with what was held. If the
-store cannot say (unreachable, or retention removed part of it), the gap is given up: what waited
-goes out, and the clients that must be exact resume with ``since_rev`` as after any outage.
+and hands them to :meth:`RoomOrder.fill`, which delivers them in order with what was held.
+
+If the store cannot say what is missing (unreachable from this node, or retention removed part of
+it), nothing past the gap goes out: a client given the later change would hold a resume point above
+the missing one, and its next resume would skip it for good. Instead the gap is lost
+(:meth:`RoomOrder.lose`: nothing of the room goes out here until the next join's read starts its
+order again) and this node's connections in the room, and those joining it, are closed with 1012
+(service restart, "room events were missed: resume"). Their clients reconnect with backoff and
+join again with ``since_rev``, the last change they applied: while this node still cannot read the
+store the join fails with ``INTERNAL`` (to be tried again later); once it can, the join's ack holds
+exactly what they missed. The room's connections on other nodes, and this node's connections not
+in the room, are not affected.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ import trio
 
 from signald.app.hub import Hub
 from signald.cluster.order import HOLD_S, RoomOrder
+from signald.cluster.recovery import close_to_resume
 from signald.delivery.frames import Frame
 from signald.protocol import ChatDeletedEvent, ChatMessage, ChatMessageEvent, DeletedData
 from signald.protocol.common import Change
@@ -56,15 +66,23 @@ async def fill_gap(hub: Hub, order: RoomOrder, room: str, gap: int | None) -> No
                 if page.changes_reset:
                     why = "the store no longer holds every change after it"
         if why is not None:
-            log.warning("cluster: room %s: a change after rev %d did not arrive within %g s and %s; "
-                        "delivering what followed it", room, after, HOLD_S, why)
-            order.give_up(room, gap)
+            if order.lose(room, gap):  # (else the missing changes arrived while the store was asked)
+                closed = lose_room(hub, room)
+                log.warning("cluster: room %s: a change after rev %d did not arrive within %g s and %s; nothing "
+                            "after it delivered, %d connections closed to resume", room, after, HOLD_S, why, closed)
             return
         upto = page.changes[-1].rev if page.has_more and page.changes else page.rev
         log.warning("cluster: room %s: a change after rev %d did not arrive within %g s; filled from the store up "
                     "to rev %d", room, after, HOLD_S, upto)
         now = hub.wall_clock()
         gap = order.fill(room, gap, [frame_of(change, now) for change in page.changes], upto)
+
+
+def lose_room(hub: Hub, room: str) -> int:
+    """Close (1012) this node's connections in ``room`` and those joining it (their reads may be
+    behind what was dropped): returns how many."""
+    joining = hub.history.joining(room) if hub.history is not None else []
+    return close_to_resume(hub, {*hub.rooms.conns_in(room), *joining}, "room events were missed")
 
 
 async def fill_now(hub: Hub, order: RoomOrder, room: str, gap_left: Callable[[str, int], None]) -> bool:

@@ -16,8 +16,16 @@ message whose creation was lost), and moves the order past that revision. A chan
 after that is dropped: what it said was delivered (a change that several later ones folded into
 went out as the message's later state). Filled messages go out as ``chat.message`` with their
 whole current state (a hard-deleted one as ``chat.deleted``), which a client applies by ``id`` and
-``rev`` as it applies a ``chat.changes`` page. If the store cannot be read, :meth:`RoomOrder.give_up`
-delivers what waited and a missing change still goes out if it arrives later.
+``rev`` as it applies a ``chat.changes`` page.
+
+If the store cannot say what is missing (it cannot be read, or retention removed part of it), the
+gap is **lost** (:meth:`RoomOrder.lose`): nothing held above it goes out, nor any change of the
+room heard after it, until a join's read starts the room's order again (the changes heard
+meanwhile above that read are then filled from the store as a gap). Delivering past the gap would
+give the room's clients a resume point above changes they never got; their connections here are
+closed instead (:func:`signald.cluster.gaps.fill_gap`), and they resume from the last change they
+applied. A room with no order here (no join read it) still delivers what it heard, in order, once the hold
+time passed (:meth:`RoomOrder.give_up`): nobody here holds a resume point it could move past.
 """
 
 from __future__ import annotations
@@ -54,12 +62,16 @@ class RoomOrder:
         self._held: dict[str, dict[int, Held]] = {}
         self._gaps = 0  # counts gaps, so a timer armed for one gap never acts on a later one
         self._gap_of: dict[str, int] = {}
-        self._skipped: dict[str, set[int]] = {}  # revs given up on (not filled): still delivered if they come
+        self._skipped: dict[str, set[int]] = {}  # revs given up on (no order): still delivered if they come
+        self._lost: dict[str, int] = {}  # rooms whose gap was lost -> the highest rev heard since (dropped)
 
     def offer(self, room: str, frame: Frame, exclude: str | None) -> int | None:
         """Deliver ``frame`` now or hold it; a gap number when the room just started holding (arm a
         timer that calls :meth:`missing` with it), else None."""
         rev = rev_of(frame)
+        if rev is not None and room in self._lost:  # its connections here are closing: none gets it
+            self._lost[room] = max(self._lost[room], rev)
+            return None
         last = self._last.get(room)
         if rev is not None and last is not None and rev <= last:
             skipped = self._skipped.get(room)
@@ -76,20 +88,28 @@ class RoomOrder:
         held[rev] = (frame, exclude)
         return self._gap(room) if len(held) == 1 else None
 
-    def start(self, room: str, rev: int, *, alone: bool = False) -> None:
+    def start(self, room: str, rev: int, *, alone: bool = False) -> int | None:
         """A join read the room at ``rev``: if this node has no order for the room yet, or ``alone``
         (no connection of this node is in the room yet) and its order is behind ``rev`` (it has not
         heard the room for a while), the order starts there. What was held up to ``rev`` goes out
-        first, in order, for the joins still reading (each keeps what is above its own read)."""
+        first, in order, for the joins still reading (each keeps what is above its own read).
+
+        A room whose gap was lost (:meth:`lose`) starts again so; a gap number (arm a timer as for
+        :meth:`offer`) if changes above ``rev`` were heard, and dropped, before this read started it:
+        they are filled from the store as any gap."""
+        dropped = self._lost.pop(room, None)
         last = self._last.get(room)
         if last is not None and not (alone and rev > last):
-            return
+            return None
         held = self._held.get(room, {})
         for early in sorted(r for r in held if r <= rev):
             self._deliver(room, *held.pop(early))
         self._last[room] = rev
         self._skipped.pop(room, None)
         self._drain(room)
+        if dropped is not None and dropped > self._last[room] and room not in self._gap_of:
+            return self._gap(room)
+        return None
 
     def missing(self, room: str, gap: int) -> int | None:
         """The hold time of ``gap`` passed: the ``rev`` after which to read the room's stored changes
@@ -128,8 +148,23 @@ class RoomOrder:
         self._drain(room)
         return self._gap(room) if room in self._held else None
 
+    def lose(self, room: str, gap: int) -> bool:
+        """``gap`` cannot be filled (the store cannot say what is missing): drop what waits behind it
+        and forget the room's order; until a join's read starts it again (:meth:`start`), the room's
+        changes heard here are dropped too (its connections here are being closed to resume). False
+        if ``gap`` was closed meanwhile: nothing changes then."""
+        if self._gap_of.get(room) != gap:
+            return False
+        self._gap_of.pop(room, None)
+        self._lost[room] = max(self._held.pop(room, {}), default=0)
+        self._last.pop(room, None)
+        self._skipped.pop(room, None)
+        return True
+
     def give_up(self, room: str, gap: int | None = None) -> None:
-        """``gap`` cannot be filled (None: any): deliver what waits, in order, leaving the gap behind."""
+        """Deliver what waits behind ``gap`` (None: any), in order, leaving the gap behind (a change
+        in it that turns up later still goes out): for a room no join read here (no order to keep
+        exact) or one this node stops hearing (:meth:`forget`)."""
         if gap is not None and self._gap_of.get(room) != gap:
             return  # that gap was filled; the room may be waiting on a newer one, with its own timer
         self._gap_of.pop(room, None)
@@ -159,6 +194,7 @@ class RoomOrder:
         self.give_up(room)
         self._last.pop(room, None)
         self._skipped.pop(room, None)
+        self._lost.pop(room, None)
 
     def _gap(self, room: str) -> int:
         self._gaps += 1

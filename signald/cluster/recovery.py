@@ -95,11 +95,18 @@ async def close_rooms_behind(hub: Hub, rooms: Iterable[str], delivered: Callable
                 nursery.start_soon(settle, room, rev)
     closed = 0
     for room in sorted(reset | {room for room, rev in behind.items() if (delivered(room) or 0) < rev}):
-        for conn in sorted(hub.rooms.conns_in(room)):
-            session = hub.sessions.get(conn)
-            if session is not None and not session.detached:
-                session.close(CLOSE_SERVICE_RESTART, "room events were missed while the broker was away: resume")
-                closed += 1
+        closed += close_to_resume(hub, hub.rooms.conns_in(room), "room events were missed while the broker was away")
+    return closed
+
+
+def close_to_resume(hub: Hub, conns: Iterable[str], why: str) -> int:
+    """Close (1012) those of ``conns`` still open here, saying ``why`` and to resume; returns how many."""
+    closed = 0
+    for conn in sorted(conns):
+        session = hub.sessions.get(conn)
+        if session is not None and not session.detached:
+            session.close(CLOSE_SERVICE_RESTART, f"{why}: resume")
+            closed += 1
     return closed
 
 

@@ -160,12 +160,10 @@ class RedisReplica(Replica):
         self._in_order(room, frame, exclude)
 
     def _in_order(self, room: str, frame: Frame, exclude: str | None) -> None:
-        gap = self.order.offer(room, frame, exclude)
-        if gap is not None:
-            self._gap_left(room, gap)
+        self._gap_left(room, self.order.offer(room, frame, exclude))
 
-    def _gap_left(self, room: str, gap: int) -> None:
-        if self._nursery is not None:  # filled from the store if it stays open
+    def _gap_left(self, room: str, gap: int | None) -> None:
+        if gap is not None and self._nursery is not None:  # filled from the store if it stays open
             self._nursery.start_soon(fill_gap, self.hub, self.order, room, gap)
 
     def _deliver_change(self, room: str, frame: Frame, exclude: str | None) -> None:
@@ -192,7 +190,8 @@ class RedisReplica(Replica):
 
     async def read_at(self, room: str, rev: int) -> None:
         hub = self.hub
-        self.order.start(room, rev, alone=not any(conn in hub.sessions for conn in hub.rooms.conns_in(room)))
+        alone = not any(conn in hub.sessions for conn in hub.rooms.conns_in(room))
+        self._gap_left(room, self.order.start(room, rev, alone=alone))  # (changes dropped since a lost gap)
         await self.catch_up.until(room, rev, self.order.last(room))
 
     def counters_elsewhere(self) -> tuple[int, int]:

@@ -36,24 +36,62 @@ def test_a_change_waits_for_the_ones_before_it_and_a_timer_is_armed_once_per_gap
     assert order.offer("r", change(2), None) is None
     assert out == [1, 2, 3, 4]
     assert not order.holding("r", gap)
-    order.give_up("r", gap)  # the timer of a filled gap changes nothing
-    assert out == [1, 2, 3, 4]
+    assert not order.lose("r", gap)  # the timer of a closed gap changes nothing
+    order.give_up("r", gap)
+    assert out == [1, 2, 3, 4] and order.last("r") == 4
 
 
-def test_a_gap_the_store_cannot_fill_is_given_up_and_the_late_change_still_arrives() -> None:
+def test_a_gap_the_store_cannot_fill_is_lost_nothing_past_it_goes_out_and_the_next_join_starts_the_room_again(
+) -> None:
+    order, out = setup()
+    order.start("r", 5)
+    old = order.offer("r", change(7), None)  # 6 is missing
+    assert old is not None
+    order.offer("r", change(8), None)
+    assert order.missing("r", old) == 5
+    assert order.lose("r", old)  # the store could not say what 6 was
+    assert out == [] and order.last("r") is None  # 7 and 8 never go out: a client given them would skip 6
+    assert not order.lose("r", old)  # its timer again: nothing left to lose
+    order.offer("r", change(6), None)  # heard before a join's read starts the room again: dropped (its
+    order.offer("r", change(9), None)  # connections here are closing: none may get a change past 6)
+    assert out == []
+    again = order.start("r", 8, alone=True)  # a rejoin's read (at 8: 6 to 8 are in its ack) starts the room:
+    assert again is not None and order.missing("r", again) == 8  # 9, dropped, is a gap to fill from the store
+    assert order.fill("r", again, [stored(9)], upto=9) is None
+    order.offer("r", change(10), None)
+    assert out == [9, 10] and order.last("r") == 10
+
+
+def test_a_join_that_starts_a_lost_room_above_what_was_dropped_opens_no_gap() -> None:
+    order, out = setup()
+    order.start("r", 5)
+    gap = order.offer("r", change(7), None)
+    assert gap is not None and order.lose("r", gap)
+    order.offer("r", change(8), None)
+    assert order.start("r", 8) is None  # its read has all that was dropped
+    order.offer("r", change(9), None)
+    assert out == [9]
+    order.forget("r")  # forgetting a lost room ends it too: heard afresh, held, then given up in order
+    lost = order.offer("r", change(3), None)
+    assert lost is not None and order.lose("r", lost)
+    order.forget("r")
+    order.offer("r", change(12), None)
+    assert out == [9] and order.last("r") is None
+
+
+def test_a_gap_closed_while_the_store_was_asked_is_not_lost_and_a_newer_gap_keeps_its_own_timer() -> None:
     order, out = setup()
     order.start("r", 5)
     old = order.offer("r", change(7), None)
-    assert old is not None
-    order.give_up("r", old)
-    assert out == [7]
-    new = order.offer("r", change(9), None)  # a newer gap gets its own timer ...
+    assert old is not None and order.missing("r", old) == 5
+    order.offer("r", change(6), None)  # arrived while the store was read
+    assert out == [6, 7]
+    new = order.offer("r", change(9), None)
     assert new is not None and new != old
-    order.give_up("r", old)  # ... which the old one cannot end
-    assert out == [7]
-    order.offer("r", change(6), None)  # late, but never lost
+    assert not order.lose("r", old)  # the old timer cannot end the newer gap
+    assert out == [6, 7] and order.last("r") == 7 and order.holding("r", new)
     order.offer("r", change(8), None)
-    assert out == [7, 6, 8, 9]
+    assert out == [6, 7, 8, 9]
 
 
 def test_events_without_a_rev_never_wait_and_a_join_sets_where_the_order_starts() -> None:
