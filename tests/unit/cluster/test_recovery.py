@@ -310,3 +310,85 @@ async def test_a_newer_resync_that_meets_the_broker_down_leaves_the_older_ones_c
         store.down = False
     assert [t - start for t in store.reads] == [0, 0.5, 1.5, 3.5, 7.5, 12.5, 17.5, 22.5]
     assert resync.hub.sessions["c1"].closed[0] == CLOSE_SERVICE_RESTART
+
+
+class GatedNodes(Nodes):
+    """Nodes whose ``load`` waits while ``shut`` (a slow Redis), and fails while ``failing`` > 0
+    (counted down by each load); when each load started."""
+
+    def __init__(self, failing: int = 0) -> None:
+        self.loads, self.failing, self.shut = list[float](), failing, False
+        self.opened = trio.Event()
+
+    async def load(self, kicked: frozenset[tuple[str, str]] = frozenset()) -> None:
+        self.loads.append(trio.current_time())
+        if self.shut:
+            await self.opened.wait()
+        await trio.lowlevel.checkpoint()
+        if self.failing:
+            self.failing -= 1
+            raise LinkError("Redis closed the connection")
+
+
+def resync_with(nodes: Nodes, writer: Recorder, beat: Any = None, downs: list[BaseException] | None = None) -> Any:
+    from signald.cluster.recovery import Resync
+
+    hub: Any = Hub(Store({}), {})
+    hub.history, hub.sessions_by_user = None, {}
+
+    async def beaten() -> None:
+        await trio.lowlevel.checkpoint()
+
+    return Resync(hub, Records(), writer, nodes, Channels(), RoomOrder(lambda *a: None),  # type: ignore[arg-type]
+                  CatchUp(), beat=beat or beaten, down=(downs if downs is not None else []).append,
+                  spawn=lambda task: None)
+
+
+def runs_of(writer: Recorder) -> int:
+    """How many resyncs wrote their records (each starts with a Resynced on a fresh connection)."""
+    return sum(1 for commands, fresh in writer.pipelines if fresh and commands[0] == ("publish", "state", Resynced()))
+
+
+async def test_a_resync_asked_for_while_one_runs_runs_once_more_after_it(autojump_clock: MockClock) -> None:
+    """Redis restarted again while the resync was loading the others' records (what it wrote before
+    is lost): the pub/sub's reconnect asks for a resync then; the one under way does it all once
+    more when it ends, once however often it was asked meanwhile (not dropped, not run twice at once)."""
+    nodes, writer = GatedNodes(), Recorder()
+    nodes.shut = True
+    resync = resync_with(nodes, writer)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(resync.run)
+        await trio.sleep(1)
+        assert len(nodes.loads) == 1
+        for _ in range(3):  # the reconnect, a heartbeat that found the node taken out, ...
+            await resync.run()  # returns at once: the run under way takes it over
+        assert runs_of(writer) == 1
+        nodes.shut = False
+        nodes.opened.set()
+    assert runs_of(writer) == 2 and len(nodes.loads) == 2  # all of it once more, after the first one ended
+    assert nodes.loads[1] >= nodes.loads[0] + 1
+
+
+async def test_the_resyncs_own_heartbeat_finding_the_node_taken_out_asks_no_second_run(
+    autojump_clock: MockClock
+) -> None:
+    """After Redis restarted empty, the heartbeat the resync sends finds the node missing from the
+    ``nodes`` set (it is what puts it back): that is no reason to run it all again."""
+    nodes, writer = GatedNodes(), Recorder()
+    resync: Any = None
+    beats = list[float]()
+
+    async def beat() -> None:  # the replica's heartbeat: the node is out of ``nodes`` until its first one
+        await trio.lowlevel.checkpoint()
+        beats.append(trio.current_time())
+        if len(beats) == 1:
+            resync.taken_out()
+
+    resync = resync_with(nodes, writer, beat)
+    resync._spawn = lambda task: nursery.start_soon(task)
+    async with trio.open_nursery() as nursery:
+        await resync.run()
+    assert runs_of(writer) == 1 and len(nodes.loads) == 1
+    async with trio.open_nursery() as nursery:
+        resync.taken_out()  # the heartbeat's own (a stall outlasted node_ttl_s): a resync
+    assert runs_of(writer) == 2
