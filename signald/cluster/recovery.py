@@ -8,7 +8,8 @@ reloads everyone else's, and closes with 1012 (service restart) the local connec
 room whose store moved past what the node delivered and does not catch up within a moment
 (:func:`close_rooms_behind`): their clients reconnect and resume exactly with ``since_rev``.
 Asked for again while it runs (Redis failed once more, and may have lost what it wrote), it runs
-once more when it ends.
+once more when it ends; one that fails on the broker while the pub/sub stays up (a command timed
+out: nothing else would ask again) is tried again, with backoff, until it completes.
 If the history store fails to say which rooms those are (the node's own link to it is down), that
 check is tried again, with backoff, until the store answers: nothing will publish those changes
 again, so until then the rooms' clients here go without them.
@@ -153,10 +154,13 @@ class Resync:
         """After a reconnect: records and ops again, everyone else's reloaded, rooms behind closed.
 
         Asked while a run is under way, it returns at once, and that run does it all once more when
-        it ends (however often it was asked meanwhile). If the history store fails to say which
-        rooms are behind, that check is tried again with backoff (:meth:`_until_checked`) until the
-        store answers, the node stops, or a newer run that got as far as that check (it makes the
-        same, with what is delivered by then) takes over."""
+        it ends (however often it was asked meanwhile). If the broker fails on the way (a command
+        times out while the pub/sub stays up), it is tried again with backoff (:data:`RETRY_S`,
+        jittered) until it completes, the node stops, or it is asked again (the pub/sub reconnected:
+        at once). If the history store fails to say which rooms are behind, that check is tried
+        again with backoff (:meth:`_until_checked`) until the store answers, the node stops, or a
+        newer run that got as far as that check (it makes the same, with what is delivered by
+        then) takes over."""
         self._asked.set()
         if self._running:
             return
@@ -170,22 +174,29 @@ class Resync:
                 await self._until_checked(fill)
 
     async def _until_resynced(self) -> tuple[Callable[[str], Awaitable[bool]] | None, bool]:
-        """The broker's part (:meth:`_run`) until it ends with no request come meanwhile, then
-        the first store check; the ``fill`` it used, and whether the store answered it (True if
-        the broker failed: an older run's check, if any, goes on)."""
-        moved_only = True
+        """The broker's part (:meth:`_run`) until it succeeds with no request come meanwhile, then
+        the first store check; the ``fill`` it used, and whether the store answered it."""
+        moved_only, delay, failed, logged = True, RETRY_S[0], 0, -LOG_EVERY_S
         while True:
             if self._asked.is_set():  # (again): from the start, Redis may have lost what was written
                 self._asked = trio.Event()
                 moved_only = self._moved_only() and moved_only  # (asked every time: it starts over)
+                delay = RETRY_S[0]
                 self.nodes.grace()
             try:
                 rooms = await self._run(self.hub, self.records)
-            except Exception as exc:
+            except Exception as exc:  # nothing else may ask again (the pub/sub can stay up): it tries again
                 self._down(exc)
-                if self._asked.is_set():
-                    continue
-                return None, True
+                failed += 1
+                if trio.current_time() - logged >= LOG_EVERY_S:  # a broker down for an hour: one line a while
+                    logged = trio.current_time()
+                    log.warning("cluster: the resync after the broker outage failed, so this node's records and "
+                                "its copy of the others' may be stale (trying again; %d tries failed): %s",
+                                failed, exc or type(exc).__name__)
+                with trio.move_on_after(delay * random.uniform(0.5, 1.0)):
+                    await self._asked.wait()  # the pub/sub reconnected meanwhile: at once
+                delay = min(2 * delay, RETRY_S[1])
+                continue
             if self._asked.is_set():
                 continue
             fill = self._fill if moved_only else None
