@@ -1,14 +1,19 @@
-"""Redis restarts twice in quick succession (docs/cluster.md, "Redis restarts or is unreachable"):
-two in-process nodes on one Redis of the test's own and one PostgreSQL database. Node A's resync
-after the first restart is still loading the others' records (held there by the test: a slow Redis)
-when Redis restarts again, empty, losing the records A had just written back. The second restart
-must be repaired too: A's pub/sub reconnect (and heartbeat) ask for a resync while the first one
-runs, and it runs once more when the first ends.
+"""A node's resync after a Redis outage is done again when it must be (docs/cluster.md, "Redis
+restarts or is unreachable"): two in-process nodes on one Redis of the test's own and one
+PostgreSQL database.
+
+- Redis restarts twice in quick succession: node A's resync after the first restart is still
+  loading the others' records (held there by the test: a slow Redis) when Redis restarts again,
+  empty, losing the records A had just written back. A's pub/sub reconnect (and heartbeat) ask for
+  a resync while the first one runs: it runs once more when the first ends.
+- A's resync fails on the broker while its pub/sub stays up (loading the others' records times out):
+  nothing else asks again, so it tries again itself.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -129,3 +134,57 @@ async def test_a_second_restart_during_the_resync_of_the_first_is_repaired_too(
             assert not bob.closed.is_set() and not carl.closed.is_set()
     finally:
         redis.stop()
+
+
+async def test_a_resync_that_failed_while_the_pubsub_stayed_up_is_tried_again(
+    nursery: trio.Nursery, tmp_path: Path, postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """bob (node B) leaves while Redis is down; Redis comes back empty, so node A learns he left
+    only by loading the others' records, which fails (a timeout) in every resync asked for by A's
+    pub/sub reconnect and heartbeat. A tries again, and ann (node A) sees bob leave. Before, A
+    gave up after the failure: ann kept seeing bob in the room."""
+    caplog.set_level(logging.INFO, logger="signald.cluster")
+    redis = RedisServer(redis_binary(), tmp_path, free_port())
+    redis.start()
+    try:
+        a = await node(nursery, tmp_path, 0, postgres_url, redis.url(0))
+        b = await node(nursery, tmp_path, 1, postgres_url, redis.url(0))
+        replica_a: Any = a.hub.replica
+        load, failed, failing = replica_a.nodes.load, list[float](), False
+
+        async def timing_out(kicked: frozenset[tuple[str, str]] = frozenset()) -> None:
+            if failing:
+                failed.append(trio.current_time())
+                raise TimeoutError("Redis did not answer in time")
+            await load(kicked)
+
+        replica_a.nodes.load = timing_out
+        async with contextlib.AsyncExitStack() as stack:
+            ann = await stack.enter_async_context(connect(a.url, user="ann"))
+            bob = await stack.enter_async_context(connect(b.url, user="bob"))
+            for client in (ann, bob):
+                await client.request("room.join", {"room": "lobby"})
+            seen: list[Event] = []
+            with trio.fail_after(20):
+                await seen_until(ann, seen, lambda s: ("member.joined", {"room": "lobby", "user_id": "bob"}) in s)
+                failing = True
+                connects, stopped = replica_a.subscriber.connects, time.time()
+                redis.stop()
+                await until(lambda: all(n.hub.replica.problem() is not None for n in (a, b)))
+                await bob.ws.aclose()  # bob leaves while nothing can say so
+                await until(lambda: "bob" not in users_in(b, "lobby"))
+                redis.start()  # empty: no record says bob was ever there
+                # both requests for a resync made (A's pub/sub is back, its heartbeat found it out of
+                # ``nodes``), and a load failed after that: from now on only A itself tries again
+                await until(lambda: replica_a.subscriber.connects > connects)
+                await until(lambda: (replica_a.nodes._beaten or 0) > stopped)
+                tried = len(failed)
+                await until(lambda: len(failed) > tried)
+                failing = False
+                await seen_until(ann, seen, lambda s: ("member.left", {"room": "lobby", "user_id": "bob"}) in s)
+            assert users_in(a, "lobby") == {"ann"}
+            assert not ann.closed.is_set()
+    finally:
+        redis.stop()
+    lines = [r.getMessage() for r in caplog.records if r.name == "signald.cluster"]
+    assert [line for line in lines if line.startswith("cluster: the resync after the broker outage failed")], lines
