@@ -40,8 +40,8 @@ from signald.cluster.writer import Writer
 log = logging.getLogger("signald.cluster")
 
 CLOSE_SERVICE_RESTART: Final = 1012  # RFC 6455 (IANA): clients reconnect with backoff
-RETRY_S: Final = (0.5, 5.0)  # first and longest wait between tries of a store check that failed
-LOG_EVERY_S: Final = 10.0  # a store check failing again: at most one line this often
+RETRY_S: Final = (0.5, 5.0)  # first and longest wait between tries of a resync or store check that failed
+LOG_EVERY_S: Final = 10.0  # a resync or store check failing again: at most one line this often
 
 # (room, rev, delivered): returns once ``rev`` was delivered here, or when it stops waiting
 CatchUpWait = Callable[[str, int, "int | None"], Awaitable[None]]
@@ -213,7 +213,7 @@ class Resync:
         return [name for kind, name in map(self.records.names.parse, self.channels.heard) if kind == "room"]
 
     async def _run(self, hub: Hub, records: NodeRecords) -> list[str]:
-        """The broker's part; the rooms to check."""
+        """The broker's part; the rooms to check. Raises what the broker (or a step of it) raised."""
         # first what changed here while the writes were lost (closes, leaves), then the rest again;
         # the others are asked to tell their calls' and kicks' transitions again (this node may
         # have missed them)
