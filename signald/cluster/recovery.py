@@ -7,6 +7,9 @@ chosen statuses again (:func:`announcement`: ops the others apply only where the
 reloads everyone else's, and closes with 1012 (service restart) the local connections of every
 room whose store moved past what the node delivered and does not catch up within a moment
 (:func:`close_rooms_behind`): their clients reconnect and resume exactly with ``since_rev``.
+Asked for again while it runs (Redis failed once more, and may have lost what it wrote), it runs
+once more when it ends; one that fails on the broker while the pub/sub stays up (a command timed
+out: nothing else would ask again) is tried again, with backoff, until it completes.
 If the history store fails to say which rooms those are (the node's own link to it is down), that
 check is tried again, with backoff, until the store answers: nothing will publish those changes
 again, so until then the rooms' clients here go without them.
@@ -37,8 +40,8 @@ from signald.cluster.writer import Writer
 log = logging.getLogger("signald.cluster")
 
 CLOSE_SERVICE_RESTART: Final = 1012  # RFC 6455 (IANA): clients reconnect with backoff
-RETRY_S: Final = (0.5, 5.0)  # first and longest wait between tries of a store check that failed
-LOG_EVERY_S: Final = 10.0  # a store check failing again: at most one line this often
+RETRY_S: Final = (0.5, 5.0)  # first and longest wait between tries of a resync or store check that failed
+LOG_EVERY_S: Final = 10.0  # a resync or store check failing again: at most one line this often
 
 # (room, rev, delivered): returns once ``rev`` was delivered here, or when it stops waiting
 CatchUpWait = Callable[[str, int, "int | None"], Awaitable[None]]
@@ -112,7 +115,8 @@ def close_to_resume(hub: Hub, conns: Iterable[str], why: str) -> int:
 
 class Resync:
     """The resynchronisation after a broker outage (:meth:`run`), one at a time: a reconnect and a
-    heartbeat that found the node taken out can both ask for it."""
+    heartbeat that found the node taken out can both ask for it. Asked again while it runs (Redis
+    may have restarted once more and lost what it wrote), it runs once more when it ends."""
 
     def __init__(self, hub: Hub, records: NodeRecords, writer: Writer, nodes: NodeTable, channels: Subscriptions,
                  order: RoomOrder, catch_up: CatchUp, *, beat: Callable[[], Awaitable[None]],
@@ -133,6 +137,8 @@ class Resync:
         self._stamp = stamp
         self._heard_state_once = False
         self._running = False
+        self._asked = trio.Event()  # set by each request; the run under way starts over once it ends
+        self._beating = False  # the resync's own heartbeat is being written
         self._retrying: trio.CancelScope | None = None  # the store check tried again after a resync
 
     def subscribed(self, channel: str) -> None:
@@ -143,53 +149,95 @@ class Resync:
                 self._spawn(self.run)  # a reconnect: the broker may have lost everything
             self._heard_state_once = True
 
+    def taken_out(self) -> None:
+        """A heartbeat found this node taken out of the cluster (the others took it for dead while
+        it stalled, or Redis restarted empty): starts :meth:`run`, unless that heartbeat is the
+        resync's own, which finds it so after every restart (it is what puts the node back)."""
+        if not self._beating:
+            log.warning("cluster: this node had been taken out of the cluster; announcing its devices again")
+            self._spawn(self.run)
+
     async def run(self) -> None:
         """After a reconnect: records and ops again, everyone else's reloaded, rooms behind closed.
 
-        If the history store fails to say which rooms are behind, that check is tried again with
-        backoff (:meth:`_until_checked`) until the store answers, the node stops, or a newer run
-        that got as far as that check (it makes the same, with what is delivered by then) takes over."""
+        Asked while a run is under way, it returns at once, and that run does it all once more when
+        it ends (however often it was asked meanwhile). If the broker fails on the way (a command
+        times out while the pub/sub stays up), it is tried again with backoff (:data:`RETRY_S`,
+        jittered) until it completes, the node stops, or it is asked again (the pub/sub reconnected:
+        at once). If the history store fails to say which rooms are behind, that check is tried
+        again with backoff (:meth:`_until_checked`) until the store answers, the node stops, or a
+        newer run that got as far as that check (it makes the same, with what is delivered by
+        then) takes over."""
+        self._asked.set()
         if self._running:
             return
         self._running = True
-        fill = self._fill if self._moved_only() else None
         try:
-            rooms = await self._run(self.hub, self.records)
-            if rooms is None:  # the broker failed again: an older run's check, if any, goes on
-                return
-            if self._retrying is not None:
-                self._retrying.cancel()  # never two checks at once
-            checked = await self._first_check(rooms, fill)
+            fill, checked = await self._until_resynced()
         finally:
             self._running = False
         if not checked:  # (no checkpoint since: a newer run cannot have started before this scope exists)
             with trio.CancelScope() as self._retrying:
                 await self._until_checked(fill)
 
+    async def _until_resynced(self) -> tuple[Callable[[str], Awaitable[bool]] | None, bool]:
+        """The broker's part (:meth:`_run`) until it succeeds with no request come meanwhile, then
+        the first store check; the ``fill`` it used, and whether the store answered it."""
+        moved_only, delay, failed, logged = True, RETRY_S[0], 0, -LOG_EVERY_S
+        while True:
+            if self._asked.is_set():  # (again): from the start, Redis may have lost what was written
+                self._asked = trio.Event()
+                moved_only = self._moved_only() and moved_only  # (asked every time: it starts over)
+                delay = RETRY_S[0]
+                self.nodes.grace()
+            try:
+                rooms = await self._run(self.hub, self.records)
+            except Exception as exc:  # nothing else may ask again (the pub/sub can stay up): it tries again
+                self._down(exc)
+                failed += 1
+                if trio.current_time() - logged >= LOG_EVERY_S:  # a broker down for an hour: one line a while
+                    logged = trio.current_time()
+                    log.warning("cluster: the resync after the broker outage failed, so this node's records and "
+                                "its copy of the others' may be stale (trying again; %d tries failed): %s",
+                                failed, exc or type(exc).__name__)
+                with trio.move_on_after(delay * random.uniform(0.5, 1.0)):
+                    await self._asked.wait()  # the pub/sub reconnected meanwhile: at once
+                delay = min(2 * delay, RETRY_S[1])
+                continue
+            if self._asked.is_set():
+                continue
+            fill = self._fill if moved_only else None
+            if self._retrying is not None:
+                self._retrying.cancel()  # never two checks at once
+            checked = await self._first_check(rooms, fill)
+            if not self._asked.is_set():
+                return fill, checked
+            if checked:  # what the next check must make up for starts over
+                moved_only = True
+
     def _rooms(self) -> list[str]:
         """The rooms this node hears."""
         return [name for kind, name in map(self.records.names.parse, self.channels.heard) if kind == "room"]
 
-    async def _run(self, hub: Hub, records: NodeRecords) -> list[str] | None:
-        """The broker's part; the rooms to check, or None if the broker failed (said to ``down``)."""
+    async def _run(self, hub: Hub, records: NodeRecords) -> list[str]:
+        """The broker's part; the rooms to check. Raises what the broker (or a step of it) raised."""
+        # first what changed here while the writes were lost (closes, leaves), then the rest again;
+        # the others are asked to tell their calls' and kicks' transitions again (this node may
+        # have missed them)
+        commands = [records.published(Resynced())] + records.shared(*await self.nodes.leftovers()) + (
+            records.rewritten() + [records.published(op) for op in announcement(hub, self._stamp)])
+        again = self._again()
+        await self.writer.execute(commands, fresh=True)  # to the server the pub/sub found
+        self._beating = True
         try:
-            self.nodes.grace()
-            # first what changed here while the writes were lost (closes, leaves), then the rest again;
-            # the others are asked to tell their calls' and kicks' transitions again (this node may
-            # have missed them)
-            commands = [records.published(Resynced())] + records.shared(*await self.nodes.leftovers()) + (
-                records.rewritten() + [records.published(op) for op in announcement(hub, self._stamp)])
-            again = self._again()
-            await self.writer.execute(commands, fresh=True)  # to the server the pub/sub found
             await self._beat()
-            await self.nodes.load(frozenset((op.room, op.user) for op in again if isinstance(op, Kick)))
-            # this node's own only after the load: a kick told before it could reach the kicked
-            # user's node (which then rewrites its records) while the load still reads the old ones
-            if again:
-                await self.writer.execute(records.shared(again))
-        except Exception as exc:
-            self._down(exc)
-            return None
+        finally:
+            self._beating = False
+        await self.nodes.load(frozenset((op.room, op.user) for op in again if isinstance(op, Kick)))
+        # this node's own only after the load: a kick told before it could reach the kicked
+        # user's node (which then rewrites its records) while the load still reads the old ones
+        if again:
+            await self.writer.execute(records.shared(again))
         return self._rooms()
 
     async def _first_check(self, rooms: list[str], fill: Callable[[str], Awaitable[bool]] | None) -> bool:

@@ -335,8 +335,7 @@ class RedisReplica(Replica):
 
     async def _beat(self) -> None:
         if await self.nodes.beat() and self._nursery is not None:
-            log.warning("cluster: this node had been taken out of the cluster; announcing its devices again")
-            self._spawn(self.resync.run)
+            self.resync.taken_out()
         self._up()
         echo = STATE_ENCODER.encode(StateEnvelope(self.node_id, Echo()))
         self.writer.put([("publish", self.names.state, echo)])

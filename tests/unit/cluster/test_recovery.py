@@ -287,26 +287,151 @@ async def test_a_newer_resync_takes_over_the_store_check_of_an_older_one(
 async def test_a_newer_resync_that_meets_the_broker_down_leaves_the_older_ones_check_going(
     autojump_clock: MockClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The newer one never gets to the store check (Redis failed again meanwhile): the older one's
-    tries go on, and the room is closed once the store answers."""
+    """The newer one does not get to the store check (Redis failed again meanwhile: it tries again
+    with backoff): the older one's tries go on, and the room is closed once the store answers; the
+    newer one checks once it gets through."""
     monkeypatch.setattr(random, "uniform", lambda low, high: high)
     catch_up = CatchUp()
     order = RoomOrder(lambda room, frame, exclude: catch_up.delivered(room, frame))
     order.start("lost", 6)
     store = FailingStore({"lost": 7})
     resync = resync_over(store, {"lost": ["c1"]}, order, catch_up)
-    start = trio.current_time()
+    start, broker = trio.current_time(), {"down": False}
+    loaded = resync.nodes.load
 
-    async def broker_down(kicked: frozenset[tuple[str, str]] = frozenset()) -> None:
+    async def load(kicked: frozenset[tuple[str, str]] = frozenset()) -> None:
         await trio.lowlevel.checkpoint()
-        raise LinkError("Redis closed the connection")
+        if broker["down"]:
+            raise LinkError("Redis closed the connection")
+        await loaded(kicked)
 
+    monkeypatch.setattr(resync.nodes, "load", load)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(resync.run)
         await trio.sleep(10)
-        monkeypatch.setattr(resync.nodes, "load", broker_down)
-        await resync.run()  # returns at once: nothing for it to check
+        broker["down"] = True
+        nursery.start_soon(resync.run)  # fails at 10, tries again at 10.5, 11.5, 13.5, 17.5, 22.5, 27.5, 32.5
         await trio.sleep(10)
         store.down = False
-    assert [t - start for t in store.reads] == [0, 0.5, 1.5, 3.5, 7.5, 12.5, 17.5, 22.5]
-    assert resync.hub.sessions["c1"].closed[0] == CLOSE_SERVICE_RESTART
+        await trio.sleep(22.5 + WAIT_S + 0.1 - 20)
+        assert resync.hub.sessions["c1"].closed[0] == CLOSE_SERVICE_RESTART  # by the older one's check
+        await trio.sleep(30 - trio.current_time() + start)
+        broker["down"] = False
+    assert [t - start for t in store.reads] == [0, 0.5, 1.5, 3.5, 7.5, 12.5, 17.5, 22.5, 32.5]
+
+
+class GatedNodes(Nodes):
+    """Nodes whose ``load`` waits while ``shut`` (a slow Redis), and fails while ``failing`` > 0
+    (counted down by each load); when each load started."""
+
+    def __init__(self, failing: int = 0) -> None:
+        self.loads, self.failing, self.shut = list[float](), failing, False
+        self.opened = trio.Event()
+
+    async def load(self, kicked: frozenset[tuple[str, str]] = frozenset()) -> None:
+        self.loads.append(trio.current_time())
+        if self.shut:
+            await self.opened.wait()
+        await trio.lowlevel.checkpoint()
+        if self.failing:
+            self.failing -= 1
+            raise LinkError("Redis closed the connection")
+
+
+def resync_with(nodes: Nodes, writer: Recorder, beat: Any = None, downs: list[BaseException] | None = None) -> Any:
+    from signald.cluster.recovery import Resync
+
+    hub: Any = Hub(Store({}), {})
+    hub.history, hub.sessions_by_user = None, {}
+
+    async def beaten() -> None:
+        await trio.lowlevel.checkpoint()
+
+    return Resync(hub, Records(), writer, nodes, Channels(), RoomOrder(lambda *a: None),  # type: ignore[arg-type]
+                  CatchUp(), beat=beat or beaten, down=(downs if downs is not None else []).append,
+                  spawn=lambda task: None)
+
+
+def runs_of(writer: Recorder) -> int:
+    """How many resyncs wrote their records (each starts with a Resynced on a fresh connection)."""
+    return sum(1 for commands, fresh in writer.pipelines if fresh and commands[0] == ("publish", "state", Resynced()))
+
+
+async def test_a_resync_asked_for_while_one_runs_runs_once_more_after_it(autojump_clock: MockClock) -> None:
+    """Redis restarted again while the resync was loading the others' records (what it wrote before
+    is lost): the pub/sub's reconnect asks for a resync then; the one under way does it all once
+    more when it ends, once however often it was asked meanwhile (not dropped, not run twice at once)."""
+    nodes, writer = GatedNodes(), Recorder()
+    nodes.shut = True
+    resync = resync_with(nodes, writer)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(resync.run)
+        await trio.sleep(1)
+        assert len(nodes.loads) == 1
+        for _ in range(3):  # the reconnect, a heartbeat that found the node taken out, ...
+            await resync.run()  # returns at once: the run under way takes it over
+        assert runs_of(writer) == 1
+        nodes.shut = False
+        nodes.opened.set()
+    assert runs_of(writer) == 2 and len(nodes.loads) == 2  # all of it once more, after the first one ended
+    assert nodes.loads[1] >= nodes.loads[0] + 1
+
+
+async def test_the_resyncs_own_heartbeat_finding_the_node_taken_out_asks_no_second_run(
+    autojump_clock: MockClock
+) -> None:
+    """After Redis restarted empty, the heartbeat the resync sends finds the node missing from the
+    ``nodes`` set (it is what puts it back): that is no reason to run it all again."""
+    nodes, writer = GatedNodes(), Recorder()
+    resync: Any = None
+    beats = list[float]()
+
+    async def beat() -> None:  # the replica's heartbeat: the node is out of ``nodes`` until its first one
+        await trio.lowlevel.checkpoint()
+        beats.append(trio.current_time())
+        if len(beats) == 1:
+            resync.taken_out()
+
+    resync = resync_with(nodes, writer, beat)
+    resync._spawn = lambda task: nursery.start_soon(task)
+    async with trio.open_nursery() as nursery:
+        await resync.run()
+    assert runs_of(writer) == 1 and len(nodes.loads) == 1
+    async with trio.open_nursery() as nursery:
+        resync.taken_out()  # the heartbeat's own (a stall outlasted node_ttl_s): a resync
+    assert runs_of(writer) == 2
+
+
+async def test_a_resync_that_failed_while_the_pubsub_stays_up_is_tried_again_with_backoff(
+    autojump_clock: MockClock, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Loading the others' records failed (a timeout on the command connection) while the pub/sub
+    stayed up: nothing would ask for the resync again, so it tries again itself (0.5 s doubling to
+    5 s) until it completes, saying so in the log at most once per 10 s."""
+    caplog.set_level(logging.INFO, logger="signald.cluster")
+    monkeypatch.setattr(random, "uniform", lambda low, high: high)  # no jitter: the tries' times are known
+    nodes, writer, downs = GatedNodes(failing=6), Recorder(), list[BaseException]()
+    resync = resync_with(nodes, writer, downs=downs)
+    start = trio.current_time()
+    await resync.run()
+    assert [t - start for t in nodes.loads] == [0, 0.5, 1.5, 3.5, 7.5, 12.5, 17.5]
+    assert runs_of(writer) == 7 and len(downs) == 6  # each try all of it: /readyz says why meanwhile
+    lines = [r.getMessage() for r in caplog.records if r.name == "signald.cluster"]
+    assert len([line for line in lines if "resync" in line and "trying again" in line]) == 2, lines  # at 0 and 12.5
+    assert lines[-1].startswith("cluster: back on the broker"), lines
+
+
+async def test_a_resync_waiting_to_try_again_tries_at_once_when_asked(
+    autojump_clock: MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pub/sub reconnected while the resync waits to try again: it tries now, not at the end of
+    its backoff."""
+    monkeypatch.setattr(random, "uniform", lambda low, high: high)
+    nodes, writer = GatedNodes(failing=4), Recorder()
+    resync = resync_with(nodes, writer)
+    start = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(resync.run)
+        await trio.sleep(5)  # tries at 0, 0.5, 1.5, 3.5: the next at 7.5
+        await resync.run()
+    assert [t - start for t in nodes.loads] == [0, 0.5, 1.5, 3.5, 5]
