@@ -15,6 +15,8 @@ What it keeps:
 - **Room views** (:class:`~signald.client.view.Room`), joined with ``since_rev`` (0 the first
   time, which loads the whole room) and rejoined after every reconnect from the view's resume
   point, paging with ``chat.changes`` (or reloading with ``chat.history`` after ``changes_reset``).
+  A rejoin (or page) refused for now (:data:`~signald.client.schedule.TRANSIENT`) keeps the view
+  and is tried again from the same point after a backoff; any other refusal forgets the room.
   A change event the view already holds is not passed on, so the program sees each change once;
   a message first seen in ``changes`` after a reconnect (newer than the view held, by another user)
   or in a ``chat.edited`` (before a rejoin's ack) is passed on as ``chat.message``, ``replayed=True``.
@@ -31,7 +33,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from signald.client.errors import ClientClosed, ConnectionLost, EventsOverflow
+from signald.client.errors import ClientClosed, ConnectionLost
 from signald.client.model import (
     PING_GRACE_S,
     REPLY_TYPES,
@@ -44,8 +46,8 @@ from signald.client.model import (
     Subscription,
     server_error,
 )
-from signald.client.schedule import Backoff, Closed, Decision, decide
-from signald.client.view import CHANGE_EVENTS, Msg, Room, own_change
+from signald.client.schedule import TRANSIENT, Backoff, Closed, Decision, Rejoins, decide
+from signald.client.view import CHANGE_EVENTS, Msg, Room, apply_own
 
 
 class ClientCore:
@@ -67,6 +69,7 @@ class ClientCore:
         self._calls: dict[str, Call] = {}  # sent or waiting to be sent, in request order
         self._joins: dict[str, list[Call]] = {}  # room -> the program's join() calls waiting for its sync
         self._replay_after: dict[str, int] = {}  # room -> max seq held before this resync
+        self._rejoins = Rejoins()  # where unfinished (re)joins started; those refused for now, tried again
         self._loaded: set[str] = set()  # rooms whose first load finished: later syncs replay new messages
         self._outgoing: list[Msg] = []
         self._subs: list[Subscription] = []
@@ -117,6 +120,7 @@ class ClientCore:
                 call.sent = False
         for room in self.rooms.values():
             room.synced = False
+        self._rejoins.cancel_waits()  # the next connection rejoins every room at once
         self._outgoing.clear()
         if decision.action == "stop":
             code = closed.http_status if closed.http_status is not None else closed.code
@@ -151,6 +155,9 @@ class ClientCore:
                 self._finish(call, error=TimeoutError(f"no reply to {call.type} in time"))
         if self.state != "open" or self._given_up:  # (once: until the adapter has closed it, no busy ticks)
             return False
+        for name in self._rejoins.due(now):
+            if name in self.rooms:
+                self._sync(self.rooms[name], now)
         heartbeat = float(self.welcome.get("heartbeat_s", 20.0))
         silent = now - self._last_heard
         if silent >= heartbeat and not self._pinged:
@@ -163,6 +170,7 @@ class ClientCore:
         """When :meth:`tick` has something to do next (``math.inf``: nothing planned)."""
         deadlines = [c.deadline for c in self._calls.values() if c.internal is None]
         deadlines += [c.deadline for calls in self._joins.values() for c in calls]
+        deadlines.append(self._rejoins.next_deadline())
         if self.state == "open" and not self._given_up:
             heartbeat = float(self.welcome.get("heartbeat_s", 20.0))
             wait = 2 * heartbeat + PING_GRACE_S if self._pinged else heartbeat
@@ -277,13 +285,8 @@ class ClientCore:
 
     def _emit(self, event: Event) -> None:
         for sub in self._subs:
-            if sub.finished or (sub.types and event.type not in sub.types):
-                continue
-            if len(sub.buffer) >= sub.limit:
-                sub.finished, sub.error = True, EventsOverflow(sub.limit)
-            else:
-                sub.buffer.append(event)
-            self._notify(sub)
+            if sub.offer(event):
+                self._notify(sub)
 
     def _send(self, call: Call) -> None:
         call.sent = True
@@ -299,6 +302,8 @@ class ClientCore:
     def _forget_room(self, name: str) -> None:
         room = self.rooms.pop(name, None)
         self._loaded.discard(name)
+        self._rejoins.done(name)
+        self._replay_after.pop(name, None)
         if room is not None:
             room.left = True
 
@@ -308,7 +313,7 @@ class ClientCore:
         elif kind == "error":
             self._finish(call, error=server_error(data))
         elif kind == "ack":
-            self._apply_own(call, data.get("data"))
+            apply_own(self.rooms, call.type, call.data or {}, data.get("data"), self.welcome.get("user_id"))
             self._finish(call, result=data.get("data"))
         else:
             self._finish(call, result=data)
@@ -318,27 +323,35 @@ class ClientCore:
         self._calls[call.op_id] = call
         self._send(call)
 
-    def _page_limit(self) -> int:
-        return int(self.welcome.get("limits", {}).get("history_page_max", 50))
+    _page_limit = property(lambda self: int(self.welcome.get("limits", {}).get("history_page_max", 50)))
 
     def _sync(self, room: Room, now: float) -> None:
         """(Re)join ``room`` from its resume point; page on until the view is current."""
         room.synced = False
-        if room.name in self._loaded:
-            self._replay_after[room.name] = room.max_seq()
+        if room.name in self._loaded:  # (kept from an unfinished try: what it brought is replayed already)
+            self._replay_after.setdefault(room.name, room.max_seq())
+        since = self._rejoins.since(room.name, room.rev)  # an unfinished try's ack moved rev past unread pages
 
         def joined(kind: str, data: Msg) -> None:
             if kind == "error":
-                self._forget_room(room.name)
-                for call in self._joins.pop(room.name, []):
-                    self._finish(call, error=server_error(data))
-                return
+                return self._refused(room, data)
             ack = data["data"]
             room.joined(ack)
             self._changes(room, ack.get("changes", []), bool(ack.get("changes_truncated")),
                           bool(ack.get("changes_reset")))
 
-        self._internal("room.join", {"room": room.name, "since_rev": room.rev}, joined)
+        self._internal("room.join", {"room": room.name, "since_rev": since}, joined)
+
+    def _refused(self, room: Room, data: Msg) -> None:
+        """The server refused a (re)join or one of its pages: a rejoin refused for now waits and tries again."""
+        if room.name in self._loaded and self.rooms.get(room.name) is room and str(data.get("code")) in TRANSIENT:
+            after = data.get("retry_after_s")
+            self._rejoins.refused(room.name, self._last_heard, rand=self._rand(), policy=self.policy,
+                                  retry_after_s=None if after is None else float(after))
+            return
+        self._forget_room(room.name)  # a first join, or "no" (a kick, a revoked room): no longer ours
+        for call in self._joins.pop(room.name, []):
+            self._finish(call, error=server_error(data))
 
     def _changes(self, room: Room, entries: list[Msg], more: bool, reset: bool) -> None:
         if reset:
@@ -349,25 +362,25 @@ class ClientCore:
         if more and entries:
             def page(kind: str, data: Msg) -> None:
                 result = data.get("data") or {}
-                if kind == "error":  # the room went away under us (a kick): it is no longer ours
-                    return self._forget_room(room.name)
+                if kind == "error":
+                    return self._refused(room, data)
                 self._changes(room, result["changes"], bool(result["has_more"]), bool(result.get("changes_reset")))
             self._internal("chat.changes", {"room": room.name, "after_rev": entries[-1]["rev"],
-                                            "limit": self._page_limit()}, page)
+                                            "limit": self._page_limit}, page)
         else:
             self._synced(room)
 
     def _history_page(self, room: Room, after: int) -> None:
         def page(kind: str, data: Msg) -> None:
             if kind == "error":
-                return self._forget_room(room.name)
+                return self._refused(room, data)
             result = data["data"]
             self._apply_entries(room, result["messages"])
             if result["has_more"] and result["messages"]:
                 self._history_page(room, int(result["messages"][-1]["seq"]))
             else:
                 self._synced(room)
-        self._internal("chat.history", {"room": room.name, "after": after, "limit": self._page_limit()}, page)
+        self._internal("chat.history", {"room": room.name, "after": after, "limit": self._page_limit}, page)
 
     def _apply_entries(self, room: Room, entries: list[Msg]) -> None:
         replay_after = self._replay_after.get(room.name)
@@ -382,19 +395,6 @@ class ClientCore:
         room.caught_up()
         self._loaded.add(room.name)
         self._replay_after.pop(room.name, None)
+        self._rejoins.done(room.name)
         for call in self._joins.pop(room.name, []):
             self._finish(call, result=room)
-
-    def _apply_own(self, call: Call, result: Any) -> None:
-        """Our own change's ack: into the view as the event would be (by revision, resume point unmoved)."""
-        if call.type in ("chat.send", "chat.edit") and isinstance(result, dict):
-            room = self.rooms.get(str(result.get("room")))
-            if room is not None:
-                room.apply_entry(result)
-            return
-        change = own_change(call.type, call.data or {}, result, self.welcome.get("user_id"))
-        if change is not None:
-            kind, delta = change
-            for room in self.rooms.values():
-                if room.message(str(delta["message_id"])) is not None:
-                    room.apply_event(kind, delta, live=False)

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
+from signald.client.errors import EventsOverflow
 from signald.client.view import Msg
 from signald.errors import ERROR_CODES, SignalError
 
@@ -71,6 +72,19 @@ class Subscription:
     finished: bool = False
     error: BaseException | None = None  # raised once the buffer is read (None: end quietly)
     waiter: Any = None
+
+    def offer(self, event: Event) -> bool:
+        """Buffer ``event`` if this iterator wants it; True: its waiter has something new to see.
+
+        A full buffer ends the iterator with :class:`EventsOverflow` instead.
+        """
+        if self.finished or (self.types and event.type not in self.types):
+            return False
+        if len(self.buffer) >= self.limit:
+            self.finished, self.error = True, EventsOverflow(self.limit)
+        else:
+            self.buffer.append(event)
+        return True
 
 
 def server_error(data: Msg) -> SignalError:

@@ -21,10 +21,14 @@ The rules, by close code (a refused handshake maps its HTTP status onto the same
 Backoff: ``min(max_s, initial_s * factor ** attempt)``, shortened by up to ``jitter`` of itself
 (``delay * (1 - jitter * rand)``) so that clients of a restarted daemon do not come back at once.
 The attempt count starts again at 0 after a connection that stayed open ``healthy_after_s``.
+
+:class:`Rejoins` applies the same backoff to a room whose rejoin the server refused for now
+(:data:`TRANSIENT` codes) on a connection that stays open.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -35,6 +39,9 @@ STOP_CODES: Final = frozenset({4403, 4003})
 RETRY_AFTER_CODES: Final = frozenset({4429})
 HARDER_CODES: Final = frozenset({1013, 1008})
 HTTP_TO_CLOSE: Final = {401: 4401, 403: 4403, 429: 4429}
+# Error codes that say "not now" rather than "no" (docs/protocol.md, "Error codes"): INTERNAL is also
+# what a failing or hung history store answers, RATE_LIMITED a frame over the connection's rate.
+TRANSIENT: Final = frozenset({"INTERNAL", "RATE_LIMITED"})
 
 
 @dataclass(frozen=True)
@@ -116,3 +123,53 @@ def decide(closed: Closed, *, attempt: int, rand: float, policy: Backoff, can_re
         return Decision("reconnect", policy.delay(attempt, rand, harder=True), after,
                         "slow consumer" if code == 1013 else "flooding")
     return Decision("reconnect", policy.delay(attempt, rand), after, "connection lost")
+
+
+class Rejoins:
+    """The (re)joins not finished yet, and those refused with a :data:`TRANSIENT` code waiting to be tried again.
+
+    Per room: the ``since_rev`` the first unfinished try started from (every try resumes from there:
+    an ack moves the view's ``rev`` past pages that a failure then leaves unread), an attempt count
+    and the time of the next try. All of it is forgotten once the room is in sync (:meth:`done`).
+    """
+
+    def __init__(self) -> None:
+        self._since: dict[str, int] = {}
+        self._attempts: dict[str, int] = {}
+        self._due: dict[str, float] = {}
+
+    def since(self, name: str, rev: int) -> int:
+        """The ``since_rev`` to (re)join ``name`` with: ``rev`` unless an unfinished try started lower."""
+        return self._since.setdefault(name, rev)
+
+    def refused(self, name: str, now: float, *, rand: float, policy: Backoff,
+                retry_after_s: float | None = None) -> float:
+        """Plan the next try of ``name``: after ``retry_after_s`` if the refusal said so, else backoff."""
+        attempt = self._attempts.get(name, 0)
+        self._attempts[name] = attempt + 1
+        if retry_after_s is not None:
+            delay = retry_after_s + policy.jitter * rand * policy.initial_s
+        else:
+            delay = policy.delay(attempt, rand)
+        self._due[name] = now + delay
+        return delay
+
+    def due(self, now: float) -> list[str]:
+        """The rooms to try again now (and forgets their times)."""
+        names = [name for name, at in self._due.items() if at <= now]
+        for name in names:
+            del self._due[name]
+        return names
+
+    def next_deadline(self) -> float:
+        return min(self._due.values(), default=math.inf)
+
+    def cancel_waits(self) -> None:
+        """The connection dropped: the next one rejoins every room at once (attempt counts stay)."""
+        self._due.clear()
+
+    def done(self, name: str) -> None:
+        """``name`` is in sync again, or no longer ours: forget its tries."""
+        self._since.pop(name, None)
+        self._attempts.pop(name, None)
+        self._due.pop(name, None)

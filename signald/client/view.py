@@ -42,6 +42,21 @@ def own_change(request_type: str, data: Msg, result: Any, user_id: str | None) -
     return None
 
 
+def apply_own(rooms: dict[str, Room], request_type: str, data: Msg, result: Any, user_id: str | None) -> None:
+    """Our own change's ack: into the views as the event would be (by revision, resume point unmoved)."""
+    if request_type in ("chat.send", "chat.edit") and isinstance(result, dict):
+        room = rooms.get(str(result.get("room")))
+        if room is not None:
+            room.apply_entry(result)
+        return
+    change = own_change(request_type, data, result, user_id)
+    if change is not None:
+        kind, delta = change
+        for room in rooms.values():
+            if room.message(str(delta["message_id"])) is not None:
+                room.apply_event(kind, delta, live=False)
+
+
 class Room:
     """One room as the client sees it; :attr:`messages` in ``seq`` order, hard-deleted ones gone."""
 

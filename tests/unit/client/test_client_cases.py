@@ -140,6 +140,12 @@ class Driver:
             assert [m["id"] for m in room.messages] == step["ids"]
             for message, wanted in zip(room.messages, step.get("messages", []), strict=False):
                 assert subset(message, wanted), (message, wanted)
+            if "synced" in step:
+                assert room.synced is step["synced"]
+        elif "expect_no_room" in step:
+            assert step["expect_no_room"] not in core.rooms
+        elif "expect_deadline" in step:
+            assert core.next_deadline() == pytest.approx(step["expect_deadline"])
         elif "expect_events" in step:
             chat = [e for e in self.events.buffer if e.type.startswith("chat.")]
             self.events.buffer.clear()
