@@ -12,6 +12,9 @@ export const STOP_CODES = new Set([4403, 4003]);
 export const RETRY_AFTER_CODES = new Set([4429]);
 export const HARDER_CODES = new Set([1013, 1008]);
 export const HTTP_TO_CLOSE = { 401: 4401, 403: 4403, 429: 4429 };
+// Error codes that say "not now" rather than "no": INTERNAL is also what a failing or hung history
+// store answers, RATE_LIMITED a frame over the connection's rate.
+const TRANSIENT = new Set(["INTERNAL", "RATE_LIMITED"]);
 
 /** The reconnect timing; the defaults suit a daemon restart (back within a second or two). */
 export class Backoff {
@@ -71,6 +74,46 @@ export function decide(closed, { attempt, rand, policy = new Backoff(), canRefre
       code === 1013 ? "slow consumer" : "flooding");
   }
   return decision("reconnect", policy.delay(attempt, rand), after, "connection lost");
+}
+
+/**
+ * The (re)joins not finished yet, and those refused with a TRANSIENT code waiting to be tried again
+ * (schedule.Rejoins): per room the since_rev the first unfinished try started from (an ack moves the
+ * view's rev past pages that a failure then leaves unread), an attempt count and the next try's time.
+ */
+class Rejoins {
+  constructor() { this._since = new Map(); this._attempts = new Map(); this._due = new Map(); }
+
+  /** The since_rev to (re)join `name` with: `rev` unless an unfinished try started lower. */
+  since(name, rev) {
+    if (!this._since.has(name)) this._since.set(name, rev);
+    return this._since.get(name);
+  }
+
+  /** Plan the next try of `name`: after `retryAfterS` if the refusal said so, else backoff. */
+  refused(name, now, { rand, policy, retryAfterS = null }) {
+    const attempt = this._attempts.get(name) ?? 0;
+    this._attempts.set(name, attempt + 1);
+    const delay = retryAfterS !== null ? retryAfterS + policy.jitter * rand * policy.initial_s
+      : policy.delay(attempt, rand);
+    this._due.set(name, now + delay);
+    return delay;
+  }
+
+  /** The rooms to try again now (and forgets their times). */
+  due(now) {
+    const names = [...this._due].filter(([, at]) => at <= now).map(([name]) => name);
+    for (const name of names) this._due.delete(name);
+    return names;
+  }
+
+  nextDeadline() { return Math.min(Infinity, ...this._due.values()); }
+
+  /** The connection dropped: the next one rejoins every room at once (attempt counts stay). */
+  cancelWaits() { this._due.clear(); }
+
+  /** `name` is in sync again, or no longer ours: forget its tries. */
+  done(name) { this._since.delete(name); this._attempts.delete(name); this._due.delete(name); }
 }
 
 // --- model.py: constants and errors --------------------------------------------------------------
@@ -331,6 +374,7 @@ export class ClientCore {
     this._joins = new Map(); // room -> the program's join() calls waiting for its sync
     this._replayAfter = new Map();
     this._loaded = new Set();
+    this._rejoins = new Rejoins(); // where unfinished (re)joins started; those refused for now, tried again
     this._outgoing = [];
     this._subs = [];
     this._attempt = 0;
@@ -371,6 +415,7 @@ export class ClientCore {
       else call.sent = false;
     }
     for (const room of this.rooms.values()) room.synced = false;
+    this._rejoins.cancelWaits(); // the next connection rejoins every room at once
     this._outgoing = [];
     if (d.action === "stop") {
       this.stop(new ClientClosed(d.reason, closed.http_status !== null ? closed.http_status : closed.code));
@@ -401,6 +446,7 @@ export class ClientCore {
       }
     }
     if (this.state !== "open" || this._givenUp) return false; // (once, until the connection is closed)
+    for (const name of this._rejoins.due(now)) if (this.rooms.has(name)) this._sync(this.rooms.get(name), now);
     const heartbeat = Number(this.welcome.heartbeat_s ?? 20.0);
     const silent = now - this._lastHeard;
     if (silent >= heartbeat && !this._pinged) {
@@ -415,6 +461,7 @@ export class ClientCore {
   nextDeadline() {
     const deadlines = [...this._calls.values()].filter((c) => c.internal === null).map((c) => c.deadline);
     for (const calls of this._joins.values()) for (const c of calls) deadlines.push(c.deadline);
+    deadlines.push(this._rejoins.nextDeadline());
     if (this.state === "open" && !this._givenUp) {
       const heartbeat = Number(this.welcome.heartbeat_s ?? 20.0);
       deadlines.push(this._lastHeard + (this._pinged ? 2 * heartbeat + PING_GRACE_S : heartbeat));
@@ -533,6 +580,8 @@ export class ClientCore {
     const room = this.rooms.get(name);
     this.rooms.delete(name);
     this._loaded.delete(name);
+    this._rejoins.done(name);
+    this._replayAfter.delete(name);
     if (room !== undefined) room.left = true;
   }
 
@@ -553,18 +602,29 @@ export class ClientCore {
 
   _sync(room) {
     room.synced = false;
-    if (this._loaded.has(room.name)) this._replayAfter.set(room.name, room.maxSeq());
-    this._internal("room.join", { room: room.name, since_rev: room.rev }, (kind, data) => {
-      if (kind === "error") {
-        this._forgetRoom(room.name);
-        for (const call of this._joins.get(room.name) ?? []) this._finish(call, { error: serverError(data) });
-        this._joins.delete(room.name);
-        return;
-      }
+    // (kept from an unfinished try: what it brought is replayed already)
+    if (this._loaded.has(room.name) && !this._replayAfter.has(room.name)) this._replayAfter.set(room.name, room.maxSeq());
+    const since = this._rejoins.since(room.name, room.rev); // an unfinished try's ack moved rev past unread pages
+    this._internal("room.join", { room: room.name, since_rev: since }, (kind, data) => {
+      if (kind === "error") { this._refused(room, data); return; }
       const ack = data.data;
       room.joined(ack);
       this._changes(room, ack.changes ?? [], Boolean(ack.changes_truncated), Boolean(ack.changes_reset));
     });
+  }
+
+  /** The server refused a (re)join or one of its pages: a rejoin refused for now waits and tries again. */
+  _refused(room, data) {
+    if (this._loaded.has(room.name) && this.rooms.get(room.name) === room && TRANSIENT.has(String(data.code))) {
+      const after = data.retry_after_s;
+      this._rejoins.refused(room.name, this._lastHeard, { rand: this._rand(), policy: this.policy,
+        retryAfterS: after === null || after === undefined ? null : Number(after) });
+      return;
+    }
+    this._forgetRoom(room.name); // a first join, or "no" (a kick, a revoked room): no longer ours
+    const calls = this._joins.get(room.name) ?? []; // (taken out first: _finish removes each from the list)
+    this._joins.delete(room.name);
+    for (const call of calls) this._finish(call, { error: serverError(data) });
   }
 
   _changes(room, entries, more, reset) {
@@ -574,7 +634,7 @@ export class ClientCore {
       this._internal("chat.changes", { room: room.name, after_rev: entries[entries.length - 1].rev,
         limit: this._pageLimit() }, (kind, data) => {
         const result = data.data ?? {};
-        if (kind === "error") { this._forgetRoom(room.name); return; }
+        if (kind === "error") { this._refused(room, data); return; }
         this._changes(room, result.changes, Boolean(result.has_more), Boolean(result.changes_reset));
       });
     } else {
@@ -584,7 +644,7 @@ export class ClientCore {
 
   _historyPage(room, after) {
     this._internal("chat.history", { room: room.name, after, limit: this._pageLimit() }, (kind, data) => {
-      if (kind === "error") { this._forgetRoom(room.name); return; }
+      if (kind === "error") { this._refused(room, data); return; }
       const result = data.data;
       this._applyEntries(room, result.messages);
       if (result.has_more && result.messages.length > 0) {
@@ -610,8 +670,10 @@ export class ClientCore {
     room.caughtUp();
     this._loaded.add(room.name);
     this._replayAfter.delete(room.name);
-    for (const call of this._joins.get(room.name) ?? []) this._finish(call, { result: room });
+    this._rejoins.done(room.name);
+    const calls = this._joins.get(room.name) ?? []; // (taken out first: _finish removes each from the list)
     this._joins.delete(room.name);
+    for (const call of calls) this._finish(call, { result: room });
   }
 
   _applyOwn(call, result) {

@@ -122,6 +122,11 @@ class Driver {
       assert.equal(room.rev, step.rev);
       assert.deepEqual(room.messages.map((m) => m.id), step.ids);
       (step.messages ?? []).forEach((m, i) => assert.ok(subset(room.messages[i], m), JSON.stringify([room.messages[i], m])));
+      if ("synced" in step) assert.equal(room.synced, step.synced);
+    } else if ("expect_no_room" in step) {
+      assert.equal(core.rooms.has(step.expect_no_room), false);
+    } else if ("expect_deadline" in step) {
+      assert.ok(Math.abs(core.nextDeadline() - step.expect_deadline) < 1e-9, `${core.nextDeadline()}`);
     } else if ("expect_events" in step) {
       const chat = this.events.buffer.filter((e) => e.type.startsWith("chat."));
       this.events.buffer.length = 0;
