@@ -119,7 +119,7 @@ class HttpApi:
             self._call("POST", "publish", lambda r: calls.publish(decode_body(r.body, PublishBody)))
             self._call("POST", "notify", lambda r: _sync(calls.notify, decode_body(r.body, NotifyBody)))
             self._call("POST", "disconnect", lambda r: _sync(calls.disconnect, decode_body(r.body, DisconnectBody)))
-            self._call("POST", "kick", lambda r: _sync(calls.kick, decode_body(r.body, KickBody)))
+            self._call("POST", "kick", lambda r: calls.kick(decode_body(r.body, KickBody)))
             self._call("GET", "presence", lambda r: _sync(calls.presence, decode_query(r.query, PresenceQuery)))
             self._call("GET", "history", lambda r: calls.history(decode_query(r.query, HistoryQuery)))
             self._call("GET", "stats", lambda r: _sync(lambda _: calls.stats(), decode_query(r.query, StatsQuery)))

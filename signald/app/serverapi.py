@@ -55,8 +55,12 @@ class ServerApi:
     def disconnect(self, body: DisconnectBody) -> Sessions:
         return Sessions(self.server.revoke_user(body.user_id, body.reason))
 
-    def kick(self, body: RoomKickData) -> Sessions:
-        kicked = kick_from_room(self.server.hub, body.room, body.user_id, by=SERVER_KICKER, reason=body.reason)
+    async def kick(self, body: RoomKickData) -> Sessions:
+        hub = self.server.hub
+        kicked = kick_from_room(hub, body.room, body.user_id, by=SERVER_KICKER, reason=body.reason)
+        if not kicked and hub.replica is not None:  # as room.kick: a join acked elsewhere may be on its way
+            await hub.replica.caught_up()
+            kicked = kick_from_room(hub, body.room, body.user_id, by=SERVER_KICKER, reason=body.reason)
         if not kicked:  # as room.kick answers a moderator
             raise SignalError("NOT_IN_ROOM", f"{body.user_id!r} is not in {body.room!r}")
         return Sessions(len(kicked))

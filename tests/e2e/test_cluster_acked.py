@@ -25,6 +25,7 @@ from signald.client.raw import connect
 pytestmark = pytest.mark.timeout(120)
 
 HELD_S = 0.25
+API_KEY = "test-key-0123456789"
 SDP = {"type": "offer", "sdp": "v=0"}
 
 
@@ -89,7 +90,7 @@ async def two_nodes(tmp_path: Path, urls: list[str], postgres_url: str) -> Async
         for i, broker_url in enumerate(urls):
             where = tmp_path / f"node{i}"
             where.mkdir()
-            config = f'\n[auth]\nmods = ["mod1"]\n[cluster]\nnode_id = "node-{i}"\nnode_ttl_s = 10\n'
+            config = f'\n[auth]\nmods = ["mod1"]\n[api]\nkeys = ["{API_KEY}"]\n[cluster]\nnode_id = "node-{i}"\nnode_ttl_s = 10\n'
             _, url = await stack.enter_async_context(daemon(
                 where, "node", "--broker-url", broker_url, "--history-url", postgres_url, config_text=config))
             served.append(url)
@@ -112,6 +113,20 @@ async def call_right_after_the_join(url0: str, url1: str) -> None:
         assert (reply["type"], reply["data"]["code"]) == ("error", "FORBIDDEN")
         assert (await dave.request_raw("presence.ping"))["type"] == "presence.pong"
         assert not [e for e in dave.pending_events() if e["type"].startswith("call.")]
+
+
+async def api_kick_right_after_the_join(url0: str, url1: str) -> None:
+    """``POST /api/v1/kick`` on node 0 as soon as gus's join on node 1 is acked: he is kicked."""
+    import httpx
+
+    async with connect(url1, user="gus") as gus, httpx.AsyncClient(
+            base_url=url0.replace("ws://", "http://").rstrip("/"),
+            headers={"authorization": f"Bearer {API_KEY}"}) as http:
+        await gus.request("room.join", {"room": "yard"})
+        answer = await http.post("/api/v1/kick", json={"room": "yard", "user_id": "gus", "reason": "spam"})
+        assert answer.status_code == 200, answer.text
+        seen = await wait_for(gus, [], lambda s: bool(of("room.kicked", s)))
+        assert of("room.kicked", seen) == [{"room": "yard", "by": "$system", "reason": "spam"}]
 
 
 async def members_right_after_the_join(url0: str, url1: str) -> None:
@@ -152,6 +167,7 @@ async def test_a_call_or_a_kick_right_after_the_users_join_on_another_node_reach
             await call_right_after_the_join(url0, url1)
             await kick_right_after_the_join(url0, url1)
             await members_right_after_the_join(url0, url1)
+            await api_kick_right_after_the_join(url0, url1)
 
 
 
