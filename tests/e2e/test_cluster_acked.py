@@ -90,7 +90,8 @@ async def two_nodes(tmp_path: Path, urls: list[str], postgres_url: str) -> Async
         for i, broker_url in enumerate(urls):
             where = tmp_path / f"node{i}"
             where.mkdir()
-            config = f'\n[auth]\nmods = ["mod1"]\n[api]\nkeys = ["{API_KEY}"]\n[cluster]\nnode_id = "node-{i}"\nnode_ttl_s = 10\n'
+            config = (f'\n[auth]\nmods = ["mod1"]\n[api]\nkeys = ["{API_KEY}"]\n'
+                      f'[cluster]\nnode_id = "node-{i}"\nnode_ttl_s = 10\n')
             _, url = await stack.enter_async_context(daemon(
                 where, "node", "--broker-url", broker_url, "--history-url", postgres_url, config_text=config))
             served.append(url)
