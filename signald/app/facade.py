@@ -108,6 +108,20 @@ def kick_from_room(
     return kicked
 
 
+async def kick_when_heard(
+    hub: Hub, room: str, user_id: str, *, by: str, reason: str | None, spare: str | None = None
+) -> frozenset[str]:
+    """:func:`kick_from_room`, for a request that waits for its answer (``room.kick``, the server
+    API's ``kick``): with several nodes, a user not in the room as far as this node knows may have
+    joined on another node a moment ago (acked there, still on its way): look again once this node
+    has heard everything the broker sent it before (one round trip), then answer."""
+    kicked = kick_from_room(hub, room, user_id, by=by, reason=reason, spare=spare)
+    if not kicked and hub.replica is not None:
+        await hub.replica.caught_up()
+        kicked = kick_from_room(hub, room, user_id, by=by, reason=reason, spare=spare)
+    return kicked
+
+
 TOKEN_REASON: Final = "token"  # the ``reason`` of a ``room.kicked`` that a narrower token caused
 
 

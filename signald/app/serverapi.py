@@ -3,7 +3,7 @@
 One implementation, two doors: ``publish`` is :meth:`Signald.publish_to_room` (with ``store``:
 :meth:`Signald.publish_and_store`), ``notify``
 :meth:`Signald.publish_to_user`, ``disconnect`` :meth:`Signald.revoke_user`, ``kick``
-:func:`~signald.app.facade.kick_from_room` (what ``room.kick`` runs), ``presence`` the members
+:func:`~signald.app.facade.kick_when_heard` (what ``room.kick`` runs), ``presence`` the members
 list of a ``room.join`` ack, ``history`` :meth:`HistoryService.page` (what ``chat.history`` runs),
 ``stats`` :meth:`Signald.stats` (what ``system.stats`` answers). This module only checks what
 HTTP adds and turns results into the wire structs; it knows nothing of HTTP itself.
@@ -18,7 +18,7 @@ import logging
 
 import attrs
 
-from signald.app.facade import SERVER_KICKER, Signald, kick_from_room
+from signald.app.facade import SERVER_KICKER, Signald, kick_when_heard
 from signald.errors import SignalError
 from signald.protocol import ChatHistoryData, HistoryPage, RoomKickData, StatsResult
 from signald.protocol.serverapi import (
@@ -56,11 +56,7 @@ class ServerApi:
         return Sessions(self.server.revoke_user(body.user_id, body.reason))
 
     async def kick(self, body: RoomKickData) -> Sessions:
-        hub = self.server.hub
-        kicked = kick_from_room(hub, body.room, body.user_id, by=SERVER_KICKER, reason=body.reason)
-        if not kicked and hub.replica is not None:  # as room.kick: a join acked elsewhere may be on its way
-            await hub.replica.caught_up()
-            kicked = kick_from_room(hub, body.room, body.user_id, by=SERVER_KICKER, reason=body.reason)
+        kicked = await kick_when_heard(self.server.hub, body.room, body.user_id, by=SERVER_KICKER, reason=body.reason)
         if not kicked:  # as room.kick answers a moderator
             raise SignalError("NOT_IN_ROOM", f"{body.user_id!r} is not in {body.room!r}")
         return Sessions(len(kicked))

@@ -9,7 +9,7 @@ from typing import Final
 import trio
 
 from signald.app.context import Context
-from signald.app.facade import kick_from_room
+from signald.app.facade import kick_when_heard
 from signald.app.replica import Join, Leave, SetStatus, Typing
 from signald.errors import SignalError
 from signald.logfmt import log_event
@@ -104,16 +104,9 @@ async def room_kick(ctx: Context, msg: RoomKick) -> None:
     if not session.is_moderator:
         raise SignalError("FORBIDDEN", "room.kick needs the mod or admin role")
     require_member(ctx, data.room)
-    # The embedding API's Signald.kick runs the same function: one implementation, two doors.
-    def kicked() -> bool:
-        return bool(kick_from_room(hub, data.room, data.user_id, by=session.user_id, reason=data.reason,
-                                   spare=session.session_id))
-
-    done = kicked()
-    if not done and hub.replica is not None:  # a join acked on another node may still be on its way
-        await hub.replica.caught_up()
-        done = kicked()
-    if not done:
+    # The embedding API's Signald.kick runs kick_from_room, which this wraps: one implementation.
+    if not await kick_when_heard(hub, data.room, data.user_id, by=session.user_id, reason=data.reason,
+                                 spare=session.session_id):
         raise SignalError("NOT_IN_ROOM", f"{data.user_id!r} is not in {data.room!r}")
 
 
