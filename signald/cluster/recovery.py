@@ -43,6 +43,21 @@ CLOSE_SERVICE_RESTART: Final = 1012  # RFC 6455 (IANA): clients reconnect with b
 RETRY_S: Final = (0.5, 5.0)  # first and longest wait between tries of a resync or store check that failed
 LOG_EVERY_S: Final = 10.0  # a resync or store check failing again: at most one line this often
 
+class _Tries:
+    """The failed tries of one retry loop: counted, and told in a warning at most every
+    :data:`LOG_EVERY_S` (a broker or store down for an hour: one line a while)."""
+
+    def __init__(self, logged: float) -> None:
+        self.failed, self._logged = 0, logged
+
+    def failed_again(self, exc: Exception, message: str) -> None:
+        """One more failed try; ``message`` takes the count and the error (``%d``, ``%s``)."""
+        self.failed += 1
+        if trio.current_time() - self._logged >= LOG_EVERY_S:
+            self._logged = trio.current_time()
+            log.warning(message, self.failed, exc or type(exc).__name__)
+
+
 # (room, rev, delivered): returns once ``rev`` was delivered here, or when it stops waiting
 CatchUpWait = Callable[[str, int, "int | None"], Awaitable[None]]
 
@@ -183,7 +198,7 @@ class Resync:
     async def _until_resynced(self) -> tuple[Callable[[str], Awaitable[bool]] | None, bool]:
         """The broker's part (:meth:`_run`) until it succeeds with no request come meanwhile, then
         the first store check; the ``fill`` it used, and whether the store answered it."""
-        moved_only, delay, failed, logged = True, RETRY_S[0], 0, -LOG_EVERY_S
+        moved_only, delay, tries = True, RETRY_S[0], _Tries(-LOG_EVERY_S)
         while True:
             if self._asked.is_set():  # (again): from the start, Redis may have lost what was written
                 self._asked = trio.Event()
@@ -194,12 +209,8 @@ class Resync:
                 rooms = await self._run(self.hub, self.records)
             except Exception as exc:  # nothing else may ask again (the pub/sub can stay up): it tries again
                 self._down(exc)
-                failed += 1
-                if trio.current_time() - logged >= LOG_EVERY_S:  # a broker down for an hour: one line a while
-                    logged = trio.current_time()
-                    log.warning("cluster: the resync after the broker outage failed, so this node's records and "
-                                "its copy of the others' may be stale (trying again; %d tries failed): %s",
-                                failed, exc or type(exc).__name__)
+                tries.failed_again(exc, "cluster: the resync after the broker outage failed, so this node's records "
+                                        "and its copy of the others' may be stale (trying again; %d tries failed): %s")
                 with trio.move_on_after(delay * random.uniform(0.5, 1.0)):
                     await self._asked.wait()  # the pub/sub reconnected meanwhile: at once
                 delay = min(2 * delay, RETRY_S[1])
@@ -259,20 +270,15 @@ class Resync:
         be published again), and their clients get them only by resuming. Each try reads what was
         delivered at its moment, and the rooms heard then: a room that caught up meanwhile (a fill
         from the store, its missing changes arriving late) is not closed."""
-        delay, logged = RETRY_S[0], trio.current_time()
-        failed = 0
+        delay, tries = RETRY_S[0], _Tries(trio.current_time())
         while True:
             await trio.sleep(delay * random.uniform(0.5, 1.0))
             delay = min(2 * delay, RETRY_S[1])
             try:
                 closed = await close_rooms_behind(self.hub, self._rooms(), self.order.last, self.catch_up.until, fill)
             except Exception as exc:
-                failed += 1
-                if trio.current_time() - logged >= LOG_EVERY_S:  # a store down for an hour: one line a while
-                    logged = trio.current_time()
-                    log.warning("cluster: the history store still fails, so the rooms that missed events while the "
-                                "broker was away are not closed to resume yet (%d tries failed): %s",
-                                failed, exc or type(exc).__name__)
+                tries.failed_again(exc, "cluster: the history store still fails, so the rooms that missed events "
+                                        "while the broker was away are not closed to resume yet (%d tries failed): %s")
                 continue
             log.info("cluster: the history store answers again; %d connections closed to resume (their rooms "
                      "missed events while the broker was away)", closed)
