@@ -23,7 +23,7 @@ from conftest import make_config, start_server
 from test_durability import all_history
 
 from signald.app.httpapi import READY_TIMEOUT_S
-from signald.client.raw import connect
+from signald.client.raw import SignaldClient, connect
 
 FAILED = ("INTERNAL", "history storage failed")
 BUSY_TIMEOUT_S = 5.0  # the SQLite store's wait for another connection's lock
@@ -80,17 +80,33 @@ def small_filesystem(size: str) -> Iterator[Path]:
         where.rmdir()
 
 
+def fill_up(where: Path) -> Path:
+    """Write a file into the small filesystem ``where`` until it is full (ENOSPC); returns it."""
+    filler = where / "filler"
+    with filler.open("wb", buffering=0) as out, contextlib.suppress(OSError):  # ENOSPC: full
+        while True:
+            out.write(b"\0" * 65536)
+    return filler
+
+
+async def refused_sends(ann: SignaldClient, count: int) -> None:
+    """Send big messages until ``count`` were refused (the pages the database still had fill first)."""
+    refused = 0
+    for i in range(2000):
+        reply = await ann.request_raw("chat.send", {"scope": "lobby", "body": f"{i:04} " + "x" * 3000})
+        refused += reply["type"] == "error"
+        if refused == count:
+            return
+    raise AssertionError("the full disk did not refuse the sends")
+
+
 async def test_a_full_disk_refuses_sends_and_they_work_again_once_there_is_room(nursery: trio.Nursery) -> None:
     with small_filesystem("4m") as where, trio.fail_after(15):
         server = await start_server(nursery, make_config(where))
         async with connect(server.url, user="ann") as ann:
             await ann.request("room.join", {"room": "lobby"})
             acked = [await ann.request("chat.send", {"scope": "lobby", "body": "before"})]
-            filler = where / "filler"
-            with filler.open("wb") as out, contextlib.suppress(OSError):  # ENOSPC: full
-                while True:
-                    out.write(b"\0" * 65536)
-                    out.flush()
+            filler = fill_up(where)
             for i in range(1000):  # until the pages the database still had are full too
                 reply = await ann.request_raw("chat.send", {"scope": "lobby", "body": f"{i:04} " + "x" * 3000})
                 if reply["type"] == "error":
@@ -116,17 +132,8 @@ async def test_a_store_that_keeps_failing_logs_one_traceback_then_a_line_per_int
         server = await start_server(nursery, make_config(where, limits={"rate_per_s": 1e6, "rate_burst": 1_000_000}))
         async with connect(server.url, user="ann") as ann:
             await ann.request("room.join", {"room": "lobby"})
-            filler = where / "filler"
-            with filler.open("wb", buffering=0) as out, contextlib.suppress(OSError):  # ENOSPC: full
-                while True:
-                    out.write(b"\0" * 65536)
-            refused = 0
-            for i in range(2000):
-                reply = await ann.request_raw("chat.send", {"scope": "lobby", "body": f"{i:04} " + "x" * 3000})
-                refused += reply["type"] == "error"
-                if refused == 50:
-                    break
-            assert refused == 50, "the full disk did not refuse the sends"
+            filler = fill_up(where)
+            await refused_sends(ann, 50)
             started = trio.current_time()
 
             def store_records() -> list[logging.LogRecord]:
@@ -156,17 +163,8 @@ async def test_a_store_that_works_again_logs_how_many_failures_it_did_not_log(
         server = await start_server(nursery, make_config(where, limits={"rate_per_s": 1e6, "rate_burst": 1_000_000}))
         async with connect(server.url, user="ann") as ann:
             await ann.request("room.join", {"room": "lobby"})
-            filler = where / "filler"
-            with filler.open("wb", buffering=0) as out, contextlib.suppress(OSError):  # ENOSPC: full
-                while True:
-                    out.write(b"\0" * 65536)
-            refused = 0
-            for i in range(2000):  # within the first 10 s interval: counted after the first
-                reply = await ann.request_raw("chat.send", {"scope": "lobby", "body": f"{i:04} " + "x" * 3000})
-                refused += reply["type"] == "error"
-                if refused == 20:
-                    break
-            assert refused == 20, "the full disk did not refuse the sends"
+            filler = fill_up(where)
+            await refused_sends(ann, 20)  # within the first 10 s interval: counted after the first
             filler.unlink()
             await ann.request("chat.send", {"scope": "lobby", "body": "after"})
     records = [r for r in caplog.records if r.name.startswith("signald.history")]
