@@ -7,20 +7,14 @@ from typing import Any
 
 import pytest
 import trio
+from test_recovery import Session, change
 from trio.testing import MockClock
 
 from signald.cluster.gaps import fill_gap
 from signald.cluster.order import HOLD_S, RoomOrder
 from signald.cluster.recovery import CLOSE_SERVICE_RESTART
-from signald.delivery.frames import Frame
 from signald.history.contract import StorageError
-from signald.protocol import ChatMessage, ReactionUpdateData
-from signald.protocol.outbound import ChatReactionUpdateEvent
-
-
-def change(room: str, rev: int) -> Frame:
-    return Frame(ChatReactionUpdateEvent(data=ReactionUpdateData(
-        message_id="m", user_id="u", reaction="+1", action="add", room=room, rev=rev)))
+from signald.protocol import ChatMessage
 
 
 def message(rev: int) -> ChatMessage:
@@ -51,15 +45,6 @@ class Store:
             raise self.fails
         found = [m for m in self.messages if m.rev > after_rev]
         return Page(max((m.rev for m in found), default=after_rev), found, reset=self.reset)
-
-
-class Session:
-    def __init__(self) -> None:
-        self.detached = False
-        self.closed: tuple[int, str] | None = None
-
-    def close(self, code: int, reason: str) -> None:
-        self.closed = (code, reason)
 
 
 class Hub:
