@@ -8,14 +8,15 @@ import signal
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 from conftest import daemon
 from redis_fixture import RedisServer
-from test_cluster import Event, nodes, of, wait_for
+from test_cluster import Event, alice_and_bob_in_lobby, nodes, of, wait_for
 
-from signald.client.raw import connect
+from signald.client.raw import SignaldClient, connect
 from signald.cluster.wire import Names
 
 pytestmark = pytest.mark.timeout(90)
@@ -129,6 +130,14 @@ async def test_a_status_chosen_on_a_node_that_died_does_not_come_back_with_the_u
                 ("alice", "online"), ("bob", "online"), ("carol", "online")]
 
 
+async def rung(alice: SignaldClient, bob: SignaldClient, sdp: dict[str, Any]) -> str:
+    """alice calls bob; returns the call's id once bob's device rings."""
+    call_id: str = (await alice.request("call.offer", {"target_id": "bob", "call_type": "audio",
+                                                        "sdp": sdp}))["call_id"]
+    await wait_for(bob, [], lambda s: bool(of("call.offer", s)))
+    return call_id
+
+
 async def test_a_hangup_whose_write_was_lost_still_ends_the_call_on_the_other_node(
     tmp_path: Path, redis_url: str, redis_server: RedisServer, postgres_url: str
 ) -> None:
@@ -142,8 +151,7 @@ async def test_a_hangup_whose_write_was_lost_still_ends_the_call_on_the_other_no
         alice = await stack.enter_async_context(connect(url1, user="alice"))
         for client in (alice, bob, carol):
             await client.request("room.join", {"room": "lobby"})
-        call_id = (await alice.request("call.offer", {"target_id": "bob", "call_type": "audio", "sdp": sdp}))["call_id"]
-        await wait_for(bob, [], lambda s: bool(of("call.offer", s)))
+        call_id = await rung(alice, bob, sdp)
         await bob.request("call.answer", {"target_id": "alice", "sdp": sdp, "call_id": call_id})
         carol_seen: list[Event] = []
         await wait_for(carol, carol_seen, lambda s: ("presence.update", {"user_id": "bob", "status": "busy"}) in s)
@@ -166,12 +174,8 @@ async def test_an_answer_whose_write_was_lost_still_reaches_the_caller_on_the_ot
     sdp, answer_sdp = {"type": "offer", "sdp": "v=0"}, {"type": "answer", "sdp": "v=0 bob"}
     async with nodes(tmp_path, redis_url, postgres_url, 2) as started, AsyncExitStack() as stack:
         (_, url0), (_, url1) = started
-        alice = await stack.enter_async_context(connect(url0, user="alice"))
-        bob = await stack.enter_async_context(connect(url1, user="bob"))
-        for client in (alice, bob):
-            await client.request("room.join", {"room": "lobby"})
-        call_id = (await alice.request("call.offer", {"target_id": "bob", "call_type": "audio", "sdp": sdp}))["call_id"]
-        await wait_for(bob, [], lambda s: bool(of("call.offer", s)))
+        alice, bob = await alice_and_bob_in_lobby(stack, url0, url1)
+        call_id = await rung(alice, bob, sdp)
         kill_command_connections(redis_server, started[1][0].pid)
         await bob.request("call.answer", {"target_id": "alice", "sdp": answer_sdp, "call_id": call_id})
         seen = await wait_for(alice, [], lambda s: bool(of("call.answer", s) or of("call.end", s)), within=8.0)
@@ -290,12 +294,8 @@ async def test_a_hangup_a_node_did_not_hear_while_cut_off_reaches_its_party_once
     their calls again, and bob gets ``call.end`` as alice sent it."""
     off, sdp = CutOff(redis_server, redis_url), {"type": "offer", "sdp": "v=0"}
     async with off.nodes(tmp_path, postgres_url) as (url0, url1), AsyncExitStack() as stack:
-        alice = await stack.enter_async_context(connect(url0, user="alice"))
-        bob = await stack.enter_async_context(connect(url1, user="bob"))
-        for client in (alice, bob):
-            await client.request("room.join", {"room": "lobby"})
-        call_id = (await alice.request("call.offer", {"target_id": "bob", "call_type": "audio", "sdp": sdp}))["call_id"]
-        await wait_for(bob, [], lambda s: bool(of("call.offer", s)))
+        alice, bob = await alice_and_bob_in_lobby(stack, url0, url1)
+        call_id = await rung(alice, bob, sdp)
         await bob.request("call.answer", {"target_id": "alice", "sdp": sdp, "call_id": call_id})
         await wait_for(alice, [], lambda s: bool(of("call.answer", s)))
         off.cut()
