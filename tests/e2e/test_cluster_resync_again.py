@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,20 @@ async def node(nursery: trio.Nursery, where: Path, index: int, history_url: str,
                          cluster={"broker_url": broker_url, "node_id": f"node-{index}", "node_ttl_s": 2.0})
     running: RunningServer = await nursery.start(lambda task_status: serve_signald(config, task_status=task_status))
     return running
+
+
+@contextlib.asynccontextmanager
+async def own_redis_and_two_nodes(nursery: trio.Nursery, tmp_path: Path, postgres_url: str,
+                                  ) -> AsyncIterator[tuple[RedisServer, RunningServer, RunningServer]]:
+    """A Redis of the test's own (the test restarts it), and nodes A and B on it; Redis stopped after."""
+    redis = RedisServer(redis_binary(), tmp_path, free_port())
+    redis.start()
+    try:
+        a = await node(nursery, tmp_path, 0, postgres_url, redis.url(0))
+        b = await node(nursery, tmp_path, 1, postgres_url, redis.url(0))
+        yield redis, a, b
+    finally:
+        redis.stop()
 
 
 async def seen_until(client: SignaldClient, seen: list[Event], done: Callable[[list[Event]], bool]) -> None:
@@ -65,11 +79,7 @@ async def test_a_second_restart_during_the_resync_of_the_first_is_repaired_too(
     announces carl again, so bob (node B) sees him rejoin and a join on B lists him. ann (node A,
     "lobby") is closed with 1012 for bob's message sent during the second outage and resumes it
     exactly. Before, A dropped the resync asked for while its first one ran: carl stayed offline on B."""
-    redis = RedisServer(redis_binary(), tmp_path, free_port())
-    redis.start()
-    try:
-        a = await node(nursery, tmp_path, 0, postgres_url, redis.url(0))
-        b = await node(nursery, tmp_path, 1, postgres_url, redis.url(0))
+    async with own_redis_and_two_nodes(nursery, tmp_path, postgres_url) as (redis, a, b):
         replica_a: Any = a.hub.replica
         held, release = trio.Event(), trio.Event()
         load = replica_a.nodes.load
@@ -132,8 +142,6 @@ async def test_a_second_restart_during_the_resync_of_the_first_is_repaired_too(
                 ack = await erin.request("room.join", {"room": "quiet"})
             assert [m["user_id"] for m in ack["members"]] == ["bob", "carl", "erin"]
             assert not bob.closed.is_set() and not carl.closed.is_set()
-    finally:
-        redis.stop()
 
 
 async def test_a_resync_that_failed_while_the_pubsub_stayed_up_is_tried_again(
@@ -144,11 +152,7 @@ async def test_a_resync_that_failed_while_the_pubsub_stayed_up_is_tried_again(
     pub/sub reconnect and heartbeat. A tries again, and ann (node A) sees bob leave. Before, A
     gave up after the failure: ann kept seeing bob in the room."""
     caplog.set_level(logging.INFO, logger="signald.cluster")
-    redis = RedisServer(redis_binary(), tmp_path, free_port())
-    redis.start()
-    try:
-        a = await node(nursery, tmp_path, 0, postgres_url, redis.url(0))
-        b = await node(nursery, tmp_path, 1, postgres_url, redis.url(0))
+    async with own_redis_and_two_nodes(nursery, tmp_path, postgres_url) as (redis, a, b):
         replica_a: Any = a.hub.replica
         load, failed, failing = replica_a.nodes.load, list[float](), False
 
@@ -184,7 +188,5 @@ async def test_a_resync_that_failed_while_the_pubsub_stayed_up_is_tried_again(
                 await seen_until(ann, seen, lambda s: ("member.left", {"room": "lobby", "user_id": "bob"}) in s)
             assert users_in(a, "lobby") == {"ann"}
             assert not ann.closed.is_set()
-    finally:
-        redis.stop()
     lines = [r.getMessage() for r in caplog.records if r.name == "signald.cluster"]
     assert [line for line in lines if line.startswith("cluster: the resync after the broker outage failed")], lines
